@@ -1,0 +1,160 @@
+//! The seam between the model and the hardware.
+//!
+//! A model forward is written once against [`Backend`]; each backend (CPU now, wgpu later)
+//! implements the handful of operations a Llama-family transformer needs. Every operation works
+//! on a *ragged batch*: the rows of one activation matrix belong to several sequences
+//! ([`SeqSpan`]), each with its own positions and its own [`KvCache`], so that decoding N
+//! sequences is one matrix multiply that reads each weight once.
+
+use crate::error::Result;
+use crate::quant::source::RawTensor;
+use crate::tensor::{Tensor, Weight};
+
+/// The rows of a batch that belong to one sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    /// First row of this sequence in the batch matrices.
+    pub row_start: usize,
+    /// Number of new tokens (rows).
+    pub len: usize,
+    /// Position of the first new token; the KV cache already holds positions `0..pos_start`.
+    pub pos_start: usize,
+}
+
+/// Head layout of grouped-query attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Width of the query (and attention output) rows.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of the key and value rows.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+/// Which pairs of a head's dimensions RoPE rotates together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimensions `(2i, 2i+1)`: llama.cpp's "normal" RoPE, which its GGUF conversion of Llama
+    /// models expects (it permutes the Q/K rows to match).
+    Interleaved,
+    /// Dimensions `(i, i + d/2)`: Hugging Face's `rotate_half` ("NeoX") on unpermuted weights.
+    HalfSplit,
+}
+
+/// Rotary position embedding parameters, with any frequency scaling already folded in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rope {
+    pub style: RopeStyle,
+    pub head_dim: usize,
+    /// Angle per position for each rotated pair, `head_dim / 2` entries.
+    pub inv_freq: Vec<f32>,
+}
+
+/// Per-layer key and value rows of one sequence, indexed by position.
+#[derive(Debug)]
+pub struct KvCache {
+    pub(crate) kv_dim: usize,
+    pub(crate) layers: Vec<HostLayerKv>,
+}
+
+/// One layer's cached keys and values in host memory, `positions × kv_dim` each.
+#[derive(Debug, Default)]
+pub(crate) struct HostLayerKv {
+    pub(crate) k: Vec<f32>,
+    pub(crate) v: Vec<f32>,
+}
+
+impl KvCache {
+    /// Positions currently stored (the highest written position + 1).
+    pub fn positions(&self) -> usize {
+        self.layers
+            .first()
+            .map_or(0, |l| l.k.len() / self.kv_dim.max(1))
+    }
+
+    /// Forgets positions from `len` on, so a sequence can be rewound (e.g. a new window).
+    pub fn truncate(&mut self, len: usize) {
+        let n = len * self.kv_dim;
+        for l in &mut self.layers {
+            l.k.truncate(n);
+            l.v.truncate(n);
+        }
+    }
+
+    /// Bytes held.
+    pub fn resident_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| (l.k.capacity() + l.v.capacity()) * 4)
+            .sum()
+    }
+}
+
+/// Operations a transformer forward needs, on tensors that live in the backend.
+///
+/// Shapes are `rows × cols`, rows are tokens. Weights are `N × K` and linear layers compute
+/// `x · Wᵀ`. Implementations return shape errors instead of panicking.
+pub trait Backend: Send + Sync {
+    /// A short name for logs (`cpu`, `wgpu:<adapter>`).
+    fn name(&self) -> String;
+
+    /// Moves a weight matrix from a model file's encoding into this backend.
+    fn load_weight(&self, raw: &RawTensor<'_>) -> Result<Weight>;
+
+    /// Moves host values into an activation tensor (also used for norm vectors, `1 × n`).
+    fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor>;
+
+    /// Copies a tensor's values back to the host.
+    fn download(&self, x: &Tensor) -> Result<Vec<f32>>;
+
+    /// Rows `ids[i]` of the embedding table, one row per token.
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor>;
+
+    /// `x / sqrt(mean(x²) + eps) * weight`, row by row; `weight` is `1 × cols`.
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor>;
+
+    /// `x · Wᵀ`: `(M × K) · (N × K)ᵀ = M × N`.
+    fn matmul(&self, x: &Tensor, w: &Weight) -> Result<Tensor>;
+
+    /// Element-wise `a + b`.
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+
+    /// SwiGLU's gate: `silu(gate) * up`, element-wise.
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+
+    /// Rotates each head of every row by its position (`positions[row]`).
+    fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor>;
+
+    /// Keeps only the listed rows, in the given order.
+    fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;
+
+    /// An empty KV cache for one sequence.
+    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize) -> Result<KvCache>;
+
+    /// Causal grouped-query attention of layer `layer`.
+    ///
+    /// `k` and `v` hold the new tokens' keys and values: they are first written into each
+    /// sequence's cache at its positions, then every new query attends to its sequence's
+    /// positions `0..=pos`. `caches[i]` belongs to `seqs[i]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        seqs: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        shape: AttentionShape,
+    ) -> Result<Tensor>;
+}

@@ -1,0 +1,237 @@
+//! The CPU backend: host memory, rayon threads, runtime-selected SIMD.
+//!
+//! For now weights are dequantized to f32 at load: this backend is the reference (the oracle)
+//! that quantized kernels and the wgpu backend are tested against.
+
+mod attention;
+pub mod matmul;
+
+use crate::backend::{AttentionShape, Backend, HostLayerKv, KvCache, Rope, RopeStyle, SeqSpan};
+use crate::error::{shape_err, Result};
+use crate::quant::source::RawTensor;
+use crate::tensor::{Tensor, Weight, WeightStorage};
+use rayon::prelude::*;
+
+/// The CPU backend (stateless; threads come from rayon's global pool).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// A CPU backend.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.rows() != b.rows() || a.cols() != b.cols() {
+        return Err(shape_err(
+            op,
+            format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
+        ));
+    }
+    Ok(())
+}
+
+/// Rotates one row's heads in place.
+fn rope_row(row: &mut [f32], pos: u32, rope: &Rope) {
+    let hd = rope.head_dim;
+    let half = hd / 2;
+    let pos = f64::from(pos);
+    let sincos: Vec<(f32, f32)> = rope
+        .inv_freq
+        .iter()
+        .map(|&f| {
+            let (s, c) = (pos * f64::from(f)).sin_cos();
+            (s as f32, c as f32)
+        })
+        .collect();
+    for head in row.chunks_exact_mut(hd) {
+        for (i, &(sin, cos)) in sincos.iter().enumerate().take(half) {
+            let (a, b) = match rope.style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::HalfSplit => (i, i + half),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn load_weight(&self, raw: &RawTensor<'_>) -> Result<Weight> {
+        Ok(Weight::new(
+            raw.rows,
+            raw.cols,
+            WeightStorage::HostF32(raw.to_f32()),
+        ))
+    }
+
+    fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor> {
+        Tensor::from_host(rows, cols, data)
+    }
+
+    fn download(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(x.host()?.to_vec())
+    }
+
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
+        let (vocab, dim) = (table.rows(), table.cols());
+        let t = table.host_f32()?;
+        let mut out = Vec::with_capacity(ids.len() * dim);
+        for &id in ids {
+            let id = id as usize;
+            if id >= vocab {
+                return Err(shape_err(
+                    "embed",
+                    format!("token id {id} outside vocabulary of {vocab}"),
+                ));
+            }
+            out.extend_from_slice(&t[id * dim..(id + 1) * dim]);
+        }
+        Tensor::from_host(ids.len(), dim, out)
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        let cols = x.cols();
+        if weight.cols() != cols || weight.rows() != 1 {
+            return Err(shape_err(
+                "rms_norm",
+                format!(
+                    "weight {}x{} for rows of {cols}",
+                    weight.rows(),
+                    weight.cols()
+                ),
+            ));
+        }
+        let w = weight.host()?;
+        let mut out = x.host()?.to_vec();
+        for row in out.chunks_exact_mut(cols.max(1)) {
+            let mean_sq = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / cols as f64;
+            let inv = (1.0 / (mean_sq + f64::from(eps)).sqrt()) as f32;
+            for (v, g) in row.iter_mut().zip(w) {
+                *v = *v * inv * g;
+            }
+        }
+        Tensor::from_host(x.rows(), cols, out)
+    }
+
+    fn matmul(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        if x.cols() != w.cols() {
+            return Err(shape_err(
+                "matmul",
+                format!("x has {} columns, W has {}", x.cols(), w.cols()),
+            ));
+        }
+        let out = matmul::matmul(x.host()?, w.cols(), w.host_f32()?, w.rows());
+        Tensor::from_host(x.rows(), w.rows(), out)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        same_shape("add", a, b)?;
+        let out = a
+            .host()?
+            .iter()
+            .zip(b.host()?)
+            .map(|(x, y)| x + y)
+            .collect();
+        Tensor::from_host(a.rows(), a.cols(), out)
+    }
+
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        same_shape("silu_mul", gate, up)?;
+        let out = gate
+            .host()?
+            .par_iter()
+            .zip(up.host()?)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        Tensor::from_host(gate.rows(), gate.cols(), out)
+    }
+
+    fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {
+        let cols = x.cols();
+        if positions.len() != x.rows()
+            || rope.head_dim == 0
+            || cols % rope.head_dim != 0
+            || rope.inv_freq.len() * 2 != rope.head_dim
+        {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "{} positions, {}x{cols}, head_dim {}",
+                    positions.len(),
+                    x.rows(),
+                    rope.head_dim
+                ),
+            ));
+        }
+        let mut out = x.host()?.to_vec();
+        out.par_chunks_mut(cols)
+            .zip(positions)
+            .for_each(|(row, &p)| rope_row(row, p, rope));
+        Tensor::from_host(x.rows(), cols, out)
+    }
+
+    fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        let (cols, data) = (x.cols(), x.host()?);
+        let mut out = Vec::with_capacity(rows.len() * cols);
+        for &r in rows {
+            if r >= x.rows() {
+                return Err(shape_err("select_rows", format!("row {r} of {}", x.rows())));
+            }
+            out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
+        }
+        Tensor::from_host(rows.len(), cols, out)
+    }
+
+    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize) -> Result<KvCache> {
+        Ok(KvCache {
+            kv_dim,
+            layers: (0..n_layers).map(|_| HostLayerKv::default()).collect(),
+        })
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        seqs: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+        shape: AttentionShape,
+    ) -> Result<Tensor> {
+        if q.cols() != shape.q_dim()
+            || k.cols() != shape.kv_dim()
+            || v.cols() != shape.kv_dim()
+            || k.rows() != q.rows()
+            || v.rows() != q.rows()
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "q {}x{}, k {}x{}, v {}x{} for {shape:?}",
+                    q.rows(),
+                    q.cols(),
+                    k.rows(),
+                    k.cols(),
+                    v.rows(),
+                    v.cols()
+                ),
+            ));
+        }
+        let out =
+            attention::attention(layer, q.host()?, k.host()?, v.host()?, seqs, caches, shape)?;
+        Tensor::from_host(q.rows(), shape.q_dim(), out)
+    }
+}

@@ -1,0 +1,17 @@
+//! lowbit-gpu: the compute layer of lowbit.
+//!
+//! It knows nothing of HTTP or of model files: it holds tensors and weights, decodes the block
+//! formats weights arrive in, and runs the operations a transformer forward needs behind the
+//! [`Backend`] trait. The CPU backend ([`cpu::CpuBackend`]) is the reference every later backend
+//! (wgpu) is tested against.
+
+pub mod backend;
+pub mod cpu;
+pub mod error;
+pub mod quant;
+pub mod tensor;
+
+pub use backend::{AttentionShape, Backend, KvCache, Rope, RopeStyle, SeqSpan};
+pub use error::{Error, Result};
+pub use quant::source::{RawTensor, SourceDType};
+pub use tensor::{Tensor, Weight};

@@ -1,0 +1,122 @@
+//! Activations ([`Tensor`]) and weight matrices ([`Weight`]) as a backend holds them.
+//!
+//! Both are 2-D and row-major. A backend owns the storage; the model only passes handles
+//! around, so the same model code drives the CPU backend now and the wgpu backend later.
+
+use crate::error::{shape_err, Result};
+
+/// Where a tensor's values live.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Host memory, f32, row-major.
+    Host(Vec<f32>),
+}
+
+/// An activation matrix of `rows × cols` f32 values (one row per token).
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+}
+
+impl Tensor {
+    /// Wraps host values; `data.len()` must be `rows * cols`.
+    pub fn from_host(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(shape_err(
+                "Tensor::from_host",
+                format!("{} values for {rows}x{cols}", data.len()),
+            ));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage: Storage::Host(data),
+        })
+    }
+
+    /// Number of rows (tokens).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The storage, for backends.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Host values, or an error if the tensor lives elsewhere.
+    pub fn host(&self) -> Result<&[f32]> {
+        match &self.storage {
+            Storage::Host(v) => Ok(v),
+        }
+    }
+
+    /// Consumes the tensor and returns its host values.
+    pub fn into_host(self) -> Result<Vec<f32>> {
+        match self.storage {
+            Storage::Host(v) => Ok(v),
+        }
+    }
+}
+
+/// How a backend keeps a weight matrix.
+#[derive(Debug)]
+pub enum WeightStorage {
+    /// Dequantized f32 rows in host memory (the reference path).
+    HostF32(Vec<f32>),
+}
+
+/// A weight matrix of `rows × cols` (`N × K`): a linear layer computes `y = x · Wᵀ`.
+#[derive(Debug)]
+pub struct Weight {
+    rows: usize,
+    cols: usize,
+    storage: WeightStorage,
+}
+
+impl Weight {
+    /// Wraps storage; the backend that made it vouches for its size.
+    pub fn new(rows: usize, cols: usize, storage: WeightStorage) -> Self {
+        Self {
+            rows,
+            cols,
+            storage,
+        }
+    }
+
+    /// Output features (N).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (K).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The storage, for backends.
+    pub fn storage(&self) -> &WeightStorage {
+        &self.storage
+    }
+
+    /// Host f32 values, or an error if the weight lives elsewhere.
+    pub fn host_f32(&self) -> Result<&[f32]> {
+        match &self.storage {
+            WeightStorage::HostF32(v) => Ok(v),
+        }
+    }
+
+    /// Bytes this weight occupies in its backend's memory.
+    pub fn resident_bytes(&self) -> usize {
+        match &self.storage {
+            WeightStorage::HostF32(v) => v.len() * 4,
+        }
+    }
+}

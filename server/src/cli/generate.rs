@@ -1,0 +1,139 @@
+//! `lowbit generate`: one completion from the command line, streamed to stdout.
+
+use super::{backend_for, ModelArgs};
+use crate::engine::{generate, GenerateOptions, SamplingParams};
+use crate::model::{ChatMessage, Llama, ModelSource};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::io::Write;
+use std::time::Instant;
+
+/// Arguments of `lowbit generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt (with --chat, the user's message).
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// A system message (with --chat).
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens below this fraction of the best one's probability (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Seed of the sampler's random stream.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object (prompt and completion ids, text, timings) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let load_start = Instant::now();
+    let source = ModelSource::open(&args.model.model)?;
+    let tokenizer = source.tokenizer()?;
+    let (prompt_text, prompt_ids) = if args.chat {
+        let template = source.chat_template(&tokenizer)?;
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::new("system", system));
+        }
+        messages.push(ChatMessage::new("user", &args.prompt));
+        let text = template.render(&messages, true)?;
+        let ids = tokenizer.encode(&text, false)?;
+        (text, ids)
+    } else {
+        (args.prompt.clone(), tokenizer.encode(&args.prompt, true)?)
+    };
+    let model = Llama::load(&source, backend_for(args.model.device)?)?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            seed: args.seed,
+        },
+    };
+    let mut printed = String::new();
+    let mut so_far = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+    let json = args.json;
+    let result = generate(&model, &prompt_ids, tokenizer.eos(), &opts, |id| {
+        if json {
+            return true;
+        }
+        so_far.push(id);
+        // Print only whole characters: a token may end inside a multi-byte UTF-8 sequence.
+        if let Ok(text) = tokenizer.decode(&so_far, true) {
+            if !text.ends_with('\u{fffd}')
+                && text.len() > printed.len()
+                && text.starts_with(printed.as_str())
+            {
+                let _ = write!(stdout, "{}", &text[printed.len()..]);
+                let _ = stdout.flush();
+                printed = text;
+            }
+        }
+        true
+    })?;
+    let text = tokenizer.decode(&result.tokens, true)?;
+    if json {
+        let n = result.tokens.len();
+        let obj = serde_json::json!({
+            "model": args.model.model,
+            "backend": model.backend().name(),
+            "prompt": prompt_text,
+            "prompt_tokens": prompt_ids,
+            "completion_tokens": result.tokens,
+            "text": text,
+            "stop_reason": result.stop,
+            "sampling": opts.sampling,
+            "timings": {
+                "load_seconds": load_seconds,
+                "prompt_seconds": result.prompt_seconds,
+                "prompt_tokens_per_second": prompt_ids.len() as f64 / result.prompt_seconds.max(1e-9),
+                "decode_seconds": result.decode_seconds,
+                "decode_tokens_per_second": n.saturating_sub(1) as f64 / result.decode_seconds.max(1e-9),
+            },
+        });
+        println!(
+            "{}",
+            serde_json::to_string(&obj).context("serialising the result")?
+        );
+    } else {
+        if text.len() > printed.len() && text.starts_with(printed.as_str()) {
+            write!(stdout, "{}", &text[printed.len()..])?;
+        }
+        writeln!(stdout)?;
+        eprintln!(
+            "[{} prompt tokens in {:.2}s, {} generated at {:.1} tok/s, stop: {:?}]",
+            prompt_ids.len(),
+            result.prompt_seconds,
+            result.tokens.len(),
+            result.tokens.len().saturating_sub(1) as f64 / result.decode_seconds.max(1e-9),
+            result.stop
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! `lowbit info`: what a model file holds.
+
+use crate::model::ModelSource;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+/// Arguments of `lowbit info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InfoArgs) -> Result<()> {
+    let source = ModelSource::open(&args.model)?;
+    let config = source.config()?;
+    let tokenizer = source.tokenizer()?;
+    let has_template = source.chat_template(&tokenizer).is_ok();
+    let tensors = source.list_tensors();
+    let params: u64 = tensors
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum();
+    let tensor_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
+    let bits_per_weight = tensor_bytes as f64 * 8.0 / params.max(1) as f64;
+    if args.json {
+        let obj = serde_json::json!({
+            "path": args.model,
+            "file_bytes": source.file_bytes(),
+            "parameters": params,
+            "bits_per_weight": bits_per_weight,
+            "config": config,
+            "tokenizer": {
+                "vocab_size": tokenizer.vocab_size(),
+                "bos": tokenizer.bos(),
+                "eos": tokenizer.eos(),
+                "adds_bos": tokenizer.adds_bos(),
+            },
+            "chat_template": has_template,
+            "tensors": tensors,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&obj).context("serialising info")?
+        );
+        return Ok(());
+    }
+    println!("model       {}", args.model.display());
+    println!(
+        "size        {:.1} MB on disk, {:.1} M parameters, {bits_per_weight:.2} bits per weight",
+        source.file_bytes() as f64 / 1e6,
+        params as f64 / 1e6
+    );
+    println!(
+        "shape       {} layers, hidden {}, FFN {}, {} heads / {} KV heads of {}, vocab {}",
+        config.n_layers,
+        config.hidden_size,
+        config.ffn_size,
+        config.n_heads,
+        config.n_kv_heads,
+        config.head_dim,
+        config.vocab_size
+    );
+    println!(
+        "rope        theta {}, {:?} pairs, scaling {:?}; context {}; RMS eps {:e}; tied head {}",
+        config.rope_theta,
+        config.rope_style,
+        config.rope_scaling,
+        config.context_length,
+        config.rms_eps,
+        config.tied_embeddings
+    );
+    let name = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.token_text(i))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "tokenizer   {} tokens, BOS {} ({}), EOS {:?}, adds BOS: {}; chat template: {}",
+        tokenizer.vocab_size(),
+        tokenizer.bos().map_or("-".into(), |b| b.to_string()),
+        name(tokenizer.bos()),
+        tokenizer.eos(),
+        tokenizer.adds_bos(),
+        if has_template { "yes" } else { "no" }
+    );
+    if let ModelSource::Gguf(g) = &source {
+        println!("\nmetadata (GGUF v{}):", g.version());
+        for (k, v) in g.metadata() {
+            println!("  {k:<44} {}", v.summary());
+        }
+    }
+    println!("\ntensors:");
+    for t in &tensors {
+        println!(
+            "  {:<36} {:<6} {:>14} {:>12} bytes",
+            t.name,
+            t.dtype,
+            format!("{:?}", t.shape),
+            t.bytes
+        );
+    }
+    Ok(())
+}

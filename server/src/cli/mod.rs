@@ -1,0 +1,88 @@
+//! The `lowbit` command line (the contract in DESIGN.md): `info`, `generate`, `eval perplexity`.
+
+mod generate;
+mod info;
+mod perplexity;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lowbit_gpu::cpu::CpuBackend;
+use lowbit_gpu::Backend;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// lowbit: a quantized LLM inference server.
+#[derive(Debug, Parser)]
+#[command(name = "lowbit", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Worker threads for compute (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show a model's configuration, tokenizer and tensors.
+    Info(info::InfoArgs),
+    /// Generate text from a prompt.
+    Generate(generate::GenerateArgs),
+    /// Measure a model's quality.
+    Eval {
+        #[command(subcommand)]
+        which: EvalCommand,
+    },
+}
+
+/// Evaluations.
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Perplexity on a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(perplexity::PerplexityArgs),
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The best available (the CPU, until the GPU backend lands).
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+/// Options shared by every command that loads a model.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+/// The backend for a `--device` choice.
+pub fn backend_for(device: Device) -> Result<Arc<dyn Backend>> {
+    match device {
+        Device::Auto | Device::Cpu => Ok(Arc::new(CpuBackend::new())),
+        Device::Gpu => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Info(a) => info::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Eval {
+            which: EvalCommand::Perplexity(a),
+        } => perplexity::run(a),
+    }
+}

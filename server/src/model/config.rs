@@ -1,0 +1,336 @@
+//! Hyper-parameters of a Llama-family model, read from GGUF metadata or a Hugging Face
+//! `config.json`.
+
+use super::error::{ModelError, Result};
+use super::gguf::{GgufFile, MetaValue};
+use lowbit_gpu::{AttentionShape, Rope, RopeStyle};
+use serde::Serialize;
+use std::path::Path;
+
+/// How RoPE frequencies are stretched for contexts longer than training.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor` (all frequencies divided by it).
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3's piecewise scaling of low frequencies.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position: f64,
+    },
+    /// Per-frequency divisors stored in the model (GGUF `rope_freqs.weight`).
+    FreqFactors(Vec<f32>),
+}
+
+/// Everything the forward pass needs to know about a Llama-family model.
+#[derive(Debug, Clone, Serialize)]
+pub struct LlamaConfig {
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_size: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    #[serde(serialize_with = "serialize_rope_style")]
+    pub rope_style: RopeStyle,
+    pub vocab_size: usize,
+    /// The output head reuses the token embedding.
+    pub tied_embeddings: bool,
+    pub context_length: usize,
+}
+
+fn serialize_rope_style<S: serde::Serializer>(
+    style: &RopeStyle,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(match style {
+        RopeStyle::Interleaved => "interleaved",
+        RopeStyle::HalfSplit => "half_split",
+    })
+}
+
+impl LlamaConfig {
+    /// The attention head layout.
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// RoPE with frequencies `theta^(-2i/d)`, scaled as the model asks.
+    pub fn rope(&self) -> Rope {
+        let d = self.head_dim;
+        let inv_freq = (0..d / 2)
+            .map(|i| {
+                let f = self.rope_theta.powf(-2.0 * i as f64 / d as f64);
+                let f = match &self.rope_scaling {
+                    RopeScaling::None => f,
+                    RopeScaling::Linear { factor } => f / factor,
+                    RopeScaling::FreqFactors(div) => {
+                        f / f64::from(div.get(i).copied().unwrap_or(1.0))
+                    }
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position,
+                    } => {
+                        let wavelen = 2.0 * std::f64::consts::PI / f;
+                        let low_wavelen = original_max_position / low_freq_factor;
+                        let high_wavelen = original_max_position / high_freq_factor;
+                        if wavelen < high_wavelen {
+                            f
+                        } else if wavelen > low_wavelen {
+                            f / factor
+                        } else {
+                            let smooth = (original_max_position / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    }
+                };
+                f as f32
+            })
+            .collect();
+        Rope {
+            style: self.rope_style,
+            head_dim: d,
+            inv_freq,
+        }
+    }
+
+    /// Checks the numbers fit together, naming the offending field.
+    fn validate(self, path: &Path) -> Result<Self> {
+        let p = path.display();
+        let positive = [
+            ("hidden_size", self.hidden_size),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("ffn_size", self.ffn_size),
+            ("vocab_size", self.vocab_size),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ModelError::field(&p, name, "must be positive"));
+            }
+        }
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(ModelError::field(
+                &p,
+                "n_kv_heads",
+                format!("{} does not divide {} heads", self.n_kv_heads, self.n_heads),
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(ModelError::field(
+                &p,
+                "head_dim",
+                format!("{} is odd; RoPE rotates pairs", self.head_dim),
+            ));
+        }
+        if !(self.rms_eps > 0.0 && self.rms_eps.is_finite()) {
+            return Err(ModelError::field(
+                &p,
+                "rms_norm_eps",
+                format!("{} is not a positive number", self.rms_eps),
+            ));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(ModelError::field(
+                &p,
+                "rope_theta",
+                format!("{} is not a positive number", self.rope_theta),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Reads `{arch}.*` keys of a GGUF file (llama.cpp's names).
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let path = gguf.path().display().to_string();
+        let arch = gguf
+            .get("general.architecture")
+            .and_then(MetaValue::as_str)
+            .ok_or_else(|| ModelError::field(&path, "general.architecture", "missing"))?;
+        if !matches!(arch, "llama" | "mistral") {
+            return Err(ModelError::field(
+                &path,
+                "general.architecture",
+                format!("'{arch}' is not supported (llama is)"),
+            ));
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let uint = |k: &str| -> Result<usize> {
+            let full = key(k);
+            gguf.get(&full)
+                .ok_or_else(|| ModelError::field(&path, &full, "missing"))?
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::field(&path, &full, "not an unsigned integer"))
+        };
+        let opt_uint = |k: &str| {
+            gguf.get(&key(k))
+                .and_then(MetaValue::as_u64)
+                .map(|v| v as usize)
+        };
+        let opt_float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
+
+        let hidden_size = uint("embedding_length")?;
+        let n_heads = uint("attention.head_count")?;
+        let head_dim = opt_uint("attention.key_length").unwrap_or(if n_heads > 0 {
+            hidden_size / n_heads
+        } else {
+            0
+        });
+        let vocab_size = match opt_uint("vocab_size") {
+            Some(v) => v,
+            None => gguf
+                .tensor_info("token_embd.weight")
+                .map(|t| t.rows())
+                .ok_or_else(|| ModelError::tensor(&path, "token_embd.weight", "missing"))?,
+        };
+        let rope_scaling = if let Some(t) = gguf.tensor_info("rope_freqs.weight") {
+            RopeScaling::FreqFactors(gguf.raw_tensor(t)?.to_f32())
+        } else {
+            match gguf
+                .get(&key("rope.scaling.type"))
+                .and_then(MetaValue::as_str)
+            {
+                None | Some("none") => RopeScaling::None,
+                Some("linear") => RopeScaling::Linear {
+                    factor: opt_float("rope.scaling.factor").unwrap_or(1.0),
+                },
+                Some(other) => {
+                    return Err(ModelError::field(
+                        &path,
+                        &key("rope.scaling.type"),
+                        format!("'{other}' is not supported (none, linear)"),
+                    ))
+                }
+            }
+        };
+        Self {
+            hidden_size,
+            n_layers: uint("block_count")?,
+            n_heads,
+            n_kv_heads: opt_uint("attention.head_count_kv").unwrap_or(n_heads),
+            head_dim,
+            ffn_size: uint("feed_forward_length")?,
+            rms_eps: opt_float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
+            rope_theta: opt_float("rope.freq_base").unwrap_or(10_000.0),
+            rope_scaling,
+            rope_style: RopeStyle::Interleaved,
+            vocab_size,
+            tied_embeddings: gguf.tensor_info("output.weight").is_none(),
+            context_length: opt_uint("context_length").unwrap_or(2048),
+        }
+        .validate(gguf.path())
+    }
+
+    /// Reads a Hugging Face `config.json` (Llama-family `LlamaForCausalLM`).
+    pub fn from_hf_json(path: &Path, json: &serde_json::Value) -> Result<Self> {
+        let p = path.display().to_string();
+        let model_type = json
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama");
+        if !matches!(model_type, "llama" | "mistral") {
+            return Err(ModelError::field(
+                &p,
+                "model_type",
+                format!("'{model_type}' is not supported (llama is)"),
+            ));
+        }
+        let uint = |k: &str| -> Result<usize> {
+            json.get(k)
+                .ok_or_else(|| ModelError::field(&p, k, "missing"))?
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::field(&p, k, "not an unsigned integer"))
+        };
+        let opt_uint = |k: &str| json.get(k).and_then(|v| v.as_u64()).map(|v| v as usize);
+        let opt_float = |k: &str| json.get(k).and_then(|v| v.as_f64());
+        let hidden_size = uint("hidden_size")?;
+        let n_heads = uint("num_attention_heads")?;
+        let rope_scaling = match json.get("rope_scaling") {
+            None | Some(serde_json::Value::Null) => RopeScaling::None,
+            Some(s) => {
+                let kind = s
+                    .get("rope_type")
+                    .or_else(|| s.get("type"))
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                let f = |k: &str| -> Result<f64> {
+                    s.get(k).and_then(|v| v.as_f64()).ok_or_else(|| {
+                        ModelError::field(
+                            &p,
+                            &format!("rope_scaling.{k}"),
+                            "missing or not a number",
+                        )
+                    })
+                };
+                match kind {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear {
+                        factor: f("factor")?,
+                    },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor")?,
+                        low_freq_factor: f("low_freq_factor")?,
+                        high_freq_factor: f("high_freq_factor")?,
+                        original_max_position: f("original_max_position_embeddings")?,
+                    },
+                    other => {
+                        return Err(ModelError::field(
+                            &p,
+                            "rope_scaling.rope_type",
+                            format!("'{other}' is not supported (default, linear, llama3)"),
+                        ))
+                    }
+                }
+            }
+        };
+        if json.get("attention_bias").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(ModelError::field(
+                &p,
+                "attention_bias",
+                "biased attention projections are not supported",
+            ));
+        }
+        Self {
+            hidden_size,
+            n_layers: uint("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads: opt_uint("num_key_value_heads").unwrap_or(n_heads),
+            head_dim: opt_uint("head_dim").unwrap_or(if n_heads > 0 {
+                hidden_size / n_heads
+            } else {
+                0
+            }),
+            ffn_size: uint("intermediate_size")?,
+            rms_eps: opt_float("rms_norm_eps").unwrap_or(1e-6) as f32,
+            rope_theta: opt_float("rope_theta").unwrap_or(10_000.0),
+            rope_scaling,
+            rope_style: RopeStyle::HalfSplit,
+            vocab_size: uint("vocab_size")?,
+            tied_embeddings: json
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            context_length: opt_uint("max_position_embeddings").unwrap_or(2048),
+        }
+        .validate(path)
+    }
+}

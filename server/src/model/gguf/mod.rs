@@ -1,0 +1,83 @@
+//! GGUF, llama.cpp's model file format: a header of typed metadata and tensor infos, then
+//! aligned tensor data.
+//!
+//! [`reader`] parses v2 and v3 files memory-mapped and bounds-checks every count, length and
+//! offset; [`writer`] produces files (tests write tiny random models with it).
+
+pub mod reader;
+pub mod writer;
+
+pub use reader::{GgufError, GgufFile, GgufTensorInfo, MetaValue};
+pub use writer::GgufWriter;
+
+/// GGUF's magic, `"GGUF"` read as a little-endian u32.
+pub const GGUF_MAGIC: u32 = 0x4655_4747;
+/// Alignment of the data section and of each tensor when `general.alignment` is absent.
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Metadata value type codes (`gguf_type` in llama.cpp).
+pub mod value_type {
+    pub const U8: u32 = 0;
+    pub const I8: u32 = 1;
+    pub const U16: u32 = 2;
+    pub const I16: u32 = 3;
+    pub const U32: u32 = 4;
+    pub const I32: u32 = 5;
+    pub const F32: u32 = 6;
+    pub const BOOL: u32 = 7;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+    pub const U64: u32 = 10;
+    pub const I64: u32 = 11;
+    pub const F64: u32 = 12;
+}
+
+use lowbit_gpu::SourceDType;
+
+/// ggml's tensor type code for a dtype lowbit reads.
+pub fn ggml_type_code(dtype: SourceDType) -> u32 {
+    match dtype {
+        SourceDType::F32 => 0,
+        SourceDType::F16 => 1,
+        SourceDType::Q4_0 => 2,
+        SourceDType::Q4_1 => 3,
+        SourceDType::Q8_0 => 8,
+        SourceDType::BF16 => 30,
+    }
+}
+
+/// The dtype for a ggml tensor type code, or the code's name for the error message.
+pub fn dtype_from_ggml(code: u32) -> Result<SourceDType, String> {
+    Ok(match code {
+        0 => SourceDType::F32,
+        1 => SourceDType::F16,
+        2 => SourceDType::Q4_0,
+        3 => SourceDType::Q4_1,
+        8 => SourceDType::Q8_0,
+        30 => SourceDType::BF16,
+        other => {
+            let name = match other {
+                6 => "Q5_0",
+                7 => "Q5_1",
+                9 => "Q8_1",
+                10 => "Q2_K",
+                11 => "Q3_K",
+                12 => "Q4_K",
+                13 => "Q5_K",
+                14 => "Q6_K",
+                15 => "Q8_K",
+                16..=23 | 29 => "an IQ type",
+                24 => "I8",
+                25 => "I16",
+                26 => "I32",
+                27 => "I64",
+                28 => "F64",
+                34 => "TQ1_0",
+                35 => "TQ2_0",
+                39 => "MXFP4",
+                _ => "unknown",
+            };
+            return Err(format!("{name} (type code {other})"));
+        }
+    })
+}

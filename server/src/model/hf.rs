@@ -1,0 +1,262 @@
+//! Hugging Face model folders: `config.json`, `tokenizer.json`, `tokenizer_config.json`, and
+//! `model.safetensors` or shards listed in `model.safetensors.index.json`, memory-mapped.
+
+use super::error::{ModelError, Result};
+use lowbit_gpu::{RawTensor, SourceDType};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// One memory-mapped safetensors file and the byte range of each of its tensors.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    pub path: PathBuf,
+    map: memmap2::Mmap,
+    tensors: HashMap<String, SafeTensorEntry>,
+    /// The free-form `__metadata__` of the header.
+    pub metadata: HashMap<String, String>,
+}
+
+/// Where one tensor lives in a safetensors file.
+#[derive(Debug, Clone)]
+pub struct SafeTensorEntry {
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    pub range: std::ops::Range<usize>,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and reads its header (validated by the `safetensors` crate).
+    pub fn open(path: &Path) -> Result<Self> {
+        let p = path.display().to_string();
+        let file = std::fs::File::open(path)
+            .map_err(|e| ModelError::file(&p, format!("cannot open: {e}")))?;
+        // SAFETY: read-only map; see GgufFile::open.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| ModelError::file(&p, format!("cannot map: {e}")))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| ModelError::file(&p, format!("not a valid safetensors file: {e}")))?;
+        let data_start = 8 + header_len;
+        let tensors = meta
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (a, b) = info.data_offsets;
+                let entry = SafeTensorEntry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: data_start + a..data_start + b,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            metadata: meta.metadata().clone().unwrap_or_default(),
+            map,
+            tensors,
+        })
+    }
+
+    /// Tensor names in this file.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// One tensor's entry.
+    pub fn entry(&self, name: &str) -> Option<&SafeTensorEntry> {
+        self.tensors.get(name)
+    }
+
+    /// A tensor's bytes.
+    pub fn bytes(&self, entry: &SafeTensorEntry) -> &[u8] {
+        &self.map[entry.range.clone()]
+    }
+
+    /// A float tensor as a matrix (1-D tensors are one row).
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let p = self.path.display();
+        let e = self
+            .entry(name)
+            .ok_or_else(|| ModelError::tensor(&p, name, "missing"))?;
+        let dtype = match e.dtype {
+            safetensors::Dtype::F32 => SourceDType::F32,
+            safetensors::Dtype::F16 => SourceDType::F16,
+            safetensors::Dtype::BF16 => SourceDType::BF16,
+            other => {
+                return Err(ModelError::tensor(
+                    &p,
+                    name,
+                    format!("dtype {other:?} is not supported (F32, F16, BF16 are)"),
+                ))
+            }
+        };
+        let (rows, cols) = match e.shape.as_slice() {
+            [n] => (1, *n),
+            [r, c] => (*r, *c),
+            s => {
+                return Err(ModelError::tensor(
+                    &p,
+                    name,
+                    format!("shape {s:?}: only 1-D and 2-D tensors are used"),
+                ))
+            }
+        };
+        RawTensor::new(dtype, rows, cols, self.bytes(e))
+            .map_err(|err| ModelError::tensor(&p, name, err.to_string()))
+    }
+}
+
+/// A Hugging Face model folder.
+#[derive(Debug)]
+pub struct HfFolder {
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+    pub tokenizer_config: Option<serde_json::Value>,
+    files: Vec<SafetensorsFile>,
+    /// HF tensor name → index into `files`.
+    owner: HashMap<String, usize>,
+}
+
+/// Reads and parses a JSON file, naming it in errors.
+pub fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let p = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ModelError::file(&p, format!("cannot read: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::file(&p, format!("invalid JSON: {e}")))
+}
+
+impl HfFolder {
+    /// Opens the folder: config, optional tokenizer config, every weight shard.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config = read_json(&dir.join("config.json"))?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tokenizer_config = if tc_path.exists() {
+            Some(read_json(&tc_path)?)
+        } else {
+            None
+        };
+
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if single.exists() {
+            vec!["model.safetensors".to_string()]
+        } else if index_path.exists() {
+            let index = read_json(&index_path)?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    ModelError::field(
+                        index_path.display(),
+                        "weight_map",
+                        "missing or not an object",
+                    )
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        } else {
+            return Err(ModelError::file(
+                dir.display(),
+                "no model.safetensors or model.safetensors.index.json in this folder",
+            ));
+        };
+        let mut files = Vec::new();
+        let mut owner = HashMap::new();
+        for name in shard_names {
+            let f = SafetensorsFile::open(&dir.join(&name))?;
+            for t in f.names() {
+                owner.insert(t.to_string(), files.len());
+            }
+            files.push(f);
+        }
+        if index_path.exists() && !single.exists() {
+            let index = read_json(&index_path)?;
+            if let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) {
+                for (tensor, file) in map {
+                    if !owner.contains_key(tensor) {
+                        return Err(ModelError::tensor(
+                            dir.join(file.as_str().unwrap_or("?")).display(),
+                            tensor,
+                            "listed in model.safetensors.index.json but not in the shard",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizer_config,
+            files,
+            owner,
+        })
+    }
+
+    /// A tensor by its Hugging Face name.
+    pub fn raw(&self, hf_name: &str) -> Result<RawTensor<'_>> {
+        match self.owner.get(hf_name) {
+            Some(&i) => self.files[i].raw(hf_name),
+            None => Err(ModelError::tensor(
+                self.dir.display(),
+                hf_name,
+                "missing from every safetensors file",
+            )),
+        }
+    }
+
+    /// Whether a tensor exists.
+    pub fn has(&self, hf_name: &str) -> bool {
+        self.owner.contains_key(hf_name)
+    }
+
+    /// All tensor names with their dtype and shape.
+    pub fn entries(&self) -> Vec<(String, SafeTensorEntry)> {
+        let mut v: Vec<_> = self
+            .owner
+            .iter()
+            .filter_map(|(n, &i)| self.files[i].entry(n).map(|e| (n.clone(), e.clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Total bytes of the weight files.
+    pub fn weight_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.map.len() as u64).sum()
+    }
+}
+
+/// The Hugging Face name of a tensor given its GGUF-style (canonical) name.
+pub fn hf_name(canonical: &str) -> Option<String> {
+    let fixed = match canonical {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = canonical.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}

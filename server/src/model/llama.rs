@@ -1,0 +1,285 @@
+//! The Llama-family transformer: token embedding, `n_layers` pre-norm blocks of grouped-query
+//! attention with RoPE and a SwiGLU MLP, a final RMSNorm and the output head.
+//!
+//! Quirk: llama.cpp's GGUF conversion permutes the rows of `attn_q`/`attn_k` so that RoPE
+//! rotates adjacent pairs; Hugging Face weights rotate the two halves of each head. The
+//! config's `rope_style` records which one the loaded weights expect.
+//!
+//! The forward takes a ragged batch: several sequences' new tokens stacked in one matrix, each
+//! with its own start position and KV cache, so that decoding many sequences reads every
+//! weight once per step.
+
+use super::config::LlamaConfig;
+use super::error::{ModelError, Result};
+use super::source::ModelSource;
+use lowbit_gpu::{Backend, KvCache, Rope, SeqSpan, Tensor, Weight};
+use std::ops::Range;
+use std::sync::Arc;
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug)]
+struct Mlp {
+    gate: Weight,
+    up: Weight,
+    down: Weight,
+}
+
+/// One transformer block.
+#[derive(Debug)]
+struct Block {
+    attn_norm: Tensor,
+    q: Weight,
+    k: Weight,
+    v: Weight,
+    o: Weight,
+    ffn_norm: Tensor,
+    mlp: Mlp,
+}
+
+/// One sequence's part of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchSeq<'a> {
+    /// The new tokens.
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; the cache holds `0..pos_start`.
+    pub pos_start: usize,
+    /// Which of the new tokens need logits (relative to `tokens`), e.g. `len-1..len`.
+    pub logits: Range<usize>,
+}
+
+/// Logits of the rows a batch asked for, in batch order.
+#[derive(Debug)]
+pub struct Logits {
+    pub vocab: usize,
+    pub data: Vec<f32>,
+}
+
+impl Logits {
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.data.len() / self.vocab.max(1)
+    }
+
+    /// Row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+/// A loaded Llama-family model bound to a backend.
+pub struct Llama {
+    config: LlamaConfig,
+    backend: Arc<dyn Backend>,
+    embed: Weight,
+    /// `None` when the output head is the (tied) embedding.
+    output: Option<Weight>,
+    output_norm: Tensor,
+    blocks: Vec<Block>,
+    rope: Rope,
+}
+
+impl std::fmt::Debug for Llama {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Llama")
+            .field("config", &self.config)
+            .field("backend", &self.backend.name())
+            .finish()
+    }
+}
+
+impl Llama {
+    /// Loads every tensor through `backend`, one at a time, checking each one's shape.
+    pub fn load(source: &ModelSource, backend: Arc<dyn Backend>) -> Result<Self> {
+        let c = source.config()?;
+        let path = source.path().display().to_string();
+        let (h, q_dim, kv_dim) = (
+            c.hidden_size,
+            c.n_heads * c.head_dim,
+            c.n_kv_heads * c.head_dim,
+        );
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+            let raw = source.tensor(name)?;
+            if (raw.rows, raw.cols) != (rows, cols) {
+                return Err(ModelError::tensor(
+                    &path,
+                    name,
+                    format!("shape {}x{}, expected {rows}x{cols}", raw.rows, raw.cols),
+                ));
+            }
+            Ok(backend.load_weight(&raw)?)
+        };
+        let vector = |name: &str, len: usize| -> Result<Tensor> {
+            let raw = source.tensor(name)?;
+            if raw.rows * raw.cols != len {
+                return Err(ModelError::tensor(
+                    &path,
+                    name,
+                    format!("{} values, expected {len}", raw.rows * raw.cols),
+                ));
+            }
+            Ok(backend.upload(1, len, raw.to_f32())?)
+        };
+        let embed = matrix("token_embd.weight", c.vocab_size, h)?;
+        let output = if c.tied_embeddings && !source.has_tensor("output.weight") {
+            None
+        } else {
+            Some(matrix("output.weight", c.vocab_size, h)?)
+        };
+        let mut blocks = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let n = |part: &str| format!("blk.{i}.{part}.weight");
+            blocks.push(Block {
+                attn_norm: vector(&n("attn_norm"), h)?,
+                q: matrix(&n("attn_q"), q_dim, h)?,
+                k: matrix(&n("attn_k"), kv_dim, h)?,
+                v: matrix(&n("attn_v"), kv_dim, h)?,
+                o: matrix(&n("attn_output"), h, q_dim)?,
+                ffn_norm: vector(&n("ffn_norm"), h)?,
+                mlp: Mlp {
+                    gate: matrix(&n("ffn_gate"), c.ffn_size, h)?,
+                    up: matrix(&n("ffn_up"), c.ffn_size, h)?,
+                    down: matrix(&n("ffn_down"), h, c.ffn_size)?,
+                },
+            });
+        }
+        Ok(Self {
+            output_norm: vector("output_norm.weight", h)?,
+            rope: c.rope(),
+            config: c,
+            backend,
+            embed,
+            output,
+            blocks,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The backend it runs on.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// A fresh KV cache for one sequence.
+    pub fn new_cache(&self) -> Result<KvCache> {
+        Ok(self.backend.new_kv_cache(
+            self.config.n_layers,
+            self.config.n_kv_heads * self.config.head_dim,
+        )?)
+    }
+
+    /// Bytes of weights resident in the backend.
+    pub fn weight_bytes(&self) -> usize {
+        let block_bytes: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                [&b.q, &b.k, &b.v, &b.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down]
+                    .iter()
+                    .map(|w| w.resident_bytes())
+                    .sum::<usize>()
+            })
+            .sum();
+        block_bytes
+            + self.embed.resident_bytes()
+            + self.output.as_ref().map_or(0, Weight::resident_bytes)
+    }
+
+    /// Runs one step over a ragged batch and returns the logits each sequence asked for.
+    /// `caches[i]` belongs to `seqs[i]` and receives its new keys and values.
+    pub fn forward(&self, seqs: &[BatchSeq<'_>], caches: &mut [&mut KvCache]) -> Result<Logits> {
+        let be = &*self.backend;
+        let c = &self.config;
+        let mut tokens = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(seqs.len());
+        let mut logit_rows = Vec::new();
+        for s in seqs {
+            if s.logits.end > s.tokens.len() || s.logits.start > s.logits.end {
+                return Err(lowbit_gpu::Error::Shape {
+                    op: "forward",
+                    detail: format!("logits rows {:?} of {} tokens", s.logits, s.tokens.len()),
+                }
+                .into());
+            }
+            let row_start = tokens.len();
+            spans.push(SeqSpan {
+                row_start,
+                len: s.tokens.len(),
+                pos_start: s.pos_start,
+            });
+            tokens.extend_from_slice(s.tokens);
+            positions.extend((s.pos_start..s.pos_start + s.tokens.len()).map(|p| p as u32));
+            logit_rows.extend(s.logits.clone().map(|r| row_start + r));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(lowbit_gpu::Error::Shape {
+                op: "forward",
+                detail: format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    c.vocab_size
+                ),
+            }
+            .into());
+        }
+
+        let mut x = be.embed(&self.embed, &tokens)?;
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let _span = tracing::trace_span!("block", layer).entered();
+            let residual = &x;
+            let h = be.rms_norm(&x, &block.attn_norm, c.rms_eps)?;
+            let attn = self.attention(layer, block, &h, &positions, &spans, caches)?;
+            let x_mid = be.add(&attn, residual)?;
+
+            let residual = &x_mid;
+            let h = be.rms_norm(&x_mid, &block.ffn_norm, c.rms_eps)?;
+            let mlp = self.mlp(&block.mlp, &h)?;
+            x = be.add(&mlp, residual)?;
+        }
+
+        let _span = tracing::trace_span!("output").entered();
+        let x = be.select_rows(&x, &logit_rows)?;
+        let x = be.rms_norm(&x, &self.output_norm, c.rms_eps)?;
+        let logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
+        Ok(Logits {
+            vocab: c.vocab_size,
+            data: be.download(&logits)?,
+        })
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        block: &Block,
+        x: &Tensor,
+        positions: &[u32],
+        spans: &[SeqSpan],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let _span = tracing::trace_span!("attn").entered();
+        let be = &*self.backend;
+        let q = be.rope(&be.matmul(x, &block.q)?, positions, &self.rope)?;
+        let k = be.rope(&be.matmul(x, &block.k)?, positions, &self.rope)?;
+        let v = be.matmul(x, &block.v)?;
+        let out = be.attention(
+            layer,
+            &q,
+            &k,
+            &v,
+            spans,
+            caches,
+            self.config.attention_shape(),
+        )?;
+        Ok(be.matmul(&out, &block.o)?)
+    }
+
+    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
+        let _span = tracing::trace_span!("mlp").entered();
+        let be = &*self.backend;
+        let gated = be.silu_mul(&be.matmul(x, &mlp.gate)?, &be.matmul(x, &mlp.up)?)?;
+        Ok(be.matmul(&gated, &mlp.down)?)
+    }
+}

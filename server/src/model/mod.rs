@@ -1,0 +1,18 @@
+//! Models: file formats (GGUF, Hugging Face safetensors folders), configuration, tokenizer,
+//! chat template, and the Llama-family forward pass.
+
+pub mod chat_template;
+pub mod config;
+pub mod error;
+pub mod gguf;
+pub mod hf;
+pub mod llama;
+pub mod source;
+pub mod tokenizer;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use config::LlamaConfig;
+pub use error::{ModelError, Result};
+pub use llama::{BatchSeq, Llama, Logits};
+pub use source::ModelSource;
+pub use tokenizer::Tokenizer;

@@ -1,0 +1,205 @@
+//! Opening a model from any supported path, behind one interface.
+//!
+//! Tensors are addressed by their GGUF names (`token_embd.weight`, `blk.3.attn_q.weight`, …)
+//! whatever the file, so the model code and quantization policies speak one language.
+
+use super::chat_template::ChatTemplate;
+use super::config::LlamaConfig;
+use super::error::{ModelError, Result};
+use super::gguf::{GgufFile, MetaValue};
+use super::hf::{hf_name, HfFolder};
+use super::tokenizer::Tokenizer;
+use lowbit_gpu::RawTensor;
+use std::path::{Path, PathBuf};
+
+/// A model on disk, opened and memory-mapped.
+#[derive(Debug)]
+pub enum ModelSource {
+    Gguf(GgufFile),
+    HfFolder(HfFolder),
+}
+
+/// One tensor as listed by `lowbit info`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorListing {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: u64,
+}
+
+impl ModelSource {
+    /// Opens a `.gguf` file or a Hugging Face folder.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            return Ok(Self::HfFolder(HfFolder::open(path)?));
+        }
+        if !path.exists() {
+            return Err(ModelError::file(path.display(), "no such file or folder"));
+        }
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        if read.is_ok() && &magic == b"GGUF" || path.extension().is_some_and(|e| e == "gguf") {
+            return Ok(Self::Gguf(GgufFile::open(path)?));
+        }
+        Err(ModelError::file(
+            path.display(),
+            "not a model lowbit can read (a .gguf file or a Hugging Face folder)",
+        ))
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Self::Gguf(g) => g.path().to_path_buf(),
+            Self::HfFolder(h) => h.dir.clone(),
+        }
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> Result<LlamaConfig> {
+        match self {
+            Self::Gguf(g) => LlamaConfig::from_gguf(g),
+            Self::HfFolder(h) => LlamaConfig::from_hf_json(&h.dir.join("config.json"), &h.config),
+        }
+    }
+
+    /// A tensor by canonical (GGUF) name.
+    pub fn tensor(&self, name: &str) -> Result<RawTensor<'_>> {
+        match self {
+            Self::Gguf(g) => {
+                let info = g
+                    .tensor_info(name)
+                    .ok_or_else(|| ModelError::tensor(g.path().display(), name, "missing"))?;
+                Ok(g.raw_tensor(info)?)
+            }
+            Self::HfFolder(h) => {
+                let hf = hf_name(name).ok_or_else(|| {
+                    ModelError::tensor(h.dir.display(), name, "has no Hugging Face name")
+                })?;
+                h.raw(&hf)
+            }
+        }
+    }
+
+    /// Whether a tensor exists, by canonical name.
+    pub fn has_tensor(&self, name: &str) -> bool {
+        match self {
+            Self::Gguf(g) => g.tensor_info(name).is_some(),
+            Self::HfFolder(h) => hf_name(name).is_some_and(|n| h.has(&n)),
+        }
+    }
+
+    /// Every tensor in the file(s), in file order.
+    pub fn list_tensors(&self) -> Vec<TensorListing> {
+        match self {
+            Self::Gguf(g) => g
+                .tensors()
+                .iter()
+                .map(|t| TensorListing {
+                    name: t.name.clone(),
+                    dtype: format!("{:?}", t.dtype),
+                    shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+                    bytes: t.size,
+                })
+                .collect(),
+            Self::HfFolder(h) => h
+                .entries()
+                .into_iter()
+                .map(|(name, e)| TensorListing {
+                    name,
+                    dtype: format!("{:?}", e.dtype),
+                    shape: e.shape.clone(),
+                    bytes: e.range.len() as u64,
+                })
+                .collect(),
+        }
+    }
+
+    /// Size of the weight files on disk.
+    pub fn file_bytes(&self) -> u64 {
+        match self {
+            Self::Gguf(g) => g.file_size(),
+            Self::HfFolder(h) => h.weight_bytes(),
+        }
+    }
+
+    /// The tokenizer that ships with the model.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            Self::Gguf(g) => Tokenizer::from_gguf(g),
+            Self::HfFolder(h) => {
+                let (bos, eos) = hf_special_ids(h);
+                Tokenizer::from_file(&h.dir.join("tokenizer.json"), bos, eos)
+            }
+        }
+    }
+
+    /// The model's chat template, or a clear error if it has none.
+    pub fn chat_template(&self, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+        let token_text =
+            |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
+        let (source, bos, eos) = match self {
+            Self::Gguf(g) => (
+                g.get("tokenizer.chat_template")
+                    .and_then(MetaValue::as_str)
+                    .map(str::to_string),
+                token_text(tokenizer.bos()),
+                token_text(tokenizer.eos().first().copied()),
+            ),
+            Self::HfFolder(h) => {
+                let tc = h.tokenizer_config.as_ref();
+                let source = tc
+                    .and_then(|c| c.get("chat_template"))
+                    .and_then(|t| match t {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        // A list of named templates: take "default".
+                        serde_json::Value::Array(list) => list
+                            .iter()
+                            .find(|e| e.get("name").and_then(|n| n.as_str()) == Some("default"))
+                            .and_then(|e| e.get("template")?.as_str().map(str::to_string)),
+                        _ => None,
+                    });
+                let token_field = |k: &str| {
+                    tc.and_then(|c| c.get(k)).and_then(|v| match v {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        other => other.get("content")?.as_str().map(str::to_string),
+                    })
+                };
+                (
+                    source,
+                    token_field("bos_token").unwrap_or_else(|| token_text(tokenizer.bos())),
+                    token_field("eos_token")
+                        .unwrap_or_else(|| token_text(tokenizer.eos().first().copied())),
+                )
+            }
+        };
+        let source = source.ok_or_else(|| {
+            ModelError::ChatTemplate(format!(
+                "{} has no chat template (GGUF 'tokenizer.chat_template' or tokenizer_config.json 'chat_template'); use a plain prompt",
+                self.path().display()
+            ))
+        })?;
+        ChatTemplate::new(&source, &bos, &eos)
+    }
+}
+
+/// BOS and EOS ids of a Hugging Face folder, from `config.json` (`eos_token_id` may be a list).
+fn hf_special_ids(h: &HfFolder) -> (Option<u32>, Vec<u32>) {
+    let c = &h.config;
+    let bos = c
+        .get("bos_token_id")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as u32);
+    let eos = match c.get("eos_token_id") {
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|v| v as u32)
+            .collect(),
+        Some(v) => v.as_u64().map(|v| v as u32).into_iter().collect(),
+        None => Vec::new(),
+    };
+    (bos, eos)
+}
