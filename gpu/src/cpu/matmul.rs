@@ -62,8 +62,11 @@ fn tile<const L: usize, A: Accumulate>(
     let mut acc = [[[0.0f32; L]; TILE]; TILE];
     let mut p = 0;
     while p < full {
-        let xv: [&[f32]; TILE] = std::array::from_fn(|a| &xs[a][p..p + L]);
-        let wv: [&[f32]; TILE] = std::array::from_fn(|b| &ws[b][p..p + L]);
+        // Fixed-size views let LLVM drop bounds checks and keep `acc` in vector registers.
+        let xv: [&[f32; L]; TILE] =
+            std::array::from_fn(|a| xs[a][p..p + L].try_into().expect("L-wide chunk"));
+        let wv: [&[f32; L]; TILE] =
+            std::array::from_fn(|b| ws[b][p..p + L].try_into().expect("L-wide chunk"));
         for a in 0..TILE {
             for b in 0..TILE {
                 for l in 0..L {
@@ -86,59 +89,144 @@ fn tile<const L: usize, A: Accumulate>(
     out
 }
 
-/// `out[i][j] = x[i] · w[j]` for a block of weight rows; `out` is `m × n`.
+/// `out[i][j] = x[i] · w[j]` for a block of weight rows; `out` is `m × n`. Full `MR × NR`
+/// tiles go to `tile`, the ragged edges to `dot`.
 #[inline(always)]
-fn block<const L: usize, A: Accumulate>(
+#[allow(clippy::too_many_arguments)]
+fn block<const MR: usize, const NR: usize>(
     x: &[f32],
     m: usize,
     k: usize,
     w: &[f32],
     n: usize,
     out: &mut [f32],
+    tile: impl Fn([&[f32]; MR], [&[f32]; NR]) -> [[f32; NR]; MR],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
 ) {
     let mut i = 0;
     while i < m {
         let mut j = 0;
         while j < n {
-            if i + TILE <= m && j + TILE <= n {
+            if i + MR <= m && j + NR <= n {
                 let xs = std::array::from_fn(|a| &x[(i + a) * k..(i + a + 1) * k]);
                 let ws = std::array::from_fn(|b| &w[(j + b) * k..(j + b + 1) * k]);
-                let t = tile::<L, A>(xs, ws);
+                let t = tile(xs, ws);
                 for (a, row) in t.iter().enumerate() {
-                    out[(i + a) * n + j..(i + a) * n + j + TILE].copy_from_slice(row);
+                    out[(i + a) * n + j..(i + a) * n + j + NR].copy_from_slice(row);
                 }
             } else {
-                for a in i..(i + TILE).min(m) {
-                    for b in j..(j + TILE).min(n) {
-                        out[a * n + b] =
-                            dot::<L, A>(&x[a * k..(a + 1) * k], &w[b * k..(b + 1) * k]);
+                for a in i..(i + MR).min(m) {
+                    for b in j..(j + NR).min(n) {
+                        out[a * n + b] = dot(&x[a * k..(a + 1) * k], &w[b * k..(b + 1) * k]);
                     }
                 }
             }
-            j += TILE;
+            j += NR;
         }
-        i += TILE;
+        i += MR;
     }
 }
 
 type BlockFn = fn(&[f32], usize, usize, &[f32], usize, &mut [f32]);
 
 fn block_portable(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    block::<8, Plain>(x, m, k, w, n, out)
+    block::<TILE, TILE>(x, m, k, w, n, out, tile::<8, Plain>, dot::<8, Plain>)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use std::arch::x86_64::*;
 
+    /// 4 × 4 dot products, 16 lanes at a time: 16 zmm accumulators + 4 weight + 1 activation
+    /// register, within AVX-512's 32.
+    #[target_feature(enable = "avx512f")]
+    fn tile_avx512(xs: [&[f32]; 4], ws: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let k = xs[0].len();
+        let full = k / 16 * 16;
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut p = 0;
+        while p < full {
+            // SAFETY: every slice has k ≥ p + 16 elements.
+            unsafe {
+                let wv: [__m512; 4] =
+                    std::array::from_fn(|b| _mm512_loadu_ps(ws[b].as_ptr().add(p)));
+                for a in 0..4 {
+                    let xa = _mm512_loadu_ps(xs[a].as_ptr().add(p));
+                    for b in 0..4 {
+                        acc[a][b] = _mm512_fmadd_ps(xa, wv[b], acc[a][b]);
+                    }
+                }
+            }
+            p += 16;
+        }
+        let mut out = [[0.0f32; 4]; 4];
+        for a in 0..4 {
+            for b in 0..4 {
+                let mut s = _mm512_reduce_add_ps(acc[a][b]);
+                for q in full..k {
+                    s = xs[a][q].mul_add(ws[b][q], s);
+                }
+                out[a][b] = s;
+            }
+        }
+        out
+    }
+
+    /// 2 × 4 dot products, 8 lanes: 8 ymm accumulators + 4 weight + 1 activation, within 16.
     #[target_feature(enable = "avx2,fma")]
-    fn block_avx2_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-        block::<8, Fused>(x, m, k, w, n, out)
+    fn tile_avx2(xs: [&[f32]; 2], ws: [&[f32]; 4]) -> [[f32; 4]; 2] {
+        let k = xs[0].len();
+        let full = k / 8 * 8;
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let mut p = 0;
+        while p < full {
+            // SAFETY: every slice has k ≥ p + 8 elements.
+            unsafe {
+                let wv: [__m256; 4] =
+                    std::array::from_fn(|b| _mm256_loadu_ps(ws[b].as_ptr().add(p)));
+                for a in 0..2 {
+                    let xa = _mm256_loadu_ps(xs[a].as_ptr().add(p));
+                    for b in 0..4 {
+                        acc[a][b] = _mm256_fmadd_ps(xa, wv[b], acc[a][b]);
+                    }
+                }
+            }
+            p += 8;
+        }
+        let mut out = [[0.0f32; 4]; 2];
+        for a in 0..2 {
+            for b in 0..4 {
+                let mut lanes = [0.0f32; 8];
+                // SAFETY: `lanes` holds 8 floats.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[a][b]) };
+                let mut s: f32 = lanes.iter().sum();
+                for q in full..k {
+                    s = xs[a][q].mul_add(ws[b][q], s);
+                }
+                out[a][b] = s;
+            }
+        }
+        out
     }
 
     #[target_feature(enable = "avx512f,fma")]
     fn block_avx512_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-        block::<16, Fused>(x, m, k, w, n, out)
+        block::<4, 4>(
+            x,
+            m,
+            k,
+            w,
+            n,
+            out,
+            |a, b| tile_avx512(a, b),
+            dot::<16, Fused>,
+        )
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn block_avx2_impl(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+        block::<2, 4>(x, m, k, w, n, out, |a, b| tile_avx2(a, b), dot::<8, Fused>)
     }
 
     pub(super) fn block_avx2(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
@@ -164,7 +252,7 @@ mod x86 {
 #[cfg(target_arch = "aarch64")]
 fn block_neon(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     // NEON and FMA are baseline on aarch64.
-    block::<4, Fused>(x, m, k, w, n, out)
+    block::<TILE, TILE>(x, m, k, w, n, out, tile::<4, Fused>, dot::<4, Fused>)
 }
 
 /// The kernel variants this CPU can run, best first, with their names (for tests and logs).

@@ -179,11 +179,16 @@ impl HfFolder {
             let index = read_json(&index_path)?;
             if let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) {
                 for (tensor, file) in map {
-                    if !owner.contains_key(tensor) {
+                    let listed = file.as_str().unwrap_or("?");
+                    let found = owner
+                        .get(tensor)
+                        .and_then(|&i| files[i].path.file_name())
+                        .and_then(|n| n.to_str());
+                    if found != Some(listed) {
                         return Err(ModelError::tensor(
-                            dir.join(file.as_str().unwrap_or("?")).display(),
+                            dir.join(listed).display(),
                             tensor,
-                            "listed in model.safetensors.index.json but not in the shard",
+                            "listed here by model.safetensors.index.json but not in this file",
                         ));
                     }
                 }

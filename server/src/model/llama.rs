@@ -102,7 +102,7 @@ impl Llama {
             if (raw.rows, raw.cols) != (rows, cols) {
                 return Err(ModelError::tensor(
                     &path,
-                    name,
+                    &source.file_tensor_name(name),
                     format!("shape {}x{}, expected {rows}x{cols}", raw.rows, raw.cols),
                 ));
             }
@@ -113,7 +113,7 @@ impl Llama {
             if raw.rows * raw.cols != len {
                 return Err(ModelError::tensor(
                     &path,
-                    name,
+                    &source.file_tensor_name(name),
                     format!("{} values, expected {len}", raw.rows * raw.cols),
                 ));
             }

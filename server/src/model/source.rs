@@ -83,6 +83,14 @@ impl ModelSource {
         }
     }
 
+    /// The name a tensor has in the files themselves (for error messages).
+    pub fn file_tensor_name(&self, canonical: &str) -> String {
+        match self {
+            Self::Gguf(_) => canonical.to_string(),
+            Self::HfFolder(_) => hf_name(canonical).unwrap_or_else(|| canonical.to_string()),
+        }
+    }
+
     /// Whether a tensor exists, by canonical name.
     pub fn has_tensor(&self, name: &str) -> bool {
         match self {

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up lowbit (the default model, a release build) and runs it on the default model.
+# Extra arguments go to `lowbit generate` (default: a chat prompt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/fetch-model.sh
+cargo build --release --bin lowbit
+model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ "$#" -eq 0 ]; then
+  set -- --chat --prompt "What is the capital of France?"
+fi
+exec ./target/release/lowbit generate --model "$model" "$@"

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# lowbit's test command: installs what the tests need, then runs formatting, lints and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/fetch-model.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+# Release: the tests run the real 135M-parameter model.
+cargo test --workspace --release
