@@ -1,5 +1,6 @@
 //! Bad model files give errors that name the file, the field or tensor and (for GGUF) the byte
 //! offset; never a panic or an out-of-bounds read.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
 

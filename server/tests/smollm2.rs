@@ -1,5 +1,6 @@
 //! The real default model, SmolLM2-135M-Instruct (GGUF Q4_1): tokenizer, chat template,
 //! greedy generation and perplexity against llama.cpp's figures in shared/REFERENCE.md.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A tiny random Llama, written by the test as GGUF (llama.cpp's Q/K permutation, some
 //! quantized tensors) and as Hugging Face folders: lowbit's logits must equal a naive float64
 //! forward within `LOGITS_REL_TOL`, whatever the file, the batch layout or the cache state.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
 

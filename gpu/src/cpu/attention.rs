@@ -21,7 +21,7 @@ pub fn attention(
             format!("{} spans, {} caches", seqs.len(), caches.len()),
         ));
     }
-    if shape.n_kv_heads == 0 || shape.n_heads % shape.n_kv_heads != 0 {
+    if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) {
         return Err(shape_err(
             "attention",
             format!("{shape:?}: heads must be a multiple of KV heads"),

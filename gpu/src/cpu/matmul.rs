@@ -255,9 +255,12 @@ fn block_neon(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: &mut [f32
     block::<TILE, TILE>(x, m, k, w, n, out, tile::<4, Fused>, dot::<4, Fused>)
 }
 
+/// A whole matmul: `(x, k, w, n) -> x · Wᵀ`.
+pub type MatmulFn = fn(&[f32], usize, &[f32], usize) -> Vec<f32>;
+
 /// The kernel variants this CPU can run, best first, with their names (for tests and logs).
-pub fn available_variants() -> Vec<(&'static str, fn(&[f32], usize, &[f32], usize) -> Vec<f32>)> {
-    let mut v: Vec<(&'static str, fn(&[f32], usize, &[f32], usize) -> Vec<f32>)> = Vec::new();
+pub fn available_variants() -> Vec<(&'static str, MatmulFn)> {
+    let mut v: Vec<(&'static str, MatmulFn)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
@@ -299,7 +302,7 @@ pub fn matmul(x: &[f32], k: usize, w: &[f32], n: usize) -> Vec<f32> {
 
 /// The single-threaded scalar twin: one plain dot product per output.
 pub fn matmul_scalar(x: &[f32], k: usize, w: &[f32], n: usize) -> Vec<f32> {
-    let m = if k == 0 { 0 } else { x.len() / k };
+    let m = x.len().checked_div(k).unwrap_or(0);
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -314,7 +317,7 @@ pub fn matmul_scalar(x: &[f32], k: usize, w: &[f32], n: usize) -> Vec<f32> {
 }
 
 fn run(x: &[f32], k: usize, w: &[f32], n: usize, kernel: BlockFn) -> Vec<f32> {
-    let m = if k == 0 { 0 } else { x.len() / k };
+    let m = x.len().checked_div(k).unwrap_or(0);
     let starts: Vec<usize> = (0..n).step_by(ROWS_PER_TASK).collect();
     let blocks: Vec<Vec<f32>> = starts
         .par_iter()

@@ -162,7 +162,7 @@ impl Backend for CpuBackend {
         let cols = x.cols();
         if positions.len() != x.rows()
             || rope.head_dim == 0
-            || cols % rope.head_dim != 0
+            || !cols.is_multiple_of(rope.head_dim)
             || rope.inv_freq.len() * 2 != rope.head_dim
         {
             return Err(shape_err(

@@ -48,7 +48,7 @@ impl SourceDType {
 
     /// Bytes of `values` elements, or `None` if they are not whole blocks or overflow.
     pub fn bytes_for(self, values: usize) -> Option<usize> {
-        if values % self.block_values() != 0 {
+        if !values.is_multiple_of(self.block_values()) {
             return None;
         }
         (values / self.block_values()).checked_mul(self.block_bytes())
@@ -72,7 +72,7 @@ pub struct RawTensor<'a> {
 impl<'a> RawTensor<'a> {
     /// Checks that `data` holds exactly `rows × cols` values of `dtype` in whole blocks.
     pub fn new(dtype: SourceDType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
-        if cols % dtype.block_values() != 0 {
+        if !cols.is_multiple_of(dtype.block_values()) {
             return Err(Error::PartialBlock {
                 dtype,
                 block: dtype.block_values(),

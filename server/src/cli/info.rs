@@ -3,6 +3,7 @@
 use crate::model::ModelSource;
 use anyhow::{Context, Result};
 use clap::Args;
+use std::io::Write;
 use std::path::PathBuf;
 
 /// Arguments of `lowbit info`.
@@ -17,6 +18,7 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
     let source = ModelSource::open(&args.model)?;
     let config = source.config()?;
     let tokenizer = source.tokenizer()?;
@@ -44,19 +46,22 @@ pub fn run(args: InfoArgs) -> Result<()> {
             "chat_template": has_template,
             "tensors": tensors,
         });
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::to_string_pretty(&obj).context("serialising info")?
-        );
+        )?;
         return Ok(());
     }
-    println!("model       {}", args.model.display());
-    println!(
+    writeln!(out, "model       {}", args.model.display())?;
+    writeln!(
+        out,
         "size        {:.1} MB on disk, {:.1} M parameters, {bits_per_weight:.2} bits per weight",
         source.file_bytes() as f64 / 1e6,
         params as f64 / 1e6
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "shape       {} layers, hidden {}, FFN {}, {} heads / {} KV heads of {}, vocab {}",
         config.n_layers,
         config.hidden_size,
@@ -65,8 +70,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
         config.n_kv_heads,
         config.head_dim,
         config.vocab_size
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "rope        theta {}, {:?} pairs, scaling {:?}; context {}; RMS eps {:e}; tied head {}",
         config.rope_theta,
         config.rope_style,
@@ -74,12 +80,13 @@ pub fn run(args: InfoArgs) -> Result<()> {
         config.context_length,
         config.rms_eps,
         config.tied_embeddings
-    );
+    )?;
     let name = |id: Option<u32>| {
         id.and_then(|i| tokenizer.token_text(i))
             .unwrap_or_else(|| "-".into())
     };
-    println!(
+    writeln!(
+        out,
         "tokenizer   {} tokens, BOS {} ({}), EOS {:?}, adds BOS: {}; chat template: {}",
         tokenizer.vocab_size(),
         tokenizer.bos().map_or("-".into(), |b| b.to_string()),
@@ -87,22 +94,23 @@ pub fn run(args: InfoArgs) -> Result<()> {
         tokenizer.eos(),
         tokenizer.adds_bos(),
         if has_template { "yes" } else { "no" }
-    );
+    )?;
     if let ModelSource::Gguf(g) = &source {
-        println!("\nmetadata (GGUF v{}):", g.version());
+        writeln!(out, "\nmetadata (GGUF v{}):", g.version())?;
         for (k, v) in g.metadata() {
-            println!("  {k:<44} {}", v.summary());
+            writeln!(out, "  {k:<44} {}", v.summary())?;
         }
     }
-    println!("\ntensors:");
+    writeln!(out, "\ntensors:")?;
     for t in &tensors {
-        println!(
+        writeln!(
+            out,
             "  {:<36} {:<6} {:>14} {:>12} bytes",
             t.name,
             t.dtype,
             format!("{:?}", t.shape),
             t.bytes
-        );
+        )?;
     }
     Ok(())
 }

@@ -7,6 +7,10 @@ use lowbit_gpu::{AttentionShape, Rope, RopeStyle};
 use serde::Serialize;
 use std::path::Path;
 
+/// Largest size accepted for any hyper-parameter: far above any real model, low enough that a
+/// corrupt value is refused before it is used to size an allocation.
+const MAX_DIMENSION: usize = 1 << 24;
+
 /// How RoPE frequencies are stretched for contexts longer than training.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -125,15 +129,22 @@ impl LlamaConfig {
             if v == 0 {
                 return Err(ModelError::field(&p, name, "must be positive"));
             }
+            if v > MAX_DIMENSION {
+                return Err(ModelError::field(
+                    &p,
+                    name,
+                    format!("{v} is absurd (more than {MAX_DIMENSION})"),
+                ));
+            }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ModelError::field(
                 &p,
                 "n_kv_heads",
                 format!("{} does not divide {} heads", self.n_kv_heads, self.n_heads),
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(ModelError::field(
                 &p,
                 "head_dim",
@@ -189,11 +200,7 @@ impl LlamaConfig {
 
         let hidden_size = uint("embedding_length")?;
         let n_heads = uint("attention.head_count")?;
-        let head_dim = opt_uint("attention.key_length").unwrap_or(if n_heads > 0 {
-            hidden_size / n_heads
-        } else {
-            0
-        });
+        let head_dim = opt_uint("attention.key_length").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         let vocab_size = match opt_uint("vocab_size") {
             Some(v) => v,
             None => gguf
@@ -314,11 +321,7 @@ impl LlamaConfig {
             n_layers: uint("num_hidden_layers")?,
             n_heads,
             n_kv_heads: opt_uint("num_key_value_heads").unwrap_or(n_heads),
-            head_dim: opt_uint("head_dim").unwrap_or(if n_heads > 0 {
-                hidden_size / n_heads
-            } else {
-                0
-            }),
+            head_dim: opt_uint("head_dim").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0)),
             ffn_size: uint("intermediate_size")?,
             rms_eps: opt_float("rms_norm_eps").unwrap_or(1e-6) as f32,
             rope_theta: opt_float("rope_theta").unwrap_or(10_000.0),

@@ -125,7 +125,7 @@ impl Llama {
         } else {
             Some(matrix("output.weight", c.vocab_size, h)?)
         };
-        let mut blocks = Vec::with_capacity(c.n_layers);
+        let mut blocks = Vec::new();
         for i in 0..c.n_layers {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
             blocks.push(Block {

@@ -441,7 +441,7 @@ impl<'a> Parser<'a> {
             let offset = self.u64("data offset")?;
             let values = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
             let size = values.and_then(|n| usize::try_from(n).ok()).and_then(|n| {
-                if (dims[0] as usize) % dtype.block_values() != 0 {
+                if !(dims[0] as usize).is_multiple_of(dtype.block_values()) {
                     None
                 } else {
                     dtype.bytes_for(n)

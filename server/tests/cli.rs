@@ -1,0 +1,132 @@
+//! The `lowbit` binary end to end: JSON output on the real model, and clear errors (exit code
+//! 1, a message naming the problem) for bad input.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
+
+mod common;
+
+use common::tiny_model::{TinyConfig, TinyModel};
+use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
+use std::process::{Command, Output};
+
+fn lowbit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn generate_json_reports_ids_text_and_timings() {
+    let model = common::smollm2_path();
+    let out = lowbit(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["prompt_tokens"], serde_json::json!([504, 3575, 282, 4649, 314]));
+    assert_eq!(v["completion_tokens"], serde_json::json!([7042, 30, 198, 198, 504, 2988, 314, 42]));
+    assert_eq!(v["text"], " Paris.\n\nThe answer is:");
+    assert_eq!(v["stop_reason"], "length");
+    assert!(v["timings"]["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn info_json_describes_the_default_model() {
+    let model = common::smollm2_path();
+    let out = lowbit(&["info", "--model", model.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["config"]["n_layers"], 30);
+    assert_eq!(v["config"]["n_kv_heads"], 3);
+    assert_eq!(v["config"]["tied_embeddings"], true);
+    assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
+    assert_eq!(v["chat_template"], true);
+}
+
+#[test]
+fn corrupt_model_file_exits_with_a_message_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.gguf");
+    let bytes = TinyModel::random(TinyConfig::default(), 3, false).gguf_bytes();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = lowbit(&["info", "--model", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: ") && err.contains("cut.gguf") && err.contains("at byte"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = lowbit(&["info", "--model", dir.path().join("absent.gguf").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("absent.gguf: no such file"), "{}", stderr(&out));
+}
+
+/// A tiny random model with a tiny byte-level vocabulary and no chat template.
+fn tiny_model_with_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
+    let cfg = TinyConfig::default();
+    let tiny = TinyModel::random(cfg, 8, false);
+    let base = GgufFile::from_bytes(std::path::Path::new("t.gguf"), tiny.gguf_bytes()).unwrap();
+    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+    tokens.extend((33u8..=126).map(|b| (b as char).to_string()));
+    tokens.push("Ġ".into());
+    tokens.push("hi".into());
+    while tokens.len() < cfg.vocab {
+        tokens.push(format!("<extra{}>", tokens.len()));
+    }
+    let types: Vec<MetaValue> = (0..tokens.len()).map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 })).collect();
+    let mut w = GgufWriter::new();
+    for (k, v) in base.metadata() {
+        w.meta(k, v.clone());
+    }
+    w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
+        .meta("tokenizer.ggml.pre", MetaValue::String("default".into()))
+        .meta("tokenizer.ggml.tokens", MetaValue::Array(tokens.into_iter().map(MetaValue::String).collect()))
+        .meta("tokenizer.ggml.token_type", MetaValue::Array(types))
+        .meta("tokenizer.ggml.merges", MetaValue::Array(vec![MetaValue::String("h i".into())]))
+        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(0))
+        .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(1))
+        .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    for t in base.tensors() {
+        let raw = base.raw_tensor(t).unwrap();
+        w.tensor(&t.name, &t.dims, t.dtype, raw.data.to_vec());
+    }
+    let path = dir.join("tiny-tok.gguf");
+    std::fs::write(&path, w.to_bytes()).unwrap();
+    path
+}
+
+#[test]
+fn chat_without_a_template_is_a_clear_error_and_plain_prompts_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_with_tokenizer(dir.path());
+    let p = path.to_str().unwrap();
+    let out = lowbit(&["generate", "--model", p, "--prompt", "hi", "--chat"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("has no chat template"), "{}", stderr(&out));
+
+    let out = lowbit(&["generate", "--model", p, "--prompt", "hi there", "--max-tokens", "5", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // BOS (id 0) first, as the file asks; the one merge makes "hi" a token; the rest are
+    // single bytes ("Ġ" is the byte-level space).
+    let byte = |c: u8| 2 + u64::from(c - 33);
+    let (space, hi) = (96, 97);
+    let want = [0, hi, space, byte(b't'), byte(b'h'), byte(b'e'), byte(b'r'), byte(b'e')];
+    assert_eq!(v["prompt_tokens"], serde_json::json!(want));
+    assert!(v["completion_tokens"].as_array().unwrap().len() <= 5);
+}
+
+#[test]
+fn unavailable_device_is_a_clear_error() {
+    let model = common::smollm2_path();
+    let out = lowbit(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--device", "gpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--device gpu"), "{}", stderr(&out));
+}
