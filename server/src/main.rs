@@ -13,7 +13,12 @@ fn main() -> std::process::ExitCode {
     match lowbit::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `lowbit info | head` closes the pipe early: that is not a failure.
-        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

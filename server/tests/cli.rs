@@ -9,7 +9,10 @@ use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
 use std::process::{Command, Output};
 
 fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -31,8 +34,14 @@ fn generate_json_reports_ids_text_and_timings() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["prompt_tokens"], serde_json::json!([504, 3575, 282, 4649, 314]));
-    assert_eq!(v["completion_tokens"], serde_json::json!([7042, 30, 198, 198, 504, 2988, 314, 42]));
+    assert_eq!(
+        v["prompt_tokens"],
+        serde_json::json!([504, 3575, 282, 4649, 314])
+    );
+    assert_eq!(
+        v["completion_tokens"],
+        serde_json::json!([7042, 30, 198, 198, 504, 2988, 314, 42])
+    );
     assert_eq!(v["text"], " Paris.\n\nThe answer is:");
     assert_eq!(v["stop_reason"], "length");
     assert!(v["timings"]["decode_tokens_per_second"].as_f64().unwrap() > 0.0);
@@ -60,12 +69,23 @@ fn corrupt_model_file_exits_with_a_message_naming_file_and_offset() {
     let out = lowbit(&["info", "--model", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.starts_with("error: ") && err.contains("cut.gguf") && err.contains("at byte"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("cut.gguf") && err.contains("at byte"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
 
-    let out = lowbit(&["info", "--model", dir.path().join("absent.gguf").to_str().unwrap()]);
+    let out = lowbit(&[
+        "info",
+        "--model",
+        dir.path().join("absent.gguf").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("absent.gguf: no such file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("absent.gguf: no such file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A tiny random model with a tiny byte-level vocabulary and no chat template.
@@ -80,16 +100,24 @@ fn tiny_model_with_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
     while tokens.len() < cfg.vocab {
         tokens.push(format!("<extra{}>", tokens.len()));
     }
-    let types: Vec<MetaValue> = (0..tokens.len()).map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 })).collect();
+    let types: Vec<MetaValue> = (0..tokens.len())
+        .map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 }))
+        .collect();
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata() {
         w.meta(k, v.clone());
     }
     w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
         .meta("tokenizer.ggml.pre", MetaValue::String("default".into()))
-        .meta("tokenizer.ggml.tokens", MetaValue::Array(tokens.into_iter().map(MetaValue::String).collect()))
+        .meta(
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(tokens.into_iter().map(MetaValue::String).collect()),
+        )
         .meta("tokenizer.ggml.token_type", MetaValue::Array(types))
-        .meta("tokenizer.ggml.merges", MetaValue::Array(vec![MetaValue::String("h i".into())]))
+        .meta(
+            "tokenizer.ggml.merges",
+            MetaValue::Array(vec![MetaValue::String("h i".into())]),
+        )
         .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(0))
         .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(1))
         .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
@@ -109,16 +137,38 @@ fn chat_without_a_template_is_a_clear_error_and_plain_prompts_still_work() {
     let p = path.to_str().unwrap();
     let out = lowbit(&["generate", "--model", p, "--prompt", "hi", "--chat"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("has no chat template"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no chat template"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = lowbit(&["generate", "--model", p, "--prompt", "hi there", "--max-tokens", "5", "--json"]);
+    let out = lowbit(&[
+        "generate",
+        "--model",
+        p,
+        "--prompt",
+        "hi there",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // BOS (id 0) first, as the file asks; the one merge makes "hi" a token; the rest are
     // single bytes ("Ġ" is the byte-level space).
     let byte = |c: u8| 2 + u64::from(c - 33);
     let (space, hi) = (96, 97);
-    let want = [0, hi, space, byte(b't'), byte(b'h'), byte(b'e'), byte(b'r'), byte(b'e')];
+    let want = [
+        0,
+        hi,
+        space,
+        byte(b't'),
+        byte(b'h'),
+        byte(b'e'),
+        byte(b'r'),
+        byte(b'e'),
+    ];
     assert_eq!(v["prompt_tokens"], serde_json::json!(want));
     assert!(v["completion_tokens"].as_array().unwrap().len() <= 5);
 }
@@ -126,7 +176,15 @@ fn chat_without_a_template_is_a_clear_error_and_plain_prompts_still_work() {
 #[test]
 fn unavailable_device_is_a_clear_error() {
     let model = common::smollm2_path();
-    let out = lowbit(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--device", "gpu"]);
+    let out = lowbit(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--device",
+        "gpu",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--device gpu"), "{}", stderr(&out));
 }

@@ -200,7 +200,8 @@ impl LlamaConfig {
 
         let hidden_size = uint("embedding_length")?;
         let n_heads = uint("attention.head_count")?;
-        let head_dim = opt_uint("attention.key_length").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
+        let head_dim = opt_uint("attention.key_length")
+            .unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         let vocab_size = match opt_uint("vocab_size") {
             Some(v) => v,
             None => gguf
