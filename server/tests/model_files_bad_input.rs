@@ -198,7 +198,7 @@ fn version_2_files_parse_like_version_3() {
     bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
     let f = GgufFile::from_bytes(Path::new("v2.gguf"), bytes).unwrap();
     assert_eq!(f.version(), 2);
-    assert_eq!(f.tensors().len(), 11);
+    assert_eq!(f.tensors().len(), 12);
     let mut v2 = tiny_gguf();
     v2[4..8].copy_from_slice(&2u32.to_le_bytes());
     assert!(parse_and_load(v2).is_ok());
