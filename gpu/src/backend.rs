@@ -7,7 +7,7 @@
 //! sequences is one matrix multiply that reads each weight once.
 
 use crate::error::Result;
-use crate::quant::source::RawTensor;
+use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight};
 
 /// The rows of a batch that belong to one sequence.
@@ -108,8 +108,8 @@ pub trait Backend: Send + Sync {
     /// A short name for logs (`cpu`, `wgpu:<adapter>`).
     fn name(&self) -> String;
 
-    /// Moves a weight matrix from a model file's encoding into this backend.
-    fn load_weight(&self, raw: &RawTensor<'_>) -> Result<Weight>;
+    /// Moves a weight matrix, already in the format it will be kept in, into this backend.
+    fn load_weight(&self, w: QTensor) -> Result<Weight>;
 
     /// Moves host values into an activation tensor (also used for norm vectors, `1 × n`).
     fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor>;

@@ -14,4 +14,5 @@ pub mod tensor;
 pub use backend::{AttentionShape, Backend, KvCache, Rope, RopeStyle, SeqSpan};
 pub use error::{Error, Result};
 pub use quant::source::{RawTensor, SourceDType};
+pub use quant::{GroupSize, QTensor, QuantFormat};
 pub use tensor::{Tensor, Weight};

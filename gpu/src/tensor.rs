@@ -4,6 +4,7 @@
 //! around, so the same model code drives the CPU backend now and the wgpu backend later.
 
 use crate::error::{shape_err, Result};
+use crate::quant::{QTensor, QuantFormat};
 
 /// Where a tensor's values live.
 #[derive(Debug, Clone)]
@@ -69,8 +70,8 @@ impl Tensor {
 /// How a backend keeps a weight matrix.
 #[derive(Debug)]
 pub enum WeightStorage {
-    /// Dequantized f32 rows in host memory (the reference path).
-    HostF32(Vec<f32>),
+    /// Host memory, in the weight's own format (kernels dequantize on the fly).
+    Host(QTensor),
 }
 
 /// A weight matrix of `rows × cols` (`N × K`): a linear layer computes `y = x · Wᵀ`.
@@ -106,17 +107,24 @@ impl Weight {
         &self.storage
     }
 
-    /// Host f32 values, or an error if the weight lives elsewhere.
-    pub fn host_f32(&self) -> Result<&[f32]> {
+    /// The host copy, or an error if the weight lives elsewhere.
+    pub fn host(&self) -> Result<&QTensor> {
         match &self.storage {
-            WeightStorage::HostF32(v) => Ok(v),
+            WeightStorage::Host(q) => Ok(q),
+        }
+    }
+
+    /// The format the weight is kept in.
+    pub fn format(&self) -> QuantFormat {
+        match &self.storage {
+            WeightStorage::Host(q) => q.format,
         }
     }
 
     /// Bytes this weight occupies in its backend's memory.
     pub fn resident_bytes(&self) -> usize {
         match &self.storage {
-            WeightStorage::HostF32(v) => v.len() * 4,
+            WeightStorage::Host(q) => q.resident_bytes(),
         }
     }
 }

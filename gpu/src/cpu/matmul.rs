@@ -7,6 +7,7 @@
 //! against.
 
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Rows of x and of W in one register tile.
 const TILE: usize = 4;
@@ -317,6 +318,16 @@ pub fn matmul_scalar(x: &[f32], k: usize, w: &[f32], n: usize) -> Vec<f32> {
 }
 
 fn run(x: &[f32], k: usize, w: &[f32], n: usize, kernel: BlockFn) -> Vec<f32> {
+    run_rows(x, k, n, kernel, &|j0, j1| Cow::Borrowed(&w[j0 * k..j1 * k]))
+}
+
+/// `x · Wᵀ` where the weight rows come from `rows(j0, j1)` as f32, a block at a time (so f16
+/// weights are widened one block at a time, never as a whole f32 copy).
+pub fn matmul_rows<'w>(x: &[f32], k: usize, n: usize, rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync)) -> Vec<f32> {
+    run_rows(x, k, n, best_block(), rows)
+}
+
+fn run_rows<'w>(x: &[f32], k: usize, n: usize, kernel: BlockFn, rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync)) -> Vec<f32> {
     let m = x.len().checked_div(k).unwrap_or(0);
     let starts: Vec<usize> = (0..n).step_by(ROWS_PER_TASK).collect();
     let blocks: Vec<Vec<f32>> = starts
@@ -324,7 +335,7 @@ fn run(x: &[f32], k: usize, w: &[f32], n: usize, kernel: BlockFn) -> Vec<f32> {
         .map(|&j0| {
             let j1 = (j0 + ROWS_PER_TASK).min(n);
             let mut out = vec![0.0f32; m * (j1 - j0)];
-            kernel(x, m, k, &w[j0 * k..j1 * k], j1 - j0, &mut out);
+            kernel(x, m, k, &rows(j0, j1), j1 - j0, &mut out);
             out
         })
         .collect();

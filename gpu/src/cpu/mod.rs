@@ -5,10 +5,12 @@
 
 mod attention;
 pub mod matmul;
+pub mod qdot;
+pub mod qmatmul;
 
 use crate::backend::{AttentionShape, Backend, HostLayerKv, KvCache, Rope, RopeStyle, SeqSpan};
 use crate::error::{shape_err, Result};
-use crate::quant::source::RawTensor;
+use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight, WeightStorage};
 use rayon::prelude::*;
 
@@ -64,12 +66,8 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
-    fn load_weight(&self, raw: &RawTensor<'_>) -> Result<Weight> {
-        Ok(Weight::new(
-            raw.rows,
-            raw.cols,
-            WeightStorage::HostF32(raw.to_f32()),
-        ))
+    fn load_weight(&self, w: QTensor) -> Result<Weight> {
+        Ok(Weight::new(w.rows, w.cols, WeightStorage::Host(w)))
     }
 
     fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor> {
@@ -82,17 +80,14 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let (vocab, dim) = (table.rows(), table.cols());
-        let t = table.host_f32()?;
-        let mut out = Vec::with_capacity(ids.len() * dim);
-        for &id in ids {
+        let t = table.host()?;
+        let mut out = vec![0.0f32; ids.len() * dim];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(dim.max(1))) {
             let id = id as usize;
             if id >= vocab {
-                return Err(shape_err(
-                    "embed",
-                    format!("token id {id} outside vocabulary of {vocab}"),
-                ));
+                return Err(shape_err("embed", format!("token id {id} outside vocabulary of {vocab}")));
             }
-            out.extend_from_slice(&t[id * dim..(id + 1) * dim]);
+            t.dequantize_row(id, row);
         }
         Tensor::from_host(ids.len(), dim, out)
     }
@@ -132,7 +127,7 @@ impl Backend for CpuBackend {
                 format!("x has {} columns, W has {}", x.cols(), w.cols()),
             ));
         }
-        let out = matmul::matmul(x.host()?, w.cols(), w.host_f32()?, w.rows());
+        let out = qmatmul::qmatmul(x.host()?, w.host()?);
         Tensor::from_host(x.rows(), w.rows(), out)
     }
 

@@ -1,6 +1,16 @@
 //! Weight formats.
 //!
-//! [`source`] decodes the formats weights arrive in from model files (GGUF blocks, f16/bf16
-//! safetensors). lowbit's own in-memory quantized formats will live beside it.
+//! - [`source`]: the formats weights arrive in (GGUF blocks, f16/bf16), decoded.
+//! - [`format`]: lowbit's own formats ([`QuantFormat`]: F32, F16, Q8, Q4, Q4M).
+//! - [`qtensor`]: the planar in-memory layout ([`QTensor`]), lossless GGUF repacking and the
+//!   reference dequantizer.
+//! - [`quantize`]: quantizers from f32 (round-to-nearest and error-minimising search).
 
+pub mod format;
+pub mod qtensor;
+pub mod quantize;
 pub mod source;
+
+pub use format::{GroupSize, QuantFormat, FORMAT_NAMES, QBLOCK};
+pub use qtensor::QTensor;
+pub use quantize::{quantize, QuantMethod, QuantizeOptions};

@@ -1,0 +1,174 @@
+//! lowbit's weight formats: one enum, with names, sizes and fallbacks.
+
+use std::fmt;
+
+/// Values sharing one scale (and min) in the 4-bit formats, along K.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupSize {
+    G32 = 32,
+    G64 = 64,
+    G128 = 128,
+}
+
+impl GroupSize {
+    /// Values per group.
+    pub fn get(self) -> usize {
+        self as usize
+    }
+
+    /// All sizes, largest first (the fallback order).
+    pub const ALL_DESC: [GroupSize; 3] = [GroupSize::G128, GroupSize::G64, GroupSize::G32];
+
+    fn from_usize(g: usize) -> Option<Self> {
+        match g {
+            32 => Some(Self::G32),
+            64 => Some(Self::G64),
+            128 => Some(Self::G128),
+            _ => None,
+        }
+    }
+}
+
+/// Values per block of activations and of every quantized weight format: the unit of the
+/// integer dot products. Every group size is a multiple of it.
+pub const QBLOCK: usize = 32;
+
+/// How one weight tensor is stored in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuantFormat {
+    F32,
+    F16,
+    /// int8, symmetric, one f16 scale per 32 values: `x = d·q`.
+    Q8,
+    /// int4, symmetric, one f16 scale per group: `x = d·(q − 8)`, `q ∈ 0..16`.
+    Q4(GroupSize),
+    /// int4 with f16 scale and f16 min per group: `x = d·q + m`, `q ∈ 0..16`.
+    Q4M(GroupSize),
+}
+
+/// The names `QuantFormat::parse` accepts, for error messages.
+pub const FORMAT_NAMES: &str = "f32, f16, q8, q4 (= q4g32), q4g64, q4g128, q4m (= q4mg32), q4mg64, q4mg128";
+
+impl QuantFormat {
+    /// Parses a format name (`q4g64`, `q8`, …).
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let n = name.trim().to_ascii_lowercase();
+        let group = |rest: &str| -> Option<GroupSize> {
+            if rest.is_empty() {
+                return Some(GroupSize::G32);
+            }
+            GroupSize::from_usize(rest.strip_prefix('g')?.parse().ok()?)
+        };
+        let f = match n.as_str() {
+            "f32" => Some(Self::F32),
+            "f16" => Some(Self::F16),
+            "q8" => Some(Self::Q8),
+            _ => {
+                if let Some(rest) = n.strip_prefix("q4m") {
+                    group(rest).map(Self::Q4M)
+                } else if let Some(rest) = n.strip_prefix("q4") {
+                    group(rest).map(Self::Q4)
+                } else {
+                    None
+                }
+            }
+        };
+        f.ok_or_else(|| format!("unknown format '{name}' (valid: {FORMAT_NAMES})"))
+    }
+
+    /// Values sharing one scale (1 for the float formats).
+    pub fn group(self) -> usize {
+        match self {
+            Self::F32 | Self::F16 => 1,
+            Self::Q8 => QBLOCK,
+            Self::Q4(g) | Self::Q4M(g) => g.get(),
+        }
+    }
+
+    /// Whether it is one of the integer formats.
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, Self::F32 | Self::F16)
+    }
+
+    /// Storage bits per weight, scales and mins included.
+    pub fn bits_per_weight(self) -> f64 {
+        match self {
+            Self::F32 => 32.0,
+            Self::F16 => 16.0,
+            Self::Q8 => 8.0 + 16.0 / QBLOCK as f64,
+            Self::Q4(g) => 4.0 + 16.0 / g.get() as f64,
+            Self::Q4M(g) => 4.0 + 32.0 / g.get() as f64,
+        }
+    }
+
+    /// Whether a row of `cols` values splits into whole groups (and whole 32-blocks).
+    pub fn fits(self, cols: usize) -> bool {
+        match self {
+            Self::F32 | Self::F16 => true,
+            _ => cols.is_multiple_of(self.group()) && cols.is_multiple_of(QBLOCK),
+        }
+    }
+
+    /// The nearest format that fits rows of `cols`: a smaller group of the same kind, then
+    /// Q8, then F16.
+    pub fn fallback_for(self, cols: usize) -> Self {
+        if self.fits(cols) {
+            return self;
+        }
+        let same_kind = |make: fn(GroupSize) -> Self| {
+            GroupSize::ALL_DESC.into_iter().map(make).find(|f| f.group() < self.group() && f.fits(cols))
+        };
+        let smaller = match self {
+            Self::Q4(_) => same_kind(Self::Q4),
+            Self::Q4M(_) => same_kind(Self::Q4M),
+            _ => None,
+        };
+        smaller.unwrap_or(if Self::Q8.fits(cols) { Self::Q8 } else { Self::F16 })
+    }
+}
+
+impl fmt::Display for QuantFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::F32 => write!(f, "f32"),
+            Self::F16 => write!(f, "f16"),
+            Self::Q8 => write!(f, "q8"),
+            Self::Q4(g) => write!(f, "q4g{}", g.get()),
+            Self::Q4M(g) => write!(f, "q4mg{}", g.get()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_aliases_parse() {
+        for f in [
+            QuantFormat::F32,
+            QuantFormat::F16,
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G64),
+            QuantFormat::Q4M(GroupSize::G128),
+        ] {
+            assert_eq!(QuantFormat::parse(&f.to_string()).unwrap(), f);
+        }
+        assert_eq!(QuantFormat::parse("Q4").unwrap(), QuantFormat::Q4(GroupSize::G32));
+        assert_eq!(QuantFormat::parse("q4m").unwrap(), QuantFormat::Q4M(GroupSize::G32));
+        let e = QuantFormat::parse("q3").unwrap_err();
+        assert!(e.contains("q3") && e.contains("q4mg64"), "{e}");
+        assert!(QuantFormat::parse("q4g48").is_err());
+    }
+
+    #[test]
+    fn formats_fall_back_to_the_nearest_that_fits() {
+        let q4g128 = QuantFormat::Q4(GroupSize::G128);
+        assert_eq!(q4g128.fallback_for(1536), q4g128);
+        assert_eq!(q4g128.fallback_for(576), QuantFormat::Q4(GroupSize::G64));
+        assert_eq!(q4g128.fallback_for(96), QuantFormat::Q4(GroupSize::G32));
+        assert_eq!(QuantFormat::Q4M(GroupSize::G64).fallback_for(80), QuantFormat::F16);
+        assert_eq!(QuantFormat::Q8.fallback_for(40), QuantFormat::F16);
+        assert!((QuantFormat::Q4(GroupSize::G32).bits_per_weight() - 4.5).abs() < 1e-12);
+    }
+}

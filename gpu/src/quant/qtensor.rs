@@ -1,0 +1,291 @@
+//! [`QTensor`]: a weight matrix in one of lowbit's formats, laid out for GPUs first.
+//!
+//! Struct of arrays, rows contiguous, little-endian words:
+//! ```text
+//! words  | row 0: block 0 | block 1 | … | row 1: block 0 | … |     packed values, u32
+//! scales | row 0: d d d … | row 1: d d d … |                      f16, one per group
+//! mins   | row 0: m m m … | row 1: m m m … |                      f16, one per group (Q4M only)
+//! ```
+//! A 32-value block takes 4 words in Q4/Q4M and 8 words in Q8. Q4 nibble order inside a
+//! block (GGUF's, so that SIMD can split low and high nibbles with one mask and one shift):
+//! ```text
+//! byte j (j = 0..16) of the block = value j in bits 0..4 | value j+16 in bits 4..8
+//! word w = bytes 4w..4w+4, byte 4w in bits 0..8
+//! ```
+//! Q8 block: byte i = value i as i8. F16: two values per word, the even index in bits 0..16.
+//! F32: one value per word (its bits).
+//!
+//! [`QTensor::dequantize_row`] is the definition of every format's values; all kernels, on
+//! every backend, are tested against it.
+
+use super::format::{GroupSize, QuantFormat, QBLOCK};
+use crate::error::{Error, Result};
+use crate::quant::source::{RawTensor, SourceDType};
+use half::f16;
+
+/// A weight matrix `rows × cols` in a [`QuantFormat`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QTensor {
+    pub format: QuantFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub words: Vec<u32>,
+    pub scales: Vec<f16>,
+    pub mins: Vec<f16>,
+}
+
+/// Words one row takes in a format.
+pub fn words_per_row(format: QuantFormat, cols: usize) -> usize {
+    match format {
+        QuantFormat::F32 => cols,
+        QuantFormat::F16 => cols.div_ceil(2),
+        QuantFormat::Q8 => cols / 4,
+        QuantFormat::Q4(_) | QuantFormat::Q4M(_) => cols / 8,
+    }
+}
+
+impl QTensor {
+    /// Checks that the arrays have the sizes the format and shape ask for.
+    pub fn new(format: QuantFormat, rows: usize, cols: usize, words: Vec<u32>, scales: Vec<f16>, mins: Vec<f16>) -> Result<Self> {
+        if !format.fits(cols) {
+            return Err(Error::PartialBlock {
+                dtype: SourceDType::F32,
+                block: format.group(),
+                cols,
+            });
+        }
+        let groups = if format.is_quantized() { rows * cols / format.group() } else { 0 };
+        let want_mins = if matches!(format, QuantFormat::Q4M(_)) { groups } else { 0 };
+        let want_words = rows * words_per_row(format, cols);
+        if words.len() != want_words || scales.len() != groups || mins.len() != want_mins {
+            return Err(Error::Shape {
+                op: "QTensor::new",
+                detail: format!(
+                    "{format} {rows}x{cols} needs {want_words} words, {groups} scales, {want_mins} mins; got {}, {}, {}",
+                    words.len(),
+                    scales.len(),
+                    mins.len()
+                ),
+            });
+        }
+        Ok(Self {
+            format,
+            rows,
+            cols,
+            words,
+            scales,
+            mins,
+        })
+    }
+
+    /// Bytes held in memory.
+    pub fn resident_bytes(&self) -> usize {
+        self.words.len() * 4 + (self.scales.len() + self.mins.len()) * 2
+    }
+
+    /// Words of row `r`.
+    pub fn row_words(&self, r: usize) -> &[u32] {
+        let n = words_per_row(self.format, self.cols);
+        &self.words[r * n..(r + 1) * n]
+    }
+
+    /// Scales of row `r` (one per group).
+    pub fn row_scales(&self, r: usize) -> &[f16] {
+        let n = self.cols / self.format.group();
+        &self.scales[r * n..(r + 1) * n]
+    }
+
+    /// Mins of row `r` (Q4M; empty otherwise).
+    pub fn row_mins(&self, r: usize) -> &[f16] {
+        if self.mins.is_empty() {
+            return &[];
+        }
+        let n = self.cols / self.format.group();
+        &self.mins[r * n..(r + 1) * n]
+    }
+
+    /// The packed bytes of row `r` (little-endian words).
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        bytemuck::cast_slice(self.row_words(r))
+    }
+
+    /// Decodes row `r` into `out` (`cols` values): the reference definition of each format.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let bytes = self.row_bytes(r);
+        let g = self.format.group();
+        match self.format {
+            QuantFormat::F32 => {
+                for (o, w) in out.iter_mut().zip(self.row_words(r)) {
+                    *o = f32::from_bits(*w);
+                }
+            }
+            QuantFormat::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            QuantFormat::Q8 => {
+                let scales = self.row_scales(r);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = scales[i / g].to_f32() * f32::from(bytes[i] as i8);
+                }
+            }
+            QuantFormat::Q4(_) | QuantFormat::Q4M(_) => {
+                let (scales, mins) = (self.row_scales(r), self.row_mins(r));
+                for (b, block) in out.chunks_exact_mut(QBLOCK).enumerate() {
+                    let qs = &bytes[b * 16..b * 16 + 16];
+                    let group = b * QBLOCK / g;
+                    let d = scales[group].to_f32();
+                    if let QuantFormat::Q4M(_) = self.format {
+                        let m = mins[group].to_f32();
+                        for j in 0..16 {
+                            block[j] = d * f32::from(qs[j] & 0x0f) + m;
+                            block[j + 16] = d * f32::from(qs[j] >> 4) + m;
+                        }
+                    } else {
+                        for j in 0..16 {
+                            block[j] = d * (f32::from(qs[j] & 0x0f) - 8.0);
+                            block[j + 16] = d * (f32::from(qs[j] >> 4) - 8.0);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole matrix as f32 (tests and export).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        if self.cols > 0 {
+            for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+                self.dequantize_row(r, row);
+            }
+        }
+        out
+    }
+
+    /// The format a file's tensor maps to without any loss, if there is one.
+    pub fn lossless_format(dtype: SourceDType) -> Option<QuantFormat> {
+        match dtype {
+            SourceDType::F32 | SourceDType::BF16 => Some(QuantFormat::F32),
+            SourceDType::F16 => Some(QuantFormat::F16),
+            SourceDType::Q8_0 => Some(QuantFormat::Q8),
+            SourceDType::Q4_0 => Some(QuantFormat::Q4(GroupSize::G32)),
+            SourceDType::Q4_1 => Some(QuantFormat::Q4M(GroupSize::G32)),
+        }
+    }
+
+    /// Repacks a file tensor into its lossless format (GGUF blocks → planar arrays) without
+    /// changing a single value.
+    pub fn repack(raw: &RawTensor<'_>) -> Result<Self> {
+        let format = Self::lossless_format(raw.dtype).ok_or(Error::Shape {
+            op: "QTensor::repack",
+            detail: format!("{:?} has no lossless format", raw.dtype),
+        })?;
+        let (rows, cols) = (raw.rows, raw.cols);
+        let mut bytes: Vec<u8> = Vec::with_capacity(rows * words_per_row(format, cols) * 4);
+        let mut scales = Vec::new();
+        let mut mins = Vec::new();
+        let f16_at = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
+        match raw.dtype {
+            SourceDType::F32 => bytes.extend_from_slice(raw.data),
+            SourceDType::F16 => bytes.extend_from_slice(raw.data),
+            SourceDType::BF16 => {
+                for v in raw.to_f32() {
+                    bytes.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            SourceDType::Q8_0 => {
+                for b in raw.data.chunks_exact(34) {
+                    scales.push(f16_at(b, 0));
+                    bytes.extend_from_slice(&b[2..34]);
+                }
+            }
+            SourceDType::Q4_0 => {
+                for b in raw.data.chunks_exact(18) {
+                    scales.push(f16_at(b, 0));
+                    bytes.extend_from_slice(&b[2..18]);
+                }
+            }
+            SourceDType::Q4_1 => {
+                for b in raw.data.chunks_exact(20) {
+                    scales.push(f16_at(b, 0));
+                    mins.push(f16_at(b, 2));
+                    bytes.extend_from_slice(&b[4..20]);
+                }
+            }
+        }
+        if format == QuantFormat::F16 && cols % 2 == 1 {
+            // Odd rows: pad each row to whole words.
+            let mut padded = Vec::with_capacity(rows * (cols + 1) * 2);
+            for r in 0..rows {
+                padded.extend_from_slice(&bytes[r * cols * 2..(r + 1) * cols * 2]);
+                padded.extend_from_slice(&[0, 0]);
+            }
+            bytes = padded;
+        }
+        let words = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        Self::new(format, rows, cols, words, scales, mins)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gguf_block_bytes(dtype: SourceDType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+        // Arbitrary bytes with sane f16 scales: every byte pattern of the quants is valid.
+        let n = dtype.bytes_for(rows * cols).unwrap();
+        let mut state = seed;
+        let mut bytes: Vec<u8> = (0..n)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            })
+            .collect();
+        let (bb, nf16) = match dtype {
+            SourceDType::Q8_0 => (34, 1),
+            SourceDType::Q4_0 => (18, 1),
+            SourceDType::Q4_1 => (20, 2),
+            _ => (0, 0),
+        };
+        if bb > 0 {
+            for (i, b) in bytes.chunks_exact_mut(bb).enumerate() {
+                for k in 0..nf16 {
+                    let v = f16::from_f32(0.01 * (i % 7) as f32 - 0.02 * k as f32);
+                    b[2 * k..2 * k + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn gguf_import_is_bit_identical() {
+        for dtype in [SourceDType::Q8_0, SourceDType::Q4_0, SourceDType::Q4_1, SourceDType::F16, SourceDType::F32] {
+            let (rows, cols) = (3, 96);
+            let data = if dtype.block_values() == 1 {
+                (0..rows * cols).flat_map(|i| match dtype {
+                    SourceDType::F16 => f16::from_f32(i as f32 * 0.37 - 9.0).to_le_bytes().to_vec(),
+                    _ => (i as f32 * 0.37 - 9.0).to_le_bytes().to_vec(),
+                })
+                .collect()
+            } else {
+                gguf_block_bytes(dtype, rows, cols, 99)
+            };
+            let raw = RawTensor::new(dtype, rows, cols, &data).unwrap();
+            let q = QTensor::repack(&raw).unwrap();
+            let a: Vec<u32> = q.dequantize().iter().map(|v| v.to_bits()).collect();
+            let b: Vec<u32> = raw.to_f32().iter().map(|v| v.to_bits()).collect();
+            assert_eq!(a, b, "{dtype:?}");
+            assert_eq!(q.resident_bytes(), data.len(), "{dtype:?} keeps the file's size");
+        }
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        let e = QTensor::new(QuantFormat::Q8, 2, 64, vec![0; 31], vec![f16::ZERO; 4], vec![]);
+        assert!(e.is_err());
+        assert!(QTensor::new(QuantFormat::Q4(GroupSize::G64), 1, 96, vec![0; 12], vec![f16::ZERO; 1], vec![]).is_err());
+    }
+}
