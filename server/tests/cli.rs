@@ -30,6 +30,8 @@ fn generate_json_reports_ids_text_and_timings() {
         "The capital of France is",
         "--max-tokens",
         "8",
+        "--quant",
+        "f32",
         "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -6,7 +6,7 @@ mod common;
 
 use common::tiny_model::{TinyConfig, TinyModel};
 use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
-use lowbit::model::{Llama, ModelSource};
+use lowbit::model::{Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::SourceDType;
 use std::path::Path;
@@ -26,9 +26,13 @@ fn parse_and_load(bytes: Vec<u8>) -> Result<(), String> {
     let path = Path::new("/models/broken.gguf");
     let file = GgufFile::from_bytes(path, bytes).map_err(|e| e.to_string())?;
     let source = ModelSource::Gguf(file);
-    Llama::load(&source, Arc::new(CpuBackend::new()))
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    Llama::load(
+        &source,
+        Arc::new(CpuBackend::new()),
+        &QuantPolicy::parse("f32", None).unwrap(),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
 }
 
 fn header_len(bytes: &[u8]) -> usize {
@@ -164,9 +168,13 @@ fn missing_or_misshapen_tensors_are_named() {
     config["intermediate_size"] = 128.into();
     std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
     let source = ModelSource::open(dir.path()).unwrap();
-    let e = Llama::load(&source, Arc::new(CpuBackend::new()))
-        .unwrap_err()
-        .to_string();
+    let e = Llama::load(
+        &source,
+        Arc::new(CpuBackend::new()),
+        &QuantPolicy::parse("f32", None).unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("model.layers.0.mlp.gate_proj.weight") || e.contains("blk.0.ffn_gate.weight"),
         "{e}"

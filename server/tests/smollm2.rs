@@ -6,7 +6,7 @@ mod common;
 
 use lowbit::engine::{generate, GenerateOptions, SamplingParams, StopReason};
 use lowbit::eval::perplexity;
-use lowbit::model::{ChatMessage, Llama, ModelSource, Tokenizer};
+use lowbit::model::{ChatMessage, Llama, ModelSource, QuantPolicy, Tokenizer};
 use lowbit_gpu::cpu::CpuBackend;
 use std::sync::{Arc, OnceLock};
 
@@ -21,7 +21,12 @@ fn loaded() -> &'static Loaded {
     MODEL.get_or_init(|| {
         let source = ModelSource::open(&common::smollm2_path()).unwrap();
         let tokenizer = source.tokenizer().unwrap();
-        let model = Llama::load(&source, Arc::new(CpuBackend::new())).unwrap();
+        let model = Llama::load(
+            &source,
+            Arc::new(CpuBackend::new()),
+            &QuantPolicy::parse("f32", None).unwrap(),
+        )
+        .unwrap();
         Loaded {
             source,
             tokenizer,

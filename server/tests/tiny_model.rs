@@ -7,7 +7,7 @@ mod common;
 
 use common::rel_err;
 use common::tiny_model::{TinyConfig, TinyModel};
-use lowbit::model::{BatchSeq, Llama, ModelSource};
+use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use std::sync::Arc;
 
@@ -18,7 +18,12 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 fn load(path: &std::path::Path) -> Llama {
     let source = ModelSource::open(path).unwrap();
-    Llama::load(&source, Arc::new(CpuBackend::new())).unwrap()
+    Llama::load(
+        &source,
+        Arc::new(CpuBackend::new()),
+        &QuantPolicy::parse("f32", None).unwrap(),
+    )
+    .unwrap()
 }
 
 fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {

@@ -323,11 +323,22 @@ fn run(x: &[f32], k: usize, w: &[f32], n: usize, kernel: BlockFn) -> Vec<f32> {
 
 /// `x · Wᵀ` where the weight rows come from `rows(j0, j1)` as f32, a block at a time (so f16
 /// weights are widened one block at a time, never as a whole f32 copy).
-pub fn matmul_rows<'w>(x: &[f32], k: usize, n: usize, rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync)) -> Vec<f32> {
+pub fn matmul_rows<'w>(
+    x: &[f32],
+    k: usize,
+    n: usize,
+    rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync),
+) -> Vec<f32> {
     run_rows(x, k, n, best_block(), rows)
 }
 
-fn run_rows<'w>(x: &[f32], k: usize, n: usize, kernel: BlockFn, rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync)) -> Vec<f32> {
+fn run_rows<'w>(
+    x: &[f32],
+    k: usize,
+    n: usize,
+    kernel: BlockFn,
+    rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync),
+) -> Vec<f32> {
     let m = x.len().checked_div(k).unwrap_or(0);
     let starts: Vec<usize> = (0..n).step_by(ROWS_PER_TASK).collect();
     let blocks: Vec<Vec<f32>> = starts

@@ -85,7 +85,10 @@ impl Backend for CpuBackend {
         for (&id, row) in ids.iter().zip(out.chunks_exact_mut(dim.max(1))) {
             let id = id as usize;
             if id >= vocab {
-                return Err(shape_err("embed", format!("token id {id} outside vocabulary of {vocab}")));
+                return Err(shape_err(
+                    "embed",
+                    format!("token id {id} outside vocabulary of {vocab}"),
+                ));
             }
             t.dequantize_row(id, row);
         }

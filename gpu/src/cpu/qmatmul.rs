@@ -6,7 +6,7 @@
 //! go through the f32 tiled kernel, f16 rows widened one chunk at a time.
 
 use super::matmul;
-use super::qdot::{best_dot, ActRow, DotFn, QuantizedActs, WeightRow};
+use super::qdot::{best_dot, DotFn, PreparedRows, QuantizedActs};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
 use half::f16;
@@ -15,16 +15,12 @@ use std::borrow::Cow;
 
 /// Weight rows per rayon task in the integer path.
 const QROWS_PER_TASK: usize = 64;
-
-/// Weight row `r` as the dot kernels see it.
-pub fn weight_row(w: &QTensor, r: usize) -> WeightRow<'_> {
-    WeightRow {
-        format: w.format,
-        bytes: w.row_bytes(r),
-        scales: w.row_scales(r),
-        mins: w.row_mins(r),
-    }
-}
+/// From this many activation rows on, integer formats are widened to f32 a chunk of rows at a
+/// time and multiplied by the tiled f32 kernel: the widening is paid once per chunk and shared
+/// by all rows, and the f32 kernel is ~4× faster per multiply-add than the int8 one (measured:
+/// BENCHMARKS.md). Below it (decode), activations are quantized to int8 and the integer
+/// kernels read each weight once.
+pub const F32_TILE_MIN_ROWS: usize = 16;
 
 /// `x · Wᵀ` with the best kernels for this CPU; `x` is `m × w.cols`.
 pub fn qmatmul(x: &[f32], w: &QTensor) -> Vec<f32> {
@@ -46,6 +42,13 @@ pub fn qmatmul_with(x: &[f32], w: &QTensor, dot: DotFn) -> Vec<f32> {
             }
             Cow::Owned(rows)
         }),
+        _ if x.len() / k.max(1) >= F32_TILE_MIN_ROWS => matmul::matmul_rows(x, k, n, &|j0, j1| {
+            let mut rows = vec![0.0f32; (j1 - j0) * k];
+            for (r, out) in (j0..j1).zip(rows.chunks_exact_mut(k)) {
+                w.dequantize_row(r, out);
+            }
+            Cow::Owned(rows)
+        }),
         _ => {
             let acts = QuantizedActs::quantize(x, k);
             integer_matmul(&acts, w, dot)
@@ -56,18 +59,15 @@ pub fn qmatmul_with(x: &[f32], w: &QTensor, dot: DotFn) -> Vec<f32> {
 /// The integer path over already-quantized activations.
 pub fn integer_matmul(acts: &QuantizedActs, w: &QTensor, dot: DotFn) -> Vec<f32> {
     let n = w.rows;
-    let m = acts.d.len() * 32 / w.cols.max(1);
-    let a_rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
+    let m = acts.rows();
     let chunks: Vec<Vec<f32>> = (0..n.div_ceil(QROWS_PER_TASK))
         .into_par_iter()
         .map(|c| {
             let (j0, j1) = (c * QROWS_PER_TASK, ((c + 1) * QROWS_PER_TASK).min(n));
+            let prepared = PreparedRows::new(w, j0, j1 - j0);
             let mut out = vec![0.0f32; m * (j1 - j0)];
-            for j in j0..j1 {
-                let wr = weight_row(w, j);
-                for (i, a) in a_rows.iter().enumerate() {
-                    out[i * (j1 - j0) + (j - j0)] = dot(wr, *a);
-                }
+            for (i, row_out) in out.chunks_exact_mut(j1 - j0).enumerate() {
+                dot(&prepared, 0..j1 - j0, acts.row(i), row_out);
             }
             out
         })
@@ -99,7 +99,9 @@ mod tests {
     const VARIANT_REL_TOL: f64 = 1e-5;
 
     fn random(rng: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (rng.next_u32() as f64 / u32::MAX as f64 * 2.0 - 1.0) as f32).collect()
+        (0..n)
+            .map(|_| (rng.next_u32() as f64 / u32::MAX as f64 * 2.0 - 1.0) as f32)
+            .collect()
     }
 
     fn rel_err(a: &[f32], b: &[f64]) -> f64 {
@@ -119,24 +121,50 @@ mod tests {
             QuantFormat::Q4M(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G128),
         ];
-        for &(m, k, n) in &[(1, 128, 70), (5, 256, 130), (3, 384, 9)] {
+        for &(m, k, n) in &[(1, 128, 70), (5, 256, 130), (3, 384, 9), (20, 128, 33)] {
             let x = random(&mut rng, m * k);
             let wv = random(&mut rng, n * k);
             for f in formats {
                 let q = quantize(&wv, n, k, f, &QuantizeOptions::default()).unwrap();
                 let wd = q.dequantize();
                 let reference: Vec<f64> = (0..m * n)
-                    .map(|o| (0..k).map(|p| x[o / n * k + p] as f64 * wd[o % n * k + p] as f64).sum())
+                    .map(|o| {
+                        (0..k)
+                            .map(|p| x[o / n * k + p] as f64 * wd[o % n * k + p] as f64)
+                            .sum()
+                    })
                     .collect();
-                let tol = if f.is_quantized() { INT8_ACT_REL_TOL } else { 1e-5 };
+                let tol = if f.is_quantized() {
+                    INT8_ACT_REL_TOL
+                } else {
+                    1e-5
+                };
                 let scalar = qmatmul_with(&x, &q, super::super::qdot::dot_scalar);
+                if f.is_quantized() {
+                    // The int8 path directly, whatever m is.
+                    let acts = QuantizedActs::quantize(&x, k);
+                    let direct = integer_matmul(&acts, &q, super::super::qdot::dot_scalar);
+                    let e = rel_err(&direct, &reference);
+                    assert!(e < INT8_ACT_REL_TOL, "{f} int8 scalar m={m}: {e}");
+                    let direct64: Vec<f64> = direct.iter().map(|&v| v as f64).collect();
+                    for (name, dot) in available_dots() {
+                        let e = rel_err(&integer_matmul(&acts, &q, dot), &direct64);
+                        assert!(
+                            e < VARIANT_REL_TOL,
+                            "{f} {name} int8 vs scalar m={m} k={k} n={n}: {e}"
+                        );
+                    }
+                }
                 let e = rel_err(&scalar, &reference);
                 assert!(e < tol, "{f} scalar m={m} k={k} n={n}: {e}");
                 let scalar64: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
                 for (name, dot) in available_dots() {
                     let got = qmatmul_with(&x, &q, dot);
                     let e = rel_err(&got, &scalar64);
-                    assert!(e < VARIANT_REL_TOL, "{f} {name} vs scalar m={m} k={k} n={n}: {e}");
+                    assert!(
+                        e < VARIANT_REL_TOL,
+                        "{f} {name} vs scalar m={m} k={k} n={n}: {e}"
+                    );
                 }
             }
         }
@@ -152,7 +180,11 @@ mod tests {
                 let back = a.d[b] * f32::from(a.q[b * 32 + j]);
                 assert!((back - v).abs() <= a.d[b] * 0.5 + 1e-7);
             }
-            assert_eq!(a.sums[b], a.q[b * 32..(b + 1) * 32].iter().map(|&q| i32::from(q)).sum::<i32>());
+            let sum = a.q[b * 32..(b + 1) * 32]
+                .iter()
+                .map(|&q| i32::from(q))
+                .sum::<i32>();
+            assert_eq!(a.c[b], a.d[b] * sum as f32);
         }
     }
 }

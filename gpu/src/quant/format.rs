@@ -47,7 +47,8 @@ pub enum QuantFormat {
 }
 
 /// The names `QuantFormat::parse` accepts, for error messages.
-pub const FORMAT_NAMES: &str = "f32, f16, q8, q4 (= q4g32), q4g64, q4g128, q4m (= q4mg32), q4mg64, q4mg128";
+pub const FORMAT_NAMES: &str =
+    "f32, f16, q8, q4 (= q4g32), q4g64, q4g128, q4m (= q4mg32), q4mg64, q4mg128";
 
 impl QuantFormat {
     /// Parses a format name (`q4g64`, `q8`, …).
@@ -116,14 +117,21 @@ impl QuantFormat {
             return self;
         }
         let same_kind = |make: fn(GroupSize) -> Self| {
-            GroupSize::ALL_DESC.into_iter().map(make).find(|f| f.group() < self.group() && f.fits(cols))
+            GroupSize::ALL_DESC
+                .into_iter()
+                .map(make)
+                .find(|f| f.group() < self.group() && f.fits(cols))
         };
         let smaller = match self {
             Self::Q4(_) => same_kind(Self::Q4),
             Self::Q4M(_) => same_kind(Self::Q4M),
             _ => None,
         };
-        smaller.unwrap_or(if Self::Q8.fits(cols) { Self::Q8 } else { Self::F16 })
+        smaller.unwrap_or(if Self::Q8.fits(cols) {
+            Self::Q8
+        } else {
+            Self::F16
+        })
     }
 }
 
@@ -154,8 +162,14 @@ mod tests {
         ] {
             assert_eq!(QuantFormat::parse(&f.to_string()).unwrap(), f);
         }
-        assert_eq!(QuantFormat::parse("Q4").unwrap(), QuantFormat::Q4(GroupSize::G32));
-        assert_eq!(QuantFormat::parse("q4m").unwrap(), QuantFormat::Q4M(GroupSize::G32));
+        assert_eq!(
+            QuantFormat::parse("Q4").unwrap(),
+            QuantFormat::Q4(GroupSize::G32)
+        );
+        assert_eq!(
+            QuantFormat::parse("q4m").unwrap(),
+            QuantFormat::Q4M(GroupSize::G32)
+        );
         let e = QuantFormat::parse("q3").unwrap_err();
         assert!(e.contains("q3") && e.contains("q4mg64"), "{e}");
         assert!(QuantFormat::parse("q4g48").is_err());
@@ -167,7 +181,10 @@ mod tests {
         assert_eq!(q4g128.fallback_for(1536), q4g128);
         assert_eq!(q4g128.fallback_for(576), QuantFormat::Q4(GroupSize::G64));
         assert_eq!(q4g128.fallback_for(96), QuantFormat::Q4(GroupSize::G32));
-        assert_eq!(QuantFormat::Q4M(GroupSize::G64).fallback_for(80), QuantFormat::F16);
+        assert_eq!(
+            QuantFormat::Q4M(GroupSize::G64).fallback_for(80),
+            QuantFormat::F16
+        );
         assert_eq!(QuantFormat::Q8.fallback_for(40), QuantFormat::F16);
         assert!((QuantFormat::Q4(GroupSize::G32).bits_per_weight() - 4.5).abs() < 1e-12);
     }

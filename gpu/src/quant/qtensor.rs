@@ -46,7 +46,14 @@ pub fn words_per_row(format: QuantFormat, cols: usize) -> usize {
 
 impl QTensor {
     /// Checks that the arrays have the sizes the format and shape ask for.
-    pub fn new(format: QuantFormat, rows: usize, cols: usize, words: Vec<u32>, scales: Vec<f16>, mins: Vec<f16>) -> Result<Self> {
+    pub fn new(
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+        words: Vec<u32>,
+        scales: Vec<f16>,
+        mins: Vec<f16>,
+    ) -> Result<Self> {
         if !format.fits(cols) {
             return Err(Error::PartialBlock {
                 dtype: SourceDType::F32,
@@ -54,8 +61,16 @@ impl QTensor {
                 cols,
             });
         }
-        let groups = if format.is_quantized() { rows * cols / format.group() } else { 0 };
-        let want_mins = if matches!(format, QuantFormat::Q4M(_)) { groups } else { 0 };
+        let groups = if format.is_quantized() {
+            rows * cols / format.group()
+        } else {
+            0
+        };
+        let want_mins = if matches!(format, QuantFormat::Q4M(_)) {
+            groups
+        } else {
+            0
+        };
         let want_words = rows * words_per_row(format, cols);
         if words.len() != want_words || scales.len() != groups || mins.len() != want_mins {
             return Err(Error::Shape {
@@ -224,7 +239,10 @@ impl QTensor {
             }
             bytes = padded;
         }
-        let words = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let words = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Self::new(format, rows, cols, words, scales, mins)
     }
 }
@@ -262,14 +280,23 @@ mod tests {
 
     #[test]
     fn gguf_import_is_bit_identical() {
-        for dtype in [SourceDType::Q8_0, SourceDType::Q4_0, SourceDType::Q4_1, SourceDType::F16, SourceDType::F32] {
+        for dtype in [
+            SourceDType::Q8_0,
+            SourceDType::Q4_0,
+            SourceDType::Q4_1,
+            SourceDType::F16,
+            SourceDType::F32,
+        ] {
             let (rows, cols) = (3, 96);
             let data = if dtype.block_values() == 1 {
-                (0..rows * cols).flat_map(|i| match dtype {
-                    SourceDType::F16 => f16::from_f32(i as f32 * 0.37 - 9.0).to_le_bytes().to_vec(),
-                    _ => (i as f32 * 0.37 - 9.0).to_le_bytes().to_vec(),
-                })
-                .collect()
+                (0..rows * cols)
+                    .flat_map(|i| match dtype {
+                        SourceDType::F16 => {
+                            f16::from_f32(i as f32 * 0.37 - 9.0).to_le_bytes().to_vec()
+                        }
+                        _ => (i as f32 * 0.37 - 9.0).to_le_bytes().to_vec(),
+                    })
+                    .collect()
             } else {
                 gguf_block_bytes(dtype, rows, cols, 99)
             };
@@ -278,14 +305,33 @@ mod tests {
             let a: Vec<u32> = q.dequantize().iter().map(|v| v.to_bits()).collect();
             let b: Vec<u32> = raw.to_f32().iter().map(|v| v.to_bits()).collect();
             assert_eq!(a, b, "{dtype:?}");
-            assert_eq!(q.resident_bytes(), data.len(), "{dtype:?} keeps the file's size");
+            assert_eq!(
+                q.resident_bytes(),
+                data.len(),
+                "{dtype:?} keeps the file's size"
+            );
         }
     }
 
     #[test]
     fn sizes_are_checked() {
-        let e = QTensor::new(QuantFormat::Q8, 2, 64, vec![0; 31], vec![f16::ZERO; 4], vec![]);
+        let e = QTensor::new(
+            QuantFormat::Q8,
+            2,
+            64,
+            vec![0; 31],
+            vec![f16::ZERO; 4],
+            vec![],
+        );
         assert!(e.is_err());
-        assert!(QTensor::new(QuantFormat::Q4(GroupSize::G64), 1, 96, vec![0; 12], vec![f16::ZERO; 1], vec![]).is_err());
+        assert!(QTensor::new(
+            QuantFormat::Q4(GroupSize::G64),
+            1,
+            96,
+            vec![0; 12],
+            vec![f16::ZERO; 1],
+            vec![]
+        )
+        .is_err());
     }
 }

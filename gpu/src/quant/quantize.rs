@@ -35,7 +35,13 @@ pub struct QuantizeOptions {
 }
 
 /// Quantizes a row-major `rows × cols` matrix into `format` (which must fit `cols`).
-pub fn quantize(values: &[f32], rows: usize, cols: usize, format: QuantFormat, opts: &QuantizeOptions) -> Result<QTensor> {
+pub fn quantize(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    format: QuantFormat,
+    opts: &QuantizeOptions,
+) -> Result<QTensor> {
     let wpr = words_per_row(format, cols);
     let g = format.group();
     let groups_per_row = if format.is_quantized() { cols / g } else { 0 };
@@ -62,7 +68,11 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, format: QuantFormat, o
                     }
                 }
                 QuantFormat::Q8 => {
-                    for (gi, (x, out)) in row.chunks_exact(g).zip(bytes.chunks_exact_mut(g)).enumerate() {
+                    for (gi, (x, out)) in row
+                        .chunks_exact(g)
+                        .zip(bytes.chunks_exact_mut(g))
+                        .enumerate()
+                    {
                         let w = imp.map(|i| &i[gi * g..(gi + 1) * g]);
                         let (d, q) = quantize_q8_group(x, w, opts.method);
                         scales.push(d);
@@ -92,7 +102,10 @@ pub fn quantize(values: &[f32], rows: usize, cols: usize, format: QuantFormat, o
                     }
                 }
             }
-            let words = bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+            let words = bytes
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
             (words, scales, mins)
         })
         .collect();
@@ -122,7 +135,9 @@ fn quantize_q8_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod) -> (f16,
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let encode = |d: f32| -> Vec<i8> {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        x.iter().map(|v| (v * id).round().clamp(-127.0, 127.0) as i8).collect()
+        x.iter()
+            .map(|v| (v * id).round().clamp(-127.0, 127.0) as i8)
+            .collect()
     };
     let d = amax / 127.0;
     let rtn = (f16::from_f32(d), encode(d));
@@ -160,7 +175,9 @@ fn refit_scale(x: &[f32], w: Option<&[f32]>, levels: impl Iterator<Item = f32>) 
 /// Symmetric 4-bit: returns the scale, writes `q ∈ 0..16` (value = d·(q − 8)).
 fn quantize_q4_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut [u8]) -> f16 {
     // llama.cpp's Q4_0: the value of largest magnitude maps to −8.
-    let max = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let max = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     let encode = |d: f32, q: &mut [u8]| {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         for (o, v) in q.iter_mut().zip(x) {
@@ -173,7 +190,8 @@ fn quantize_q4_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut 
     if method == QuantMethod::Rtn || max == 0.0 {
         return dh;
     }
-    let q4_error = |d: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * (f32::from(q[i]) - 8.0));
+    let q4_error =
+        |d: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * (f32::from(q[i]) - 8.0));
     let mut best_err = q4_error(dh, q);
     let mut best_d = dh;
     let mut cand = vec![0u8; x.len()];
@@ -198,7 +216,12 @@ fn quantize_q4_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut 
 }
 
 /// Asymmetric 4-bit: returns (scale, min), writes `q ∈ 0..16` (value = d·q + m).
-fn quantize_q4m_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut [u8]) -> (f16, f16) {
+fn quantize_q4m_group(
+    x: &[f32],
+    w: Option<&[f32]>,
+    method: QuantMethod,
+    q: &mut [u8],
+) -> (f16, f16) {
     let min = x.iter().fold(f32::INFINITY, |m, &v| m.min(v));
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let encode = |d: f32, m: f32, q: &mut [u8]| {
@@ -213,7 +236,9 @@ fn quantize_q4m_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut
     if method == QuantMethod::Rtn || max == min {
         return (dh, mh);
     }
-    let q4m_error = |d: f16, m: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * f32::from(q[i]) + m.to_f32());
+    let q4m_error = |d: f16, m: f16, q: &[u8]| {
+        weighted_error(x, w, |i| d.to_f32() * f32::from(q[i]) + m.to_f32())
+    };
     let mut best = (dh, mh);
     let mut best_err = q4m_error(dh, mh, q);
     let mut cand = vec![0u8; x.len()];
@@ -222,7 +247,9 @@ fn quantize_q4m_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut
         let levels = 15.0 - 1.0 + 0.1 * step as f32;
         let d = (max - min) / levels;
         encode(d, min, &mut cand);
-        let Some((d, m)) = refit_scale_and_min(x, w, &cand) else { continue };
+        let Some((d, m)) = refit_scale_and_min(x, w, &cand) else {
+            continue;
+        };
         encode(d, m, &mut cand);
         let (dh, mh) = (f16::from_f32(d), f16::from_f32(m));
         let err = q4m_error(dh, mh, &cand);
@@ -262,7 +289,9 @@ mod tests {
     use crate::quant::format::GroupSize;
 
     fn data(rows: usize, cols: usize) -> Vec<f32> {
-        (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 13) as f32 * 0.1)).collect()
+        (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * (1.0 + (i % 13) as f32 * 0.1))
+            .collect()
     }
 
     fn rel_err(a: &[f32], b: &[f32]) -> f64 {
@@ -286,7 +315,17 @@ mod tests {
         ];
         for (f, tol) in cases {
             for method in [QuantMethod::Rtn, QuantMethod::Search] {
-                let q = quantize(&x, rows, cols, f, &QuantizeOptions { method, importance: None }).unwrap();
+                let q = quantize(
+                    &x,
+                    rows,
+                    cols,
+                    f,
+                    &QuantizeOptions {
+                        method,
+                        importance: None,
+                    },
+                )
+                .unwrap();
                 let e = rel_err(&q.dequantize(), &x);
                 assert!(e <= tol, "{f} {method:?}: {e}");
             }
@@ -297,7 +336,11 @@ mod tests {
     fn search_never_does_worse_than_rtn_and_is_deterministic() {
         let (rows, cols) = (16, 128);
         let x = data(rows, cols);
-        for f in [QuantFormat::Q8, QuantFormat::Q4(GroupSize::G32), QuantFormat::Q4M(GroupSize::G32)] {
+        for f in [
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G32),
+            QuantFormat::Q4M(GroupSize::G32),
+        ] {
             let rtn = quantize(&x, rows, cols, f, &QuantizeOptions::default()).unwrap();
             let opts = QuantizeOptions {
                 method: QuantMethod::Search,
@@ -306,10 +349,16 @@ mod tests {
             let s1 = quantize(&x, rows, cols, f, &opts).unwrap();
             let s2 = quantize(&x, rows, cols, f, &opts).unwrap();
             assert_eq!(s1, s2);
-            let (e_rtn, e_s) = (rel_err(&rtn.dequantize(), &x), rel_err(&s1.dequantize(), &x));
+            let (e_rtn, e_s) = (
+                rel_err(&rtn.dequantize(), &x),
+                rel_err(&s1.dequantize(), &x),
+            );
             assert!(e_s <= e_rtn, "{f}: search {e_s} > rtn {e_rtn}");
             if f != QuantFormat::Q8 {
-                assert!(e_s < 0.97 * e_rtn, "{f}: search {e_s} barely beats rtn {e_rtn}");
+                assert!(
+                    e_s < 0.97 * e_rtn,
+                    "{f}: search {e_s} barely beats rtn {e_rtn}"
+                );
             }
         }
     }
@@ -321,7 +370,14 @@ mod tests {
         x[3] = -1.6;
         x[4] = 0.7;
         x[5] = 0.05; // 0.05/0.2 + 8.5 = 8.75 → q 8
-        let q = quantize(&x, 1, 32, QuantFormat::Q4(GroupSize::G32), &QuantizeOptions::default()).unwrap();
+        let q = quantize(
+            &x,
+            1,
+            32,
+            QuantFormat::Q4(GroupSize::G32),
+            &QuantizeOptions::default(),
+        )
+        .unwrap();
         let bytes = q.row_bytes(0);
         assert_eq!(q.scales[0], f16::from_f32(0.2));
         assert_eq!(bytes[3] & 0x0f, 0);

@@ -62,7 +62,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         (args.prompt.clone(), tokenizer.encode(&args.prompt, true)?)
     };
-    let model = Llama::load(&source, backend_for(args.model.device)?)?;
+    let policy = args.model.policy()?;
+    let model = Llama::load(&source, backend_for(args.model.device)?, &policy)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let opts = GenerateOptions {

@@ -4,9 +4,11 @@ mod generate;
 mod info;
 mod perplexity;
 
+use crate::model::{Llama, ModelSource, QuantPolicy};
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lowbit_gpu::cpu::CpuBackend;
+use lowbit_gpu::quant::QuantMethod;
 use lowbit_gpu::Backend;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,6 +63,53 @@ pub struct ModelArgs {
     /// Where to run.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
+    /// Weight formats: a format (f32, f16, q8, q4g32, q4mg64, …), a preset (q8, q4, q4m), and
+    /// PATTERN=FORMAT rules, comma-separated ("q4g64,output=q8,blk.0.*=q8"). Default: as stored.
+    #[arg(long)]
+    pub quant: Option<String>,
+    /// How scales are chosen when quantizing (default: search for presets, rtn otherwise).
+    #[arg(long, value_enum)]
+    pub quant_method: Option<QuantMethodArg>,
+}
+
+/// `--quant-method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantMethodArg {
+    /// Round to nearest (llama.cpp's reference quantizers).
+    Rtn,
+    /// Per-group search of the scale (and min) with the least reconstruction error.
+    Search,
+}
+
+impl ModelArgs {
+    /// The quantization policy the flags ask for.
+    pub fn policy(&self) -> Result<QuantPolicy> {
+        let method = self.quant_method.map(|m| match m {
+            QuantMethodArg::Rtn => QuantMethod::Rtn,
+            QuantMethodArg::Search => QuantMethod::Search,
+        });
+        match &self.quant {
+            None => {
+                let mut p = QuantPolicy::as_stored();
+                if let Some(m) = method {
+                    p.method = m;
+                }
+                Ok(p)
+            }
+            Some(spec) => {
+                QuantPolicy::parse(spec, method).map_err(|e| anyhow::anyhow!("--quant: {e}"))
+            }
+        }
+    }
+
+    /// Opens the model file and loads the model on the chosen device and formats.
+    pub fn load(&self) -> Result<(ModelSource, Llama)> {
+        let policy = self.policy()?;
+        let backend = backend_for(self.device)?;
+        let source = ModelSource::open(&self.model)?;
+        let model = Llama::load(&source, backend, &policy)?;
+        Ok((source, model))
+    }
 }
 
 /// The backend for a `--device` choice.

@@ -38,7 +38,8 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     } else {
         None
     };
-    let model = Llama::load(&source, backend_for(args.model.device)?)?;
+    let policy = args.model.policy()?;
+    let model = Llama::load(&source, backend_for(args.model.device)?, &policy)?;
     let windows = (tokens.len() / args.ctx.max(1)).min(if args.chunks > 0 {
         args.chunks
     } else {

@@ -11,6 +11,7 @@
 
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
+use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
 use lowbit_gpu::{Backend, KvCache, Rope, SeqSpan, Tensor, Weight};
 use std::ops::Range;
@@ -76,6 +77,8 @@ pub struct Llama {
     output_norm: Tensor,
     blocks: Vec<Block>,
     rope: Rope,
+    /// The format each weight matrix got.
+    plans: Vec<TensorPlan>,
 }
 
 impl std::fmt::Debug for Llama {
@@ -88,8 +91,24 @@ impl std::fmt::Debug for Llama {
 }
 
 impl Llama {
-    /// Loads every tensor through `backend`, one at a time, checking each one's shape.
-    pub fn load(source: &ModelSource, backend: Arc<dyn Backend>) -> Result<Self> {
+    /// Loads every tensor through `backend`, one at a time, checking each one's shape and
+    /// giving each weight matrix the format `policy` asks for.
+    pub fn load(
+        source: &ModelSource,
+        backend: Arc<dyn Backend>,
+        policy: &QuantPolicy,
+    ) -> Result<Self> {
+        Self::load_with_importance(source, backend, policy, &|_| None)
+    }
+
+    /// As [`Llama::load`], with per-column importance for each tensor that is quantized
+    /// (activation-aware quantization).
+    pub fn load_with_importance(
+        source: &ModelSource,
+        backend: Arc<dyn Backend>,
+        policy: &QuantPolicy,
+        importance: &dyn Fn(&str) -> Option<Vec<f32>>,
+    ) -> Result<Self> {
         let c = source.config()?;
         let path = source.path().display().to_string();
         let (h, q_dim, kv_dim) = (
@@ -97,7 +116,8 @@ impl Llama {
             c.n_heads * c.head_dim,
             c.n_kv_heads * c.head_dim,
         );
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+        let mut plans = Vec::new();
+        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
             let raw = source.tensor(name)?;
             if (raw.rows, raw.cols) != (rows, cols) {
                 return Err(ModelError::tensor(
@@ -106,7 +126,9 @@ impl Llama {
                     format!("shape {}x{}, expected {rows}x{cols}", raw.rows, raw.cols),
                 ));
             }
-            Ok(backend.load_weight(&raw)?)
+            let (q, plan) = source.quantized_tensor(name, policy, importance(name))?;
+            plans.push(plan);
+            Ok(backend.load_weight(q)?)
         };
         let vector = |name: &str, len: usize| -> Result<Tensor> {
             let raw = source.tensor(name)?;
@@ -143,6 +165,7 @@ impl Llama {
             });
         }
         Ok(Self {
+            plans,
             output_norm: vector("output_norm.weight", h)?,
             rope: c.rope(),
             config: c,
@@ -156,6 +179,17 @@ impl Llama {
     /// The model's hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// The format each weight matrix got, in load order.
+    pub fn plans(&self) -> &[TensorPlan] {
+        &self.plans
+    }
+
+    /// Storage bits per weight over all weight matrices.
+    pub fn bits_per_weight(&self) -> f64 {
+        let values: usize = self.plans.iter().map(|p| p.rows * p.cols).sum();
+        self.plans.iter().map(|p| p.bytes).sum::<usize>() as f64 * 8.0 / values.max(1) as f64
     }
 
     /// The backend it runs on.

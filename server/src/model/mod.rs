@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod quant_policy;
 pub mod source;
 pub mod tokenizer;
 
@@ -14,5 +15,6 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
 pub use llama::{BatchSeq, Llama, Logits};
+pub use quant_policy::{QuantPolicy, TensorPlan};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;

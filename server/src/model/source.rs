@@ -8,8 +8,10 @@ use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
 use super::hf::{hf_name, HfFolder};
+use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::tokenizer::Tokenizer;
-use lowbit_gpu::RawTensor;
+use lowbit_gpu::quant::{quantize, QuantizeOptions};
+use lowbit_gpu::{QTensor, RawTensor};
 use std::path::{Path, PathBuf};
 
 /// A model on disk, opened and memory-mapped.
@@ -81,6 +83,52 @@ impl ModelSource {
                 h.raw(&hf)
             }
         }
+    }
+
+    /// A weight matrix in the format `policy` gives it: repacked losslessly when that is its
+    /// stored format, else decoded and quantized (one tensor at a time, so peak memory stays
+    /// near the quantized model plus one f32 tensor). `importance` weighs the quantization
+    /// error per input column (activation-aware quantization).
+    pub fn quantized_tensor(
+        &self,
+        name: &str,
+        policy: &QuantPolicy,
+        importance: Option<Vec<f32>>,
+    ) -> Result<(QTensor, TensorPlan)> {
+        let raw = self.tensor(name)?;
+        let (format, asked) = policy.resolve(name, raw.dtype, raw.cols);
+        if let Some(asked) = asked {
+            tracing::warn!(
+                "{name}: {asked} does not fit rows of {} values; using {format}",
+                raw.cols
+            );
+        }
+        let wrap = |e: lowbit_gpu::Error| {
+            ModelError::tensor(
+                self.path().display(),
+                &self.file_tensor_name(name),
+                e.to_string(),
+            )
+        };
+        let q = if Some(format) == QTensor::lossless_format(raw.dtype) {
+            QTensor::repack(&raw).map_err(wrap)?
+        } else {
+            let opts = QuantizeOptions {
+                method: policy.method,
+                importance,
+            };
+            quantize(&raw.to_f32(), raw.rows, raw.cols, format, &opts).map_err(wrap)?
+        };
+        let plan = TensorPlan {
+            name: name.to_string(),
+            rows: raw.rows,
+            cols: raw.cols,
+            source: format!("{:?}", raw.dtype),
+            format: format.to_string(),
+            fallback_from: asked.map(|a| a.to_string()),
+            bytes: q.resident_bytes(),
+        };
+        Ok((q, plan))
     }
 
     /// The name a tensor has in the files themselves (for error messages).

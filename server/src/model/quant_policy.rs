@@ -1,0 +1,218 @@
+//! Mixed precision: which format each weight tensor gets.
+//!
+//! A policy is a comma-separated list. One item without `=` sets the default (a format name or
+//! a preset); `PATTERN=FORMAT` items override it for tensors whose (GGUF-style) name matches
+//! the glob `PATTERN` (`*` matches anything; `.weight` may be left out). Later rules win.
+//!
+//! ```text
+//! q8                         every matrix Q8
+//! q4g32                      projections Q4 g32; token embedding and output head Q8
+//! q4g64,output=q8,blk.0.*=q8 as q4g64, plus the rules
+//! q4 / q4m                   presets (below)
+//! f32 | f16                  full-precision copies (every matrix)
+//! ```
+//! With a 4-bit default the token embedding and the output head stay Q8: they are the most
+//! sensitive tensors (llama.cpp's Q4_0 files do the same). A tensor whose row length does not
+//! split into the format's groups falls back to the nearest format that fits.
+
+use lowbit_gpu::quant::{QuantMethod, FORMAT_NAMES};
+use lowbit_gpu::{GroupSize, QuantFormat, SourceDType};
+
+/// The presets and what they mean.
+pub const PRESETS: &str =
+    "q8 (all Q8), q4 (projections Q4M g64, search), q4m (projections Q4M g32, search)";
+
+/// How formats are chosen for a model's tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantPolicy {
+    /// `None`: keep each tensor as stored (GGUF blocks repacked losslessly).
+    default: Option<QuantFormat>,
+    rules: Vec<(String, QuantFormat)>,
+    /// How scales are chosen when a tensor is (re)quantized.
+    pub method: QuantMethod,
+    /// The text the policy was parsed from (for reports).
+    pub spec: String,
+}
+
+/// The format one tensor gets, and why.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TensorPlan {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub source: String,
+    pub format: String,
+    /// The format asked for, when it did not fit and a fallback was taken.
+    pub fallback_from: Option<String>,
+    pub bytes: usize,
+}
+
+impl Default for QuantPolicy {
+    fn default() -> Self {
+        Self::as_stored()
+    }
+}
+
+fn glob_match(pattern: &str, name: &str) -> bool {
+    fn rec(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| rec(rest, &n[i..])),
+            Some((c, rest)) => n.first() == Some(c) && rec(rest, &n[1..]),
+        }
+    }
+    rec(pattern.as_bytes(), name.as_bytes())
+        || rec(format!("{pattern}.weight").as_bytes(), name.as_bytes())
+}
+
+impl QuantPolicy {
+    /// Every tensor as stored in the file.
+    pub fn as_stored() -> Self {
+        Self {
+            default: None,
+            rules: Vec::new(),
+            method: QuantMethod::Rtn,
+            spec: "as stored".into(),
+        }
+    }
+
+    /// Parses a policy; `method` overrides the method the spec implies (presets search, plain
+    /// formats round to nearest).
+    pub fn parse(spec: &str, method: Option<QuantMethod>) -> Result<Self, String> {
+        let mut default = None;
+        let mut rules = Vec::new();
+        let mut implied = QuantMethod::Rtn;
+        let mut sensitive_q8 = false;
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if let Some((pattern, fmt)) = item.split_once('=') {
+                let pattern = pattern.trim();
+                if pattern.is_empty() {
+                    return Err(format!("rule '{item}' has no tensor pattern (write PATTERN=FORMAT, e.g. output=q8)"));
+                }
+                let f = QuantFormat::parse(fmt).map_err(|e| format!("in rule '{item}': {e}"))?;
+                rules.push((pattern.to_string(), f));
+                continue;
+            }
+            if default.is_some() {
+                return Err(format!(
+                    "'{item}': a policy has one default format; use PATTERN=FORMAT for the others"
+                ));
+            }
+            let f = match item.to_ascii_lowercase().as_str() {
+                "q4" => {
+                    implied = QuantMethod::Search;
+                    QuantFormat::Q4M(GroupSize::G64)
+                }
+                "q4m" => {
+                    implied = QuantMethod::Search;
+                    QuantFormat::Q4M(GroupSize::G32)
+                }
+                _ => QuantFormat::parse(item).map_err(|_| {
+                    format!("unknown format or preset '{item}' (formats: {FORMAT_NAMES}; presets: {PRESETS}; rules: PATTERN=FORMAT)")
+                })?,
+            };
+            sensitive_q8 = matches!(f, QuantFormat::Q4(_) | QuantFormat::Q4M(_));
+            default = Some(f);
+        }
+        if default.is_none() && rules.is_empty() {
+            return Err(format!(
+                "empty policy (formats: {FORMAT_NAMES}; presets: {PRESETS})"
+            ));
+        }
+        if sensitive_q8 {
+            // Explicit rules come after, so they still win.
+            rules.insert(0, ("token_embd".into(), QuantFormat::Q8));
+            rules.insert(1, ("output".into(), QuantFormat::Q8));
+        }
+        Ok(Self {
+            default,
+            rules,
+            method: method.unwrap_or(implied),
+            spec: spec.to_string(),
+        })
+    }
+
+    /// Whether this policy keeps everything as stored.
+    pub fn is_as_stored(&self) -> bool {
+        self.default.is_none() && self.rules.is_empty()
+    }
+
+    /// The format asked for a tensor (before any fallback), or `None` to keep it as stored.
+    pub fn requested(&self, name: &str) -> Option<QuantFormat> {
+        self.rules
+            .iter()
+            .rev()
+            .find(|(p, _)| glob_match(p, name))
+            .map(|(_, f)| *f)
+            .or(self.default)
+    }
+
+    /// The format a tensor gets: asked-for (or lossless) format, with the fallback if it does
+    /// not fit. Returns (format, the asked format when a fallback was taken).
+    pub fn resolve(
+        &self,
+        name: &str,
+        source: SourceDType,
+        cols: usize,
+    ) -> (QuantFormat, Option<QuantFormat>) {
+        let asked = self
+            .requested(name)
+            .or_else(|| lowbit_gpu::QTensor::lossless_format(source))
+            .unwrap_or(QuantFormat::F32);
+        let got = asked.fallback_for(cols);
+        (got, (got != asked).then_some(asked))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_four_bit_keeps_embedding_and_head_at_q8_and_rules_override() {
+        let p = QuantPolicy::parse("q4g64,output=q4g32,blk.0.*=q8", None).unwrap();
+        assert_eq!(
+            p.requested("blk.3.ffn_up.weight"),
+            Some(QuantFormat::Q4(GroupSize::G64))
+        );
+        assert_eq!(p.requested("blk.0.attn_q.weight"), Some(QuantFormat::Q8));
+        assert_eq!(p.requested("token_embd.weight"), Some(QuantFormat::Q8));
+        assert_eq!(
+            p.requested("output.weight"),
+            Some(QuantFormat::Q4(GroupSize::G32))
+        );
+        assert_eq!(p.method, QuantMethod::Rtn);
+        let q8 = QuantPolicy::parse("q8", None).unwrap();
+        assert_eq!(q8.requested("token_embd.weight"), Some(QuantFormat::Q8));
+        let preset = QuantPolicy::parse("q4", None).unwrap();
+        assert_eq!(preset.method, QuantMethod::Search);
+        assert_eq!(
+            preset.requested("blk.1.attn_v.weight"),
+            Some(QuantFormat::Q4M(GroupSize::G64))
+        );
+    }
+
+    #[test]
+    fn fallbacks_are_reported() {
+        let p = QuantPolicy::parse("q4g128", None).unwrap();
+        let (got, asked) = p.resolve("blk.0.attn_q.weight", SourceDType::F32, 576);
+        assert_eq!(got, QuantFormat::Q4(GroupSize::G64));
+        assert_eq!(asked, Some(QuantFormat::Q4(GroupSize::G128)));
+        let stored = QuantPolicy::as_stored();
+        assert_eq!(
+            stored.resolve("x", SourceDType::Q4_1, 576),
+            (QuantFormat::Q4M(GroupSize::G32), None)
+        );
+    }
+
+    #[test]
+    fn malformed_policies_list_the_valid_choices() {
+        for bad in ["q3", "q4,q8", "=q8", "output=q5", ""] {
+            let e = QuantPolicy::parse(bad, None).unwrap_err();
+            assert!(
+                e.contains("q4g64") || e.contains("PATTERN=FORMAT"),
+                "{bad}: {e}"
+            );
+        }
+    }
+}
