@@ -44,6 +44,21 @@ pub fn words_per_row(format: QuantFormat, cols: usize) -> usize {
     }
 }
 
+/// Bytes a `rows × cols` matrix takes in a format (packed values, scales and mins).
+pub fn storage_bytes(format: QuantFormat, rows: usize, cols: usize) -> usize {
+    let groups = if format.is_quantized() {
+        cols / format.group()
+    } else {
+        0
+    };
+    let per_group = if matches!(format, QuantFormat::Q4M(_)) {
+        4
+    } else {
+        2
+    };
+    rows * (words_per_row(format, cols) * 4 + groups * per_group)
+}
+
 impl QTensor {
     /// Checks that the arrays have the sizes the format and shape ask for.
     pub fn new(

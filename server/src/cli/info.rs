@@ -1,8 +1,10 @@
 //! `lowbit info`: what a model file holds.
 
-use crate::model::ModelSource;
+use crate::model::llama::{expected_tensors, TensorRole};
+use crate::model::{ModelSource, QuantPolicy, TensorPlan};
 use anyhow::{Context, Result};
 use clap::Args;
+use lowbit_gpu::SourceDType;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -12,9 +14,45 @@ pub struct InfoArgs {
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long)]
     model: PathBuf,
+    /// Show the format each weight matrix would get under this policy (see `generate --quant`).
+    #[arg(long)]
+    quant: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The format each weight matrix gets under `policy`, without quantizing anything.
+fn plan(
+    source: &ModelSource,
+    config: &crate::model::LlamaConfig,
+    policy: &QuantPolicy,
+) -> Result<Vec<TensorPlan>> {
+    let tied = config.tied_embeddings && !source.has_tensor("output.weight");
+    let mut plans = Vec::new();
+    for (name, role) in expected_tensors(config, tied) {
+        let TensorRole::Matrix { rows, cols } = role else {
+            continue;
+        };
+        let (stored, dtype) = match source {
+            ModelSource::Lowbit(l) => (l.format(&name), SourceDType::F32),
+            _ => (None, source.tensor(&name)?.dtype),
+        };
+        let (mut format, mut asked) = policy.resolve(&name, dtype, cols);
+        if let (Some(s), None) = (stored, policy.requested(&name)) {
+            (format, asked) = (s, None);
+        }
+        plans.push(TensorPlan {
+            name: name.clone(),
+            rows,
+            cols,
+            source: stored.map_or_else(|| format!("{dtype:?}"), |s| s.to_string()),
+            format: format.to_string(),
+            fallback_from: asked.map(|a| a.to_string()),
+            bytes: lowbit_gpu::quant::qtensor::storage_bytes(format, rows, cols),
+        });
+    }
+    Ok(plans)
 }
 
 pub fn run(args: InfoArgs) -> Result<()> {
@@ -24,6 +62,16 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let tokenizer = source.tokenizer()?;
     let has_template = source.chat_template(&tokenizer).is_ok();
     let tensors = source.list_tensors();
+    let policy = match &args.quant {
+        Some(spec) => {
+            QuantPolicy::parse(spec, None).map_err(|e| anyhow::anyhow!("--quant: {e}"))?
+        }
+        None => QuantPolicy::as_stored(),
+    };
+    let plans = plan(&source, &config, &policy)?;
+    let plan_values: usize = plans.iter().map(|p| p.rows * p.cols).sum();
+    let plan_bits =
+        plans.iter().map(|p| p.bytes).sum::<usize>() as f64 * 8.0 / plan_values.max(1) as f64;
     let params: u64 = tensors
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
@@ -45,6 +93,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
             },
             "chat_template": has_template,
             "tensors": tensors,
+            "quant_policy": policy.spec,
+            "weight_formats": plans,
+            "weight_bits_per_weight": plan_bits,
         });
         writeln!(
             out,
@@ -100,6 +151,23 @@ pub fn run(args: InfoArgs) -> Result<()> {
         for (k, v) in g.metadata() {
             writeln!(out, "  {k:<44} {}", v.summary())?;
         }
+    }
+    writeln!(
+        out,
+        "\nweight formats ({}): {plan_bits:.3} bits per weight over the weight matrices",
+        policy.spec
+    )?;
+    for p in &plans {
+        let fallback = p
+            .fallback_from
+            .as_ref()
+            .map(|a| format!("  ({a} does not fit rows of {})", p.cols))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  {:<36} {:>6} -> {:<8}{fallback}",
+            p.name, p.source, p.format
+        )?;
     }
     writeln!(out, "\ntensors:")?;
     for t in &tensors {

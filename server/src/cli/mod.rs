@@ -3,6 +3,7 @@
 mod generate;
 mod info;
 mod perplexity;
+mod quantize;
 
 use crate::model::{Llama, ModelSource, QuantPolicy};
 use anyhow::{bail, Result};
@@ -31,6 +32,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Generate text from a prompt.
     Generate(generate::GenerateArgs),
+    /// Write a model in the formats a policy asks for, as one .safetensors file.
+    Quantize(quantize::QuantizeArgs),
     /// Measure a model's quality.
     Eval {
         #[command(subcommand)]
@@ -130,6 +133,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Eval {
             which: EvalCommand::Perplexity(a),
         } => perplexity::run(a),

@@ -1,7 +1,7 @@
 //! `lowbit eval perplexity`.
 
 use super::{backend_for, ModelArgs};
-use crate::eval::perplexity;
+use crate::eval::{kl, perplexity_with_logits};
 use crate::model::{Llama, ModelSource};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -22,6 +22,12 @@ pub struct PerplexityArgs {
     /// Score only the first N windows (0: all), like llama-perplexity's --chunks.
     #[arg(long, default_value_t = 0)]
     chunks: usize,
+    /// Save this model's top tokens per scored position, as the base for --kl-base.
+    #[arg(long, conflicts_with = "kl_base")]
+    save_kl_base: Option<PathBuf>,
+    /// Compare with a base saved by --save-kl-base: mean KL divergence and top-1 agreement.
+    #[arg(long)]
+    kl_base: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -46,18 +52,58 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         usize::MAX
     });
     eprintln!("{} tokens, {windows} windows of {}", tokens.len(), args.ctx);
-    let report = perplexity(&model, &tokens, args.ctx, bos, args.chunks, |w, ppl| {
+    let fp = kl::fingerprint(&tokens, args.ctx, windows);
+    let mut saver = args
+        .save_kl_base
+        .as_deref()
+        .map(|p| kl::BaseWriter::create(p, fp))
+        .transpose()?;
+    let mut comparer = args
+        .kl_base
+        .as_deref()
+        .map(|p| kl::KlComparer::open(p, fp))
+        .transpose()?;
+    let progress = |w, ppl| {
         eprint!("[{w}]{ppl:.4} ");
         let _ = std::io::stderr().flush();
-    })?;
+    };
+    let report = perplexity_with_logits(
+        &model,
+        &tokens,
+        args.ctx,
+        bos,
+        args.chunks,
+        progress,
+        |row| {
+            if let Some(s) = saver.as_mut() {
+                s.push(row)?;
+            }
+            if let Some(c) = comparer.as_mut() {
+                c.push(row)?;
+            }
+            Ok(())
+        },
+    )?;
     eprintln!();
+    if let Some(s) = saver {
+        let n = s.finish()?;
+        eprintln!(
+            "saved the top {} tokens of {n} positions as a KL base",
+            kl::TOP_K
+        );
+    }
+    let kl_report = comparer.map(|c| c.report());
     if args.json {
         let obj = serde_json::json!({
             "model": args.model.model,
+            "quant": args.model.quant,
+            "bits_per_weight": model.bits_per_weight(),
+            "weight_bytes": model.weight_bytes(),
             "text": args.text,
             "text_tokens": tokens.len(),
             "backend": model.backend().name(),
             "report": report,
+            "kl": kl_report,
         });
         println!("{}", serde_json::to_string(&obj)?);
     } else {

@@ -4,7 +4,7 @@
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
 use lowbit_gpu::{AttentionShape, Rope, RopeStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Largest size accepted for any hyper-parameter: far above any real model, low enough that a
@@ -12,7 +12,7 @@ use std::path::Path;
 const MAX_DIMENSION: usize = 1 << 24;
 
 /// How RoPE frequencies are stretched for contexts longer than training.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RopeScaling {
     None,
@@ -32,7 +32,7 @@ pub enum RopeScaling {
 }
 
 /// Everything the forward pass needs to know about a Llama-family model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LlamaConfig {
     pub hidden_size: usize,
     pub n_layers: usize,
@@ -43,12 +43,27 @@ pub struct LlamaConfig {
     pub rms_eps: f32,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
-    #[serde(serialize_with = "serialize_rope_style")]
+    #[serde(
+        serialize_with = "serialize_rope_style",
+        deserialize_with = "deserialize_rope_style"
+    )]
     pub rope_style: RopeStyle,
     pub vocab_size: usize,
     /// The output head reuses the token embedding.
     pub tied_embeddings: bool,
     pub context_length: usize,
+}
+
+fn deserialize_rope_style<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<RopeStyle, D::Error> {
+    match String::deserialize(d)?.as_str() {
+        "interleaved" => Ok(RopeStyle::Interleaved),
+        "half_split" => Ok(RopeStyle::HalfSplit),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown rope_style '{other}'"
+        ))),
+    }
 }
 
 fn serialize_rope_style<S: serde::Serializer>(
@@ -114,7 +129,7 @@ impl LlamaConfig {
     }
 
     /// Checks the numbers fit together, naming the offending field.
-    fn validate(self, path: &Path) -> Result<Self> {
+    pub(crate) fn validate(self, path: &Path) -> Result<Self> {
         let p = path.display();
         let positive = [
             ("hidden_size", self.hidden_size),

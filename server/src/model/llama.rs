@@ -67,6 +67,45 @@ impl Logits {
     }
 }
 
+/// What a tensor of the model is: a weight matrix (`rows × cols`) or a norm vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    Matrix { rows: usize, cols: usize },
+    Vector { len: usize },
+}
+
+/// Every tensor a Llama-family model with this config has, by canonical (GGUF) name, in load
+/// order. `tied` leaves out `output.weight`.
+pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)> {
+    let (h, q_dim, kv_dim) = (
+        c.hidden_size,
+        c.n_heads * c.head_dim,
+        c.n_kv_heads * c.head_dim,
+    );
+    let m = |rows, cols| TensorRole::Matrix { rows, cols };
+    let v = |len| TensorRole::Vector { len };
+    let mut out = vec![("token_embd.weight".to_string(), m(c.vocab_size, h))];
+    if !tied {
+        out.push(("output.weight".into(), m(c.vocab_size, h)));
+    }
+    for i in 0..c.n_layers {
+        let n = |part: &str| format!("blk.{i}.{part}.weight");
+        out.extend([
+            (n("attn_norm"), v(h)),
+            (n("attn_q"), m(q_dim, h)),
+            (n("attn_k"), m(kv_dim, h)),
+            (n("attn_v"), m(kv_dim, h)),
+            (n("attn_output"), m(h, q_dim)),
+            (n("ffn_norm"), v(h)),
+            (n("ffn_gate"), m(c.ffn_size, h)),
+            (n("ffn_up"), m(c.ffn_size, h)),
+            (n("ffn_down"), m(h, c.ffn_size)),
+        ]);
+    }
+    out.push(("output_norm.weight".into(), v(h)));
+    out
+}
+
 /// A loaded Llama-family model bound to a backend.
 pub struct Llama {
     config: LlamaConfig,
@@ -118,12 +157,12 @@ impl Llama {
         );
         let mut plans = Vec::new();
         let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
-            let raw = source.tensor(name)?;
-            if (raw.rows, raw.cols) != (rows, cols) {
+            let (r, k) = source.tensor_shape(name)?;
+            if (r, k) != (rows, cols) {
                 return Err(ModelError::tensor(
                     &path,
                     &source.file_tensor_name(name),
-                    format!("shape {}x{}, expected {rows}x{cols}", raw.rows, raw.cols),
+                    format!("shape {r}x{k}, expected {rows}x{cols}"),
                 ));
             }
             let (q, plan) = source.quantized_tensor(name, policy, importance(name))?;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod lowbit_file;
 pub mod quant_policy;
 pub mod source;
 pub mod tokenizer;

@@ -7,7 +7,8 @@ use super::chat_template::ChatTemplate;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
-use super::hf::{hf_name, HfFolder};
+use super::hf::{hf_name, HfFolder, SafetensorsFile};
+use super::lowbit_file::LowbitFile;
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::tokenizer::Tokenizer;
 use lowbit_gpu::quant::{quantize, QuantizeOptions};
@@ -19,6 +20,8 @@ use std::path::{Path, PathBuf};
 pub enum ModelSource {
     Gguf(GgufFile),
     HfFolder(HfFolder),
+    /// A file written by `lowbit quantize`.
+    Lowbit(LowbitFile),
 }
 
 /// One tensor as listed by `lowbit info`.
@@ -45,9 +48,19 @@ impl ModelSource {
         if read.is_ok() && &magic == b"GGUF" || path.extension().is_some_and(|e| e == "gguf") {
             return Ok(Self::Gguf(GgufFile::open(path)?));
         }
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let file = SafetensorsFile::open(path)?;
+            if LowbitFile::is_lowbit(&file) {
+                return Ok(Self::Lowbit(LowbitFile::open(file)?));
+            }
+            return Err(ModelError::file(
+                path.display(),
+                "a plain safetensors file has no config or tokenizer: pass its Hugging Face folder instead",
+            ));
+        }
         Err(ModelError::file(
             path.display(),
-            "not a model lowbit can read (a .gguf file or a Hugging Face folder)",
+            "not a model lowbit can read (a .gguf file, a lowbit .safetensors file or a Hugging Face folder)",
         ))
     }
 
@@ -56,6 +69,7 @@ impl ModelSource {
         match self {
             Self::Gguf(g) => g.path().to_path_buf(),
             Self::HfFolder(h) => h.dir.clone(),
+            Self::Lowbit(l) => l.file.path.clone(),
         }
     }
 
@@ -64,6 +78,7 @@ impl ModelSource {
         match self {
             Self::Gguf(g) => LlamaConfig::from_gguf(g),
             Self::HfFolder(h) => LlamaConfig::from_hf_json(&h.dir.join("config.json"), &h.config),
+            Self::Lowbit(l) => Ok(l.config.clone()),
         }
     }
 
@@ -82,6 +97,15 @@ impl ModelSource {
                 })?;
                 h.raw(&hf)
             }
+            Self::Lowbit(l) => l.raw(name),
+        }
+    }
+
+    /// A tensor's `rows × cols` (vectors are one row), by canonical name.
+    pub fn tensor_shape(&self, name: &str) -> Result<(usize, usize)> {
+        match self {
+            Self::Lowbit(l) => l.shape(name),
+            _ => self.tensor(name).map(|t| (t.rows, t.cols)),
         }
     }
 
@@ -95,6 +119,11 @@ impl ModelSource {
         policy: &QuantPolicy,
         importance: Option<Vec<f32>>,
     ) -> Result<(QTensor, TensorPlan)> {
+        if let Self::Lowbit(l) = self {
+            if let Some(stored) = l.format(name) {
+                return self.requantize_stored(l, name, stored, policy, importance);
+            }
+        }
         let raw = self.tensor(name)?;
         let (format, asked) = policy.resolve(name, raw.dtype, raw.cols);
         if let Some(asked) = asked {
@@ -131,10 +160,47 @@ impl ModelSource {
         Ok((q, plan))
     }
 
+    /// A matrix of a lowbit file: as stored unless the policy asks another format for it.
+    fn requantize_stored(
+        &self,
+        l: &LowbitFile,
+        name: &str,
+        stored: lowbit_gpu::QuantFormat,
+        policy: &QuantPolicy,
+        importance: Option<Vec<f32>>,
+    ) -> Result<(QTensor, TensorPlan)> {
+        let (rows, cols) = l.shape(name)?;
+        let stored_q = l.qtensor(name)?;
+        let (format, asked) = match policy.requested(name) {
+            None => (stored, None),
+            Some(_) => policy.resolve(name, lowbit_gpu::SourceDType::F32, cols),
+        };
+        let q = if format == stored {
+            stored_q
+        } else {
+            let opts = QuantizeOptions {
+                method: policy.method,
+                importance,
+            };
+            quantize(&stored_q.dequantize(), rows, cols, format, &opts)
+                .map_err(|e| ModelError::tensor(self.path().display(), name, e.to_string()))?
+        };
+        let plan = TensorPlan {
+            name: name.to_string(),
+            rows,
+            cols,
+            source: stored.to_string(),
+            format: q.format.to_string(),
+            fallback_from: asked.map(|a| a.to_string()),
+            bytes: q.resident_bytes(),
+        };
+        Ok((q, plan))
+    }
+
     /// The name a tensor has in the files themselves (for error messages).
     pub fn file_tensor_name(&self, canonical: &str) -> String {
         match self {
-            Self::Gguf(_) => canonical.to_string(),
+            Self::Gguf(_) | Self::Lowbit(_) => canonical.to_string(),
             Self::HfFolder(_) => hf_name(canonical).unwrap_or_else(|| canonical.to_string()),
         }
     }
@@ -144,6 +210,7 @@ impl ModelSource {
         match self {
             Self::Gguf(g) => g.tensor_info(name).is_some(),
             Self::HfFolder(h) => hf_name(name).is_some_and(|n| h.has(&n)),
+            Self::Lowbit(l) => l.shape(name).is_ok(),
         }
     }
 
@@ -170,6 +237,39 @@ impl ModelSource {
                     bytes: e.range.len() as u64,
                 })
                 .collect(),
+            Self::Lowbit(l) => {
+                let mut v: Vec<TensorListing> = l
+                    .formats
+                    .iter()
+                    .filter_map(|(name, f)| {
+                        let (rows, cols) = l.shape(name).ok()?;
+                        let q = l.qtensor(name).ok()?;
+                        Some(TensorListing {
+                            name: name.clone(),
+                            dtype: f.to_string(),
+                            shape: vec![rows, cols],
+                            bytes: q.resident_bytes() as u64,
+                        })
+                    })
+                    .collect();
+                for name in l.file.names() {
+                    if !name.contains(".weight.") && !l.formats.contains_key(name) {
+                        if let Ok((rows, cols)) = l.shape(name) {
+                            v.push(TensorListing {
+                                name: name.to_string(),
+                                dtype: "F32".into(),
+                                shape: if rows == 1 {
+                                    vec![cols]
+                                } else {
+                                    vec![rows, cols]
+                                },
+                                bytes: (rows * cols * 4) as u64,
+                            });
+                        }
+                    }
+                }
+                v
+            }
         }
     }
 
@@ -178,6 +278,7 @@ impl ModelSource {
         match self {
             Self::Gguf(g) => g.file_size(),
             Self::HfFolder(h) => h.weight_bytes(),
+            Self::Lowbit(l) => std::fs::metadata(&l.file.path).map_or(0, |m| m.len()),
         }
     }
 
@@ -189,11 +290,35 @@ impl ModelSource {
                 let (bos, eos) = hf_special_ids(h);
                 Tokenizer::from_file(&h.dir.join("tokenizer.json"), bos, eos)
             }
+            Self::Lowbit(l) => {
+                let p = l.file.path.display().to_string();
+                let json = l
+                    .meta("lowbit.tokenizer")
+                    .ok_or_else(|| ModelError::field(&p, "lowbit.tokenizer", "missing"))?;
+                let inner: tokenizers::Tokenizer = json
+                    .parse()
+                    .map_err(|e| ModelError::field(&p, "lowbit.tokenizer", format!("{e}")))?;
+                let bos = l
+                    .meta("lowbit.bos")
+                    .and_then(|s| serde_json::from_str::<Option<u32>>(s).ok())
+                    .flatten();
+                let eos = l
+                    .meta("lowbit.eos")
+                    .and_then(|s| serde_json::from_str::<Vec<u32>>(s).ok())
+                    .unwrap_or_default();
+                Tokenizer::new(inner, bos, eos)
+            }
         }
     }
 
     /// The model's chat template, or a clear error if it has none.
     pub fn chat_template(&self, tokenizer: &Tokenizer) -> Result<ChatTemplate> {
+        let (source, bos, eos) = self.chat_template_parts(tokenizer)?;
+        ChatTemplate::new(&source, &bos, &eos)
+    }
+
+    /// The chat template's source and the BOS/EOS strings it sees.
+    pub fn chat_template_parts(&self, tokenizer: &Tokenizer) -> Result<(String, String, String)> {
         let token_text =
             |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
         let (source, bos, eos) = match self {
@@ -230,6 +355,11 @@ impl ModelSource {
                         .unwrap_or_else(|| token_text(tokenizer.eos().first().copied())),
                 )
             }
+            Self::Lowbit(l) => (
+                l.meta("lowbit.chat_template").map(str::to_string),
+                l.meta("lowbit.bos_token").unwrap_or_default().to_string(),
+                l.meta("lowbit.eos_token").unwrap_or_default().to_string(),
+            ),
         };
         let source = source.ok_or_else(|| {
             ModelError::ChatTemplate(format!(
@@ -237,7 +367,7 @@ impl ModelSource {
                 self.path().display()
             ))
         })?;
-        ChatTemplate::new(&source, &bos, &eos)
+        Ok((source, bos, eos))
     }
 }
 

@@ -3,6 +3,8 @@
 //! remainder dropped); if the model adds BOS, each window's first token is replaced by BOS;
 //! only the second half of each window is scored (predictions at positions `ctx/2 … ctx−2`).
 
+pub mod kl;
+
 use crate::model::{BatchSeq, Llama, ModelError, Result};
 
 /// The outcome of a perplexity run.
@@ -34,7 +36,21 @@ pub fn perplexity(
     ctx: usize,
     bos: Option<u32>,
     max_windows: usize,
+    progress: impl FnMut(usize, f64),
+) -> Result<PerplexityReport> {
+    perplexity_with_logits(model, tokens, ctx, bos, max_windows, progress, |_| Ok(()))
+}
+
+/// As [`perplexity`], handing every scored row of logits to `each_row`, in order (for KL
+/// divergence against a base model).
+pub fn perplexity_with_logits(
+    model: &Llama,
+    tokens: &[u32],
+    ctx: usize,
+    bos: Option<u32>,
+    max_windows: usize,
     mut progress: impl FnMut(usize, f64),
+    mut each_row: impl FnMut(&[f32]) -> Result<()>,
 ) -> Result<PerplexityReport> {
     if ctx < 4 {
         return Err(ModelError::Tokenizer(format!(
@@ -67,6 +83,7 @@ pub fn perplexity(
         };
         let logits = model.forward(&[seq], &mut [&mut cache])?;
         for (i, pos) in (first..ctx - 1).enumerate() {
+            each_row(logits.row(i))?;
             let nll = negative_log_likelihood(logits.row(i), window[pos + 1]);
             nll_sum += nll;
             nll2_sum += nll * nll;

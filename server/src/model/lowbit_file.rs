@@ -1,0 +1,249 @@
+//! lowbit's own model file: one safetensors file holding quantized tensors plus everything
+//! needed to serve them (config, tokenizer, chat template), written by `lowbit quantize`.
+//!
+//! Tensors, by canonical (GGUF) name `N`:
+//! ```text
+//! N            F32 [cols] or [rows, cols]     norm vectors; f32 weight matrices
+//!              F16 [rows, cols]               f16 weight matrices
+//! N.qweight    U32 [rows, words_per_row]      packed values of Q8 / Q4 / Q4M (QTensor layout)
+//! N.scales     F16 [rows, groups]
+//! N.mins       F16 [rows, groups]             Q4M only
+//! ```
+//! `__metadata__` keys: `lowbit.format_version` ([`FORMAT_VERSION`]), `lowbit.formats` (JSON:
+//! name → format), `lowbit.config` (JSON [`LlamaConfig`]), `lowbit.tokenizer` (tokenizer.json
+//! text), `lowbit.bos`/`lowbit.eos` (JSON ids), `lowbit.chat_template`, `lowbit.bos_token`,
+//! `lowbit.eos_token`, `lowbit.policy`, `lowbit.source`.
+
+use super::config::LlamaConfig;
+use super::error::{ModelError, Result};
+use super::hf::SafetensorsFile;
+use lowbit_gpu::{QTensor, QuantFormat, RawTensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The version this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// An opened lowbit model file.
+#[derive(Debug)]
+pub struct LowbitFile {
+    pub file: SafetensorsFile,
+    pub formats: BTreeMap<String, QuantFormat>,
+    pub config: LlamaConfig,
+}
+
+fn meta<'a>(file: &'a SafetensorsFile, key: &str) -> Result<&'a str> {
+    file.metadata.get(key).map(String::as_str).ok_or_else(|| {
+        ModelError::field(
+            file.path.display(),
+            key,
+            "missing from the safetensors metadata",
+        )
+    })
+}
+
+impl LowbitFile {
+    /// Whether a safetensors file was written by `lowbit quantize`.
+    pub fn is_lowbit(file: &SafetensorsFile) -> bool {
+        file.metadata.contains_key("lowbit.format_version")
+    }
+
+    /// Reads the metadata of a file written by `lowbit quantize`.
+    pub fn open(file: SafetensorsFile) -> Result<Self> {
+        let p = file.path.display().to_string();
+        let version: u32 = meta(&file, "lowbit.format_version")?
+            .parse()
+            .map_err(|_| ModelError::field(&p, "lowbit.format_version", "not a number"))?;
+        if version > FORMAT_VERSION {
+            return Err(ModelError::field(
+                &p,
+                "lowbit.format_version",
+                format!("{version} was written by a newer lowbit; this build reads up to {FORMAT_VERSION}"),
+            ));
+        }
+        let names: BTreeMap<String, String> = serde_json::from_str(meta(&file, "lowbit.formats")?)
+            .map_err(|e| ModelError::field(&p, "lowbit.formats", e.to_string()))?;
+        let mut formats = BTreeMap::new();
+        for (name, f) in names {
+            let f = QuantFormat::parse(&f).map_err(|e| ModelError::tensor(&p, &name, e))?;
+            formats.insert(name, f);
+        }
+        let config: LlamaConfig = serde_json::from_str(meta(&file, "lowbit.config")?)
+            .map_err(|e| ModelError::field(&p, "lowbit.config", e.to_string()))?;
+        let config = config.validate(&file.path)?;
+        Ok(Self {
+            file,
+            formats,
+            config,
+        })
+    }
+
+    fn path(&self) -> String {
+        self.file.path.display().to_string()
+    }
+
+    /// The stored format of a weight matrix.
+    pub fn format(&self, name: &str) -> Option<QuantFormat> {
+        self.formats.get(name).copied()
+    }
+
+    /// Shape of a tensor (`rows × cols`; vectors are one row).
+    pub fn shape(&self, name: &str) -> Result<(usize, usize)> {
+        let key = match self.format(name) {
+            Some(f) if f.is_quantized() => format!("{name}.qweight"),
+            _ => name.to_string(),
+        };
+        let e = self
+            .file
+            .entry(&key)
+            .ok_or_else(|| ModelError::tensor(self.path(), name, "missing"))?;
+        Ok(match (e.shape.as_slice(), self.format(name)) {
+            ([n], _) => (1, *n),
+            ([r, w], Some(QuantFormat::Q8)) => (*r, w * 4),
+            ([r, w], Some(QuantFormat::Q4(_) | QuantFormat::Q4M(_))) => (*r, w * 8),
+            ([r, c], _) => (*r, *c),
+            (s, _) => {
+                return Err(ModelError::tensor(
+                    self.path(),
+                    name,
+                    format!("shape {s:?} is not 1-D or 2-D"),
+                ))
+            }
+        })
+    }
+
+    /// A float tensor (norm vector, f32/f16 matrix).
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        if self.format(name).is_some_and(QuantFormat::is_quantized) {
+            return Err(ModelError::tensor(
+                self.path(),
+                name,
+                "is stored quantized; read it as a QTensor",
+            ));
+        }
+        self.file.raw(name)
+    }
+
+    /// A weight matrix as stored.
+    pub fn qtensor(&self, name: &str) -> Result<QTensor> {
+        let format = self.format(name).ok_or_else(|| {
+            ModelError::tensor(self.path(), name, "is not a weight matrix of this file")
+        })?;
+        let (rows, cols) = self.shape(name)?;
+        if !format.is_quantized() {
+            let raw = self.file.raw(name)?;
+            return QTensor::repack(&raw)
+                .map_err(|e| ModelError::tensor(self.path(), name, e.to_string()));
+        }
+        let bytes_of = |suffix: &str| -> Result<&[u8]> {
+            let key = format!("{name}.{suffix}");
+            let e = self
+                .file
+                .entry(&key)
+                .ok_or_else(|| ModelError::tensor(self.path(), &key, "missing"))?;
+            Ok(self.file.bytes(e))
+        };
+        let words = bytes_of("qweight")?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let halves = |b: &[u8]| {
+            b.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                .collect::<Vec<_>>()
+        };
+        let scales = halves(bytes_of("scales")?);
+        let mins = if matches!(format, QuantFormat::Q4M(_)) {
+            halves(bytes_of("mins")?)
+        } else {
+            Vec::new()
+        };
+        QTensor::new(format, rows, cols, words, scales, mins)
+            .map_err(|e| ModelError::tensor(self.path(), name, e.to_string()))
+    }
+
+    /// A metadata string.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.file.metadata.get(key).map(String::as_str)
+    }
+}
+
+/// One tensor to write: its safetensors dtype, shape and little-endian bytes.
+pub type TensorBytes = (safetensors::Dtype, Vec<usize>, Vec<u8>);
+
+/// The safetensors entries of one weight matrix.
+pub fn matrix_entries(name: &str, q: &QTensor) -> Vec<(String, TensorBytes)> {
+    let le_words = |w: &[u32]| w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let le_halves = |h: &[half::f16]| h.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    match q.format {
+        QuantFormat::F32 => vec![(
+            name.to_string(),
+            (
+                safetensors::Dtype::F32,
+                vec![q.rows, q.cols],
+                le_words(&q.words),
+            ),
+        )],
+        QuantFormat::F16 => {
+            let bytes: Vec<u8> = (0..q.rows)
+                .flat_map(|r| q.row_bytes(r)[..q.cols * 2].to_vec())
+                .collect();
+            vec![(
+                name.to_string(),
+                (safetensors::Dtype::F16, vec![q.rows, q.cols], bytes),
+            )]
+        }
+        _ => {
+            let wpr = q.words.len() / q.rows.max(1);
+            let groups = q.scales.len() / q.rows.max(1);
+            let mut v = vec![
+                (
+                    format!("{name}.qweight"),
+                    (
+                        safetensors::Dtype::U32,
+                        vec![q.rows, wpr],
+                        le_words(&q.words),
+                    ),
+                ),
+                (
+                    format!("{name}.scales"),
+                    (
+                        safetensors::Dtype::F16,
+                        vec![q.rows, groups],
+                        le_halves(&q.scales),
+                    ),
+                ),
+            ];
+            if !q.mins.is_empty() {
+                v.push((
+                    format!("{name}.mins"),
+                    (
+                        safetensors::Dtype::F16,
+                        vec![q.rows, groups],
+                        le_halves(&q.mins),
+                    ),
+                ));
+            }
+            v
+        }
+    }
+}
+
+/// Writes tensors and metadata to `path` as one safetensors file.
+pub fn write(
+    path: &Path,
+    tensors: &[(String, TensorBytes)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let p = path.display().to_string();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, (dt, shape, bytes))| {
+            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| ModelError::tensor(&p, n, e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| ModelError::file(&p, format!("cannot write: {e}")))
+}
