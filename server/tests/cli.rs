@@ -5,7 +5,6 @@
 mod common;
 
 use common::tiny_model::{TinyConfig, TinyModel};
-use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
 use std::process::{Command, Output};
 
 fn lowbit(args: &[&str]) -> Output {
@@ -94,41 +93,8 @@ fn corrupt_model_file_exits_with_a_message_naming_file_and_offset() {
 fn tiny_model_with_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
     let cfg = TinyConfig::default();
     let tiny = TinyModel::random(cfg, 8, false);
-    let base = GgufFile::from_bytes(std::path::Path::new("t.gguf"), tiny.gguf_bytes()).unwrap();
-    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
-    tokens.extend((33u8..=126).map(|b| (b as char).to_string()));
-    tokens.push("Ġ".into());
-    tokens.push("hi".into());
-    while tokens.len() < cfg.vocab {
-        tokens.push(format!("<extra{}>", tokens.len()));
-    }
-    let types: Vec<MetaValue> = (0..tokens.len())
-        .map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 }))
-        .collect();
-    let mut w = GgufWriter::new();
-    for (k, v) in base.metadata() {
-        w.meta(k, v.clone());
-    }
-    w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
-        .meta("tokenizer.ggml.pre", MetaValue::String("default".into()))
-        .meta(
-            "tokenizer.ggml.tokens",
-            MetaValue::Array(tokens.into_iter().map(MetaValue::String).collect()),
-        )
-        .meta("tokenizer.ggml.token_type", MetaValue::Array(types))
-        .meta(
-            "tokenizer.ggml.merges",
-            MetaValue::Array(vec![MetaValue::String("h i".into())]),
-        )
-        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(0))
-        .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(1))
-        .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
-    for t in base.tensors() {
-        let raw = base.raw_tensor(t).unwrap();
-        w.tensor(&t.name, &t.dims, t.dtype, raw.data.to_vec());
-    }
     let path = dir.join("tiny-tok.gguf");
-    std::fs::write(&path, w.to_bytes()).unwrap();
+    std::fs::write(&path, common::with_tokenizer(&tiny.gguf_bytes(), cfg.vocab)).unwrap();
     path
 }
 

@@ -185,3 +185,36 @@ fn perplexity_of_excerpt_matches_golden_value() {
         report.perplexity
     );
 }
+
+#[test]
+fn as_stored_q4_1_with_int8_activations_agrees_with_llama_cpp_q4_1() {
+    // Weights kept in Q4M g32 (repacked from Q4_1), decode through the int8-activation
+    // kernels, as llama.cpp does for this file. REFERENCE.md, Q4_1 column.
+    let l = loaded();
+    let model = Llama::load(
+        &l.source,
+        Arc::new(CpuBackend::new()),
+        &QuantPolicy::as_stored(),
+    )
+    .unwrap();
+    assert!(model
+        .plans()
+        .iter()
+        .filter(|p| p.name.starts_with("blk."))
+        .all(|p| p.format == "q4mg32"));
+    assert!(
+        (model.bits_per_weight() - 5.737).abs() < 0.01,
+        "{}",
+        model.bits_per_weight()
+    );
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        sampling: SamplingParams::default(),
+    };
+    let prompt = l
+        .tokenizer
+        .encode("The capital of France is", true)
+        .unwrap();
+    let g = generate(&model, &prompt, l.tokenizer.eos(), &opts, |_| true).unwrap();
+    assert_eq!(g.tokens, [7042, 30, 198, 198, 504, 1797, 1918, 553]);
+}

@@ -24,3 +24,43 @@ pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den).sqrt()
 }
+
+/// Adds a tiny byte-level BPE vocabulary (`<s>`, `</s>`, printable ASCII, `Ġ`, `hi`, padding
+/// up to `vocab`) to a GGUF file, so that tokenizer-needing commands work on tiny models.
+pub fn with_tokenizer(gguf: &[u8], vocab: usize) -> Vec<u8> {
+    use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
+    let base = GgufFile::from_bytes(std::path::Path::new("t.gguf"), gguf.to_vec()).unwrap();
+    let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
+    tokens.extend((33u8..=126).map(|b| (b as char).to_string()));
+    tokens.push("Ġ".into());
+    tokens.push("hi".into());
+    while tokens.len() < vocab {
+        tokens.push(format!("<extra{}>", tokens.len()));
+    }
+    let types: Vec<MetaValue> = (0..tokens.len())
+        .map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 }))
+        .collect();
+    let mut w = GgufWriter::new();
+    for (k, v) in base.metadata() {
+        w.meta(k, v.clone());
+    }
+    w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
+        .meta("tokenizer.ggml.pre", MetaValue::String("default".into()))
+        .meta(
+            "tokenizer.ggml.tokens",
+            MetaValue::Array(tokens.into_iter().map(MetaValue::String).collect()),
+        )
+        .meta("tokenizer.ggml.token_type", MetaValue::Array(types))
+        .meta(
+            "tokenizer.ggml.merges",
+            MetaValue::Array(vec![MetaValue::String("h i".into())]),
+        )
+        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(0))
+        .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(1))
+        .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    for t in base.tensors() {
+        let raw = base.raw_tensor(t).unwrap();
+        w.tensor(&t.name, &t.dims, t.dtype, raw.data.to_vec());
+    }
+    w.to_bytes()
+}
