@@ -9,13 +9,14 @@
 //! Q4 :  Σ_b d_w·d_a·Σ q_w·q_a  −  8·Σ_b d_w·c_a      q_w ∈ 0..16, value d_w·(q_w − 8)
 //! Q4M:  Σ_b d_w·d_a·Σ q_w·q_a  +    Σ_b m_w·c_a      value d_w·q_w + m_w
 //! ```
-//! Weight scales are widened to f32 per block once per chunk of rows ([`PreparedRows`]), and
-//! the SIMD kernels take four weight rows per activation load. The scalar kernel is the twin
-//! every SIMD variant (AVX2, AVX-512 VNNI) is tested against; variants are chosen at run time.
+//! The SIMD kernels take eight blocks at a time: eight integer dot products, one horizontal
+//! reduction to eight block sums, then one vector multiply-add with the eight widened scales
+//! (`vcvtph2ps`), with software prefetch ahead of the weight stream. The scalar kernel is the
+//! twin every SIMD variant (AVX2, AVX-512 VNNI) is tested against; variants are chosen at run
+//! time.
 
 use crate::quant::format::{QuantFormat, QBLOCK};
 use crate::quant::qtensor::QTensor;
-use half::slice::HalfFloatSliceExt;
 
 /// Rows of activations quantized to int8 per 32-block.
 #[derive(Debug, Clone, Default)]
@@ -74,97 +75,19 @@ pub struct ActRow<'a> {
     pub c: &'a [f32],
 }
 
-/// A chunk of weight rows with their scales (and mins) widened to f32 in bulk.
-#[derive(Debug)]
-pub struct PreparedRows<'a> {
-    pub format: QuantFormat,
-    w: &'a QTensor,
-    first: usize,
-    /// `rows × groups` scales.
-    dw: Vec<f32>,
-    /// `rows × groups` mins (Q4M only).
-    mins: Vec<f32>,
-    groups: usize,
-    /// 32-blocks per group.
-    per_group: usize,
-    blocks: usize,
-}
-
-impl<'a> PreparedRows<'a> {
-    /// Prepares rows `first..first + n` of an integer-format tensor.
-    pub fn new(w: &'a QTensor, first: usize, n: usize) -> Self {
-        let groups = w.cols / w.format.group();
-        let range = first * groups..(first + n) * groups;
-        let mut dw = vec![0.0f32; n * groups];
-        w.scales[range.clone()].convert_to_f32_slice(&mut dw);
-        let mut mins = Vec::new();
-        if !w.mins.is_empty() {
-            mins.resize(n * groups, 0.0);
-            w.mins[range].convert_to_f32_slice(&mut mins);
-        }
-        Self {
-            format: w.format,
-            w,
-            first,
-            dw,
-            mins,
-            groups,
-            per_group: w.format.group() / QBLOCK,
-            blocks: w.cols / QBLOCK,
-        }
-    }
-
-    /// Packed bytes of prepared row `i`.
-    pub fn bytes(&self, i: usize) -> &'a [u8] {
-        self.w.row_bytes(self.first + i)
-    }
-
-    /// Scales of prepared row `i`, one per group.
-    pub fn dw(&self, i: usize) -> &[f32] {
-        &self.dw[i * self.groups..(i + 1) * self.groups]
-    }
-
-    /// The per-row correction term `Σ_b coef[b]·c_a[b]` (zero for Q8).
-    fn correction(&self, i: usize, c: &[f32]) -> f32 {
-        let pg = self.per_group;
-        let coef = match self.format {
-            QuantFormat::Q4(_) => self.dw(i),
-            QuantFormat::Q4M(_) => &self.mins[i * self.groups..(i + 1) * self.groups],
-            _ => return 0.0,
-        };
-        let s: f32 = if pg == 1 {
-            coef.iter().zip(c).map(|(x, y)| x * y).sum()
-        } else {
-            coef.iter()
-                .zip(c.chunks_exact(pg))
-                .map(|(x, y)| x * y.iter().sum::<f32>())
-                .sum()
-        };
-        if matches!(self.format, QuantFormat::Q4(_)) {
-            -8.0 * s
-        } else {
-            s
-        }
-    }
-}
-
-/// A kernel: dot products of prepared rows `rows` (a range of `p`) with one activation row.
-pub type DotFn =
-    fn(p: &PreparedRows<'_>, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]);
+/// A kernel: dot products of weight rows `rows` of `w` with one activation row.
+pub type DotFn = fn(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]);
 
 /// The scalar twin: plain integer arithmetic, block by block, one row at a time.
-pub fn dot_scalar(
-    p: &PreparedRows<'_>,
-    rows: std::ops::Range<usize>,
-    a: ActRow<'_>,
-    out: &mut [f32],
-) {
-    for (o, i) in out.iter_mut().zip(rows) {
-        let (bytes, dw) = (p.bytes(i), p.dw(i));
+pub fn dot_scalar(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
+    let pg = w.format.group() / QBLOCK;
+    for (o, r) in out.iter_mut().zip(rows) {
+        let (bytes, scales, mins) = (w.row_bytes(r), w.row_scales(r), w.row_mins(r));
         let mut acc = 0.0f32;
-        for b in 0..p.blocks {
+        for b in 0..a.d.len() {
             let aq = &a.q[b * QBLOCK..(b + 1) * QBLOCK];
-            let s: i32 = if p.format == QuantFormat::Q8 {
+            let dw = scales[b / pg].to_f32();
+            let s: i32 = if w.format == QuantFormat::Q8 {
                 bytes[b * 32..b * 32 + 32]
                     .iter()
                     .zip(aq)
@@ -179,9 +102,14 @@ pub fn dot_scalar(
                     })
                     .sum()
             };
-            acc += dw[b / p.per_group] * a.d[b] * s as f32;
+            acc += dw * a.d[b] * s as f32;
+            match w.format {
+                QuantFormat::Q4(_) => acc -= 8.0 * dw * a.c[b],
+                QuantFormat::Q4M(_) => acc += mins[b / pg].to_f32() * a.c[b],
+                _ => {}
+            }
         }
-        *o = acc + p.correction(i, a.c);
+        *o = acc;
     }
 }
 
@@ -190,22 +118,21 @@ pub(crate) mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// Unpacks a Q4 block's 16 bytes into 32 bytes of values in natural order.
+    /// Unpacks a Q4 block's 16 bytes into 32 bytes of values in natural order: the 16 bytes
+    /// go to both halves, the high half is shifted right by 4, then both are masked.
     #[inline(always)]
     unsafe fn unpack_q4(ptr: *const u8) -> __m256i {
         // SAFETY: the caller guarantees 16 readable bytes.
         unsafe {
-            let v = _mm_loadu_si128(ptr as *const __m128i);
-            let m4 = _mm_set1_epi8(0x0f);
-            let lo = _mm_and_si128(v, m4);
-            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
-            _mm256_set_m128i(hi, lo)
+            let v = _mm256_broadcastsi128_si256(_mm_loadu_si128(ptr as *const __m128i));
+            let shifted = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
+            _mm256_and_si256(shifted, _mm256_set1_epi8(0x0f))
         }
     }
 
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // SAFETY: plain register arithmetic.
+    unsafe fn hsum_ps(v: __m256) -> f32 {
+        // SAFETY: register arithmetic only.
         unsafe {
             let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
             let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
@@ -213,115 +140,186 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The shared loop: `R` weight rows against one activation row. `idot(w_ptr, a)` gives
-    /// the 8 partial integer sums of one block.
     #[inline(always)]
-    unsafe fn rows_kernel<const R: usize>(
-        p: &PreparedRows<'_>,
-        first: usize,
-        a: ActRow<'_>,
-        out: &mut [f32],
-        idot: impl Fn(*const u8, __m256i) -> __m256i,
-    ) {
-        let wbytes = if p.format == QuantFormat::Q8 { 32 } else { 16 };
-        let ptrs: [*const u8; R] = std::array::from_fn(|r| p.bytes(first + r).as_ptr());
-        let dws: [&[f32]; R] = std::array::from_fn(|r| p.dw(first + r));
-        // SAFETY: every row holds `blocks` whole blocks and the activation row `blocks × 32`
-        // bytes; indices stay below `blocks`.
+    unsafe fn hsum_epi32(v: __m256i) -> i32 {
+        // SAFETY: register arithmetic only.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            for b in 0..p.blocks {
-                let av = _mm256_loadu_si256(a.q.as_ptr().add(b * QBLOCK) as *const __m256i);
-                let da = *a.d.get_unchecked(b);
-                for r in 0..R {
-                    let isum = idot(ptrs[r].add(b * wbytes), av);
-                    let scale = _mm256_set1_ps(*dws[r].get_unchecked(b / p.per_group) * da);
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r]);
+            let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0b01_00_11_10));
+            _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0b10_11_00_01)))
+        }
+    }
+
+    /// Eight vectors of 8 partial sums → one vector of their 8 totals.
+    #[inline(always)]
+    unsafe fn reduce8(s: [__m256i; 8]) -> __m256i {
+        // SAFETY: register arithmetic only.
+        unsafe {
+            let t0 = _mm256_hadd_epi32(s[0], s[1]);
+            let t1 = _mm256_hadd_epi32(s[2], s[3]);
+            let t2 = _mm256_hadd_epi32(s[4], s[5]);
+            let t3 = _mm256_hadd_epi32(s[6], s[7]);
+            let u0 = _mm256_hadd_epi32(t0, t1);
+            let u1 = _mm256_hadd_epi32(t2, t3);
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256(u0, u1, 0x20),
+                _mm256_permute2x128_si256(u0, u1, 0x31),
+            )
+        }
+    }
+
+    /// Eight f16 per-block coefficients starting at group `g0`, expanded from groups of `pg`
+    /// blocks. Reads exactly the `8 / pg` halves needed.
+    #[inline(always)]
+    unsafe fn load_group_coefs(ptr: *const half::f16, pg: usize) -> __m256 {
+        // SAFETY: the caller guarantees `8 / pg` readable halves.
+        unsafe {
+            match pg {
+                1 => _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i)),
+                2 => {
+                    let v = _mm256_cvtph_ps(_mm_loadl_epi64(ptr as *const __m128i));
+                    _mm256_permutevar8x32_ps(v, _mm256_set_epi32(3, 3, 2, 2, 1, 1, 0, 0))
+                }
+                _ => {
+                    let v =
+                        _mm256_cvtph_ps(_mm_cvtsi32_si128((ptr as *const i32).read_unaligned()));
+                    _mm256_permutevar8x32_ps(v, _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0))
                 }
             }
-            for r in 0..R {
-                out[r] = hsum(acc[r]) + p.correction(first + r, a.c);
-            }
         }
     }
 
+    /// One weight row against one activation row. `idot(w_ptr, a_ptr)` gives the 8 partial
+    /// integer sums of one block.
     #[inline(always)]
-    unsafe fn dispatch(
-        p: &PreparedRows<'_>,
-        rows: std::ops::Range<usize>,
+    unsafe fn row_dot(
+        w: &QTensor,
+        r: usize,
         a: ActRow<'_>,
-        out: &mut [f32],
-        idot: impl Fn(*const u8, __m256i) -> __m256i + Copy,
-    ) {
-        let mut i = rows.start;
-        let mut o = 0;
-        // SAFETY: forwarded from the callers (whole rows and blocks).
+        idot: impl Fn(*const u8, *const i8) -> __m256i,
+    ) -> f32 {
+        let format = w.format;
+        let pg = format.group() / QBLOCK;
+        let wbytes = if format == QuantFormat::Q8 { 32 } else { 16 };
+        let (bytes, scales, mins) = (w.row_bytes(r), w.row_scales(r), w.row_mins(r));
+        let blocks = a.d.len();
+        debug_assert!(bytes.len() >= blocks * wbytes && a.q.len() >= blocks * QBLOCK);
+        // SAFETY: `bytes` holds `blocks` whole blocks, `a` as many activation blocks, and the
+        // scales (mins) one per group; every index below stays within those.
         unsafe {
-            while i + 4 <= rows.end {
-                rows_kernel::<4>(p, i, a, &mut out[o..o + 4], idot);
-                i += 4;
-                o += 4;
+            let wp = bytes.as_ptr();
+            let ap = a.q.as_ptr();
+            let mut acc = _mm256_setzero_ps();
+            let mut corr = _mm256_setzero_ps();
+            let mut b = 0;
+            while b + 8 <= blocks {
+                _mm_prefetch(wp.add((b + 16) * wbytes) as *const i8, _MM_HINT_T0);
+                _mm_prefetch(wp.add((b + 16) * wbytes + 64) as *const i8, _MM_HINT_T0);
+                let s: [__m256i; 8] = std::array::from_fn(|j| {
+                    idot(wp.add((b + j) * wbytes), ap.add((b + j) * QBLOCK))
+                });
+                let sums = _mm256_cvtepi32_ps(reduce8(s));
+                let dw = load_group_coefs(scales.as_ptr().add(b / pg), pg);
+                let da = _mm256_loadu_ps(a.d.as_ptr().add(b));
+                acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, da), acc);
+                let c = _mm256_loadu_ps(a.c.as_ptr().add(b));
+                match format {
+                    QuantFormat::Q4(_) => corr = _mm256_fmadd_ps(dw, c, corr),
+                    QuantFormat::Q4M(_) => {
+                        corr = _mm256_fmadd_ps(
+                            load_group_coefs(mins.as_ptr().add(b / pg), pg),
+                            c,
+                            corr,
+                        )
+                    }
+                    _ => {}
+                }
+                b += 8;
             }
-            while i < rows.end {
-                rows_kernel::<1>(p, i, a, &mut out[o..o + 1], idot);
-                i += 1;
-                o += 1;
+            let mut total = hsum_ps(acc);
+            let corr = hsum_ps(corr);
+            total += if matches!(format, QuantFormat::Q4(_)) {
+                -8.0 * corr
+            } else {
+                corr
+            };
+            while b < blocks {
+                let isum = hsum_epi32(idot(wp.add(b * wbytes), ap.add(b * QBLOCK))) as f32;
+                let dw = scales[b / pg].to_f32();
+                total += dw * a.d[b] * isum;
+                match format {
+                    QuantFormat::Q4(_) => total -= 8.0 * dw * a.c[b],
+                    QuantFormat::Q4M(_) => total += mins[b / pg].to_f32() * a.c[b],
+                    _ => {}
+                }
+                b += 1;
             }
+            total
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_avx2_impl(
-        p: &PreparedRows<'_>,
-        rows: std::ops::Range<usize>,
-        a: ActRow<'_>,
-        out: &mut [f32],
-    ) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dot_avx2_impl(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
         let ones = _mm256_set1_epi16(1);
-        // SAFETY: block pointers come from whole rows (see rows_kernel).
-        unsafe {
-            if p.format == QuantFormat::Q8 {
-                dispatch(p, rows, a, out, |wp, av| {
-                    let wv = _mm256_loadu_si256(wp as *const __m256i);
-                    // |w| · (a·sign(w)): u8 × i8 without overflow (|w| ≤ 128).
-                    _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)),
-                        ones,
-                    )
-                })
-            } else {
-                dispatch(p, rows, a, out, |wp, av| {
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4(wp), av), ones)
-                })
-            }
+        for (o, r) in out.iter_mut().zip(rows) {
+            // SAFETY: block pointers come from whole rows (see row_dot).
+            *o = unsafe {
+                if w.format == QuantFormat::Q8 {
+                    row_dot(w, r, a, |wp, ap| {
+                        let wv = _mm256_loadu_si256(wp as *const __m256i);
+                        let av = _mm256_loadu_si256(ap as *const __m256i);
+                        // |w| · (a·sign(w)): u8 × i8 without overflow (|w| ≤ 128).
+                        _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(
+                                _mm256_sign_epi8(wv, wv),
+                                _mm256_sign_epi8(av, wv),
+                            ),
+                            ones,
+                        )
+                    })
+                } else {
+                    row_dot(w, r, a, |wp, ap| {
+                        let av = _mm256_loadu_si256(ap as *const __m256i);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4(wp), av), ones)
+                    })
+                }
+            };
         }
     }
 
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    fn dot_vnni_impl(
-        p: &PreparedRows<'_>,
-        rows: std::ops::Range<usize>,
-        a: ActRow<'_>,
-        out: &mut [f32],
-    ) {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    fn dot_vnni_impl(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
         let zero = _mm256_setzero_si256();
-        // SAFETY: as above.
-        unsafe {
-            if p.format == QuantFormat::Q8 {
-                dispatch(p, rows, a, out, |wp, av| {
-                    let wv = _mm256_loadu_si256(wp as *const __m256i);
-                    _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv))
-                })
-            } else {
-                dispatch(p, rows, a, out, |wp, av| {
-                    _mm256_dpbusd_epi32(zero, unpack_q4(wp), av)
-                })
-            }
+        for (o, r) in out.iter_mut().zip(rows) {
+            // SAFETY: as above.
+            *o = unsafe {
+                if w.format == QuantFormat::Q8 {
+                    row_dot(w, r, a, |wp, ap| {
+                        let wv = _mm256_loadu_si256(wp as *const __m256i);
+                        let av = _mm256_loadu_si256(ap as *const __m256i);
+                        _mm256_dpbusd_epi32(
+                            zero,
+                            _mm256_sign_epi8(wv, wv),
+                            _mm256_sign_epi8(av, wv),
+                        )
+                    })
+                } else {
+                    row_dot(w, r, a, |wp, ap| {
+                        _mm256_dpbusd_epi32(
+                            zero,
+                            unpack_q4(wp),
+                            _mm256_loadu_si256(ap as *const __m256i),
+                        )
+                    })
+                }
+            };
         }
     }
 
     pub fn has_avx2() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     }
 
     pub fn has_vnni() -> bool {
@@ -331,26 +329,23 @@ pub(crate) mod x86 {
             && is_x86_feature_detected!("avx512vnni")
     }
 
-    pub fn dot_avx2(
-        p: &PreparedRows<'_>,
-        rows: std::ops::Range<usize>,
-        a: ActRow<'_>,
-        out: &mut [f32],
-    ) {
-        assert!(has_avx2() && a.q.len() >= p.blocks * QBLOCK);
-        // SAFETY: features checked.
-        unsafe { dot_avx2_impl(p, rows, a, out) }
+    fn check(w: &QTensor, rows: &std::ops::Range<usize>, a: &ActRow<'_>, out: &[f32]) {
+        assert!(w.format.is_quantized() && rows.end <= w.rows && out.len() >= rows.len());
+        assert!(a.q.len() == w.cols && a.d.len() * QBLOCK == w.cols && a.c.len() == a.d.len());
     }
 
-    pub fn dot_vnni(
-        p: &PreparedRows<'_>,
-        rows: std::ops::Range<usize>,
-        a: ActRow<'_>,
-        out: &mut [f32],
-    ) {
-        assert!(has_vnni() && a.q.len() >= p.blocks * QBLOCK);
-        // SAFETY: features checked.
-        unsafe { dot_vnni_impl(p, rows, a, out) }
+    pub fn dot_avx2(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
+        assert!(has_avx2());
+        check(w, &rows, &a, out);
+        // SAFETY: features and shapes checked.
+        unsafe { dot_avx2_impl(w, rows, a, out) }
+    }
+
+    pub fn dot_vnni(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
+        assert!(has_vnni());
+        check(w, &rows, &a, out);
+        // SAFETY: features and shapes checked.
+        unsafe { dot_vnni_impl(w, rows, a, out) }
     }
 }
 

@@ -6,7 +6,7 @@
 //! go through the f32 tiled kernel, f16 rows widened one chunk at a time.
 
 use super::matmul;
-use super::qdot::{best_dot, DotFn, PreparedRows, QuantizedActs};
+use super::qdot::{best_dot, DotFn, QuantizedActs};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
 use half::f16;
@@ -64,10 +64,9 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &QTensor, dot: DotFn) -> Vec<f32>
         .into_par_iter()
         .map(|c| {
             let (j0, j1) = (c * QROWS_PER_TASK, ((c + 1) * QROWS_PER_TASK).min(n));
-            let prepared = PreparedRows::new(w, j0, j1 - j0);
             let mut out = vec![0.0f32; m * (j1 - j0)];
             for (i, row_out) in out.chunks_exact_mut(j1 - j0).enumerate() {
-                dot(&prepared, 0..j1 - j0, acts.row(i), row_out);
+                dot(w, j0..j1, acts.row(i), row_out);
             }
             out
         })

@@ -7,6 +7,7 @@
 //! - [`quantize`]: quantizers from f32 (round-to-nearest and error-minimising search).
 
 pub mod format;
+pub mod gptq;
 pub mod qtensor;
 pub mod quantize;
 pub mod source;

@@ -131,7 +131,11 @@ fn weighted_error(x: &[f32], w: Option<&[f32]>, recon: impl Fn(usize) -> f32) ->
         .sum()
 }
 
-fn quantize_q8_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod) -> (f16, Vec<i8>) {
+pub(crate) fn quantize_q8_group(
+    x: &[f32],
+    w: Option<&[f32]>,
+    method: QuantMethod,
+) -> (f16, Vec<i8>) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let encode = |d: f32| -> Vec<i8> {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -173,7 +177,12 @@ fn refit_scale(x: &[f32], w: Option<&[f32]>, levels: impl Iterator<Item = f32>) 
 }
 
 /// Symmetric 4-bit: returns the scale, writes `q ∈ 0..16` (value = d·(q − 8)).
-fn quantize_q4_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut [u8]) -> f16 {
+pub(crate) fn quantize_q4_group(
+    x: &[f32],
+    w: Option<&[f32]>,
+    method: QuantMethod,
+    q: &mut [u8],
+) -> f16 {
     // llama.cpp's Q4_0: the value of largest magnitude maps to −8.
     let max = x
         .iter()
@@ -216,7 +225,7 @@ fn quantize_q4_group(x: &[f32], w: Option<&[f32]>, method: QuantMethod, q: &mut 
 }
 
 /// Asymmetric 4-bit: returns (scale, min), writes `q ∈ 0..16` (value = d·q + m).
-fn quantize_q4m_group(
+pub(crate) fn quantize_q4m_group(
     x: &[f32],
     w: Option<&[f32]>,
     method: QuantMethod,

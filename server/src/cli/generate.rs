@@ -1,8 +1,8 @@
 //! `lowbit generate`: one completion from the command line, streamed to stdout.
 
-use super::{backend_for, ModelArgs};
+use super::ModelArgs;
 use crate::engine::{generate, GenerateOptions, SamplingParams};
-use crate::model::{ChatMessage, Llama, ModelSource};
+use crate::model::{ChatMessage, ModelSource};
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -62,8 +62,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         (args.prompt.clone(), tokenizer.encode(&args.prompt, true)?)
     };
-    let policy = args.model.policy()?;
-    let model = Llama::load(&source, backend_for(args.model.device)?, &policy)?;
+    let model = args.model.load_model(&source)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let opts = GenerateOptions {

@@ -1,12 +1,14 @@
 //! The `lowbit` command line (the contract in DESIGN.md): `info`, `generate`, `eval perplexity`.
 
+mod bench;
 mod generate;
 mod info;
 mod perplexity;
 mod quantize;
 
-use crate::model::{Llama, ModelSource, QuantPolicy};
-use anyhow::{bail, Result};
+use crate::model::calibrate::DEFAULT_CALIBRATION_WINDOWS;
+use crate::model::{Calibration, Llama, ModelSource, QuantPolicy};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::quant::QuantMethod;
@@ -34,6 +36,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Write a model in the formats a policy asks for, as one .safetensors file.
     Quantize(quantize::QuantizeArgs),
+    /// Measure prompt and generation speed and memory.
+    Bench(bench::BenchArgs),
     /// Measure a model's quality.
     Eval {
         #[command(subcommand)]
@@ -73,6 +77,13 @@ pub struct ModelArgs {
     /// How scales are chosen when quantizing (default: search for presets, rtn otherwise).
     #[arg(long, value_enum)]
     pub quant_method: Option<QuantMethodArg>,
+    /// Activation-aware quantization: a text whose activations (seen by the unquantized model)
+    /// drive GPTQ error compensation and the scale search.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Windows of 512 tokens of the calibration text to use.
+    #[arg(long, default_value_t = DEFAULT_CALIBRATION_WINDOWS)]
+    pub calibration_windows: usize,
 }
 
 /// `--quant-method`.
@@ -105,12 +116,41 @@ impl ModelArgs {
         }
     }
 
+    /// The calibration statistics `--calibration` asks for, if any.
+    pub fn calibration(&self, source: &ModelSource) -> Result<Option<Calibration>> {
+        let Some(path) = &self.calibration else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--calibration {}", path.display()))?;
+        let tokenizer = source.tokenizer()?;
+        let start = std::time::Instant::now();
+        let c = Calibration::gather(source, &tokenizer, &text, self.calibration_windows)?;
+        eprintln!(
+            "calibrated on {} tokens of {} in {:.1}s",
+            c.tokens,
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(Some(c))
+    }
+
+    /// Loads the model from an opened source on the chosen device and formats.
+    pub fn load_model(&self, source: &ModelSource) -> Result<Llama> {
+        let policy = self.policy()?;
+        let calibration = self.calibration(source)?;
+        Ok(Llama::load_calibrated(
+            source,
+            backend_for(self.device)?,
+            &policy,
+            calibration.as_ref(),
+        )?)
+    }
+
     /// Opens the model file and loads the model on the chosen device and formats.
     pub fn load(&self) -> Result<(ModelSource, Llama)> {
-        let policy = self.policy()?;
-        let backend = backend_for(self.device)?;
         let source = ModelSource::open(&self.model)?;
-        let model = Llama::load(&source, backend, &policy)?;
+        let model = self.load_model(&source)?;
         Ok((source, model))
     }
 }
@@ -134,6 +174,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Eval {
             which: EvalCommand::Perplexity(a),
         } => perplexity::run(a),

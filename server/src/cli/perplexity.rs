@@ -1,8 +1,8 @@
 //! `lowbit eval perplexity`.
 
-use super::{backend_for, ModelArgs};
+use super::ModelArgs;
 use crate::eval::{kl, perplexity_with_logits};
-use crate::model::{Llama, ModelSource};
+use crate::model::ModelSource;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -44,8 +44,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     } else {
         None
     };
-    let policy = args.model.policy()?;
-    let model = Llama::load(&source, backend_for(args.model.device)?, &policy)?;
+    let model = args.model.load_model(&source)?;
     let windows = (tokens.len() / args.ctx.max(1)).min(if args.chunks > 0 {
         args.chunks
     } else {

@@ -40,13 +40,15 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let tied = config.tied_embeddings && !source.has_tensor("output.weight");
     config.tied_embeddings = tied;
 
+    let calibration = args.model.calibration(&source)?;
     let mut entries = Vec::new();
     let mut formats = BTreeMap::new();
     let (mut values, mut bytes) = (0usize, 0usize);
     for (name, role) in expected_tensors(&config, tied) {
         match role {
             TensorRole::Matrix { rows, cols } => {
-                let (q, plan) = source.quantized_tensor(&name, &policy, None)?;
+                let hessian = calibration.as_ref().and_then(|c| c.hessian(&name));
+                let (q, plan) = source.quantized_tensor(&name, &policy, hessian)?;
                 if (q.rows, q.cols) != (rows, cols) {
                     bail!(
                         "{}: tensor '{name}' is {}x{}, expected {rows}x{cols}",

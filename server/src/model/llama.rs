@@ -9,6 +9,7 @@
 //! with its own start position and KV cache, so that decoding many sequences reads every
 //! weight once per step.
 
+use super::calibrate::Calibration;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::quant_policy::{QuantPolicy, TensorPlan};
@@ -64,6 +65,32 @@ impl Logits {
     /// Row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+/// The distinct inputs of a block's linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinearInput {
+    /// Normed hidden state: input of `attn_q`, `attn_k`, `attn_v`.
+    Attention,
+    /// Attention heads' output: input of `attn_output`.
+    AttentionOutput,
+    /// Normed hidden state: input of `ffn_gate`, `ffn_up`.
+    Mlp,
+    /// `silu(gate) * up`: input of `ffn_down`.
+    MlpDown,
+}
+
+impl LinearInput {
+    /// Which input feeds the weight matrix `part` (`attn_q`, `ffn_down`, …) of a block.
+    pub fn of(part: &str) -> Option<Self> {
+        Some(match part {
+            "attn_q" | "attn_k" | "attn_v" => Self::Attention,
+            "attn_output" => Self::AttentionOutput,
+            "ffn_gate" | "ffn_up" => Self::Mlp,
+            "ffn_down" => Self::MlpDown,
+            _ => return None,
+        })
     }
 }
 
@@ -137,16 +164,15 @@ impl Llama {
         backend: Arc<dyn Backend>,
         policy: &QuantPolicy,
     ) -> Result<Self> {
-        Self::load_with_importance(source, backend, policy, &|_| None)
+        Self::load_calibrated(source, backend, policy, None)
     }
 
-    /// As [`Llama::load`], with per-column importance for each tensor that is quantized
-    /// (activation-aware quantization).
-    pub fn load_with_importance(
+    /// As [`Llama::load`], quantizing with activation statistics (GPTQ) where given.
+    pub fn load_calibrated(
         source: &ModelSource,
         backend: Arc<dyn Backend>,
         policy: &QuantPolicy,
-        importance: &dyn Fn(&str) -> Option<Vec<f32>>,
+        calibration: Option<&Calibration>,
     ) -> Result<Self> {
         let c = source.config()?;
         let path = source.path().display().to_string();
@@ -165,7 +191,8 @@ impl Llama {
                     format!("shape {r}x{k}, expected {rows}x{cols}"),
                 ));
             }
-            let (q, plan) = source.quantized_tensor(name, policy, importance(name))?;
+            let (q, plan) =
+                source.quantized_tensor(name, policy, calibration.and_then(|c| c.hessian(name)))?;
             plans.push(plan);
             Ok(backend.load_weight(q)?)
         };
@@ -264,6 +291,17 @@ impl Llama {
     /// Runs one step over a ragged batch and returns the logits each sequence asked for.
     /// `caches[i]` belongs to `seqs[i]` and receives its new keys and values.
     pub fn forward(&self, seqs: &[BatchSeq<'_>], caches: &mut [&mut KvCache]) -> Result<Logits> {
+        self.forward_observed(seqs, caches, &mut |_, _, _| {})
+    }
+
+    /// As [`Llama::forward`], showing `observe` the input of every linear layer (layer index,
+    /// which input, the activations): calibration collects its statistics this way.
+    pub fn forward_observed(
+        &self,
+        seqs: &[BatchSeq<'_>],
+        caches: &mut [&mut KvCache],
+        observe: &mut dyn FnMut(usize, LinearInput, &Tensor),
+    ) -> Result<Logits> {
         let be = &*self.backend;
         let c = &self.config;
         let mut tokens = Vec::new();
@@ -304,12 +342,14 @@ impl Llama {
             let _span = tracing::trace_span!("block", layer).entered();
             let residual = &x;
             let h = be.rms_norm(&x, &block.attn_norm, c.rms_eps)?;
-            let attn = self.attention(layer, block, &h, &positions, &spans, caches)?;
+            observe(layer, LinearInput::Attention, &h);
+            let attn = self.attention(layer, block, &h, &positions, &spans, caches, observe)?;
             let x_mid = be.add(&attn, residual)?;
 
             let residual = &x_mid;
             let h = be.rms_norm(&x_mid, &block.ffn_norm, c.rms_eps)?;
-            let mlp = self.mlp(&block.mlp, &h)?;
+            observe(layer, LinearInput::Mlp, &h);
+            let mlp = self.mlp(layer, &block.mlp, &h, observe)?;
             x = be.add(&mlp, residual)?;
         }
 
@@ -331,6 +371,7 @@ impl Llama {
         positions: &[u32],
         spans: &[SeqSpan],
         caches: &mut [&mut KvCache],
+        observe: &mut dyn FnMut(usize, LinearInput, &Tensor),
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
         let be = &*self.backend;
@@ -346,13 +387,21 @@ impl Llama {
             caches,
             self.config.attention_shape(),
         )?;
+        observe(layer, LinearInput::AttentionOutput, &out);
         Ok(be.matmul(&out, &block.o)?)
     }
 
-    fn mlp(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
+    fn mlp(
+        &self,
+        layer: usize,
+        mlp: &Mlp,
+        x: &Tensor,
+        observe: &mut dyn FnMut(usize, LinearInput, &Tensor),
+    ) -> Result<Tensor> {
         let _span = tracing::trace_span!("mlp").entered();
         let be = &*self.backend;
         let gated = be.silu_mul(&be.matmul(x, &mlp.gate)?, &be.matmul(x, &mlp.up)?)?;
+        observe(layer, LinearInput::MlpDown, &gated);
         Ok(be.matmul(&gated, &mlp.down)?)
     }
 }

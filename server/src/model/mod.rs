@@ -1,6 +1,7 @@
 //! Models: file formats (GGUF, Hugging Face safetensors folders), configuration, tokenizer,
 //! chat template, and the Llama-family forward pass.
 
+pub mod calibrate;
 pub mod chat_template;
 pub mod config;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod quant_policy;
 pub mod source;
 pub mod tokenizer;
 
+pub use calibrate::Calibration;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};

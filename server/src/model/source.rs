@@ -11,6 +11,7 @@ use super::hf::{hf_name, HfFolder, SafetensorsFile};
 use super::lowbit_file::LowbitFile;
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::tokenizer::Tokenizer;
+use lowbit_gpu::quant::gptq::{gptq_quantize, GptqOptions, Hessian};
 use lowbit_gpu::quant::{quantize, QuantizeOptions};
 use lowbit_gpu::{QTensor, RawTensor};
 use std::path::{Path, PathBuf};
@@ -111,17 +112,17 @@ impl ModelSource {
 
     /// A weight matrix in the format `policy` gives it: repacked losslessly when that is its
     /// stored format, else decoded and quantized (one tensor at a time, so peak memory stays
-    /// near the quantized model plus one f32 tensor). `importance` weighs the quantization
-    /// error per input column (activation-aware quantization).
+    /// near the quantized model plus one f32 tensor). `hessian`, calibration statistics of the
+    /// tensor's input, switches integer formats to GPTQ (activation-aware quantization).
     pub fn quantized_tensor(
         &self,
         name: &str,
         policy: &QuantPolicy,
-        importance: Option<Vec<f32>>,
+        hessian: Option<&Hessian>,
     ) -> Result<(QTensor, TensorPlan)> {
         if let Self::Lowbit(l) = self {
             if let Some(stored) = l.format(name) {
-                return self.requantize_stored(l, name, stored, policy, importance);
+                return self.requantize_stored(l, name, stored, policy, hessian);
             }
         }
         let raw = self.tensor(name)?;
@@ -142,11 +143,8 @@ impl ModelSource {
         let q = if Some(format) == QTensor::lossless_format(raw.dtype) {
             QTensor::repack(&raw).map_err(wrap)?
         } else {
-            let opts = QuantizeOptions {
-                method: policy.method,
-                importance,
-            };
-            quantize(&raw.to_f32(), raw.rows, raw.cols, format, &opts).map_err(wrap)?
+            quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)
+                .map_err(wrap)?
         };
         let plan = TensorPlan {
             name: name.to_string(),
@@ -167,7 +165,7 @@ impl ModelSource {
         name: &str,
         stored: lowbit_gpu::QuantFormat,
         policy: &QuantPolicy,
-        importance: Option<Vec<f32>>,
+        hessian: Option<&Hessian>,
     ) -> Result<(QTensor, TensorPlan)> {
         let (rows, cols) = l.shape(name)?;
         let stored_q = l.qtensor(name)?;
@@ -178,11 +176,7 @@ impl ModelSource {
         let q = if format == stored {
             stored_q
         } else {
-            let opts = QuantizeOptions {
-                method: policy.method,
-                importance,
-            };
-            quantize(&stored_q.dequantize(), rows, cols, format, &opts)
+            quantize_with(&stored_q.dequantize(), rows, cols, format, policy, hessian)
                 .map_err(|e| ModelError::tensor(self.path().display(), name, e.to_string()))?
         };
         let plan = TensorPlan {
@@ -368,6 +362,41 @@ impl ModelSource {
             ))
         })?;
         Ok((source, bos, eos))
+    }
+}
+
+/// Quantizes f32 values: with GPTQ when calibration statistics are given and the format is an
+/// integer one, else with the policy's method.
+fn quantize_with(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    format: lowbit_gpu::QuantFormat,
+    policy: &QuantPolicy,
+    hessian: Option<&Hessian>,
+) -> lowbit_gpu::Result<QTensor> {
+    match hessian {
+        Some(h) if format.is_quantized() && h.dim == cols => gptq_quantize(
+            values,
+            rows,
+            cols,
+            format,
+            h,
+            &GptqOptions {
+                method: policy.method,
+                ..GptqOptions::default()
+            },
+        ),
+        _ => quantize(
+            values,
+            rows,
+            cols,
+            format,
+            &QuantizeOptions {
+                method: policy.method,
+                importance: None,
+            },
+        ),
     }
 }
 

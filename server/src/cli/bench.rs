@@ -1,0 +1,151 @@
+//! `lowbit bench`: prompt-processing and generation speed and resident memory, the way
+//! `llama-bench` measures them (pp: one forward over the prompt; tg: token-by-token decode),
+//! so the figures compare.
+
+use super::ModelArgs;
+use crate::engine::sampler::argmax;
+use crate::model::BatchSeq;
+use anyhow::{Context, Result};
+use clap::Args;
+use std::time::Instant;
+
+/// Arguments of `lowbit bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens per sequence (0: skip the prompt test).
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Generated tokens per sequence (0: skip the generation test).
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Sequences run together in one ragged batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Resident and peak resident memory of this process, in bytes (Linux; 0 elsewhere).
+pub fn memory_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let load_start = Instant::now();
+    let (_source, model) = args.model.load()?;
+    let load_seconds = load_start.elapsed().as_secs_f64();
+    let vocab = model.config().vocab_size as u32;
+    let batch = args.batch.max(1);
+    // Ordinary token ids (away from the special tokens at the start of most vocabularies).
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
+        .map(|i| 1000 + (i * 7919) % (vocab - 1000).max(1))
+        .collect();
+
+    let run_prompt = || -> Result<f64> {
+        let mut caches = (0..batch)
+            .map(|_| model.new_cache())
+            .collect::<Result<Vec<_>, _>>()?;
+        let seqs: Vec<BatchSeq<'_>> = (0..batch)
+            .map(|_| BatchSeq {
+                tokens: &prompt,
+                pos_start: 0,
+                logits: prompt.len() - 1..prompt.len(),
+            })
+            .collect();
+        let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+        let t = Instant::now();
+        model.forward(&seqs, &mut refs)?;
+        Ok((batch * prompt.len()) as f64 / t.elapsed().as_secs_f64())
+    };
+    let run_gen = || -> Result<f64> {
+        let mut caches = (0..batch)
+            .map(|_| model.new_cache())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut next: Vec<u32> = (0..batch as u32).map(|b| 1000 + b).collect();
+        let t = Instant::now();
+        for pos in 0..args.gen_tokens {
+            let seqs: Vec<BatchSeq<'_>> = next
+                .iter()
+                .map(|tok| BatchSeq {
+                    tokens: std::slice::from_ref(tok),
+                    pos_start: pos,
+                    logits: 0..1,
+                })
+                .collect();
+            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+            let logits = model.forward(&seqs, &mut refs)?;
+            next = (0..batch).map(|b| argmax(logits.row(b))).collect();
+        }
+        Ok((batch * args.gen_tokens) as f64 / t.elapsed().as_secs_f64())
+    };
+
+    let reps = args.reps.max(1);
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    if args.prompt_tokens > 0 {
+        run_prompt().context("warm-up")?;
+        for _ in 0..reps {
+            pp.push(run_prompt()?);
+        }
+    }
+    if args.gen_tokens > 0 {
+        for _ in 0..reps {
+            tg.push(run_gen()?);
+        }
+    }
+    let (rss, peak) = memory_bytes();
+    let (pp, tg) = (median(pp), median(tg));
+    if args.json {
+        let obj = serde_json::json!({
+            "model": args.model.model,
+            "quant": args.model.quant,
+            "backend": model.backend().name(),
+            "threads": rayon::current_num_threads(),
+            "batch": batch,
+            "prompt_tokens": args.prompt_tokens,
+            "gen_tokens": args.gen_tokens,
+            "prompt_tokens_per_second": pp,
+            "gen_tokens_per_second": tg,
+            "load_seconds": load_seconds,
+            "weight_bytes": model.weight_bytes(),
+            "bits_per_weight": model.bits_per_weight(),
+            "rss_bytes": rss,
+            "peak_rss_bytes": peak,
+        });
+        println!("{}", serde_json::to_string(&obj)?);
+    } else {
+        println!(
+            "{} ({}, {} threads, batch {batch}): pp{} {pp:.1} tok/s, tg{} {tg:.1} tok/s; weights {:.1} MB ({:.2} bits/weight), RSS {:.0} MB (peak {:.0} MB), load {load_seconds:.2}s",
+            args.model.model.display(),
+            args.model.quant.as_deref().unwrap_or("as stored"),
+            rayon::current_num_threads(),
+            args.prompt_tokens,
+            args.gen_tokens,
+            model.weight_bytes() as f64 / 1e6,
+            model.bits_per_weight(),
+            rss as f64 / 1e6,
+            peak as f64 / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! Activation-aware quantization: statistics of each linear layer's inputs on a calibration
+//! text, gathered by running the unquantized model over it.
+//!
+//! For every block and each of its four distinct linear inputs ([`LinearInput`]) the
+//! calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding errors and its diagonal
+//! (mean squared activation per input column) weighs the scale search.
+
+use super::error::Result;
+use super::llama::{BatchSeq, LinearInput, Llama};
+use super::quant_policy::QuantPolicy;
+use super::source::ModelSource;
+use super::tokenizer::Tokenizer;
+use lowbit_gpu::cpu::CpuBackend;
+use lowbit_gpu::quant::gptq::Hessian;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Tokens per calibration window.
+pub const CALIBRATION_CTX: usize = 512;
+/// Windows used by default: 8k tokens, where GPTQ's gains level off for small models.
+pub const DEFAULT_CALIBRATION_WINDOWS: usize = 16;
+
+/// Input statistics of every block's linear layers.
+#[derive(Debug, Default)]
+pub struct Calibration {
+    hessians: HashMap<(usize, LinearInput), Hessian>,
+    pub tokens: usize,
+}
+
+impl Calibration {
+    /// Runs the unquantized model over `text` (at most `max_windows` windows of
+    /// [`CALIBRATION_CTX`] tokens) and gathers the statistics.
+    pub fn gather(
+        source: &ModelSource,
+        tokenizer: &Tokenizer,
+        text: &str,
+        max_windows: usize,
+    ) -> Result<Self> {
+        let model = Llama::load(
+            source,
+            Arc::new(CpuBackend::new()),
+            &QuantPolicy::parse("f32", None).map_err(super::ModelError::Tokenizer)?,
+        )?;
+        let tokens = tokenizer.encode(text, false)?;
+        let ctx = CALIBRATION_CTX.min(tokens.len().max(1));
+        let windows = (tokens.len() / ctx).clamp(0, max_windows.max(1));
+        if windows == 0 {
+            return Err(super::ModelError::Tokenizer(
+                "the calibration text is empty".into(),
+            ));
+        }
+        let mut calib = Self::default();
+        for w in 0..windows {
+            let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
+            if let (true, Some(b)) = (tokenizer.adds_bos(), tokenizer.bos()) {
+                window[0] = b;
+            }
+            let mut cache = model.new_cache()?;
+            let seq = BatchSeq {
+                tokens: &window,
+                pos_start: 0,
+                logits: 0..0,
+            };
+            let hessians = &mut calib.hessians;
+            model.forward_observed(&[seq], &mut [&mut cache], &mut |layer, input, x| {
+                if let Ok(values) = x.host() {
+                    hessians
+                        .entry((layer, input))
+                        .or_insert_with(|| Hessian::new(x.cols()))
+                        .add(values);
+                }
+            })?;
+            calib.tokens += ctx;
+            tracing::info!("calibration window {}/{windows}", w + 1);
+        }
+        Ok(calib)
+    }
+
+    /// The statistics of a weight matrix's input, by its canonical name (`blk.3.ffn_up.weight`).
+    pub fn hessian(&self, tensor: &str) -> Option<&Hessian> {
+        let rest = tensor.strip_prefix("blk.")?;
+        let (layer, part) = rest.split_once('.')?;
+        let part = part.strip_suffix(".weight")?;
+        self.hessians
+            .get(&(layer.parse().ok()?, LinearInput::of(part)?))
+    }
+}
