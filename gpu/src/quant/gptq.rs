@@ -79,10 +79,7 @@ fn cholesky(a: &mut [f64], n: usize) -> bool {
     for j in 0..n {
         let (head, tail) = a.split_at_mut(j * n);
         let row_j = &mut tail[..n];
-        let mut d = row_j[j];
-        for k in 0..j {
-            d -= row_j[k] * row_j[k];
-        }
+        let d = row_j[j] - row_j[..j].iter().map(|v| v * v).sum::<f64>();
         if d <= 0.0 || !d.is_finite() {
             return false;
         }
