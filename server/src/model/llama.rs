@@ -343,7 +343,7 @@ impl Llama {
             let residual = &x;
             let h = be.rms_norm(&x, &block.attn_norm, c.rms_eps)?;
             observe(layer, LinearInput::Attention, &h);
-            let attn = self.attention(layer, block, &h, &positions, &spans, caches, observe)?;
+            let attn = self.attention((layer, block), &h, &positions, &spans, caches, observe)?;
             let x_mid = be.add(&attn, residual)?;
 
             let residual = &x_mid;
@@ -365,8 +365,7 @@ impl Llama {
 
     fn attention(
         &self,
-        layer: usize,
-        block: &Block,
+        (layer, block): (usize, &Block),
         x: &Tensor,
         positions: &[u32],
         spans: &[SeqSpan],
