@@ -213,3 +213,44 @@ fn search_beats_round_to_nearest_on_real_weights() {
     );
     assert!(search < 0.85 * rtn, "search {search} vs rtn {rtn}");
 }
+
+#[test]
+fn calibrated_gptq_tracks_the_f32_model_better_than_round_to_nearest() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = tiny_gguf(dir.path());
+    let source = ModelSource::open(&gguf).unwrap();
+    let tokenizer = source.tokenizer().unwrap();
+    let text =
+        "the quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs! "
+            .repeat(30);
+    let calibration = lowbit::model::Calibration::gather(&source, &tokenizer, &text, 4).unwrap();
+    assert!(calibration.tokens >= 1024);
+    assert!(calibration.hessian("blk.1.ffn_down.weight").is_some());
+    assert!(calibration.hessian("token_embd.weight").is_none());
+
+    let tokens = tokenizer.encode(&text[..300], false).unwrap();
+    let run = |model: &Llama| {
+        let mut cache = model.new_cache().unwrap();
+        let seq = BatchSeq {
+            tokens: &tokens,
+            pos_start: 0,
+            logits: 0..tokens.len(),
+        };
+        model.forward(&[seq], &mut [&mut cache]).unwrap().data
+    };
+    let backend = || Arc::new(CpuBackend::new());
+    let f32_logits = run(&Llama::load(
+        &source,
+        backend(),
+        &QuantPolicy::parse("f32", None).unwrap(),
+    )
+    .unwrap());
+    let q4 = QuantPolicy::parse("q4g32", None).unwrap();
+    let rtn = rel(
+        &run(&Llama::load(&source, backend(), &q4).unwrap()),
+        &f32_logits,
+    );
+    let gptq_model = Llama::load_calibrated(&source, backend(), &q4, Some(&calibration)).unwrap();
+    let gptq = rel(&run(&gptq_model), &f32_logits);
+    assert!(gptq < 0.8 * rtn, "GPTQ {gptq} vs RTN {rtn}");
+}
