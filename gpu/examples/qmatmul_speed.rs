@@ -1,11 +1,45 @@
 //! Quantized matmul throughput probe:
-//! `cargo run --release -p lowbit-gpu --example qmatmul_speed`.
+//! `cargo run --release -p lowbit-gpu --example qmatmul_speed [FORMAT VARIANT M K N REPS]`
+//! (no arguments: a standard sweep).
 use lowbit_gpu::cpu::qdot::available_dots;
 use lowbit_gpu::cpu::qmatmul::qmatmul_with;
 use lowbit_gpu::quant::{quantize, GroupSize, QuantFormat, QuantizeOptions};
 use std::time::Instant;
 
+fn probe(f: QuantFormat, variant: Option<&str>, m: usize, k: usize, n: usize, reps: usize) {
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.05)
+        .collect();
+    let q = quantize(&w, n, k, f, &QuantizeOptions::default()).expect("shapes fit");
+    for (name, dot) in available_dots() {
+        if variant.is_some_and(|v| v != name) {
+            continue;
+        }
+        let t = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(qmatmul_with(&x, &q, dot));
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "{m}x{k}x{n} {f} {name}: {:.3} ms, {:.1} GB/s of weights, {:.1} GOP/s",
+            s * 1e3,
+            q.resident_bytes() as f64 / s / 1e9,
+            2.0 * (m * k * n) as f64 / s / 1e9
+        );
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() == 6 {
+        let f = QuantFormat::parse(&args[0]).expect("format");
+        let num = |i: usize| args[i].parse::<usize>().expect("number");
+        probe(f, Some(&args[1]), num(2), num(3), num(4), num(5));
+        return;
+    }
     let formats = [
         QuantFormat::Q8,
         QuantFormat::Q4(GroupSize::G32),
@@ -16,28 +50,13 @@ fn main() {
         (1, 576, 49152),
         (512, 576, 1536),
     ] {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 31 % 17) as f32 - 8.0) * 0.1)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.05)
-            .collect();
         for f in formats {
-            let q = quantize(&w, n, k, f, &QuantizeOptions::default()).expect("shapes fit");
-            for (name, dot) in available_dots().into_iter().take(2) {
-                let reps = if m == 1 { 2000 * 576 / n.max(576) } else { 5 };
-                let t = Instant::now();
-                for _ in 0..reps.max(3) {
-                    std::hint::black_box(qmatmul_with(&x, &q, dot));
-                }
-                let s = t.elapsed().as_secs_f64() / reps.max(3) as f64;
-                println!(
-                    "{m}x{k}x{n} {f} {name}: {:.3} ms, {:.1} GB/s of weights, {:.1} GOP/s",
-                    s * 1e3,
-                    q.resident_bytes() as f64 / s / 1e9,
-                    2.0 * (m * k * n) as f64 / s / 1e9
-                );
-            }
+            let reps = if m == 1 {
+                (2000 * 576 / n.max(576)).max(3)
+            } else {
+                5
+            };
+            probe(f, None, m, k, n, reps);
         }
     }
 }

@@ -14,6 +14,9 @@ use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight, WeightStorage};
 use rayon::prelude::*;
 
+/// Element-wise work below this size runs on the calling thread: waking the pool costs more.
+const PARALLEL_MIN_VALUES: usize = 1 << 14;
+
 /// The CPU backend (stateless; threads come from rayon's global pool).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
@@ -147,12 +150,14 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         same_shape("silu_mul", gate, up)?;
-        let out = gate
-            .host()?
-            .par_iter()
-            .zip(up.host()?)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
+        let silu_mul = |(&g, &u): (&f32, &f32)| g / (1.0 + (-g).exp()) * u;
+        let (g, u) = (gate.host()?, up.host()?);
+        // Decode rows are too small to be worth waking the thread pool.
+        let out = if g.len() < PARALLEL_MIN_VALUES {
+            g.iter().zip(u).map(silu_mul).collect()
+        } else {
+            g.par_iter().zip(u).map(silu_mul).collect()
+        };
         Tensor::from_host(gate.rows(), gate.cols(), out)
     }
 
@@ -174,9 +179,15 @@ impl Backend for CpuBackend {
             ));
         }
         let mut out = x.host()?.to_vec();
-        out.par_chunks_mut(cols)
-            .zip(positions)
-            .for_each(|(row, &p)| rope_row(row, p, rope));
+        if out.len() < PARALLEL_MIN_VALUES {
+            out.chunks_mut(cols)
+                .zip(positions)
+                .for_each(|(row, &p)| rope_row(row, p, rope));
+        } else {
+            out.par_chunks_mut(cols)
+                .zip(positions)
+                .for_each(|(row, &p)| rope_row(row, p, rope));
+        }
         Tensor::from_host(x.rows(), cols, out)
     }
 

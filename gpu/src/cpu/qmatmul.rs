@@ -15,6 +15,9 @@ use std::borrow::Cow;
 
 /// Weight rows per rayon task in the integer path.
 const QROWS_PER_TASK: usize = 64;
+/// Tasks per thread for a single-row product: a few, so a thread slowed by something else
+/// does not hold the step back, not many, since each costs a few microseconds.
+const TASKS_PER_THREAD: usize = 4;
 /// From this many activation rows on, integer formats are widened to f32 a chunk of rows at a
 /// time and multiplied by the tiled f32 kernel: the widening is paid once per chunk and shared
 /// by all rows, and the f32 kernel is ~4× faster per multiply-add than the int8 one (measured:
@@ -60,6 +63,22 @@ pub fn qmatmul_with(x: &[f32], w: &QTensor, dot: DotFn) -> Vec<f32> {
 pub fn integer_matmul(acts: &QuantizedActs, w: &QTensor, dot: DotFn) -> Vec<f32> {
     let n = w.rows;
     let m = acts.rows();
+    if m == 1 {
+        // Decode of one sequence: threads write their rows of the output directly, in a few
+        // large chunks (each task costs microseconds; a token runs ~200 matmuls).
+        let per_task = n
+            .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
+            .max(QROWS_PER_TASK / 2);
+        let mut out = vec![0.0f32; n];
+        let a = acts.row(0);
+        out.par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let j0 = c * per_task;
+                dot(w, j0..j0 + chunk.len(), a, chunk);
+            });
+        return out;
+    }
     let chunks: Vec<Vec<f32>> = (0..n.div_ceil(QROWS_PER_TASK))
         .into_par_iter()
         .map(|c| {
