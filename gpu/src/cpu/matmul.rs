@@ -350,9 +350,21 @@ fn run_rows<'w>(
             out
         })
         .collect();
+    gather_column_blocks(&blocks, m, n, ROWS_PER_TASK)
+}
+
+/// Joins per-task results into one `m × n` output: task `c` computed columns
+/// `c·per_task..` for every row, stored row-major as `m × width`.
+pub(crate) fn gather_column_blocks(
+    blocks: &[Vec<f32>],
+    m: usize,
+    n: usize,
+    per_task: usize,
+) -> Vec<f32> {
     let mut out = vec![0.0f32; m * n];
-    for (&j0, b) in starts.iter().zip(&blocks) {
-        let width = (j0 + ROWS_PER_TASK).min(n) - j0;
+    for (c, b) in blocks.iter().enumerate() {
+        let j0 = c * per_task;
+        let width = (j0 + per_task).min(n) - j0;
         for i in 0..m {
             out[i * n + j0..i * n + j0 + width].copy_from_slice(&b[i * width..(i + 1) * width]);
         }

@@ -90,15 +90,7 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &QTensor, dot: DotFn) -> Vec<f32>
             out
         })
         .collect();
-    let mut out = vec![0.0f32; m * n];
-    for (c, block) in chunks.iter().enumerate() {
-        let j0 = c * QROWS_PER_TASK;
-        let width = ((c + 1) * QROWS_PER_TASK).min(n) - j0;
-        for i in 0..m {
-            out[i * n + j0..i * n + j0 + width].copy_from_slice(&block[i * width..(i + 1) * width]);
-        }
-    }
-    out
+    matmul::gather_column_blocks(&chunks, m, n, QROWS_PER_TASK)
 }
 
 #[cfg(test)]

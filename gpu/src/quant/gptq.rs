@@ -14,8 +14,8 @@
 //! `H` is damped by `damp · mean(diag H)` on its diagonal; columns that never saw a non-zero
 //! input are zeroed.
 
-use super::format::{QuantFormat, QBLOCK};
-use super::qtensor::{words_per_row, QTensor};
+use super::format::QuantFormat;
+use super::qtensor::{pack_codes, QTensor, RowParts};
 use super::quantize::{quantize_q4_group, quantize_q4m_group, quantize_q8_group, QuantMethod};
 use crate::error::{Error, Result};
 use half::f16;
@@ -283,9 +283,8 @@ pub fn gptq_quantize(
     let g = format.group();
     let groups = cols / g;
     let has_mins = matches!(format, QuantFormat::Q4M(_));
-    let wpr = words_per_row(format, cols);
 
-    let per_row: Vec<(Vec<u32>, Vec<f16>, Vec<f16>)> = values
+    let per_row: Vec<RowParts> = values
         .par_chunks(cols)
         .map(|row| {
             let orig: Vec<f32> = row
@@ -328,21 +327,7 @@ pub fn gptq_quantize(
                     *wj -= err * uj;
                 }
             }
-            let mut bytes = vec![0u8; wpr * 4];
-            if format == QuantFormat::Q8 {
-                bytes.copy_from_slice(&codes);
-            } else {
-                for (b, out) in bytes.chunks_exact_mut(16).enumerate() {
-                    let block = &codes[b * QBLOCK..(b + 1) * QBLOCK];
-                    for j in 0..16 {
-                        out[j] = block[j] | (block[j + 16] << 4);
-                    }
-                }
-            }
-            let words = bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            let words = pack_codes(format, &codes);
             let scales = params.iter().map(|p| p.0).collect();
             let mins = if has_mins {
                 params.iter().map(|p| p.1).collect()
@@ -352,15 +337,7 @@ pub fn gptq_quantize(
             (words, scales, mins)
         })
         .collect();
-    let mut words = Vec::with_capacity(rows * wpr);
-    let mut scales = Vec::new();
-    let mut mins = Vec::new();
-    for (w, s, m) in per_row {
-        words.extend(w);
-        scales.extend(s);
-        mins.extend(m);
-    }
-    QTensor::new(format, rows, cols, words, scales, mins)
+    QTensor::from_rows(format, rows, cols, per_row)
 }
 
 #[cfg(test)]

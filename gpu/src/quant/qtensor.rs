@@ -59,7 +59,45 @@ pub fn storage_bytes(format: QuantFormat, rows: usize, cols: usize) -> usize {
     rows * (words_per_row(format, cols) * 4 + groups * per_group)
 }
 
+/// Packs one row of integer codes (one per value: the i8 bit pattern for Q8, `0..16` for
+/// Q4/Q4M) into the row's words, in the layout drawn above.
+pub fn pack_codes(format: QuantFormat, codes: &[u8]) -> Vec<u32> {
+    let bytes: Vec<u8> = if format == QuantFormat::Q8 {
+        codes.to_vec()
+    } else {
+        codes
+            .chunks_exact(QBLOCK)
+            .flat_map(|block| (0..16).map(move |j| block[j] | (block[j + 16] << 4)))
+            .collect()
+    };
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// One row's packed words, scales and mins, as quantizers produce them.
+pub type RowParts = (Vec<u32>, Vec<f16>, Vec<f16>);
+
 impl QTensor {
+    /// Assembles a tensor from its rows' parts (in row order).
+    pub fn from_rows(
+        format: QuantFormat,
+        rows: usize,
+        cols: usize,
+        parts: Vec<RowParts>,
+    ) -> Result<Self> {
+        let mut words = Vec::with_capacity(rows * words_per_row(format, cols));
+        let mut scales = Vec::new();
+        let mut mins = Vec::new();
+        for (w, s, m) in parts {
+            words.extend(w);
+            scales.extend(s);
+            mins.extend(m);
+        }
+        Self::new(format, rows, cols, words, scales, mins)
+    }
+
     /// Checks that the arrays have the sizes the format and shape ask for.
     pub fn new(
         format: QuantFormat,

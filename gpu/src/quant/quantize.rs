@@ -10,8 +10,8 @@
 //! calibration text) turns the error into `Σ imp[k]·(x − x̂)²`: errors on columns that see
 //! large activations cost more. Everything is deterministic: same input, same bytes.
 
-use super::format::{QuantFormat, QBLOCK};
-use super::qtensor::{words_per_row, QTensor};
+use super::format::QuantFormat;
+use super::qtensor::{pack_codes, words_per_row, QTensor, RowParts};
 use crate::error::Result;
 use half::f16;
 use rayon::prelude::*;
@@ -50,74 +50,53 @@ pub fn quantize(
         return QTensor::new(format, rows, cols, Vec::new(), Vec::new(), Vec::new());
     }
     let imp = opts.importance.as_deref().filter(|i| i.len() == cols);
-    let per_row: Vec<(Vec<u32>, Vec<f16>, Vec<f16>)> = values
+    let per_row: Vec<RowParts> = values
         .par_chunks(cols.max(1))
         .map(|row| {
-            let mut bytes = vec![0u8; wpr * 4];
             let mut scales = Vec::with_capacity(groups_per_row);
             let mut mins = Vec::with_capacity(if has_mins { groups_per_row } else { 0 });
-            match format {
-                QuantFormat::F32 => {
-                    for (c, v) in bytes.chunks_exact_mut(4).zip(row) {
-                        c.copy_from_slice(&v.to_le_bytes());
-                    }
-                }
+            let words = match format {
+                QuantFormat::F32 => row.iter().map(|v| v.to_bits()).collect(),
                 QuantFormat::F16 => {
-                    for (c, v) in bytes.chunks_exact_mut(2).zip(row) {
-                        c.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
-                    }
+                    let mut halves: Vec<u16> =
+                        row.iter().map(|v| f16::from_f32(*v).to_bits()).collect();
+                    halves.resize(wpr * 2, 0);
+                    halves
+                        .chunks_exact(2)
+                        .map(|h| u32::from(h[0]) | (u32::from(h[1]) << 16))
+                        .collect()
                 }
-                QuantFormat::Q8 => {
-                    for (gi, (x, out)) in row
+                _ => {
+                    let mut codes = vec![0u8; cols];
+                    for (gi, (x, qg)) in row
                         .chunks_exact(g)
-                        .zip(bytes.chunks_exact_mut(g))
+                        .zip(codes.chunks_exact_mut(g))
                         .enumerate()
                     {
                         let w = imp.map(|i| &i[gi * g..(gi + 1) * g]);
-                        let (d, q) = quantize_q8_group(x, w, opts.method);
-                        scales.push(d);
-                        for (o, q) in out.iter_mut().zip(q) {
-                            *o = q as u8;
+                        match format {
+                            QuantFormat::Q8 => {
+                                let (d, q) = quantize_q8_group(x, w, opts.method);
+                                scales.push(d);
+                                for (o, q) in qg.iter_mut().zip(q) {
+                                    *o = q as u8;
+                                }
+                            }
+                            QuantFormat::Q4M(_) => {
+                                let (d, m) = quantize_q4m_group(x, w, opts.method, qg);
+                                scales.push(d);
+                                mins.push(m);
+                            }
+                            _ => scales.push(quantize_q4_group(x, w, opts.method, qg)),
                         }
                     }
+                    pack_codes(format, &codes)
                 }
-                QuantFormat::Q4(_) | QuantFormat::Q4M(_) => {
-                    let mut q = vec![0u8; cols];
-                    for (gi, x) in row.chunks_exact(g).enumerate() {
-                        let w = imp.map(|i| &i[gi * g..(gi + 1) * g]);
-                        let qg = &mut q[gi * g..(gi + 1) * g];
-                        if has_mins {
-                            let (d, m) = quantize_q4m_group(x, w, opts.method, qg);
-                            scales.push(d);
-                            mins.push(m);
-                        } else {
-                            scales.push(quantize_q4_group(x, w, opts.method, qg));
-                        }
-                    }
-                    for (b, out) in bytes.chunks_exact_mut(16).enumerate() {
-                        let block = &q[b * QBLOCK..(b + 1) * QBLOCK];
-                        for j in 0..16 {
-                            out[j] = block[j] | (block[j + 16] << 4);
-                        }
-                    }
-                }
-            }
-            let words = bytes
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
+            };
             (words, scales, mins)
         })
         .collect();
-    let mut words = Vec::with_capacity(rows * wpr);
-    let mut scales = Vec::with_capacity(rows * groups_per_row);
-    let mut mins = Vec::new();
-    for (w, s, m) in per_row {
-        words.extend(w);
-        scales.extend(s);
-        mins.extend(m);
-    }
-    QTensor::new(format, rows, cols, words, scales, mins)
+    QTensor::from_rows(format, rows, cols, per_row)
 }
 
 /// Weighted squared error of a reconstruction.
