@@ -108,6 +108,12 @@ pub trait Backend: Send + Sync {
     /// A short name for logs (`cpu`, `wgpu:<adapter>`).
     fn name(&self) -> String;
 
+    /// Runs one forward step (many operations). The default runs it right here; a backend
+    /// may move it (the CPU backend runs it on a worker of its thread pool).
+    fn run_step(&self, step: &mut (dyn FnMut() + Send)) {
+        step()
+    }
+
     /// Moves a weight matrix, already in the format it will be kept in, into this backend.
     fn load_weight(&self, w: QTensor) -> Result<Weight>;
 

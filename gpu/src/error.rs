@@ -22,6 +22,9 @@ pub enum Error {
         block: usize,
         cols: usize,
     },
+    /// A broken internal invariant, reported instead of panicking.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     /// A tensor that lives on a different backend than the one asked to use it.
     #[error("tensor storage belongs to another backend ({0})")]
     ForeignStorage(&'static str),

@@ -69,6 +69,12 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
+    fn run_step(&self, step: &mut (dyn FnMut() + Send)) {
+        // From a pool thread, each of the step's ~200 parallel regions is pushed onto the
+        // local deque instead of being injected from outside and waited for on a condvar.
+        rayon::scope(|_| step());
+    }
+
     fn load_weight(&self, w: QTensor) -> Result<Weight> {
         Ok(Weight::new(w.rows, w.cols, WeightStorage::Host(w)))
     }

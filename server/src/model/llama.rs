@@ -68,6 +68,9 @@ impl Logits {
     }
 }
 
+/// Sees the input of every linear layer during a forward (layer, which input, activations).
+pub type Observer<'a> = dyn FnMut(usize, LinearInput, &Tensor) + Send + 'a;
+
 /// The distinct inputs of a block's linear layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinearInput {
@@ -300,7 +303,23 @@ impl Llama {
         &self,
         seqs: &[BatchSeq<'_>],
         caches: &mut [&mut KvCache],
-        observe: &mut dyn FnMut(usize, LinearInput, &Tensor),
+        observe: &mut Observer<'_>,
+    ) -> Result<Logits> {
+        let mut result = None;
+        // The backend decides where a step runs (the CPU backend: on a pool thread, so the
+        // step's many parallel regions start from inside the pool).
+        self.backend
+            .run_step(&mut || result = Some(self.step(seqs, caches, observe)));
+        result.unwrap_or_else(|| {
+            Err(lowbit_gpu::Error::Internal("the backend did not run the step").into())
+        })
+    }
+
+    fn step(
+        &self,
+        seqs: &[BatchSeq<'_>],
+        caches: &mut [&mut KvCache],
+        observe: &mut Observer<'_>,
     ) -> Result<Logits> {
         let be = &*self.backend;
         let c = &self.config;
@@ -370,7 +389,7 @@ impl Llama {
         positions: &[u32],
         spans: &[SeqSpan],
         caches: &mut [&mut KvCache],
-        observe: &mut dyn FnMut(usize, LinearInput, &Tensor),
+        observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
         let be = &*self.backend;
@@ -395,7 +414,7 @@ impl Llama {
         layer: usize,
         mlp: &Mlp,
         x: &Tensor,
-        observe: &mut dyn FnMut(usize, LinearInput, &Tensor),
+        observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("mlp").entered();
         let be = &*self.backend;
