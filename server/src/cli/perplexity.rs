@@ -96,6 +96,8 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
         let obj = serde_json::json!({
             "model": args.model.model,
             "quant": args.model.quant,
+            "quant_method": format!("{:?}", args.model.policy()?.method).to_lowercase(),
+            "calibration": args.model.calibration,
             "bits_per_weight": model.bits_per_weight(),
             "weight_bytes": model.weight_bytes(),
             "text": args.text,
