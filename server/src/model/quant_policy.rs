@@ -8,7 +8,8 @@
 //! q8                         every matrix Q8
 //! q4g32                      projections Q4 g32; token embedding and output head Q8
 //! q4g64,output=q8,blk.0.*=q8 as q4g64, plus the rules
-//! q4 / q4m                   presets (below)
+//! q4                         preset: every matrix Q4M g32, token embedding and head too
+//! q4m                        preset: projections Q4M g32; token embedding and head Q8
 //! f32 | f16                  full-precision copies (every matrix)
 //! ```
 //! With a 4-bit default the token embedding and the output head stay Q8: they are the most
@@ -20,7 +21,7 @@ use lowbit_gpu::{GroupSize, QuantFormat, SourceDType};
 
 /// The presets and what they mean.
 pub const PRESETS: &str =
-    "q8 (all Q8), q4 (projections Q4M g64, search), q4m (projections Q4M g32, search)";
+    "q8 (all Q8), q4 (every matrix Q4M g32, embedding and head included, search), q4m (projections Q4M g32, embedding and head Q8, search)";
 
 /// How formats are chosen for a model's tensors.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,12 +99,10 @@ impl QuantPolicy {
                     "'{item}': a policy has one default format; use PATTERN=FORMAT for the others"
                 ));
             }
-            let f = match item.to_ascii_lowercase().as_str() {
-                "q4" => {
-                    implied = QuantMethod::Search;
-                    QuantFormat::Q4M(GroupSize::G64)
-                }
-                "q4m" => {
+            let preset = item.to_ascii_lowercase();
+            let f = match preset.as_str() {
+                // Size first: every matrix 4-bit, the embedding and head too (BENCHMARKS.md).
+                "q4" | "q4m" => {
                     implied = QuantMethod::Search;
                     QuantFormat::Q4M(GroupSize::G32)
                 }
@@ -111,7 +110,7 @@ impl QuantPolicy {
                     format!("unknown format or preset '{item}' (formats: {FORMAT_NAMES}; presets: {PRESETS}; rules: PATTERN=FORMAT)")
                 })?,
             };
-            sensitive_q8 = matches!(f, QuantFormat::Q4(_) | QuantFormat::Q4M(_));
+            sensitive_q8 = matches!(f, QuantFormat::Q4(_) | QuantFormat::Q4M(_)) && preset != "q4";
             default = Some(f);
         }
         if default.is_none() && rules.is_empty() {
