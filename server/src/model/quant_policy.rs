@@ -185,10 +185,12 @@ mod tests {
         assert_eq!(q8.requested("token_embd.weight"), Some(QuantFormat::Q8));
         let preset = QuantPolicy::parse("q4", None).unwrap();
         assert_eq!(preset.method, QuantMethod::Search);
-        assert_eq!(
-            preset.requested("blk.1.attn_v.weight"),
-            Some(QuantFormat::Q4M(GroupSize::G64))
-        );
+        let q4mg32 = Some(QuantFormat::Q4M(GroupSize::G32));
+        assert_eq!(preset.requested("blk.1.attn_v.weight"), q4mg32);
+        assert_eq!(preset.requested("token_embd.weight"), q4mg32);
+        let q4m = QuantPolicy::parse("q4m", None).unwrap();
+        assert_eq!(q4m.requested("blk.1.attn_v.weight"), q4mg32);
+        assert_eq!(q4m.requested("token_embd.weight"), Some(QuantFormat::Q8));
     }
 
     #[test]
