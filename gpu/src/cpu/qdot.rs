@@ -16,7 +16,7 @@
 //! time.
 
 use crate::quant::format::{QuantFormat, QBLOCK};
-use crate::quant::qtensor::QTensor;
+use crate::quant::qtensor::{words_per_row, QTensor};
 
 /// Rows of activations quantized to int8 per 32-block.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +130,13 @@ pub(crate) mod x86 {
         }
     }
 
+    /// One f16 to f32 with `vcvtph2ps` (callers run with `f16c` enabled).
+    #[inline(always)]
+    unsafe fn f16_to_f32(h: half::f16) -> f32 {
+        // SAFETY: register arithmetic; the caller's target features include f16c.
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits())))) }
+    }
+
     #[inline(always)]
     unsafe fn hsum_ps(v: __m256) -> f32 {
         // SAFETY: register arithmetic only.
@@ -201,13 +208,22 @@ pub(crate) mod x86 {
         let format = w.format;
         let pg = format.group() / QBLOCK;
         let wbytes = if format == QuantFormat::Q8 { 32 } else { 16 };
-        let (bytes, scales, mins) = (w.row_bytes(r), w.row_scales(r), w.row_mins(r));
         let blocks = a.d.len();
-        debug_assert!(bytes.len() >= blocks * wbytes && a.q.len() >= blocks * QBLOCK);
+        let groups = blocks / pg;
+        debug_assert!(
+            w.words.len() * 4 >= (r + 1) * blocks * wbytes && a.q.len() >= blocks * QBLOCK
+        );
         // SAFETY: `bytes` holds `blocks` whole blocks, `a` as many activation blocks, and the
         // scales (mins) one per group; every index below stays within those.
         unsafe {
-            let wp = bytes.as_ptr();
+            // Row `r`'s data, by offset (the callers checked the shapes once per call).
+            let wp = (w.words.as_ptr() as *const u8).add(r * blocks * wbytes);
+            let scales = w.scales.as_ptr().add(r * groups);
+            let mins = if w.mins.is_empty() {
+                scales
+            } else {
+                w.mins.as_ptr().add(r * groups)
+            };
             let ap = a.q.as_ptr();
             let mut acc = _mm256_setzero_ps();
             let mut corr = _mm256_setzero_ps();
@@ -219,18 +235,14 @@ pub(crate) mod x86 {
                     idot(wp.add((b + j) * wbytes), ap.add((b + j) * QBLOCK))
                 });
                 let sums = _mm256_cvtepi32_ps(reduce8(s));
-                let dw = load_group_coefs(scales.as_ptr().add(b / pg), pg);
+                let dw = load_group_coefs(scales.add(b / pg), pg);
                 let da = _mm256_loadu_ps(a.d.as_ptr().add(b));
                 acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, da), acc);
                 let c = _mm256_loadu_ps(a.c.as_ptr().add(b));
                 match format {
                     QuantFormat::Q4(_) => corr = _mm256_fmadd_ps(dw, c, corr),
                     QuantFormat::Q4M(_) => {
-                        corr = _mm256_fmadd_ps(
-                            load_group_coefs(mins.as_ptr().add(b / pg), pg),
-                            c,
-                            corr,
-                        )
+                        corr = _mm256_fmadd_ps(load_group_coefs(mins.add(b / pg), pg), c, corr)
                     }
                     _ => {}
                 }
@@ -245,11 +257,12 @@ pub(crate) mod x86 {
             };
             while b < blocks {
                 let isum = hsum_epi32(idot(wp.add(b * wbytes), ap.add(b * QBLOCK))) as f32;
-                let dw = scales[b / pg].to_f32();
-                total += dw * a.d[b] * isum;
+                let dw = f16_to_f32(*scales.add(b / pg));
+                let (da, c) = (*a.d.get_unchecked(b), *a.c.get_unchecked(b));
+                total += dw * da * isum;
                 match format {
-                    QuantFormat::Q4(_) => total -= 8.0 * dw * a.c[b],
-                    QuantFormat::Q4M(_) => total += mins[b / pg].to_f32() * a.c[b],
+                    QuantFormat::Q4(_) => total -= 8.0 * dw * c,
+                    QuantFormat::Q4M(_) => total += f16_to_f32(*mins.add(b / pg)) * c,
                     _ => {}
                 }
                 b += 1;
@@ -331,6 +344,19 @@ pub(crate) mod x86 {
 
     fn check(w: &QTensor, rows: &std::ops::Range<usize>, a: &ActRow<'_>, out: &[f32]) {
         assert!(w.format.is_quantized() && rows.end <= w.rows && out.len() >= rows.len());
+        // The kernels address rows by offset: the arrays must have exactly their sizes.
+        let groups = w.rows * (w.cols / w.format.group());
+        assert!(
+            w.words.len() == w.rows * words_per_row(w.format, w.cols) && w.scales.len() == groups
+        );
+        assert!(
+            w.mins.len()
+                == if matches!(w.format, QuantFormat::Q4M(_)) {
+                    groups
+                } else {
+                    0
+                }
+        );
         assert!(a.q.len() == w.cols && a.d.len() * QBLOCK == w.cols && a.c.len() == a.d.len());
     }
 
