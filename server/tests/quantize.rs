@@ -254,3 +254,28 @@ fn calibrated_gptq_tracks_the_f32_model_better_than_round_to_nearest() {
     let gptq = rel(&run(&gptq_model), &f32_logits);
     assert!(gptq < 0.8 * rtn, "GPTQ {gptq} vs RTN {rtn}");
 }
+
+#[test]
+fn quantizing_twice_writes_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = tiny_gguf(dir.path());
+    let outs: Vec<Vec<u8>> = (0..2)
+        .map(|i| {
+            let out = dir.path().join(format!("run{i}.safetensors"));
+            let o = lowbit(&[
+                "quantize",
+                "--model",
+                gguf.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--quant",
+                "q4g32,blk.0.*=q8",
+                "--quant-method",
+                "search",
+            ]);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            std::fs::read(out).unwrap()
+        })
+        .collect();
+    assert!(outs[0] == outs[1], "two runs wrote different files");
+}

@@ -62,18 +62,21 @@ pub fn storage_bytes(format: QuantFormat, rows: usize, cols: usize) -> usize {
 /// Packs one row of integer codes (one per value: the i8 bit pattern for Q8, `0..16` for
 /// Q4/Q4M) into the row's words, in the layout drawn above.
 pub fn pack_codes(format: QuantFormat, codes: &[u8]) -> Vec<u32> {
-    let bytes: Vec<u8> = if format == QuantFormat::Q8 {
-        codes.to_vec()
-    } else {
-        codes
-            .chunks_exact(QBLOCK)
-            .flat_map(|block| (0..16).map(move |j| block[j] | (block[j + 16] << 4)))
-            .collect()
-    };
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    let word = |b: [u8; 4]| u32::from_le_bytes(b);
+    if format == QuantFormat::Q8 {
+        return codes
+            .chunks_exact(4)
+            .map(|c| word([c[0], c[1], c[2], c[3]]))
+            .collect();
+    }
+    let mut words = Vec::with_capacity(codes.len() / 8);
+    for block in codes.chunks_exact(QBLOCK) {
+        let (lo, hi) = block.split_at(16);
+        for j in (0..16).step_by(4) {
+            words.push(word(std::array::from_fn(|k| lo[j + k] | (hi[j + k] << 4))));
+        }
+    }
+    words
 }
 
 /// One row's packed words, scales and mins, as quantizers produce them.

@@ -19,6 +19,7 @@ use super::error::{ModelError, Result};
 use super::hf::SafetensorsFile;
 use lowbit_gpu::{QTensor, QuantFormat, RawTensor};
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::Path;
 
 /// The version this build writes and the newest it reads.
@@ -229,21 +230,61 @@ pub fn matrix_entries(name: &str, q: &QTensor) -> Vec<(String, TensorBytes)> {
     }
 }
 
-/// Writes tensors and metadata to `path` as one safetensors file.
+/// Writes tensors and metadata to `path` as one safetensors file, byte-for-byte deterministic:
+/// header keys sorted, tensors in the given order (the `safetensors` crate writes metadata in
+/// hash-map order, so the same model would give different bytes each run).
 pub fn write(
     path: &Path,
     tensors: &[(String, TensorBytes)],
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     let p = path.display().to_string();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, (dt, shape, bytes))| {
-            safetensors::tensor::TensorView::new(*dt, shape.clone(), bytes)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| ModelError::tensor(&p, n, e.to_string()))
-        })
-        .collect::<Result<_>>()?;
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|e| ModelError::file(&p, format!("cannot write: {e}")))
+    let dtype_name = |d: safetensors::Dtype| match d {
+        safetensors::Dtype::F32 => Ok("F32"),
+        safetensors::Dtype::F16 => Ok("F16"),
+        safetensors::Dtype::U32 => Ok("U32"),
+        other => Err(ModelError::file(
+            &p,
+            format!("lowbit does not write {other:?} tensors"),
+        )),
+    };
+    let mut header = serde_json::Map::new();
+    let meta: BTreeMap<String, String> = metadata.into_iter().collect();
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(meta).map_err(|e| ModelError::file(&p, e.to_string()))?,
+    );
+    let mut offset = 0usize;
+    for (name, (dtype, shape, bytes)) in tensors {
+        let elements: usize = shape.iter().product();
+        let width = match dtype {
+            safetensors::Dtype::F16 => 2,
+            _ => 4,
+        };
+        if elements * width != bytes.len() {
+            return Err(ModelError::tensor(
+                &p,
+                name,
+                format!("{} bytes for shape {shape:?}", bytes.len()),
+            ));
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({ "dtype": dtype_name(*dtype)?, "shape": shape, "data_offsets": [offset, offset + bytes.len()] }),
+        );
+        offset += bytes.len();
+    }
+    let mut head = serde_json::to_vec(&header).map_err(|e| ModelError::file(&p, e.to_string()))?;
+    // The data starts 8-byte aligned: pad the header with spaces, as the format allows.
+    head.resize(head.len().div_ceil(8) * 8, b' ');
+    let write_all = || -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        f.write_all(&(head.len() as u64).to_le_bytes())?;
+        f.write_all(&head)?;
+        for (_, (_, _, bytes)) in tensors {
+            f.write_all(bytes)?;
+        }
+        f.flush()
+    };
+    write_all().map_err(|e| ModelError::file(&p, format!("cannot write: {e}")))
 }
