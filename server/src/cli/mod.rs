@@ -74,7 +74,7 @@ pub struct ModelArgs {
     /// PATTERN=FORMAT rules, comma-separated ("q4g64,output=q8,blk.0.*=q8"). Default: as stored.
     #[arg(long)]
     pub quant: Option<String>,
-    /// How scales are chosen when quantizing (default: search for presets, rtn otherwise).
+    /// How scales are chosen when quantizing (default: rtn).
     #[arg(long, value_enum)]
     pub quant_method: Option<QuantMethodArg>,
     /// Activation-aware quantization: a text whose activations (seen by the unquantized model)
