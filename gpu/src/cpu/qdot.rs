@@ -196,74 +196,90 @@ pub(crate) mod x86 {
         }
     }
 
-    /// One weight row against one activation row. `idot(w_ptr, a_ptr)` gives the 8 partial
+    /// `R` consecutive weight rows (from `r0`) against one activation row, interleaved in one
+    /// loop so the rows' independent work overlaps. `idot(w_ptr, a_ptr)` gives the 8 partial
     /// integer sums of one block.
     #[inline(always)]
-    unsafe fn row_dot(
+    unsafe fn row_dots<const R: usize>(
         w: &QTensor,
-        r: usize,
+        r0: usize,
         a: ActRow<'_>,
         idot: impl Fn(*const u8, *const i8) -> __m256i,
-    ) -> f32 {
+    ) -> [f32; R] {
         let format = w.format;
         let pg = format.group() / QBLOCK;
         let wbytes = if format == QuantFormat::Q8 { 32 } else { 16 };
         let blocks = a.d.len();
         let groups = blocks / pg;
         debug_assert!(
-            w.words.len() * 4 >= (r + 1) * blocks * wbytes && a.q.len() >= blocks * QBLOCK
+            w.words.len() * 4 >= (r0 + R) * blocks * wbytes && a.q.len() >= blocks * QBLOCK
         );
-        // SAFETY: `bytes` holds `blocks` whole blocks, `a` as many activation blocks, and the
-        // scales (mins) one per group; every index below stays within those.
+        // SAFETY: rows r0..r0+R each hold `blocks` whole blocks, `a` as many activation
+        // blocks, and the scales (mins) one per group; every index below stays within those
+        // (the callers checked the shapes once per call).
         unsafe {
-            // Row `r`'s data, by offset (the callers checked the shapes once per call).
-            let wp = (w.words.as_ptr() as *const u8).add(r * blocks * wbytes);
-            let scales = w.scales.as_ptr().add(r * groups);
-            let mins = if w.mins.is_empty() {
-                scales
-            } else {
-                w.mins.as_ptr().add(r * groups)
-            };
+            let wp: [*const u8; R] = std::array::from_fn(|i| {
+                (w.words.as_ptr() as *const u8).add((r0 + i) * blocks * wbytes)
+            });
+            let scales: [*const half::f16; R] =
+                std::array::from_fn(|i| w.scales.as_ptr().add((r0 + i) * groups));
+            let mins: [*const half::f16; R] = std::array::from_fn(|i| {
+                if w.mins.is_empty() {
+                    scales[i]
+                } else {
+                    w.mins.as_ptr().add((r0 + i) * groups)
+                }
+            });
             let ap = a.q.as_ptr();
-            let mut acc = _mm256_setzero_ps();
-            let mut corr = _mm256_setzero_ps();
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut corr = [_mm256_setzero_ps(); R];
             let mut b = 0;
             while b + 8 <= blocks {
-                _mm_prefetch(wp.add((b + 16) * wbytes) as *const i8, _MM_HINT_T0);
-                _mm_prefetch(wp.add((b + 16) * wbytes + 64) as *const i8, _MM_HINT_T0);
-                let s: [__m256i; 8] = std::array::from_fn(|j| {
-                    idot(wp.add((b + j) * wbytes), ap.add((b + j) * QBLOCK))
-                });
-                let sums = _mm256_cvtepi32_ps(reduce8(s));
-                let dw = load_group_coefs(scales.add(b / pg), pg);
                 let da = _mm256_loadu_ps(a.d.as_ptr().add(b));
-                acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, da), acc);
                 let c = _mm256_loadu_ps(a.c.as_ptr().add(b));
-                match format {
-                    QuantFormat::Q4(_) => corr = _mm256_fmadd_ps(dw, c, corr),
-                    QuantFormat::Q4M(_) => {
-                        corr = _mm256_fmadd_ps(load_group_coefs(mins.add(b / pg), pg), c, corr)
+                for i in 0..R {
+                    _mm_prefetch(wp[i].add((b + 16) * wbytes) as *const i8, _MM_HINT_T0);
+                    _mm_prefetch(wp[i].add((b + 16) * wbytes + 64) as *const i8, _MM_HINT_T0);
+                    let s: [__m256i; 8] = std::array::from_fn(|j| {
+                        idot(wp[i].add((b + j) * wbytes), ap.add((b + j) * QBLOCK))
+                    });
+                    let sums = _mm256_cvtepi32_ps(reduce8(s));
+                    let dw = load_group_coefs(scales[i].add(b / pg), pg);
+                    acc[i] = _mm256_fmadd_ps(sums, _mm256_mul_ps(dw, da), acc[i]);
+                    match format {
+                        QuantFormat::Q4(_) => corr[i] = _mm256_fmadd_ps(dw, c, corr[i]),
+                        QuantFormat::Q4M(_) => {
+                            corr[i] = _mm256_fmadd_ps(
+                                load_group_coefs(mins[i].add(b / pg), pg),
+                                c,
+                                corr[i],
+                            )
+                        }
+                        _ => {}
                     }
-                    _ => {}
                 }
                 b += 8;
             }
-            let mut total = hsum_ps(acc);
-            let corr = hsum_ps(corr);
-            total += if matches!(format, QuantFormat::Q4(_)) {
-                -8.0 * corr
-            } else {
-                corr
-            };
+            let mut total: [f32; R] = std::array::from_fn(|i| {
+                let corr = hsum_ps(corr[i]);
+                hsum_ps(acc[i])
+                    + if matches!(format, QuantFormat::Q4(_)) {
+                        -8.0 * corr
+                    } else {
+                        corr
+                    }
+            });
             while b < blocks {
-                let isum = hsum_epi32(idot(wp.add(b * wbytes), ap.add(b * QBLOCK))) as f32;
-                let dw = f16_to_f32(*scales.add(b / pg));
                 let (da, c) = (*a.d.get_unchecked(b), *a.c.get_unchecked(b));
-                total += dw * da * isum;
-                match format {
-                    QuantFormat::Q4(_) => total -= 8.0 * dw * c,
-                    QuantFormat::Q4M(_) => total += f16_to_f32(*mins.add(b / pg)) * c,
-                    _ => {}
+                for i in 0..R {
+                    let isum = hsum_epi32(idot(wp[i].add(b * wbytes), ap.add(b * QBLOCK))) as f32;
+                    let dw = f16_to_f32(*scales[i].add(b / pg));
+                    total[i] += dw * da * isum;
+                    match format {
+                        QuantFormat::Q4(_) => total[i] -= 8.0 * dw * c,
+                        QuantFormat::Q4M(_) => total[i] += f16_to_f32(*mins[i].add(b / pg)) * c,
+                        _ => {}
+                    }
                 }
                 b += 1;
             }
@@ -271,61 +287,74 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Runs `row_dots` over a range of rows, two at a time.
+    #[inline(always)]
+    unsafe fn all_rows(
+        w: &QTensor,
+        rows: std::ops::Range<usize>,
+        a: ActRow<'_>,
+        out: &mut [f32],
+        idot: impl Fn(*const u8, *const i8) -> __m256i + Copy,
+    ) {
+        let mut r = rows.start;
+        let mut o = 0;
+        // SAFETY: forwarded from the callers (shapes checked).
+        unsafe {
+            while r + 2 <= rows.end {
+                out[o..o + 2].copy_from_slice(&row_dots::<2>(w, r, a, idot));
+                r += 2;
+                o += 2;
+            }
+            if r < rows.end {
+                out[o] = row_dots::<1>(w, r, a, idot)[0];
+            }
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     fn dot_avx2_impl(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
         let ones = _mm256_set1_epi16(1);
-        for (o, r) in out.iter_mut().zip(rows) {
-            // SAFETY: block pointers come from whole rows (see row_dot).
-            *o = unsafe {
-                if w.format == QuantFormat::Q8 {
-                    row_dot(w, r, a, |wp, ap| {
-                        let wv = _mm256_loadu_si256(wp as *const __m256i);
-                        let av = _mm256_loadu_si256(ap as *const __m256i);
-                        // |w| · (a·sign(w)): u8 × i8 without overflow (|w| ≤ 128).
-                        _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(
-                                _mm256_sign_epi8(wv, wv),
-                                _mm256_sign_epi8(av, wv),
-                            ),
-                            ones,
-                        )
-                    })
-                } else {
-                    row_dot(w, r, a, |wp, ap| {
-                        let av = _mm256_loadu_si256(ap as *const __m256i);
-                        _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4(wp), av), ones)
-                    })
-                }
-            };
+        // SAFETY: block pointers come from whole rows (see row_dots).
+        unsafe {
+            if w.format == QuantFormat::Q8 {
+                all_rows(w, rows, a, out, |wp, ap| {
+                    let wv = _mm256_loadu_si256(wp as *const __m256i);
+                    let av = _mm256_loadu_si256(ap as *const __m256i);
+                    // |w| · (a·sign(w)): u8 × i8 without overflow (|w| ≤ 128).
+                    _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)),
+                        ones,
+                    )
+                })
+            } else {
+                all_rows(w, rows, a, out, |wp, ap| {
+                    let av = _mm256_loadu_si256(ap as *const __m256i);
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(unpack_q4(wp), av), ones)
+                })
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     fn dot_vnni_impl(w: &QTensor, rows: std::ops::Range<usize>, a: ActRow<'_>, out: &mut [f32]) {
         let zero = _mm256_setzero_si256();
-        for (o, r) in out.iter_mut().zip(rows) {
-            // SAFETY: as above.
-            *o = unsafe {
-                if w.format == QuantFormat::Q8 {
-                    row_dot(w, r, a, |wp, ap| {
-                        let wv = _mm256_loadu_si256(wp as *const __m256i);
-                        let av = _mm256_loadu_si256(ap as *const __m256i);
-                        _mm256_dpbusd_epi32(
-                            zero,
-                            _mm256_sign_epi8(wv, wv),
-                            _mm256_sign_epi8(av, wv),
-                        )
-                    })
-                } else {
-                    row_dot(w, r, a, |wp, ap| {
-                        _mm256_dpbusd_epi32(
-                            zero,
-                            unpack_q4(wp),
-                            _mm256_loadu_si256(ap as *const __m256i),
-                        )
-                    })
-                }
-            };
+        // SAFETY: as above.
+        unsafe {
+            if w.format == QuantFormat::Q8 {
+                all_rows(w, rows, a, out, |wp, ap| {
+                    let wv = _mm256_loadu_si256(wp as *const __m256i);
+                    let av = _mm256_loadu_si256(ap as *const __m256i);
+                    _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv))
+                })
+            } else {
+                all_rows(w, rows, a, out, |wp, ap| {
+                    _mm256_dpbusd_epi32(
+                        zero,
+                        unpack_q4(wp),
+                        _mm256_loadu_si256(ap as *const __m256i),
+                    )
+                })
+            }
         }
     }
 
