@@ -156,3 +156,32 @@ fn unavailable_device_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--device gpu"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_reports_speed_and_memory_on_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_with_tokenizer(dir.path());
+    let out = lowbit(&[
+        "bench",
+        "--model",
+        path.to_str().unwrap(),
+        "--quant",
+        "q8",
+        "--prompt-tokens",
+        "20",
+        "--gen-tokens",
+        "4",
+        "--batch",
+        "3",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["prompt_tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert!(v["gen_tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["batch"], 3);
+    assert!(v["weight_bytes"].as_u64().unwrap() > 0 && v["peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!((v["bits_per_weight"].as_f64().unwrap() - 8.5).abs() < 1e-9);
+}

@@ -55,10 +55,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (_source, model) = args.model.load()?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size as u32;
+    // Ordinary token ids, away from the special tokens at the start of most vocabularies.
+    let first_id = (vocab / 2).min(1000);
     let batch = args.batch.max(1);
-    // Ordinary token ids (away from the special tokens at the start of most vocabularies).
-    let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
-        .map(|i| 1000 + (i * 7919) % (vocab - 1000).max(1))
+    let span = u64::from((vocab - first_id).max(1));
+    let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
+        .map(|i| first_id + (i * 7919 % span) as u32)
         .collect();
 
     let run_prompt = || -> Result<f64> {
@@ -81,7 +83,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut caches = (0..batch)
             .map(|_| model.new_cache())
             .collect::<Result<Vec<_>, _>>()?;
-        let mut next: Vec<u32> = (0..batch as u32).map(|b| 1000 + b).collect();
+        let mut next: Vec<u32> = (0..batch as u64)
+            .map(|b| first_id + (b % span) as u32)
+            .collect();
         let t = Instant::now();
         for pos in 0..args.gen_tokens {
             let seqs: Vec<BatchSeq<'_>> = next
