@@ -132,6 +132,12 @@ pub trait Backend: Send + Sync {
     /// `x · Wᵀ`: `(M × K) · (N × K)ᵀ = M × N`.
     fn matmul(&self, x: &Tensor, w: &Weight) -> Result<Tensor>;
 
+    /// `x · Wᵢᵀ` for several weights that share the input `x` (Q/K/V, gate/up). A backend may
+    /// prepare `x` once (the CPU backend quantizes the activations once, not once per weight).
+    fn matmul_many(&self, x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
+        ws.iter().map(|w| self.matmul(x, w)).collect()
+    }
+
     /// Element-wise `a + b`.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 

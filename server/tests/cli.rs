@@ -5,18 +5,7 @@
 mod common;
 
 use common::tiny_model::{TinyConfig, TinyModel};
-use std::process::{Command, Output};
-
-fn lowbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{lowbit, stderr};
 
 #[test]
 fn generate_json_reports_ids_text_and_timings() {

@@ -5,12 +5,12 @@
 mod common;
 
 use common::tiny_model::{TinyConfig, TinyModel};
+use common::{lowbit, stderr};
 use lowbit::model::lowbit_file;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 /// A tiny model with a tokenizer, so that `lowbit quantize` can write a complete file.
@@ -53,13 +53,6 @@ fn rel(a: &[f32], b: &[f32]) -> f64 {
     common::rel_err(a, &b64)
 }
 
-fn lowbit(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 /// Quantization error of the whole forward (weights and, in decode, int8 activations)
 /// relative to the f32 model, for a 2-layer random model: measured ≈ 1% (q8), 5–9% (4-bit).
 const Q8_FORWARD_REL_TOL: f64 = 0.03;
@@ -85,11 +78,7 @@ fn quantized_files_load_back_exactly_as_in_situ_quantization() {
             "--quant",
             spec,
         ]);
-        assert!(
-            o.status.success(),
-            "{spec}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(o.status.success(), "{spec}: {}", stderr(&o));
         let policy = QuantPolicy::parse(spec, None).unwrap();
         let in_situ = logits(&source, &policy);
         let file = ModelSource::open(&out).unwrap();
@@ -132,7 +121,7 @@ fn info_reports_formats_fallbacks_and_bits_per_weight() {
         "q4g128",
         "--json",
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let plans = v["weight_formats"].as_array().unwrap();
     let find = |n: &str| plans.iter().find(|p| p["name"] == n).unwrap().clone();
@@ -160,7 +149,7 @@ fn bad_policies_and_newer_files_are_refused_clearly() {
         "q3",
     ]);
     assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = stderr(&o);
     assert!(
         err.contains("unknown format or preset 'q3'")
             && err.contains("q4mg64")
@@ -273,7 +262,7 @@ fn quantizing_twice_writes_the_same_bytes() {
                 "--quant-method",
                 "search",
             ]);
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(o.status.success(), "{}", stderr(&o));
             std::fs::read(out).unwrap()
         })
         .collect();

@@ -143,6 +143,24 @@ impl Backend for CpuBackend {
         Tensor::from_host(x.rows(), w.rows(), out)
     }
 
+    fn matmul_many(&self, x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
+        let mut qs = Vec::with_capacity(ws.len());
+        for w in ws {
+            if x.cols() != w.cols() {
+                return Err(shape_err(
+                    "matmul_many",
+                    format!("x has {} columns, W has {}", x.cols(), w.cols()),
+                ));
+            }
+            qs.push(w.host()?);
+        }
+        qmatmul::qmatmul_many(x.host()?, &qs)
+            .into_iter()
+            .zip(ws)
+            .map(|(out, w)| Tensor::from_host(x.rows(), w.rows(), out))
+            .collect()
+    }
+
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         same_shape("add", a, b)?;
         let out = a

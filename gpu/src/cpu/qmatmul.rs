@@ -59,6 +59,23 @@ pub fn qmatmul_with(x: &[f32], w: &QTensor, dot: DotFn) -> Vec<f32> {
     }
 }
 
+/// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every
+/// integer-format weight that takes the int8 path.
+pub fn qmatmul_many(x: &[f32], ws: &[&QTensor]) -> Vec<Vec<f32>> {
+    let k = ws.first().map_or(0, |w| w.cols);
+    let int8_path = |w: &QTensor| w.format.is_quantized() && x.len() / k.max(1) < F32_TILE_MIN_ROWS;
+    let acts = ws
+        .iter()
+        .any(|w| int8_path(w))
+        .then(|| QuantizedActs::quantize(x, k));
+    ws.iter()
+        .map(|w| match &acts {
+            Some(a) if int8_path(w) => integer_matmul(a, w, best_dot().1),
+            _ => qmatmul(x, w),
+        })
+        .collect()
+}
+
 /// The integer path over already-quantized activations.
 pub fn integer_matmul(acts: &QuantizedActs, w: &QTensor, dot: DotFn) -> Vec<f32> {
     let n = w.rows;
@@ -176,6 +193,37 @@ mod tests {
                         "{f} {name} vs scalar m={m} k={k} n={n}: {e}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn shared_input_products_equal_separate_ones() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let k = 256;
+        let ws: Vec<QTensor> = [
+            (QuantFormat::Q8, 40),
+            (QuantFormat::Q4(GroupSize::G64), 24),
+            (QuantFormat::F16, 8),
+        ]
+        .iter()
+        .map(|&(f, n)| {
+            quantize(
+                &random(&mut rng, n * k),
+                n,
+                k,
+                f,
+                &QuantizeOptions::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+        let refs: Vec<&QTensor> = ws.iter().collect();
+        for m in [1, 3, F32_TILE_MIN_ROWS + 1] {
+            let x = random(&mut rng, m * k);
+            let many = qmatmul_many(&x, &refs);
+            for (w, got) in ws.iter().zip(&many) {
+                assert_eq!(got, &qmatmul(&x, w), "{} m={m}", w.format);
             }
         }
     }

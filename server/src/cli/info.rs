@@ -4,7 +4,6 @@ use crate::model::llama::{expected_tensors, TensorRole};
 use crate::model::{ModelSource, QuantPolicy, TensorPlan};
 use anyhow::{Context, Result};
 use clap::Args;
-use lowbit_gpu::SourceDType;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -31,26 +30,9 @@ fn plan(
     let tied = config.tied_embeddings && !source.has_tensor("output.weight");
     let mut plans = Vec::new();
     for (name, role) in expected_tensors(config, tied) {
-        let TensorRole::Matrix { rows, cols } = role else {
-            continue;
-        };
-        let (stored, dtype) = match source {
-            ModelSource::Lowbit(l) => (l.format(&name), SourceDType::F32),
-            _ => (None, source.tensor(&name)?.dtype),
-        };
-        let (mut format, mut asked) = policy.resolve(&name, dtype, cols);
-        if let (Some(s), None) = (stored, policy.requested(&name)) {
-            (format, asked) = (s, None);
+        if let TensorRole::Matrix { .. } = role {
+            plans.push(source.plan(&name, policy)?);
         }
-        plans.push(TensorPlan {
-            name: name.clone(),
-            rows,
-            cols,
-            source: stored.map_or_else(|| format!("{dtype:?}"), |s| s.to_string()),
-            format: format.to_string(),
-            fallback_from: asked.map(|a| a.to_string()),
-            bytes: lowbit_gpu::quant::qtensor::storage_bytes(format, rows, cols),
-        });
     }
     Ok(plans)
 }

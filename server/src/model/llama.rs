@@ -393,9 +393,12 @@ impl Llama {
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
         let be = &*self.backend;
-        let q = be.rope(&be.matmul(x, &block.q)?, positions, &self.rope)?;
-        let k = be.rope(&be.matmul(x, &block.k)?, positions, &self.rope)?;
-        let v = be.matmul(x, &block.v)?;
+        let [q, k, v]: [Tensor; 3] = be
+            .matmul_many(x, &[&block.q, &block.k, &block.v])?
+            .try_into()
+            .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
+        let q = be.rope(&q, positions, &self.rope)?;
+        let k = be.rope(&k, positions, &self.rope)?;
         let out = be.attention(
             layer,
             &q,
@@ -418,7 +421,11 @@ impl Llama {
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("mlp").entered();
         let be = &*self.backend;
-        let gated = be.silu_mul(&be.matmul(x, &mlp.gate)?, &be.matmul(x, &mlp.up)?)?;
+        let [gate, up]: [Tensor; 2] = be
+            .matmul_many(x, &[&mlp.gate, &mlp.up])?
+            .try_into()
+            .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
+        let gated = be.silu_mul(&gate, &up)?;
         observe(layer, LinearInput::MlpDown, &gated);
         Ok(be.matmul(&gated, &mlp.down)?)
     }

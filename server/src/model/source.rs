@@ -13,7 +13,7 @@ use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::tokenizer::Tokenizer;
 use lowbit_gpu::quant::gptq::{gptq_quantize, GptqOptions, Hessian};
 use lowbit_gpu::quant::{quantize, QuantizeOptions};
-use lowbit_gpu::{QTensor, RawTensor};
+use lowbit_gpu::{QTensor, QuantFormat, RawTensor, SourceDType};
 use std::path::{Path, PathBuf};
 
 /// A model on disk, opened and memory-mapped.
@@ -110,29 +110,52 @@ impl ModelSource {
         }
     }
 
-    /// A weight matrix in the format `policy` gives it: repacked losslessly when that is its
-    /// stored format, else decoded and quantized (one tensor at a time, so peak memory stays
-    /// near the quantized model plus one f32 tensor). `hessian`, calibration statistics of the
-    /// tensor's input, switches integer formats to GPTQ (activation-aware quantization).
+    /// The format `policy` gives a weight matrix, and why (no quantization done): the one
+    /// decision behind both `quantized_tensor` and `lowbit info --quant`.
+    pub fn plan(&self, name: &str, policy: &QuantPolicy) -> Result<TensorPlan> {
+        let (rows, cols) = self.tensor_shape(name)?;
+        let (stored, source, dtype) = match self {
+            Self::Lowbit(l) => {
+                let stored = l.format(name);
+                (
+                    stored,
+                    stored.map_or_else(|| "F32".to_string(), |f| f.to_string()),
+                    SourceDType::F32,
+                )
+            }
+            _ => {
+                let dtype = self.tensor(name)?.dtype;
+                (None, format!("{dtype:?}"), dtype)
+            }
+        };
+        let (format, asked) = match (stored, policy.requested(name)) {
+            // A lowbit file's matrices stay as they are unless a rule asks otherwise.
+            (Some(f), None) => (f, None),
+            _ => policy.resolve(name, dtype, cols),
+        };
+        Ok(TensorPlan {
+            name: name.to_string(),
+            rows,
+            cols,
+            source,
+            format: format.to_string(),
+            fallback_from: asked.map(|a| a.to_string()),
+            bytes: lowbit_gpu::quant::qtensor::storage_bytes(format, rows, cols),
+        })
+    }
+
+    /// A weight matrix in the format `policy` gives it ([`ModelSource::plan`]): repacked
+    /// losslessly when that is its stored format, else decoded and quantized (one tensor at a
+    /// time, so peak memory stays near the quantized model plus one f32 tensor). `hessian`,
+    /// calibration statistics of the tensor's input, switches integer formats to GPTQ
+    /// (activation-aware quantization).
     pub fn quantized_tensor(
         &self,
         name: &str,
         policy: &QuantPolicy,
         hessian: Option<&Hessian>,
     ) -> Result<(QTensor, TensorPlan)> {
-        if let Self::Lowbit(l) = self {
-            if let Some(stored) = l.format(name) {
-                return self.requantize_stored(l, name, stored, policy, hessian);
-            }
-        }
-        let raw = self.tensor(name)?;
-        let (format, asked) = policy.resolve(name, raw.dtype, raw.cols);
-        if let Some(asked) = asked {
-            tracing::warn!(
-                "{name}: {asked} does not fit rows of {} values; using {format}",
-                raw.cols
-            );
-        }
+        let plan = self.plan(name, policy)?;
         let wrap = |e: lowbit_gpu::Error| {
             ModelError::tensor(
                 self.path().display(),
@@ -140,53 +163,40 @@ impl ModelSource {
                 e.to_string(),
             )
         };
-        let q = if Some(format) == QTensor::lossless_format(raw.dtype) {
-            QTensor::repack(&raw).map_err(wrap)?
-        } else {
-            quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)
-                .map_err(wrap)?
-        };
-        let plan = TensorPlan {
-            name: name.to_string(),
-            rows: raw.rows,
-            cols: raw.cols,
-            source: format!("{:?}", raw.dtype),
-            format: format.to_string(),
-            fallback_from: asked.map(|a| a.to_string()),
-            bytes: q.resident_bytes(),
-        };
-        Ok((q, plan))
-    }
-
-    /// A matrix of a lowbit file: as stored unless the policy asks another format for it.
-    fn requantize_stored(
-        &self,
-        l: &LowbitFile,
-        name: &str,
-        stored: lowbit_gpu::QuantFormat,
-        policy: &QuantPolicy,
-        hessian: Option<&Hessian>,
-    ) -> Result<(QTensor, TensorPlan)> {
-        let (rows, cols) = l.shape(name)?;
-        let stored_q = l.qtensor(name)?;
-        let (format, asked) = match policy.requested(name) {
-            None => (stored, None),
-            Some(_) => policy.resolve(name, lowbit_gpu::SourceDType::F32, cols),
-        };
-        let q = if format == stored {
-            stored_q
-        } else {
-            quantize_with(&stored_q.dequantize(), rows, cols, format, policy, hessian)
-                .map_err(|e| ModelError::tensor(self.path().display(), name, e.to_string()))?
-        };
-        let plan = TensorPlan {
-            name: name.to_string(),
-            rows,
-            cols,
-            source: stored.to_string(),
-            format: q.format.to_string(),
-            fallback_from: asked.map(|a| a.to_string()),
-            bytes: q.resident_bytes(),
+        let format = QuantFormat::parse(&plan.format)
+            .map_err(|e| ModelError::tensor(self.path().display(), name, e))?;
+        if let Some(asked) = &plan.fallback_from {
+            tracing::warn!(
+                "{name}: {asked} does not fit rows of {} values; using {format}",
+                plan.cols
+            );
+        }
+        let q = match self {
+            Self::Lowbit(l) if l.format(name).is_some() => {
+                let stored = l.qtensor(name)?;
+                if stored.format == format {
+                    stored
+                } else {
+                    quantize_with(
+                        &stored.dequantize(),
+                        plan.rows,
+                        plan.cols,
+                        format,
+                        policy,
+                        hessian,
+                    )
+                    .map_err(wrap)?
+                }
+            }
+            _ => {
+                let raw = self.tensor(name)?;
+                if Some(format) == QTensor::lossless_format(raw.dtype) {
+                    QTensor::repack(&raw).map_err(wrap)?
+                } else {
+                    quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)
+                        .map_err(wrap)?
+                }
+            }
         };
         Ok((q, plan))
     }

@@ -4,6 +4,20 @@
 pub mod tiny_model;
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// Runs the `lowbit` binary built for these tests.
+pub fn lowbit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A run's standard error, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
 
 /// The default model, fetched by `scripts/fetch-model.sh` (the test script runs it first).
 pub fn smollm2_path() -> PathBuf {
