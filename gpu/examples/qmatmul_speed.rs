@@ -1,8 +1,9 @@
 //! Quantized matmul throughput probe:
 //! `cargo run --release -p lowbit-gpu --example qmatmul_speed [FORMAT VARIANT M K N REPS]`
 //! (no arguments: a standard sweep).
-use lowbit_gpu::cpu::qdot::available_dots;
-use lowbit_gpu::cpu::qmatmul::qmatmul_with;
+use lowbit_gpu::cpu::packed::PackedWeight;
+use lowbit_gpu::cpu::qdot::available_gemvs;
+use lowbit_gpu::cpu::qmatmul::packed_matmul_with;
 use lowbit_gpu::quant::{quantize, GroupSize, QuantFormat, QuantizeOptions};
 use std::time::Instant;
 
@@ -14,13 +15,14 @@ fn probe(f: QuantFormat, variant: Option<&str>, m: usize, k: usize, n: usize, re
         .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.05)
         .collect();
     let q = quantize(&w, n, k, f, &QuantizeOptions::default()).expect("shapes fit");
-    for (name, dot) in available_dots() {
+    let q = PackedWeight::pack(&q).expect("an integer format");
+    for (name, gemv) in available_gemvs() {
         if variant.is_some_and(|v| v != name) {
             continue;
         }
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(qmatmul_with(&x, &q, dot));
+            std::hint::black_box(packed_matmul_with(&x, &q, gemv));
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!(

@@ -3,6 +3,7 @@
 //! Both are 2-D and row-major. A backend owns the storage; the model only passes handles
 //! around, so the same model code drives the CPU backend now and the wgpu backend later.
 
+use crate::cpu::packed::PackedWeight;
 use crate::error::{shape_err, Result};
 use crate::quant::{QTensor, QuantFormat};
 
@@ -72,6 +73,8 @@ impl Tensor {
 pub enum WeightStorage {
     /// Host memory, in the weight's own format (kernels dequantize on the fly).
     Host(QTensor),
+    /// Host memory, an integer format in the CPU's interleaved layout.
+    HostPacked(PackedWeight),
 }
 
 /// A weight matrix of `rows × cols` (`N × K`): a linear layer computes `y = x · Wᵀ`.
@@ -107,17 +110,20 @@ impl Weight {
         &self.storage
     }
 
-    /// The host copy, or an error if the weight lives elsewhere.
-    pub fn host(&self) -> Result<&QTensor> {
+    /// Row `r` decoded to f32, for a weight in host memory.
+    pub fn host_row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         match &self.storage {
-            WeightStorage::Host(q) => Ok(q),
+            WeightStorage::Host(q) => q.dequantize_row(r, out),
+            WeightStorage::HostPacked(p) => p.dequantize_row(r, out),
         }
+        Ok(())
     }
 
     /// The format the weight is kept in.
     pub fn format(&self) -> QuantFormat {
         match &self.storage {
             WeightStorage::Host(q) => q.format,
+            WeightStorage::HostPacked(p) => p.format,
         }
     }
 
@@ -125,6 +131,7 @@ impl Weight {
     pub fn resident_bytes(&self) -> usize {
         match &self.storage {
             WeightStorage::Host(q) => q.resident_bytes(),
+            WeightStorage::HostPacked(p) => p.resident_bytes(),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The CPU backend: host memory, rayon threads, runtime-selected SIMD.
 //!
-//! For now weights are dequantized to f32 at load: this backend is the reference (the oracle)
-//! that quantized kernels and the wgpu backend are tested against.
+//! Weights stay in their format: float ones row-major, integer ones interleaved by eight rows
+//! for the integer kernels ([`packed`]).
 
 mod attention;
 pub mod matmul;
+pub mod packed;
 pub mod qdot;
 pub mod qmatmul;
 
@@ -76,7 +77,14 @@ impl Backend for CpuBackend {
     }
 
     fn load_weight(&self, w: QTensor) -> Result<Weight> {
-        Ok(Weight::new(w.rows, w.cols, WeightStorage::Host(w)))
+        let (rows, cols) = (w.rows, w.cols);
+        // Integer formats move to the interleaved layout the kernels want (packed::); the
+        // row-major copy is dropped, so memory stays at one copy.
+        let storage = match packed::PackedWeight::pack(&w) {
+            Some(p) => WeightStorage::HostPacked(p),
+            None => WeightStorage::Host(w),
+        };
+        Ok(Weight::new(rows, cols, storage))
     }
 
     fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor> {
@@ -89,7 +97,6 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let (vocab, dim) = (table.rows(), table.cols());
-        let t = table.host()?;
         let mut out = vec![0.0f32; ids.len() * dim];
         for (&id, row) in ids.iter().zip(out.chunks_exact_mut(dim.max(1))) {
             let id = id as usize;
@@ -99,7 +106,7 @@ impl Backend for CpuBackend {
                     format!("token id {id} outside vocabulary of {vocab}"),
                 ));
             }
-            t.dequantize_row(id, row);
+            table.host_row(id, row)?;
         }
         Tensor::from_host(ids.len(), dim, out)
     }
@@ -139,7 +146,7 @@ impl Backend for CpuBackend {
                 format!("x has {} columns, W has {}", x.cols(), w.cols()),
             ));
         }
-        let out = qmatmul::qmatmul(x.host()?, w.host()?);
+        let out = qmatmul::host_matmul(x.host()?, w.storage());
         Tensor::from_host(x.rows(), w.rows(), out)
     }
 
@@ -152,9 +159,9 @@ impl Backend for CpuBackend {
                     format!("x has {} columns, W has {}", x.cols(), w.cols()),
                 ));
             }
-            qs.push(w.host()?);
+            qs.push(w.storage());
         }
-        qmatmul::qmatmul_many(x.host()?, &qs)
+        qmatmul::host_matmul_many(x.host()?, &qs)
             .into_iter()
             .zip(ws)
             .map(|(out, w)| Tensor::from_host(x.rows(), w.rows(), out))

@@ -1,20 +1,23 @@
 //! `x · Wᵀ` for weights in any [`QuantFormat`], keeping them in their format.
 //!
-//! Integer formats: the activations are quantized to int8 once per call, then each thread
-//! takes a chunk of weight rows and, for every activation row, runs the integer dot kernel —
-//! the chunk's weights stay in cache while all activation rows pass over them. Float formats
-//! go through the f32 tiled kernel, f16 rows widened one chunk at a time.
+//! Integer formats live in the interleaved [`PackedWeight`] layout. For a few activation rows
+//! (decode) the activations are quantized to int8 once per call and each thread takes a run
+//! of row groups through the integer kernel; every weight is read once. For many rows
+//! (prefill), weights are widened to f32 a chunk at a time for the tiled f32 kernel. Float
+//! formats always take the f32 kernel, f16 rows widened one chunk at a time.
 
 use super::matmul;
-use super::qdot::{best_dot, DotFn, QuantizedActs};
+use super::packed::{PackedWeight, ROW_GROUP};
+use super::qdot::{best_gemv, GemvFn, QuantizedActs};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
+use crate::tensor::WeightStorage;
 use half::f16;
 use rayon::prelude::*;
 use std::borrow::Cow;
 
-/// Weight rows per rayon task in the integer path.
-const QROWS_PER_TASK: usize = 64;
+/// Row groups per rayon task when several activation rows share the weights.
+const GROUPS_PER_TASK: usize = 8;
 /// Tasks per thread for a single-row product: a few, so a thread slowed by something else
 /// does not hold the step back, not many, since each costs a few microseconds.
 const TASKS_PER_THREAD: usize = 4;
@@ -25,13 +28,36 @@ const TASKS_PER_THREAD: usize = 4;
 /// kernels read each weight once.
 pub const F32_TILE_MIN_ROWS: usize = 16;
 
-/// `x · Wᵀ` with the best kernels for this CPU; `x` is `m × w.cols`.
-pub fn qmatmul(x: &[f32], w: &QTensor) -> Vec<f32> {
-    qmatmul_with(x, w, best_dot().1)
+/// `x · Wᵀ` for a weight as the CPU backend stores it; `x` is `m × w.cols`.
+pub fn host_matmul(x: &[f32], w: &WeightStorage) -> Vec<f32> {
+    match w {
+        WeightStorage::Host(q) => float_matmul(x, q),
+        WeightStorage::HostPacked(p) => packed_matmul(x, p),
+    }
 }
 
-/// `x · Wᵀ` with a chosen integer dot kernel (tests compare every variant).
-pub fn qmatmul_with(x: &[f32], w: &QTensor, dot: DotFn) -> Vec<f32> {
+/// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every weight
+/// that takes the int8 path.
+pub fn host_matmul_many(x: &[f32], ws: &[&WeightStorage]) -> Vec<Vec<f32>> {
+    let mut acts: Option<QuantizedActs> = None;
+    ws.iter()
+        .map(|w| match w {
+            WeightStorage::HostPacked(p) if takes_int8_path(x, p.cols) => {
+                let a = acts.get_or_insert_with(|| QuantizedActs::quantize(x, p.cols));
+                integer_matmul(a, p, best_gemv().1)
+            }
+            _ => host_matmul(x, w),
+        })
+        .collect()
+}
+
+fn takes_int8_path(x: &[f32], k: usize) -> bool {
+    x.len() / k.max(1) < F32_TILE_MIN_ROWS
+}
+
+/// `x · Wᵀ` through the f32 kernel, any format widened a chunk of rows at a time (float
+/// weights, and the reference path for row-major integer ones).
+pub fn float_matmul(x: &[f32], w: &QTensor) -> Vec<f32> {
     let (k, n) = (w.cols, w.rows);
     match w.format {
         QuantFormat::F32 => matmul::matmul(x, k, bytemuck::cast_slice(&w.words), n),
@@ -45,75 +71,74 @@ pub fn qmatmul_with(x: &[f32], w: &QTensor, dot: DotFn) -> Vec<f32> {
             }
             Cow::Owned(rows)
         }),
-        _ if x.len() / k.max(1) >= F32_TILE_MIN_ROWS => matmul::matmul_rows(x, k, n, &|j0, j1| {
+        _ => matmul::matmul_rows(x, k, n, &|j0, j1| {
             let mut rows = vec![0.0f32; (j1 - j0) * k];
             for (r, out) in (j0..j1).zip(rows.chunks_exact_mut(k)) {
                 w.dequantize_row(r, out);
             }
             Cow::Owned(rows)
         }),
-        _ => {
-            let acts = QuantizedActs::quantize(x, k);
-            integer_matmul(&acts, w, dot)
-        }
     }
 }
 
-/// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every
-/// integer-format weight that takes the int8 path.
-pub fn qmatmul_many(x: &[f32], ws: &[&QTensor]) -> Vec<Vec<f32>> {
-    let k = ws.first().map_or(0, |w| w.cols);
-    let int8_path = |w: &QTensor| w.format.is_quantized() && x.len() / k.max(1) < F32_TILE_MIN_ROWS;
-    let acts = ws
-        .iter()
-        .any(|w| int8_path(w))
-        .then(|| QuantizedActs::quantize(x, k));
-    ws.iter()
-        .map(|w| match &acts {
-            Some(a) if int8_path(w) => integer_matmul(a, w, best_dot().1),
-            _ => qmatmul(x, w),
-        })
-        .collect()
+/// `x · Wᵀ` with the best kernels for this CPU.
+pub fn packed_matmul(x: &[f32], w: &PackedWeight) -> Vec<f32> {
+    packed_matmul_with(x, w, best_gemv().1)
+}
+
+/// `x · Wᵀ` with a chosen integer kernel (tests compare every variant).
+pub fn packed_matmul_with(x: &[f32], w: &PackedWeight, gemv: GemvFn) -> Vec<f32> {
+    let (k, n) = (w.cols, w.rows);
+    if takes_int8_path(x, k) {
+        return integer_matmul(&QuantizedActs::quantize(x, k), w, gemv);
+    }
+    matmul::matmul_rows(x, k, n, &|j0, j1| Cow::Owned(w.dequantize_rows(j0..j1)))
 }
 
 /// The integer path over already-quantized activations.
-pub fn integer_matmul(acts: &QuantizedActs, w: &QTensor, dot: DotFn) -> Vec<f32> {
-    let n = w.rows;
+pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemv: GemvFn) -> Vec<f32> {
+    let (n, groups) = (w.rows, w.row_groups());
     let m = acts.rows();
     if m == 1 {
         // Decode of one sequence: threads write their rows of the output directly, in a few
-        // large chunks (each task costs microseconds; a token runs ~200 matmuls).
-        let per_task = n
+        // large runs (each task costs microseconds; a token runs ~200 matmuls).
+        let per_task = groups
             .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
-            .max(QROWS_PER_TASK / 2);
-        let mut out = vec![0.0f32; n];
+            .max(2);
+        let mut out = vec![0.0f32; groups * ROW_GROUP];
         let a = acts.row(0);
-        out.par_chunks_mut(per_task)
+        out.par_chunks_mut(per_task * ROW_GROUP)
             .enumerate()
             .for_each(|(c, chunk)| {
-                let j0 = c * per_task;
-                dot(w, j0..j0 + chunk.len(), a, chunk);
+                let g0 = c * per_task;
+                gemv(w, g0..g0 + chunk.len() / ROW_GROUP, a, chunk);
             });
+        out.truncate(n);
         return out;
     }
-    let chunks: Vec<Vec<f32>> = (0..n.div_ceil(QROWS_PER_TASK))
+    // Several rows: each task runs all of them over its row groups while those stay in cache.
+    let per_task = GROUPS_PER_TASK * ROW_GROUP;
+    let chunks: Vec<Vec<f32>> = (0..groups.div_ceil(GROUPS_PER_TASK))
         .into_par_iter()
         .map(|c| {
-            let (j0, j1) = (c * QROWS_PER_TASK, ((c + 1) * QROWS_PER_TASK).min(n));
-            let mut out = vec![0.0f32; m * (j1 - j0)];
-            for (i, row_out) in out.chunks_exact_mut(j1 - j0).enumerate() {
-                dot(w, j0..j1, acts.row(i), row_out);
+            let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(groups);
+            let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
+            let mut scratch = vec![0.0f32; g.len() * ROW_GROUP];
+            let mut out = vec![0.0f32; m * width];
+            for (i, row_out) in out.chunks_exact_mut(width).enumerate() {
+                gemv(w, g.clone(), acts.row(i), &mut scratch);
+                row_out.copy_from_slice(&scratch[..width]);
             }
             out
         })
         .collect();
-    matmul::gather_column_blocks(&chunks, m, n, QROWS_PER_TASK)
+    matmul::gather_column_blocks(&chunks, m, n, per_task)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::qdot::available_dots;
+    use crate::cpu::qdot::{available_gemvs, gemv_scalar};
     use crate::quant::format::GroupSize;
     use crate::quant::quantize::{quantize, QuantizeOptions};
     use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -136,6 +161,13 @@ mod tests {
         (num / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
     }
 
+    fn storage(q: QTensor) -> WeightStorage {
+        match PackedWeight::pack(&q) {
+            Some(p) => WeightStorage::HostPacked(p),
+            None => WeightStorage::Host(q),
+        }
+    }
+
     #[test]
     fn every_format_and_variant_matches_float64_reference() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -148,7 +180,14 @@ mod tests {
             QuantFormat::Q4M(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G128),
         ];
-        for &(m, k, n) in &[(1, 128, 70), (5, 256, 130), (3, 384, 9), (20, 128, 33)] {
+        // Row counts that do and do not fill the last group of eight; m on both paths.
+        for &(m, k, n) in &[
+            (1, 128, 70),
+            (5, 256, 130),
+            (3, 384, 9),
+            (20, 128, 33),
+            (1, 256, 64),
+        ] {
             let x = random(&mut rng, m * k);
             let wv = random(&mut rng, n * k);
             for f in formats {
@@ -161,36 +200,29 @@ mod tests {
                             .sum()
                     })
                     .collect();
-                let tol = if f.is_quantized() {
+                let e = rel_err(&float_matmul(&x, &q), &reference);
+                assert!(e < 1e-5, "{f} f32 path m={m} k={k} n={n}: {e}");
+                let Some(p) = PackedWeight::pack(&q) else {
+                    continue;
+                };
+                let tol = if m < F32_TILE_MIN_ROWS {
                     INT8_ACT_REL_TOL
                 } else {
                     1e-5
                 };
-                let scalar = qmatmul_with(&x, &q, super::super::qdot::dot_scalar);
-                if f.is_quantized() {
-                    // The int8 path directly, whatever m is.
-                    let acts = QuantizedActs::quantize(&x, k);
-                    let direct = integer_matmul(&acts, &q, super::super::qdot::dot_scalar);
-                    let e = rel_err(&direct, &reference);
-                    assert!(e < INT8_ACT_REL_TOL, "{f} int8 scalar m={m}: {e}");
-                    let direct64: Vec<f64> = direct.iter().map(|&v| v as f64).collect();
-                    for (name, dot) in available_dots() {
-                        let e = rel_err(&integer_matmul(&acts, &q, dot), &direct64);
-                        assert!(
-                            e < VARIANT_REL_TOL,
-                            "{f} {name} int8 vs scalar m={m} k={k} n={n}: {e}"
-                        );
-                    }
-                }
+                let e = rel_err(&packed_matmul(&x, &p), &reference);
+                assert!(e < tol, "{f} best path m={m} k={k} n={n}: {e}");
+                // The int8 path directly, whatever m is.
+                let acts = QuantizedActs::quantize(&x, k);
+                let scalar = integer_matmul(&acts, &p, gemv_scalar);
                 let e = rel_err(&scalar, &reference);
-                assert!(e < tol, "{f} scalar m={m} k={k} n={n}: {e}");
+                assert!(e < INT8_ACT_REL_TOL, "{f} int8 scalar m={m}: {e}");
                 let scalar64: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
-                for (name, dot) in available_dots() {
-                    let got = qmatmul_with(&x, &q, dot);
-                    let e = rel_err(&got, &scalar64);
+                for (name, gemv) in available_gemvs() {
+                    let e = rel_err(&integer_matmul(&acts, &p, gemv), &scalar64);
                     assert!(
                         e < VARIANT_REL_TOL,
-                        "{f} {name} vs scalar m={m} k={k} n={n}: {e}"
+                        "{f} {name} int8 vs scalar m={m} k={k} n={n}: {e}"
                     );
                 }
             }
@@ -201,29 +233,31 @@ mod tests {
     fn shared_input_products_equal_separate_ones() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
         let k = 256;
-        let ws: Vec<QTensor> = [
+        let ws: Vec<WeightStorage> = [
             (QuantFormat::Q8, 40),
             (QuantFormat::Q4(GroupSize::G64), 24),
             (QuantFormat::F16, 8),
         ]
         .iter()
         .map(|&(f, n)| {
-            quantize(
-                &random(&mut rng, n * k),
-                n,
-                k,
-                f,
-                &QuantizeOptions::default(),
+            storage(
+                quantize(
+                    &random(&mut rng, n * k),
+                    n,
+                    k,
+                    f,
+                    &QuantizeOptions::default(),
+                )
+                .unwrap(),
             )
-            .unwrap()
         })
         .collect();
-        let refs: Vec<&QTensor> = ws.iter().collect();
+        let refs: Vec<&WeightStorage> = ws.iter().collect();
         for m in [1, 3, F32_TILE_MIN_ROWS + 1] {
             let x = random(&mut rng, m * k);
-            let many = qmatmul_many(&x, &refs);
+            let many = host_matmul_many(&x, &refs);
             for (w, got) in ws.iter().zip(&many) {
-                assert_eq!(got, &qmatmul(&x, w), "{} m={m}", w.format);
+                assert_eq!(got, &host_matmul(&x, w), "m={m}");
             }
         }
     }
