@@ -1,8 +1,8 @@
 //! Causal grouped-query attention over each sequence's host KV cache.
 
+use super::pool::Pool;
 use crate::backend::{AttentionShape, KvCache, SeqSpan};
 use crate::error::{shape_err, Result};
-use rayon::prelude::*;
 
 /// Writes the new keys/values into the caches, then attends. See [`crate::Backend::attention`].
 pub fn attention(
@@ -54,7 +54,8 @@ pub fn attention(
         l.v[s.pos_start * kv_dim..end].copy_from_slice(&v[rows]);
     }
 
-    // Each output row is independent: (sequence, token) pairs run in parallel.
+    // Each (token, head) output is independent: they run in parallel, so that a single decode
+    // row still spreads its heads over the threads.
     let mut row_owner = vec![None; rows];
     for (i, s) in seqs.iter().enumerate() {
         for t in 0..s.len {
@@ -65,37 +66,33 @@ pub fn attention(
     let scale = 1.0 / (hd as f32).sqrt();
     let caches: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
     let mut out = vec![0.0f32; rows * q_dim];
-    out.par_chunks_mut(q_dim)
-        .enumerate()
-        .for_each(|(r, out_row)| {
-            let Some((seq, pos)) = row_owner[r] else {
-                return;
-            };
-            let cache = &caches[seq].layers[layer];
-            let mut scores = vec![0.0f32; pos + 1];
-            for h in 0..shape.n_heads {
-                let kvh = h / group;
-                let qh = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
-                let mut max = f32::NEG_INFINITY;
-                for (j, sc) in scores.iter_mut().enumerate() {
-                    let kj = &cache.k[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    *sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                    max = max.max(*sc);
-                }
-                let mut sum = 0.0f32;
-                for sc in scores.iter_mut() {
-                    *sc = (*sc - max).exp();
-                    sum += *sc;
-                }
-                let oh = &mut out_row[h * hd..(h + 1) * hd];
-                for (j, sc) in scores.iter().enumerate() {
-                    let p = sc / sum;
-                    let vj = &cache.v[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
-                    for (o, x) in oh.iter_mut().zip(vj) {
-                        *o += p * x;
-                    }
-                }
+    Pool::global().for_each_chunk_mut(&mut out, hd, |task, oh| {
+        let (r, h) = (task / shape.n_heads, task % shape.n_heads);
+        let Some((seq, pos)) = row_owner[r] else {
+            return;
+        };
+        let cache = &caches[seq].layers[layer];
+        let kvh = h / group;
+        let qh = &q[r * q_dim + h * hd..r * q_dim + (h + 1) * hd];
+        let mut scores = vec![0.0f32; pos + 1];
+        let mut max = f32::NEG_INFINITY;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            let kj = &cache.k[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+            *sc = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+            max = max.max(*sc);
+        }
+        let mut sum = 0.0f32;
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            sum += *sc;
+        }
+        for (j, sc) in scores.iter().enumerate() {
+            let p = sc / sum;
+            let vj = &cache.v[j * kv_dim + kvh * hd..j * kv_dim + (kvh + 1) * hd];
+            for (o, x) in oh.iter_mut().zip(vj) {
+                *o += p * x;
             }
-        });
+        }
+    });
     Ok(out)
 }

@@ -6,7 +6,7 @@
 //! build is fast everywhere); [`matmul_scalar`] is the plain twin every variant is tested
 //! against.
 
-use rayon::prelude::*;
+use super::pool::Pool;
 use std::borrow::Cow;
 
 /// Rows of x and of W in one register tile.
@@ -340,16 +340,12 @@ fn run_rows<'w>(
     rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync),
 ) -> Vec<f32> {
     let m = x.len().checked_div(k).unwrap_or(0);
-    let starts: Vec<usize> = (0..n).step_by(ROWS_PER_TASK).collect();
-    let blocks: Vec<Vec<f32>> = starts
-        .par_iter()
-        .map(|&j0| {
-            let j1 = (j0 + ROWS_PER_TASK).min(n);
-            let mut out = vec![0.0f32; m * (j1 - j0)];
-            kernel(x, m, k, &rows(j0, j1), j1 - j0, &mut out);
-            out
-        })
-        .collect();
+    let blocks: Vec<Vec<f32>> = Pool::global().map(n.div_ceil(ROWS_PER_TASK), |c| {
+        let (j0, j1) = (c * ROWS_PER_TASK, ((c + 1) * ROWS_PER_TASK).min(n));
+        let mut out = vec![0.0f32; m * (j1 - j0)];
+        kernel(x, m, k, &rows(j0, j1), j1 - j0, &mut out);
+        out
+    });
     gather_column_blocks(&blocks, m, n, ROWS_PER_TASK)
 }
 

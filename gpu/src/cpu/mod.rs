@@ -6,6 +6,7 @@
 mod attention;
 pub mod matmul;
 pub mod packed;
+pub mod pool;
 pub mod qdot;
 pub mod qmatmul;
 
@@ -13,12 +14,12 @@ use crate::backend::{AttentionShape, Backend, HostLayerKv, KvCache, Rope, RopeSt
 use crate::error::{shape_err, Result};
 use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight, WeightStorage};
-use rayon::prelude::*;
+use pool::Pool;
 
 /// Element-wise work below this size runs on the calling thread: waking the pool costs more.
 const PARALLEL_MIN_VALUES: usize = 1 << 14;
 
-/// The CPU backend (stateless; threads come from rayon's global pool).
+/// The CPU backend (stateless; threads come from the process's spinning [`Pool`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CpuBackend;
 
@@ -71,9 +72,9 @@ impl Backend for CpuBackend {
     }
 
     fn run_step(&self, step: &mut (dyn FnMut() + Send)) {
-        // From a pool thread, each of the step's ~200 parallel regions is pushed onto the
-        // local deque instead of being injected from outside and waited for on a condvar.
-        rayon::scope(|_| step());
+        // The calling thread takes part in every parallel region; the pool's helpers stay
+        // awake between them (pool.rs).
+        step();
     }
 
     fn load_weight(&self, w: QTensor) -> Result<Weight> {
@@ -187,7 +188,15 @@ impl Backend for CpuBackend {
         let out = if g.len() < PARALLEL_MIN_VALUES {
             g.iter().zip(u).map(silu_mul).collect()
         } else {
-            g.par_iter().zip(u).map(silu_mul).collect()
+            let mut out = vec![0.0f32; g.len()];
+            Pool::global().for_each_chunk_mut(&mut out, PARALLEL_MIN_VALUES, |c, part| {
+                let start = c * PARALLEL_MIN_VALUES;
+                let (gs, us) = (&g[start..start + part.len()], &u[start..start + part.len()]);
+                for (o, pair) in part.iter_mut().zip(gs.iter().zip(us)) {
+                    *o = silu_mul(pair);
+                }
+            });
+            out
         };
         Tensor::from_host(gate.rows(), gate.cols(), out)
     }
@@ -215,9 +224,8 @@ impl Backend for CpuBackend {
                 .zip(positions)
                 .for_each(|(row, &p)| rope_row(row, p, rope));
         } else {
-            out.par_chunks_mut(cols)
-                .zip(positions)
-                .for_each(|(row, &p)| rope_row(row, p, rope));
+            Pool::global()
+                .for_each_chunk_mut(&mut out, cols, |r, row| rope_row(row, positions[r], rope));
         }
         Tensor::from_host(x.rows(), cols, out)
     }

@@ -8,19 +8,19 @@
 
 use super::matmul;
 use super::packed::{PackedWeight, ROW_GROUP};
+use super::pool::Pool;
 use super::qdot::{best_gemv, GemvFn, QuantizedActs};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
 use crate::tensor::WeightStorage;
 use half::f16;
-use rayon::prelude::*;
 use std::borrow::Cow;
 
 /// Row groups per rayon task when several activation rows share the weights.
 const GROUPS_PER_TASK: usize = 8;
-/// Tasks per thread for a single-row product: a few, so a thread slowed by something else
-/// does not hold the step back, not many, since each costs a few microseconds.
-const TASKS_PER_THREAD: usize = 4;
+/// Tasks per thread for a single-row product: threads claim tasks from a shared counter, so
+/// several per thread let a thread slowed by something else take fewer.
+const TASKS_PER_THREAD: usize = 8;
 /// From this many activation rows on, integer formats are widened to f32 a chunk of rows at a
 /// time and multiplied by the tiled f32 kernel: the widening is paid once per chunk and shared
 /// by all rows, and the f32 kernel is ~4× faster per multiply-add than the int8 one (measured:
@@ -100,38 +100,31 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemv: GemvFn) -> V
     let (n, groups) = (w.rows, w.row_groups());
     let m = acts.rows();
     if m == 1 {
-        // Decode of one sequence: threads write their rows of the output directly, in a few
-        // large runs (each task costs microseconds; a token runs ~200 matmuls).
-        let per_task = groups
-            .div_ceil(TASKS_PER_THREAD * rayon::current_num_threads())
-            .max(2);
+        // Decode of one sequence: threads write their runs of output rows directly.
+        let pool = Pool::global();
+        let per_task = groups.div_ceil(TASKS_PER_THREAD * pool.threads()).max(2);
         let mut out = vec![0.0f32; groups * ROW_GROUP];
         let a = acts.row(0);
-        out.par_chunks_mut(per_task * ROW_GROUP)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let g0 = c * per_task;
-                gemv(w, g0..g0 + chunk.len() / ROW_GROUP, a, chunk);
-            });
+        pool.for_each_chunk_mut(&mut out, per_task * ROW_GROUP, |c, chunk| {
+            let g0 = c * per_task;
+            gemv(w, g0..g0 + chunk.len() / ROW_GROUP, a, chunk);
+        });
         out.truncate(n);
         return out;
     }
     // Several rows: each task runs all of them over its row groups while those stay in cache.
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
-    let chunks: Vec<Vec<f32>> = (0..groups.div_ceil(GROUPS_PER_TASK))
-        .into_par_iter()
-        .map(|c| {
-            let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(groups);
-            let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
-            let mut scratch = vec![0.0f32; g.len() * ROW_GROUP];
-            let mut out = vec![0.0f32; m * width];
-            for (i, row_out) in out.chunks_exact_mut(width).enumerate() {
-                gemv(w, g.clone(), acts.row(i), &mut scratch);
-                row_out.copy_from_slice(&scratch[..width]);
-            }
-            out
-        })
-        .collect();
+    let chunks: Vec<Vec<f32>> = Pool::global().map(groups.div_ceil(GROUPS_PER_TASK), |c| {
+        let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(groups);
+        let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
+        let mut scratch = vec![0.0f32; g.len() * ROW_GROUP];
+        let mut out = vec![0.0f32; m * width];
+        for (i, row_out) in out.chunks_exact_mut(width).enumerate() {
+            gemv(w, g.clone(), acts.row(i), &mut scratch);
+            row_out.copy_from_slice(&scratch[..width]);
+        }
+        out
+    });
     matmul::gather_column_blocks(&chunks, m, n, per_task)
 }
 
