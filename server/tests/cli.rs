@@ -174,3 +174,48 @@ fn bench_reports_speed_and_memory_on_a_tiny_model() {
     assert!(v["weight_bytes"].as_u64().unwrap() > 0 && v["peak_rss_bytes"].as_u64().unwrap() > 0);
     assert!((v["bits_per_weight"].as_f64().unwrap() - 8.5).abs() < 1e-9);
 }
+
+#[test]
+fn perplexity_compares_with_a_saved_kl_base_in_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_model_with_tokenizer(dir.path());
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "the quick brown fox jumps over the lazy dog. ".repeat(20),
+    )
+    .unwrap();
+    let base = dir.path().join("base.bin");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "perplexity",
+            "--model",
+            path.to_str().unwrap(),
+            "--text",
+            text.to_str().unwrap(),
+            "--ctx",
+            "64",
+        ];
+        args.extend_from_slice(extra);
+        let out = lowbit(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["--quant", "f32", "--save-kl-base", base.to_str().unwrap()]);
+    let same = run(&["--quant", "f32", "--kl-base", base.to_str().unwrap()]);
+    assert!(
+        same.contains("mean KL = 0.000000, top-1 agreement = 100.00%"),
+        "{same}"
+    );
+    let q4 = run(&[
+        "--quant",
+        "q4g32",
+        "--kl-base",
+        base.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&q4).unwrap();
+    assert!(v["kl"]["mean_kl"].as_f64().unwrap() > 0.0, "{q4}");
+    assert!(v["kl"]["positions"].as_u64().unwrap() > 0);
+}

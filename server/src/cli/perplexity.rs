@@ -117,6 +117,16 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             report.scored_tokens,
             report.seconds
         );
+        if let Some(k) = kl_report {
+            println!(
+                "KL vs base: mean KL = {:.6}, top-1 agreement = {:.2}% ({} positions; base mass outside its stored top {}: {:.4})",
+                k.mean_kl,
+                100.0 * k.top1_agreement,
+                k.positions,
+                kl::TOP_K,
+                k.rest_mass
+            );
+        }
     }
     Ok(())
 }

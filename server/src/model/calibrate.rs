@@ -1,8 +1,8 @@
 //! Activation-aware quantization: statistics of each linear layer's inputs on a calibration
 //! text, gathered by running the unquantized model over it.
 //!
-//! For every block and each of its four distinct linear inputs ([`LinearInput`]) the
-//! calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding errors and its diagonal
+//! For every block and each of its four distinct linear inputs ([`LinearInput`]), and for the
+//! output head's input, the calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding errors and its diagonal
 //! (mean squared activation per input column) weighs the scale search.
 
 use super::error::Result;
@@ -24,6 +24,10 @@ pub const DEFAULT_CALIBRATION_WINDOWS: usize = 16;
 #[derive(Debug, Default)]
 pub struct Calibration {
     hessians: HashMap<(usize, LinearInput), Hessian>,
+    /// Blocks of the model: the head's statistics are kept as layer `n_layers`.
+    n_layers: usize,
+    /// Whether `token_embd` is also the output head (then it takes the head's statistics).
+    tied: bool,
     pub tokens: usize,
 }
 
@@ -49,7 +53,11 @@ impl Calibration {
                 "the calibration text is empty".into(),
             ));
         }
-        let mut calib = Self::default();
+        let mut calib = Self {
+            n_layers: model.config().n_layers,
+            tied: model.head_is_embedding(),
+            ..Self::default()
+        };
         for w in 0..windows {
             let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
             if let (true, Some(b)) = (tokenizer.adds_bos(), tokenizer.bos()) {
@@ -59,7 +67,8 @@ impl Calibration {
             let seq = BatchSeq {
                 tokens: &window,
                 pos_start: 0,
-                logits: 0..0,
+                // Every row's logits, so that the head sees every row as its input.
+                logits: 0..ctx,
             };
             let hessians = &mut calib.hessians;
             model.forward_observed(&[seq], &mut [&mut cache], &mut |layer, input, x| {
@@ -78,6 +87,9 @@ impl Calibration {
 
     /// The statistics of a weight matrix's input, by its canonical name (`blk.3.ffn_up.weight`).
     pub fn hessian(&self, tensor: &str) -> Option<&Hessian> {
+        if tensor == "output.weight" || (tensor == "token_embd.weight" && self.tied) {
+            return self.hessians.get(&(self.n_layers, LinearInput::Head));
+        }
         let rest = tensor.strip_prefix("blk.")?;
         let (layer, part) = rest.split_once('.')?;
         let part = part.strip_suffix(".weight")?;

@@ -82,6 +82,9 @@ pub enum LinearInput {
     Mlp,
     /// `silu(gate) * up`: input of `ffn_down`.
     MlpDown,
+    /// The final-normed hidden state: input of the output head (observed as layer
+    /// `n_layers`, for the rows whose logits are asked for).
+    Head,
 }
 
 impl LinearInput {
@@ -246,6 +249,11 @@ impl Llama {
     }
 
     /// The model's hyper-parameters.
+    /// Whether the output head is the token embedding.
+    pub fn head_is_embedding(&self) -> bool {
+        self.output.is_none()
+    }
+
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }
@@ -375,6 +383,7 @@ impl Llama {
         let _span = tracing::trace_span!("output").entered();
         let x = be.select_rows(&x, &logit_rows)?;
         let x = be.rms_norm(&x, &self.output_norm, c.rms_eps)?;
+        observe(self.blocks.len(), LinearInput::Head, &x);
         let logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
         Ok(Logits {
             vocab: c.vocab_size,
