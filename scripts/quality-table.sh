@@ -4,13 +4,15 @@
 # JSON line per policy to stdout (progress on stderr).
 #
 #   scripts/quality-table.sh TEXT [POLICY[:METHOD] ...]
-# e.g. scripts/quality-table.sh ../shared/data/botchan-dev.txt q8 q4g32:rtn q4g32:search
+# METHOD: rtn (default), search, gptq (GPTQ on $CALIBRATION, RTN scales) or gptq-search.
+# e.g. scripts/quality-table.sh ../shared/data/botchan-dev.txt q8 q4g32:rtn q4g32:gptq-search
 set -euo pipefail
 cd "$(dirname "$0")/.."
 text="$1"; shift
 model="${MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}"
 ctx="${CTX:-512}"
-lowbit=./target/release/lowbit
+calibration="${CALIBRATION:-server/data/calibration/botchan-ix-xi.txt}"
+lowbit="${LOWBIT:-./target/release/lowbit}"
 base="target/kl-base-$(basename "$model")-$(basename "$text")-$ctx.bin"
 if [ ! -f "$base" ]; then
   "$lowbit" eval perplexity --model "$model" --text "$text" --ctx "$ctx" --quant f32 \
@@ -19,7 +21,11 @@ fi
 for spec in "$@"; do
   policy="${spec%%:*}"
   method=()
-  [ "$spec" != "$policy" ] && method=(--quant-method "${spec#*:}")
+  case "$spec" in
+    *:gptq) method=(--calibration "$calibration") ;;
+    *:gptq-search) method=(--quant-method search --calibration "$calibration") ;;
+    *:*) method=(--quant-method "${spec#*:}") ;;
+  esac
   "$lowbit" eval perplexity --model "$model" --text "$text" --ctx "$ctx" --quant "$policy" \
     "${method[@]}" --kl-base "$base" --json
 done

@@ -23,9 +23,10 @@ const GROUPS_PER_TASK: usize = 8;
 const TASKS_PER_THREAD: usize = 8;
 /// From this many activation rows on, integer formats are widened to f32 a chunk of rows at a
 /// time and multiplied by the tiled f32 kernel: the widening is paid once per chunk and shared
-/// by all rows, and the f32 kernel is ~4× faster per multiply-add than the int8 one (measured:
-/// BENCHMARKS.md). Below it (decode), activations are quantized to int8 and the integer
-/// kernels read each weight once.
+/// by all rows, and the register-tiled f32 kernel does more multiply-adds per instruction than
+/// the integer GEMV run once per row (an int8 GEMM tile over the packed layout would change
+/// that; see README, Limits). Below it (decode), activations are quantized to int8 and the
+/// integer kernels read each weight once.
 pub const F32_TILE_MIN_ROWS: usize = 16;
 
 /// `x · Wᵀ` for a weight as the CPU backend stores it; `x` is `m × w.cols`.
