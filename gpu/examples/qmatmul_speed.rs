@@ -2,7 +2,7 @@
 //! `cargo run --release -p lowbit-gpu --example qmatmul_speed [FORMAT VARIANT M K N REPS]`
 //! (no arguments: a standard sweep).
 use lowbit_gpu::cpu::packed::PackedWeight;
-use lowbit_gpu::cpu::qdot::available_gemvs;
+use lowbit_gpu::cpu::qdot::available_gemms;
 use lowbit_gpu::cpu::qmatmul::packed_matmul_with;
 use lowbit_gpu::quant::{quantize, GroupSize, QuantFormat, QuantizeOptions};
 use std::time::Instant;
@@ -16,13 +16,13 @@ fn probe(f: QuantFormat, variant: Option<&str>, m: usize, k: usize, n: usize, re
         .collect();
     let q = quantize(&w, n, k, f, &QuantizeOptions::default()).expect("shapes fit");
     let q = PackedWeight::pack(&q).expect("an integer format");
-    for (name, gemv) in available_gemvs() {
+    for (name, gemm) in available_gemms() {
         if variant.is_some_and(|v| v != name) {
             continue;
         }
         let t = Instant::now();
         for _ in 0..reps {
-            std::hint::black_box(packed_matmul_with(&x, &q, gemv));
+            std::hint::black_box(packed_matmul_with(&x, &q, gemm));
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
         println!(

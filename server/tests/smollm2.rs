@@ -271,7 +271,7 @@ fn int8_decode_path_agrees_with_f32_prefill_path_in_every_format() {
 #[test]
 fn integer_kernels_match_the_reference_on_real_weights() {
     use lowbit_gpu::cpu::packed::PackedWeight;
-    use lowbit_gpu::cpu::qdot::{available_gemvs, QuantizedActs};
+    use lowbit_gpu::cpu::qdot::{available_gemms, QuantizedActs};
     use lowbit_gpu::cpu::qmatmul::integer_matmul;
     let l = loaded();
     let raw = l.source.tensor("blk.3.ffn_gate.weight").unwrap();
@@ -298,8 +298,8 @@ fn integer_kernels_match_the_reference_on_real_weights() {
             })
             .collect();
         let packed = PackedWeight::pack(&q).unwrap();
-        for (name, gemv) in available_gemvs() {
-            let got = integer_matmul(&acts, &packed, gemv);
+        for (name, gemm) in available_gemms() {
+            let got = integer_matmul(&acts, &packed, gemm);
             let e = common::rel_err(&got, &reference);
             assert!(e < INTEGER_KERNEL_REL_TOL, "{spec} {name}: {e}");
         }

@@ -9,7 +9,7 @@
 use super::matmul;
 use super::packed::{PackedWeight, ROW_GROUP};
 use super::pool::Pool;
-use super::qdot::{best_gemv, GemvFn, QuantizedActs};
+use super::qdot::{best_gemm, ActRow, GemmFn, QuantizedActs};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
 use crate::tensor::WeightStorage;
@@ -45,7 +45,7 @@ pub fn host_matmul_many(x: &[f32], ws: &[&WeightStorage]) -> Vec<Vec<f32>> {
         .map(|w| match w {
             WeightStorage::HostPacked(p) if takes_int8_path(x, p.cols) => {
                 let a = acts.get_or_insert_with(|| QuantizedActs::quantize(x, p.cols));
-                integer_matmul(a, p, best_gemv().1)
+                integer_matmul(a, p, best_gemm().1)
             }
             _ => host_matmul(x, w),
         })
@@ -84,20 +84,20 @@ pub fn float_matmul(x: &[f32], w: &QTensor) -> Vec<f32> {
 
 /// `x · Wᵀ` with the best kernels for this CPU.
 pub fn packed_matmul(x: &[f32], w: &PackedWeight) -> Vec<f32> {
-    packed_matmul_with(x, w, best_gemv().1)
+    packed_matmul_with(x, w, best_gemm().1)
 }
 
 /// `x · Wᵀ` with a chosen integer kernel (tests compare every variant).
-pub fn packed_matmul_with(x: &[f32], w: &PackedWeight, gemv: GemvFn) -> Vec<f32> {
+pub fn packed_matmul_with(x: &[f32], w: &PackedWeight, gemm: GemmFn) -> Vec<f32> {
     let (k, n) = (w.cols, w.rows);
     if takes_int8_path(x, k) {
-        return integer_matmul(&QuantizedActs::quantize(x, k), w, gemv);
+        return integer_matmul(&QuantizedActs::quantize(x, k), w, gemm);
     }
     matmul::matmul_rows(x, k, n, &|j0, j1| Cow::Owned(w.dequantize_rows(j0..j1)))
 }
 
 /// The integer path over already-quantized activations.
-pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemv: GemvFn) -> Vec<f32> {
+pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> Vec<f32> {
     let (n, groups) = (w.rows, w.row_groups());
     let m = acts.rows();
     if m == 1 {
@@ -108,23 +108,29 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemv: GemvFn) -> V
         let a = acts.row(0);
         pool.for_each_chunk_mut(&mut out, per_task * ROW_GROUP, |c, chunk| {
             let g0 = c * per_task;
-            gemv(w, g0..g0 + chunk.len() / ROW_GROUP, a, chunk);
+            gemm(w, g0..g0 + chunk.len() / ROW_GROUP, &[a], chunk);
         });
         out.truncate(n);
         return out;
     }
-    // Several rows: each task runs all of them over its row groups while those stay in cache.
+    // Several rows (a batch of decoding sequences): each task runs all of them over its row
+    // groups, the kernel reusing each weight load for up to four rows.
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
+    let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
     let chunks: Vec<Vec<f32>> = Pool::global().map(groups.div_ceil(GROUPS_PER_TASK), |c| {
         let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(groups);
         let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
-        let mut scratch = vec![0.0f32; g.len() * ROW_GROUP];
-        let mut out = vec![0.0f32; m * width];
-        for (i, row_out) in out.chunks_exact_mut(width).enumerate() {
-            gemv(w, g.clone(), acts.row(i), &mut scratch);
-            row_out.copy_from_slice(&scratch[..width]);
+        let padded = g.len() * ROW_GROUP;
+        let mut scratch = vec![0.0f32; m * padded];
+        gemm(w, g, &rows, &mut scratch);
+        if padded == width {
+            return scratch;
         }
-        out
+        scratch
+            .chunks_exact(padded)
+            .flat_map(|row| &row[..width])
+            .copied()
+            .collect()
     });
     matmul::gather_column_blocks(&chunks, m, n, per_task)
 }
@@ -132,7 +138,7 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemv: GemvFn) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpu::qdot::{available_gemvs, gemv_scalar};
+    use crate::cpu::qdot::{available_gemms, gemm_scalar};
     use crate::quant::format::GroupSize;
     use crate::quant::quantize::{quantize, QuantizeOptions};
     use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -181,6 +187,7 @@ mod tests {
             (3, 384, 9),
             (20, 128, 33),
             (1, 256, 64),
+            (9, 128, 24),
         ] {
             let x = random(&mut rng, m * k);
             let wv = random(&mut rng, n * k);
@@ -208,16 +215,26 @@ mod tests {
                 assert!(e < tol, "{f} best path m={m} k={k} n={n}: {e}");
                 // The int8 path directly, whatever m is.
                 let acts = QuantizedActs::quantize(&x, k);
-                let scalar = integer_matmul(&acts, &p, gemv_scalar);
+                let scalar = integer_matmul(&acts, &p, gemm_scalar);
                 let e = rel_err(&scalar, &reference);
                 assert!(e < INT8_ACT_REL_TOL, "{f} int8 scalar m={m}: {e}");
                 let scalar64: Vec<f64> = scalar.iter().map(|&v| v as f64).collect();
-                for (name, gemv) in available_gemvs() {
-                    let e = rel_err(&integer_matmul(&acts, &p, gemv), &scalar64);
+                for (name, gemm) in available_gemms() {
+                    let got = integer_matmul(&acts, &p, gemm);
+                    let e = rel_err(&got, &scalar64);
                     assert!(
                         e < VARIANT_REL_TOL,
                         "{f} {name} int8 vs scalar m={m} k={k} n={n}: {e}"
                     );
+                    // A row's result does not depend on the rows batched with it.
+                    for i in 0..m {
+                        let alone = integer_matmul(
+                            &QuantizedActs::quantize(&x[i * k..(i + 1) * k], k),
+                            &p,
+                            gemm,
+                        );
+                        assert_eq!(&got[i * n..(i + 1) * n], &alone[..], "{f} {name} row {i}");
+                    }
                 }
             }
         }
