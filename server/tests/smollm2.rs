@@ -219,17 +219,18 @@ fn as_stored_q4_1_with_int8_activations_agrees_with_llama_cpp_q4_1() {
     assert_eq!(g.tokens, [7042, 30, 198, 198, 504, 1797, 1918, 553]);
 }
 
-/// Int8 activations (fewer than 16 rows) against f32 activations (16 rows and more) on the
-/// same quantized weights, through all 30 layers. Causal attention makes the first rows of a
-/// longer batch the same computation. Measured: q8 2.1%, q4mg32 2.7%, q4g64 3.2%, q4mg128
-/// 6.0%, q4g32 7.9% (the coarser the weights, the more the network amplifies rounding); a
-/// broken kernel lands near 100%.
-const INT8_VS_F32_ACTIVATIONS_REL_TOL: f64 = 0.1;
+/// A short batch (fewer than 16 rows: int8 activations everywhere, per-row attention) against
+/// a longer one (prefill: Q8 weights take f32 activations, every batch the tiled attention)
+/// through all 30 layers; causal attention makes its first rows the same computation. For
+/// 4-bit weights only the attention's f32 rounding differs, but each tiny difference can flip
+/// an int8 rounding downstream, and 30 layers amplify those flips. Measured: q8 3.5%, q4g32
+/// 3.9%, q4g64 2.1%, q4mg32 3.2%, q4mg128 1.6%; a broken kernel lands near 100%.
+const SHORT_VS_LONG_BATCH_REL_TOL: f64 = 0.1;
 /// The integer kernels against float64 on the same int8 activations: only f32 summation.
 const INTEGER_KERNEL_REL_TOL: f64 = 1e-5;
 
 #[test]
-fn int8_decode_path_agrees_with_f32_prefill_path_in_every_format() {
+fn short_and_long_batches_agree_in_every_format() {
     let l = loaded();
     let mut tokens = l
         .tokenizer
@@ -261,9 +262,10 @@ fn int8_decode_path_agrees_with_f32_prefill_path_in_every_format() {
         let int8 = run(&tokens[..short]);
         let f32_rows: Vec<f64> = run(&tokens).iter().map(|&v| v as f64).collect();
         let e = common::rel_err(&int8, &f32_rows);
+        eprintln!("{spec}: short vs long batch differ by {e:.4}");
         assert!(
-            e < INT8_VS_F32_ACTIVATIONS_REL_TOL,
-            "{spec}: int8 vs f32 activations differ by {e}"
+            e < SHORT_VS_LONG_BATCH_REL_TOL,
+            "{spec}: short vs long batch differ by {e}"
         );
     }
 }

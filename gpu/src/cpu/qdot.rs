@@ -17,6 +17,7 @@
 //! against; variants are chosen at run time.
 
 use super::packed::{PackedWeight, ROW_GROUP};
+use super::pool::Pool;
 use crate::quant::format::{QuantFormat, QBLOCK};
 
 /// Rows of activations quantized to int8 per 32-block.
@@ -33,33 +34,41 @@ pub struct QuantizedActs {
 }
 
 impl QuantizedActs {
-    /// Quantizes `x` (rows of `cols`, a multiple of 32): `d = max|a|/127`, `q = round(a/d)`.
+    /// Quantizes `x` (rows of `cols`, a multiple of 32): `d = max|a|/127`, `q = round(a/d)`
+    /// (ties to even, as llama.cpp's SIMD quantizers round). Large inputs (prefill) are split
+    /// over the thread pool.
     pub fn quantize(x: &[f32], cols: usize) -> Self {
+        /// Blocks per task: ~64 KiB of activations.
+        const BLOCKS_PER_TASK: usize = 512;
         let blocks = x.len() / QBLOCK;
-        let mut q = vec![0i8; x.len()];
-        let mut d = Vec::with_capacity(blocks);
-        let mut c = Vec::with_capacity(blocks);
-        let mut qsum = Vec::with_capacity(blocks);
-        for (xb, qb) in x.chunks_exact(QBLOCK).zip(q.chunks_exact_mut(QBLOCK)) {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            let mut s = 0i32;
-            for (o, v) in qb.iter_mut().zip(xb) {
-                *o = (v * inv).round() as i8;
-                s += i32::from(*o);
-            }
-            d.push(scale);
-            c.push(scale * s as f32);
-            qsum.push(s);
-        }
-        Self {
+        let mut acts = Self {
             cols,
-            q,
-            d,
-            c,
-            qsum,
+            q: vec![0i8; blocks * QBLOCK],
+            d: vec![0.0; blocks],
+            c: vec![0.0; blocks],
+            qsum: vec![0; blocks],
+        };
+        if blocks <= BLOCKS_PER_TASK {
+            quantize_blocks(x, &mut acts.q, &mut acts.d, &mut acts.c, &mut acts.qsum);
+            return acts;
         }
+        let parts = Pool::global().map(blocks.div_ceil(BLOCKS_PER_TASK), |t| {
+            let b = t * BLOCKS_PER_TASK..((t + 1) * BLOCKS_PER_TASK).min(blocks);
+            let mut q = vec![0i8; b.len() * QBLOCK];
+            let (mut d, mut c, mut qsum) =
+                (vec![0.0; b.len()], vec![0.0; b.len()], vec![0; b.len()]);
+            let xs = &x[b.start * QBLOCK..b.end * QBLOCK];
+            quantize_blocks(xs, &mut q, &mut d, &mut c, &mut qsum);
+            (q, d, c, qsum)
+        });
+        for (t, (q, d, c, qsum)) in parts.into_iter().enumerate() {
+            let b0 = t * BLOCKS_PER_TASK;
+            acts.q[b0 * QBLOCK..b0 * QBLOCK + q.len()].copy_from_slice(&q);
+            acts.d[b0..b0 + d.len()].copy_from_slice(&d);
+            acts.c[b0..b0 + c.len()].copy_from_slice(&c);
+            acts.qsum[b0..b0 + qsum.len()].copy_from_slice(&qsum);
+        }
+        acts
     }
 
     /// Number of rows.
@@ -76,6 +85,32 @@ impl QuantizedActs {
             c: &self.c[i * b..(i + 1) * b],
             qsum: &self.qsum[i * b..(i + 1) * b],
         }
+    }
+}
+
+/// Quantizes whole 32-blocks of `x` into the given block arrays.
+fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], c: &mut [f32], qsum: &mut [i32]) {
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer (ties to even) in plain
+    // arithmetic; `f32::round` is a library call per value on baseline x86-64.
+    const ROUND: f32 = 12_582_912.0;
+    for ((((xb, qb), d), c), qsum) in x
+        .chunks_exact(QBLOCK)
+        .zip(q.chunks_exact_mut(QBLOCK))
+        .zip(d.iter_mut())
+        .zip(c.iter_mut())
+        .zip(qsum.iter_mut())
+    {
+        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let mut s = 0i32;
+        for (o, v) in qb.iter_mut().zip(xb) {
+            *o = ((v * inv + ROUND) - ROUND) as i8;
+            s += i32::from(*o);
+        }
+        *d = scale;
+        *c = scale * s as f32;
+        *qsum = s;
     }
 }
 
