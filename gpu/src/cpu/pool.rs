@@ -98,7 +98,9 @@ impl Pool {
 
     /// Runs `f(0)`, …, `f(tasks − 1)` across the pool; returns when all have run.
     pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        // (Task numbers share a 64-bit word with the generation, 32 bits each.)
         let inline = tasks <= 1
+            || tasks > u32::MAX as usize
             || self.threads == 1
             || IN_TASK.with(Cell::get)
             || self
