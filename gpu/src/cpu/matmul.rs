@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 /// Rows of x and of W in one register tile.
 const TILE: usize = 4;
-/// Weight rows handed to one rayon task; big enough to amortise the task, small enough to
+/// Weight rows handed to one pool task; big enough to amortise the task, small enough to
 /// spread a 576-row projection over a few threads.
 const ROWS_PER_TASK: usize = 32;
 

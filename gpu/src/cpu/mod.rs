@@ -1,4 +1,4 @@
-//! The CPU backend: host memory, rayon threads, runtime-selected SIMD.
+//! The CPU backend: host memory, its own spinning thread pool, runtime-selected SIMD.
 //!
 //! Weights stay in their format: float ones row-major, integer ones interleaved by eight rows
 //! for the integer kernels ([`packed`]).

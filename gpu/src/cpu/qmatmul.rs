@@ -17,7 +17,7 @@ use crate::tensor::WeightStorage;
 use half::f16;
 use std::borrow::Cow;
 
-/// Row groups per rayon task when several activation rows share the weights.
+/// Row groups per pool task when several activation rows share the weights.
 const GROUPS_PER_TASK: usize = 8;
 /// Tasks per thread for a single-row product: threads claim tasks from a shared counter, so
 /// several per thread let a thread slowed by something else take fewer.
