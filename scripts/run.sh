@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --bin lowbit
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 if [ "$#" -eq 0 ]; then
-  set -- --chat --prompt "What is the capital of France?"
+  # REFERENCE.md's chat check: lowbit's answer matches llama.cpp's on this model.
+  set -- --chat --prompt "What is 2+2?"
 fi
 exec ./target/release/lowbit generate --model "$model" "$@"
