@@ -40,6 +40,16 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// How this backend keeps a weight: integer formats move to the interleaved layout the kernels
+/// want ([`packed`]) and the row-major copy is dropped, so memory stays at one copy; float
+/// formats stay row-major.
+pub fn host_storage(w: QTensor) -> WeightStorage {
+    match packed::PackedWeight::pack(&w) {
+        Some(p) => WeightStorage::HostPacked(p),
+        None => WeightStorage::Host(w),
+    }
+}
+
 /// Rotates one row's heads in place.
 fn rope_row(row: &mut [f32], pos: u32, rope: &Rope) {
     let hd = rope.head_dim;
@@ -79,13 +89,7 @@ impl Backend for CpuBackend {
 
     fn load_weight(&self, w: QTensor) -> Result<Weight> {
         let (rows, cols) = (w.rows, w.cols);
-        // Integer formats move to the interleaved layout the kernels want (packed::); the
-        // row-major copy is dropped, so memory stays at one copy.
-        let storage = match packed::PackedWeight::pack(&w) {
-            Some(p) => WeightStorage::HostPacked(p),
-            None => WeightStorage::Host(w),
-        };
-        Ok(Weight::new(rows, cols, storage))
+        Ok(Weight::new(rows, cols, host_storage(w)))
     }
 
     fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor> {

@@ -125,46 +125,10 @@ impl PackedWeight {
         self.unpack_rows(r..r + 1).dequantize_row(0, out);
     }
 
-    /// Rows `range` decoded into one row-major f32 buffer, straight from the packed words
-    /// (prefill widens every weight this way once per call, so it avoids `unpack_rows`'
-    /// copies). Tested equal to the reference decoder.
+    /// Rows `range` decoded into one row-major f32 buffer (Q8 prefill widens weights this way),
+    /// through the reference decoder.
     pub fn dequantize_rows(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        let cols = self.cols;
-        let mut out = vec![0.0f32; range.len() * cols];
-        let wpb = self.words_per_block();
-        let wpr = wpb * (cols / QBLOCK);
-        let group = self.format.group();
-        let ngroups = cols / group;
-        let flip = Self::word_flip(self.format);
-        for (r, row) in range.zip(out.chunks_exact_mut(cols.max(1))) {
-            let (base, lane) = (r / ROW_GROUP * ROW_GROUP, r % ROW_GROUP);
-            let words = &self.words[base * wpr..(base + ROW_GROUP) * wpr];
-            for g in 0..ngroups {
-                let at = base * ngroups + g * ROW_GROUP + lane;
-                let d = self.scales[at].to_f32();
-                let m = self.mins.get(at).map_or(0.0, |m| m.to_f32());
-                for b in g * group / QBLOCK..(g + 1) * group / QBLOCK {
-                    let block = &mut row[b * QBLOCK..(b + 1) * QBLOCK];
-                    for c in 0..wpb {
-                        let bytes = (words[(b * wpb + c) * ROW_GROUP + lane] ^ flip).to_le_bytes();
-                        for (j, &byte) in bytes.iter().enumerate() {
-                            match self.format {
-                                QuantFormat::Q8 => block[4 * c + j] = d * f32::from(byte as i8),
-                                QuantFormat::Q4(_) => {
-                                    block[4 * c + j] = d * (f32::from(byte & 0x0f) - 8.0);
-                                    block[16 + 4 * c + j] = d * (f32::from(byte >> 4) - 8.0);
-                                }
-                                _ => {
-                                    block[4 * c + j] = d * f32::from(byte & 0x0f) + m;
-                                    block[16 + 4 * c + j] = d * f32::from(byte >> 4) + m;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        out
+        self.unpack_rows(range).dequantize()
     }
 
     /// Bytes held in memory (padding included).

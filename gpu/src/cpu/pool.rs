@@ -135,15 +135,11 @@ impl Pool {
 
     /// Results of `f(0..tasks)`, in order.
     pub fn map<R: Send>(&self, tasks: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-        let slots: Vec<Mutex<Option<R>>> = (0..tasks).map(|_| Mutex::new(None)).collect();
-        self.run(tasks, &|i| *lock(&slots[i]) = Some(f(i)));
+        let mut slots: Vec<Option<R>> = (0..tasks).map(|_| None).collect();
+        self.for_each_chunk_mut(&mut slots, 1, |i, slot| slot[0] = Some(f(i)));
         slots
             .into_iter()
-            .map(|m| {
-                m.into_inner()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .expect("every task ran")
-            })
+            .map(|r| r.expect("every task ran"))
             .collect()
     }
 

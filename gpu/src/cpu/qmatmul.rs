@@ -14,7 +14,6 @@ use super::qdot::{best_gemm, ActRow, GemmFn, QuantizedActs};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
 use crate::tensor::WeightStorage;
-use half::f16;
 use std::borrow::Cow;
 
 /// Row groups per pool task when several activation rows share the weights.
@@ -65,16 +64,6 @@ pub fn float_matmul(x: &[f32], w: &QTensor) -> Vec<f32> {
     let (k, n) = (w.cols, w.rows);
     match w.format {
         QuantFormat::F32 => matmul::matmul(x, k, bytemuck::cast_slice(&w.words), n),
-        QuantFormat::F16 => matmul::matmul_rows(x, k, n, &|j0, j1| {
-            let mut rows = vec![0.0f32; (j1 - j0) * k];
-            for (r, out) in (j0..j1).zip(rows.chunks_exact_mut(k)) {
-                let halves: &[f16] = bytemuck::cast_slice(w.row_words(r));
-                for (o, h) in out.iter_mut().zip(halves) {
-                    *o = h.to_f32();
-                }
-            }
-            Cow::Owned(rows)
-        }),
         _ => matmul::matmul_rows(x, k, n, &|j0, j1| {
             let mut rows = vec![0.0f32; (j1 - j0) * k];
             for (r, out) in (j0..j1).zip(rows.chunks_exact_mut(k)) {
@@ -164,13 +153,6 @@ mod tests {
         (num / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
     }
 
-    fn storage(q: QTensor) -> WeightStorage {
-        match PackedWeight::pack(&q) {
-            Some(p) => WeightStorage::HostPacked(p),
-            None => WeightStorage::Host(q),
-        }
-    }
-
     #[test]
     fn every_format_and_variant_matches_float64_reference() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -254,7 +236,7 @@ mod tests {
         ]
         .iter()
         .map(|&(f, n)| {
-            storage(
+            crate::cpu::host_storage(
                 quantize(
                     &random(&mut rng, n * k),
                     n,

@@ -2,8 +2,8 @@
 //! text, gathered by running the unquantized model over it.
 //!
 //! For every block and each of its four distinct linear inputs ([`LinearInput`]), and for the
-//! output head's input, the calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding errors and its diagonal
-//! (mean squared activation per input column) weighs the scale search.
+//! output head's input, the calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding
+//! errors and its diagonal (mean squared activation per input column) weighs the scale search.
 
 use super::error::Result;
 use super::llama::{BatchSeq, LinearInput, Llama};
@@ -67,8 +67,7 @@ impl Calibration {
             let seq = BatchSeq {
                 tokens: &window,
                 pos_start: 0,
-                // Every row's logits, so that the head sees every row as its input.
-                logits: 0..ctx,
+                logits: 0..0,
             };
             let hessians = &mut calib.hessians;
             model.forward_observed(&[seq], &mut [&mut cache], &mut |layer, input, x| {

@@ -83,7 +83,7 @@ pub enum LinearInput {
     /// `silu(gate) * up`: input of `ffn_down`.
     MlpDown,
     /// The final-normed hidden state: input of the output head (observed as layer
-    /// `n_layers`, for the rows whose logits are asked for).
+    /// `n_layers`, for every row, whether or not its logits are asked for).
     Head,
 }
 
@@ -248,12 +248,12 @@ impl Llama {
         })
     }
 
-    /// The model's hyper-parameters.
     /// Whether the output head is the token embedding.
     pub fn head_is_embedding(&self) -> bool {
         self.output.is_none()
     }
 
+    /// The model's hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }
@@ -381,9 +381,12 @@ impl Llama {
         }
 
         let _span = tracing::trace_span!("output").entered();
-        let x = be.select_rows(&x, &logit_rows)?;
+        // The norm is row-wise, so norming every row and then selecting equals the reverse;
+        // this order lets calibration see the head's input for every row without asking for
+        // (and paying for) every row's logits.
         let x = be.rms_norm(&x, &self.output_norm, c.rms_eps)?;
         observe(self.blocks.len(), LinearInput::Head, &x);
+        let x = be.select_rows(&x, &logit_rows)?;
         let logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
         Ok(Logits {
             vocab: c.vocab_size,
