@@ -3,22 +3,26 @@
 //! A model forward is written once against [`Backend`]; each backend (CPU now, wgpu later)
 //! implements the handful of operations a Llama-family transformer needs. Every operation works
 //! on a *ragged batch*: the rows of one activation matrix belong to several sequences
-//! ([`SeqSpan`]), each with its own positions and its own [`KvCache`], so that decoding N
-//! sequences is one matrix multiply that reads each weight once.
+//! ([`SeqSpan`]), each with its own positions and its own block table in the backend's paged
+//! [`KvPool`], so that decoding N sequences is one matrix multiply that reads each weight once.
 
 use crate::error::Result;
+use crate::kv::{KvPool, KvPoolSpec};
 use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight};
 
-/// The rows of a batch that belong to one sequence.
+/// The rows of a batch that belong to one sequence, and where its keys and values live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqSpan {
+pub struct SeqSpan<'a> {
     /// First row of this sequence in the batch matrices.
     pub row_start: usize,
     /// Number of new tokens (rows).
     pub len: usize,
-    /// Position of the first new token; the KV cache already holds positions `0..pos_start`.
+    /// Position of the first new token; the pool already holds positions `0..pos_start`.
     pub pos_start: usize,
+    /// The sequence's block table: position `p` lives in `blocks[p / block_tokens]`, slot
+    /// `p % block_tokens`; it covers at least `pos_start + len` positions.
+    pub blocks: &'a [u32],
 }
 
 /// Head layout of grouped-query attention.
@@ -58,46 +62,6 @@ pub struct Rope {
     pub head_dim: usize,
     /// Angle per position for each rotated pair, `head_dim / 2` entries.
     pub inv_freq: Vec<f32>,
-}
-
-/// Per-layer key and value rows of one sequence, indexed by position.
-#[derive(Debug)]
-pub struct KvCache {
-    pub(crate) kv_dim: usize,
-    pub(crate) layers: Vec<HostLayerKv>,
-}
-
-/// One layer's cached keys and values in host memory, `positions × kv_dim` each.
-#[derive(Debug, Default)]
-pub(crate) struct HostLayerKv {
-    pub(crate) k: Vec<f32>,
-    pub(crate) v: Vec<f32>,
-}
-
-impl KvCache {
-    /// Positions currently stored (the highest written position + 1).
-    pub fn positions(&self) -> usize {
-        self.layers
-            .first()
-            .map_or(0, |l| l.k.len() / self.kv_dim.max(1))
-    }
-
-    /// Forgets positions from `len` on, so a sequence can be rewound (e.g. a new window).
-    pub fn truncate(&mut self, len: usize) {
-        let n = len * self.kv_dim;
-        for l in &mut self.layers {
-            l.k.truncate(n);
-            l.v.truncate(n);
-        }
-    }
-
-    /// Bytes held.
-    pub fn resident_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| (l.k.capacity() + l.v.capacity()) * 4)
-            .sum()
-    }
 }
 
 /// Operations a transformer forward needs, on tensors that live in the backend.
@@ -150,14 +114,18 @@ pub trait Backend: Send + Sync {
     /// Keeps only the listed rows, in the given order.
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;
 
-    /// An empty KV cache for one sequence.
-    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize) -> Result<KvCache>;
+    /// Allocates the paged KV pool, once, at start-up.
+    fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool>;
+
+    /// Copies blocks `src → dst` (every layer's keys and values), for copy-on-write.
+    fn copy_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()>;
 
     /// Causal grouped-query attention of layer `layer`.
     ///
     /// `k` and `v` hold the new tokens' keys and values: they are first written into each
-    /// sequence's cache at its positions, then every new query attends to its sequence's
-    /// positions `0..=pos`. `caches[i]` belongs to `seqs[i]`.
+    /// sequence's blocks at its positions, then every new query attends to its sequence's
+    /// positions `0..=pos`. A row's result depends only on its own sequence, never on the
+    /// other spans of the batch or on how its prompt was split into steps.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -165,8 +133,8 @@ pub trait Backend: Send + Sync {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        seqs: &[SeqSpan],
-        caches: &mut [&mut KvCache],
+        seqs: &[SeqSpan<'_>],
+        pool: &mut KvPool,
         shape: AttentionShape,
     ) -> Result<Tensor>;
 }

@@ -25,6 +25,9 @@ pub enum Error {
     /// A broken internal invariant, reported instead of panicking.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// A request the backend cannot run (an unsupported size or setting).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// A tensor that lives on a different backend than the one asked to use it.
     #[error("tensor storage belongs to another backend ({0})")]
     ForeignStorage(&'static str),

@@ -8,11 +8,13 @@
 pub mod backend;
 pub mod cpu;
 pub mod error;
+pub mod kv;
 pub mod quant;
 pub mod tensor;
 
-pub use backend::{AttentionShape, Backend, KvCache, Rope, RopeStyle, SeqSpan};
+pub use backend::{AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
 pub use error::{Error, Result};
+pub use kv::{KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
 pub use quant::source::{RawTensor, SourceDType};
 pub use quant::{GroupSize, QTensor, QuantFormat};
 pub use tensor::{Tensor, Weight};

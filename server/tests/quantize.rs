@@ -6,6 +6,7 @@ mod common;
 
 use common::tiny_model::{TinyConfig, TinyModel};
 use common::{lowbit, stderr};
+use lowbit::engine::solo::SoloKv;
 use lowbit::model::lowbit_file;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
@@ -29,21 +30,23 @@ fn tiny_gguf(dir: &Path) -> PathBuf {
 fn logits(source: &ModelSource, policy: &QuantPolicy) -> Vec<f32> {
     let model = Llama::load(source, Arc::new(CpuBackend::new()), policy).unwrap();
     let tokens = [3u32, 9, 27, 81, 43, 5];
-    // Two passes: a prefill (f32 tiles) and single-token decodes (int8 activations).
-    let mut cache = model.new_cache().unwrap();
+    // Two passes: a prefill and single-token decodes.
+    let mut kv = SoloKv::new(&model, 1, tokens.len()).unwrap();
     let seq = BatchSeq {
         tokens: &tokens[..4],
         pos_start: 0,
+        blocks: &kv.tables[0],
         logits: 0..4,
     };
-    let mut out = model.forward(&[seq], &mut [&mut cache]).unwrap().data;
+    let mut out = model.forward(&[seq], &mut kv.pool).unwrap().data;
     for (i, t) in tokens[4..].iter().enumerate() {
         let seq = BatchSeq {
             tokens: std::slice::from_ref(t),
             pos_start: 4 + i,
+            blocks: &kv.tables[0],
             logits: 0..1,
         };
-        out.extend(model.forward(&[seq], &mut [&mut cache]).unwrap().data);
+        out.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);
     }
     out
 }
@@ -222,13 +225,14 @@ fn calibrated_gptq_tracks_the_f32_model_better_than_round_to_nearest() {
 
     let tokens = tokenizer.encode(&text[..300], false).unwrap();
     let run = |model: &Llama| {
-        let mut cache = model.new_cache().unwrap();
+        let mut kv = SoloKv::new(model, 1, tokens.len()).unwrap();
         let seq = BatchSeq {
             tokens: &tokens,
             pos_start: 0,
+            blocks: &kv.tables[0],
             logits: 0..tokens.len(),
         };
-        model.forward(&[seq], &mut [&mut cache]).unwrap().data
+        model.forward(&[seq], &mut kv.pool).unwrap().data
     };
     let backend = || Arc::new(CpuBackend::new());
     let f32_logits = run(&Llama::load(

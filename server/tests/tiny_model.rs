@@ -7,6 +7,7 @@ mod common;
 
 use common::rel_err;
 use common::tiny_model::{TinyConfig, TinyModel};
+use lowbit::engine::solo::SoloKv;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use std::sync::Arc;
@@ -27,13 +28,14 @@ fn load(path: &std::path::Path) -> Llama {
 }
 
 fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache().unwrap();
+    let mut kv = SoloKv::new(model, 1, tokens.len()).unwrap();
     let seq = BatchSeq {
         tokens,
         pos_start: 0,
+        blocks: &kv.tables[0],
         logits: 0..tokens.len(),
     };
-    model.forward(&[seq], &mut [&mut cache]).unwrap().data
+    model.forward(&[seq], &mut kv.pool).unwrap().data
 }
 
 fn flat(v: Vec<Vec<f64>>) -> Vec<f64> {
@@ -96,66 +98,67 @@ fn incremental_decode_and_ragged_batches_equal_one_prefill() {
     let full = all_logits(&model, &TOKENS);
     let want: Vec<f64> = full.iter().map(|&v| v as f64).collect();
 
-    // Token by token through the cache.
-    let mut cache = model.new_cache().unwrap();
+    // Token by token through the pool: every row takes the same numeric path as in the
+    // prefill, so the logits are identical, not merely close.
+    let mut kv = SoloKv::new(&model, 2, TOKENS.len()).unwrap();
     let mut stepwise = Vec::new();
     for (pos, t) in TOKENS.iter().enumerate() {
         let seq = BatchSeq {
             tokens: std::slice::from_ref(t),
             pos_start: pos,
+            blocks: &kv.tables[0],
             logits: 0..1,
         };
-        stepwise.extend(model.forward(&[seq], &mut [&mut cache]).unwrap().data);
+        stepwise.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);
     }
     assert!(rel_err(&stepwise, &want) < LOGITS_REL_TOL);
+    assert_eq!(stepwise, full);
 
-    // One ragged batch: sequence A prefills 6 tokens, sequence B (already holding the first 7)
-    // decodes its 8th; then both continue together.
-    let mut cache_a = model.new_cache().unwrap();
-    let mut cache_b = model.new_cache().unwrap();
+    // One ragged batch: sequence A (table 0) prefills 6 tokens, sequence B (table 1, already
+    // holding the first 7) decodes its 8th; then both continue together.
+    let (a, b) = (kv.tables[0].clone(), kv.tables[1].clone());
     let seq = BatchSeq {
         tokens: &TOKENS[..7],
         pos_start: 0,
+        blocks: &b,
         logits: 0..0,
     };
-    model.forward(&[seq], &mut [&mut cache_b]).unwrap();
+    model.forward(&[seq], &mut kv.pool).unwrap();
     let batch = [
         BatchSeq {
             tokens: &TOKENS[..6],
             pos_start: 0,
+            blocks: &a,
             logits: 0..6,
         },
         BatchSeq {
             tokens: &TOKENS[7..8],
             pos_start: 7,
+            blocks: &b,
             logits: 0..1,
         },
     ];
-    let out = model
-        .forward(&batch, &mut [&mut cache_a, &mut cache_b])
-        .unwrap();
+    let out = model.forward(&batch, &mut kv.pool).unwrap();
     assert_eq!(out.rows(), 7);
-    let want_a: Vec<f64> = want[..6 * vocab].to_vec();
-    let want_b: Vec<f64> = want[7 * vocab..8 * vocab].to_vec();
-    assert!(rel_err(&out.data[..6 * vocab], &want_a) < LOGITS_REL_TOL);
-    assert!(rel_err(&out.data[6 * vocab..], &want_b) < LOGITS_REL_TOL);
+    assert_eq!(&out.data[..6 * vocab], &full[..6 * vocab]);
+    assert_eq!(&out.data[6 * vocab..], &full[7 * vocab..8 * vocab]);
     let batch = [
         BatchSeq {
             tokens: &TOKENS[6..7],
             pos_start: 6,
+            blocks: &a,
             logits: 0..1,
         },
         BatchSeq {
             tokens: &TOKENS[8..11],
             pos_start: 8,
+            blocks: &b,
             logits: 2..3,
         },
     ];
-    let out = model
-        .forward(&batch, &mut [&mut cache_a, &mut cache_b])
-        .unwrap();
-    assert!(rel_err(out.row(0), &want[6 * vocab..7 * vocab]) < LOGITS_REL_TOL);
-    assert!(rel_err(out.row(1), &want[10 * vocab..11 * vocab]) < LOGITS_REL_TOL);
+    let out = model.forward(&batch, &mut kv.pool).unwrap();
+    assert_eq!(out.row(0), &full[6 * vocab..7 * vocab]);
+    assert_eq!(out.row(1), &full[10 * vocab..11 * vocab]);
 }
 
 #[test]
@@ -165,15 +168,13 @@ fn out_of_vocabulary_token_is_an_error_not_a_panic() {
     let path = dir.path().join("tiny.gguf");
     std::fs::write(&path, tiny.gguf_bytes()).unwrap();
     let model = load(&path);
-    let mut cache = model.new_cache().unwrap();
+    let mut kv = SoloKv::new(&model, 1, 2).unwrap();
     let seq = BatchSeq {
         tokens: &[3, 100],
         pos_start: 0,
+        blocks: &kv.tables[0],
         logits: 0..2,
     };
-    let err = model
-        .forward(&[seq], &mut [&mut cache])
-        .unwrap_err()
-        .to_string();
+    let err = model.forward(&[seq], &mut kv.pool).unwrap_err().to_string();
     assert!(err.contains("100"), "{err}");
 }

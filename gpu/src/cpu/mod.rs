@@ -10,8 +10,9 @@ pub mod pool;
 pub mod qdot;
 pub mod qmatmul;
 
-use crate::backend::{AttentionShape, Backend, HostLayerKv, KvCache, Rope, RopeStyle, SeqSpan};
+use crate::backend::{AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
 use crate::error::{shape_err, Result};
+use crate::kv::{HostKv, KvPool, KvPoolSpec, KvStorage};
 use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight, WeightStorage};
 use pool::Pool;
@@ -246,11 +247,15 @@ impl Backend for CpuBackend {
         Tensor::from_host(rows.len(), cols, out)
     }
 
-    fn new_kv_cache(&self, n_layers: usize, kv_dim: usize) -> Result<KvCache> {
-        Ok(KvCache {
-            kv_dim,
-            layers: (0..n_layers).map(|_| HostLayerKv::default()).collect(),
-        })
+    fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
+        spec.validate()?;
+        Ok(KvPool::new(spec, KvStorage::Host(HostKv::zeroed(&spec))))
+    }
+
+    fn copy_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()> {
+        let spec = *pool.spec();
+        let KvStorage::Host(kv) = pool.storage_mut();
+        attention::copy_blocks(kv, &spec, pairs)
     }
 
     fn attention(
@@ -259,8 +264,8 @@ impl Backend for CpuBackend {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        seqs: &[SeqSpan],
-        caches: &mut [&mut KvCache],
+        seqs: &[SeqSpan<'_>],
+        pool: &mut KvPool,
         shape: AttentionShape,
     ) -> Result<Tensor> {
         if q.cols() != shape.q_dim()
@@ -282,8 +287,18 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        let out =
-            attention::attention(layer, q.host()?, k.host()?, v.host()?, seqs, caches, shape)?;
+        let spec = *pool.spec();
+        let KvStorage::Host(kv) = pool.storage_mut();
+        let out = attention::attention(
+            layer,
+            q.host()?,
+            k.host()?,
+            v.host()?,
+            seqs,
+            kv,
+            &spec,
+            shape,
+        )?;
         Tensor::from_host(q.rows(), shape.q_dim(), out)
     }
 }

@@ -125,12 +125,6 @@ impl PackedWeight {
         self.unpack_rows(r..r + 1).dequantize_row(0, out);
     }
 
-    /// Rows `range` decoded into one row-major f32 buffer (Q8 prefill widens weights this way),
-    /// through the reference decoder.
-    pub fn dequantize_rows(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        self.unpack_rows(range).dequantize()
-    }
-
     /// Bytes held in memory (padding included).
     pub fn resident_bytes(&self) -> usize {
         self.words.len() * 4 + (self.scales.len() + self.mins.len()) * 2
@@ -169,7 +163,6 @@ mod tests {
                 let mut want = vec![0.0; cols];
                 q.dequantize_row(rows - 1, &mut want);
                 assert_eq!(row, want);
-                assert_eq!(p.dequantize_rows(1..rows), q.dequantize()[cols..]);
             }
         }
         let f32_weight = QTensor::new(QuantFormat::F32, 1, 2, vec![0, 0], vec![], vec![]).unwrap();

@@ -1,11 +1,16 @@
 //! `x · Wᵀ` for weights in any [`QuantFormat`], keeping them in their format.
 //!
 //! Integer formats live in the interleaved [`PackedWeight`] layout. Activations are quantized
-//! to int8 once per call and each thread takes a run of row groups through the integer
-//! kernel, which reuses each weight load for up to four activation rows; in decode every
-//! weight is read once. Q8 weights in prefill are the exception (`takes_int8_path`): widened
-//! to f32 a chunk at a time for the tiled f32 kernel. Float formats always take the f32
+//! to int8 once per call (dynamic quantization, per 32-value block) and each thread takes a
+//! run of row groups through the integer kernel, which reuses each weight load for up to four
+//! activation rows; in decode every weight is read once. Float formats always take the f32
 //! kernel, f16 rows widened one chunk at a time.
+//!
+//! Every row of a product takes the same numeric path whatever the number of rows: a served
+//! request's tokens must not depend on what else shares its step (batch invariance). Q8 once
+//! took f32 activations from 16 rows on, for fidelity in prefill (perplexity +0.19% instead
+//! of +0.51% over f32 on SmolLM2); that made a decode row compute differently in a batch of
+//! 16, and it made batched decode slower at 16 rows than at 15, so it is gone.
 
 use super::matmul;
 use super::packed::{PackedWeight, ROW_GROUP};
@@ -21,10 +26,6 @@ const GROUPS_PER_TASK: usize = 8;
 /// Tasks per thread for a single-row product: threads claim tasks from a shared counter, so
 /// several per thread let a thread slowed by something else take fewer.
 const TASKS_PER_THREAD: usize = 8;
-/// From this many activation rows on, Q8 weights are widened to f32 a chunk of rows at a time
-/// and multiplied by the tiled f32 kernel with f32 activations (see `takes_int8_path`); the
-/// widening is paid once per chunk and shared by all rows.
-pub const F32_TILE_MIN_ROWS: usize = 16;
 
 /// `x · Wᵀ` for a weight as the CPU backend stores it; `x` is `m × w.cols`.
 pub fn host_matmul(x: &[f32], w: &WeightStorage) -> Vec<f32> {
@@ -34,28 +35,19 @@ pub fn host_matmul(x: &[f32], w: &WeightStorage) -> Vec<f32> {
     }
 }
 
-/// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every weight
-/// that takes the int8 path.
+/// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every integer
+/// weight.
 pub fn host_matmul_many(x: &[f32], ws: &[&WeightStorage]) -> Vec<Vec<f32>> {
     let mut acts: Option<QuantizedActs> = None;
     ws.iter()
         .map(|w| match w {
-            WeightStorage::HostPacked(p) if takes_int8_path(x, p) => {
+            WeightStorage::HostPacked(p) => {
                 let a = acts.get_or_insert_with(|| QuantizedActs::quantize(x, p.cols));
                 integer_matmul(a, p, best_gemm().1)
             }
             _ => host_matmul(x, w),
         })
         .collect()
-}
-
-/// Whether a product takes int8 activations: always for 4-bit weights (whose own rounding
-/// error dwarfs the activations'; the int8 GEMM is 1.35× the f32 path in prefill), and for Q8
-/// only below [`F32_TILE_MIN_ROWS`] rows — an 8-bit format is chosen for fidelity, and int8
-/// activations in prefill would nearly triple its perplexity cost (measured on SmolLM2:
-/// +0.19% → +0.51%).
-fn takes_int8_path(x: &[f32], w: &PackedWeight) -> bool {
-    w.format != QuantFormat::Q8 || x.len() / w.cols.max(1) < F32_TILE_MIN_ROWS
 }
 
 /// `x · Wᵀ` through the f32 kernel, any format widened a chunk of rows at a time (float
@@ -81,11 +73,7 @@ pub fn packed_matmul(x: &[f32], w: &PackedWeight) -> Vec<f32> {
 
 /// `x · Wᵀ` with a chosen integer kernel (tests compare every variant).
 pub fn packed_matmul_with(x: &[f32], w: &PackedWeight, gemm: GemmFn) -> Vec<f32> {
-    let (k, n) = (w.cols, w.rows);
-    if takes_int8_path(x, w) {
-        return integer_matmul(&QuantizedActs::quantize(x, k), w, gemm);
-    }
-    matmul::matmul_rows(x, k, n, &|j0, j1| Cow::Owned(w.dequantize_rows(j0..j1)))
+    integer_matmul(&QuantizedActs::quantize(x, w.cols), w, gemm)
 }
 
 /// The integer path over already-quantized activations.
@@ -191,13 +179,8 @@ mod tests {
                 let Some(p) = PackedWeight::pack(&q) else {
                     continue;
                 };
-                let tol = if f == QuantFormat::Q8 && m >= F32_TILE_MIN_ROWS {
-                    1e-5
-                } else {
-                    INT8_ACT_REL_TOL
-                };
                 let e = rel_err(&packed_matmul(&x, &p), &reference);
-                assert!(e < tol, "{f} best path m={m} k={k} n={n}: {e}");
+                assert!(e < INT8_ACT_REL_TOL, "{f} best path m={m} k={k} n={n}: {e}");
                 // The int8 path directly, whatever m is.
                 let acts = QuantizedActs::quantize(&x, k);
                 let scalar = integer_matmul(&acts, &p, gemm_scalar);
@@ -249,7 +232,7 @@ mod tests {
         })
         .collect();
         let refs: Vec<&WeightStorage> = ws.iter().collect();
-        for m in [1, 3, F32_TILE_MIN_ROWS + 1] {
+        for m in [1, 3, 17] {
             let x = random(&mut rng, m * k);
             let many = host_matmul_many(&x, &refs);
             for (w, got) in ws.iter().zip(&many) {

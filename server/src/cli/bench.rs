@@ -4,6 +4,7 @@
 
 use super::ModelArgs;
 use crate::engine::sampler::argmax;
+use crate::engine::solo::SoloKv;
 use crate::model::BatchSeq;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -64,25 +65,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .collect();
 
     let run_prompt = || -> Result<f64> {
-        let mut caches = (0..batch)
-            .map(|_| model.new_cache())
-            .collect::<Result<Vec<_>, _>>()?;
-        let seqs: Vec<BatchSeq<'_>> = (0..batch)
-            .map(|_| BatchSeq {
+        let mut kv = SoloKv::new(&model, batch, prompt.len())?;
+        let seqs: Vec<BatchSeq<'_>> = kv
+            .tables
+            .iter()
+            .map(|table| BatchSeq {
                 tokens: &prompt,
                 pos_start: 0,
+                blocks: table,
                 logits: prompt.len() - 1..prompt.len(),
             })
             .collect();
-        let mut refs: Vec<&mut _> = caches.iter_mut().collect();
         let t = Instant::now();
-        model.forward(&seqs, &mut refs)?;
+        model.forward(&seqs, &mut kv.pool)?;
         Ok((batch * prompt.len()) as f64 / t.elapsed().as_secs_f64())
     };
     let run_gen = || -> Result<f64> {
-        let mut caches = (0..batch)
-            .map(|_| model.new_cache())
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut kv = SoloKv::new(&model, batch, args.gen_tokens)?;
         let mut next: Vec<u32> = (0..batch as u64)
             .map(|b| first_id + (b % span) as u32)
             .collect();
@@ -90,14 +89,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for pos in 0..args.gen_tokens {
             let seqs: Vec<BatchSeq<'_>> = next
                 .iter()
-                .map(|tok| BatchSeq {
+                .zip(&kv.tables)
+                .map(|(tok, table)| BatchSeq {
                     tokens: std::slice::from_ref(tok),
                     pos_start: pos,
+                    blocks: table,
                     logits: 0..1,
                 })
                 .collect();
-            let mut refs: Vec<&mut _> = caches.iter_mut().collect();
-            let logits = model.forward(&seqs, &mut refs)?;
+            let logits = model.forward(&seqs, &mut kv.pool)?;
             next = (0..batch).map(|b| argmax(logits.row(b))).collect();
         }
         Ok((batch * args.gen_tokens) as f64 / t.elapsed().as_secs_f64())

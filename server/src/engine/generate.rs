@@ -1,6 +1,7 @@
 //! Generating one sequence: prefill the prompt, then decode token by token.
 
 use super::sampler::{Sampler, SamplingParams};
+use super::solo::SoloKv;
 use crate::model::{BatchSeq, Llama, ModelError, Result};
 use std::time::Instant;
 
@@ -59,7 +60,7 @@ pub fn generate(
         )));
     }
     let mut sampler = Sampler::new(opts.sampling.clone());
-    let mut cache = model.new_cache()?;
+    let mut kv = SoloKv::new(model, 1, (prompt.len() + opts.max_tokens).min(ctx))?;
     let mut tokens = Vec::new();
     let start = Instant::now();
     let mut prompt_seconds = 0.0;
@@ -75,9 +76,10 @@ pub fn generate(
         let seq = BatchSeq {
             tokens: &input,
             pos_start: pos,
+            blocks: &kv.tables[0],
             logits: input.len() - 1..input.len(),
         };
-        let logits = model.forward(&[seq], &mut [&mut cache])?;
+        let logits = model.forward(&[seq], &mut kv.pool)?;
         pos += input.len();
         let next = sampler.sample(logits.row(0));
         if pos == prompt.len() {

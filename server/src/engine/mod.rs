@@ -3,6 +3,7 @@
 
 pub mod generate;
 pub mod sampler;
+pub mod solo;
 
 pub use generate::{generate, GenerateOptions, Generation, StopReason};
 pub use sampler::{Sampler, SamplingParams};

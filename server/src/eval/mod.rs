@@ -69,19 +69,21 @@ pub fn perplexity_with_logits(
     }
     let start = std::time::Instant::now();
     let first = ctx / 2;
+    // One sequence's blocks, rewritten by every window (each starts at position 0).
+    let mut kv = crate::engine::solo::SoloKv::new(model, 1, ctx)?;
     let (mut nll_sum, mut nll2_sum, mut count) = (0.0f64, 0.0f64, 0usize);
     for w in 0..windows {
         let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
         if let Some(b) = bos {
             window[0] = b;
         }
-        let mut cache = model.new_cache()?;
         let seq = BatchSeq {
             tokens: &window,
             pos_start: 0,
+            blocks: &kv.tables[0],
             logits: first..ctx - 1,
         };
-        let logits = model.forward(&[seq], &mut [&mut cache])?;
+        let logits = model.forward(&[seq], &mut kv.pool)?;
         for (i, pos) in (first..ctx - 1).enumerate() {
             each_row(logits.row(i))?;
             let nll = negative_log_likelihood(logits.row(i), window[pos + 1]);

@@ -58,19 +58,20 @@ impl Calibration {
             tied: model.head_is_embedding(),
             ..Self::default()
         };
+        let mut kv = crate::engine::solo::SoloKv::new(&model, 1, ctx)?;
         for w in 0..windows {
             let mut window = tokens[w * ctx..(w + 1) * ctx].to_vec();
             if let (true, Some(b)) = (tokenizer.adds_bos(), tokenizer.bos()) {
                 window[0] = b;
             }
-            let mut cache = model.new_cache()?;
             let seq = BatchSeq {
                 tokens: &window,
                 pos_start: 0,
+                blocks: &kv.tables[0],
                 logits: 0..0,
             };
             let hessians = &mut calib.hessians;
-            model.forward_observed(&[seq], &mut [&mut cache], &mut |layer, input, x| {
+            model.forward_observed(&[seq], &mut kv.pool, &mut |layer, input, x| {
                 if let Ok(values) = x.host() {
                     hessians
                         .entry((layer, input))

@@ -6,15 +6,15 @@
 //! config's `rope_style` records which one the loaded weights expect.
 //!
 //! The forward takes a ragged batch: several sequences' new tokens stacked in one matrix, each
-//! with its own start position and KV cache, so that decoding many sequences reads every
-//! weight once per step.
+//! with its own start position and block table in the backend's paged KV pool, so that
+//! decoding many sequences reads every weight once per step.
 
 use super::calibrate::Calibration;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
-use lowbit_gpu::{Backend, KvCache, Rope, SeqSpan, Tensor, Weight};
+use lowbit_gpu::{Backend, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, Weight};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -43,8 +43,10 @@ struct Block {
 pub struct BatchSeq<'a> {
     /// The new tokens.
     pub tokens: &'a [u32],
-    /// Position of `tokens[0]`; the cache holds `0..pos_start`.
+    /// Position of `tokens[0]`; the pool holds this sequence's `0..pos_start`.
     pub pos_start: usize,
+    /// The sequence's block table, covering at least `pos_start + tokens.len()` positions.
+    pub blocks: &'a [u32],
     /// Which of the new tokens need logits (relative to `tokens`), e.g. `len-1..len`.
     pub logits: Range<usize>,
 }
@@ -274,12 +276,20 @@ impl Llama {
         &self.backend
     }
 
-    /// A fresh KV cache for one sequence.
-    pub fn new_cache(&self) -> Result<KvCache> {
-        Ok(self.backend.new_kv_cache(
-            self.config.n_layers,
-            self.config.n_kv_heads * self.config.head_dim,
-        )?)
+    /// The shape of a KV pool of `blocks` blocks of `block_tokens` positions for this model.
+    pub fn kv_pool_spec(&self, block_tokens: usize, blocks: usize) -> KvPoolSpec {
+        KvPoolSpec {
+            layers: self.config.n_layers,
+            kv_dim: self.config.n_kv_heads * self.config.head_dim,
+            head_dim: self.config.head_dim,
+            block_tokens,
+            blocks,
+        }
+    }
+
+    /// Allocates a KV pool in the backend.
+    pub fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
+        Ok(self.backend.new_kv_pool(spec)?)
     }
 
     /// Bytes of weights resident in the backend.
@@ -300,9 +310,9 @@ impl Llama {
     }
 
     /// Runs one step over a ragged batch and returns the logits each sequence asked for.
-    /// `caches[i]` belongs to `seqs[i]` and receives its new keys and values.
-    pub fn forward(&self, seqs: &[BatchSeq<'_>], caches: &mut [&mut KvCache]) -> Result<Logits> {
-        self.forward_observed(seqs, caches, &mut |_, _, _| {})
+    /// Each sequence's new keys and values go into its blocks of `pool`.
+    pub fn forward(&self, seqs: &[BatchSeq<'_>], pool: &mut KvPool) -> Result<Logits> {
+        self.forward_observed(seqs, pool, &mut |_, _, _| {})
     }
 
     /// As [`Llama::forward`], showing `observe` the input of every linear layer (layer index,
@@ -310,23 +320,23 @@ impl Llama {
     pub fn forward_observed(
         &self,
         seqs: &[BatchSeq<'_>],
-        caches: &mut [&mut KvCache],
+        pool: &mut KvPool,
         observe: &mut Observer<'_>,
     ) -> Result<Logits> {
         let mut result = None;
         // The backend decides where a step runs (the CPU backend: on a pool thread, so the
         // step's many parallel regions start from inside the pool).
         self.backend
-            .run_step(&mut || result = Some(self.step(seqs, caches, observe)));
+            .run_step(&mut || result = Some(self.step(seqs, pool, observe)));
         result.unwrap_or_else(|| {
             Err(lowbit_gpu::Error::Internal("the backend did not run the step").into())
         })
     }
 
-    fn step(
+    fn step<'a>(
         &self,
-        seqs: &[BatchSeq<'_>],
-        caches: &mut [&mut KvCache],
+        seqs: &[BatchSeq<'a>],
+        pool: &mut KvPool,
         observe: &mut Observer<'_>,
     ) -> Result<Logits> {
         let be = &*self.backend;
@@ -348,6 +358,7 @@ impl Llama {
                 row_start,
                 len: s.tokens.len(),
                 pos_start: s.pos_start,
+                blocks: s.blocks,
             });
             tokens.extend_from_slice(s.tokens);
             positions.extend((s.pos_start..s.pos_start + s.tokens.len()).map(|p| p as u32));
@@ -370,7 +381,7 @@ impl Llama {
             let residual = &x;
             let h = be.rms_norm(&x, &block.attn_norm, c.rms_eps)?;
             observe(layer, LinearInput::Attention, &h);
-            let attn = self.attention((layer, block), &h, &positions, &spans, caches, observe)?;
+            let attn = self.attention((layer, block), &h, &positions, &spans, pool, observe)?;
             let x_mid = be.add(&attn, residual)?;
 
             let residual = &x_mid;
@@ -399,8 +410,8 @@ impl Llama {
         (layer, block): (usize, &Block),
         x: &Tensor,
         positions: &[u32],
-        spans: &[SeqSpan],
-        caches: &mut [&mut KvCache],
+        spans: &[SeqSpan<'_>],
+        pool: &mut KvPool,
         observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
@@ -417,7 +428,7 @@ impl Llama {
             &k,
             &v,
             spans,
-            caches,
+            pool,
             self.config.attention_shape(),
         )?;
         observe(layer, LinearInput::AttentionOutput, &out);
