@@ -73,6 +73,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             top_p: args.top_p,
             min_p: args.min_p,
             seed: args.seed,
+            ..SamplingParams::default()
         },
     };
     let mut printed = String::new();

@@ -1,0 +1,342 @@
+//! The block manager: which KV blocks each sequence uses, with reference counts, a free list
+//! and the prefix cache.
+//!
+//! The backend owns the pool's storage; this decides ids. A block is in exactly one state:
+//! - *in use*: `refs > 0` (several sequences may share a full block: a prefix hit, `n > 1`);
+//! - *cached*: `refs == 0` but it holds a full block of known tokens registered in the prefix
+//!   table, evictable least-recently-used;
+//! - *free*: `refs == 0`, no content worth keeping.
+//!
+//! A full block is identified by its tokens and the identity of the block before it (a hash
+//! chain), so a hit on block `i` implies the whole prefix `0..=i` matches. Full blocks are
+//! never written again, so sharing them needs no copy; only a partial block is copied
+//! (copy-on-write) when a sequence forks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+/// The identity of a full block: its tokens and the hash of everything before it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BlockKey {
+    parent: u64,
+    tokens: Box<[u32]>,
+}
+
+impl BlockKey {
+    /// The hash the next block in the chain uses as its parent.
+    fn chain_hash(&self) -> u64 {
+        // SipHash with fixed keys: stable within the process, which is all a cache needs.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// Hash of the empty prefix (the parent of a sequence's first block).
+const ROOT_HASH: u64 = 0x6c6f_7762_6974_0001;
+
+#[derive(Debug, Clone, Default)]
+struct BlockInfo {
+    refs: u32,
+    /// Set while the block is registered in the prefix table.
+    key: Option<BlockKey>,
+    /// Tick of its last release, the LRU order of cached blocks.
+    released_at: u64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixStats {
+    /// Prompt tokens looked up in the prefix cache.
+    pub queried_tokens: u64,
+    /// Of those, tokens found (their blocks reused).
+    pub hit_tokens: u64,
+}
+
+/// Block ids, reference counts and the prefix cache of one KV pool.
+#[derive(Debug)]
+pub struct BlockManager {
+    block_tokens: usize,
+    info: Vec<BlockInfo>,
+    free: Vec<u32>,
+    /// Cached blocks by release tick (oldest first): the eviction order.
+    lru: BTreeMap<u64, u32>,
+    table: HashMap<BlockKey, u32>,
+    prefix_caching: bool,
+    tick: u64,
+    stats: PrefixStats,
+}
+
+impl BlockManager {
+    /// A manager of `blocks` blocks of `block_tokens` positions.
+    pub fn new(blocks: usize, block_tokens: usize, prefix_caching: bool) -> Self {
+        Self {
+            block_tokens,
+            info: vec![BlockInfo::default(); blocks],
+            // Popped from the end: hand out low ids first (easier to read in traces).
+            free: (0..blocks as u32).rev().collect(),
+            lru: BTreeMap::new(),
+            table: HashMap::new(),
+            prefix_caching,
+            tick: 0,
+            stats: PrefixStats::default(),
+        }
+    }
+
+    /// Positions per block.
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens
+    }
+
+    /// Blocks in the pool.
+    pub fn total(&self) -> usize {
+        self.info.len()
+    }
+
+    /// Blocks that an allocation can take now (free or evictable).
+    pub fn available(&self) -> usize {
+        self.free.len() + self.lru.len()
+    }
+
+    /// Blocks referenced by some sequence.
+    pub fn in_use(&self) -> usize {
+        self.total() - self.available()
+    }
+
+    /// Blocks holding reusable prefixes that no sequence references.
+    pub fn cached(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// Prefix-cache counters so far.
+    pub fn stats(&self) -> PrefixStats {
+        self.stats
+    }
+
+    /// Blocks needed to hold `positions` positions.
+    pub fn blocks_for(&self, positions: usize) -> usize {
+        positions.div_ceil(self.block_tokens)
+    }
+
+    /// Takes one block for exclusive use, evicting the least recently used cached block if
+    /// nothing is free. `None` when every block is in use.
+    pub fn allocate(&mut self) -> Option<u32> {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                let (_, id) = self.lru.pop_first()?;
+                if let Some(key) = self.info[id as usize].key.take() {
+                    self.table.remove(&key);
+                }
+                id
+            }
+        };
+        self.info[id as usize].refs = 1;
+        Some(id)
+    }
+
+    /// Grows `table` to cover `positions`, all or nothing: `false` (and `table` unchanged)
+    /// when there are not enough blocks.
+    pub fn grow(&mut self, table: &mut Vec<u32>, positions: usize) -> bool {
+        let need = self.blocks_for(positions).saturating_sub(table.len());
+        if need > self.available() {
+            return false;
+        }
+        for _ in 0..need {
+            match self.allocate() {
+                Some(b) => table.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Adds a reference to a block already in use (a fork sharing a full block).
+    pub fn share(&mut self, id: u32) {
+        let info = &mut self.info[id as usize];
+        debug_assert!(info.refs > 0, "sharing a block nobody holds");
+        info.refs += 1;
+    }
+
+    /// Drops one reference to each block of `table` and empties it. A block nobody holds any
+    /// more becomes cached (if registered) or free.
+    pub fn release(&mut self, table: &mut Vec<u32>) {
+        for id in table.drain(..) {
+            let info = &mut self.info[id as usize];
+            debug_assert!(info.refs > 0, "releasing block {id} twice");
+            info.refs = info.refs.saturating_sub(1);
+            if info.refs == 0 {
+                if info.key.is_some() {
+                    self.tick += 1;
+                    info.released_at = self.tick;
+                    self.lru.insert(self.tick, id);
+                } else {
+                    self.free.push(id);
+                }
+            }
+        }
+    }
+
+    /// The chain of keys of the full blocks of `tokens` (first `count` blocks).
+    fn keys(&self, tokens: &[u32], count: usize) -> Vec<BlockKey> {
+        let mut parent = ROOT_HASH;
+        tokens
+            .chunks_exact(self.block_tokens)
+            .take(count)
+            .map(|chunk| {
+                let key = BlockKey {
+                    parent,
+                    tokens: chunk.into(),
+                };
+                parent = key.chain_hash();
+                key
+            })
+            .collect()
+    }
+
+    /// Looks up the longest cached prefix of `tokens`, leaving at least one token to compute
+    /// (its logits are what the sequence needs next). Returns the blocks found, each now
+    /// referenced once more; their positions are `0..blocks.len() * block_tokens`.
+    pub fn lookup_prefix(&mut self, tokens: &[u32]) -> Vec<u32> {
+        if !self.prefix_caching || tokens.is_empty() {
+            return Vec::new();
+        }
+        self.stats.queried_tokens += tokens.len() as u64;
+        let max_blocks = (tokens.len() - 1) / self.block_tokens;
+        let mut found = Vec::new();
+        for key in self.keys(tokens, max_blocks) {
+            let Some(&id) = self.table.get(&key) else {
+                break;
+            };
+            let info = &mut self.info[id as usize];
+            if info.refs == 0 {
+                self.lru.remove(&info.released_at);
+            }
+            info.refs += 1;
+            found.push(id);
+        }
+        self.stats.hit_tokens += (found.len() * self.block_tokens) as u64;
+        found
+    }
+
+    /// Registers the full blocks of a sequence whose positions `0..computed` are written, so
+    /// later requests can reuse them. `table[i]` holds positions of block `i`. A block whose
+    /// prefix is already registered under another id stays unregistered (the first copy
+    /// serves later hits).
+    pub fn register_full_blocks(&mut self, tokens: &[u32], table: &[u32], computed: usize) {
+        if !self.prefix_caching {
+            return;
+        }
+        let full = (computed / self.block_tokens).min(table.len());
+        for (key, &id) in self.keys(tokens, full).into_iter().zip(table) {
+            if self.info[id as usize].key.is_some() {
+                continue;
+            }
+            if self.table.contains_key(&key) {
+                continue;
+            }
+            self.table.insert(key.clone(), id);
+            self.info[id as usize].key = Some(key);
+        }
+    }
+
+    /// Whether every block is back in the free list or the cache with no reference left (for
+    /// tests and the soak check: nothing leaked).
+    pub fn all_released(&self) -> bool {
+        self.info.iter().all(|i| i.refs == 0) && self.available() == self.total()
+    }
+
+    /// Reference count of a block (tests).
+    pub fn refs(&self, id: u32) -> u32 {
+        self.info[id as usize].refs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_release_and_exhaustion() {
+        let mut m = BlockManager::new(4, 16, true);
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, 40));
+        assert_eq!(a.len(), 3);
+        assert_eq!(m.available(), 1);
+        let mut b = Vec::new();
+        // All or nothing: 2 blocks asked, 1 available.
+        assert!(!m.grow(&mut b, 17));
+        assert!(b.is_empty());
+        assert_eq!(m.available(), 1);
+        m.release(&mut a);
+        assert!(a.is_empty());
+        assert!(m.all_released());
+        assert!(m.grow(&mut b, 64));
+        assert_eq!(m.available(), 0);
+        assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn prefix_hits_share_blocks_and_leave_one_token_to_compute() {
+        let mut m = BlockManager::new(8, 4, true);
+        let prompt: Vec<u32> = (0..10).collect();
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, prompt.len()));
+        m.register_full_blocks(&prompt, &a, prompt.len());
+        // Same prompt: two full blocks hit (positions 0..8), the partial third one does not.
+        let hit = m.lookup_prefix(&prompt);
+        assert_eq!(hit, a[..2]);
+        assert_eq!(m.refs(a[0]), 2);
+        // A prompt of exactly two blocks: only the first may hit (one token left to compute).
+        let hit2 = m.lookup_prefix(&prompt[..8]);
+        assert_eq!(hit2, a[..1]);
+        // A different second block: the chain stops after the first.
+        let mut other = prompt.clone();
+        other[5] = 99;
+        let hit3 = m.lookup_prefix(&other);
+        assert_eq!(hit3, a[..1]);
+        assert_eq!(m.stats().queried_tokens, 28);
+        assert_eq!(m.stats().hit_tokens, 16);
+        for mut t in [a, hit, hit2, hit3] {
+            m.release(&mut t);
+        }
+        assert!(m.all_released());
+        assert_eq!(m.cached(), 2);
+    }
+
+    #[test]
+    fn cached_blocks_are_evicted_least_recently_used() {
+        let mut m = BlockManager::new(3, 2, true);
+        let (x, y): (Vec<u32>, Vec<u32>) = (vec![1, 2, 3], vec![7, 8, 9]);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert!(m.grow(&mut a, 3));
+        m.register_full_blocks(&x, &a, 3);
+        m.release(&mut a); // block of [1,2] cached, the partial one free
+        assert!(m.grow(&mut b, 3));
+        m.register_full_blocks(&y, &b, 3);
+        m.release(&mut b);
+        assert_eq!(m.cached(), 2);
+        // One free block, then the oldest cached ([1,2]) goes first.
+        let mut c = Vec::new();
+        assert!(m.grow(&mut c, 4));
+        assert!(m.lookup_prefix(&x).is_empty());
+        let hit = m.lookup_prefix(&y);
+        assert_eq!(hit.len(), 1);
+        m.release(&mut c);
+        m.release(&mut hit.clone());
+        assert!(m.all_released());
+    }
+
+    #[test]
+    fn disabled_cache_never_hits() {
+        let mut m = BlockManager::new(4, 2, false);
+        let t = vec![1, 2, 3, 4, 5];
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, 5));
+        m.register_full_blocks(&t, &a, 5);
+        m.release(&mut a);
+        assert!(m.lookup_prefix(&t).is_empty());
+        assert_eq!(m.cached(), 0);
+        assert_eq!(m.stats(), PrefixStats::default());
+    }
+}
