@@ -1,12 +1,24 @@
-//! Turning logits into text: sampling and the generation loop. The continuous-batching
-//! scheduler will live here too.
+//! The engine: one thread owns the model and its paged KV pool and runs the
+//! continuous-batching scheduler; the HTTP side holds an [`EngineHandle`].
+//!
+//! - [`handle`]: the engine thread, admission control, the handle and event streams;
+//! - [`scheduler`]: the step loop (batching, chunked prefill, preemption, forks, emission);
+//! - [`blocks`]: block ids, reference counts, the prefix cache;
+//! - [`sampler`], [`stop`], [`detok`]: choosing tokens, stop strings, incremental text;
+//! - [`generate`], [`solo`]: the single-sequence loop and trivial pool of the CLI tools.
 
 pub mod blocks;
 pub mod detok;
 pub mod generate;
+pub mod handle;
+pub mod request;
 pub mod sampler;
+pub mod scheduler;
 pub mod solo;
 pub mod stop;
 
 pub use generate::{generate, GenerateOptions, Generation, StopReason};
+pub use handle::{AdmissionLimits, EngineHandle, EventStream, Health, Loaded, SubmitError};
+pub use request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 pub use sampler::{Sampler, SamplingParams};
+pub use scheduler::{LlamaStep, Scheduler, SchedulerConfig, StepModel};

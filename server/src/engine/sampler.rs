@@ -240,8 +240,13 @@ pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
     idx.sort_unstable_by(by_logit);
     TokenLogprobs {
         token,
-        logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&v| lp(v)),
-        top: idx.into_iter().map(|i| (i, lp(logits[i as usize]))).collect(),
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&v| lp(v)),
+        top: idx
+            .into_iter()
+            .map(|i| (i, lp(logits[i as usize])))
+            .collect(),
     }
 }
 

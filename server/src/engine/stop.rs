@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn stop_across_token_boundaries_is_never_emitted() {
-        let (out, stopped, emitted) = run(&["\n\nUser:"], &["Hi", " there", "\n", "\nUs", "er:", " x"]);
+        let (out, stopped, emitted) =
+            run(&["\n\nUser:"], &["Hi", " there", "\n", "\nUs", "er:", " x"]);
         assert!(stopped);
         assert_eq!(out, "Hi there");
         // Held back while it could match.

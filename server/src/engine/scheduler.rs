@@ -1,0 +1,931 @@
+//! The continuous-batching scheduler: one step at a time, every running sequence decodes a
+//! token and waiting ones join with chunks of their prompts, within a token budget, as one
+//! forward over a ragged batch.
+//!
+//! A sequence's state is one number: `computed`, how many of its tokens have keys and values
+//! in its blocks. Rows to compute are `tokens[computed..]` — a whole prompt, a chunk of it, the
+//! last sampled token (decode), or everything again after a preemption — and when a step
+//! reaches the last token, its logits choose the next one. Prefill, decode and recompute are
+//! the same code.
+
+use super::blocks::BlockManager;
+use super::detok::{IncrementalDetok, TextDecoder};
+use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
+use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory};
+use super::stop::StopMatcher;
+use crate::metrics::Metrics;
+use crate::model::{BatchSeq, Llama, Logits};
+use lowbit_gpu::KvPool;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// What the scheduler needs from a model: one forward over a ragged batch and block copies.
+/// The real one is [`LlamaStep`]; tests use a fake.
+pub trait StepModel: Send {
+    /// Runs one step; see [`Llama::forward`].
+    fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits>;
+    /// Copies KV blocks `src → dst` before the next forward.
+    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
+}
+
+/// A loaded model with its KV pool.
+pub struct LlamaStep {
+    pub model: Llama,
+    pub pool: KvPool,
+}
+
+impl StepModel for LlamaStep {
+    fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits> {
+        self.model.forward(seqs, &mut self.pool)
+    }
+
+    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
+        Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
+    }
+}
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Rows (tokens) of one forward step.
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    pub max_concurrent_sequences: usize,
+    /// Prompt plus generated tokens of one sequence.
+    pub max_model_len: usize,
+    /// End-of-sequence ids of the model.
+    pub eos: Vec<u32>,
+}
+
+/// One request while the engine works on it.
+struct Group {
+    req: GenerationRequest,
+    events: UnboundedSender<Event>,
+    arrived: Instant,
+    /// Choices not yet finished.
+    unfinished: usize,
+    usage: Usage,
+    started: bool,
+    first_token: bool,
+}
+
+/// One choice of a request.
+struct Sequence {
+    group: u64,
+    choice: usize,
+    tokens: Vec<u32>,
+    computed: usize,
+    blocks: Vec<u32>,
+    sampler: Sampler,
+    history: TokenHistory,
+    detok: IncrementalDetok,
+    stop: StopMatcher,
+    generated: usize,
+    /// A stop string ended it: no text follows.
+    stopped_by_string: bool,
+    last_token_at: Option<Instant>,
+    /// Choices still to fork from this one once its prompt is computed (`n > 1`).
+    forks: usize,
+}
+
+/// The scheduler's state: the model, the blocks, the queues.
+pub struct Scheduler<M: StepModel> {
+    model: M,
+    cfg: SchedulerConfig,
+    blocks: BlockManager,
+    waiting: VecDeque<Sequence>,
+    /// In admission order: the newest last (the first to be preempted).
+    running: Vec<Sequence>,
+    groups: HashMap<u64, Group>,
+    next_group: u64,
+    decoder: std::sync::Arc<dyn TextDecoder>,
+    metrics: Metrics,
+    copies: Vec<(u32, u32)>,
+}
+
+/// What one step did, for the engine loop's bookkeeping.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepStats {
+    /// Rows computed.
+    pub tokens: usize,
+    /// Requests that started running this step (they leave the waiting count).
+    pub started: usize,
+    /// Requests that ended this step while still waiting (cancelled before starting).
+    pub dropped_waiting: usize,
+    /// Prompt tokens of those.
+    pub dropped_waiting_tokens: usize,
+    /// Prompt tokens of the requests that started.
+    pub started_tokens: usize,
+}
+
+fn choice_sampling(base: &SamplingParams, choice: usize) -> SamplingParams {
+    SamplingParams {
+        seed: base.seed.wrapping_add(choice as u64),
+        ..base.clone()
+    }
+}
+
+impl<M: StepModel> Scheduler<M> {
+    /// A scheduler over `model` whose pool has `blocks.total()` blocks.
+    pub fn new(
+        model: M,
+        cfg: SchedulerConfig,
+        blocks: BlockManager,
+        decoder: std::sync::Arc<dyn TextDecoder>,
+        metrics: Metrics,
+    ) -> Self {
+        metrics.kv_blocks_total.set(blocks.total() as i64);
+        Self {
+            model,
+            cfg,
+            blocks,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            groups: HashMap::new(),
+            next_group: 0,
+            decoder,
+            metrics,
+            copies: Vec::new(),
+        }
+    }
+
+    /// Whether anything is queued or running.
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Requests not finished.
+    pub fn requests(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The block manager (tests, metrics).
+    pub fn blocks(&self) -> &BlockManager {
+        &self.blocks
+    }
+
+    /// Queues a request; its events go to `events`.
+    pub fn add(&mut self, req: GenerationRequest, events: UnboundedSender<Event>) {
+        let id = self.next_group;
+        self.next_group += 1;
+        let sampler = Sampler::new(choice_sampling(&req.sampling, 0));
+        let keep_prompt = req.sampling.repetition_penalty != 1.0;
+        let seq = Sequence {
+            group: id,
+            choice: 0,
+            tokens: req.prompt.clone(),
+            computed: 0,
+            blocks: Vec::new(),
+            sampler,
+            history: TokenHistory::new(&req.prompt, keep_prompt),
+            detok: IncrementalDetok::new(req.prompt.len()),
+            stop: StopMatcher::new(&req.stop),
+            generated: 0,
+            stopped_by_string: false,
+            last_token_at: None,
+            forks: req.n.saturating_sub(1),
+        };
+        self.groups.insert(
+            id,
+            Group {
+                usage: Usage {
+                    prompt_tokens: req.prompt.len(),
+                    ..Usage::default()
+                },
+                unfinished: req.n.max(1),
+                req,
+                events,
+                arrived: Instant::now(),
+                started: false,
+                first_token: false,
+            },
+        );
+        self.waiting.push_back(seq);
+    }
+
+    /// Runs one step: drops cancelled requests, plans a batch, runs it, emits events.
+    pub fn step(&mut self) -> StepStats {
+        let mut stats = StepStats::default();
+        self.reap(&mut stats);
+        let plan = self.plan(&mut stats);
+        if plan.is_empty() {
+            self.update_gauges();
+            return stats;
+        }
+        let copies = std::mem::take(&mut self.copies);
+        let result = if copies.is_empty() {
+            Ok(())
+        } else {
+            self.model.copy_blocks(&copies)
+        };
+        let result = result.and_then(|()| {
+            let batch: Vec<BatchSeq<'_>> = plan
+                .iter()
+                .map(|&(i, n)| {
+                    let s = &self.running[i];
+                    let last = s.computed + n == s.tokens.len();
+                    BatchSeq {
+                        tokens: &s.tokens[s.computed..s.computed + n],
+                        pos_start: s.computed,
+                        blocks: &s.blocks,
+                        logits: if last { n - 1..n } else { 0..0 },
+                    }
+                })
+                .collect();
+            // A panic in the compute layer is a bug, but it fails this step's requests, not
+            // the server.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.forward(&batch)))
+                .unwrap_or_else(|_| {
+                    Err(lowbit_gpu::Error::Internal("the forward step panicked").into())
+                })
+        });
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("forward step failed: {e}");
+                let mut groups: Vec<u64> =
+                    plan.iter().map(|&(i, _)| self.running[i].group).collect();
+                groups.sort_unstable();
+                groups.dedup();
+                for g in groups {
+                    self.fail_group(g, EngineFailure::Internal(e.to_string()));
+                }
+                self.update_gauges();
+                return stats;
+            }
+        };
+        stats.tokens = plan.iter().map(|&(_, n)| n).sum();
+        let mut row = 0;
+        let mut finished = Vec::new();
+        let mut forks = Vec::new();
+        for &(i, n) in &plan {
+            let s = &mut self.running[i];
+            s.computed += n;
+            self.blocks
+                .register_full_blocks(&s.tokens, &s.blocks, s.computed);
+            if s.computed < s.tokens.len() {
+                continue;
+            }
+            let logits_row = logits.row(row);
+            row += 1;
+            if s.forks > 0 {
+                forks.extend(self.fork(i, logits_row));
+            }
+            if let Some(reason) = self.sample(i, logits_row) {
+                finished.push((i, reason));
+            }
+        }
+        // Forks joined the running list at its end: their indices follow the plan's.
+        let base = self.running.len();
+        for (k, (mut seq, token_row)) in forks.into_iter().enumerate() {
+            let i = base + k;
+            seq.last_token_at = None;
+            self.running.push(seq);
+            if let Some(reason) = self.sample(i, &token_row) {
+                finished.push((i, reason));
+            }
+        }
+        self.finish(finished);
+        self.update_gauges();
+        stats
+    }
+
+    /// Ends requests whose client went away or whose deadline passed.
+    fn reap(&mut self, stats: &mut StepStats) {
+        let now = Instant::now();
+        let dead: Vec<(u64, bool)> = self
+            .groups
+            .iter()
+            .filter_map(|(&id, g)| {
+                if g.events.is_closed() {
+                    Some((id, false))
+                } else if g.req.deadline.is_some_and(|d| now >= d) {
+                    Some((id, true))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, timed_out) in dead {
+            if let Some(g) = self.groups.get(&id) {
+                if !g.started {
+                    stats.dropped_waiting += 1;
+                    stats.dropped_waiting_tokens += g.req.prompt.len();
+                }
+            }
+            if timed_out {
+                self.fail_group(id, EngineFailure::Timeout);
+            } else {
+                if let Some(g) = self.groups.get(&id) {
+                    tracing::info!(request_id = %g.req.id, "client gone: cancelled");
+                }
+                self.drop_group(id);
+                self.metrics
+                    .request_success_total
+                    .with_label_values(&["abort"])
+                    .inc();
+            }
+        }
+    }
+
+    /// Removes every sequence of a request and frees its blocks.
+    fn drop_group(&mut self, id: u64) {
+        let blocks = &mut self.blocks;
+        let mut release = |s: &mut Sequence| blocks.release(&mut s.blocks);
+        self.running.retain_mut(|s| {
+            if s.group == id {
+                release(s);
+                false
+            } else {
+                true
+            }
+        });
+        self.waiting.retain_mut(|s| {
+            if s.group == id {
+                release(s);
+                false
+            } else {
+                true
+            }
+        });
+        self.groups.remove(&id);
+    }
+
+    fn fail_group(&mut self, id: u64, why: EngineFailure) {
+        if let Some(g) = self.groups.get(&id) {
+            tracing::warn!(request_id = %g.req.id, "request failed: {why}");
+            let _ = g.events.send(Event::Error(why));
+        }
+        self.drop_group(id);
+        self.metrics
+            .request_success_total
+            .with_label_values(&["abort"])
+            .inc();
+    }
+
+    /// Chooses this step's rows: `(index in running, rows)`.
+    fn plan(&mut self, stats: &mut StepStats) -> Vec<(usize, usize)> {
+        let mut budget = self.cfg.max_batch_tokens.max(1);
+        let mut plan = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let s = &self.running[i];
+            let take = (s.tokens.len() - s.computed).min(budget);
+            let target = s.computed + take;
+            let mut scheduled = true;
+            while !self.blocks.grow(&mut self.running[i].blocks, target) {
+                // Out of blocks: preempt the newest sequence, possibly this one.
+                let victim = self.running.len() - 1;
+                self.preempt(victim);
+                if victim == i {
+                    scheduled = false;
+                    break;
+                }
+            }
+            if !scheduled {
+                break;
+            }
+            plan.push((i, take));
+            budget -= take;
+            i += 1;
+        }
+        while budget > 0 && self.running.len() < self.cfg.max_concurrent_sequences.max(1) {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            // Enough blocks for its first chunk even without a prefix hit, or wait.
+            let first = (front.tokens.len() - front.computed).min(budget) + front.computed;
+            if self.blocks.blocks_for(first) > self.blocks.available() + front.blocks.len() {
+                break;
+            }
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            if s.blocks.is_empty() && s.computed == 0 {
+                s.blocks = self.blocks.lookup_prefix(&s.tokens);
+                s.computed = s.blocks.len() * self.blocks.block_tokens();
+            }
+            let take = (s.tokens.len() - s.computed).min(budget);
+            if !self.blocks.grow(&mut s.blocks, s.computed + take) {
+                self.blocks.release(&mut s.blocks);
+                s.computed = 0;
+                self.waiting.push_front(s);
+                break;
+            }
+            if let Some(g) = self.groups.get_mut(&s.group) {
+                if !g.started {
+                    g.started = true;
+                    g.usage.cached_tokens = s.computed;
+                    stats.started += 1;
+                    stats.started_tokens += g.req.prompt.len();
+                    self.metrics
+                        .request_queue_time_seconds
+                        .observe(g.arrived.elapsed().as_secs_f64());
+                    self.metrics
+                        .prompt_tokens_total
+                        .inc_by(g.req.prompt.len() as u64);
+                }
+            }
+            self.running.push(s);
+            plan.push((self.running.len() - 1, take));
+            budget -= take;
+        }
+        let p = self.blocks.stats();
+        self.metrics
+            .prefix_cache_queries_total
+            .inc_by(p.queried_tokens - self.metrics.prefix_cache_queries_total.get());
+        self.metrics
+            .prefix_cache_hits_total
+            .inc_by(p.hit_tokens - self.metrics.prefix_cache_hits_total.get());
+        plan
+    }
+
+    /// Frees a running sequence's blocks and puts it first in the queue, to be recomputed.
+    fn preempt(&mut self, i: usize) {
+        let mut s = self.running.remove(i);
+        tracing::info!(
+            request_id = %self.groups.get(&s.group).map_or("", |g| g.req.id.as_str()),
+            tokens = s.tokens.len(),
+            "preempted: out of KV blocks"
+        );
+        self.blocks.release(&mut s.blocks);
+        s.computed = 0;
+        self.metrics.num_preemptions_total.inc();
+        self.waiting.push_front(s);
+    }
+
+    /// The other choices of sequence `i`, whose prompt has just been computed: full blocks
+    /// shared, the partial last block copied (or recomputed if no block is free).
+    fn fork(&mut self, i: usize, logits_row: &[f32]) -> Vec<(Sequence, Vec<f32>)> {
+        let n = std::mem::take(&mut self.running[i].forks);
+        let bt = self.blocks.block_tokens();
+        let mut out = Vec::new();
+        let mut queued = Vec::new();
+        for c in 1..=n {
+            let (group, tokens, computed, parent_blocks) = {
+                let s = &self.running[i];
+                (s.group, s.tokens.clone(), s.computed, s.blocks.clone())
+            };
+            let Some(g) = self.groups.get(&group) else {
+                break;
+            };
+            let full = computed / bt;
+            let mut blocks: Vec<u32> = parent_blocks[..full].to_vec();
+            for &b in &blocks {
+                self.blocks.share(b);
+            }
+            let mut fork_computed = full * bt;
+            if computed % bt != 0 {
+                if let Some(copy) = self.blocks.allocate() {
+                    self.copies.push((parent_blocks[full], copy));
+                    blocks.push(copy);
+                    fork_computed = computed;
+                }
+            }
+            let seq = Sequence {
+                group,
+                choice: c,
+                tokens,
+                computed: fork_computed,
+                blocks,
+                sampler: Sampler::new(choice_sampling(&g.req.sampling, c)),
+                history: TokenHistory::new(&g.req.prompt, g.req.sampling.repetition_penalty != 1.0),
+                detok: IncrementalDetok::new(g.req.prompt.len()),
+                stop: StopMatcher::new(&g.req.stop),
+                generated: 0,
+                stopped_by_string: false,
+                last_token_at: None,
+                forks: 0,
+            };
+            if fork_computed == computed {
+                out.push((seq, logits_row.to_vec()));
+            } else {
+                queued.push(seq);
+            }
+        }
+        // Without a block for the copy, a fork recomputes its partial block later (the same
+        // rows give the same logits).
+        for s in queued.into_iter().rev() {
+            self.waiting.push_front(s);
+        }
+        out
+    }
+
+    /// Samples the next token of running sequence `i` from its logits; `Some` if it ended.
+    fn sample(&mut self, i: usize, row: &[f32]) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let g = self.groups.get_mut(&s.group)?;
+        let token = s.sampler.sample_with(row, &s.history);
+        let lp = g.req.logprobs.map(|k| logprobs(row, token, k));
+        let now = Instant::now();
+        if !g.first_token {
+            g.first_token = true;
+            self.metrics
+                .time_to_first_token_seconds
+                .observe(g.arrived.elapsed().as_secs_f64());
+        }
+        if let Some(t) = s.last_token_at {
+            self.metrics
+                .inter_token_latency_seconds
+                .observe((now - t).as_secs_f64());
+        }
+        s.last_token_at = Some(now);
+        s.generated += 1;
+        self.metrics.generation_tokens_total.inc();
+        let stop_token = g.req.stop_token_ids.contains(&token)
+            || (!g.req.ignore_eos && self.cfg.eos.contains(&token));
+        if stop_token {
+            if lp.is_some() {
+                let _ = g.events.send(Event::Token {
+                    choice: s.choice,
+                    token,
+                    text: String::new(),
+                    logprobs: lp,
+                });
+            }
+            return Some(FinishReason::Stop);
+        }
+        s.tokens.push(token);
+        s.history.push(token);
+        let text = s.detok.step(&*self.decoder, &s.tokens);
+        let out = s.stop.push(&text);
+        let _ = g.events.send(Event::Token {
+            choice: s.choice,
+            token,
+            text: out.text,
+            logprobs: lp,
+        });
+        if out.stopped {
+            s.stopped_by_string = true;
+            Some(FinishReason::Stop)
+        } else if s.generated >= g.req.max_tokens || s.tokens.len() >= self.cfg.max_model_len {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+
+    /// Ends the given running sequences (indices into `running`), frees their blocks, and
+    /// closes requests whose choices have all ended.
+    fn finish(&mut self, mut finished: Vec<(usize, FinishReason)>) {
+        finished.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, reason) in finished {
+            let mut s = self.running.remove(i);
+            self.blocks.release(&mut s.blocks);
+            let Some(g) = self.groups.get_mut(&s.group) else {
+                continue;
+            };
+            // Text still held back (an incomplete character, a possible stop string) is
+            // released, unless a stop string ended the choice.
+            let mut text = String::new();
+            if !s.stopped_by_string {
+                let rest = s.detok.finish(&*self.decoder, &s.tokens);
+                let out = s.stop.push(&rest);
+                text = out.text;
+                if !out.stopped {
+                    text.push_str(&s.stop.flush());
+                }
+            }
+            let _ = g.events.send(Event::Finished {
+                choice: s.choice,
+                reason,
+                text,
+            });
+            g.usage.completion_tokens += s.generated;
+            g.unfinished -= 1;
+            if g.unfinished == 0 {
+                let _ = g.events.send(Event::Done(g.usage));
+                self.metrics
+                    .request_success_total
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                self.metrics
+                    .e2e_request_latency_seconds
+                    .observe(g.arrived.elapsed().as_secs_f64());
+                let id = s.group;
+                self.drop_group(id);
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .num_requests_running
+            .set(self.running.len() as i64);
+        self.metrics
+            .kv_blocks_in_use
+            .set(self.blocks.in_use() as i64);
+        let total = self.blocks.total().max(1) as f64;
+        self.metrics
+            .kv_cache_usage_perc
+            .set(self.blocks.in_use() as f64 / total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::detok::tests::Bytes;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    /// A model whose next token is a function of the tokens it reads back from its own fake
+    /// KV pool through the block tables: wrong tables, a missing copy or a block reused too
+    /// early all change the output.
+    struct Fake {
+        kv: HashMap<(u32, usize), u32>,
+        bt: usize,
+        rows_per_step: Vec<usize>,
+    }
+
+    const VOCAB: usize = 128;
+
+    /// The next token after `tokens`: a letter, `a..=z`.
+    fn next(tokens: &[u32]) -> u32 {
+        let h: u64 = tokens
+            .iter()
+            .enumerate()
+            .map(|(j, &t)| u64::from(t) * (j as u64 + 1))
+            .sum();
+        97 + (h % 26) as u32
+    }
+
+    fn reference(prompt: &[u32], max_tokens: usize) -> String {
+        let mut t = prompt.to_vec();
+        let mut out = String::new();
+        for _ in 0..max_tokens {
+            let n = next(&t);
+            t.push(n);
+            out.push(n as u8 as char);
+        }
+        out
+    }
+
+    impl StepModel for Fake {
+        fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits> {
+            self.rows_per_step
+                .push(seqs.iter().map(|s| s.tokens.len()).sum());
+            for s in seqs {
+                for (t, &tok) in s.tokens.iter().enumerate() {
+                    let pos = s.pos_start + t;
+                    self.kv
+                        .insert((s.blocks[pos / self.bt], pos % self.bt), tok);
+                }
+            }
+            let mut data = Vec::new();
+            for s in seqs {
+                for r in s.logits.clone() {
+                    let pos = s.pos_start + r;
+                    let seen: Vec<u32> = (0..=pos)
+                        .map(|p| self.kv[&(s.blocks[p / self.bt], p % self.bt)])
+                        .collect();
+                    let mut row = vec![0.0f32; VOCAB];
+                    row[next(&seen) as usize] = 1.0;
+                    data.extend(row);
+                }
+            }
+            Ok(Logits { vocab: VOCAB, data })
+        }
+
+        fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
+            for &(src, dst) in pairs {
+                for slot in 0..self.bt {
+                    if let Some(&t) = self.kv.get(&(src, slot)) {
+                        self.kv.insert((dst, slot), t);
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler<Fake> {
+        let fake = Fake {
+            kv: HashMap::new(),
+            bt,
+            rows_per_step: Vec::new(),
+        };
+        let cfg = SchedulerConfig {
+            max_batch_tokens: budget,
+            max_concurrent_sequences: 64,
+            max_model_len: blocks * bt,
+            eos: vec![0],
+        };
+        Scheduler::new(
+            fake,
+            cfg,
+            BlockManager::new(blocks, bt, prefix),
+            std::sync::Arc::new(Bytes),
+            Metrics::new(),
+        )
+    }
+
+    fn request(prompt: &[u32], max_tokens: usize, n: usize) -> GenerationRequest {
+        GenerationRequest {
+            id: "test".into(),
+            prompt: prompt.to_vec(),
+            n,
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            logprobs: None,
+            deadline: None,
+        }
+    }
+
+    /// What a request received: each choice's text and finish reason, and the usage.
+    #[derive(Debug, Default)]
+    struct Outcome {
+        texts: Vec<String>,
+        reasons: Vec<Option<FinishReason>>,
+        usage: Option<Usage>,
+        error: Option<EngineFailure>,
+    }
+
+    fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
+        let mut o = Outcome {
+            texts: vec![String::new(); n],
+            reasons: vec![None; n],
+            ..Outcome::default()
+        };
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                Event::Token { choice, text, .. } => o.texts[choice].push_str(&text),
+                Event::Finished {
+                    choice,
+                    reason,
+                    text,
+                } => {
+                    o.texts[choice].push_str(&text);
+                    o.reasons[choice] = Some(reason);
+                }
+                Event::Done(u) => o.usage = Some(u),
+                Event::Error(e) => o.error = Some(e),
+            }
+        }
+        o
+    }
+
+    fn run_all(s: &mut Scheduler<Fake>) {
+        for _ in 0..10_000 {
+            if !s.has_work() {
+                return;
+            }
+            s.step();
+        }
+        panic!("the scheduler did not finish");
+    }
+
+    fn prompt(seed: u32, len: usize) -> Vec<u32> {
+        (0..len as u32)
+            .map(|i| 1 + (seed * 31 + i * 7) % 90)
+            .collect()
+    }
+
+    #[test]
+    fn chunked_prefill_and_batched_decode_give_the_reference_tokens() {
+        let mut s = scheduler(64, 4, 7, true);
+        let mut rxs = Vec::new();
+        for r in 0..6 {
+            let (tx, rx) = unbounded_channel();
+            s.add(request(&prompt(r, 3 + 5 * r as usize), 9, 1), tx);
+            rxs.push((r, rx));
+        }
+        run_all(&mut s);
+        for (r, mut rx) in rxs {
+            let o = collect(&mut rx, 1);
+            assert_eq!(o.texts[0], reference(&prompt(r, 3 + 5 * r as usize), 9));
+            assert_eq!(o.reasons[0], Some(FinishReason::Length));
+            assert_eq!(o.usage.unwrap().completion_tokens, 9);
+        }
+        // The budget held every step, and prompts were split into chunks.
+        assert!(s.model.rows_per_step.iter().all(|&r| r <= 7));
+        assert!(s.blocks.all_released());
+    }
+
+    #[test]
+    fn preemption_frees_blocks_and_resumes_with_identical_output() {
+        // 10 blocks of 4: not enough for four requests of up to 26 positions at once.
+        let mut s = scheduler(10, 4, 64, false);
+        let mut rxs = Vec::new();
+        for r in 0..4 {
+            let (tx, rx) = unbounded_channel();
+            s.add(request(&prompt(r, 10), 16, 1), tx);
+            rxs.push((r, rx));
+        }
+        run_all(&mut s);
+        assert!(s.metrics.num_preemptions_total.get() > 0);
+        for (r, mut rx) in rxs {
+            assert_eq!(collect(&mut rx, 1).texts[0], reference(&prompt(r, 10), 16));
+        }
+        assert!(s.blocks.all_released());
+    }
+
+    #[test]
+    fn prefix_hits_reuse_blocks_and_change_nothing() {
+        let shared = prompt(9, 22);
+        let mut outputs = Vec::new();
+        for prefix in [true, false] {
+            let mut s = scheduler(64, 4, 64, prefix);
+            let (tx, mut rx) = unbounded_channel();
+            s.add(request(&shared, 5, 1), tx);
+            run_all(&mut s);
+            let first = collect(&mut rx, 1);
+            let mut longer = shared.clone();
+            longer.extend([5, 6, 7]);
+            let (tx, mut rx) = unbounded_channel();
+            s.add(request(&longer, 5, 1), tx);
+            run_all(&mut s);
+            let second = collect(&mut rx, 1);
+            let cached = second.usage.unwrap().cached_tokens;
+            if prefix {
+                assert_eq!(cached, 20);
+                assert_eq!(s.metrics.prefix_cache_hits_total.get(), 20);
+            } else {
+                assert_eq!(cached, 0);
+            }
+            assert_eq!(first.texts[0], reference(&shared, 5));
+            assert_eq!(second.texts[0], reference(&longer, 5));
+            outputs.push((first.texts, second.texts));
+            assert!(s.blocks.all_released());
+        }
+        assert_eq!(outputs[0], outputs[1]);
+    }
+
+    #[test]
+    fn choices_share_the_prompt_blocks_and_copy_the_partial_one() {
+        let mut s = scheduler(64, 4, 64, true);
+        let p = prompt(3, 10); // two full blocks and a partial one
+        let (tx, mut rx) = unbounded_channel();
+        s.add(request(&p, 6, 3), tx);
+        s.step(); // the prompt, then the forks
+        assert_eq!(s.running.len(), 3);
+        let full0 = s.running[0].blocks[0];
+        assert_eq!(s.blocks.refs(full0), 3);
+        assert_eq!(s.copies.len(), 2);
+        run_all(&mut s);
+        let o = collect(&mut rx, 3);
+        for t in &o.texts {
+            assert_eq!(t, &reference(&p, 6));
+        }
+        assert_eq!(o.usage.unwrap().completion_tokens, 18);
+        assert!(s.blocks.all_released());
+    }
+
+    #[test]
+    fn a_dropped_receiver_cancels_and_frees_blocks_in_one_step() {
+        let mut s = scheduler(64, 4, 64, true);
+        let (tx, rx) = unbounded_channel();
+        s.add(request(&prompt(1, 12), 50, 1), tx);
+        let (tx2, mut rx2) = unbounded_channel();
+        s.add(request(&prompt(2, 5), 3, 1), tx2);
+        s.step();
+        s.step();
+        assert!(s.blocks.in_use() > 0);
+        drop(rx);
+        s.step();
+        run_all(&mut s);
+        assert_eq!(collect(&mut rx2, 1).texts[0], reference(&prompt(2, 5), 3));
+        assert_eq!(s.requests(), 0);
+        assert!(s.blocks.all_released());
+        assert_eq!(
+            s.metrics
+                .request_success_total
+                .with_label_values(&["abort"])
+                .get(),
+            1
+        );
+    }
+
+    #[test]
+    fn stop_strings_end_a_choice_and_are_not_emitted() {
+        let p = prompt(4, 6);
+        let full = reference(&p, 30);
+        let stop = full[5..8].to_string();
+        let at = full.find(&stop).unwrap();
+        let mut s = scheduler(64, 4, 64, true);
+        let (tx, mut rx) = unbounded_channel();
+        let mut req = request(&p, 30, 1);
+        req.stop = vec![stop];
+        s.add(req, tx);
+        run_all(&mut s);
+        let o = collect(&mut rx, 1);
+        assert_eq!(o.texts[0], full[..at]);
+        assert_eq!(o.reasons[0], Some(FinishReason::Stop));
+        assert!(s.blocks.all_released());
+    }
+
+    #[test]
+    fn expired_deadlines_fail_the_request_and_free_its_blocks() {
+        let mut s = scheduler(64, 4, 64, true);
+        let (tx, mut rx) = unbounded_channel();
+        let mut req = request(&prompt(5, 8), 100, 1);
+        req.deadline = Some(Instant::now());
+        s.add(req, tx);
+        run_all(&mut s);
+        assert_eq!(collect(&mut rx, 1).error, Some(EngineFailure::Timeout));
+        assert!(s.blocks.all_released());
+    }
+}
