@@ -9,6 +9,7 @@
 //!
 //! The numeric work happens in `lowbit-gpu` behind its `Backend` trait.
 
+pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod eval;

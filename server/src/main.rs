@@ -3,13 +3,25 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = lowbit::cli::Cli::parse();
+    // The server logs its requests; the tools only warnings. RUST_LOG overrides both.
+    let (default_filter, json) = match &cli.command {
+        lowbit::cli::Command::Serve(a) => (
+            "warn,lowbit=info,tower_http=warn",
+            a.log_format == lowbit::cli::serve::LogFormat::Json,
+        ),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_filter.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match lowbit::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // `lowbit info | head` closes the pipe early: that is not a failure.

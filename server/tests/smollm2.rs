@@ -153,6 +153,7 @@ fn same_seed_samples_the_same_completion() {
                 top_p: 0.95,
                 min_p: 0.05,
                 seed,
+                ..SamplingParams::default()
             },
         };
         generate(&loaded().model, &prompt, tok.eos(), &opts, |_| true)

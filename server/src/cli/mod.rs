@@ -1,10 +1,12 @@
-//! The `lowbit` command line (the contract in DESIGN.md): `info`, `generate`, `eval perplexity`.
+//! The `lowbit` command line (the contract in DESIGN.md): `serve`, `info`, `generate`,
+//! `quantize`, `bench`, `eval perplexity`.
 
 mod bench;
 mod generate;
 mod info;
 mod perplexity;
 mod quantize;
+pub mod serve;
 
 use crate::model::calibrate::DEFAULT_CALIBRATION_WINDOWS;
 use crate::model::{Calibration, Llama, ModelSource, QuantPolicy};
@@ -30,6 +32,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
     /// Show a model's configuration, tokenizer and tensors.
     Info(info::InfoArgs),
     /// Generate text from a prompt.
@@ -171,6 +175,7 @@ pub fn run(cli: Cli) -> Result<()> {
             .build_global()?;
     }
     match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Info(a) => info::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Quantize(a) => quantize::run(a),

@@ -1,0 +1,230 @@
+//! `POST /v1/completions`: raw prompts (text, texts, token ids), `echo`, legacy `logprobs`.
+
+use super::chat::token_text;
+use super::error::ApiError;
+use super::generation::{self, Choice};
+use super::openai::{
+    Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptSpec,
+};
+use super::params::{self, COMPLETION_FIELDS, MAX_COMPLETION_LOGPROBS};
+use super::{body_bytes, request_id, unix_now, AppState};
+use crate::engine::sampler::TokenLogprobs;
+use crate::engine::{Event, EventStream};
+use crate::model::Tokenizer;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+
+/// OpenAI's default `max_tokens` for completions.
+const DEFAULT_MAX_TOKENS: usize = 16;
+
+/// The legacy `logprobs` object; offsets count from `offset` (the echoed prompt's length).
+fn legacy_logprobs(
+    tokenizer: &Tokenizer,
+    lps: &[TokenLogprobs],
+    offset: usize,
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut at = offset;
+    for lp in lps {
+        let t = token_text(tokenizer, lp.token);
+        out.text_offset.push(at);
+        at += t.len();
+        out.tokens.push(t);
+        out.token_logprobs.push(lp.logprob);
+        out.top_logprobs.push(
+            lp.top
+                .iter()
+                .map(|&(id, l)| (token_text(tokenizer, id), l))
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Creates a completion.
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+    responses((status = 200, body = Completion), (status = 400, body = super::error::ErrorBody),
+              (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let req: CompletionRequest = params::parse_body(&body, COMPLETION_FIELDS)?;
+    state.check_model(&req.model)?;
+    let tokenizer = &state.model.tokenizer;
+    let settings = params::settings(&req.sampling, tokenizer.vocab_size())?;
+    if let Some(b) = req.best_of {
+        if b != 1 && b != settings.n as i64 {
+            return Err(ApiError::unsupported("best_of"));
+        }
+    }
+    let top = match req.logprobs {
+        None => None,
+        Some(k) if (0..=MAX_COMPLETION_LOGPROBS).contains(&k) => Some(k as usize),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logprobs",
+                format!("'logprobs' must be between 0 and {MAX_COMPLETION_LOGPROBS}"),
+            ))
+        }
+    };
+    let echo = req.echo.unwrap_or(false);
+    if echo && top.is_some() {
+        // Prompt tokens' log-probabilities are not computed.
+        return Err(ApiError::unsupported("echo"));
+    }
+    let prompts: Vec<Vec<u32>> = match req.prompt {
+        PromptSpec::Text(t) => vec![encode(tokenizer, &t)?],
+        PromptSpec::Texts(ts) => ts
+            .iter()
+            .map(|t| encode(tokenizer, t))
+            .collect::<Result<_, _>>()?,
+        PromptSpec::Tokens(ids) => vec![ids],
+        PromptSpec::TokenLists(l) => l,
+    };
+    if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
+        return Err(ApiError::invalid("prompt", "'prompt' must not be empty"));
+    }
+    let max_tokens = params::max_tokens("max_tokens", req.max_tokens, DEFAULT_MAX_TOKENS)?;
+    let id = request_id(&headers);
+    let n = settings.n;
+    // All or nothing: a refused request drops (cancels) the ones already queued.
+    let mut streams: Vec<EventStream> = Vec::with_capacity(prompts.len());
+    let mut echoes = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        echoes.push(if echo {
+            tokenizer.decode(p, false).unwrap_or_default()
+        } else {
+            String::new()
+        });
+        let gen = params::request(
+            &id,
+            p.clone(),
+            max_tokens,
+            &settings,
+            top,
+            state.request_timeout,
+        );
+        streams.push(state.engine.submit(gen)?);
+    }
+    let requests = streams.len();
+    let events = generation::merged(streams);
+    let created = unix_now();
+    let cmpl_id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    if !req.stream.unwrap_or(false) {
+        let (choices, usage) = generation::collect(events, requests, n).await?;
+        let choices = choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, c): (usize, Choice)| {
+                let prefix = &echoes[index / n];
+                CompletionChoice {
+                    index,
+                    logprobs: top.map(|_| legacy_logprobs(tokenizer, &c.logprobs, prefix.len())),
+                    text: format!("{prefix}{}", c.text),
+                    finish_reason: c.finish.map(|f| f.as_str()),
+                }
+            })
+            .collect();
+        return Ok(Json(Completion {
+            id: cmpl_id,
+            object: "text_completion",
+            created,
+            model: state.model_name().to_string(),
+            system_fingerprint: state.system_fingerprint.clone(),
+            choices,
+            usage: Some(Some(usage.into())),
+        })
+        .into_response());
+    }
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    Ok(generation::sse(move |tx| async move {
+        let mut events = events;
+        let chunk = |choices: Vec<CompletionChoice>, usage| Completion {
+            id: cmpl_id.clone(),
+            object: "text_completion",
+            created,
+            model: state.model_name().to_string(),
+            system_fingerprint: state.system_fingerprint.clone(),
+            choices,
+            usage: include_usage.then_some(usage),
+        };
+        let one = |index, text, logprobs, finish_reason| {
+            vec![CompletionChoice {
+                index,
+                text,
+                logprobs,
+                finish_reason,
+            }]
+        };
+        for (index, prefix) in (0..requests * n).map(|i| (i, &echoes[i / n])) {
+            if !prefix.is_empty() && !tx.json(&chunk(one(index, prefix.clone(), None, None), None))
+            {
+                return;
+            }
+        }
+        let tokenizer = &state.model.tokenizer;
+        let mut offsets = vec![0usize; requests * n];
+        let (mut done, mut usage) = (0, crate::engine::Usage::default());
+        while let Some((r, e)) = events.next().await {
+            let sent = match e {
+                Event::Token {
+                    choice,
+                    text,
+                    logprobs,
+                    ..
+                } => {
+                    let index = r * n + choice;
+                    if text.is_empty() && logprobs.is_none() {
+                        continue;
+                    }
+                    let lp = logprobs.map(|lp| legacy_logprobs(tokenizer, &[lp], offsets[index]));
+                    offsets[index] += text.len();
+                    tx.json(&chunk(one(index, text, lp, None), None))
+                }
+                Event::Finished {
+                    choice,
+                    reason,
+                    text,
+                } => {
+                    let index = r * n + choice;
+                    tx.json(&chunk(one(index, text, None, Some(reason.as_str())), None))
+                }
+                Event::Done(u) => {
+                    usage.prompt_tokens += u.prompt_tokens;
+                    usage.completion_tokens += u.completion_tokens;
+                    usage.cached_tokens += u.cached_tokens;
+                    done += 1;
+                    if done == requests {
+                        if include_usage {
+                            tx.json(&chunk(Vec::new(), Some(usage.into())));
+                        }
+                        tx.done();
+                        return;
+                    }
+                    true
+                }
+                Event::Error(e) => {
+                    tx.error(&generation::failure(e));
+                    return;
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    }))
+}
+
+fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    tokenizer
+        .encode(text, true)
+        .map_err(|e| ApiError::invalid("prompt", e.to_string()))
+}

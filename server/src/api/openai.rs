@@ -1,0 +1,341 @@
+//! OpenAI's request and response types, as lowbit accepts and sends them.
+//!
+//! Requests reject unknown fields: a parameter lowbit does not implement is a 400 naming it,
+//! never silently ignored. Besides OpenAI's own, the extensions vLLM and llama-server users
+//! send are accepted: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `stop_token_ids`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopSpec {
+    /// The strings.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage and no choices.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// `response_format`: only `{"type": "text"}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseFormat {
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The sampling and stopping parameters chat and completions share.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct SamplingFields {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Choices per prompt (1..=16).
+    pub n: Option<i64>,
+    pub stop: Option<StopSpec>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Token id (as a string) → bias in [-100, 100].
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    pub seed: Option<i64>,
+    pub user: Option<String>,
+    /// Extension (vLLM, llama-server): keep the k most likely tokens; 0 or -1 keeps all.
+    pub top_k: Option<i64>,
+    /// Extension: drop tokens below `min_p ×` the most likely one's probability.
+    pub min_p: Option<f32>,
+    /// Extension: Hugging Face's repetition penalty (1 disables).
+    pub repetition_penalty: Option<f32>,
+    /// Extension: keep generating through end-of-sequence tokens.
+    pub ignore_eos: Option<bool>,
+    /// Extension: more token ids that end a choice.
+    pub stop_token_ids: Option<Vec<u32>>,
+}
+
+/// A text part of a message's content.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    /// Only `text`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+/// Message content: a string or an array of text parts.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// One message of a chat request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMessage {
+    /// `system`, `developer`, `user` or `assistant`.
+    pub role: String,
+    pub content: Option<MessageContent>,
+    pub name: Option<String>,
+}
+
+/// `POST /v1/chat/completions` (unknown fields are rejected by `params::parse_body`: serde
+/// cannot deny them next to `flatten`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ChatCompletionRequest {
+    pub model: String,
+    pub messages: Vec<RequestMessage>,
+    pub max_tokens: Option<i64>,
+    /// OpenAI's newer name for `max_tokens`.
+    pub max_completion_tokens: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    pub logprobs: Option<bool>,
+    /// Alternatives per token (0..=20), with `logprobs: true`.
+    pub top_logprobs: Option<i64>,
+    pub response_format: Option<ResponseFormat>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// `prompt`: text, texts, token ids, or lists of token ids.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PromptSpec {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions` (unknown fields: see [`ChatCompletionRequest`]).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptSpec,
+    /// Default 16, as OpenAI's.
+    pub max_tokens: Option<i64>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    /// Alternatives per token (0..=5).
+    pub logprobs: Option<i64>,
+    /// Put the prompt before the completion.
+    pub echo: Option<bool>,
+    /// Only `best_of == n` (or 1) is supported.
+    pub best_of: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+}
+
+/// Token counts.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+pub struct UsageBody {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+impl From<crate::engine::Usage> for UsageBody {
+    fn from(u: crate::engine::Usage) -> Self {
+        Self {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_tokens,
+            },
+        }
+    }
+}
+
+/// One alternative in chat `logprobs`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// One token in chat `logprobs.content`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// Chat `logprobs`.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprob>,
+}
+
+/// The assistant's message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResponseMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// One choice of a chat completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ResponseMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A chat completion.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: UsageBody,
+}
+
+/// A streamed message delta.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct Delta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// One choice of a chat chunk.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A streamed chat chunk.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<ChunkChoice>,
+    /// Present (null until the last chunk) with `stream_options.include_usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageBody>>,
+}
+
+/// The legacy completions `logprobs` object.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// One choice of a completion (or of a completion chunk).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A completion, or a streamed completion chunk (same object).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<UsageBody>>,
+}
+
+/// One entry of `/v1/models`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    /// Longest prompt + completion, in tokens.
+    pub max_model_len: usize,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub model: Option<String>,
+    /// Text to tokenize (or `messages`, rendered with the chat template).
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<RequestMessage>>,
+    /// Add the model's BOS where it wants one (default true; chat templates add their own).
+    pub add_special_tokens: Option<bool>,
+}
+
+/// `POST /tokenize`'s answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenizeResponse {
+    pub tokens: Vec<u32>,
+    pub count: usize,
+    pub max_model_len: usize,
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
+/// `POST /detokenize`'s answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DetokenizeResponse {
+    pub prompt: String,
+}

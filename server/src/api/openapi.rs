@@ -1,0 +1,49 @@
+//! `GET /openapi.json`, generated from the request and response types (utoipa).
+
+use super::error::{ErrorBody, ErrorDetail};
+use super::openai::*;
+use axum::Json;
+use utoipa::OpenApi;
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "lowbit",
+        description = "OpenAI-compatible API of the lowbit inference server"
+    ),
+    paths(
+        super::chat::create,
+        super::completions::create,
+        super::models::list,
+        super::models::get_one,
+        super::tokenize::tokenize,
+        super::tokenize::detokenize,
+        super::health::health,
+        super::health::ready,
+        super::health::metrics,
+    ),
+    components(schemas(
+        ChatCompletionRequest,
+        CompletionRequest,
+        ChatCompletion,
+        ChatCompletionChunk,
+        Completion,
+        ModelList,
+        ModelCard,
+        TokenizeRequest,
+        TokenizeResponse,
+        DetokenizeRequest,
+        DetokenizeResponse,
+        ErrorBody,
+        ErrorDetail,
+        UsageBody
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document.
+#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

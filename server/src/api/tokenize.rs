@@ -1,0 +1,88 @@
+//! `POST /tokenize` and `POST /detokenize` (vLLM's shapes).
+
+use super::error::ApiError;
+use super::openai::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
+use super::params::parse_body;
+use super::{body_bytes, AppState};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::Json;
+
+/// Token ids of a prompt, or of chat messages through the template.
+#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest, responses((status = 200, body = TokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
+pub async fn tokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let req: TokenizeRequest = parse_body(&body, &["prompt", "messages", "add_special_tokens"])?;
+    if let Some(m) = &req.model {
+        state.check_model(m)?;
+    }
+    let tokenizer = &state.model.tokenizer;
+    let tokens = match (&req.prompt, &req.messages) {
+        (Some(p), None) => tokenizer
+            .encode(p, req.add_special_tokens.unwrap_or(true))
+            .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
+        (None, Some(messages)) => {
+            let Some(template) = &state.model.template else {
+                return Err(ApiError::bad_request("this model has no chat template"));
+            };
+            let msgs: Vec<crate::model::ChatMessage> = messages
+                .iter()
+                .map(|m| {
+                    let content = match &m.content {
+                        Some(super::openai::MessageContent::Text(t)) => t.clone(),
+                        Some(super::openai::MessageContent::Parts(p)) => {
+                            p.iter().filter_map(|p| p.text.clone()).collect()
+                        }
+                        None => String::new(),
+                    };
+                    crate::model::ChatMessage::new(&m.role, &content)
+                })
+                .collect();
+            let text = template
+                .render(&msgs, true)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+            tokenizer
+                .encode(&text, false)
+                .map_err(|e| ApiError::invalid("messages", e.to_string()))?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of 'prompt' and 'messages'",
+            ))
+        }
+    };
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        tokens,
+        max_model_len: state.engine.max_model_len(),
+    }))
+}
+
+/// Text of token ids.
+#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest, responses((status = 200, body = DetokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
+pub async fn detokenize(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let req: DetokenizeRequest = parse_body(&body, &["tokens"])?;
+    if let Some(m) = &req.model {
+        state.check_model(m)?;
+    }
+    let tokenizer = &state.model.tokenizer;
+    let vocab = tokenizer.vocab_size();
+    if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            "tokens",
+            format!("token {bad} is outside the vocabulary of {vocab}"),
+        ));
+    }
+    let prompt = tokenizer
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::invalid("tokens", e.to_string()))?;
+    Ok(Json(DetokenizeResponse { prompt }))
+}

@@ -1,0 +1,308 @@
+//! `lowbit serve`: the OpenAI-compatible server. Every flag is also a `LOWBIT_*` environment
+//! variable (for containers).
+//!
+//! Start-up: the HTTP side listens at once (`/health` answers, `/ready` is 503) while the
+//! engine thread loads the weights and allocates the KV pool; then `/ready` turns 200. On
+//! SIGTERM or SIGINT the server drains: `/ready` and new requests get 503, in-flight requests
+//! finish (up to `--shutdown-timeout`), and the process exits 0.
+
+use super::ModelArgs;
+use crate::api::{self, AppState, ServedModel};
+use crate::engine::blocks::BlockManager;
+use crate::engine::{AdmissionLimits, EngineHandle, LlamaStep, Loaded, Scheduler, SchedulerConfig};
+use crate::metrics::Metrics;
+use crate::model::ModelSource;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use lowbit_gpu::DEFAULT_BLOCK_TOKENS;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Arguments of `lowbit serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Address to listen on (0.0.0.0 in containers).
+    #[arg(long, env = "LOWBIT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "LOWBIT_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// API keys clients must send as `Authorization: Bearer <key>` (repeat the flag, or
+    /// comma-separate them in LOWBIT_API_KEYS). None: no authentication.
+    #[arg(
+        long = "api-key",
+        env = "LOWBIT_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// The model id in /v1/models and responses (repeat for aliases). Default: the file name.
+    #[arg(long, env = "LOWBIT_SERVED_MODEL_NAME", value_delimiter = ',')]
+    pub served_model_name: Vec<String>,
+    /// Longest prompt + completion in tokens (default: the model's context, capped by the KV
+    /// pool).
+    #[arg(long, env = "LOWBIT_MAX_MODEL_LEN")]
+    pub max_model_len: Option<usize>,
+    /// KV-cache size in bytes (suffixes K, M, G, KiB, MiB, GiB).
+    #[arg(long, env = "LOWBIT_KV_CACHE_MEMORY", value_parser = parse_bytes, default_value = "1GiB")]
+    pub kv_cache_memory: u64,
+    /// KV-cache size in tokens (overrides --kv-cache-memory).
+    #[arg(long, env = "LOWBIT_MAX_TOTAL_TOKENS")]
+    pub max_total_tokens: Option<usize>,
+    /// Tokens (rows) in one forward step: decode rows plus prefill chunks.
+    #[arg(long, env = "LOWBIT_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Sequences running at once.
+    #[arg(long, env = "LOWBIT_MAX_CONCURRENT_SEQUENCES", default_value_t = 64)]
+    pub max_concurrent_sequences: usize,
+    /// Requests waiting to start; more are refused with 429.
+    #[arg(long, env = "LOWBIT_MAX_WAITING_REQUESTS", default_value_t = 256)]
+    pub max_waiting_requests: usize,
+    /// Prompt tokens of the waiting requests; more are refused with 429.
+    #[arg(long, env = "LOWBIT_MAX_WAITING_TOKENS", default_value_t = 262_144)]
+    pub max_waiting_tokens: usize,
+    /// Turn off prefix caching (reuse of cached prompt blocks).
+    #[arg(long, env = "LOWBIT_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
+    /// Seconds a request may take before it fails with 504 (default: no limit).
+    #[arg(long, env = "LOWBIT_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<f64>,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "LOWBIT_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "LOWBIT_MAX_BODY_BYTES", value_parser = parse_bytes, default_value = "4MiB")]
+    pub max_body_bytes: u64,
+    /// Origins allowed by CORS (repeat or comma-separate; default: CORS off).
+    #[arg(long, env = "LOWBIT_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origin: Vec<String>,
+    /// Log line format.
+    #[arg(long, env = "LOWBIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Bytes from `1073741824`, `512M`, `1GiB`, `64k`.
+pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
+    };
+    Ok((v * mult) as u64)
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let start = Instant::now();
+    let source = ModelSource::open(&args.model.model)?;
+    let tokenizer = source.tokenizer()?;
+    let template = match source.chat_template(&tokenizer) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!("no chat template ({e}); /v1/chat/completions will answer 400");
+            None
+        }
+    };
+    let config = source.config()?;
+    let names = if args.served_model_name.is_empty() {
+        vec![args
+            .model
+            .model
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned())]
+    } else {
+        args.served_model_name.clone()
+    };
+    let metrics = Metrics::new();
+    let limits = AdmissionLimits {
+        max_waiting_requests: args.max_waiting_requests,
+        max_waiting_tokens: args.max_waiting_tokens,
+    };
+    let eos = tokenizer.eos().to_vec();
+    let decoder: Arc<dyn crate::engine::detok::TextDecoder> = Arc::new(tokenizer.clone());
+    let model_args = args.model.clone();
+    let (kv_memory, kv_tokens) = (args.kv_cache_memory, args.max_total_tokens);
+    let sched_limits = (
+        args.max_batch_tokens,
+        args.max_concurrent_sequences,
+        args.max_model_len,
+        !args.no_prefix_cache,
+    );
+    let engine_metrics = metrics.clone();
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+    let engine = EngineHandle::spawn(
+        limits,
+        metrics.clone(),
+        move || {
+            let source = ModelSource::open(&model_args.model)?;
+            let model = model_args.load_model(&source)?;
+            let probe = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 1);
+            let blocks = match kv_tokens {
+                Some(t) => probe.blocks_for(t),
+                None => (kv_memory / probe.bytes_per_block() as u64) as usize,
+            };
+            let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, blocks.max(1));
+            let pool = model.new_kv_pool(spec)?;
+            let (max_batch_tokens, max_concurrent_sequences, max_model_len, prefix) = sched_limits;
+            let pool_tokens = spec.tokens();
+            let mut max_model_len = max_model_len.unwrap_or(config.context_length);
+            if max_model_len > pool_tokens {
+                tracing::warn!(
+                    "max model length {max_model_len} exceeds the KV pool's {pool_tokens} tokens: capped (raise --kv-cache-memory)"
+                );
+                max_model_len = pool_tokens;
+            }
+            tracing::info!(
+                backend = %model.backend().name(),
+                weights_mb = model.weight_bytes() as f64 / 1e6,
+                kv_blocks = spec.blocks,
+                kv_tokens = pool_tokens,
+                kv_mb = spec.bytes() as f64 / 1e6,
+                max_model_len,
+                "model loaded"
+            );
+            let vocab = model.config().vocab_size;
+            let scheduler = Scheduler::new(
+                LlamaStep { model, pool },
+                SchedulerConfig {
+                    max_batch_tokens,
+                    max_concurrent_sequences,
+                    max_model_len,
+                    eos,
+                },
+                BlockManager::new(spec.blocks, DEFAULT_BLOCK_TOKENS, prefix),
+                decoder,
+                engine_metrics,
+            );
+            Ok(Loaded {
+                scheduler,
+                max_model_len,
+                vocab,
+            })
+        },
+        move |r| {
+            let _ = loaded_tx.send(r);
+        },
+    )
+    .context("starting the engine thread")?;
+
+    let state = AppState {
+        engine: engine.clone(),
+        model: Arc::new(ServedModel {
+            names,
+            tokenizer,
+            template,
+            created: api::unix_now(),
+        }),
+        metrics,
+        api_keys: Arc::new(
+            args.api_keys
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect(),
+        ),
+        max_body_bytes: args.max_body_bytes as usize,
+        request_timeout: args.request_timeout.map(Duration::from_secs_f64),
+        system_fingerprint: format!("lowbit-{}", env!("CARGO_PKG_VERSION")),
+    };
+    let app = api::router(state, &args.cors_origin);
+    let addr = format!("{}:{}", args.host, args.port);
+    let shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!("lowbit: listening on http://{local} (loading the model)");
+        let load_watch = tokio::spawn(async move {
+            match loaded_rx.await {
+                Ok(Ok(())) => {
+                    eprintln!(
+                        "lowbit: ready on http://{local} in {:.2}s",
+                        start.elapsed().as_secs_f64()
+                    );
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(anyhow::anyhow!("the engine thread ended while loading")),
+            }
+        });
+        let drain_engine = engine.clone();
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            eprintln!(
+                "lowbit: draining (up to {:.0}s)",
+                shutdown_timeout.as_secs_f64()
+            );
+            drain_engine.begin_drain();
+            let deadline = Instant::now() + shutdown_timeout;
+            while drain_engine.health().in_flight > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = drained_tx.send(());
+        });
+        let server = tokio::spawn(async move { server.await });
+        let mut drained_rx = drained_rx;
+        tokio::select! {
+            loaded = load_watch => match loaded {
+                Ok(Ok(())) => {
+                    let _ = (&mut drained_rx).await;
+                }
+                Ok(Err(e)) => return Err(e.context("loading the model")),
+                Err(e) => return Err(anyhow::anyhow!("the loader task failed: {e}")),
+            },
+            // A signal while still loading: nothing is in flight, stop now.
+            _ = &mut drained_rx => {}
+        }
+        // Drained (or timed out): give connections a moment to flush, then exit.
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        eprintln!("lowbit: stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
