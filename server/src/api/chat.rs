@@ -91,9 +91,10 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
                             ))
                         }
                         (kind, _) => {
-                            return Err(ApiError::unsupported(&format!(
-                                "messages[{i}].content[{j}].type={kind}"
-                            )))
+                            return Err(ApiError {
+                                message: format!("content parts of type '{kind}' are not supported by lowbit (only 'text')"),
+                                ..ApiError::unsupported(&format!("messages[{i}].content[{j}].type"))
+                            })
                         }
                     }
                 }
@@ -115,7 +116,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.max_body_bytes)?;
-    let req: ChatCompletionRequest = params::parse_body(&body, CHAT_FIELDS)?;
+    let req: ChatCompletionRequest = params::parse_body(&body, CHAT_FIELDS, true)?;
     state.check_model(&req.model)?;
     if let Some(f) = &req.response_format {
         if f.kind != "text" {

@@ -56,7 +56,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.max_body_bytes)?;
-    let req: CompletionRequest = params::parse_body(&body, COMPLETION_FIELDS)?;
+    let req: CompletionRequest = params::parse_body(&body, COMPLETION_FIELDS, true)?;
     state.check_model(&req.model)?;
     let tokenizer = &state.model.tokenizer;
     let settings = params::settings(&req.sampling, tokenizer.vocab_size())?;

@@ -69,9 +69,9 @@ pub struct SamplingFields {
     pub stop_token_ids: Option<Vec<u32>>,
 }
 
-/// A text part of a message's content.
+/// A part of a message's content: only `text` parts are supported (the others are a 400
+/// naming them; their own fields are not checked).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ContentPart {
     /// Only `text`.
     #[serde(rename = "type")]

@@ -36,7 +36,6 @@ const NESTED_UNSUPPORTED: &[&str] = &[
 
 /// Fields both endpoints accept (see [`SamplingFields`]).
 const SAMPLING_FIELDS: &[&str] = &[
-    "model",
     "temperature",
     "top_p",
     "n",
@@ -58,6 +57,7 @@ const SAMPLING_FIELDS: &[&str] = &[
 
 /// Chat's own fields.
 pub const CHAT_FIELDS: &[&str] = &[
+    "model",
     "messages",
     "max_completion_tokens",
     "logprobs",
@@ -66,7 +66,7 @@ pub const CHAT_FIELDS: &[&str] = &[
 ];
 
 /// Completions' own fields.
-pub const COMPLETION_FIELDS: &[&str] = &["prompt", "logprobs", "echo", "best_of"];
+pub const COMPLETION_FIELDS: &[&str] = &["model", "prompt", "logprobs", "echo", "best_of"];
 
 /// Most choices per prompt.
 pub const MAX_N: i64 = 16;
@@ -78,8 +78,13 @@ pub const MAX_TOP_LOGPROBS: i64 = 20;
 pub const MAX_COMPLETION_LOGPROBS: i64 = 5;
 
 /// Parses a JSON body into `T`, rejecting unknown and unsupported top-level fields
-/// (`own_fields` plus the shared ones), with the parameter named in every error.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8], own_fields: &[&str]) -> Result<T, ApiError> {
+/// (`own_fields`, plus the shared sampling fields when `sampling`), with the parameter named
+/// in every error.
+pub fn parse_body<T: DeserializeOwned>(
+    body: &[u8],
+    own_fields: &[&str],
+    sampling: bool,
+) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
     let Some(obj) = value.as_object() else {
@@ -89,13 +94,23 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8], own_fields: &[&str]) -> Resu
         if UNSUPPORTED.contains(&key.as_str()) {
             return Err(ApiError::unsupported(key));
         }
-        if !own_fields.contains(&key.as_str()) && !SAMPLING_FIELDS.contains(&key.as_str()) {
+        let shared = sampling && SAMPLING_FIELDS.contains(&key.as_str());
+        if !own_fields.contains(&key.as_str()) && !shared {
             return Err(ApiError {
                 code: Some("unknown_parameter"),
                 ..ApiError::invalid(key.clone(), format!("unknown parameter '{key}'"))
             });
         }
     }
+    // serde loses the path of a field inside `flatten`: the shared fields are checked on
+    // their own first, so their errors name them.
+    if sampling {
+        typed::<SamplingFields>(value.clone())?;
+    }
+    typed(value)
+}
+
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

@@ -16,7 +16,11 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let body = body_bytes(body, state.max_body_bytes)?;
-    let req: TokenizeRequest = parse_body(&body, &["prompt", "messages", "add_special_tokens"])?;
+    let req: TokenizeRequest = parse_body(
+        &body,
+        &["model", "prompt", "messages", "add_special_tokens"],
+        false,
+    )?;
     if let Some(m) = &req.model {
         state.check_model(m)?;
     }
@@ -69,7 +73,7 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
     let body = body_bytes(body, state.max_body_bytes)?;
-    let req: DetokenizeRequest = parse_body(&body, &["tokens"])?;
+    let req: DetokenizeRequest = parse_body(&body, &["model", "tokens"], false)?;
     if let Some(m) = &req.model {
         state.check_model(m)?;
     }

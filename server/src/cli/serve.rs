@@ -110,8 +110,17 @@ pub fn parse_bytes(s: &str) -> std::result::Result<u64, String> {
     Ok((v * mult) as u64)
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
-    let start = Instant::now();
+/// A server ready to be bound: the router, the engine (loading on its thread) and a channel
+/// that says when loading ended and how.
+pub struct Prepared {
+    pub app: axum::Router,
+    pub engine: EngineHandle,
+    pub loaded: tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+}
+
+/// Opens the model's tokenizer and template, starts the engine thread (which loads the
+/// weights and the KV pool) and builds the router. Needs no async runtime.
+pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     let source = ModelSource::open(&args.model.model)?;
     let tokenizer = source.tokenizer()?;
     let template = match source.chat_template(&tokenizer) {
@@ -224,7 +233,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
         system_fingerprint: format!("lowbit-{}", env!("CARGO_PKG_VERSION")),
     };
-    let app = api::router(state, &args.cors_origin);
+    Ok(Prepared {
+        app: api::router(state, &args.cors_origin),
+        engine,
+        loaded: loaded_rx,
+    })
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let start = Instant::now();
+    let Prepared {
+        app,
+        engine,
+        loaded: loaded_rx,
+    } = prepare(&args)?;
     let addr = format!("{}:{}", args.host, args.port);
     let shutdown_timeout = Duration::from_secs_f64(args.shutdown_timeout.max(0.0));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -350,18 +350,22 @@ impl<M: StepModel> Scheduler<M> {
             }
         });
         self.groups.remove(&id);
+        self.update_gauges();
     }
 
     fn fail_group(&mut self, id: u64, why: EngineFailure) {
-        if let Some(g) = self.groups.get(&id) {
+        let Some(events) = self.groups.get(&id).map(|g| {
             tracing::warn!(request_id = %g.req.id, "request failed: {why}");
-            let _ = g.events.send(Event::Error(why));
-        }
+            g.events.clone()
+        }) else {
+            return;
+        };
         self.drop_group(id);
         self.metrics
             .request_success_total
             .with_label_values(&["abort"])
             .inc();
+        let _ = events.send(Event::Error(why));
     }
 
     /// Chooses this step's rows: `(index in running, rows)`.
@@ -595,16 +599,17 @@ impl<M: StepModel> Scheduler<M> {
             g.usage.completion_tokens += s.generated;
             g.unfinished -= 1;
             if g.unfinished == 0 {
-                let _ = g.events.send(Event::Done(g.usage));
+                let (events, usage, arrived) = (g.events.clone(), g.usage, g.arrived);
+                // Blocks and gauges are up to date before the client hears it is done.
+                self.drop_group(s.group);
                 self.metrics
                     .request_success_total
                     .with_label_values(&[reason.as_str()])
                     .inc();
                 self.metrics
                     .e2e_request_latency_seconds
-                    .observe(g.arrived.elapsed().as_secs_f64());
-                let id = s.group;
-                self.drop_group(id);
+                    .observe(arrived.elapsed().as_secs_f64());
+                let _ = events.send(Event::Done(usage));
             }
         }
     }
