@@ -10,11 +10,14 @@ use anyhow::{Context, Result};
 use clap::Args;
 use std::time::Instant;
 
-/// Arguments of `lowbit bench`.
+/// Arguments of `lowbit bench` (or `lowbit bench serve …`, the HTTP load generator).
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    serve: Option<BenchCommand>,
+    /// Absent only with `bench serve`.
     #[command(flatten)]
-    model: ModelArgs,
+    model: Option<ModelArgs>,
     /// Prompt tokens per sequence (0: skip the prompt test).
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
@@ -30,6 +33,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `lowbit bench`'s subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Load-test a running OpenAI-compatible server with streaming chats.
+    Serve(super::bench_serve::BenchServeArgs),
 }
 
 /// Resident and peak resident memory of this process, in bytes (Linux; 0 elsewhere).
@@ -52,8 +62,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Serve(a)) = args.serve {
+        return super::bench_serve::run(a);
+    }
+    let model_args = args.model.context("--model is required")?;
     let load_start = Instant::now();
-    let (_source, model) = args.model.load()?;
+    let (_source, model) = model_args.load()?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size as u32;
     // Ordinary token ids, away from the special tokens at the start of most vocabularies.
@@ -121,8 +135,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let (pp, tg) = (median(pp), median(tg));
     if args.json {
         let obj = serde_json::json!({
-            "model": args.model.model,
-            "quant": args.model.quant,
+            "model": model_args.model,
+            "quant": model_args.quant,
             "backend": model.backend().name(),
             "threads": lowbit_gpu::cpu::pool::Pool::global().threads(),
             "batch": batch,
@@ -140,8 +154,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         println!(
             "{} ({}, {} threads, batch {batch}): pp{} {pp:.1} tok/s, tg{} {tg:.1} tok/s; weights {:.1} MB ({:.2} bits/weight), RSS {:.0} MB (peak {:.0} MB), load {load_seconds:.2}s",
-            args.model.model.display(),
-            args.model.quant.as_deref().unwrap_or("as stored"),
+            model_args.model.display(),
+            model_args.quant.as_deref().unwrap_or("as stored"),
             lowbit_gpu::cpu::pool::Pool::global().threads(),
             args.prompt_tokens,
             args.gen_tokens,

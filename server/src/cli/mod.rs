@@ -2,6 +2,7 @@
 //! `quantize`, `bench`, `eval perplexity`.
 
 mod bench;
+mod bench_serve;
 mod generate;
 mod info;
 mod perplexity;
@@ -40,7 +41,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Write a model in the formats a policy asks for, as one .safetensors file.
     Quantize(quantize::QuantizeArgs),
-    /// Measure prompt and generation speed and memory.
+    /// Measure prompt and generation speed and memory (`bench serve`: load-test a server).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Bench(bench::BenchArgs),
     /// Measure a model's quality.
     Eval {

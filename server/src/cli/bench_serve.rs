@@ -1,0 +1,332 @@
+//! `lowbit bench serve`: a load generator for any OpenAI-compatible server (lowbit itself,
+//! llama-server, vLLM), so that servers compare on the same load.
+//!
+//! At each concurrency level, that many clients each send streaming chat requests one after
+//! the other until the level's request count is reached. Prompts have a fixed length (distinct
+//! words per request, so no prompt is a prefix of another unless `--shared-prefix-tokens` asks
+//! for a common system prompt) and outputs a fixed length (`max_tokens` with `ignore_eos`).
+//! Reported per level: aggregate output tokens/s and requests/s over the level's wall time,
+//! time to first token and inter-token latency percentiles, errors.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `lowbit bench serve`.
+#[derive(Debug, Args)]
+pub struct BenchServeArgs {
+    /// Base URL of the server (`http://127.0.0.1:8000`).
+    #[arg(long)]
+    url: String,
+    /// Concurrent streams per level, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    concurrency: Vec<usize>,
+    /// Requests per level (default: 4 × the level's concurrency, at least 8).
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Approximate prompt length in tokens (words of the prompt).
+    #[arg(long, default_value_t = 64)]
+    prompt_tokens: usize,
+    /// Output tokens per request.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// A system prompt of about this many tokens shared by every request (prefix caching).
+    #[arg(long, default_value_t = 0)]
+    shared_prefix_tokens: usize,
+    /// The model id to ask for (default: the first of /v1/models).
+    #[arg(long)]
+    model: Option<String>,
+    /// API key, sent as a bearer token.
+    #[arg(long, env = "LOWBIT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds one request may take.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What one request measured.
+#[derive(Debug, Default)]
+struct Sample {
+    ttft: Option<f64>,
+    gaps: Vec<f64>,
+    tokens: usize,
+    error: Option<String>,
+}
+
+/// Results of one level.
+#[derive(Debug, serde::Serialize)]
+struct Level {
+    concurrency: usize,
+    requests: usize,
+    errors: usize,
+    seconds: f64,
+    output_tokens: usize,
+    output_tokens_per_second: f64,
+    requests_per_second: f64,
+    ttft_ms: Percentiles,
+    inter_token_ms: Percentiles,
+    first_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    if v.is_empty() {
+        return Percentiles::default();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] * 1e3;
+    Percentiles {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+/// Words that are one token each in common BPE vocabularies.
+const WORDS: &[&str] = &[
+    " the", " house", " river", " small", " green", " light", " city", " water", " stone",
+    " paper", " music", " table", " window", " bread", " story", " field", " morning", " road",
+    " friend", " letter", " garden", " cloud", " horse", " winter",
+];
+
+fn words(seed: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| WORDS[(seed.wrapping_mul(7919) + i * 31 + i * i) % WORDS.len()])
+        .collect()
+}
+
+pub fn run(args: BenchServeArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: BenchServeArgs) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs_f64(args.timeout))
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let base = args.url.trim_end_matches('/').to_string();
+    let auth = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let model = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            let mut req = client.get(format!("{base}/v1/models"));
+            if let Some(a) = &auth {
+                req = req.header("authorization", a);
+            }
+            let v: Value = req
+                .send()
+                .await
+                .with_context(|| format!("GET {base}/v1/models"))?
+                .json()
+                .await?;
+            v["data"][0]["id"]
+                .as_str()
+                .context("/v1/models lists no model")?
+                .to_string()
+        }
+    };
+    let system = (args.shared_prefix_tokens > 0).then(|| {
+        format!(
+            "You are a helpful assistant.{}",
+            words(0, args.shared_prefix_tokens)
+        )
+    });
+    let mut levels = Vec::new();
+    let mut next_seed = 1usize;
+    for &c in &args.concurrency {
+        if c == 0 {
+            bail!("--concurrency levels must be positive");
+        }
+        let total = args.requests.unwrap_or((4 * c).max(8));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut workers = Vec::new();
+        for _ in 0..c {
+            let (client, counter, base, model, auth, system) = (
+                client.clone(),
+                counter.clone(),
+                base.clone(),
+                model.clone(),
+                auth.clone(),
+                system.clone(),
+            );
+            let (prompt_tokens, max_tokens, seed0) =
+                (args.prompt_tokens, args.max_tokens, next_seed);
+            workers.push(tokio::spawn(async move {
+                let mut samples = Vec::new();
+                loop {
+                    let i = counter.fetch_add(1, Ordering::SeqCst);
+                    if i >= total {
+                        return samples;
+                    }
+                    let mut messages = Vec::new();
+                    if let Some(s) = &system {
+                        messages.push(json!({"role": "system", "content": s}));
+                    }
+                    messages.push(json!({"role": "user", "content": format!("Tell a story about{}", words(seed0 + i, prompt_tokens))}));
+                    let body = json!({
+                        "model": model,
+                        "messages": messages,
+                        "max_tokens": max_tokens,
+                        "temperature": 0,
+                        "ignore_eos": true,
+                        "stream": true,
+                    });
+                    samples.push(one(&client, &base, auth.as_deref(), &body).await);
+                }
+            }));
+        }
+        let mut samples = Vec::new();
+        for w in workers {
+            samples.extend(w.await.context("a load worker failed")?);
+        }
+        next_seed += total;
+        let seconds = start.elapsed().as_secs_f64();
+        let errors: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
+        let output_tokens: usize = samples.iter().map(|s| s.tokens).sum();
+        let level = Level {
+            concurrency: c,
+            requests: samples.len(),
+            errors: errors.len(),
+            seconds,
+            output_tokens,
+            output_tokens_per_second: output_tokens as f64 / seconds,
+            requests_per_second: (samples.len() - errors.len()) as f64 / seconds,
+            ttft_ms: percentiles(samples.iter().filter_map(|s| s.ttft).collect()),
+            inter_token_ms: percentiles(samples.iter().flat_map(|s| s.gaps.clone()).collect()),
+            first_error: errors.first().and_then(|s| s.error.clone()),
+        };
+        if !args.json {
+            if levels.is_empty() {
+                println!(
+                    "{:>7} {:>8} {:>6} {:>10} {:>7} {:>21} {:>21}",
+                    "streams",
+                    "requests",
+                    "errors",
+                    "out tok/s",
+                    "req/s",
+                    "TTFT p50/p95/p99 ms",
+                    "ITL p50/p95/p99 ms"
+                );
+            }
+            let p = |x: Percentiles| format!("{:.0}/{:.0}/{:.0}", x.p50, x.p95, x.p99);
+            let q = |x: Percentiles| format!("{:.1}/{:.1}/{:.1}", x.p50, x.p95, x.p99);
+            println!(
+                "{:>7} {:>8} {:>6} {:>10.1} {:>7.2} {:>21} {:>21}",
+                level.concurrency,
+                level.requests,
+                level.errors,
+                level.output_tokens_per_second,
+                level.requests_per_second,
+                p(level.ttft_ms),
+                q(level.inter_token_ms)
+            );
+            if let Some(e) = &level.first_error {
+                println!("        first error: {e}");
+            }
+        }
+        levels.push(level);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&json!({
+                "url": base,
+                "model": model,
+                "prompt_tokens": args.prompt_tokens,
+                "max_tokens": args.max_tokens,
+                "shared_prefix_tokens": args.shared_prefix_tokens,
+                "levels": levels,
+            }))?
+        );
+    }
+    Ok(())
+}
+
+/// One streaming chat request: time to the first content chunk, gaps between chunks.
+async fn one(client: &reqwest::Client, base: &str, auth: Option<&str>, body: &Value) -> Sample {
+    let mut sample = Sample::default();
+    let start = Instant::now();
+    let mut req = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            sample.error = Some(e.to_string());
+            return sample;
+        }
+    };
+    if !resp.status().is_success() {
+        let status = resp.status();
+        sample.error = Some(format!(
+            "{status}: {}",
+            resp.text().await.unwrap_or_default()
+        ));
+        return sample;
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut last: Option<Instant> = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                sample.error = Some(e.to_string());
+                return sample;
+            }
+        };
+        buf.extend_from_slice(&chunk);
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let data = data.trim();
+            if data == "[DONE]" {
+                return sample;
+            }
+            let Ok(v) = serde_json::from_str::<Value>(data) else {
+                continue;
+            };
+            if v.get("error").is_some() {
+                sample.error = Some(data.to_string());
+                return sample;
+            }
+            let has_content = v["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty());
+            if has_content {
+                let now = Instant::now();
+                match last {
+                    None => sample.ttft = Some((now - start).as_secs_f64()),
+                    Some(t) => sample.gaps.push((now - t).as_secs_f64()),
+                }
+                last = Some(now);
+                sample.tokens += 1;
+            }
+        }
+    }
+    sample
+}
