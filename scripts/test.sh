@@ -9,3 +9,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 # Release: the tests run the real 135M-parameter model.
 cargo test --workspace --release
+# End to end: the real binary on loopback ports, through the official Python and Node SDKs,
+# curl and the Rust client (installs its virtualenv and npm packages on first use).
+./scripts/e2e.sh

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// The model as the API presents it.
 #[derive(Debug)]
@@ -138,7 +138,11 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     }
     app.layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<axum::body::Body>| {
+            TraceLayer::new_for_http()
+                // A 503 while loading or draining is the design, not an error worth a log line
+                // per probe; engine failures log themselves with the request id.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                .make_span_with(|req: &Request<axum::body::Body>| {
                 let id = req
                     .headers()
                     .get("x-request-id")

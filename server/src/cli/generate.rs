@@ -1,6 +1,7 @@
 //! `lowbit generate`: one completion from the command line, streamed to stdout.
 
 use super::ModelArgs;
+use crate::engine::detok::IncrementalDetok;
 use crate::engine::{generate, GenerateOptions, SamplingParams};
 use crate::model::{ChatMessage, ModelSource};
 use anyhow::{Context, Result};
@@ -76,8 +77,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             ..SamplingParams::default()
         },
     };
-    let mut printed = String::new();
-    let mut so_far = Vec::new();
+    // The prompt is context for the first tokens' text (a leading space, a split character).
+    let mut so_far = prompt_ids.clone();
+    let mut detok = IncrementalDetok::new(prompt_ids.len());
     let mut stdout = std::io::stdout().lock();
     let json = args.json;
     let result = generate(&model, &prompt_ids, tokenizer.eos(), &opts, |id| {
@@ -85,16 +87,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             return true;
         }
         so_far.push(id);
-        // Print only whole characters: a token may end inside a multi-byte UTF-8 sequence.
-        if let Ok(text) = tokenizer.decode(&so_far, true) {
-            if !text.ends_with('\u{fffd}')
-                && text.len() > printed.len()
-                && text.starts_with(printed.as_str())
-            {
-                let _ = write!(stdout, "{}", &text[printed.len()..]);
-                let _ = stdout.flush();
-                printed = text;
-            }
+        let piece = detok.step(&tokenizer, &so_far);
+        if !piece.is_empty() {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
         }
         true
     })?;
@@ -123,9 +119,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             serde_json::to_string(&obj).context("serialising the result")?
         );
     } else {
-        if text.len() > printed.len() && text.starts_with(printed.as_str()) {
-            write!(stdout, "{}", &text[printed.len()..])?;
-        }
+        write!(stdout, "{}", detok.finish(&tokenizer, &so_far))?;
         writeln!(stdout)?;
         eprintln!(
             "[{} prompt tokens in {:.2}s, {} generated at {:.1} tok/s, stop: {:?}]",

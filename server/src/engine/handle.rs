@@ -282,16 +282,19 @@ fn run<M: StepModel>(
             take(&mut sched, cmd);
         }
         let start = Instant::now();
-        let stats = sched.step();
-        let left = stats.started + stats.dropped_waiting;
-        let left_tokens = stats.started_tokens + stats.dropped_waiting_tokens;
-        shared.waiting_requests.fetch_sub(left, Ordering::SeqCst);
+        let planned = sched.schedule();
+        let s = &planned.stats;
         shared
-            .waiting_tokens
-            .fetch_sub(left_tokens, Ordering::SeqCst);
+            .waiting_requests
+            .fetch_sub(s.started + s.dropped_waiting, Ordering::SeqCst);
+        shared.waiting_tokens.fetch_sub(
+            s.started_tokens + s.dropped_waiting_tokens,
+            Ordering::SeqCst,
+        );
         metrics
             .num_requests_waiting
             .set(shared.waiting_requests.load(Ordering::SeqCst) as i64);
+        let stats = sched.execute(planned);
         if stats.tokens == 0 {
             // Nothing could run (only cancelled requests were reaped): do not spin.
             std::thread::sleep(Duration::from_millis(1));

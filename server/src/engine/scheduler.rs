@@ -119,6 +119,13 @@ pub struct StepStats {
     pub started_tokens: usize,
 }
 
+/// A chosen batch: `(index in running, rows)` per sequence, and what choosing it did.
+#[derive(Debug)]
+pub struct Planned {
+    plan: Vec<(usize, usize)>,
+    pub stats: StepStats,
+}
+
 fn choice_sampling(base: &SamplingParams, choice: usize) -> SamplingParams {
     SamplingParams {
         seed: base.seed.wrapping_add(choice as u64),
@@ -206,11 +213,26 @@ impl<M: StepModel> Scheduler<M> {
 
     /// Runs one step: drops cancelled requests, plans a batch, runs it, emits events.
     pub fn step(&mut self) -> StepStats {
+        let planned = self.schedule();
+        self.execute(planned)
+    }
+
+    /// The first half of a step: drops cancelled requests and chooses the batch. The engine
+    /// loop updates the waiting counters between the halves, so that admission on the HTTP
+    /// side sees a request leave the queue before its first token arrives.
+    pub fn schedule(&mut self) -> Planned {
         let mut stats = StepStats::default();
         self.reap(&mut stats);
         let plan = self.plan(&mut stats);
+        // Admissions and preemptions show before this step's tokens reach anyone.
+        self.update_gauges();
+        Planned { plan, stats }
+    }
+
+    /// The second half of a step: runs the planned batch and emits its events.
+    pub fn execute(&mut self, planned: Planned) -> StepStats {
+        let Planned { plan, mut stats } = planned;
         if plan.is_empty() {
-            self.update_gauges();
             return stats;
         }
         let copies = std::mem::take(&mut self.copies);
