@@ -198,9 +198,7 @@ pub async fn create(
                     tx.json(&chunk(one(index, text, None, Some(reason.as_str())), None))
                 }
                 Event::Done(u) => {
-                    usage.prompt_tokens += u.prompt_tokens;
-                    usage.completion_tokens += u.completion_tokens;
-                    usage.cached_tokens += u.cached_tokens;
+                    usage.add(u);
                     done += 1;
                     if done == requests {
                         if include_usage {

@@ -76,9 +76,7 @@ pub async fn collect(
                 c.finish = Some(reason);
             }
             Event::Done(u) => {
-                usage.prompt_tokens += u.prompt_tokens;
-                usage.completion_tokens += u.completion_tokens;
-                usage.cached_tokens += u.cached_tokens;
+                usage.add(u);
                 done += 1;
             }
             Event::Error(e) => return Err(failure(e)),

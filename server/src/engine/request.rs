@@ -56,6 +56,15 @@ pub struct Usage {
     pub cached_tokens: usize,
 }
 
+impl Usage {
+    /// Adds another request's counts (a completions call with several prompts).
+    pub fn add(&mut self, other: Usage) {
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_tokens += other.cached_tokens;
+    }
+}
+
 /// What the engine sends back for a request, in order: tokens and finishes of its choices
 /// interleaved, then `Done` (or one `Error`, after which nothing follows).
 #[derive(Debug, Clone)]

@@ -89,6 +89,27 @@ struct Sequence {
     forks: usize,
 }
 
+impl Sequence {
+    /// Choice `choice` of a request, with nothing computed yet and no blocks.
+    fn new(group: u64, choice: usize, req: &GenerationRequest, tokens: Vec<u32>) -> Self {
+        Self {
+            group,
+            choice,
+            tokens,
+            computed: 0,
+            blocks: Vec::new(),
+            sampler: Sampler::new(choice_sampling(&req.sampling, choice)),
+            history: TokenHistory::new(&req.prompt, req.sampling.repetition_penalty != 1.0),
+            detok: IncrementalDetok::new(req.prompt.len()),
+            stop: StopMatcher::new(&req.stop),
+            generated: 0,
+            stopped_by_string: false,
+            last_token_at: None,
+            forks: 0,
+        }
+    }
+}
+
 /// The scheduler's state: the model, the blocks, the queues.
 pub struct Scheduler<M: StepModel> {
     model: M,
@@ -176,23 +197,8 @@ impl<M: StepModel> Scheduler<M> {
     pub fn add(&mut self, req: GenerationRequest, events: UnboundedSender<Event>) {
         let id = self.next_group;
         self.next_group += 1;
-        let sampler = Sampler::new(choice_sampling(&req.sampling, 0));
-        let keep_prompt = req.sampling.repetition_penalty != 1.0;
-        let seq = Sequence {
-            group: id,
-            choice: 0,
-            tokens: req.prompt.clone(),
-            computed: 0,
-            blocks: Vec::new(),
-            sampler,
-            history: TokenHistory::new(&req.prompt, keep_prompt),
-            detok: IncrementalDetok::new(req.prompt.len()),
-            stop: StopMatcher::new(&req.stop),
-            generated: 0,
-            stopped_by_string: false,
-            last_token_at: None,
-            forks: req.n.saturating_sub(1),
-        };
+        let mut seq = Sequence::new(id, 0, &req, req.prompt.clone());
+        seq.forks = req.n.saturating_sub(1);
         self.groups.insert(
             id,
             Group {
@@ -354,23 +360,14 @@ impl<M: StepModel> Scheduler<M> {
     /// Removes every sequence of a request and frees its blocks.
     fn drop_group(&mut self, id: u64) {
         let blocks = &mut self.blocks;
-        let mut release = |s: &mut Sequence| blocks.release(&mut s.blocks);
-        self.running.retain_mut(|s| {
+        let mut keep = |s: &mut Sequence| {
             if s.group == id {
-                release(s);
-                false
-            } else {
-                true
+                blocks.release(&mut s.blocks);
             }
-        });
-        self.waiting.retain_mut(|s| {
-            if s.group == id {
-                release(s);
-                false
-            } else {
-                true
-            }
-        });
+            s.group != id
+        };
+        self.running.retain_mut(&mut keep);
+        self.waiting.retain_mut(&mut keep);
         self.groups.remove(&id);
         self.update_gauges();
     }
@@ -509,21 +506,9 @@ impl<M: StepModel> Scheduler<M> {
                     fork_computed = computed;
                 }
             }
-            let seq = Sequence {
-                group,
-                choice: c,
-                tokens,
-                computed: fork_computed,
-                blocks,
-                sampler: Sampler::new(choice_sampling(&g.req.sampling, c)),
-                history: TokenHistory::new(&g.req.prompt, g.req.sampling.repetition_penalty != 1.0),
-                detok: IncrementalDetok::new(g.req.prompt.len()),
-                stop: StopMatcher::new(&g.req.stop),
-                generated: 0,
-                stopped_by_string: false,
-                last_token_at: None,
-                forks: 0,
-            };
+            let mut seq = Sequence::new(group, c, &g.req, tokens);
+            seq.computed = fork_computed;
+            seq.blocks = blocks;
             if fork_computed == computed {
                 out.push((seq, logits_row.to_vec()));
             } else {
