@@ -148,6 +148,8 @@ pub struct Settings {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// OpenAI's `user`: logged with the request, to trace abuse to an end user.
+    pub user: Option<String>,
 }
 
 /// Checks the shared fields as OpenAI does and turns them into engine settings.
@@ -248,6 +250,7 @@ pub fn settings(f: &SamplingFields, vocab: usize) -> Result<Settings, ApiError> 
         stop,
         stop_token_ids,
         ignore_eos: f.ignore_eos.unwrap_or(false),
+        user: f.user.clone(),
     })
 }
 
@@ -282,6 +285,14 @@ pub fn request(
     logprobs: Option<usize>,
     timeout: Option<std::time::Duration>,
 ) -> GenerationRequest {
+    tracing::info!(
+        request_id = %id,
+        user = s.user.as_deref().unwrap_or(""),
+        prompt_tokens = prompt.len(),
+        max_tokens,
+        n = s.n,
+        "request parsed"
+    );
     GenerationRequest {
         id: id.to_string(),
         prompt,

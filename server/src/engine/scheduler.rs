@@ -607,6 +607,15 @@ impl<M: StepModel> Scheduler<M> {
             g.unfinished -= 1;
             if g.unfinished == 0 {
                 let (events, usage, arrived) = (g.events.clone(), g.usage, g.arrived);
+                tracing::info!(
+                    request_id = %g.req.id,
+                    prompt_tokens = usage.prompt_tokens,
+                    cached_tokens = usage.cached_tokens,
+                    completion_tokens = usage.completion_tokens,
+                    seconds = arrived.elapsed().as_secs_f64(),
+                    finish_reason = reason.as_str(),
+                    "request done"
+                );
                 // Blocks and gauges are up to date before the client hears it is done.
                 self.drop_group(s.group);
                 self.metrics
