@@ -29,6 +29,9 @@ const SPIN_WINDOW: Duration = Duration::from_millis(3);
 struct JobRef {
     run: *const (dyn Fn(usize) + Sync),
     tasks: usize,
+    /// The generation the job is published under: a helper that read the state of the
+    /// previous job must not claim tasks of this one.
+    generation: u64,
 }
 
 // SAFETY: the closure is `Sync`, and the pointer is only used while the caller waits for it.
@@ -114,9 +117,17 @@ impl Pool {
         let s = &*self.shared;
         // SAFETY: the lifetime is erased only for as long as this call waits (see JobRef).
         let run: *const (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(f) };
-        *lock(&s.job) = Some(JobRef { run, tasks });
-        s.done.store(0, Ordering::Relaxed);
+        // The job carries its generation and is published before the state names it: a
+        // helper still holding the previous generation then sees a mismatch and claims
+        // nothing (without it, it could claim a task of this job under the old counter and
+        // finish the count early, leaving outputs unwritten: found by fuzzing the server).
         let generation = (s.state.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xffff_ffff;
+        s.done.store(0, Ordering::Relaxed);
+        *lock(&s.job) = Some(JobRef {
+            run,
+            tasks,
+            generation,
+        });
         s.state.store(generation << 32, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = lock(&s.wake_lock);
@@ -181,6 +192,9 @@ fn work(s: &Shared, generation: u64) {
     let Some(job) = *lock(&s.job) else {
         return;
     };
+    if job.generation != generation {
+        return;
+    }
     IN_TASK.with(|t| t.set(true));
     loop {
         let state = s.state.load(Ordering::Acquire);
@@ -247,6 +261,22 @@ fn helper(s: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alternating_small_and_large_jobs_never_lose_a_task() {
+        // A helper that saw a 2-task job could once claim tasks of the next, larger job under
+        // the old generation and end it early (`map` then found a slot unset).
+        let pool = Pool::new(2);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut rounds = 0u64;
+        while Instant::now() < deadline {
+            assert_eq!(pool.map(2, |i| i), [0, 1]);
+            let big = pool.map(64, |i| i * 3);
+            assert!(big.iter().enumerate().all(|(i, &v)| v == i * 3));
+            rounds += 1;
+        }
+        assert!(rounds > 100);
+    }
 
     #[test]
     fn every_task_runs_once_and_results_keep_their_order() {
