@@ -205,6 +205,24 @@ fn block_scores<A: Accumulate, const BT: usize>(q: &[f32], kt: &[f32], out: &mut
     *out = acc;
 }
 
+/// [`block_scores`] for four queries at once: four independent chains of multiply-adds
+/// instead of one, each query's accumulation in exactly the same order as alone.
+#[inline(always)]
+fn block_scores4<A: Accumulate, const BT: usize>(q: [&[f32]; 4], kt: &[f32], out: [&mut [f32]; 4]) {
+    let mut acc = [[0.0f32; BT]; 4];
+    for (d, kd) in kt.chunks_exact(BT).enumerate().take(q[0].len()) {
+        for j in 0..4 {
+            let qd = q[j][d];
+            for s in 0..BT {
+                acc[j][s] = A::mul_add(qd, kd[s], acc[j][s]);
+            }
+        }
+    }
+    for (o, a) in out.into_iter().zip(&acc) {
+        o[..BT].copy_from_slice(a);
+    }
+}
+
 /// `o += p · v`.
 #[inline(always)]
 fn axpy<A: Accumulate>(o: &mut [f32], p: f32, v: &[f32]) {
@@ -235,13 +253,23 @@ fn task_bt<A: Accumulate, const BT: usize>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     for b in 0..blocks {
         let at = head_offset(c.spec, c.layer, s.blocks[b], kv_head);
         let kt = &c.kv.k[at..at + hd * BT];
-        for (r, qr) in queries.iter().enumerate() {
-            if b * BT < seen(r) {
-                let out: &mut [f32; BT] = (&mut scores[r * stride + b * BT..][..BT])
-                    .try_into()
-                    .expect("BT-wide chunk");
-                block_scores::<A, BT>(qr, kt, out);
-            }
+        // Rows that see no position of this block compute scores nobody reads.
+        let first = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);
+        let mut rows = scores.chunks_exact_mut(stride).enumerate().skip(first);
+        let mut r = first;
+        while r + 4 <= m {
+            let out: [&mut [f32]; 4] = std::array::from_fn(|_| {
+                let (_, row) = rows.next().expect("four rows left");
+                &mut row[b * BT..(b + 1) * BT]
+            });
+            block_scores4::<A, BT>(std::array::from_fn(|j| queries[r + j]), kt, out);
+            r += 4;
+        }
+        for (r, row) in rows {
+            let out: &mut [f32; BT] = (&mut row[b * BT..(b + 1) * BT])
+                .try_into()
+                .expect("BT-wide chunk");
+            block_scores::<A, BT>(queries[r], kt, out);
         }
     }
     let mut inv_sums = vec![0.0f32; m];
