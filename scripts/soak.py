@@ -60,14 +60,17 @@ def main() -> int:
     ap.add_argument("--disconnect", type=float, default=0.3)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--kv-cache-memory", default="128MiB", help="small, so warm-up touches the whole pool")
     args = ap.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # The log goes to a file: an unread pipe fills up and blocks the server's logging.
+    log = open(os.path.join(ROOT, "target", "soak-server.log"), "wb")
     server = subprocess.Popen(
-        [BIN, "serve", "--model", MODEL, "--port", str(port)],
+        [BIN, "serve", "--model", MODEL, "--port", str(port), "--kv-cache-memory", args.kv_cache_memory],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     for _ in range(300):
         try:

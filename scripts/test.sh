@@ -12,3 +12,6 @@ cargo test --workspace --release
 # End to end: the real binary on loopback ports, through the official Python and Node SDKs,
 # curl and the Rust client (installs its virtualenv and npm packages on first use).
 ./scripts/e2e.sh
+# Fuzzing: schemathesis against /openapi.json (a few thousand cases, fixed seed) and raw junk on
+# the socket; no 5xx, no hang, every KV block back (tests/fuzz/README.md).
+./scripts/fuzz.sh

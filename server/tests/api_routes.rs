@@ -335,6 +335,23 @@ async fn routes_methods_and_body_limit() {
     send(&app, "GET", "/v1/models/nope", None, None)
         .await
         .assert_error(404, BAD, Some("model"), Some("model_not_found"));
+    // A declared length over the limit is refused before the body is read.
+    let req = Request::post("/v1/chat/completions")
+        .header("content-length", "1000000000000")
+        .body(Body::from("{\"model\""))
+        .unwrap();
+    assert_eq!(
+        app.router.clone().oneshot(req).await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    for media in ["application/xml", "multipart/form-data"] {
+        let req = Request::post("/tokenize")
+            .header("content-type", media)
+            .body(Body::from(r#"{"prompt": "hi"}"#))
+            .unwrap();
+        let resp = app.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{media}");
+    }
 
     let models = send(&app, "GET", "/v1/models", None, None).await.json();
     assert_eq!(models["object"], "list");

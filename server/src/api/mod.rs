@@ -8,6 +8,7 @@ pub mod completions;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod limits;
 pub mod models;
 pub mod openai;
 pub mod openapi;
@@ -28,7 +29,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+/// Longest wait for the rest of a request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The model as the API presents it.
 #[derive(Debug)]
@@ -112,6 +117,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            limits::check_body,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::require_key,
         ));
     let mut app = Router::new()
@@ -123,6 +132,8 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        // A client that stops sending its body does not hold a connection forever.
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .with_state(state);
     if !cors_origins.is_empty() {
         let origins: Vec<_> = cors_origins.iter().filter_map(|o| o.parse().ok()).collect();

@@ -102,9 +102,18 @@ const WORDS: &[&str] = &[
     " friend", " letter", " garden", " cloud", " horse", " winter",
 ];
 
+/// `n` words drawn from a per-`seed` stream (splitmix64), so that prompts of different seeds
+/// differ from their first words on and no server can reuse one's cache for another.
 fn words(seed: usize, n: usize) -> String {
+    let mut x = seed as u64;
     (0..n)
-        .map(|i| WORDS[(seed.wrapping_mul(7919) + i * 31 + i * i) % WORDS.len()])
+        .map(|_| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            WORDS[((z ^ (z >> 31)) % WORDS.len() as u64) as usize]
+        })
         .collect()
 }
 
@@ -119,7 +128,9 @@ pub fn run(args: BenchServeArgs) -> Result<()> {
 async fn run_async(args: BenchServeArgs) -> Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs_f64(args.timeout))
-        .pool_max_idle_per_host(256)
+        // A fresh connection per request (cheap on loopback): a server that closes idle
+        // keep-alive connections (llama-server does) must not turn into client errors.
+        .pool_max_idle_per_host(0)
         .build()?;
     let base = args.url.trim_end_matches('/').to_string();
     let auth = args.api_key.as_ref().map(|k| format!("Bearer {k}"));
