@@ -390,6 +390,13 @@ async fn routes_methods_and_body_limit() {
 
     let spec = send(&app, "GET", "/openapi.json", None, None).await.json();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let mut ids = std::collections::HashSet::new();
+    for (_, item) in spec["paths"].as_object().unwrap() {
+        for (_, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap().to_string();
+            assert!(ids.insert(id.clone()), "duplicate operationId {id}");
+        }
+    }
     for p in [
         "/v1/chat/completions",
         "/v1/completions",

@@ -107,7 +107,7 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// Creates a chat completion.
-#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+#[utoipa::path(post, path = "/v1/chat/completions", operation_id = "createChatCompletion", tag = "openai", request_body = ChatCompletionRequest,
     responses((status = 200, body = ChatCompletion), (status = 400, body = super::error::ErrorBody),
               (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn create(

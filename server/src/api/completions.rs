@@ -47,7 +47,7 @@ fn legacy_logprobs(
 }
 
 /// Creates a completion.
-#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+#[utoipa::path(post, path = "/v1/completions", operation_id = "createCompletion", tag = "openai", request_body = CompletionRequest,
     responses((status = 200, body = Completion), (status = 400, body = super::error::ErrorBody),
               (status = 429, body = super::error::ErrorBody), (status = 503, body = super::error::ErrorBody)))]
 pub async fn create(

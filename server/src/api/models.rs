@@ -17,7 +17,7 @@ fn card(state: &AppState, id: &str) -> ModelCard {
 }
 
 /// The served model.
-#[utoipa::path(get, path = "/v1/models", responses((status = 200, body = ModelList)))]
+#[utoipa::path(get, path = "/v1/models", operation_id = "listModels", tag = "openai", responses((status = 200, body = ModelList)))]
 pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList {
         object: "list",
@@ -26,7 +26,7 @@ pub async fn list(State(state): State<AppState>) -> Json<ModelList> {
 }
 
 /// One model by id.
-#[utoipa::path(get, path = "/v1/models/{id}", params(("id" = String, Path, description = "model id")), responses((status = 200, body = ModelCard), (status = 404, body = super::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/models/{id}", operation_id = "retrieveModel", tag = "openai", params(("id" = String, Path, description = "model id")), responses((status = 200, body = ModelCard), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -43,7 +43,7 @@ use utoipa::OpenApi;
 pub struct ApiDoc;
 
 /// The OpenAPI document.
-#[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 document")))]
 pub async fn spec() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

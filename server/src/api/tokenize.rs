@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::Json;
 
 /// Token ids of a prompt, or of chat messages through the template.
-#[utoipa::path(post, path = "/tokenize", request_body = TokenizeRequest, responses((status = 200, body = TokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/tokenize", operation_id = "tokenize", tag = "lowbit", request_body = TokenizeRequest, responses((status = 200, body = TokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
 pub async fn tokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -67,7 +67,7 @@ pub async fn tokenize(
 }
 
 /// Text of token ids.
-#[utoipa::path(post, path = "/detokenize", request_body = DetokenizeRequest, responses((status = 200, body = DetokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
+#[utoipa::path(post, path = "/detokenize", operation_id = "detokenize", tag = "lowbit", request_body = DetokenizeRequest, responses((status = 200, body = DetokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
 pub async fn detokenize(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
