@@ -1,0 +1,305 @@
+//! Scheduler tests on a fake model that reads its tokens back through the block tables.
+
+use super::*;
+use crate::engine::detok::tests::Bytes;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// A model whose next token is a function of the tokens it reads back from its own fake
+/// KV pool through the block tables: wrong tables, a missing copy or a block reused too
+/// early all change the output.
+struct Fake {
+    kv: HashMap<(u32, usize), u32>,
+    bt: usize,
+    rows_per_step: Vec<usize>,
+}
+
+const VOCAB: usize = 128;
+
+/// The next token after `tokens`: a letter, `a..=z`.
+fn next(tokens: &[u32]) -> u32 {
+    let h: u64 = tokens
+        .iter()
+        .enumerate()
+        .map(|(j, &t)| u64::from(t) * (j as u64 + 1))
+        .sum();
+    97 + (h % 26) as u32
+}
+
+fn reference(prompt: &[u32], max_tokens: usize) -> String {
+    let mut t = prompt.to_vec();
+    let mut out = String::new();
+    for _ in 0..max_tokens {
+        let n = next(&t);
+        t.push(n);
+        out.push(n as u8 as char);
+    }
+    out
+}
+
+impl StepModel for Fake {
+    fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits> {
+        self.rows_per_step
+            .push(seqs.iter().map(|s| s.tokens.len()).sum());
+        for s in seqs {
+            for (t, &tok) in s.tokens.iter().enumerate() {
+                let pos = s.pos_start + t;
+                self.kv
+                    .insert((s.blocks[pos / self.bt], pos % self.bt), tok);
+            }
+        }
+        let mut data = Vec::new();
+        for s in seqs {
+            for r in s.logits.clone() {
+                let pos = s.pos_start + r;
+                let seen: Vec<u32> = (0..=pos)
+                    .map(|p| self.kv[&(s.blocks[p / self.bt], p % self.bt)])
+                    .collect();
+                let mut row = vec![0.0f32; VOCAB];
+                row[next(&seen) as usize] = 1.0;
+                data.extend(row);
+            }
+        }
+        Ok(Logits { vocab: VOCAB, data })
+    }
+
+    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
+        for &(src, dst) in pairs {
+            for slot in 0..self.bt {
+                if let Some(&t) = self.kv.get(&(src, slot)) {
+                    self.kv.insert((dst, slot), t);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler<Fake> {
+    let fake = Fake {
+        kv: HashMap::new(),
+        bt,
+        rows_per_step: Vec::new(),
+    };
+    let cfg = SchedulerConfig {
+        max_batch_tokens: budget,
+        max_concurrent_sequences: 64,
+        max_model_len: blocks * bt,
+        eos: vec![0],
+    };
+    Scheduler::new(
+        fake,
+        cfg,
+        BlockManager::new(blocks, bt, prefix),
+        std::sync::Arc::new(Bytes),
+        Metrics::new(),
+    )
+}
+
+fn request(prompt: &[u32], max_tokens: usize, n: usize) -> GenerationRequest {
+    GenerationRequest {
+        id: "test".into(),
+        prompt: prompt.to_vec(),
+        n,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        stop: Vec::new(),
+        stop_token_ids: Vec::new(),
+        ignore_eos: false,
+        logprobs: None,
+        deadline: None,
+    }
+}
+
+/// What a request received: each choice's text and finish reason, and the usage.
+#[derive(Debug, Default)]
+struct Outcome {
+    texts: Vec<String>,
+    reasons: Vec<Option<FinishReason>>,
+    usage: Option<Usage>,
+    error: Option<EngineFailure>,
+}
+
+fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
+    let mut o = Outcome {
+        texts: vec![String::new(); n],
+        reasons: vec![None; n],
+        ..Outcome::default()
+    };
+    while let Ok(e) = rx.try_recv() {
+        match e {
+            Event::Token { choice, text, .. } => o.texts[choice].push_str(&text),
+            Event::Finished {
+                choice,
+                reason,
+                text,
+            } => {
+                o.texts[choice].push_str(&text);
+                o.reasons[choice] = Some(reason);
+            }
+            Event::Done(u) => o.usage = Some(u),
+            Event::Error(e) => o.error = Some(e),
+        }
+    }
+    o
+}
+
+fn run_all(s: &mut Scheduler<Fake>) {
+    for _ in 0..10_000 {
+        if !s.has_work() {
+            return;
+        }
+        s.step();
+    }
+    panic!("the scheduler did not finish");
+}
+
+fn prompt(seed: u32, len: usize) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| 1 + (seed * 31 + i * 7) % 90)
+        .collect()
+}
+
+#[test]
+fn chunked_prefill_and_batched_decode_give_the_reference_tokens() {
+    let mut s = scheduler(64, 4, 7, true);
+    let mut rxs = Vec::new();
+    for r in 0..6 {
+        let (tx, rx) = unbounded_channel();
+        s.add(request(&prompt(r, 3 + 5 * r as usize), 9, 1), tx);
+        rxs.push((r, rx));
+    }
+    run_all(&mut s);
+    for (r, mut rx) in rxs {
+        let o = collect(&mut rx, 1);
+        assert_eq!(o.texts[0], reference(&prompt(r, 3 + 5 * r as usize), 9));
+        assert_eq!(o.reasons[0], Some(FinishReason::Length));
+        assert_eq!(o.usage.unwrap().completion_tokens, 9);
+    }
+    // The budget held every step, and prompts were split into chunks.
+    assert!(s.model.rows_per_step.iter().all(|&r| r <= 7));
+    assert!(s.blocks.all_released());
+}
+
+#[test]
+fn preemption_frees_blocks_and_resumes_with_identical_output() {
+    // 10 blocks of 4: not enough for four requests of up to 26 positions at once.
+    let mut s = scheduler(10, 4, 64, false);
+    let mut rxs = Vec::new();
+    for r in 0..4 {
+        let (tx, rx) = unbounded_channel();
+        s.add(request(&prompt(r, 10), 16, 1), tx);
+        rxs.push((r, rx));
+    }
+    run_all(&mut s);
+    assert!(s.metrics.num_preemptions_total.get() > 0);
+    for (r, mut rx) in rxs {
+        assert_eq!(collect(&mut rx, 1).texts[0], reference(&prompt(r, 10), 16));
+    }
+    assert!(s.blocks.all_released());
+}
+
+#[test]
+fn prefix_hits_reuse_blocks_and_change_nothing() {
+    let shared = prompt(9, 22);
+    let mut outputs = Vec::new();
+    for prefix in [true, false] {
+        let mut s = scheduler(64, 4, 64, prefix);
+        let (tx, mut rx) = unbounded_channel();
+        s.add(request(&shared, 5, 1), tx);
+        run_all(&mut s);
+        let first = collect(&mut rx, 1);
+        let mut longer = shared.clone();
+        longer.extend([5, 6, 7]);
+        let (tx, mut rx) = unbounded_channel();
+        s.add(request(&longer, 5, 1), tx);
+        run_all(&mut s);
+        let second = collect(&mut rx, 1);
+        let cached = second.usage.unwrap().cached_tokens;
+        if prefix {
+            assert_eq!(cached, 20);
+            assert_eq!(s.metrics.prefix_cache_hits_total.get(), 20);
+        } else {
+            assert_eq!(cached, 0);
+        }
+        assert_eq!(first.texts[0], reference(&shared, 5));
+        assert_eq!(second.texts[0], reference(&longer, 5));
+        outputs.push((first.texts, second.texts));
+        assert!(s.blocks.all_released());
+    }
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+#[test]
+fn choices_share_the_prompt_blocks_and_copy_the_partial_one() {
+    let mut s = scheduler(64, 4, 64, true);
+    let p = prompt(3, 10); // two full blocks and a partial one
+    let (tx, mut rx) = unbounded_channel();
+    s.add(request(&p, 6, 3), tx);
+    s.step(); // the prompt, then the forks
+    assert_eq!(s.running.len(), 3);
+    let full0 = s.running[0].blocks[0];
+    assert_eq!(s.blocks.refs(full0), 3);
+    assert_eq!(s.copies.len(), 2);
+    run_all(&mut s);
+    let o = collect(&mut rx, 3);
+    for t in &o.texts {
+        assert_eq!(t, &reference(&p, 6));
+    }
+    assert_eq!(o.usage.unwrap().completion_tokens, 18);
+    assert!(s.blocks.all_released());
+}
+
+#[test]
+fn a_dropped_receiver_cancels_and_frees_blocks_in_one_step() {
+    let mut s = scheduler(64, 4, 64, true);
+    let (tx, rx) = unbounded_channel();
+    s.add(request(&prompt(1, 12), 50, 1), tx);
+    let (tx2, mut rx2) = unbounded_channel();
+    s.add(request(&prompt(2, 5), 3, 1), tx2);
+    s.step();
+    s.step();
+    assert!(s.blocks.in_use() > 0);
+    drop(rx);
+    s.step();
+    run_all(&mut s);
+    assert_eq!(collect(&mut rx2, 1).texts[0], reference(&prompt(2, 5), 3));
+    assert_eq!(s.requests(), 0);
+    assert!(s.blocks.all_released());
+    assert_eq!(
+        s.metrics
+            .request_success_total
+            .with_label_values(&["abort"])
+            .get(),
+        1
+    );
+}
+
+#[test]
+fn stop_strings_end_a_choice_and_are_not_emitted() {
+    let p = prompt(4, 6);
+    let full = reference(&p, 30);
+    let stop = full[5..8].to_string();
+    let at = full.find(&stop).unwrap();
+    let mut s = scheduler(64, 4, 64, true);
+    let (tx, mut rx) = unbounded_channel();
+    let mut req = request(&p, 30, 1);
+    req.stop = vec![stop];
+    s.add(req, tx);
+    run_all(&mut s);
+    let o = collect(&mut rx, 1);
+    assert_eq!(o.texts[0], full[..at]);
+    assert_eq!(o.reasons[0], Some(FinishReason::Stop));
+    assert!(s.blocks.all_released());
+}
+
+#[test]
+fn expired_deadlines_fail_the_request_and_free_its_blocks() {
+    let mut s = scheduler(64, 4, 64, true);
+    let (tx, mut rx) = unbounded_channel();
+    let mut req = request(&prompt(5, 8), 100, 1);
+    req.deadline = Some(Instant::now());
+    s.add(req, tx);
+    run_all(&mut s);
+    assert_eq!(collect(&mut rx, 1).error, Some(EngineFailure::Timeout));
+    assert!(s.blocks.all_released());
+}
