@@ -4,7 +4,8 @@ use super::error::ApiError;
 use super::generation::{self, Choice};
 use super::openai::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
-    ChunkChoice, Delta, MessageContent, ResponseMessage, TokenLogprob, TopLogprob, UsageBody,
+    ChunkChoice, Delta, MessageContent, RequestMessage, ResponseMessage, TokenLogprob, TopLogprob,
+    UsageBody,
 };
 use super::params::{self, CHAT_FIELDS, MAX_TOP_LOGPROBS};
 use super::{body_bytes, request_id, unix_now, AppState};
@@ -53,15 +54,15 @@ fn chat_logprobs(tokenizer: &Tokenizer, lps: &[TokenLogprobs]) -> ChatLogprobs {
 }
 
 /// The messages as the template sees them.
-fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
-    if req.messages.is_empty() {
+fn messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
             "'messages' must not be empty",
         ));
     }
-    let mut out = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
         let role = match m.role.as_str() {
             "system" | "user" | "assistant" => m.role.as_str(),
             // OpenAI's newer name for the system role.
@@ -106,6 +107,25 @@ fn messages(req: &ChatCompletionRequest) -> Result<Vec<ChatMessage>, ApiError> {
     Ok(out)
 }
 
+/// The token ids of a conversation: messages checked, the model's chat template rendered with
+/// the assistant's turn opened, the text tokenized (the template writes its own special tokens).
+pub fn chat_prompt(state: &AppState, msgs: &[RequestMessage]) -> Result<Vec<u32>, ApiError> {
+    let msgs = messages(msgs)?;
+    let Some(template) = &state.model.template else {
+        return Err(ApiError::bad_request(
+            "this model has no chat template: use /v1/completions",
+        ));
+    };
+    let text = template
+        .render(&msgs, true)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    state
+        .model
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))
+}
+
 /// Creates a chat completion.
 #[utoipa::path(post, path = "/v1/chat/completions", operation_id = "createChatCompletion", tag = "openai", request_body = ChatCompletionRequest,
     responses((status = 200, body = ChatCompletion), (status = 400, body = super::error::ErrorBody),
@@ -141,18 +161,7 @@ pub async fn create(
         (true, k) => Some(k.unwrap_or(0) as usize),
         (false, None) => None,
     };
-    let msgs = messages(&req)?;
-    let Some(template) = &state.model.template else {
-        return Err(ApiError::bad_request(
-            "this model has no chat template: use /v1/completions",
-        ));
-    };
-    let text = template
-        .render(&msgs, true)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let prompt = tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    let prompt = chat_prompt(&state, &req.messages)?;
     let limit = state.engine.max_model_len();
     let default_max = limit.saturating_sub(prompt.len()).max(1);
     let max_tokens = match req.max_completion_tokens {

@@ -35,7 +35,7 @@ const NESTED_UNSUPPORTED: &[&str] = &[
 ];
 
 /// Fields both endpoints accept (see [`SamplingFields`]).
-const SAMPLING_FIELDS: &[&str] = &[
+const SHARED_FIELDS: &[&str] = &[
     "temperature",
     "top_p",
     "n",
@@ -94,7 +94,7 @@ pub fn parse_body<T: DeserializeOwned>(
         if UNSUPPORTED.contains(&key.as_str()) {
             return Err(ApiError::unsupported(key));
         }
-        let shared = sampling && SAMPLING_FIELDS.contains(&key.as_str());
+        let shared = sampling && SHARED_FIELDS.contains(&key.as_str());
         if !own_fields.contains(&key.as_str()) && !shared {
             return Err(ApiError {
                 code: Some("unknown_parameter"),

@@ -29,30 +29,7 @@ pub async fn tokenize(
         (Some(p), None) => tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-        (None, Some(messages)) => {
-            let Some(template) = &state.model.template else {
-                return Err(ApiError::bad_request("this model has no chat template"));
-            };
-            let msgs: Vec<crate::model::ChatMessage> = messages
-                .iter()
-                .map(|m| {
-                    let content = match &m.content {
-                        Some(super::openai::MessageContent::Text(t)) => t.clone(),
-                        Some(super::openai::MessageContent::Parts(p)) => {
-                            p.iter().filter_map(|p| p.text.clone()).collect()
-                        }
-                        None => String::new(),
-                    };
-                    crate::model::ChatMessage::new(&m.role, &content)
-                })
-                .collect();
-            let text = template
-                .render(&msgs, true)
-                .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-            tokenizer
-                .encode(&text, false)
-                .map_err(|e| ApiError::invalid("messages", e.to_string()))?
-        }
+        (None, Some(messages)) => super::chat::chat_prompt(&state, messages)?,
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of 'prompt' and 'messages'",

@@ -45,16 +45,6 @@ pub enum SubmitError {
     Stopped,
 }
 
-impl SubmitError {
-    /// Seconds a client should wait before retrying (for `Retry-After`).
-    pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            Self::QueueFull(_, s) => Some(*s),
-            _ => None,
-        }
-    }
-}
-
 /// Counters shared between the engine thread and the handles.
 #[derive(Debug, Default)]
 struct Shared {
