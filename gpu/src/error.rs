@@ -28,6 +28,10 @@ pub enum Error {
     /// A request the backend cannot run (an unsupported size or setting).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// The GPU or its driver failed: no adapter, a lost device, an allocation or a kernel
+    /// that failed.
+    #[error("GPU: {0}")]
+    Device(String),
     /// A tensor that lives on a different backend than the one asked to use it.
     #[error("tensor storage belongs to another backend ({0})")]
     ForeignStorage(&'static str),

@@ -75,6 +75,8 @@ impl KvPoolSpec {
 pub enum KvStorage {
     /// Host memory (the CPU backend).
     Host(HostKv),
+    /// GPU buffers (the wgpu backend).
+    Device(crate::wgpu::attention::DeviceKv),
 }
 
 /// A KV pool as a backend holds it.

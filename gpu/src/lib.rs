@@ -11,6 +11,7 @@ pub mod error;
 pub mod kv;
 pub mod quant;
 pub mod tensor;
+pub mod wgpu;
 
 pub use backend::{AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
 pub use error::{Error, Result};

@@ -4,14 +4,18 @@
 //! around, so the same model code drives the CPU backend now and the wgpu backend later.
 
 use crate::cpu::packed::PackedWeight;
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::quant::{QTensor, QuantFormat};
+use crate::wgpu::buffers::DeviceTensor;
+use crate::wgpu::weights::DeviceWeight;
 
 /// Where a tensor's values live.
 #[derive(Debug, Clone)]
 pub enum Storage {
     /// Host memory, f32, row-major.
     Host(Vec<f32>),
+    /// A GPU buffer of the wgpu backend, f32, row-major.
+    Device(DeviceTensor),
 }
 
 /// An activation matrix of `rows × cols` f32 values (one row per token).
@@ -38,6 +42,15 @@ impl Tensor {
         })
     }
 
+    /// Wraps a GPU buffer holding at least `rows * cols` values.
+    pub fn from_device(rows: usize, cols: usize, buffer: DeviceTensor) -> Self {
+        Self {
+            rows,
+            cols,
+            storage: Storage::Device(buffer),
+        }
+    }
+
     /// Number of rows (tokens).
     pub fn rows(&self) -> usize {
         self.rows
@@ -57,6 +70,7 @@ impl Tensor {
     pub fn host(&self) -> Result<&[f32]> {
         match &self.storage {
             Storage::Host(v) => Ok(v),
+            Storage::Device(_) => Err(Error::ForeignStorage("wgpu")),
         }
     }
 
@@ -64,6 +78,7 @@ impl Tensor {
     pub fn into_host(self) -> Result<Vec<f32>> {
         match self.storage {
             Storage::Host(v) => Ok(v),
+            Storage::Device(_) => Err(Error::ForeignStorage("wgpu")),
         }
     }
 }
@@ -75,6 +90,8 @@ pub enum WeightStorage {
     Host(QTensor),
     /// Host memory, an integer format in the CPU's interleaved layout.
     HostPacked(PackedWeight),
+    /// GPU buffers of the wgpu backend, in the weight's own format.
+    Device(DeviceWeight),
 }
 
 /// A weight matrix of `rows × cols` (`N × K`): a linear layer computes `y = x · Wᵀ`.
@@ -115,6 +132,7 @@ impl Weight {
         match &self.storage {
             WeightStorage::Host(q) => q.dequantize_row(r, out),
             WeightStorage::HostPacked(p) => p.dequantize_row(r, out),
+            WeightStorage::Device(_) => return Err(Error::ForeignStorage("wgpu")),
         }
         Ok(())
     }
@@ -124,6 +142,7 @@ impl Weight {
         match &self.storage {
             WeightStorage::Host(q) => q.format,
             WeightStorage::HostPacked(p) => p.format,
+            WeightStorage::Device(d) => d.format,
         }
     }
 
@@ -132,6 +151,7 @@ impl Weight {
         match &self.storage {
             WeightStorage::Host(q) => q.resident_bytes(),
             WeightStorage::HostPacked(p) => p.resident_bytes(),
+            WeightStorage::Device(d) => d.bytes,
         }
     }
 }

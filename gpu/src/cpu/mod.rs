@@ -11,7 +11,7 @@ pub mod qdot;
 pub mod qmatmul;
 
 use crate::backend::{AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::kv::{HostKv, KvPool, KvPoolSpec, KvStorage};
 use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight, WeightStorage};
@@ -152,7 +152,7 @@ impl Backend for CpuBackend {
                 format!("x has {} columns, W has {}", x.cols(), w.cols()),
             ));
         }
-        let out = qmatmul::host_matmul(x.host()?, w.storage());
+        let out = qmatmul::host_matmul(x.host()?, w.storage())?;
         Tensor::from_host(x.rows(), w.rows(), out)
     }
 
@@ -167,7 +167,7 @@ impl Backend for CpuBackend {
             }
             qs.push(w.storage());
         }
-        qmatmul::host_matmul_many(x.host()?, &qs)
+        qmatmul::host_matmul_many(x.host()?, &qs)?
             .into_iter()
             .zip(ws)
             .map(|(out, w)| Tensor::from_host(x.rows(), w.rows(), out))
@@ -254,7 +254,9 @@ impl Backend for CpuBackend {
 
     fn copy_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()> {
         let spec = *pool.spec();
-        let KvStorage::Host(kv) = pool.storage_mut();
+        let KvStorage::Host(kv) = pool.storage_mut() else {
+            return Err(Error::ForeignStorage("wgpu"));
+        };
         attention::copy_blocks(kv, &spec, pairs)
     }
 
@@ -288,7 +290,9 @@ impl Backend for CpuBackend {
             ));
         }
         let spec = *pool.spec();
-        let KvStorage::Host(kv) = pool.storage_mut();
+        let KvStorage::Host(kv) = pool.storage_mut() else {
+            return Err(Error::ForeignStorage("wgpu"));
+        };
         let out = attention::attention(
             layer,
             q.host()?,

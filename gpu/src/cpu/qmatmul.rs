@@ -16,6 +16,7 @@ use super::matmul;
 use super::packed::{PackedWeight, ROW_GROUP};
 use super::pool::Pool;
 use super::qdot::{best_gemm, ActRow, GemmFn, QuantizedActs};
+use crate::error::{Error, Result};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
 use crate::tensor::WeightStorage;
@@ -28,22 +29,23 @@ const GROUPS_PER_TASK: usize = 8;
 const TASKS_PER_THREAD: usize = 8;
 
 /// `x · Wᵀ` for a weight as the CPU backend stores it; `x` is `m × w.cols`.
-pub fn host_matmul(x: &[f32], w: &WeightStorage) -> Vec<f32> {
+pub fn host_matmul(x: &[f32], w: &WeightStorage) -> Result<Vec<f32>> {
     match w {
-        WeightStorage::Host(q) => float_matmul(x, q),
-        WeightStorage::HostPacked(p) => packed_matmul(x, p),
+        WeightStorage::Host(q) => Ok(float_matmul(x, q)),
+        WeightStorage::HostPacked(p) => Ok(packed_matmul(x, p)),
+        WeightStorage::Device(_) => Err(Error::ForeignStorage("wgpu")),
     }
 }
 
 /// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every integer
 /// weight.
-pub fn host_matmul_many(x: &[f32], ws: &[&WeightStorage]) -> Vec<Vec<f32>> {
+pub fn host_matmul_many(x: &[f32], ws: &[&WeightStorage]) -> Result<Vec<Vec<f32>>> {
     let mut acts: Option<QuantizedActs> = None;
     ws.iter()
         .map(|w| match w {
             WeightStorage::HostPacked(p) => {
                 let a = acts.get_or_insert_with(|| QuantizedActs::quantize(x, p.cols));
-                integer_matmul(a, p, best_gemm().1)
+                Ok(integer_matmul(a, p, best_gemm().1))
             }
             _ => host_matmul(x, w),
         })
@@ -234,9 +236,9 @@ mod tests {
         let refs: Vec<&WeightStorage> = ws.iter().collect();
         for m in [1, 3, 17] {
             let x = random(&mut rng, m * k);
-            let many = host_matmul_many(&x, &refs);
+            let many = host_matmul_many(&x, &refs).unwrap();
             for (w, got) in ws.iter().zip(&many) {
-                assert_eq!(got, &host_matmul(&x, w), "m={m}");
+                assert_eq!(got, &host_matmul(&x, w).unwrap(), "m={m}");
             }
         }
     }

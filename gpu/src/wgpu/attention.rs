@@ -1,0 +1,259 @@
+//! The paged KV pool on the GPU and attention over it.
+//!
+//! The pool is one key and one value buffer per layer (so that no binding outgrows the
+//! adapter's limit), laid out `| block | kv head | slot | head dim |` (attention.wgsl).
+
+use super::encoder::grid;
+use super::kernels::{AttentionParams, Kernel, ELEMENT_GROUP};
+use super::{device_of, DeviceTensor, WgpuBackend};
+use crate::backend::{AttentionShape, SeqSpan};
+use crate::error::{shape_err, Error, Result};
+use crate::kv::{check_table, KvPool, KvPoolSpec, KvStorage};
+use crate::tensor::Tensor;
+use std::sync::atomic::Ordering;
+
+/// A row no sequence claims (attention.wgsl's `NO_ROW`).
+const NO_ROW: u32 = u32::MAX;
+
+/// Keys and values of every layer.
+#[derive(Debug)]
+pub struct DeviceKv {
+    k: Vec<::wgpu::Buffer>,
+    v: Vec<::wgpu::Buffer>,
+}
+
+/// A step's row → (position, block table) map, uploaded once for all layers.
+#[derive(Debug, Clone)]
+pub struct RowInfo {
+    rows: DeviceTensor,
+    tables: DeviceTensor,
+}
+
+fn layer_bytes(spec: &KvPoolSpec) -> u64 {
+    (spec.blocks * spec.block_tokens * spec.kv_dim * 4) as u64
+}
+
+fn block_bytes(spec: &KvPoolSpec) -> u64 {
+    (spec.block_tokens * spec.kv_dim * 4) as u64
+}
+
+fn device_kv(pool: &mut KvPool) -> Result<(KvPoolSpec, &mut DeviceKv)> {
+    let spec = *pool.spec();
+    match pool.storage_mut() {
+        KvStorage::Device(kv) => Ok((spec, kv)),
+        KvStorage::Host(_) => Err(Error::ForeignStorage("cpu")),
+    }
+}
+
+impl WgpuBackend {
+    pub(super) fn kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
+        spec.validate()?;
+        let bytes = layer_bytes(&spec);
+        let max = self.gpu.limits.max_storage_buffer_binding_size;
+        if bytes > max {
+            return Err(Error::Unsupported(format!(
+                "a KV pool of {} blocks needs {bytes} bytes per layer for keys (and as many \
+                 for values), more than this adapter binds at once ({max}); lower \
+                 --kv-cache-memory",
+                spec.blocks
+            )));
+        }
+        let make = |what: &str, layer: usize| {
+            self.gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+                label: Some(&format!("{what} layer {layer}")),
+                size: bytes,
+                usage: ::wgpu::BufferUsages::STORAGE
+                    | ::wgpu::BufferUsages::COPY_SRC
+                    | ::wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let kv = self.gpu.scoped("allocating the KV pool", || DeviceKv {
+            k: (0..spec.layers).map(|l| make("keys", l)).collect(),
+            v: (0..spec.layers).map(|l| make("values", l)).collect(),
+        })?;
+        self.memory
+            .kv
+            .fetch_add(2 * bytes * spec.layers as u64, Ordering::Relaxed);
+        Ok(KvPool::new(spec, KvStorage::Device(kv)))
+    }
+
+    pub(super) fn copy_kv_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()> {
+        let (spec, kv) = device_kv(pool)?;
+        if let Some(&(s, d)) = pairs
+            .iter()
+            .find(|(s, d)| *s as usize >= spec.blocks || *d as usize >= spec.blocks)
+        {
+            return Err(shape_err(
+                "copy_blocks",
+                format!("({s}, {d}) in a pool of {} blocks", spec.blocks),
+            ));
+        }
+        let pairs: Vec<(u32, u32)> = pairs.iter().copied().filter(|(s, d)| s != d).collect();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        // A buffer cannot be copied into itself: each block goes through a scratch buffer,
+        // pair after pair, so chained pairs behave as the CPU backend's.
+        let bb = block_bytes(&spec);
+        let scratch = self.alloc(spec.block_tokens, spec.kv_dim)?;
+        let mut rec = self.recorder()?;
+        for buffers in [&kv.k, &kv.v] {
+            for b in buffers.iter() {
+                for &(src, dst) in &pairs {
+                    rec.copy(b, u64::from(src) * bb, scratch.buffer(), 0, bb);
+                    rec.copy(scratch.buffer(), 0, b, u64::from(dst) * bb, bb);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn row_info(&self, rows: usize, seqs: &[SeqSpan<'_>]) -> Result<RowInfo> {
+        let mut key = Vec::with_capacity(1 + seqs.len() * 4);
+        key.push(rows as u32);
+        for s in seqs {
+            key.extend([s.row_start as u32, s.len as u32, s.pos_start as u32]);
+            key.push(s.blocks.len() as u32);
+            key.extend_from_slice(s.blocks);
+        }
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| Error::Internal("the wgpu step cache is poisoned"))?;
+        if let Some((k, info)) = &cache.attention {
+            if *k == key {
+                return Ok(info.clone());
+            }
+        }
+        let mut info = vec![[NO_ROW, 0u32]; rows];
+        let mut tables = Vec::new();
+        for s in seqs {
+            let offset = tables.len() as u32;
+            tables.extend_from_slice(s.blocks);
+            for t in 0..s.len {
+                info[s.row_start + t] = [(s.pos_start + t) as u32, offset];
+            }
+        }
+        if tables.is_empty() {
+            tables.push(0);
+        }
+        let rows_buf = self.alloc(rows.max(1), 2)?;
+        let tables_buf = self.alloc(tables.len(), 1)?;
+        let mut rec = self.recorder()?;
+        rec.upload(rows_buf.buffer(), 0, bytemuck::cast_slice(&info));
+        rec.upload(tables_buf.buffer(), 0, bytemuck::cast_slice(&tables));
+        let info = RowInfo {
+            rows: rows_buf,
+            tables: tables_buf,
+        };
+        cache.attention = Some((key, info.clone()));
+        Ok(info)
+    }
+
+    pub(super) fn attend(
+        &self,
+        layer: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        seqs: &[SeqSpan<'_>],
+        pool: &mut KvPool,
+        shape: AttentionShape,
+    ) -> Result<Tensor> {
+        let rows = q.rows();
+        if q.cols() != shape.q_dim()
+            || k.cols() != shape.kv_dim()
+            || v.cols() != shape.kv_dim()
+            || k.rows() != rows
+            || v.rows() != rows
+            || shape.n_kv_heads == 0
+            || !shape.n_heads.is_multiple_of(shape.n_kv_heads)
+            || shape.head_dim > 256
+        {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "q {}x{}, k {}x{}, v {}x{} for {shape:?}",
+                    q.rows(),
+                    q.cols(),
+                    k.rows(),
+                    k.cols(),
+                    v.rows(),
+                    v.cols()
+                ),
+            ));
+        }
+        let (spec, kv) = device_kv(pool)?;
+        if shape.kv_dim() != spec.kv_dim || shape.head_dim != spec.head_dim || layer >= spec.layers
+        {
+            return Err(shape_err(
+                "attention",
+                format!("layer {layer} of {shape:?} does not fit the pool {spec:?}"),
+            ));
+        }
+        for s in seqs {
+            if s.row_start + s.len > rows {
+                return Err(shape_err(
+                    "attention",
+                    format!(
+                        "span at row {} of {} rows exceeds the batch of {rows}",
+                        s.row_start, s.len
+                    ),
+                ));
+            }
+            check_table(&spec, s.blocks, s.pos_start + s.len)?;
+        }
+        let out = self.alloc(rows, shape.q_dim())?;
+        if rows == 0 {
+            return Ok(self.tensor(rows, shape.q_dim(), out));
+        }
+        let info = self.row_info(rows, seqs)?;
+        let (qd, kd, vd) = (device_of(q)?, device_of(k)?, device_of(v)?);
+        let write = self.kernel(Kernel::KvWrite)?;
+        let attend = self.kernel(Kernel::Attend)?;
+        let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
+        let write_groups = grid(((rows * spec.kv_dim) as u32).div_ceil(ELEMENT_GROUP));
+        let attend_groups = grid((rows * shape.n_heads) as u32);
+        let params = |grid_x| AttentionParams {
+            rows: rows as u32,
+            n_heads: shape.n_heads as u32,
+            n_kv_heads: shape.n_kv_heads as u32,
+            head_dim: shape.head_dim as u32,
+            block_tokens: spec.block_tokens as u32,
+            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            grid_x,
+            _pad: 0,
+        };
+        let mut rec = self.recorder()?;
+        rec.dispatch(
+            write,
+            &[
+                (&self.dummy_read, 256),
+                (kd.buffer(), kd.bytes()),
+                (vd.buffer(), vd.bytes()),
+                (kc, kc.size()),
+                (vc, vc.size()),
+                (info.rows.buffer(), info.rows.bytes()),
+                (info.tables.buffer(), info.tables.bytes()),
+                (&self.dummy_write, 256),
+            ],
+            &params(write_groups.0 * ELEMENT_GROUP),
+            write_groups,
+        );
+        rec.dispatch(
+            attend,
+            &[
+                (qd.buffer(), qd.bytes()),
+                (&self.dummy_read, 256),
+                (&self.dummy_read, 256),
+                (kc, kc.size()),
+                (vc, vc.size()),
+                (info.rows.buffer(), info.rows.bytes()),
+                (info.tables.buffer(), info.tables.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &params(attend_groups.0),
+            attend_groups,
+        );
+        Ok(self.tensor(rows, shape.q_dim(), out))
+    }
+}

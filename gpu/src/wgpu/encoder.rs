@@ -1,0 +1,276 @@
+//! Recording a step: operations append dispatches, copies and uploads here, and nothing runs
+//! until something must be read back. Then the whole step is encoded into one command buffer:
+//! one write of the step's staging arena (every dispatch's parameters and every upload), bind
+//! groups, compute passes between copies, one submit, one readback.
+
+use super::device::Gpu;
+use super::kernels::Pipeline;
+use crate::error::{Error, Result};
+use bytemuck::Pod;
+use std::sync::Arc;
+
+/// Offsets in the staging arena: uniform bindings need 256-byte alignment on every adapter.
+const ARENA_ALIGN: usize = 256;
+
+struct DispatchCmd {
+    pipeline: Arc<Pipeline>,
+    /// Storage bindings in binding order: buffer and bytes bound from offset 0.
+    buffers: Vec<(::wgpu::Buffer, u64)>,
+    /// The parameters' place in the arena.
+    params: (u64, u64),
+    groups: (u32, u32),
+}
+
+/// Where a copy reads from: the step's arena (uploads) or a buffer.
+enum Source {
+    Arena,
+    Buffer(::wgpu::Buffer),
+}
+
+enum Command {
+    Dispatch(DispatchCmd),
+    Copy {
+        src: Source,
+        src_offset: u64,
+        dst: ::wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    },
+}
+
+/// The commands of the step being recorded.
+#[derive(Default)]
+pub struct Recorder {
+    commands: Vec<Command>,
+    arena: Vec<u8>,
+    arena_buffer: Option<::wgpu::Buffer>,
+    readback: Option<::wgpu::Buffer>,
+}
+
+/// A dispatch grid for `groups` workgroups: at most 65535 along x (WebGPU's guaranteed
+/// minimum), the rest along y. Kernels linearize `x + y · width` and skip the overhang.
+pub fn grid(groups: u32) -> (u32, u32) {
+    const MAX: u32 = 65535;
+    if groups <= MAX {
+        (groups.max(1), 1)
+    } else {
+        (MAX, groups.div_ceil(MAX))
+    }
+}
+
+impl Recorder {
+    fn push_arena(&mut self, bytes: &[u8]) -> u64 {
+        let offset = self.arena.len().next_multiple_of(ARENA_ALIGN);
+        self.arena.resize(offset, 0);
+        self.arena.extend_from_slice(bytes);
+        offset as u64
+    }
+
+    /// Appends a dispatch of `pipeline` over `groups` with storage `buffers` (in binding
+    /// order) and `params` as its uniform.
+    pub fn dispatch<P: Pod>(
+        &mut self,
+        pipeline: Arc<Pipeline>,
+        buffers: &[(&::wgpu::Buffer, u64)],
+        params: &P,
+        groups: (u32, u32),
+    ) {
+        let bytes = bytemuck::bytes_of(params);
+        let offset = self.push_arena(bytes);
+        self.commands.push(Command::Dispatch(DispatchCmd {
+            pipeline,
+            buffers: buffers
+                .iter()
+                .map(|(b, n)| ((*b).clone(), (*n).max(4)))
+                .collect(),
+            params: (offset, bytes.len() as u64),
+            groups,
+        }));
+    }
+
+    /// Appends a copy of `data` into `dst` at `dst_offset`, ordered with the other commands.
+    pub fn upload(&mut self, dst: &::wgpu::Buffer, dst_offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let offset = self.push_arena(data);
+        // Copies move whole 4-byte words.
+        self.arena.resize(self.arena.len().next_multiple_of(4), 0);
+        self.commands.push(Command::Copy {
+            src: Source::Arena,
+            src_offset: offset,
+            dst: dst.clone(),
+            dst_offset,
+            bytes: (data.len() as u64).next_multiple_of(4),
+        });
+    }
+
+    /// Appends a buffer-to-buffer copy.
+    pub fn copy(
+        &mut self,
+        src: &::wgpu::Buffer,
+        src_offset: u64,
+        dst: &::wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
+        if bytes == 0 {
+            return;
+        }
+        self.commands.push(Command::Copy {
+            src: Source::Buffer(src.clone()),
+            src_offset,
+            dst: dst.clone(),
+            dst_offset,
+            bytes,
+        });
+    }
+
+    /// Runs everything recorded; with `read`, copies that buffer's first bytes back and
+    /// waits for them.
+    pub fn flush(&mut self, gpu: &Gpu, read: Option<(&::wgpu::Buffer, u64)>) -> Result<Vec<u8>> {
+        gpu.check()?;
+        let read = read.filter(|(_, n)| *n > 0);
+        if self.commands.is_empty() && read.is_none() {
+            return Ok(Vec::new());
+        }
+        let commands = std::mem::take(&mut self.commands);
+        let arena = self.arena_buffer(gpu);
+        if !self.arena.is_empty() {
+            gpu.queue.write_buffer(&arena, 0, &self.arena);
+        }
+        self.arena.clear();
+
+        let bind_groups: Vec<Option<::wgpu::BindGroup>> = commands
+            .iter()
+            .map(|c| match c {
+                Command::Dispatch(d) => Some(bind_group(gpu, d, &arena)),
+                Command::Copy { .. } => None,
+            })
+            .collect();
+        let mut encoder = gpu
+            .device
+            .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            });
+        let mut i = 0;
+        while i < commands.len() {
+            if let Command::Copy {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                bytes,
+            } = &commands[i]
+            {
+                let src = match src {
+                    Source::Arena => &arena,
+                    Source::Buffer(b) => b,
+                };
+                encoder.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes);
+                i += 1;
+                continue;
+            }
+            let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
+                label: Some("kernels"),
+                timestamp_writes: None,
+            });
+            while let Some(Command::Dispatch(d)) = commands.get(i) {
+                pass.set_pipeline(&d.pipeline.pipeline);
+                pass.set_bind_group(0, bind_groups[i].as_ref(), &[]);
+                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+                i += 1;
+            }
+        }
+        let staging = read.map(|(buffer, bytes)| {
+            let staging = self.readback_buffer(gpu, bytes);
+            encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+            (staging, bytes)
+        });
+        gpu.queue.submit([encoder.finish()]);
+        let Some((staging, bytes)) = staging else {
+            return gpu.check().map(|()| Vec::new());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(::wgpu::MapMode::Read, 0..bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        gpu.device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        gpu.check()?;
+        rx.recv()
+            .map_err(|_| Error::Device("the readback was dropped".into()))?
+            .map_err(|e| Error::Device(format!("reading results back: {e}")))?;
+        let data = staging
+            .get_mapped_range(0..bytes)
+            .map_err(|e| Error::Device(format!("reading results back: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+
+    fn arena_buffer(&mut self, gpu: &Gpu) -> ::wgpu::Buffer {
+        let need = (self.arena.len() as u64).max(1 << 16);
+        match &self.arena_buffer {
+            Some(b) if b.size() >= need => b.clone(),
+            _ => {
+                let b = gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+                    label: Some("step arena"),
+                    size: need.next_power_of_two(),
+                    usage: ::wgpu::BufferUsages::UNIFORM
+                        | ::wgpu::BufferUsages::COPY_SRC
+                        | ::wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.arena_buffer = Some(b.clone());
+                b
+            }
+        }
+    }
+
+    fn readback_buffer(&mut self, gpu: &Gpu, bytes: u64) -> ::wgpu::Buffer {
+        match &self.readback {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: bytes.next_power_of_two().max(256),
+                    usage: ::wgpu::BufferUsages::MAP_READ | ::wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                self.readback = Some(b.clone());
+                b
+            }
+        }
+    }
+}
+
+fn bind_group(gpu: &Gpu, d: &DispatchCmd, arena: &::wgpu::Buffer) -> ::wgpu::BindGroup {
+    let mut entries: Vec<::wgpu::BindGroupEntry<'_>> = d
+        .buffers
+        .iter()
+        .enumerate()
+        .map(|(i, (buffer, bytes))| ::wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+                buffer,
+                offset: 0,
+                size: ::wgpu::BufferSize::new((*bytes).min(buffer.size())),
+            }),
+        })
+        .collect();
+    entries.push(::wgpu::BindGroupEntry {
+        binding: d.buffers.len() as u32,
+        resource: ::wgpu::BindingResource::Buffer(::wgpu::BufferBinding {
+            buffer: arena,
+            offset: d.params.0,
+            size: ::wgpu::BufferSize::new(d.params.1),
+        }),
+    });
+    gpu.device.create_bind_group(&::wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &d.pipeline.layout,
+        entries: &entries,
+    })
+}

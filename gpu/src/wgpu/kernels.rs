@@ -1,0 +1,324 @@
+//! The kernel table: for every kernel, in one place, its WGSL family and entry point, its
+//! bind-group layout, its uniform parameters and its pipeline key. Pipelines are built on
+//! first use and cached for the life of the device.
+
+use super::device::Gpu;
+use crate::error::{Error, Result};
+use bytemuck::{Pod, Zeroable};
+use lowbit_shaders::{Family, WeightKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// A kernel and the specialization it was built for (its pipeline key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// Decode product for `m` (1..=8) activation rows.
+    Matvec {
+        kind: WeightKind,
+        m: u32,
+    },
+    Matmul {
+        kind: WeightKind,
+    },
+    Embed {
+        kind: WeightKind,
+    },
+    RmsNorm,
+    Rope,
+    Add,
+    SiluMul,
+    GatherRows,
+    KvWrite,
+    Attend,
+}
+
+/// Largest activation row count the decode kernel is specialized for.
+pub const MATVEC_MAX_ROWS: usize = 8;
+/// Weight rows one matvec workgroup computes (`ROWS` in matvec.wgsl).
+pub const MATVEC_ROWS_PER_GROUP: u32 = 4;
+/// Output tile of matmul.wgsl.
+pub const MATMUL_TILE: u32 = 64;
+/// Threads per workgroup of the one-thread-per-element kernels.
+pub const ELEMENT_GROUP: u32 = 64;
+
+/// The binding shapes of a kernel family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Layout {
+    /// words, scales, mins, input (read) · output (read-write) · params.
+    Weights,
+    /// two inputs · output · params.
+    Binary,
+    /// q, k, v (read) · key and value pools (read-write) · row info, tables (read) ·
+    /// output · params.
+    Attention,
+}
+
+impl Layout {
+    fn bindings(self) -> &'static [Bind] {
+        use Bind::{Read as R, Uniform as U, Write as W};
+        match self {
+            Layout::Weights => &[R, R, R, R, W, U],
+            Layout::Binary => &[R, R, W, U],
+            Layout::Attention => &[R, R, R, W, W, R, R, W, U],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bind {
+    Read,
+    Write,
+    Uniform,
+}
+
+impl Kernel {
+    fn family(self) -> Family {
+        match self {
+            Kernel::Matvec { .. } => Family::Matvec,
+            Kernel::Matmul { .. } => Family::Matmul,
+            Kernel::Embed { .. } => Family::Embed,
+            Kernel::RmsNorm => Family::Norm,
+            Kernel::Rope => Family::Rope,
+            Kernel::Add | Kernel::SiluMul | Kernel::GatherRows => Family::Elementwise,
+            Kernel::KvWrite | Kernel::Attend => Family::Attention,
+        }
+    }
+
+    fn entry(self) -> &'static str {
+        match self {
+            Kernel::Add => "add",
+            Kernel::SiluMul => "silu_mul",
+            Kernel::GatherRows => "gather_rows",
+            Kernel::KvWrite => "kv_write",
+            Kernel::Attend => "attend",
+            _ => "main",
+        }
+    }
+
+    fn weight_kind(self) -> Option<WeightKind> {
+        match self {
+            Kernel::Matvec { kind, .. } | Kernel::Matmul { kind } | Kernel::Embed { kind } => {
+                Some(kind)
+            }
+            _ => None,
+        }
+    }
+
+    fn layout(self) -> Layout {
+        match self.family() {
+            Family::Matvec | Family::Matmul | Family::Embed => Layout::Weights,
+            Family::Attention => Layout::Attention,
+            Family::Norm | Family::Rope | Family::Elementwise => Layout::Binary,
+        }
+    }
+
+    /// Number of bindings before the uniform (which is always last).
+    pub fn buffer_bindings(self) -> usize {
+        self.layout().bindings().len() - 1
+    }
+}
+
+/// A built kernel.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub kernel: Kernel,
+    pub pipeline: ::wgpu::ComputePipeline,
+    pub layout: ::wgpu::BindGroupLayout,
+}
+
+/// The device's pipelines, built once each.
+#[derive(Default)]
+pub struct KernelCache {
+    layouts: Mutex<HashMap<Layout, ::wgpu::BindGroupLayout>>,
+    pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+}
+
+impl KernelCache {
+    fn layout(&self, gpu: &Gpu, layout: Layout) -> Result<::wgpu::BindGroupLayout> {
+        let mut layouts = self
+            .layouts
+            .lock()
+            .map_err(|_| Error::Internal("kernel layouts poisoned"))?;
+        if let Some(l) = layouts.get(&layout) {
+            return Ok(l.clone());
+        }
+        let entries: Vec<::wgpu::BindGroupLayoutEntry> = layout
+            .bindings()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ::wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: ::wgpu::ShaderStages::COMPUTE,
+                ty: ::wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Bind::Read => ::wgpu::BufferBindingType::Storage { read_only: true },
+                        Bind::Write => ::wgpu::BufferBindingType::Storage { read_only: false },
+                        Bind::Uniform => ::wgpu::BufferBindingType::Uniform,
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let l = gpu
+            .device
+            .create_bind_group_layout(&::wgpu::BindGroupLayoutDescriptor {
+                label: Some("lowbit"),
+                entries: &entries,
+            });
+        layouts.insert(layout, l.clone());
+        Ok(l)
+    }
+
+    /// The pipeline of `kernel`, built (and its WGSL compiled) on first use.
+    pub fn get(&self, gpu: &Gpu, kernel: Kernel) -> Result<Arc<Pipeline>> {
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .map_err(|_| Error::Internal("kernel cache poisoned"))?
+            .get(&kernel)
+        {
+            return Ok(Arc::clone(p));
+        }
+        let layout = self.layout(gpu, kernel.layout())?;
+        let source = lowbit_shaders::source(kernel.family(), kernel.weight_kind(), gpu.features);
+        let constants: Vec<(&str, f64)> = match kernel {
+            Kernel::Matvec { m, .. } => vec![("M", f64::from(m))],
+            _ => Vec::new(),
+        };
+        let label = format!("{kernel:?}");
+        let pipeline = gpu.scoped(&format!("building kernel {label}"), || {
+            let module = gpu
+                .device
+                .create_shader_module(::wgpu::ShaderModuleDescriptor {
+                    label: Some(&label),
+                    source: ::wgpu::ShaderSource::Wgsl(source.into()),
+                });
+            let pl = gpu
+                .device
+                .create_pipeline_layout(&::wgpu::PipelineLayoutDescriptor {
+                    label: Some(&label),
+                    bind_group_layouts: &[Some(&layout)],
+                    immediate_size: 0,
+                });
+            gpu.device
+                .create_compute_pipeline(&::wgpu::ComputePipelineDescriptor {
+                    label: Some(&label),
+                    layout: Some(&pl),
+                    module: &module,
+                    entry_point: Some(kernel.entry()),
+                    compilation_options: ::wgpu::PipelineCompilationOptions {
+                        constants: &constants,
+                        zero_initialize_workgroup_memory: true,
+                    },
+                    cache: None,
+                })
+        })?;
+        let built = Arc::new(Pipeline {
+            kernel,
+            pipeline,
+            layout,
+        });
+        self.pipelines
+            .lock()
+            .map_err(|_| Error::Internal("kernel cache poisoned"))?
+            .insert(kernel, Arc::clone(&built));
+        Ok(built)
+    }
+}
+
+/// A weight part's geometry (`WeightDims` in formats.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct WeightDims {
+    pub words_per_row: u32,
+    pub groups_per_row: u32,
+    pub group_shift: u32,
+    pub _pad: u32,
+}
+
+/// `MatvecParams` in matvec.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct MatvecParams {
+    pub dims: WeightDims,
+    pub k: u32,
+    pub rows: u32,
+    pub out_stride: u32,
+    pub out_offset: u32,
+}
+
+/// `MatmulParams` in matmul.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub dims: WeightDims,
+    pub k: u32,
+    pub rows: u32,
+    pub out_stride: u32,
+    pub out_offset: u32,
+    pub m: u32,
+    pub tiles_n: u32,
+    pub tiles_m: u32,
+    pub _pad: u32,
+}
+
+/// `EmbedParams` in embed.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct EmbedParams {
+    pub dims: WeightDims,
+    pub k: u32,
+    pub row_start: u32,
+    pub rows: u32,
+    pub tokens: u32,
+    pub grid_x: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `NormParams` in norm.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct NormParams {
+    pub cols: u32,
+    pub rows: u32,
+    pub eps: f32,
+    pub grid_x: u32,
+}
+
+/// `RopeParams` in rope.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct RopeParams {
+    pub rows: u32,
+    pub cols: u32,
+    pub head_dim: u32,
+    pub half_split: u32,
+    pub grid_x: u32,
+    pub _pad: [u32; 3],
+}
+
+/// `ElementwiseParams` in elementwise.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct ElementwiseParams {
+    pub n: u32,
+    pub grid_x: u32,
+    pub cols: u32,
+    pub _pad: u32,
+}
+
+/// `AttentionParams` in attention.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct AttentionParams {
+    pub rows: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    pub block_tokens: u32,
+    pub scale: f32,
+    pub grid_x: u32,
+    pub _pad: u32,
+}

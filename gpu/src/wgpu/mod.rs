@@ -1,0 +1,264 @@
+//! The wgpu backend: the same operations as the CPU backend, as WGSL compute kernels on any
+//! Vulkan, Metal or DX12 adapter.
+//!
+//! Weights are uploaded once, still quantized ([`weights`]); activations live in recycled
+//! GPU buffers ([`buffers`]); the KV pool is one key and one value buffer per layer
+//! ([`attention`]). Operations only record work ([`encoder`]); a step runs as one command
+//! buffer when its logits are read back, so a forward pass costs one submit and one wait.
+
+pub mod attention;
+pub mod buffers;
+pub mod device;
+pub mod encoder;
+pub mod kernels;
+mod linear;
+mod ops;
+pub mod weights;
+
+use crate::backend::{AttentionShape, Backend, Rope, SeqSpan};
+use crate::error::{Error, Result};
+use crate::kv::{KvPool, KvPoolSpec};
+use crate::quant::QTensor;
+use crate::tensor::{Storage, Tensor, Weight, WeightStorage};
+use buffers::{BufferPool, DeviceTensor, MemoryCounters};
+use device::{AdapterChoice, AdapterSummary, Gpu};
+use encoder::Recorder;
+use kernels::{Kernel, KernelCache, Pipeline};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use device::list_adapters;
+
+/// Per-step uploads that every layer shares (RoPE tables, attention row info), kept while
+/// the same positions and block tables come back.
+#[derive(Default)]
+struct StepCache {
+    rope: Option<(Vec<u32>, Vec<u32>, DeviceTensor)>,
+    attention: Option<(Vec<u32>, attention::RowInfo)>,
+}
+
+/// The wgpu backend.
+pub struct WgpuBackend {
+    gpu: Gpu,
+    kernels: KernelCache,
+    pool: BufferPool,
+    recorder: Mutex<Recorder>,
+    memory: Arc<MemoryCounters>,
+    cache: Mutex<StepCache>,
+    /// Bound where a kernel's layout has a buffer the dispatch does not use.
+    dummy_read: ::wgpu::Buffer,
+    dummy_write: ::wgpu::Buffer,
+    /// Tests: fill every handed-out activation buffer with NaN first, so that an element a
+    /// kernel forgets to write shows.
+    poison: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("adapter", &self.gpu.adapter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WgpuBackend {
+    /// Opens an adapter. `portable` leaves out the optional features (subgroups, f16,
+    /// timestamps); `LOWBIT_WGPU_PORTABLE=1` asks for the same from the environment.
+    pub fn new(choice: AdapterChoice, portable: bool) -> Result<Self> {
+        let portable = portable || std::env::var("LOWBIT_WGPU_PORTABLE").is_ok_and(|v| v == "1");
+        let gpu = Gpu::open(choice, portable)?;
+        let memory = Arc::new(MemoryCounters::default());
+        let pool = BufferPool::new(gpu.device.clone(), Arc::clone(&memory));
+        let dummy = |label| {
+            gpu.device.create_buffer(&::wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 256,
+                usage: ::wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        };
+        let (dummy_read, dummy_write) = (dummy("unused input"), dummy("unused output"));
+        tracing::info!(adapter = %gpu.adapter, subgroups = gpu.features.subgroups, "wgpu device");
+        Ok(Self {
+            gpu,
+            kernels: KernelCache::default(),
+            pool,
+            recorder: Mutex::default(),
+            memory,
+            cache: Mutex::default(),
+            dummy_read,
+            dummy_write,
+            poison: false.into(),
+        })
+    }
+
+    /// The adapter in use.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.gpu.adapter
+    }
+
+    /// Whether kernels use subgroup operations on this device.
+    pub fn uses_subgroups(&self) -> bool {
+        self.gpu.features.subgroups
+    }
+
+    /// Bytes of GPU memory held: weights, KV pool, activation buffers.
+    pub fn memory_bytes(&self) -> (u64, u64, u64) {
+        (
+            self.memory.weights.load(Ordering::Relaxed),
+            self.memory.kv.load(Ordering::Relaxed),
+            self.memory.activations.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Tests: poison every activation buffer handed out from now on.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    fn recorder(&self) -> Result<MutexGuard<'_, Recorder>> {
+        self.recorder
+            .lock()
+            .map_err(|_| Error::Internal("the wgpu recorder is poisoned"))
+    }
+
+    fn kernel(&self, k: Kernel) -> Result<Arc<Pipeline>> {
+        self.kernels.get(&self.gpu, k)
+    }
+
+    /// A fresh activation buffer for `rows × cols` f32 values.
+    fn alloc(&self, rows: usize, cols: usize) -> Result<DeviceTensor> {
+        let bytes = (rows * cols * 4) as u64;
+        if bytes > self.gpu.limits.max_storage_buffer_binding_size {
+            return Err(Error::Unsupported(format!(
+                "an activation of {rows}x{cols} f32 ({bytes} bytes) is larger than this \
+                 adapter's largest binding ({} bytes); lower --max-batch-tokens",
+                self.gpu.limits.max_storage_buffer_binding_size
+            )));
+        }
+        let t = self.pool.take(bytes);
+        if self.poison.load(Ordering::Relaxed) {
+            let nan = vec![0xffu8; t.bytes() as usize];
+            self.recorder()?.upload(t.buffer(), 0, &nan);
+        }
+        Ok(t)
+    }
+
+    fn tensor(&self, rows: usize, cols: usize, t: DeviceTensor) -> Tensor {
+        Tensor::from_device(rows, cols, t)
+    }
+
+    /// Runs everything recorded so far and waits for it.
+    pub fn synchronize(&self) -> Result<()> {
+        self.recorder()?.flush(&self.gpu, None)?;
+        self.gpu
+            .device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Device(format!("waiting for the GPU: {e}")))?;
+        self.gpu.check()
+    }
+}
+
+fn device_of(t: &Tensor) -> Result<&DeviceTensor> {
+    match t.storage() {
+        Storage::Device(d) => Ok(d),
+        Storage::Host(_) => Err(Error::ForeignStorage("cpu")),
+    }
+}
+
+fn weight_of(w: &Weight) -> Result<&weights::DeviceWeight> {
+    match w.storage() {
+        WeightStorage::Device(d) => Ok(d),
+        _ => Err(Error::ForeignStorage("cpu")),
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> String {
+        format!("wgpu:{}", self.gpu.adapter.name)
+    }
+
+    fn load_weight(&self, w: QTensor) -> Result<Weight> {
+        let max = self.gpu.limits.max_storage_buffer_binding_size;
+        let (rows, cols) = (w.rows, w.cols);
+        let what = format!("uploading a {} {rows}x{cols} weight", w.format);
+        let d = self
+            .gpu
+            .scoped(&what, || weights::upload(&self.gpu, &w, max))??;
+        self.memory
+            .weights
+            .fetch_add(d.bytes as u64, Ordering::Relaxed);
+        Ok(Weight::new(rows, cols, WeightStorage::Device(d)))
+    }
+
+    fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor> {
+        if data.len() != rows * cols {
+            return Err(crate::error::shape_err(
+                "upload",
+                format!("{} values for {rows}x{cols}", data.len()),
+            ));
+        }
+        let t = self.alloc(rows, cols)?;
+        self.recorder()?
+            .upload(t.buffer(), 0, bytemuck::cast_slice(&data));
+        Ok(self.tensor(rows, cols, t))
+    }
+
+    fn download(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let d = device_of(x)?;
+        let bytes = (x.rows() * x.cols() * 4) as u64;
+        let raw = self
+            .recorder()?
+            .flush(&self.gpu, Some((d.buffer(), bytes)))?;
+        Ok(bytemuck::pod_collect_to_vec(&raw))
+    }
+
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
+        self.embed_rows(table, ids)
+    }
+
+    fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        self.norm(x, weight, eps)
+    }
+
+    fn matmul(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        self.linear(x, w)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary(Kernel::Add, "add", a, b)
+    }
+
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        self.binary(Kernel::SiluMul, "silu_mul", gate, up)
+    }
+
+    fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {
+        self.rotate(x, positions, rope)
+    }
+
+    fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        self.gather(x, rows)
+    }
+
+    fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
+        self.kv_pool(spec)
+    }
+
+    fn copy_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()> {
+        self.copy_kv_blocks(pool, pairs)
+    }
+
+    fn attention(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        seqs: &[SeqSpan<'_>],
+        pool: &mut KvPool,
+        shape: AttentionShape,
+    ) -> Result<Tensor> {
+        self.attend(layer, (q, k, v), seqs, pool, shape)
+    }
+}

@@ -1,0 +1,265 @@
+//! The row-wise and element-wise operations: embedding gather, RMSNorm, RoPE, add,
+//! SwiGLU, row selection.
+
+use super::encoder::grid;
+use super::kernels::{
+    ElementwiseParams, EmbedParams, Kernel, NormParams, RopeParams, ELEMENT_GROUP,
+};
+use super::{device_of, weight_of, WgpuBackend};
+use crate::backend::{Rope, RopeStyle};
+use crate::error::{shape_err, Result};
+use crate::tensor::{Tensor, Weight};
+
+/// A grid of one thread per element: workgroups and the threads per grid row.
+fn element_grid(n: usize) -> ((u32, u32), u32) {
+    let g = grid((n as u32).div_ceil(ELEMENT_GROUP));
+    (g, g.0 * ELEMENT_GROUP)
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.rows() != b.rows() || a.cols() != b.cols() {
+        return Err(shape_err(
+            op,
+            format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
+        ));
+    }
+    Ok(())
+}
+
+impl WgpuBackend {
+    pub(super) fn embed_rows(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
+        let (vocab, dim) = (table.rows(), table.cols());
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(shape_err(
+                "embed",
+                format!("token id {bad} outside vocabulary of {vocab}"),
+            ));
+        }
+        let w = weight_of(table)?;
+        let out = self.alloc(ids.len(), dim)?;
+        if ids.is_empty() {
+            return Ok(self.tensor(0, dim, out));
+        }
+        let id_buf = self.alloc(ids.len(), 1)?;
+        let pipeline = self.kernel(Kernel::Embed { kind: w.kind })?;
+        let mut rec = self.recorder()?;
+        rec.upload(id_buf.buffer(), 0, bytemuck::cast_slice(ids));
+        let (groups, grid_x) = element_grid(ids.len() * dim / 8);
+        for part in &w.parts {
+            let params = EmbedParams {
+                dims: w.dims,
+                k: dim as u32,
+                row_start: part.row_start,
+                rows: part.rows,
+                tokens: ids.len() as u32,
+                grid_x,
+                _pad: [0; 3],
+            };
+            rec.dispatch(
+                pipeline.clone(),
+                &[
+                    (&part.words, part.words.size()),
+                    self.scales_or_dummy(part.scales.as_ref()),
+                    self.scales_or_dummy(part.mins.as_ref()),
+                    (id_buf.buffer(), id_buf.bytes()),
+                    (out.buffer(), out.bytes()),
+                ],
+                &params,
+                groups,
+            );
+        }
+        Ok(self.tensor(ids.len(), dim, out))
+    }
+
+    pub(super) fn scales_or_dummy<'a>(
+        &'a self,
+        b: Option<&'a ::wgpu::Buffer>,
+    ) -> (&'a ::wgpu::Buffer, u64) {
+        match b {
+            Some(b) => (b, b.size()),
+            None => (&self.dummy_read, self.dummy_read.size()),
+        }
+    }
+
+    pub(super) fn norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if weight.cols() != cols || weight.rows() != 1 {
+            return Err(shape_err(
+                "rms_norm",
+                format!(
+                    "weight {}x{} for rows of {cols}",
+                    weight.rows(),
+                    weight.cols()
+                ),
+            ));
+        }
+        let (xd, wd) = (device_of(x)?, device_of(weight)?);
+        let out = self.alloc(rows, cols)?;
+        if rows == 0 {
+            return Ok(self.tensor(rows, cols, out));
+        }
+        let pipeline = self.kernel(Kernel::RmsNorm)?;
+        let groups = grid(rows as u32);
+        let params = NormParams {
+            cols: cols as u32,
+            rows: rows as u32,
+            eps,
+            grid_x: groups.0,
+        };
+        self.recorder()?.dispatch(
+            pipeline,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (wd.buffer(), wd.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        Ok(self.tensor(rows, cols, out))
+    }
+
+    pub(super) fn binary(
+        &self,
+        kernel: Kernel,
+        op: &'static str,
+        a: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor> {
+        same_shape(op, a, b)?;
+        let (ad, bd) = (device_of(a)?, device_of(b)?);
+        let n = a.rows() * a.cols();
+        let out = self.alloc(a.rows(), a.cols())?;
+        if n == 0 {
+            return Ok(self.tensor(a.rows(), a.cols(), out));
+        }
+        let pipeline = self.kernel(kernel)?;
+        let (groups, grid_x) = element_grid(n);
+        let params = ElementwiseParams {
+            n: n as u32,
+            grid_x,
+            cols: a.cols() as u32,
+            _pad: 0,
+        };
+        self.recorder()?.dispatch(
+            pipeline,
+            &[
+                (ad.buffer(), ad.bytes()),
+                (bd.buffer(), bd.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        Ok(self.tensor(a.rows(), a.cols(), out))
+    }
+
+    pub(super) fn gather(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
+        if let Some(&r) = rows.iter().find(|&&r| r >= x.rows()) {
+            return Err(shape_err("select_rows", format!("row {r} of {}", x.rows())));
+        }
+        let xd = device_of(x)?;
+        let cols = x.cols();
+        let out = self.alloc(rows.len(), cols)?;
+        let n = rows.len() * cols;
+        if n == 0 {
+            return Ok(self.tensor(rows.len(), cols, out));
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let idx_buf = self.alloc(idx.len(), 1)?;
+        let pipeline = self.kernel(Kernel::GatherRows)?;
+        let (groups, grid_x) = element_grid(n);
+        let params = ElementwiseParams {
+            n: n as u32,
+            grid_x,
+            cols: cols as u32,
+            _pad: 0,
+        };
+        let mut rec = self.recorder()?;
+        rec.upload(idx_buf.buffer(), 0, bytemuck::cast_slice(&idx));
+        rec.dispatch(
+            pipeline,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (idx_buf.buffer(), idx_buf.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        Ok(self.tensor(rows.len(), cols, out))
+    }
+
+    pub(super) fn rotate(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if positions.len() != rows
+            || rope.head_dim == 0
+            || !cols.is_multiple_of(rope.head_dim)
+            || rope.inv_freq.len() * 2 != rope.head_dim
+        {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "{} positions, {rows}x{cols}, head_dim {}",
+                    positions.len(),
+                    rope.head_dim
+                ),
+            ));
+        }
+        let xd = device_of(x)?;
+        let out = self.alloc(rows, cols)?;
+        if rows == 0 {
+            return Ok(self.tensor(rows, cols, out));
+        }
+        let table = self.rope_table(positions, rope)?;
+        let pipeline = self.kernel(Kernel::Rope)?;
+        let (groups, grid_x) = element_grid(rows * cols / 2);
+        let params = RopeParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            head_dim: rope.head_dim as u32,
+            half_split: u32::from(rope.style == RopeStyle::HalfSplit),
+            grid_x,
+            _pad: [0; 3],
+        };
+        self.recorder()?.dispatch(
+            pipeline,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (table.buffer(), table.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        Ok(self.tensor(rows, cols, out))
+    }
+
+    /// Each row's (cos, sin) per rotated pair, computed in float64 as the CPU backend does,
+    /// uploaded once for all the layers of a step.
+    fn rope_table(&self, positions: &[u32], rope: &Rope) -> Result<super::DeviceTensor> {
+        let freq_bits: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| crate::error::Error::Internal("the wgpu step cache is poisoned"))?;
+        if let Some((p, f, t)) = &cache.rope {
+            if p == positions && *f == freq_bits {
+                return Ok(t.clone());
+            }
+        }
+        let mut values = Vec::with_capacity(positions.len() * rope.inv_freq.len() * 2);
+        for &pos in positions {
+            for &f in &rope.inv_freq {
+                let (s, c) = (f64::from(pos) * f64::from(f)).sin_cos();
+                values.push(c as f32);
+                values.push(s as f32);
+            }
+        }
+        let t = self.alloc(values.len(), 1)?;
+        self.recorder()?
+            .upload(t.buffer(), 0, bytemuck::cast_slice(&values));
+        cache.rope = Some((positions.to_vec(), freq_bits, t.clone()));
+        Ok(t)
+    }
+}

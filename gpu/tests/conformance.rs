@@ -1,0 +1,595 @@
+//! One conformance suite for every backend: the same test bodies run against the CPU backend
+//! and the wgpu backend (on both its feature paths), each op on random inputs against a
+//! float64 reference with named bounds, on shapes that are multiples of no tile.
+//!
+//! The wgpu tests need a Vulkan adapter; in CI that is lavapipe (`mesa-vulkan-drivers`,
+//! installed by scripts/test.sh). They fail, not skip, without one. Every activation buffer
+//! the wgpu backend hands out is filled with NaN first, so an element a kernel forgets to
+//! write fails the comparison.
+
+use lowbit_gpu::cpu::CpuBackend;
+use lowbit_gpu::quant::{quantize, QuantMethod, QuantizeOptions};
+use lowbit_gpu::wgpu::device::AdapterChoice;
+use lowbit_gpu::wgpu::WgpuBackend;
+use lowbit_gpu::{
+    AttentionShape, Backend, GroupSize, KvPoolSpec, QuantFormat, Rope, RopeStyle, SeqSpan,
+};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+/// How far each backend may be from the float64 reference (‖out − ref‖ / ‖ref‖).
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// Products with float weights (f32 activations everywhere).
+    matmul_float: f64,
+    /// Products with integer weights, against the dequantized weights in float64: the CPU
+    /// quantizes activations to int8 per block (dynamic quantization), the GPU keeps f32.
+    matmul_quantized: f64,
+    /// Norms, RoPE, element-wise ops and gathers.
+    elementwise: f64,
+    /// Attention over the paged pool.
+    attention: f64,
+}
+
+const CPU: Bounds = Bounds {
+    matmul_float: 1e-5,
+    matmul_quantized: 1.5e-2,
+    elementwise: 1e-6,
+    attention: 1e-5,
+};
+
+const WGPU: Bounds = Bounds {
+    matmul_float: 1e-5,
+    matmul_quantized: 1e-5,
+    elementwise: 1e-6,
+    attention: 1e-5,
+};
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random(r: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| (r.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0)
+        .collect()
+}
+
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (g, w) in got.iter().zip(want) {
+        num += (f64::from(*g) - w).powi(2);
+        den += w * w;
+    }
+    let e = (num / den.max(1e-300)).sqrt();
+    if e.is_nan() {
+        f64::INFINITY
+    } else {
+        e
+    }
+}
+
+const FORMATS: [QuantFormat; 9] = [
+    QuantFormat::F32,
+    QuantFormat::F16,
+    QuantFormat::Q8,
+    QuantFormat::Q4(GroupSize::G32),
+    QuantFormat::Q4(GroupSize::G64),
+    QuantFormat::Q4(GroupSize::G128),
+    QuantFormat::Q4M(GroupSize::G32),
+    QuantFormat::Q4M(GroupSize::G64),
+    QuantFormat::Q4M(GroupSize::G128),
+];
+
+/// A random weight in `format` and its values as the format defines them.
+fn weight(
+    be: &dyn Backend,
+    r: &mut ChaCha8Rng,
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+) -> (lowbit_gpu::Weight, Vec<f32>) {
+    let values = random(r, rows * cols);
+    let opts = QuantizeOptions {
+        method: QuantMethod::Rtn,
+        importance: None,
+    };
+    let q = quantize(&values, rows, cols, format, &opts).expect("quantize");
+    let exact = q.dequantize();
+    (be.load_weight(q).expect("load_weight"), exact)
+}
+
+fn upload(be: &dyn Backend, rows: usize, cols: usize, v: &[f32]) -> lowbit_gpu::Tensor {
+    be.upload(rows, cols, v.to_vec()).expect("upload")
+}
+
+fn reference_matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|c| f64::from(x[i * k + c]) * f64::from(w[j * k + c]))
+                .sum();
+        }
+    }
+    out
+}
+
+fn matmul_matches_float64_for_every_format_and_shape(be: &dyn Backend, b: Bounds) {
+    let mut r = rng(1);
+    for format in FORMATS {
+        for (n, k) in [(67, 576), (33, 256)] {
+            if !format.fits(k) {
+                continue;
+            }
+            let (w, exact) = weight(be, &mut r, format, n, k);
+            for m in [1, 2, 5, 8, 9, 70] {
+                let x = random(&mut r, m * k);
+                let got = be
+                    .download(&be.matmul(&upload(be, m, k, &x), &w).expect("matmul"))
+                    .expect("download");
+                let bound = if format.is_quantized() {
+                    b.matmul_quantized
+                } else {
+                    b.matmul_float
+                };
+                let e = rel_err(&got, &reference_matmul(&x, &exact, m, k, n));
+                assert!(e < bound, "{format} {m}x{k} · {n}x{k}: {e} ≥ {bound}");
+            }
+        }
+    }
+}
+
+fn a_rows_product_does_not_depend_on_its_batch(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(2);
+    for format in [
+        QuantFormat::Q4M(GroupSize::G32),
+        QuantFormat::Q8,
+        QuantFormat::F16,
+    ] {
+        let (k, n) = (576, 45);
+        let (w, _) = weight(be, &mut r, format, n, k);
+        let batch = random(&mut r, 40 * k);
+        let run = |rows: &[f32]| {
+            let m = rows.len() / k;
+            be.download(&be.matmul(&upload(be, m, k, rows), &w).expect("matmul"))
+                .expect("download")
+        };
+        let alone = run(&batch[..k]);
+        for m in [3, 8, 9, 16, 40] {
+            let among = run(&batch[..m * k]);
+            assert_eq!(
+                alone,
+                among[..n],
+                "{format}: row 0 alone vs in a batch of {m}"
+            );
+        }
+        let many = be
+            .matmul_many(&upload(be, 1, k, &batch[..k]), &[&w, &w])
+            .expect("matmul_many");
+        for t in many {
+            assert_eq!(
+                be.download(&t).expect("download"),
+                alone,
+                "{format} matmul_many"
+            );
+        }
+    }
+}
+
+fn embed_gathers_dequantized_rows(be: &dyn Backend, b: Bounds) {
+    let mut r = rng(3);
+    for format in FORMATS {
+        let (vocab, dim) = (61, 256);
+        let (table, exact) = weight(be, &mut r, format, vocab, dim);
+        let ids = [5u32, 0, 60, 5, 17];
+        let got = be
+            .download(&be.embed(&table, &ids).expect("embed"))
+            .expect("download");
+        let want: Vec<f64> = ids
+            .iter()
+            .flat_map(|&i| {
+                exact[i as usize * dim..][..dim]
+                    .iter()
+                    .map(|&v| f64::from(v))
+            })
+            .collect();
+        let e = rel_err(&got, &want);
+        assert!(e < b.elementwise, "{format}: {e}");
+        assert!(be.embed(&table, &[61]).is_err(), "an id outside the table");
+    }
+}
+
+fn rms_norm_matches_float64(be: &dyn Backend, b: Bounds) {
+    let mut r = rng(4);
+    for (rows, cols) in [(1, 576), (7, 96), (3, 1000)] {
+        let x = random(&mut r, rows * cols);
+        let g = random(&mut r, cols);
+        let got = be
+            .download(
+                &be.rms_norm(&upload(be, rows, cols, &x), &upload(be, 1, cols, &g), 1e-5)
+                    .expect("rms_norm"),
+            )
+            .expect("download");
+        let mut want = Vec::new();
+        for row in x.chunks(cols) {
+            let ms = row.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (ms + 1e-5).sqrt();
+            want.extend(
+                row.iter()
+                    .zip(&g)
+                    .map(|(&v, &w)| f64::from(v) * inv * f64::from(w)),
+            );
+        }
+        let e = rel_err(&got, &want);
+        assert!(e < b.elementwise * 4.0, "{rows}x{cols}: {e}");
+    }
+}
+
+fn rope_matches_float64_in_both_pairings(be: &dyn Backend, b: Bounds) {
+    let mut r = rng(5);
+    let hd = 64;
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32))
+        .collect();
+    for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
+        let rope = Rope {
+            style,
+            head_dim: hd,
+            inv_freq: inv_freq.clone(),
+        };
+        let (rows, cols) = (5, 3 * hd);
+        let x = random(&mut r, rows * cols);
+        let positions = [0u32, 1, 7, 300, 4095];
+        let got = be
+            .download(
+                &be.rope(&upload(be, rows, cols, &x), &positions, &rope)
+                    .expect("rope"),
+            )
+            .expect("download");
+        let mut want = vec![0.0f64; rows * cols];
+        for (row, &pos) in positions.iter().enumerate() {
+            for head in 0..cols / hd {
+                for (i, &freq) in inv_freq.iter().enumerate() {
+                    let (a, bb) = match style {
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        RopeStyle::HalfSplit => (i, i + hd / 2),
+                    };
+                    let base = row * cols + head * hd;
+                    let (x0, x1) = (f64::from(x[base + a]), f64::from(x[base + bb]));
+                    let (s, c) = (f64::from(pos) * f64::from(freq)).sin_cos();
+                    want[base + a] = x0 * c - x1 * s;
+                    want[base + bb] = x0 * s + x1 * c;
+                }
+            }
+        }
+        let e = rel_err(&got, &want);
+        assert!(e < b.elementwise * 4.0, "{style:?}: {e}");
+        assert!(be
+            .rope(&upload(be, rows, cols, &x), &positions[..2], &rope)
+            .is_err());
+    }
+}
+
+fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
+    let mut r = rng(6);
+    let (rows, cols) = (9, 77);
+    let (xa, xb) = (random(&mut r, rows * cols), random(&mut r, rows * cols));
+    let (ta, tb) = (upload(be, rows, cols, &xa), upload(be, rows, cols, &xb));
+    let sum = be
+        .download(&be.add(&ta, &tb).expect("add"))
+        .expect("download");
+    let want: Vec<f64> = xa
+        .iter()
+        .zip(&xb)
+        .map(|(a, b)| f64::from(*a) + f64::from(*b))
+        .collect();
+    assert!(rel_err(&sum, &want) < b.elementwise, "add");
+    let swiglu = be
+        .download(&be.silu_mul(&ta, &tb).expect("silu_mul"))
+        .expect("download");
+    let want: Vec<f64> = xa
+        .iter()
+        .zip(&xb)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            g / (1.0 + (-g).exp()) * f64::from(u)
+        })
+        .collect();
+    let e = rel_err(&swiglu, &want);
+    assert!(e < b.elementwise * 4.0, "silu_mul: {e}");
+    let picked = be
+        .download(&be.select_rows(&ta, &[8, 0, 8, 3]).expect("select_rows"))
+        .expect("download");
+    let want: Vec<f32> = [8, 0, 8, 3]
+        .iter()
+        .flat_map(|&r| xa[r * cols..(r + 1) * cols].to_vec())
+        .collect();
+    assert_eq!(picked, want, "select_rows");
+    let none = be.select_rows(&ta, &[]).expect("select no rows");
+    assert!(be.download(&none).expect("download").is_empty());
+    assert!(be.select_rows(&ta, &[9]).is_err());
+    let other = upload(be, rows, cols + 1, &random(&mut r, rows * (cols + 1)));
+    assert!(be.add(&ta, &other).is_err(), "shape mismatch");
+}
+
+const SHAPE: AttentionShape = AttentionShape {
+    n_heads: 6,
+    n_kv_heads: 2,
+    head_dim: 32,
+};
+
+/// One sequence's whole history: queries, keys and values for positions `0..ctx`.
+struct History {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    blocks: Vec<u32>,
+}
+
+fn reference_attention_row(h: &History, pos: usize) -> Vec<f64> {
+    let (hd, kv_dim, q_dim) = (SHAPE.head_dim, SHAPE.kv_dim(), SHAPE.q_dim());
+    let group = SHAPE.n_heads / SHAPE.n_kv_heads;
+    let mut out = vec![0.0f64; q_dim];
+    for head in 0..SHAPE.n_heads {
+        let kvh = head / group;
+        let scores: Vec<f64> = (0..=pos)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| {
+                        f64::from(h.q[pos * q_dim + head * hd + d])
+                            * f64::from(h.k[j * kv_dim + kvh * hd + d])
+                    })
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+        for (j, s) in scores.iter().enumerate() {
+            let p = (s - max).exp() / total;
+            for d in 0..hd {
+                out[head * hd + d] += p * f64::from(h.v[j * kv_dim + kvh * hd + d]);
+            }
+        }
+    }
+    out
+}
+
+/// Histories for sequences of `ctxs` positions, with blocks handed out scattered, interleaved
+/// between sequences and in reverse, and a pool with spare blocks.
+fn histories(ctxs: &[usize], block_tokens: usize) -> (Vec<History>, KvPoolSpec) {
+    let mut r = rng(7);
+    let total: usize = ctxs.iter().map(|c| c.div_ceil(block_tokens)).sum();
+    let spec = KvPoolSpec {
+        layers: 2,
+        kv_dim: SHAPE.kv_dim(),
+        head_dim: SHAPE.head_dim,
+        block_tokens,
+        blocks: total + 5,
+    };
+    let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
+    ids.retain(|b| b % 3 != 1 || *b > total as u32);
+    ids.extend((0..spec.blocks as u32).filter(|b| b % 3 == 1 && *b <= total as u32));
+    let mut next = ids.into_iter();
+    let hs = ctxs
+        .iter()
+        .map(|&ctx| History {
+            q: random(&mut r, ctx * SHAPE.q_dim()),
+            k: random(&mut r, ctx * SHAPE.kv_dim()),
+            v: random(&mut r, ctx * SHAPE.kv_dim()),
+            blocks: (0..ctx.div_ceil(block_tokens))
+                .map(|_| next.next().expect("enough blocks"))
+                .collect(),
+        })
+        .collect();
+    (hs, spec)
+}
+
+/// One attention call of layer 1: sequence `i` contributes positions `steps[i]`.
+fn attention_step(
+    be: &dyn Backend,
+    hs: &[History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    pool: &mut lowbit_gpu::KvPool,
+) -> Vec<f32> {
+    let (q_dim, kv_dim) = (SHAPE.q_dim(), SHAPE.kv_dim());
+    let (mut q, mut k, mut v, mut spans) = (vec![], vec![], vec![], vec![]);
+    for (i, r) in steps {
+        let h = &hs[*i];
+        spans.push(SeqSpan {
+            row_start: q.len() / q_dim,
+            len: r.len(),
+            pos_start: r.start,
+            blocks: &h.blocks,
+        });
+        q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
+        k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
+        v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
+    }
+    let rows = q.len() / q_dim;
+    let out = be
+        .attention(
+            1,
+            &upload(be, rows, q_dim, &q),
+            &upload(be, rows, kv_dim, &k),
+            &upload(be, rows, kv_dim, &v),
+            &spans,
+            pool,
+            SHAPE,
+        )
+        .expect("attention");
+    be.download(&out).expect("download")
+}
+
+fn attention_over_scattered_blocks_matches_float64(be: &dyn Backend, b: Bounds) {
+    for bt in [8, 16, 32] {
+        // A long prefill from scratch, a decode row after 10 cached positions, a continued
+        // prefill after 30, a single first token.
+        let (hs, spec) = histories(&[150, 11, 50, 1], bt);
+        let mut pool = be.new_kv_pool(spec).expect("pool");
+        attention_step(be, &hs, &[(1, 0..10), (2, 0..30)], &mut pool);
+        let steps = [(0, 0..150), (1, 10..11), (2, 30..50), (3, 0..1)];
+        let out = attention_step(be, &hs, &steps, &mut pool);
+        let mut want = Vec::new();
+        for (i, r) in &steps {
+            for pos in r.clone() {
+                want.extend(reference_attention_row(&hs[*i], pos));
+            }
+        }
+        let e = rel_err(&out, &want);
+        assert!(e < b.attention, "block tokens {bt}: {e}");
+    }
+}
+
+fn attention_does_not_depend_on_chunking_or_batch(be: &dyn Backend, _: Bounds) {
+    let (hs, spec) = histories(&[70, 40], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let q_dim = SHAPE.q_dim();
+    let whole = attention_step(be, &hs, &[(0, 0..70), (1, 0..40)], &mut pool);
+    let mut pieces = Vec::new();
+    pieces.extend(attention_step(be, &hs, &[(0, 0..3)], &mut pool));
+    pieces.extend(attention_step(be, &hs, &[(0, 3..23)], &mut pool));
+    for p in 23..70 {
+        pieces.extend(attention_step(be, &hs, &[(0, p..p + 1)], &mut pool));
+    }
+    assert_eq!(&whole[..70 * q_dim], &pieces[..]);
+}
+
+fn copied_blocks_attend_like_the_originals(be: &dyn Backend, _: Bounds) {
+    let (mut hs, spec) = histories(&[20, 20], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    attention_step(be, &hs, &[(0, 0..19)], &mut pool);
+    let before = attention_step(be, &hs, &[(0, 19..20)], &mut pool);
+    let spare: Vec<u32> = (0..spec.blocks as u32)
+        .filter(|b| !hs[0].blocks.contains(b) && !hs[1].blocks.contains(b))
+        .take(2)
+        .collect();
+    let pairs: Vec<(u32, u32)> = hs[0].blocks.iter().copied().zip(spare.clone()).collect();
+    be.copy_blocks(&mut pool, &pairs).expect("copy_blocks");
+    // Overwrite the originals with another sequence's keys and values: only the copies hold
+    // sequence 0 now.
+    hs[1].blocks = hs[0].blocks.clone();
+    attention_step(be, &hs, &[(1, 0..20)], &mut pool);
+    hs[0].blocks = spare;
+    let after = attention_step(be, &hs, &[(0, 19..20)], &mut pool);
+    assert_eq!(before, after);
+    assert!(be
+        .copy_blocks(&mut pool, &[(0, spec.blocks as u32)])
+        .is_err());
+}
+
+fn bad_block_tables_are_errors(be: &dyn Backend, _: Bounds) {
+    let (mut hs, spec) = histories(&[20], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let (q, k) = (
+        upload(be, 20, SHAPE.q_dim(), &vec![0.0; 20 * SHAPE.q_dim()]),
+        upload(be, 20, SHAPE.kv_dim(), &vec![0.0; 20 * SHAPE.kv_dim()]),
+    );
+    hs[0].blocks.truncate(1);
+    let span = SeqSpan {
+        row_start: 0,
+        len: 20,
+        pos_start: 0,
+        blocks: &hs[0].blocks,
+    };
+    assert!(be
+        .attention(0, &q, &k, &k, &[span], &mut pool, SHAPE)
+        .is_err());
+    let outside = [0u32, spec.blocks as u32];
+    let span = SeqSpan {
+        blocks: &outside,
+        ..span
+    };
+    assert!(be
+        .attention(0, &q, &k, &k, &[span], &mut pool, SHAPE)
+        .is_err());
+    assert!(
+        be.attention(2, &q, &k, &k, &[], &mut pool, SHAPE).is_err(),
+        "layer 2 of 2"
+    );
+}
+
+// ---- the backends ----
+
+fn cpu_backend() -> &'static dyn Backend {
+    static CPU_BACKEND: CpuBackend = CpuBackend;
+    &CPU_BACKEND
+}
+
+fn open_gpu(portable: bool) -> WgpuBackend {
+    let be = WgpuBackend::new(AdapterChoice::Any, portable).unwrap_or_else(|e| {
+        panic!("the wgpu tests need a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
+    });
+    be.set_poison(true);
+    be
+}
+
+fn wgpu_backend() -> &'static WgpuBackend {
+    static GPU: OnceLock<WgpuBackend> = OnceLock::new();
+    GPU.get_or_init(|| open_gpu(false))
+}
+
+fn wgpu_portable_backend() -> &'static WgpuBackend {
+    static GPU: OnceLock<WgpuBackend> = OnceLock::new();
+    GPU.get_or_init(|| open_gpu(true))
+}
+
+/// GPU tests run one at a time (lavapipe is slow and shares the cores).
+fn gpu_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod cpu {
+            $(#[test] fn $name() { super::$name(super::cpu_backend(), super::CPU) })*
+        }
+        mod wgpu {
+            $(#[test] fn $name() {
+                let _turn = super::gpu_turn();
+                super::$name(super::wgpu_backend(), super::WGPU)
+            })*
+        }
+        mod wgpu_portable {
+            $(#[test] fn $name() {
+                let _turn = super::gpu_turn();
+                super::$name(super::wgpu_portable_backend(), super::WGPU)
+            })*
+        }
+    };
+}
+
+suite!(
+    matmul_matches_float64_for_every_format_and_shape,
+    a_rows_product_does_not_depend_on_its_batch,
+    embed_gathers_dequantized_rows,
+    rms_norm_matches_float64,
+    rope_matches_float64_in_both_pairings,
+    elementwise_ops_and_gathers_match_float64,
+    attention_over_scattered_blocks_matches_float64,
+    attention_does_not_depend_on_chunking_or_batch,
+    copied_blocks_attend_like_the_originals,
+    bad_block_tables_are_errors,
+);
+
+#[test]
+fn tensors_of_one_backend_are_refused_by_the_other() {
+    let _turn = gpu_turn();
+    let gpu = wgpu_backend();
+    let cpu = cpu_backend();
+    let host = upload(cpu, 2, 8, &[1.0; 16]);
+    let device = upload(gpu, 2, 8, &[1.0; 16]);
+    assert!(gpu.add(&host, &host).is_err());
+    assert!(cpu.add(&device, &device).is_err());
+    assert!(gpu.download(&host).is_err());
+}
+
+#[test]
+fn the_portable_path_uses_no_subgroups() {
+    let _turn = gpu_turn();
+    assert!(!wgpu_portable_backend().uses_subgroups());
+}

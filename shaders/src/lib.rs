@@ -1,0 +1,233 @@
+//! lowbit's WGSL kernels, one kernel family per file under `wgsl/`.
+//!
+//! A pipeline's source is composed from the family's file, the weight-format decoders
+//! (`formats.wgsl`, for kernels that read weights) and a feature set. Variants are chosen with
+//! line directives (`//#if NAME`, `//#else`, `//#endif`) rather than by `override` constants,
+//! because code using subgroup builtins must not even be present on a device without the
+//! `SUBGROUP` feature.
+
+use std::collections::HashSet;
+
+/// A family of kernels, one WGSL file each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// Decode matrix-vector products for 1–8 activation rows (entry `main`).
+    Matvec,
+    /// Tiled matrix multiply for prefill and large batches (entry `main`).
+    Matmul,
+    /// Quantized embedding gather (entry `main`).
+    Embed,
+    /// RMSNorm (entry `main`).
+    Norm,
+    /// RoPE from a host-made cos/sin table (entry `main`).
+    Rope,
+    /// `add`, `silu_mul`, `gather_rows`.
+    Elementwise,
+    /// `kv_write` and `attend` over the paged KV pool.
+    Attention,
+}
+
+impl Family {
+    /// Every family.
+    pub const ALL: [Family; 7] = [
+        Family::Matvec,
+        Family::Matmul,
+        Family::Embed,
+        Family::Norm,
+        Family::Rope,
+        Family::Elementwise,
+        Family::Attention,
+    ];
+
+    /// Whether the family decodes weights (and so needs a [`WeightKind`]).
+    pub fn reads_weights(self) -> bool {
+        matches!(self, Family::Matvec | Family::Matmul | Family::Embed)
+    }
+
+    /// The family's entry points.
+    pub fn entries(self) -> &'static [&'static str] {
+        match self {
+            Family::Elementwise => &["add", "silu_mul", "gather_rows"],
+            Family::Attention => &["kv_write", "attend"],
+            _ => &["main"],
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Family::Matvec => include_str!("../wgsl/matvec.wgsl"),
+            Family::Matmul => include_str!("../wgsl/matmul.wgsl"),
+            Family::Embed => include_str!("../wgsl/embed.wgsl"),
+            Family::Norm => include_str!("../wgsl/norm.wgsl"),
+            Family::Rope => include_str!("../wgsl/rope.wgsl"),
+            Family::Elementwise => include_str!("../wgsl/elementwise.wgsl"),
+            Family::Attention => include_str!("../wgsl/attention.wgsl"),
+        }
+    }
+}
+
+/// How a weight's values are stored (the group size is a runtime parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    F32,
+    F16,
+    Q8,
+    Q4,
+    Q4M,
+}
+
+impl WeightKind {
+    /// Every kind.
+    pub const ALL: [WeightKind; 5] = [
+        WeightKind::F32,
+        WeightKind::F16,
+        WeightKind::Q8,
+        WeightKind::Q4,
+        WeightKind::Q4M,
+    ];
+
+    fn define(self) -> &'static str {
+        match self {
+            WeightKind::F32 => "F32",
+            WeightKind::F16 => "F16",
+            WeightKind::Q8 => "Q8",
+            WeightKind::Q4 => "Q4",
+            WeightKind::Q4M => "Q4M",
+        }
+    }
+}
+
+/// Optional device features a kernel variant may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Features {
+    /// Subgroup reductions (`subgroupAdd`); without it, workgroup-memory trees.
+    pub subgroups: bool,
+}
+
+impl Features {
+    /// The portable set: nothing optional.
+    pub const PORTABLE: Features = Features { subgroups: false };
+    /// Everything lowbit can use.
+    pub const ALL: Features = Features { subgroups: true };
+}
+
+/// The WGSL source of one family for one weight kind (ignored by families that read no
+/// weights) and feature set.
+pub fn source(family: Family, weight: Option<WeightKind>, features: Features) -> String {
+    let mut defines = HashSet::new();
+    if features.subgroups {
+        defines.insert("SUBGROUP");
+    }
+    let mut text = String::new();
+    if family.reads_weights() {
+        let kind = weight.unwrap_or(WeightKind::F32);
+        defines.insert(kind.define());
+        if matches!(kind, WeightKind::Q4 | WeightKind::Q4M) {
+            // The nibble formats' 8-value units are not contiguous (formats.wgsl).
+            defines.insert("NIBBLES");
+        }
+        text.push_str(include_str!("../wgsl/formats.wgsl"));
+        text.push('\n');
+    }
+    text.push_str(family.file());
+    preprocess(&text, &defines)
+}
+
+/// Keeps the lines whose `//#if` conditions hold. Directives nest; `//#else` flips the
+/// innermost one. Dropped lines become empty so that compiler line numbers still match.
+fn preprocess(text: &str, defines: &HashSet<&str>) -> String {
+    let mut stack: Vec<bool> = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let t = line.trim_start();
+        let active = stack.iter().all(|&b| b);
+        if let Some(name) = t.strip_prefix("//#if ") {
+            stack.push(defines.contains(name.trim()));
+        } else if t.starts_with("//#else") {
+            if let Some(top) = stack.last_mut() {
+                *top = !*top;
+            }
+        } else if t.starts_with("//#endif") {
+            stack.pop();
+        } else if active {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validate(family: Family, weight: Option<WeightKind>, features: Features) {
+        let src = source(family, weight, features);
+        let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| {
+            panic!(
+                "{family:?}/{weight:?}/{features:?} does not parse:\n{}",
+                e.emit_to_string(&src)
+            )
+        });
+        // unpack2x16float needs the SHADER_F16_IN_F32 downlevel flag, which every Vulkan,
+        // Metal and DX12 adapter has (the backend checks it when it opens a device).
+        let mut caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if features.subgroups {
+            caps |= naga::valid::Capabilities::SUBGROUP;
+        }
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps);
+        if features.subgroups {
+            validator.subgroup_stages(naga::valid::ShaderStages::COMPUTE);
+            validator.subgroup_operations(naga::valid::SubgroupOperationSet::all());
+        }
+        validator.validate(&module).unwrap_or_else(|e| {
+            panic!(
+                "{family:?}/{weight:?}/{features:?} does not validate:\n{}",
+                e.emit_to_string(&src)
+            )
+        });
+        for entry in family.entries() {
+            assert!(
+                module.entry_points.iter().any(|ep| ep.name == *entry),
+                "{family:?} has no entry point {entry}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_shader_parses_and_validates_on_both_feature_paths() {
+        for features in [Features::PORTABLE, Features::ALL] {
+            for family in Family::ALL {
+                if family.reads_weights() {
+                    for kind in WeightKind::ALL {
+                        validate(family, Some(kind), features);
+                    }
+                } else {
+                    validate(family, None, features);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_portable_path_has_no_subgroup_code() {
+        for family in Family::ALL {
+            let src = source(family, Some(WeightKind::Q4), Features::PORTABLE);
+            assert!(!src.contains("subgroup"), "{family:?}");
+        }
+        let src = source(Family::Norm, None, Features::ALL);
+        assert!(src.contains("subgroupAdd"));
+    }
+
+    #[test]
+    fn directives_nest_and_flip() {
+        let defs: HashSet<&str> = ["A"].into_iter().collect();
+        let text = "x\n//#if A\na\n//#if B\nab\n//#else\nanb\n//#endif\n//#else\nna\n//#endif\ny\n";
+        let kept: Vec<String> = preprocess(text, &defs)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(kept, ["x", "a", "anb", "y"]);
+    }
+}

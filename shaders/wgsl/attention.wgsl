@@ -1,0 +1,140 @@
+// Causal grouped-query attention over the paged KV pool of one layer.
+//
+// Pool layout per layer: | block | kv head | slot | head dim |, f32. A sequence's position p
+// lives in block tables[table + p / block_tokens], slot p % block_tokens. `row_info[r]` is
+// (position, offset of its sequence's block table in `tables`) for each new row r.
+// `kv_write` stores the new rows' keys and values; `attend` then runs one workgroup per
+// (row, head), streaming the row's positions 0..=pos in tiles of 64 with an online softmax,
+// so its result depends on its own sequence only. A row no sequence claims has position
+// NO_ROW: nothing is written to the pool for it and its output is zero.
+
+@group(0) @binding(0) var<storage, read> q: array<f32>;
+@group(0) @binding(1) var<storage, read> k_new: array<f32>;
+@group(0) @binding(2) var<storage, read> v_new: array<f32>;
+@group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(5) var<storage, read> row_info: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read> tables: array<u32>;
+@group(0) @binding(7) var<storage, read_write> out: array<f32>;
+@group(0) @binding(8) var<uniform> p: AttentionParams;
+
+struct AttentionParams {
+    rows: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    block_tokens: u32,
+    // 1 / sqrt(head_dim).
+    scale: f32,
+    grid_x: u32,
+    _pad: u32,
+}
+
+const WG: u32 = 64u;
+const NO_ROW: u32 = 0xffffffffu;
+const TILE: u32 = 64u;
+// Head dimensions up to 4 × 64.
+const DIMS_PER_THREAD: u32 = 4u;
+
+fn slot_offset(table: u32, pos: u32, kv_head: u32) -> u32 {
+    let block = tables[table + pos / p.block_tokens];
+    return ((block * p.n_kv_heads + kv_head) * p.block_tokens + pos % p.block_tokens) * p.head_dim;
+}
+
+@compute @workgroup_size(64)
+fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    let kv_dim = p.n_kv_heads * p.head_dim;
+    let row = i / kv_dim;
+    if row >= p.rows {
+        return;
+    }
+    let e = i % kv_dim;
+    let info = row_info[row];
+    if info.x == NO_ROW {
+        return;
+    }
+    let dst = slot_offset(info.y, info.x, e / p.head_dim) + e % p.head_dim;
+    k_cache[dst] = k_new[i];
+    v_cache[dst] = v_new[i];
+}
+
+var<workgroup> qs: array<f32, 256>;
+var<workgroup> probs: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn attend(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = wid.x + wid.y * nwg.x;
+    let row = item / p.n_heads;
+    if row >= p.rows {
+        return;
+    }
+    let head = item % p.n_heads;
+    let kv_head = head / (p.n_heads / p.n_kv_heads);
+    let hd = p.head_dim;
+    let q_base = row * p.n_heads * hd + head * hd;
+    for (var d = lid; d < hd; d += WG) {
+        qs[d] = q[q_base + d] * p.scale;
+    }
+    workgroupBarrier();
+    let info = row_info[row];
+    if info.x == NO_ROW {
+        for (var d = lid; d < hd; d += WG) {
+            out[q_base + d] = 0.0;
+        }
+        return;
+    }
+    let n = info.x + 1u;
+    var m_run = -3.0e38;
+    var l_run = 0.0;
+    var acc: array<f32, DIMS_PER_THREAD>;
+    for (var t0 = 0u; t0 < n; t0 += TILE) {
+        let pos = t0 + lid;
+        var s = -3.0e38;
+        if pos < n {
+            let base = slot_offset(info.y, pos, kv_head);
+            s = 0.0;
+            for (var d = 0u; d < hd; d++) {
+                s += qs[d] * k_cache[base + d];
+            }
+        }
+        probs[lid] = s;
+        workgroupBarrier();
+        var m_tile = m_run;
+        for (var j = 0u; j < TILE; j++) {
+            m_tile = max(m_tile, probs[j]);
+        }
+        workgroupBarrier();
+        probs[lid] = select(0.0, exp(s - m_tile), pos < n);
+        workgroupBarrier();
+        let correction = exp(m_run - m_tile);
+        l_run *= correction;
+        for (var i = 0u; i < DIMS_PER_THREAD; i++) {
+            acc[i] *= correction;
+        }
+        let count = min(TILE, n - t0);
+        for (var j = 0u; j < count; j++) {
+            let pj = probs[j];
+            l_run += pj;
+            let base = slot_offset(info.y, t0 + j, kv_head);
+            for (var i = 0u; i < DIMS_PER_THREAD; i++) {
+                let d = lid + WG * i;
+                if d < hd {
+                    acc[i] += pj * v_cache[base + d];
+                }
+            }
+        }
+        m_run = m_tile;
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < DIMS_PER_THREAD; i++) {
+        let d = lid + WG * i;
+        if d < hd {
+            out[q_base + d] = acc[i] / l_run;
+        }
+    }
+}

@@ -1,0 +1,42 @@
+// Element-wise kernels over `n` values: residual add, SwiGLU's silu(gate)·up, and a row gather.
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: ElementwiseParams;
+
+struct ElementwiseParams {
+    n: u32,
+    grid_x: u32,
+    // gather: columns per row.
+    cols: u32,
+    _pad: u32,
+}
+
+@compute @workgroup_size(64)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        out[i] = a[i] + b[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        let g = a[i];
+        out[i] = g / (1.0 + exp(-g)) * b[i];
+    }
+}
+
+// out row r = a row bitcast<u32>(b[r]): `b` holds the row indices.
+@compute @workgroup_size(64)
+fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        let r = i / p.cols;
+        let src = bitcast<u32>(b[r]);
+        out[i] = a[src * p.cols + i % p.cols];
+    }
+}

@@ -1,0 +1,119 @@
+// Prefill and large batches: out = x · Wᵀ tiled 64 × 64, W dequantized into workgroup memory
+// as its tiles load, 4 × 4 outputs per thread. Tiles are stored k-major so that the threads of
+// a row read consecutive addresses.
+//
+// One tile step is one 32-value block, and the summation order is matvec.wgsl's: each block's
+// dot in k order with fma from 0, block dots added in block order. So a row's result does not
+// depend on which kernel, or which batch, computed it.
+
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: MatmulParams;
+
+struct MatmulParams {
+    dims: WeightDims,
+    // Columns of x and W (K), a multiple of 8.
+    k: u32,
+    // Weight rows of this part.
+    rows: u32,
+    // Row stride of `out` (N).
+    out_stride: u32,
+    // Column of `out` where this part's rows start.
+    out_offset: u32,
+    // Activation rows (M).
+    m: u32,
+    // Tiles along the weight rows and along the activation rows.
+    tiles_n: u32,
+    tiles_m: u32,
+    _pad: u32,
+}
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const TK: u32 = 32u;
+
+var<workgroup> xs: array<f32, 2048>;
+var<workgroup> ws: array<f32, 2048>;
+
+@compute @workgroup_size(256)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tile = wid.x + wid.y * nwg.x;
+    if tile >= p.tiles_n * p.tiles_m {
+        return;
+    }
+    let n0 = (tile % p.tiles_n) * TN;
+    let m0 = (tile / p.tiles_n) * TM;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    var acc: array<vec4<f32>, 4>;
+    let kq = p.k / 4u;
+    let steps = (p.k + TK - 1u) / TK;
+    // Loader roles: 64 rows × 4 units of 8 values.
+    let lrow = lid / 4u;
+    let lunit = lid % 4u;
+    for (var s = 0u; s < steps; s++) {
+        let k0 = s * TK;
+        // x tile: row m0+lrow, columns k0 + 8·lunit .. +8.
+        let kx = k0 + lunit * 8u;
+        var xa = vec4<f32>(0.0);
+        var xb = vec4<f32>(0.0);
+        if m0 + lrow < p.m && kx < p.k {
+            xa = x[(m0 + lrow) * kq + kx / 4u];
+            xb = x[(m0 + lrow) * kq + kx / 4u + 1u];
+        }
+        let cx = lunit * 8u;
+        for (var i = 0u; i < 4u; i++) {
+            xs[(cx + i) * TM + lrow] = xa[i];
+            xs[(cx + 4u + i) * TM + lrow] = xb[i];
+        }
+        // W tile: unit (k0 / 8 + lunit) of row n0+lrow.
+        let u = k0 / 8u + lunit;
+        var w: Unit;
+        if n0 + lrow < p.rows && u * 8u < p.k {
+            w = unit(n0 + lrow, u, p.dims);
+        } else {
+            w.lo = vec4<f32>(0.0);
+            w.hi = vec4<f32>(0.0);
+            w.k_lo = k0 + lunit * 8u;
+            w.k_hi = w.k_lo + 4u;
+        }
+        let cl = w.k_lo - k0;
+        let ch = w.k_hi - k0;
+        for (var i = 0u; i < 4u; i++) {
+            ws[(cl + i) * TN + lrow] = w.lo[i];
+            ws[(ch + i) * TN + lrow] = w.hi[i];
+        }
+        workgroupBarrier();
+        var bd: array<vec4<f32>, 4>;
+        for (var kk = 0u; kk < TK; kk++) {
+            let b = vec4<f32>(
+                ws[kk * TN + tx],
+                ws[kk * TN + tx + 16u],
+                ws[kk * TN + tx + 32u],
+                ws[kk * TN + tx + 48u],
+            );
+            for (var i = 0u; i < 4u; i++) {
+                bd[i] = fma(vec4<f32>(xs[kk * TM + ty + 16u * i]), b, bd[i]);
+            }
+        }
+        for (var i = 0u; i < 4u; i++) {
+            acc[i] += bd[i];
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + ty + 16u * i;
+        if m < p.m {
+            for (var j = 0u; j < 4u; j++) {
+                let n = n0 + tx + 16u * j;
+                if n < p.rows {
+                    out[m * p.out_stride + p.out_offset + n] = acc[i][j];
+                }
+            }
+        }
+    }
+}
