@@ -72,6 +72,10 @@ pub trait Backend: Send + Sync {
     /// A short name for logs (`cpu`, `wgpu:<adapter>`).
     fn name(&self) -> String;
 
+    /// The backend itself, for tools that use what only one backend has (the wgpu
+    /// backend's memory counters and kernel profiles).
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// Runs one forward step (many operations). The default runs it right here; a backend
     /// may move it (the CPU backend runs it on a worker of its thread pool).
     fn run_step(&self, step: &mut (dyn FnMut() + Send)) {

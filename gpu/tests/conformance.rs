@@ -10,7 +10,7 @@
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::quant::{quantize, QuantMethod, QuantizeOptions};
 use lowbit_gpu::wgpu::device::AdapterChoice;
-use lowbit_gpu::wgpu::WgpuBackend;
+use lowbit_gpu::wgpu::{Activations, WgpuBackend, WgpuOptions};
 use lowbit_gpu::{
     AttentionShape, Backend, GroupSize, KvPoolSpec, QuantFormat, Rope, RopeStyle, SeqSpan,
 };
@@ -39,7 +39,10 @@ const CPU: Bounds = Bounds {
     attention: 1e-5,
 };
 
-const WGPU: Bounds = Bounds {
+/// Int8 activations for integer weights: the CPU's arithmetic, so the CPU's bounds.
+const WGPU_INT8: Bounds = CPU;
+
+const WGPU_F32: Bounds = Bounds {
     matmul_float: 1e-5,
     matmul_quantized: 1e-5,
     elementwise: 1e-6,
@@ -519,22 +522,40 @@ fn cpu_backend() -> &'static dyn Backend {
     &CPU_BACKEND
 }
 
-fn open_gpu(portable: bool) -> WgpuBackend {
-    let be = WgpuBackend::new(AdapterChoice::Any, portable).unwrap_or_else(|e| {
+fn open_gpu(options: WgpuOptions) -> WgpuBackend {
+    let be = WgpuBackend::new(AdapterChoice::Any, options).unwrap_or_else(|e| {
         panic!("the wgpu tests need a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
     });
     be.set_poison(true);
     be
 }
 
+/// The default: subgroups where offered, int8 activations for integer weights.
 fn wgpu_backend() -> &'static WgpuBackend {
     static GPU: OnceLock<WgpuBackend> = OnceLock::new();
-    GPU.get_or_init(|| open_gpu(false))
+    GPU.get_or_init(|| open_gpu(WgpuOptions::default()))
 }
 
+/// No optional feature, int8 activations.
 fn wgpu_portable_backend() -> &'static WgpuBackend {
     static GPU: OnceLock<WgpuBackend> = OnceLock::new();
-    GPU.get_or_init(|| open_gpu(true))
+    GPU.get_or_init(|| {
+        open_gpu(WgpuOptions {
+            portable: true,
+            ..WgpuOptions::default()
+        })
+    })
+}
+
+/// Subgroups, f32 activations for every weight.
+fn wgpu_f32_backend() -> &'static WgpuBackend {
+    static GPU: OnceLock<WgpuBackend> = OnceLock::new();
+    GPU.get_or_init(|| {
+        open_gpu(WgpuOptions {
+            activations: Activations::F32,
+            ..WgpuOptions::default()
+        })
+    })
 }
 
 /// GPU tests run one at a time (lavapipe is slow and shares the cores).
@@ -551,13 +572,19 @@ macro_rules! suite {
         mod wgpu {
             $(#[test] fn $name() {
                 let _turn = super::gpu_turn();
-                super::$name(super::wgpu_backend(), super::WGPU)
+                super::$name(super::wgpu_backend(), super::WGPU_INT8)
             })*
         }
         mod wgpu_portable {
             $(#[test] fn $name() {
                 let _turn = super::gpu_turn();
-                super::$name(super::wgpu_portable_backend(), super::WGPU)
+                super::$name(super::wgpu_portable_backend(), super::WGPU_INT8)
+            })*
+        }
+        mod wgpu_f32 {
+            $(#[test] fn $name() {
+                let _turn = super::gpu_turn();
+                super::$name(super::wgpu_f32_backend(), super::WGPU_F32)
             })*
         }
     };
@@ -592,4 +619,44 @@ fn tensors_of_one_backend_are_refused_by_the_other() {
 fn the_portable_path_uses_no_subgroups() {
     let _turn = gpu_turn();
     assert!(!wgpu_portable_backend().uses_subgroups());
+}
+
+/// Int8 activations on the GPU are the CPU's dynamic quantization: the same integers, the
+/// same float steps, so the two backends agree far more closely than either does with the
+/// float64 product (only the division in the scale may round differently).
+#[test]
+fn int8_products_agree_with_the_cpu_backend() {
+    let _turn = gpu_turn();
+    let (cpu, gpu) = (cpu_backend(), wgpu_backend());
+    let mut r = rng(8);
+    for format in [
+        QuantFormat::Q8,
+        QuantFormat::Q4(GroupSize::G32),
+        QuantFormat::Q4(GroupSize::G64),
+        QuantFormat::Q4M(GroupSize::G32),
+        QuantFormat::Q4M(GroupSize::G128),
+    ] {
+        let (n, k) = (70, 768);
+        let values = random(&mut r, n * k);
+        let opts = QuantizeOptions {
+            method: QuantMethod::Rtn,
+            importance: None,
+        };
+        let q = quantize(&values, n, k, format, &opts).expect("quantize");
+        let (wc, wg) = (
+            cpu.load_weight(q.clone()).expect("load"),
+            gpu.load_weight(q).expect("load"),
+        );
+        for m in [1, 4, 8, 9, 65] {
+            let x = random(&mut r, m * k);
+            let on = |be: &dyn Backend, w| {
+                be.download(&be.matmul(&upload(be, m, k, &x), w).expect("matmul"))
+                    .expect("download")
+            };
+            let (c, g) = (on(cpu, &wc), on(gpu, &wg));
+            let want: Vec<f64> = c.iter().map(|&v| f64::from(v)).collect();
+            let e = rel_err(&g, &want);
+            assert!(e < 1e-6, "{format} m={m}: GPU vs CPU {e}");
+        }
+    }
 }

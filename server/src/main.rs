@@ -7,10 +7,11 @@ fn main() -> std::process::ExitCode {
     // The server logs its requests; the tools only warnings. RUST_LOG overrides both.
     let (default_filter, json) = match &cli.command {
         lowbit::cli::Command::Serve(a) => (
-            "warn,lowbit=info,tower_http=warn",
+            "warn,lowbit=info,lowbit::device=info,tower_http=warn",
             a.log_format == lowbit::cli::serve::LogFormat::Json,
         ),
-        _ => ("warn", false),
+        // Which device a command runs on is worth one line.
+        _ => ("warn,lowbit::device=info", false),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| default_filter.into());

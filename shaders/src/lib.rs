@@ -25,11 +25,16 @@ pub enum Family {
     Elementwise,
     /// `kv_write` and `attend` over the paged KV pool.
     Attention,
+    /// Dynamic quantization of activations to int8 per 32-block (entry `main`).
+    Quantize,
+    /// Integer products with int8 activations: `matvec` (decode) and `matmul` (tiled), for
+    /// the integer weight kinds only.
+    Int8,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 9] = [
         Family::Matvec,
         Family::Matmul,
         Family::Embed,
@@ -37,11 +42,25 @@ impl Family {
         Family::Rope,
         Family::Elementwise,
         Family::Attention,
+        Family::Quantize,
+        Family::Int8,
     ];
 
     /// Whether the family decodes weights (and so needs a [`WeightKind`]).
     pub fn reads_weights(self) -> bool {
-        matches!(self, Family::Matvec | Family::Matmul | Family::Embed)
+        matches!(
+            self,
+            Family::Matvec | Family::Matmul | Family::Embed | Family::Int8
+        )
+    }
+
+    /// The weight kinds the family is built for.
+    pub fn weight_kinds(self) -> &'static [WeightKind] {
+        match self {
+            Family::Int8 => &[WeightKind::Q8, WeightKind::Q4, WeightKind::Q4M],
+            _ if self.reads_weights() => &WeightKind::ALL,
+            _ => &[],
+        }
     }
 
     /// The family's entry points.
@@ -49,6 +68,7 @@ impl Family {
         match self {
             Family::Elementwise => &["add", "silu_mul", "gather_rows"],
             Family::Attention => &["kv_write", "attend"],
+            Family::Int8 => &["matvec", "matmul"],
             _ => &["main"],
         }
     }
@@ -62,6 +82,8 @@ impl Family {
             Family::Rope => include_str!("../wgsl/rope.wgsl"),
             Family::Elementwise => include_str!("../wgsl/elementwise.wgsl"),
             Family::Attention => include_str!("../wgsl/attention.wgsl"),
+            Family::Quantize => include_str!("../wgsl/quantize.wgsl"),
+            Family::Int8 => include_str!("../wgsl/int8.wgsl"),
         }
     }
 }
@@ -199,7 +221,7 @@ mod tests {
         for features in [Features::PORTABLE, Features::ALL] {
             for family in Family::ALL {
                 if family.reads_weights() {
-                    for kind in WeightKind::ALL {
+                    for &kind in family.weight_kinds() {
                         validate(family, Some(kind), features);
                     }
                 } else {

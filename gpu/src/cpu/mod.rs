@@ -82,6 +82,10 @@ impl Backend for CpuBackend {
         "cpu".to_string()
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn run_step(&self, step: &mut (dyn FnMut() + Send)) {
         // The calling thread takes part in every parallel region; the pool's helpers stay
         // awake between them (pool.rs).

@@ -5,6 +5,7 @@
 
 use super::device::Gpu;
 use super::kernels::Pipeline;
+use super::profile::{Profile, Timer};
 use crate::error::{Error, Result};
 use bytemuck::Pod;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct Recorder {
     arena: Vec<u8>,
     arena_buffer: Option<::wgpu::Buffer>,
     readback: Option<::wgpu::Buffer>,
+    /// Time per kernel, while profiling.
+    pub profile: Option<Profile>,
 }
 
 /// A dispatch grid for `groups` workgroups: at most 65535 along x (WebGPU's guaranteed
@@ -153,6 +156,14 @@ impl Recorder {
             .create_command_encoder(&::wgpu::CommandEncoderDescriptor {
                 label: Some("step"),
             });
+        let timer = (self.profile.is_some() && gpu.timestamps).then(|| {
+            let n = commands
+                .iter()
+                .filter(|c| matches!(c, Command::Dispatch(_)))
+                .count();
+            Timer::new(gpu, n)
+        });
+        let mut labels = Vec::new();
         let mut i = 0;
         while i < commands.len() {
             if let Command::Copy {
@@ -171,16 +182,28 @@ impl Recorder {
                 i += 1;
                 continue;
             }
+            // Profiling: one pass per dispatch, timed; otherwise one pass per run of
+            // dispatches.
+            let timed = timer.as_ref().and_then(|t| t.writes(labels.len()));
             let mut pass = encoder.begin_compute_pass(&::wgpu::ComputePassDescriptor {
                 label: Some("kernels"),
-                timestamp_writes: None,
+                timestamp_writes: timed.clone(),
             });
             while let Some(Command::Dispatch(d)) = commands.get(i) {
                 pass.set_pipeline(&d.pipeline.pipeline);
                 pass.set_bind_group(0, bind_groups[i].as_ref(), &[]);
                 pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
                 i += 1;
+                if timer.is_some() {
+                    if timed.is_some() {
+                        labels.push(d.pipeline.label());
+                    }
+                    break;
+                }
             }
+        }
+        if let Some(t) = &timer {
+            t.resolve(&mut encoder);
         }
         let staging = read.map(|(buffer, bytes)| {
             let staging = self.readback_buffer(gpu, bytes);
@@ -188,6 +211,9 @@ impl Recorder {
             (staging, bytes)
         });
         gpu.queue.submit([encoder.finish()]);
+        if let (Some(t), Some(profile)) = (timer, self.profile.as_mut()) {
+            t.collect(gpu, &labels, profile)?;
+        }
         let Some((staging, bytes)) = staging else {
             return gpu.check().map(|()| Vec::new());
         };

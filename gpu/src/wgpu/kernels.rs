@@ -30,6 +30,17 @@ pub enum Kernel {
     GatherRows,
     KvWrite,
     Attend,
+    /// Activations to int8 per 32-block.
+    Quantize,
+    /// Integer decode product with int8 activations, `m` (1..=8) rows.
+    Int8Matvec {
+        kind: WeightKind,
+        m: u32,
+    },
+    /// Integer tiled product with int8 activations.
+    Int8Matmul {
+        kind: WeightKind,
+    },
 }
 
 /// Largest activation row count the decode kernel is specialized for.
@@ -81,6 +92,8 @@ impl Kernel {
             Kernel::Rope => Family::Rope,
             Kernel::Add | Kernel::SiluMul | Kernel::GatherRows => Family::Elementwise,
             Kernel::KvWrite | Kernel::Attend => Family::Attention,
+            Kernel::Quantize => Family::Quantize,
+            Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
         }
     }
 
@@ -91,24 +104,28 @@ impl Kernel {
             Kernel::GatherRows => "gather_rows",
             Kernel::KvWrite => "kv_write",
             Kernel::Attend => "attend",
+            Kernel::Int8Matvec { .. } => "matvec",
+            Kernel::Int8Matmul { .. } => "matmul",
             _ => "main",
         }
     }
 
     fn weight_kind(self) -> Option<WeightKind> {
         match self {
-            Kernel::Matvec { kind, .. } | Kernel::Matmul { kind } | Kernel::Embed { kind } => {
-                Some(kind)
-            }
+            Kernel::Matvec { kind, .. }
+            | Kernel::Matmul { kind }
+            | Kernel::Embed { kind }
+            | Kernel::Int8Matvec { kind, .. }
+            | Kernel::Int8Matmul { kind } => Some(kind),
             _ => None,
         }
     }
 
     fn layout(self) -> Layout {
         match self.family() {
-            Family::Matvec | Family::Matmul | Family::Embed => Layout::Weights,
+            Family::Matvec | Family::Matmul | Family::Embed | Family::Int8 => Layout::Weights,
             Family::Attention => Layout::Attention,
-            Family::Norm | Family::Rope | Family::Elementwise => Layout::Binary,
+            Family::Norm | Family::Rope | Family::Elementwise | Family::Quantize => Layout::Binary,
         }
     }
 
@@ -124,6 +141,20 @@ pub struct Pipeline {
     pub kernel: Kernel,
     pub pipeline: ::wgpu::ComputePipeline,
     pub layout: ::wgpu::BindGroupLayout,
+}
+
+impl Pipeline {
+    /// A short name for profiles: the kernel and its specialization.
+    pub fn label(&self) -> String {
+        match self.kernel {
+            Kernel::Matvec { kind, m } => format!("matvec {kind:?} m={m}"),
+            Kernel::Matmul { kind } => format!("matmul {kind:?}"),
+            Kernel::Embed { kind } => format!("embed {kind:?}"),
+            Kernel::Int8Matvec { kind, m } => format!("int8 matvec {kind:?} m={m}"),
+            Kernel::Int8Matmul { kind } => format!("int8 matmul {kind:?}"),
+            k => format!("{k:?}"),
+        }
+    }
 }
 
 /// The device's pipelines, built once each.
@@ -184,7 +215,9 @@ impl KernelCache {
         let layout = self.layout(gpu, kernel.layout())?;
         let source = lowbit_shaders::source(kernel.family(), kernel.weight_kind(), gpu.features);
         let constants: Vec<(&str, f64)> = match kernel {
-            Kernel::Matvec { m, .. } => vec![("M", f64::from(m))],
+            Kernel::Matvec { m, .. } | Kernel::Int8Matvec { m, .. } => {
+                vec![("M", f64::from(m))]
+            }
             _ => Vec::new(),
         };
         let label = format!("{kernel:?}");
@@ -307,6 +340,37 @@ pub struct ElementwiseParams {
     pub grid_x: u32,
     pub cols: u32,
     pub _pad: u32,
+}
+
+/// `QuantizeParams` in quantize.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct QuantizeParams {
+    pub k: u32,
+    pub m: u32,
+    pub base_d: u32,
+    pub base_c: u32,
+    pub base_s: u32,
+    pub grid_x: u32,
+    pub _pad: [u32; 2],
+}
+
+/// `Int8Params` in int8.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct Int8Params {
+    pub dims: WeightDims,
+    pub k: u32,
+    pub rows: u32,
+    pub out_stride: u32,
+    pub out_offset: u32,
+    pub m: u32,
+    pub tiles_n: u32,
+    pub tiles_m: u32,
+    pub base_d: u32,
+    pub base_c: u32,
+    pub base_s: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `AttentionParams` in attention.wgsl.

@@ -1,29 +1,176 @@
-//! `x · Wᵀ`: the decode kernel for up to eight rows, the tiled kernel beyond. Both sum in the
-//! same order (matvec.wgsl), so the choice never changes a row's result.
+//! `x · Wᵀ`. Integer weights take int8 activations by default (dynamic quantization, the CPU
+//! backend's arithmetic, int8.wgsl); float weights, and every weight under
+//! `Activations::F32`, take f32 activations (matvec.wgsl, matmul.wgsl). Each path has a
+//! decode kernel for up to eight rows and a tiled one beyond, summing in the same order, so
+//! the choice never changes a row's result.
 
+use super::buffers::DeviceTensor;
 use super::encoder::grid;
 use super::kernels::{
-    Kernel, MatmulParams, MatvecParams, MATMUL_TILE, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_GROUP,
+    Int8Params, Kernel, MatmulParams, MatvecParams, QuantizeParams, ELEMENT_GROUP, MATMUL_TILE,
+    MATVEC_MAX_ROWS, MATVEC_ROWS_PER_GROUP,
 };
-use super::{device_of, weight_of, WgpuBackend};
+use super::weights::DeviceWeight;
+use super::{device_of, weight_of, Activations, WgpuBackend};
 use crate::error::{shape_err, Result};
 use crate::tensor::{Tensor, Weight};
+use lowbit_shaders::WeightKind;
+
+/// Activations quantized by quantize.wgsl: packed words, then block scales, c and Σq.
+struct QuantizedX {
+    buffer: DeviceTensor,
+    base_d: u32,
+    base_c: u32,
+    base_s: u32,
+}
 
 impl WgpuBackend {
-    pub(super) fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
-        if x.cols() != w.cols() {
-            return Err(shape_err(
-                "matmul",
-                format!("x has {} columns, W has {}", x.cols(), w.cols()),
-            ));
-        }
-        let (m, k, n) = (x.rows(), w.cols(), w.rows());
+    fn uses_int8(&self, w: &DeviceWeight) -> bool {
+        self.options.activations == Activations::Int8
+            && matches!(w.kind, WeightKind::Q8 | WeightKind::Q4 | WeightKind::Q4M)
+    }
+
+    fn quantize_x(&self, x: &Tensor) -> Result<QuantizedX> {
+        let (m, k) = (x.rows(), x.cols());
         let xd = device_of(x)?;
-        let wd = weight_of(w)?;
-        let out = self.alloc(m, n)?;
-        if m == 0 || n == 0 {
-            return Ok(self.tensor(m, n, out));
+        let blocks = m * k / 32;
+        let (base_d, base_c, base_s) = (m * k / 4, m * k / 4 + blocks, m * k / 4 + 2 * blocks);
+        let buffer = self.alloc(m * k / 4 + 3 * blocks, 1)?;
+        let (groups, grid_x) = {
+            let g = grid((blocks as u32).div_ceil(ELEMENT_GROUP));
+            (g, g.0 * ELEMENT_GROUP)
+        };
+        let params = QuantizeParams {
+            k: k as u32,
+            m: m as u32,
+            base_d: base_d as u32,
+            base_c: base_c as u32,
+            base_s: base_s as u32,
+            grid_x,
+            _pad: [0; 2],
+        };
+        let pipeline = self.kernel(Kernel::Quantize)?;
+        self.recorder()?.dispatch(
+            pipeline,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (&self.dummy_read, 256),
+                (buffer.buffer(), buffer.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        Ok(QuantizedX {
+            buffer,
+            base_d: base_d as u32,
+            base_c: base_c as u32,
+            base_s: base_s as u32,
+        })
+    }
+
+    pub(super) fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
+        let mut out = self.linear_many(x, &[w])?;
+        out.pop().ok_or(crate::error::Error::Internal(
+            "linear_many returned nothing",
+        ))
+    }
+
+    /// `x · Wᵢᵀ` for weights sharing `x`: activations are quantized once for all of them.
+    pub(super) fn linear_many(&self, x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
+        let mut quantized: Option<QuantizedX> = None;
+        let mut outs = Vec::with_capacity(ws.len());
+        for w in ws {
+            if x.cols() != w.cols() {
+                return Err(shape_err(
+                    "matmul",
+                    format!("x has {} columns, W has {}", x.cols(), w.cols()),
+                ));
+            }
+            let wd = weight_of(w)?;
+            let (m, n) = (x.rows(), w.rows());
+            let out = self.alloc(m, n)?;
+            if m > 0 && n > 0 {
+                if self.uses_int8(wd) {
+                    if quantized.is_none() {
+                        quantized = Some(self.quantize_x(x)?);
+                    }
+                    if let Some(q) = &quantized {
+                        self.int8_product(q, m, x.cols(), wd, &out)?;
+                    }
+                } else {
+                    self.float_product(device_of(x)?, m, x.cols(), wd, &out)?;
+                }
+            }
+            outs.push(self.tensor(m, n, out));
         }
+        Ok(outs)
+    }
+
+    fn int8_product(
+        &self,
+        q: &QuantizedX,
+        m: usize,
+        k: usize,
+        wd: &DeviceWeight,
+        out: &DeviceTensor,
+    ) -> Result<()> {
+        let decode = m <= MATVEC_MAX_ROWS;
+        let pipeline = self.kernel(if decode {
+            Kernel::Int8Matvec {
+                kind: wd.kind,
+                m: m as u32,
+            }
+        } else {
+            Kernel::Int8Matmul { kind: wd.kind }
+        })?;
+        let n: u32 = wd.parts.iter().map(|p| p.rows).sum();
+        let mut rec = self.recorder()?;
+        for part in &wd.parts {
+            let tiles_n = part.rows.div_ceil(MATMUL_TILE);
+            let tiles_m = (m as u32).div_ceil(MATMUL_TILE);
+            let params = Int8Params {
+                dims: wd.dims,
+                k: k as u32,
+                rows: part.rows,
+                out_stride: n,
+                out_offset: part.row_start,
+                m: m as u32,
+                tiles_n,
+                tiles_m,
+                base_d: q.base_d,
+                base_c: q.base_c,
+                base_s: q.base_s,
+                _pad: [0; 2],
+            };
+            let groups = if decode {
+                grid(part.rows.div_ceil(MATVEC_ROWS_PER_GROUP))
+            } else {
+                grid(tiles_n * tiles_m)
+            };
+            rec.dispatch(
+                pipeline.clone(),
+                &[
+                    (&part.words, part.words.size()),
+                    self.scales_or_dummy(part.scales.as_ref()),
+                    self.scales_or_dummy(part.mins.as_ref()),
+                    (q.buffer.buffer(), q.buffer.bytes()),
+                    (out.buffer(), out.bytes()),
+                ],
+                &params,
+                groups,
+            );
+        }
+        Ok(())
+    }
+
+    fn float_product(
+        &self,
+        xd: &DeviceTensor,
+        m: usize,
+        k: usize,
+        wd: &DeviceWeight,
+        out: &DeviceTensor,
+    ) -> Result<()> {
         let decode = m <= MATVEC_MAX_ROWS;
         let pipeline = self.kernel(if decode {
             Kernel::Matvec {
@@ -33,6 +180,7 @@ impl WgpuBackend {
         } else {
             Kernel::Matmul { kind: wd.kind }
         })?;
+        let n: u32 = wd.parts.iter().map(|p| p.rows).sum();
         let mut rec = self.recorder()?;
         for part in &wd.parts {
             let buffers = [
@@ -47,7 +195,7 @@ impl WgpuBackend {
                     dims: wd.dims,
                     k: k as u32,
                     rows: part.rows,
-                    out_stride: n as u32,
+                    out_stride: n,
                     out_offset: part.row_start,
                 };
                 let groups = part.rows.div_ceil(MATVEC_ROWS_PER_GROUP);
@@ -59,7 +207,7 @@ impl WgpuBackend {
                     dims: wd.dims,
                     k: k as u32,
                     rows: part.rows,
-                    out_stride: n as u32,
+                    out_stride: n,
                     out_offset: part.row_start,
                     m: m as u32,
                     tiles_n,
@@ -69,6 +217,6 @@ impl WgpuBackend {
                 rec.dispatch(pipeline.clone(), &buffers, &params, grid(tiles_n * tiles_m));
             }
         }
-        Ok(self.tensor(m, n, out))
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod encoder;
 pub mod kernels;
 mod linear;
 mod ops;
+pub mod profile;
 pub mod weights;
 
 use crate::backend::{AttentionShape, Backend, Rope, SeqSpan};
@@ -37,9 +38,58 @@ struct StepCache {
     attention: Option<(Vec<u32>, attention::RowInfo)>,
 }
 
+/// What integer weights are multiplied with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// Activations quantized to int8 per 32-block at run time, integer dot products
+    /// (`dot4I8Packed`): the CPU backend's arithmetic, so both backends agree.
+    Int8,
+    /// f32 activations, weights dequantized to f32.
+    F32,
+}
+
+/// How the backend uses its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Ask for no optional feature (subgroups, f16, timestamps): the path every adapter runs.
+    pub portable: bool,
+    pub activations: Activations,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        Self {
+            portable: false,
+            activations: Activations::Int8,
+        }
+    }
+}
+
+impl WgpuOptions {
+    /// The defaults, overridden by `LOWBIT_WGPU_PORTABLE=1` and
+    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8`.
+    pub fn from_env() -> Result<Self> {
+        let mut o = Self::default();
+        if std::env::var("LOWBIT_WGPU_PORTABLE").is_ok_and(|v| v == "1") {
+            o.portable = true;
+        }
+        match std::env::var("LOWBIT_WGPU_ACTIVATIONS").as_deref() {
+            Err(_) | Ok("") | Ok("int8") => {}
+            Ok("f32") => o.activations = Activations::F32,
+            Ok(other) => {
+                return Err(Error::Unsupported(format!(
+                    "LOWBIT_WGPU_ACTIVATIONS={other} (valid: int8, f32)"
+                )))
+            }
+        }
+        Ok(o)
+    }
+}
+
 /// The wgpu backend.
 pub struct WgpuBackend {
     gpu: Gpu,
+    options: WgpuOptions,
     kernels: KernelCache,
     pool: BufferPool,
     recorder: Mutex<Recorder>,
@@ -62,11 +112,9 @@ impl std::fmt::Debug for WgpuBackend {
 }
 
 impl WgpuBackend {
-    /// Opens an adapter. `portable` leaves out the optional features (subgroups, f16,
-    /// timestamps); `LOWBIT_WGPU_PORTABLE=1` asks for the same from the environment.
-    pub fn new(choice: AdapterChoice, portable: bool) -> Result<Self> {
-        let portable = portable || std::env::var("LOWBIT_WGPU_PORTABLE").is_ok_and(|v| v == "1");
-        let gpu = Gpu::open(choice, portable)?;
+    /// Opens an adapter.
+    pub fn new(choice: AdapterChoice, options: WgpuOptions) -> Result<Self> {
+        let gpu = Gpu::open(choice, options.portable)?;
         let memory = Arc::new(MemoryCounters::default());
         let pool = BufferPool::new(gpu.device.clone(), Arc::clone(&memory));
         let dummy = |label| {
@@ -78,9 +126,9 @@ impl WgpuBackend {
             })
         };
         let (dummy_read, dummy_write) = (dummy("unused input"), dummy("unused output"));
-        tracing::info!(adapter = %gpu.adapter, subgroups = gpu.features.subgroups, "wgpu device");
         Ok(Self {
             gpu,
+            options,
             kernels: KernelCache::default(),
             pool,
             recorder: Mutex::default(),
@@ -97,6 +145,11 @@ impl WgpuBackend {
         &self.gpu.adapter
     }
 
+    /// The options it was opened with.
+    pub fn options(&self) -> WgpuOptions {
+        self.options
+    }
+
     /// Whether kernels use subgroup operations on this device.
     pub fn uses_subgroups(&self) -> bool {
         self.gpu.features.subgroups
@@ -109,6 +162,27 @@ impl WgpuBackend {
             self.memory.kv.load(Ordering::Relaxed),
             self.memory.activations.load(Ordering::Relaxed),
         )
+    }
+
+    /// Starts (or stops) timing every kernel; [`WgpuBackend::take_profile`] returns the times.
+    /// Without `TIMESTAMP_QUERY` on the adapter, nothing is timed.
+    pub fn set_profiling(&self, on: bool) -> Result<()> {
+        self.recorder()?.profile = on.then(profile::Profile::default);
+        Ok(())
+    }
+
+    /// Whether this adapter can time kernels.
+    pub fn can_profile(&self) -> bool {
+        self.gpu.timestamps
+    }
+
+    /// The kernel times gathered since profiling started, and a fresh start.
+    pub fn take_profile(&self) -> Result<profile::Profile> {
+        let mut rec = self.recorder()?;
+        Ok(rec
+            .profile
+            .replace(profile::Profile::default())
+            .unwrap_or_default())
     }
 
     /// Tests: poison every activation buffer handed out from now on.
@@ -178,6 +252,10 @@ impl Backend for WgpuBackend {
         format!("wgpu:{}", self.gpu.adapter.name)
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     fn load_weight(&self, w: QTensor) -> Result<Weight> {
         let max = self.gpu.limits.max_storage_buffer_binding_size;
         let (rows, cols) = (w.rows, w.cols);
@@ -223,6 +301,10 @@ impl Backend for WgpuBackend {
 
     fn matmul(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
         self.linear(x, w)
+    }
+
+    fn matmul_many(&self, x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
+        self.linear_many(x, ws)
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {

@@ -8,7 +8,30 @@ use crate::engine::solo::SoloKv;
 use crate::model::BatchSeq;
 use anyhow::{Context, Result};
 use clap::Args;
+use lowbit_gpu::wgpu::profile::Profile;
+use lowbit_gpu::wgpu::WgpuBackend;
 use std::time::Instant;
+
+/// Kernel times of one profiled run, longest first.
+fn print_profile(name: &str, p: &Profile) {
+    let total = p.total_ns().max(1.0);
+    println!("{name}: GPU time per kernel (timestamp queries, one pass per dispatch)");
+    println!(
+        "{:<28} {:>8} {:>11} {:>10} {:>6}",
+        "kernel", "calls", "total ms", "avg µs", "%"
+    );
+    let mut rows: Vec<_> = p.kernels.iter().collect();
+    rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    for (k, (calls, ns)) in rows {
+        println!(
+            "{k:<28} {calls:>8} {:>11.2} {:>10.1} {:>6.1}",
+            ns / 1e6,
+            ns / 1e3 / *calls as f64,
+            100.0 * ns / total
+        );
+    }
+    println!("{:<28} {:>8} {:>11.2}", "all", "", total / 1e6);
+}
 
 /// Arguments of `lowbit bench` (or `lowbit bench serve …`, the HTTP load generator).
 #[derive(Debug, Args)]
@@ -33,6 +56,9 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Print the GPU time of every kernel (timestamp queries; wgpu only).
+    #[arg(long)]
+    profile: bool,
 }
 
 /// `lowbit bench`'s subcommands.
@@ -117,6 +143,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok((batch * args.gen_tokens) as f64 / t.elapsed().as_secs_f64())
     };
 
+    let gpu = model.backend().as_any().downcast_ref::<WgpuBackend>();
+    if args.profile {
+        match gpu {
+            Some(g) if g.can_profile() => {}
+            Some(_) => anyhow::bail!("--profile: this adapter has no timestamp queries"),
+            None => anyhow::bail!("--profile times GPU kernels; the model runs on the CPU"),
+        }
+    }
+    let profiled = |name: &str, f: &dyn Fn() -> Result<f64>| -> Result<f64> {
+        if let (true, Some(g)) = (args.profile, gpu) {
+            g.set_profiling(true)?;
+            let r = f();
+            print_profile(name, &g.take_profile()?);
+            g.set_profiling(false)?;
+            return r;
+        }
+        f()
+    };
+
     let reps = args.reps.max(1);
     let mut pp = Vec::new();
     let mut tg = Vec::new();
@@ -125,11 +170,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         for _ in 0..reps {
             pp.push(run_prompt()?);
         }
+        profiled(&format!("pp{}", args.prompt_tokens), &run_prompt)?;
     }
     if args.gen_tokens > 0 {
         for _ in 0..reps {
             tg.push(run_gen()?);
         }
+        profiled(&format!("tg{}", args.gen_tokens), &run_gen)?;
     }
     let (rss, peak) = memory_bytes();
     let (pp, tg) = (median(pp), median(tg));

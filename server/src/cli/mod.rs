@@ -11,10 +11,12 @@ pub mod serve;
 
 use crate::model::calibrate::DEFAULT_CALIBRATION_WINDOWS;
 use crate::model::{Calibration, Llama, ModelSource, QuantPolicy};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::quant::QuantMethod;
+use lowbit_gpu::wgpu::device::AdapterChoice;
+use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
 use lowbit_gpu::Backend;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -58,13 +60,45 @@ pub enum EvalCommand {
     Perplexity(perplexity::PerplexityArgs),
 }
 
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// Where the model runs (`--device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
-    /// The best available (the CPU, until the GPU backend lands).
+    /// A hardware GPU (discrete, then integrated) if there is one, else the CPU. A software
+    /// Vulkan adapter (lavapipe) is slower than the CPU backend, so `auto` never takes it.
     Auto,
     Cpu,
+    /// The best GPU adapter, software ones included.
     Gpu,
+    /// The N-th adapter (`lowbit info --adapters` lists them).
+    GpuIndex(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Device::Auto),
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu),
+            other => other
+                .strip_prefix("gpu:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::GpuIndex)
+                .ok_or_else(|| format!("unknown device '{s}' (valid: auto, cpu, gpu, gpu:N)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Auto => write!(f, "auto"),
+            Device::Cpu => write!(f, "cpu"),
+            Device::Gpu => write!(f, "gpu"),
+            Device::GpuIndex(i) => write!(f, "gpu:{i}"),
+        }
+    }
 }
 
 /// Options shared by every command that loads a model.
@@ -73,8 +107,9 @@ pub struct ModelArgs {
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    /// Where to run: auto (a hardware GPU, else the CPU), cpu, gpu (any adapter, software
+    /// ones included), gpu:N (the N-th adapter).
+    #[arg(long, default_value_t = Device::Auto)]
     pub device: Device,
     /// Weight formats: a format (f32, f16, q8, q4g32, q4mg64, …), a preset (q8, q4, q4m), and
     /// PATTERN=FORMAT rules, comma-separated ("q4g64,output=q8,blk.0.*=q8"). Default: as stored.
@@ -161,11 +196,36 @@ impl ModelArgs {
     }
 }
 
-/// The backend for a `--device` choice.
+/// The backend for a `--device` choice. Under `auto`, no hardware GPU (or one that fails to
+/// open) means the CPU, and the log says why.
 pub fn backend_for(device: Device) -> Result<Arc<dyn Backend>> {
+    let gpu = |choice| -> Result<Arc<dyn Backend>> {
+        let be = WgpuBackend::new(choice, WgpuOptions::from_env()?)?;
+        tracing::info!(
+            target: "lowbit::device",
+            subgroups = be.uses_subgroups(),
+            activations = ?be.options().activations,
+            "running on the GPU: {}",
+            be.adapter()
+        );
+        Ok(Arc::new(be))
+    };
     match device {
-        Device::Auto | Device::Cpu => Ok(Arc::new(CpuBackend::new())),
-        Device::Gpu => bail!("--device gpu: the wgpu backend is not built yet; use --device cpu"),
+        Device::Cpu => {
+            tracing::info!(target: "lowbit::device", "running on the CPU (--device cpu)");
+            Ok(Arc::new(CpuBackend::new()))
+        }
+        Device::Gpu => gpu(AdapterChoice::Any).context("--device gpu"),
+        Device::GpuIndex(i) => {
+            gpu(AdapterChoice::Index(i)).with_context(|| format!("--device gpu:{i}"))
+        }
+        Device::Auto => match gpu(AdapterChoice::Hardware) {
+            Ok(be) => Ok(be),
+            Err(e) => {
+                tracing::info!(target: "lowbit::device", "running on the CPU: {e:#}");
+                Ok(Arc::new(CpuBackend::new()))
+            }
+        },
     }
 }
 

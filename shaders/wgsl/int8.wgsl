@@ -1,0 +1,262 @@
+// Integer products of weights with int8 activations (quantize.wgsl), for Q8, Q4 and Q4M:
+// one dot4I8Packed per 4 values, then per block and group the CPU backend's float steps
+// (gpu/src/cpu/qdot.rs), in its order:
+//
+//   acc += f32(s_b) · (d_w · d_x)          per 32-block b, s_b the block's integer dot
+//   csum += c_x;  corr += k_g · csum       per group g (csum restarting at each group)
+//   out = acc + factor · corr              factor: Q8 −128, Q4 −8, Q4M +1; k_g: d_w or the min
+//
+// The CPU keeps Q8 weights offset-binary (u = q + 128); here s_b = Σ q_w·q_x + 128·Σq_x is the
+// same integer, so both backends compute the same numbers. Shared by the decode kernel (`matvec`) and the tiled one
+// (`matmul`); both add in the order above, so neither the kernel nor the batch changes a row.
+
+@group(0) @binding(3) var<storage, read> xq: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<uniform> p: Int8Params;
+
+struct Int8Params {
+    dims: WeightDims,
+    k: u32,
+    // Weight rows of this part.
+    rows: u32,
+    // Row stride of `out` (N), and the column where this part's rows start.
+    out_stride: u32,
+    out_offset: u32,
+    // Activation rows (matmul; the decode kernel's is the M override).
+    m: u32,
+    tiles_n: u32,
+    tiles_m: u32,
+    // Where quantize.wgsl put the block scales, c and Σq.
+    base_d: u32,
+    base_c: u32,
+    base_s: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+//#if Q8
+const FACTOR: f32 = -128.0;
+//#endif
+//#if Q4
+const FACTOR: f32 = -8.0;
+//#endif
+//#if Q4M
+const FACTOR: f32 = 1.0;
+//#endif
+
+// Weight row `row`'s block `b` as 8 words of 4 int8 values, in the activations' order.
+fn weight_words(row: u32, b: u32) -> array<u32, 8> {
+    var w: array<u32, 8>;
+//#if Q8
+    let base = row * p.dims.words_per_row + b * 8u;
+    for (var j = 0u; j < 8u; j++) {
+        w[j] = w_words[base + j];
+    }
+//#else
+    let base = row * p.dims.words_per_row + b * 4u;
+    for (var j = 0u; j < 4u; j++) {
+        let packed = w_words[base + j];
+        w[j] = packed & 0x0f0f0f0fu;
+        w[4u + j] = (packed >> 4u) & 0x0f0f0f0fu;
+    }
+//#endif
+    return w;
+}
+
+fn group_coef(row: u32, b: u32) -> f32 {
+    let g = row * p.dims.groups_per_row + (b >> p.dims.group_shift);
+//#if Q4M
+    return min_at(g);
+//#else
+    return scale_at(g);
+//#endif
+}
+
+fn x_word(m: u32, b: u32, j: u32) -> u32 {
+    return xq[m * (p.k / 4u) + b * 8u + j];
+}
+
+fn x_scale(m: u32, b: u32) -> f32 {
+    return bitcast<f32>(xq[p.base_d + m * (p.k / 32u) + b]);
+}
+
+fn x_c(m: u32, b: u32) -> f32 {
+    return bitcast<f32>(xq[p.base_c + m * (p.k / 32u) + b]);
+}
+
+fn x_sum(m: u32, b: u32) -> i32 {
+    return bitcast<i32>(xq[p.base_s + m * (p.k / 32u) + b]);
+}
+
+fn group_ends(b: u32) -> bool {
+    return ((b + 1u) & ((1u << p.dims.group_shift) - 1u)) == 0u;
+}
+
+// ---- decode: M activation rows, ROWS weight rows per workgroup ----
+
+override M: u32 = 1u;
+const ROWS: u32 = 4u;
+const WG: u32 = 64u;
+
+var<workgroup> partial: array<f32, 512>;
+
+@compute @workgroup_size(64)
+fn matvec(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row0 = (wid.x + wid.y * nwg.x) * ROWS;
+    if row0 >= p.rows {
+        return;
+    }
+    let blocks = p.k / 32u;
+    let items = ROWS * blocks;
+    let own_row = row0 + lid / M;
+    let own_m = lid % M;
+    var acc = 0.0;
+    var corr = 0.0;
+    var csum = 0.0;
+    for (var start = 0u; start < items; start += WG) {
+        let item = start + lid;
+        let r = item / blocks;
+        let b = item % blocks;
+        var t: array<f32, 8>;
+        if item < items && row0 + r < p.rows {
+            let w = weight_words(row0 + r, b);
+            let dw = scale_at((row0 + r) * p.dims.groups_per_row + (b >> p.dims.group_shift));
+            for (var m = 0u; m < M; m++) {
+                var s = 0i;
+                for (var j = 0u; j < 8u; j++) {
+                    s += dot4I8Packed(w[j], x_word(m, b, j));
+                }
+//#if Q8
+                s += 128i * x_sum(m, b);
+//#endif
+                t[m] = f32(s) * (dw * x_scale(m, b));
+            }
+        }
+        for (var m = 0u; m < M; m++) {
+            partial[lid * M + m] = t[m];
+        }
+        workgroupBarrier();
+        if lid < ROWS * M && own_row < p.rows {
+            let end = min(start + WG, items);
+            for (var i = start; i < end; i++) {
+                if i / blocks == lid / M {
+                    let b = i % blocks;
+                    acc += partial[(i - start) * M + own_m];
+                    csum += x_c(own_m, b);
+                    if group_ends(b) {
+                        corr += group_coef(own_row, b) * csum;
+                        csum = 0.0;
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if lid < ROWS * M && own_row < p.rows {
+        out[own_m * p.out_stride + p.out_offset + own_row] = acc + FACTOR * corr;
+    }
+}
+
+// ---- prefill: 64 × 64 output tiles, 4 × 4 per thread ----
+
+const T: u32 = 64u;
+
+var<workgroup> xs: array<u32, 512>;
+var<workgroup> ws: array<u32, 512>;
+var<workgroup> x_d: array<f32, 64>;
+var<workgroup> x_cs: array<f32, 64>;
+var<workgroup> x_qs: array<i32, 64>;
+var<workgroup> w_d: array<f32, 64>;
+var<workgroup> w_k: array<f32, 64>;
+
+@compute @workgroup_size(256)
+fn matmul(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let tile = wid.x + wid.y * nwg.x;
+    if tile >= p.tiles_n * p.tiles_m {
+        return;
+    }
+    let n0 = (tile % p.tiles_n) * T;
+    let m0 = (tile / p.tiles_n) * T;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    let blocks = p.k / 32u;
+    var acc: array<vec4<f32>, 4>;
+    var corr: array<vec4<f32>, 4>;
+    var csum: vec4<f32>;
+    let lrow = lid / 4u;
+    let lpart = lid % 4u;
+    for (var b = 0u; b < blocks; b++) {
+        // Activations: 64 rows × 8 words, and each row's block scale, c and Σq.
+        let xm = m0 + lrow;
+        for (var h = 0u; h < 2u; h++) {
+            let j = lpart * 2u + h;
+            xs[j * T + lrow] = select(0u, x_word(xm, b, j), xm < p.m);
+        }
+        let wn = n0 + lrow;
+        let w = weight_words(min(wn, p.rows - 1u), b);
+//#if Q8
+        ws[(lpart * 2u) * T + lrow] = select(0u, w[lpart * 2u], wn < p.rows);
+        ws[(lpart * 2u + 1u) * T + lrow] = select(0u, w[lpart * 2u + 1u], wn < p.rows);
+//#else
+        ws[lpart * T + lrow] = select(0u, w[lpart], wn < p.rows);
+        ws[(4u + lpart) * T + lrow] = select(0u, w[4u + lpart], wn < p.rows);
+//#endif
+        if lid < T {
+            let m = m0 + lid;
+            let ok = m < p.m;
+            x_d[lid] = select(0.0, x_scale(m, b), ok);
+            x_cs[lid] = select(0.0, x_c(m, b), ok);
+            x_qs[lid] = select(0i, x_sum(m, b), ok);
+        } else if lid < 2u * T {
+            let n = n0 + lid - T;
+            let ok = n < p.rows;
+            let g = min(n, p.rows - 1u) * p.dims.groups_per_row + (b >> p.dims.group_shift);
+            w_d[lid - T] = select(0.0, scale_at(g), ok);
+            w_k[lid - T] = select(0.0, group_coef(min(n, p.rows - 1u), b), ok);
+        }
+        workgroupBarrier();
+        let ends = group_ends(b);
+        for (var i = 0u; i < 4u; i++) {
+            let xr = ty + 16u * i;
+            let xd = x_d[xr];
+            csum[i] += x_cs[xr];
+            for (var jn = 0u; jn < 4u; jn++) {
+                let wr = tx + 16u * jn;
+                var s = 0i;
+                for (var j = 0u; j < 8u; j++) {
+                    s += dot4I8Packed(ws[j * T + wr], xs[j * T + xr]);
+                }
+//#if Q8
+                s += 128i * x_qs[xr];
+//#endif
+                acc[i][jn] += f32(s) * (w_d[wr] * xd);
+                if ends {
+                    corr[i][jn] += w_k[wr] * csum[i];
+                }
+            }
+            if ends {
+                csum[i] = 0.0;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let m = m0 + ty + 16u * i;
+        if m < p.m {
+            for (var jn = 0u; jn < 4u; jn++) {
+                let n = n0 + tx + 16u * jn;
+                if n < p.rows {
+                    out[m * p.out_stride + p.out_offset + n] = acc[i][jn] + FACTOR * corr[i][jn];
+                }
+            }
+        }
+    }
+}
