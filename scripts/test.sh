@@ -15,3 +15,5 @@ cargo test --workspace --release
 # Fuzzing: schemathesis against /openapi.json (a few thousand cases, fixed seed) and raw junk on
 # the socket; no 5xx, no hang, every KV block back (tests/fuzz/README.md).
 ./scripts/fuzz.sh
+# Deployment: the image built and run under its own dockerd, the Helm chart and compose files checked (deploy/README.md).
+./deploy/test.sh
