@@ -133,17 +133,52 @@ fn chat_without_a_template_is_a_clear_error_and_plain_prompts_still_work() {
 #[test]
 fn unavailable_device_is_a_clear_error() {
     let model = common::smollm2_path();
+    let run = |device: &str, icd: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"));
+        cmd.args(["generate", "--model", model.to_str().unwrap()])
+            .args(["--prompt", "x", "--max-tokens", "1", "--device", device]);
+        if let Some(icd) = icd {
+            // The Vulkan loader then finds no driver at all.
+            cmd.env("VK_ICD_FILENAMES", icd);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run("gpu", Some("/nonexistent/icd.json"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--device gpu") && err.contains("no GPU adapter"),
+        "{err}"
+    );
+    let out = run("gpu:9", None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no gpu:9 adapter"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn auto_without_a_hardware_gpu_runs_on_the_cpu_and_says_so() {
+    // In CI the only adapter is lavapipe (software): `auto` leaves it for the CPU backend.
+    let model = common::smollm2_path();
     let out = lowbit(&[
         "generate",
         "--model",
         model.to_str().unwrap(),
         "--prompt",
         "x",
-        "--device",
-        "gpu",
+        "--max-tokens",
+        "1",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--device gpu"), "{}", stderr(&out));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let hardware = err.contains("running on the GPU");
+    assert!(
+        hardware || err.contains("running on the CPU: GPU: no hardware GPU adapter"),
+        "{err}"
+    );
 }
 
 #[test]

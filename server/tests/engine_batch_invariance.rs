@@ -11,6 +11,9 @@ use lowbit::engine::{
 use lowbit::metrics::Metrics;
 use lowbit::model::{Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
+use lowbit_gpu::wgpu::device::AdapterChoice;
+use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
+use lowbit_gpu::Backend;
 use lowbit_gpu::DEFAULT_BLOCK_TOKENS;
 use std::sync::Arc;
 use tokio::sync::mpsc::unbounded_channel;
@@ -26,15 +29,11 @@ fn run(
     prompts: &[(Vec<u32>, SamplingParams)],
     max_tokens: usize,
     s: &Setup,
+    backend: Arc<dyn Backend>,
 ) -> (Vec<Vec<u32>>, u64) {
     let source = ModelSource::open(&common::smollm2_path()).unwrap();
     let tokenizer = source.tokenizer().unwrap();
-    let model = Llama::load(
-        &source,
-        Arc::new(CpuBackend::new()),
-        &QuantPolicy::as_stored(),
-    )
-    .unwrap();
+    let model = Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap();
     let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, s.blocks);
     let pool = model.new_kv_pool(spec).unwrap();
     let metrics = Metrics::new();
@@ -141,7 +140,11 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
     // Each request alone, no cache, whole prompts in one step.
     let alone: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| run(std::slice::from_ref(p), max_tokens, &roomy).0.remove(0))
+        .map(|p| {
+            run(std::slice::from_ref(p), max_tokens, &roomy, cpu())
+                .0
+                .remove(0)
+        })
         .collect();
     // All 16 together, in every configuration.
     for setup in [
@@ -159,7 +162,7 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
             prefix_cache: false,
         },
     ] {
-        let (together, preemptions) = run(&prompts, max_tokens, &setup);
+        let (together, preemptions) = run(&prompts, max_tokens, &setup, cpu());
         if setup.blocks == 24 {
             assert!(preemptions > 0, "the small pool should preempt");
         }
@@ -171,4 +174,61 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
             );
         }
     }
+}
+
+fn cpu() -> Arc<dyn Backend> {
+    Arc::new(CpuBackend::new())
+}
+
+/// The same on the wgpu backend (lavapipe in CI, so fewer and shorter requests): alone and
+/// together, chunked by a budget of 7 with prefix hits, the tokens are the same.
+#[test]
+fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
+    let gpu = Arc::new(
+        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default())
+            .expect("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers)"),
+    ) as Arc<dyn Backend>;
+    let source = ModelSource::open(&common::smollm2_path()).unwrap();
+    let tok = source.tokenizer().unwrap();
+    let prompts: Vec<(Vec<u32>, SamplingParams)> = [
+        "Where is Kyoto?",
+        "Name a river in Egypt.",
+        "Who was Napoleon?",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, q)| {
+        let text = format!("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
+        let sampling = if i == 1 {
+            SamplingParams {
+                temperature: 0.8,
+                seed: 3,
+                ..SamplingParams::default()
+            }
+        } else {
+            SamplingParams::default()
+        };
+        (tok.encode(&text, false).unwrap(), sampling)
+    })
+    .collect();
+    let roomy = Setup {
+        budget: 512,
+        blocks: 64,
+        prefix_cache: false,
+    };
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            run(std::slice::from_ref(p), 6, &roomy, gpu.clone())
+                .0
+                .remove(0)
+        })
+        .collect();
+    let chunked = Setup {
+        budget: 7,
+        blocks: 64,
+        prefix_cache: true,
+    };
+    let (together, _) = run(&prompts, 6, &chunked, gpu);
+    assert_eq!(alone, together);
 }

@@ -14,6 +14,7 @@ use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
+use lowbit_gpu::QTensor;
 use lowbit_gpu::{Backend, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, Weight};
 use std::ops::Range;
 use std::sync::Arc;
@@ -184,6 +185,46 @@ impl Llama {
     ) -> Result<Self> {
         let c = source.config()?;
         let path = source.path().display().to_string();
+        let separate_output = !c.tied_embeddings || source.has_tensor("output.weight");
+        Self::assemble(
+            c,
+            backend,
+            separate_output,
+            |name, rows, cols| {
+                let (r, k) = source.tensor_shape(name)?;
+                if (r, k) != (rows, cols) {
+                    return Err(ModelError::tensor(
+                        &path,
+                        &source.file_tensor_name(name),
+                        format!("shape {r}x{k}, expected {rows}x{cols}"),
+                    ));
+                }
+                source.quantized_tensor(name, policy, calibration.and_then(|c| c.hessian(name)))
+            },
+            |name, len| {
+                let raw = source.tensor(name)?;
+                if raw.rows * raw.cols != len {
+                    return Err(ModelError::tensor(
+                        &path,
+                        &source.file_tensor_name(name),
+                        format!("{} values, expected {len}", raw.rows * raw.cols),
+                    ));
+                }
+                Ok(raw.to_f32())
+            },
+        )
+    }
+
+    /// Builds the model from `matrix(name, rows, cols)` (a weight in its format, and how it
+    /// got there) and `vector(name, len)` (norm weights), one tensor at a time, in the GGUF
+    /// names: files and synthetic models ([`super::synthetic`]) both come through here.
+    pub(crate) fn assemble(
+        c: LlamaConfig,
+        backend: Arc<dyn Backend>,
+        separate_output: bool,
+        mut matrix: impl FnMut(&str, usize, usize) -> Result<(QTensor, TensorPlan)>,
+        mut vector: impl FnMut(&str, usize) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
         let (h, q_dim, kv_dim) = (
             c.hidden_size,
             c.n_heads * c.head_dim,
@@ -191,35 +232,18 @@ impl Llama {
         );
         let mut plans = Vec::new();
         let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
-            let (r, k) = source.tensor_shape(name)?;
-            if (r, k) != (rows, cols) {
-                return Err(ModelError::tensor(
-                    &path,
-                    &source.file_tensor_name(name),
-                    format!("shape {r}x{k}, expected {rows}x{cols}"),
-                ));
-            }
-            let (q, plan) =
-                source.quantized_tensor(name, policy, calibration.and_then(|c| c.hessian(name)))?;
+            let (q, plan) = matrix(name, rows, cols)?;
             plans.push(plan);
             Ok(backend.load_weight(q)?)
         };
-        let vector = |name: &str, len: usize| -> Result<Tensor> {
-            let raw = source.tensor(name)?;
-            if raw.rows * raw.cols != len {
-                return Err(ModelError::tensor(
-                    &path,
-                    &source.file_tensor_name(name),
-                    format!("{} values, expected {len}", raw.rows * raw.cols),
-                ));
-            }
-            Ok(backend.upload(1, len, raw.to_f32())?)
+        let mut vector = |name: &str, len: usize| -> Result<Tensor> {
+            Ok(backend.upload(1, len, vector(name, len)?)?)
         };
         let embed = matrix("token_embd.weight", c.vocab_size, h)?;
-        let output = if c.tied_embeddings && !source.has_tensor("output.weight") {
-            None
-        } else {
+        let output = if separate_output {
             Some(matrix("output.weight", c.vocab_size, h)?)
+        } else {
+            None
         };
         let mut blocks = Vec::new();
         for i in 0..c.n_layers {
@@ -238,9 +262,10 @@ impl Llama {
                 },
             });
         }
+        let output_norm = vector("output_norm.weight", h)?;
         Ok(Self {
             plans,
-            output_norm: vector("output_norm.weight", h)?,
+            output_norm,
             rope: c.rope(),
             config: c,
             backend,

@@ -11,6 +11,7 @@ pub mod llama;
 pub mod lowbit_file;
 pub mod quant_policy;
 pub mod source;
+pub mod synthetic;
 pub mod tokenizer;
 
 pub use calibrate::Calibration;

@@ -1,0 +1,155 @@
+//! Synthetic models: random weights, already in their format, in the shapes of real
+//! architectures, so that speed can be measured where a GPU is bandwidth-bound (SmolLM2 is too
+//! small for that) without a multi-gigabyte download. Not for text: the weights are noise.
+
+use super::config::{LlamaConfig, RopeScaling};
+use super::error::Result;
+use super::llama::Llama;
+use super::quant_policy::TensorPlan;
+use half::f16;
+use lowbit_gpu::quant::qtensor::{storage_bytes, words_per_row};
+use lowbit_gpu::{Backend, QTensor, QuantFormat, RopeStyle};
+use std::sync::Arc;
+
+/// The architectures `lowbit bench --synthetic` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyntheticModel {
+    /// Llama-3.2-1B's shapes: 16 layers of 2048, GQA 32/8, FFN 8192, tied 128256 vocabulary.
+    #[value(name = "llama-1b")]
+    Llama1B,
+    /// Llama-3.1-8B's shapes: 32 layers of 4096, GQA 32/8, FFN 14336, separate head.
+    #[value(name = "llama-8b")]
+    Llama8B,
+}
+
+impl SyntheticModel {
+    /// The architecture's hyper-parameters.
+    pub fn config(self) -> LlamaConfig {
+        let (hidden_size, n_layers, head_dim, ffn_size, tied) = match self {
+            SyntheticModel::Llama1B => (2048, 16, 64, 8192, true),
+            SyntheticModel::Llama8B => (4096, 32, 128, 14336, false),
+        };
+        LlamaConfig {
+            hidden_size,
+            n_layers,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim,
+            ffn_size,
+            rms_eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_style: RopeStyle::HalfSplit,
+            vocab_size: 128_256,
+            tied_embeddings: tied,
+            context_length: 8192,
+        }
+    }
+
+    /// Its name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyntheticModel::Llama1B => "llama-1b",
+            SyntheticModel::Llama8B => "llama-8b",
+        }
+    }
+}
+
+/// splitmix64: fast, and the same weights for the same seed on every machine.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[-1, 1)`.
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// A random `rows × cols` matrix in `format`, of the magnitude of trained weights.
+fn random_matrix(format: QuantFormat, rows: usize, cols: usize, noise: &mut Noise) -> QTensor {
+    let n_words = rows * words_per_row(format, cols);
+    let groups = if format.is_quantized() {
+        rows * cols / format.group()
+    } else {
+        0
+    };
+    let words: Vec<u32> = match format {
+        QuantFormat::F32 => (0..n_words)
+            .map(|_| (noise.unit() * 0.05).to_bits())
+            .collect(),
+        QuantFormat::F16 => (0..n_words)
+            .map(|_| {
+                let h = |v: f32| u32::from(f16::from_f32(v * 0.05).to_bits());
+                h(noise.unit()) | (h(noise.unit()) << 16)
+            })
+            .collect(),
+        _ => (0..n_words).map(|_| noise.next() as u32).collect(),
+    };
+    let step = match format {
+        QuantFormat::Q8 => 0.05 / 127.0,
+        _ => 0.05 / 8.0,
+    };
+    let scales: Vec<f16> = (0..groups)
+        .map(|_| f16::from_f32(step * (0.75 + 0.25 * noise.unit())))
+        .collect();
+    let mins: Vec<f16> = if matches!(format, QuantFormat::Q4M(_)) {
+        scales
+            .iter()
+            .map(|d| f16::from_f32(-8.0 * d.to_f32()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    QTensor {
+        format,
+        rows,
+        cols,
+        words,
+        scales,
+        mins,
+    }
+}
+
+impl Llama {
+    /// A model of `arch`'s shapes with random weights in `format` (a smaller group of the
+    /// same kind, Q8 or F16 where rows do not split into its groups).
+    pub fn synthetic(
+        arch: SyntheticModel,
+        format: QuantFormat,
+        backend: Arc<dyn Backend>,
+        seed: u64,
+    ) -> Result<Self> {
+        let c = arch.config();
+        let separate_output = !c.tied_embeddings;
+        let mut noise = Noise(seed);
+        let mut norm_noise = Noise(seed ^ 0x5eed);
+        Llama::assemble(
+            c,
+            backend,
+            separate_output,
+            |name, rows, cols| {
+                let f = format.fallback_for(cols);
+                let q = random_matrix(f, rows, cols, &mut noise);
+                let plan = TensorPlan {
+                    name: name.to_string(),
+                    rows,
+                    cols,
+                    source: "synthetic".into(),
+                    format: f.to_string(),
+                    fallback_from: (f != format).then(|| format.to_string()),
+                    bytes: storage_bytes(f, rows, cols),
+                };
+                Ok((q, plan))
+            },
+            |_, len| Ok((0..len).map(|_| 1.0 + 0.1 * norm_noise.unit()).collect()),
+        )
+    }
+}
