@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/fetch-model.sh
 # The wgpu tests run on lavapipe (Mesa's software Vulkan) where there is no GPU.
 if ! ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     libvulkan1 mesa-vulkan-drivers >/dev/null
 fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
