@@ -6,6 +6,7 @@
 //! (wgpu) is tested against.
 
 pub mod backend;
+mod checks;
 pub mod cpu;
 pub mod error;
 pub mod kv;

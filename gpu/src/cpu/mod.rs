@@ -11,6 +11,7 @@ pub mod qdot;
 pub mod qmatmul;
 
 use crate::backend::{AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
+use crate::checks;
 use crate::error::{shape_err, Error, Result};
 use crate::kv::{HostKv, KvPool, KvPoolSpec, KvStorage};
 use crate::quant::QTensor;
@@ -29,16 +30,6 @@ impl CpuBackend {
     pub fn new() -> Self {
         Self
     }
-}
-
-fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.rows() != b.rows() || a.cols() != b.cols() {
-        return Err(shape_err(
-            op,
-            format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
-        ));
-    }
-    Ok(())
 }
 
 /// How this backend keeps a weight: integer formats move to the interleaved layout the kernels
@@ -123,16 +114,7 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         let cols = x.cols();
-        if weight.cols() != cols || weight.rows() != 1 {
-            return Err(shape_err(
-                "rms_norm",
-                format!(
-                    "weight {}x{} for rows of {cols}",
-                    weight.rows(),
-                    weight.cols()
-                ),
-            ));
-        }
+        checks::norm_weight(x, weight)?;
         let w = weight.host()?;
         let mut out = x.host()?.to_vec();
         for row in out.chunks_exact_mut(cols.max(1)) {
@@ -179,7 +161,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        same_shape("add", a, b)?;
+        checks::same_shape("add", a, b)?;
         let out = a
             .host()?
             .iter()
@@ -190,7 +172,7 @@ impl Backend for CpuBackend {
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-        same_shape("silu_mul", gate, up)?;
+        checks::same_shape("silu_mul", gate, up)?;
         let silu_mul = |(&g, &u): (&f32, &f32)| g / (1.0 + (-g).exp()) * u;
         let (g, u) = (gate.host()?, up.host()?);
         // Decode rows are too small to be worth waking the thread pool.
@@ -212,21 +194,7 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {
         let cols = x.cols();
-        if positions.len() != x.rows()
-            || rope.head_dim == 0
-            || !cols.is_multiple_of(rope.head_dim)
-            || rope.inv_freq.len() * 2 != rope.head_dim
-        {
-            return Err(shape_err(
-                "rope",
-                format!(
-                    "{} positions, {}x{cols}, head_dim {}",
-                    positions.len(),
-                    x.rows(),
-                    rope.head_dim
-                ),
-            ));
-        }
+        checks::rope(x, positions, rope)?;
         let mut out = x.host()?.to_vec();
         if out.len() < PARALLEL_MIN_VALUES {
             out.chunks_mut(cols)
@@ -274,25 +242,7 @@ impl Backend for CpuBackend {
         pool: &mut KvPool,
         shape: AttentionShape,
     ) -> Result<Tensor> {
-        if q.cols() != shape.q_dim()
-            || k.cols() != shape.kv_dim()
-            || v.cols() != shape.kv_dim()
-            || k.rows() != q.rows()
-            || v.rows() != q.rows()
-        {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "q {}x{}, k {}x{}, v {}x{} for {shape:?}",
-                    q.rows(),
-                    q.cols(),
-                    k.rows(),
-                    k.cols(),
-                    v.rows(),
-                    v.cols()
-                ),
-            ));
-        }
+        checks::attention(layer, (q, k, v), seqs, pool.spec(), shape)?;
         let spec = *pool.spec();
         let KvStorage::Host(kv) = pool.storage_mut() else {
             return Err(Error::ForeignStorage("wgpu"));

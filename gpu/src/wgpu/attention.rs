@@ -7,8 +7,9 @@ use super::encoder::grid;
 use super::kernels::{AttentionParams, Kernel, ELEMENT_GROUP};
 use super::{device_of, DeviceTensor, WgpuBackend};
 use crate::backend::{AttentionShape, SeqSpan};
+use crate::checks;
 use crate::error::{shape_err, Error, Result};
-use crate::kv::{check_table, KvPool, KvPoolSpec, KvStorage};
+use crate::kv::{KvPool, KvPoolSpec, KvStorage};
 use crate::tensor::Tensor;
 use std::sync::atomic::Ordering;
 
@@ -160,47 +161,13 @@ impl WgpuBackend {
         shape: AttentionShape,
     ) -> Result<Tensor> {
         let rows = q.rows();
-        if q.cols() != shape.q_dim()
-            || k.cols() != shape.kv_dim()
-            || v.cols() != shape.kv_dim()
-            || k.rows() != rows
-            || v.rows() != rows
-            || shape.n_kv_heads == 0
-            || !shape.n_heads.is_multiple_of(shape.n_kv_heads)
-            || shape.head_dim > 256
-        {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "q {}x{}, k {}x{}, v {}x{} for {shape:?}",
-                    q.rows(),
-                    q.cols(),
-                    k.rows(),
-                    k.cols(),
-                    v.rows(),
-                    v.cols()
-                ),
-            ));
-        }
         let (spec, kv) = device_kv(pool)?;
-        if shape.kv_dim() != spec.kv_dim || shape.head_dim != spec.head_dim || layer >= spec.layers
-        {
-            return Err(shape_err(
-                "attention",
-                format!("layer {layer} of {shape:?} does not fit the pool {spec:?}"),
-            ));
-        }
-        for s in seqs {
-            if s.row_start + s.len > rows {
-                return Err(shape_err(
-                    "attention",
-                    format!(
-                        "span at row {} of {} rows exceeds the batch of {rows}",
-                        s.row_start, s.len
-                    ),
-                ));
-            }
-            check_table(&spec, s.blocks, s.pos_start + s.len)?;
+        checks::attention(layer, (q, k, v), seqs, &spec, shape)?;
+        if shape.head_dim > 256 {
+            return Err(Error::Unsupported(format!(
+                "attention heads of {} dimensions on the GPU (at most 256)",
+                shape.head_dim
+            )));
         }
         let out = self.alloc(rows, shape.q_dim())?;
         if rows == 0 {

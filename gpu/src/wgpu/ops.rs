@@ -7,6 +7,7 @@ use super::kernels::{
 };
 use super::{device_of, weight_of, WgpuBackend};
 use crate::backend::{Rope, RopeStyle};
+use crate::checks;
 use crate::error::{shape_err, Result};
 use crate::tensor::{Tensor, Weight};
 
@@ -14,16 +15,6 @@ use crate::tensor::{Tensor, Weight};
 fn element_grid(n: usize) -> ((u32, u32), u32) {
     let g = grid((n as u32).div_ceil(ELEMENT_GROUP));
     (g, g.0 * ELEMENT_GROUP)
-}
-
-fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
-    if a.rows() != b.rows() || a.cols() != b.cols() {
-        return Err(shape_err(
-            op,
-            format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
-        ));
-    }
-    Ok(())
 }
 
 impl WgpuBackend {
@@ -83,16 +74,7 @@ impl WgpuBackend {
 
     pub(super) fn norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         let (rows, cols) = (x.rows(), x.cols());
-        if weight.cols() != cols || weight.rows() != 1 {
-            return Err(shape_err(
-                "rms_norm",
-                format!(
-                    "weight {}x{} for rows of {cols}",
-                    weight.rows(),
-                    weight.cols()
-                ),
-            ));
-        }
+        checks::norm_weight(x, weight)?;
         let (xd, wd) = (device_of(x)?, device_of(weight)?);
         let out = self.alloc(rows, cols)?;
         if rows == 0 {
@@ -126,7 +108,7 @@ impl WgpuBackend {
         a: &Tensor,
         b: &Tensor,
     ) -> Result<Tensor> {
-        same_shape(op, a, b)?;
+        checks::same_shape(op, a, b)?;
         let (ad, bd) = (device_of(a)?, device_of(b)?);
         let n = a.rows() * a.cols();
         let out = self.alloc(a.rows(), a.cols())?;
@@ -192,20 +174,7 @@ impl WgpuBackend {
 
     pub(super) fn rotate(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {
         let (rows, cols) = (x.rows(), x.cols());
-        if positions.len() != rows
-            || rope.head_dim == 0
-            || !cols.is_multiple_of(rope.head_dim)
-            || rope.inv_freq.len() * 2 != rope.head_dim
-        {
-            return Err(shape_err(
-                "rope",
-                format!(
-                    "{} positions, {rows}x{cols}, head_dim {}",
-                    positions.len(),
-                    rope.head_dim
-                ),
-            ));
-        }
+        checks::rope(x, positions, rope)?;
         let xd = device_of(x)?;
         let out = self.alloc(rows, cols)?;
         if rows == 0 {

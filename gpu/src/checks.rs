@@ -1,0 +1,111 @@
+//! Operand checks every backend makes before it runs an operation, in one place so that the
+//! backends refuse exactly the same inputs with the same messages.
+
+use crate::backend::{AttentionShape, Rope, SeqSpan};
+use crate::error::{shape_err, Result};
+use crate::kv::{check_table, KvPoolSpec};
+use crate::tensor::Tensor;
+
+/// `a` and `b` have the same shape (element-wise operations).
+pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.rows() != b.rows() || a.cols() != b.cols() {
+        return Err(shape_err(
+            op,
+            format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
+        ));
+    }
+    Ok(())
+}
+
+/// A norm weight of `1 × cols` for rows of `x`.
+pub(crate) fn norm_weight(x: &Tensor, weight: &Tensor) -> Result<()> {
+    if weight.cols() != x.cols() || weight.rows() != 1 {
+        return Err(shape_err(
+            "rms_norm",
+            format!(
+                "weight {}x{} for rows of {}",
+                weight.rows(),
+                weight.cols(),
+                x.cols()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One position per row, and rows that split into whole heads of `rope.head_dim`.
+pub(crate) fn rope(x: &Tensor, positions: &[u32], rope: &Rope) -> Result<()> {
+    let cols = x.cols();
+    if positions.len() != x.rows()
+        || rope.head_dim == 0
+        || !cols.is_multiple_of(rope.head_dim)
+        || rope.inv_freq.len() * 2 != rope.head_dim
+    {
+        return Err(shape_err(
+            "rope",
+            format!(
+                "{} positions, {}x{cols}, head_dim {}",
+                positions.len(),
+                x.rows(),
+                rope.head_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Queries, keys and values that fit `shape`, a layer and head layout that fit the pool, and
+/// spans inside the batch whose block tables cover their positions.
+pub(crate) fn attention(
+    layer: usize,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    seqs: &[SeqSpan<'_>],
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+) -> Result<()> {
+    let rows = q.rows();
+    if q.cols() != shape.q_dim()
+        || k.cols() != shape.kv_dim()
+        || v.cols() != shape.kv_dim()
+        || k.rows() != rows
+        || v.rows() != rows
+    {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "q {}x{}, k {}x{}, v {}x{} for {shape:?}",
+                q.rows(),
+                q.cols(),
+                k.rows(),
+                k.cols(),
+                v.rows(),
+                v.cols()
+            ),
+        ));
+    }
+    if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) {
+        return Err(shape_err(
+            "attention",
+            format!("{shape:?}: heads must be a multiple of KV heads"),
+        ));
+    }
+    if shape.kv_dim() != spec.kv_dim || shape.head_dim != spec.head_dim || layer >= spec.layers {
+        return Err(shape_err(
+            "attention",
+            format!("layer {layer} of {shape:?} does not fit the pool {spec:?}"),
+        ));
+    }
+    for s in seqs {
+        if s.row_start + s.len > rows {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "span at row {} of {} rows exceeds the batch of {rows}",
+                    s.row_start, s.len
+                ),
+            ));
+        }
+        check_table(spec, s.blocks, s.pos_start + s.len)?;
+    }
+    Ok(())
+}
