@@ -271,18 +271,7 @@ pub struct WeightDims {
     pub _pad: u32,
 }
 
-/// `MatvecParams` in matvec.wgsl.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Pod, Zeroable)]
-pub struct MatvecParams {
-    pub dims: WeightDims,
-    pub k: u32,
-    pub rows: u32,
-    pub out_stride: u32,
-    pub out_offset: u32,
-}
-
-/// `MatmulParams` in matmul.wgsl.
+/// `MatmulParams` in matmul.wgsl; matvec.wgsl's `MatvecParams` is its leading fields.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {

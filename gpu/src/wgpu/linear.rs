@@ -7,10 +7,10 @@
 use super::buffers::DeviceTensor;
 use super::encoder::grid;
 use super::kernels::{
-    Int8Params, Kernel, MatmulParams, MatvecParams, QuantizeParams, ELEMENT_GROUP, MATMUL_TILE,
-    MATVEC_MAX_ROWS, MATVEC_ROWS_PER_GROUP,
+    Int8Params, Kernel, MatmulParams, QuantizeParams, ELEMENT_GROUP, MATMUL_TILE, MATVEC_MAX_ROWS,
+    MATVEC_ROWS_PER_GROUP,
 };
-use super::weights::DeviceWeight;
+use super::weights::{DeviceWeight, WeightPart};
 use super::{device_of, weight_of, Activations, WgpuBackend};
 use crate::error::{shape_err, Result};
 use crate::tensor::{Tensor, Weight};
@@ -114,21 +114,16 @@ impl WgpuBackend {
         wd: &DeviceWeight,
         out: &DeviceTensor,
     ) -> Result<()> {
-        let decode = m <= MATVEC_MAX_ROWS;
-        let pipeline = self.kernel(if decode {
+        let kernels = (
             Kernel::Int8Matvec {
                 kind: wd.kind,
                 m: m as u32,
-            }
-        } else {
-            Kernel::Int8Matmul { kind: wd.kind }
-        })?;
-        let n: u32 = wd.parts.iter().map(|p| p.rows).sum();
-        let mut rec = self.recorder()?;
-        for part in &wd.parts {
-            let tiles_n = part.rows.div_ceil(MATMUL_TILE);
-            let tiles_m = (m as u32).div_ceil(MATMUL_TILE);
-            let params = Int8Params {
+            },
+            Kernel::Int8Matmul { kind: wd.kind },
+        );
+        let x = (q.buffer.buffer(), q.buffer.bytes());
+        self.product(kernels, x, m, wd, out, |part, n, tiles_n, tiles_m| {
+            Int8Params {
                 dims: wd.dims,
                 k: k as u32,
                 rows: part.rows,
@@ -141,7 +136,60 @@ impl WgpuBackend {
                 base_c: q.base_c,
                 base_s: q.base_s,
                 _pad: [0; 2],
-            };
+            }
+        })
+    }
+
+    fn float_product(
+        &self,
+        xd: &DeviceTensor,
+        m: usize,
+        k: usize,
+        wd: &DeviceWeight,
+        out: &DeviceTensor,
+    ) -> Result<()> {
+        let kernels = (
+            Kernel::Matvec {
+                kind: wd.kind,
+                m: m as u32,
+            },
+            Kernel::Matmul { kind: wd.kind },
+        );
+        let x = (xd.buffer(), xd.bytes());
+        // matvec.wgsl reads the leading fields of the same parameters.
+        self.product(kernels, x, m, wd, out, |part, n, tiles_n, tiles_m| {
+            MatmulParams {
+                dims: wd.dims,
+                k: k as u32,
+                rows: part.rows,
+                out_stride: n,
+                out_offset: part.row_start,
+                m: m as u32,
+                tiles_n,
+                tiles_m,
+                _pad: 0,
+            }
+        })
+    }
+
+    /// Dispatches the decode kernel (up to eight rows) or the tiled one over every part of
+    /// `wd`, with `params(part, n, tiles_n, tiles_m)` as each dispatch's uniform.
+    fn product<P: bytemuck::Pod>(
+        &self,
+        (decode_kernel, tiled_kernel): (Kernel, Kernel),
+        x: (&::wgpu::Buffer, u64),
+        m: usize,
+        wd: &DeviceWeight,
+        out: &DeviceTensor,
+        params: impl Fn(&WeightPart, u32, u32, u32) -> P,
+    ) -> Result<()> {
+        let decode = m <= MATVEC_MAX_ROWS;
+        let pipeline = self.kernel(if decode { decode_kernel } else { tiled_kernel })?;
+        let n: u32 = wd.parts.iter().map(|p| p.rows).sum();
+        let mut rec = self.recorder()?;
+        for part in &wd.parts {
+            let tiles_n = part.rows.div_ceil(MATMUL_TILE);
+            let tiles_m = (m as u32).div_ceil(MATMUL_TILE);
             let groups = if decode {
                 grid(part.rows.div_ceil(MATVEC_ROWS_PER_GROUP))
             } else {
@@ -153,69 +201,12 @@ impl WgpuBackend {
                     (&part.words, part.words.size()),
                     self.scales_or_dummy(part.scales.as_ref()),
                     self.scales_or_dummy(part.mins.as_ref()),
-                    (q.buffer.buffer(), q.buffer.bytes()),
+                    x,
                     (out.buffer(), out.bytes()),
                 ],
-                &params,
+                &params(part, n, tiles_n, tiles_m),
                 groups,
             );
-        }
-        Ok(())
-    }
-
-    fn float_product(
-        &self,
-        xd: &DeviceTensor,
-        m: usize,
-        k: usize,
-        wd: &DeviceWeight,
-        out: &DeviceTensor,
-    ) -> Result<()> {
-        let decode = m <= MATVEC_MAX_ROWS;
-        let pipeline = self.kernel(if decode {
-            Kernel::Matvec {
-                kind: wd.kind,
-                m: m as u32,
-            }
-        } else {
-            Kernel::Matmul { kind: wd.kind }
-        })?;
-        let n: u32 = wd.parts.iter().map(|p| p.rows).sum();
-        let mut rec = self.recorder()?;
-        for part in &wd.parts {
-            let buffers = [
-                (&part.words, part.words.size()),
-                self.scales_or_dummy(part.scales.as_ref()),
-                self.scales_or_dummy(part.mins.as_ref()),
-                (xd.buffer(), xd.bytes()),
-                (out.buffer(), out.bytes()),
-            ];
-            if decode {
-                let params = MatvecParams {
-                    dims: wd.dims,
-                    k: k as u32,
-                    rows: part.rows,
-                    out_stride: n,
-                    out_offset: part.row_start,
-                };
-                let groups = part.rows.div_ceil(MATVEC_ROWS_PER_GROUP);
-                rec.dispatch(pipeline.clone(), &buffers, &params, grid(groups));
-            } else {
-                let tiles_n = part.rows.div_ceil(MATMUL_TILE);
-                let tiles_m = (m as u32).div_ceil(MATMUL_TILE);
-                let params = MatmulParams {
-                    dims: wd.dims,
-                    k: k as u32,
-                    rows: part.rows,
-                    out_stride: n,
-                    out_offset: part.row_start,
-                    m: m as u32,
-                    tiles_n,
-                    tiles_m,
-                    _pad: 0,
-                };
-                rec.dispatch(pipeline.clone(), &buffers, &params, grid(tiles_n * tiles_m));
-            }
         }
         Ok(())
     }
