@@ -211,6 +211,57 @@ fn bench_reports_speed_and_memory_on_a_tiny_model() {
 }
 
 #[test]
+fn bench_runs_a_synthetic_architecture_and_reports_its_weight_bandwidth() {
+    let out = lowbit(&[
+        "bench",
+        "--synthetic",
+        "llama-1b",
+        "--device",
+        "cpu",
+        "--quant",
+        "q4g64",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["model"], "synthetic llama-1b");
+    // Llama-3.2-1B: 1.236e9 matrix weights at 4.25 bits; its tied head is read every step.
+    let bytes = v["weight_bytes"].as_f64().unwrap();
+    assert!((bytes / 1.236e9 * 8.0 - 4.25).abs() < 0.01, "{bytes}");
+    assert_eq!(v["decode_weight_bytes"], v["weight_bytes"]);
+    let tg = v["gen_tokens_per_second"].as_f64().unwrap();
+    let gbs = v["weight_gb_per_second"].as_f64().unwrap();
+    assert!(tg > 0.0 && (gbs - bytes * tg / 1e9).abs() < 1e-6 * gbs.max(1.0));
+    assert!(v["gpu_memory_bytes"].is_null());
+
+    let out = lowbit(&[
+        "bench",
+        "--synthetic",
+        "llama-1b",
+        "--quant",
+        "q4,output=q8",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("takes one format"),
+        "{}",
+        stderr(&out)
+    );
+    let out = lowbit(&["bench", "--gen-tokens", "1"]);
+    assert!(
+        stderr(&out).contains("--synthetic llama-1b|llama-8b"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn perplexity_compares_with_a_saved_kl_base_in_text_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model_with_tokenizer(dir.path());

@@ -2,14 +2,16 @@
 //! `llama-bench` measures them (pp: one forward over the prompt; tg: token-by-token decode),
 //! so the figures compare.
 
-use super::ModelArgs;
+use super::LoadArgs;
 use crate::engine::sampler::argmax;
 use crate::engine::solo::SoloKv;
-use crate::model::BatchSeq;
+use crate::model::synthetic::SyntheticModel;
+use crate::model::{BatchSeq, Llama};
 use anyhow::{Context, Result};
 use clap::Args;
 use lowbit_gpu::wgpu::profile::Profile;
 use lowbit_gpu::wgpu::WgpuBackend;
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Kernel times of one profiled run, longest first.
@@ -38,9 +40,15 @@ fn print_profile(name: &str, p: &Profile) {
 pub struct BenchArgs {
     #[command(subcommand)]
     serve: Option<BenchCommand>,
-    /// Absent only with `bench serve`.
+    /// A .gguf file or a Hugging Face model folder.
+    #[arg(long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// Random weights in a real architecture's shapes instead of a model file (for speed
+    /// only: the text is noise). `--quant` is then one format (default q4g32).
+    #[arg(long, value_enum)]
+    synthetic: Option<SyntheticModel>,
     #[command(flatten)]
-    model: Option<ModelArgs>,
+    load: LoadArgs,
     /// Prompt tokens per sequence (0: skip the prompt test).
     #[arg(long, default_value_t = 512)]
     prompt_tokens: usize,
@@ -87,13 +95,41 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The model `--model` or `--synthetic` names, and its name for the report.
+fn load(args: &BenchArgs) -> Result<(Llama, String)> {
+    match (&args.model, args.synthetic) {
+        (Some(path), _) => {
+            let source = crate::model::ModelSource::open(path)?;
+            Ok((args.load.load_model(&source)?, path.display().to_string()))
+        }
+        (None, Some(arch)) => {
+            anyhow::ensure!(
+                args.load.calibration.is_none() && args.load.quant_method.is_none(),
+                "--synthetic: the weights are random, so there is nothing to calibrate or quantize"
+            );
+            let spec = args.load.quant.as_deref().unwrap_or("q4g32");
+            let format = lowbit_gpu::QuantFormat::parse(spec)
+                .map_err(|e| anyhow::anyhow!("--quant with --synthetic takes one format: {e}"))?;
+            let backend = super::backend_for(args.load.device)?;
+            let model = Llama::synthetic(arch, format, backend, 0x10b1)?;
+            Ok((model, format!("synthetic {}", arch.name())))
+        }
+        (None, None) => anyhow::bail!("--model PATH or --synthetic llama-1b|llama-8b is required"),
+    }
+}
+
+/// Achieved weight bandwidth of decode: every step streams the layers' matrices and the
+/// output head once for the whole batch.
+fn weight_gb_per_second(model: &Llama, gen_tokens_per_second: f64, batch: usize) -> f64 {
+    model.decode_weight_bytes() as f64 * gen_tokens_per_second / batch as f64 / 1e9
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(BenchCommand::Serve(a)) = args.serve {
         return super::bench_serve::run(a);
     }
-    let model_args = args.model.context("--model is required")?;
     let load_start = Instant::now();
-    let (_source, model) = model_args.load()?;
+    let (model, model_name) = load(&args)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size as u32;
     // Ordinary token ids, away from the special tokens at the start of most vocabularies.
@@ -180,10 +216,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let (rss, peak) = memory_bytes();
     let (pp, tg) = (median(pp), median(tg));
+    let gb_per_second = weight_gb_per_second(&model, tg, batch);
+    let gpu_memory = gpu.map(|g| {
+        let (weights, kv, activations) = g.memory_bytes();
+        serde_json::json!({"weights": weights, "kv": kv, "activations": activations,
+            "total": weights + kv + activations, "adapter": g.adapter().to_string()})
+    });
     if args.json {
         let obj = serde_json::json!({
-            "model": model_args.model,
-            "quant": model_args.quant,
+            "model": model_name,
+            "quant": args.load.quant,
             "backend": model.backend().name(),
             "threads": lowbit_gpu::cpu::pool::Pool::global().threads(),
             "batch": batch,
@@ -193,17 +235,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "gen_tokens_per_second": tg,
             "load_seconds": load_seconds,
             "weight_bytes": model.weight_bytes(),
+            "decode_weight_bytes": model.decode_weight_bytes(),
+            "weight_gb_per_second": gb_per_second,
+            "gpu_memory_bytes": gpu_memory,
             "bits_per_weight": model.bits_per_weight(),
             "rss_bytes": rss,
             "peak_rss_bytes": peak,
         });
         println!("{}", serde_json::to_string(&obj)?);
     } else {
+        let on = match gpu {
+            Some(g) => g.adapter().to_string(),
+            None => format!(
+                "{} threads",
+                lowbit_gpu::cpu::pool::Pool::global().threads()
+            ),
+        };
         println!(
-            "{} ({}, {} threads, batch {batch}): pp{} {pp:.1} tok/s, tg{} {tg:.1} tok/s; weights {:.1} MB ({:.2} bits/weight), RSS {:.0} MB (peak {:.0} MB), load {load_seconds:.2}s",
-            model_args.model.display(),
-            model_args.quant.as_deref().unwrap_or("as stored"),
-            lowbit_gpu::cpu::pool::Pool::global().threads(),
+            "{model_name} ({}, {on}, batch {batch}): pp{} {pp:.1} tok/s, tg{} {tg:.1} tok/s ({gb_per_second:.1} GB/s of weights); weights {:.1} MB ({:.2} bits/weight), RSS {:.0} MB (peak {:.0} MB), load {load_seconds:.2}s",
+            args.load.quant.as_deref().unwrap_or(if args.synthetic.is_some() { "q4g32" } else { "as stored" }),
             args.prompt_tokens,
             args.gen_tokens,
             model.weight_bytes() as f64 / 1e6,
@@ -211,6 +261,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rss as f64 / 1e6,
             peak as f64 / 1e6
         );
+        if let Some(g) = gpu {
+            let (weights, kv, activations) = g.memory_bytes();
+            println!(
+                "GPU memory: {:.1} MB (weights {:.1}, KV {:.1}, activations {:.1})",
+                (weights + kv + activations) as f64 / 1e6,
+                weights as f64 / 1e6,
+                kv as f64 / 1e6,
+                activations as f64 / 1e6
+            );
+        }
     }
     Ok(())
 }

@@ -107,6 +107,14 @@ pub struct ModelArgs {
     /// A .gguf file or a Hugging Face model folder.
     #[arg(long)]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// How a model is loaded: where it runs and in which formats (`bench --synthetic` takes these
+/// without a file).
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
     /// Where to run: auto (a hardware GPU, else the CPU), cpu, gpu (any adapter, software
     /// ones included), gpu:N (the N-th adapter).
     #[arg(long, default_value_t = Device::Auto)]
@@ -136,7 +144,7 @@ pub enum QuantMethodArg {
     Search,
 }
 
-impl ModelArgs {
+impl LoadArgs {
     /// The quantization policy the flags ask for.
     pub fn policy(&self) -> Result<QuantPolicy> {
         let method = self.quant_method.map(|m| match m {
@@ -187,11 +195,23 @@ impl ModelArgs {
             calibration.as_ref(),
         )?)
     }
+}
+
+impl ModelArgs {
+    /// The quantization policy the flags ask for.
+    pub fn policy(&self) -> Result<QuantPolicy> {
+        self.load.policy()
+    }
+
+    /// Loads the model from an opened source on the chosen device and formats.
+    pub fn load_model(&self, source: &ModelSource) -> Result<Llama> {
+        self.load.load_model(source)
+    }
 
     /// Opens the model file and loads the model on the chosen device and formats.
     pub fn load(&self) -> Result<(ModelSource, Llama)> {
         let source = ModelSource::open(&self.model)?;
-        let model = self.load_model(&source)?;
+        let model = self.load.load_model(&source)?;
         Ok((source, model))
     }
 }

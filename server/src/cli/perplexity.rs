@@ -95,9 +95,9 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     if args.json {
         let obj = serde_json::json!({
             "model": args.model.model,
-            "quant": args.model.quant,
+            "quant": args.model.load.quant,
             "quant_method": format!("{:?}", args.model.policy()?.method).to_lowercase(),
-            "calibration": args.model.calibration,
+            "calibration": args.model.load.calibration,
             "bits_per_weight": model.bits_per_weight(),
             "weight_bytes": model.weight_bytes(),
             "text": args.text,

@@ -22,7 +22,7 @@ pub struct QuantizeArgs {
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    if args.model.quant.is_none() {
+    if args.model.load.quant.is_none() {
         bail!("--quant is required (e.g. --quant q4, --quant q8, --quant f16)");
     }
     if args.out.extension().is_none_or(|e| e != "safetensors") {
@@ -40,7 +40,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let tied = config.tied_embeddings && !source.has_tensor("output.weight");
     config.tied_embeddings = tied;
 
-    let calibration = args.model.calibration(&source)?;
+    let calibration = args.model.load.calibration(&source)?;
     let mut entries = Vec::new();
     let mut formats = BTreeMap::new();
     let (mut values, mut bytes) = (0usize, 0usize);

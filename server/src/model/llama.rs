@@ -334,6 +334,16 @@ impl Llama {
             + self.output.as_ref().map_or(0, Weight::resident_bytes)
     }
 
+    /// Bytes of weights one decode step reads: every layer's matrices and the output head
+    /// (the embedding is gathered by row, so only a tied head reads it whole).
+    pub fn decode_weight_bytes(&self) -> usize {
+        let head = self.output.as_ref().unwrap_or(&self.embed).resident_bytes();
+        self.weight_bytes()
+            - self.embed.resident_bytes()
+            - self.output.as_ref().map_or(0, Weight::resident_bytes)
+            + head
+    }
+
     /// Runs one step over a ragged batch and returns the logits each sequence asked for.
     /// Each sequence's new keys and values go into its blocks of `pool`.
     pub fn forward(&self, seqs: &[BatchSeq<'_>], pool: &mut KvPool) -> Result<Logits> {
