@@ -114,7 +114,9 @@ fn load(args: &BenchArgs) -> Result<(Llama, String)> {
             let model = Llama::synthetic(arch, format, backend, 0x10b1)?;
             Ok((model, format!("synthetic {}", arch.name())))
         }
-        (None, None) => anyhow::bail!("--model PATH or --synthetic llama-1b|llama-8b is required"),
+        (None, None) => {
+            anyhow::bail!("--model PATH or --synthetic llama-1b|llama-8b|smollm2-135m is required")
+        }
     }
 }
 

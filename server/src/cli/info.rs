@@ -11,8 +11,14 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct InfoArgs {
     /// A .gguf file or a Hugging Face model folder.
+    #[arg(long, required_unless_present = "adapters")]
+    model: Option<PathBuf>,
+    /// List the GPU adapters (the N of `--device gpu:N`) instead of describing a model.
+    #[arg(long, conflicts_with = "model")]
+    adapters: bool,
+    /// Also load the model on this device and report the memory it takes there.
     #[arg(long)]
-    model: PathBuf,
+    device: Option<super::Device>,
     /// Show the format each weight matrix would get under this policy (see `generate --quant`).
     #[arg(long)]
     quant: Option<String>,
@@ -37,9 +43,55 @@ fn plan(
     Ok(plans)
 }
 
+/// `info --adapters`: every adapter wgpu sees, in `--device gpu:N` order.
+fn list_adapters(json: bool) -> Result<()> {
+    let adapters = lowbit_gpu::wgpu::device::list_adapters();
+    if json {
+        let list: Vec<_> = adapters
+            .iter()
+            .map(|a| {
+                serde_json::json!({"index": a.index, "name": a.name, "backend": a.backend,
+                    "device_type": a.device_type, "driver": a.driver})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else if adapters.is_empty() {
+        println!("no GPU adapter (is a Vulkan, Metal or DX12 driver installed?)");
+    } else {
+        for a in &adapters {
+            println!("gpu:{}  {a}", a.index);
+        }
+    }
+    Ok(())
+}
+
+/// Bytes the model takes on `device` once loaded: (where, weights, KV, activations).
+fn device_memory(
+    source: &ModelSource,
+    policy: &QuantPolicy,
+    device: super::Device,
+) -> Result<(String, u64, u64, u64)> {
+    let backend = super::backend_for(device)?;
+    let model = crate::model::Llama::load(source, backend, policy)?;
+    let be = model.backend();
+    Ok(
+        match be.as_any().downcast_ref::<lowbit_gpu::wgpu::WgpuBackend>() {
+            Some(g) => {
+                let (w, kv, act) = g.memory_bytes();
+                (g.adapter().to_string(), w, kv, act)
+            }
+            None => ("cpu".into(), model.weight_bytes() as u64, 0, 0),
+        },
+    )
+}
+
 pub fn run(args: InfoArgs) -> Result<()> {
+    if args.adapters {
+        return list_adapters(args.json);
+    }
+    let model_path = args.model.clone().context("--model is required")?;
     let mut out = std::io::stdout().lock();
-    let source = ModelSource::open(&args.model)?;
+    let source = ModelSource::open(&model_path)?;
     let config = source.config()?;
     let tokenizer = source.tokenizer()?;
     let has_template = source.chat_template(&tokenizer).is_ok();
@@ -60,9 +112,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .sum();
     let tensor_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
     let bits_per_weight = tensor_bytes as f64 * 8.0 / params.max(1) as f64;
+    let memory = match args.device {
+        Some(d) => Some(device_memory(&source, &policy, d)?),
+        None => None,
+    };
     if args.json {
         let obj = serde_json::json!({
-            "path": args.model,
+            "path": model_path,
+            "device_memory": memory.as_ref().map(|(on, w, kv, act)| serde_json::json!({
+                "device": on, "weights": w, "kv": kv, "activations": act})),
             "file_bytes": source.file_bytes(),
             "parameters": params,
             "bits_per_weight": bits_per_weight,
@@ -86,7 +144,17 @@ pub fn run(args: InfoArgs) -> Result<()> {
         )?;
         return Ok(());
     }
-    writeln!(out, "model       {}", args.model.display())?;
+    writeln!(out, "model       {}", model_path.display())?;
+    if let Some((on, w, kv, act)) = &memory {
+        writeln!(
+            out,
+            "memory      {:.1} MB on {on} (weights {:.1}, KV {:.1}, activations {:.1})",
+            (w + kv + act) as f64 / 1e6,
+            *w as f64 / 1e6,
+            *kv as f64 / 1e6,
+            *act as f64 / 1e6
+        )?;
+    }
     writeln!(
         out,
         "size        {:.1} MB on disk, {:.1} M parameters, {bits_per_weight:.2} bits per weight",

@@ -20,16 +20,16 @@ pub enum SyntheticModel {
     /// Llama-3.1-8B's shapes: 32 layers of 4096, GQA 32/8, FFN 14336, separate head.
     #[value(name = "llama-8b")]
     Llama8B,
+    /// SmolLM2-135M's shapes (30 layers of 576, GQA 9/3, FFN 1536, tied 49152 vocabulary):
+    /// the default model's speed where its file cannot travel (a device check).
+    #[value(name = "smollm2-135m")]
+    Smollm2,
 }
 
 impl SyntheticModel {
     /// The architecture's hyper-parameters.
     pub fn config(self) -> LlamaConfig {
-        let (hidden_size, n_layers, head_dim, ffn_size, tied) = match self {
-            SyntheticModel::Llama1B => (2048, 16, 64, 8192, true),
-            SyntheticModel::Llama8B => (4096, 32, 128, 14336, false),
-        };
-        LlamaConfig {
+        let llama3 = |hidden_size, n_layers, head_dim, ffn_size, tied| LlamaConfig {
             hidden_size,
             n_layers,
             n_heads: 32,
@@ -43,6 +43,25 @@ impl SyntheticModel {
             vocab_size: 128_256,
             tied_embeddings: tied,
             context_length: 8192,
+        };
+        match self {
+            SyntheticModel::Llama1B => llama3(2048, 16, 64, 8192, true),
+            SyntheticModel::Llama8B => llama3(4096, 32, 128, 14336, false),
+            SyntheticModel::Smollm2 => LlamaConfig {
+                hidden_size: 576,
+                n_layers: 30,
+                n_heads: 9,
+                n_kv_heads: 3,
+                head_dim: 64,
+                ffn_size: 1536,
+                rms_eps: 1e-5,
+                rope_theta: 100_000.0,
+                rope_scaling: RopeScaling::None,
+                rope_style: RopeStyle::HalfSplit,
+                vocab_size: 49_152,
+                tied_embeddings: true,
+                context_length: 8192,
+            },
         }
     }
 
@@ -51,6 +70,7 @@ impl SyntheticModel {
         match self {
             SyntheticModel::Llama1B => "llama-1b",
             SyntheticModel::Llama8B => "llama-8b",
+            SyntheticModel::Smollm2 => "smollm2-135m",
         }
     }
 }

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The GPU check (issue 8): the wgpu conformance suite on the real adapter, then the speed
+# benches, printed as one table with the targets checked. Under 5 minutes on a real GPU.
+#
+#   scripts/gpu-check.sh          build with cargo, then check (a machine with Rust)
+#   scripts/gpu-check.sh pack     build here and put stripped binaries and the Vulkan loader
+#                                 packages in .gpu-check/ (git-ignored), for a machine without
+#                                 Rust; then on that machine, from the repository root:
+#   LOWBIT_PREBUILT=.gpu-check scripts/gpu-check.sh
+#
+# Environment:
+#   LOWBIT_PEAK_GBS         the card's memory bandwidth in GB/s, for the roofline (default 4800,
+#                           an H200's HBM3e)
+#   LOWBIT_GPU_CHECK_QUICK  1: tiny runs (SmolLM2 shapes only), to test this script on lavapipe
+#   LOWBIT_GPU_CHECK_OUT    folder for the log, the JSON lines and the table (default a temp dir)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACK=.gpu-check
+
+if [[ "${1:-}" == pack ]]; then
+  cargo build --release -p lowbit
+  conformance=$(cargo test --release -p lowbit-gpu --test conformance --no-run --message-format=json |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "conformance" and m.get("executable"):
+        print(m["executable"])')
+  rm -rf "$PACK" && mkdir -p "$PACK/deb" /tmp/amd64/partial
+  grep -qx "/$PACK/" .git/info/exclude 2>/dev/null || echo "/$PACK/" >>.git/info/exclude
+  strip -o "$PACK/lowbit" target/release/lowbit
+  strip -o "$PACK/conformance" "$conformance"
+  # The Vulkan loader (the device image has the NVIDIA driver and its ICD, not always the loader).
+  apt_opts=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$PACK/deb" && apt-get "${apt_opts[@]}" download libvulkan1 >/dev/null)
+  du -sh "$PACK"
+  echo "carry $PACK and run: LOWBIT_PREBUILT=$PACK scripts/gpu-check.sh"
+  exit 0
+fi
+
+OUT_DIR=${LOWBIT_GPU_CHECK_OUT:-$(mktemp -d)}
+mkdir -p "$OUT_DIR"
+LOG=$OUT_DIR/gpu-check.log
+RESULTS=$OUT_DIR/gpu-check.jsonl
+: >"$LOG"
+: >"$RESULTS"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
+QUICK=${LOWBIT_GPU_CHECK_QUICK:-0}
+PEAK_GBS=${LOWBIT_PEAK_GBS:-4800}
+
+if [[ -n "${LOWBIT_PREBUILT:-}" ]]; then
+  LOWBIT=$LOWBIT_PREBUILT/lowbit
+  CONFORMANCE=$LOWBIT_PREBUILT/conformance
+  if ! ldconfig -p | grep -q libvulkan.so.1 && compgen -G "$LOWBIT_PREBUILT/deb/*.deb" >/dev/null; then
+    for f in "$LOWBIT_PREBUILT"/deb/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+  fi
+else
+  cargo build --release -p lowbit 2>&1 | tail -1
+  LOWBIT=target/release/lowbit
+  CONFORMANCE=$(cargo test --release -p lowbit-gpu --test conformance --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "conformance" and m.get("executable"):
+        print(m["executable"])')
+fi
+# NVIDIA's container images mount the ICD here without registering it with the loader.
+nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+if [[ -f $nvidia_icd && -z "${VK_DRIVER_FILES:-}" ]]; then
+  export VK_DRIVER_FILES=$nvidia_icd
+fi
+
+echo "== adapters" | tee -a "$LOG"
+"$LOWBIT" info --adapters | tee -a "$LOG"
+
+echo "== conformance suite on the adapter (wgpu, wgpu_portable, wgpu_f32)" | tee -a "$LOG"
+conformance_status=0
+"$CONFORMANCE" wgpu --test-threads=1 >>"$LOG" 2>&1 || conformance_status=$?
+grep -E "^test result" "$LOG" | tail -1
+
+# bench CASE-NAME ENV... -- ARGS...: one `lowbit bench --json` run, tagged, into $RESULTS.
+bench() {
+  local name=$1
+  shift
+  local envs=()
+  while [[ $1 != -- ]]; do
+    envs+=("$1")
+    shift
+  done
+  shift
+  echo "== $name: lowbit bench $*" >>"$LOG"
+  local line
+  if line=$(env "${envs[@]}" "$LOWBIT" bench --json "$@" 2>>"$LOG"); then
+    python3 -c 'import json,sys; v=json.loads(sys.argv[2]); v["case"]=sys.argv[1]; print(json.dumps(v))' \
+      "$name" "$line" >>"$RESULTS"
+  else
+    echo "{\"case\": \"$name\", \"failed\": true}" >>"$RESULTS"
+  fi
+}
+
+if [[ $QUICK == 1 ]]; then
+  short=(--prompt-tokens 16 --gen-tokens 4 --reps 1)
+  bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu "${short[@]}"
+  bench smollm2-q4m-gpu-b4 -- --synthetic smollm2-135m --quant q4m --device gpu --batch 4 --prompt-tokens 0 --gen-tokens 4 --reps 1
+  bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu "${short[@]}"
+else
+  bench llama8b-q4-b1 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 128
+  bench llama8b-q4-b1-f32act LOWBIT_WGPU_ACTIVATIONS=f32 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 64
+  for b in 4 16; do
+    bench "llama8b-q4-b$b" -- --synthetic llama-8b --quant q4g32 --device gpu --batch "$b" --prompt-tokens 0 --gen-tokens 64
+  done
+  bench llama8b-q8-b1 -- --synthetic llama-8b --quant q8 --device gpu --prompt-tokens 512 --gen-tokens 64
+  bench llama1b-q4-b1 -- --synthetic llama-1b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 128
+  bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu --prompt-tokens 512 --gen-tokens 128
+  bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu --prompt-tokens 512 --gen-tokens 128
+  echo "== per-kernel profile, llama-8b q4 decode" >>"$LOG"
+  "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 16 --reps 1 --profile >>"$LOG" 2>&1 || true
+fi
+
+python3 - "$RESULTS" "$PEAK_GBS" <<'EOF' | tee "$OUT_DIR/gpu-check.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+peak = float(sys.argv[2])
+by = {r["case"]: r for r in rows}
+print(f"{'case':<24} {'batch':>5} {'pp tok/s':>10} {'tg tok/s':>10} {'GB/s':>8} {'roofline':>8} {'GPU MB':>8}")
+for r in rows:
+    if r.get("failed"):
+        print(f"{r['case']:<24} FAILED (see the log)")
+        continue
+    gpu = r.get("gpu_memory_bytes") or {}
+    gbs = r["weight_gb_per_second"]
+    mb = gpu.get("total", 0) / 1e6 if gpu else float("nan")
+    print(f"{r['case']:<24} {r['batch']:>5} {r['prompt_tokens_per_second']:>10.1f} "
+          f"{r['gen_tokens_per_second']:>10.1f} {gbs:>8.1f} {100 * gbs / peak:>7.1f}% {mb:>8.0f}")
+adapter = next((r["gpu_memory_bytes"]["adapter"] for r in rows if r.get("gpu_memory_bytes")), "?")
+print(f"adapter: {adapter}; roofline: {peak:.0f} GB/s (LOWBIT_PEAK_GBS)")
+
+def target(name, ok):
+    print(f"{'met   ' if ok else 'MISSED'} {name}")
+def tg(case):
+    return by.get(case, {}).get("gen_tokens_per_second", 0.0)
+if "llama8b-q4-b1" in by and not by["llama8b-q4-b1"].get("failed"):
+    r = by["llama8b-q4-b1"]
+    target(f"llama-8b q4 batch-1 decode at >= 50% of the roofline ({100 * r['weight_gb_per_second'] / peak:.1f}%)",
+           r["weight_gb_per_second"] >= 0.5 * peak)
+    target(f"prompt processing >= 10x generation ({r['prompt_tokens_per_second'] / max(tg('llama8b-q4-b1'), 1e-9):.1f}x)",
+           r["prompt_tokens_per_second"] >= 10 * tg("llama8b-q4-b1"))
+    target(f"batched decode scales: b1 {tg('llama8b-q4-b1'):.0f} < b4 {tg('llama8b-q4-b4'):.0f} < b16 {tg('llama8b-q4-b16'):.0f} tok/s",
+           tg("llama8b-q4-b1") < tg("llama8b-q4-b4") < tg("llama8b-q4-b16"))
+    if "llama8b-q4-b1-f32act" in by:
+        print(f"       int8 vs f32 activations, llama-8b q4 batch 1: tg {tg('llama8b-q4-b1'):.1f} vs {tg('llama8b-q4-b1-f32act'):.1f} tok/s, "
+              f"pp {r['prompt_tokens_per_second']:.0f} vs {by['llama8b-q4-b1-f32act'].get('prompt_tokens_per_second', 0):.0f} tok/s")
+target(f"SmolLM2 shapes: GPU decode faster than the CPU backend ({tg('smollm2-q4m-gpu'):.1f} vs {tg('smollm2-q4m-cpu'):.1f} tok/s)",
+       tg("smollm2-q4m-gpu") > tg("smollm2-q4m-cpu"))
+EOF
+echo "log, JSON lines and table: $OUT_DIR"
+if [[ $conformance_status != 0 ]]; then
+  echo "conformance suite FAILED on this adapter (see $LOG)"
+  exit 1
+fi
