@@ -161,17 +161,21 @@ fn matvec(
     }
 }
 
-// ---- prefill: 64 × 64 output tiles, 4 × 4 per thread ----
+// ---- prefill: 64 × 64 output tiles, 4 × 4 per thread, S blocks of 32 values per stage ----
 
 const T: u32 = 64u;
+// Blocks staged in workgroup memory between two barriers (fewer synchronisations per K).
+const S: u32 = 2u;
 
-var<workgroup> xs: array<u32, 512>;
-var<workgroup> ws: array<u32, 512>;
-var<workgroup> x_d: array<f32, 64>;
-var<workgroup> x_cs: array<f32, 64>;
-var<workgroup> x_qs: array<i32, 64>;
-var<workgroup> w_d: array<f32, 64>;
-var<workgroup> w_k: array<f32, 64>;
+// [s][j][row]: word j of block s of each of the tile's 64 rows.
+var<workgroup> xs: array<u32, 1024>;
+var<workgroup> ws: array<u32, 1024>;
+// [s][row]
+var<workgroup> x_d: array<f32, 128>;
+var<workgroup> x_cs: array<f32, 128>;
+var<workgroup> x_qs: array<i32, 128>;
+var<workgroup> w_d: array<f32, 128>;
+var<workgroup> w_k: array<f32, 128>;
 
 @compute @workgroup_size(256)
 fn matmul(
@@ -193,57 +197,88 @@ fn matmul(
     var csum: vec4<f32>;
     let lrow = lid / 4u;
     let lpart = lid % 4u;
-    for (var b = 0u; b < blocks; b++) {
-        // Activations: 64 rows × 8 words, and each row's block scale, c and Σq.
-        let xm = m0 + lrow;
-        for (var h = 0u; h < 2u; h++) {
-            let j = lpart * 2u + h;
-            xs[j * T + lrow] = select(0u, x_word(xm, b, j), xm < p.m);
-        }
-        let wn = n0 + lrow;
-        let w = weight_words(min(wn, p.rows - 1u), b);
+    let xm = m0 + lrow;
+    let wn = n0 + lrow;
+    let wrow = min(wn, p.rows - 1u);
+    for (var b0 = 0u; b0 < blocks; b0 += S) {
+        for (var st = 0u; st < S; st++) {
+            // Past the last block, zeros (never read: the product loop stops there too).
+            let b = min(b0 + st, blocks - 1u);
+            let live = b0 + st < blocks;
+            // Activations: 64 rows × 8 words, and each row's block scale, c and Σq.
+            for (var h = 0u; h < 2u; h++) {
+                let j = lpart * 2u + h;
+                xs[(st * 8u + j) * T + lrow] = select(0u, x_word(xm, b, j), xm < p.m && live);
+            }
+            // Weights: each thread reads one packed word (Q4: both nibble halves) or two (Q8).
 //#if Q8
-        ws[(lpart * 2u) * T + lrow] = select(0u, w[lpart * 2u], wn < p.rows);
-        ws[(lpart * 2u + 1u) * T + lrow] = select(0u, w[lpart * 2u + 1u], wn < p.rows);
+            let wbase = wrow * p.dims.words_per_row + b * 8u + lpart * 2u;
+            ws[(st * 8u + lpart * 2u) * T + lrow] = select(0u, w_words[wbase], wn < p.rows);
+            ws[(st * 8u + lpart * 2u + 1u) * T + lrow] = select(0u, w_words[wbase + 1u], wn < p.rows);
 //#else
-        ws[lpart * T + lrow] = select(0u, w[lpart], wn < p.rows);
-        ws[(4u + lpart) * T + lrow] = select(0u, w[4u + lpart], wn < p.rows);
+            let packed = select(0u, w_words[wrow * p.dims.words_per_row + b * 4u + lpart], wn < p.rows);
+            ws[(st * 8u + lpart) * T + lrow] = packed & 0x0f0f0f0fu;
+            ws[(st * 8u + 4u + lpart) * T + lrow] = (packed >> 4u) & 0x0f0f0f0fu;
 //#endif
-        if lid < T {
-            let m = m0 + lid;
-            let ok = m < p.m;
-            x_d[lid] = select(0.0, x_scale(m, b), ok);
-            x_cs[lid] = select(0.0, x_c(m, b), ok);
-            x_qs[lid] = select(0i, x_sum(m, b), ok);
-        } else if lid < 2u * T {
-            let n = n0 + lid - T;
-            let ok = n < p.rows;
-            let g = min(n, p.rows - 1u) * p.dims.groups_per_row + (b >> p.dims.group_shift);
-            w_d[lid - T] = select(0.0, scale_at(g), ok);
-            w_k[lid - T] = select(0.0, group_coef(min(n, p.rows - 1u), b), ok);
+            if lid < T {
+                let m = m0 + lid;
+                let ok = m < p.m;
+                x_d[st * T + lid] = select(0.0, x_scale(m, b), ok);
+                x_cs[st * T + lid] = select(0.0, x_c(m, b), ok);
+                x_qs[st * T + lid] = select(0i, x_sum(m, b), ok);
+            } else if lid < 2u * T {
+                let n = n0 + lid - T;
+                let ok = n < p.rows;
+                let nr = min(n, p.rows - 1u);
+                w_d[st * T + lid - T] = select(0.0, scale_at(nr * p.dims.groups_per_row + (b >> p.dims.group_shift)), ok);
+                w_k[st * T + lid - T] = select(0.0, group_coef(nr, b), ok);
+            }
         }
         workgroupBarrier();
-        let ends = group_ends(b);
-        for (var i = 0u; i < 4u; i++) {
-            let xr = ty + 16u * i;
-            let xd = x_d[xr];
-            csum[i] += x_cs[xr];
+        for (var st = 0u; st < S; st++) {
+            let b = b0 + st;
+            if b >= blocks {
+                break;
+            }
+            let ends = group_ends(b);
+            // Registers hold this thread's 4 activation rows and, in turn, each of its 4
+            // weight rows: 64 workgroup-memory reads per block instead of 256. Per output
+            // element the float steps (acc, then csum and corr at a group's end) are those of
+            // the decode kernel.
+            var xw: array<array<u32, 8>, 4>;
+            var xd: vec4<f32>;
+            for (var i = 0u; i < 4u; i++) {
+                let xr = ty + 16u * i;
+                for (var j = 0u; j < 8u; j++) {
+                    xw[i][j] = xs[(st * 8u + j) * T + xr];
+                }
+                xd[i] = x_d[st * T + xr];
+                csum[i] += x_cs[st * T + xr];
+            }
             for (var jn = 0u; jn < 4u; jn++) {
                 let wr = tx + 16u * jn;
-                var s = 0i;
+                var ww: array<u32, 8>;
                 for (var j = 0u; j < 8u; j++) {
-                    s += dot4I8Packed(ws[j * T + wr], xs[j * T + xr]);
+                    ww[j] = ws[(st * 8u + j) * T + wr];
                 }
+                let wd = w_d[st * T + wr];
+                let wk = w_k[st * T + wr];
+                for (var i = 0u; i < 4u; i++) {
+                    var s = 0i;
+                    for (var j = 0u; j < 8u; j++) {
+                        s += dot4I8Packed(ww[j], xw[i][j]);
+                    }
 //#if Q8
-                s += 128i * x_qs[xr];
+                    s += 128i * x_qs[st * T + ty + 16u * i];
 //#endif
-                acc[i][jn] += f32(s) * (w_d[wr] * xd);
-                if ends {
-                    corr[i][jn] += w_k[wr] * csum[i];
+                    acc[i][jn] += f32(s) * (wd * xd[i]);
+                    if ends {
+                        corr[i][jn] += wk * csum[i];
+                    }
                 }
             }
             if ends {
-                csum[i] = 0.0;
+                csum = vec4<f32>(0.0);
             }
         }
         workgroupBarrier();
