@@ -64,6 +64,18 @@ pub struct Rope {
     pub inv_freq: Vec<f32>,
 }
 
+/// The index of the largest value, the first one on ties (llama.cpp's greedy rule); NaN is
+/// skipped, and a row of NaN alone (or an empty one) gives 0.
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if !v.is_nan() && best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i as u32)
+}
+
 /// Operations a transformer forward needs, on tensors that live in the backend.
 ///
 /// Shapes are `rows × cols`, rows are tokens. Weights are `N × K` and linear layers compute
@@ -114,6 +126,16 @@ pub trait Backend: Send + Sync {
 
     /// Rotates each head of every row by its position (`positions[row]`).
     fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor>;
+
+    /// Each row's [`argmax`]: what a greedy step needs of its logits, so that a device
+    /// backend can read back ids instead of whole rows.
+    fn argmax_rows(&self, x: &Tensor) -> Result<Vec<u32>> {
+        if x.cols() == 0 {
+            return Ok(vec![0; x.rows()]);
+        }
+        let values = self.download(x)?;
+        Ok(values.chunks(x.cols()).map(argmax).collect())
+    }
 
     /// Keeps only the listed rows, in the given order.
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;

@@ -277,6 +277,26 @@ fn rope_matches_float64_in_both_pairings(be: &dyn Backend, b: Bounds) {
     }
 }
 
+/// The head's argmax: the first of equal maxima, −∞ and very negative rows, a vocabulary
+/// that is no multiple of a workgroup (SmolLM2's 49152 plus 7), the maximum in the last column.
+fn argmax_rows_find_the_first_largest_value(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(9);
+    let cols = 49_159;
+    let mut rows: Vec<Vec<f32>> = (0..5).map(|_| random(&mut r, cols)).collect();
+    rows[1][cols - 1] = 10.0;
+    rows[2][300] = 7.0;
+    rows[2][40_000] = 7.0;
+    rows[2][12] = 7.0;
+    rows[3] = vec![f32::NEG_INFINITY; cols];
+    rows[4].iter_mut().for_each(|v| *v -= 1e30);
+    let want: Vec<u32> = rows.iter().map(|row| lowbit_gpu::argmax(row)).collect();
+    assert_eq!(&want[1..4], &[cols as u32 - 1, 12, 0]);
+    let x = upload(be, rows.len(), cols, &rows.concat());
+    assert_eq!(be.argmax_rows(&x).expect("argmax"), want);
+    let one = upload(be, 1, 3, &[1.0, 3.0, 3.0]);
+    assert_eq!(be.argmax_rows(&one).expect("argmax"), vec![1]);
+}
+
 fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     let mut r = rng(6);
     let (rows, cols) = (9, 77);
@@ -592,6 +612,7 @@ macro_rules! suite {
 }
 
 suite!(
+    argmax_rows_find_the_first_largest_value,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     embed_gathers_dequantized_rows,

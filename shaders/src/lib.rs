@@ -30,11 +30,13 @@ pub enum Family {
     /// Integer products with int8 activations: `matvec` (decode) and `matmul` (tiled), for
     /// the integer weight kinds only.
     Int8,
+    /// The output head's reductions: `argmax` per logits row.
+    Head,
 }
 
 impl Family {
     /// Every family.
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Matvec,
         Family::Matmul,
         Family::Embed,
@@ -44,6 +46,7 @@ impl Family {
         Family::Attention,
         Family::Quantize,
         Family::Int8,
+        Family::Head,
     ];
 
     /// Whether the family decodes weights (and so needs a [`WeightKind`]).
@@ -69,6 +72,7 @@ impl Family {
             Family::Elementwise => &["add", "silu_mul", "gather_rows"],
             Family::Attention => &["kv_write", "attend"],
             Family::Int8 => &["matvec", "matmul"],
+            Family::Head => &["argmax"],
             _ => &["main"],
         }
     }
@@ -84,6 +88,7 @@ impl Family {
             Family::Attention => include_str!("../wgsl/attention.wgsl"),
             Family::Quantize => include_str!("../wgsl/quantize.wgsl"),
             Family::Int8 => include_str!("../wgsl/int8.wgsl"),
+            Family::Head => include_str!("../wgsl/head.wgsl"),
         }
     }
 }

@@ -41,6 +41,8 @@ pub enum Kernel {
     Int8Matmul {
         kind: WeightKind,
     },
+    /// Index of each logits row's largest value.
+    Argmax,
 }
 
 /// Largest activation row count the decode kernel is specialized for.
@@ -94,6 +96,7 @@ impl Kernel {
             Kernel::KvWrite | Kernel::Attend => Family::Attention,
             Kernel::Quantize => Family::Quantize,
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
+            Kernel::Argmax => Family::Head,
         }
     }
 
@@ -106,6 +109,7 @@ impl Kernel {
             Kernel::Attend => "attend",
             Kernel::Int8Matvec { .. } => "matvec",
             Kernel::Int8Matmul { .. } => "matmul",
+            Kernel::Argmax => "argmax",
             _ => "main",
         }
     }
@@ -125,7 +129,9 @@ impl Kernel {
         match self.family() {
             Family::Matvec | Family::Matmul | Family::Embed | Family::Int8 => Layout::Weights,
             Family::Attention => Layout::Attention,
-            Family::Norm | Family::Rope | Family::Elementwise | Family::Quantize => Layout::Binary,
+            Family::Norm | Family::Rope | Family::Elementwise | Family::Quantize | Family::Head => {
+                Layout::Binary
+            }
         }
     }
 
@@ -307,6 +313,16 @@ pub struct NormParams {
     pub rows: u32,
     pub eps: f32,
     pub grid_x: u32,
+}
+
+/// `HeadParams` in head.wgsl.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct HeadParams {
+    pub cols: u32,
+    pub rows: u32,
+    pub grid_x: u32,
+    pub _pad: u32,
 }
 
 /// `RopeParams` in rope.wgsl.

@@ -323,6 +323,10 @@ impl Backend for WgpuBackend {
         self.gather(x, rows)
     }
 
+    fn argmax_rows(&self, x: &Tensor) -> Result<Vec<u32>> {
+        self.argmax_ids(x)
+    }
+
     fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
         self.kv_pool(spec)
     }

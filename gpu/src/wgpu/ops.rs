@@ -3,7 +3,7 @@
 
 use super::encoder::grid;
 use super::kernels::{
-    ElementwiseParams, EmbedParams, Kernel, NormParams, RopeParams, ELEMENT_GROUP,
+    ElementwiseParams, EmbedParams, HeadParams, Kernel, NormParams, RopeParams, ELEMENT_GROUP,
 };
 use super::{device_of, weight_of, WgpuBackend};
 use crate::backend::{Rope, RopeStyle};
@@ -134,6 +134,36 @@ impl WgpuBackend {
             groups,
         );
         Ok(self.tensor(a.rows(), a.cols(), out))
+    }
+
+    /// Each row's argmax on the device; only the ids come back.
+    pub(super) fn argmax_ids(&self, x: &Tensor) -> Result<Vec<u32>> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if rows == 0 || cols == 0 {
+            return Ok(vec![0; rows]);
+        }
+        let xd = device_of(x)?;
+        let ids = self.alloc(rows, 1)?;
+        let pipeline = self.kernel(Kernel::Argmax)?;
+        let groups = grid(rows as u32);
+        let params = HeadParams {
+            cols: cols as u32,
+            rows: rows as u32,
+            grid_x: groups.0,
+            _pad: 0,
+        };
+        self.recorder()?.dispatch(
+            pipeline,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (&self.dummy_read, self.dummy_read.size()),
+                (ids.buffer(), ids.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        let ids = crate::Backend::download(self, &self.tensor(rows, 1, ids))?;
+        Ok(ids.into_iter().map(f32::to_bits).collect())
     }
 
     pub(super) fn gather(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {

@@ -3,7 +3,6 @@
 //! so the figures compare.
 
 use super::LoadArgs;
-use crate::engine::sampler::argmax;
 use crate::engine::solo::SoloKv;
 use crate::model::synthetic::SyntheticModel;
 use crate::model::{BatchSeq, Llama};
@@ -175,8 +174,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     logits: 0..1,
                 })
                 .collect();
-            let logits = model.forward(&seqs, &mut kv.pool)?;
-            next = (0..batch).map(|b| argmax(logits.row(b))).collect();
+            // Greedy, as the server's greedy steps: a GPU reads back ids, not vocabularies.
+            next = model.forward_argmax(&seqs, &mut kv.pool)?;
         }
         Ok((batch * args.gen_tokens) as f64 / t.elapsed().as_secs_f64())
     };

@@ -79,9 +79,12 @@ pub fn generate(
             blocks: &kv.tables[0],
             logits: input.len() - 1..input.len(),
         };
-        let logits = model.forward(&[seq], &mut kv.pool)?;
+        let next = if sampler.is_greedy() {
+            model.forward_argmax(&[seq], &mut kv.pool)?[0]
+        } else {
+            sampler.sample(model.forward(&[seq], &mut kv.pool)?.row(0))
+        };
         pos += input.len();
-        let next = sampler.sample(logits.row(0));
         if pos == prompt.len() {
             prompt_seconds = start.elapsed().as_secs_f64();
         }

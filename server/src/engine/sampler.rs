@@ -88,15 +88,10 @@ pub struct Sampler {
     rng: ChaCha8Rng,
 }
 
-/// The index of the largest value (the first one on ties), as llama.cpp's greedy sampler.
+/// The index of the largest value (the first one on ties), as llama.cpp's greedy sampler;
+/// the rule every backend's `argmax_rows` follows.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    lowbit_gpu::argmax(logits)
 }
 
 impl Sampler {
@@ -104,6 +99,12 @@ impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
         Self { params, rng }
+    }
+
+    /// Whether the choice is the plain argmax of the model's logits (greedy, nothing
+    /// adjusting them), so that the argmax alone is enough.
+    pub fn is_greedy(&self) -> bool {
+        (self.params.temperature <= 0.0 || self.params.top_k == 1) && !self.params.adjusts_logits()
     }
 
     /// The parameters.

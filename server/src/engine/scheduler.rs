@@ -11,7 +11,7 @@
 use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
-use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory};
+use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory, TokenLogprobs};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
 use crate::model::{BatchSeq, Llama, Logits};
@@ -25,6 +25,14 @@ use tokio::sync::mpsc::UnboundedSender;
 pub trait StepModel: Send {
     /// Runs one step; see [`Llama::forward`].
     fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits>;
+    /// Runs one step whose logits rows all want the greedy choice, and returns each row's
+    /// argmax; see [`Llama::forward_argmax`].
+    fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
+        let logits = self.forward(seqs)?;
+        Ok((0..logits.rows())
+            .map(|r| lowbit_gpu::argmax(logits.row(r)))
+            .collect())
+    }
     /// Copies KV blocks `src → dst` before the next forward.
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
 }
@@ -40,9 +48,20 @@ impl StepModel for LlamaStep {
         self.model.forward(seqs, &mut self.pool)
     }
 
+    fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
+        self.model.forward_argmax(seqs, &mut self.pool)
+    }
+
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
         Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
     }
+}
+
+/// What a step gave back for its sampling rows.
+enum StepRows {
+    Logits(Logits),
+    /// Each row's greedy choice.
+    Tokens(Vec<u32>),
 }
 
 /// Limits of the scheduler.
@@ -241,6 +260,19 @@ impl<M: StepModel> Scheduler<M> {
         if plan.is_empty() {
             return stats;
         }
+        // When every row that samples this step takes the plain greedy choice, only its
+        // argmax is read back (on a GPU: ids, not vocabularies). The token is the same either
+        // way: the logits are the same, and both pick the first largest.
+        let greedy_only = plan.iter().all(|&(i, n)| {
+            let s = &self.running[i];
+            s.computed + n < s.tokens.len()
+                || (s.sampler.is_greedy()
+                    && s.forks == 0
+                    && self
+                        .groups
+                        .get(&s.group)
+                        .is_some_and(|g| g.req.logprobs.is_none()))
+        });
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
             Ok(())
@@ -263,12 +295,18 @@ impl<M: StepModel> Scheduler<M> {
                 .collect();
             // A panic in the compute layer is a bug, but it fails this step's requests, not
             // the server.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.forward(&batch)))
-                .unwrap_or_else(|_| {
-                    Err(lowbit_gpu::Error::Internal("the forward step panicked").into())
-                })
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if greedy_only {
+                    self.model.forward_argmax(&batch).map(StepRows::Tokens)
+                } else {
+                    self.model.forward(&batch).map(StepRows::Logits)
+                }
+            }))
+            .unwrap_or_else(|_| {
+                Err(lowbit_gpu::Error::Internal("the forward step panicked").into())
+            })
         });
-        let logits = match result {
+        let rows = match result {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward step failed: {e}");
@@ -295,12 +333,18 @@ impl<M: StepModel> Scheduler<M> {
             if s.computed < s.tokens.len() {
                 continue;
             }
-            let logits_row = logits.row(row);
+            let ended = match &rows {
+                StepRows::Tokens(ids) => self.emit(i, ids[row], None),
+                StepRows::Logits(logits) => {
+                    let logits_row = logits.row(row);
+                    if s.forks > 0 {
+                        forks.extend(self.fork(i, logits_row));
+                    }
+                    self.sample(i, logits_row)
+                }
+            };
             row += 1;
-            if s.forks > 0 {
-                forks.extend(self.fork(i, logits_row));
-            }
-            if let Some(reason) = self.sample(i, logits_row) {
+            if let Some(reason) = ended {
                 finished.push((i, reason));
             }
         }
@@ -526,9 +570,16 @@ impl<M: StepModel> Scheduler<M> {
     /// Samples the next token of running sequence `i` from its logits; `Some` if it ended.
     fn sample(&mut self, i: usize, row: &[f32]) -> Option<FinishReason> {
         let s = &mut self.running[i];
-        let g = self.groups.get_mut(&s.group)?;
+        let g = self.groups.get(&s.group)?;
         let token = s.sampler.sample_with(row, &s.history);
         let lp = g.req.logprobs.map(|k| logprobs(row, token, k));
+        self.emit(i, token, lp)
+    }
+
+    /// Appends the chosen `token` to running sequence `i` and sends it; `Some` if it ended.
+    fn emit(&mut self, i: usize, token: u32, lp: Option<TokenLogprobs>) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let g = self.groups.get_mut(&s.group)?;
         let now = Instant::now();
         if !g.first_token {
             g.first_token = true;

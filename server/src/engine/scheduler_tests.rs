@@ -11,6 +11,8 @@ struct Fake {
     kv: HashMap<(u32, usize), u32>,
     bt: usize,
     rows_per_step: Vec<usize>,
+    /// Steps that read back only argmax ids (every sampling row greedy).
+    argmax_steps: usize,
 }
 
 const VOCAB: usize = 128;
@@ -62,6 +64,14 @@ impl StepModel for Fake {
         Ok(Logits { vocab: VOCAB, data })
     }
 
+    fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
+        self.argmax_steps += 1;
+        let logits = self.forward(seqs)?;
+        Ok((0..logits.rows())
+            .map(|r| lowbit_gpu::argmax(logits.row(r)))
+            .collect())
+    }
+
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
         for &(src, dst) in pairs {
             for slot in 0..self.bt {
@@ -79,6 +89,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         kv: HashMap::new(),
         bt,
         rows_per_step: Vec::new(),
+        argmax_steps: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
@@ -301,5 +312,37 @@ fn expired_deadlines_fail_the_request_and_free_its_blocks() {
     s.add(req, tx);
     run_all(&mut s);
     assert_eq!(collect(&mut rx, 1).error, Some(EngineFailure::Timeout));
+    assert!(s.blocks.all_released());
+}
+
+#[test]
+fn greedy_steps_read_back_ids_and_a_sampled_or_logprobs_row_brings_the_logits() {
+    let mut s = scheduler(64, 4, 64, true);
+    let (tx, mut rx) = unbounded_channel();
+    s.add(request(&prompt(1, 6), 5, 1), tx);
+    run_all(&mut s);
+    assert_eq!(collect(&mut rx, 1).texts[0], reference(&prompt(1, 6), 5));
+    // One prefill step and four decode steps, all greedy.
+    assert_eq!((s.model.rows_per_step.len(), s.model.argmax_steps), (5, 5));
+
+    // Beside a request that asks for logprobs, the same greedy request's steps bring the
+    // whole logits rows back, and its tokens do not change.
+    let mut s = scheduler(64, 4, 64, true);
+    let (tx, mut greedy) = unbounded_channel();
+    s.add(request(&prompt(1, 6), 5, 1), tx);
+    let (tx, mut with_logprobs) = unbounded_channel();
+    let mut r = request(&prompt(2, 6), 5, 1);
+    r.logprobs = Some(2);
+    s.add(r, tx);
+    run_all(&mut s);
+    assert_eq!(
+        collect(&mut greedy, 1).texts[0],
+        reference(&prompt(1, 6), 5)
+    );
+    assert_eq!(
+        collect(&mut with_logprobs, 1).texts[0],
+        reference(&prompt(2, 6), 5)
+    );
+    assert_eq!(s.model.argmax_steps, 0);
     assert!(s.blocks.all_released());
 }

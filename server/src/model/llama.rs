@@ -142,6 +142,18 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
     out
 }
 
+/// What a step reads back of its logits rows.
+#[derive(Debug, Clone, Copy)]
+enum Readback {
+    Logits,
+    Argmax,
+}
+
+enum StepOutput {
+    Logits(Logits),
+    Argmax(Vec<u32>),
+}
+
 /// A loaded Llama-family model bound to a backend.
 pub struct Llama {
     config: LlamaConfig,
@@ -350,6 +362,17 @@ impl Llama {
         self.forward_observed(seqs, pool, &mut |_, _, _| {})
     }
 
+    /// As [`Llama::forward`], returning only each logits row's argmax (the greedy choice):
+    /// a GPU backend then reads back ids, not vocabularies.
+    pub fn forward_argmax(&self, seqs: &[BatchSeq<'_>], pool: &mut KvPool) -> Result<Vec<u32>> {
+        match self.run(seqs, pool, &mut |_, _, _| {}, Readback::Argmax)? {
+            StepOutput::Argmax(ids) => Ok(ids),
+            StepOutput::Logits(_) => {
+                Err(lowbit_gpu::Error::Internal("argmax step gave logits").into())
+            }
+        }
+    }
+
     /// As [`Llama::forward`], showing `observe` the input of every linear layer (layer index,
     /// which input, the activations): calibration collects its statistics this way.
     pub fn forward_observed(
@@ -358,11 +381,26 @@ impl Llama {
         pool: &mut KvPool,
         observe: &mut Observer<'_>,
     ) -> Result<Logits> {
+        match self.run(seqs, pool, observe, Readback::Logits)? {
+            StepOutput::Logits(l) => Ok(l),
+            StepOutput::Argmax(_) => {
+                Err(lowbit_gpu::Error::Internal("logits step gave ids").into())
+            }
+        }
+    }
+
+    fn run(
+        &self,
+        seqs: &[BatchSeq<'_>],
+        pool: &mut KvPool,
+        observe: &mut Observer<'_>,
+        readback: Readback,
+    ) -> Result<StepOutput> {
         let mut result = None;
         // The backend decides where a step runs (the CPU backend: on a pool thread, so the
         // step's many parallel regions start from inside the pool).
         self.backend
-            .run_step(&mut || result = Some(self.step(seqs, pool, observe)));
+            .run_step(&mut || result = Some(self.step(seqs, pool, observe, readback)));
         result.unwrap_or_else(|| {
             Err(lowbit_gpu::Error::Internal("the backend did not run the step").into())
         })
@@ -373,7 +411,8 @@ impl Llama {
         seqs: &[BatchSeq<'a>],
         pool: &mut KvPool,
         observe: &mut Observer<'_>,
-    ) -> Result<Logits> {
+        readback: Readback,
+    ) -> Result<StepOutput> {
         let be = &*self.backend;
         let c = &self.config;
         let mut tokens = Vec::new();
@@ -434,9 +473,12 @@ impl Llama {
         observe(self.blocks.len(), LinearInput::Head, &x);
         let x = be.select_rows(&x, &logit_rows)?;
         let logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
-        Ok(Logits {
-            vocab: c.vocab_size,
-            data: be.download(&logits)?,
+        Ok(match readback {
+            Readback::Logits => StepOutput::Logits(Logits {
+                vocab: c.vocab_size,
+                data: be.download(&logits)?,
+            }),
+            Readback::Argmax => StepOutput::Argmax(be.argmax_rows(&logits)?),
         })
     }
 
