@@ -536,6 +536,33 @@ fn bad_block_tables_are_errors(be: &dyn Backend, _: Bounds) {
     );
 }
 
+/// A step recorded again with the same shapes finds every bind group in the cache, and
+/// computes the same values.
+#[test]
+fn repeated_steps_reuse_their_bind_groups() {
+    let _turn = gpu_turn();
+    let be = wgpu_backend();
+    let gpu = be
+        .as_any()
+        .downcast_ref::<lowbit_gpu::wgpu::WgpuBackend>()
+        .expect("the wgpu backend");
+    let mut r = rng(10);
+    let (w, _) = weight(be, &mut r, QuantFormat::Q4(GroupSize::G32), 40, 256);
+    let x = random(&mut r, 3 * 256);
+    let step = || {
+        let h = be.matmul(&upload(be, 3, 256, &x), &w).expect("matmul");
+        let y = be.add(&h, &h).expect("add");
+        be.download(&y).expect("download")
+    };
+    let first = step();
+    step();
+    let (hits, misses) = gpu.bind_group_counts().expect("counts");
+    assert_eq!(step(), first);
+    let (hits_after, misses_after) = gpu.bind_group_counts().expect("counts");
+    assert_eq!(misses_after, misses, "a repeated step created bind groups");
+    assert!(hits_after >= hits + 3, "{hits} -> {hits_after}");
+}
+
 // ---- the backends ----
 
 fn cpu_backend() -> &'static dyn Backend {

@@ -49,6 +49,9 @@ fn device_kv(pool: &mut KvPool) -> Result<(KvPoolSpec, &mut DeviceKv)> {
 impl WgpuBackend {
     pub(super) fn kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
         spec.validate()?;
+        // Cached bind groups would keep an earlier pool's buffers alive (bench makes one
+        // per run; the server one for its life).
+        self.recorder()?.forget_bind_groups();
         let bytes = layer_bytes(&spec);
         let max = self.gpu.limits.max_storage_buffer_binding_size;
         if bytes > max {

@@ -1,7 +1,7 @@
 //! GPU memory: activation buffers recycled by size class, so that steps after the first
 //! allocate nothing, and the byte counts `lowbit info`/`bench` report.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,10 +43,14 @@ fn size_class(bytes: u64) -> u64 {
     }
 }
 
-/// Free activation buffers by size class.
+/// Free activation buffers by size class, each by its creation serial. A step takes the
+/// lowest free serial of its class, so which buffer an operation gets depends only on which
+/// are free, not on the order earlier tensors dropped in: identical steps then bind identical
+/// buffers and find their bind groups cached (encoder.rs).
 #[derive(Debug, Default)]
 struct FreeLists {
-    free: HashMap<u64, Vec<::wgpu::Buffer>>,
+    free: HashMap<u64, BTreeMap<u64, ::wgpu::Buffer>>,
+    next_serial: u64,
 }
 
 /// Hands out activation buffers and takes them back when their last [`DeviceTensor`] drops.
@@ -73,24 +77,30 @@ impl BufferPool {
     /// A buffer of at least `bytes`, recycled when one of its class is free.
     pub fn take(&self, bytes: u64) -> DeviceTensor {
         let class = size_class(bytes);
-        let recycled = self
-            .lists
-            .lock()
-            .ok()
-            .and_then(|mut l| l.free.get_mut(&class).and_then(Vec::pop));
-        let buffer = recycled.unwrap_or_else(|| {
+        let mut lists = self.lists.lock().ok();
+        let recycled = lists
+            .as_mut()
+            .and_then(|l| l.free.get_mut(&class).and_then(BTreeMap::pop_first));
+        let (serial, buffer) = recycled.unwrap_or_else(|| {
+            let serial = lists.as_mut().map_or(u64::MAX, |l| {
+                l.next_serial += 1;
+                l.next_serial
+            });
             self.counters
                 .activations
                 .fetch_add(class, Ordering::Relaxed);
-            self.device.create_buffer(&::wgpu::BufferDescriptor {
+            let buffer = self.device.create_buffer(&::wgpu::BufferDescriptor {
                 label: Some("activation"),
                 size: class,
                 usage: ACTIVATION_USAGE,
                 mapped_at_creation: false,
-            })
+            });
+            (serial, buffer)
         });
+        drop(lists);
         DeviceTensor(Arc::new(Pooled {
             buffer,
+            serial,
             bytes: bytes.max(4),
             class,
             lists: Arc::clone(&self.lists),
@@ -101,6 +111,7 @@ impl BufferPool {
 #[derive(Debug)]
 struct Pooled {
     buffer: ::wgpu::Buffer,
+    serial: u64,
     bytes: u64,
     class: u64,
     lists: Arc<Mutex<FreeLists>>,
@@ -112,7 +123,7 @@ impl Drop for Pooled {
             l.free
                 .entry(self.class)
                 .or_default()
-                .push(self.buffer.clone());
+                .insert(self.serial, self.buffer.clone());
         }
     }
 }

@@ -8,6 +8,7 @@ use super::kernels::Pipeline;
 use super::profile::{Profile, Timer};
 use crate::error::{Error, Result};
 use bytemuck::Pod;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Offsets in the staging arena: uniform bindings need 256-byte alignment on every adapter.
@@ -39,10 +40,30 @@ enum Command {
     },
 }
 
+/// What a bind group binds: the layout, each storage buffer and its bound size, and the
+/// uniform's place in the arena. Activation buffers are recycled by size class and a step's
+/// parameters land at the same arena offsets each step, so decode steps find their bind groups
+/// here instead of creating about ten per layer every token.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: ::wgpu::BindGroupLayout,
+    buffers: Vec<(::wgpu::Buffer, u64)>,
+    arena: ::wgpu::Buffer,
+    params: (u64, u64),
+}
+
+/// Bind groups kept at most (a cleared cache only costs a re-creation; every cached group
+/// also keeps its buffers alive).
+const BIND_CACHE_MAX: usize = 8192;
+
 /// The commands of the step being recorded.
 #[derive(Default)]
 pub struct Recorder {
     commands: Vec<Command>,
+    bind_groups: HashMap<BindKey, ::wgpu::BindGroup>,
+    /// Bind groups found in the cache and created, since the start.
+    pub bind_hits: u64,
+    pub bind_misses: u64,
     arena: Vec<u8>,
     arena_buffer: Option<::wgpu::Buffer>,
     readback: Option<::wgpu::Buffer>,
@@ -144,10 +165,13 @@ impl Recorder {
         }
         self.arena.clear();
 
+        if self.bind_groups.len() > BIND_CACHE_MAX {
+            self.bind_groups.clear();
+        }
         let bind_groups: Vec<Option<::wgpu::BindGroup>> = commands
             .iter()
             .map(|c| match c {
-                Command::Dispatch(d) => Some(bind_group(gpu, d, &arena)),
+                Command::Dispatch(d) => Some(self.bind_group(gpu, d, &arena)),
                 Command::Copy { .. } => None,
             })
             .collect();
@@ -236,6 +260,33 @@ impl Recorder {
         Ok(data)
     }
 
+    /// Drops every cached bind group (and with them their hold on buffers).
+    pub fn forget_bind_groups(&mut self) {
+        self.bind_groups.clear();
+    }
+
+    fn bind_group(
+        &mut self,
+        gpu: &Gpu,
+        d: &DispatchCmd,
+        arena: &::wgpu::Buffer,
+    ) -> ::wgpu::BindGroup {
+        let key = BindKey {
+            layout: d.pipeline.layout.clone(),
+            buffers: d.buffers.clone(),
+            arena: arena.clone(),
+            params: d.params,
+        };
+        if let Some(g) = self.bind_groups.get(&key) {
+            self.bind_hits += 1;
+            return g.clone();
+        }
+        self.bind_misses += 1;
+        let g = create_bind_group(gpu, d, arena);
+        self.bind_groups.insert(key, g.clone());
+        g
+    }
+
     fn arena_buffer(&mut self, gpu: &Gpu) -> ::wgpu::Buffer {
         let need = (self.arena.len() as u64).max(1 << 16);
         match &self.arena_buffer {
@@ -249,6 +300,8 @@ impl Recorder {
                         | ::wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
+                // Groups bound to the old arena would keep it alive for nothing.
+                self.bind_groups.clear();
                 self.arena_buffer = Some(b.clone());
                 b
             }
@@ -272,7 +325,7 @@ impl Recorder {
     }
 }
 
-fn bind_group(gpu: &Gpu, d: &DispatchCmd, arena: &::wgpu::Buffer) -> ::wgpu::BindGroup {
+fn create_bind_group(gpu: &Gpu, d: &DispatchCmd, arena: &::wgpu::Buffer) -> ::wgpu::BindGroup {
     let mut entries: Vec<::wgpu::BindGroupEntry<'_>> = d
         .buffers
         .iter()

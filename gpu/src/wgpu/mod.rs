@@ -155,6 +155,12 @@ impl WgpuBackend {
         self.gpu.features.subgroups
     }
 
+    /// Bind groups found in the cache and created since the device opened.
+    pub fn bind_group_counts(&self) -> Result<(u64, u64)> {
+        let rec = self.recorder()?;
+        Ok((rec.bind_hits, rec.bind_misses))
+    }
+
     /// Bytes of GPU memory held: weights, KV pool, activation buffers.
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
         (

@@ -264,8 +264,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         if let Some(g) = gpu {
             let (weights, kv, activations) = g.memory_bytes();
+            let (hits, misses) = g.bind_group_counts()?;
             println!(
-                "GPU memory: {:.1} MB (weights {:.1}, KV {:.1}, activations {:.1})",
+                "GPU memory: {:.1} MB (weights {:.1}, KV {:.1}, activations {:.1}); bind groups: {hits} reused, {misses} created",
                 (weights + kv + activations) as f64 / 1e6,
                 weights as f64 / 1e6,
                 kv as f64 / 1e6,
