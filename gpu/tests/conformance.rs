@@ -450,12 +450,13 @@ fn attention_step(
 
 fn attention_over_scattered_blocks_matches_float64(be: &dyn Backend, b: Bounds) {
     for bt in [8, 16, 32] {
-        // A long prefill from scratch, a decode row after 10 cached positions, a continued
-        // prefill after 30, a single first token.
-        let (hs, spec) = histories(&[150, 11, 50, 1], bt);
+        // A long prefill from scratch (600 positions: three attention chunks on the GPU, the
+        // last one partial), a decode row after 10 cached positions, a continued prefill
+        // after 30, a single first token.
+        let (hs, spec) = histories(&[600, 11, 50, 1], bt);
         let mut pool = be.new_kv_pool(spec).expect("pool");
         attention_step(be, &hs, &[(1, 0..10), (2, 0..30)], &mut pool);
-        let steps = [(0, 0..150), (1, 10..11), (2, 30..50), (3, 0..1)];
+        let steps = [(0, 0..600), (1, 10..11), (2, 30..50), (3, 0..1)];
         let out = attention_step(be, &hs, &steps, &mut pool);
         let mut want = Vec::new();
         for (i, r) in &steps {
@@ -480,6 +481,17 @@ fn attention_does_not_depend_on_chunking_or_batch(be: &dyn Backend, _: Bounds) {
         pieces.extend(attention_step(be, &hs, &[(0, p..p + 1)], &mut pool));
     }
     assert_eq!(&whole[..70 * q_dim], &pieces[..]);
+
+    // Past one attention chunk (256 positions on the GPU): a 600-position prefill, the same
+    // rows in two chunks of prefill, and its last row decoded beside a short sequence.
+    let (hs, spec) = histories(&[600, 40], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let whole = attention_step(be, &hs, &[(0, 0..600)], &mut pool);
+    let mut pieces = attention_step(be, &hs, &[(0, 0..300)], &mut pool);
+    pieces.extend(attention_step(be, &hs, &[(0, 300..599)], &mut pool));
+    let last = attention_step(be, &hs, &[(1, 0..40), (0, 599..600)], &mut pool);
+    pieces.extend_from_slice(&last[40 * q_dim..]);
+    assert_eq!(whole, pieces);
 }
 
 fn copied_blocks_attend_like_the_originals(be: &dyn Backend, _: Bounds) {

@@ -23,7 +23,7 @@ pub enum Family {
     Rope,
     /// `add`, `silu_mul`, `gather_rows`.
     Elementwise,
-    /// `kv_write` and `attend` over the paged KV pool.
+    /// `kv_write`, `attend` and `attend_merge` over the paged KV pool.
     Attention,
     /// Dynamic quantization of activations to int8 per 32-block (entry `main`).
     Quantize,
@@ -70,7 +70,7 @@ impl Family {
     pub fn entries(self) -> &'static [&'static str] {
         match self {
             Family::Elementwise => &["add", "silu_mul", "gather_rows"],
-            Family::Attention => &["kv_write", "attend"],
+            Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],
             Family::Head => &["argmax"],
             _ => &["main"],

@@ -4,9 +4,14 @@
 // lives in block tables[table + p / block_tokens], slot p % block_tokens. `row_info[r]` is
 // (position, offset of its sequence's block table in `tables`) for each new row r.
 // `kv_write` stores the new rows' keys and values; `attend` then runs one workgroup per
-// (row, head), streaming the row's positions 0..=pos in tiles of 64 with an online softmax,
-// so its result depends on its own sequence only. A row no sequence claims has position
-// NO_ROW: nothing is written to the pool for it and its output is zero.
+// (row, head, split), streaming the split's positions in tiles of 64 with an online softmax.
+// Positions are split into chunks of CHUNK along the sequence (split-K, so that a long
+// context spreads over many workgroups even for one decoding row): a row of one chunk writes
+// its output directly; a longer row writes each chunk's (max, sum, weighted values) to
+// `partial` and `attend_merge` combines them in chunk order. The chunks depend on the row's
+// own position only, so its result depends on its own sequence only, prefill or decode. A row
+// no sequence claims has position NO_ROW: nothing is written to the pool for it and its
+// output is zero.
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k_new: array<f32>;
@@ -16,7 +21,9 @@
 @group(0) @binding(5) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read> tables: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
-@group(0) @binding(8) var<uniform> p: AttentionParams;
+// Per (row, head, split): max score, sum of exponentials, then head_dim weighted values.
+@group(0) @binding(8) var<storage, read_write> partial: array<f32>;
+@group(0) @binding(9) var<uniform> p: AttentionParams;
 
 struct AttentionParams {
     rows: u32,
@@ -27,12 +34,15 @@ struct AttentionParams {
     // 1 / sqrt(head_dim).
     scale: f32,
     grid_x: u32,
-    _pad: u32,
+    // Splits per (row, head) in the grid: the longest row's chunk count.
+    splits: u32,
 }
 
 const WG: u32 = 64u;
 const NO_ROW: u32 = 0xffffffffu;
 const TILE: u32 = 64u;
+// Positions per split (a multiple of TILE).
+const CHUNK: u32 = 256u;
 // Head dimensions up to 4 × 64.
 const DIMS_PER_THREAD: u32 = 4u;
 
@@ -69,33 +79,43 @@ fn attend(
     @builtin(local_invocation_index) lid: u32,
 ) {
     let item = wid.x + wid.y * nwg.x;
-    let row = item / p.n_heads;
+    let split = item % p.splits;
+    let row_head = item / p.splits;
+    let row = row_head / p.n_heads;
     if row >= p.rows {
         return;
     }
-    let head = item % p.n_heads;
+    let head = row_head % p.n_heads;
     let kv_head = head / (p.n_heads / p.n_kv_heads);
     let hd = p.head_dim;
     let q_base = row * p.n_heads * hd + head * hd;
-    for (var d = lid; d < hd; d += WG) {
-        qs[d] = q[q_base + d] * p.scale;
-    }
-    workgroupBarrier();
     let info = row_info[row];
     if info.x == NO_ROW {
-        for (var d = lid; d < hd; d += WG) {
-            out[q_base + d] = 0.0;
+        if split == 0u {
+            for (var d = lid; d < hd; d += WG) {
+                out[q_base + d] = 0.0;
+            }
         }
         return;
     }
     let n = info.x + 1u;
+    let chunks = (n + CHUNK - 1u) / CHUNK;
+    if split >= chunks {
+        return;
+    }
+    for (var d = lid; d < hd; d += WG) {
+        qs[d] = q[q_base + d] * p.scale;
+    }
+    workgroupBarrier();
+    let t_begin = split * CHUNK;
+    let t_end = min(n, t_begin + CHUNK);
     var m_run = -3.0e38;
     var l_run = 0.0;
     var acc: array<f32, DIMS_PER_THREAD>;
-    for (var t0 = 0u; t0 < n; t0 += TILE) {
+    for (var t0 = t_begin; t0 < t_end; t0 += TILE) {
         let pos = t0 + lid;
         var s = -3.0e38;
-        if pos < n {
+        if pos < t_end {
             let base = slot_offset(info.y, pos, kv_head);
             s = 0.0;
             for (var d = 0u; d < hd; d++) {
@@ -109,14 +129,14 @@ fn attend(
             m_tile = max(m_tile, probs[j]);
         }
         workgroupBarrier();
-        probs[lid] = select(0.0, exp(s - m_tile), pos < n);
+        probs[lid] = select(0.0, exp(s - m_tile), pos < t_end);
         workgroupBarrier();
         let correction = exp(m_run - m_tile);
         l_run *= correction;
         for (var i = 0u; i < DIMS_PER_THREAD; i++) {
             acc[i] *= correction;
         }
-        let count = min(TILE, n - t0);
+        let count = min(TILE, t_end - t0);
         for (var j = 0u; j < count; j++) {
             let pj = probs[j];
             l_run += pj;
@@ -131,10 +151,66 @@ fn attend(
         m_run = m_tile;
         workgroupBarrier();
     }
+    if chunks == 1u {
+        for (var i = 0u; i < DIMS_PER_THREAD; i++) {
+            let d = lid + WG * i;
+            if d < hd {
+                out[q_base + d] = acc[i] / l_run;
+            }
+        }
+        return;
+    }
+    let base = (row_head * p.splits + split) * (hd + 2u);
+    if lid == 0u {
+        partial[base] = m_run;
+        partial[base + 1u] = l_run;
+    }
     for (var i = 0u; i < DIMS_PER_THREAD; i++) {
         let d = lid + WG * i;
         if d < hd {
-            out[q_base + d] = acc[i] / l_run;
+            partial[base + 2u + d] = acc[i];
         }
+    }
+}
+
+// One workgroup per (row, head) of more than one chunk: the chunks' softmax pieces rescaled to
+// their common maximum and added in chunk order.
+@compute @workgroup_size(64)
+fn attend_merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row_head = wid.x + wid.y * nwg.x;
+    let row = row_head / p.n_heads;
+    if row >= p.rows {
+        return;
+    }
+    let info = row_info[row];
+    if info.x == NO_ROW {
+        return;
+    }
+    let chunks = (info.x + 1u + CHUNK - 1u) / CHUNK;
+    if chunks == 1u {
+        return;
+    }
+    let hd = p.head_dim;
+    let stride = hd + 2u;
+    let first = row_head * p.splits * stride;
+    var m_all = -3.0e38;
+    for (var c = 0u; c < chunks; c++) {
+        m_all = max(m_all, partial[first + c * stride]);
+    }
+    var l_all = 0.0;
+    for (var c = 0u; c < chunks; c++) {
+        l_all += partial[first + c * stride + 1u] * exp(partial[first + c * stride] - m_all);
+    }
+    let q_base = row_head * hd;
+    for (var d = lid; d < hd; d += WG) {
+        var acc = 0.0;
+        for (var c = 0u; c < chunks; c++) {
+            acc += partial[first + c * stride + 2u + d] * exp(partial[first + c * stride] - m_all);
+        }
+        out[q_base + d] = acc / l_all;
     }
 }

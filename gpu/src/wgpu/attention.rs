@@ -4,7 +4,7 @@
 //! adapter's limit), laid out `| block | kv head | slot | head dim |` (attention.wgsl).
 
 use super::encoder::grid;
-use super::kernels::{AttentionParams, Kernel, ELEMENT_GROUP};
+use super::kernels::{AttentionParams, Kernel, ATTENTION_CHUNK, ELEMENT_GROUP};
 use super::{device_of, DeviceTensor, WgpuBackend};
 use crate::backend::{AttentionShape, SeqSpan};
 use crate::checks;
@@ -182,7 +182,18 @@ impl WgpuBackend {
         let attend = self.kernel(Kernel::Attend)?;
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
         let write_groups = grid(((rows * spec.kv_dim) as u32).div_ceil(ELEMENT_GROUP));
-        let attend_groups = grid((rows * shape.n_heads) as u32);
+        // Split-K: every row's positions in chunks; the grid covers the longest row.
+        let longest = seqs.iter().map(|s| s.pos_start + s.len).max().unwrap_or(1);
+        let splits = longest.div_ceil(ATTENTION_CHUNK).max(1);
+        let attend_groups = grid((rows * shape.n_heads * splits) as u32);
+        let merge_groups = grid((rows * shape.n_heads) as u32);
+        let partial = (splits > 1)
+            .then(|| self.alloc(rows * shape.n_heads * splits, shape.head_dim + 2))
+            .transpose()?;
+        let partial_binding = match &partial {
+            Some(t) => (t.buffer(), t.bytes()),
+            None => (&self.dummy_write, 256),
+        };
         let params = |grid_x| AttentionParams {
             rows: rows as u32,
             n_heads: shape.n_heads as u32,
@@ -191,7 +202,7 @@ impl WgpuBackend {
             block_tokens: spec.block_tokens as u32,
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             grid_x,
-            _pad: 0,
+            splits: splits as u32,
         };
         let mut rec = self.recorder()?;
         rec.dispatch(
@@ -204,6 +215,7 @@ impl WgpuBackend {
                 (vc, vc.size()),
                 (info.rows.buffer(), info.rows.bytes()),
                 (info.tables.buffer(), info.tables.bytes()),
+                (&self.dummy_write, 256),
                 (&self.dummy_write, 256),
             ],
             &params(write_groups.0 * ELEMENT_GROUP),
@@ -220,10 +232,30 @@ impl WgpuBackend {
                 (info.rows.buffer(), info.rows.bytes()),
                 (info.tables.buffer(), info.tables.bytes()),
                 (out.buffer(), out.bytes()),
+                partial_binding,
             ],
             &params(attend_groups.0),
             attend_groups,
         );
+        if partial.is_some() {
+            let merge = self.kernel(Kernel::AttendMerge)?;
+            rec.dispatch(
+                merge,
+                &[
+                    (&self.dummy_read, 256),
+                    (&self.dummy_read, 256),
+                    (&self.dummy_read, 256),
+                    (&self.dummy_write, 256),
+                    (&self.dummy_write, 256),
+                    (info.rows.buffer(), info.rows.bytes()),
+                    (&self.dummy_read, 256),
+                    (out.buffer(), out.bytes()),
+                    partial_binding,
+                ],
+                &params(merge_groups.0),
+                merge_groups,
+            );
+        }
         Ok(self.tensor(rows, shape.q_dim(), out))
     }
 }

@@ -30,6 +30,8 @@ pub enum Kernel {
     GatherRows,
     KvWrite,
     Attend,
+    /// Combines the per-chunk pieces of rows longer than one attention chunk.
+    AttendMerge,
     /// Activations to int8 per 32-block.
     Quantize,
     /// Integer decode product with int8 activations, `m` (1..=8) rows.
@@ -51,6 +53,8 @@ pub const MATVEC_MAX_ROWS: usize = 8;
 pub const MATVEC_ROWS_PER_GROUP: u32 = 4;
 /// Output tile of matmul.wgsl.
 pub const MATMUL_TILE: u32 = 64;
+/// Positions per attention split (`CHUNK` in attention.wgsl).
+pub const ATTENTION_CHUNK: usize = 256;
 /// Threads per workgroup of the one-thread-per-element kernels.
 pub const ELEMENT_GROUP: u32 = 64;
 
@@ -62,7 +66,7 @@ enum Layout {
     /// two inputs · output · params.
     Binary,
     /// q, k, v (read) · key and value pools (read-write) · row info, tables (read) ·
-    /// output · params.
+    /// output · per-chunk partials (read-write) · params.
     Attention,
 }
 
@@ -72,7 +76,7 @@ impl Layout {
         match self {
             Layout::Weights => &[R, R, R, R, W, U],
             Layout::Binary => &[R, R, W, U],
-            Layout::Attention => &[R, R, R, W, W, R, R, W, U],
+            Layout::Attention => &[R, R, R, W, W, R, R, W, W, U],
         }
     }
 }
@@ -93,7 +97,7 @@ impl Kernel {
             Kernel::RmsNorm => Family::Norm,
             Kernel::Rope => Family::Rope,
             Kernel::Add | Kernel::SiluMul | Kernel::GatherRows => Family::Elementwise,
-            Kernel::KvWrite | Kernel::Attend => Family::Attention,
+            Kernel::KvWrite | Kernel::Attend | Kernel::AttendMerge => Family::Attention,
             Kernel::Quantize => Family::Quantize,
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
             Kernel::Argmax => Family::Head,
@@ -107,6 +111,7 @@ impl Kernel {
             Kernel::GatherRows => "gather_rows",
             Kernel::KvWrite => "kv_write",
             Kernel::Attend => "attend",
+            Kernel::AttendMerge => "attend_merge",
             Kernel::Int8Matvec { .. } => "matvec",
             Kernel::Int8Matmul { .. } => "matmul",
             Kernel::Argmax => "argmax",
@@ -389,5 +394,6 @@ pub struct AttentionParams {
     pub block_tokens: u32,
     pub scale: f32,
     pub grid_x: u32,
-    pub _pad: u32,
+    /// Splits per (row, head) in the attend grid.
+    pub splits: u32,
 }
