@@ -1,0 +1,214 @@
+//! The attention part of the conformance suite: the paged pool written and read through
+//! scattered block tables, against a float64 reference, and the invariances (chunking,
+//! batch, block copies) every backend must keep.
+
+use super::*;
+
+const SHAPE: AttentionShape = AttentionShape {
+    n_heads: 6,
+    n_kv_heads: 2,
+    head_dim: 32,
+};
+
+/// One sequence's whole history: queries, keys and values for positions `0..ctx`.
+struct History {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    blocks: Vec<u32>,
+}
+
+fn reference_attention_row(h: &History, pos: usize) -> Vec<f64> {
+    let (hd, kv_dim, q_dim) = (SHAPE.head_dim, SHAPE.kv_dim(), SHAPE.q_dim());
+    let group = SHAPE.n_heads / SHAPE.n_kv_heads;
+    let mut out = vec![0.0f64; q_dim];
+    for head in 0..SHAPE.n_heads {
+        let kvh = head / group;
+        let scores: Vec<f64> = (0..=pos)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| {
+                        f64::from(h.q[pos * q_dim + head * hd + d])
+                            * f64::from(h.k[j * kv_dim + kvh * hd + d])
+                    })
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+        for (j, s) in scores.iter().enumerate() {
+            let p = (s - max).exp() / total;
+            for d in 0..hd {
+                out[head * hd + d] += p * f64::from(h.v[j * kv_dim + kvh * hd + d]);
+            }
+        }
+    }
+    out
+}
+
+/// Histories for sequences of `ctxs` positions, with blocks handed out scattered, interleaved
+/// between sequences and in reverse, and a pool with spare blocks.
+fn histories(ctxs: &[usize], block_tokens: usize) -> (Vec<History>, KvPoolSpec) {
+    let mut r = rng(7);
+    let total: usize = ctxs.iter().map(|c| c.div_ceil(block_tokens)).sum();
+    let spec = KvPoolSpec {
+        layers: 2,
+        kv_dim: SHAPE.kv_dim(),
+        head_dim: SHAPE.head_dim,
+        block_tokens,
+        blocks: total + 5,
+    };
+    let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
+    ids.retain(|b| b % 3 != 1 || *b > total as u32);
+    ids.extend((0..spec.blocks as u32).filter(|b| b % 3 == 1 && *b <= total as u32));
+    let mut next = ids.into_iter();
+    let hs = ctxs
+        .iter()
+        .map(|&ctx| History {
+            q: random(&mut r, ctx * SHAPE.q_dim()),
+            k: random(&mut r, ctx * SHAPE.kv_dim()),
+            v: random(&mut r, ctx * SHAPE.kv_dim()),
+            blocks: (0..ctx.div_ceil(block_tokens))
+                .map(|_| next.next().expect("enough blocks"))
+                .collect(),
+        })
+        .collect();
+    (hs, spec)
+}
+
+/// One attention call of layer 1: sequence `i` contributes positions `steps[i]`.
+fn attention_step(
+    be: &dyn Backend,
+    hs: &[History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    pool: &mut lowbit_gpu::KvPool,
+) -> Vec<f32> {
+    let (q_dim, kv_dim) = (SHAPE.q_dim(), SHAPE.kv_dim());
+    let (mut q, mut k, mut v, mut spans) = (vec![], vec![], vec![], vec![]);
+    for (i, r) in steps {
+        let h = &hs[*i];
+        spans.push(SeqSpan {
+            row_start: q.len() / q_dim,
+            len: r.len(),
+            pos_start: r.start,
+            blocks: &h.blocks,
+        });
+        q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
+        k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
+        v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
+    }
+    let rows = q.len() / q_dim;
+    let out = be
+        .attention(
+            1,
+            &upload(be, rows, q_dim, &q),
+            &upload(be, rows, kv_dim, &k),
+            &upload(be, rows, kv_dim, &v),
+            &spans,
+            pool,
+            SHAPE,
+        )
+        .expect("attention");
+    be.download(&out).expect("download")
+}
+
+pub(crate) fn attention_over_scattered_blocks_matches_float64(be: &dyn Backend, b: Bounds) {
+    for bt in [8, 16, 32] {
+        // A long prefill from scratch (600 positions: three attention chunks on the GPU, the
+        // last one partial), a decode row after 10 cached positions, a continued prefill
+        // after 30, a single first token.
+        let (hs, spec) = histories(&[600, 11, 50, 1], bt);
+        let mut pool = be.new_kv_pool(spec).expect("pool");
+        attention_step(be, &hs, &[(1, 0..10), (2, 0..30)], &mut pool);
+        let steps = [(0, 0..600), (1, 10..11), (2, 30..50), (3, 0..1)];
+        let out = attention_step(be, &hs, &steps, &mut pool);
+        let mut want = Vec::new();
+        for (i, r) in &steps {
+            for pos in r.clone() {
+                want.extend(reference_attention_row(&hs[*i], pos));
+            }
+        }
+        let e = rel_err(&out, &want);
+        assert!(e < b.attention, "block tokens {bt}: {e}");
+    }
+}
+
+pub(crate) fn attention_does_not_depend_on_chunking_or_batch(be: &dyn Backend, _: Bounds) {
+    let (hs, spec) = histories(&[70, 40], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let q_dim = SHAPE.q_dim();
+    let whole = attention_step(be, &hs, &[(0, 0..70), (1, 0..40)], &mut pool);
+    let mut pieces = Vec::new();
+    pieces.extend(attention_step(be, &hs, &[(0, 0..3)], &mut pool));
+    pieces.extend(attention_step(be, &hs, &[(0, 3..23)], &mut pool));
+    for p in 23..70 {
+        pieces.extend(attention_step(be, &hs, &[(0, p..p + 1)], &mut pool));
+    }
+    assert_eq!(&whole[..70 * q_dim], &pieces[..]);
+
+    // Past one attention chunk (256 positions on the GPU): a 600-position prefill, the same
+    // rows in two chunks of prefill, and its last row decoded beside a short sequence.
+    let (hs, spec) = histories(&[600, 40], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let whole = attention_step(be, &hs, &[(0, 0..600)], &mut pool);
+    let mut pieces = attention_step(be, &hs, &[(0, 0..300)], &mut pool);
+    pieces.extend(attention_step(be, &hs, &[(0, 300..599)], &mut pool));
+    let last = attention_step(be, &hs, &[(1, 0..40), (0, 599..600)], &mut pool);
+    pieces.extend_from_slice(&last[40 * q_dim..]);
+    assert_eq!(whole, pieces);
+}
+
+pub(crate) fn copied_blocks_attend_like_the_originals(be: &dyn Backend, _: Bounds) {
+    let (mut hs, spec) = histories(&[20, 20], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    attention_step(be, &hs, &[(0, 0..19)], &mut pool);
+    let before = attention_step(be, &hs, &[(0, 19..20)], &mut pool);
+    let spare: Vec<u32> = (0..spec.blocks as u32)
+        .filter(|b| !hs[0].blocks.contains(b) && !hs[1].blocks.contains(b))
+        .take(2)
+        .collect();
+    let pairs: Vec<(u32, u32)> = hs[0].blocks.iter().copied().zip(spare.clone()).collect();
+    be.copy_blocks(&mut pool, &pairs).expect("copy_blocks");
+    // Overwrite the originals with another sequence's keys and values: only the copies hold
+    // sequence 0 now.
+    hs[1].blocks = hs[0].blocks.clone();
+    attention_step(be, &hs, &[(1, 0..20)], &mut pool);
+    hs[0].blocks = spare;
+    let after = attention_step(be, &hs, &[(0, 19..20)], &mut pool);
+    assert_eq!(before, after);
+    assert!(be
+        .copy_blocks(&mut pool, &[(0, spec.blocks as u32)])
+        .is_err());
+}
+
+pub(crate) fn bad_block_tables_are_errors(be: &dyn Backend, _: Bounds) {
+    let (mut hs, spec) = histories(&[20], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let (q, k) = (
+        upload(be, 20, SHAPE.q_dim(), &vec![0.0; 20 * SHAPE.q_dim()]),
+        upload(be, 20, SHAPE.kv_dim(), &vec![0.0; 20 * SHAPE.kv_dim()]),
+    );
+    hs[0].blocks.truncate(1);
+    let span = SeqSpan {
+        row_start: 0,
+        len: 20,
+        pos_start: 0,
+        blocks: &hs[0].blocks,
+    };
+    assert!(be
+        .attention(0, &q, &k, &k, &[span], &mut pool, SHAPE)
+        .is_err());
+    let outside = [0u32, spec.blocks as u32];
+    let span = SeqSpan {
+        blocks: &outside,
+        ..span
+    };
+    assert!(be
+        .attention(0, &q, &k, &k, &[span], &mut pool, SHAPE)
+        .is_err());
+    assert!(
+        be.attention(2, &q, &k, &k, &[], &mut pool, SHAPE).is_err(),
+        "layer 2 of 2"
+    );
+}
