@@ -126,7 +126,8 @@ async fn every_bad_chat_request_gets_its_envelope_and_nothing_else_changes() {
     post(chat(json!({"temperature": "hot"})))
         .await
         .assert_error(400, BAD, Some("temperature"), None);
-    for t in [2.5, -0.1] {
+    // Just past a bound, where an f32 would round back inside it.
+    for t in [2.5, -0.1, 2.000_000_01] {
         post(chat(json!({ "temperature": t }))).await.assert_error(
             400,
             BAD,
@@ -134,7 +135,7 @@ async fn every_bad_chat_request_gets_its_envelope_and_nothing_else_changes() {
             None,
         );
     }
-    for p in [0.0, 1.5] {
+    for p in [0.0, 1.5, 1.000_000_01] {
         post(chat(json!({ "top_p": p })))
             .await
             .assert_error(400, BAD, Some("top_p"), None);
@@ -390,6 +391,11 @@ async fn routes_methods_and_body_limit() {
 
     let spec = send(&app, "GET", "/openapi.json", None, None).await.json();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    // The ranges the server checks are in the schema, exactly (fuzzing relies on them).
+    let sampling = &spec["components"]["schemas"]["SamplingFields"]["properties"];
+    assert_eq!(sampling["temperature"]["maximum"], 2);
+    assert_eq!(sampling["top_p"]["exclusiveMinimum"], 0);
+    assert_eq!(sampling["n"]["maximum"], 16);
     let mut ids = std::collections::HashSet::new();
     for (_, item) in spec["paths"].as_object().unwrap() {
         for (_, op) in item.as_object().unwrap() {

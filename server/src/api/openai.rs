@@ -46,23 +46,33 @@ pub struct ResponseFormat {
 /// The sampling and stopping parameters chat and completions share.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct SamplingFields {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    /// Choices per prompt (1..=16).
+    // Floats are read as f64 and checked before narrowing, so that the ranges below are exact
+    // (an f32 would round 2.0000001 to 2 and accept it).
+    #[schema(minimum = 0, maximum = 2)]
+    pub temperature: Option<f64>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub top_p: Option<f64>,
+    /// Choices per prompt.
+    #[schema(minimum = 1, maximum = 16)]
     pub n: Option<i64>,
     pub stop: Option<StopSpec>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
+    #[schema(minimum = -2, maximum = 2)]
+    pub presence_penalty: Option<f64>,
+    #[schema(minimum = -2, maximum = 2)]
+    pub frequency_penalty: Option<f64>,
     /// Token id (as a string) → bias in [-100, 100].
     pub logit_bias: Option<BTreeMap<String, f32>>,
     pub seed: Option<i64>,
     pub user: Option<String>,
     /// Extension (vLLM, llama-server): keep the k most likely tokens; 0 or -1 keeps all.
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
     /// Extension: drop tokens below `min_p ×` the most likely one's probability.
-    pub min_p: Option<f32>,
+    #[schema(minimum = 0, maximum = 1)]
+    pub min_p: Option<f64>,
     /// Extension: Hugging Face's repetition penalty (1 disables).
-    pub repetition_penalty: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 10)]
+    pub repetition_penalty: Option<f64>,
     /// Extension: keep generating through end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
     /// Extension: more token ids that end a choice.
@@ -103,13 +113,16 @@ pub struct RequestMessage {
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<RequestMessage>,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     /// OpenAI's newer name for `max_tokens`.
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
     pub logprobs: Option<bool>,
-    /// Alternatives per token (0..=20), with `logprobs: true`.
+    /// Alternatives per token, with `logprobs: true`.
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
@@ -132,10 +145,12 @@ pub struct CompletionRequest {
     pub model: String,
     pub prompt: PromptSpec,
     /// Default 16, as OpenAI's.
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
-    /// Alternatives per token (0..=5).
+    /// Alternatives per token.
+    #[schema(minimum = 0, maximum = 5)]
     pub logprobs: Option<i64>,
     /// Put the prompt before the completion.
     pub echo: Option<bool>,

@@ -130,7 +130,7 @@ fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     })
 }
 
-fn check_range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {
+fn check_range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), ApiError> {
     match v {
         Some(x) if !(lo..=hi).contains(&x) || x.is_nan() => Err(ApiError::invalid(
             param,
@@ -237,14 +237,15 @@ pub fn settings(f: &SamplingFields, vocab: usize) -> Result<Settings, ApiError> 
         n: n as usize,
         sampling: SamplingParams {
             // OpenAI's default temperature is 1.
-            temperature: f.temperature.unwrap_or(1.0),
+            temperature: f.temperature.unwrap_or(1.0) as f32,
             top_k,
-            top_p: f.top_p.unwrap_or(1.0),
-            min_p: f.min_p.unwrap_or(0.0),
+            // (0, 1] and (0, 10] stay above zero once narrowed.
+            top_p: (f.top_p.unwrap_or(1.0) as f32).max(f32::MIN_POSITIVE),
+            min_p: f.min_p.unwrap_or(0.0) as f32,
             seed,
-            frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
-            presence_penalty: f.presence_penalty.unwrap_or(0.0),
-            repetition_penalty: f.repetition_penalty.unwrap_or(1.0),
+            frequency_penalty: f.frequency_penalty.unwrap_or(0.0) as f32,
+            presence_penalty: f.presence_penalty.unwrap_or(0.0) as f32,
+            repetition_penalty: (f.repetition_penalty.unwrap_or(1.0) as f32).max(f32::MIN_POSITIVE),
             logit_bias,
         },
         stop,
