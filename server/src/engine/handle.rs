@@ -7,7 +7,8 @@
 //! the request at the next step.
 
 use super::request::{Event, GenerationRequest};
-use super::scheduler::{Scheduler, StepModel};
+use super::scheduler::Scheduler;
+use super::step::StepModel;
 use crate::metrics::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};

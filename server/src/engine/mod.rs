@@ -3,6 +3,7 @@
 //!
 //! - [`handle`]: the engine thread, admission control, the handle and event streams;
 //! - [`scheduler`]: the step loop (batching, chunked prefill, preemption, forks, emission);
+//! - [`step`]: what the scheduler needs of a model (the forward, the greedy head, copies);
 //! - [`blocks`]: block ids, reference counts, the prefix cache;
 //! - [`sampler`], [`stop`], [`detok`]: choosing tokens, stop strings, incremental text;
 //! - [`generate`], [`solo`]: the single-sequence loop and trivial pool of the CLI tools.
@@ -15,10 +16,12 @@ pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod solo;
+pub mod step;
 pub mod stop;
 
 pub use generate::{generate, GenerateOptions, Generation, StopReason};
 pub use handle::{AdmissionLimits, EngineHandle, EventStream, Health, Loaded, SubmitError};
 pub use request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 pub use sampler::{Sampler, SamplingParams};
-pub use scheduler::{LlamaStep, Scheduler, SchedulerConfig, StepModel};
+pub use scheduler::{Scheduler, SchedulerConfig};
+pub use step::{LlamaStep, StepModel};

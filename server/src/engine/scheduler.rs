@@ -12,57 +12,13 @@ use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory, TokenLogprobs};
+use super::step::{StepModel, StepRows};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
-use crate::model::{BatchSeq, Llama, Logits};
-use lowbit_gpu::KvPool;
+use crate::model::BatchSeq;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
-
-/// What the scheduler needs from a model: one forward over a ragged batch and block copies.
-/// The real one is [`LlamaStep`]; tests use a fake.
-pub trait StepModel: Send {
-    /// Runs one step; see [`Llama::forward`].
-    fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits>;
-    /// Runs one step whose logits rows all want the greedy choice, and returns each row's
-    /// argmax; see [`Llama::forward_argmax`].
-    fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
-        let logits = self.forward(seqs)?;
-        Ok((0..logits.rows())
-            .map(|r| lowbit_gpu::argmax(logits.row(r)))
-            .collect())
-    }
-    /// Copies KV blocks `src → dst` before the next forward.
-    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
-}
-
-/// A loaded model with its KV pool.
-pub struct LlamaStep {
-    pub model: Llama,
-    pub pool: KvPool,
-}
-
-impl StepModel for LlamaStep {
-    fn forward(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Logits> {
-        self.model.forward(seqs, &mut self.pool)
-    }
-
-    fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
-        self.model.forward_argmax(seqs, &mut self.pool)
-    }
-
-    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
-        Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
-    }
-}
-
-/// What a step gave back for its sampling rows.
-enum StepRows {
-    Logits(Logits),
-    /// Each row's greedy choice.
-    Tokens(Vec<u32>),
-}
 
 /// Limits of the scheduler.
 #[derive(Debug, Clone)]
@@ -302,8 +258,21 @@ impl<M: StepModel> Scheduler<M> {
                     self.model.forward(&batch).map(StepRows::Logits)
                 }
             }))
-            .unwrap_or_else(|_| {
-                Err(lowbit_gpu::Error::Internal("the forward step panicked").into())
+            .unwrap_or_else(
+                |_| Err(lowbit_gpu::Error::Internal("the forward step panicked").into()),
+            )
+            .and_then(|rows| {
+                // One row per sequence that samples, or the loop below would index past them.
+                let want = batch.iter().filter(|b| !b.logits.is_empty()).count();
+                let got = match &rows {
+                    StepRows::Logits(l) => l.rows(),
+                    StepRows::Tokens(ids) => ids.len(),
+                };
+                if got == want {
+                    Ok(rows)
+                } else {
+                    Err(lowbit_gpu::Error::Internal("the step returned the wrong row count").into())
+                }
             })
         });
         let rows = match result {
