@@ -126,10 +126,27 @@ impl WgpuBackend {
             })
         };
         let (dummy_read, dummy_write) = (dummy("unused input"), dummy("unused output"));
+        let kernels = KernelCache::default();
+        let mut options = options;
+        // The int8 path needs `dot4I8Packed` to compile on this adapter; where a driver
+        // refuses it, serve on f32 activations (logged) rather than fail every step.
+        if options.activations == Activations::Int8 {
+            let probe = Kernel::Int8Matvec {
+                kind: lowbit_shaders::WeightKind::Q8,
+                m: 1,
+            };
+            if let Err(e) = kernels.get(&gpu, probe) {
+                tracing::warn!(
+                    target: "lowbit::device",
+                    "int8 kernels do not build on this adapter ({e}); using f32 activations"
+                );
+                options.activations = Activations::F32;
+            }
+        }
         Ok(Self {
             gpu,
             options,
-            kernels: KernelCache::default(),
+            kernels,
             pool,
             recorder: Mutex::default(),
             memory,
