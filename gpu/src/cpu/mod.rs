@@ -96,6 +96,13 @@ impl Backend for CpuBackend {
         Ok(x.host()?.to_vec())
     }
 
+    fn argmax_rows(&self, x: &Tensor) -> Result<Vec<u32>> {
+        if x.cols() == 0 {
+            return Ok(vec![0; x.rows()]);
+        }
+        Ok(x.host()?.chunks(x.cols()).map(crate::argmax).collect())
+    }
+
     fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let (vocab, dim) = (table.rows(), table.cols());
         let mut out = vec![0.0f32; ids.len() * dim];

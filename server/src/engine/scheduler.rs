@@ -216,19 +216,28 @@ impl<M: StepModel> Scheduler<M> {
         if plan.is_empty() {
             return stats;
         }
-        // When every row that samples this step takes the plain greedy choice, only its
-        // argmax is read back (on a GPU: ids, not vocabularies). The token is the same either
+        // Rows that take the plain greedy choice need only their argmax (on a GPU: ids read
+        // back, not vocabularies); the others, whole logits rows. The token is the same either
         // way: the logits are the same, and both pick the first largest.
-        let greedy_only = plan.iter().all(|&(i, n)| {
-            let s = &self.running[i];
-            s.computed + n < s.tokens.len()
-                || (s.sampler.is_greedy()
+        let needs_logits: Vec<bool> = plan
+            .iter()
+            .filter(|&&(i, n)| {
+                let s = &self.running[i];
+                s.computed + n == s.tokens.len()
+            })
+            .map(|&(i, _)| {
+                let s = &self.running[i];
+                !(s.sampler.is_greedy()
                     && s.forks == 0
                     && self
                         .groups
                         .get(&s.group)
                         .is_some_and(|g| g.req.logprobs.is_none()))
-        });
+            })
+            .collect();
+        let full: Vec<usize> = (0..needs_logits.len())
+            .filter(|&r| needs_logits[r])
+            .collect();
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
             Ok(())
@@ -252,10 +261,14 @@ impl<M: StepModel> Scheduler<M> {
             // A panic in the compute layer is a bug, but it fails this step's requests, not
             // the server.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if greedy_only {
+                if full.is_empty() {
                     self.model.forward_argmax(&batch).map(StepRows::Tokens)
-                } else {
+                } else if full.len() == needs_logits.len() {
                     self.model.forward(&batch).map(StepRows::Logits)
+                } else {
+                    self.model
+                        .forward_mixed(&batch, &full)
+                        .map(|(ids, logits)| StepRows::Mixed(ids, logits))
                 }
             }))
             .unwrap_or_else(
@@ -264,11 +277,12 @@ impl<M: StepModel> Scheduler<M> {
             .and_then(|rows| {
                 // One row per sequence that samples, or the loop below would index past them.
                 let want = batch.iter().filter(|b| !b.logits.is_empty()).count();
-                let got = match &rows {
-                    StepRows::Logits(l) => l.rows(),
-                    StepRows::Tokens(ids) => ids.len(),
+                let ok = match &rows {
+                    StepRows::Logits(l) => l.rows() == want,
+                    StepRows::Tokens(ids) => ids.len() == want,
+                    StepRows::Mixed(ids, l) => ids.len() == want && l.rows() == full.len(),
                 };
-                if got == want {
+                if ok {
                     Ok(rows)
                 } else {
                     Err(lowbit_gpu::Error::Internal("the step returned the wrong row count").into())
@@ -292,6 +306,7 @@ impl<M: StepModel> Scheduler<M> {
         };
         stats.tokens = plan.iter().map(|&(_, n)| n).sum();
         let mut row = 0;
+        let mut full_seen = 0;
         let mut finished = Vec::new();
         let mut forks = Vec::new();
         for &(i, n) in &plan {
@@ -302,15 +317,27 @@ impl<M: StepModel> Scheduler<M> {
             if s.computed < s.tokens.len() {
                 continue;
             }
-            let ended = match &rows {
-                StepRows::Tokens(ids) => self.emit(i, ids[row], None),
-                StepRows::Logits(logits) => {
-                    let logits_row = logits.row(row);
+            // This row's whole logits, if it asked for them: row `row` of a full step, or
+            // the next of a mixed step's listed rows.
+            let logits_row = match &rows {
+                StepRows::Tokens(_) => None,
+                StepRows::Logits(logits) => Some(logits.row(row)),
+                StepRows::Mixed(_, logits) => needs_logits[row].then(|| {
+                    full_seen += 1;
+                    logits.row(full_seen - 1)
+                }),
+            };
+            let ended = match (logits_row, &rows) {
+                (Some(logits_row), _) => {
                     if s.forks > 0 {
                         forks.extend(self.fork(i, logits_row));
                     }
                     self.sample(i, logits_row)
                 }
+                (None, StepRows::Tokens(ids) | StepRows::Mixed(ids, _)) => {
+                    self.emit(i, ids[row], None)
+                }
+                (None, StepRows::Logits(_)) => None,
             };
             row += 1;
             if let Some(reason) = ended {

@@ -14,6 +14,8 @@ struct Fake {
     rows_per_step: Vec<usize>,
     /// Steps that read back only argmax ids (every sampling row greedy).
     argmax_steps: usize,
+    /// Steps that read back ids and some whole rows (greedy and sampled rows together).
+    mixed_steps: usize,
 }
 
 const VOCAB: usize = 128;
@@ -65,6 +67,20 @@ impl StepModel for Fake {
         Ok(Logits { vocab: VOCAB, data })
     }
 
+    fn forward_mixed(
+        &mut self,
+        seqs: &[BatchSeq<'_>],
+        full: &[usize],
+    ) -> crate::model::Result<(Vec<u32>, Logits)> {
+        self.mixed_steps += 1;
+        let logits = self.forward(seqs)?;
+        let ids = (0..logits.rows())
+            .map(|r| lowbit_gpu::argmax(logits.row(r)))
+            .collect();
+        let data = full.iter().flat_map(|&r| logits.row(r).to_vec()).collect();
+        Ok((ids, Logits { vocab: VOCAB, data }))
+    }
+
     fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
         self.argmax_steps += 1;
         let logits = self.forward(seqs)?;
@@ -91,6 +107,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         bt,
         rows_per_step: Vec::new(),
         argmax_steps: 0,
+        mixed_steps: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,

@@ -18,6 +18,26 @@ pub trait StepModel: Send {
             .map(|r| lowbit_gpu::argmax(logits.row(r)))
             .collect())
     }
+    /// Runs one step and returns every logits row's argmax and the whole rows of `full`
+    /// (indices among the logits rows, ascending); see [`Llama::forward_mixed`].
+    fn forward_mixed(
+        &mut self,
+        seqs: &[BatchSeq<'_>],
+        full: &[usize],
+    ) -> crate::model::Result<(Vec<u32>, Logits)> {
+        let logits = self.forward(seqs)?;
+        let ids = (0..logits.rows())
+            .map(|r| lowbit_gpu::argmax(logits.row(r)))
+            .collect();
+        let data = full.iter().flat_map(|&r| logits.row(r).to_vec()).collect();
+        Ok((
+            ids,
+            Logits {
+                vocab: logits.vocab,
+                data,
+            },
+        ))
+    }
     /// Copies KV blocks `src → dst` before the next forward.
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
 }
@@ -37,6 +57,14 @@ impl StepModel for LlamaStep {
         self.model.forward_argmax(seqs, &mut self.pool)
     }
 
+    fn forward_mixed(
+        &mut self,
+        seqs: &[BatchSeq<'_>],
+        full: &[usize],
+    ) -> crate::model::Result<(Vec<u32>, Logits)> {
+        self.model.forward_mixed(seqs, &mut self.pool, full)
+    }
+
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
         Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
     }
@@ -47,4 +75,6 @@ pub(super) enum StepRows {
     Logits(Logits),
     /// Each row's greedy choice.
     Tokens(Vec<u32>),
+    /// Each row's greedy choice, and the whole logits of the rows that asked for them.
+    Mixed(Vec<u32>, Logits),
 }

@@ -143,15 +143,18 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
 }
 
 /// What a step reads back of its logits rows.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Readback {
     Logits,
     Argmax,
+    /// Every row's argmax, and the whole rows listed.
+    Mixed(Vec<usize>),
 }
 
 enum StepOutput {
     Logits(Logits),
     Argmax(Vec<u32>),
+    Mixed(Vec<u32>, Logits),
 }
 
 /// A loaded Llama-family model bound to a backend.
@@ -367,9 +370,27 @@ impl Llama {
     pub fn forward_argmax(&self, seqs: &[BatchSeq<'_>], pool: &mut KvPool) -> Result<Vec<u32>> {
         match self.run(seqs, pool, &mut |_, _, _| {}, Readback::Argmax)? {
             StepOutput::Argmax(ids) => Ok(ids),
-            StepOutput::Logits(_) => {
-                Err(lowbit_gpu::Error::Internal("argmax step gave logits").into())
-            }
+            _ => Err(lowbit_gpu::Error::Internal("argmax step gave logits").into()),
+        }
+    }
+
+    /// As [`Llama::forward`], returning every logits row's argmax and the whole rows of
+    /// `full` (indices among the logits rows, ascending) only: a batch mixing greedy and
+    /// sampled sequences reads back ids for the first and vocabularies for the second.
+    pub fn forward_mixed(
+        &self,
+        seqs: &[BatchSeq<'_>],
+        pool: &mut KvPool,
+        full: &[usize],
+    ) -> Result<(Vec<u32>, Logits)> {
+        match self.run(
+            seqs,
+            pool,
+            &mut |_, _, _| {},
+            Readback::Mixed(full.to_vec()),
+        )? {
+            StepOutput::Mixed(ids, logits) => Ok((ids, logits)),
+            _ => Err(lowbit_gpu::Error::Internal("mixed step gave another output").into()),
         }
     }
 
@@ -383,9 +404,7 @@ impl Llama {
     ) -> Result<Logits> {
         match self.run(seqs, pool, observe, Readback::Logits)? {
             StepOutput::Logits(l) => Ok(l),
-            StepOutput::Argmax(_) => {
-                Err(lowbit_gpu::Error::Internal("logits step gave ids").into())
-            }
+            _ => Err(lowbit_gpu::Error::Internal("logits step gave ids").into()),
         }
     }
 
@@ -400,7 +419,7 @@ impl Llama {
         // The backend decides where a step runs (the CPU backend: on a pool thread, so the
         // step's many parallel regions start from inside the pool).
         self.backend
-            .run_step(&mut || result = Some(self.step(seqs, pool, observe, readback)));
+            .run_step(&mut || result = Some(self.step(seqs, pool, observe, readback.clone())));
         result.unwrap_or_else(|| {
             Err(lowbit_gpu::Error::Internal("the backend did not run the step").into())
         })
@@ -479,6 +498,17 @@ impl Llama {
                 data: be.download(&logits)?,
             }),
             Readback::Argmax => StepOutput::Argmax(be.argmax_rows(&logits)?),
+            Readback::Mixed(full) => {
+                let ids = be.argmax_rows(&logits)?;
+                let rows = be.select_rows(&logits, &full)?;
+                StepOutput::Mixed(
+                    ids,
+                    Logits {
+                        vocab: c.vocab_size,
+                        data: be.download(&rows)?,
+                    },
+                )
+            }
         })
     }
 
