@@ -13,6 +13,7 @@
 #                           an H200's HBM3e)
 #   LOWBIT_GPU_CHECK_QUICK  1: tiny runs (SmolLM2 shapes only), to test this script on lavapipe
 #   LOWBIT_GPU_CHECK_OUT    folder for the log, the JSON lines and the table (default a temp dir)
+#   LOWBIT_GPU_CHECK_RUN_TIMEOUT  seconds each bench run may take (default 120; quick: 900)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,6 +49,9 @@ RESULTS=$OUT_DIR/gpu-check.jsonl
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 QUICK=${LOWBIT_GPU_CHECK_QUICK:-0}
 PEAK_GBS=${LOWBIT_PEAK_GBS:-4800}
+# lavapipe (quick mode) is far slower than any GPU.
+if [[ $QUICK == 1 ]]; then default_timeout=900; suite_timeout=1800; else default_timeout=120; suite_timeout=300; fi
+RUN_TIMEOUT=${LOWBIT_GPU_CHECK_RUN_TIMEOUT:-$default_timeout}
 
 if [[ -n "${LOWBIT_PREBUILT:-}" ]]; then
   LOWBIT=$LOWBIT_PREBUILT/lowbit
@@ -77,7 +81,8 @@ echo "== adapters" | tee -a "$LOG"
 
 echo "== conformance suite on the adapter (wgpu, wgpu_portable, wgpu_f32)" | tee -a "$LOG"
 conformance_status=0
-"$CONFORMANCE" wgpu --test-threads=1 >>"$LOG" 2>&1 || conformance_status=$?
+# Bounded, like every run below, so a hang cannot eat a device lease.
+timeout "$suite_timeout" "$CONFORMANCE" wgpu --test-threads=1 >>"$LOG" 2>&1 || conformance_status=$?
 grep -E "^test result" "$LOG" | tail -1
 
 # bench CASE-NAME ENV... -- ARGS...: one `lowbit bench --json` run, tagged, into $RESULTS.
@@ -92,7 +97,7 @@ bench() {
   shift
   echo "== $name: lowbit bench $*" >>"$LOG"
   local line
-  if line=$(env "${envs[@]}" "$LOWBIT" bench --json "$@" 2>>"$LOG"); then
+  if line=$(timeout "$RUN_TIMEOUT" env "${envs[@]}" "$LOWBIT" bench --json "$@" 2>>"$LOG"); then
     python3 -c 'import json,sys; v=json.loads(sys.argv[2]); v["case"]=sys.argv[1]; print(json.dumps(v))' \
       "$name" "$line" >>"$RESULTS"
   else
@@ -116,7 +121,7 @@ else
   bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu --prompt-tokens 512 --gen-tokens 128
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu --prompt-tokens 512 --gen-tokens 128
   echo "== per-kernel profile, llama-8b q4 decode" >>"$LOG"
-  "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 16 --reps 1 --profile >>"$LOG" 2>&1 || true
+  timeout 120 "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 16 --reps 1 --profile >>"$LOG" 2>&1 || true
 fi
 
 python3 - "$RESULTS" "$PEAK_GBS" <<'EOF' | tee "$OUT_DIR/gpu-check.txt"
