@@ -48,6 +48,30 @@ fn info_json_describes_the_default_model() {
     assert_eq!(v["config"]["tied_embeddings"], true);
     assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
     assert_eq!(v["chat_template"], true);
+    assert!(v["device_memory"].is_null());
+
+    // Loaded on a device, it reports what it takes there (the CPU: its weights).
+    let out = lowbit(&[
+        "info",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["device_memory"]["device"], "cpu");
+    let weights = v["device_memory"]["weights"].as_u64().unwrap();
+    assert!((90_000_000..110_000_000).contains(&weights), "{weights}");
+
+    let out = lowbit(&["info", "--adapters", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let adapters: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (i, a) in adapters.as_array().unwrap().iter().enumerate() {
+        assert_eq!(a["index"], i);
+        assert!(a["name"].as_str().is_some_and(|n| !n.is_empty()));
+    }
 }
 
 #[test]
