@@ -118,6 +118,14 @@ pub trait Backend: Send + Sync {
         ws.iter().map(|w| self.matmul(x, w)).collect()
     }
 
+    /// `x · Wᵀ + residual` (the attention output and MLP down projections with their residual
+    /// connection), exactly `add(matmul(x, w), residual)`; a backend may add in the product's
+    /// epilogue.
+    fn matmul_add(&self, x: &Tensor, w: &Weight, residual: &Tensor) -> Result<Tensor> {
+        let y = self.matmul(x, w)?;
+        self.add(&y, residual)
+    }
+
     /// Element-wise `a + b`.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 

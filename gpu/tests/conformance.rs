@@ -187,6 +187,39 @@ fn a_rows_product_does_not_depend_on_its_batch(be: &dyn Backend, _: Bounds) {
     }
 }
 
+/// The residual connection fused into the product (the GPU adds it in the int8 epilogue)
+/// gives exactly the product and then `add`, decode and tiled, for every kind.
+fn matmul_add_equals_matmul_then_add(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(11);
+    let (k, n) = (576, 67);
+    for format in [
+        QuantFormat::Q8,
+        QuantFormat::Q4(GroupSize::G32),
+        QuantFormat::Q4M(GroupSize::G64),
+        QuantFormat::F16,
+    ] {
+        let (w, _) = weight(be, &mut r, format, n, k);
+        for m in [1, 3, 8, 9, 70] {
+            let x = upload(be, m, k, &random(&mut r, m * k));
+            let residual = upload(be, m, n, &random(&mut r, m * n));
+            let fused = be.matmul_add(&x, &w, &residual).expect("matmul_add");
+            let product = be.matmul(&x, &w).expect("matmul");
+            let unfused = be.add(&product, &residual).expect("add");
+            assert_eq!(
+                be.download(&fused).expect("download"),
+                be.download(&unfused).expect("download"),
+                "{format} m={m}"
+            );
+        }
+        let x = upload(be, 2, k, &random(&mut r, 2 * k));
+        let wrong = upload(be, 2, n + 1, &random(&mut r, 2 * (n + 1)));
+        assert!(
+            be.matmul_add(&x, &w, &wrong).is_err(),
+            "{format}: residual shape"
+        );
+    }
+}
+
 fn embed_gathers_dequantized_rows(be: &dyn Backend, b: Bounds) {
     let mut r = rng(3);
     for format in FORMATS {
@@ -449,6 +482,7 @@ suite!(
     argmax_rows_find_the_first_largest_value,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
+    matmul_add_equals_matmul_then_add,
     embed_gathers_dequantized_rows,
     rms_norm_matches_float64,
     rope_matches_float64_in_both_pairings,

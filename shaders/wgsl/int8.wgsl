@@ -12,7 +12,10 @@
 
 @group(0) @binding(3) var<storage, read> xq: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<uniform> p: Int8Params;
+// Added to the product where `p.add_residual` is 1 (the residual connection after the
+// attention output and the MLP down projection), as the separate `add` would: product + residual.
+@group(0) @binding(5) var<storage, read> residual: array<f32>;
+@group(0) @binding(6) var<uniform> p: Int8Params;
 
 struct Int8Params {
     dims: WeightDims,
@@ -30,8 +33,16 @@ struct Int8Params {
     base_d: u32,
     base_c: u32,
     base_s: u32,
-    _pad0: u32,
+    add_residual: u32,
     _pad1: u32,
+}
+
+fn store(i: u32, v: f32) {
+    if p.add_residual != 0u {
+        out[i] = v + residual[i];
+    } else {
+        out[i] = v;
+    }
 }
 
 //#if Q8
@@ -157,7 +168,7 @@ fn matvec(
         workgroupBarrier();
     }
     if lid < ROWS * M && own_row < p.rows {
-        out[own_m * p.out_stride + p.out_offset + own_row] = acc + FACTOR * corr;
+        store(own_m * p.out_stride + p.out_offset + own_row, acc + FACTOR * corr);
     }
 }
 
@@ -289,7 +300,7 @@ fn matmul(
             for (var jn = 0u; jn < 4u; jn++) {
                 let n = n0 + tx + 16u * jn;
                 if n < p.rows {
-                    out[m * p.out_stride + p.out_offset + n] = acc[i][jn] + FACTOR * corr[i][jn];
+                    store(m * p.out_stride + p.out_offset + n, acc[i][jn] + FACTOR * corr[i][jn]);
                 }
             }
         }

@@ -10,7 +10,7 @@
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<uniform> p: MatvecParams;
+@group(0) @binding(6) var<uniform> p: MatvecParams;
 
 struct MatvecParams {
     dims: WeightDims,

@@ -61,7 +61,8 @@ pub const ELEMENT_GROUP: u32 = 64;
 /// The binding shapes of a kernel family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Layout {
-    /// words, scales, mins, input (read) · output (read-write) · params.
+    /// words, scales, mins, input (read) · output (read-write) · residual (read; int8
+    /// products add it in their epilogue) · params.
     Weights,
     /// two inputs · output · params.
     Binary,
@@ -74,7 +75,7 @@ impl Layout {
     fn bindings(self) -> &'static [Bind] {
         use Bind::{Read as R, Uniform as U, Write as W};
         match self {
-            Layout::Weights => &[R, R, R, R, W, U],
+            Layout::Weights => &[R, R, R, R, W, R, U],
             Layout::Binary => &[R, R, W, U],
             Layout::Attention => &[R, R, R, W, W, R, R, W, W, U],
         }
@@ -380,7 +381,9 @@ pub struct Int8Params {
     pub base_d: u32,
     pub base_c: u32,
     pub base_s: u32,
-    pub _pad: [u32; 2],
+    /// 1: add `residual` to every output (binding 5).
+    pub add_residual: u32,
+    pub _pad: u32,
 }
 
 /// `AttentionParams` in attention.wgsl.

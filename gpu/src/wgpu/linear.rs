@@ -75,6 +75,32 @@ impl WgpuBackend {
         ))
     }
 
+    /// `x · Wᵀ + residual`: int8 products add the residual in their epilogue (one dispatch
+    /// less, the same numbers as the product and then `add`); the others add it after.
+    pub(super) fn linear_add(&self, x: &Tensor, w: &Weight, residual: &Tensor) -> Result<Tensor> {
+        let wd = weight_of(w)?;
+        let (m, n) = (x.rows(), w.rows());
+        if !self.uses_int8(wd) || m == 0 || n == 0 || x.cols() != w.cols() {
+            let y = self.linear(x, w)?;
+            return crate::Backend::add(self, &y, residual);
+        }
+        if (residual.rows(), residual.cols()) != (m, n) {
+            return Err(shape_err(
+                "matmul_add",
+                format!(
+                    "product {m}x{n} vs residual {}x{}",
+                    residual.rows(),
+                    residual.cols()
+                ),
+            ));
+        }
+        let rd = device_of(residual)?;
+        let out = self.alloc(m, n)?;
+        let q = self.quantize_x(x)?;
+        self.int8_product(&q, m, x.cols(), wd, &out, Some(rd))?;
+        Ok(self.tensor(m, n, out))
+    }
+
     /// `x · Wᵢᵀ` for weights sharing `x`: activations are quantized once for all of them.
     pub(super) fn linear_many(&self, x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
         let mut quantized: Option<QuantizedX> = None;
@@ -95,7 +121,7 @@ impl WgpuBackend {
                         quantized = Some(self.quantize_x(x)?);
                     }
                     if let Some(q) = &quantized {
-                        self.int8_product(q, m, x.cols(), wd, &out)?;
+                        self.int8_product(q, m, x.cols(), wd, &out, None)?;
                     }
                 } else {
                     self.float_product(device_of(x)?, m, x.cols(), wd, &out)?;
@@ -113,6 +139,7 @@ impl WgpuBackend {
         k: usize,
         wd: &DeviceWeight,
         out: &DeviceTensor,
+        residual: Option<&DeviceTensor>,
     ) -> Result<()> {
         let kernels = (
             Kernel::Int8Matvec {
@@ -122,8 +149,14 @@ impl WgpuBackend {
             Kernel::Int8Matmul { kind: wd.kind },
         );
         let x = (q.buffer.buffer(), q.buffer.bytes());
-        self.product(kernels, x, m, wd, out, |part, n, tiles_n, tiles_m| {
-            Int8Params {
+        let res = residual.map(|r| (r.buffer(), r.bytes()));
+        self.product(
+            kernels,
+            x,
+            m,
+            wd,
+            (out, res),
+            |part, n, tiles_n, tiles_m| Int8Params {
                 dims: wd.dims,
                 k: k as u32,
                 rows: part.rows,
@@ -135,9 +168,10 @@ impl WgpuBackend {
                 base_d: q.base_d,
                 base_c: q.base_c,
                 base_s: q.base_s,
-                _pad: [0; 2],
-            }
-        })
+                add_residual: u32::from(residual.is_some()),
+                _pad: 0,
+            },
+        )
     }
 
     fn float_product(
@@ -157,8 +191,13 @@ impl WgpuBackend {
         );
         let x = (xd.buffer(), xd.bytes());
         // matvec.wgsl reads the leading fields of the same parameters.
-        self.product(kernels, x, m, wd, out, |part, n, tiles_n, tiles_m| {
-            MatmulParams {
+        self.product(
+            kernels,
+            x,
+            m,
+            wd,
+            (out, None),
+            |part, n, tiles_n, tiles_m| MatmulParams {
                 dims: wd.dims,
                 k: k as u32,
                 rows: part.rows,
@@ -168,8 +207,8 @@ impl WgpuBackend {
                 tiles_n,
                 tiles_m,
                 _pad: 0,
-            }
-        })
+            },
+        )
     }
 
     /// Dispatches the decode kernel (up to eight rows) or the tiled one over every part of
@@ -180,7 +219,7 @@ impl WgpuBackend {
         x: (&::wgpu::Buffer, u64),
         m: usize,
         wd: &DeviceWeight,
-        out: &DeviceTensor,
+        (out, residual): (&DeviceTensor, Option<(&::wgpu::Buffer, u64)>),
         params: impl Fn(&WeightPart, u32, u32, u32) -> P,
     ) -> Result<()> {
         let decode = m <= MATVEC_MAX_ROWS;
@@ -203,6 +242,7 @@ impl WgpuBackend {
                     self.scales_or_dummy(part.mins.as_ref()),
                     x,
                     (out.buffer(), out.bytes()),
+                    residual.unwrap_or((&self.dummy_read, 256)),
                 ],
                 &params(part, n, tiles_n, tiles_m),
                 groups,

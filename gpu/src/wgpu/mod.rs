@@ -330,6 +330,10 @@ impl Backend for WgpuBackend {
         self.linear_many(x, ws)
     }
 
+    fn matmul_add(&self, x: &Tensor, w: &Weight, residual: &Tensor) -> Result<Tensor> {
+        self.linear_add(x, w, residual)
+    }
+
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         self.binary(Kernel::Add, "add", a, b)
     }

@@ -54,6 +54,7 @@ impl WgpuBackend {
                     self.scales_or_dummy(part.mins.as_ref()),
                     (id_buf.buffer(), id_buf.bytes()),
                     (out.buffer(), out.bytes()),
+                    (&self.dummy_read, 256),
                 ],
                 &params,
                 groups,

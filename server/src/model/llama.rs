@@ -474,14 +474,21 @@ impl Llama {
             let residual = &x;
             let h = be.rms_norm(&x, &block.attn_norm, c.rms_eps)?;
             observe(layer, LinearInput::Attention, &h);
-            let attn = self.attention((layer, block), &h, &positions, &spans, pool, observe)?;
-            let x_mid = be.add(&attn, residual)?;
+            // Each sub-block's output projection adds the residual (a backend may fuse it).
+            let x_mid = self.attention(
+                (layer, block),
+                &h,
+                residual,
+                &positions,
+                &spans,
+                pool,
+                observe,
+            )?;
 
             let residual = &x_mid;
             let h = be.rms_norm(&x_mid, &block.ffn_norm, c.rms_eps)?;
             observe(layer, LinearInput::Mlp, &h);
-            let mlp = self.mlp(layer, &block.mlp, &h, observe)?;
-            x = be.add(&mlp, residual)?;
+            x = self.mlp(layer, &block.mlp, &h, residual, observe)?;
         }
 
         let _span = tracing::trace_span!("output").entered();
@@ -512,10 +519,13 @@ impl Llama {
         })
     }
 
+    /// `residual + attention(x)`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         (layer, block): (usize, &Block),
         x: &Tensor,
+        residual: &Tensor,
         positions: &[u32],
         spans: &[SeqSpan<'_>],
         pool: &mut KvPool,
@@ -539,14 +549,16 @@ impl Llama {
             self.config.attention_shape(),
         )?;
         observe(layer, LinearInput::AttentionOutput, &out);
-        Ok(be.matmul(&out, &block.o)?)
+        Ok(be.matmul_add(&out, &block.o, residual)?)
     }
 
+    /// `residual + mlp(x)`.
     fn mlp(
         &self,
         layer: usize,
         mlp: &Mlp,
         x: &Tensor,
+        residual: &Tensor,
         observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("mlp").entered();
@@ -557,6 +569,6 @@ impl Llama {
             .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
         let gated = be.silu_mul(&gate, &up)?;
         observe(layer, LinearInput::MlpDown, &gated);
-        Ok(be.matmul(&gated, &mlp.down)?)
+        Ok(be.matmul_add(&gated, &mlp.down, residual)?)
     }
 }
