@@ -94,7 +94,12 @@ impl Noise {
 }
 
 /// A random `rows × cols` matrix in `format`, of the magnitude of trained weights.
-fn random_matrix(format: QuantFormat, rows: usize, cols: usize, noise: &mut Noise) -> QTensor {
+fn random_matrix(
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+    noise: &mut Noise,
+) -> Result<QTensor> {
     let n_words = rows * words_per_row(format, cols);
     let groups = if format.is_quantized() {
         rows * cols / format.group()
@@ -128,14 +133,8 @@ fn random_matrix(format: QuantFormat, rows: usize, cols: usize, noise: &mut Nois
     } else {
         Vec::new()
     };
-    QTensor {
-        format,
-        rows,
-        cols,
-        words,
-        scales,
-        mins,
-    }
+    // The validating constructor: a wrong array size is an error here, not a bad upload.
+    Ok(QTensor::new(format, rows, cols, words, scales, mins)?)
 }
 
 impl Llama {
@@ -157,7 +156,7 @@ impl Llama {
             separate_output,
             |name, rows, cols| {
                 let f = format.fallback_for(cols);
-                let q = random_matrix(f, rows, cols, &mut noise);
+                let q = random_matrix(f, rows, cols, &mut noise)?;
                 let plan = TensorPlan {
                     name: name.to_string(),
                     rows,
