@@ -120,6 +120,7 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::packed::ROW_GROUP;
     use crate::cpu::qdot::{available_gemms, gemm_scalar};
     use crate::quant::format::GroupSize;
     use crate::quant::quantize::{quantize, QuantizeOptions};
@@ -204,6 +205,57 @@ mod tests {
                             gemm,
                         );
                         assert_eq!(&got[i * n..(i + 1) * n], &alone[..], "{f} {name} row {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernel pairs row groups in 512-bit registers: a group's values are the
+    /// same paired or alone, whichever groups share its call.
+    #[test]
+    fn a_row_groups_values_do_not_depend_on_the_groups_beside_it() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+        let (m, k, n) = (6, 128, 7 * ROW_GROUP - 3);
+        let acts = QuantizedActs::quantize(&random(&mut rng, m * k), k);
+        let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
+        for f in [
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G32),
+            QuantFormat::Q4M(GroupSize::G64),
+        ] {
+            let q = quantize(
+                &random(&mut rng, n * k),
+                n,
+                k,
+                f,
+                &QuantizeOptions::default(),
+            );
+            let p = PackedWeight::pack(&q.unwrap()).unwrap();
+            let groups = p.row_groups();
+            for (name, gemm) in available_gemms() {
+                let run = |g: std::ops::Range<usize>, r: &[ActRow<'_>]| {
+                    let mut out = vec![f32::NAN; r.len() * g.len() * ROW_GROUP];
+                    gemm(&p, g, r, &mut out);
+                    out
+                };
+                let all = run(0..groups, &rows);
+                for start in 0..groups {
+                    for end in start + 1..=groups {
+                        for r0 in [0, 1, 3] {
+                            let part = run(start..end, &rows[r0..]);
+                            let width = (end - start) * ROW_GROUP;
+                            for (i, got) in part.chunks_exact(width).enumerate() {
+                                let want =
+                                    &all[(r0 + i) * groups * ROW_GROUP..][..groups * ROW_GROUP];
+                                assert_eq!(
+                                    got,
+                                    &want[start * ROW_GROUP..end * ROW_GROUP],
+                                    "{f} {name} groups {start}..{end} row {}",
+                                    r0 + i
+                                );
+                            }
+                        }
                     }
                 }
             }
