@@ -150,24 +150,94 @@ fn best_kernel() -> KernelFn {
             }
         }
         #[cfg(target_arch = "aarch64")]
-        return |c, t| task::<Fused>(c, t);
+        return |c, t| task::<Fused, NARROW>(c, t);
         #[allow(unreachable_code)]
-        |c, t| task::<Plain>(c, t)
+        |c, t| task::<Plain, NARROW>(c, t)
     })
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::*;
+    use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f,fma")]
     fn task_avx512_impl(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-        task::<Fused>(c, t)
+        task::<Fused, WIDE>(c, t)
     }
 
     #[target_feature(enable = "avx2,fma")]
     fn task_avx2_impl(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-        task::<Fused>(c, t)
+        task::<Fused, NARROW>(c, t)
+    }
+
+    /// [`block_scores4`] for 16-token blocks, one block per 512-bit register: the same fused
+    /// multiply-adds per score in the same order, written out because the compiler keeps the
+    /// portable version's accumulators in memory.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn block_scores4_zmm<const KB: usize>(
+        q: [&[f32]; 4],
+        kt: [&[f32]; KB],
+        out: [[&mut [f32]; KB]; 4],
+    ) {
+        let hd = q[0].len();
+        assert!(q.iter().all(|q| q.len() == hd) && kt.iter().all(|k| k.len() >= hd * 16));
+        assert!(out.iter().flatten().all(|o| o.len() >= 16));
+        // SAFETY: the lengths were just checked.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); KB]; 4];
+            for d in 0..hd {
+                let kd: [__m512; KB] =
+                    std::array::from_fn(|k| _mm512_loadu_ps(kt[k].as_ptr().add(d * 16)));
+                for j in 0..4 {
+                    let qd = _mm512_set1_ps(*q[j].get_unchecked(d));
+                    for k in 0..KB {
+                        acc[j][k] = _mm512_fmadd_ps(qd, kd[k], acc[j][k]);
+                    }
+                }
+            }
+            for (outs, acc) in out.into_iter().zip(acc) {
+                for (o, a) in outs.into_iter().zip(acc) {
+                    _mm512_storeu_ps(o.as_mut_ptr(), a);
+                }
+            }
+        }
+    }
+
+    /// [`weighted_values4`] for 16-token blocks and 64 columns, in 16 registers.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) fn weighted_values4_zmm(
+        p: [&[f32]; 4],
+        blocks: &[&[f32]],
+        (hd, d0): (usize, usize),
+        slots: usize,
+        out: [&mut [f32]; 4],
+    ) {
+        assert!(d0 + 64 <= hd && slots <= blocks.len() * 16);
+        assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots));
+        assert!(out.iter().all(|o| o.len() >= d0 + 64));
+        // SAFETY: the lengths were just checked.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            for slot in 0..slots {
+                let v = blocks
+                    .get_unchecked(slot / 16)
+                    .as_ptr()
+                    .add((slot % 16) * hd + d0);
+                let vs: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
+                for j in 0..4 {
+                    let pj = _mm512_set1_ps(*p[j].get_unchecked(slot));
+                    for c in 0..4 {
+                        acc[j][c] = _mm512_fmadd_ps(pj, vs[c], acc[j][c]);
+                    }
+                }
+            }
+            for (o, acc) in out.into_iter().zip(acc) {
+                for (c, a) in acc.into_iter().enumerate() {
+                    _mm512_storeu_ps(o.as_mut_ptr().add(d0 + 16 * c), a);
+                }
+            }
+        }
     }
 
     pub(super) fn task_avx512(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
@@ -183,56 +253,85 @@ mod x86 {
     }
 }
 
+/// Register blocking for 32 vector registers (AVX-512): two key blocks per pass of the
+/// scores, 64 value columns per pass of the weighted sum.
+const WIDE: bool = true;
+/// For 16 registers (AVX2, NEON, portable): one key block, 16 value columns.
+const NARROW: bool = false;
+
 #[inline(always)]
-fn task<A: Accumulate>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
+fn task<A: Accumulate, const W: bool>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     match c.spec.block_tokens {
-        8 => task_bt::<A, 8>(c, t),
-        32 => task_bt::<A, 32>(c, t),
-        _ => task_bt::<A, 16>(c, t),
+        8 => task_bt::<A, 8, W>(c, t),
+        32 => task_bt::<A, 32, W>(c, t),
+        _ => task_bt::<A, 16, W>(c, t),
     }
 }
 
-/// One query against the `BT` keys of a block (`kt` is `hd × BT`, transposed): the scores
-/// accumulate along the head dimension, one lane per key.
+/// Four queries against the `BT` keys of each of `KB` blocks (`kt[k]` is `hd × BT`,
+/// transposed): every score is one chain of multiply-adds along the head dimension, `4·KB`
+/// independent chains at once, each in the same order whatever its neighbours.
 #[inline(always)]
-fn block_scores<A: Accumulate, const BT: usize>(q: &[f32], kt: &[f32], out: &mut [f32; BT]) {
-    let mut acc = [0.0f32; BT];
-    for (qd, kd) in q.iter().zip(kt.chunks_exact(BT)) {
-        for s in 0..BT {
-            acc[s] = A::mul_add(*qd, kd[s], acc[s]);
-        }
-    }
-    *out = acc;
-}
-
-/// [`block_scores`] for four queries at once: four independent chains of multiply-adds
-/// instead of one, each query's accumulation in exactly the same order as alone.
-#[inline(always)]
-fn block_scores4<A: Accumulate, const BT: usize>(q: [&[f32]; 4], kt: &[f32], out: [&mut [f32]; 4]) {
-    let mut acc = [[0.0f32; BT]; 4];
-    for (d, kd) in kt.chunks_exact(BT).enumerate().take(q[0].len()) {
+fn block_scores4<A: Accumulate, const BT: usize, const KB: usize>(
+    q: [&[f32]; 4],
+    kt: [&[f32]; KB],
+    out: [[&mut [f32]; KB]; 4],
+) {
+    let mut acc = [[[0.0f32; BT]; KB]; 4];
+    let hd = q[0].len();
+    let q: [&[f32]; 4] = q.map(|q| &q[..hd]);
+    for d in 0..hd {
+        // Fixed-size rows: no bounds checks in the inner loop, so it vectorizes.
+        let kd: [&[f32; BT]; KB] =
+            std::array::from_fn(|k| kt[k][d * BT..(d + 1) * BT].try_into().expect("BT keys"));
         for j in 0..4 {
             let qd = q[j][d];
-            for s in 0..BT {
-                acc[j][s] = A::mul_add(qd, kd[s], acc[j][s]);
+            for k in 0..KB {
+                for s in 0..BT {
+                    acc[j][k][s] = A::mul_add(qd, kd[k][s], acc[j][k][s]);
+                }
+            }
+        }
+    }
+    for (outs, a) in out.into_iter().zip(&acc) {
+        for (o, a) in outs.into_iter().zip(a) {
+            o[..BT].copy_from_slice(a);
+        }
+    }
+}
+
+/// `out[j] = Σ_slot p[j][slot] · v[slot]` over the `DC` columns from `d0`, for four rows at
+/// once, slots in increasing order (slot `s` is row `s % BT` of `blocks[s / BT]`, rows `hd`
+/// apart): per output value one chain of multiply-adds from zero in position order, the
+/// accumulators in registers. `p[j]` is zero past row `j`'s positions,
+/// which adds nothing (a sum that starts at +0 never becomes −0).
+#[inline(always)]
+fn weighted_values4<A: Accumulate, const BT: usize, const DC: usize>(
+    p: [&[f32]; 4],
+    blocks: &[&[f32]],
+    (hd, d0): (usize, usize),
+    slots: usize,
+    out: [&mut [f32]; 4],
+) {
+    let mut acc = [[0.0f32; DC]; 4];
+    for slot in 0..slots {
+        let vs: &[f32; DC] = blocks[slot / BT][(slot % BT) * hd + d0..][..DC]
+            .try_into()
+            .expect("DC columns");
+        for j in 0..4 {
+            let pj = p[j][slot];
+            for d in 0..DC {
+                acc[j][d] = A::mul_add(pj, vs[d], acc[j][d]);
             }
         }
     }
     for (o, a) in out.into_iter().zip(&acc) {
-        o[..BT].copy_from_slice(a);
-    }
-}
-
-/// `o += p · v`.
-#[inline(always)]
-fn axpy<A: Accumulate>(o: &mut [f32], p: f32, v: &[f32]) {
-    for (o, x) in o.iter_mut().zip(v) {
-        *o = A::mul_add(p, *x, *o);
+        o[d0..d0 + DC].copy_from_slice(a);
     }
 }
 
 #[inline(always)]
-fn task_bt<A: Accumulate, const BT: usize>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
+fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     let (q_dim, hd) = (c.shape.q_dim(), c.shape.head_dim);
     let group = c.shape.n_heads / c.shape.n_kv_heads;
     let kv_head = t.head / group;
@@ -248,33 +347,69 @@ fn task_bt<A: Accumulate, const BT: usize>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
         .clone()
         .map(|row| &c.q[(s.row_start + row) * q_dim + t.head * hd..][..hd])
         .collect();
+    let at: Vec<usize> = (0..blocks)
+        .map(|b| head_offset(c.spec, c.layer, s.blocks[b], kv_head))
+        .collect();
+    let keys: Vec<&[f32]> = at.iter().map(|&a| &c.kv.k[a..a + hd * BT]).collect();
+    // The AVX-512 kernels take 16-token blocks; every row of a pool takes the same path.
+    const { assert!(!W || cfg!(target_arch = "x86_64")) };
+    let zmm_blocks = W && BT == 16;
 
-    let mut scores = vec![0.0f32; m * stride];
-    for b in 0..blocks {
-        let at = head_offset(c.spec, c.layer, s.blocks[b], kv_head);
-        let kt = &c.kv.k[at..at + hd * BT];
-        // Rows that see no position of this block compute scores nobody reads.
+    // Scores, padded to whole tiles of four rows: the padding rows' stay zero.
+    let tiles = m.div_ceil(4);
+    let mut scores = vec![0.0f32; tiles * 4 * stride];
+    let mut b = 0;
+    while b < blocks {
+        // Rows that see no position of these blocks compute scores nobody reads.
         let first = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);
-        let mut rows = scores.chunks_exact_mut(stride).enumerate().skip(first);
-        let mut r = first;
-        while r + 4 <= m {
-            let out: [&mut [f32]; 4] = std::array::from_fn(|_| {
-                let (_, row) = rows.next().expect("four rows left");
-                &mut row[b * BT..(b + 1) * BT]
+        let two = W && b + 1 < blocks;
+        for (tile, row4) in scores
+            .chunks_exact_mut(4 * stride)
+            .enumerate()
+            .skip(first / 4)
+        {
+            // Padding rows repeat the last query; their scores are zeroed below.
+            let q4: [&[f32]; 4] = std::array::from_fn(|j| queries[(tile * 4 + j).min(m - 1)]);
+            let mut rows = row4.chunks_exact_mut(stride);
+            let mut out: [&mut [f32]; 4] = std::array::from_fn(|_| {
+                let row = rows.next().expect("four rows");
+                &mut row[b * BT..]
             });
-            block_scores4::<A, BT>(std::array::from_fn(|j| queries[r + j]), kt, out);
-            r += 4;
+            if two {
+                let out2 = out.each_mut().map(|o| {
+                    let (x, y) = o.split_at_mut(BT);
+                    [x, &mut y[..BT]]
+                });
+                if zmm_blocks {
+                    // SAFETY: `W` comes only from the AVX-512 entry point.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::block_scores4_zmm::<2>(q4, [keys[b], keys[b + 1]], out2)
+                    };
+                } else {
+                    block_scores4::<A, BT, 2>(q4, [keys[b], keys[b + 1]], out2);
+                }
+            } else if zmm_blocks {
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::block_scores4_zmm::<1>(q4, [keys[b]], out.map(|o| [o]))
+                };
+            } else {
+                block_scores4::<A, BT, 1>(q4, [keys[b]], out.map(|o| [o]));
+            }
         }
-        for (r, row) in rows {
-            let out: &mut [f32; BT] = (&mut row[b * BT..(b + 1) * BT])
-                .try_into()
-                .expect("BT-wide chunk");
-            block_scores::<A, BT>(queries[r], kt, out);
-        }
+        b += if two { 2 } else { 1 };
     }
-    let mut inv_sums = vec![0.0f32; m];
-    for (r, inv) in inv_sums.iter_mut().enumerate() {
-        let sc = &mut scores[r * stride..][..seen(r)];
+    // Softmax per row; probabilities past a row's positions are zero.
+    for r in 0..tiles * 4 {
+        let row = &mut scores[r * stride..(r + 1) * stride];
+        if r >= m {
+            row.fill(0.0);
+            continue;
+        }
+        let (sc, rest) = row.split_at_mut(seen(r));
+        rest.fill(0.0);
         let mut max = f32::NEG_INFINITY;
         for v in sc.iter_mut() {
             *v *= scale;
@@ -283,20 +418,59 @@ fn task_bt<A: Accumulate, const BT: usize>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
         for v in sc.iter_mut() {
             *v = exp_nonpositive(*v - max);
         }
-        *inv = 1.0 / sum(sc);
-    }
-    let mut out = vec![0.0f32; m * hd];
-    for b in 0..blocks {
-        let at = head_offset(c.spec, c.layer, s.blocks[b], kv_head);
-        let vb = &c.kv.v[at..at + BT * hd];
-        for (r, o) in out.chunks_exact_mut(hd).enumerate() {
-            let n = seen(r).saturating_sub(b * BT).min(BT);
-            for slot in 0..n {
-                let p = scores[r * stride + b * BT + slot] * inv_sums[r];
-                axpy::<A>(o, p, &vb[slot * hd..][..hd]);
-            }
+        let inv = 1.0 / sum(sc);
+        for v in sc.iter_mut() {
+            *v *= inv;
         }
     }
+    let values: Vec<&[f32]> = at.iter().map(|&a| &c.kv.v[a..a + BT * hd]).collect();
+    let mut out = vec![0.0f32; tiles * 4 * hd];
+    for (tile, (p4, o4)) in scores
+        .chunks_exact(4 * stride)
+        .zip(out.chunks_exact_mut(4 * hd))
+        .enumerate()
+    {
+        let slots = seen((tile * 4 + 3).min(m - 1));
+        let p: [&[f32]; 4] = std::array::from_fn(|j| &p4[j * stride..(j + 1) * stride]);
+        let mut o = o4.chunks_exact_mut(hd);
+        let o: [&mut [f32]; 4] = std::array::from_fn(|_| o.next().expect("four rows"));
+        let [o0, o1, o2, o3] = o;
+        let mut d0 = 0;
+        macro_rules! columns {
+            ($dc:literal) => {
+                while hd - d0 >= $dc {
+                    weighted_values4::<A, BT, $dc>(
+                        p,
+                        &values,
+                        (hd, d0),
+                        slots,
+                        [&mut *o0, &mut *o1, &mut *o2, &mut *o3],
+                    );
+                    d0 += $dc;
+                }
+            };
+        }
+        if zmm_blocks {
+            while d0 + 64 <= hd {
+                // SAFETY: `W` comes only from the AVX-512 entry point.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::weighted_values4_zmm(
+                        p,
+                        &values,
+                        (hd, d0),
+                        slots,
+                        [&mut *o0, &mut *o1, &mut *o2, &mut *o3],
+                    )
+                };
+                d0 += 64;
+            }
+        }
+        columns!(16);
+        columns!(4);
+        columns!(1);
+    }
+    out.truncate(m * hd);
     out
 }
 
@@ -365,228 +539,4 @@ fn exp_nonpositive(x: f32) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SHAPE: AttentionShape = AttentionShape {
-        n_heads: 6,
-        n_kv_heads: 2,
-        head_dim: 32,
-    };
-
-    fn random(seed: &mut u32, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (*seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
-            })
-            .collect()
-    }
-
-    /// One sequence's whole history: queries, keys and values for positions `0..ctx`.
-    struct History {
-        q: Vec<f32>,
-        k: Vec<f32>,
-        v: Vec<f32>,
-        blocks: Vec<u32>,
-    }
-
-    /// Naive float64 causal attention of the query at `pos` over positions `0..=pos`.
-    fn reference_row(h: &History, pos: usize, shape: AttentionShape) -> Vec<f64> {
-        let (hd, kv_dim, q_dim) = (shape.head_dim, shape.kv_dim(), shape.q_dim());
-        let group = shape.n_heads / shape.n_kv_heads;
-        let mut out = vec![0.0f64; q_dim];
-        for head in 0..shape.n_heads {
-            let kvh = head / group;
-            let scores: Vec<f64> = (0..=pos)
-                .map(|j| {
-                    (0..hd)
-                        .map(|d| {
-                            f64::from(h.q[pos * q_dim + head * hd + d])
-                                * f64::from(h.k[j * kv_dim + kvh * hd + d])
-                        })
-                        .sum::<f64>()
-                        / (hd as f64).sqrt()
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-            for (j, s) in scores.iter().enumerate() {
-                let p = (s - max).exp() / total;
-                for d in 0..hd {
-                    out[head * hd + d] += p * f64::from(h.v[j * kv_dim + kvh * hd + d]);
-                }
-            }
-        }
-        out
-    }
-
-    /// Runs one step: sequence `i` contributes positions `steps[i]` (a range of its history).
-    fn run_step(
-        histories: &[History],
-        steps: &[(usize, std::ops::Range<usize>)],
-        kv: &mut HostKv,
-        spec: &KvPoolSpec,
-    ) -> Vec<f32> {
-        let (q_dim, kv_dim) = (SHAPE.q_dim(), SHAPE.kv_dim());
-        let (mut q, mut k, mut v, mut spans) = (vec![], vec![], vec![], vec![]);
-        for (i, r) in steps {
-            let h = &histories[*i];
-            spans.push(SeqSpan {
-                row_start: q.len() / q_dim,
-                len: r.len(),
-                pos_start: r.start,
-                blocks: &h.blocks,
-            });
-            q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
-            k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
-            v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
-        }
-        attention(1, &q, &k, &v, &spans, kv, spec, SHAPE).unwrap()
-    }
-
-    fn setup(ctxs: &[usize], block_tokens: usize) -> (Vec<History>, HostKv, KvPoolSpec) {
-        let mut seed = 7u32;
-        let total: usize = ctxs.iter().map(|c| c.div_ceil(block_tokens)).sum();
-        let spec = KvPoolSpec {
-            layers: 2,
-            kv_dim: SHAPE.kv_dim(),
-            head_dim: SHAPE.head_dim,
-            block_tokens,
-            blocks: total + 5,
-        };
-        // Blocks handed out scattered and interleaved between sequences, in reverse.
-        let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
-        ids.retain(|b| b % 3 != 1 || *b > total as u32);
-        ids.extend((0..spec.blocks as u32).filter(|b| b % 3 == 1 && *b <= total as u32));
-        let mut next = ids.into_iter();
-        let histories = ctxs
-            .iter()
-            .map(|&ctx| History {
-                q: random(&mut seed, ctx * SHAPE.q_dim()),
-                k: random(&mut seed, ctx * SHAPE.kv_dim()),
-                v: random(&mut seed, ctx * SHAPE.kv_dim()),
-                blocks: (0..ctx.div_ceil(block_tokens))
-                    .map(|_| next.next().unwrap())
-                    .collect(),
-            })
-            .collect();
-        let kv = HostKv::zeroed(&spec);
-        (histories, kv, spec)
-    }
-
-    #[test]
-    fn ragged_batch_over_scattered_blocks_matches_float64() {
-        for bt in [8, 16, 32] {
-            // A long prefill from scratch, a decode row after 10 cached positions, a continued
-            // prefill after 30, a single first token.
-            let (hs, mut kv, spec) = setup(&[150, 11, 50, 1], bt);
-            run_step(&hs, &[(1, 0..10), (2, 0..30)], &mut kv, &spec);
-            let steps = [(0, 0..150), (1, 10..11), (2, 30..50), (3, 0..1)];
-            let out = run_step(&hs, &steps, &mut kv, &spec);
-            let q_dim = SHAPE.q_dim();
-            let (mut num, mut den, mut row) = (0.0f64, 0.0f64, 0);
-            for (i, r) in &steps {
-                for pos in r.clone() {
-                    let want = reference_row(&hs[*i], pos, SHAPE);
-                    for (g, w) in out[row * q_dim..(row + 1) * q_dim].iter().zip(&want) {
-                        num += (f64::from(*g) - w).powi(2);
-                        den += w * w;
-                    }
-                    row += 1;
-                }
-            }
-            let e = (num / den).sqrt();
-            assert!(e < 1e-5, "block tokens {bt}: relative error {e}");
-        }
-    }
-
-    #[test]
-    fn a_rows_output_does_not_depend_on_chunking_or_batch() {
-        let (hs, mut kv, spec) = setup(&[70, 40], 16);
-        let q_dim = SHAPE.q_dim();
-        // Sequence 0 in one prefill, sequence 1 alongside it.
-        let whole = run_step(&hs, &[(0, 0..70), (1, 0..40)], &mut kv, &spec);
-        // Sequence 0 again in chunks of 3, 20 and one row at a time, alone.
-        let mut pieces = Vec::new();
-        pieces.extend(run_step(&hs, &[(0, 0..3)], &mut kv, &spec));
-        pieces.extend(run_step(&hs, &[(0, 3..23)], &mut kv, &spec));
-        for p in 23..70 {
-            pieces.extend(run_step(&hs, &[(0, p..p + 1)], &mut kv, &spec));
-        }
-        assert_eq!(&whole[..70 * q_dim], &pieces[..]);
-    }
-
-    #[test]
-    fn copied_blocks_attend_like_the_originals() {
-        let (mut hs, mut kv, spec) = setup(&[20], 16);
-        run_step(&hs, &[(0, 0..19)], &mut kv, &spec);
-        let before = run_step(&hs, &[(0, 19..20)], &mut kv, &spec);
-        let spare = (0..spec.blocks as u32)
-            .filter(|b| !hs[0].blocks.contains(b))
-            .take(2)
-            .collect::<Vec<_>>();
-        let pairs: Vec<(u32, u32)> = hs[0].blocks.iter().copied().zip(spare.clone()).collect();
-        copy_blocks(&mut kv, &spec, &pairs).unwrap();
-        // Poison the originals in every layer: the copies alone must give the same output.
-        let orig = hs[0].blocks.clone();
-        for b in &orig {
-            for layer in 0..spec.layers {
-                let at = head_offset(&spec, layer, *b, 0);
-                let n = spec.kv_dim * spec.block_tokens;
-                kv.k[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
-                kv.v[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
-            }
-        }
-        hs[0].blocks = spare;
-        let after = run_step(&hs, &[(0, 19..20)], &mut kv, &spec);
-        assert_eq!(before, after);
-        assert!(copy_blocks(&mut kv, &spec, &[(0, spec.blocks as u32)]).is_err());
-    }
-
-    #[test]
-    fn tables_too_short_or_outside_the_pool_are_errors() {
-        let (mut hs, mut kv, spec) = setup(&[20], 16);
-        hs[0].blocks.truncate(1);
-        let (q, k) = (
-            vec![0.0; 20 * SHAPE.q_dim()],
-            vec![0.0; 20 * SHAPE.kv_dim()],
-        );
-        let span = SeqSpan {
-            row_start: 0,
-            len: 20,
-            pos_start: 0,
-            blocks: &hs[0].blocks,
-        };
-        assert!(attention(0, &q, &k, &k, &[span], &mut kv, &spec, SHAPE).is_err());
-        let bad = [0u32, spec.blocks as u32];
-        let span = SeqSpan {
-            blocks: &bad,
-            ..span
-        };
-        assert!(attention(0, &q, &k, &k, &[span], &mut kv, &spec, SHAPE).is_err());
-    }
-
-    #[test]
-    fn fast_exp_is_within_a_few_ulp_of_float64() {
-        let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let x = -(i as f32) * 87.0 / 200_000.0;
-            let want = f64::from(x).exp();
-            let got = f64::from(exp_nonpositive(x));
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-        assert!(exp_nonpositive(-200.0) < 2e-38);
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-    }
-
-    #[test]
-    fn sum_matches_float64_on_ragged_lengths() {
-        for n in [0, 1, 15, 16, 17, 64, 100] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let want: f64 = a.iter().map(|x| f64::from(*x)).sum();
-            assert!((f64::from(sum(&a)) - want).abs() < 1e-5, "n={n}");
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,244 @@
+//! Attention against float64, batch and chunking invariance, block copies, bad tables.
+use super::*;
+
+const SHAPE: AttentionShape = AttentionShape {
+    n_heads: 6,
+    n_kv_heads: 2,
+    head_dim: 32,
+};
+/// 64 + 16 columns: the AVX-512 weighted sum and its narrower tail.
+const WIDE_SHAPE: AttentionShape = AttentionShape {
+    n_heads: 4,
+    n_kv_heads: 2,
+    head_dim: 80,
+};
+
+fn random(seed: &mut u32, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (*seed >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// One sequence's whole history: queries, keys and values for positions `0..ctx`.
+struct History {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    blocks: Vec<u32>,
+}
+
+/// Naive float64 causal attention of the query at `pos` over positions `0..=pos`.
+fn reference_row(h: &History, pos: usize, shape: AttentionShape) -> Vec<f64> {
+    let (hd, kv_dim, q_dim) = (shape.head_dim, shape.kv_dim(), shape.q_dim());
+    let group = shape.n_heads / shape.n_kv_heads;
+    let mut out = vec![0.0f64; q_dim];
+    for head in 0..shape.n_heads {
+        let kvh = head / group;
+        let scores: Vec<f64> = (0..=pos)
+            .map(|j| {
+                (0..hd)
+                    .map(|d| {
+                        f64::from(h.q[pos * q_dim + head * hd + d])
+                            * f64::from(h.k[j * kv_dim + kvh * hd + d])
+                    })
+                    .sum::<f64>()
+                    / (hd as f64).sqrt()
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+        for (j, s) in scores.iter().enumerate() {
+            let p = (s - max).exp() / total;
+            for d in 0..hd {
+                out[head * hd + d] += p * f64::from(h.v[j * kv_dim + kvh * hd + d]);
+            }
+        }
+    }
+    out
+}
+
+/// Runs one step: sequence `i` contributes positions `steps[i]` (a range of its history).
+fn run_step(
+    histories: &[History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    kv: &mut HostKv,
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+) -> Vec<f32> {
+    let (q_dim, kv_dim) = (shape.q_dim(), shape.kv_dim());
+    let (mut q, mut k, mut v, mut spans) = (vec![], vec![], vec![], vec![]);
+    for (i, r) in steps {
+        let h = &histories[*i];
+        spans.push(SeqSpan {
+            row_start: q.len() / q_dim,
+            len: r.len(),
+            pos_start: r.start,
+            blocks: &h.blocks,
+        });
+        q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
+        k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
+        v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
+    }
+    attention(1, &q, &k, &v, &spans, kv, spec, shape).unwrap()
+}
+
+fn setup(
+    ctxs: &[usize],
+    block_tokens: usize,
+    shape: AttentionShape,
+) -> (Vec<History>, HostKv, KvPoolSpec) {
+    let mut seed = 7u32;
+    let total: usize = ctxs.iter().map(|c| c.div_ceil(block_tokens)).sum();
+    let spec = KvPoolSpec {
+        layers: 2,
+        kv_dim: shape.kv_dim(),
+        head_dim: shape.head_dim,
+        block_tokens,
+        blocks: total + 5,
+    };
+    // Blocks handed out scattered and interleaved between sequences, in reverse.
+    let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
+    ids.retain(|b| b % 3 != 1 || *b > total as u32);
+    ids.extend((0..spec.blocks as u32).filter(|b| b % 3 == 1 && *b <= total as u32));
+    let mut next = ids.into_iter();
+    let histories = ctxs
+        .iter()
+        .map(|&ctx| History {
+            q: random(&mut seed, ctx * shape.q_dim()),
+            k: random(&mut seed, ctx * shape.kv_dim()),
+            v: random(&mut seed, ctx * shape.kv_dim()),
+            blocks: (0..ctx.div_ceil(block_tokens))
+                .map(|_| next.next().unwrap())
+                .collect(),
+        })
+        .collect();
+    let kv = HostKv::zeroed(&spec);
+    (histories, kv, spec)
+}
+
+#[test]
+fn ragged_batch_over_scattered_blocks_matches_float64() {
+    for (shape, bt) in [(SHAPE, 8), (SHAPE, 16), (SHAPE, 32), (WIDE_SHAPE, 16)] {
+        // A long prefill from scratch, a decode row after 10 cached positions, a continued
+        // prefill after 30, a single first token.
+        let (hs, mut kv, spec) = setup(&[150, 11, 50, 1], bt, shape);
+        run_step(&hs, &[(1, 0..10), (2, 0..30)], &mut kv, &spec, shape);
+        let steps = [(0, 0..150), (1, 10..11), (2, 30..50), (3, 0..1)];
+        let out = run_step(&hs, &steps, &mut kv, &spec, shape);
+        let q_dim = shape.q_dim();
+        let (mut num, mut den, mut row) = (0.0f64, 0.0f64, 0);
+        for (i, r) in &steps {
+            for pos in r.clone() {
+                let want = reference_row(&hs[*i], pos, shape);
+                for (g, w) in out[row * q_dim..(row + 1) * q_dim].iter().zip(&want) {
+                    num += (f64::from(*g) - w).powi(2);
+                    den += w * w;
+                }
+                row += 1;
+            }
+        }
+        let e = (num / den).sqrt();
+        assert!(e < 1e-5, "{shape:?}, block tokens {bt}: relative error {e}");
+    }
+}
+
+#[test]
+fn a_rows_output_does_not_depend_on_chunking_or_batch() {
+    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
+        let (hs, mut kv, spec) = setup(&[70, 40], bt, shape);
+        let q_dim = shape.q_dim();
+        let step = |kv: &mut HostKv, steps: &[(usize, std::ops::Range<usize>)]| {
+            run_step(&hs, steps, kv, &spec, shape)
+        };
+        // Sequence 0 in one prefill, sequence 1 alongside it.
+        let whole = step(&mut kv, &[(0, 0..70), (1, 0..40)]);
+        // Sequence 0 again in chunks of 3, 20 and one row at a time, alone.
+        let mut pieces = Vec::new();
+        pieces.extend(step(&mut kv, &[(0, 0..3)]));
+        pieces.extend(step(&mut kv, &[(0, 3..23)]));
+        for p in 23..70 {
+            pieces.extend(step(&mut kv, &[(0, p..p + 1)]));
+        }
+        assert_eq!(
+            &whole[..70 * q_dim],
+            &pieces[..],
+            "{shape:?}, block tokens {bt}"
+        );
+    }
+}
+
+#[test]
+fn copied_blocks_attend_like_the_originals() {
+    let (mut hs, mut kv, spec) = setup(&[20], 16, SHAPE);
+    run_step(&hs, &[(0, 0..19)], &mut kv, &spec, SHAPE);
+    let before = run_step(&hs, &[(0, 19..20)], &mut kv, &spec, SHAPE);
+    let spare = (0..spec.blocks as u32)
+        .filter(|b| !hs[0].blocks.contains(b))
+        .take(2)
+        .collect::<Vec<_>>();
+    let pairs: Vec<(u32, u32)> = hs[0].blocks.iter().copied().zip(spare.clone()).collect();
+    copy_blocks(&mut kv, &spec, &pairs).unwrap();
+    // Poison the originals in every layer: the copies alone must give the same output.
+    let orig = hs[0].blocks.clone();
+    for b in &orig {
+        for layer in 0..spec.layers {
+            let at = head_offset(&spec, layer, *b, 0);
+            let n = spec.kv_dim * spec.block_tokens;
+            kv.k[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
+            kv.v[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
+        }
+    }
+    hs[0].blocks = spare;
+    let after = run_step(&hs, &[(0, 19..20)], &mut kv, &spec, SHAPE);
+    assert_eq!(before, after);
+    assert!(copy_blocks(&mut kv, &spec, &[(0, spec.blocks as u32)]).is_err());
+}
+
+#[test]
+fn tables_too_short_or_outside_the_pool_are_errors() {
+    let (mut hs, mut kv, spec) = setup(&[20], 16, SHAPE);
+    hs[0].blocks.truncate(1);
+    let (q, k) = (
+        vec![0.0; 20 * SHAPE.q_dim()],
+        vec![0.0; 20 * SHAPE.kv_dim()],
+    );
+    let span = SeqSpan {
+        row_start: 0,
+        len: 20,
+        pos_start: 0,
+        blocks: &hs[0].blocks,
+    };
+    assert!(attention(0, &q, &k, &k, &[span], &mut kv, &spec, SHAPE).is_err());
+    let bad = [0u32, spec.blocks as u32];
+    let span = SeqSpan {
+        blocks: &bad,
+        ..span
+    };
+    assert!(attention(0, &q, &k, &k, &[span], &mut kv, &spec, SHAPE).is_err());
+}
+
+#[test]
+fn fast_exp_is_within_a_few_ulp_of_float64() {
+    let mut worst = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -(i as f32) * 87.0 / 200_000.0;
+        let want = f64::from(x).exp();
+        let got = f64::from(exp_nonpositive(x));
+        worst = worst.max(((got - want) / want).abs());
+    }
+    assert!(worst < 3e-7, "worst relative error {worst}");
+    assert!(exp_nonpositive(-200.0) < 2e-38);
+    assert_eq!(exp_nonpositive(0.0), 1.0);
+}
+
+#[test]
+fn sum_matches_float64_on_ragged_lengths() {
+    for n in [0, 1, 15, 16, 17, 64, 100] {
+        let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let want: f64 = a.iter().map(|x| f64::from(*x)).sum();
+        assert!((f64::from(sum(&a)) - want).abs() < 1e-5, "n={n}");
+    }
+}
