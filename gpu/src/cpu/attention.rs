@@ -171,25 +171,25 @@ mod x86 {
         task::<Fused, NARROW>(c, t)
     }
 
-    /// [`block_scores4`] for 16-token blocks, one block per 512-bit register: the same fused
+    /// [`block_scores`] for 16-token blocks, one block per 512-bit register: the same fused
     /// multiply-adds per score in the same order, written out because the compiler keeps the
     /// portable version's accumulators in memory.
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn block_scores4_zmm<const KB: usize>(
-        q: [&[f32]; 4],
+    pub(super) fn block_scores_zmm<const R: usize, const KB: usize>(
+        q: [&[f32]; R],
         kt: [&[f32]; KB],
-        out: [[&mut [f32]; KB]; 4],
+        out: [[&mut [f32]; KB]; R],
     ) {
         let hd = q[0].len();
         assert!(q.iter().all(|q| q.len() == hd) && kt.iter().all(|k| k.len() >= hd * 16));
         assert!(out.iter().flatten().all(|o| o.len() >= 16));
         // SAFETY: the lengths were just checked.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); KB]; 4];
+            let mut acc = [[_mm512_setzero_ps(); KB]; R];
             for d in 0..hd {
                 let kd: [__m512; KB] =
                     std::array::from_fn(|k| _mm512_loadu_ps(kt[k].as_ptr().add(d * 16)));
-                for j in 0..4 {
+                for j in 0..R {
                     let qd = _mm512_set1_ps(*q[j].get_unchecked(d));
                     for k in 0..KB {
                         acc[j][k] = _mm512_fmadd_ps(qd, kd[k], acc[j][k]);
@@ -204,28 +204,28 @@ mod x86 {
         }
     }
 
-    /// [`weighted_values4`] for 16-token blocks and 64 columns, in 16 registers.
+    /// [`weighted_values`] for 16-token blocks and 64 columns, `4·R` registers.
     #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn weighted_values4_zmm(
-        p: [&[f32]; 4],
+    pub(super) fn weighted_values_zmm<const R: usize>(
+        p: [&[f32]; R],
         blocks: &[&[f32]],
         (hd, d0): (usize, usize),
         slots: usize,
-        out: [&mut [f32]; 4],
+        out: [&mut [f32]; R],
     ) {
         assert!(d0 + 64 <= hd && slots <= blocks.len() * 16);
         assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots));
         assert!(out.iter().all(|o| o.len() >= d0 + 64));
         // SAFETY: the lengths were just checked.
         unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+            let mut acc = [[_mm512_setzero_ps(); 4]; R];
             for slot in 0..slots {
                 let v = blocks
                     .get_unchecked(slot / 16)
                     .as_ptr()
                     .add((slot % 16) * hd + d0);
                 let vs: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
-                for j in 0..4 {
+                for j in 0..R {
                     let pj = _mm512_set1_ps(*p[j].get_unchecked(slot));
                     for c in 0..4 {
                         acc[j][c] = _mm512_fmadd_ps(pj, vs[c], acc[j][c]);
@@ -268,23 +268,23 @@ fn task<A: Accumulate, const W: bool>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     }
 }
 
-/// Four queries against the `BT` keys of each of `KB` blocks (`kt[k]` is `hd × BT`,
-/// transposed): every score is one chain of multiply-adds along the head dimension, `4·KB`
+/// `R` queries against the `BT` keys of each of `KB` blocks (`kt[k]` is `hd × BT`,
+/// transposed): every score is one chain of multiply-adds along the head dimension, `R·KB`
 /// independent chains at once, each in the same order whatever its neighbours.
 #[inline(always)]
-fn block_scores4<A: Accumulate, const BT: usize, const KB: usize>(
-    q: [&[f32]; 4],
+fn block_scores<A: Accumulate, const BT: usize, const R: usize, const KB: usize>(
+    q: [&[f32]; R],
     kt: [&[f32]; KB],
-    out: [[&mut [f32]; KB]; 4],
+    out: [[&mut [f32]; KB]; R],
 ) {
-    let mut acc = [[[0.0f32; BT]; KB]; 4];
+    let mut acc = [[[0.0f32; BT]; KB]; R];
     let hd = q[0].len();
-    let q: [&[f32]; 4] = q.map(|q| &q[..hd]);
+    let q: [&[f32]; R] = q.map(|q| &q[..hd]);
     for d in 0..hd {
-        // Fixed-size rows: no bounds checks in the inner loop, so it vectorizes.
+        // Fixed-size rows: no bounds checks in the inner loop.
         let kd: [&[f32; BT]; KB] =
             std::array::from_fn(|k| kt[k][d * BT..(d + 1) * BT].try_into().expect("BT keys"));
-        for j in 0..4 {
+        for j in 0..R {
             let qd = q[j][d];
             for k in 0..KB {
                 for s in 0..BT {
@@ -300,25 +300,25 @@ fn block_scores4<A: Accumulate, const BT: usize, const KB: usize>(
     }
 }
 
-/// `out[j] = Σ_slot p[j][slot] · v[slot]` over the `DC` columns from `d0`, for four rows at
+/// `out[j] = Σ_slot p[j][slot] · v[slot]` over the `DC` columns from `d0`, for `R` rows at
 /// once, slots in increasing order (slot `s` is row `s % BT` of `blocks[s / BT]`, rows `hd`
-/// apart): per output value one chain of multiply-adds from zero in position order, the
-/// accumulators in registers. `p[j]` is zero past row `j`'s positions,
-/// which adds nothing (a sum that starts at +0 never becomes −0).
+/// apart): per output value one chain of multiply-adds from zero in position order. `p[j]` is
+/// zero past row `j`'s positions, which adds nothing (a sum that starts at +0 never becomes
+/// −0).
 #[inline(always)]
-fn weighted_values4<A: Accumulate, const BT: usize, const DC: usize>(
-    p: [&[f32]; 4],
+fn weighted_values<A: Accumulate, const BT: usize, const R: usize, const DC: usize>(
+    p: [&[f32]; R],
     blocks: &[&[f32]],
     (hd, d0): (usize, usize),
     slots: usize,
-    out: [&mut [f32]; 4],
+    out: [&mut [f32]; R],
 ) {
-    let mut acc = [[0.0f32; DC]; 4];
+    let mut acc = [[0.0f32; DC]; R];
     for slot in 0..slots {
         let vs: &[f32; DC] = blocks[slot / BT][(slot % BT) * hd + d0..][..DC]
             .try_into()
             .expect("DC columns");
-        for j in 0..4 {
+        for j in 0..R {
             let pj = p[j][slot];
             for d in 0..DC {
                 acc[j][d] = A::mul_add(pj, vs[d], acc[j][d]);
@@ -328,6 +328,28 @@ fn weighted_values4<A: Accumulate, const BT: usize, const DC: usize>(
     for (o, a) in out.into_iter().zip(&acc) {
         o[d0..d0 + DC].copy_from_slice(a);
     }
+}
+
+/// Tiles of a task's `m` rows: fours (four chains per key or value column), then the rest one
+/// at a time (a decode row computes one row, not four); either way the same arithmetic per
+/// row.
+fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    let fours = m / 4 * 4;
+    (0..fours)
+        .step_by(4)
+        .map(|r| (r, 4))
+        .chain((fours..m).map(|r| (r, 1)))
+}
+
+/// Columns `cols` of `R` consecutive rows of `rows` (each `stride` long) from row `r0`.
+fn rows_mut<const R: usize>(
+    rows: &mut [f32],
+    stride: usize,
+    r0: usize,
+    cols: std::ops::Range<usize>,
+) -> [&mut [f32]; R] {
+    let mut it = rows[r0 * stride..(r0 + R) * stride].chunks_exact_mut(stride);
+    std::array::from_fn(|_| &mut it.next().expect("R rows")[cols.clone()])
 }
 
 #[inline(always)]
@@ -355,59 +377,44 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
     const { assert!(!W || cfg!(target_arch = "x86_64")) };
     let zmm_blocks = W && BT == 16;
 
-    // Scores, padded to whole tiles of four rows: the padding rows' stay zero.
-    let tiles = m.div_ceil(4);
-    let mut scores = vec![0.0f32; tiles * 4 * stride];
+    let mut scores = vec![0.0f32; m * stride];
     let mut b = 0;
     while b < blocks {
         // Rows that see no position of these blocks compute scores nobody reads.
         let first = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);
-        let two = W && b + 1 < blocks;
-        for (tile, row4) in scores
-            .chunks_exact_mut(4 * stride)
-            .enumerate()
-            .skip(first / 4)
-        {
-            // Padding rows repeat the last query; their scores are zeroed below.
-            let q4: [&[f32]; 4] = std::array::from_fn(|j| queries[(tile * 4 + j).min(m - 1)]);
-            let mut rows = row4.chunks_exact_mut(stride);
-            let mut out: [&mut [f32]; 4] = std::array::from_fn(|_| {
-                let row = rows.next().expect("four rows");
-                &mut row[b * BT..]
-            });
-            if two {
-                let out2 = out.each_mut().map(|o| {
-                    let (x, y) = o.split_at_mut(BT);
-                    [x, &mut y[..BT]]
-                });
-                if zmm_blocks {
-                    // SAFETY: `W` comes only from the AVX-512 entry point.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        x86::block_scores4_zmm::<2>(q4, [keys[b], keys[b + 1]], out2)
-                    };
-                } else {
-                    block_scores4::<A, BT, 2>(q4, [keys[b], keys[b + 1]], out2);
-                }
-            } else if zmm_blocks {
-                // SAFETY: as above.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    x86::block_scores4_zmm::<1>(q4, [keys[b]], out.map(|o| [o]))
-                };
-            } else {
-                block_scores4::<A, BT, 1>(q4, [keys[b]], out.map(|o| [o]));
+        let kb = if W && b + 1 < blocks { 2 } else { 1 };
+        let cols = b * BT..(b + kb) * BT;
+        for (r0, n) in row_tiles(m).filter(|&(r0, n)| r0 + n > first) {
+            macro_rules! scores {
+                ($r:literal, $kb:literal) => {{
+                    let q: [&[f32]; $r] = std::array::from_fn(|j| queries[r0 + j]);
+                    let kt: [&[f32]; $kb] = std::array::from_fn(|k| keys[b + k]);
+                    let out = rows_mut::<$r>(&mut scores, stride, r0, cols.clone()).map(|o| {
+                        let mut it = o.chunks_exact_mut(BT);
+                        std::array::from_fn(|_| it.next().expect("KB blocks"))
+                    });
+                    if zmm_blocks {
+                        // SAFETY: `W` comes only from the AVX-512 entry point.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            x86::block_scores_zmm::<$r, $kb>(q, kt, out)
+                        };
+                    } else {
+                        block_scores::<A, BT, $r, $kb>(q, kt, out);
+                    }
+                }};
+            }
+            match (n, kb) {
+                (4, 2) => scores!(4, 2),
+                (4, _) => scores!(4, 1),
+                (_, 2) => scores!(1, 2),
+                _ => scores!(1, 1),
             }
         }
-        b += if two { 2 } else { 1 };
+        b += kb;
     }
     // Softmax per row; probabilities past a row's positions are zero.
-    for r in 0..tiles * 4 {
-        let row = &mut scores[r * stride..(r + 1) * stride];
-        if r >= m {
-            row.fill(0.0);
-            continue;
-        }
+    for (r, row) in scores.chunks_exact_mut(stride).enumerate() {
         let (sc, rest) = row.split_at_mut(seen(r));
         rest.fill(0.0);
         let mut max = f32::NEG_INFINITY;
@@ -424,53 +431,45 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
         }
     }
     let values: Vec<&[f32]> = at.iter().map(|&a| &c.kv.v[a..a + BT * hd]).collect();
-    let mut out = vec![0.0f32; tiles * 4 * hd];
-    for (tile, (p4, o4)) in scores
-        .chunks_exact(4 * stride)
-        .zip(out.chunks_exact_mut(4 * hd))
-        .enumerate()
-    {
-        let slots = seen((tile * 4 + 3).min(m - 1));
-        let p: [&[f32]; 4] = std::array::from_fn(|j| &p4[j * stride..(j + 1) * stride]);
-        let mut o = o4.chunks_exact_mut(hd);
-        let o: [&mut [f32]; 4] = std::array::from_fn(|_| o.next().expect("four rows"));
-        let [o0, o1, o2, o3] = o;
+    let mut out = vec![0.0f32; m * hd];
+    for (r0, n) in row_tiles(m) {
+        let slots = seen(r0 + n - 1);
         let mut d0 = 0;
         macro_rules! columns {
-            ($dc:literal) => {
+            ($r:literal, $dc:literal) => {
                 while hd - d0 >= $dc {
-                    weighted_values4::<A, BT, $dc>(
-                        p,
-                        &values,
-                        (hd, d0),
-                        slots,
-                        [&mut *o0, &mut *o1, &mut *o2, &mut *o3],
-                    );
+                    let p: [&[f32]; $r] =
+                        std::array::from_fn(|j| &scores[(r0 + j) * stride..(r0 + j + 1) * stride]);
+                    let o = rows_mut::<$r>(&mut out, hd, r0, 0..hd);
+                    if $dc == 64 {
+                        // SAFETY: 64-column passes run only on the AVX-512 entry point.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            x86::weighted_values_zmm::<$r>(p, &values, (hd, d0), slots, o)
+                        };
+                    } else {
+                        weighted_values::<A, BT, $r, $dc>(p, &values, (hd, d0), slots, o);
+                    }
                     d0 += $dc;
                 }
             };
         }
-        if zmm_blocks {
-            while d0 + 64 <= hd {
-                // SAFETY: `W` comes only from the AVX-512 entry point.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    x86::weighted_values4_zmm(
-                        p,
-                        &values,
-                        (hd, d0),
-                        slots,
-                        [&mut *o0, &mut *o1, &mut *o2, &mut *o3],
-                    )
-                };
-                d0 += 64;
-            }
+        macro_rules! all_columns {
+            ($r:literal) => {{
+                if zmm_blocks {
+                    columns!($r, 64);
+                }
+                columns!($r, 16);
+                columns!($r, 4);
+                columns!($r, 1);
+            }};
         }
-        columns!(16);
-        columns!(4);
-        columns!(1);
+        if n == 4 {
+            all_columns!(4)
+        } else {
+            all_columns!(1)
+        }
     }
-    out.truncate(m * hd);
     out
 }
 
