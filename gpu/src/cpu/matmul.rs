@@ -345,31 +345,53 @@ fn run_rows<'w>(
     rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync),
 ) -> Vec<f32> {
     let m = x.len().checked_div(k).unwrap_or(0);
-    let blocks: Vec<Vec<f32>> = Pool::global().map(n.div_ceil(ROWS_PER_TASK), |c| {
+    column_blocks(m, n, ROWS_PER_TASK, |c| {
         let (j0, j1) = (c * ROWS_PER_TASK, ((c + 1) * ROWS_PER_TASK).min(n));
         let mut out = vec![0.0f32; m * (j1 - j0)];
         kernel(x, m, k, &rows(j0, j1), j1 - j0, &mut out);
         out
-    });
-    gather_column_blocks(&blocks, m, n, ROWS_PER_TASK)
+    })
 }
 
-/// Joins per-task results into one `m × n` output: task `c` computed columns
-/// `c·per_task..` for every row, stored row-major as `m × width`.
-pub(crate) fn gather_column_blocks(
-    blocks: &[Vec<f32>],
+/// Runs one task per block of `per_task` columns, task `c` returning columns
+/// `c·per_task..` of every row (row-major, `m × width`), and copies each block into place
+/// from its own task: the `m × n` output is never zeroed and never gathered on one thread.
+pub(crate) fn column_blocks(
     m: usize,
     n: usize,
     per_task: usize,
+    block: impl Fn(usize) -> Vec<f32> + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; m * n];
-    for (c, b) in blocks.iter().enumerate() {
-        let j0 = c * per_task;
-        let width = (j0 + per_task).min(n) - j0;
-        for i in 0..m {
-            out[i * n + j0..i * n + j0 + width].copy_from_slice(&b[i * width..(i + 1) * width]);
+    /// The output's start; tasks write disjoint columns of it.
+    struct Out(*mut f32);
+    // SAFETY: every task writes only its own columns (below), so no two threads write one
+    // element, and nothing reads the buffer until all tasks are done.
+    unsafe impl Sync for Out {}
+    impl Out {
+        // A method, so that closures capture the whole (Sync) wrapper, not its pointer field.
+        fn at(&self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
         }
     }
+    let per_task = per_task.max(1);
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let base = Out(out.as_mut_ptr());
+    Pool::global().run(n.div_ceil(per_task), &|c| {
+        let j0 = c * per_task;
+        let width = per_task.min(n - j0);
+        let b = block(c);
+        assert_eq!(b.len(), m * width, "a column block of {m} × {width}");
+        for (i, row) in b.chunks_exact(width).enumerate() {
+            // SAFETY: row i, columns j0..j0 + width lie inside the m × n capacity and belong
+            // to this task alone.
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), base.at(i * n + j0), width);
+            }
+        }
+    });
+    // SAFETY: the tasks wrote every column of every row (a panicking task re-panics in `run`
+    // before this line).
+    unsafe { out.set_len(m * n) };
     out
 }
 

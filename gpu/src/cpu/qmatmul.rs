@@ -99,7 +99,7 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> V
     // groups, the kernel reusing each weight load for up to four rows.
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
-    let chunks: Vec<Vec<f32>> = Pool::global().map(groups.div_ceil(GROUPS_PER_TASK), |c| {
+    matmul::column_blocks(m, n, per_task, |c| {
         let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(groups);
         let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
         let padded = g.len() * ROW_GROUP;
@@ -113,8 +113,7 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> V
             .flat_map(|row| &row[..width])
             .copied()
             .collect()
-    });
-    matmul::gather_column_blocks(&chunks, m, n, per_task)
+    })
 }
 
 #[cfg(test)]
