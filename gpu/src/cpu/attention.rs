@@ -382,7 +382,12 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
     while b < blocks {
         // Rows that see no position of these blocks compute scores nobody reads.
         let first = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);
-        let kb = if W && b + 1 < blocks { 2 } else { 1 };
+        // Key blocks per pass: more independent chains (zmm: four blocks, up to 16 chains).
+        let kb = match blocks - b {
+            left if left >= 4 && zmm_blocks => 4,
+            left if left >= 2 && W => 2,
+            _ => 1,
+        };
         let cols = b * BT..(b + kb) * BT;
         for (r0, n) in row_tiles(m).filter(|&(r0, n)| r0 + n > first) {
             macro_rules! scores {
@@ -405,8 +410,10 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
                 }};
             }
             match (n, kb) {
+                (4, 4) => scores!(4, 4),
                 (4, 2) => scores!(4, 2),
                 (4, _) => scores!(4, 1),
+                (_, 4) => scores!(1, 4),
                 (_, 2) => scores!(1, 2),
                 _ => scores!(1, 1),
             }
