@@ -5,8 +5,10 @@
 //! against one key, accumulated along the head dimension in the same order; each row's
 //! softmax and weighted sum of values run over its own positions in increasing order. The
 //! work is blocked (a task takes up to [`QUERY_BLOCK`] rows of one head, so each key block is
-//! loaded once for all of them) without changing any row's arithmetic, so a request's tokens
-//! do not depend on its batch or on how its prompt was chunked.
+//! loaded once for all of them; within a task, tiles of four rows against several key blocks
+//! keep many independent multiply-add chains in registers) without changing any row's
+//! arithmetic, so a request's tokens do not depend on its batch or on how its prompt was
+//! chunked.
 
 use super::matmul::{Accumulate, Fused, Plain};
 use super::pool::Pool;
@@ -253,8 +255,8 @@ mod x86 {
     }
 }
 
-/// Register blocking for 32 vector registers (AVX-512): two key blocks per pass of the
-/// scores, 64 value columns per pass of the weighted sum.
+/// Register blocking for 32 vector registers (AVX-512): several key blocks per pass of the
+/// scores (four for 16-token blocks, else two), 64 value columns per pass of the weighted sum.
 const WIDE: bool = true;
 /// For 16 registers (AVX2, NEON, portable): one key block, 16 value columns.
 const NARROW: bool = false;
