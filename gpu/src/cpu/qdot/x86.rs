@@ -3,30 +3,192 @@
 use super::*;
 use std::arch::x86_64::*;
 
-/// The 32-bit activation word at `p`, in every lane.
-#[inline(always)]
-unsafe fn broadcast_word(p: *const i8) -> __m256i {
-    // SAFETY: the caller guarantees 4 readable bytes.
-    unsafe { _mm256_set1_epi32((p as *const i32).read_unaligned()) }
+/// A register width the row-group loop runs at: [`Width::GROUPS`] row groups side by side
+/// (256-bit: one, 512-bit: two), lane `8·j + l` holding row `l` of group `j`.
+trait Width {
+    const GROUPS: usize;
+    type I: Copy;
+    type F: Copy;
+    unsafe fn zero_i() -> Self::I;
+    unsafe fn zero_f() -> Self::F;
+    unsafe fn splat_i(x: i32) -> Self::I;
+    unsafe fn splat_f(x: f32) -> Self::F;
+    /// The activation word at `p` in every lane.
+    #[inline(always)]
+    unsafe fn broadcast(p: *const i8) -> Self::I {
+        // SAFETY: the caller guarantees 4 readable bytes.
+        unsafe { Self::splat_i((p as *const i32).read_unaligned()) }
+    }
+    /// Word `c` of the groups whose words start at `w`, `wpr` words apart.
+    unsafe fn words(w: *const __m256i, wpr: usize, c: usize) -> Self::I;
+    /// The groups' eight coefficients at `p`, `stride` halves apart, widened.
+    unsafe fn coefs(p: *const half::f16, stride: usize) -> Self::F;
+    /// The low and high nibbles of each byte.
+    unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
+    unsafe fn dpbusd(acc: Self::I, w: Self::I, a: Self::I) -> Self::I;
+    unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
+    /// `acc + float(s)·(dw·da)`.
+    unsafe fn scale_add(acc: Self::F, s: Self::I, dw: Self::F, da: Self::F) -> Self::F;
+    unsafe fn fma(a: Self::F, b: Self::F, acc: Self::F) -> Self::F;
+    unsafe fn store(p: *mut f32, v: Self::F);
 }
 
-/// The row-group loop shared by every variant, for `R` activation rows at once (each
-/// weight load serves all of them; per output value the operations are those of `R = 1`,
-/// so results do not depend on how rows are tiled). `block_sums(w, a, init)` gives, per
-/// activation row, the eight weight rows' integer dot products of one block plus `init`
-/// (the row's integer correction), the words starting at `w`, the rows' activations at
-/// `a`. `groups` is written at its place in `out`, whose runs of `width` values start at
-/// row group `first`.
+/// 256-bit registers: one row group.
+struct Ymm;
+/// 512-bit registers (AVX-512): two row groups, so each broadcast activation word serves
+/// sixteen weight rows.
+struct Zmm;
+
+// SAFETY (both impls): the callers (`gemm_groups` and the block sums) pass pointers whose
+// reads `check` has verified, from inside functions that enable the features used.
+impl Width for Ymm {
+    const GROUPS: usize = 1;
+    type I = __m256i;
+    type F = __m256;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m256i {
+        unsafe { _mm256_setzero_si256() }
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m256 {
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat_i(x: i32) -> __m256i {
+        unsafe { _mm256_set1_epi32(x) }
+    }
+    #[inline(always)]
+    unsafe fn splat_f(x: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn words(w: *const __m256i, _wpr: usize, c: usize) -> __m256i {
+        unsafe { _mm256_loadu_si256(w.add(c)) }
+    }
+    #[inline(always)]
+    unsafe fn coefs(p: *const half::f16, _stride: usize) -> __m256 {
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[inline(always)]
+    unsafe fn nibbles(v: __m256i) -> (__m256i, __m256i) {
+        unsafe {
+            let mask = _mm256_set1_epi8(0x0f);
+            (
+                _mm256_and_si256(v, mask),
+                _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, w, a) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn scale_add(acc: __m256, s: __m256i, dw: __m256, da: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, da), acc) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, acc: __m256) -> __m256 {
+        unsafe { _mm256_fmadd_ps(a, b, acc) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+}
+
+impl Width for Zmm {
+    const GROUPS: usize = 2;
+    type I = __m512i;
+    type F = __m512;
+    #[inline(always)]
+    unsafe fn zero_i() -> __m512i {
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn zero_f() -> __m512 {
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn splat_i(x: i32) -> __m512i {
+        unsafe { _mm512_set1_epi32(x) }
+    }
+    #[inline(always)]
+    unsafe fn splat_f(x: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn words(w: *const __m256i, wpr: usize, c: usize) -> __m512i {
+        unsafe {
+            _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(w.add(c))),
+                _mm256_loadu_si256(w.add(wpr + c)),
+                1,
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn coefs(p: *const half::f16, stride: usize) -> __m512 {
+        unsafe {
+            let lo = _mm_loadu_si128(p as *const __m128i);
+            let hi = _mm_loadu_si128(p.add(stride) as *const __m128i);
+            _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1))
+        }
+    }
+    #[inline(always)]
+    unsafe fn nibbles(v: __m512i) -> (__m512i, __m512i) {
+        unsafe {
+            let mask = _mm512_set1_epi8(0x0f);
+            (
+                _mm512_and_si512(v, mask),
+                _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
+            )
+        }
+    }
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m512i, w: __m512i, a: __m512i) -> __m512i {
+        unsafe { _mm512_dpbusd_epi32(acc, w, a) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512i, b: __m512i) -> __m512i {
+        unsafe { _mm512_add_epi32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn scale_add(acc: __m512, s: __m512i, dw: __m512, da: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, da), acc) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, acc: __m512) -> __m512 {
+        unsafe { _mm512_fmadd_ps(a, b, acc) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+}
+
+/// The row-group loop shared by every variant, for `R` activation rows and
+/// [`Width::GROUPS`] row groups at once (each weight load serves all `R` rows, each
+/// activation load every group). Per output value the operations are those of one row and
+/// one group, so results do not depend on the tiling or the width. `block_sums(w, wpr, a,
+/// init)` gives, per activation row, the groups' integer dot products of one block plus
+/// `init` (the row's integer correction), their words starting at `w`, `wpr` words apart,
+/// the rows' activations at `a`. `groups` (a multiple of `GROUPS` long) is written at its
+/// place in `out`, whose runs of `width` values start at row group `first`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn gemm_groups<const R: usize>(
+unsafe fn gemm_groups<W: Width, const R: usize>(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     first: usize,
     acts: &[ActRow<'_>],
     out: &mut [f32],
     width: usize,
-    block_sums: impl Fn(*const __m256i, [*const i8; R], [__m256i; R]) -> [__m256i; R],
+    block_sums: impl Fn(*const __m256i, usize, [*const i8; R], [W::I; R]) -> [W::I; R],
 ) {
     let pg = w.format.group() / QBLOCK;
     let ngroups = w.cols / w.format.group();
@@ -34,45 +196,43 @@ unsafe fn gemm_groups<const R: usize>(
     let wpr = wpb * (w.cols / QBLOCK);
     let has_mins = !w.mins.is_empty();
     let factor = integer_correction(w.format);
+    let coef_stride = ngroups * ROW_GROUP;
     // SAFETY: `check` verified the arrays' sizes for whole row groups, the activation
     // rows' lengths and `out`'s; every offset below stays inside them.
     unsafe {
         let outp: [*mut f32; R] = std::array::from_fn(|i| out.as_mut_ptr().add(i * width));
-        for rg in groups {
+        let mut rg = groups.start;
+        while rg + W::GROUPS <= groups.end {
             let wq = w.words.as_ptr().add(rg * ROW_GROUP * wpr) as *const __m256i;
-            let sc = w.scales.as_ptr().add(rg * ngroups * ROW_GROUP) as *const __m128i;
+            let sc = w.scales.as_ptr().add(rg * coef_stride);
             let mn = if has_mins {
-                w.mins.as_ptr().add(rg * ngroups * ROW_GROUP) as *const __m128i
+                w.mins.as_ptr().add(rg * coef_stride)
             } else {
                 sc
             };
-            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc = [W::zero_f(); R];
             for g in 0..ngroups {
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(sc.add(g)));
-                let mw = _mm256_cvtph_ps(_mm_loadu_si128(mn.add(g)));
+                let dw = W::coefs(sc.add(g * ROW_GROUP), coef_stride);
+                let mw = W::coefs(mn.add(g * ROW_GROUP), coef_stride);
                 for b in g * pg..(g + 1) * pg {
                     let aps = std::array::from_fn(|i| acts[i].q.as_ptr().add(b * QBLOCK));
                     let init = std::array::from_fn(|i| {
-                        _mm256_set1_epi32(factor * *acts[i].qsum.get_unchecked(b))
+                        W::splat_i(factor * *acts[i].qsum.get_unchecked(b))
                     });
-                    let sums = block_sums(wq.add(b * wpb), aps, init);
+                    let sums = block_sums(wq.add(b * wpb), wpr, aps, init);
                     for i in 0..R {
-                        let da = _mm256_set1_ps(*acts[i].d.get_unchecked(b));
-                        acc[i] = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(sums[i]),
-                            _mm256_mul_ps(dw, da),
-                            acc[i],
-                        );
+                        let da = W::splat_f(*acts[i].d.get_unchecked(b));
+                        acc[i] = W::scale_add(acc[i], sums[i], dw, da);
                         if has_mins {
-                            let ca = _mm256_set1_ps(*acts[i].c.get_unchecked(b));
-                            acc[i] = _mm256_fmadd_ps(mw, ca, acc[i]);
+                            acc[i] = W::fma(mw, W::splat_f(*acts[i].c.get_unchecked(b)), acc[i]);
                         }
                     }
                 }
             }
             for i in 0..R {
-                _mm256_storeu_ps(outp[i].add((rg - first) * ROW_GROUP), acc[i]);
+                W::store(outp[i].add((rg - first) * ROW_GROUP), acc[i]);
             }
+            rg += W::GROUPS;
         }
     }
 }
@@ -102,6 +262,7 @@ macro_rules! for_each_tile {
 #[inline(always)]
 unsafe fn q4_sums_avx2<const R: usize>(
     wp: *const __m256i,
+    _wpr: usize,
     aps: [*const i8; R],
     init: [__m256i; R],
 ) -> [__m256i; R] {
@@ -117,8 +278,8 @@ unsafe fn q4_sums_avx2<const R: usize>(
                 acc16[i] = _mm256_add_epi16(
                     acc16[i],
                     _mm256_add_epi16(
-                        _mm256_maddubs_epi16(lo, broadcast_word(aps[i].add(4 * c))),
-                        _mm256_maddubs_epi16(hi, broadcast_word(aps[i].add(16 + 4 * c))),
+                        _mm256_maddubs_epi16(lo, Ymm::broadcast(aps[i].add(4 * c))),
+                        _mm256_maddubs_epi16(hi, Ymm::broadcast(aps[i].add(16 + 4 * c))),
                     ),
                 );
             }
@@ -134,6 +295,7 @@ unsafe fn q4_sums_avx2<const R: usize>(
 #[inline(always)]
 unsafe fn q8_sums_avx2<const R: usize>(
     wp: *const __m256i,
+    _wpr: usize,
     aps: [*const i8; R],
     _init: [__m256i; R],
 ) -> [__m256i; R] {
@@ -145,7 +307,7 @@ unsafe fn q8_sums_avx2<const R: usize>(
             let ws = _mm256_xor_si256(_mm256_loadu_si256(wp.add(c)), flip);
             let wabs = _mm256_sign_epi8(ws, ws);
             for i in 0..R {
-                let av = broadcast_word(aps[i].add(4 * c));
+                let av = Ymm::broadcast(aps[i].add(4 * c));
                 let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, ws));
                 acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p, ones));
             }
@@ -154,194 +316,51 @@ unsafe fn q8_sums_avx2<const R: usize>(
     }
 }
 
-/// VNNI Q4 block sums of one row group: low and high nibbles in separate chains, so
-/// that consecutive `dpbusd`s do not wait on each other.
+/// VNNI Q4 block sums of [`Width::GROUPS`] row groups: low and high nibbles in separate
+/// chains, so that consecutive `dpbusd`s do not wait on each other.
 #[inline(always)]
-unsafe fn q4_sums_vnni<const R: usize>(
+unsafe fn q4_sums_vnni<W: Width, const R: usize>(
     wp: *const __m256i,
+    wpr: usize,
     aps: [*const i8; R],
-    init: [__m256i; R],
-) -> [__m256i; R] {
+    init: [W::I; R],
+) -> [W::I; R] {
     // SAFETY: pointers come from `gemm_groups` (sizes checked).
     unsafe {
-        let nibbles = _mm256_set1_epi8(0x0f);
         let mut lo_sum = init;
-        let mut hi_sum = [_mm256_setzero_si256(); R];
+        let mut hi_sum = [W::zero_i(); R];
         for c in 0..4 {
-            let v = _mm256_loadu_si256(wp.add(c));
-            let lo = _mm256_and_si256(v, nibbles);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibbles);
+            let (lo, hi) = W::nibbles(W::words(wp, wpr, c));
             for i in 0..R {
-                lo_sum[i] = _mm256_dpbusd_epi32(lo_sum[i], lo, broadcast_word(aps[i].add(4 * c)));
-                hi_sum[i] =
-                    _mm256_dpbusd_epi32(hi_sum[i], hi, broadcast_word(aps[i].add(16 + 4 * c)));
+                lo_sum[i] = W::dpbusd(lo_sum[i], lo, W::broadcast(aps[i].add(4 * c)));
+                hi_sum[i] = W::dpbusd(hi_sum[i], hi, W::broadcast(aps[i].add(16 + 4 * c)));
             }
         }
-        std::array::from_fn(|i| _mm256_add_epi32(lo_sum[i], hi_sum[i]))
+        std::array::from_fn(|i| W::add(lo_sum[i], hi_sum[i]))
     }
 }
 
-/// VNNI Q8 block sums of one row group (offset-binary words on the unsigned side of
-/// `dpbusd`), even and odd words in separate chains.
+/// VNNI Q8 block sums of [`Width::GROUPS`] row groups (offset-binary words on the unsigned
+/// side of `dpbusd`), even and odd words in separate chains.
 #[inline(always)]
-unsafe fn q8_sums_vnni<const R: usize>(
+unsafe fn q8_sums_vnni<W: Width, const R: usize>(
     wp: *const __m256i,
+    wpr: usize,
     aps: [*const i8; R],
-    init: [__m256i; R],
-) -> [__m256i; R] {
+    init: [W::I; R],
+) -> [W::I; R] {
     // SAFETY: pointers come from `gemm_groups` (sizes checked).
     unsafe {
         let mut s0 = init;
-        let mut s1 = [_mm256_setzero_si256(); R];
+        let mut s1 = [W::zero_i(); R];
         for c in (0..8).step_by(2) {
-            let (w0, w1) = (
-                _mm256_loadu_si256(wp.add(c)),
-                _mm256_loadu_si256(wp.add(c + 1)),
-            );
+            let (w0, w1) = (W::words(wp, wpr, c), W::words(wp, wpr, c + 1));
             for i in 0..R {
-                s0[i] = _mm256_dpbusd_epi32(s0[i], w0, broadcast_word(aps[i].add(4 * c)));
-                s1[i] = _mm256_dpbusd_epi32(s1[i], w1, broadcast_word(aps[i].add(4 * c + 4)));
+                s0[i] = W::dpbusd(s0[i], w0, W::broadcast(aps[i].add(4 * c)));
+                s1[i] = W::dpbusd(s1[i], w1, W::broadcast(aps[i].add(4 * c + 4)));
             }
         }
-        std::array::from_fn(|i| _mm256_add_epi32(s0[i], s1[i]))
-    }
-}
-
-/// [`gemm_groups`] for pairs of row groups in 512-bit registers (AVX-512): lanes 0–7
-/// hold row group `rg`, lanes 8–15 group `rg + 1`, so each `dpbusd` and each broadcast
-/// activation load serves sixteen weight rows. Every lane computes exactly what
-/// [`gemm_groups`] computes for it, so pairing does not change any value.
-/// `block_sums(w0, w1, a, init)` is `gemm_groups`'s, for the two groups' words.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn gemm_pairs_zmm<const R: usize>(
-    w: &PackedWeight,
-    groups: std::ops::Range<usize>,
-    first: usize,
-    acts: &[ActRow<'_>],
-    out: &mut [f32],
-    width: usize,
-    block_sums: impl Fn(*const __m256i, *const __m256i, [*const i8; R], [__m512i; R]) -> [__m512i; R],
-) {
-    let pg = w.format.group() / QBLOCK;
-    let ngroups = w.cols / w.format.group();
-    let wpb = w.words_per_block();
-    let wpr = wpb * (w.cols / QBLOCK);
-    let has_mins = !w.mins.is_empty();
-    let factor = integer_correction(w.format);
-    // SAFETY: `check` verified the arrays' sizes for whole row groups, the activation
-    // rows' lengths and `out`'s; every offset below stays inside them.
-    unsafe {
-        let outp: [*mut f32; R] = std::array::from_fn(|i| out.as_mut_ptr().add(i * width));
-        let mut rg = groups.start;
-        while rg + 2 <= groups.end {
-            let wq0 = w.words.as_ptr().add(rg * ROW_GROUP * wpr) as *const __m256i;
-            let wq1 = wq0.add(wpr);
-            let pair = |v: &[half::f16], g: usize| -> __m512 {
-                let p = v.as_ptr().add(rg * ngroups * ROW_GROUP + g * ROW_GROUP);
-                let lo = _mm_loadu_si128(p as *const __m128i);
-                let hi = _mm_loadu_si128(p.add(ngroups * ROW_GROUP) as *const __m128i);
-                _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1))
-            };
-            let mut acc = [_mm512_setzero_ps(); R];
-            for g in 0..ngroups {
-                let dw = pair(&w.scales, g);
-                let mw = if has_mins { pair(&w.mins, g) } else { dw };
-                for b in g * pg..(g + 1) * pg {
-                    let aps = std::array::from_fn(|i| acts[i].q.as_ptr().add(b * QBLOCK));
-                    let init = std::array::from_fn(|i| {
-                        _mm512_set1_epi32(factor * *acts[i].qsum.get_unchecked(b))
-                    });
-                    let sums = block_sums(wq0.add(b * wpb), wq1.add(b * wpb), aps, init);
-                    for i in 0..R {
-                        let da = _mm512_set1_ps(*acts[i].d.get_unchecked(b));
-                        acc[i] = _mm512_fmadd_ps(
-                            _mm512_cvtepi32_ps(sums[i]),
-                            _mm512_mul_ps(dw, da),
-                            acc[i],
-                        );
-                        if has_mins {
-                            let ca = _mm512_set1_ps(*acts[i].c.get_unchecked(b));
-                            acc[i] = _mm512_fmadd_ps(mw, ca, acc[i]);
-                        }
-                    }
-                }
-            }
-            for i in 0..R {
-                _mm512_storeu_ps(outp[i].add((rg - first) * ROW_GROUP), acc[i]);
-            }
-            rg += 2;
-        }
-    }
-}
-
-/// Two row groups' words `c` as one 512-bit register (lanes 8–15: the second group).
-#[inline(always)]
-unsafe fn pair_words(w0: *const __m256i, w1: *const __m256i, c: usize) -> __m512i {
-    // SAFETY: the caller guarantees both words are readable.
-    unsafe {
-        _mm512_inserti64x4(
-            _mm512_castsi256_si512(_mm256_loadu_si256(w0.add(c))),
-            _mm256_loadu_si256(w1.add(c)),
-            1,
-        )
-    }
-}
-
-/// The activation word at `p` in every 32-bit lane of a 512-bit register.
-#[inline(always)]
-unsafe fn broadcast_word16(p: *const i8) -> __m512i {
-    // SAFETY: the caller guarantees 4 readable bytes.
-    unsafe { _mm512_set1_epi32((p as *const i32).read_unaligned()) }
-}
-
-/// VNNI Q4 block sums of a pair of row groups, low and high nibbles in separate chains.
-#[inline(always)]
-unsafe fn q4_sums_zmm<const R: usize>(
-    w0: *const __m256i,
-    w1: *const __m256i,
-    aps: [*const i8; R],
-    init: [__m512i; R],
-) -> [__m512i; R] {
-    // SAFETY: pointers come from `gemm_pairs_zmm` (sizes checked).
-    unsafe {
-        let nibbles = _mm512_set1_epi8(0x0f);
-        let mut lo_sum = init;
-        let mut hi_sum = [_mm512_setzero_si512(); R];
-        for c in 0..4 {
-            let v = pair_words(w0, w1, c);
-            let lo = _mm512_and_si512(v, nibbles);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibbles);
-            for i in 0..R {
-                lo_sum[i] = _mm512_dpbusd_epi32(lo_sum[i], lo, broadcast_word16(aps[i].add(4 * c)));
-                hi_sum[i] =
-                    _mm512_dpbusd_epi32(hi_sum[i], hi, broadcast_word16(aps[i].add(16 + 4 * c)));
-            }
-        }
-        std::array::from_fn(|i| _mm512_add_epi32(lo_sum[i], hi_sum[i]))
-    }
-}
-
-/// VNNI Q8 block sums of a pair of row groups, even and odd words in separate chains.
-#[inline(always)]
-unsafe fn q8_sums_zmm<const R: usize>(
-    w0: *const __m256i,
-    w1: *const __m256i,
-    aps: [*const i8; R],
-    init: [__m512i; R],
-) -> [__m512i; R] {
-    // SAFETY: pointers come from `gemm_pairs_zmm` (sizes checked).
-    unsafe {
-        let mut s0 = init;
-        let mut s1 = [_mm512_setzero_si512(); R];
-        for c in (0..8).step_by(2) {
-            let (v0, v1) = (pair_words(w0, w1, c), pair_words(w0, w1, c + 1));
-            for i in 0..R {
-                s0[i] = _mm512_dpbusd_epi32(s0[i], v0, broadcast_word16(aps[i].add(4 * c)));
-                s1[i] = _mm512_dpbusd_epi32(s1[i], v1, broadcast_word16(aps[i].add(4 * c + 4)));
-            }
-        }
-        std::array::from_fn(|i| _mm512_add_epi32(s0[i], s1[i]))
+        std::array::from_fn(|i| W::add(s0[i], s1[i]))
     }
 }
 
@@ -361,12 +380,12 @@ fn gemm_avx2_impl(
             // SAFETY: pointers come from `gemm_groups` (sizes checked).
             unsafe {
                 if q8 {
-                    gemm_groups::<$r>(w, g.clone(), g.start, a, o, width, |p, q, i| {
-                        q8_sums_avx2::<$r>(p, q, i)
+                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, o, width, |p, n, q, i| {
+                        q8_sums_avx2::<$r>(p, n, q, i)
                     })
                 } else {
-                    gemm_groups::<$r>(w, g.clone(), g.start, a, o, width, |p, q, i| {
-                        q4_sums_avx2::<$r>(p, q, i)
+                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, o, width, |p, n, q, i| {
+                        q4_sums_avx2::<$r>(p, n, q, i)
                     })
                 }
             }
@@ -395,21 +414,21 @@ fn gemm_vnni_impl(
             let paired = if $r > 1 { groups.len() / 2 * 2 } else { 0 };
             let pairs = groups.start..groups.start + paired;
             let rest = pairs.end..groups.end;
-            // SAFETY: pointers come from `gemm_groups` / `gemm_pairs_zmm` (sizes checked).
+            // SAFETY: pointers come from `gemm_groups` (sizes checked).
             unsafe {
                 if q8 {
-                    gemm_pairs_zmm::<$r>(w, pairs, first, a, o, width, |p, p1, q, i| {
-                        q8_sums_zmm::<$r>(p, p1, q, i)
+                    gemm_groups::<Zmm, $r>(w, pairs, first, a, o, width, |p, n, q, i| {
+                        q8_sums_vnni::<Zmm, $r>(p, n, q, i)
                     });
-                    gemm_groups::<$r>(w, rest, first, a, o, width, |p, q, i| {
-                        q8_sums_vnni::<$r>(p, q, i)
+                    gemm_groups::<Ymm, $r>(w, rest, first, a, o, width, |p, n, q, i| {
+                        q8_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
                 } else {
-                    gemm_pairs_zmm::<$r>(w, pairs, first, a, o, width, |p, p1, q, i| {
-                        q4_sums_zmm::<$r>(p, p1, q, i)
+                    gemm_groups::<Zmm, $r>(w, pairs, first, a, o, width, |p, n, q, i| {
+                        q4_sums_vnni::<Zmm, $r>(p, n, q, i)
                     });
-                    gemm_groups::<$r>(w, rest, first, a, o, width, |p, q, i| {
-                        q4_sums_vnni::<$r>(p, q, i)
+                    gemm_groups::<Ymm, $r>(w, rest, first, a, o, width, |p, n, q, i| {
+                        q4_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
                 }
             }
