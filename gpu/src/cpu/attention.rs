@@ -87,20 +87,44 @@ pub fn attention(
         }
     }
 
+    let group = shape.n_heads / shape.n_kv_heads;
+    let per_head_tasks: usize = seqs.iter().map(|s| s.len.div_ceil(QUERY_BLOCK)).sum();
+    // A task takes all the query heads of a KV head (each key and value is then read once
+    // for all of them) unless that would leave too few tasks to keep every thread busy.
+    let heads_per_task = if per_head_tasks * shape.n_kv_heads >= 2 * Pool::global().threads() {
+        group
+    } else {
+        1
+    };
+    attend(layer, q, seqs, kv, spec, shape, heads_per_task)
+}
+
+/// The attention proper, with `heads_per_task` query heads (1 or a whole group) per task:
+/// the same arithmetic per row either way.
+fn attend(
+    layer: usize,
+    q: &[f32],
+    seqs: &[SeqSpan<'_>],
+    kv: &HostKv,
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+    heads_per_task: usize,
+) -> Result<Vec<f32>> {
+    let (q_dim, hd) = (shape.q_dim(), shape.head_dim);
+    let rows = q.len() / q_dim.max(1);
     let mut tasks = Vec::new();
     for (i, s) in seqs.iter().enumerate() {
-        for h in 0..shape.n_heads {
+        for h in (0..shape.n_heads).step_by(heads_per_task) {
             for t0 in (0..s.len).step_by(QUERY_BLOCK) {
                 tasks.push(Task {
                     seq: i,
-                    head: h,
+                    heads: h..h + heads_per_task,
                     rows: t0..(t0 + QUERY_BLOCK).min(s.len),
                 });
             }
         }
     }
     let kernel = best_kernel();
-    let kv = &*kv;
     let ctx = Ctx {
         layer,
         q,
@@ -113,8 +137,10 @@ pub fn attention(
     let mut out = vec![0.0f32; rows * q_dim];
     for (task, o) in tasks.iter().zip(&results) {
         let s = &seqs[task.seq];
-        for (t, row) in task.rows.clone().zip(o.chunks_exact(hd)) {
-            out[(s.row_start + t) * q_dim + task.head * hd..][..hd].copy_from_slice(row);
+        let nh = task.heads.len();
+        for (r, row) in o.chunks_exact(hd).enumerate() {
+            let (t, head) = (task.rows.start + r / nh, task.heads.start + r % nh);
+            out[(s.row_start + t) * q_dim + head * hd..][..hd].copy_from_slice(row);
         }
     }
     Ok(out)
@@ -130,10 +156,12 @@ struct Ctx<'a> {
     shape: AttentionShape,
 }
 
-/// Rows `rows` (relative to the span) of query head `head` of span `seq`.
+/// Rows `rows` (relative to the span) of query heads `heads` (all of one KV head) of span
+/// `seq`. Its output rows are position-major: row `r` is position `rows.start + r / nh` of
+/// head `heads.start + r % nh`.
 struct Task {
     seq: usize,
-    head: usize,
+    heads: std::ops::Range<usize>,
     rows: std::ops::Range<usize>,
 }
 
@@ -332,15 +360,15 @@ fn weighted_values<A: Accumulate, const BT: usize, const R: usize, const DC: usi
     }
 }
 
-/// Tiles of a task's `m` rows: fours (four chains per key or value column), then the rest one
-/// at a time (a decode row computes one row, not four); either way the same arithmetic per
-/// row.
+/// Tiles of a task's `m` rows: fours (four chains per key or value column), then the rest as
+/// one tile of one to three rows (a decode row of one head computes one row, not four);
+/// either way the same arithmetic per row.
 fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
     let fours = m / 4 * 4;
     (0..fours)
         .step_by(4)
         .map(|r| (r, 4))
-        .chain((fours..m).map(|r| (r, 1)))
+        .chain((fours < m).then_some((fours, m - fours)))
 }
 
 /// Columns `cols` of `R` consecutive rows of `rows` (each `stride` long) from row `r0`.
@@ -358,18 +386,23 @@ fn rows_mut<const R: usize>(
 fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     let (q_dim, hd) = (c.shape.q_dim(), c.shape.head_dim);
     let group = c.shape.n_heads / c.shape.n_kv_heads;
-    let kv_head = t.head / group;
+    let kv_head = t.heads.start / group;
     let s = &c.seqs[t.seq];
     let scale = 1.0 / (hd as f32).sqrt();
-    let m = t.rows.len();
-    // Row r (span row t.rows.start + r) sees positions 0..seen(r).
-    let seen = |r: usize| s.pos_start + t.rows.start + r + 1;
+    let nh = t.heads.len();
+    let m = t.rows.len() * nh;
+    // Row r (span row t.rows.start + r / nh) sees positions 0..seen(r).
+    let seen = |r: usize| s.pos_start + t.rows.start + r / nh + 1;
     let blocks = seen(m - 1).div_ceil(BT);
     let stride = blocks * BT;
     let queries: Vec<&[f32]> = t
         .rows
         .clone()
-        .map(|row| &c.q[(s.row_start + row) * q_dim + t.head * hd..][..hd])
+        .flat_map(|row| {
+            t.heads
+                .clone()
+                .map(move |h| &c.q[(s.row_start + row) * q_dim + h * hd..][..hd])
+        })
         .collect();
     let at: Vec<usize> = (0..blocks)
         .map(|b| head_offset(c.spec, c.layer, s.blocks[b], kv_head))
@@ -415,6 +448,12 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
                 (4, 4) => scores!(4, 4),
                 (4, 2) => scores!(4, 2),
                 (4, _) => scores!(4, 1),
+                (3, 4) => scores!(3, 4),
+                (3, 2) => scores!(3, 2),
+                (3, _) => scores!(3, 1),
+                (2, 4) => scores!(2, 4),
+                (2, 2) => scores!(2, 2),
+                (2, _) => scores!(2, 1),
                 (_, 4) => scores!(1, 4),
                 (_, 2) => scores!(1, 2),
                 _ => scores!(1, 1),
@@ -473,10 +512,11 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
                 columns!($r, 1);
             }};
         }
-        if n == 4 {
-            all_columns!(4)
-        } else {
-            all_columns!(1)
+        match n {
+            4 => all_columns!(4),
+            3 => all_columns!(3),
+            2 => all_columns!(2),
+            _ => all_columns!(1),
         }
     }
     out

@@ -171,6 +171,34 @@ fn a_rows_output_does_not_depend_on_chunking_or_batch() {
 }
 
 #[test]
+fn a_task_per_head_and_a_task_per_kv_head_give_the_same_bits() {
+    // Group sizes 3 and 2: decode tiles of three and two rows, prefill tiles of four.
+    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
+        let (hs, mut kv, spec) = setup(&[70, 13, 40], bt, shape);
+        run_step(&hs, &[(1, 0..12), (2, 0..33)], &mut kv, &spec, shape);
+        // Writes the last rows' keys and values; then both splits read the same pool.
+        let steps = [(0, 0..70), (1, 12..13), (2, 33..40)];
+        let by_pool = run_step(&hs, &steps, &mut kv, &spec, shape);
+        let q_dim = shape.q_dim();
+        let (mut q, mut spans) = (vec![], vec![]);
+        for (i, r) in &steps {
+            spans.push(SeqSpan {
+                row_start: q.len() / q_dim,
+                len: r.len(),
+                pos_start: r.start,
+                blocks: &hs[*i].blocks,
+            });
+            q.extend_from_slice(&hs[*i].q[r.start * q_dim..r.end * q_dim]);
+        }
+        let group = shape.n_heads / shape.n_kv_heads;
+        let per_head = attend(1, &q, &spans, &kv, &spec, shape, 1).unwrap();
+        let per_group = attend(1, &q, &spans, &kv, &spec, shape, group).unwrap();
+        assert_eq!(per_head, per_group, "{shape:?}, block tokens {bt}");
+        assert_eq!(per_head, by_pool, "{shape:?}, block tokens {bt}");
+    }
+}
+
+#[test]
 fn copied_blocks_attend_like_the_originals() {
     let (mut hs, mut kv, spec) = setup(&[20], 16, SHAPE);
     run_step(&hs, &[(0, 0..19)], &mut kv, &spec, SHAPE);
