@@ -362,10 +362,24 @@ pub(crate) fn column_blocks(
     per_task: usize,
     block: impl Fn(usize) -> Vec<f32> + Sync,
 ) -> Vec<f32> {
-    /// The output's start; tasks write disjoint columns of it.
+    let mut outs = column_blocks_many(m, &[n], per_task, |_, c| block(c));
+    outs.pop().unwrap_or_default()
+}
+
+/// [`column_blocks`] for several `m × ns[i]` outputs in one parallel region (the products of
+/// one input with Q, K and V, or gate and up): task `(i, c)` returns block `c` of output `i`.
+/// One region instead of one per output: small outputs (K and V of a grouped-query model are
+/// a few blocks) would otherwise leave threads idle at each region's end.
+pub(crate) fn column_blocks_many(
+    m: usize,
+    ns: &[usize],
+    per_task: usize,
+    block: impl Fn(usize, usize) -> Vec<f32> + Sync,
+) -> Vec<Vec<f32>> {
+    /// An output's start; tasks write disjoint columns of it.
     struct Out(*mut f32);
     // SAFETY: every task writes only its own columns (below), so no two threads write one
-    // element, and nothing reads the buffer until all tasks are done.
+    // element, and nothing reads the buffers until all tasks are done.
     unsafe impl Sync for Out {}
     impl Out {
         // A method, so that closures capture the whole (Sync) wrapper, not its pointer field.
@@ -374,25 +388,39 @@ pub(crate) fn column_blocks(
         }
     }
     let per_task = per_task.max(1);
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let base = Out(out.as_mut_ptr());
-    Pool::global().run(n.div_ceil(per_task), &|c| {
+    let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| Vec::with_capacity(m * n)).collect();
+    let bases: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
+    // Task numbers where each output's blocks start.
+    let firsts: Vec<usize> = ns
+        .iter()
+        .scan(0, |next, &n| {
+            let first = *next;
+            *next += n.div_ceil(per_task);
+            Some(first)
+        })
+        .collect();
+    let tasks = ns.iter().map(|&n| n.div_ceil(per_task)).sum();
+    Pool::global().run(tasks, &|t| {
+        let i = firsts.partition_point(|&f| f <= t) - 1;
+        let (c, n) = (t - firsts[i], ns[i]);
         let j0 = c * per_task;
         let width = per_task.min(n - j0);
-        let b = block(c);
+        let b = block(i, c);
         assert_eq!(b.len(), m * width, "a column block of {m} × {width}");
-        for (i, row) in b.chunks_exact(width).enumerate() {
-            // SAFETY: row i, columns j0..j0 + width lie inside the m × n capacity and belong
-            // to this task alone.
+        for (r, row) in b.chunks_exact(width).enumerate() {
+            // SAFETY: row r, columns j0..j0 + width lie inside output i's m × n capacity and
+            // belong to this task alone.
             unsafe {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), base.at(i * n + j0), width);
+                std::ptr::copy_nonoverlapping(row.as_ptr(), bases[i].at(r * n + j0), width);
             }
         }
     });
-    // SAFETY: the tasks wrote every column of every row (a panicking task re-panics in `run`
-    // before this line).
-    unsafe { out.set_len(m * n) };
-    out
+    for (o, &n) in outs.iter_mut().zip(ns) {
+        // SAFETY: the tasks wrote every column of every row (a panicking task re-panics in
+        // `run` before this line).
+        unsafe { o.set_len(m * n) };
+    }
+    outs
 }
 
 #[cfg(test)]

@@ -40,16 +40,20 @@ pub fn host_matmul(x: &[f32], w: &WeightStorage) -> Result<Vec<f32>> {
 /// `x · Wᵢᵀ` for weights sharing the input: activations are quantized once for every integer
 /// weight.
 pub fn host_matmul_many(x: &[f32], ws: &[&WeightStorage]) -> Result<Vec<Vec<f32>>> {
-    let mut acts: Option<QuantizedActs> = None;
-    ws.iter()
+    let packed: Option<Vec<&PackedWeight>> = ws
+        .iter()
         .map(|w| match w {
-            WeightStorage::HostPacked(p) => {
-                let a = acts.get_or_insert_with(|| QuantizedActs::quantize(x, p.cols));
-                Ok(integer_matmul(a, p, best_gemm().1))
-            }
-            _ => host_matmul(x, w),
+            WeightStorage::HostPacked(p) => Some(p),
+            _ => None,
         })
-        .collect()
+        .collect();
+    match packed {
+        Some(ps) if !ps.is_empty() && ps.iter().all(|p| p.cols == ps[0].cols) => {
+            let acts = QuantizedActs::quantize(x, ps[0].cols);
+            Ok(integer_matmul_many(&acts, &ps, best_gemm().1))
+        }
+        _ => ws.iter().map(|w| host_matmul(x, w)).collect(),
+    }
 }
 
 /// `x · Wᵀ` through the f32 kernel, any format widened a chunk of rows at a time (float
@@ -80,27 +84,30 @@ pub fn packed_matmul_with(x: &[f32], w: &PackedWeight, gemm: GemmFn) -> Vec<f32>
 
 /// The integer path over already-quantized activations.
 pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> Vec<f32> {
-    let (n, groups) = (w.rows, w.row_groups());
+    integer_matmul_many(acts, &[w], gemm)
+        .pop()
+        .unwrap_or_default()
+}
+
+/// [`integer_matmul`] for several weights over the same activations; with several rows, all
+/// of their column blocks share one parallel region.
+pub fn integer_matmul_many(
+    acts: &QuantizedActs,
+    ws: &[&PackedWeight],
+    gemm: GemmFn,
+) -> Vec<Vec<f32>> {
     let m = acts.rows();
     if m == 1 {
-        // Decode of one sequence: threads write their runs of output rows directly.
-        let pool = Pool::global();
-        let per_task = groups.div_ceil(TASKS_PER_THREAD * pool.threads()).max(2);
-        let mut out = vec![0.0f32; groups * ROW_GROUP];
-        let a = acts.row(0);
-        pool.for_each_chunk_mut(&mut out, per_task * ROW_GROUP, |c, chunk| {
-            let g0 = c * per_task;
-            gemm(w, g0..g0 + chunk.len() / ROW_GROUP, &[a], chunk);
-        });
-        out.truncate(n);
-        return out;
+        return ws.iter().map(|w| single_row(acts, w, gemm)).collect();
     }
     // Several rows (a batch of decoding sequences): each task runs all of them over its row
     // groups, the kernel reusing each weight load for up to four rows.
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
-    matmul::column_blocks(m, n, per_task, |c| {
-        let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(groups);
+    let ns: Vec<usize> = ws.iter().map(|w| w.rows).collect();
+    matmul::column_blocks_many(m, &ns, per_task, |i, c| {
+        let (w, n) = (ws[i], ns[i]);
+        let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(w.row_groups());
         let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
         let padded = g.len() * ROW_GROUP;
         let mut scratch = vec![0.0f32; m * padded];
@@ -114,6 +121,21 @@ pub fn integer_matmul(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> V
             .copied()
             .collect()
     })
+}
+
+/// Decode of one sequence: threads write their runs of output rows directly.
+fn single_row(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> Vec<f32> {
+    let (n, groups) = (w.rows, w.row_groups());
+    let pool = Pool::global();
+    let per_task = groups.div_ceil(TASKS_PER_THREAD * pool.threads()).max(2);
+    let mut out = vec![0.0f32; groups * ROW_GROUP];
+    let a = acts.row(0);
+    pool.for_each_chunk_mut(&mut out, per_task * ROW_GROUP, |c, chunk| {
+        let g0 = c * per_task;
+        gemm(w, g0..g0 + chunk.len() / ROW_GROUP, &[a], chunk);
+    });
+    out.truncate(n);
+    out
 }
 
 #[cfg(test)]
@@ -265,31 +287,36 @@ mod tests {
     fn shared_input_products_equal_separate_ones() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
         let k = 256;
-        let ws: Vec<WeightStorage> = [
+        // Integer weights only (one parallel region for all of them; widths not multiples
+        // of a task's columns, one smaller than a row group), and with a float one.
+        let integer = [
+            (QuantFormat::Q8, 200),
+            (QuantFormat::Q4(GroupSize::G64), 24),
+            (QuantFormat::Q4M(GroupSize::G32), 5),
+            (QuantFormat::Q8, 64),
+        ];
+        let mixed = [
             (QuantFormat::Q8, 40),
             (QuantFormat::Q4(GroupSize::G64), 24),
             (QuantFormat::F16, 8),
-        ]
-        .iter()
-        .map(|&(f, n)| {
-            crate::cpu::host_storage(
-                quantize(
-                    &random(&mut rng, n * k),
-                    n,
-                    k,
-                    f,
-                    &QuantizeOptions::default(),
-                )
-                .unwrap(),
-            )
-        })
-        .collect();
-        let refs: Vec<&WeightStorage> = ws.iter().collect();
-        for m in [1, 3, 17] {
-            let x = random(&mut rng, m * k);
-            let many = host_matmul_many(&x, &refs).unwrap();
-            for (w, got) in ws.iter().zip(&many) {
-                assert_eq!(got, &host_matmul(&x, w).unwrap(), "m={m}");
+        ];
+        for formats in [&integer[..], &mixed[..]] {
+            let ws: Vec<WeightStorage> = formats
+                .iter()
+                .map(|&(f, n)| {
+                    let w = random(&mut rng, n * k);
+                    let q = quantize(&w, n, k, f, &QuantizeOptions::default()).unwrap();
+                    crate::cpu::host_storage(q)
+                })
+                .collect();
+            let refs: Vec<&WeightStorage> = ws.iter().collect();
+            for m in [1, 3, 17] {
+                let x = random(&mut rng, m * k);
+                let many = host_matmul_many(&x, &refs).unwrap();
+                assert_eq!(many.len(), ws.len());
+                for (w, got) in ws.iter().zip(&many) {
+                    assert_eq!(got, &host_matmul(&x, w).unwrap(), "m={m} {formats:?}");
+                }
             }
         }
     }
