@@ -345,36 +345,43 @@ fn run_rows<'w>(
     rows: &(dyn Fn(usize, usize) -> Cow<'w, [f32]> + Sync),
 ) -> Vec<f32> {
     let m = x.len().checked_div(k).unwrap_or(0);
-    column_blocks(m, n, ROWS_PER_TASK, |c| {
+    column_blocks(m, n, ROWS_PER_TASK, |c, out| {
         let (j0, j1) = (c * ROWS_PER_TASK, ((c + 1) * ROWS_PER_TASK).min(n));
-        let mut out = vec![0.0f32; m * (j1 - j0)];
-        kernel(x, m, k, &rows(j0, j1), j1 - j0, &mut out);
-        out
+        out.resize(m * (j1 - j0), 0.0);
+        kernel(x, m, k, &rows(j0, j1), j1 - j0, out);
+        j1 - j0
     })
 }
 
-/// Runs one task per block of `per_task` columns, task `c` returning columns
-/// `c·per_task..` of every row (row-major, `m × width`), and copies each block into place
-/// from its own task: the `m × n` output is never zeroed and never gathered on one thread.
+thread_local! {
+    /// Each thread's block buffer for [`column_blocks_many`] (taken out while a task runs).
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs one task per block of `per_task` columns, task `c` writing columns `c·per_task..` of
+/// every row into a scratch buffer (row-major, `m × stride` for the `stride ≥ width` it
+/// returns; the buffer is the thread's own, reused, so tasks allocate nothing), and copies
+/// each block into place from its own task: the `m × n` output is never zeroed and never
+/// gathered on one thread.
 pub(crate) fn column_blocks(
     m: usize,
     n: usize,
     per_task: usize,
-    block: impl Fn(usize) -> Vec<f32> + Sync,
+    block: impl Fn(usize, &mut Vec<f32>) -> usize + Sync,
 ) -> Vec<f32> {
-    let mut outs = column_blocks_many(m, &[n], per_task, |_, c| block(c));
+    let mut outs = column_blocks_many(m, &[n], per_task, |_, c, out| block(c, out));
     outs.pop().unwrap_or_default()
 }
 
 /// [`column_blocks`] for several `m × ns[i]` outputs in one parallel region (the products of
-/// one input with Q, K and V, or gate and up): task `(i, c)` returns block `c` of output `i`.
+/// one input with Q, K and V, or gate and up): task `(i, c)` writes block `c` of output `i`.
 /// One region instead of one per output: small outputs (K and V of a grouped-query model are
 /// a few blocks) would otherwise leave threads idle at each region's end.
 pub(crate) fn column_blocks_many(
     m: usize,
     ns: &[usize],
     per_task: usize,
-    block: impl Fn(usize, usize) -> Vec<f32> + Sync,
+    block: impl Fn(usize, usize, &mut Vec<f32>) -> usize + Sync,
 ) -> Vec<Vec<f32>> {
     /// An output's start; tasks write disjoint columns of it.
     struct Out(*mut f32);
@@ -405,15 +412,23 @@ pub(crate) fn column_blocks_many(
         let (c, n) = (t - firsts[i], ns[i]);
         let j0 = c * per_task;
         let width = per_task.min(n - j0);
-        let b = block(i, c);
-        assert_eq!(b.len(), m * width, "a column block of {m} × {width}");
-        for (r, row) in b.chunks_exact(width).enumerate() {
-            // SAFETY: row r, columns j0..j0 + width lie inside output i's m × n capacity and
-            // belong to this task alone.
-            unsafe {
-                std::ptr::copy_nonoverlapping(row.as_ptr(), bases[i].at(r * n + j0), width);
+        SCRATCH.with(|scratch| {
+            let mut b = scratch.take();
+            b.clear();
+            let stride = block(i, c, &mut b);
+            assert!(
+                stride >= width && b.len() == m * stride,
+                "a column block of {m} × {width} in rows of {stride}"
+            );
+            for (r, row) in b.chunks_exact(stride).enumerate() {
+                // SAFETY: row r, columns j0..j0 + width lie inside output i's m × n capacity
+                // and belong to this task alone.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), bases[i].at(r * n + j0), width);
+                }
             }
-        }
+            scratch.replace(b);
+        });
     });
     for (o, &n) in outs.iter_mut().zip(ns) {
         // SAFETY: the tasks wrote every column of every row (a panicking task re-panics in

@@ -42,19 +42,41 @@ pub fn host_storage(w: QTensor) -> WeightStorage {
     }
 }
 
-/// Rotates one row's heads in place.
-fn rope_row(row: &mut [f32], pos: u32, rope: &Rope) {
+/// Each row's (sin, cos) per rotated pair, computed in float64 (`pos · inv_freq`).
+fn rope_table(positions: &[u32], rope: &Rope) -> Vec<(f32, f32)> {
+    let mut table = Vec::with_capacity(positions.len() * rope.inv_freq.len());
+    for &pos in positions {
+        table.extend(rope.inv_freq.iter().map(|&f| {
+            let (s, c) = (f64::from(pos) * f64::from(f)).sin_cos();
+            (s as f32, c as f32)
+        }));
+    }
+    table
+}
+
+/// Runs `f` with the table for `positions`, made once per step: every layer's queries and keys
+/// share the step's positions, so only the first of those 2 × layers calls computes it.
+fn with_rope_table<R>(positions: &[u32], rope: &Rope, f: impl FnOnce(&[(f32, f32)]) -> R) -> R {
+    type Cached = Option<(Vec<u32>, Vec<u32>, Vec<(f32, f32)>)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+    }
+    let freq_bits: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        let hit = matches!(&*last, Some((p, fb, _)) if p == positions && *fb == freq_bits);
+        if !hit {
+            *last = Some((positions.to_vec(), freq_bits, rope_table(positions, rope)));
+        }
+        let (_, _, table) = last.as_ref().expect("just filled");
+        f(table)
+    })
+}
+
+/// Rotates one row's heads in place by its (sin, cos) per pair.
+fn rope_row(row: &mut [f32], sincos: &[(f32, f32)], rope: &Rope) {
     let hd = rope.head_dim;
     let half = hd / 2;
-    let pos = f64::from(pos);
-    let sincos: Vec<(f32, f32)> = rope
-        .inv_freq
-        .iter()
-        .map(|&f| {
-            let (s, c) = (pos * f64::from(f)).sin_cos();
-            (s as f32, c as f32)
-        })
-        .collect();
     for head in row.chunks_exact_mut(hd) {
         for (i, &(sin, cos)) in sincos.iter().enumerate().take(half) {
             let (a, b) = match rope.style {
@@ -100,7 +122,13 @@ impl Backend for CpuBackend {
         if x.cols() == 0 {
             return Ok(vec![0; x.rows()]);
         }
-        Ok(x.host()?.chunks(x.cols()).map(crate::argmax).collect())
+        let (rows, cols) = (x.rows(), x.cols());
+        let data = x.host()?;
+        if rows < 2 || data.len() < PARALLEL_MIN_VALUES {
+            return Ok(data.chunks(cols).map(crate::argmax).collect());
+        }
+        // A batch of logits rows (16 × 49,152 values) is worth both cores.
+        Ok(Pool::global().map(rows, |r| crate::argmax(&data[r * cols..(r + 1) * cols])))
     }
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
@@ -124,7 +152,7 @@ impl Backend for CpuBackend {
         checks::norm_weight(x, weight)?;
         let w = weight.host()?;
         let mut out = x.host()?.to_vec();
-        for row in out.chunks_exact_mut(cols.max(1)) {
+        let norm_row = |row: &mut [f32]| {
             let mean_sq = row
                 .iter()
                 .map(|&v| f64::from(v) * f64::from(v))
@@ -134,6 +162,16 @@ impl Backend for CpuBackend {
             for (v, g) in row.iter_mut().zip(w) {
                 *v = *v * inv * g;
             }
+        };
+        // The float64 sum is one dependent chain per row (≈ 1 ns a value), so rows go to the
+        // pool from a few thousand values on: a batch of 8+ decode rows already gains.
+        if out.len() < PARALLEL_MIN_VALUES / 4 || x.rows() < 2 {
+            out.chunks_exact_mut(cols.max(1)).for_each(norm_row);
+        } else {
+            let rows_per_task = x.rows().div_ceil(2 * Pool::global().threads()).max(1);
+            Pool::global().for_each_chunk_mut(&mut out, rows_per_task * cols, |_, part| {
+                part.chunks_exact_mut(cols).for_each(norm_row);
+            });
         }
         Tensor::from_host(x.rows(), cols, out)
     }
@@ -203,14 +241,19 @@ impl Backend for CpuBackend {
         let cols = x.cols();
         checks::rope(x, positions, rope)?;
         let mut out = x.host()?.to_vec();
-        if out.len() < PARALLEL_MIN_VALUES {
-            out.chunks_mut(cols)
-                .zip(positions)
-                .for_each(|(row, &p)| rope_row(row, p, rope));
-        } else {
-            Pool::global()
-                .for_each_chunk_mut(&mut out, cols, |r, row| rope_row(row, positions[r], rope));
-        }
+        let pairs = rope.inv_freq.len();
+        with_rope_table(positions, rope, |table| {
+            let sincos = |r: usize| &table[r * pairs..(r + 1) * pairs];
+            if out.len() < PARALLEL_MIN_VALUES {
+                for (r, row) in out.chunks_mut(cols).enumerate() {
+                    rope_row(row, sincos(r), rope);
+                }
+            } else {
+                Pool::global().for_each_chunk_mut(&mut out, cols, |r, row| {
+                    rope_row(row, sincos(r), rope);
+                });
+            }
+        });
         Tensor::from_host(x.rows(), cols, out)
     }
 

@@ -105,21 +105,14 @@ pub fn integer_matmul_many(
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
     let ns: Vec<usize> = ws.iter().map(|w| w.rows).collect();
-    matmul::column_blocks_many(m, &ns, per_task, |i, c| {
-        let (w, n) = (ws[i], ns[i]);
+    matmul::column_blocks_many(m, &ns, per_task, |i, c, scratch| {
+        let w = ws[i];
         let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(w.row_groups());
-        let width = (g.end * ROW_GROUP).min(n) - g.start * ROW_GROUP;
+        // Rows of whole row groups: the padding rows past `n` are computed and not copied.
         let padded = g.len() * ROW_GROUP;
-        let mut scratch = vec![0.0f32; m * padded];
-        gemm(w, g, &rows, &mut scratch);
-        if padded == width {
-            return scratch;
-        }
-        scratch
-            .chunks_exact(padded)
-            .flat_map(|row| &row[..width])
-            .copied()
-            .collect()
+        scratch.resize(m * padded, 0.0);
+        gemm(w, g, &rows, scratch);
+        padded
     })
 }
 
