@@ -269,6 +269,9 @@ pub fn gemm_scalar(
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
 /// The shape checks the SIMD kernels rely on (once per call, not per block).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn check(w: &PackedWeight, groups: &std::ops::Range<usize>, acts: &[ActRow<'_>], out: &[f32]) {
@@ -292,6 +295,9 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
     let mut v: Vec<(&'static str, GemmFn)> = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
+        if amx::has_amx() {
+            v.push(("amx", amx::gemm_amx));
+        }
         if x86::has_vnni() {
             v.push(("avx512vnni", x86::gemm_vnni));
         }
@@ -303,7 +309,7 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
     v
 }
 
-/// The best variant for this CPU (decided once). `LOWBIT_CPU_KERNEL=avx2|avx512vnni|scalar`
+/// The best variant for this CPU (decided once). `LOWBIT_CPU_KERNEL=amx|avx512vnni|avx2|scalar`
 /// pins one (benchmarks compare them).
 pub fn best_gemm() -> (&'static str, GemmFn) {
     static BEST: std::sync::OnceLock<(&'static str, GemmFn)> = std::sync::OnceLock::new();

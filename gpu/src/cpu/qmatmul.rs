@@ -178,6 +178,9 @@ mod tests {
             (20, 128, 33),
             (1, 256, 64),
             (9, 128, 24),
+            // Enough rows for AMX tiles (where there are): whole tiles, a padded last one.
+            (64, 128, 70),
+            (59, 256, 33),
         ] {
             let x = random(&mut rng, m * k);
             let wv = random(&mut rng, n * k);
