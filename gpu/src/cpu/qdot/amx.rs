@@ -2,14 +2,14 @@
 //! rows: prefill chunks and batches of decoding sequences, on Xeons from Sapphire Rapids on.
 //!
 //! One `tdpbssd` multiplies 16 activation rows' 32-value block (the A tile, read in place from
-//! the quantized activations) by 16 weight rows' block (the B tile: Q4 codes 0–15, or Q8
-//! values back to signed), 8,192 multiply-adds into 16 × 16 exact int32 sums, one activation
-//! row per tile row and one weight row per lane. Those are the integers the VNNI kernel sums
-//! (for Q8, `Σ q_w·q_a` equals its `−128·Σ q_a + Σ u_w·q_a`), and the float epilogue runs
-//! its operations in its order for every output: `acc + float(Σ + init)·(d_w·d_a)`, then
-//! `+ m_w·c_a` for Q4M, block after block. So a row's result has the same bits here as in the
-//! VNNI kernel that takes fewer rows (tested): a request's tokens still do not depend on its
-//! batch.
+//! the quantized activations) by 16 weight rows' block (the B tile: the weights' signed
+//! values, Q4 codes − 8, Q4M codes, Q8 bytes back from offset-binary), 8,192 multiply-adds
+//! into 16 × 16 exact int32 sums, one activation row per tile row and one weight row per lane.
+//! Those are the integers the VNNI kernel sums with its correction (`Σ (q_w − 8)·q_a =
+//! −8·Σ q_a + Σ q_w·q_a`, likewise for Q8's 128), and the float epilogue runs its operations
+//! in its order for every output: `acc + float(Σ)·(d_w·d_a)`, then `+ m_w·c_a` for Q4M, block
+//! after block. So a row's result has the same bits here as in the VNNI kernel that takes
+//! fewer rows (tested): a request's tokens still do not depend on its batch.
 //!
 //! The B operand wants, per tile row, four consecutive values of each of 16 weight rows: the
 //! interleaved layout ([`super::super::packed`]) already stores a row group's words that way,
@@ -118,13 +118,14 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Products of fewer rows than this stay on the VNNI kernel (the same bits): every weight
-/// is unpacked once per call, which only pays when two or more tiles of rows share it
-/// (one-GEMM probe on Sapphire Rapids, K = 576, N = 1536, VNNI → AMX: 16 rows 0.077 → 0.085
-/// ms, 32 rows 0.157 → 0.132, 64 rows 0.28 → 0.23, 512 rows 2.0 → 1.36).
-const MIN_ROWS: usize = 32;
+/// Products of fewer rows than this stay on the VNNI kernel (the same bits): a tile has 16
+/// rows, and every weight is unpacked once per call, so smaller products would waste both
+/// (one-GEMM probe on Sapphire Rapids, Q4 g32, K = 576, N = 1536, VNNI → AMX: 16 rows 0.084 →
+/// 0.076 ms, 32 rows 0.16 → 0.117, 64 rows 0.286 → 0.198, 512 rows 2.25 → 1.25).
+const MIN_ROWS: usize = 16;
 
-/// The AMX variant: calls with fewer than [`MIN_ROWS`] rows (decode) go to the VNNI kernel.
+/// The AMX variant: calls with fewer than [`MIN_ROWS`] rows (decoding fewer sequences) go to
+/// the VNNI kernel.
 pub fn gemm_amx(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
@@ -210,11 +211,6 @@ unsafe fn gemm_amx_impl(
     let width = groups.len() * ROW_GROUP;
     let pairs = groups.len().div_ceil(2);
     let has_mins = !w.mins.is_empty();
-    // Q8 weights go back to signed values, so their correction is 0 (module doc).
-    let factor = match w.format {
-        QuantFormat::Q8 => 0,
-        f => integer_correction(f),
-    };
     unpack_weights(w, groups.clone(), s);
     // SAFETY: the configuration is valid for palette 1, which every AMX CPU has.
     unsafe { asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly)) };
@@ -257,9 +253,9 @@ unsafe fn gemm_amx_impl(
                         let dw = _mm512_loadu_ps(s.dw.as_ptr().add(g));
                         if has_mins {
                             let mw = _mm512_loadu_ps(s.mw.as_ptr().add(g));
-                            epilogue_rows::<true>($acc, $sums, &rows, $b, factor, dw, mw);
+                            epilogue_rows::<true>($acc, $sums, &rows, $b, dw, mw);
                         } else {
-                            epilogue_rows::<false>($acc, $sums, &rows, $b, factor, dw, dw);
+                            epilogue_rows::<false>($acc, $sums, &rows, $b, dw, dw);
                         }
                     }};
                 }
@@ -315,7 +311,6 @@ unsafe fn epilogue_rows<const MINS: bool>(
     sums: &[i32; TILE * TILE],
     rows: &[&ActRow<'_>; TILE],
     b: usize,
-    factor: i32,
     dw: __m512,
     mw: __m512,
 ) {
@@ -324,10 +319,8 @@ unsafe fn epilogue_rows<const MINS: bool>(
             let a = rows[$n];
             // SAFETY: `b` is a block of every row (checked shapes); sums has 16 rows.
             unsafe {
-                let sum = _mm512_add_epi32(
-                    _mm512_loadu_si512(sums.as_ptr().add($n * TILE).cast()),
-                    _mm512_set1_epi32(factor * *a.qsum.get_unchecked(b)),
-                );
+                // The weights' offset is already in the B tile: no correction to add.
+                let sum = _mm512_loadu_si512(sums.as_ptr().add($n * TILE).cast());
                 let scale = _mm512_mul_ps(dw, _mm512_set1_ps(*a.d.get_unchecked(b)));
                 acc[$n] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[$n]);
                 if MINS {
@@ -383,6 +376,12 @@ fn unpack_weights(w: &PackedWeight, groups: std::ops::Range<usize>, s: &mut Scra
     s.mw.clear();
     s.mw.resize(pairs * ngroups * TILE, 0.0);
     let q8 = w.format == QuantFormat::Q8;
+    // Q4 codes are stored + 8 (its values are d·(q − 8)); Q4M's are the values' own.
+    let q4_offset = if matches!(w.format, QuantFormat::Q4(_)) {
+        8
+    } else {
+        0
+    };
     for (i, rg) in groups.enumerate() {
         let (p, half) = (i / 2, i % 2);
         let words = &w.words[rg * ROW_GROUP * wpr..(rg + 1) * ROW_GROUP * wpr];
@@ -394,6 +393,7 @@ fn unpack_weights(w: &PackedWeight, groups: std::ops::Range<usize>, s: &mut Scra
             // AVX2 is there (the kernel needs AVX-512).
             unsafe {
                 let (from, to) = (src.as_ptr().cast::<__m256i>(), tile.as_mut_ptr());
+                let offset = _mm256_set1_epi8(q4_offset);
                 let row = |r: usize| to.add(r * 64 + half * 32).cast::<__m256i>();
                 for c in 0..wpb {
                     let v = _mm256_loadu_si256(from.add(c));
@@ -402,9 +402,10 @@ fn unpack_weights(w: &PackedWeight, groups: std::ops::Range<usize>, s: &mut Scra
                         _mm256_storeu_si256(row(c), signed);
                     } else {
                         let mask = _mm256_set1_epi8(0x0f);
-                        _mm256_storeu_si256(row(c), _mm256_and_si256(v, mask));
+                        let lo = _mm256_and_si256(v, mask);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                        _mm256_storeu_si256(row(4 + c), hi);
+                        _mm256_storeu_si256(row(c), _mm256_sub_epi8(lo, offset));
+                        _mm256_storeu_si256(row(4 + c), _mm256_sub_epi8(hi, offset));
                     }
                 }
             }
