@@ -232,7 +232,11 @@ pub fn backend_for(device: Device) -> Result<Arc<dyn Backend>> {
     };
     match device {
         Device::Cpu => {
-            tracing::info!(target: "lowbit::device", "running on the CPU (--device cpu)");
+            tracing::info!(
+                target: "lowbit::device",
+                kernel = lowbit_gpu::cpu::qdot::best_gemm().0,
+                "running on the CPU (--device cpu)"
+            );
             Ok(Arc::new(CpuBackend::new()))
         }
         Device::Gpu => gpu(AdapterChoice::Any).context("--device gpu"),
@@ -242,7 +246,11 @@ pub fn backend_for(device: Device) -> Result<Arc<dyn Backend>> {
         Device::Auto => match gpu(AdapterChoice::Hardware) {
             Ok(be) => Ok(be),
             Err(e) => {
-                tracing::info!(target: "lowbit::device", "running on the CPU: {e:#}");
+                tracing::info!(
+                    target: "lowbit::device",
+                    kernel = lowbit_gpu::cpu::qdot::best_gemm().0,
+                    "running on the CPU: {e:#}"
+                );
                 Ok(Arc::new(CpuBackend::new()))
             }
         },
