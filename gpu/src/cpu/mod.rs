@@ -61,11 +61,18 @@ fn with_rope_table<R>(positions: &[u32], rope: &Rope, f: impl FnOnce(&[(f32, f32
     thread_local! {
         static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
     }
-    let freq_bits: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+    let same_freqs = |bits: &[u32]| {
+        bits.len() == rope.inv_freq.len()
+            && bits
+                .iter()
+                .zip(&rope.inv_freq)
+                .all(|(b, f)| *b == f.to_bits())
+    };
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        let hit = matches!(&*last, Some((p, fb, _)) if p == positions && *fb == freq_bits);
+        let hit = matches!(&*last, Some((p, fb, _)) if p == positions && same_freqs(fb));
         if !hit {
+            let freq_bits = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
             *last = Some((positions.to_vec(), freq_bits, rope_table(positions, rope)));
         }
         let (_, _, table) = last.as_ref().expect("just filled");
