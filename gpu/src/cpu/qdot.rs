@@ -54,18 +54,16 @@ impl QuantizedActs {
             quantize_blocks(x, &mut acts.q, &mut acts.d, &mut acts.c, &mut acts.qsum);
             return acts;
         }
-        // Disjoint parts of the four arrays, one per task (uncontended locks: one per task).
-        let parts: Vec<_> = acts
+        // Disjoint parts of the four arrays, one per task.
+        let mut parts: Vec<_> = acts
             .q
             .chunks_mut(BLOCKS_PER_TASK * QBLOCK)
             .zip(acts.d.chunks_mut(BLOCKS_PER_TASK))
             .zip(acts.c.chunks_mut(BLOCKS_PER_TASK))
             .zip(acts.qsum.chunks_mut(BLOCKS_PER_TASK))
-            .map(|(((q, d), c), qsum)| std::sync::Mutex::new((q, d, c, qsum)))
             .collect();
-        Pool::global().run(parts.len(), &|t| {
-            let mut part = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            let (q, d, c, qsum) = &mut *part;
+        Pool::global().for_each_chunk_mut(&mut parts, 1, |t, part| {
+            let (((q, d), c), qsum) = &mut part[0];
             let xs = &x[t * BLOCKS_PER_TASK * QBLOCK..][..q.len()];
             quantize_blocks(xs, q, d, c, qsum);
         });

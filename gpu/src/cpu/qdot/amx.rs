@@ -245,8 +245,8 @@ unsafe fn gemm_amx_impl(
             // with 16 of them readable, and the features are enabled for this function.
             unsafe {
                 let mut acc = [_mm512_setzero_ps(); TILE];
-                // A macro, not a closure: closures do not take this function's target
-                // features, and the accumulators would go through memory.
+                // A macro, not a closure: the closure was not inlined, so the accumulators
+                // went through memory at every block.
                 macro_rules! epilogue {
                     ($acc:expr, $sums:expr, $b:expr) => {{
                         let g = (p * ngroups + $b / pg) * TILE;
