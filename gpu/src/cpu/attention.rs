@@ -110,6 +110,22 @@ fn attend(
     shape: AttentionShape,
     heads_per_task: usize,
 ) -> Result<Vec<f32>> {
+    let kernel = best_kernel();
+    attend_with(kernel, layer, q, seqs, kv, spec, shape, heads_per_task)
+}
+
+/// [`attend`] with a chosen kernel (tests compare them).
+#[allow(clippy::too_many_arguments)]
+fn attend_with(
+    kernel: KernelFn,
+    layer: usize,
+    q: &[f32],
+    seqs: &[SeqSpan<'_>],
+    kv: &HostKv,
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+    heads_per_task: usize,
+) -> Result<Vec<f32>> {
     let (q_dim, hd) = (shape.q_dim(), shape.head_dim);
     let rows = q.len() / q_dim.max(1);
     let mut tasks = Vec::new();
@@ -124,7 +140,6 @@ fn attend(
             }
         }
     }
-    let kernel = best_kernel();
     let ctx = Ctx {
         layer,
         q,
@@ -167,6 +182,23 @@ struct Task {
 
 type KernelFn = fn(&Ctx<'_>, &Task) -> Vec<f32>;
 
+/// The kernels this CPU can run with fused multiply-adds (the same bits from each: tested).
+#[cfg(test)]
+fn fused_kernels() -> Vec<(&'static str, KernelFn)> {
+    let mut v: Vec<(&'static str, KernelFn)> =
+        vec![("portable", |c, t| task::<Fused, PORTABLE>(c, t))];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            v.push(("avx2", x86::task_avx2));
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+            v.push(("avx512", x86::task_avx512));
+        }
+    }
+    v
+}
+
 fn best_kernel() -> KernelFn {
     static BEST: std::sync::OnceLock<KernelFn> = std::sync::OnceLock::new();
     *BEST.get_or_init(|| {
@@ -180,121 +212,34 @@ fn best_kernel() -> KernelFn {
             }
         }
         #[cfg(target_arch = "aarch64")]
-        return |c, t| task::<Fused, NARROW>(c, t);
+        return |c, t| task::<Fused, PORTABLE>(c, t);
         #[allow(unreachable_code)]
-        |c, t| task::<Plain, NARROW>(c, t)
+        |c, t| task::<Plain, PORTABLE>(c, t)
     })
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::*;
-    use std::arch::x86_64::*;
+mod x86;
 
-    #[target_feature(enable = "avx512f,fma")]
-    fn task_avx512_impl(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-        task::<Fused, WIDE>(c, t)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn task_avx2_impl(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-        task::<Fused, NARROW>(c, t)
-    }
-
-    /// [`block_scores`] for 16-token blocks, one block per 512-bit register: the same fused
-    /// multiply-adds per score in the same order, written out because the compiler keeps the
-    /// portable version's accumulators in memory.
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn block_scores_zmm<const R: usize, const KB: usize>(
-        q: [&[f32]; R],
-        kt: [&[f32]; KB],
-        out: [[&mut [f32]; KB]; R],
-    ) {
-        let hd = q[0].len();
-        assert!(q.iter().all(|q| q.len() == hd) && kt.iter().all(|k| k.len() >= hd * 16));
-        assert!(out.iter().flatten().all(|o| o.len() >= 16));
-        // SAFETY: the lengths were just checked.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); KB]; R];
-            for d in 0..hd {
-                let kd: [__m512; KB] =
-                    std::array::from_fn(|k| _mm512_loadu_ps(kt[k].as_ptr().add(d * 16)));
-                for j in 0..R {
-                    let qd = _mm512_set1_ps(*q[j].get_unchecked(d));
-                    for k in 0..KB {
-                        acc[j][k] = _mm512_fmadd_ps(qd, kd[k], acc[j][k]);
-                    }
-                }
-            }
-            for (outs, acc) in out.into_iter().zip(acc) {
-                for (o, a) in outs.into_iter().zip(acc) {
-                    _mm512_storeu_ps(o.as_mut_ptr(), a);
-                }
-            }
-        }
-    }
-
-    /// [`weighted_values`] for 16-token blocks and 64 columns, `4·R` registers.
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) fn weighted_values_zmm<const R: usize>(
-        p: [&[f32]; R],
-        blocks: &[&[f32]],
-        (hd, d0): (usize, usize),
-        slots: usize,
-        out: [&mut [f32]; R],
-    ) {
-        assert!(d0 + 64 <= hd && slots <= blocks.len() * 16);
-        assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots));
-        assert!(out.iter().all(|o| o.len() >= d0 + 64));
-        // SAFETY: the lengths were just checked.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); 4]; R];
-            for slot in 0..slots {
-                let v = blocks
-                    .get_unchecked(slot / 16)
-                    .as_ptr()
-                    .add((slot % 16) * hd + d0);
-                let vs: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
-                for j in 0..R {
-                    let pj = _mm512_set1_ps(*p[j].get_unchecked(slot));
-                    for c in 0..4 {
-                        acc[j][c] = _mm512_fmadd_ps(pj, vs[c], acc[j][c]);
-                    }
-                }
-            }
-            for (o, acc) in out.into_iter().zip(acc) {
-                for (c, a) in acc.into_iter().enumerate() {
-                    _mm512_storeu_ps(o.as_mut_ptr().add(d0 + 16 * c), a);
-                }
-            }
-        }
-    }
-
-    pub(super) fn task_avx512(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-        assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-        // SAFETY: the features were just checked.
-        unsafe { task_avx512_impl(c, t) }
-    }
-
-    pub(super) fn task_avx2(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
-        // SAFETY: the features were just checked.
-        unsafe { task_avx2_impl(c, t) }
-    }
-}
-
-/// Register blocking for 32 vector registers (AVX-512): several key blocks per pass of the
-/// scores (four for 16-token blocks, else two), 64 value columns per pass of the weighted sum.
-const WIDE: bool = true;
-/// For 16 registers (AVX2, NEON, portable): one key block, 16 value columns.
-const NARROW: bool = false;
+/// Which loops a task runs. All of them compute every score and output value as the same
+/// chain of multiply-adds in the same order, so a kind changes speed, not bits.
+/// The portable loops, for 16 vector registers (NEON, baseline): one key block, 16 value
+/// columns per pass.
+const PORTABLE: u8 = 0;
+/// AVX2 (16 registers): hand-written loops for 16-token blocks, two key blocks per pass of the
+/// scores and 16–64 value columns per pass of the weighted sum (the portable loops spend a
+/// quarter of their time on bounds checks and wait on four-cycle multiply-add chains).
+const YMM: u8 = 1;
+/// AVX-512 (32 registers): several key blocks per pass of the scores (four for 16-token
+/// blocks, else two), 64 value columns per pass of the weighted sum.
+const ZMM: u8 = 2;
 
 #[inline(always)]
-fn task<A: Accumulate, const W: bool>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
+fn task<A: Accumulate, const V: u8>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     match c.spec.block_tokens {
-        8 => task_bt::<A, 8, W>(c, t),
-        32 => task_bt::<A, 32, W>(c, t),
-        _ => task_bt::<A, 16, W>(c, t),
+        8 => task_bt::<A, 8, V>(c, t),
+        32 => task_bt::<A, 32, V>(c, t),
+        _ => task_bt::<A, 16, V>(c, t),
     }
 }
 
@@ -383,7 +328,7 @@ fn rows_mut<const R: usize>(
 }
 
 #[inline(always)]
-fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
+fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
     let (q_dim, hd) = (c.shape.q_dim(), c.shape.head_dim);
     let group = c.shape.n_heads / c.shape.n_kv_heads;
     let kv_head = t.heads.start / group;
@@ -408,9 +353,10 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
         .map(|b| head_offset(c.spec, c.layer, s.blocks[b], kv_head))
         .collect();
     let keys: Vec<&[f32]> = at.iter().map(|&a| &c.kv.k[a..a + hd * BT]).collect();
-    // The AVX-512 kernels take 16-token blocks; every row of a pool takes the same path.
-    const { assert!(!W || cfg!(target_arch = "x86_64")) };
-    let zmm_blocks = W && BT == 16;
+    // The SIMD kernels take 16-token blocks; every row of a pool takes the same path.
+    const { assert!(V == PORTABLE || cfg!(target_arch = "x86_64")) };
+    let zmm_blocks = V == ZMM && BT == 16;
+    let ymm_blocks = V == YMM && BT == 16;
 
     let mut scores = vec![0.0f32; m * stride];
     let mut b = 0;
@@ -420,24 +366,34 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
         // Key blocks per pass: more independent chains (zmm: four blocks, up to 16 chains).
         let kb = match blocks - b {
             left if left >= 4 && zmm_blocks => 4,
-            left if left >= 2 && W => 2,
+            left if left >= 2 && (V == ZMM || ymm_blocks) => 2,
             _ => 1,
         };
-        let cols = b * BT..(b + kb) * BT;
         for (r0, n) in row_tiles(m).filter(|&(r0, n)| r0 + n > first) {
+            // Scores of `$kb` blocks from block `b + $k0` for `$r` rows.
             macro_rules! scores {
-                ($r:literal, $kb:literal) => {{
+                ($r:literal, $kb:literal) => {
+                    scores!($r, $kb, 0)
+                };
+                ($r:literal, $kb:literal, $k0:literal) => {{
                     let q: [&[f32]; $r] = std::array::from_fn(|j| queries[r0 + j]);
-                    let kt: [&[f32]; $kb] = std::array::from_fn(|k| keys[b + k]);
-                    let out = rows_mut::<$r>(&mut scores, stride, r0, cols.clone()).map(|o| {
+                    let kt: [&[f32]; $kb] = std::array::from_fn(|k| keys[b + $k0 + k]);
+                    let cols = (b + $k0) * BT..(b + $k0 + $kb) * BT;
+                    let out = rows_mut::<$r>(&mut scores, stride, r0, cols).map(|o| {
                         let mut it = o.chunks_exact_mut(BT);
                         std::array::from_fn(|_| it.next().expect("KB blocks"))
                     });
                     if zmm_blocks {
-                        // SAFETY: `W` comes only from the AVX-512 entry point.
+                        // SAFETY: `ZMM` comes only from the AVX-512 entry point.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
                             x86::block_scores_zmm::<$r, $kb>(q, kt, out)
+                        };
+                    } else if ymm_blocks && $r * $kb <= 6 {
+                        // SAFETY: `YMM` comes only from the AVX2 entry point.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            x86::block_scores_ymm::<$r, $kb>(q, kt, out)
                         };
                     } else {
                         block_scores::<A, BT, $r, $kb>(q, kt, out);
@@ -445,6 +401,11 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
                 }};
             }
             match (n, kb) {
+                // Four rows of two blocks would need sixteen accumulators: one block at a time.
+                (4, 2) if ymm_blocks => {
+                    scores!(4, 1, 0);
+                    scores!(4, 1, 1);
+                }
                 (4, 4) => scores!(4, 4),
                 (4, 2) => scores!(4, 2),
                 (4, _) => scores!(4, 1),
@@ -502,10 +463,35 @@ fn task_bt<A: Accumulate, const BT: usize, const W: bool>(c: &Ctx<'_>, t: &Task)
                 }
             };
         }
+        macro_rules! ymm_columns {
+            ($r:literal, $c:literal) => {
+                while hd - d0 >= 8 * $c {
+                    let p: [&[f32]; $r] =
+                        std::array::from_fn(|j| &scores[(r0 + j) * stride..(r0 + j + 1) * stride]);
+                    let o = rows_mut::<$r>(&mut out, hd, r0, 0..hd);
+                    // SAFETY: `YMM` comes only from the AVX2 entry point.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::weighted_values_ymm::<$r, $c>(p, &values, (hd, d0), slots, o)
+                    };
+                    d0 += 8 * $c;
+                }
+            };
+        }
         macro_rules! all_columns {
             ($r:literal) => {{
                 if zmm_blocks {
                     columns!($r, 64);
+                }
+                // Eight to twelve independent chains per pass.
+                if ymm_blocks {
+                    if $r == 1 {
+                        ymm_columns!($r, 8);
+                    }
+                    if $r <= 3 {
+                        ymm_columns!($r, 4);
+                    }
+                    ymm_columns!($r, 2);
                 }
                 columns!($r, 16);
                 columns!($r, 4);

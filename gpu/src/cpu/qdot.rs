@@ -97,7 +97,81 @@ fn quantize_blocks(x: &[f32], q: &mut [i8], d: &mut [f32], c: &mut [f32], qsum: 
         unsafe { quantize_blocks_avx512(x, q, d, c, qsum) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: as above.
+        unsafe { quantize_blocks_avx2(x, q, d, c, qsum) };
+        return;
+    }
     quantize_blocks_portable(x, q, d, c, qsum);
+}
+
+/// [`quantize_blocks_portable`] with one block in four 256-bit registers, for CPUs without
+/// AVX-512 (the portable loop costs 4–6% of a batched step there).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_blocks_avx2(
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    c: &mut [f32],
+    qsum: &mut [i32],
+) {
+    use std::arch::x86_64::*;
+    let blocks = (x.len() / QBLOCK).min(q.len() / QBLOCK).min(d.len());
+    let blocks = blocks.min(c.len()).min(qsum.len());
+    let round = _mm256_set1_ps(ROUND);
+    let magnitude = _mm256_set1_epi32(0x7fff_ffff);
+    let infinity = _mm256_set1_epi32(INFINITY_BITS as i32);
+    // `packs` interleaves 128-bit lanes; this puts the 32 codes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    /// The eight lanes of `v` folded by `op` (a macro: closures would not be inlined).
+    macro_rules! horizontal {
+        ($v:expr, $op:ident) => {{
+            let v = $v;
+            let v = $op(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let v = $op(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+            _mm_cvtsi128_si32($op(v, _mm_shuffle_epi32::<0b10_11_00_01>(v)))
+        }};
+    }
+    for b in 0..blocks {
+        // SAFETY: block b's 32 values lie inside x and q (`blocks` is bounded by both).
+        unsafe {
+            let xp = x.as_ptr().add(b * QBLOCK);
+            let v: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(xp.add(8 * i)));
+            // Magnitudes as integers, NaN as 0 (they are below 2³¹, so signed compares work).
+            let bits = |v: __m256| {
+                let m = _mm256_and_si256(_mm256_castps_si256(v), magnitude);
+                _mm256_andnot_si256(_mm256_cmpgt_epi32(m, infinity), m)
+            };
+            let amax = _mm256_max_epu32(
+                _mm256_max_epu32(bits(v[0]), bits(v[1])),
+                _mm256_max_epu32(bits(v[2]), bits(v[3])),
+            );
+            let amax_bits = horizontal!(amax, _mm_max_epu32) as u32;
+            let scale = f32::from_bits(amax_bits) / 127.0;
+            let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+            let codes = |v: __m256| {
+                let r = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(v, inv), round), round);
+                // NaN becomes 0, as `as i8` makes it.
+                let ordered = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+                _mm256_and_si256(_mm256_cvttps_epi32(r), ordered)
+            };
+            let k: [__m256i; 4] = std::array::from_fn(|i| codes(v[i]));
+            let words = _mm256_packs_epi16(
+                _mm256_packs_epi32(k[0], k[1]),
+                _mm256_packs_epi32(k[2], k[3]),
+            );
+            let bytes = _mm256_permutevar8x32_epi32(words, order);
+            _mm256_storeu_si256(q.as_mut_ptr().add(b * QBLOCK).cast(), bytes);
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(k[0], k[1]), _mm256_add_epi32(k[2], k[3]));
+            let sum = horizontal!(total, _mm_add_epi32);
+            d[b] = scale;
+            c[b] = scale * sum as f32;
+            qsum[b] = sum;
+        }
+    }
 }
 
 /// [`quantize_blocks_portable`] with one block in two 512-bit registers (the compiler
@@ -344,6 +418,29 @@ mod tests {
         (q, d, c, qsum)
     }
 
+    type QuantizeFn = fn(&[f32], &mut [i8], &mut [f32], &mut [f32], &mut [i32]);
+
+    /// The block loops this CPU can run.
+    fn quantizers() -> Vec<(&'static str, QuantizeFn)> {
+        let mut v: Vec<(&'static str, QuantizeFn)> = vec![("portable", quantize_blocks_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the feature was just detected.
+                v.push(("avx2", |x, q, d, c, s| unsafe {
+                    quantize_blocks_avx2(x, q, d, c, s)
+                }));
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                // SAFETY: as above.
+                v.push(("avx512", |x, q, d, c, s| unsafe {
+                    quantize_blocks_avx512(x, q, d, c, s)
+                }));
+            }
+        }
+        v
+    }
+
     #[test]
     fn quantized_activations_match_the_reference_bit_for_bit() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -374,11 +471,15 @@ mod tests {
             assert_eq!(bits(&got.d), bits(&d), "{rows} blocks");
             assert_eq!(bits(&got.c), bits(&c), "{rows} blocks");
             assert_eq!(got.qsum, qsum, "{rows} blocks");
-            // The portable loop too, where the SIMD one ran above.
-            let mut p = QuantizedActs::quantize(&vec![0.0; xs.len()], QBLOCK);
-            quantize_blocks_portable(xs, &mut p.q, &mut p.d, &mut p.c, &mut p.qsum);
-            assert_eq!((p.q, bits(&p.d), p.qsum), (got.q, bits(&got.d), got.qsum));
-            assert_eq!(bits(&p.c), bits(&got.c));
+            // Every loop this CPU can run, whichever ran above.
+            for (name, quantize) in quantizers() {
+                let mut p = QuantizedActs::quantize(&vec![0.0; xs.len()], QBLOCK);
+                quantize(xs, &mut p.q, &mut p.d, &mut p.c, &mut p.qsum);
+                assert_eq!(p.q, got.q, "{name}, {rows} blocks");
+                assert_eq!(bits(&p.d), bits(&got.d), "{name}, {rows} blocks");
+                assert_eq!(bits(&p.c), bits(&got.c), "{name}, {rows} blocks");
+                assert_eq!(p.qsum, got.qsum, "{name}, {rows} blocks");
+            }
         }
     }
 }

@@ -270,3 +270,49 @@ fn sum_matches_float64_on_ragged_lengths() {
         assert!((f64::from(sum(&a)) - want).abs() < 1e-5, "n={n}");
     }
 }
+
+#[test]
+fn every_kernel_gives_the_same_bits() {
+    // Decode tiles of one to three rows (a task per head or per group), prefill tiles of four,
+    // contexts that end inside a block, 8- and 16-token blocks, 64 + 16 columns.
+    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
+        let (hs, mut kv, spec) = setup(&[70, 13, 40, 33], bt, shape);
+        run_step(
+            &hs,
+            &[(1, 0..12), (2, 0..33), (3, 0..32)],
+            &mut kv,
+            &spec,
+            shape,
+        );
+        let steps = [(0, 0..70), (1, 12..13), (2, 33..40), (3, 32..33)];
+        run_step(&hs, &steps, &mut kv, &spec, shape);
+        let q_dim = shape.q_dim();
+        let (mut q, mut spans) = (vec![], vec![]);
+        for (i, r) in &steps {
+            spans.push(SeqSpan {
+                row_start: q.len() / q_dim,
+                len: r.len(),
+                pos_start: r.start,
+                blocks: &hs[*i].blocks,
+            });
+            q.extend_from_slice(&hs[*i].q[r.start * q_dim..r.end * q_dim]);
+        }
+        let group = shape.n_heads / shape.n_kv_heads;
+        for heads in [1, group] {
+            let outs: Vec<_> = fused_kernels()
+                .into_iter()
+                .map(|(name, k)| {
+                    let out = attend_with(k, 1, &q, &spans, &kv, &spec, shape, heads);
+                    (name, out.unwrap())
+                })
+                .collect();
+            for (name, out) in &outs[1..] {
+                assert!(
+                    out == &outs[0].1,
+                    "{name} vs {}: {shape:?}, block tokens {bt}, {heads} heads per task",
+                    outs[0].0
+                );
+            }
+        }
+    }
+}
