@@ -10,6 +10,7 @@
 //! arithmetic, so a request's tokens do not depend on its batch or on how its prompt was
 //! chunked.
 
+use super::fastmath::exp_nonpositive;
 use super::matmul::{Accumulate, Fused, Plain};
 use super::pool::Pool;
 use crate::backend::{AttentionShape, SeqSpan};
@@ -548,28 +549,6 @@ fn sum(a: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// `eˣ` for `x ≤ 0` (softmax after subtracting the maximum), in plain arithmetic the compiler
-/// vectorizes, where `f32::exp` is a library call per score: `eˣ = 2ⁿ·eʸ` with `n` the nearest
-/// integer to `x·log₂e`, `y = x − n·ln 2` (ln 2 split in two so the product is exact,
-/// Cody–Waite) and `eʸ`, `|y| ≤ 0.35`, from its degree-6 Taylor polynomial (relative error
-/// about 2·10⁻⁷, one or two f32 ulp). Below −87 it gives e⁻⁸⁷ ≈ 1.6·10⁻³⁸, nothing next to
-/// the maximum's 1.
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN_2_HI: f32 = 0.693_359_4;
-    const LN_2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5·2²³ rounds to the nearest integer without a library call.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
-    let y = (x - n * LN_2_HI) - n * LN_2_LO;
-    let p = 1.0
-        + y * (1.0
-            + y * (0.5
-                + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(test)]

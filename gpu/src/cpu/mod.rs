@@ -4,6 +4,7 @@
 //! for the integer kernels ([`packed`]).
 
 mod attention;
+mod fastmath;
 pub mod matmul;
 pub mod packed;
 pub mod pool;
@@ -225,7 +226,7 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         checks::same_shape("silu_mul", gate, up)?;
-        let silu_mul = |(&g, &u): (&f32, &f32)| g / (1.0 + (-g).exp()) * u;
+        let silu_mul = |(&g, &u): (&f32, &f32)| fastmath::silu(g) * u;
         let (g, u) = (gate.host()?, up.host()?);
         // Decode rows are too small to be worth waking the thread pool.
         let out = if g.len() < PARALLEL_MIN_VALUES {
