@@ -119,6 +119,26 @@ fn setup(
     (histories, kv, spec)
 }
 
+/// The queries of `steps` (sequence, positions) as one ragged batch, with its spans.
+fn step_queries<'a>(
+    hs: &'a [History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    shape: AttentionShape,
+) -> (Vec<f32>, Vec<SeqSpan<'a>>) {
+    let q_dim = shape.q_dim();
+    let (mut q, mut spans) = (vec![], vec![]);
+    for (i, r) in steps {
+        spans.push(SeqSpan {
+            row_start: q.len() / q_dim,
+            len: r.len(),
+            pos_start: r.start,
+            blocks: &hs[*i].blocks,
+        });
+        q.extend_from_slice(&hs[*i].q[r.start * q_dim..r.end * q_dim]);
+    }
+    (q, spans)
+}
+
 #[test]
 fn ragged_batch_over_scattered_blocks_matches_float64() {
     for (shape, bt) in [(SHAPE, 8), (SHAPE, 16), (SHAPE, 32), (WIDE_SHAPE, 16)] {
@@ -179,17 +199,7 @@ fn a_task_per_head_and_a_task_per_kv_head_give_the_same_bits() {
         // Writes the last rows' keys and values; then both splits read the same pool.
         let steps = [(0, 0..70), (1, 12..13), (2, 33..40)];
         let by_pool = run_step(&hs, &steps, &mut kv, &spec, shape);
-        let q_dim = shape.q_dim();
-        let (mut q, mut spans) = (vec![], vec![]);
-        for (i, r) in &steps {
-            spans.push(SeqSpan {
-                row_start: q.len() / q_dim,
-                len: r.len(),
-                pos_start: r.start,
-                blocks: &hs[*i].blocks,
-            });
-            q.extend_from_slice(&hs[*i].q[r.start * q_dim..r.end * q_dim]);
-        }
+        let (q, spans) = step_queries(&hs, &steps, shape);
         let group = shape.n_heads / shape.n_kv_heads;
         let per_head = attend(1, &q, &spans, &kv, &spec, shape, 1).unwrap();
         let per_group = attend(1, &q, &spans, &kv, &spec, shape, group).unwrap();
@@ -272,17 +282,7 @@ fn every_kernel_gives_the_same_bits() {
         );
         let steps = [(0, 0..70), (1, 12..13), (2, 33..40), (3, 32..33)];
         run_step(&hs, &steps, &mut kv, &spec, shape);
-        let q_dim = shape.q_dim();
-        let (mut q, mut spans) = (vec![], vec![]);
-        for (i, r) in &steps {
-            spans.push(SeqSpan {
-                row_start: q.len() / q_dim,
-                len: r.len(),
-                pos_start: r.start,
-                blocks: &hs[*i].blocks,
-            });
-            q.extend_from_slice(&hs[*i].q[r.start * q_dim..r.end * q_dim]);
-        }
+        let (q, spans) = step_queries(&hs, &steps, shape);
         let group = shape.n_heads / shape.n_kv_heads;
         for heads in [1, group] {
             let outs: Vec<_> = fused_kernels()
