@@ -222,8 +222,9 @@ fn best_kernel() -> KernelFn {
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-/// Which loops a task runs. All of them compute every score and output value as the same
-/// chain of multiply-adds in the same order, so a kind changes speed, not bits.
+// Which loops a task runs. All of them compute every score and output value as the same
+// chain of multiply-adds in the same order, so a kind changes speed, not bits.
+
 /// The portable loops, for 16 vector registers (NEON, baseline): one key block, 16 value
 /// columns per pass.
 const PORTABLE: u8 = 0;
@@ -390,7 +391,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
                         unsafe {
                             x86::block_scores_zmm::<$r, $kb>(q, kt, out)
                         };
-                    } else if ymm_blocks && $r * $kb <= 6 {
+                    } else if ymm_blocks {
                         // SAFETY: `YMM` comes only from the AVX2 entry point.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
