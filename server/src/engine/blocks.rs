@@ -11,6 +11,13 @@
 //! chain), so a hit on block `i` implies the whole prefix `0..=i` matches. Full blocks are
 //! never written again, so sharing them needs no copy; only a partial block is copied
 //! (copy-on-write) when a sequence forks.
+//!
+//! Reuse is token-granular, not only block-granular: where the chain of whole-block hits
+//! ends, a cached block with the same parent whose first tokens match the prompt's next ones
+//! (a shared system prompt that ends mid-block, a chat template's fixed text after it) is
+//! copied into the sequence's own next block, and only the tokens after the match are
+//! computed. llama-server's slots reuse their last prompt token by token; without this a
+//! 16-token block would give up to 15 shared tokens back to prefill on every request.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -44,6 +51,37 @@ struct BlockInfo {
     released_at: u64,
 }
 
+/// What a prompt found in the prefix cache ([`BlockManager::lookup_prefix`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixHit {
+    /// Whole blocks reused as they are, each referenced once more: positions
+    /// `0..blocks.len() · block_tokens`.
+    pub blocks: Vec<u32>,
+    /// A cached block whose first tokens continue the match: its keys and values are to be
+    /// copied into the sequence's next block. Referenced once more until the caller calls
+    /// [`BlockManager::release_source`] after the copy.
+    pub partial: Option<PartialHit>,
+}
+
+/// The head of a cached block that a prompt shares ([`PrefixHit::partial`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialHit {
+    pub source: u32,
+    /// Leading positions of `source` that match (at least one, fewer than a block).
+    pub tokens: usize,
+}
+
+impl PrefixHit {
+    /// Positions whose keys and values the hit provides.
+    pub fn positions(&self, block_tokens: usize) -> usize {
+        self.blocks.len() * block_tokens + self.partial.map_or(0, |p| p.tokens)
+    }
+}
+
+/// Cached blocks of one parent that a partial lookup compares, newest first: a bound on the
+/// work of one admission, whatever the size of the cache.
+const PARTIAL_CANDIDATES: usize = 64;
+
 /// Counters for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PrefixStats {
@@ -62,6 +100,8 @@ pub struct BlockManager {
     /// Cached blocks by release tick (oldest first): the eviction order.
     lru: BTreeMap<u64, u32>,
     table: HashMap<BlockKey, u32>,
+    /// Registered blocks by their parent's chain hash, oldest first (partial lookups).
+    children: HashMap<u64, Vec<u32>>,
     prefix_caching: bool,
     tick: u64,
     stats: PrefixStats,
@@ -77,6 +117,7 @@ impl BlockManager {
             free: (0..blocks as u32).rev().collect(),
             lru: BTreeMap::new(),
             table: HashMap::new(),
+            children: HashMap::new(),
             prefix_caching,
             tick: 0,
             stats: PrefixStats::default(),
@@ -127,6 +168,12 @@ impl BlockManager {
                 let (_, id) = self.lru.pop_first()?;
                 if let Some(key) = self.info[id as usize].key.take() {
                     self.table.remove(&key);
+                    if let Some(siblings) = self.children.get_mut(&key.parent) {
+                        siblings.retain(|&b| b != id);
+                        if siblings.is_empty() {
+                            self.children.remove(&key.parent);
+                        }
+                    }
                 }
                 id
             }
@@ -195,28 +242,76 @@ impl BlockManager {
     }
 
     /// Looks up the longest cached prefix of `tokens`, leaving at least one token to compute
-    /// (its logits are what the sequence needs next). Returns the blocks found, each now
-    /// referenced once more; their positions are `0..blocks.len() * block_tokens`.
-    pub fn lookup_prefix(&mut self, tokens: &[u32]) -> Vec<u32> {
+    /// (its logits are what the sequence needs next): whole blocks of the chain, then the
+    /// head of a cached block that continues it (module doc). Every block returned is
+    /// referenced once more.
+    pub fn lookup_prefix(&mut self, tokens: &[u32]) -> PrefixHit {
         if !self.prefix_caching || tokens.is_empty() {
-            return Vec::new();
+            return PrefixHit::default();
         }
         self.stats.queried_tokens += tokens.len() as u64;
-        let max_blocks = (tokens.len() - 1) / self.block_tokens;
-        let mut found = Vec::new();
+        let bt = self.block_tokens;
+        let max_blocks = (tokens.len() - 1) / bt;
+        let mut hit = PrefixHit::default();
+        let mut parent = ROOT_HASH;
         for key in self.keys(tokens, max_blocks) {
             let Some(&id) = self.table.get(&key) else {
                 break;
             };
-            let info = &mut self.info[id as usize];
-            if info.refs == 0 {
-                self.lru.remove(&info.released_at);
-            }
-            info.refs += 1;
-            found.push(id);
+            self.take_ref(id);
+            hit.blocks.push(id);
+            parent = key.chain_hash();
         }
-        self.stats.hit_tokens += (found.len() * self.block_tokens) as u64;
-        found
+        // The next block's tokens, short of the last token of the prompt.
+        let start = hit.blocks.len() * bt;
+        let next = &tokens[start..(start + bt).min(tokens.len() - 1)];
+        if let Some(partial) = self.best_partial(parent, next) {
+            self.take_ref(partial.source);
+            hit.partial = Some(partial);
+        }
+        self.stats.hit_tokens += hit.positions(bt) as u64;
+        hit
+    }
+
+    /// The cached child of `parent` sharing the longest head with `next` (ties: the newest).
+    fn best_partial(&self, parent: u64, next: &[u32]) -> Option<PartialHit> {
+        let siblings = self.children.get(&parent)?;
+        let mut best: Option<PartialHit> = None;
+        for &id in siblings.iter().rev().take(PARTIAL_CANDIDATES) {
+            let Some(key) = &self.info[id as usize].key else {
+                continue;
+            };
+            let shared = key
+                .tokens
+                .iter()
+                .zip(next)
+                .take_while(|(a, b)| a == b)
+                .count();
+            if shared > 0 && best.is_none_or(|b| shared > b.tokens) {
+                best = Some(PartialHit {
+                    source: id,
+                    tokens: shared,
+                });
+            }
+        }
+        // A whole block's match would have been a chain hit unless it is capped by the
+        // prompt's last token; either way fewer than a block's positions are copied.
+        best.filter(|b| b.tokens < self.block_tokens)
+    }
+
+    /// One more reference to a registered block (taking it out of the eviction order).
+    fn take_ref(&mut self, id: u32) {
+        let info = &mut self.info[id as usize];
+        if info.refs == 0 {
+            self.lru.remove(&info.released_at);
+        }
+        info.refs += 1;
+    }
+
+    /// Drops the reference a [`PartialHit`] held on its source, once the copy is made (or
+    /// given up).
+    pub fn release_source(&mut self, source: u32) {
+        self.release(&mut vec![source]);
     }
 
     /// Registers the full blocks of a sequence whose positions `0..computed` are written, so
@@ -236,6 +331,7 @@ impl BlockManager {
                 continue;
             }
             self.table.insert(key.clone(), id);
+            self.children.entry(key.parent).or_default().push(id);
             self.info[id as usize].key = Some(key);
         }
     }
@@ -285,23 +381,74 @@ mod tests {
         m.register_full_blocks(&prompt, &a, prompt.len());
         // Same prompt: two full blocks hit (positions 0..8), the partial third one does not.
         let hit = m.lookup_prefix(&prompt);
-        assert_eq!(hit, a[..2]);
+        assert_eq!(hit.blocks, a[..2]);
+        assert_eq!(hit.partial, None);
         assert_eq!(m.refs(a[0]), 2);
-        // A prompt of exactly two blocks: only the first may hit (one token left to compute).
+        // A prompt of exactly two blocks: the first hits whole, three tokens of the second
+        // are copied (one token left to compute).
         let hit2 = m.lookup_prefix(&prompt[..8]);
-        assert_eq!(hit2, a[..1]);
-        // A different second block: the chain stops after the first.
+        assert_eq!(hit2.blocks, a[..1]);
+        let p2 = PartialHit {
+            source: a[1],
+            tokens: 3,
+        };
+        assert_eq!(hit2.partial, Some(p2));
+        assert_eq!(hit2.positions(4), 7);
+        // A different second block from its second token on: the chain stops after the
+        // first block, and the second block's first token is shared.
         let mut other = prompt.clone();
         other[5] = 99;
         let hit3 = m.lookup_prefix(&other);
-        assert_eq!(hit3, a[..1]);
+        assert_eq!(hit3.blocks, a[..1]);
+        assert_eq!(hit3.partial.map(|p| p.tokens), Some(1));
+        let sources = [a_source(&hit2), a_source(&hit3)];
         assert_eq!(m.stats().queried_tokens, 28);
-        assert_eq!(m.stats().hit_tokens, 16);
-        for mut t in [a, hit, hit2, hit3] {
+        assert_eq!(m.stats().hit_tokens, 8 + 7 + 5);
+        for mut t in [a, hit.blocks, hit2.blocks, hit3.blocks] {
             m.release(&mut t);
+        }
+        assert!(!m.all_released(), "the partial sources are still held");
+        for source in sources {
+            m.release_source(source);
         }
         assert!(m.all_released());
         assert_eq!(m.cached(), 2);
+    }
+
+    fn a_source(hit: &PrefixHit) -> u32 {
+        hit.partial.expect("a partial hit").source
+    }
+
+    #[test]
+    fn partial_hits_take_the_longest_head_and_survive_eviction_bookkeeping() {
+        let mut m = BlockManager::new(6, 4, true);
+        // Two cached prompts sharing their first block, differing inside the second.
+        let x: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8, 0];
+        let y: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 9, 9, 0];
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert!(m.grow(&mut a, x.len()));
+        m.register_full_blocks(&x, &a, x.len());
+        m.release(&mut a);
+        assert!(m.grow(&mut b, y.len()));
+        m.register_full_blocks(&y, &b, y.len());
+        m.release(&mut b);
+        // [1 2 3 4][5 6 7 …] matches x's second block for three tokens, y's for two.
+        let q = vec![1, 2, 3, 4, 5, 6, 7, 1, 1, 1];
+        let hit = m.lookup_prefix(&q);
+        assert_eq!(hit.blocks.len(), 1);
+        let p = hit.partial.expect("partial hit");
+        assert_eq!(p.tokens, 3);
+        assert_eq!(m.refs(p.source), 1);
+        let mut blocks = hit.blocks;
+        m.release(&mut blocks);
+        m.release_source(p.source);
+        assert!(m.all_released());
+        // Evicting every cached block leaves no stale candidate behind.
+        let mut all = Vec::new();
+        assert!(m.grow(&mut all, 24));
+        m.release(&mut all);
+        assert!(m.lookup_prefix(&q).blocks.is_empty());
+        assert!(m.children.is_empty());
     }
 
     #[test]
@@ -319,11 +466,11 @@ mod tests {
         // One free block, then the oldest cached ([1,2]) goes first.
         let mut c = Vec::new();
         assert!(m.grow(&mut c, 4));
-        assert!(m.lookup_prefix(&x).is_empty());
+        assert_eq!(m.lookup_prefix(&x), PrefixHit::default());
         let hit = m.lookup_prefix(&y);
-        assert_eq!(hit.len(), 1);
+        assert_eq!(hit.blocks.len(), 1);
         m.release(&mut c);
-        m.release(&mut hit.clone());
+        m.release(&mut hit.blocks.clone());
         assert!(m.all_released());
     }
 
@@ -335,7 +482,7 @@ mod tests {
         assert!(m.grow(&mut a, 5));
         m.register_full_blocks(&t, &a, 5);
         m.release(&mut a);
-        assert!(m.lookup_prefix(&t).is_empty());
+        assert_eq!(m.lookup_prefix(&t), PrefixHit::default());
         assert_eq!(m.cached(), 0);
         assert_eq!(m.stats(), PrefixStats::default());
     }

@@ -97,7 +97,10 @@ pub struct Scheduler<M: StepModel> {
     next_group: u64,
     decoder: std::sync::Arc<dyn TextDecoder>,
     metrics: Metrics,
+    /// Block copies `(from, to)` to make before the next forward (forks, partial prefix hits).
     copies: Vec<(u32, u32)>,
+    /// Blocks referenced only until `copies` are made: the sources of partial prefix hits.
+    copy_sources: Vec<u32>,
 }
 
 /// What one step did, for the engine loop's bookkeeping.
@@ -150,6 +153,7 @@ impl<M: StepModel> Scheduler<M> {
             decoder,
             metrics,
             copies: Vec::new(),
+            copy_sources: Vec::new(),
         }
     }
 
@@ -244,6 +248,9 @@ impl<M: StepModel> Scheduler<M> {
         } else {
             self.model.copy_blocks(&copies)
         };
+        for source in std::mem::take(&mut self.copy_sources) {
+            self.blocks.release_source(source);
+        }
         let result = result.and_then(|()| {
             let batch: Vec<BatchSeq<'_>> = plan
                 .iter()
@@ -465,16 +472,29 @@ impl<M: StepModel> Scheduler<M> {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
+            let mut partial = None;
             if s.blocks.is_empty() && s.computed == 0 {
-                s.blocks = self.blocks.lookup_prefix(&s.tokens);
-                s.computed = s.blocks.len() * self.blocks.block_tokens();
+                let hit = self.blocks.lookup_prefix(&s.tokens);
+                s.computed = hit.positions(self.blocks.block_tokens());
+                s.blocks = hit.blocks;
+                partial = hit.partial;
             }
+            let shared_blocks = s.blocks.len();
             let take = (s.tokens.len() - s.computed).min(budget);
             if !self.blocks.grow(&mut s.blocks, s.computed + take) {
                 self.blocks.release(&mut s.blocks);
+                if let Some(p) = partial {
+                    self.blocks.release_source(p.source);
+                }
                 s.computed = 0;
                 self.waiting.push_front(s);
                 break;
+            }
+            if let Some(p) = partial {
+                // The block after the shared ones (just allocated: at least one token of it
+                // is computed now) starts as a copy of the cached block's head.
+                self.copies.push((p.source, s.blocks[shared_blocks]));
+                self.copy_sources.push(p.source);
             }
             if let Some(g) = self.groups.get_mut(&s.group) {
                 if !g.started {
