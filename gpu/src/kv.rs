@@ -14,6 +14,36 @@ pub const DEFAULT_BLOCK_TOKENS: usize = 16;
 /// Block sizes the kernels are built for.
 pub const SUPPORTED_BLOCK_TOKENS: [usize; 3] = [8, 16, 32];
 
+/// How keys and values are stored. Attention computes in f32 either way; f16 halves the
+/// pool's memory (twice the tokens per byte) and the bytes decode attention streams per
+/// step, at the cost of rounding each key and value once when it is written (llama.cpp's
+/// default cache type). Every row of a pool reads the same stored values, so batch
+/// invariance holds for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes per stored value.
+    pub fn size(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
+    /// The name flags and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::F16 => "f16",
+        }
+    }
+}
+
 /// The shape of a KV pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvPoolSpec {
@@ -27,12 +57,14 @@ pub struct KvPoolSpec {
     pub block_tokens: usize,
     /// Blocks in the pool.
     pub blocks: usize,
+    /// How values are stored.
+    pub dtype: KvDtype,
 }
 
 impl KvPoolSpec {
-    /// Bytes one block occupies: keys and values, f32, every layer.
+    /// Bytes one block occupies: keys and values, every layer.
     pub fn bytes_per_block(&self) -> usize {
-        2 * self.layers * self.block_tokens * self.kv_dim * std::mem::size_of::<f32>()
+        2 * self.layers * self.block_tokens * self.kv_dim * self.dtype.size()
     }
 
     /// Bytes the whole pool occupies.
@@ -116,18 +148,38 @@ impl KvPool {
 /// values as they come, `| v[slot 0][0..hd] | v[slot 1][0..hd] | … |` (`bt × hd`), so that the
 /// weighted sum adds whole value rows.
 #[derive(Debug)]
-pub struct HostKv {
-    pub(crate) k: Vec<f32>,
-    pub(crate) v: Vec<f32>,
+pub enum HostKv {
+    F32(HostKvData<f32>),
+    F16(HostKvData<half::f16>),
+}
+
+/// The key and value arrays of a [`HostKv`] of one element type.
+#[derive(Debug)]
+pub struct HostKvData<E> {
+    pub(crate) k: Vec<E>,
+    pub(crate) v: Vec<E>,
+}
+
+impl<E: bytemuck::Pod> HostKvData<E> {
+    /// Zeroed arrays, allocated as zeroed bytes so that pages are mapped only when written
+    /// (`vec![x; n]` writes every element unless `x` is a primitive zero).
+    fn zeroed(n: usize) -> Self {
+        let zeroed = || bytemuck::allocation::zeroed_vec::<E>(n);
+        Self {
+            k: zeroed(),
+            v: zeroed(),
+        }
+    }
 }
 
 impl HostKv {
-    /// A zeroed pool (the operating system hands out zero pages lazily).
+    /// A zeroed pool of the spec's element type (the operating system hands out zero pages
+    /// lazily).
     pub fn zeroed(spec: &KvPoolSpec) -> Self {
         let n = spec.blocks * spec.layers * spec.block_tokens * spec.kv_dim;
-        Self {
-            k: vec![0.0; n],
-            v: vec![0.0; n],
+        match spec.dtype {
+            KvDtype::F32 => HostKv::F32(HostKvData::zeroed(n)),
+            KvDtype::F16 => HostKv::F16(HostKvData::zeroed(n)),
         }
     }
 }

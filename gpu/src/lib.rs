@@ -16,7 +16,7 @@ pub mod wgpu;
 
 pub use backend::{argmax, AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
 pub use error::{Error, Result};
-pub use kv::{KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
+pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
 pub use quant::source::{RawTensor, SourceDType};
 pub use quant::{GroupSize, QTensor, QuantFormat};
 pub use tensor::{Tensor, Weight};

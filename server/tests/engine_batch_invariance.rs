@@ -34,7 +34,7 @@ fn run(
     let source = ModelSource::open(&common::smollm2_path()).unwrap();
     let tokenizer = source.tokenizer().unwrap();
     let model = Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap();
-    let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, s.blocks);
+    let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, s.blocks, lowbit_gpu::KvDtype::F32);
     let pool = model.new_kv_pool(spec).unwrap();
     let metrics = Metrics::new();
     let mut sched = Scheduler::new(

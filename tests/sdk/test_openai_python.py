@@ -546,6 +546,21 @@ def test_metrics_count_a_request(client, server):
 # --- admission control, shutdown, auth ------------------------------------------------------------
 
 
+def test_f16_kv_cache_holds_twice_the_tokens_and_answers(server_factory):
+    # The same memory holds twice the positions (the context is capped by the pool), and
+    # the answer is the f32 pool's: each key and value is rounded once, to f16.
+    limits = {}
+    for dtype in ("f32", "f16"):
+        s = server_factory("--kv-cache-memory", "16MiB", "--kv-cache-dtype", dtype)
+        status, _, tok = s.post_json("/tokenize", {"prompt": "hi"})
+        assert status == 200
+        limits[dtype] = tok["max_model_len"]
+        r = ask(client_for(s))
+        assert r.choices[0].message.content == ANSWER, dtype
+    # (Whole 16-token blocks: 22 of f32 in 16 MiB, 45 of f16.)
+    assert 2 * limits["f32"] <= limits["f16"] <= 2 * limits["f32"] + 16, limits
+
+
 def test_queue_full_429(server_factory):
     s = server_factory("--max-concurrent-sequences", "1", "--max-waiting-requests", "1")
     body = {

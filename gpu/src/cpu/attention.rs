@@ -15,7 +15,7 @@ use super::matmul::{Accumulate, Fused, Plain};
 use super::pool::Pool;
 use crate::backend::{AttentionShape, SeqSpan};
 use crate::error::{shape_err, Result};
-use crate::kv::{check_table, HostKv, KvPoolSpec};
+use crate::kv::{check_table, HostKv, HostKvData, KvPoolSpec};
 
 /// Query rows of one head per task: enough to reuse each key block from L1 many times, few
 /// enough that a 512-token prefill still makes hundreds of tasks.
@@ -67,7 +67,87 @@ pub fn attention(
         }
         check_table(spec, s.blocks, s.pos_start + s.len)?;
     }
+    match kv {
+        HostKv::F32(kv) => write_and_attend(layer, q, (k, v), seqs, kv, spec, shape),
+        HostKv::F16(kv) => write_and_attend(layer, q, (k, v), seqs, kv, spec, shape),
+    }
+}
 
+/// A value type of the host pool: stored from f32, read back as f32 (exactly, for f16).
+pub(crate) trait KvElem: bytemuck::Pod + Send + Sync {
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    /// Eight stored values from `p`, widened.
+    /// # Safety
+    /// Eight values readable at `p`, on a CPU with AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Sixteen stored values from `p`, widened.
+    /// # Safety
+    /// Sixteen values readable at `p`, on a CPU with AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl KvElem for f32 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
+    }
+}
+
+impl KvElem for half::f16 {
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const half::f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i)) }
+    }
+}
+
+/// [`attention`] once the shapes are checked, for one value type of the pool.
+fn write_and_attend<E: KvElem>(
+    layer: usize,
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    seqs: &[SeqSpan<'_>],
+    kv: &mut HostKvData<E>,
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+) -> Result<Vec<f32>> {
+    let (kv_dim, hd) = (shape.kv_dim(), shape.head_dim);
     let bt = spec.block_tokens;
     for s in seqs {
         for t in 0..s.len {
@@ -81,9 +161,11 @@ pub fn attention(
                 let at = head_offset(spec, layer, block, kvh);
                 let (kh, vh) = (&krow[kvh * hd..][..hd], &vrow[kvh * hd..][..hd]);
                 for (d, &x) in kh.iter().enumerate() {
-                    kv.k[at + d * bt + slot] = x;
+                    kv.k[at + d * bt + slot] = E::from_f32(x);
                 }
-                kv.v[at + slot * hd..][..hd].copy_from_slice(vh);
+                for (o, &x) in kv.v[at + slot * hd..][..hd].iter_mut().zip(vh) {
+                    *o = E::from_f32(x);
+                }
             }
         }
     }
@@ -97,32 +179,19 @@ pub fn attention(
     } else {
         1
     };
-    attend(layer, q, seqs, kv, spec, shape, heads_per_task)
-}
-
-/// The attention proper, with `heads_per_task` query heads (1 or a whole group) per task:
-/// the same arithmetic per row either way.
-fn attend(
-    layer: usize,
-    q: &[f32],
-    seqs: &[SeqSpan<'_>],
-    kv: &HostKv,
-    spec: &KvPoolSpec,
-    shape: AttentionShape,
-    heads_per_task: usize,
-) -> Result<Vec<f32>> {
     let kernel = best_kernel();
     attend_with(kernel, layer, q, seqs, kv, spec, shape, heads_per_task)
 }
 
-/// [`attend`] with a chosen kernel (tests compare them).
+/// The attention proper, with a chosen kernel (tests compare them) and `heads_per_task`
+/// query heads (1 or a whole group) per task: the same arithmetic per row either way.
 #[allow(clippy::too_many_arguments)]
-fn attend_with(
-    kernel: KernelFn,
+fn attend_with<E: KvElem>(
+    kernel: KernelFn<E>,
     layer: usize,
     q: &[f32],
     seqs: &[SeqSpan<'_>],
-    kv: &HostKv,
+    kv: &HostKvData<E>,
     spec: &KvPoolSpec,
     shape: AttentionShape,
     heads_per_task: usize,
@@ -144,7 +213,8 @@ fn attend_with(
     let ctx = Ctx {
         layer,
         q,
-        kv,
+        k: &kv.k,
+        v: &kv.v,
         seqs,
         spec,
         shape,
@@ -163,10 +233,11 @@ fn attend_with(
 }
 
 /// Everything a task reads.
-struct Ctx<'a> {
+struct Ctx<'a, E> {
     layer: usize,
     q: &'a [f32],
-    kv: &'a HostKv,
+    k: &'a [E],
+    v: &'a [E],
     seqs: &'a [SeqSpan<'a>],
     spec: &'a KvPoolSpec,
     shape: AttentionShape,
@@ -181,42 +252,40 @@ struct Task {
     rows: std::ops::Range<usize>,
 }
 
-type KernelFn = fn(&Ctx<'_>, &Task) -> Vec<f32>;
+type KernelFn<E> = fn(&Ctx<'_, E>, &Task) -> Vec<f32>;
 
 /// The kernels this CPU can run with fused multiply-adds (the same bits from each: tested).
 #[cfg(test)]
-fn fused_kernels() -> Vec<(&'static str, KernelFn)> {
-    let mut v: Vec<(&'static str, KernelFn)> =
-        vec![("portable", |c, t| task::<Fused, PORTABLE>(c, t))];
+fn fused_kernels<E: KvElem>() -> Vec<(&'static str, KernelFn<E>)> {
+    let mut v: Vec<(&'static str, KernelFn<E>)> =
+        vec![("portable", |c, t| task::<Fused, PORTABLE, E>(c, t))];
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if x86::has_avx2() {
             v.push(("avx2", x86::task_avx2));
         }
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+        if x86::has_avx512() {
             v.push(("avx512", x86::task_avx512));
         }
     }
     v
 }
 
-fn best_kernel() -> KernelFn {
-    static BEST: std::sync::OnceLock<KernelFn> = std::sync::OnceLock::new();
-    *BEST.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
-                return x86::task_avx512;
-            }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                return x86::task_avx2;
-            }
+/// The fastest kernel this CPU runs (the features are detected once and cached by std).
+fn best_kernel<E: KvElem>() -> KernelFn<E> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::has_avx512() {
+            return x86::task_avx512;
         }
-        #[cfg(target_arch = "aarch64")]
-        return |c, t| task::<Fused, PORTABLE>(c, t);
-        #[allow(unreachable_code)]
-        |c, t| task::<Plain, PORTABLE>(c, t)
-    })
+        if x86::has_avx2() {
+            return x86::task_avx2;
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    return |c, t| task::<Fused, PORTABLE, E>(c, t);
+    #[allow(unreachable_code)]
+    |c, t| task::<Plain, PORTABLE, E>(c, t)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -237,11 +306,11 @@ const YMM: u8 = 1;
 const ZMM: u8 = 2;
 
 #[inline(always)]
-fn task<A: Accumulate, const V: u8>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
+fn task<A: Accumulate, const V: u8, E: KvElem>(c: &Ctx<'_, E>, t: &Task) -> Vec<f32> {
     match c.spec.block_tokens {
-        8 => task_bt::<A, 8, V>(c, t),
-        32 => task_bt::<A, 32, V>(c, t),
-        _ => task_bt::<A, 16, V>(c, t),
+        8 => task_bt::<A, 8, V, E>(c, t),
+        32 => task_bt::<A, 32, V, E>(c, t),
+        _ => task_bt::<A, 16, V, E>(c, t),
     }
 }
 
@@ -249,9 +318,9 @@ fn task<A: Accumulate, const V: u8>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
 /// transposed): every score is one chain of multiply-adds along the head dimension, `R·KB`
 /// independent chains at once, each in the same order whatever its neighbours.
 #[inline(always)]
-fn block_scores<A: Accumulate, const BT: usize, const R: usize, const KB: usize>(
+fn block_scores<A: Accumulate, E: KvElem, const BT: usize, const R: usize, const KB: usize>(
     q: [&[f32]; R],
-    kt: [&[f32]; KB],
+    kt: [&[E]; KB],
     out: [[&mut [f32]; KB]; R],
 ) {
     let mut acc = [[[0.0f32; BT]; KB]; R];
@@ -259,13 +328,13 @@ fn block_scores<A: Accumulate, const BT: usize, const R: usize, const KB: usize>
     let q: [&[f32]; R] = q.map(|q| &q[..hd]);
     for d in 0..hd {
         // Fixed-size rows: no bounds checks in the inner loop.
-        let kd: [&[f32; BT]; KB] =
+        let kd: [&[E; BT]; KB] =
             std::array::from_fn(|k| kt[k][d * BT..(d + 1) * BT].try_into().expect("BT keys"));
         for j in 0..R {
             let qd = q[j][d];
             for k in 0..KB {
                 for s in 0..BT {
-                    acc[j][k][s] = A::mul_add(qd, kd[k][s], acc[j][k][s]);
+                    acc[j][k][s] = A::mul_add(qd, kd[k][s].to_f32(), acc[j][k][s]);
                 }
             }
         }
@@ -283,22 +352,22 @@ fn block_scores<A: Accumulate, const BT: usize, const R: usize, const KB: usize>
 /// zero past row `j`'s positions, which adds nothing (a sum that starts at +0 never becomes
 /// −0).
 #[inline(always)]
-fn weighted_values<A: Accumulate, const BT: usize, const R: usize, const DC: usize>(
+fn weighted_values<A: Accumulate, E: KvElem, const BT: usize, const R: usize, const DC: usize>(
     p: [&[f32]; R],
-    blocks: &[&[f32]],
+    blocks: &[&[E]],
     (hd, d0): (usize, usize),
     slots: usize,
     out: [&mut [f32]; R],
 ) {
     let mut acc = [[0.0f32; DC]; R];
     for slot in 0..slots {
-        let vs: &[f32; DC] = blocks[slot / BT][(slot % BT) * hd + d0..][..DC]
+        let vs: &[E; DC] = blocks[slot / BT][(slot % BT) * hd + d0..][..DC]
             .try_into()
             .expect("DC columns");
         for j in 0..R {
             let pj = p[j][slot];
             for d in 0..DC {
-                acc[j][d] = A::mul_add(pj, vs[d], acc[j][d]);
+                acc[j][d] = A::mul_add(pj, vs[d].to_f32(), acc[j][d]);
             }
         }
     }
@@ -330,7 +399,10 @@ fn rows_mut<const R: usize>(
 }
 
 #[inline(always)]
-fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
+fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
+    c: &Ctx<'_, E>,
+    t: &Task,
+) -> Vec<f32> {
     let (q_dim, hd) = (c.shape.q_dim(), c.shape.head_dim);
     let group = c.shape.n_heads / c.shape.n_kv_heads;
     let kv_head = t.heads.start / group;
@@ -354,7 +426,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
     let at: Vec<usize> = (0..blocks)
         .map(|b| head_offset(c.spec, c.layer, s.blocks[b], kv_head))
         .collect();
-    let keys: Vec<&[f32]> = at.iter().map(|&a| &c.kv.k[a..a + hd * BT]).collect();
+    let keys: Vec<&[E]> = at.iter().map(|&a| &c.k[a..a + hd * BT]).collect();
     // The SIMD kernels take 16-token blocks; every row of a pool takes the same path.
     const { assert!(V == PORTABLE || cfg!(target_arch = "x86_64")) };
     let zmm_blocks = V == ZMM && BT == 16;
@@ -379,7 +451,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
                 };
                 ($r:literal, $kb:literal, $k0:literal) => {{
                     let q: [&[f32]; $r] = std::array::from_fn(|j| queries[r0 + j]);
-                    let kt: [&[f32]; $kb] = std::array::from_fn(|k| keys[b + $k0 + k]);
+                    let kt: [&[E]; $kb] = std::array::from_fn(|k| keys[b + $k0 + k]);
                     let cols = (b + $k0) * BT..(b + $k0 + $kb) * BT;
                     let out = rows_mut::<$r>(&mut scores, stride, r0, cols).map(|o| {
                         let mut it = o.chunks_exact_mut(BT);
@@ -389,16 +461,16 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
                         // SAFETY: `ZMM` comes only from the AVX-512 entry point.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            x86::block_scores_zmm::<$r, $kb>(q, kt, out)
+                            x86::block_scores_zmm::<E, $r, $kb>(q, kt, out)
                         };
                     } else if ymm_blocks {
                         // SAFETY: `YMM` comes only from the AVX2 entry point.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            x86::block_scores_ymm::<$r, $kb>(q, kt, out)
+                            x86::block_scores_ymm::<E, $r, $kb>(q, kt, out)
                         };
                     } else {
-                        block_scores::<A, BT, $r, $kb>(q, kt, out);
+                        block_scores::<A, E, BT, $r, $kb>(q, kt, out);
                     }
                 }};
             }
@@ -441,7 +513,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
             *v *= inv;
         }
     }
-    let values: Vec<&[f32]> = at.iter().map(|&a| &c.kv.v[a..a + BT * hd]).collect();
+    let values: Vec<&[E]> = at.iter().map(|&a| &c.v[a..a + BT * hd]).collect();
     let mut out = vec![0.0f32; m * hd];
     for (r0, n) in row_tiles(m) {
         let slots = seen(r0 + n - 1);
@@ -456,10 +528,10 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
                         // SAFETY: 64-column passes run only on the AVX-512 entry point.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            x86::weighted_values_zmm::<$r>(p, &values, (hd, d0), slots, o)
+                            x86::weighted_values_zmm::<E, $r>(p, &values, (hd, d0), slots, o)
                         };
                     } else {
-                        weighted_values::<A, BT, $r, $dc>(p, &values, (hd, d0), slots, o);
+                        weighted_values::<A, E, BT, $r, $dc>(p, &values, (hd, d0), slots, o);
                     }
                     d0 += $dc;
                 }
@@ -474,7 +546,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
                     // SAFETY: `YMM` comes only from the AVX2 entry point.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        x86::weighted_values_ymm::<$r, $c>(p, &values, (hd, d0), slots, o)
+                        x86::weighted_values_ymm::<E, $r, $c>(p, &values, (hd, d0), slots, o)
                     };
                     d0 += 8 * $c;
                 }
@@ -512,6 +584,17 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8>(c: &Ctx<'_>, t: &Task) -
 
 /// Copies every layer's keys and values of block `src` to block `dst`, for each pair.
 pub fn copy_blocks(kv: &mut HostKv, spec: &KvPoolSpec, pairs: &[(u32, u32)]) -> Result<()> {
+    match kv {
+        HostKv::F32(kv) => copy_blocks_in(kv, spec, pairs),
+        HostKv::F16(kv) => copy_blocks_in(kv, spec, pairs),
+    }
+}
+
+fn copy_blocks_in<E: KvElem>(
+    kv: &mut HostKvData<E>,
+    spec: &KvPoolSpec,
+    pairs: &[(u32, u32)],
+) -> Result<()> {
     let n_kv = spec.kv_dim / spec.head_dim;
     let per_block = n_kv * spec.block_tokens * spec.head_dim;
     for &(src, dst) in pairs {

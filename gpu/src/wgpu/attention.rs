@@ -9,7 +9,7 @@ use super::{device_of, DeviceTensor, WgpuBackend};
 use crate::backend::{AttentionShape, SeqSpan};
 use crate::checks;
 use crate::error::{shape_err, Error, Result};
-use crate::kv::{KvPool, KvPoolSpec, KvStorage};
+use crate::kv::{KvDtype, KvPool, KvPoolSpec, KvStorage};
 use crate::tensor::Tensor;
 use std::sync::atomic::Ordering;
 
@@ -49,6 +49,12 @@ fn device_kv(pool: &mut KvPool) -> Result<(KvPoolSpec, &mut DeviceKv)> {
 impl WgpuBackend {
     pub(super) fn kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
         spec.validate()?;
+        if spec.dtype != KvDtype::F32 {
+            return Err(Error::Unsupported(format!(
+                "a {} KV cache on wgpu (its attention shaders read f32; use --kv-cache-dtype f32)",
+                spec.dtype.name()
+            )));
+        }
         // Cached bind groups would keep an earlier pool's buffers alive (bench makes one
         // per run; the server one for its life).
         self.recorder()?.forget_bind_groups();

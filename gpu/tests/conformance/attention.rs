@@ -58,6 +58,7 @@ fn histories(ctxs: &[usize], block_tokens: usize) -> (Vec<History>, KvPoolSpec) 
         head_dim: SHAPE.head_dim,
         block_tokens,
         blocks: total + 5,
+        dtype: lowbit_gpu::KvDtype::F32,
     };
     let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
     ids.retain(|b| b % 3 != 1 || *b > total as u32);

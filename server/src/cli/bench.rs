@@ -2,7 +2,7 @@
 //! `llama-bench` measures them (pp: one forward over the prompt; tg: token-by-token decode),
 //! so the figures compare.
 
-use super::LoadArgs;
+use super::{KvCacheDtypeArg, LoadArgs};
 use crate::engine::solo::SoloKv;
 use crate::model::synthetic::SyntheticModel;
 use crate::model::{BatchSeq, Llama};
@@ -54,9 +54,17 @@ pub struct BenchArgs {
     /// Generated tokens per sequence (0: skip the generation test).
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    /// Positions already cached when the generation test starts (filled by an untimed
+    /// prefill): its decode then attends over as many positions as a server's does after a
+    /// prompt.
+    #[arg(long, default_value_t = 0)]
+    gen_context: usize,
     /// Sequences run together in one ragged batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// How the KV cache stores keys and values.
+    #[arg(long, value_enum, default_value_t = KvCacheDtypeArg::F32)]
+    kv_cache_dtype: KvCacheDtypeArg,
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -136,13 +144,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // Ordinary token ids, away from the special tokens at the start of most vocabularies.
     let first_id = (vocab / 2).min(1000);
     let batch = args.batch.max(1);
+    let kv_dtype = args.kv_cache_dtype.into();
     let span = u64::from((vocab - first_id).max(1));
     let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
         .map(|i| first_id + (i * 7919 % span) as u32)
         .collect();
 
     let run_prompt = || -> Result<f64> {
-        let mut kv = SoloKv::new(&model, batch, prompt.len())?;
+        let mut kv = SoloKv::with_dtype(&model, batch, prompt.len(), kv_dtype)?;
         let seqs: Vec<BatchSeq<'_>> = kv
             .tables
             .iter()
@@ -158,12 +167,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok((batch * prompt.len()) as f64 / t.elapsed().as_secs_f64())
     };
     let run_gen = || -> Result<f64> {
-        let mut kv = SoloKv::new(&model, batch, args.gen_tokens)?;
+        let cached = args.gen_context;
+        let mut kv = SoloKv::with_dtype(&model, batch, cached + args.gen_tokens, kv_dtype)?;
+        if cached > 0 {
+            let context: Vec<u32> = (0..cached as u64)
+                .map(|i| first_id + (i * 7919 % span) as u32)
+                .collect();
+            let seqs: Vec<BatchSeq<'_>> = kv
+                .tables
+                .iter()
+                .map(|table| BatchSeq {
+                    tokens: &context,
+                    pos_start: 0,
+                    blocks: table,
+                    logits: cached - 1..cached,
+                })
+                .collect();
+            model.forward_argmax(&seqs, &mut kv.pool)?;
+        }
         let mut next: Vec<u32> = (0..batch as u64)
             .map(|b| first_id + (b % span) as u32)
             .collect();
         let t = Instant::now();
-        for pos in 0..args.gen_tokens {
+        for pos in cached..cached + args.gen_tokens {
             let seqs: Vec<BatchSeq<'_>> = next
                 .iter()
                 .zip(&kv.tables)

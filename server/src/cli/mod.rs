@@ -135,6 +135,26 @@ pub struct LoadArgs {
     pub calibration_windows: usize,
 }
 
+/// `--kv-cache-dtype`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum KvCacheDtypeArg {
+    /// 4 bytes per value: the exact keys and values.
+    #[default]
+    F32,
+    /// 2 bytes per value: twice the tokens per byte and half the bytes decode attention
+    /// reads; each key and value rounded once (llama.cpp's default cache type). CPU only.
+    F16,
+}
+
+impl From<KvCacheDtypeArg> for lowbit_gpu::KvDtype {
+    fn from(a: KvCacheDtypeArg) -> Self {
+        match a {
+            KvCacheDtypeArg::F32 => lowbit_gpu::KvDtype::F32,
+            KvCacheDtypeArg::F16 => lowbit_gpu::KvDtype::F16,
+        }
+    }
+}
+
 /// `--quant-method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum QuantMethodArg {

@@ -6,7 +6,7 @@
 //! SIGTERM or SIGINT the server drains: `/ready` and new requests get 503, in-flight requests
 //! finish (up to `--shutdown-timeout`), and the process exits 0.
 
-use super::ModelArgs;
+use super::{KvCacheDtypeArg, ModelArgs};
 use crate::api::{self, AppState, ServedModel};
 use crate::engine::blocks::BlockManager;
 use crate::engine::{AdmissionLimits, EngineHandle, LlamaStep, Loaded, Scheduler, SchedulerConfig};
@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// KV-cache size in bytes (suffixes K, M, G, KiB, MiB, GiB).
     #[arg(long, env = "LOWBIT_KV_CACHE_MEMORY", value_parser = parse_bytes, default_value = "1GiB")]
     pub kv_cache_memory: u64,
+    /// How the KV cache stores keys and values (f16: twice the tokens in the same memory).
+    #[arg(long, env = "LOWBIT_KV_CACHE_DTYPE", value_enum, default_value_t = KvCacheDtypeArg::F32)]
+    pub kv_cache_dtype: KvCacheDtypeArg,
     /// KV-cache size in tokens (overrides --kv-cache-memory).
     #[arg(long, env = "LOWBIT_MAX_TOTAL_TOKENS")]
     pub max_total_tokens: Option<usize>,
@@ -149,6 +152,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     let decoder: Arc<dyn crate::engine::detok::TextDecoder> = Arc::new(tokenizer.clone());
     let model_args = args.model.clone();
     let (kv_memory, kv_tokens) = (args.kv_cache_memory, args.max_total_tokens);
+    let kv_dtype = args.kv_cache_dtype.into();
     let sched_limits = (
         args.max_batch_tokens,
         args.max_concurrent_sequences,
@@ -163,12 +167,12 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         move || {
             let source = ModelSource::open(&model_args.model)?;
             let model = model_args.load_model(&source)?;
-            let probe = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 1);
+            let probe = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 1, kv_dtype);
             let blocks = match kv_tokens {
                 Some(t) => probe.blocks_for(t),
                 None => (kv_memory / probe.bytes_per_block() as u64) as usize,
             };
-            let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, blocks.max(1));
+            let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, blocks.max(1), kv_dtype);
             let pool = model.new_kv_pool(spec)?;
             let (max_batch_tokens, max_concurrent_sequences, max_model_len, prefix) = sched_limits;
             let pool_tokens = spec.tokens();
@@ -185,6 +189,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
                 kv_blocks = spec.blocks,
                 kv_tokens = pool_tokens,
                 kv_mb = spec.bytes() as f64 / 1e6,
+                kv_dtype = spec.dtype.name(),
                 max_model_len,
                 "model loaded"
             );

@@ -4,7 +4,7 @@
 //! pool and the same attention.
 
 use crate::model::{Llama, Result};
-use lowbit_gpu::{KvPool, DEFAULT_BLOCK_TOKENS};
+use lowbit_gpu::{KvDtype, KvPool, DEFAULT_BLOCK_TOKENS};
 
 /// A pool with one block table per sequence.
 #[derive(Debug)]
@@ -15,10 +15,15 @@ pub struct SoloKv {
 }
 
 impl SoloKv {
-    /// A pool for `seqs` sequences of up to `tokens` positions each.
+    /// A pool of f32 values for `seqs` sequences of up to `tokens` positions each.
     pub fn new(model: &Llama, seqs: usize, tokens: usize) -> Result<Self> {
+        Self::with_dtype(model, seqs, tokens, KvDtype::F32)
+    }
+
+    /// [`SoloKv::new`] storing values as `dtype`.
+    pub fn with_dtype(model: &Llama, seqs: usize, tokens: usize, dtype: KvDtype) -> Result<Self> {
         let per_seq = tokens.max(1).div_ceil(DEFAULT_BLOCK_TOKENS);
-        let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, per_seq * seqs.max(1));
+        let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, per_seq * seqs.max(1), dtype);
         let tables = (0..seqs)
             .map(|i| (i * per_seq..(i + 1) * per_seq).map(|b| b as u32).collect())
             .collect();

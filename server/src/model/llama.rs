@@ -15,7 +15,7 @@ use super::error::{ModelError, Result};
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
 use lowbit_gpu::QTensor;
-use lowbit_gpu::{Backend, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, Weight};
+use lowbit_gpu::{Backend, KvDtype, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, Weight};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -317,13 +317,14 @@ impl Llama {
     }
 
     /// The shape of a KV pool of `blocks` blocks of `block_tokens` positions for this model.
-    pub fn kv_pool_spec(&self, block_tokens: usize, blocks: usize) -> KvPoolSpec {
+    pub fn kv_pool_spec(&self, block_tokens: usize, blocks: usize, dtype: KvDtype) -> KvPoolSpec {
         KvPoolSpec {
             layers: self.config.n_layers,
             kv_dim: self.config.n_kv_heads * self.config.head_dim,
             head_dim: self.config.head_dim,
             block_tokens,
             blocks,
+            dtype,
         }
     }
 

@@ -1,5 +1,7 @@
-//! Attention against float64, batch and chunking invariance, block copies, bad tables.
+//! Attention against float64, batch and chunking invariance, block copies, bad tables, the
+//! f16 pool.
 use super::*;
+use crate::kv::KvDtype;
 
 const SHAPE: AttentionShape = AttentionShape {
     n_heads: 6,
@@ -90,6 +92,15 @@ fn setup(
     block_tokens: usize,
     shape: AttentionShape,
 ) -> (Vec<History>, HostKv, KvPoolSpec) {
+    setup_pool(ctxs, block_tokens, shape, KvDtype::F32)
+}
+
+fn setup_pool(
+    ctxs: &[usize],
+    block_tokens: usize,
+    shape: AttentionShape,
+    dtype: KvDtype,
+) -> (Vec<History>, HostKv, KvPoolSpec) {
     let mut seed = 7u32;
     let total: usize = ctxs.iter().map(|c| c.div_ceil(block_tokens)).sum();
     let spec = KvPoolSpec {
@@ -98,6 +109,7 @@ fn setup(
         head_dim: shape.head_dim,
         block_tokens,
         blocks: total + 5,
+        dtype,
     };
     // Blocks handed out scattered and interleaved between sequences, in reverse.
     let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
@@ -117,6 +129,71 @@ fn setup(
         .collect();
     let kv = HostKv::zeroed(&spec);
     (histories, kv, spec)
+}
+
+/// [`attend_with`] on the best kernel, whatever the pool's value type.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    layer: usize,
+    q: &[f32],
+    seqs: &[SeqSpan<'_>],
+    kv: &HostKv,
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+    heads_per_task: usize,
+) -> Result<Vec<f32>> {
+    match kv {
+        HostKv::F32(d) => attend_with(
+            best_kernel(),
+            layer,
+            q,
+            seqs,
+            d,
+            spec,
+            shape,
+            heads_per_task,
+        ),
+        HostKv::F16(d) => attend_with(
+            best_kernel(),
+            layer,
+            q,
+            seqs,
+            d,
+            spec,
+            shape,
+            heads_per_task,
+        ),
+    }
+}
+
+/// Each fused kernel's output (name, rows) for one pool.
+fn outputs_of_every_kernel<E: KvElem>(
+    kv: &HostKvData<E>,
+    (q, spans): (&[f32], &[SeqSpan<'_>]),
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+    heads: usize,
+) -> Vec<(&'static str, Vec<f32>)> {
+    fused_kernels::<E>()
+        .into_iter()
+        .map(|(name, k)| {
+            let out = attend_with(k, 1, q, spans, kv, spec, shape, heads);
+            (name, out.unwrap())
+        })
+        .collect()
+}
+
+fn kernel_outputs(
+    kv: &HostKv,
+    batch: (&[f32], &[SeqSpan<'_>]),
+    spec: &KvPoolSpec,
+    shape: AttentionShape,
+    heads: usize,
+) -> Vec<(&'static str, Vec<f32>)> {
+    match kv {
+        HostKv::F32(d) => outputs_of_every_kernel(d, batch, spec, shape, heads),
+        HostKv::F16(d) => outputs_of_every_kernel(d, batch, spec, shape, heads),
+    }
 }
 
 /// The queries of `steps` (sequence, positions) as one ragged batch, with its spans.
@@ -221,12 +298,15 @@ fn copied_blocks_attend_like_the_originals() {
     copy_blocks(&mut kv, &spec, &pairs).unwrap();
     // Poison the originals in every layer: the copies alone must give the same output.
     let orig = hs[0].blocks.clone();
+    let HostKv::F32(data) = &mut kv else {
+        panic!("an f32 pool");
+    };
     for b in &orig {
         for layer in 0..spec.layers {
             let at = head_offset(&spec, layer, *b, 0);
             let n = spec.kv_dim * spec.block_tokens;
-            kv.k[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
-            kv.v[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
+            data.k[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
+            data.v[at..at + n].iter_mut().for_each(|x| *x = f32::NAN);
         }
     }
     hs[0].blocks = spare;
@@ -271,8 +351,12 @@ fn sum_matches_float64_on_ragged_lengths() {
 fn every_kernel_gives_the_same_bits() {
     // Decode tiles of one to three rows (a task per head or per group), prefill tiles of four,
     // contexts that end inside a block, 8- and 16-token blocks, 64 + 16 columns.
-    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
-        let (hs, mut kv, spec) = setup(&[70, 13, 40, 33], bt, shape);
+    let cases = [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)];
+    for ((shape, bt), dtype) in cases
+        .into_iter()
+        .flat_map(|c| [(c, KvDtype::F32), (c, KvDtype::F16)])
+    {
+        let (hs, mut kv, spec) = setup_pool(&[70, 13, 40, 33], bt, shape, dtype);
         run_step(
             &hs,
             &[(1, 0..12), (2, 0..33), (3, 0..32)],
@@ -285,20 +369,73 @@ fn every_kernel_gives_the_same_bits() {
         let (q, spans) = step_queries(&hs, &steps, shape);
         let group = shape.n_heads / shape.n_kv_heads;
         for heads in [1, group] {
-            let outs: Vec<_> = fused_kernels()
-                .into_iter()
-                .map(|(name, k)| {
-                    let out = attend_with(k, 1, &q, &spans, &kv, &spec, shape, heads);
-                    (name, out.unwrap())
-                })
-                .collect();
+            let outs = kernel_outputs(&kv, (&q, &spans), &spec, shape, heads);
             for (name, out) in &outs[1..] {
                 assert!(
                     out == &outs[0].1,
-                    "{name} vs {}: {shape:?}, block tokens {bt}, {heads} heads per task",
+                    "{name} vs {}: {shape:?}, {dtype:?}, block tokens {bt}, {heads} heads per task",
                     outs[0].0
                 );
             }
         }
     }
+}
+
+#[test]
+fn an_f16_pool_attends_exactly_like_an_f32_pool_of_rounded_values() {
+    // Widening f16 to f32 is exact, so storing f16 changes only the rounding on write: an
+    // f32 pool given the rounded keys and values must give the same bits, on every kernel.
+    let round = |x: &mut Vec<f32>| {
+        x.iter_mut()
+            .for_each(|x| *x = half::f16::from_f32(*x).to_f32())
+    };
+    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
+        let (hs, mut half_kv, spec16) = setup_pool(&[70, 13, 40], bt, shape, KvDtype::F16);
+        let (mut rounded, mut full_kv, spec32) = setup_pool(&[70, 13, 40], bt, shape, KvDtype::F32);
+        for h in &mut rounded {
+            round(&mut h.k);
+            round(&mut h.v);
+        }
+        let steps = [(0, 0..70), (1, 0..13), (2, 0..40)];
+        let a = run_step(&hs, &steps, &mut half_kv, &spec16, shape);
+        let b = run_step(&rounded, &steps, &mut full_kv, &spec32, shape);
+        assert!(a == b, "{shape:?}, block tokens {bt}");
+        let (q, spans) = step_queries(&hs, &[(1, 12..13), (2, 39..40)], shape);
+        let group = shape.n_heads / shape.n_kv_heads;
+        let halves = kernel_outputs(&half_kv, (&q, &spans), &spec16, shape, group);
+        let fulls = kernel_outputs(&full_kv, (&q, &spans), &spec32, shape, group);
+        for ((name, x), (_, y)) in halves.iter().zip(&fulls) {
+            assert!(x == y, "{name}: {shape:?}, block tokens {bt}");
+        }
+    }
+}
+
+#[test]
+fn f16_pool_copies_and_bytes() {
+    let (hs, mut kv, spec) = setup_pool(&[20], 16, SHAPE, KvDtype::F16);
+    assert_eq!(
+        spec.bytes_per_block() * 2,
+        KvPoolSpec {
+            dtype: KvDtype::F32,
+            ..spec
+        }
+        .bytes_per_block()
+    );
+    run_step(&hs, &[(0, 0..19)], &mut kv, &spec, SHAPE);
+    let before = run_step(&hs, &[(0, 19..20)], &mut kv, &spec, SHAPE);
+    let spare: Vec<u32> = (0..spec.blocks as u32)
+        .filter(|b| !hs[0].blocks.contains(b))
+        .take(2)
+        .collect();
+    let pairs: Vec<(u32, u32)> = hs[0].blocks.iter().copied().zip(spare.clone()).collect();
+    copy_blocks(&mut kv, &spec, &pairs).unwrap();
+    let moved = [History {
+        blocks: spare,
+        q: hs[0].q.clone(),
+        k: hs[0].k.clone(),
+        v: hs[0].v.clone(),
+    }];
+    // Re-running the last position rewrites its own key and value (the same rounded bits).
+    let after = run_step(&moved, &[(0, 19..20)], &mut kv, &spec, SHAPE);
+    assert_eq!(before, after);
 }

@@ -3,23 +3,34 @@
 use super::*;
 use std::arch::x86_64::*;
 
-#[target_feature(enable = "avx512f,fma")]
-fn task_avx512_impl(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-    task::<Fused, ZMM>(c, t)
+#[target_feature(enable = "avx512f,fma,f16c")]
+fn task_avx512_impl<E: KvElem>(c: &Ctx<'_, E>, t: &Task) -> Vec<f32> {
+    task::<Fused, ZMM, E>(c, t)
 }
 
-#[target_feature(enable = "avx2,fma")]
-fn task_avx2_impl(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-    task::<Fused, YMM>(c, t)
+#[target_feature(enable = "avx2,fma,f16c")]
+fn task_avx2_impl<E: KvElem>(c: &Ctx<'_, E>, t: &Task) -> Vec<f32> {
+    task::<Fused, YMM, E>(c, t)
+}
+
+/// AVX2 with FMA and F16C (every AVX2 CPU has F16C, which widens an f16 pool's values).
+pub(super) fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+pub(super) fn has_avx512() -> bool {
+    has_avx2() && is_x86_feature_detected!("avx512f")
 }
 
 /// [`block_scores`] for 16-token blocks in two 256-bit registers each (`2·R·KB`
 /// accumulators: the callers keep them to twelve, so they stay in registers): the same fused multiply-adds
 /// per score in the same order, without the portable loop's bounds checks.
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn block_scores_ymm<const R: usize, const KB: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn block_scores_ymm<E: KvElem, const R: usize, const KB: usize>(
     q: [&[f32]; R],
-    kt: [&[f32]; KB],
+    kt: [&[E]; KB],
     out: [[&mut [f32]; KB]; R],
 ) {
     let hd = q[0].len();
@@ -31,7 +42,7 @@ pub(super) fn block_scores_ymm<const R: usize, const KB: usize>(
         for d in 0..hd {
             let kd: [[__m256; 2]; KB] = std::array::from_fn(|k| {
                 let p = kt[k].as_ptr().add(d * 16);
-                [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))]
+                [E::load8(p), E::load8(p.add(8))]
             });
             for j in 0..R {
                 let qd = _mm256_set1_ps(*q[j].get_unchecked(d));
@@ -53,10 +64,10 @@ pub(super) fn block_scores_ymm<const R: usize, const KB: usize>(
 
 /// [`weighted_values`] for 16-token blocks and `8·C` columns, `R·C` accumulators (the
 /// callers keep them to twelve).
-#[target_feature(enable = "avx2,fma")]
-pub(super) fn weighted_values_ymm<const R: usize, const C: usize>(
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn weighted_values_ymm<E: KvElem, const R: usize, const C: usize>(
     p: [&[f32]; R],
-    blocks: &[&[f32]],
+    blocks: &[&[E]],
     (hd, d0): (usize, usize),
     slots: usize,
     out: [&mut [f32]; R],
@@ -72,7 +83,7 @@ pub(super) fn weighted_values_ymm<const R: usize, const C: usize>(
                 .get_unchecked(slot / 16)
                 .as_ptr()
                 .add((slot % 16) * hd + d0);
-            let vs: [__m256; C] = std::array::from_fn(|c| _mm256_loadu_ps(v.add(8 * c)));
+            let vs: [__m256; C] = std::array::from_fn(|c| E::load8(v.add(8 * c)));
             for j in 0..R {
                 let pj = _mm256_set1_ps(*p[j].get_unchecked(slot));
                 for c in 0..C {
@@ -91,10 +102,10 @@ pub(super) fn weighted_values_ymm<const R: usize, const C: usize>(
 /// [`block_scores`] for 16-token blocks, one block per 512-bit register: the same fused
 /// multiply-adds per score in the same order, written out because the compiler keeps the
 /// portable version's accumulators in memory.
-#[target_feature(enable = "avx512f,fma")]
-pub(super) fn block_scores_zmm<const R: usize, const KB: usize>(
+#[target_feature(enable = "avx512f,fma,f16c")]
+pub(super) fn block_scores_zmm<E: KvElem, const R: usize, const KB: usize>(
     q: [&[f32]; R],
-    kt: [&[f32]; KB],
+    kt: [&[E]; KB],
     out: [[&mut [f32]; KB]; R],
 ) {
     let hd = q[0].len();
@@ -104,8 +115,7 @@ pub(super) fn block_scores_zmm<const R: usize, const KB: usize>(
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); KB]; R];
         for d in 0..hd {
-            let kd: [__m512; KB] =
-                std::array::from_fn(|k| _mm512_loadu_ps(kt[k].as_ptr().add(d * 16)));
+            let kd: [__m512; KB] = std::array::from_fn(|k| E::load16(kt[k].as_ptr().add(d * 16)));
             for j in 0..R {
                 let qd = _mm512_set1_ps(*q[j].get_unchecked(d));
                 for k in 0..KB {
@@ -122,10 +132,10 @@ pub(super) fn block_scores_zmm<const R: usize, const KB: usize>(
 }
 
 /// [`weighted_values`] for 16-token blocks and 64 columns, `4·R` registers.
-#[target_feature(enable = "avx512f,fma")]
-pub(super) fn weighted_values_zmm<const R: usize>(
+#[target_feature(enable = "avx512f,fma,f16c")]
+pub(super) fn weighted_values_zmm<E: KvElem, const R: usize>(
     p: [&[f32]; R],
-    blocks: &[&[f32]],
+    blocks: &[&[E]],
     (hd, d0): (usize, usize),
     slots: usize,
     out: [&mut [f32]; R],
@@ -141,7 +151,7 @@ pub(super) fn weighted_values_zmm<const R: usize>(
                 .get_unchecked(slot / 16)
                 .as_ptr()
                 .add((slot % 16) * hd + d0);
-            let vs: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(v.add(16 * c)));
+            let vs: [__m512; 4] = std::array::from_fn(|c| E::load16(v.add(16 * c)));
             for j in 0..R {
                 let pj = _mm512_set1_ps(*p[j].get_unchecked(slot));
                 for c in 0..4 {
@@ -157,14 +167,14 @@ pub(super) fn weighted_values_zmm<const R: usize>(
     }
 }
 
-pub(super) fn task_avx512(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-    assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+pub(super) fn task_avx512<E: KvElem>(c: &Ctx<'_, E>, t: &Task) -> Vec<f32> {
+    assert!(has_avx512());
     // SAFETY: the features were just checked.
     unsafe { task_avx512_impl(c, t) }
 }
 
-pub(super) fn task_avx2(c: &Ctx<'_>, t: &Task) -> Vec<f32> {
-    assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+pub(super) fn task_avx2<E: KvElem>(c: &Ctx<'_, E>, t: &Task) -> Vec<f32> {
+    assert!(has_avx2());
     // SAFETY: the features were just checked.
     unsafe { task_avx2_impl(c, t) }
 }
