@@ -376,6 +376,23 @@ fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     assert!(be.add(&ta, &other).is_err(), "shape mismatch");
 }
 
+/// The CPU stores an f16 pool; wgpu's shaders read f32 and say so instead of misreading one.
+#[test]
+fn an_f16_kv_pool_is_cpu_only() {
+    let spec = lowbit_gpu::KvPoolSpec {
+        layers: 2,
+        kv_dim: 64,
+        head_dim: 32,
+        block_tokens: 16,
+        blocks: 4,
+        dtype: lowbit_gpu::KvDtype::F16,
+    };
+    assert!(cpu_backend().new_kv_pool(spec).is_ok());
+    let _turn = gpu_turn();
+    let err = wgpu_backend().new_kv_pool(spec).expect_err("wgpu has no f16 pool");
+    assert!(err.to_string().contains("f16"), "{err}");
+}
+
 /// A step recorded again with the same shapes finds every bind group in the cache, and
 /// computes the same values.
 #[test]
