@@ -389,7 +389,9 @@ fn an_f16_kv_pool_is_cpu_only() {
     };
     assert!(cpu_backend().new_kv_pool(spec).is_ok());
     let _turn = gpu_turn();
-    let err = wgpu_backend().new_kv_pool(spec).expect_err("wgpu has no f16 pool");
+    let err = wgpu_backend()
+        .new_kv_pool(spec)
+        .expect_err("wgpu has no f16 pool");
     assert!(err.to_string().contains("f16"), "{err}");
 }
 
