@@ -133,6 +133,20 @@ fn weight_gb_per_second(model: &Llama, gen_tokens_per_second: f64, batch: usize)
     model.decode_weight_bytes() as f64 * gen_tokens_per_second / batch as f64 / 1e9
 }
 
+/// Each sequence's whole `tokens` from position 0 into its own blocks, the last row's logits
+/// asked for (one prefill over the batch).
+fn whole_prompts<'a>(tables: &'a [Vec<u32>], tokens: &'a [u32]) -> Vec<BatchSeq<'a>> {
+    tables
+        .iter()
+        .map(|table| BatchSeq {
+            tokens,
+            pos_start: 0,
+            blocks: table,
+            logits: tokens.len().saturating_sub(1)..tokens.len(),
+        })
+        .collect()
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(BenchCommand::Serve(a)) = args.serve {
         return super::bench_serve::run(a);
@@ -146,22 +160,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let batch = args.batch.max(1);
     let kv_dtype = args.kv_cache_dtype.into();
     let span = u64::from((vocab - first_id).max(1));
-    let prompt: Vec<u32> = (0..args.prompt_tokens as u64)
-        .map(|i| first_id + (i * 7919 % span) as u32)
-        .collect();
+    // A fixed stream of those ids, the same for every sequence.
+    let tokens = |n: usize| -> Vec<u32> {
+        (0..n as u64)
+            .map(|i| first_id + (i * 7919 % span) as u32)
+            .collect()
+    };
+    let prompt = tokens(args.prompt_tokens);
 
     let run_prompt = || -> Result<f64> {
         let mut kv = SoloKv::with_dtype(&model, batch, prompt.len(), kv_dtype)?;
-        let seqs: Vec<BatchSeq<'_>> = kv
-            .tables
-            .iter()
-            .map(|table| BatchSeq {
-                tokens: &prompt,
-                pos_start: 0,
-                blocks: table,
-                logits: prompt.len() - 1..prompt.len(),
-            })
-            .collect();
+        let seqs = whole_prompts(&kv.tables, &prompt);
         let t = Instant::now();
         model.forward(&seqs, &mut kv.pool)?;
         Ok((batch * prompt.len()) as f64 / t.elapsed().as_secs_f64())
@@ -170,19 +179,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let cached = args.gen_context;
         let mut kv = SoloKv::with_dtype(&model, batch, cached + args.gen_tokens, kv_dtype)?;
         if cached > 0 {
-            let context: Vec<u32> = (0..cached as u64)
-                .map(|i| first_id + (i * 7919 % span) as u32)
-                .collect();
-            let seqs: Vec<BatchSeq<'_>> = kv
-                .tables
-                .iter()
-                .map(|table| BatchSeq {
-                    tokens: &context,
-                    pos_start: 0,
-                    blocks: table,
-                    logits: cached - 1..cached,
-                })
-                .collect();
+            let context = tokens(cached);
+            let seqs = whole_prompts(&kv.tables, &context);
             model.forward_argmax(&seqs, &mut kv.pool)?;
         }
         let mut next: Vec<u32> = (0..batch as u64)

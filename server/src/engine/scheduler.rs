@@ -434,155 +434,6 @@ impl<M: StepModel> Scheduler<M> {
         let _ = events.send(Event::Error(why));
     }
 
-    /// Chooses this step's rows: `(index in running, rows)`.
-    fn plan(&mut self, stats: &mut StepStats) -> Vec<(usize, usize)> {
-        let mut budget = self.cfg.max_batch_tokens.max(1);
-        let mut plan = Vec::new();
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let s = &self.running[i];
-            let take = (s.tokens.len() - s.computed).min(budget);
-            let target = s.computed + take;
-            let mut scheduled = true;
-            while !self.blocks.grow(&mut self.running[i].blocks, target) {
-                // Out of blocks: preempt the newest sequence, possibly this one.
-                let victim = self.running.len() - 1;
-                self.preempt(victim);
-                if victim == i {
-                    scheduled = false;
-                    break;
-                }
-            }
-            if !scheduled {
-                break;
-            }
-            plan.push((i, take));
-            budget -= take;
-            i += 1;
-        }
-        while budget > 0 && self.running.len() < self.cfg.max_concurrent_sequences.max(1) {
-            let Some(front) = self.waiting.front() else {
-                break;
-            };
-            // Enough blocks for its first chunk even without a prefix hit, or wait.
-            let first = (front.tokens.len() - front.computed).min(budget) + front.computed;
-            if self.blocks.blocks_for(first) > self.blocks.available() + front.blocks.len() {
-                break;
-            }
-            let Some(mut s) = self.waiting.pop_front() else {
-                break;
-            };
-            let mut partial = None;
-            if s.blocks.is_empty() && s.computed == 0 {
-                let hit = self.blocks.lookup_prefix(&s.tokens);
-                s.computed = hit.positions(self.blocks.block_tokens());
-                s.blocks = hit.blocks;
-                partial = hit.partial;
-            }
-            let shared_blocks = s.blocks.len();
-            let take = (s.tokens.len() - s.computed).min(budget);
-            if !self.blocks.grow(&mut s.blocks, s.computed + take) {
-                self.blocks.release(&mut s.blocks);
-                if let Some(p) = partial {
-                    self.blocks.release_source(p.source);
-                }
-                s.computed = 0;
-                self.waiting.push_front(s);
-                break;
-            }
-            if let Some(p) = partial {
-                // The block after the shared ones (just allocated: at least one token of it
-                // is computed now) starts as a copy of the cached block's head.
-                self.copies.push((p.source, s.blocks[shared_blocks]));
-                self.copy_sources.push(p.source);
-            }
-            if let Some(g) = self.groups.get_mut(&s.group) {
-                if !g.started {
-                    g.started = true;
-                    g.usage.cached_tokens = s.computed;
-                    stats.started += 1;
-                    stats.started_tokens += g.req.prompt.len();
-                    self.metrics
-                        .request_queue_time_seconds
-                        .observe(g.arrived.elapsed().as_secs_f64());
-                    self.metrics
-                        .prompt_tokens_total
-                        .inc_by(g.req.prompt.len() as u64);
-                }
-            }
-            self.running.push(s);
-            plan.push((self.running.len() - 1, take));
-            budget -= take;
-        }
-        let p = self.blocks.stats();
-        self.metrics
-            .prefix_cache_queries_total
-            .inc_by(p.queried_tokens - self.metrics.prefix_cache_queries_total.get());
-        self.metrics
-            .prefix_cache_hits_total
-            .inc_by(p.hit_tokens - self.metrics.prefix_cache_hits_total.get());
-        plan
-    }
-
-    /// Frees a running sequence's blocks and puts it first in the queue, to be recomputed.
-    fn preempt(&mut self, i: usize) {
-        let mut s = self.running.remove(i);
-        tracing::info!(
-            request_id = %self.groups.get(&s.group).map_or("", |g| g.req.id.as_str()),
-            tokens = s.tokens.len(),
-            "preempted: out of KV blocks"
-        );
-        self.blocks.release(&mut s.blocks);
-        s.computed = 0;
-        self.metrics.num_preemptions_total.inc();
-        self.waiting.push_front(s);
-    }
-
-    /// The other choices of sequence `i`, whose prompt has just been computed: full blocks
-    /// shared, the partial last block copied (or recomputed if no block is free).
-    fn fork(&mut self, i: usize, logits_row: &[f32]) -> Vec<(Sequence, Vec<f32>)> {
-        let n = std::mem::take(&mut self.running[i].forks);
-        let bt = self.blocks.block_tokens();
-        let mut out = Vec::new();
-        let mut queued = Vec::new();
-        for c in 1..=n {
-            let (group, tokens, computed, parent_blocks) = {
-                let s = &self.running[i];
-                (s.group, s.tokens.clone(), s.computed, s.blocks.clone())
-            };
-            let Some(g) = self.groups.get(&group) else {
-                break;
-            };
-            let full = computed / bt;
-            let mut blocks: Vec<u32> = parent_blocks[..full].to_vec();
-            for &b in &blocks {
-                self.blocks.share(b);
-            }
-            let mut fork_computed = full * bt;
-            if computed % bt != 0 {
-                if let Some(copy) = self.blocks.allocate() {
-                    self.copies.push((parent_blocks[full], copy));
-                    blocks.push(copy);
-                    fork_computed = computed;
-                }
-            }
-            let mut seq = Sequence::new(group, c, &g.req, tokens);
-            seq.computed = fork_computed;
-            seq.blocks = blocks;
-            if fork_computed == computed {
-                out.push((seq, logits_row.to_vec()));
-            } else {
-                queued.push(seq);
-            }
-        }
-        // Without a block for the copy, a fork recomputes its partial block later (the same
-        // rows give the same logits).
-        for s in queued.into_iter().rev() {
-            self.waiting.push_front(s);
-        }
-        out
-    }
-
     /// Samples the next token of running sequence `i` from its logits; `Some` if it ended.
     fn sample(&mut self, i: usize, row: &[f32]) -> Option<FinishReason> {
         let s = &mut self.running[i];
@@ -710,6 +561,9 @@ impl<M: StepModel> Scheduler<M> {
             .set(self.blocks.in_use() as f64 / total);
     }
 }
+
+#[path = "scheduler_plan.rs"]
+mod plan;
 
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
