@@ -461,8 +461,9 @@ def test_prefix_cache_hit(client, server):
     m2 = server.metrics()
     assert second.choices[0].message.content == first.choices[0].message.content
     assert first.usage.prompt_tokens == second.usage.prompt_tokens > 150
-    # Reuse is token-granular: the first request can share only the chat template's opening
-    # (and "Session") with earlier requests; the second reuses the system prompt and more:
+    # Reuse is token-granular, from a quarter block on: the first request can share at most
+    # the chat template's opening (and "Session") with earlier requests; the second reuses
+    # the system prompt and more:
     # every whole block short of the last token, and the head of the next where the first
     # request filled that block (its prompt and generated tokens).
     first_cached = first.usage.prompt_tokens_details.cached_tokens

@@ -287,7 +287,7 @@ impl BlockManager {
                 .zip(next)
                 .take_while(|(a, b)| a == b)
                 .count();
-            if shared > 0 && best.is_none_or(|b| shared > b.tokens) {
+            if shared >= self.min_partial() && best.is_none_or(|b| shared > b.tokens) {
                 best = Some(PartialHit {
                     source: id,
                     tokens: shared,
@@ -299,6 +299,12 @@ impl BlockManager {
         best.filter(|b| b.tokens < self.block_tokens)
     }
 
+    /// The shortest head worth a whole block's copy: a quarter block. Shorter matches are
+    /// mostly a prompt's first token (BOS, the template's opening) shared with everything.
+    fn min_partial(&self) -> usize {
+        (self.block_tokens / 4).max(1)
+    }
+
     /// One more reference to a registered block (taking it out of the eviction order).
     fn take_ref(&mut self, id: u32) {
         let info = &mut self.info[id as usize];
@@ -306,6 +312,13 @@ impl BlockManager {
             self.lru.remove(&info.released_at);
         }
         info.refs += 1;
+    }
+
+    /// Takes back what [`BlockManager::lookup_prefix`] counted of a lookup whose hit was not
+    /// used (the request goes back to the queue, or gives up its partial hit).
+    pub fn uncount_lookup(&mut self, queried: usize, hit: usize) {
+        self.stats.queried_tokens = self.stats.queried_tokens.saturating_sub(queried as u64);
+        self.stats.hit_tokens = self.stats.hit_tokens.saturating_sub(hit as u64);
     }
 
     /// Drops the reference a [`PartialHit`] held on its source, once the copy is made (or
@@ -449,6 +462,24 @@ mod tests {
         m.release(&mut all);
         assert!(m.lookup_prefix(&q).blocks.is_empty());
         assert!(m.children.is_empty());
+    }
+
+    #[test]
+    fn a_partial_hit_needs_a_quarter_block() {
+        let mut m = BlockManager::new(4, 16, true);
+        let cached: Vec<u32> = (1..=17).collect();
+        let mut a = Vec::new();
+        assert!(m.grow(&mut a, cached.len()));
+        m.register_full_blocks(&cached, &a, cached.len());
+        m.release(&mut a);
+        // Three shared tokens (a BOS and a template's opening, say): not worth a copy.
+        let short: Vec<u32> = [1, 2, 3].into_iter().chain(100..120).collect();
+        assert_eq!(m.lookup_prefix(&short), PrefixHit::default());
+        let four: Vec<u32> = [1, 2, 3, 4].into_iter().chain(100..120).collect();
+        let hit = m.lookup_prefix(&four);
+        assert_eq!(hit.partial.map(|p| p.tokens), Some(4));
+        m.release_source(hit.partial.expect("a partial hit").source);
+        assert!(m.all_released());
     }
 
     #[test]

@@ -261,6 +261,34 @@ fn prefix_hits_reuse_blocks_and_change_nothing() {
 }
 
 #[test]
+fn a_request_needing_every_block_gives_up_its_partial_hit_instead_of_waiting() {
+    // Four blocks of four. The first request leaves two cached blocks; the second shares
+    // the head of the first of them but needs all four blocks, so the block its partial hit
+    // would copy from must be handed out instead (found in review: it used to wait for ever).
+    let mut s = scheduler(4, 4, 64, true);
+    let a = prompt(5, 8);
+    let (tx, mut rx) = unbounded_channel();
+    s.add(request(&a, 1, 1), tx);
+    run_all(&mut s);
+    collect(&mut rx, 1);
+    assert_eq!(s.blocks.cached(), 2);
+    let mut b = prompt(6, 15);
+    b[..2].copy_from_slice(&a[..2]);
+    let (tx, mut rx) = unbounded_channel();
+    s.add(request(&b, 1, 1), tx);
+    run_all(&mut s);
+    let o = collect(&mut rx, 1);
+    assert_eq!(o.texts[0], reference(&b, 1));
+    assert_eq!(o.usage.unwrap().cached_tokens, 0);
+    assert_eq!(s.metrics.prefix_cache_hits_total.get(), 0);
+    assert_eq!(
+        s.metrics.prefix_cache_queries_total.get(),
+        (a.len() + b.len()) as u64
+    );
+    assert!(s.blocks.all_released());
+}
+
+#[test]
 fn choices_share_the_prompt_blocks_and_copy_the_partial_one() {
     let mut s = scheduler(64, 4, 64, true);
     let p = prompt(3, 10); // two full blocks and a partial one
