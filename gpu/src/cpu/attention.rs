@@ -67,11 +67,20 @@ pub fn attention(
         }
         check_table(spec, s.blocks, s.pos_start + s.len)?;
     }
-    match kv {
-        HostKv::F32(kv) => write_and_attend(layer, q, (k, v), seqs, kv, spec, shape),
-        HostKv::F16(kv) => write_and_attend(layer, q, (k, v), seqs, kv, spec, shape),
-    }
+    with_host_kv!(kv, data => write_and_attend(layer, q, (k, v), seqs, data, spec, shape))
 }
+
+/// `$body` with `$data` bound to the pool's typed arrays, whichever type the pool stores
+/// (the generic code is then monomorphized for each).
+macro_rules! with_host_kv {
+    ($kv:expr, $data:ident => $body:expr) => {
+        match $kv {
+            HostKv::F32($data) => $body,
+            HostKv::F16($data) => $body,
+        }
+    };
+}
+use with_host_kv;
 
 /// A value type of the host pool: stored from f32, read back as f32 (exactly, for f16).
 pub(crate) trait KvElem: bytemuck::Pod + Send + Sync {
@@ -584,10 +593,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
 
 /// Copies every layer's keys and values of block `src` to block `dst`, for each pair.
 pub fn copy_blocks(kv: &mut HostKv, spec: &KvPoolSpec, pairs: &[(u32, u32)]) -> Result<()> {
-    match kv {
-        HostKv::F32(kv) => copy_blocks_in(kv, spec, pairs),
-        HostKv::F16(kv) => copy_blocks_in(kv, spec, pairs),
-    }
+    with_host_kv!(kv, data => copy_blocks_in(data, spec, pairs))
 }
 
 fn copy_blocks_in<E: KvElem>(

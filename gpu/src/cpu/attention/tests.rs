@@ -142,28 +142,7 @@ fn attend(
     shape: AttentionShape,
     heads_per_task: usize,
 ) -> Result<Vec<f32>> {
-    match kv {
-        HostKv::F32(d) => attend_with(
-            best_kernel(),
-            layer,
-            q,
-            seqs,
-            d,
-            spec,
-            shape,
-            heads_per_task,
-        ),
-        HostKv::F16(d) => attend_with(
-            best_kernel(),
-            layer,
-            q,
-            seqs,
-            d,
-            spec,
-            shape,
-            heads_per_task,
-        ),
-    }
+    with_host_kv!(kv, d => attend_with(best_kernel(), layer, q, seqs, d, spec, shape, heads_per_task))
 }
 
 /// Each fused kernel's output (name, rows) for one pool.
@@ -190,10 +169,7 @@ fn kernel_outputs(
     shape: AttentionShape,
     heads: usize,
 ) -> Vec<(&'static str, Vec<f32>)> {
-    match kv {
-        HostKv::F32(d) => outputs_of_every_kernel(d, batch, spec, shape, heads),
-        HostKv::F16(d) => outputs_of_every_kernel(d, batch, spec, shape, heads),
-    }
+    with_host_kv!(kv, d => outputs_of_every_kernel(d, batch, spec, shape, heads))
 }
 
 /// The queries of `steps` (sequence, positions) as one ragged batch, with its spans.
