@@ -67,7 +67,8 @@ pub struct PrefixHit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartialHit {
     pub source: u32,
-    /// Leading positions of `source` that match (at least one, fewer than a block).
+    /// Leading positions of `source` that match (at least a quarter block, fewer than a
+    /// whole one: a whole match is a chain hit).
     pub tokens: usize,
 }
 
@@ -208,18 +209,22 @@ impl BlockManager {
     /// Drops one reference to each block of `table` and empties it. A block nobody holds any
     /// more becomes cached (if registered) or free.
     pub fn release(&mut self, table: &mut Vec<u32>) {
-        for id in table.drain(..) {
-            let info = &mut self.info[id as usize];
-            debug_assert!(info.refs > 0, "releasing block {id} twice");
-            info.refs = info.refs.saturating_sub(1);
-            if info.refs == 0 {
-                if info.key.is_some() {
-                    self.tick += 1;
-                    info.released_at = self.tick;
-                    self.lru.insert(self.tick, id);
-                } else {
-                    self.free.push(id);
-                }
+        for id in std::mem::take(table) {
+            self.release_one(id);
+        }
+    }
+
+    fn release_one(&mut self, id: u32) {
+        let info = &mut self.info[id as usize];
+        debug_assert!(info.refs > 0, "releasing block {id} twice");
+        info.refs = info.refs.saturating_sub(1);
+        if info.refs == 0 {
+            if info.key.is_some() {
+                self.tick += 1;
+                info.released_at = self.tick;
+                self.lru.insert(self.tick, id);
+            } else {
+                self.free.push(id);
             }
         }
     }
@@ -294,9 +299,7 @@ impl BlockManager {
                 });
             }
         }
-        // A whole block's match would have been a chain hit unless it is capped by the
-        // prompt's last token; either way fewer than a block's positions are copied.
-        best.filter(|b| b.tokens < self.block_tokens)
+        best
     }
 
     /// The shortest head worth a whole block's copy: a quarter block. Shorter matches are
@@ -324,7 +327,7 @@ impl BlockManager {
     /// Drops the reference a [`PartialHit`] held on its source, once the copy is made (or
     /// given up).
     pub fn release_source(&mut self, source: u32) {
-        self.release(&mut vec![source]);
+        self.release_one(source);
     }
 
     /// Registers the full blocks of a sequence whose positions `0..computed` are written, so

@@ -46,44 +46,40 @@ impl<M: StepModel> Scheduler<M> {
                 break;
             };
             let bt = self.blocks.block_tokens();
-            let (mut partial, mut counted) = (None, None);
-            if s.blocks.is_empty() && s.computed == 0 {
+            let (looked_up, mut partial) = (s.blocks.is_empty() && s.computed == 0, None);
+            if looked_up {
                 let hit = self.blocks.lookup_prefix(&s.tokens);
                 s.computed = hit.positions(bt);
-                counted = Some((s.tokens.len(), s.computed));
                 s.blocks = hit.blocks;
                 partial = hit.partial;
             }
             let shared_blocks = s.blocks.len();
-            let mut grown = {
-                let take = (s.tokens.len() - s.computed).min(budget);
-                self.blocks.grow(&mut s.blocks, s.computed + take)
-            };
-            if let (false, Some(p)) = (grown, partial) {
-                // The partial hit's source is a block the pool cannot hand out meanwhile: a
-                // request that needs every block would wait for ever. Compute those tokens.
-                self.blocks.release_source(p.source);
-                self.blocks.uncount_lookup(0, p.tokens);
-                counted = counted.map(|(q, h)| (q, h - p.tokens));
-                partial = None;
-                s.computed = shared_blocks * bt;
-                let take = (s.tokens.len() - s.computed).min(budget);
-                grown = self.blocks.grow(&mut s.blocks, s.computed + take);
+            let take_for = |s: &Sequence| (s.tokens.len() - s.computed).min(budget);
+            let target = s.computed + take_for(&s);
+            let mut grown = self.blocks.grow(&mut s.blocks, target);
+            if !grown {
+                if let Some(p) = partial.take() {
+                    // The partial hit's source is a block the pool cannot hand out meanwhile:
+                    // a request that needs every block would wait for ever. Compute those
+                    // tokens instead.
+                    self.blocks.release_source(p.source);
+                    self.blocks.uncount_lookup(0, p.tokens);
+                    s.computed = shared_blocks * bt;
+                    let target = s.computed + take_for(&s);
+                    grown = self.blocks.grow(&mut s.blocks, target);
+                }
             }
-            let take = (s.tokens.len() - s.computed).min(budget);
             if !grown {
                 self.blocks.release(&mut s.blocks);
-                if let Some(p) = partial {
-                    self.blocks.release_source(p.source);
-                }
-                // Looked up again when it is retried: counted then.
-                if let Some((queried, hit)) = counted {
-                    self.blocks.uncount_lookup(queried, hit);
+                if looked_up {
+                    // Looked up again when it is retried: counted then.
+                    self.blocks.uncount_lookup(s.tokens.len(), s.computed);
                 }
                 s.computed = 0;
                 self.waiting.push_front(s);
                 break;
             }
+            let take = take_for(&s);
             if let Some(p) = partial {
                 // The block after the shared ones (just allocated: at least one token of it
                 // is computed now) starts as a copy of the cached block's head.
