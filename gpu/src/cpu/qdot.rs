@@ -341,6 +341,10 @@ pub fn gemm_scalar(
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
+/// The AVX2 Q4 kernel's four-row tile in assembly (a child of `x86`'s dispatch).
+#[cfg(target_arch = "x86_64")]
+mod avx2_q4x4;
+
 #[cfg(target_arch = "x86_64")]
 mod amx;
 

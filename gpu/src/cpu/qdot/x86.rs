@@ -377,12 +377,15 @@ fn gemm_avx2_impl(
     macro_rules! tile {
         ($r:literal, $a:expr, $o:expr) => {{
             let (a, o, g): (&[ActRow<'_>], &mut [f32], _) = ($a, $o, groups.clone());
-            // SAFETY: pointers come from `gemm_groups` (sizes checked).
+            // SAFETY: pointers come from `gemm_groups` (sizes checked), and the assembly
+            // tile takes only four contiguous rows.
             unsafe {
                 if q8 {
                     gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, o, width, |p, n, q, i| {
                         q8_sums_avx2::<$r>(p, n, q, i)
                     })
+                } else if $r == 4 && avx2_q4x4::contiguous(a) {
+                    avx2_q4x4::gemm_q4_x4(w, g, a, o, width)
                 } else {
                     gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, o, width, |p, n, q, i| {
                         q4_sums_avx2::<$r>(p, n, q, i)
