@@ -16,133 +16,98 @@ use super::*;
 use std::arch::x86_64::*;
 
 /// One Q4 word's products for the four rows: `$c` is the word; `ymm0`–`ymm3` gather the
-/// rows' i16 sums (4 · 2 · 2 · 15 · 127 = 30480 fits).
+/// rows' i16 sums (4 · 2 · 2 · 15 · 127 = 30480 fits). `$row` is [`row_first`] for word 0
+/// (its products start the sums) and [`row`] after it.
+#[rustfmt::skip]
 macro_rules! word {
-    ($c:literal) => {
+    ($c:literal, $row:ident) => {
         concat!(
-            "vmovdqu ymm4, ymmword ptr [{w} + 32*",
-            $c,
-            "]\n",
+            "vmovdqu ymm4, ymmword ptr [{w} + 32*", $c, "]\n",
             "vpsrlw ymm5, ymm4, 4\n",
             "vpand ymm4, ymm4, ymm15\n",
             "vpand ymm5, ymm5, ymm15\n",
-            row!($c, "{q}", "ymm0"),
-            row!($c, "{q} + {qs}", "ymm1"),
-            row!($c, "{q} + 2*{qs}", "ymm2"),
-            row!($c, "{q} + {qs3}", "ymm3"),
+            $row!($c, "{q}", "ymm0"),
+            $row!($c, "{q} + {qs}", "ymm1"),
+            $row!($c, "{q} + 2*{qs}", "ymm2"),
+            $row!($c, "{q} + {qs3}", "ymm3"),
         )
     };
 }
 
 /// One activation row's share of a word (at address `$a`): both nibbles' products, added
 /// into `$acc`.
+#[rustfmt::skip]
 macro_rules! row {
     ($c:literal, $a:literal, $acc:literal) => {
         concat!(
-            "vpbroadcastd ymm6, dword ptr [",
-            $a,
-            " + 4*",
-            $c,
-            "]\n",
-            "vpbroadcastd ymm7, dword ptr [",
-            $a,
-            " + 16 + 4*",
-            $c,
-            "]\n",
+            "vpbroadcastd ymm6, dword ptr [", $a, " + 4*", $c, "]\n",
+            "vpbroadcastd ymm7, dword ptr [", $a, " + 16 + 4*", $c, "]\n",
             "vpmaddubsw ymm6, ymm4, ymm6\n",
             "vpmaddubsw ymm7, ymm5, ymm7\n",
             "vpaddw ymm6, ymm6, ymm7\n",
-            "vpaddw ",
-            $acc,
-            ", ",
-            $acc,
-            ", ymm6\n",
+            "vpaddw ", $acc, ", ", $acc, ", ymm6\n",
+        )
+    };
+}
+
+/// [`row`] for a block's first word: the products are the row's first sums (exact
+/// integers: the same sums as adding them to zero, one instruction fewer).
+#[rustfmt::skip]
+macro_rules! row_first {
+    ($c:literal, $a:literal, $acc:literal) => {
+        concat!(
+            "vpbroadcastd ymm6, dword ptr [", $a, " + 4*", $c, "]\n",
+            "vpbroadcastd ymm7, dword ptr [", $a, " + 16 + 4*", $c, "]\n",
+            "vpmaddubsw ymm6, ymm4, ymm6\n",
+            "vpmaddubsw ymm7, ymm5, ymm7\n",
+            "vpaddw ", $acc, ", ymm6, ymm7\n",
         )
     };
 }
 
 /// Row `$i`'s block total: widen, apply Q4's offset (`s − 8·Σq_a`), scale by `dw·da` into
 /// its accumulator. `$at` addresses the row's entry in a per-block array.
+#[rustfmt::skip]
 macro_rules! finish_offset {
     ($sum:literal, $acc:literal, $at:literal) => {
         concat!(
-            "vpmaddwd ",
-            $sum,
-            ", ",
-            $sum,
-            ", ymm14\n",
-            "vpbroadcastd ymm6, dword ptr [{qsum}",
-            $at,
-            "]\n",
+            "vpmaddwd ", $sum, ", ", $sum, ", ymm14\n",
+            "vpbroadcastd ymm6, dword ptr [{qsum}", $at, "]\n",
             "vpslld ymm6, ymm6, 3\n",
-            "vpsubd ",
-            $sum,
-            ", ",
-            $sum,
-            ", ymm6\n",
-            "vcvtdq2ps ",
-            $sum,
-            ", ",
-            $sum,
-            "\n",
-            "vbroadcastss ymm7, dword ptr [{d}",
-            $at,
-            "]\n",
+            "vpsubd ", $sum, ", ", $sum, ", ymm6\n",
+            "vcvtdq2ps ", $sum, ", ", $sum, "\n",
+            "vbroadcastss ymm7, dword ptr [{d}", $at, "]\n",
             "vmulps ymm7, ymm7, ymm12\n",
-            "vfmadd231ps ",
-            $acc,
-            ", ",
-            $sum,
-            ", ymm7\n",
+            "vfmadd231ps ", $acc, ", ", $sum, ", ymm7\n",
         )
     };
 }
 
 /// Row `$i`'s block total for Q4M: widen, scale by `dw·da`, then add `mw · c`.
+#[rustfmt::skip]
 macro_rules! finish_min {
     ($sum:literal, $acc:literal, $at:literal) => {
         concat!(
-            "vpmaddwd ",
-            $sum,
-            ", ",
-            $sum,
-            ", ymm14\n",
-            "vcvtdq2ps ",
-            $sum,
-            ", ",
-            $sum,
-            "\n",
-            "vbroadcastss ymm7, dword ptr [{d}",
-            $at,
-            "]\n",
+            "vpmaddwd ", $sum, ", ", $sum, ", ymm14\n",
+            "vcvtdq2ps ", $sum, ", ", $sum, "\n",
+            "vbroadcastss ymm7, dword ptr [{d}", $at, "]\n",
             "vmulps ymm7, ymm7, ymm12\n",
-            "vfmadd231ps ",
-            $acc,
-            ", ",
-            $sum,
-            ", ymm7\n",
-            "vbroadcastss ymm7, dword ptr [{c}",
-            $at,
-            "]\n",
-            "vfmadd231ps ",
-            $acc,
-            ", ymm7, ymm13\n",
+            "vfmadd231ps ", $acc, ", ", $sum, ", ymm7\n",
+            "vbroadcastss ymm7, dword ptr [{c}", $at, "]\n",
+            "vfmadd231ps ", $acc, ", ymm7, ymm13\n",
         )
     };
 }
 
-/// The four products of a block, then `$finish` for each row.
+/// The four rows' products of a block, then `$finish` for each row.
+#[rustfmt::skip]
 macro_rules! block {
     ($finish:ident) => {
         concat!(
-            "vpxor ymm0, ymm0, ymm0\n",
-            "vpxor ymm1, ymm1, ymm1\n",
-            "vpxor ymm2, ymm2, ymm2\n",
-            "vpxor ymm3, ymm3, ymm3\n",
-            word!("0"),
-            word!("1"),
-            word!("2"),
-            word!("3"),
+            word!("0", row_first),
+            word!("1", row),
+            word!("2", row),
+            word!("3", row),
             $finish!("ymm0", "ymm8", ""),
             $finish!("ymm1", "ymm9", " + {rs}"),
             $finish!("ymm2", "ymm10", " + 2*{rs}"),
