@@ -8,7 +8,7 @@
 /// about 2·10⁻⁷, one or two f32 ulp). Below −87 it gives e⁻⁸⁷ ≈ 1.6·10⁻³⁸, nothing next to
 /// the maximum's 1.
 #[inline(always)]
-pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     const LN_2_HI: f32 = 0.693_359_4;
     const LN_2_LO: f32 = -2.121_944_4e-4;
@@ -28,7 +28,7 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
 /// for `x ≥ 0` it is `x / (1 + e)`, for `x < 0` `x·e / (1 + e)`, with `e = e^−|x|`. Relative
 /// error a few f32 ulp.
 #[inline(always)]
-pub(crate) fn silu(x: f32) -> f32 {
+pub fn silu(x: f32) -> f32 {
     let e = exp_nonpositive(-x.abs());
     let numerator = if x >= 0.0 { x } else { x * e };
     numerator / (1.0 + e)

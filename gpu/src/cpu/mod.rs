@@ -4,7 +4,7 @@
 //! for the integer kernels ([`packed`]).
 
 mod attention;
-mod fastmath;
+pub mod fastmath;
 pub mod matmul;
 pub mod packed;
 pub mod pool;

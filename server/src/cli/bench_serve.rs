@@ -37,6 +37,9 @@ pub struct BenchServeArgs {
     /// A system prompt of about this many tokens shared by every request (prefix caching).
     #[arg(long, default_value_t = 0)]
     shared_prefix_tokens: usize,
+    /// Sampling temperature of every request (0: greedy; OpenAI's default is 1).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
     /// The model id to ask for (default: the first of /v1/models).
     #[arg(long)]
     model: Option<String>,
@@ -178,8 +181,12 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                 auth.clone(),
                 system.clone(),
             );
-            let (prompt_tokens, max_tokens, seed0) =
-                (args.prompt_tokens, args.max_tokens, next_seed);
+            let (prompt_tokens, max_tokens, seed0, temperature) = (
+                args.prompt_tokens,
+                args.max_tokens,
+                next_seed,
+                args.temperature,
+            );
             workers.push(tokio::spawn(async move {
                 let mut samples = Vec::new();
                 loop {
@@ -196,7 +203,7 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                         "model": model,
                         "messages": messages,
                         "max_tokens": max_tokens,
-                        "temperature": 0,
+                        "temperature": temperature,
                         "ignore_eos": true,
                         "stream": true,
                     });
@@ -264,6 +271,7 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                 "prompt_tokens": args.prompt_tokens,
                 "max_tokens": args.max_tokens,
                 "shared_prefix_tokens": args.shared_prefix_tokens,
+                "temperature": args.temperature,
                 "levels": levels,
             }))?
         );
