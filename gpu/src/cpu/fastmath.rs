@@ -15,13 +15,18 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer without a library call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let n = (x * LOG2_E + ROUND) - ROUND;
+    let rounded = x * LOG2_E + ROUND;
+    let n = rounded - ROUND;
     let y = (x - n * LN_2_HI) - n * LN_2_LO;
     let p = 1.0
         + y * (1.0
             + y * (0.5
                 + y * (1.0 / 6.0 + y * (1.0 / 24.0 + y * (1.0 / 120.0 + y * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `rounded`'s low mantissa bits hold n (two's complement, |n| ≤ 126): 2ⁿ's exponent field
+    // from integer arithmetic on the bits, where `n as i32` (a saturating conversion) kept the
+    // compiler from vectorizing.
+    let n_bits = rounded.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// `x · σ(x) = x / (1 + e⁻ˣ)`, from one [`exp_nonpositive`] of `−|x|` (so it never overflows):
