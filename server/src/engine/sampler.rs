@@ -285,13 +285,19 @@ impl Sampler {
             return Some(Kept::Dense { weights, chunks });
         }
         let total: f64 = chunks.iter().map(|&c| f64::from(c)).sum();
+        // No token lighter than (1 − top_p)·total / V is in the nucleus: if one were, it and
+        // every token ranked after it (at most V, none heavier) would hold more than the
+        // (1 − top_p)·total the nucleus leaves out. Those never need ranking (a long flat
+        // tail is most of a vocabulary); the floor sits a little lower against rounding.
+        let light = ((1.0 - f64::from(p.top_p)) * total / weights.len() as f64 * 0.999) as f32;
         ranked.clear();
         ranked.extend(
             logits
                 .iter()
+                .zip(weights.iter())
                 .enumerate()
-                .filter(|(_, v)| v.is_finite())
-                .map(|(i, &v)| (i as u32, v)),
+                .filter(|(_, (v, &w))| v.is_finite() && w > 0.0 && w >= light)
+                .map(|(i, (&v, _))| (i as u32, v)),
         );
         // Rank a head of the candidates at a time until it holds the nucleus.
         let (mut sorted, mut acc, mut keep) = (0, 0.0f64, ranked.len());
@@ -646,6 +652,18 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 250, "only {checked} cases checked");
+    }
+
+    #[test]
+    fn a_flat_distribution_keeps_its_whole_nucleus() {
+        // Every token equally likely: the nucleus is the lightest-possible case for the
+        // top-p pruning (each weight is total / V), and ties go to the lower ids.
+        for (vocab, top_p, keep) in [(1000usize, 0.5f32, 500usize), (49_152, 0.9, 44_237)] {
+            let logits = vec![0.25f32; vocab];
+            let got = distribution(&logits, &params(1.0, 0, top_p, 0.0, 1));
+            assert_eq!(got.len(), keep, "V {vocab}, top-p {top_p}");
+            assert!(got.iter().map(|c| c.0).eq(0..keep as u32));
+        }
     }
 
     #[test]
