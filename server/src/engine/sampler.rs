@@ -134,6 +134,28 @@ fn finite_max(values: &[f32]) -> f32 {
     lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// One token in this many forms the subset whose k-th largest logit bounds the top k.
+const TOP_K_SUBSET_STRIDE: usize = 8;
+
+/// A value at or below the k-th largest finite logit that few others reach: the k-th largest
+/// of every [`TOP_K_SUBSET_STRIDE`]-th finite logit (k of them reach it, so the top k do),
+/// or −∞ where the subset holds fewer than k. `scratch` is reused.
+fn top_k_floor(logits: &[f32], k: usize, scratch: &mut Vec<f32>) -> f32 {
+    scratch.clear();
+    scratch.extend(
+        logits
+            .iter()
+            .step_by(TOP_K_SUBSET_STRIDE)
+            .copied()
+            .filter(|v| v.is_finite()),
+    );
+    if scratch.len() < k {
+        return f32::NEG_INFINITY;
+    }
+    let (_, kth, _) = scratch.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    *kth
+}
+
 /// How many candidates the top-p search sorts first (then four times as many, and so on): a
 /// language model's nucleus is usually a few dozen tokens, and sorting only those keeps a
 /// sampled token at one pass over the vocabulary instead of a sort of it.
@@ -251,13 +273,16 @@ impl Sampler {
         }
         let weight = |v: f32| exp_nonpositive((v - max) * inv_t);
         if p.top_k > 0 && p.top_k < logits.iter().filter(|v| v.is_finite()).count() {
-            // Top-k first: only k weights, ranked.
+            // Top-k first: only k weights, ranked. Every k-th largest value of a subset is
+            // a floor that at least k tokens reach, the true top k among them, so only the
+            // tokens at or above it are ranked.
+            let floor = top_k_floor(logits, p.top_k, weights);
             ranked.clear();
             ranked.extend(
                 logits
                     .iter()
                     .enumerate()
-                    .filter(|(_, v)| v.is_finite())
+                    .filter(|(_, &v)| v.is_finite() && v >= floor)
                     .map(|(i, &v)| (i as u32, v)),
             );
             ranked.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
@@ -652,6 +677,44 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 250, "only {checked} cases checked");
+    }
+
+    #[test]
+    fn top_k_is_exact_whatever_the_subset_it_bounds_from_holds() {
+        // The subset that bounds the top k (every eighth token) holding the largest logits
+        // (the bound is then exactly the k-th largest), the smallest, or ties with the rest.
+        let shapes: [fn(usize) -> f32; 3] = [
+            |i| {
+                if i % 8 == 0 {
+                    5.0 + i as f32 * 1e-3
+                } else {
+                    -(i as f32) * 1e-3
+                }
+            },
+            |i| {
+                if i % 8 == 0 {
+                    -5.0
+                } else {
+                    (i as f32 * 0.37).sin()
+                }
+            },
+            |i| if i % 3 == 0 { 1.0 } else { 0.5 },
+        ];
+        for shape in shapes {
+            for (vocab, k) in [(1000usize, 40usize), (1000, 125), (5000, 2), (5000, 300)] {
+                let logits: Vec<f32> = (0..vocab).map(shape).collect();
+                let p = params(1.0, k, 1.0, 0.0, 1);
+                let mut got: Vec<u32> = distribution(&logits, &p).iter().map(|c| c.0).collect();
+                let mut want: Vec<u32> = reference_distribution(&logits, &p)
+                    .0
+                    .iter()
+                    .map(|c| c.0)
+                    .collect();
+                got.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(got, want, "V {vocab}, k {k}");
+            }
+        }
     }
 
     #[test]
