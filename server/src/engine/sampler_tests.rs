@@ -1,0 +1,289 @@
+//! Sampler tests: the one-pass filters against a full sort, drawn frequencies, penalties,
+//! log-probabilities.
+
+use super::*;
+
+fn params(temperature: f32, top_k: usize, top_p: f32, min_p: f32, seed: u64) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        seed,
+        ..SamplingParams::default()
+    }
+}
+
+#[test]
+fn penalties_and_bias_steer_greedy_choice() {
+    let logits = [1.0f32, 3.0, 2.9, 0.5];
+    let mut history = TokenHistory::new(&[0], true);
+    history.push(1);
+    let mut plain = Sampler::new(SamplingParams::default());
+    assert_eq!(plain.sample_with(&logits, &history), 1);
+    let mut presence = Sampler::new(SamplingParams {
+        presence_penalty: 0.2,
+        ..SamplingParams::default()
+    });
+    assert_eq!(presence.sample_with(&logits, &history), 2);
+    history.push(1);
+    let mut freq = Sampler::new(SamplingParams {
+        frequency_penalty: 0.06,
+        ..SamplingParams::default()
+    });
+    assert_eq!(freq.sample_with(&logits, &history), 2);
+    let mut rep = Sampler::new(SamplingParams {
+        repetition_penalty: 1.1,
+        ..SamplingParams::default()
+    });
+    assert_eq!(rep.sample_with(&logits, &history), 2);
+    let mut bias = Sampler::new(SamplingParams {
+        logit_bias: vec![(3, 100.0), (99, 5.0)],
+        ..SamplingParams::default()
+    });
+    assert_eq!(bias.sample_with(&logits, &history), 3);
+}
+
+#[test]
+fn logprobs_are_a_normalized_log_softmax_with_sorted_alternatives() {
+    let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
+    let lp = logprobs(&logits, 0, 2);
+    assert!((lp.logprob - 0.25f32.ln()).abs() < 1e-6);
+    assert_eq!(lp.top.len(), 2);
+    assert_eq!(lp.top[0].0, 1);
+    assert!((lp.top[0].1 - 0.75f32.ln()).abs() < 1e-6);
+    assert_eq!(lp.top[1].0, 0);
+    assert_eq!(logprobs(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+}
+
+#[test]
+fn greedy_takes_the_first_maximum() {
+    let mut s = Sampler::new(SamplingParams::default());
+    assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0]), 1);
+}
+
+#[test]
+fn same_seed_same_tokens_and_other_seed_differs() {
+    let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+    let run = |seed| {
+        let mut s = Sampler::new(params(1.0, 0, 1.0, 0.0, seed));
+        (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+    };
+    assert_eq!(run(42), run(42));
+    assert_ne!(run(42), run(43));
+}
+
+#[test]
+fn top_k_top_p_and_min_p_only_return_allowed_tokens() {
+    // Probabilities after softmax at T=1: token 3 ≈ 0.64, 2 ≈ 0.24, 1 ≈ 0.09, 0 ≈ 0.03.
+    let logits = [0.0f32, 1.0, 2.0, 3.0];
+    let mut k2 = Sampler::new(params(1.0, 2, 1.0, 0.0, 1));
+    let mut p70 = Sampler::new(params(1.0, 0, 0.7, 0.0, 2));
+    let mut m30 = Sampler::new(params(1.0, 0, 1.0, 0.3, 3));
+    let mut seen_k = std::collections::HashSet::new();
+    for _ in 0..400 {
+        seen_k.insert(k2.sample(&logits));
+        assert!([2, 3].contains(&p70.sample(&logits)));
+        assert!([2, 3].contains(&m30.sample(&logits)));
+    }
+    assert_eq!(seen_k, [2u32, 3].into_iter().collect());
+}
+
+/// The filters as first written (a float64 softmax over the whole sorted vocabulary): the
+/// kept tokens with their probabilities, and how close the top-p cut came to moving.
+fn reference_distribution(logits: &[f32], p: &SamplingParams) -> (Vec<(u32, f64)>, f64) {
+    let t = f64::from(p.temperature);
+    let mut cand: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, &v)| (i as u32, f64::from(v) / t))
+        .collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        cand.truncate(p.top_k);
+    }
+    let max = cand[0].1;
+    let sum: f64 = cand.iter().map(|c| (c.1 - max).exp()).sum();
+    for c in &mut cand {
+        c.1 = (c.1 - max).exp() / sum;
+    }
+    let mut margin = f64::INFINITY;
+    if p.top_p < 1.0 {
+        let (mut acc, mut keep) = (0.0, cand.len());
+        for (i, c) in cand.iter().enumerate() {
+            acc += c.1;
+            margin = margin.min((acc - f64::from(p.top_p)).abs());
+            if acc >= f64::from(p.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        cand.truncate(keep);
+    }
+    let floor = cand[0].1 * f64::from(p.min_p);
+    for c in &cand[1..] {
+        margin = margin.min((c.1 / floor.max(1e-300) - 1.0).abs());
+    }
+    let first = cand[0];
+    cand.retain(|c| c.1 >= floor);
+    if cand.is_empty() {
+        cand.push(first);
+    }
+    let kept: f64 = cand.iter().map(|c| c.1).sum();
+    (
+        cand.into_iter().map(|(i, q)| (i, q / kept)).collect(),
+        margin,
+    )
+}
+
+/// The new sampler's kept tokens as normalized probabilities, by token id.
+fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
+    let s = Sampler::new(p.clone());
+    let (mut weights, mut chunks, mut ranked) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out: Vec<(u32, f64)> = match s.kept(logits, (&mut weights, &mut chunks), &mut ranked) {
+        Some(Kept::Dense { weights, .. }) => weights
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| w > 0.0)
+            .map(|(i, &w)| (i as u32, f64::from(w)))
+            .collect(),
+        Some(Kept::Ranked(top)) => top.iter().map(|&(i, w)| (i, f64::from(w))).collect(),
+        None => Vec::new(),
+    };
+    let total: f64 = out.iter().map(|c| c.1).sum();
+    out.iter_mut().for_each(|c| c.1 /= total);
+    out
+}
+
+#[test]
+fn filters_keep_the_tokens_and_probabilities_of_a_full_sort() {
+    use rand_chacha::rand_core::RngCore;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut checked = 0;
+    for case in 0..400 {
+        let vocab = [3usize, 50, 1000, 5000][case % 4];
+        let spread = [0.5f32, 3.0, 12.0][case % 3];
+        let mut logits: Vec<f32> = (0..vocab)
+            .map(|_| (rng.next_u32() as f32 / u32::MAX as f32 - 0.5) * spread)
+            .collect();
+        // Ties and excluded values.
+        if vocab > 10 {
+            logits[3] = logits[7];
+            logits[5] = f32::NEG_INFINITY;
+            logits[6] = f32::NAN;
+        }
+        let p = params(
+            [0.3f32, 1.0, 1.7][case % 3],
+            [0usize, 1, 2, 40, 2000][(case / 3) % 5],
+            [1.0f32, 0.95, 0.5, 0.05][(case / 5) % 4],
+            [0.0f32, 0.05, 0.3][(case / 7) % 3],
+            case as u64,
+        );
+        if p.top_k == 1 {
+            continue;
+        }
+        let (want, margin) = reference_distribution(&logits, &p);
+        if margin < 1e-5 {
+            continue; // a cut within rounding of moving: either answer is right
+        }
+        let mut got = distribution(&logits, &p);
+        got.sort_by_key(|c| c.0);
+        let mut want = want;
+        want.sort_by_key(|c| c.0);
+        let ids = |d: &[(u32, f64)]| d.iter().map(|c| c.0).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&want), "case {case}: {p:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g.1 - w.1).abs() < 1e-5, "case {case}: {g:?} vs {w:?}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 250, "only {checked} cases checked");
+}
+
+#[test]
+fn top_k_is_exact_whatever_the_subset_it_bounds_from_holds() {
+    // The subset that bounds the top k (every eighth token) holding the largest logits
+    // (the bound is then exactly the k-th largest), the smallest, or ties with the rest.
+    let shapes: [fn(usize) -> f32; 3] = [
+        |i| {
+            if i % 8 == 0 {
+                5.0 + i as f32 * 1e-3
+            } else {
+                -(i as f32) * 1e-3
+            }
+        },
+        |i| {
+            if i % 8 == 0 {
+                -5.0
+            } else {
+                (i as f32 * 0.37).sin()
+            }
+        },
+        |i| if i % 3 == 0 { 1.0 } else { 0.5 },
+    ];
+    for shape in shapes {
+        for (vocab, k) in [(1000usize, 40usize), (1000, 125), (5000, 2), (5000, 300)] {
+            let logits: Vec<f32> = (0..vocab).map(shape).collect();
+            let p = params(1.0, k, 1.0, 0.0, 1);
+            let mut got: Vec<u32> = distribution(&logits, &p).iter().map(|c| c.0).collect();
+            let mut want: Vec<u32> = reference_distribution(&logits, &p)
+                .0
+                .iter()
+                .map(|c| c.0)
+                .collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "V {vocab}, k {k}");
+        }
+    }
+}
+
+#[test]
+fn a_flat_distribution_keeps_its_whole_nucleus() {
+    // Every token equally likely: the nucleus is the lightest-possible case for the
+    // top-p pruning (each weight is total / V), and ties go to the lower ids.
+    for (vocab, top_p, keep) in [(1000usize, 0.5f32, 500usize), (49_152, 0.9, 44_237)] {
+        let logits = vec![0.25f32; vocab];
+        let got = distribution(&logits, &params(1.0, 0, top_p, 0.0, 1));
+        assert_eq!(got.len(), keep, "V {vocab}, top-p {top_p}");
+        assert!(got.iter().map(|c| c.0).eq(0..keep as u32));
+    }
+}
+
+#[test]
+fn drawn_frequencies_follow_the_kept_distribution() {
+    let logits: Vec<f32> = (0..40).map(|i| (i as f32 * 0.7).sin() * 2.0).collect();
+    for p in [
+        params(1.0, 0, 1.0, 0.0, 11),
+        params(0.8, 0, 0.9, 0.0, 12),
+        params(1.3, 10, 0.95, 0.1, 13),
+        params(1.0, 0, 1.0, 0.2, 14),
+    ] {
+        let (want, _) = reference_distribution(&logits, &p);
+        let mut s = Sampler::new(p.clone());
+        let n = 40_000;
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..n {
+            *counts.entry(s.sample(&logits)).or_insert(0usize) += 1;
+        }
+        assert!(
+            counts.keys().all(|t| want.iter().any(|w| w.0 == *t)),
+            "{p:?}"
+        );
+        for (t, q) in &want {
+            let f = counts.get(t).copied().unwrap_or(0) as f64 / n as f64;
+            assert!((f - q).abs() < 0.01, "{p:?}: token {t} {f} vs {q}");
+        }
+    }
+}
+
+#[test]
+fn sampling_frequencies_follow_the_softmax() {
+    let logits = [0.0f32, (3.0f32).ln()]; // probabilities 1/4 and 3/4
+    let mut s = Sampler::new(params(1.0, 0, 1.0, 0.0, 9));
+    let n = 20_000;
+    let ones = (0..n).filter(|_| s.sample(&logits) == 1).count();
+    let freq = ones as f64 / n as f64;
+    assert!((freq - 0.75).abs() < 0.02, "{freq}");
+}
