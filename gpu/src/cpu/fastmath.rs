@@ -33,7 +33,7 @@ pub fn exp_nonpositive(x: f32) -> f32 {
 /// for `x ≥ 0` it is `x / (1 + e)`, for `x < 0` `x·e / (1 + e)`, with `e = e^−|x|`. Relative
 /// error a few f32 ulp.
 #[inline(always)]
-pub fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     let e = exp_nonpositive(-x.abs());
     let numerator = if x >= 0.0 { x } else { x * e };
     numerator / (1.0 + e)

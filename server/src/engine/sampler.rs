@@ -87,11 +87,16 @@ impl Default for SamplingParams {
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
-    /// Per-token weights of the last row and their sums per [`CHUNK`] (reused: a
-    /// vocabulary's worth per token).
+    scratch: Scratch,
+}
+
+/// Buffers a sampled token fills, kept between tokens (a vocabulary's worth each).
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    /// Per-token weights of the last row and their sums per [`CHUNK`].
     weights: Vec<f32>,
     chunks: Vec<f32>,
-    /// Candidates being ranked (reused likewise).
+    /// Candidates being ranked.
     ranked: Vec<(u32, f32)>,
 }
 
@@ -180,9 +185,7 @@ impl Sampler {
         Self {
             params,
             rng,
-            weights: Vec::new(),
-            chunks: Vec::new(),
-            ranked: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -195,11 +198,6 @@ impl Sampler {
     /// The parameters.
     pub fn params(&self) -> &SamplingParams {
         &self.params
-    }
-
-    /// A uniform draw in `[0, 1)` with 24 bits of resolution.
-    fn uniform(&mut self) -> f64 {
-        f64::from(self.rng.next_u32() >> 8) / f64::from(1u32 << 24)
     }
 
     /// Picks the next token after applying the penalties and logit bias to a copy of the
@@ -242,113 +240,115 @@ impl Sampler {
         if self.params.temperature <= 0.0 || self.params.top_k == 1 {
             return argmax(logits);
         }
-        let mut weights = std::mem::take(&mut self.weights);
-        let mut chunks = std::mem::take(&mut self.chunks);
-        let mut ranked = std::mem::take(&mut self.ranked);
-        let token = match self.kept(logits, (&mut weights, &mut chunks), &mut ranked) {
+        let Self {
+            params,
+            rng,
+            scratch,
+        } = self;
+        match kept(params, logits, scratch) {
             None => argmax(logits),
-            Some(kept) => {
-                let u = self.uniform();
-                draw(&kept, u)
-            }
-        };
-        self.weights = weights;
-        self.chunks = chunks;
-        self.ranked = ranked;
-        token
+            Some(kept) => draw(&kept, uniform(rng)),
+        }
     }
+}
 
-    /// The tokens the filters keep, with their weights; `None` when no logit is finite.
-    fn kept<'w>(
-        &self,
-        logits: &[f32],
-        (weights, chunks): (&'w mut Vec<f32>, &'w mut Vec<f32>),
-        ranked: &mut Vec<(u32, f32)>,
-    ) -> Option<Kept<'w>> {
-        let p = &self.params;
-        let inv_t = 1.0 / p.temperature;
-        let max = finite_max(logits);
-        if max == f32::NEG_INFINITY {
-            return None;
-        }
-        let weight = |v: f32| exp_nonpositive((v - max) * inv_t);
-        if p.top_k > 0 && p.top_k < logits.iter().filter(|v| v.is_finite()).count() {
-            // Top-k first: only k weights, ranked. Every k-th largest value of a subset is
-            // a floor that at least k tokens reach, the true top k among them, so only the
-            // tokens at or above it are ranked.
-            let floor = top_k_floor(logits, p.top_k, weights);
-            ranked.clear();
-            ranked.extend(
-                logits
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &v)| v.is_finite() && v >= floor)
-                    .map(|(i, &v)| (i as u32, v)),
-            );
-            ranked.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
-            ranked.truncate(p.top_k);
-            ranked.sort_unstable_by(by_logit_desc);
-            let mut top: Vec<(u32, f32)> = ranked.iter().map(|&(i, v)| (i, weight(v))).collect();
-            let total: f64 = top.iter().map(|c| f64::from(c.1)).sum();
-            top.truncate(nucleus(&top, p.top_p, total));
-            keep_min_p(&mut top, p.min_p);
-            return Some(Kept::Ranked(top));
-        }
-        // Without top-p, min-p's floor applies here: the most likely token's weight is
-        // exactly 1, so the floor is min_p itself. Excluded tokens weigh 0.
-        let floor = if p.top_p >= 1.0 { p.min_p } else { 0.0 };
-        weights.clear();
-        weights.resize(logits.len(), 0.0);
-        // Branch-free, so the compiler vectorizes it.
-        for (w, &v) in weights.iter_mut().zip(logits) {
-            let e = weight(v);
-            *w = if v.is_finite() & (e >= floor) { e } else { 0.0 };
-        }
-        chunks.clear();
-        chunks.extend(weights.chunks(CHUNK).map(chunk_sum));
-        if p.top_p >= 1.0 {
-            return Some(Kept::Dense { weights, chunks });
-        }
-        let total: f64 = chunks.iter().map(|&c| f64::from(c)).sum();
-        // No token lighter than (1 − top_p)·total / V is in the nucleus: if one were, it and
-        // every token ranked after it (at most V, none heavier) would hold more than the
-        // (1 − top_p)·total the nucleus leaves out. Those never need ranking (a long flat
-        // tail is most of a vocabulary); the floor sits a little lower against rounding.
-        let light = ((1.0 - f64::from(p.top_p)) * total / weights.len() as f64 * 0.999) as f32;
+/// A uniform draw in `[0, 1)` with 24 bits of resolution.
+fn uniform(rng: &mut ChaCha8Rng) -> f64 {
+    f64::from(rng.next_u32() >> 8) / f64::from(1u32 << 24)
+}
+
+/// The tokens the filters of `p` keep, with their weights; `None` when no logit is finite.
+fn kept<'s>(p: &SamplingParams, logits: &[f32], scratch: &'s mut Scratch) -> Option<Kept<'s>> {
+    let Scratch {
+        weights,
+        chunks,
+        ranked,
+    } = scratch;
+    let inv_t = 1.0 / p.temperature;
+    let max = finite_max(logits);
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    let weight = |v: f32| exp_nonpositive((v - max) * inv_t);
+    if p.top_k > 0 && p.top_k < logits.len() {
+        // Top-k first: only k weights, ranked. Every k-th largest value of a subset is
+        // a floor that at least k tokens reach, the true top k among them, so only the
+        // tokens at or above it are ranked.
+        let floor = top_k_floor(logits, p.top_k, weights);
         ranked.clear();
         ranked.extend(
             logits
                 .iter()
-                .zip(weights.iter())
                 .enumerate()
-                .filter(|(_, (v, &w))| v.is_finite() && w > 0.0 && w >= light)
-                .map(|(i, (&v, _))| (i as u32, v)),
+                .filter(|(_, &v)| v.is_finite() && v >= floor)
+                .map(|(i, &v)| (i as u32, v)),
         );
-        // Rank a head of the candidates at a time until it holds the nucleus.
-        let (mut sorted, mut acc, mut keep) = (0, 0.0f64, ranked.len());
-        while sorted < ranked.len() {
-            let end = ranked.len().min((4 * sorted).max(TOP_P_FIRST_SORT));
-            let rest = &mut ranked[sorted..];
-            if end - sorted < rest.len() {
-                rest.select_nth_unstable_by(end - sorted - 1, by_logit_desc);
-            }
-            ranked[sorted..end].sort_unstable_by(by_logit_desc);
-            if let Some(n) = ranked[sorted..end].iter().position(|&(i, _)| {
-                acc += f64::from(weights[i as usize]);
-                acc >= f64::from(p.top_p) * total
-            }) {
-                keep = sorted + n + 1;
-                break;
-            }
-            sorted = end;
+        // (Fewer candidates than k only where non-finite logits leave fewer tokens.)
+        if ranked.len() > p.top_k {
+            ranked.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            ranked.truncate(p.top_k);
         }
-        let mut top: Vec<(u32, f32)> = ranked[..keep]
-            .iter()
-            .map(|&(i, _)| (i, weights[i as usize]))
-            .collect();
+        ranked.sort_unstable_by(by_logit_desc);
+        let mut top: Vec<(u32, f32)> = ranked.iter().map(|&(i, v)| (i, weight(v))).collect();
+        let total: f64 = top.iter().map(|c| f64::from(c.1)).sum();
+        top.truncate(nucleus(&top, p.top_p, total));
         keep_min_p(&mut top, p.min_p);
-        Some(Kept::Ranked(top))
+        return Some(Kept::Ranked(top));
     }
+    // Without top-p, min-p's floor applies here: the most likely token's weight is
+    // exactly 1, so the floor is min_p itself. Excluded tokens weigh 0.
+    let floor = if p.top_p >= 1.0 { p.min_p } else { 0.0 };
+    weights.clear();
+    weights.resize(logits.len(), 0.0);
+    // Branch-free, so the compiler vectorizes it.
+    for (w, &v) in weights.iter_mut().zip(logits) {
+        let e = weight(v);
+        *w = if v.is_finite() & (e >= floor) { e } else { 0.0 };
+    }
+    chunks.clear();
+    chunks.extend(weights.chunks(CHUNK).map(chunk_sum));
+    if p.top_p >= 1.0 {
+        return Some(Kept::Dense { weights, chunks });
+    }
+    let total: f64 = chunks.iter().map(|&c| f64::from(c)).sum();
+    // No token lighter than (1 − top_p)·total / V is in the nucleus: if one were, it and
+    // every token ranked after it (at most V, none heavier) would hold more than the
+    // (1 − top_p)·total the nucleus leaves out. Those never need ranking (a long flat
+    // tail is most of a vocabulary); the floor sits a little lower against rounding.
+    let light = ((1.0 - f64::from(p.top_p)) * total / weights.len() as f64 * 0.999) as f32;
+    ranked.clear();
+    ranked.extend(
+        logits
+            .iter()
+            .zip(weights.iter())
+            .enumerate()
+            .filter(|(_, (v, &w))| v.is_finite() && w > 0.0 && w >= light)
+            .map(|(i, (&v, _))| (i as u32, v)),
+    );
+    // Rank a head of the candidates at a time until it holds the nucleus.
+    let (mut sorted, mut acc, mut keep) = (0, 0.0f64, ranked.len());
+    while sorted < ranked.len() {
+        let end = ranked.len().min((4 * sorted).max(TOP_P_FIRST_SORT));
+        let rest = &mut ranked[sorted..];
+        if end - sorted < rest.len() {
+            rest.select_nth_unstable_by(end - sorted - 1, by_logit_desc);
+        }
+        ranked[sorted..end].sort_unstable_by(by_logit_desc);
+        if let Some(n) = ranked[sorted..end].iter().position(|&(i, _)| {
+            acc += f64::from(weights[i as usize]);
+            acc >= f64::from(p.top_p) * total
+        }) {
+            keep = sorted + n + 1;
+            break;
+        }
+        sorted = end;
+    }
+    let mut top: Vec<(u32, f32)> = ranked[..keep]
+        .iter()
+        .map(|&(i, _)| (i, weights[i as usize]))
+        .collect();
+    keep_min_p(&mut top, p.min_p);
+    Some(Kept::Ranked(top))
 }
 
 /// How many of `ranked` (most likely first, weights summing to `total`) the nucleus of

@@ -139,9 +139,8 @@ fn reference_distribution(logits: &[f32], p: &SamplingParams) -> (Vec<(u32, f64)
 
 /// The new sampler's kept tokens as normalized probabilities, by token id.
 fn distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f64)> {
-    let s = Sampler::new(p.clone());
-    let (mut weights, mut chunks, mut ranked) = (Vec::new(), Vec::new(), Vec::new());
-    let mut out: Vec<(u32, f64)> = match s.kept(logits, (&mut weights, &mut chunks), &mut ranked) {
+    let mut scratch = Scratch::default();
+    let mut out: Vec<(u32, f64)> = match kept(p, logits, &mut scratch) {
         Some(Kept::Dense { weights, .. }) => weights
             .iter()
             .enumerate()
