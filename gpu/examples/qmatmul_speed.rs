@@ -2,7 +2,7 @@
 //! `cargo run --release -p lowbit-gpu --example qmatmul_speed [FORMAT VARIANT M K N REPS]`
 //! (no arguments: a standard sweep).
 use lowbit_gpu::cpu::packed::PackedWeight;
-use lowbit_gpu::cpu::qdot::{available_gemms, QuantizedActs};
+use lowbit_gpu::cpu::qdot::{available_gemms, GemmOut, QuantizedActs};
 use lowbit_gpu::cpu::qmatmul::packed_matmul_with;
 use lowbit_gpu::quant::{quantize, GroupSize, QuantFormat, QuantizeOptions};
 use std::time::Instant;
@@ -34,7 +34,12 @@ fn probe(f: QuantFormat, variant: Option<&str>, m: usize, k: usize, n: usize, re
         let mut kernel = f64::INFINITY;
         for _ in 0..reps {
             let t = Instant::now();
-            gemm(&q, 0..q.row_groups(), &rows, &mut out);
+            gemm(
+                &q,
+                0..q.row_groups(),
+                &rows,
+                GemmOut::packed(&mut out, q.row_groups() * 8),
+            );
             kernel = kernel.min(t.elapsed().as_secs_f64());
             std::hint::black_box(&mut out);
         }

@@ -103,6 +103,12 @@ pub trait Backend: Send + Sync {
     /// Copies a tensor's values back to the host.
     fn download(&self, x: &Tensor) -> Result<Vec<f32>>;
 
+    /// A tensor's values on the host, consuming it: a host tensor gives its own buffer
+    /// (a step's logits are 16 × 49,152 values, not worth copying on the engine thread).
+    fn download_owned(&self, x: Tensor) -> Result<Vec<f32>> {
+        self.download(&x)
+    }
+
     /// Rows `ids[i]` of the embedding table, one row per token.
     fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Tensor>;
 

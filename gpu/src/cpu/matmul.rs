@@ -7,6 +7,7 @@
 //! against.
 
 use super::pool::Pool;
+use super::qdot::GemmOut;
 use std::borrow::Cow;
 
 /// Rows of x and of W in one register tile.
@@ -383,15 +384,104 @@ pub(crate) fn column_blocks_many(
     per_task: usize,
     block: impl Fn(usize, usize, &mut Vec<f32>) -> usize + Sync,
 ) -> Vec<Vec<f32>> {
+    for_column_blocks(m, ns, per_task, |i, c, target| {
+        SCRATCH.with(|scratch| {
+            let mut b = scratch.take();
+            b.clear();
+            let stride = block(i, c, &mut b);
+            target.copy_from(&b, stride);
+            scratch.replace(b);
+        })
+    })
+}
+
+/// [`column_blocks_many`] for integer kernels, which write through a [`GemmOut`]: task
+/// `(i, c)` computes a block `padded(i, c)` columns wide (its width, plus the padding rows of
+/// a last, partial row group) and writes it straight into output `i`, where it fits inside
+/// the rows, or else (a block with padding columns) through the thread's buffer.
+pub(crate) fn gemm_column_blocks(
+    m: usize,
+    ns: &[usize],
+    per_task: usize,
+    padded: impl Fn(usize, usize) -> usize + Sync,
+    block: impl Fn(usize, usize, GemmOut<'_>) + Sync,
+) -> Vec<Vec<f32>> {
+    for_column_blocks(m, ns, per_task, |i, c, target| {
+        let padded = padded(i, c);
+        if target.col + padded <= target.n {
+            // SAFETY: rows 0..m, columns col..col + padded of output `i` lie inside its
+            // m × n capacity (checked just above) and belong to this task alone.
+            block(i, c, unsafe {
+                GemmOut::strided(target.start(), m, padded, target.n)
+            });
+        } else {
+            SCRATCH.with(|scratch| {
+                let mut b = scratch.take();
+                b.clear();
+                b.resize(m * padded, 0.0);
+                block(i, c, GemmOut::packed(&mut b, padded));
+                target.copy_from(&b, padded);
+                scratch.replace(b);
+            })
+        }
+    })
+}
+
+/// A task's block of one output: columns `col..col + width` of every row of an `m × n`
+/// buffer that tasks fill in parallel.
+struct ColumnBlock {
+    base: *mut f32,
+    m: usize,
+    n: usize,
+    col: usize,
+    width: usize,
+}
+
+impl ColumnBlock {
+    /// Row 0's first value of the block.
+    fn start(&self) -> *mut f32 {
+        self.base.wrapping_add(self.col)
+    }
+
+    /// Copies the block from `src`, `m` rows of `stride ≥ width` values.
+    fn copy_from(&self, src: &[f32], stride: usize) {
+        let (m, width) = (self.m, self.width);
+        assert!(
+            stride >= width && src.len() == m * stride,
+            "a column block of {m} × {width} in rows of {stride}"
+        );
+        for (r, row) in src.chunks_exact(stride).enumerate() {
+            // SAFETY: row r, columns col..col + width lie inside the output's m × n capacity
+            // and belong to this task alone.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    row.as_ptr(),
+                    self.base.wrapping_add(r * self.n + self.col),
+                    width,
+                );
+            }
+        }
+    }
+}
+
+/// Allocates the `m × ns[i]` outputs (never zeroed) and runs `task(i, c, block)` for every
+/// column block of `per_task` columns of every output in one parallel region; each task must
+/// write all of its block.
+fn for_column_blocks(
+    m: usize,
+    ns: &[usize],
+    per_task: usize,
+    task: impl Fn(usize, usize, ColumnBlock) + Sync,
+) -> Vec<Vec<f32>> {
     /// An output's start; tasks write disjoint columns of it.
     struct Out(*mut f32);
-    // SAFETY: every task writes only its own columns (below), so no two threads write one
-    // element, and nothing reads the buffers until all tasks are done.
+    // SAFETY: every task writes only its own columns, so no two threads write one element,
+    // and nothing reads the buffers until all tasks are done.
     unsafe impl Sync for Out {}
     impl Out {
         // A method, so that closures capture the whole (Sync) wrapper, not its pointer field.
-        fn at(&self, offset: usize) -> *mut f32 {
-            self.0.wrapping_add(offset)
+        fn get(&self) -> *mut f32 {
+            self.0
         }
     }
     let per_task = per_task.max(1);
@@ -410,25 +500,15 @@ pub(crate) fn column_blocks_many(
     Pool::global().run(tasks, &|t| {
         let i = firsts.partition_point(|&f| f <= t) - 1;
         let (c, n) = (t - firsts[i], ns[i]);
-        let j0 = c * per_task;
-        let width = per_task.min(n - j0);
-        SCRATCH.with(|scratch| {
-            let mut b = scratch.take();
-            b.clear();
-            let stride = block(i, c, &mut b);
-            assert!(
-                stride >= width && b.len() == m * stride,
-                "a column block of {m} × {width} in rows of {stride}"
-            );
-            for (r, row) in b.chunks_exact(stride).enumerate() {
-                // SAFETY: row r, columns j0..j0 + width lie inside output i's m × n capacity
-                // and belong to this task alone.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), bases[i].at(r * n + j0), width);
-                }
-            }
-            scratch.replace(b);
-        });
+        let col = c * per_task;
+        let block = ColumnBlock {
+            base: bases[i].get(),
+            m,
+            n,
+            col,
+            width: per_task.min(n - col),
+        };
+        task(i, c, block);
     });
     for (o, &n) in outs.iter_mut().zip(ns) {
         // SAFETY: the tasks wrote every column of every row (a panicking task re-panics in

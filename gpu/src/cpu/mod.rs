@@ -126,6 +126,10 @@ impl Backend for CpuBackend {
         Ok(x.host()?.to_vec())
     }
 
+    fn download_owned(&self, x: Tensor) -> Result<Vec<f32>> {
+        x.into_host()
+    }
+
     fn argmax_rows(&self, x: &Tensor) -> Result<Vec<u32>> {
         if x.cols() == 0 {
             return Ok(vec![0; x.rows()]);

@@ -271,10 +271,92 @@ pub struct ActRow<'a> {
 }
 
 /// A kernel: for each activation row in `acts`, eight weight rows' dot products for each row
-/// group in `groups`. `out` holds one run of `8 · groups.len()` values (padding rows included)
-/// per activation row, in order.
+/// group in `groups`, written to `out`: a run of `8 · groups.len()` values (padding rows
+/// included) per activation row.
 pub type GemmFn =
-    fn(w: &PackedWeight, groups: std::ops::Range<usize>, acts: &[ActRow<'_>], out: &mut [f32]);
+    fn(w: &PackedWeight, groups: std::ops::Range<usize>, acts: &[ActRow<'_>], out: GemmOut<'_>);
+
+/// Where a kernel writes: activation row `i`'s run of `width` values starts `i · stride`
+/// values past the start. A run per row back to back in a buffer of its own
+/// ([`GemmOut::packed`]), or a block of columns of a whole product's rows
+/// ([`GemmOut::strided`]): the tasks of a batched product then write their columns in place
+/// instead of through a buffer copied afterwards (that copy was 7% of a prefill).
+#[derive(Debug)]
+pub struct GemmOut<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    width: usize,
+    stride: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> GemmOut<'a> {
+    /// Runs of `width` values back to back: `out.len() / width` rows.
+    pub fn packed(out: &'a mut [f32], width: usize) -> Self {
+        let rows = out.len().checked_div(width).unwrap_or(0);
+        assert_eq!(rows * width, out.len(), "output of runs of {width}");
+        Self {
+            ptr: out.as_mut_ptr(),
+            rows,
+            width,
+            stride: width,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// `rows` runs of `width` values, `stride` apart, from `ptr`.
+    ///
+    /// # Safety
+    /// For every row `i < rows`, `ptr + i·stride .. + width` is valid for writes and nothing
+    /// else reads or writes it for `'a`.
+    pub unsafe fn strided(ptr: *mut f32, rows: usize, width: usize, stride: usize) -> Self {
+        assert!(
+            rows <= 1 || width <= stride,
+            "runs of {width} overlap {stride} apart"
+        );
+        Self {
+            ptr,
+            rows,
+            width,
+            stride,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Rows it holds.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values each row's run holds.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Row `i`'s run (`i < rows`, checked by the kernels' `check`).
+    fn row_ptr(&self, i: usize) -> *mut f32 {
+        self.ptr.wrapping_add(i * self.stride)
+    }
+
+    /// The rows `start..start + len`, giving this one up for as long as the part lives.
+    fn rows_part(&mut self, start: usize, len: usize) -> GemmOut<'_> {
+        assert!(start + len <= self.rows);
+        GemmOut {
+            ptr: self.row_ptr(start),
+            rows: len,
+            width: self.width,
+            stride: self.stride,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Row `i`'s run as a slice.
+    fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows);
+        // SAFETY: the constructors guarantee each row's run is writable and this one's alone.
+        unsafe { std::slice::from_raw_parts_mut(self.row_ptr(i), self.width) }
+    }
+}
 
 /// Activation rows one kernel call reuses each weight load for (the SIMD kernels keep their
 /// accumulators in registers).
@@ -295,7 +377,7 @@ pub fn gemm_scalar(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    mut out: GemmOut<'_>,
 ) {
     let pg = w.format.group() / QBLOCK;
     let ngroups = w.cols / w.format.group();
@@ -303,7 +385,9 @@ pub fn gemm_scalar(
     let wpr = wpb * (w.cols / QBLOCK);
     let factor = integer_correction(w.format);
     let width = groups.len() * ROW_GROUP;
-    for (a, out) in acts.iter().zip(out.chunks_exact_mut(width.max(1))) {
+    assert!(out.rows() == acts.len() && out.width() == width);
+    for (r, a) in acts.iter().enumerate() {
+        let out = out.row_mut(r);
         for (rg, out8) in groups.clone().zip(out.chunks_exact_mut(ROW_GROUP)) {
             for (lane, o) in out8.iter_mut().enumerate() {
                 let word =
@@ -350,10 +434,19 @@ mod amx;
 
 /// The shape checks the SIMD kernels rely on (once per call, not per block).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn check(w: &PackedWeight, groups: &std::ops::Range<usize>, acts: &[ActRow<'_>], out: &[f32]) {
+fn check(
+    w: &PackedWeight,
+    groups: &std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: &GemmOut<'_>,
+) {
     let padded = w.row_groups() * ROW_GROUP;
     let ngroups = w.cols / w.format.group();
-    assert!(groups.end <= w.row_groups() && out.len() == acts.len() * groups.len() * ROW_GROUP);
+    assert!(
+        groups.end <= w.row_groups()
+            && out.rows() == acts.len()
+            && out.width() == groups.len() * ROW_GROUP
+    );
     assert!(
         w.words.len() == padded * w.words_per_block() * (w.cols / QBLOCK)
             && w.scales.len() == padded * ngroups

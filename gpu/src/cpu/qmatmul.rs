@@ -15,7 +15,7 @@
 use super::matmul;
 use super::packed::{PackedWeight, ROW_GROUP};
 use super::pool::Pool;
-use super::qdot::{best_gemm, ActRow, GemmFn, QuantizedActs};
+use super::qdot::{best_gemm, ActRow, GemmFn, GemmOut, QuantizedActs};
 use crate::error::{Error, Result};
 use crate::quant::format::QuantFormat;
 use crate::quant::qtensor::QTensor;
@@ -105,14 +105,13 @@ pub fn integer_matmul_many(
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
     let ns: Vec<usize> = ws.iter().map(|w| w.rows).collect();
-    matmul::column_blocks_many(m, &ns, per_task, |i, c, scratch| {
-        let w = ws[i];
-        let g = c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(w.row_groups());
-        // Rows of whole row groups: the padding rows past `n` are computed and not copied.
-        let padded = g.len() * ROW_GROUP;
-        scratch.resize(m * padded, 0.0);
-        gemm(w, g, &rows, scratch);
-        padded
+    let groups = |i: usize, c: usize| {
+        c * GROUPS_PER_TASK..((c + 1) * GROUPS_PER_TASK).min(ws[i].row_groups())
+    };
+    // Rows of whole row groups: the padding rows past `n` are computed and not kept.
+    let padded = |i: usize, c: usize| groups(i, c).len() * ROW_GROUP;
+    matmul::gemm_column_blocks(m, &ns, per_task, padded, |i, c, out| {
+        gemm(ws[i], groups(i, c), &rows, out);
     })
 }
 
@@ -125,7 +124,13 @@ fn single_row(acts: &QuantizedActs, w: &PackedWeight, gemm: GemmFn) -> Vec<f32> 
     let a = acts.row(0);
     pool.for_each_chunk_mut(&mut out, per_task * ROW_GROUP, |c, chunk| {
         let g0 = c * per_task;
-        gemm(w, g0..g0 + chunk.len() / ROW_GROUP, &[a], chunk);
+        let width = chunk.len();
+        gemm(
+            w,
+            g0..g0 + width / ROW_GROUP,
+            &[a],
+            GemmOut::packed(chunk, width),
+        );
     });
     out.truncate(n);
     out
@@ -252,8 +257,9 @@ mod tests {
             let groups = p.row_groups();
             for (name, gemm) in available_gemms() {
                 let run = |g: std::ops::Range<usize>, r: &[ActRow<'_>]| {
-                    let mut out = vec![f32::NAN; r.len() * g.len() * ROW_GROUP];
-                    gemm(&p, g, r, &mut out);
+                    let width = g.len() * ROW_GROUP;
+                    let mut out = vec![f32::NAN; r.len() * width];
+                    gemm(&p, g, r, GemmOut::packed(&mut out, width));
                     out
                 };
                 let all = run(0..groups, &rows);
@@ -272,6 +278,55 @@ mod tests {
                                     r0 + i
                                 );
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Batched products write each task's columns in place, `n` values a row apart: a
+    /// kernel writes exactly its rows' runs there, the same bits as into a buffer of its own,
+    /// and not one value beside them.
+    #[test]
+    fn every_variant_writes_strided_runs_and_nothing_else() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(41);
+        let (k, n) = (128, 6 * ROW_GROUP);
+        const UNTOUCHED: f32 = -1234.5;
+        for f in [QuantFormat::Q8, QuantFormat::Q4(GroupSize::G32)] {
+            let q = quantize(
+                &random(&mut rng, n * k),
+                n,
+                k,
+                f,
+                &QuantizeOptions::default(),
+            );
+            let p = PackedWeight::pack(&q.unwrap()).unwrap();
+            // One row, a few, and enough for AMX tiles where there are.
+            for m in [1, 5, 21] {
+                let acts = QuantizedActs::quantize(&random(&mut rng, m * k), k);
+                let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
+                for (name, gemm) in available_gemms() {
+                    let g = 1..4;
+                    let width = g.len() * ROW_GROUP;
+                    let mut packed = vec![f32::NAN; m * width];
+                    gemm(&p, g.clone(), &rows, GemmOut::packed(&mut packed, width));
+                    let (offset, stride) = (3, width + 11);
+                    let mut buf = vec![UNTOUCHED; offset + m * stride];
+                    // SAFETY: every run lies inside `buf`, which nothing else touches.
+                    let out =
+                        unsafe { GemmOut::strided(buf.as_mut_ptr().add(offset), m, width, stride) };
+                    gemm(&p, g.clone(), &rows, out);
+                    for (i, v) in buf.iter().enumerate() {
+                        let (r, col) = (
+                            (i.wrapping_sub(offset)) / stride,
+                            (i.wrapping_sub(offset)) % stride,
+                        );
+                        if i >= offset && col < width {
+                            let want = packed[r * width + col];
+                            assert_eq!(v.to_bits(), want.to_bits(), "{f} {name} m={m} row {r}");
+                        } else {
+                            assert_eq!(*v, UNTOUCHED, "{f} {name} m={m}: value {i} written");
                         }
                     }
                 }

@@ -298,7 +298,8 @@ fn kept<'s>(p: &SamplingParams, logits: &[f32], scratch: &'s mut Scratch) -> Opt
     // Without top-p, min-p's floor applies here: the most likely token's weight is
     // exactly 1, so the floor is min_p itself. Excluded tokens weigh 0.
     let floor = if p.top_p >= 1.0 { p.min_p } else { 0.0 };
-    weights.clear();
+    // Every weight is written below: the buffer is only sized (and zeroed) when the
+    // vocabulary changes, not cleared per token.
     weights.resize(logits.len(), 0.0);
     // Branch-free, so the compiler vectorizes it.
     for (w, &v) in weights.iter_mut().zip(logits) {

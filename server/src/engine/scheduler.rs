@@ -312,11 +312,12 @@ impl<M: StepModel> Scheduler<M> {
             }
         };
         stats.tokens = plan.iter().map(|&(_, n)| n).sum();
+        let mut picks = self.sample_in_parallel(&plan, &rows, &needs_logits);
         let mut row = 0;
         let mut full_seen = 0;
         let mut finished = Vec::new();
         let mut forks = Vec::new();
-        for &(i, n) in &plan {
+        for (p, &(i, n)) in plan.iter().enumerate() {
             let s = &mut self.running[i];
             s.computed += n;
             self.blocks
@@ -334,17 +335,19 @@ impl<M: StepModel> Scheduler<M> {
                     logits.row(full_seen - 1)
                 }),
             };
-            let ended = match (logits_row, &rows) {
-                (Some(logits_row), _) => {
+            let ended = match (logits_row, &rows, picks[p].take()) {
+                // Sampled already, with the other rows (below).
+                (Some(_), _, Some((token, lp))) => self.emit(i, token, lp),
+                (Some(logits_row), _, None) => {
                     if s.forks > 0 {
                         forks.extend(self.fork(i, logits_row));
                     }
                     self.sample(i, logits_row)
                 }
-                (None, StepRows::Tokens(ids) | StepRows::Mixed(ids, _)) => {
+                (None, StepRows::Tokens(ids) | StepRows::Mixed(ids, _), _) => {
                     self.emit(i, ids[row], None)
                 }
-                (None, StepRows::Logits(_)) => None,
+                (None, StepRows::Logits(_), _) => None,
             };
             row += 1;
             if let Some(reason) = ended {
@@ -432,6 +435,83 @@ impl<M: StepModel> Scheduler<M> {
             .with_label_values(&["abort"])
             .inc();
         let _ = events.send(Event::Error(why));
+    }
+
+    /// The next token (and its logprobs, if asked) of every planned row that samples from
+    /// whole logits, by plan position, drawn on the thread pool: at 16 sampled rows a step's
+    /// draws (≈ 0.1 ms each) were serial work on the engine thread while the pool's other
+    /// threads waited. Each sequence draws from its own random stream, so the tokens are the
+    /// ones a serial loop would draw. Rows still to fork (`n > 1`) and rows of a request
+    /// that is gone are left to [`Self::sample`].
+    #[allow(clippy::type_complexity)]
+    fn sample_in_parallel(
+        &mut self,
+        plan: &[(usize, usize)],
+        rows: &StepRows,
+        needs_logits: &[bool],
+    ) -> Vec<Option<(u32, Option<TokenLogprobs>)>> {
+        let mut picks = vec![None; plan.len()];
+        let logits = match rows {
+            StepRows::Logits(l) | StepRows::Mixed(_, l) => l,
+            StepRows::Tokens(_) => return picks,
+        };
+        // For each running sequence that draws here: its plan position and logits row, in
+        // the order `execute` walks the rows.
+        let mut wanted: Vec<Option<(usize, usize)>> = vec![None; self.running.len()];
+        let (mut row, mut full_seen) = (0, 0);
+        for (p, &(i, n)) in plan.iter().enumerate() {
+            let s = &self.running[i];
+            if s.computed + n < s.tokens.len() {
+                continue;
+            }
+            let logits_row = match rows {
+                StepRows::Mixed(..) => needs_logits[row].then(|| {
+                    full_seen += 1;
+                    full_seen - 1
+                }),
+                _ => Some(row),
+            };
+            row += 1;
+            if let Some(r) = logits_row.filter(|_| s.forks == 0) {
+                wanted[i] = Some((p, r));
+            }
+        }
+        struct Draw<'a> {
+            at: usize,
+            sampler: &'a mut Sampler,
+            history: &'a TokenHistory,
+            logits: &'a [f32],
+            top_logprobs: Option<usize>,
+            pick: Option<(u32, Option<TokenLogprobs>)>,
+        }
+        let groups = &self.groups;
+        let mut draws: Vec<Draw<'_>> = self
+            .running
+            .iter_mut()
+            .zip(wanted)
+            .filter_map(|(s, w)| {
+                let (at, r) = w?;
+                let g = groups.get(&s.group)?;
+                Some(Draw {
+                    at,
+                    sampler: &mut s.sampler,
+                    history: &s.history,
+                    logits: logits.row(r),
+                    top_logprobs: g.req.logprobs,
+                    pick: None,
+                })
+            })
+            .collect();
+        lowbit_gpu::cpu::pool::Pool::global().for_each_chunk_mut(&mut draws, 1, |_, d| {
+            let d = &mut d[0];
+            let token = d.sampler.sample_with(d.logits, d.history);
+            let lp = d.top_logprobs.map(|k| logprobs(d.logits, token, k));
+            d.pick = Some((token, lp));
+        });
+        for d in draws {
+            picks[d.at] = d.pick;
+        }
+        picks
     }
 
     /// Samples the next token of running sequence `i` from its logits; `Some` if it ended.

@@ -503,7 +503,7 @@ impl Llama {
         Ok(match readback {
             Readback::Logits => StepOutput::Logits(Logits {
                 vocab: c.vocab_size,
-                data: be.download(&logits)?,
+                data: be.download_owned(logits)?,
             }),
             Readback::Argmax => StepOutput::Argmax(be.argmax_rows(&logits)?),
             Readback::Mixed(full) => {
@@ -513,7 +513,7 @@ impl Llama {
                     ids,
                     Logits {
                         vocab: c.vocab_size,
-                        data: be.download(&rows)?,
+                        data: be.download_owned(rows)?,
                     },
                 )
             }

@@ -130,7 +130,7 @@ pub fn gemm_amx(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    out: GemmOut<'_>,
 ) {
     if acts.len() < MIN_ROWS {
         super::x86::gemm_vnni(w, groups, acts, out);
@@ -145,25 +145,31 @@ fn gemm_tiles(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    mut out: GemmOut<'_>,
 ) {
     let tiled = match acts.len() % TILE {
         r if r >= TILE / 2 => acts.len(),
         r => acts.len() - r,
     };
-    let width = groups.len() * ROW_GROUP;
     if tiled < acts.len() {
-        super::x86::gemm_vnni(w, groups.clone(), &acts[tiled..], &mut out[tiled * width..]);
+        let rest = acts.len() - tiled;
+        super::x86::gemm_vnni(
+            w,
+            groups.clone(),
+            &acts[tiled..],
+            out.rows_part(tiled, rest),
+        );
     }
     if tiled == 0 || groups.is_empty() {
         return;
     }
     assert!(has_amx());
-    check(w, &groups, acts, out);
+    check(w, &groups, acts, &out);
     SCRATCH.with(|s| {
         let s = &mut *s.borrow_mut();
+        let out = out.rows_part(0, tiled);
         // SAFETY: AMX is usable (asserted) and the shapes are checked.
-        unsafe { gemm_amx_impl(w, groups, &acts[..tiled], &mut out[..tiled * width], s) }
+        unsafe { gemm_amx_impl(w, groups, &acts[..tiled], out, s) }
     });
 }
 
@@ -201,14 +207,13 @@ unsafe fn gemm_amx_impl(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    out: GemmOut<'_>,
     s: &mut Scratch,
 ) {
     let cols = w.cols;
     let blocks = cols / QBLOCK;
     let pg = w.format.group() / QBLOCK;
     let ngroups = cols / w.format.group();
-    let width = groups.len() * ROW_GROUP;
     let pairs = groups.len().div_ceil(2);
     let has_mins = !w.mins.is_empty();
     unpack_weights(w, groups.clone(), s);
@@ -288,7 +293,7 @@ unsafe fn gemm_amx_impl(
                 }
                 let col0 = 2 * p * ROW_GROUP;
                 for (n, v) in acc.iter().enumerate().take(n_rows) {
-                    let dst = out.as_mut_ptr().add((t * TILE + n) * width + col0);
+                    let dst = out.row_ptr(t * TILE + n).add(col0);
                     if halves == 2 {
                         _mm512_storeu_ps(dst, *v);
                     } else {
@@ -472,8 +477,9 @@ mod tests {
                 let p = PackedWeight::pack(&q).unwrap();
                 for g in [0..p.row_groups(), 1..p.row_groups(), 0..1] {
                     let run = |gemm: GemmFn| {
-                        let mut out = vec![f32::NAN; m * g.len() * ROW_GROUP];
-                        gemm(&p, g.clone(), &rows, &mut out);
+                        let width = g.len() * ROW_GROUP;
+                        let mut out = vec![f32::NAN; m * width];
+                        gemm(&p, g.clone(), &rows, GemmOut::packed(&mut out, width));
                         out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                     };
                     assert_eq!(

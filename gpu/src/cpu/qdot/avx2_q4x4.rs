@@ -130,7 +130,7 @@ pub(super) fn contiguous(acts: &[ActRow<'_>]) -> bool {
 }
 
 /// Four contiguous activation rows ([`contiguous`]) over `groups` of a Q4 or Q4M weight;
-/// `out` holds the rows' runs of `width` values, `groups.start` at the front of each.
+/// `out` holds the rows' runs, `groups.start` at the front of each.
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `check` accepted the shapes; `acts` are contiguous.
@@ -139,8 +139,7 @@ pub(super) unsafe fn gemm_q4_x4(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
-    width: usize,
+    out: &mut GemmOut<'_>,
 ) {
     let pg = w.format.group() / QBLOCK;
     let ngroups = w.cols / w.format.group();
@@ -213,11 +212,11 @@ pub(super) unsafe fn gemm_q4_x4(
                     wq = wq.add(4);
                 }
             }
-            let o = out.as_mut_ptr().add(k * ROW_GROUP);
-            _mm256_storeu_ps(o, acc0);
-            _mm256_storeu_ps(o.add(width), acc1);
-            _mm256_storeu_ps(o.add(2 * width), acc2);
-            _mm256_storeu_ps(o.add(3 * width), acc3);
+            let o = |r: usize| out.row_ptr(r).add(k * ROW_GROUP);
+            _mm256_storeu_ps(o(0), acc0);
+            _mm256_storeu_ps(o(1), acc1);
+            _mm256_storeu_ps(o(2), acc2);
+            _mm256_storeu_ps(o(3), acc3);
         }
     }
 }

@@ -178,7 +178,7 @@ impl Width for Zmm {
 /// init)` gives, per activation row, the groups' integer dot products of one block plus
 /// `init` (the row's integer correction), their words starting at `w`, `wpr` words apart,
 /// the rows' activations at `a`. `groups` (a multiple of `GROUPS` long) is written at its
-/// place in `out`, whose runs of `width` values start at row group `first`.
+/// place in `out`, whose rows' runs start at row group `first`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn gemm_groups<W: Width, const R: usize>(
@@ -186,8 +186,7 @@ unsafe fn gemm_groups<W: Width, const R: usize>(
     groups: std::ops::Range<usize>,
     first: usize,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
-    width: usize,
+    out: &mut GemmOut<'_>,
     block_sums: impl Fn(*const __m256i, usize, [*const i8; R], [W::I; R]) -> [W::I; R],
 ) {
     let pg = w.format.group() / QBLOCK;
@@ -200,7 +199,7 @@ unsafe fn gemm_groups<W: Width, const R: usize>(
     // SAFETY: `check` verified the arrays' sizes for whole row groups, the activation
     // rows' lengths and `out`'s; every offset below stays inside them.
     unsafe {
-        let outp: [*mut f32; R] = std::array::from_fn(|i| out.as_mut_ptr().add(i * width));
+        let outp: [*mut f32; R] = std::array::from_fn(|i| out.row_ptr(i));
         let mut rg = groups.start;
         while rg + W::GROUPS <= groups.end {
             let wq = w.words.as_ptr().add(rg * ROW_GROUP * wpr) as *const __m256i;
@@ -240,12 +239,12 @@ unsafe fn gemm_groups<W: Width, const R: usize>(
 /// Splits `acts` into tiles of up to [`MAX_TILE_ROWS`] rows and runs `tile!(R, acts, out)`
 /// with `R` a constant.
 macro_rules! for_each_tile {
-    ($acts:expr, $out:expr, $width:expr, $tile:ident) => {{
-        let (acts, out, width) = ($acts, $out, $width);
+    ($acts:expr, $out:expr, $tile:ident) => {{
+        let (acts, mut out): (&[ActRow<'_>], GemmOut<'_>) = ($acts, $out);
         let mut i = 0;
         while i < acts.len() {
             let r = (acts.len() - i).min(MAX_TILE_ROWS);
-            let (a, o) = (&acts[i..i + r], &mut out[i * width..(i + r) * width]);
+            let (a, o) = (&acts[i..i + r], out.rows_part(i, r));
             match r {
                 4 => $tile!(4, a, o),
                 3 => $tile!(3, a, o),
@@ -369,32 +368,31 @@ fn gemm_avx2_impl(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    out: GemmOut<'_>,
 ) {
-    let width = groups.len() * ROW_GROUP;
     let q8 = w.format == QuantFormat::Q8;
     // Sixteen registers: one row group at a time.
     macro_rules! tile {
         ($r:literal, $a:expr, $o:expr) => {{
-            let (a, o, g): (&[ActRow<'_>], &mut [f32], _) = ($a, $o, groups.clone());
+            let (a, mut o, g): (&[ActRow<'_>], GemmOut<'_>, _) = ($a, $o, groups.clone());
             // SAFETY: pointers come from `gemm_groups` (sizes checked), and the assembly
             // tile takes only four contiguous rows.
             unsafe {
                 if q8 {
-                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, o, width, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
                         q8_sums_avx2::<$r>(p, n, q, i)
                     })
                 } else if $r == 4 && avx2_q4x4::contiguous(a) {
-                    avx2_q4x4::gemm_q4_x4(w, g, a, o, width)
+                    avx2_q4x4::gemm_q4_x4(w, g, a, &mut o)
                 } else {
-                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, o, width, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
                         q4_sums_avx2::<$r>(p, n, q, i)
                     })
                 }
             }
         }};
     }
-    for_each_tile!(acts, out, width, tile);
+    for_each_tile!(acts, out, tile);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -402,9 +400,8 @@ fn gemm_vnni_impl(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    out: GemmOut<'_>,
 ) {
-    let width = groups.len() * ROW_GROUP;
     let q8 = w.format == QuantFormat::Q8;
     // With several activation rows, pairs of row groups in 512-bit registers, so each
     // activation load serves sixteen weight rows (an odd last group alone). A single row
@@ -412,7 +409,7 @@ fn gemm_vnni_impl(
     // weights one sequential stream (measured 25% faster there).
     macro_rules! tile {
         ($r:literal, $a:expr, $o:expr) => {{
-            let (a, o): (&[ActRow<'_>], &mut [f32]) = ($a, $o);
+            let (a, mut o): (&[ActRow<'_>], GemmOut<'_>) = ($a, $o);
             let first = groups.start;
             let paired = if $r > 1 { groups.len() / 2 * 2 } else { 0 };
             let pairs = groups.start..groups.start + paired;
@@ -420,24 +417,24 @@ fn gemm_vnni_impl(
             // SAFETY: pointers come from `gemm_groups` (sizes checked).
             unsafe {
                 if q8 {
-                    gemm_groups::<Zmm, $r>(w, pairs, first, a, o, width, |p, n, q, i| {
+                    gemm_groups::<Zmm, $r>(w, pairs, first, a, &mut o, |p, n, q, i| {
                         q8_sums_vnni::<Zmm, $r>(p, n, q, i)
                     });
-                    gemm_groups::<Ymm, $r>(w, rest, first, a, o, width, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r>(w, rest, first, a, &mut o, |p, n, q, i| {
                         q8_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
                 } else {
-                    gemm_groups::<Zmm, $r>(w, pairs, first, a, o, width, |p, n, q, i| {
+                    gemm_groups::<Zmm, $r>(w, pairs, first, a, &mut o, |p, n, q, i| {
                         q4_sums_vnni::<Zmm, $r>(p, n, q, i)
                     });
-                    gemm_groups::<Ymm, $r>(w, rest, first, a, o, width, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r>(w, rest, first, a, &mut o, |p, n, q, i| {
                         q4_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
                 }
             }
         }};
     }
-    for_each_tile!(acts, out, width, tile);
+    for_each_tile!(acts, out, tile);
 }
 
 pub fn has_avx2() -> bool {
@@ -458,10 +455,10 @@ pub fn gemm_avx2(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    out: GemmOut<'_>,
 ) {
     assert!(has_avx2());
-    check(w, &groups, acts, out);
+    check(w, &groups, acts, &out);
     // SAFETY: features and shapes checked.
     unsafe { gemm_avx2_impl(w, groups, acts, out) }
 }
@@ -470,10 +467,10 @@ pub fn gemm_vnni(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
-    out: &mut [f32],
+    out: GemmOut<'_>,
 ) {
     assert!(has_vnni());
-    check(w, &groups, acts, out);
+    check(w, &groups, acts, &out);
     // SAFETY: features and shapes checked.
     unsafe { gemm_vnni_impl(w, groups, acts, out) }
 }
