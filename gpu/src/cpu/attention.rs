@@ -228,16 +228,37 @@ fn attend_with<E: KvElem>(
         spec,
         shape,
     };
-    let results = Pool::global().map(tasks.len(), |i| kernel(&ctx, &tasks[i]));
+    /// The output's start; tasks write disjoint (row, head) slices of it.
+    struct Out(*mut f32);
+    // SAFETY: each (row, head) belongs to one task (the tasks split every span's rows and
+    // heads), so no two threads write one value, and nothing reads `out` until all are done.
+    unsafe impl Sync for Out {}
+    impl Out {
+        // A method, so that the closure captures the whole (Sync) wrapper.
+        fn at(&self, offset: usize) -> *mut f32 {
+            self.0.wrapping_add(offset)
+        }
+    }
     let mut out = vec![0.0f32; rows * q_dim];
-    for (task, o) in tasks.iter().zip(&results) {
+    let base = Out(out.as_mut_ptr());
+    // Each task puts its rows in place itself: gathering them on the calling thread was
+    // serial work while the other threads waited.
+    Pool::global().run(tasks.len(), &|i| {
+        let task = &tasks[i];
+        let o = kernel(&ctx, task);
         let s = &seqs[task.seq];
         let nh = task.heads.len();
         for (r, row) in o.chunks_exact(hd).enumerate() {
             let (t, head) = (task.rows.start + r / nh, task.heads.start + r % nh);
-            out[(s.row_start + t) * q_dim + head * hd..][..hd].copy_from_slice(row);
+            let at = (s.row_start + t) * q_dim + head * hd;
+            assert!(
+                at + hd <= rows * q_dim,
+                "attention row {t} of a span past the batch"
+            );
+            // SAFETY: inside `out` (asserted), and this task's alone (above).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), base.at(at), hd) };
         }
-    }
+    });
     Ok(out)
 }
 

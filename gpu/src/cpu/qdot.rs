@@ -37,11 +37,12 @@ pub struct QuantizedActs {
 
 impl QuantizedActs {
     /// Quantizes `x` (rows of `cols`, a multiple of 32): `d = max|a|/127`, `q = round(a/d)`
-    /// (ties to even, as llama.cpp's SIMD quantizers round). Large inputs (prefill) are split
+    /// (ties to even, as llama.cpp's SIMD quantizers round). Inputs of more than a task are split
     /// over the thread pool; every task writes its own part of the output in place.
     pub fn quantize(x: &[f32], cols: usize) -> Self {
-        /// Blocks per task: ~64 KiB of activations.
-        const BLOCKS_PER_TASK: usize = 512;
+        /// Blocks per task: 16 KiB of activations, so that a decode step's few rows (16 × 576
+        /// values are 288 blocks) are split too, not left to the calling thread alone.
+        const BLOCKS_PER_TASK: usize = 128;
         let blocks = x.len() / QBLOCK;
         let mut acts = Self {
             cols,
