@@ -59,8 +59,18 @@ pub struct BenchServeArgs {
 struct Sample {
     ttft: Option<f64>,
     gaps: Vec<f64>,
+    /// Chunks that carried text.
     tokens: usize,
+    /// Output tokens by the server's last chunk (`usage`), where it sent one.
+    usage_tokens: Option<usize>,
     error: Option<String>,
+}
+
+impl Sample {
+    /// Output tokens: the server's count, or else the chunks with text.
+    fn output_tokens(&self) -> usize {
+        self.usage_tokens.unwrap_or(self.tokens)
+    }
 }
 
 /// Results of one level.
@@ -206,6 +216,9 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                         "temperature": temperature,
                         "ignore_eos": true,
                         "stream": true,
+                        // The server's own count of output tokens (a chunk can carry several
+                        // tokens, or none while a character or stop string is held back).
+                        "stream_options": {"include_usage": true},
                     });
                     samples.push(one(&client, &base, auth.as_deref(), &body).await);
                 }
@@ -218,7 +231,7 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
         next_seed += total;
         let seconds = start.elapsed().as_secs_f64();
         let errors: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
-        let output_tokens: usize = samples.iter().map(|s| s.tokens).sum();
+        let output_tokens: usize = samples.iter().map(Sample::output_tokens).sum();
         let level = Level {
             concurrency: c,
             requests: samples.len(),
@@ -332,6 +345,9 @@ async fn one(client: &reqwest::Client, base: &str, auth: Option<&str>, body: &Va
             if v.get("error").is_some() {
                 sample.error = Some(data.to_string());
                 return sample;
+            }
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                sample.usage_tokens = Some(n as usize);
             }
             let has_content = v["choices"][0]["delta"]["content"]
                 .as_str()
