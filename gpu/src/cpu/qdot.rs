@@ -363,6 +363,10 @@ impl<'a> GemmOut<'a> {
 /// accumulators in registers).
 pub const MAX_TILE_ROWS: usize = 4;
 
+/// [`MAX_TILE_ROWS`] for the AVX-512 kernel, whose 32 registers hold the accumulators of
+/// more rows.
+pub const MAX_TILE_ROWS_AVX512: usize = 8;
+
 /// The integer correction per block, times the block's `Σ q_a` (module doc): Q8 words are
 /// offset-binary, Q4 codes are offset by 8; Q4M's offset is its float min instead.
 fn integer_correction(format: QuantFormat) -> i32 {

@@ -3,7 +3,7 @@
 //! Integer formats live in the interleaved [`PackedWeight`] layout. Activations are quantized
 //! to int8 once per call (dynamic quantization, per 32-value block) and each thread takes a
 //! run of row groups through the integer kernel, which reuses each weight load for up to four
-//! activation rows; in decode every weight is read once. Float formats always take the f32
+//! activation rows (eight with AVX-512); in decode every weight is read once. Float formats always take the f32
 //! kernel, f16 rows widened one chunk at a time.
 //!
 //! Every row of a product takes the same numeric path whatever the number of rows: a served
@@ -101,7 +101,7 @@ pub fn integer_matmul_many(
         return ws.iter().map(|w| single_row(acts, w, gemm)).collect();
     }
     // Several rows (a batch of decoding sequences): each task runs all of them over its row
-    // groups, the kernel reusing each weight load for up to four rows.
+    // groups, the kernel reusing each weight load for up to four rows (eight with AVX-512).
     let per_task = GROUPS_PER_TASK * ROW_GROUP;
     let rows: Vec<ActRow<'_>> = (0..m).map(|i| acts.row(i)).collect();
     let ns: Vec<usize> = ws.iter().map(|w| w.rows).collect();

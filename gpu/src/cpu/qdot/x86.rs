@@ -236,20 +236,18 @@ unsafe fn gemm_groups<W: Width, const R: usize>(
     }
 }
 
-/// Splits `acts` into tiles of up to [`MAX_TILE_ROWS`] rows and runs `tile!(R, acts, out)`
-/// with `R` a constant.
+/// Splits `acts` into tiles of up to `$max` rows and runs `tile!(R, acts, out)` with `R` one
+/// of the constants listed (largest first, ending with 1).
 macro_rules! for_each_tile {
-    ($acts:expr, $out:expr, $tile:ident) => {{
+    ($acts:expr, $out:expr, $tile:ident, $max:expr; $($r:literal)|+) => {{
         let (acts, mut out): (&[ActRow<'_>], GemmOut<'_>) = ($acts, $out);
         let mut i = 0;
         while i < acts.len() {
-            let r = (acts.len() - i).min(MAX_TILE_ROWS);
+            let r = (acts.len() - i).min($max);
             let (a, o) = (&acts[i..i + r], out.rows_part(i, r));
             match r {
-                4 => $tile!(4, a, o),
-                3 => $tile!(3, a, o),
-                2 => $tile!(2, a, o),
-                _ => $tile!(1, a, o),
+                $($r => $tile!($r, a, o),)+
+                _ => unreachable!("a tile of {r} rows"),
             }
             i += r;
         }
@@ -392,7 +390,7 @@ fn gemm_avx2_impl(
             }
         }};
     }
-    for_each_tile!(acts, out, tile);
+    for_each_tile!(acts, out, tile, MAX_TILE_ROWS; 4 | 3 | 2 | 1);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -434,7 +432,7 @@ fn gemm_vnni_impl(
             }
         }};
     }
-    for_each_tile!(acts, out, tile);
+    for_each_tile!(acts, out, tile, MAX_TILE_ROWS_AVX512; 8 | 7 | 6 | 5 | 4 | 3 | 2 | 1);
 }
 
 pub fn has_avx2() -> bool {
