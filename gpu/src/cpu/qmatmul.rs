@@ -3,8 +3,8 @@
 //! Integer formats live in the interleaved [`PackedWeight`] layout. Activations are quantized
 //! to int8 once per call (dynamic quantization, per 32-value block) and each thread takes a
 //! run of row groups through the integer kernel, which reuses each weight load for up to four
-//! activation rows (eight with AVX-512); in decode every weight is read once. Float formats always take the f32
-//! kernel, f16 rows widened one chunk at a time.
+//! activation rows (eight with AVX-512); in decode every weight is read once. Float formats
+//! always take the f32 kernel, f16 rows widened one chunk at a time.
 //!
 //! Every row of a product takes the same numeric path whatever the number of rows: a served
 //! request's tokens must not depend on what else shares its step (batch invariance). Q8 once

@@ -33,6 +33,9 @@ pub struct SchedulerConfig {
     pub eos: Vec<u32>,
 }
 
+/// A drawn token and its logprobs (when the request asked for them).
+type Pick = (u32, Option<TokenLogprobs>);
+
 /// One request while the engine works on it.
 struct Group {
     req: GenerationRequest,
@@ -443,13 +446,12 @@ impl<M: StepModel> Scheduler<M> {
     /// threads waited. Each sequence draws from its own random stream, so the tokens are the
     /// ones a serial loop would draw. Rows still to fork (`n > 1`) and rows of a request
     /// that is gone are left to [`Self::sample`].
-    #[allow(clippy::type_complexity)]
     fn sample_in_parallel(
         &mut self,
         plan: &[(usize, usize)],
         rows: &StepRows,
         needs_logits: &[bool],
-    ) -> Vec<Option<(u32, Option<TokenLogprobs>)>> {
+    ) -> Vec<Option<Pick>> {
         let mut picks = vec![None; plan.len()];
         let logits = match rows {
             StepRows::Logits(l) | StepRows::Mixed(_, l) => l,
@@ -482,7 +484,7 @@ impl<M: StepModel> Scheduler<M> {
             history: &'a TokenHistory,
             logits: &'a [f32],
             top_logprobs: Option<usize>,
-            pick: Option<(u32, Option<TokenLogprobs>)>,
+            pick: Option<Pick>,
         }
         let groups = &self.groups;
         let mut draws: Vec<Draw<'_>> = self
