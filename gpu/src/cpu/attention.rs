@@ -12,7 +12,7 @@
 
 use super::fastmath::exp_nonpositive;
 use super::matmul::{Accumulate, Fused, Plain};
-use super::pool::Pool;
+use super::pool::{Pool, SendPtr};
 use crate::backend::{AttentionShape, SeqSpan};
 use crate::error::{shape_err, Result};
 use crate::kv::{check_table, HostKv, HostKvData, KvPoolSpec};
@@ -228,19 +228,10 @@ fn attend_with<E: KvElem>(
         spec,
         shape,
     };
-    /// The output's start; tasks write disjoint (row, head) slices of it.
-    struct Out(*mut f32);
-    // SAFETY: each (row, head) belongs to one task (the tasks split every span's rows and
-    // heads), so no two threads write one value, and nothing reads `out` until all are done.
-    unsafe impl Sync for Out {}
-    impl Out {
-        // A method, so that the closure captures the whole (Sync) wrapper.
-        fn at(&self, offset: usize) -> *mut f32 {
-            self.0.wrapping_add(offset)
-        }
-    }
     let mut out = vec![0.0f32; rows * q_dim];
-    let base = Out(out.as_mut_ptr());
+    // Tasks write disjoint (row, head) slices: each belongs to one task (the tasks split
+    // every span's rows and heads), and nothing reads `out` until all are done.
+    let base = SendPtr(out.as_mut_ptr());
     // Each task puts its rows in place itself: gathering them on the calling thread was
     // serial work while the other threads waited.
     Pool::global().run(tasks.len(), &|i| {

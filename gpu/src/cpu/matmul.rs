@@ -6,7 +6,7 @@
 //! build is fast everywhere); [`matmul_scalar`] is the plain twin every variant is tested
 //! against.
 
-use super::pool::Pool;
+use super::pool::{Pool, SendPtr};
 use super::qdot::GemmOut;
 use std::borrow::Cow;
 
@@ -385,13 +385,20 @@ pub(crate) fn column_blocks_many(
     block: impl Fn(usize, usize, &mut Vec<f32>) -> usize + Sync,
 ) -> Vec<Vec<f32>> {
     for_column_blocks(m, ns, per_task, |i, c, target| {
-        SCRATCH.with(|scratch| {
-            let mut b = scratch.take();
-            b.clear();
-            let stride = block(i, c, &mut b);
-            target.copy_from(&b, stride);
-            scratch.replace(b);
+        with_scratch(|b| {
+            let stride = block(i, c, b);
+            target.copy_from(b, stride);
         })
+    })
+}
+
+/// Runs `f` on this thread's block buffer, emptied (taken out of [`SCRATCH`] meanwhile).
+fn with_scratch(f: impl FnOnce(&mut Vec<f32>)) {
+    SCRATCH.with(|scratch| {
+        let mut b = scratch.take();
+        b.clear();
+        f(&mut b);
+        scratch.replace(b);
     })
 }
 
@@ -415,13 +422,10 @@ pub(crate) fn gemm_column_blocks(
                 GemmOut::strided(target.start(), m, padded, target.n)
             });
         } else {
-            SCRATCH.with(|scratch| {
-                let mut b = scratch.take();
-                b.clear();
+            with_scratch(|b| {
                 b.resize(m * padded, 0.0);
-                block(i, c, GemmOut::packed(&mut b, padded));
-                target.copy_from(&b, padded);
-                scratch.replace(b);
+                block(i, c, GemmOut::packed(b, padded));
+                target.copy_from(b, padded);
             })
         }
     })
@@ -473,20 +477,11 @@ fn for_column_blocks(
     per_task: usize,
     task: impl Fn(usize, usize, ColumnBlock) + Sync,
 ) -> Vec<Vec<f32>> {
-    /// An output's start; tasks write disjoint columns of it.
-    struct Out(*mut f32);
-    // SAFETY: every task writes only its own columns, so no two threads write one element,
-    // and nothing reads the buffers until all tasks are done.
-    unsafe impl Sync for Out {}
-    impl Out {
-        // A method, so that closures capture the whole (Sync) wrapper, not its pointer field.
-        fn get(&self) -> *mut f32 {
-            self.0
-        }
-    }
     let per_task = per_task.max(1);
     let mut outs: Vec<Vec<f32>> = ns.iter().map(|&n| Vec::with_capacity(m * n)).collect();
-    let bases: Vec<Out> = outs.iter_mut().map(|o| Out(o.as_mut_ptr())).collect();
+    // Every task writes only its own columns, so no two threads write one element, and
+    // nothing reads the buffers until all tasks are done.
+    let bases: Vec<SendPtr<f32>> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
     // Task numbers where each output's blocks start.
     let firsts: Vec<usize> = ns
         .iter()

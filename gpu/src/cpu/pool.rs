@@ -174,13 +174,19 @@ impl Pool {
     }
 }
 
-struct SendPtr<T>(*mut T);
+/// A buffer's start shared with the tasks of one parallel call, each writing its own
+/// disjoint part of it (the caller states why they are disjoint where it writes).
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 impl<T> SendPtr<T> {
-    fn get(&self) -> *mut T {
+    // Methods, so that closures capture the whole (Sync) wrapper, not its pointer field.
+    pub(crate) fn get(&self) -> *mut T {
         self.0
     }
+    pub(crate) fn at(&self, offset: usize) -> *mut T {
+        self.0.wrapping_add(offset)
+    }
 }
-// SAFETY: used only to hand disjoint parts of one slice to tasks (for_each_chunk_mut).
+// SAFETY: only used to hand disjoint parts of one buffer, which outlives the call, to tasks.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
