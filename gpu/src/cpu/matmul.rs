@@ -355,7 +355,7 @@ fn run_rows<'w>(
 }
 
 thread_local! {
-    /// Each thread's block buffer for [`column_blocks_many`] (taken out while a task runs).
+    /// Each thread's block buffer for [`column_blocks`] (taken out while a task runs).
     static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
@@ -370,26 +370,13 @@ pub(crate) fn column_blocks(
     per_task: usize,
     block: impl Fn(usize, &mut Vec<f32>) -> usize + Sync,
 ) -> Vec<f32> {
-    let mut outs = column_blocks_many(m, &[n], per_task, |_, c, out| block(c, out));
-    outs.pop().unwrap_or_default()
-}
-
-/// [`column_blocks`] for several `m × ns[i]` outputs in one parallel region (the products of
-/// one input with Q, K and V, or gate and up): task `(i, c)` writes block `c` of output `i`.
-/// One region instead of one per output: small outputs (K and V of a grouped-query model are
-/// a few blocks) would otherwise leave threads idle at each region's end.
-pub(crate) fn column_blocks_many(
-    m: usize,
-    ns: &[usize],
-    per_task: usize,
-    block: impl Fn(usize, usize, &mut Vec<f32>) -> usize + Sync,
-) -> Vec<Vec<f32>> {
-    for_column_blocks(m, ns, per_task, |i, c, target| {
+    let mut outs = for_column_blocks(m, &[n], per_task, |_, c, target| {
         with_scratch(|b| {
-            let stride = block(i, c, b);
+            let stride = block(c, b);
             target.copy_from(b, stride);
         })
-    })
+    });
+    outs.pop().unwrap_or_default()
 }
 
 /// Runs `f` on this thread's block buffer, emptied (taken out of [`SCRATCH`] meanwhile).
@@ -402,10 +389,13 @@ fn with_scratch(f: impl FnOnce(&mut Vec<f32>)) {
     })
 }
 
-/// [`column_blocks_many`] for integer kernels, which write through a [`GemmOut`]: task
-/// `(i, c)` computes a block `padded(i, c)` columns wide (its width, plus the padding rows of
-/// a last, partial row group) and writes it straight into output `i`, where it fits inside
-/// the rows, or else (a block with padding columns) through the thread's buffer.
+/// [`column_blocks`] for integer kernels, which write through a [`GemmOut`], and for several
+/// `m × ns[i]` outputs in one parallel region (the products of one input with Q, K and V, or
+/// gate and up: small outputs, as K and V of a grouped-query model, would otherwise leave
+/// threads idle at each region's end). Task `(i, c)` computes block `c` of output `i`,
+/// `padded(i, c)` columns wide (its width, plus the padding rows of a last, partial row
+/// group), and writes it straight into the output where it fits inside the rows, or else (a
+/// block with padding columns) through the thread's buffer.
 pub(crate) fn gemm_column_blocks(
     m: usize,
     ns: &[usize],

@@ -37,8 +37,8 @@ pub struct QuantizedActs {
 
 impl QuantizedActs {
     /// Quantizes `x` (rows of `cols`, a multiple of 32): `d = max|a|/127`, `q = round(a/d)`
-    /// (ties to even, as llama.cpp's SIMD quantizers round). Inputs of more than a task are split
-    /// over the thread pool; every task writes its own part of the output in place.
+    /// (ties to even, as llama.cpp's SIMD quantizers round). Inputs of more than a task are
+    /// split over the thread pool; every task writes its own part of the output in place.
     pub fn quantize(x: &[f32], cols: usize) -> Self {
         /// Blocks per task: 16 KiB of activations, so that a decode step's few rows (16 × 576
         /// values are 288 blocks) are split too, not left to the calling thread alone.

@@ -88,6 +88,8 @@ pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
     scratch: Scratch,
+    /// The logits after penalties and bias, rewritten per token (not allocated per token).
+    adjusted: Vec<f32>,
 }
 
 /// Buffers a sampled token fills, kept between tokens (a vocabulary's worth each).
@@ -186,6 +188,7 @@ impl Sampler {
             params,
             rng,
             scratch: Scratch::default(),
+            adjusted: Vec::new(),
         }
     }
 
@@ -206,8 +209,14 @@ impl Sampler {
         if !self.params.adjusts_logits() {
             return self.sample(logits);
         }
-        let p = &self.params;
-        let mut adjusted = logits.to_vec();
+        let Self {
+            params: p,
+            rng,
+            scratch,
+            adjusted,
+        } = self;
+        adjusted.clear();
+        adjusted.extend_from_slice(logits);
         if p.repetition_penalty != 1.0 {
             let r = p.repetition_penalty;
             for &t in history.prompt.iter().chain(history.output.keys()) {
@@ -226,7 +235,7 @@ impl Sampler {
                 *v += bias;
             }
         }
-        self.sample(&adjusted)
+        draw_token(p, rng, scratch, adjusted)
     }
 
     /// Picks the next token. Filters apply in Hugging Face's order: temperature, top-k, top-p,
@@ -237,18 +246,23 @@ impl Sampler {
     /// a sort of the whole vocabulary per token (which cost ≈ 2 ms a row and halved the
     /// throughput of a server whose clients sample).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature <= 0.0 || self.params.top_k == 1 {
-            return argmax(logits);
-        }
-        let Self {
-            params,
-            rng,
-            scratch,
-        } = self;
-        match kept(params, logits, scratch) {
-            None => argmax(logits),
-            Some(kept) => draw(&kept, uniform(rng)),
-        }
+        draw_token(&self.params, &mut self.rng, &mut self.scratch, logits)
+    }
+}
+
+/// [`Sampler::sample`] on the sampler's parts.
+fn draw_token(
+    p: &SamplingParams,
+    rng: &mut ChaCha8Rng,
+    scratch: &mut Scratch,
+    logits: &[f32],
+) -> u32 {
+    if p.temperature <= 0.0 || p.top_k == 1 {
+        return argmax(logits);
+    }
+    match kept(p, logits, scratch) {
+        None => argmax(logits),
+        Some(kept) => draw(&kept, uniform(rng)),
     }
 }
 

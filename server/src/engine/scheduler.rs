@@ -315,9 +315,9 @@ impl<M: StepModel> Scheduler<M> {
             }
         };
         stats.tokens = plan.iter().map(|&(_, n)| n).sum();
-        let mut picks = self.sample_in_parallel(&plan, &rows, &needs_logits);
+        let logits_at = self.logits_rows(&plan, &rows, &needs_logits);
+        let mut picks = self.sample_in_parallel(&plan, &logits_at, &rows);
         let mut row = 0;
-        let mut full_seen = 0;
         let mut finished = Vec::new();
         let mut forks = Vec::new();
         for (p, &(i, n)) in plan.iter().enumerate() {
@@ -328,15 +328,9 @@ impl<M: StepModel> Scheduler<M> {
             if s.computed < s.tokens.len() {
                 continue;
             }
-            // This row's whole logits, if it asked for them: row `row` of a full step, or
-            // the next of a mixed step's listed rows.
-            let logits_row = match &rows {
-                StepRows::Tokens(_) => None,
-                StepRows::Logits(logits) => Some(logits.row(row)),
-                StepRows::Mixed(_, logits) => needs_logits[row].then(|| {
-                    full_seen += 1;
-                    logits.row(full_seen - 1)
-                }),
+            let logits_row = match (&rows, logits_at[p]) {
+                (StepRows::Logits(l) | StepRows::Mixed(_, l), Some(r)) => Some(l.row(r)),
+                _ => None,
             };
             let ended = match (logits_row, &rows, picks[p].take()) {
                 // Sampled already, with the other rows (below).
@@ -440,42 +434,57 @@ impl<M: StepModel> Scheduler<M> {
         let _ = events.send(Event::Error(why));
     }
 
-    /// The next token (and its logprobs, if asked) of every planned row that samples from
-    /// whole logits, by plan position, drawn on the thread pool: at 16 sampled rows a step's
-    /// draws (≈ 0.1 ms each) were serial work on the engine thread while the pool's other
-    /// threads waited. Each sequence draws from its own random stream, so the tokens are the
-    /// ones a serial loop would draw. Rows still to fork (`n > 1`) and rows of a request
-    /// that is gone are left to [`Self::sample`].
-    fn sample_in_parallel(
-        &mut self,
+    /// For each plan entry, the row of the step's whole logits that is its own, if it has
+    /// one: the sampling rows of a full step in order, or the listed rows of a mixed step.
+    fn logits_rows(
+        &self,
         plan: &[(usize, usize)],
         rows: &StepRows,
         needs_logits: &[bool],
+    ) -> Vec<Option<usize>> {
+        let (mut row, mut full_seen) = (0, 0);
+        plan.iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                if s.computed + n < s.tokens.len() {
+                    return None;
+                }
+                let own = match rows {
+                    StepRows::Tokens(_) => None,
+                    StepRows::Logits(_) => Some(row),
+                    StepRows::Mixed(..) => needs_logits[row].then(|| {
+                        full_seen += 1;
+                        full_seen - 1
+                    }),
+                };
+                row += 1;
+                own
+            })
+            .collect()
+    }
+
+    /// The next token (and its logprobs, if asked) of every plan entry with its own logits
+    /// row (`logits_at`), by plan position, drawn on the thread pool: at 16 sampled rows a
+    /// step's draws (≈ 0.1 ms each) were serial work on the engine thread while the pool's
+    /// other threads waited. Each sequence draws from its own random stream, so the tokens
+    /// are the ones a serial loop would draw. Rows still to fork (`n > 1`) and rows of a
+    /// request that is gone are left to [`Self::sample`].
+    fn sample_in_parallel(
+        &mut self,
+        plan: &[(usize, usize)],
+        logits_at: &[Option<usize>],
+        rows: &StepRows,
     ) -> Vec<Option<Pick>> {
         let mut picks = vec![None; plan.len()];
         let logits = match rows {
             StepRows::Logits(l) | StepRows::Mixed(_, l) => l,
             StepRows::Tokens(_) => return picks,
         };
-        // For each running sequence that draws here: its plan position and logits row, in
-        // the order `execute` walks the rows.
+        // Each running sequence's plan position and logits row, where it has one.
         let mut wanted: Vec<Option<(usize, usize)>> = vec![None; self.running.len()];
-        let (mut row, mut full_seen) = (0, 0);
-        for (p, &(i, n)) in plan.iter().enumerate() {
-            let s = &self.running[i];
-            if s.computed + n < s.tokens.len() {
-                continue;
-            }
-            let logits_row = match rows {
-                StepRows::Mixed(..) => needs_logits[row].then(|| {
-                    full_seen += 1;
-                    full_seen - 1
-                }),
-                _ => Some(row),
-            };
-            row += 1;
-            if let Some(r) = logits_row.filter(|_| s.forks == 0) {
-                wanted[i] = Some((p, r));
+        for (p, (&(i, _), r)) in plan.iter().zip(logits_at).enumerate() {
+            if let Some(r) = r {
+                wanted[i] = Some((p, *r));
             }
         }
         struct Draw<'a> {
@@ -492,7 +501,7 @@ impl<M: StepModel> Scheduler<M> {
             .iter_mut()
             .zip(wanted)
             .filter_map(|(s, w)| {
-                let (at, r) = w?;
+                let (at, r) = w.filter(|_| s.forks == 0)?;
                 let g = groups.get(&s.group)?;
                 Some(Draw {
                     at,
