@@ -97,6 +97,15 @@ pub trait Backend: Send + Sync {
     /// Moves a weight matrix, already in the format it will be kept in, into this backend.
     fn load_weight(&self, w: QTensor) -> Result<Weight>;
 
+    /// Loads weights that multiply the same input (a layer's Q/K/V, its gate/up), in the
+    /// order [`Backend::matmul_many`] will take them. A backend may store them together so
+    /// that `matmul_many` over all of them, in that order, is one product (wgpu: one dispatch
+    /// instead of one per weight); each weight still works alone. By default each is loaded
+    /// on its own.
+    fn load_weights_together(&self, ws: Vec<QTensor>) -> Result<Vec<Weight>> {
+        ws.into_iter().map(|w| self.load_weight(w)).collect()
+    }
+
     /// Moves host values into an activation tensor (also used for norm vectors, `1 × n`).
     fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor>;
 

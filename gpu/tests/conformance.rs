@@ -12,7 +12,8 @@ use lowbit_gpu::quant::{quantize, QuantMethod, QuantizeOptions};
 use lowbit_gpu::wgpu::device::AdapterChoice;
 use lowbit_gpu::wgpu::{Activations, WgpuBackend, WgpuOptions};
 use lowbit_gpu::{
-    AttentionShape, Backend, GroupSize, KvPoolSpec, QuantFormat, Rope, RopeStyle, SeqSpan,
+    AttentionShape, Backend, GroupSize, KvPoolSpec, QTensor, QuantFormat, Rope, RopeStyle, SeqSpan,
+    Tensor, Weight,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -220,6 +221,85 @@ fn matmul_add_equals_matmul_then_add(be: &dyn Backend, _: Bounds) {
     }
 }
 
+/// Random weights, quantized to `format`, one per row count.
+fn host_weights(r: &mut ChaCha8Rng, format: QuantFormat, rows: &[usize], k: usize) -> Vec<QTensor> {
+    let opts = QuantizeOptions {
+        method: QuantMethod::Rtn,
+        importance: None,
+    };
+    rows.iter()
+        .map(|&n| quantize(&random(r, n * k), n, k, format, &opts).expect("quantize"))
+        .collect()
+}
+
+fn products(be: &dyn Backend, x: &Tensor, ws: &[&Weight]) -> Vec<Vec<f32>> {
+    be.matmul_many(x, ws)
+        .expect("matmul_many")
+        .iter()
+        .map(|t| be.download(t).expect("download"))
+        .collect()
+}
+
+/// Weights loaded together (a layer's Q/K/V, its gate/up: one product on the GPU) multiply
+/// exactly as the same weights loaded one by one: the whole stack, any other selection or
+/// order of it, each weight alone and with a residual, decode and tiled.
+fn weights_loaded_together_multiply_as_separate_ones(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(12);
+    let k = 576;
+    for format in [
+        QuantFormat::Q8,
+        QuantFormat::Q4(GroupSize::G32),
+        QuantFormat::Q4M(GroupSize::G64),
+        QuantFormat::F16,
+        QuantFormat::F32,
+    ] {
+        for rows in [&[67usize, 21, 21][..], &[45, 45]] {
+            let qs = host_weights(&mut r, format, rows, k);
+            let apart: Vec<Weight> = qs
+                .iter()
+                .map(|q| be.load_weight(q.clone()).expect("load_weight"))
+                .collect();
+            let together = be.load_weights_together(qs).expect("load_weights_together");
+            let shapes: Vec<(usize, usize)> =
+                together.iter().map(|w| (w.rows(), w.cols())).collect();
+            let want_shapes: Vec<(usize, usize)> = rows.iter().map(|&n| (n, k)).collect();
+            assert_eq!(shapes, want_shapes, "{format}");
+            let apart: Vec<&Weight> = apart.iter().collect();
+            let together: Vec<&Weight> = together.iter().collect();
+            for m in [1, 3, 8, 9, 70] {
+                let what = format!("{format} {rows:?} m={m}");
+                let x = upload(be, m, k, &random(&mut r, m * k));
+                let want = products(be, &x, &apart);
+                assert_eq!(products(be, &x, &together), want, "{what}: the whole stack");
+                let reversed: Vec<&Weight> = together.iter().rev().copied().collect();
+                let want_reversed: Vec<Vec<f32>> = want.iter().rev().cloned().collect();
+                assert_eq!(
+                    products(be, &x, &reversed),
+                    want_reversed,
+                    "{what}: reversed"
+                );
+                assert_eq!(
+                    products(be, &x, &together[1..]),
+                    want[1..],
+                    "{what}: the last ones"
+                );
+                for (i, (w, alone)) in together.iter().zip(&apart).enumerate() {
+                    let got = be
+                        .download(&be.matmul(&x, w).expect("matmul"))
+                        .expect("download");
+                    assert_eq!(got, want[i], "{what}: weight {i} alone");
+                    let residual = upload(be, m, w.rows(), &random(&mut r, m * w.rows()));
+                    let with = |w| {
+                        be.download(&be.matmul_add(&x, w, &residual).expect("matmul_add"))
+                            .expect("download")
+                    };
+                    assert_eq!(with(w), with(alone), "{what}: weight {i} with a residual");
+                }
+            }
+        }
+    }
+}
+
 fn embed_gathers_dequantized_rows(be: &dyn Backend, b: Bounds) {
     let mut r = rng(3);
     for format in FORMATS {
@@ -376,23 +456,87 @@ fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     assert!(be.add(&ta, &other).is_err(), "shape mismatch");
 }
 
-/// The CPU stores an f16 pool; wgpu's shaders read f32 and say so instead of misreading one.
+/// An f16 pool holds each value rounded to nearest even, on both backends: attention over
+/// keys and values that are exactly halves (and one head of values at the rounding edges:
+/// ties, subnormals, the largest half and past it) agrees between them to f32 rounding, and
+/// both read the ties as the even neighbour.
 #[test]
-fn an_f16_kv_pool_is_cpu_only() {
-    let spec = lowbit_gpu::KvPoolSpec {
-        layers: 2,
-        kv_dim: 64,
-        head_dim: 32,
+fn f16_pools_round_as_the_cpu_does() {
+    let _turn = gpu_turn();
+    let (cpu, gpu) = (cpu_backend(), wgpu_backend());
+    let hd = 32;
+    let spec = KvPoolSpec {
+        layers: 1,
+        kv_dim: hd,
+        head_dim: hd,
         block_tokens: 16,
-        blocks: 4,
+        blocks: 2,
         dtype: lowbit_gpu::KvDtype::F16,
     };
-    assert!(cpu_backend().new_kv_pool(spec).is_ok());
-    let _turn = gpu_turn();
-    let err = wgpu_backend()
-        .new_kv_pool(spec)
-        .expect_err("wgpu has no f16 pool");
-    assert!(err.to_string().contains("f16"), "{err}");
+    let shape = AttentionShape {
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: hd,
+    };
+    // One position: the output is exactly the stored values (softmax of one score is 1).
+    let edges: Vec<f32> = vec![
+        1.0 + 1.0 / 2048.0, // a tie between 1 and 1 + 2^-10: even, 1
+        1.0 + 3.0 / 2048.0, // a tie: even, 1 + 2^-9
+        1.0 + 1.0 / 4096.0, // below half an ulp: 1
+        65504.0,            // the largest half
+        65519.0,            // rounds down to it
+        65520.0,            // rounds up, past it: infinity
+        -65520.0,
+        2f32.powi(-24),         // the smallest subnormal
+        2f32.powi(-25),         // a tie with zero: 0
+        2f32.powi(-25) * 1.5,   // rounds up to 2^-24
+        3.0 * 2f32.powi(-25),   // a subnormal tie: even, 2^-23
+        2f32.powi(-14) * 0.999, // just below the smallest normal
+        2f32.powi(-14),         // the smallest normal
+        -1.5e-7,
+        1e-30,
+        2e-31,
+        0.1,
+        -0.3,
+        1234.5678,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.0e-5,
+        -7.7e-6,
+        0.5,
+        0.25 + 1.0 / 8192.0,
+        100.03,
+        -2.0e4,
+        6.0e-8,
+        1.0,
+        -1.0,
+        42.0,
+        0.333,
+    ];
+    assert_eq!(edges.len(), hd);
+    let want: Vec<f32> = edges
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect();
+    let run = |be: &dyn Backend| {
+        let mut pool = be.new_kv_pool(spec).expect("an f16 pool");
+        let q = upload(be, 1, hd, &vec![0.0; hd]);
+        let k = upload(be, 1, hd, &vec![0.0; hd]);
+        let v = upload(be, 1, hd, &edges);
+        let span = SeqSpan {
+            row_start: 0,
+            len: 1,
+            pos_start: 0,
+            blocks: &[1],
+        };
+        let out = be
+            .attention(0, &q, &k, &v, &[span], &mut pool, shape)
+            .expect("attention");
+        be.download(&out).expect("download")
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&run(cpu)), bits(&want), "cpu");
+    assert_eq!(bits(&run(gpu)), bits(&want), "wgpu");
 }
 
 /// A step recorded again with the same shapes finds every bind group in the cache, and
@@ -502,6 +646,7 @@ suite!(
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     matmul_add_equals_matmul_then_add,
+    weights_loaded_together_multiply_as_separate_ones,
     embed_gathers_dequantized_rows,
     rms_norm_matches_float64,
     rope_matches_float64_in_both_pairings,
@@ -511,6 +656,69 @@ suite!(
     copied_blocks_attend_like_the_originals,
     bad_block_tables_are_errors,
 );
+
+/// Weights larger than one binding are split into parts by rows; here parts of 4 KiB (a
+/// few rows each) on weights of a few hundred rows, stacks whose weights start inside a part
+/// among them: every product and gather equals the unsplit backend's, bit for bit.
+#[test]
+fn weights_split_into_parts_compute_as_whole_ones() {
+    let _turn = gpu_turn();
+    let whole = wgpu_backend();
+    let split = open_gpu(WgpuOptions {
+        weight_part_bytes: Some(4096),
+        ..WgpuOptions::default()
+    });
+    let mut r = rng(13);
+    let k = 576;
+    for format in [
+        QuantFormat::Q8,
+        // Nine groups per row: parts must start on an even row (scales in f16 pairs).
+        QuantFormat::Q4(GroupSize::G64),
+        QuantFormat::Q4M(GroupSize::G32),
+        QuantFormat::F32,
+    ] {
+        let qs = host_weights(&mut r, format, &[67, 21, 21], k);
+        let load = |be: &WgpuBackend| {
+            let alone = be.load_weight(qs[0].clone()).expect("load_weight");
+            let stack = be
+                .load_weights_together(qs.clone())
+                .expect("load_weights_together");
+            (alone, stack)
+        };
+        let ((wa, ws), (sa, ss)) = (load(whole), load(&split));
+        for m in [1, 5, 70] {
+            let x = random(&mut r, m * k);
+            let run = |be: &WgpuBackend, alone: &Weight, stack: &[Weight]| {
+                let t = upload(be, m, k, &x);
+                let mut out = products(be, &t, &stack.iter().collect::<Vec<_>>());
+                out.push(
+                    be.download(&be.matmul(&t, alone).expect("matmul"))
+                        .expect("download"),
+                );
+                out.push(
+                    be.download(&be.matmul(&t, &stack[2]).expect("matmul"))
+                        .expect("download"),
+                );
+                out
+            };
+            assert_eq!(
+                run(&split, &sa, &ss),
+                run(whole, &wa, &ws),
+                "{format} m={m}"
+            );
+        }
+        let ids = [66u32, 0, 13, 14, 40];
+        let gather = |be: &WgpuBackend, w: &Weight| {
+            be.download(&be.embed(w, &ids).expect("embed"))
+                .expect("download")
+        };
+        assert_eq!(gather(&split, &sa), gather(whole, &wa), "{format} embed");
+        assert!(
+            split.embed(&ss[1], &[0]).is_err(),
+            "an embedding from a stack"
+        );
+    }
+}
 
 #[test]
 fn tensors_of_one_backend_are_refused_by_the_other() {

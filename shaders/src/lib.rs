@@ -1,7 +1,8 @@
 //! lowbit's WGSL kernels, one kernel family per file under `wgsl/`.
 //!
 //! A pipeline's source is composed from the family's file, the weight-format decoders
-//! (`formats.wgsl`, for kernels that read weights) and a feature set. Variants are chosen with
+//! (`formats.wgsl`, for kernels that read weights), the product outputs (`products.wgsl`, for
+//! the product kernels) and a feature set. Variants are chosen with
 //! line directives (`//#if NAME`, `//#else`, `//#endif`) rather than by `override` constants,
 //! because code using subgroup builtins must not even be present on a device without the
 //! `SUBGROUP` feature.
@@ -23,7 +24,8 @@ pub enum Family {
     Rope,
     /// `add`, `silu_mul`, `gather_rows`.
     Elementwise,
-    /// `kv_write`, `attend` and `attend_merge` over the paged KV pool.
+    /// `kv_write`, `attend` and `attend_merge` over the paged KV pool, built per pool element
+    /// type (`WeightKind::F32` or `F16`).
     Attention,
     /// Dynamic quantization of activations to int8 per 32-block (entry `main`).
     Quantize,
@@ -57,10 +59,17 @@ impl Family {
         )
     }
 
-    /// The weight kinds the family is built for.
+    /// Whether the family computes products (`x · Wᵀ`) and so writes through
+    /// `products.wgsl`'s outputs.
+    pub fn writes_products(self) -> bool {
+        matches!(self, Family::Matvec | Family::Matmul | Family::Int8)
+    }
+
+    /// The weight kinds the family is built for (attention: the KV pool's element type).
     pub fn weight_kinds(self) -> &'static [WeightKind] {
         match self {
             Family::Int8 => &[WeightKind::Q8, WeightKind::Q4, WeightKind::Q4M],
+            Family::Attention => &[WeightKind::F32, WeightKind::F16],
             _ if self.reads_weights() => &WeightKind::ALL,
             _ => &[],
         }
@@ -138,22 +147,29 @@ impl Features {
     pub const ALL: Features = Features { subgroups: true };
 }
 
-/// The WGSL source of one family for one weight kind (ignored by families that read no
-/// weights) and feature set.
+/// The WGSL source of one family for one weight kind (the attention family: its pool's
+/// element type; ignored by families without kinds) and feature set.
 pub fn source(family: Family, weight: Option<WeightKind>, features: Features) -> String {
     let mut defines = HashSet::new();
     if features.subgroups {
         defines.insert("SUBGROUP");
     }
     let mut text = String::new();
-    if family.reads_weights() {
-        let kind = weight.unwrap_or(WeightKind::F32);
+    let kinds = family.weight_kinds();
+    if let Some(&first) = kinds.first() {
+        let kind = weight.unwrap_or(first);
         defines.insert(kind.define());
         if matches!(kind, WeightKind::Q4 | WeightKind::Q4M) {
             // The nibble formats' 8-value units are not contiguous (formats.wgsl).
             defines.insert("NIBBLES");
         }
+    }
+    if family.reads_weights() {
         text.push_str(include_str!("../wgsl/formats.wgsl"));
+        text.push('\n');
+    }
+    if family.writes_products() {
+        text.push_str(include_str!("../wgsl/products.wgsl"));
         text.push('\n');
     }
     text.push_str(family.file());
@@ -225,12 +241,12 @@ mod tests {
     fn every_shader_parses_and_validates_on_both_feature_paths() {
         for features in [Features::PORTABLE, Features::ALL] {
             for family in Family::ALL {
-                if family.reads_weights() {
+                if family.weight_kinds().is_empty() {
+                    validate(family, None, features);
+                } else {
                     for &kind in family.weight_kinds() {
                         validate(family, Some(kind), features);
                     }
-                } else {
-                    validate(family, None, features);
                 }
             }
         }

@@ -1,6 +1,7 @@
 // Causal grouped-query attention over the paged KV pool of one layer.
 //
-// Pool layout per layer: | block | kv head | slot | head dim |, f32. A sequence's position p
+// Pool layout per layer: | block | kv head | slot | head dim |, f32 or (the F16 variant) f16 in
+// pairs per u32, read with unpack2x16float (no shader-f16 needed). A sequence's position p
 // lives in block tables[table + p / block_tokens], slot p % block_tokens. `row_info[r]` is
 // (position, offset of its sequence's block table in `tables`) for each new row r.
 // `kv_write` stores the new rows' keys and values; `attend` then runs one workgroup per
@@ -16,8 +17,13 @@
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k_new: array<f32>;
 @group(0) @binding(2) var<storage, read> v_new: array<f32>;
+//#if F16
+@group(0) @binding(3) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(4) var<storage, read_write> v_cache: array<u32>;
+//#else
 @group(0) @binding(3) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(4) var<storage, read_write> v_cache: array<f32>;
+//#endif
 @group(0) @binding(5) var<storage, read> row_info: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read> tables: array<u32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
@@ -51,6 +57,79 @@ fn slot_offset(table: u32, pos: u32, kv_head: u32) -> u32 {
     return ((block * p.n_kv_heads + kv_head) * p.block_tokens + pos % p.block_tokens) * p.head_dim;
 }
 
+//#if F16
+// The f16 bits of `v`, rounded to nearest even as the CPU backend's pool stores it (WGSL
+// leaves pack2x16float's rounding to the implementation).
+fn f16_bits(v: f32) -> u32 {
+    let x = bitcast<u32>(v);
+    let sign = (x >> 16u) & 0x8000u;
+    let a = x & 0x7fffffffu;
+    if a >= 0x7f800000u {
+        // Infinity stays infinity, NaN stays a (quiet) NaN.
+        return sign | 0x7c00u | select(0u, 0x200u, a > 0x7f800000u);
+    }
+    if a >= 0x477ff000u {
+        // 65520 and up round past the largest half.
+        return sign | 0x7c00u;
+    }
+    if a < 0x38800000u {
+        // Below the smallest normal half: a subnormal, round(v · 2^24) units of 2^-24.
+        let e = a >> 23u;
+        if e < 102u {
+            return sign;
+        }
+        let m = (a & 0x7fffffu) | 0x800000u;
+        let shift = 126u - e;
+        let q = m >> shift;
+        let rest = m & ((1u << shift) - 1u);
+        let half = 1u << (shift - 1u);
+        let up = rest > half || (rest == half && (q & 1u) == 1u);
+        return sign | (q + select(0u, 1u, up));
+    }
+    // Normal: rebias the exponent, round the 13 dropped bits to nearest even.
+    let rounded = a + 0xfffu + ((a >> 13u) & 1u);
+    return sign | ((rounded - 0x38000000u) >> 13u);
+}
+
+// Values `i` and `i + 1` (i even) of a pool.
+fn k_pair(i: u32) -> vec2<f32> {
+    return unpack2x16float(k_cache[i >> 1u]);
+}
+
+fn v_at(i: u32) -> f32 {
+    let pair = unpack2x16float(v_cache[i >> 1u]);
+    return select(pair.x, pair.y, (i & 1u) == 1u);
+}
+
+// One thread per pair of values (one word of the pool).
+@compute @workgroup_size(64)
+fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    let kv_dim = p.n_kv_heads * p.head_dim;
+    let pairs = kv_dim / 2u;
+    let row = i / pairs;
+    if row >= p.rows {
+        return;
+    }
+    let e = (i % pairs) * 2u;
+    let info = row_info[row];
+    if info.x == NO_ROW {
+        return;
+    }
+    let src = row * kv_dim + e;
+    let dst = slot_offset(info.y, info.x, e / p.head_dim) + e % p.head_dim;
+    k_cache[dst >> 1u] = f16_bits(k_new[src]) | (f16_bits(k_new[src + 1u]) << 16u);
+    v_cache[dst >> 1u] = f16_bits(v_new[src]) | (f16_bits(v_new[src + 1u]) << 16u);
+}
+//#else
+fn k_pair(i: u32) -> vec2<f32> {
+    return vec2<f32>(k_cache[i], k_cache[i + 1u]);
+}
+
+fn v_at(i: u32) -> f32 {
+    return v_cache[i];
+}
+
 @compute @workgroup_size(64)
 fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * p.grid_x;
@@ -68,6 +147,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
     k_cache[dst] = k_new[i];
     v_cache[dst] = v_new[i];
 }
+//#endif
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> probs: array<f32, 64>;
@@ -118,8 +198,11 @@ fn attend(
         if pos < t_end {
             let base = slot_offset(info.y, pos, kv_head);
             s = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                s += qs[d] * k_cache[base + d];
+            // Head dimensions are even (RoPE rotates pairs); the sum stays in d order.
+            for (var d = 0u; d < hd; d += 2u) {
+                let k = k_pair(base + d);
+                s += qs[d] * k.x;
+                s += qs[d + 1u] * k.y;
             }
         }
         probs[lid] = s;
@@ -144,7 +227,7 @@ fn attend(
             for (var i = 0u; i < DIMS_PER_THREAD; i++) {
                 let d = lid + WG * i;
                 if d < hd {
-                    acc[i] += pj * v_cache[base + d];
+                    acc[i] += pj * v_at(base + d);
                 }
             }
         }

@@ -3,7 +3,7 @@
 
 @group(0) @binding(3) var<storage, read> ids: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
-@group(0) @binding(6) var<uniform> p: EmbedParams;
+@group(0) @binding(8) var<uniform> p: EmbedParams;
 
 struct EmbedParams {
     dims: WeightDims,

@@ -17,7 +17,19 @@ struct WeightDims {
     groups_per_row: u32,
     // log2(group size / 32): a 32-value block's group is `block >> group_shift`.
     group_shift: u32,
-    _pad: u32,
+    // The buffer row a dispatch's row 0 is: a weight stored in a stack with others (a layer's
+    // Q/K/V, gate/up) starts past the rows of the weights before it.
+    first_row: u32,
+}
+
+// Index of the first word of (dispatch) row `row`.
+fn row_word(row: u32, dims: WeightDims) -> u32 {
+    return (dims.first_row + row) * dims.words_per_row;
+}
+
+// Index of the scale (and min) of row `row` for 32-value block `block`.
+fn group_index(row: u32, block: u32, dims: WeightDims) -> u32 {
+    return (dims.first_row + row) * dims.groups_per_row + (block >> dims.group_shift);
 }
 
 struct Unit {
@@ -52,18 +64,18 @@ fn nibbles(word: u32, shift: u32) -> vec4<f32> {
 fn unit(row: u32, u: u32, dims: WeightDims) -> Unit {
     var r: Unit;
 //#if Q4
-    let word = w_words[row * dims.words_per_row + u];
+    let word = w_words[row_word(row, dims) + u];
     let block = u >> 2u;
-    let d = scale_at(row * dims.groups_per_row + (block >> dims.group_shift));
+    let d = scale_at(group_index(row, block, dims));
     r.lo = (nibbles(word, 0u) - 8.0) * d;
     r.hi = (nibbles(word, 4u) - 8.0) * d;
     r.k_lo = block * 32u + (u & 3u) * 4u;
     r.k_hi = r.k_lo + 16u;
 //#endif
 //#if Q4M
-    let word = w_words[row * dims.words_per_row + u];
+    let word = w_words[row_word(row, dims) + u];
     let block = u >> 2u;
-    let g = row * dims.groups_per_row + (block >> dims.group_shift);
+    let g = group_index(row, block, dims);
     let d = scale_at(g);
     let m = min_at(g);
     r.lo = nibbles(word, 0u) * d + m;
@@ -72,22 +84,22 @@ fn unit(row: u32, u: u32, dims: WeightDims) -> Unit {
     r.k_hi = r.k_lo + 16u;
 //#endif
 //#if Q8
-    let base = row * dims.words_per_row + u * 2u;
-    let d = scale_at(row * dims.groups_per_row + (u >> 2u));
+    let base = row_word(row, dims) + u * 2u;
+    let d = scale_at(group_index(row, u >> 2u, dims));
     r.lo = vec4<f32>(unpack4xI8(w_words[base])) * d;
     r.hi = vec4<f32>(unpack4xI8(w_words[base + 1u])) * d;
     r.k_lo = u * 8u;
     r.k_hi = r.k_lo + 4u;
 //#endif
 //#if F16
-    let base = row * dims.words_per_row + u * 4u;
+    let base = row_word(row, dims) + u * 4u;
     r.lo = vec4<f32>(unpack2x16float(w_words[base]), unpack2x16float(w_words[base + 1u]));
     r.hi = vec4<f32>(unpack2x16float(w_words[base + 2u]), unpack2x16float(w_words[base + 3u]));
     r.k_lo = u * 8u;
     r.k_hi = r.k_lo + 4u;
 //#endif
 //#if F32
-    let base = row * dims.words_per_row + u * 8u;
+    let base = row_word(row, dims) + u * 8u;
     r.lo = vec4<f32>(
         bitcast<f32>(w_words[base]),
         bitcast<f32>(w_words[base + 1u]),

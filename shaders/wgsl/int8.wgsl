@@ -11,20 +11,18 @@
 // (`matmul`); both add in the order above, so neither the kernel nor the batch changes a row.
 
 @group(0) @binding(3) var<storage, read> xq: array<u32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // Added to the product where `p.add_residual` is 1 (the residual connection after the
 // attention output and the MLP down projection), as the separate `add` would: product + residual.
+// Only plain products (one output) add one.
 @group(0) @binding(5) var<storage, read> residual: array<f32>;
-@group(0) @binding(6) var<uniform> p: Int8Params;
+@group(0) @binding(8) var<uniform> p: Int8Params;
 
 struct Int8Params {
     dims: WeightDims,
+    out: Outputs,
     k: u32,
-    // Weight rows of this part.
+    // Weight rows this dispatch computes.
     rows: u32,
-    // Row stride of `out` (N), and the column where this part's rows start.
-    out_stride: u32,
-    out_offset: u32,
     // Activation rows (matmul; the decode kernel's is the M override).
     m: u32,
     tiles_n: u32,
@@ -34,14 +32,16 @@ struct Int8Params {
     base_c: u32,
     base_s: u32,
     add_residual: u32,
+    _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
-fn store(i: u32, v: f32) {
+fn store(m: u32, row: u32, v: f32) {
     if p.add_residual != 0u {
-        out[i] = v + residual[i];
+        store_product(p.out, m, row, v + residual[m * p.out.n + p.out.offset + row]);
     } else {
-        out[i] = v;
+        store_product(p.out, m, row, v);
     }
 }
 
@@ -59,12 +59,12 @@ const FACTOR: f32 = 1.0;
 fn weight_words(row: u32, b: u32) -> array<u32, 8> {
     var w: array<u32, 8>;
 //#if Q8
-    let base = row * p.dims.words_per_row + b * 8u;
+    let base = row_word(row, p.dims) + b * 8u;
     for (var j = 0u; j < 8u; j++) {
         w[j] = w_words[base + j];
     }
 //#else
-    let base = row * p.dims.words_per_row + b * 4u;
+    let base = row_word(row, p.dims) + b * 4u;
     for (var j = 0u; j < 4u; j++) {
         let packed = w_words[base + j];
         w[j] = packed & 0x0f0f0f0fu;
@@ -75,7 +75,7 @@ fn weight_words(row: u32, b: u32) -> array<u32, 8> {
 }
 
 fn group_coef(row: u32, b: u32) -> f32 {
-    let g = row * p.dims.groups_per_row + (b >> p.dims.group_shift);
+    let g = group_index(row, b, p.dims);
 //#if Q4M
     return min_at(g);
 //#else
@@ -135,7 +135,7 @@ fn matvec(
         var t: array<f32, 8>;
         if item < items && row0 + r < p.rows {
             let w = weight_words(row0 + r, b);
-            let dw = scale_at((row0 + r) * p.dims.groups_per_row + (b >> p.dims.group_shift));
+            let dw = scale_at(group_index(row0 + r, b, p.dims));
             for (var m = 0u; m < M; m++) {
                 var s = 0i;
                 for (var j = 0u; j < 8u; j++) {
@@ -168,7 +168,7 @@ fn matvec(
         workgroupBarrier();
     }
     if lid < ROWS * M && own_row < p.rows {
-        store(own_m * p.out_stride + p.out_offset + own_row, acc + FACTOR * corr);
+        store(own_m, own_row, acc + FACTOR * corr);
     }
 }
 
@@ -223,11 +223,11 @@ fn matmul(
             }
             // Weights: each thread reads one packed word (Q4: both nibble halves) or two (Q8).
 //#if Q8
-            let wbase = wrow * p.dims.words_per_row + b * 8u + lpart * 2u;
+            let wbase = row_word(wrow, p.dims) + b * 8u + lpart * 2u;
             ws[(st * 8u + lpart * 2u) * T + lrow] = select(0u, w_words[wbase], wn < p.rows);
             ws[(st * 8u + lpart * 2u + 1u) * T + lrow] = select(0u, w_words[wbase + 1u], wn < p.rows);
 //#else
-            let packed = select(0u, w_words[wrow * p.dims.words_per_row + b * 4u + lpart], wn < p.rows);
+            let packed = select(0u, w_words[row_word(wrow, p.dims) + b * 4u + lpart], wn < p.rows);
             ws[(st * 8u + lpart) * T + lrow] = packed & 0x0f0f0f0fu;
             ws[(st * 8u + 4u + lpart) * T + lrow] = (packed >> 4u) & 0x0f0f0f0fu;
 //#endif
@@ -241,7 +241,7 @@ fn matmul(
                 let n = n0 + lid - T;
                 let ok = n < p.rows;
                 let nr = min(n, p.rows - 1u);
-                w_d[st * T + lid - T] = select(0.0, scale_at(nr * p.dims.groups_per_row + (b >> p.dims.group_shift)), ok);
+                w_d[st * T + lid - T] = select(0.0, scale_at(group_index(nr, b, p.dims)), ok);
                 w_k[st * T + lid - T] = select(0.0, group_coef(nr, b), ok);
             }
         }
@@ -300,7 +300,7 @@ fn matmul(
             for (var jn = 0u; jn < 4u; jn++) {
                 let n = n0 + tx + 16u * jn;
                 if n < p.rows {
-                    store(m * p.out_stride + p.out_offset + n, acc[i][jn] + FACTOR * corr[i][jn]);
+                    store(m, n, acc[i][jn] + FACTOR * corr[i][jn]);
                 }
             }
         }

@@ -7,25 +7,23 @@
 // depend on which kernel, or which batch, computed it.
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<uniform> p: MatmulParams;
+@group(0) @binding(8) var<uniform> p: MatmulParams;
 
 struct MatmulParams {
     dims: WeightDims,
+    out: Outputs,
     // Columns of x and W (K), a multiple of 8.
     k: u32,
-    // Weight rows of this part.
+    // Weight rows this dispatch computes.
     rows: u32,
-    // Row stride of `out` (N).
-    out_stride: u32,
-    // Column of `out` where this part's rows start.
-    out_offset: u32,
     // Activation rows (M).
     m: u32,
     // Tiles along the weight rows and along the activation rows.
     tiles_n: u32,
     tiles_m: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const TM: u32 = 64u;
@@ -111,7 +109,7 @@ fn main(
             for (var j = 0u; j < 4u; j++) {
                 let n = n0 + tx + 16u * j;
                 if n < p.rows {
-                    out[m * p.out_stride + p.out_offset + n] = acc[i][j];
+                    store_product(p.out, m, n, acc[i][j]);
                 }
             }
         }

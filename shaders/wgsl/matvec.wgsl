@@ -9,19 +9,22 @@
 // and ROWS · M threads then add the round's block dots in order.
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(6) var<uniform> p: MatvecParams;
+@group(0) @binding(8) var<uniform> p: MatvecParams;
 
+// matmul.wgsl's parameters (the tile fields unused).
 struct MatvecParams {
     dims: WeightDims,
+    out: Outputs,
     // Columns of x and W (K), a multiple of 8.
     k: u32,
-    // Weight rows of this part.
+    // Weight rows this dispatch computes.
     rows: u32,
-    // Row stride of `out` (all parts' rows: N).
-    out_stride: u32,
-    // Column of `out` where this part's rows start.
-    out_offset: u32,
+    m: u32,
+    tiles_n: u32,
+    tiles_m: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Activation rows, fixed per pipeline so the accumulators stay in registers.
@@ -105,6 +108,6 @@ fn main(
     }
     let row = row0 + lid / M;
     if lid < ROWS * M && row < p.rows {
-        out[(lid % M) * p.out_stride + p.out_offset + row] = acc;
+        store_product(p.out, lid % M, row, acc);
     }
 }

@@ -1,7 +1,9 @@
 //! The paged KV pool on the GPU and attention over it.
 //!
 //! The pool is one key and one value buffer per layer (so that no binding outgrows the
-//! adapter's limit), laid out `| block | kv head | slot | head dim |` (attention.wgsl).
+//! adapter's limit), laid out `| block | kv head | slot | head dim |` (attention.wgsl), in f32
+//! or in f16 (`--kv-cache-dtype f16`: half the memory and the bandwidth of long contexts;
+//! rounded to nearest even, as the CPU backend's f16 pool).
 
 use super::encoder::grid;
 use super::kernels::{AttentionParams, Kernel, ATTENTION_CHUNK, ELEMENT_GROUP};
@@ -11,6 +13,7 @@ use crate::checks;
 use crate::error::{shape_err, Error, Result};
 use crate::kv::{KvDtype, KvPool, KvPoolSpec, KvStorage};
 use crate::tensor::Tensor;
+use lowbit_shaders::WeightKind;
 use std::sync::atomic::Ordering;
 
 /// A row no sequence claims (attention.wgsl's `NO_ROW`).
@@ -31,11 +34,19 @@ pub struct RowInfo {
 }
 
 fn layer_bytes(spec: &KvPoolSpec) -> u64 {
-    (spec.blocks * spec.block_tokens * spec.kv_dim * 4) as u64
+    (spec.blocks * block_bytes(spec) as usize) as u64
 }
 
 fn block_bytes(spec: &KvPoolSpec) -> u64 {
-    (spec.block_tokens * spec.kv_dim * 4) as u64
+    (spec.block_tokens * spec.kv_dim * spec.dtype.size()) as u64
+}
+
+/// The kernels' name for a pool's element type.
+fn element_kind(dtype: KvDtype) -> WeightKind {
+    match dtype {
+        KvDtype::F32 => WeightKind::F32,
+        KvDtype::F16 => WeightKind::F16,
+    }
 }
 
 fn device_kv(pool: &mut KvPool) -> Result<(KvPoolSpec, &mut DeviceKv)> {
@@ -49,10 +60,10 @@ fn device_kv(pool: &mut KvPool) -> Result<(KvPoolSpec, &mut DeviceKv)> {
 impl WgpuBackend {
     pub(super) fn kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
         spec.validate()?;
-        if spec.dtype != KvDtype::F32 {
+        if spec.dtype == KvDtype::F16 && !spec.head_dim.is_multiple_of(2) {
             return Err(Error::Unsupported(format!(
-                "a {} KV cache on wgpu (its attention shaders read f32; use --kv-cache-dtype f32)",
-                spec.dtype.name()
+                "an f16 KV cache on wgpu stores values in pairs; heads of {} dimensions are odd",
+                spec.head_dim
             )));
         }
         // Cached bind groups would keep an earlier pool's buffers alive (bench makes one
@@ -184,10 +195,14 @@ impl WgpuBackend {
         }
         let info = self.row_info(rows, seqs)?;
         let (qd, kd, vd) = (device_of(q)?, device_of(k)?, device_of(v)?);
-        let write = self.kernel(Kernel::KvWrite)?;
-        let attend = self.kernel(Kernel::Attend)?;
+        let kind = element_kind(spec.dtype);
+        let write = self.kernel(Kernel::KvWrite { pool: kind })?;
+        let attend = self.kernel(Kernel::Attend { pool: kind })?;
         let (kc, vc) = (&kv.k[layer], &kv.v[layer]);
-        let write_groups = grid(((rows * spec.kv_dim) as u32).div_ceil(ELEMENT_GROUP));
+        // kv_write: a thread per value, or per pair of values of an f16 pool (one word).
+        let per_thread = 4 / spec.dtype.size();
+        let write_threads = rows * spec.kv_dim / per_thread;
+        let write_groups = grid((write_threads as u32).div_ceil(ELEMENT_GROUP));
         // Split-K: every row's positions in chunks; the grid covers the longest row.
         let longest = seqs.iter().map(|s| s.pos_start + s.len).max().unwrap_or(1);
         let splits = longest.div_ceil(ATTENTION_CHUNK).max(1);

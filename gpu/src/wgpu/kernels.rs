@@ -28,8 +28,13 @@ pub enum Kernel {
     Add,
     SiluMul,
     GatherRows,
-    KvWrite,
-    Attend,
+    /// Stores new keys and values into a pool of `pool` elements (F32 or F16).
+    KvWrite {
+        pool: WeightKind,
+    },
+    Attend {
+        pool: WeightKind,
+    },
     /// Combines the per-chunk pieces of rows longer than one attention chunk.
     AttendMerge,
     /// Activations to int8 per 32-block.
@@ -62,7 +67,8 @@ pub const ELEMENT_GROUP: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Layout {
     /// words, scales, mins, input (read) · output (read-write) · residual (read; int8
-    /// products add it in their epilogue) · params.
+    /// products add it in their epilogue) · the second and third outputs of a stacked
+    /// product (read-write; products.wgsl) · params.
     Weights,
     /// two inputs · output · params.
     Binary,
@@ -75,7 +81,7 @@ impl Layout {
     fn bindings(self) -> &'static [Bind] {
         use Bind::{Read as R, Uniform as U, Write as W};
         match self {
-            Layout::Weights => &[R, R, R, R, W, R, U],
+            Layout::Weights => &[R, R, R, R, W, R, W, W, U],
             Layout::Binary => &[R, R, W, U],
             Layout::Attention => &[R, R, R, W, W, R, R, W, W, U],
         }
@@ -98,7 +104,9 @@ impl Kernel {
             Kernel::RmsNorm => Family::Norm,
             Kernel::Rope => Family::Rope,
             Kernel::Add | Kernel::SiluMul | Kernel::GatherRows => Family::Elementwise,
-            Kernel::KvWrite | Kernel::Attend | Kernel::AttendMerge => Family::Attention,
+            Kernel::KvWrite { .. } | Kernel::Attend { .. } | Kernel::AttendMerge => {
+                Family::Attention
+            }
             Kernel::Quantize => Family::Quantize,
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
             Kernel::Argmax => Family::Head,
@@ -110,8 +118,8 @@ impl Kernel {
             Kernel::Add => "add",
             Kernel::SiluMul => "silu_mul",
             Kernel::GatherRows => "gather_rows",
-            Kernel::KvWrite => "kv_write",
-            Kernel::Attend => "attend",
+            Kernel::KvWrite { .. } => "kv_write",
+            Kernel::Attend { .. } => "attend",
             Kernel::AttendMerge => "attend_merge",
             Kernel::Int8Matvec { .. } => "matvec",
             Kernel::Int8Matmul { .. } => "matmul",
@@ -127,6 +135,7 @@ impl Kernel {
             | Kernel::Embed { kind }
             | Kernel::Int8Matvec { kind, .. }
             | Kernel::Int8Matmul { kind } => Some(kind),
+            Kernel::KvWrite { pool } | Kernel::Attend { pool } => Some(pool),
             _ => None,
         }
     }
@@ -164,6 +173,8 @@ impl Pipeline {
             Kernel::Embed { kind } => format!("embed {kind:?}"),
             Kernel::Int8Matvec { kind, m } => format!("int8 matvec {kind:?} m={m}"),
             Kernel::Int8Matmul { kind } => format!("int8 matmul {kind:?}"),
+            Kernel::KvWrite { pool } => format!("kv_write {pool:?}"),
+            Kernel::Attend { pool } => format!("attend {pool:?}"),
             k => format!("{k:?}"),
         }
     }
@@ -280,22 +291,35 @@ pub struct WeightDims {
     pub words_per_row: u32,
     pub groups_per_row: u32,
     pub group_shift: u32,
-    pub _pad: u32,
+    /// The buffer row of the dispatch's row 0 (past the weights before it in a stack).
+    pub first_row: u32,
 }
 
-/// `MatmulParams` in matmul.wgsl; matvec.wgsl's `MatvecParams` is its leading fields.
+/// `Outputs` in products.wgsl: where a product's columns go.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct Outputs {
+    /// Columns of the whole product.
+    pub n: u32,
+    /// Output column of the dispatch's weight row 0.
+    pub offset: u32,
+    /// Columns from `seg1` on go to the second output, from `seg2` on to the third.
+    pub seg1: u32,
+    pub seg2: u32,
+}
+
+/// `MatmulParams` in matmul.wgsl, and matvec.wgsl's `MatvecParams`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {
     pub dims: WeightDims,
+    pub out: Outputs,
     pub k: u32,
     pub rows: u32,
-    pub out_stride: u32,
-    pub out_offset: u32,
     pub m: u32,
     pub tiles_n: u32,
     pub tiles_m: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `EmbedParams` in embed.wgsl.
@@ -371,10 +395,9 @@ pub struct QuantizeParams {
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct Int8Params {
     pub dims: WeightDims,
+    pub out: Outputs,
     pub k: u32,
     pub rows: u32,
-    pub out_stride: u32,
-    pub out_offset: u32,
     pub m: u32,
     pub tiles_n: u32,
     pub tiles_m: u32,
@@ -383,7 +406,7 @@ pub struct Int8Params {
     pub base_s: u32,
     /// 1: add `residual` to every output (binding 5).
     pub add_residual: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 3],
 }
 
 /// `AttentionParams` in attention.wgsl.

@@ -7,12 +7,12 @@
 use super::buffers::DeviceTensor;
 use super::encoder::grid;
 use super::kernels::{
-    Int8Params, Kernel, MatmulParams, QuantizeParams, ELEMENT_GROUP, MATMUL_TILE, MATVEC_MAX_ROWS,
-    MATVEC_ROWS_PER_GROUP,
+    Int8Params, Kernel, MatmulParams, Outputs, QuantizeParams, WeightDims, ELEMENT_GROUP,
+    MATMUL_TILE, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_GROUP,
 };
-use super::weights::{DeviceWeight, WeightPart};
+use super::weights::{whole_stack, DeviceWeight};
 use super::{device_of, weight_of, Activations, WgpuBackend};
-use crate::error::{shape_err, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::tensor::{Tensor, Weight};
 use lowbit_shaders::WeightKind;
 
@@ -97,14 +97,19 @@ impl WgpuBackend {
         let rd = device_of(residual)?;
         let out = self.alloc(m, n)?;
         let q = self.quantize_x(x)?;
-        self.int8_product(&q, m, x.cols(), wd, &out, Some(rd))?;
+        let target = Target {
+            first_row: wd.stack_row,
+            outs: &[(&out, wd.rows)],
+            residual: Some((rd.buffer(), rd.bytes())),
+        };
+        self.int8_product(&q, m, x.cols(), wd, &target)?;
         Ok(self.tensor(m, n, out))
     }
 
-    /// `x · Wᵢᵀ` for weights sharing `x`: activations are quantized once for all of them.
+    /// `x · Wᵢᵀ` for weights sharing `x`: activations are quantized once for all of them, and
+    /// a whole stack in its order (a layer's Q/K/V, gate/up; weights.rs) is one product.
     pub(super) fn linear_many(&self, x: &Tensor, ws: &[&Weight]) -> Result<Vec<Tensor>> {
-        let mut quantized: Option<QuantizedX> = None;
-        let mut outs = Vec::with_capacity(ws.len());
+        let mut wds = Vec::with_capacity(ws.len());
         for w in ws {
             if x.cols() != w.cols() {
                 return Err(shape_err(
@@ -112,24 +117,48 @@ impl WgpuBackend {
                     format!("x has {} columns, W has {}", x.cols(), w.cols()),
                 ));
             }
-            let wd = weight_of(w)?;
-            let (m, n) = (x.rows(), w.rows());
-            let out = self.alloc(m, n)?;
-            if m > 0 && n > 0 {
-                if self.uses_int8(wd) {
-                    if quantized.is_none() {
-                        quantized = Some(self.quantize_x(x)?);
-                    }
-                    if let Some(q) = &quantized {
-                        self.int8_product(q, m, x.cols(), wd, &out, None)?;
-                    }
-                } else {
-                    self.float_product(device_of(x)?, m, x.cols(), wd, &out)?;
-                }
-            }
-            outs.push(self.tensor(m, n, out));
+            wds.push(weight_of(w)?);
         }
-        Ok(outs)
+        let m = x.rows();
+        let outs = wds
+            .iter()
+            .map(|wd| self.alloc(m, wd.rows as usize))
+            .collect::<Result<Vec<_>>>()?;
+        // Each product's weights, as a range of `ws`: the whole stack at once, or one each.
+        let products: Vec<std::ops::Range<usize>> = if whole_stack(&wds) {
+            std::iter::once(0..wds.len()).collect()
+        } else {
+            (0..wds.len()).map(|i| i..i + 1).collect()
+        };
+        let mut quantized: Option<QuantizedX> = None;
+        for weights in products {
+            let wd = wds[weights.start];
+            let targets: Vec<(&DeviceTensor, u32)> =
+                weights.clone().map(|i| (&outs[i], wds[i].rows)).collect();
+            if m == 0 || targets.iter().all(|&(_, n)| n == 0) {
+                continue;
+            }
+            let target = Target {
+                first_row: wd.stack_row,
+                outs: &targets,
+                residual: None,
+            };
+            if self.uses_int8(wd) {
+                if quantized.is_none() {
+                    quantized = Some(self.quantize_x(x)?);
+                }
+                if let Some(q) = &quantized {
+                    self.int8_product(q, m, x.cols(), wd, &target)?;
+                }
+            } else {
+                self.float_product(device_of(x)?, m, x.cols(), wd, &target)?;
+            }
+        }
+        Ok(outs
+            .into_iter()
+            .zip(&wds)
+            .map(|(out, wd)| self.tensor(m, wd.rows as usize, out))
+            .collect())
     }
 
     fn int8_product(
@@ -138,8 +167,7 @@ impl WgpuBackend {
         m: usize,
         k: usize,
         wd: &DeviceWeight,
-        out: &DeviceTensor,
-        residual: Option<&DeviceTensor>,
+        target: &Target<'_>,
     ) -> Result<()> {
         let kernels = (
             Kernel::Int8Matvec {
@@ -149,29 +177,20 @@ impl WgpuBackend {
             Kernel::Int8Matmul { kind: wd.kind },
         );
         let x = (q.buffer.buffer(), q.buffer.bytes());
-        let res = residual.map(|r| (r.buffer(), r.bytes()));
-        self.product(
-            kernels,
-            x,
-            m,
-            wd,
-            (out, res),
-            |part, n, tiles_n, tiles_m| Int8Params {
-                dims: wd.dims,
-                k: k as u32,
-                rows: part.rows,
-                out_stride: n,
-                out_offset: part.row_start,
-                m: m as u32,
-                tiles_n,
-                tiles_m,
-                base_d: q.base_d,
-                base_c: q.base_c,
-                base_s: q.base_s,
-                add_residual: u32::from(residual.is_some()),
-                _pad: 0,
-            },
-        )
+        self.product(kernels, x, m, wd, target, |d| Int8Params {
+            dims: d.dims,
+            out: d.out,
+            k: k as u32,
+            rows: d.rows,
+            m: m as u32,
+            tiles_n: d.tiles_n,
+            tiles_m: d.tiles_m,
+            base_d: q.base_d,
+            base_c: q.base_c,
+            base_s: q.base_s,
+            add_residual: u32::from(target.residual.is_some()),
+            _pad: [0; 3],
+        })
     }
 
     fn float_product(
@@ -180,7 +199,7 @@ impl WgpuBackend {
         m: usize,
         k: usize,
         wd: &DeviceWeight,
-        out: &DeviceTensor,
+        target: &Target<'_>,
     ) -> Result<()> {
         let kernels = (
             Kernel::Matvec {
@@ -190,49 +209,75 @@ impl WgpuBackend {
             Kernel::Matmul { kind: wd.kind },
         );
         let x = (xd.buffer(), xd.bytes());
-        // matvec.wgsl reads the leading fields of the same parameters.
-        self.product(
-            kernels,
-            x,
-            m,
-            wd,
-            (out, None),
-            |part, n, tiles_n, tiles_m| MatmulParams {
-                dims: wd.dims,
-                k: k as u32,
-                rows: part.rows,
-                out_stride: n,
-                out_offset: part.row_start,
-                m: m as u32,
-                tiles_n,
-                tiles_m,
-                _pad: 0,
-            },
-        )
+        self.product(kernels, x, m, wd, target, |d| MatmulParams {
+            dims: d.dims,
+            out: d.out,
+            k: k as u32,
+            rows: d.rows,
+            m: m as u32,
+            tiles_n: d.tiles_n,
+            tiles_m: d.tiles_m,
+            _pad: [0; 3],
+        })
     }
 
-    /// Dispatches the decode kernel (up to eight rows) or the tiled one over every part of
-    /// `wd`, with `params(part, n, tiles_n, tiles_m)` as each dispatch's uniform.
+    /// Dispatches the decode kernel (up to eight rows) or the tiled one over the parts of
+    /// `wd`'s buffers that hold `target`'s rows, with `params(dispatch)` as each uniform.
     fn product<P: bytemuck::Pod>(
         &self,
         (decode_kernel, tiled_kernel): (Kernel, Kernel),
         x: (&::wgpu::Buffer, u64),
         m: usize,
         wd: &DeviceWeight,
-        (out, residual): (&DeviceTensor, Option<(&::wgpu::Buffer, u64)>),
-        params: impl Fn(&WeightPart, u32, u32, u32) -> P,
+        target: &Target<'_>,
+        params: impl Fn(&Dispatch) -> P,
     ) -> Result<()> {
+        let widths: Vec<u32> = target.outs.iter().map(|&(_, n)| n).collect();
+        let n: u32 = widths.iter().sum();
+        let (seg1, seg2) = match widths[..] {
+            [a, b, _] => (a, a + b),
+            [a, _] => (a, n),
+            [_] => (n, n),
+            _ => return Err(Error::Internal("a product writes one to three outputs")),
+        };
         let decode = m <= MATVEC_MAX_ROWS;
         let pipeline = self.kernel(if decode { decode_kernel } else { tiled_kernel })?;
-        let n: u32 = wd.parts.iter().map(|p| p.rows).sum();
+        let output = |i: usize| {
+            target
+                .outs
+                .get(i)
+                .map_or((&self.dummy_write, 256), |(t, _)| (t.buffer(), t.bytes()))
+        };
+        let (first, end) = (target.first_row, target.first_row + n);
         let mut rec = self.recorder()?;
-        for part in &wd.parts {
-            let tiles_n = part.rows.div_ceil(MATMUL_TILE);
+        for part in wd.parts.iter() {
+            let lo = first.max(part.row_start);
+            let hi = end.min(part.row_start + part.rows);
+            if lo >= hi {
+                continue;
+            }
+            let rows = hi - lo;
+            let tiles_n = rows.div_ceil(MATMUL_TILE);
             let tiles_m = (m as u32).div_ceil(MATMUL_TILE);
             let groups = if decode {
-                grid(part.rows.div_ceil(MATVEC_ROWS_PER_GROUP))
+                grid(rows.div_ceil(MATVEC_ROWS_PER_GROUP))
             } else {
                 grid(tiles_n * tiles_m)
+            };
+            let dispatch = Dispatch {
+                dims: WeightDims {
+                    first_row: lo - part.row_start,
+                    ..wd.dims
+                },
+                out: Outputs {
+                    n,
+                    offset: lo - first,
+                    seg1,
+                    seg2,
+                },
+                rows,
+                tiles_n,
+                tiles_m,
             };
             rec.dispatch(
                 pipeline.clone(),
@@ -241,13 +286,33 @@ impl WgpuBackend {
                     self.scales_or_dummy(part.scales.as_ref()),
                     self.scales_or_dummy(part.mins.as_ref()),
                     x,
-                    (out.buffer(), out.bytes()),
-                    residual.unwrap_or((&self.dummy_read, 256)),
+                    output(0),
+                    target.residual.unwrap_or((&self.dummy_read, 256)),
+                    output(1),
+                    output(2),
                 ],
-                &params(part, n, tiles_n, tiles_m),
+                &params(&dispatch),
                 groups,
             );
         }
         Ok(())
     }
+}
+
+/// What a product computes: buffer rows `first_row..` of a weight (or a whole stack), into
+/// one output per weight, each with its column count, in row order.
+struct Target<'a> {
+    first_row: u32,
+    outs: &'a [(&'a DeviceTensor, u32)],
+    /// Added in the epilogue (int8 products of one weight only).
+    residual: Option<(&'a ::wgpu::Buffer, u64)>,
+}
+
+/// One dispatch of a product: the rows of one buffer part it computes.
+struct Dispatch {
+    dims: WeightDims,
+    out: Outputs,
+    rows: u32,
+    tiles_n: u32,
+    tiles_m: u32,
 }

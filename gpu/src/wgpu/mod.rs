@@ -54,6 +54,9 @@ pub struct WgpuOptions {
     /// Ask for no optional feature (subgroups, f16, timestamps): the path every adapter runs.
     pub portable: bool,
     pub activations: Activations,
+    /// Largest weight part in bytes (default: the adapter's `max_storage_buffer_binding_size`);
+    /// tests set it small so that small weights split into parts as large ones do.
+    pub weight_part_bytes: Option<u64>,
 }
 
 impl Default for WgpuOptions {
@@ -61,6 +64,7 @@ impl Default for WgpuOptions {
         Self {
             portable: false,
             activations: Activations::Int8,
+            weight_part_bytes: None,
         }
     }
 }
@@ -112,6 +116,19 @@ impl std::fmt::Debug for WgpuBackend {
 }
 
 impl WgpuBackend {
+    fn weight_part_bytes(&self) -> u64 {
+        let max = self.gpu.limits.max_storage_buffer_binding_size;
+        self.options.weight_part_bytes.map_or(max, |b| b.min(max))
+    }
+
+    /// Wraps an uploaded weight, counting its bytes.
+    fn resident(&self, d: weights::DeviceWeight, cols: usize) -> Weight {
+        self.memory
+            .weights
+            .fetch_add(d.bytes as u64, Ordering::Relaxed);
+        Weight::new(d.rows as usize, cols, WeightStorage::Device(d))
+    }
+
     /// Opens an adapter.
     pub fn new(choice: AdapterChoice, options: WgpuOptions) -> Result<Self> {
         let gpu = Gpu::open(choice, options.portable)?;
@@ -280,16 +297,41 @@ impl Backend for WgpuBackend {
     }
 
     fn load_weight(&self, w: QTensor) -> Result<Weight> {
-        let max = self.gpu.limits.max_storage_buffer_binding_size;
+        let max = self.weight_part_bytes();
         let (rows, cols) = (w.rows, w.cols);
         let what = format!("uploading a {} {rows}x{cols} weight", w.format);
         let d = self
             .gpu
             .scoped(&what, || weights::upload(&self.gpu, &w, max))??;
-        self.memory
-            .weights
-            .fetch_add(d.bytes as u64, Ordering::Relaxed);
-        Ok(Weight::new(rows, cols, WeightStorage::Device(d)))
+        Ok(self.resident(d, cols))
+    }
+
+    /// Weights of one format and width, two or three of them, go up as one stack: their
+    /// products in `matmul_many` are then one dispatch (fewer dispatches per layer: Q/K/V
+    /// three to one, gate/up two to one). Others load one by one.
+    fn load_weights_together(&self, ws: Vec<QTensor>) -> Result<Vec<Weight>> {
+        let stackable = (2..=weights::MAX_STACK).contains(&ws.len())
+            && ws
+                .iter()
+                .all(|w| w.format == ws[0].format && w.cols == ws[0].cols);
+        if !stackable {
+            return ws.into_iter().map(|w| self.load_weight(w)).collect();
+        }
+        let max = self.weight_part_bytes();
+        let cols = ws[0].cols;
+        let rows: usize = ws.iter().map(|w| w.rows).sum();
+        let what = format!(
+            "uploading a stack of {} {} weights ({rows}x{cols})",
+            ws.len(),
+            ws[0].format
+        );
+        let members = self
+            .gpu
+            .scoped(&what, || weights::upload_stack(&self.gpu, &ws, max))??;
+        Ok(members
+            .into_iter()
+            .map(|d| self.resident(d, cols))
+            .collect())
     }
 
     fn upload(&self, rows: usize, cols: usize, data: Vec<f32>) -> Result<Tensor> {

@@ -27,6 +27,11 @@ impl WgpuBackend {
             ));
         }
         let w = weight_of(table)?;
+        if w.is_stacked() {
+            return Err(crate::error::Error::Unsupported(
+                "an embedding table stored in a stack of weights".into(),
+            ));
+        }
         let out = self.alloc(ids.len(), dim)?;
         if ids.is_empty() {
             return Ok(self.tensor(0, dim, out));
@@ -36,7 +41,7 @@ impl WgpuBackend {
         let mut rec = self.recorder()?;
         rec.upload(id_buf.buffer(), 0, bytemuck::cast_slice(ids));
         let (groups, grid_x) = element_grid(ids.len() * dim / 8);
-        for part in &w.parts {
+        for part in w.parts.iter() {
             let params = EmbedParams {
                 dims: w.dims,
                 k: dim as u32,
@@ -55,6 +60,8 @@ impl WgpuBackend {
                     (id_buf.buffer(), id_buf.bytes()),
                     (out.buffer(), out.bytes()),
                     (&self.dummy_read, 256),
+                    (&self.dummy_write, 256),
+                    (&self.dummy_write, 256),
                 ],
                 &params,
                 groups,

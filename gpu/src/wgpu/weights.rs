@@ -1,6 +1,7 @@
 //! Weights on the GPU: uploaded once, still quantized, in the struct-of-arrays layout the
 //! kernels read (quant/qtensor.rs), split by rows where a tensor is larger than one binding
-//! may be.
+//! may be. Weights that multiply the same activations (a layer's Q/K/V, its gate/up) may be
+//! uploaded as one stack, so that their products run as one dispatch (linear.rs).
 
 use super::device::Gpu;
 use super::kernels::WeightDims;
@@ -9,6 +10,7 @@ use crate::quant::qtensor::words_per_row;
 use crate::quant::{QTensor, QuantFormat};
 use ::wgpu::util::DeviceExt;
 use lowbit_shaders::WeightKind;
+use std::sync::Arc;
 
 /// Rows `row_start..row_start + rows` of a weight, in buffers of their own.
 #[derive(Debug)]
@@ -22,15 +24,46 @@ pub struct WeightPart {
     pub mins: Option<::wgpu::Buffer>,
 }
 
-/// A weight matrix resident on the GPU.
+/// A weight matrix resident on the GPU: rows `stack_row..stack_row + rows` of its buffers,
+/// which it shares with the other weights of its stack (or, alone, all of them).
 #[derive(Debug)]
 pub struct DeviceWeight {
     pub format: QuantFormat,
     pub kind: WeightKind,
     pub dims: WeightDims,
-    pub parts: Vec<WeightPart>,
+    pub parts: Arc<Vec<WeightPart>>,
+    pub stack_row: u32,
+    pub rows: u32,
+    /// Rows of the buffers (the whole stack's).
+    pub stack_rows: u32,
+    /// This weight's own bytes (a stack's are its weights' sum).
     pub bytes: usize,
 }
+
+impl DeviceWeight {
+    /// Whether the weight shares its buffers with others.
+    pub fn is_stacked(&self) -> bool {
+        self.rows != self.stack_rows
+    }
+}
+
+/// Whether `ws` are a whole stack, in its order: their products are then one dispatch.
+pub fn whole_stack(ws: &[&DeviceWeight]) -> bool {
+    let Some(first) = ws.first() else {
+        return false;
+    };
+    let mut next_row = 0;
+    for w in ws {
+        if !Arc::ptr_eq(&w.parts, &first.parts) || w.stack_row != next_row {
+            return false;
+        }
+        next_row += w.rows;
+    }
+    ws.len() > 1 && ws.len() <= MAX_STACK && next_row == first.stack_rows
+}
+
+/// Most weights in one stack: a product writes at most three outputs (products.wgsl).
+pub const MAX_STACK: usize = 3;
 
 /// The kernels' name for a format.
 pub fn kind_of(format: QuantFormat) -> WeightKind {
@@ -118,9 +151,56 @@ pub fn upload(gpu: &Gpu, w: &QTensor, max_binding: u64) -> Result<DeviceWeight> 
             words_per_row: wpr as u32,
             groups_per_row: gpr as u32,
             group_shift,
-            _pad: 0,
+            first_row: 0,
         },
-        parts,
+        parts: Arc::new(parts),
+        stack_row: 0,
+        rows: rows as u32,
+        stack_rows: rows as u32,
         bytes: w.resident_bytes(),
     })
+}
+
+/// Uploads `ws` (two or three weights of one format and width) as one stack: their rows one
+/// after the other in shared buffers, one [`DeviceWeight`] each.
+pub fn upload_stack(gpu: &Gpu, ws: &[QTensor], max_binding: u64) -> Result<Vec<DeviceWeight>> {
+    let Some(first) = ws.first() else {
+        return Ok(Vec::new());
+    };
+    if ws.len() > MAX_STACK
+        || ws
+            .iter()
+            .any(|w| w.format != first.format || w.cols != first.cols)
+    {
+        return Err(Error::Internal(
+            "a weight stack takes at most three weights of one format and width",
+        ));
+    }
+    let stacked = QTensor {
+        format: first.format,
+        rows: ws.iter().map(|w| w.rows).sum(),
+        cols: first.cols,
+        words: ws.iter().flat_map(|w| w.words.iter().copied()).collect(),
+        scales: ws.iter().flat_map(|w| w.scales.iter().copied()).collect(),
+        mins: ws.iter().flat_map(|w| w.mins.iter().copied()).collect(),
+    };
+    let whole = upload(gpu, &stacked, max_binding)?;
+    let mut stack_row = 0;
+    Ok(ws
+        .iter()
+        .map(|w| {
+            let member = DeviceWeight {
+                format: whole.format,
+                kind: whole.kind,
+                dims: whole.dims,
+                parts: Arc::clone(&whole.parts),
+                stack_row,
+                rows: w.rows as u32,
+                stack_rows: whole.stack_rows,
+                bytes: w.resident_bytes(),
+            };
+            stack_row += w.rows as u32;
+            member
+        })
+        .collect())
 }

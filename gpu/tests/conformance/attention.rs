@@ -3,6 +3,7 @@
 //! batch, block copies) every backend must keep.
 
 use super::*;
+use lowbit_gpu::KvDtype;
 
 const SHAPE: AttentionShape = AttentionShape {
     n_heads: 6,
@@ -50,6 +51,22 @@ fn reference_attention_row(h: &History, pos: usize) -> Vec<f64> {
 /// Histories for sequences of `ctxs` positions, with blocks handed out scattered, interleaved
 /// between sequences and in reverse, and a pool with spare blocks.
 fn histories(ctxs: &[usize], block_tokens: usize) -> (Vec<History>, KvPoolSpec) {
+    histories_in(ctxs, block_tokens, KvDtype::F32)
+}
+
+/// Keys and values as a pool of `dtype` holds them (f16: rounded to nearest even).
+fn stored(values: &[f32], dtype: KvDtype) -> Vec<f32> {
+    match dtype {
+        KvDtype::F32 => values.to_vec(),
+        KvDtype::F16 => values
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect(),
+    }
+}
+
+/// [`histories`] for a pool of `dtype`.
+fn histories_in(ctxs: &[usize], block_tokens: usize, dtype: KvDtype) -> (Vec<History>, KvPoolSpec) {
     let mut r = rng(7);
     let total: usize = ctxs.iter().map(|c| c.div_ceil(block_tokens)).sum();
     let spec = KvPoolSpec {
@@ -58,7 +75,7 @@ fn histories(ctxs: &[usize], block_tokens: usize) -> (Vec<History>, KvPoolSpec) 
         head_dim: SHAPE.head_dim,
         block_tokens,
         blocks: total + 5,
-        dtype: lowbit_gpu::KvDtype::F32,
+        dtype,
     };
     let mut ids: Vec<u32> = (0..spec.blocks as u32).rev().collect();
     ids.retain(|b| b % 3 != 1 || *b > total as u32);
@@ -115,28 +132,50 @@ fn attention_step(
 }
 
 pub(crate) fn attention_over_scattered_blocks_matches_float64(be: &dyn Backend, b: Bounds) {
-    for bt in [8, 16, 32] {
+    for (dtype, bt) in [
+        (KvDtype::F32, 8),
+        (KvDtype::F32, 16),
+        (KvDtype::F32, 32),
+        (KvDtype::F16, 16),
+    ] {
         // A long prefill from scratch (600 positions: three attention chunks on the GPU, the
         // last one partial), a decode row after 10 cached positions, a continued prefill
         // after 30, a single first token.
-        let (hs, spec) = histories(&[600, 11, 50, 1], bt);
+        let (hs, spec) = histories_in(&[600, 11, 50, 1], bt, dtype);
         let mut pool = be.new_kv_pool(spec).expect("pool");
         attention_step(be, &hs, &[(1, 0..10), (2, 0..30)], &mut pool);
         let steps = [(0, 0..600), (1, 10..11), (2, 30..50), (3, 0..1)];
         let out = attention_step(be, &hs, &steps, &mut pool);
         let mut want = Vec::new();
         for (i, r) in &steps {
+            // The reference reads what the pool holds.
+            let h = History {
+                q: hs[*i].q.clone(),
+                k: stored(&hs[*i].k, dtype),
+                v: stored(&hs[*i].v, dtype),
+                blocks: Vec::new(),
+            };
             for pos in r.clone() {
-                want.extend(reference_attention_row(&hs[*i], pos));
+                want.extend(reference_attention_row(&h, pos));
             }
         }
         let e = rel_err(&out, &want);
-        assert!(e < b.attention, "block tokens {bt}: {e}");
+        assert!(
+            e < b.attention,
+            "{} pool, block tokens {bt}: {e}",
+            dtype.name()
+        );
     }
 }
 
 pub(crate) fn attention_does_not_depend_on_chunking_or_batch(be: &dyn Backend, _: Bounds) {
-    let (hs, spec) = histories(&[70, 40], 16);
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        attention_does_not_depend_on_chunking_or_batch_in(be, dtype);
+    }
+}
+
+fn attention_does_not_depend_on_chunking_or_batch_in(be: &dyn Backend, dtype: KvDtype) {
+    let (hs, spec) = histories_in(&[70, 40], 16, dtype);
     let mut pool = be.new_kv_pool(spec).expect("pool");
     let q_dim = SHAPE.q_dim();
     let whole = attention_step(be, &hs, &[(0, 0..70), (1, 0..40)], &mut pool);
@@ -150,7 +189,7 @@ pub(crate) fn attention_does_not_depend_on_chunking_or_batch(be: &dyn Backend, _
 
     // Past one attention chunk (256 positions on the GPU): a 600-position prefill, the same
     // rows in two chunks of prefill, and its last row decoded beside a short sequence.
-    let (hs, spec) = histories(&[600, 40], 16);
+    let (hs, spec) = histories_in(&[600, 40], 16, dtype);
     let mut pool = be.new_kv_pool(spec).expect("pool");
     let whole = attention_step(be, &hs, &[(0, 0..600)], &mut pool);
     let mut pieces = attention_step(be, &hs, &[(0, 0..300)], &mut pool);
@@ -161,7 +200,13 @@ pub(crate) fn attention_does_not_depend_on_chunking_or_batch(be: &dyn Backend, _
 }
 
 pub(crate) fn copied_blocks_attend_like_the_originals(be: &dyn Backend, _: Bounds) {
-    let (mut hs, spec) = histories(&[20, 20], 16);
+    for dtype in [KvDtype::F32, KvDtype::F16] {
+        copied_blocks_attend_like_the_originals_in(be, dtype);
+    }
+}
+
+fn copied_blocks_attend_like_the_originals_in(be: &dyn Backend, dtype: KvDtype) {
+    let (mut hs, spec) = histories_in(&[20, 20], 16, dtype);
     let mut pool = be.new_kv_pool(spec).expect("pool");
     attention_step(be, &hs, &[(0, 0..19)], &mut pool);
     let before = attention_step(be, &hs, &[(0, 19..20)], &mut pool);

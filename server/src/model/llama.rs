@@ -246,10 +246,13 @@ impl Llama {
             c.n_kv_heads * c.head_dim,
         );
         let mut plans = Vec::new();
-        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+        let mut host_matrix = |name: &str, rows: usize, cols: usize| -> Result<QTensor> {
             let (q, plan) = matrix(name, rows, cols)?;
             plans.push(plan);
-            Ok(backend.load_weight(q)?)
+            Ok(q)
+        };
+        let mut matrix = |name: &str, rows: usize, cols: usize| -> Result<Weight> {
+            Ok(backend.load_weight(host_matrix(name, rows, cols)?)?)
         };
         let mut vector = |name: &str, len: usize| -> Result<Tensor> {
             Ok(backend.upload(1, len, vector(name, len)?)?)
@@ -263,18 +266,34 @@ impl Llama {
         let mut blocks = Vec::new();
         for i in 0..c.n_layers {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
+            let attn_norm = vector(&n("attn_norm"), h)?;
+            // Weights that multiply the same input load together (one product on the GPU).
+            let [q, k, v] = together(
+                &backend,
+                vec![
+                    host_matrix(&n("attn_q"), q_dim, h)?,
+                    host_matrix(&n("attn_k"), kv_dim, h)?,
+                    host_matrix(&n("attn_v"), kv_dim, h)?,
+                ],
+            )?;
+            let o = backend.load_weight(host_matrix(&n("attn_output"), h, q_dim)?)?;
+            let ffn_norm = vector(&n("ffn_norm"), h)?;
+            let [gate, up] = together(
+                &backend,
+                vec![
+                    host_matrix(&n("ffn_gate"), c.ffn_size, h)?,
+                    host_matrix(&n("ffn_up"), c.ffn_size, h)?,
+                ],
+            )?;
+            let down = backend.load_weight(host_matrix(&n("ffn_down"), h, c.ffn_size)?)?;
             blocks.push(Block {
-                attn_norm: vector(&n("attn_norm"), h)?,
-                q: matrix(&n("attn_q"), q_dim, h)?,
-                k: matrix(&n("attn_k"), kv_dim, h)?,
-                v: matrix(&n("attn_v"), kv_dim, h)?,
-                o: matrix(&n("attn_output"), h, q_dim)?,
-                ffn_norm: vector(&n("ffn_norm"), h)?,
-                mlp: Mlp {
-                    gate: matrix(&n("ffn_gate"), c.ffn_size, h)?,
-                    up: matrix(&n("ffn_up"), c.ffn_size, h)?,
-                    down: matrix(&n("ffn_down"), h, c.ffn_size)?,
-                },
+                attn_norm,
+                q,
+                k,
+                v,
+                o,
+                ffn_norm,
+                mlp: Mlp { gate, up, down },
             });
         }
         let output_norm = vector("output_norm.weight", h)?;
@@ -572,4 +591,11 @@ impl Llama {
         observe(layer, LinearInput::MlpDown, &gated);
         Ok(be.matmul_add(&gated, &mlp.down, residual)?)
     }
+}
+
+/// Loads `N` weights through [`Backend::load_weights_together`].
+fn together<const N: usize>(backend: &Arc<dyn Backend>, ws: Vec<QTensor>) -> Result<[Weight; N]> {
+    backend.load_weights_together(ws)?.try_into().map_err(|_| {
+        lowbit_gpu::Error::Internal("load_weights_together returned the wrong count").into()
+    })
 }

@@ -1,0 +1,30 @@
+// Where a product's outputs go (matvec, matmul, int8). A product over a stack of weights
+// uploaded as one matrix (a layer's Q/K/V, its gate/up: one dispatch instead of one per
+// weight) writes each weight's columns to that weight's own tensor: output column c < seg1
+// goes to `out` (rows of seg1 values), c < seg2 to `out1`, the rest to `out2`. A plain product
+// has seg1 = seg2 = n, so everything goes to `out`.
+
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out1: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out2: array<f32>;
+
+struct Outputs {
+    // Columns of the whole product (all parts, all weights of a stack).
+    n: u32,
+    // The output column of this dispatch's weight row 0.
+    offset: u32,
+    seg1: u32,
+    seg2: u32,
+}
+
+// Stores output (activation row m, this dispatch's weight row `row`).
+fn store_product(o: Outputs, m: u32, row: u32, v: f32) {
+    let c = o.offset + row;
+    if c < o.seg1 {
+        out[m * o.seg1 + c] = v;
+    } else if c < o.seg2 {
+        out1[m * (o.seg2 - o.seg1) + c - o.seg1] = v;
+    } else {
+        out2[m * (o.n - o.seg2) + c - o.seg2] = v;
+    }
+}
