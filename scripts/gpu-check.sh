@@ -109,6 +109,7 @@ if [[ $QUICK == 1 ]]; then
   short=(--prompt-tokens 16 --gen-tokens 4 --reps 1)
   bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu "${short[@]}"
   bench smollm2-q4m-gpu-b4 -- --synthetic smollm2-135m --quant q4m --device gpu --batch 4 --prompt-tokens 0 --gen-tokens 4 --reps 1
+  bench smollm2-q4m-gpu-kv-f16 -- --synthetic smollm2-135m --quant q4m --device gpu --kv-cache-dtype f16 "${short[@]}"
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu "${short[@]}"
 else
   bench llama8b-q4-b1 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 128
@@ -117,6 +118,10 @@ else
     bench "llama8b-q4-b$b" -- --synthetic llama-8b --quant q4g32 --device gpu --batch "$b" --prompt-tokens 0 --gen-tokens 64
   done
   bench llama8b-q8-b1 -- --synthetic llama-8b --quant q8 --device gpu --prompt-tokens 512 --gen-tokens 64
+  # Decode at a 2k context, where attention reads as much as the weights: f32 vs f16 pool.
+  for kv in f32 f16; do
+    bench "llama8b-q4-b4-ctx2k-kv-$kv" -- --synthetic llama-8b --quant q4g32 --device gpu --batch 4 --prompt-tokens 2048 --gen-tokens 32 --kv-cache-dtype "$kv"
+  done
   bench llama1b-q4-b1 -- --synthetic llama-1b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 128
   bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu --prompt-tokens 512 --gen-tokens 128
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu --prompt-tokens 512 --gen-tokens 128
