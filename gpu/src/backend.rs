@@ -76,6 +76,27 @@ pub fn argmax(values: &[f32]) -> u32 {
     best.map_or(0, |(i, _)| i as u32)
 }
 
+/// The `k` largest finite values with their indices, largest first, equal values by lower
+/// index (`f32::total_cmp`'s order, so −0 ranks below +0); fewer where fewer are finite.
+pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 {
+        return Vec::new();
+    }
+    let by_rank = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    let mut kept: Vec<(u32, f32)> = values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, &v)| (i as u32, v))
+        .collect();
+    if kept.len() > k {
+        kept.select_nth_unstable_by(k - 1, by_rank);
+        kept.truncate(k);
+    }
+    kept.sort_unstable_by(by_rank);
+    kept
+}
+
 /// Operations a transformer forward needs, on tensors that live in the backend.
 ///
 /// Shapes are `rows × cols`, rows are tokens. Weights are `N × K` and linear layers compute
@@ -158,6 +179,16 @@ pub trait Backend: Send + Sync {
         }
         let values = self.download(x)?;
         Ok(values.chunks(x.cols()).map(argmax).collect())
+    }
+
+    /// Each row's [`top_k`]: what a sampler whose top-k filter comes first needs of its
+    /// logits, so that a device backend can read back k pairs instead of whole rows.
+    fn top_k_rows(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        if x.cols() == 0 {
+            return Ok(vec![Vec::new(); x.rows()]);
+        }
+        let values = self.download(x)?;
+        Ok(values.chunks(x.cols()).map(|row| top_k(row, k)).collect())
     }
 
     /// Keeps only the listed rows, in the given order.

@@ -414,6 +414,57 @@ fn argmax_rows_find_the_first_largest_value(be: &dyn Backend, _: Bounds) {
     assert_eq!(be.argmax_rows(&one).expect("argmax"), vec![1]);
 }
 
+/// The head's top k: every backend ranks as the host does (largest first, equal values by
+/// lower index, −0 below +0, infinities and NaN never kept), on SmolLM2's vocabulary plus 7,
+/// with ties straddling the k-th place, fewer finite values than k, and k from 1 to 64.
+fn top_k_rows_rank_as_the_host_does(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(14);
+    let cols = 49_159;
+    let mut rows: Vec<Vec<f32>> = (0..6).map(|_| random(&mut r, cols)).collect();
+    // Ties at the k-th place: 100 copies of one value above everything else but 10.
+    for c in (0..cols).step_by(400).take(100) {
+        rows[1][c] = 5.0;
+    }
+    for c in (7..cols).step_by(4000) {
+        rows[1][c] = 6.0;
+    }
+    rows[1][cols - 1] = 5.0;
+    // Infinities and NaN beside the largest finite values; signed zeros.
+    rows[2][3] = f32::INFINITY;
+    rows[2][4] = f32::NAN;
+    rows[2][5] = f32::NEG_INFINITY;
+    rows[2][6] = 3.0;
+    rows[2][7] = -0.0;
+    rows[2][8] = 0.0;
+    // Fewer finite values than k.
+    rows[3] = vec![f32::NEG_INFINITY; cols];
+    for (i, c) in [10usize, 40_000, 5, cols - 1].into_iter().enumerate() {
+        rows[3][c] = i as f32 - 1.5;
+    }
+    rows[3][11] = f32::NAN;
+    // Every value equal; and all non-finite.
+    rows[4] = vec![0.25; cols];
+    rows[5] = vec![f32::NAN; cols];
+    rows[5][77] = f32::INFINITY;
+    let x = upload(be, rows.len(), cols, &rows.concat());
+    for k in [1, 2, 17, 40, 64, 100] {
+        let want: Vec<Vec<(u32, f32)>> = rows.iter().map(|row| lowbit_gpu::top_k(row, k)).collect();
+        assert_eq!(want[3].len(), k.min(4));
+        assert!(want[5].is_empty());
+        let got = be.top_k_rows(&x, k).expect("top_k_rows");
+        assert_eq!(got.len(), rows.len());
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let bits =
+                |v: &[(u32, f32)]| v.iter().map(|&(i, x)| (i, x.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(g), bits(w), "k={k} row {i}");
+        }
+    }
+    let small = upload(be, 2, 3, &[1.0, 3.0, 3.0, -1.0, -0.0, 0.0]);
+    let got = be.top_k_rows(&small, 2).expect("top_k_rows");
+    assert_eq!(got[0], vec![(1, 3.0), (2, 3.0)]);
+    assert_eq!(got[1][0].0, 2, "+0 ranks above -0");
+}
+
 fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     let mut r = rng(6);
     let (rows, cols) = (9, 77);
@@ -643,6 +694,7 @@ macro_rules! suite {
 
 suite!(
     argmax_rows_find_the_first_largest_value,
+    top_k_rows_rank_as_the_host_does,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     matmul_add_equals_matmul_then_add,

@@ -32,7 +32,7 @@ pub enum Family {
     /// Integer products with int8 activations: `matvec` (decode) and `matmul` (tiled), for
     /// the integer weight kinds only.
     Int8,
-    /// The output head's reductions: `argmax` per logits row.
+    /// The output head's reductions: `argmax` and `top_k` per logits row.
     Head,
 }
 
@@ -81,7 +81,7 @@ impl Family {
             Family::Elementwise => &["add", "silu_mul", "gather_rows"],
             Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],
-            Family::Head => &["argmax"],
+            Family::Head => &["argmax", "top_k"],
             _ => &["main"],
         }
     }

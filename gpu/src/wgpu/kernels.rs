@@ -50,6 +50,8 @@ pub enum Kernel {
     },
     /// Index of each logits row's largest value.
     Argmax,
+    /// Each logits row's k largest finite values and their indices.
+    TopK,
 }
 
 /// Largest activation row count the decode kernel is specialized for.
@@ -109,7 +111,7 @@ impl Kernel {
             }
             Kernel::Quantize => Family::Quantize,
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
-            Kernel::Argmax => Family::Head,
+            Kernel::Argmax | Kernel::TopK => Family::Head,
         }
     }
 
@@ -124,6 +126,7 @@ impl Kernel {
             Kernel::Int8Matvec { .. } => "matvec",
             Kernel::Int8Matmul { .. } => "matmul",
             Kernel::Argmax => "argmax",
+            Kernel::TopK => "top_k",
             _ => "main",
         }
     }
@@ -352,8 +355,12 @@ pub struct HeadParams {
     pub cols: u32,
     pub rows: u32,
     pub grid_x: u32,
-    pub _pad: u32,
+    /// `top_k`: values per row (at most [`TOP_K_MAX`]).
+    pub k: u32,
 }
+
+/// Most values per row `top_k` finds (`K_MAX` in head.wgsl).
+pub const TOP_K_MAX: usize = 64;
 
 /// `RopeParams` in rope.wgsl.
 #[repr(C)]

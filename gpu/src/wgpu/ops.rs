@@ -4,6 +4,7 @@
 use super::encoder::grid;
 use super::kernels::{
     ElementwiseParams, EmbedParams, HeadParams, Kernel, NormParams, RopeParams, ELEMENT_GROUP,
+    TOP_K_MAX,
 };
 use super::{device_of, weight_of, WgpuBackend};
 use crate::backend::{Rope, RopeStyle};
@@ -158,7 +159,7 @@ impl WgpuBackend {
             cols: cols as u32,
             rows: rows as u32,
             grid_x: groups.0,
-            _pad: 0,
+            k: 0,
         };
         self.recorder()?.dispatch(
             pipeline,
@@ -172,6 +173,55 @@ impl WgpuBackend {
         );
         let ids = crate::Backend::download(self, &self.tensor(rows, 1, ids))?;
         Ok(ids.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// Each row's k largest finite values, found on the GPU: 1 + 2k words come back per row.
+    pub(super) fn top_k_pairs(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if k > TOP_K_MAX {
+            let values = crate::Backend::download(self, x)?;
+            return Ok(values
+                .chunks(cols.max(1))
+                .map(|row| crate::backend::top_k(row, k))
+                .collect());
+        }
+        if rows == 0 || cols == 0 || k == 0 {
+            return Ok(vec![Vec::new(); rows]);
+        }
+        let xd = device_of(x)?;
+        let stride = 1 + 2 * k;
+        let out = self.alloc(rows, stride)?;
+        let pipeline = self.kernel(Kernel::TopK)?;
+        let groups = grid(rows as u32);
+        let params = HeadParams {
+            cols: cols as u32,
+            rows: rows as u32,
+            grid_x: groups.0,
+            k: k as u32,
+        };
+        self.recorder()?.dispatch(
+            pipeline,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (&self.dummy_read, self.dummy_read.size()),
+                (out.buffer(), out.bytes()),
+            ],
+            &params,
+            groups,
+        );
+        let words = crate::Backend::download(self, &self.tensor(rows, stride, out))?;
+        words
+            .chunks(stride)
+            .map(|row| {
+                let kept = row[0].to_bits() as usize;
+                if kept > k {
+                    return Err(crate::error::Error::Internal("top_k kept more than k"));
+                }
+                Ok((0..kept)
+                    .map(|j| (row[1 + j].to_bits(), row[1 + k + j]))
+                    .collect())
+            })
+            .collect()
     }
 
     pub(super) fn gather(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
