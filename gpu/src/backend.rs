@@ -181,6 +181,12 @@ pub trait Backend: Send + Sync {
         Ok(values.chunks(x.cols()).map(argmax).collect())
     }
 
+    /// Whether tensors live in device memory, so that reading back less (ids, a top k) than
+    /// whole logits rows saves a transfer.
+    fn logits_stay_on_device(&self) -> bool {
+        false
+    }
+
     /// Each row's [`top_k`]: what a sampler whose top-k filter comes first needs of its
     /// logits, so that a device backend can read back k pairs instead of whole rows.
     fn top_k_rows(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {

@@ -199,14 +199,21 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
     .enumerate()
     .map(|(i, q)| {
         let text = format!("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
-        let sampling = if i == 1 {
-            SamplingParams {
+        // Greedy (ids read back), sampling (whole logits), sampling after a top-k filter
+        // (the top k read back).
+        let sampling = match i {
+            0 => SamplingParams::default(),
+            1 => SamplingParams {
                 temperature: 0.8,
                 seed: 3,
                 ..SamplingParams::default()
-            }
-        } else {
-            SamplingParams::default()
+            },
+            _ => SamplingParams {
+                temperature: 0.9,
+                top_k: 40,
+                seed: 5,
+                ..SamplingParams::default()
+            },
         };
         (tok.encode(&text, false).unwrap(), sampling)
     })

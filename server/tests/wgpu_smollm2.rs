@@ -8,7 +8,7 @@ mod common;
 use lowbit::engine::generate::{generate, GenerateOptions};
 use lowbit::engine::SamplingParams;
 use lowbit::eval::perplexity;
-use lowbit::model::{Llama, ModelSource, QuantPolicy};
+use lowbit::model::{BatchSeq, Llama, MixedReadback, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::wgpu::device::AdapterChoice;
 use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
@@ -78,4 +78,57 @@ fn perplexity_is_within_half_a_percent_of_the_cpu() {
     assert_eq!((c.windows, g.windows), (14, 14));
     let rel = (g.perplexity - c.perplexity).abs() / c.perplexity;
     assert!(rel < 5e-3, "GPU {} vs CPU {}", g.perplexity, c.perplexity);
+}
+
+/// A step that reads back top-k values (sampling rows whose top-k filter comes first) gives,
+/// for each row, exactly the top k of that row's whole logits from the same step, beside the
+/// argmax of every row: real logits, three sequences, the last rows of prompts of different
+/// lengths.
+#[test]
+fn a_mixed_step_reads_back_each_rows_top_k_of_its_logits() {
+    let _turn = gpu_turn();
+    let source = ModelSource::open(&common::smollm2_path()).unwrap();
+    let tok = source.tokenizer().unwrap();
+    let model = load(&source, gpu());
+    let spec = model.kv_pool_spec(
+        lowbit_gpu::DEFAULT_BLOCK_TOKENS,
+        8,
+        lowbit_gpu::KvDtype::F32,
+    );
+    let mut pool = model.new_kv_pool(spec).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Once upon a time",
+    ]
+    .iter()
+    .map(|p| tok.encode(p, false).unwrap())
+    .collect();
+    let tables: [Vec<u32>; 3] = [vec![0, 1], vec![2, 3], vec![4, 5]];
+    let seqs: Vec<BatchSeq<'_>> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| BatchSeq {
+            tokens: p,
+            pos_start: 0,
+            blocks: t,
+            logits: p.len() - 1..p.len(),
+        })
+        .collect();
+    let what = MixedReadback {
+        full: vec![0, 1, 2],
+        top: vec![0, 2],
+        k: 40,
+    };
+    let rows = model.forward_mixed(&seqs, &mut pool, &what).unwrap();
+    assert_eq!(rows.top.len(), 2);
+    for (j, &r) in what.top.iter().enumerate() {
+        let want = lowbit_gpu::top_k(rows.logits.row(r), 40);
+        assert_eq!(want.len(), 40);
+        assert_eq!(rows.top[j], want, "row {r}");
+        assert_eq!(
+            rows.ids[r], want[0].0,
+            "row {r}: the argmax heads the top k"
+        );
+    }
 }

@@ -392,6 +392,10 @@ impl Backend for WgpuBackend {
         self.gather(x, rows)
     }
 
+    fn logits_stay_on_device(&self) -> bool {
+        true
+    }
+
     fn top_k_rows(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         self.top_k_pairs(x, k)
     }

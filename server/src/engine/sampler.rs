@@ -198,6 +198,33 @@ impl Sampler {
         (self.params.temperature <= 0.0 || self.params.top_k == 1) && !self.params.adjusts_logits()
     }
 
+    /// `Some(k)` when the choice needs only the row's top k values ([`Sampler::sample_top`]):
+    /// sampling whose top-k filter keeps fewer than the vocabulary's `vocab` tokens, k at most
+    /// `max`, and nothing adjusting the logits first.
+    pub fn top_k_readback(&self, vocab: usize, max: usize) -> Option<usize> {
+        let p = &self.params;
+        (p.temperature > 0.0
+            && p.top_k > 1
+            && p.top_k <= max
+            && p.top_k < vocab
+            && !p.adjusts_logits())
+        .then_some(p.top_k)
+    }
+
+    /// [`Sampler::sample`] from the row's top values alone ([`lowbit_gpu::top_k`] of at least
+    /// `top_k`, as [`Sampler::top_k_readback`] allows), `argmax` being the row's: the same
+    /// token from the same random stream, because the top-k filter comes first.
+    pub fn sample_top(&mut self, top: &[(u32, f32)], argmax: u32) -> u32 {
+        let p = &self.params;
+        let Some(&(_, max)) = top.first() else {
+            // No finite logit: the argmax, as `sample` gives.
+            return argmax;
+        };
+        let ranked = &top[..top.len().min(p.top_k)];
+        let kept = filter_ranked(p, ranked, max);
+        draw(&Kept::Ranked(kept), uniform(&mut self.rng))
+    }
+
     /// The parameters.
     pub fn params(&self) -> &SamplingParams {
         &self.params
@@ -303,11 +330,7 @@ fn kept<'s>(p: &SamplingParams, logits: &[f32], scratch: &'s mut Scratch) -> Opt
             ranked.truncate(p.top_k);
         }
         ranked.sort_unstable_by(by_logit_desc);
-        let mut top: Vec<(u32, f32)> = ranked.iter().map(|&(i, v)| (i, weight(v))).collect();
-        let total: f64 = top.iter().map(|c| f64::from(c.1)).sum();
-        top.truncate(nucleus(&top, p.top_p, total));
-        keep_min_p(&mut top, p.min_p);
-        return Some(Kept::Ranked(top));
+        return Some(Kept::Ranked(filter_ranked(p, ranked, max)));
     }
     // Without top-p, min-p's floor applies here: the most likely token's weight is
     // exactly 1, so the floor is min_p itself. Excluded tokens weigh 0.
@@ -364,6 +387,20 @@ fn kept<'s>(p: &SamplingParams, logits: &[f32], scratch: &'s mut Scratch) -> Opt
         .collect();
     keep_min_p(&mut top, p.min_p);
     Some(Kept::Ranked(top))
+}
+
+/// The top-k candidates `ranked` (logits, most likely first; `max` the row's largest finite
+/// logit) as weights, through top-p and min-p.
+fn filter_ranked(p: &SamplingParams, ranked: &[(u32, f32)], max: f32) -> Vec<(u32, f32)> {
+    let inv_t = 1.0 / p.temperature;
+    let mut top: Vec<(u32, f32)> = ranked
+        .iter()
+        .map(|&(i, v)| (i, exp_nonpositive((v - max) * inv_t)))
+        .collect();
+    let total: f64 = top.iter().map(|c| f64::from(c.1)).sum();
+    top.truncate(nucleus(&top, p.top_p, total));
+    keep_min_p(&mut top, p.min_p);
+    top
 }
 
 /// How many of `ranked` (most likely first, weights summing to `total`) the nucleus of

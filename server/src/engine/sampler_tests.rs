@@ -286,3 +286,79 @@ fn sampling_frequencies_follow_the_softmax() {
     let freq = ones as f64 / n as f64;
     assert!((freq - 0.75).abs() < 0.02, "{freq}");
 }
+
+/// Drawing from a row's top values alone (what a GPU reads back) gives the tokens drawing from
+/// the whole row gives, from the same seed: random rows, rows with ties at the k-th place and
+/// non-finite values, every filter; and only where `top_k_readback` allows it.
+#[test]
+fn sampling_from_the_top_k_alone_draws_the_tokens_of_the_whole_row() {
+    let mut r = ChaCha8Rng::seed_from_u64(7);
+    let vocab = 3000;
+    let mut rows: Vec<Vec<f32>> = (0..4)
+        .map(|_| {
+            (0..vocab)
+                .map(|_| (r.next_u32() >> 8) as f32 / (1u32 << 24) as f32 * 8.0 - 4.0)
+                .collect()
+        })
+        .collect();
+    rows.push(
+        (0..vocab)
+            .map(|i| if i % 7 == 0 { 2.0 } else { 0.5 })
+            .collect(),
+    );
+    let mut special = rows[0].clone();
+    special[3] = f32::INFINITY;
+    special[9] = f32::NAN;
+    special[10] = f32::NEG_INFINITY;
+    rows.push(special);
+    rows.push(vec![f32::NEG_INFINITY; vocab]);
+    let mut checked = 0;
+    for (n, row) in rows.iter().enumerate() {
+        for (t, k, top_p, min_p) in [
+            (1.0, 40, 1.0, 0.0),
+            (0.7, 2, 1.0, 0.0),
+            (1.3, 64, 0.9, 0.0),
+            (0.5, 17, 0.5, 0.05),
+            (2.0, 50, 1.0, 0.2),
+        ] {
+            let p = params(t, k, top_p, min_p, n as u64);
+            let (mut whole, mut topped) = (Sampler::new(p.clone()), Sampler::new(p));
+            assert_eq!(topped.top_k_readback(vocab, 64), Some(k));
+            // A device reads back the largest k of the batch: more than this row's own.
+            let top = lowbit_gpu::top_k(row, 64);
+            let argmax = lowbit_gpu::argmax(row);
+            for draw in 0..50 {
+                assert_eq!(
+                    topped.sample_top(&top, argmax),
+                    whole.sample(row),
+                    "row {n}, T {t}, k {k}, top-p {top_p}, min-p {min_p}, draw {draw}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 7 * 5 * 50);
+    let sampler = |p: SamplingParams| Sampler::new(p).top_k_readback(vocab, 64);
+    assert_eq!(sampler(params(0.0, 40, 1.0, 0.0, 0)), None, "greedy");
+    assert_eq!(
+        sampler(params(1.0, 1, 1.0, 0.0, 0)),
+        None,
+        "top-1 is greedy"
+    );
+    assert_eq!(sampler(params(1.0, 0, 1.0, 0.0, 0)), None, "no top-k");
+    assert_eq!(
+        sampler(params(1.0, 65, 1.0, 0.0, 0)),
+        None,
+        "past the maximum"
+    );
+    assert_eq!(
+        Sampler::new(params(1.0, 40, 1.0, 0.0, 0)).top_k_readback(40, 64),
+        None,
+        "k as large as the vocabulary"
+    );
+    let biased = SamplingParams {
+        logit_bias: vec![(3, 1.0)],
+        ..params(1.0, 40, 1.0, 0.0, 0)
+    };
+    assert_eq!(sampler(biased), None, "logits adjusted first");
+}

@@ -15,7 +15,7 @@ use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory, TokenLogpr
 use super::step::{StepModel, StepRows};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
-use crate::model::BatchSeq;
+use crate::model::{BatchSeq, MixedReadback};
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -35,6 +35,17 @@ pub struct SchedulerConfig {
 
 /// A drawn token and its logprobs (when the request asked for them).
 type Pick = (u32, Option<TokenLogprobs>);
+
+/// Most values a sampling row reads back as its top k instead of its whole logits.
+const TOP_K_READBACK_MAX: usize = 64;
+
+/// What a step reads back of one logits row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowWant {
+    Argmax,
+    TopK(usize),
+    Logits,
+}
 
 /// One request while the engine works on it.
 struct Group {
@@ -224,9 +235,16 @@ impl<M: StepModel> Scheduler<M> {
             return stats;
         }
         // Rows that take the plain greedy choice need only their argmax (on a GPU: ids read
-        // back, not vocabularies); the others, whole logits rows. The token is the same either
-        // way: the logits are the same, and both pick the first largest.
-        let needs_logits: Vec<bool> = plan
+        // back, not vocabularies); rows whose sampler filters to a top k first, where logits
+        // live on a device, only their top k; the others, whole logits rows. The token is the
+        // same either way: the logits are the same, and the choice reads only what it keeps.
+        let top_k_max = if self.model.reads_back_top_k() {
+            TOP_K_READBACK_MAX
+        } else {
+            0
+        };
+        let vocab = self.model.vocab_size();
+        let wants: Vec<RowWant> = plan
             .iter()
             .filter(|&&(i, n)| {
                 let s = &self.running[i];
@@ -234,17 +252,41 @@ impl<M: StepModel> Scheduler<M> {
             })
             .map(|&(i, _)| {
                 let s = &self.running[i];
-                !(s.sampler.is_greedy()
-                    && s.forks == 0
+                let plain = s.forks == 0
                     && self
                         .groups
                         .get(&s.group)
-                        .is_some_and(|g| g.req.logprobs.is_none()))
+                        .is_some_and(|g| g.req.logprobs.is_none());
+                if plain && s.sampler.is_greedy() {
+                    RowWant::Argmax
+                } else if let Some(k) = s.sampler.top_k_readback(vocab, top_k_max).filter(|_| plain)
+                {
+                    RowWant::TopK(k)
+                } else {
+                    RowWant::Logits
+                }
             })
             .collect();
-        let full: Vec<usize> = (0..needs_logits.len())
-            .filter(|&r| needs_logits[r])
-            .collect();
+        let needs_logits: Vec<bool> = wants.iter().map(|w| *w == RowWant::Logits).collect();
+        let mixed = MixedReadback {
+            full: (0..wants.len()).filter(|&r| needs_logits[r]).collect(),
+            top: (0..wants.len())
+                .filter(|&r| matches!(wants[r], RowWant::TopK(_)))
+                .collect(),
+            k: wants
+                .iter()
+                .map(|w| match w {
+                    RowWant::TopK(k) => *k,
+                    _ => 0,
+                })
+                .max()
+                .unwrap_or(0),
+        };
+        // Each logits row's place among the top-k rows, if it is one.
+        let mut top_at = vec![None; wants.len()];
+        for (j, &r) in mixed.top.iter().enumerate() {
+            top_at[r] = Some(j);
+        }
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
             Ok(())
@@ -271,14 +313,14 @@ impl<M: StepModel> Scheduler<M> {
             // A panic in the compute layer is a bug, but it fails this step's requests, not
             // the server.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if full.is_empty() {
+                if mixed.full.is_empty() && mixed.top.is_empty() {
                     self.model.forward_argmax(&batch).map(StepRows::Tokens)
-                } else if full.len() == needs_logits.len() {
+                } else if mixed.full.len() == needs_logits.len() {
                     self.model.forward(&batch).map(StepRows::Logits)
                 } else {
                     self.model
-                        .forward_mixed(&batch, &full)
-                        .map(|(ids, logits)| StepRows::Mixed(ids, logits))
+                        .forward_mixed(&batch, &mixed)
+                        .map(StepRows::Mixed)
                 }
             }))
             .unwrap_or_else(
@@ -290,7 +332,11 @@ impl<M: StepModel> Scheduler<M> {
                 let ok = match &rows {
                     StepRows::Logits(l) => l.rows() == want,
                     StepRows::Tokens(ids) => ids.len() == want,
-                    StepRows::Mixed(ids, l) => ids.len() == want && l.rows() == full.len(),
+                    StepRows::Mixed(m) => {
+                        m.ids.len() == want
+                            && m.logits.rows() == mixed.full.len()
+                            && m.top.len() == mixed.top.len()
+                    }
                 };
                 if ok {
                     Ok(rows)
@@ -329,7 +375,8 @@ impl<M: StepModel> Scheduler<M> {
                 continue;
             }
             let logits_row = match (&rows, logits_at[p]) {
-                (StepRows::Logits(l) | StepRows::Mixed(_, l), Some(r)) => Some(l.row(r)),
+                (StepRows::Logits(l), Some(r)) => Some(l.row(r)),
+                (StepRows::Mixed(m), Some(r)) => Some(m.logits.row(r)),
                 _ => None,
             };
             let ended = match (logits_row, &rows, picks[p].take()) {
@@ -341,9 +388,14 @@ impl<M: StepModel> Scheduler<M> {
                     }
                     self.sample(i, logits_row)
                 }
-                (None, StepRows::Tokens(ids) | StepRows::Mixed(ids, _), _) => {
-                    self.emit(i, ids[row], None)
-                }
+                (None, StepRows::Mixed(m), _) => match top_at[row] {
+                    Some(j) => {
+                        let token = s.sampler.sample_top(&m.top[j], m.ids[row]);
+                        self.emit(i, token, None)
+                    }
+                    None => self.emit(i, m.ids[row], None),
+                },
+                (None, StepRows::Tokens(ids), _) => self.emit(i, ids[row], None),
                 (None, StepRows::Logits(_), _) => None,
             };
             row += 1;
@@ -477,7 +529,8 @@ impl<M: StepModel> Scheduler<M> {
     ) -> Vec<Option<Pick>> {
         let mut picks = vec![None; plan.len()];
         let logits = match rows {
-            StepRows::Logits(l) | StepRows::Mixed(_, l) => l,
+            StepRows::Logits(l) => l,
+            StepRows::Mixed(m) => &m.logits,
             StepRows::Tokens(_) => return picks,
         };
         // Each running sequence's plan position and logits row, where it has one.

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::engine::detok::tests::Bytes;
-use crate::model::Logits;
+use crate::model::{Logits, MixedRows};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// A model whose next token is a function of the tokens it reads back from its own fake
@@ -16,6 +16,10 @@ struct Fake {
     argmax_steps: usize,
     /// Steps that read back ids and some whole rows (greedy and sampled rows together).
     mixed_steps: usize,
+    /// Whether sampling rows may read back a top k (as where logits live on a GPU), and
+    /// how many did.
+    top_k_readback: bool,
+    top_rows: usize,
 }
 
 const VOCAB: usize = 128;
@@ -70,15 +74,20 @@ impl StepModel for Fake {
     fn forward_mixed(
         &mut self,
         seqs: &[BatchSeq<'_>],
-        full: &[usize],
-    ) -> crate::model::Result<(Vec<u32>, Logits)> {
+        what: &MixedReadback,
+    ) -> crate::model::Result<MixedRows> {
         self.mixed_steps += 1;
+        self.top_rows += what.top.len();
         let logits = self.forward(seqs)?;
-        let ids = (0..logits.rows())
-            .map(|r| lowbit_gpu::argmax(logits.row(r)))
-            .collect();
-        let data = full.iter().flat_map(|&r| logits.row(r).to_vec()).collect();
-        Ok((ids, Logits { vocab: VOCAB, data }))
+        Ok(crate::engine::step::mixed_rows(&logits, what))
+    }
+
+    fn reads_back_top_k(&self) -> bool {
+        self.top_k_readback
+    }
+
+    fn vocab_size(&self) -> usize {
+        VOCAB
     }
 
     fn forward_argmax(&mut self, seqs: &[BatchSeq<'_>]) -> crate::model::Result<Vec<u32>> {
@@ -108,6 +117,8 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         rows_per_step: Vec::new(),
         argmax_steps: 0,
         mixed_steps: 0,
+        top_k_readback: false,
+        top_rows: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
@@ -393,4 +404,43 @@ fn greedy_steps_read_back_ids_and_a_sampled_or_logprobs_row_brings_the_logits() 
     );
     assert_eq!(s.model.argmax_steps, 0);
     assert!(s.blocks.all_released());
+}
+
+/// A sampling row whose top-k filter comes first reads back only its top k where logits live
+/// on a device, and draws the tokens it draws from whole rows (same seed; the fake's rows tie
+/// every token but one, so ties at the k-th place decide); a greedy row beside it still reads
+/// back only its id.
+#[test]
+fn a_top_k_row_reads_back_its_top_k_and_draws_the_same_tokens() {
+    let run = |device: bool| {
+        let mut s = scheduler(64, 4, 64, true);
+        s.model.top_k_readback = device;
+        let (tx, mut sampled) = unbounded_channel();
+        let mut r = request(&prompt(3, 6), 12, 1);
+        r.sampling = SamplingParams {
+            temperature: 0.7,
+            top_k: 5,
+            top_p: 0.9,
+            seed: 42,
+            ..SamplingParams::default()
+        };
+        r.ignore_eos = true;
+        s.add(r, tx);
+        let (tx, mut greedy) = unbounded_channel();
+        s.add(request(&prompt(1, 6), 12, 1), tx);
+        run_all(&mut s);
+        assert!(s.blocks.all_released());
+        let texts = (
+            collect(&mut sampled, 1).texts[0].clone(),
+            collect(&mut greedy, 1).texts[0].clone(),
+        );
+        (texts, s.model.top_rows, s.model.mixed_steps)
+    };
+    let (on_host, host_top_rows, _) = run(false);
+    let (on_device, device_top_rows, mixed_steps) = run(true);
+    assert_eq!(on_device, on_host);
+    assert_eq!(on_device.1, reference(&prompt(1, 6), 12));
+    assert_eq!(host_top_rows, 0);
+    // Twelve tokens: the prefill's and eleven decode steps', each a mixed step.
+    assert_eq!((device_top_rows, mixed_steps), (12, 12));
 }

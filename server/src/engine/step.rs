@@ -2,7 +2,7 @@
 //! logits rows it asked for, or only their argmax when every sampling row is greedy) and
 //! block copies. [`LlamaStep`] is the real model with its pool; the scheduler tests use a fake.
 
-use crate::model::{BatchSeq, Llama, Logits};
+use crate::model::{BatchSeq, Llama, Logits, MixedReadback, MixedRows};
 use lowbit_gpu::KvPool;
 
 /// What the scheduler needs from a model: one forward over a ragged batch and block copies.
@@ -18,25 +18,23 @@ pub trait StepModel: Send {
             .map(|r| lowbit_gpu::argmax(logits.row(r)))
             .collect())
     }
-    /// Runs one step and returns every logits row's argmax and the whole rows of `full`
-    /// (indices among the logits rows, ascending); see [`Llama::forward_mixed`].
+    /// Runs one step and returns every logits row's argmax, and the whole rows and top k
+    /// values `what` lists; see [`Llama::forward_mixed`].
     fn forward_mixed(
         &mut self,
         seqs: &[BatchSeq<'_>],
-        full: &[usize],
-    ) -> crate::model::Result<(Vec<u32>, Logits)> {
+        what: &MixedReadback,
+    ) -> crate::model::Result<MixedRows> {
         let logits = self.forward(seqs)?;
-        let ids = (0..logits.rows())
-            .map(|r| lowbit_gpu::argmax(logits.row(r)))
-            .collect();
-        let data = full.iter().flat_map(|&r| logits.row(r).to_vec()).collect();
-        Ok((
-            ids,
-            Logits {
-                vocab: logits.vocab,
-                data,
-            },
-        ))
+        Ok(mixed_rows(&logits, what))
+    }
+    /// Tokens in the model's vocabulary (logits per row).
+    fn vocab_size(&self) -> usize;
+    /// Whether a sampling row whose top-k filter comes first should read back only its top
+    /// k ([`MixedReadback::top`]): where logits must cross to the host (a GPU), not where
+    /// they are there already (the sampler's own top-k pass is faster than a full one).
+    fn reads_back_top_k(&self) -> bool {
+        false
     }
     /// Copies KV blocks `src → dst` before the next forward.
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
@@ -60,13 +58,43 @@ impl StepModel for LlamaStep {
     fn forward_mixed(
         &mut self,
         seqs: &[BatchSeq<'_>],
-        full: &[usize],
-    ) -> crate::model::Result<(Vec<u32>, Logits)> {
-        self.model.forward_mixed(seqs, &mut self.pool, full)
+        what: &MixedReadback,
+    ) -> crate::model::Result<MixedRows> {
+        self.model.forward_mixed(seqs, &mut self.pool, what)
+    }
+
+    fn reads_back_top_k(&self) -> bool {
+        self.model.backend().logits_stay_on_device()
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
     }
 
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
         Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
+    }
+}
+
+/// A mixed step's rows from whole logits (a model that only computes those, or a test).
+pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
+    MixedRows {
+        ids: (0..logits.rows())
+            .map(|r| lowbit_gpu::argmax(logits.row(r)))
+            .collect(),
+        logits: Logits {
+            vocab: logits.vocab,
+            data: what
+                .full
+                .iter()
+                .flat_map(|&r| logits.row(r).to_vec())
+                .collect(),
+        },
+        top: what
+            .top
+            .iter()
+            .map(|&r| lowbit_gpu::top_k(logits.row(r), what.k))
+            .collect(),
     }
 }
 
@@ -75,6 +103,6 @@ pub(super) enum StepRows {
     Logits(Logits),
     /// Each row's greedy choice.
     Tokens(Vec<u32>),
-    /// Each row's greedy choice, and the whole logits of the rows that asked for them.
-    Mixed(Vec<u32>, Logits),
+    /// Each row's greedy choice, and the whole logits or the top k of the rows that asked.
+    Mixed(MixedRows),
 }

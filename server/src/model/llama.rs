@@ -147,14 +147,35 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
 enum Readback {
     Logits,
     Argmax,
-    /// Every row's argmax, and the whole rows listed.
-    Mixed(Vec<usize>),
+    /// Every row's argmax, and what [`MixedReadback`] lists.
+    Mixed(MixedReadback),
+}
+
+/// What a step mixing greedy and sampling rows reads back besides every logits row's argmax:
+/// the whole rows of `full`, and the top `k` values of the rows of `top` (indices among the
+/// logits rows, ascending; a row in neither needs only its argmax).
+#[derive(Debug, Clone, Default)]
+pub struct MixedReadback {
+    pub full: Vec<usize>,
+    pub top: Vec<usize>,
+    pub k: usize,
+}
+
+/// What a mixed step gave back (see [`MixedReadback`]).
+#[derive(Debug)]
+pub struct MixedRows {
+    /// Every logits row's argmax.
+    pub ids: Vec<u32>,
+    /// The rows of `full`, in its order.
+    pub logits: Logits,
+    /// The top k of each row of `top`, in its order ([`lowbit_gpu::top_k`]).
+    pub top: Vec<Vec<(u32, f32)>>,
 }
 
 enum StepOutput {
     Logits(Logits),
     Argmax(Vec<u32>),
-    Mixed(Vec<u32>, Logits),
+    Mixed(MixedRows),
 }
 
 /// A loaded Llama-family model bound to a backend.
@@ -394,22 +415,18 @@ impl Llama {
         }
     }
 
-    /// As [`Llama::forward`], returning every logits row's argmax and the whole rows of
-    /// `full` (indices among the logits rows, ascending) only: a batch mixing greedy and
-    /// sampled sequences reads back ids for the first and vocabularies for the second.
+    /// As [`Llama::forward`], returning every logits row's argmax, the whole rows and the top
+    /// k values of the rows `what` lists: a batch mixing greedy and sampled sequences reads
+    /// back ids for the first and, for the second, a few values where the sampler's top-k
+    /// filter allows, vocabularies otherwise.
     pub fn forward_mixed(
         &self,
         seqs: &[BatchSeq<'_>],
         pool: &mut KvPool,
-        full: &[usize],
-    ) -> Result<(Vec<u32>, Logits)> {
-        match self.run(
-            seqs,
-            pool,
-            &mut |_, _, _| {},
-            Readback::Mixed(full.to_vec()),
-        )? {
-            StepOutput::Mixed(ids, logits) => Ok((ids, logits)),
+        what: &MixedReadback,
+    ) -> Result<MixedRows> {
+        match self.run(seqs, pool, &mut |_, _, _| {}, Readback::Mixed(what.clone()))? {
+            StepOutput::Mixed(rows) => Ok(rows),
             _ => Err(lowbit_gpu::Error::Internal("mixed step gave another output").into()),
         }
     }
@@ -525,16 +542,22 @@ impl Llama {
                 data: be.download_owned(logits)?,
             }),
             Readback::Argmax => StepOutput::Argmax(be.argmax_rows(&logits)?),
-            Readback::Mixed(full) => {
+            Readback::Mixed(what) => {
                 let ids = be.argmax_rows(&logits)?;
-                let rows = be.select_rows(&logits, &full)?;
-                StepOutput::Mixed(
+                let top = if what.top.is_empty() {
+                    Vec::new()
+                } else {
+                    be.top_k_rows(&be.select_rows(&logits, &what.top)?, what.k)?
+                };
+                let rows = be.select_rows(&logits, &what.full)?;
+                StepOutput::Mixed(MixedRows {
                     ids,
-                    Logits {
+                    logits: Logits {
                         vocab: c.vocab_size,
                         data: be.download_owned(rows)?,
                     },
-                )
+                    top,
+                })
             }
         })
     }

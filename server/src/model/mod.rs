@@ -18,7 +18,7 @@ pub use calibrate::Calibration;
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use config::LlamaConfig;
 pub use error::{ModelError, Result};
-pub use llama::{BatchSeq, Llama, Logits};
+pub use llama::{BatchSeq, Llama, Logits, MixedReadback, MixedRows};
 pub use quant_policy::{QuantPolicy, TensorPlan};
 pub use source::ModelSource;
 pub use tokenizer::Tokenizer;
