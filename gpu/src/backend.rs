@@ -223,4 +223,23 @@ pub trait Backend: Send + Sync {
         pool: &mut KvPool,
         shape: AttentionShape,
     ) -> Result<Tensor>;
+
+    /// [`Backend::attention`] over `rope(q)` and `rope(k)` at `positions` (one per row):
+    /// exactly the two rotations and then attention, which is the default; a backend may
+    /// rotate inside its attention kernels (wgpu: two dispatches fewer per layer).
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention(
+        &self,
+        layer: usize,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        positions: &[u32],
+        rope: &Rope,
+        seqs: &[SeqSpan<'_>],
+        pool: &mut KvPool,
+        shape: AttentionShape,
+    ) -> Result<Tensor> {
+        let q = self.rope(q, positions, rope)?;
+        let k = self.rope(k, positions, rope)?;
+        self.attention(layer, &q, &k, v, seqs, pool, shape)
+    }
 }

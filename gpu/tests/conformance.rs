@@ -707,6 +707,7 @@ suite!(
     attention_does_not_depend_on_chunking_or_batch,
     copied_blocks_attend_like_the_originals,
     bad_block_tables_are_errors,
+    rope_attention_equals_rope_then_attention,
 );
 
 /// Weights larger than one binding are split into parts by rows; here parts of 4 KiB (a

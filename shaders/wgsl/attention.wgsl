@@ -29,7 +29,10 @@
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
 // Per (row, head, split): max score, sum of exponentials, then head_dim weighted values.
 @group(0) @binding(8) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(9) var<uniform> p: AttentionParams;
+// Each row's (cos, sin) per rotated pair (rope.wgsl's table), where `p.rope` asks for RoPE
+// here: q and the new keys are then rotated as they are read, as the rope kernel would have.
+@group(0) @binding(9) var<storage, read> rope_table: array<vec2<f32>>;
+@group(0) @binding(10) var<uniform> p: AttentionParams;
 
 struct AttentionParams {
     rows: u32,
@@ -42,6 +45,50 @@ struct AttentionParams {
     grid_x: u32,
     // Splits per (row, head) in the grid: the longest row's chunk count.
     splits: u32,
+    // RoPE of q and k here: 0 none (already rotated), 1 pairs (2i, 2i+1), 2 pairs (i, i + hd/2).
+    rope: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+// One value of a rotated pair (x0, x1) of row `row`: the first (`first`) or the second, with
+// the row's (cos, sin) for the pair, in the rope kernel's arithmetic.
+fn rotated(x0: f32, x1: f32, row: u32, pair: u32, first: bool) -> f32 {
+    let cs = rope_table[row * (p.head_dim / 2u) + pair];
+    return select(x0 * cs.y + x1 * cs.x, x0 * cs.x - x1 * cs.y, first);
+}
+
+// The pair of head value `d`: the index of its first and second value within the head, and
+// which of them `d` is.
+fn rope_pair(d: u32) -> vec3<u32> {
+    let half = p.head_dim / 2u;
+    if p.rope == 1u {
+        let pair = d / 2u;
+        return vec3<u32>(2u * pair, 2u * pair + 1u, pair);
+    }
+    let pair = d % half;
+    return vec3<u32>(pair, pair + half, pair);
+}
+
+fn q_at(row: u32, base: u32, d: u32) -> f32 {
+    if p.rope == 0u {
+        return q[base + d];
+    }
+    let pr = rope_pair(d);
+    return rotated(q[base + pr.x], q[base + pr.y], row, pr.z, d == pr.x);
+}
+
+// New key `e` of row `row` (e in 0..kv_dim).
+fn k_new_at(row: u32, e: u32) -> f32 {
+    let i = row * p.n_kv_heads * p.head_dim + e;
+    if p.rope == 0u {
+        return k_new[i];
+    }
+    let d = e % p.head_dim;
+    let base = i - d;
+    let pr = rope_pair(d);
+    return rotated(k_new[base + pr.x], k_new[base + pr.y], row, pr.z, d == pr.x);
 }
 
 const WG: u32 = 64u;
@@ -118,7 +165,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let src = row * kv_dim + e;
     let dst = slot_offset(info.y, info.x, e / p.head_dim) + e % p.head_dim;
-    k_cache[dst >> 1u] = f16_bits(k_new[src]) | (f16_bits(k_new[src + 1u]) << 16u);
+    k_cache[dst >> 1u] = f16_bits(k_new_at(row, e)) | (f16_bits(k_new_at(row, e + 1u)) << 16u);
     v_cache[dst >> 1u] = f16_bits(v_new[src]) | (f16_bits(v_new[src + 1u]) << 16u);
 }
 //#else
@@ -144,7 +191,7 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let dst = slot_offset(info.y, info.x, e / p.head_dim) + e % p.head_dim;
-    k_cache[dst] = k_new[i];
+    k_cache[dst] = k_new_at(row, e);
     v_cache[dst] = v_new[i];
 }
 //#endif
@@ -184,7 +231,7 @@ fn attend(
         return;
     }
     for (var d = lid; d < hd; d += WG) {
-        qs[d] = q[q_base + d] * p.scale;
+        qs[d] = q_at(row, q_base, d) * p.scale;
     }
     workgroupBarrier();
     let t_begin = split * CHUNK;

@@ -8,7 +8,7 @@
 use super::encoder::grid;
 use super::kernels::{AttentionParams, Kernel, ATTENTION_CHUNK, ELEMENT_GROUP};
 use super::{device_of, DeviceTensor, WgpuBackend};
-use crate::backend::{AttentionShape, SeqSpan};
+use crate::backend::{AttentionShape, Rope, RopeStyle, SeqSpan};
 use crate::checks;
 use crate::error::{shape_err, Error, Result};
 use crate::kv::{KvDtype, KvPool, KvPoolSpec, KvStorage};
@@ -172,10 +172,13 @@ impl WgpuBackend {
         Ok(info)
     }
 
+    /// Attention of `layer`; with `rope` (positions and rotation), q and the new keys are
+    /// rotated inside the kernels as they are read (two dispatches fewer than `rope` first).
     pub(super) fn attend(
         &self,
         layer: usize,
         (q, k, v): (&Tensor, &Tensor, &Tensor),
+        rope: Option<(&[u32], &Rope)>,
         seqs: &[SeqSpan<'_>],
         pool: &mut KvPool,
         shape: AttentionShape,
@@ -183,6 +186,19 @@ impl WgpuBackend {
         let rows = q.rows();
         let (spec, kv) = device_kv(pool)?;
         checks::attention(layer, (q, k, v), seqs, &spec, shape)?;
+        if let Some((positions, r)) = rope {
+            checks::rope(q, positions, r)?;
+            checks::rope(k, positions, r)?;
+            if r.head_dim != shape.head_dim {
+                return Err(shape_err(
+                    "rope_attention",
+                    format!(
+                        "RoPE over {} dimensions, heads of {}",
+                        r.head_dim, shape.head_dim
+                    ),
+                ));
+            }
+        }
         if shape.head_dim > 256 {
             return Err(Error::Unsupported(format!(
                 "attention heads of {} dimensions on the GPU (at most 256)",
@@ -194,6 +210,18 @@ impl WgpuBackend {
             return Ok(self.tensor(rows, shape.q_dim(), out));
         }
         let info = self.row_info(rows, seqs)?;
+        let table = rope
+            .map(|(positions, r)| self.rope_table(positions, r))
+            .transpose()?;
+        let table_binding = match &table {
+            Some(t) => (t.buffer(), t.bytes()),
+            None => (&self.dummy_read, 256),
+        };
+        let rope_kind = match rope {
+            None => 0,
+            Some((_, r)) if r.style == RopeStyle::HalfSplit => 2,
+            Some(_) => 1,
+        };
         let (qd, kd, vd) = (device_of(q)?, device_of(k)?, device_of(v)?);
         let kind = element_kind(spec.dtype);
         let write = self.kernel(Kernel::KvWrite { pool: kind })?;
@@ -224,6 +252,8 @@ impl WgpuBackend {
             scale: 1.0 / (shape.head_dim as f32).sqrt(),
             grid_x,
             splits: splits as u32,
+            rope: rope_kind,
+            _pad: [0; 3],
         };
         let mut rec = self.recorder()?;
         rec.dispatch(
@@ -238,6 +268,7 @@ impl WgpuBackend {
                 (info.tables.buffer(), info.tables.bytes()),
                 (&self.dummy_write, 256),
                 (&self.dummy_write, 256),
+                table_binding,
             ],
             &params(write_groups.0 * ELEMENT_GROUP),
             write_groups,
@@ -254,6 +285,7 @@ impl WgpuBackend {
                 (info.tables.buffer(), info.tables.bytes()),
                 (out.buffer(), out.bytes()),
                 partial_binding,
+                table_binding,
             ],
             &params(attend_groups.0),
             attend_groups,
@@ -272,6 +304,7 @@ impl WgpuBackend {
                     (&self.dummy_read, 256),
                     (out.buffer(), out.bytes()),
                     partial_binding,
+                    (&self.dummy_read, 256),
                 ],
                 &params(merge_groups.0),
                 merge_groups,

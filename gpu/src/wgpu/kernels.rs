@@ -75,7 +75,7 @@ enum Layout {
     /// two inputs · output · params.
     Binary,
     /// q, k, v (read) · key and value pools (read-write) · row info, tables (read) ·
-    /// output · per-chunk partials (read-write) · params.
+    /// output · per-chunk partials (read-write) · RoPE table (read) · params.
     Attention,
 }
 
@@ -85,7 +85,7 @@ impl Layout {
         match self {
             Layout::Weights => &[R, R, R, R, W, R, W, W, U],
             Layout::Binary => &[R, R, W, U],
-            Layout::Attention => &[R, R, R, W, W, R, R, W, W, U],
+            Layout::Attention => &[R, R, R, W, W, R, R, W, W, R, U],
         }
     }
 }
@@ -429,4 +429,7 @@ pub struct AttentionParams {
     pub grid_x: u32,
     /// Splits per (row, head) in the attend grid.
     pub splits: u32,
+    /// RoPE of q and the new keys in the kernels: 0 none, 1 interleaved, 2 half split.
+    pub rope: u32,
+    pub _pad: [u32; 3],
 }

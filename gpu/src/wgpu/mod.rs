@@ -422,6 +422,19 @@ impl Backend for WgpuBackend {
         pool: &mut KvPool,
         shape: AttentionShape,
     ) -> Result<Tensor> {
-        self.attend(layer, (q, k, v), seqs, pool, shape)
+        self.attend(layer, (q, k, v), None, seqs, pool, shape)
+    }
+
+    fn rope_attention(
+        &self,
+        layer: usize,
+        qkv: (&Tensor, &Tensor, &Tensor),
+        positions: &[u32],
+        rope: &Rope,
+        seqs: &[SeqSpan<'_>],
+        pool: &mut KvPool,
+        shape: AttentionShape,
+    ) -> Result<Tensor> {
+        self.attend(layer, qkv, Some((positions, rope)), seqs, pool, shape)
     }
 }

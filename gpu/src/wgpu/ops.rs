@@ -294,7 +294,7 @@ impl WgpuBackend {
 
     /// Each row's (cos, sin) per rotated pair, computed in float64 as the CPU backend does,
     /// uploaded once for all the layers of a step.
-    fn rope_table(&self, positions: &[u32], rope: &Rope) -> Result<super::DeviceTensor> {
+    pub(super) fn rope_table(&self, positions: &[u32], rope: &Rope) -> Result<super::DeviceTensor> {
         let freq_bits: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
         let mut cache = self
             .cache

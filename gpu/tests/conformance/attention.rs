@@ -258,3 +258,111 @@ pub(crate) fn bad_block_tables_are_errors(be: &dyn Backend, _: Bounds) {
         "layer 2 of 2"
     );
 }
+
+/// One attention call of layer 1 as [`attention_step`], q and k rotated at each row's
+/// position: by `rope_attention` (`fused`) or by `rope` and then `attention`.
+fn rope_step(
+    be: &dyn Backend,
+    hs: &[History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    pool: &mut lowbit_gpu::KvPool,
+    rope: &Rope,
+    fused: bool,
+) -> Vec<f32> {
+    let (q_dim, kv_dim) = (SHAPE.q_dim(), SHAPE.kv_dim());
+    let (mut q, mut k, mut v, mut spans, mut positions) = (vec![], vec![], vec![], vec![], vec![]);
+    for (i, r) in steps {
+        let h = &hs[*i];
+        spans.push(SeqSpan {
+            row_start: q.len() / q_dim,
+            len: r.len(),
+            pos_start: r.start,
+            blocks: &h.blocks,
+        });
+        positions.extend(r.clone().map(|p| p as u32));
+        q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
+        k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
+        v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
+    }
+    let rows = q.len() / q_dim;
+    let (q, k, v) = (
+        upload(be, rows, q_dim, &q),
+        upload(be, rows, kv_dim, &k),
+        upload(be, rows, kv_dim, &v),
+    );
+    let out = if fused {
+        be.rope_attention(1, (&q, &k, &v), &positions, rope, &spans, pool, SHAPE)
+            .expect("rope_attention")
+    } else {
+        let q = be.rope(&q, &positions, rope).expect("rope");
+        let k = be.rope(&k, &positions, rope).expect("rope");
+        be.attention(1, &q, &k, &v, &spans, pool, SHAPE)
+            .expect("attention")
+    };
+    be.download(&out).expect("download")
+}
+
+/// RoPE inside attention (the GPU rotates q and the new keys as its kernels read them) gives
+/// the results of `rope` and then `attention`: both pairings, both pool types, a prefill past
+/// one attention chunk, decode rows over the rotated keys the pool holds, a continued prefill.
+pub(crate) fn rope_attention_equals_rope_then_attention(be: &dyn Backend, _: Bounds) {
+    let hd = SHAPE.head_dim;
+    let inv_freq: Vec<f32> = (0..hd / 2)
+        .map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32))
+        .collect();
+    for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
+        let rope = Rope {
+            style,
+            head_dim: hd,
+            inv_freq: inv_freq.clone(),
+        };
+        for dtype in [KvDtype::F32, KvDtype::F16] {
+            let (hs, spec) = histories_in(&[300, 20], 16, dtype);
+            let run = |fused: bool| {
+                let mut pool = be.new_kv_pool(spec).expect("pool");
+                let mut out =
+                    rope_step(be, &hs, &[(0, 0..290), (1, 0..7)], &mut pool, &rope, fused);
+                for p in 290..300 {
+                    out.extend(rope_step(
+                        be,
+                        &hs,
+                        &[(1, 7 + p - 290..8 + p - 290), (0, p..p + 1)],
+                        &mut pool,
+                        &rope,
+                        fused,
+                    ));
+                }
+                out
+            };
+            assert_eq!(run(true), run(false), "{style:?}, {} pool", dtype.name());
+        }
+    }
+    let (hs, spec) = histories(&[4], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let rope = Rope {
+        style: RopeStyle::Interleaved,
+        head_dim: hd,
+        inv_freq,
+    };
+    let q = upload(be, 4, SHAPE.q_dim(), &hs[0].q[..4 * SHAPE.q_dim()]);
+    let k = upload(be, 4, SHAPE.kv_dim(), &hs[0].k[..4 * SHAPE.kv_dim()]);
+    let span = SeqSpan {
+        row_start: 0,
+        len: 4,
+        pos_start: 0,
+        blocks: &hs[0].blocks,
+    };
+    assert!(
+        be.rope_attention(
+            0,
+            (&q, &k, &k),
+            &[0, 1, 2],
+            &rope,
+            &[span],
+            &mut pool,
+            SHAPE
+        )
+        .is_err(),
+        "positions for three rows of four"
+    );
+}

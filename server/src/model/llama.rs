@@ -580,13 +580,11 @@ impl Llama {
             .matmul_many(x, &[&block.q, &block.k, &block.v])?
             .try_into()
             .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
-        let q = be.rope(&q, positions, &self.rope)?;
-        let k = be.rope(&k, positions, &self.rope)?;
-        let out = be.attention(
+        let out = be.rope_attention(
             layer,
-            &q,
-            &k,
-            &v,
+            (&q, &k, &v),
+            positions,
+            &self.rope,
             spans,
             pool,
             self.config.attention_shape(),
