@@ -366,3 +366,86 @@ pub(crate) fn rope_attention_equals_rope_then_attention(be: &dyn Backend, _: Bou
         "positions for three rows of four"
     );
 }
+
+/// An f16 pool holds each value rounded to nearest even, on both backends: attention over
+/// keys and values that are exactly halves (and one head of values at the rounding edges:
+/// ties, subnormals, the largest half and past it) agrees between them to f32 rounding, and
+/// both read the ties as the even neighbour.
+#[test]
+fn f16_pools_round_as_the_cpu_does() {
+    let _turn = gpu_turn();
+    let (cpu, gpu) = (cpu_backend(), wgpu_backend());
+    let hd = 32;
+    let spec = KvPoolSpec {
+        layers: 1,
+        kv_dim: hd,
+        head_dim: hd,
+        block_tokens: 16,
+        blocks: 2,
+        dtype: lowbit_gpu::KvDtype::F16,
+    };
+    let shape = AttentionShape {
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: hd,
+    };
+    // One position: the output is exactly the stored values (softmax of one score is 1).
+    let edges: Vec<f32> = vec![
+        1.0 + 1.0 / 2048.0, // a tie between 1 and 1 + 2^-10: even, 1
+        1.0 + 3.0 / 2048.0, // a tie: even, 1 + 2^-9
+        1.0 + 1.0 / 4096.0, // below half an ulp: 1
+        65504.0,            // the largest half
+        65519.0,            // rounds down to it
+        65520.0,            // rounds up, past it: infinity
+        -65520.0,
+        2f32.powi(-24),         // the smallest subnormal
+        2f32.powi(-25),         // a tie with zero: 0
+        2f32.powi(-25) * 1.5,   // rounds up to 2^-24
+        3.0 * 2f32.powi(-25),   // a subnormal tie: even, 2^-23
+        2f32.powi(-14) * 0.999, // just below the smallest normal
+        2f32.powi(-14),         // the smallest normal
+        -1.5e-7,
+        1e-30,
+        2e-31,
+        0.1,
+        -0.3,
+        1234.5678,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3.0e-5,
+        -7.7e-6,
+        0.5,
+        0.25 + 1.0 / 8192.0,
+        100.03,
+        -2.0e4,
+        6.0e-8,
+        1.0,
+        -1.0,
+        42.0,
+        0.333,
+    ];
+    assert_eq!(edges.len(), hd);
+    let want: Vec<f32> = edges
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect();
+    let run = |be: &dyn Backend| {
+        let mut pool = be.new_kv_pool(spec).expect("an f16 pool");
+        let q = upload(be, 1, hd, &vec![0.0; hd]);
+        let k = upload(be, 1, hd, &vec![0.0; hd]);
+        let v = upload(be, 1, hd, &edges);
+        let span = SeqSpan {
+            row_start: 0,
+            len: 1,
+            pos_start: 0,
+            blocks: &[1],
+        };
+        let out = be
+            .attention(0, &q, &k, &v, &[span], &mut pool, shape)
+            .expect("attention");
+        be.download(&out).expect("download")
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&run(cpu)), bits(&want), "cpu");
+    assert_eq!(bits(&run(gpu)), bits(&want), "wgpu");
+}

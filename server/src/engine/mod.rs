@@ -12,6 +12,7 @@ pub mod blocks;
 pub mod detok;
 pub mod generate;
 pub mod handle;
+pub mod readback;
 pub mod request;
 pub mod sampler;
 pub mod scheduler;

@@ -10,12 +10,13 @@
 
 use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
+use super::readback::{plan_readback, RowWant, TOP_K_READBACK_MAX};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory, TokenLogprobs};
 use super::step::{StepModel, StepRows};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
-use crate::model::{BatchSeq, MixedReadback};
+use crate::model::BatchSeq;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -35,17 +36,6 @@ pub struct SchedulerConfig {
 
 /// A drawn token and its logprobs (when the request asked for them).
 type Pick = (u32, Option<TokenLogprobs>);
-
-/// Most values a sampling row reads back as its top k instead of its whole logits.
-const TOP_K_READBACK_MAX: usize = 64;
-
-/// What a step reads back of one logits row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RowWant {
-    Argmax,
-    TopK(usize),
-    Logits,
-}
 
 /// One request while the engine works on it.
 struct Group {
@@ -234,10 +224,7 @@ impl<M: StepModel> Scheduler<M> {
         if plan.is_empty() {
             return stats;
         }
-        // Rows that take the plain greedy choice need only their argmax (on a GPU: ids read
-        // back, not vocabularies); rows whose sampler filters to a top k first, where logits
-        // live on a device, only their top k; the others, whole logits rows. The token is the
-        // same either way: the logits are the same, and the choice reads only what it keeps.
+        // What each logits row reads back (readback.rs): its argmax, its top k or all of it.
         let top_k_max = if self.model.reads_back_top_k() {
             TOP_K_READBACK_MAX
         } else {
@@ -257,36 +244,11 @@ impl<M: StepModel> Scheduler<M> {
                         .groups
                         .get(&s.group)
                         .is_some_and(|g| g.req.logprobs.is_none());
-                if plain && s.sampler.is_greedy() {
-                    RowWant::Argmax
-                } else if let Some(k) = s.sampler.top_k_readback(vocab, top_k_max).filter(|_| plain)
-                {
-                    RowWant::TopK(k)
-                } else {
-                    RowWant::Logits
-                }
+                RowWant::of(&s.sampler, plain, vocab, top_k_max)
             })
             .collect();
         let needs_logits: Vec<bool> = wants.iter().map(|w| *w == RowWant::Logits).collect();
-        let mixed = MixedReadback {
-            full: (0..wants.len()).filter(|&r| needs_logits[r]).collect(),
-            top: (0..wants.len())
-                .filter(|&r| matches!(wants[r], RowWant::TopK(_)))
-                .collect(),
-            k: wants
-                .iter()
-                .map(|w| match w {
-                    RowWant::TopK(k) => *k,
-                    _ => 0,
-                })
-                .max()
-                .unwrap_or(0),
-        };
-        // Each logits row's place among the top-k rows, if it is one.
-        let mut top_at = vec![None; wants.len()];
-        for (j, &r) in mixed.top.iter().enumerate() {
-            top_at[r] = Some(j);
-        }
+        let (mixed, top_at) = plan_readback(&wants);
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
             Ok(())

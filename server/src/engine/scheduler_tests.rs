@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::engine::detok::tests::Bytes;
-use crate::model::{Logits, MixedRows};
+use crate::model::{Logits, MixedReadback, MixedRows};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// A model whose next token is a function of the tokens it reads back from its own fake
