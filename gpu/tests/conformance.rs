@@ -165,18 +165,22 @@ fn rms_norm_matches_float64(be: &dyn Backend, b: Bounds) {
     }
 }
 
+/// Llama's RoPE (base 10000) over heads of `head_dim`, in `style`'s pairing.
+fn rope_of(style: RopeStyle, head_dim: usize) -> Rope {
+    Rope {
+        style,
+        head_dim,
+        inv_freq: (0..head_dim / 2)
+            .map(|i| 10000f32.powf(-(2.0 * i as f32) / head_dim as f32))
+            .collect(),
+    }
+}
+
 fn rope_matches_float64_in_both_pairings(be: &dyn Backend, b: Bounds) {
     let mut r = rng(5);
     let hd = 64;
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32))
-        .collect();
     for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
-        let rope = Rope {
-            style,
-            head_dim: hd,
-            inv_freq: inv_freq.clone(),
-        };
+        let rope = rope_of(style, hd);
         let (rows, cols) = (5, 3 * hd);
         let x = random(&mut r, rows * cols);
         let positions = [0u32, 1, 7, 300, 4095];
@@ -189,7 +193,7 @@ fn rope_matches_float64_in_both_pairings(be: &dyn Backend, b: Bounds) {
         let mut want = vec![0.0f64; rows * cols];
         for (row, &pos) in positions.iter().enumerate() {
             for head in 0..cols / hd {
-                for (i, &freq) in inv_freq.iter().enumerate() {
+                for (i, &freq) in rope.inv_freq.iter().enumerate() {
                     let (a, bb) = match style {
                         RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                         RopeStyle::HalfSplit => (i, i + hd / 2),

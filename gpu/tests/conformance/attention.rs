@@ -95,15 +95,23 @@ fn histories_in(ctxs: &[usize], block_tokens: usize, dtype: KvDtype) -> (Vec<His
     (hs, spec)
 }
 
-/// One attention call of layer 1: sequence `i` contributes positions `steps[i]`.
-fn attention_step(
+/// The rows of one attention call: sequence `i` contributes positions `steps[i]`.
+struct StepBatch<'a> {
+    q: lowbit_gpu::Tensor,
+    k: lowbit_gpu::Tensor,
+    v: lowbit_gpu::Tensor,
+    spans: Vec<SeqSpan<'a>>,
+    positions: Vec<u32>,
+}
+
+fn step_batch<'a>(
     be: &dyn Backend,
-    hs: &[History],
+    hs: &'a [History],
     steps: &[(usize, std::ops::Range<usize>)],
-    pool: &mut lowbit_gpu::KvPool,
-) -> Vec<f32> {
+) -> StepBatch<'a> {
     let (q_dim, kv_dim) = (SHAPE.q_dim(), SHAPE.kv_dim());
     let (mut q, mut k, mut v, mut spans) = (vec![], vec![], vec![], vec![]);
+    let mut positions = Vec::new();
     for (i, r) in steps {
         let h = &hs[*i];
         spans.push(SeqSpan {
@@ -112,21 +120,31 @@ fn attention_step(
             pos_start: r.start,
             blocks: &h.blocks,
         });
+        positions.extend(r.clone().map(|p| p as u32));
         q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
         k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
         v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
     }
     let rows = q.len() / q_dim;
+    StepBatch {
+        q: upload(be, rows, q_dim, &q),
+        k: upload(be, rows, kv_dim, &k),
+        v: upload(be, rows, kv_dim, &v),
+        spans,
+        positions,
+    }
+}
+
+/// One attention call of layer 1 (see [`step_batch`]).
+fn attention_step(
+    be: &dyn Backend,
+    hs: &[History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    pool: &mut lowbit_gpu::KvPool,
+) -> Vec<f32> {
+    let b = step_batch(be, hs, steps);
     let out = be
-        .attention(
-            1,
-            &upload(be, rows, q_dim, &q),
-            &upload(be, rows, kv_dim, &k),
-            &upload(be, rows, kv_dim, &v),
-            &spans,
-            pool,
-            SHAPE,
-        )
+        .attention(1, &b.q, &b.k, &b.v, &b.spans, pool, SHAPE)
         .expect("attention");
     be.download(&out).expect("download")
 }
@@ -269,34 +287,22 @@ fn rope_step(
     rope: &Rope,
     fused: bool,
 ) -> Vec<f32> {
-    let (q_dim, kv_dim) = (SHAPE.q_dim(), SHAPE.kv_dim());
-    let (mut q, mut k, mut v, mut spans, mut positions) = (vec![], vec![], vec![], vec![], vec![]);
-    for (i, r) in steps {
-        let h = &hs[*i];
-        spans.push(SeqSpan {
-            row_start: q.len() / q_dim,
-            len: r.len(),
-            pos_start: r.start,
-            blocks: &h.blocks,
-        });
-        positions.extend(r.clone().map(|p| p as u32));
-        q.extend_from_slice(&h.q[r.start * q_dim..r.end * q_dim]);
-        k.extend_from_slice(&h.k[r.start * kv_dim..r.end * kv_dim]);
-        v.extend_from_slice(&h.v[r.start * kv_dim..r.end * kv_dim]);
-    }
-    let rows = q.len() / q_dim;
-    let (q, k, v) = (
-        upload(be, rows, q_dim, &q),
-        upload(be, rows, kv_dim, &k),
-        upload(be, rows, kv_dim, &v),
-    );
+    let b = step_batch(be, hs, steps);
     let out = if fused {
-        be.rope_attention(1, (&q, &k, &v), &positions, rope, &spans, pool, SHAPE)
-            .expect("rope_attention")
+        be.rope_attention(
+            1,
+            (&b.q, &b.k, &b.v),
+            &b.positions,
+            rope,
+            &b.spans,
+            pool,
+            SHAPE,
+        )
+        .expect("rope_attention")
     } else {
-        let q = be.rope(&q, &positions, rope).expect("rope");
-        let k = be.rope(&k, &positions, rope).expect("rope");
-        be.attention(1, &q, &k, &v, &spans, pool, SHAPE)
+        let q = be.rope(&b.q, &b.positions, rope).expect("rope");
+        let k = be.rope(&b.k, &b.positions, rope).expect("rope");
+        be.attention(1, &q, &k, &b.v, &b.spans, pool, SHAPE)
             .expect("attention")
     };
     be.download(&out).expect("download")
@@ -306,16 +312,8 @@ fn rope_step(
 /// the results of `rope` and then `attention`: both pairings, both pool types, a prefill past
 /// one attention chunk, decode rows over the rotated keys the pool holds, a continued prefill.
 pub(crate) fn rope_attention_equals_rope_then_attention(be: &dyn Backend, _: Bounds) {
-    let hd = SHAPE.head_dim;
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 10000f32.powf(-(2.0 * i as f32) / hd as f32))
-        .collect();
     for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
-        let rope = Rope {
-            style,
-            head_dim: hd,
-            inv_freq: inv_freq.clone(),
-        };
+        let rope = rope_of(style, SHAPE.head_dim);
         for dtype in [KvDtype::F32, KvDtype::F16] {
             let (hs, spec) = histories_in(&[300, 20], 16, dtype);
             let run = |fused: bool| {
@@ -339,11 +337,7 @@ pub(crate) fn rope_attention_equals_rope_then_attention(be: &dyn Backend, _: Bou
     }
     let (hs, spec) = histories(&[4], 16);
     let mut pool = be.new_kv_pool(spec).expect("pool");
-    let rope = Rope {
-        style: RopeStyle::Interleaved,
-        head_dim: hd,
-        inv_freq,
-    };
+    let rope = rope_of(RopeStyle::Interleaved, SHAPE.head_dim);
     let q = upload(be, 4, SHAPE.q_dim(), &hs[0].q[..4 * SHAPE.q_dim()]);
     let k = upload(be, 4, SHAPE.kv_dim(), &hs[0].k[..4 * SHAPE.kv_dim()]);
     let span = SeqSpan {
