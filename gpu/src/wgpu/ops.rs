@@ -151,28 +151,35 @@ impl WgpuBackend {
         if rows == 0 || cols == 0 {
             return Ok(vec![0; rows]);
         }
+        let ids = self.head_reduce(Kernel::Argmax, x, 0, 1)?;
+        Ok(ids.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// Runs a head kernel (one workgroup per row of `x`) writing `width` words per row, and
+    /// reads them back.
+    fn head_reduce(&self, kernel: Kernel, x: &Tensor, k: usize, width: usize) -> Result<Vec<f32>> {
+        let rows = x.rows();
         let xd = device_of(x)?;
-        let ids = self.alloc(rows, 1)?;
-        let pipeline = self.kernel(Kernel::Argmax)?;
+        let out = self.alloc(rows, width)?;
+        let pipeline = self.kernel(kernel)?;
         let groups = grid(rows as u32);
         let params = HeadParams {
-            cols: cols as u32,
+            cols: x.cols() as u32,
             rows: rows as u32,
             grid_x: groups.0,
-            k: 0,
+            k: k as u32,
         };
         self.recorder()?.dispatch(
             pipeline,
             &[
                 (xd.buffer(), xd.bytes()),
                 (&self.dummy_read, self.dummy_read.size()),
-                (ids.buffer(), ids.bytes()),
+                (out.buffer(), out.bytes()),
             ],
             &params,
             groups,
         );
-        let ids = crate::Backend::download(self, &self.tensor(rows, 1, ids))?;
-        Ok(ids.into_iter().map(f32::to_bits).collect())
+        crate::Backend::download(self, &self.tensor(rows, width, out))
     }
 
     /// Each row's k largest finite values, found on the GPU: 1 + 2k words come back per row.
@@ -188,28 +195,8 @@ impl WgpuBackend {
         if rows == 0 || cols == 0 || k == 0 {
             return Ok(vec![Vec::new(); rows]);
         }
-        let xd = device_of(x)?;
         let stride = 1 + 2 * k;
-        let out = self.alloc(rows, stride)?;
-        let pipeline = self.kernel(Kernel::TopK)?;
-        let groups = grid(rows as u32);
-        let params = HeadParams {
-            cols: cols as u32,
-            rows: rows as u32,
-            grid_x: groups.0,
-            k: k as u32,
-        };
-        self.recorder()?.dispatch(
-            pipeline,
-            &[
-                (xd.buffer(), xd.bytes()),
-                (&self.dummy_read, self.dummy_read.size()),
-                (out.buffer(), out.bytes()),
-            ],
-            &params,
-            groups,
-        );
-        let words = crate::Backend::download(self, &self.tensor(rows, stride, out))?;
+        let words = self.head_reduce(Kernel::TopK, x, k, stride)?;
         words
             .chunks(stride)
             .map(|row| {
