@@ -97,6 +97,35 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     kept
 }
 
+/// What a step reads back of its logits ([`Backend::read_logits`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogitsReadback {
+    /// Every row's [`argmax`].
+    pub ids: Vec<u32>,
+    /// The rows asked for whole, one after the other.
+    pub full: Vec<f32>,
+    /// The [`top_k`] of each row asked for.
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+/// [`Backend::read_logits`] as three separate operations (the default).
+pub fn read_logits_apart<B: Backend + ?Sized>(
+    be: &B,
+    x: &Tensor,
+    full: &[usize],
+    top: &[usize],
+    k: usize,
+) -> Result<LogitsReadback> {
+    let ids = be.argmax_rows(x)?;
+    let top = if top.is_empty() {
+        Vec::new()
+    } else {
+        be.top_k_rows(&be.select_rows(x, top)?, k)?
+    };
+    let full = be.download_owned(be.select_rows(x, full)?)?;
+    Ok(LogitsReadback { ids, full, top })
+}
+
 /// Operations a transformer forward needs, on tensors that live in the backend.
 ///
 /// Shapes are `rows × cols`, rows are tokens. Weights are `N × K` and linear layers compute
@@ -199,6 +228,20 @@ pub trait Backend: Send + Sync {
 
     /// Keeps only the listed rows, in the given order.
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;
+
+    /// Every logits row's argmax, the whole rows `full` and the top `k` of the rows `top`
+    /// (indices into `x`'s rows): what a step mixing greedy and sampling rows reads back. A
+    /// device backend reads all of it back in one transfer; by default it is
+    /// [`read_logits_apart`].
+    fn read_logits(
+        &self,
+        x: &Tensor,
+        full: &[usize],
+        top: &[usize],
+        k: usize,
+    ) -> Result<LogitsReadback> {
+        read_logits_apart(self, x, full, top, k)
+    }
 
     /// Allocates the paged KV pool, once, at start-up.
     fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool>;

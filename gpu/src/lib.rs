@@ -14,7 +14,10 @@ pub mod quant;
 pub mod tensor;
 pub mod wgpu;
 
-pub use backend::{argmax, top_k, AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
+pub use backend::{
+    argmax, read_logits_apart, top_k, AttentionShape, Backend, LogitsReadback, Rope, RopeStyle,
+    SeqSpan,
+};
 pub use error::{Error, Result};
 pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
 pub use quant::source::{RawTensor, SourceDType};

@@ -285,6 +285,33 @@ fn top_k_rows_rank_as_the_host_does(be: &dyn Backend, _: Bounds) {
     assert_eq!(got[1][0].0, 2, "+0 ranks above -0");
 }
 
+/// A step's logits readback (every argmax, whole rows, top k; the GPU's in one transfer)
+/// equals the three operations one after another, whichever parts a step asks for.
+fn read_logits_equals_its_parts(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(15);
+    let (rows, cols) = (5, 4099);
+    let mut values = random(&mut r, rows * cols);
+    values[cols + 7] = 9.0;
+    values[cols + 70] = 9.0;
+    let x = upload(be, rows, cols, &values);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (full, top, k) in [
+        (&[1usize, 3][..], &[0usize, 3, 4][..], 40),
+        (&[], &[2], 64),
+        (&[0, 1, 2, 3, 4], &[], 0),
+        (&[4], &[1], 100),
+        (&[], &[], 0),
+    ] {
+        let got = be.read_logits(&x, full, top, k).expect("read_logits");
+        let want = lowbit_gpu::read_logits_apart(be, &x, full, top, k).expect("apart");
+        assert_eq!(got.ids, want.ids, "{full:?} {top:?} {k}");
+        assert_eq!(bits(&got.full), bits(&want.full), "{full:?} {top:?} {k}");
+        assert_eq!(got.top, want.top, "{full:?} {top:?} {k}");
+        assert_eq!(got.full.len(), full.len() * cols);
+        assert_eq!(got.top.len(), top.len());
+    }
+}
+
 fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     let mut r = rng(6);
     let (rows, cols) = (9, 77);
@@ -432,6 +459,7 @@ macro_rules! suite {
 suite!(
     argmax_rows_find_the_first_largest_value,
     top_k_rows_rank_as_the_host_does,
+    read_logits_equals_its_parts,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     matmul_add_equals_matmul_then_add,

@@ -396,6 +396,16 @@ impl Backend for WgpuBackend {
         true
     }
 
+    fn read_logits(
+        &self,
+        x: &Tensor,
+        full: &[usize],
+        top: &[usize],
+        k: usize,
+    ) -> Result<crate::backend::LogitsReadback> {
+        self.read_logits_once(x, full, top, k)
+    }
+
     fn top_k_rows(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         self.top_k_pairs(x, k)
     }

@@ -158,6 +158,18 @@ impl WgpuBackend {
     /// Runs a head kernel (one workgroup per row of `x`) writing `width` words per row, and
     /// reads them back.
     fn head_reduce(&self, kernel: Kernel, x: &Tensor, k: usize, width: usize) -> Result<Vec<f32>> {
+        let out = self.head_dispatch(kernel, x, k, width)?;
+        crate::Backend::download(self, &self.tensor(x.rows(), width, out))
+    }
+
+    /// Records a head kernel over the rows of `x`, `width` words per row into a new buffer.
+    fn head_dispatch(
+        &self,
+        kernel: Kernel,
+        x: &Tensor,
+        k: usize,
+        width: usize,
+    ) -> Result<super::DeviceTensor> {
         let rows = x.rows();
         let xd = device_of(x)?;
         let out = self.alloc(rows, width)?;
@@ -179,7 +191,74 @@ impl WgpuBackend {
             &params,
             groups,
         );
-        crate::Backend::download(self, &self.tensor(rows, width, out))
+        Ok(out)
+    }
+
+    /// A step's logits readback in one transfer: every row's argmax, the top k of the rows
+    /// `top` and the whole rows `full` are computed into their own buffers, copied one after
+    /// the other into one, and read back once (a GPU wait per step, not one per part).
+    pub(super) fn read_logits_once(
+        &self,
+        x: &Tensor,
+        full: &[usize],
+        top: &[usize],
+        k: usize,
+    ) -> Result<crate::backend::LogitsReadback> {
+        let (rows, cols) = (x.rows(), x.cols());
+        if k > TOP_K_MAX || rows == 0 || cols == 0 {
+            return crate::backend::read_logits_apart(self, x, full, top, k);
+        }
+        let stride = 1 + 2 * k;
+        let ids = self.head_dispatch(Kernel::Argmax, x, 0, 1)?;
+        let tops = if top.is_empty() || k == 0 {
+            None
+        } else {
+            let picked = self.gather(x, top)?;
+            Some(self.head_dispatch(Kernel::TopK, &picked, k, stride)?)
+        };
+        let whole = self.gather(x, full)?;
+        let parts: [(Option<&super::DeviceTensor>, usize); 3] = [
+            (Some(&ids), rows),
+            (
+                tops.as_ref(),
+                if tops.is_some() {
+                    top.len() * stride
+                } else {
+                    0
+                },
+            ),
+            (device_of(&whole).ok(), full.len() * cols),
+        ];
+        let total: usize = parts.iter().map(|p| p.1).sum();
+        let staging = self.alloc(total, 1)?;
+        {
+            let mut rec = self.recorder()?;
+            let mut at = 0u64;
+            for (part, words) in parts {
+                if let Some(t) = part {
+                    let bytes = (words * 4) as u64;
+                    rec.copy(t.buffer(), 0, staging.buffer(), at, bytes);
+                    at += bytes;
+                }
+            }
+        }
+        let words = crate::Backend::download(self, &self.tensor(total, 1, staging))?;
+        let (id_words, rest) = words.split_at(rows);
+        let (top_words, full_values) = rest.split_at(if tops.is_some() {
+            top.len() * stride
+        } else {
+            0
+        });
+        let top = if tops.is_some() {
+            top_pairs(top_words, k)?
+        } else {
+            vec![Vec::new(); top.len()]
+        };
+        Ok(crate::backend::LogitsReadback {
+            ids: id_words.iter().map(|v| v.to_bits()).collect(),
+            full: full_values.to_vec(),
+            top,
+        })
     }
 
     /// Each row's k largest finite values, found on the GPU: 1 + 2k words come back per row.
@@ -195,20 +274,8 @@ impl WgpuBackend {
         if rows == 0 || cols == 0 || k == 0 {
             return Ok(vec![Vec::new(); rows]);
         }
-        let stride = 1 + 2 * k;
-        let words = self.head_reduce(Kernel::TopK, x, k, stride)?;
-        words
-            .chunks(stride)
-            .map(|row| {
-                let kept = row[0].to_bits() as usize;
-                if kept > k {
-                    return Err(crate::error::Error::Internal("top_k kept more than k"));
-                }
-                Ok((0..kept)
-                    .map(|j| (row[1 + j].to_bits(), row[1 + k + j]))
-                    .collect())
-            })
-            .collect()
+        let words = self.head_reduce(Kernel::TopK, x, k, 1 + 2 * k)?;
+        top_pairs(&words, k)
     }
 
     pub(super) fn gather(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
@@ -306,4 +373,20 @@ impl WgpuBackend {
         cache.rope = Some((positions.to_vec(), freq_bits, t.clone()));
         Ok(t)
     }
+}
+
+/// The (index, value) pairs of `top_k`'s rows of 1 + 2k words: a count, k indices, k values.
+fn top_pairs(words: &[f32], k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
+    words
+        .chunks(1 + 2 * k)
+        .map(|row| {
+            let kept = row[0].to_bits() as usize;
+            if kept > k {
+                return Err(crate::error::Error::Internal("top_k kept more than k"));
+            }
+            Ok((0..kept)
+                .map(|j| (row[1 + j].to_bits(), row[1 + k + j]))
+                .collect())
+        })
+        .collect()
 }

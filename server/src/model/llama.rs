@@ -543,20 +543,14 @@ impl Llama {
             }),
             Readback::Argmax => StepOutput::Argmax(be.argmax_rows(&logits)?),
             Readback::Mixed(what) => {
-                let ids = be.argmax_rows(&logits)?;
-                let top = if what.top.is_empty() {
-                    Vec::new()
-                } else {
-                    be.top_k_rows(&be.select_rows(&logits, &what.top)?, what.k)?
-                };
-                let rows = be.select_rows(&logits, &what.full)?;
+                let read = be.read_logits(&logits, &what.full, &what.top, what.k)?;
                 StepOutput::Mixed(MixedRows {
-                    ids,
+                    ids: read.ids,
                     logits: Logits {
                         vocab: c.vocab_size,
-                        data: be.download_owned(rows)?,
+                        data: read.full,
                     },
-                    top,
+                    top: read.top,
                 })
             }
         })
