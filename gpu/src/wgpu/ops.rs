@@ -227,7 +227,7 @@ impl WgpuBackend {
                     0
                 },
             ),
-            (device_of(&whole).ok(), full.len() * cols),
+            (Some(device_of(&whole)?), full.len() * cols),
         ];
         let total: usize = parts.iter().map(|p| p.1).sum();
         let staging = self.alloc(total, 1)?;
