@@ -9,23 +9,6 @@
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(8) var<uniform> p: MatmulParams;
 
-struct MatmulParams {
-    dims: WeightDims,
-    out: Outputs,
-    // Columns of x and W (K), a multiple of 8.
-    k: u32,
-    // Weight rows this dispatch computes.
-    rows: u32,
-    // Activation rows (M).
-    m: u32,
-    // Tiles along the weight rows and along the activation rows.
-    tiles_n: u32,
-    tiles_m: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
 const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 32u;

@@ -9,23 +9,7 @@
 // and ROWS · M threads then add the round's block dots in order.
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(8) var<uniform> p: MatvecParams;
-
-// matmul.wgsl's parameters (the tile fields unused).
-struct MatvecParams {
-    dims: WeightDims,
-    out: Outputs,
-    // Columns of x and W (K), a multiple of 8.
-    k: u32,
-    // Weight rows this dispatch computes.
-    rows: u32,
-    m: u32,
-    tiles_n: u32,
-    tiles_m: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+@group(0) @binding(8) var<uniform> p: MatmulParams;
 
 // Activation rows, fixed per pipeline so the accumulators stay in registers.
 override M: u32 = 1u;

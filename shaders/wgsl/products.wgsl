@@ -28,3 +28,22 @@ fn store_product(o: Outputs, m: u32, row: u32, v: f32) {
         out2[m * (o.n - o.seg2) + c - o.seg2] = v;
     }
 }
+
+// The parameters of the f32-activation products, matvec.wgsl (which ignores the tile fields)
+// and matmul.wgsl; int8.wgsl has its own.
+struct MatmulParams {
+    dims: WeightDims,
+    out: Outputs,
+    // Columns of x and W (K), a multiple of 8.
+    k: u32,
+    // Weight rows this dispatch computes.
+    rows: u32,
+    // Activation rows (M).
+    m: u32,
+    // Tiles along the weight rows and along the activation rows.
+    tiles_n: u32,
+    tiles_m: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}

@@ -311,7 +311,7 @@ pub struct Outputs {
     pub seg2: u32,
 }
 
-/// `MatmulParams` in matmul.wgsl, and matvec.wgsl's `MatvecParams`.
+/// `MatmulParams` in products.wgsl (matvec.wgsl and matmul.wgsl).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Pod, Zeroable)]
 pub struct MatmulParams {
