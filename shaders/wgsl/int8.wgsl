@@ -104,12 +104,22 @@ fn group_ends(b: u32) -> bool {
 }
 
 // ---- decode: M activation rows, ROWS weight rows per workgroup ----
+//
+// Each round takes CHUNK blocks of every row: first all threads compute the (row, block)
+// terms in parallel (the integer dot and its scale, nothing order-dependent), then ROWS · M
+// threads, one per output, add their row's terms in block order from workgroup memory. The
+// serial part is one add per block, so a real GPU's threads stay busy loading weights.
 
 override M: u32 = 1u;
-const ROWS: u32 = 4u;
+const ROWS: u32 = 8u;
+const CHUNK: u32 = 32u;
 const WG: u32 = 64u;
-
-var<workgroup> partial: array<f32, 512>;
+// partial[r][block][m]: rows padded by one word so the ROWS readers of one block fall in
+// different banks. Sized for M = 8 (MATVEC_MAX_ROWS).
+const ROW_STRIDE: u32 = CHUNK * 8u + 1u;
+var<workgroup> partial: array<f32, 2056>;
+// The group coefficient of each (row, block) that ends a group.
+var<workgroup> coefs: array<f32, 256>;
 
 @compute @workgroup_size(64)
 fn matvec(
@@ -122,53 +132,54 @@ fn matvec(
         return;
     }
     let blocks = p.k / 32u;
-    let items = ROWS * blocks;
-    let own_row = row0 + lid / M;
+    let own_r = lid / M;
     let own_m = lid % M;
+    let owns = lid < ROWS * M && row0 + own_r < p.rows;
     var acc = 0.0;
     var corr = 0.0;
     var csum = 0.0;
-    for (var start = 0u; start < items; start += WG) {
-        let item = start + lid;
-        let r = item / blocks;
-        let b = item % blocks;
-        var t: array<f32, 8>;
-        if item < items && row0 + r < p.rows {
-            let w = weight_words(row0 + r, b);
-            let dw = scale_at(group_index(row0 + r, b, p.dims));
-            for (var m = 0u; m < M; m++) {
-                var s = 0i;
-                for (var j = 0u; j < 8u; j++) {
-                    s += dot4I8Packed(w[j], x_word(m, b, j));
-                }
+    for (var c0 = 0u; c0 < blocks; c0 += CHUNK) {
+        for (var turn = 0u; turn < ROWS * CHUNK / WG; turn++) {
+            let item = turn * WG + lid;
+            let r = item / CHUNK;
+            let bl = item % CHUNK;
+            let b = c0 + bl;
+            let row = row0 + r;
+            if b < blocks && row < p.rows {
+                let w = weight_words(row, b);
+                let dw = scale_at(group_index(row, b, p.dims));
+                for (var m = 0u; m < M; m++) {
+                    var s = 0i;
+                    for (var j = 0u; j < 8u; j++) {
+                        s += dot4I8Packed(w[j], x_word(m, b, j));
+                    }
 //#if Q8
-                s += 128i * x_sum(m, b);
+                    s += 128i * x_sum(m, b);
 //#endif
-                t[m] = f32(s) * (dw * x_scale(m, b));
+                    partial[r * ROW_STRIDE + bl * M + m] = f32(s) * (dw * x_scale(m, b));
+                }
+                if group_ends(b) {
+                    coefs[item] = group_coef(row, b);
+                }
             }
         }
-        for (var m = 0u; m < M; m++) {
-            partial[lid * M + m] = t[m];
-        }
         workgroupBarrier();
-        if lid < ROWS * M && own_row < p.rows {
-            let end = min(start + WG, items);
-            for (var i = start; i < end; i++) {
-                if i / blocks == lid / M {
-                    let b = i % blocks;
-                    acc += partial[(i - start) * M + own_m];
-                    csum += x_c(own_m, b);
-                    if group_ends(b) {
-                        corr += group_coef(own_row, b) * csum;
-                        csum = 0.0;
-                    }
+        if owns {
+            let end = min(CHUNK, blocks - c0);
+            for (var bl = 0u; bl < end; bl++) {
+                let b = c0 + bl;
+                acc += partial[own_r * ROW_STRIDE + bl * M + own_m];
+                csum += x_c(own_m, b);
+                if group_ends(b) {
+                    corr += coefs[own_r * CHUNK + bl] * csum;
+                    csum = 0.0;
                 }
             }
         }
         workgroupBarrier();
     }
-    if lid < ROWS * M && own_row < p.rows {
-        store(own_m, own_row, acc + FACTOR * corr);
+    if owns {
+        store(own_m, row0 + own_r, acc + FACTOR * corr);
     }
 }
 

@@ -5,18 +5,22 @@
 // dot is summed in k order with fma from 0, and block dots are added in block order. So a
 // row's result is bit-identical whichever kernel, and whatever batch, computed it.
 //
-// One workgroup computes ROWS weight rows: its threads take one (row, block) each per round,
-// and ROWS · M threads then add the round's block dots in order.
+// One workgroup computes ROWS weight rows, CHUNK blocks of each per round: all threads compute
+// the round's (row, block) dots in parallel, then ROWS · M threads, one per output, add their
+// row's dots in block order from workgroup memory (one add per block: the serial part stays
+// small, so a real GPU's threads spend their time loading weights).
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(8) var<uniform> p: MatmulParams;
 
 // Activation rows, fixed per pipeline so the accumulators stay in registers.
 override M: u32 = 1u;
-const ROWS: u32 = 4u;
+const ROWS: u32 = 8u;
+const CHUNK: u32 = 32u;
 const WG: u32 = 64u;
-
-var<workgroup> partial: array<f32, 512>;
+// partial[r][block][m], rows padded by one word (bank spread); sized for M = 8.
+const ROW_STRIDE: u32 = CHUNK * 8u + 1u;
+var<workgroup> partial: array<f32, 2056>;
 
 fn dot4(acc: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, acc))));
@@ -35,21 +39,28 @@ fn main(
     let blocks = (p.k + 31u) / 32u;
     let units = p.k / 8u;
     let kq = p.k / 4u;
-    let items = ROWS * blocks;
     // Thread lid < ROWS · M owns output (row0 + lid / M, m = lid % M).
+    let own_r = lid / M;
+    let own_m = lid % M;
+    let owns = lid < ROWS * M && row0 + own_r < p.rows;
     var acc = 0.0;
-    for (var start = 0u; start < items; start += WG) {
-        let item = start + lid;
-        let r = item / blocks;
-        let b = item % blocks;
-        var bd: array<f32, 8>;
-        if item < items && row0 + r < p.rows {
+    for (var c0 = 0u; c0 < blocks; c0 += CHUNK) {
+        for (var turn = 0u; turn < ROWS * CHUNK / WG; turn++) {
+            let item = turn * WG + lid;
+            let r = item / CHUNK;
+            let bl = item % CHUNK;
+            let b = c0 + bl;
+            let row = row0 + r;
+            if b >= blocks || row >= p.rows {
+                continue;
+            }
+            var bd: array<f32, 8>;
             // The block's 8-value units in k order: unit j covers columns 8j.. for the byte
             // formats, 4j.. and 16+4j.. for the nibble ones; both are visited in k order.
 //#if NIBBLES
             var w: array<Unit, 4>;
             for (var j = 0u; j < 4u; j++) {
-                w[j] = unit(row0 + r, b * 4u + j, p.dims);
+                w[j] = unit(row, b * 4u + j, p.dims);
             }
             for (var j = 0u; j < 4u; j++) {
                 for (var m = 0u; m < M; m++) {
@@ -65,7 +76,7 @@ fn main(
             for (var j = 0u; j < 4u; j++) {
                 let u = b * 4u + j;
                 if u < units {
-                    let w = unit(row0 + r, u, p.dims);
+                    let w = unit(row, u, p.dims);
                     for (var m = 0u; m < M; m++) {
                         bd[m] = dot4(bd[m], w.lo, x[m * kq + w.k_lo / 4u]);
                         bd[m] = dot4(bd[m], w.hi, x[m * kq + w.k_hi / 4u]);
@@ -73,25 +84,20 @@ fn main(
                 }
             }
 //#endif
-        }
-        for (var m = 0u; m < M; m++) {
-            partial[lid * M + m] = bd[m];
+            for (var m = 0u; m < M; m++) {
+                partial[r * ROW_STRIDE + bl * M + m] = bd[m];
+            }
         }
         workgroupBarrier();
-        if lid < ROWS * M {
-            let r_own = lid / M;
-            let m_own = lid % M;
-            let end = min(start + WG, items);
-            for (var i = start; i < end; i++) {
-                if i / blocks == r_own {
-                    acc += partial[(i - start) * M + m_own];
-                }
+        if owns {
+            let end = min(CHUNK, blocks - c0);
+            for (var bl = 0u; bl < end; bl++) {
+                acc += partial[own_r * ROW_STRIDE + bl * M + own_m];
             }
         }
         workgroupBarrier();
     }
-    let row = row0 + lid / M;
-    if lid < ROWS * M && row < p.rows {
-        store_product(p.out, lid % M, row, acc);
+    if owns {
+        store_product(p.out, own_m, row0 + own_r, acc);
     }
 }

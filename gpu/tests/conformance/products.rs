@@ -47,36 +47,47 @@ pub(crate) fn a_rows_product_does_not_depend_on_its_batch(be: &dyn Backend, _: B
     let mut r = rng(2);
     for format in [
         QuantFormat::Q4M(GroupSize::G32),
+        QuantFormat::Q4M(GroupSize::G128),
         QuantFormat::Q8,
         QuantFormat::F16,
     ] {
-        let (k, n) = (576, 45);
-        let (w, _) = weight(be, &mut r, format, n, k);
-        let batch = random(&mut r, 40 * k);
-        let run = |rows: &[f32]| {
-            let m = rows.len() / k;
-            be.download(&be.matmul(&upload(be, m, k, rows), &w).expect("matmul"))
-                .expect("download")
-        };
-        let alone = run(&batch[..k]);
-        for m in [3, 8, 9, 16, 40] {
-            let among = run(&batch[..m * k]);
-            assert_eq!(
-                alone,
-                among[..n],
-                "{format}: row 0 alone vs in a batch of {m}"
-            );
+        // K = 2176: 68 blocks, more than one round of the decode kernel (32 blocks each),
+        // the last one partial.
+        for k in [576, 2176] {
+            if format.fits(k) {
+                row_alone_and_in_batches(be, &mut r, format, k);
+            }
         }
-        let many = be
-            .matmul_many(&upload(be, 1, k, &batch[..k]), &[&w, &w])
-            .expect("matmul_many");
-        for t in many {
-            assert_eq!(
-                be.download(&t).expect("download"),
-                alone,
-                "{format} matmul_many"
-            );
-        }
+    }
+}
+
+fn row_alone_and_in_batches(be: &dyn Backend, r: &mut ChaCha8Rng, format: QuantFormat, k: usize) {
+    let n = 45;
+    let (w, _) = weight(be, r, format, n, k);
+    let batch = random(r, 40 * k);
+    let run = |rows: &[f32]| {
+        let m = rows.len() / k;
+        be.download(&be.matmul(&upload(be, m, k, rows), &w).expect("matmul"))
+            .expect("download")
+    };
+    let alone = run(&batch[..k]);
+    for m in [3, 8, 9, 16, 40] {
+        let among = run(&batch[..m * k]);
+        assert_eq!(
+            alone,
+            among[..n],
+            "{format}: row 0 alone vs in a batch of {m}"
+        );
+    }
+    let many = be
+        .matmul_many(&upload(be, 1, k, &batch[..k]), &[&w, &w])
+        .expect("matmul_many");
+    for t in many {
+        assert_eq!(
+            be.download(&t).expect("download"),
+            alone,
+            "{format} matmul_many"
+        );
     }
 }
 
