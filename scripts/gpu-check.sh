@@ -9,8 +9,8 @@
 #   LOWBIT_PREBUILT=.gpu-check scripts/gpu-check.sh
 #
 # Environment:
-#   LOWBIT_PEAK_GBS         the card's memory bandwidth in GB/s, for the roofline (default 4800,
-#                           an H200's HBM3e)
+#   LOWBIT_PEAK_GBS         the card's memory bandwidth in GB/s, for the roofline (default: from
+#                           the adapter's name, H200 4800, H100 SXM 3350, H100 PCIe 2000; else 4800)
 #   LOWBIT_GPU_CHECK_QUICK  1: tiny runs (SmolLM2 shapes only), to test this script on lavapipe
 #   LOWBIT_GPU_CHECK_OUT    folder for the log, the JSON lines and the table (default a temp dir)
 #   LOWBIT_GPU_CHECK_RUN_TIMEOUT  seconds each bench run may take (default 120; quick: 900)
@@ -48,7 +48,6 @@ RESULTS=$OUT_DIR/gpu-check.jsonl
 : >"$RESULTS"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 QUICK=${LOWBIT_GPU_CHECK_QUICK:-0}
-PEAK_GBS=${LOWBIT_PEAK_GBS:-4800}
 # lavapipe (quick mode) is far slower than any GPU.
 if [[ $QUICK == 1 ]]; then default_timeout=900; suite_timeout=1800; else default_timeout=120; suite_timeout=300; fi
 RUN_TIMEOUT=${LOWBIT_GPU_CHECK_RUN_TIMEOUT:-$default_timeout}
@@ -77,7 +76,16 @@ if [[ -f $nvidia_icd && -z "${VK_DRIVER_FILES:-}" ]]; then
 fi
 
 echo "== adapters" | tee -a "$LOG"
-"$LOWBIT" info --adapters | tee -a "$LOG"
+adapters=$("$LOWBIT" info --adapters 2>&1 || true)
+echo "$adapters" | tee -a "$LOG"
+# The roofline's bandwidth: the datasheet figure of the card the adapter names.
+case "$adapters" in
+  *H200*) card_gbs=4800 ;;
+  *H100*PCIe*) card_gbs=2000 ;;
+  *H100*) card_gbs=3350 ;;
+  *) card_gbs=4800 ;;
+esac
+PEAK_GBS=${LOWBIT_PEAK_GBS:-$card_gbs}
 
 echo "== conformance suite on the adapter (wgpu, wgpu_portable, wgpu_f32)" | tee -a "$LOG"
 conformance_status=0
@@ -127,6 +135,8 @@ else
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu --prompt-tokens 512 --gen-tokens 128
   echo "== per-kernel profile, llama-8b q4 decode" >>"$LOG"
   timeout 120 "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 16 --reps 1 --profile >>"$LOG" 2>&1 || true
+  echo "== per-kernel profile, llama-8b q4 prefill of 512" >>"$LOG"
+  timeout 120 "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 0 --reps 1 --profile >>"$LOG" 2>&1 || true
 fi
 
 python3 - "$RESULTS" "$PEAK_GBS" <<'EOF' | tee "$OUT_DIR/gpu-check.txt"
