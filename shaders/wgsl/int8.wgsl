@@ -189,15 +189,29 @@ const T: u32 = 64u;
 // Blocks staged in workgroup memory between two barriers (fewer synchronisations per K).
 const S: u32 = 2u;
 
-// [s][j][row]: word j of block s of each of the tile's 64 rows.
-var<workgroup> xs: array<u32, 1024>;
-var<workgroup> ws: array<u32, 1024>;
+// [s][row]: block s of each of the tile's 64 rows as two vec4s of 4 words, so a thread reads
+// a row's block in two 16-byte loads (a real GPU's shared-memory instructions, not its
+// integer dots, were the limit with one word per load). `staged` swizzles the two halves by
+// row so that the 8 rows a quarter-warp reads at once fall in distinct banks.
+var<workgroup> xs: array<vec4<u32>, 256>;
+var<workgroup> ws: array<vec4<u32>, 256>;
 // [s][row]
 var<workgroup> x_d: array<f32, 128>;
 var<workgroup> x_cs: array<f32, 128>;
 var<workgroup> x_qs: array<i32, 128>;
 var<workgroup> w_d: array<f32, 128>;
 var<workgroup> w_k: array<f32, 128>;
+
+fn staged(st: u32, row: u32, half: u32) -> u32 {
+    return (st * T + row) * 2u + (half ^ ((row >> 2u) & 1u));
+}
+
+fn dot8(w_lo: vec4<u32>, w_hi: vec4<u32>, x_lo: vec4<u32>, x_hi: vec4<u32>) -> i32 {
+    return dot4I8Packed(w_lo.x, x_lo.x) + dot4I8Packed(w_lo.y, x_lo.y)
+        + dot4I8Packed(w_lo.z, x_lo.z) + dot4I8Packed(w_lo.w, x_lo.w)
+        + dot4I8Packed(w_hi.x, x_hi.x) + dot4I8Packed(w_hi.y, x_hi.y)
+        + dot4I8Packed(w_hi.z, x_hi.z) + dot4I8Packed(w_hi.w, x_hi.w);
+}
 
 @compute @workgroup_size(256)
 fn matmul(
@@ -217,44 +231,53 @@ fn matmul(
     var acc: array<vec4<f32>, 4>;
     var corr: array<vec4<f32>, 4>;
     var csum: vec4<f32>;
-    let lrow = lid / 4u;
-    let lpart = lid % 4u;
+    // Staging: threads 0..127 load activation rows, 128..255 weight rows, one (stage, row)
+    // each: its block's 8 words and its scales.
+    let lrow = lid % T;
+    let lst = (lid / T) % S;
+    let loads_x = lid < S * T;
     let xm = m0 + lrow;
+    let x_ok = xm < p.m;
+    let xr_clamped = min(xm, p.m - 1u);
     let wn = n0 + lrow;
+    let w_ok = wn < p.rows;
     let wrow = min(wn, p.rows - 1u);
     for (var b0 = 0u; b0 < blocks; b0 += S) {
-        for (var st = 0u; st < S; st++) {
-            // Past the last block, zeros (never read: the product loop stops there too).
-            let b = min(b0 + st, blocks - 1u);
-            let live = b0 + st < blocks;
-            // Activations: 64 rows × 8 words, and each row's block scale, c and Σq.
-            for (var h = 0u; h < 2u; h++) {
-                let j = lpart * 2u + h;
-                xs[(st * 8u + j) * T + lrow] = select(0u, x_word(xm, b, j), xm < p.m && live);
+        // Past the last block, a copy of it (never read: the product loop stops there too).
+        let b = min(b0 + lst, blocks - 1u);
+        if loads_x {
+            var lo = vec4<u32>(0u);
+            var hi = vec4<u32>(0u);
+            if x_ok {
+                lo = vec4<u32>(x_word(xr_clamped, b, 0u), x_word(xr_clamped, b, 1u),
+                    x_word(xr_clamped, b, 2u), x_word(xr_clamped, b, 3u));
+                hi = vec4<u32>(x_word(xr_clamped, b, 4u), x_word(xr_clamped, b, 5u),
+                    x_word(xr_clamped, b, 6u), x_word(xr_clamped, b, 7u));
             }
-            // Weights: each thread reads one packed word (Q4: both nibble halves) or two (Q8).
+            xs[staged(lst, lrow, 0u)] = lo;
+            xs[staged(lst, lrow, 1u)] = hi;
+            x_d[lst * T + lrow] = select(0.0, x_scale(xr_clamped, b), x_ok);
+            x_cs[lst * T + lrow] = select(0.0, x_c(xr_clamped, b), x_ok);
+            x_qs[lst * T + lrow] = select(0i, x_sum(xr_clamped, b), x_ok);
+        } else {
+            var lo = vec4<u32>(0u);
+            var hi = vec4<u32>(0u);
+            if w_ok {
 //#if Q8
-            let wbase = row_word(wrow, p.dims) + b * 8u + lpart * 2u;
-            ws[(st * 8u + lpart * 2u) * T + lrow] = select(0u, w_words[wbase], wn < p.rows);
-            ws[(st * 8u + lpart * 2u + 1u) * T + lrow] = select(0u, w_words[wbase + 1u], wn < p.rows);
+                let base = row_word(wrow, p.dims) + b * 8u;
+                lo = vec4<u32>(w_words[base], w_words[base + 1u], w_words[base + 2u], w_words[base + 3u]);
+                hi = vec4<u32>(w_words[base + 4u], w_words[base + 5u], w_words[base + 6u], w_words[base + 7u]);
 //#else
-            let packed = select(0u, w_words[row_word(wrow, p.dims) + b * 4u + lpart], wn < p.rows);
-            ws[(st * 8u + lpart) * T + lrow] = packed & 0x0f0f0f0fu;
-            ws[(st * 8u + 4u + lpart) * T + lrow] = (packed >> 4u) & 0x0f0f0f0fu;
+                let base = row_word(wrow, p.dims) + b * 4u;
+                let packed = vec4<u32>(w_words[base], w_words[base + 1u], w_words[base + 2u], w_words[base + 3u]);
+                lo = packed & vec4<u32>(0x0f0f0f0fu);
+                hi = (packed >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
 //#endif
-            if lid < T {
-                let m = m0 + lid;
-                let ok = m < p.m;
-                x_d[st * T + lid] = select(0.0, x_scale(m, b), ok);
-                x_cs[st * T + lid] = select(0.0, x_c(m, b), ok);
-                x_qs[st * T + lid] = select(0i, x_sum(m, b), ok);
-            } else if lid < 2u * T {
-                let n = n0 + lid - T;
-                let ok = n < p.rows;
-                let nr = min(n, p.rows - 1u);
-                w_d[st * T + lid - T] = select(0.0, scale_at(group_index(nr, b, p.dims)), ok);
-                w_k[st * T + lid - T] = select(0.0, group_coef(nr, b), ok);
             }
+            ws[staged(lst, lrow, 0u)] = lo;
+            ws[staged(lst, lrow, 1u)] = hi;
+            w_d[lst * T + lrow] = select(0.0, scale_at(group_index(wrow, b, p.dims)), w_ok);
+            w_k[lst * T + lrow] = select(0.0, group_coef(wrow, b), w_ok);
         }
         workgroupBarrier();
         for (var st = 0u; st < S; st++) {
@@ -264,32 +287,26 @@ fn matmul(
             }
             let ends = group_ends(b);
             // Registers hold this thread's 4 activation rows and, in turn, each of its 4
-            // weight rows: 64 workgroup-memory reads per block instead of 256. Per output
-            // element the float steps (acc, then csum and corr at a group's end) are those of
-            // the decode kernel.
-            var xw: array<array<u32, 8>, 4>;
+            // weight rows. Per output element the float steps (acc, then csum and corr at a
+            // group's end) are those of the decode kernel.
+            var x_lo: array<vec4<u32>, 4>;
+            var x_hi: array<vec4<u32>, 4>;
             var xd: vec4<f32>;
             for (var i = 0u; i < 4u; i++) {
                 let xr = ty + 16u * i;
-                for (var j = 0u; j < 8u; j++) {
-                    xw[i][j] = xs[(st * 8u + j) * T + xr];
-                }
+                x_lo[i] = xs[staged(st, xr, 0u)];
+                x_hi[i] = xs[staged(st, xr, 1u)];
                 xd[i] = x_d[st * T + xr];
                 csum[i] += x_cs[st * T + xr];
             }
             for (var jn = 0u; jn < 4u; jn++) {
                 let wr = tx + 16u * jn;
-                var ww: array<u32, 8>;
-                for (var j = 0u; j < 8u; j++) {
-                    ww[j] = ws[(st * 8u + j) * T + wr];
-                }
+                let w_lo = ws[staged(st, wr, 0u)];
+                let w_hi = ws[staged(st, wr, 1u)];
                 let wd = w_d[st * T + wr];
                 let wk = w_k[st * T + wr];
                 for (var i = 0u; i < 4u; i++) {
-                    var s = 0i;
-                    for (var j = 0u; j < 8u; j++) {
-                        s += dot4I8Packed(ww[j], xw[i][j]);
-                    }
+                    var s = dot8(w_lo, w_hi, x_lo[i], x_hi[i]);
 //#if Q8
                     s += 128i * x_qs[st * T + ty + 16u * i];
 //#endif
