@@ -1,6 +1,8 @@
 // Prefill and large batches: out = x · Wᵀ tiled 64 × 64, W dequantized into workgroup memory
-// as its tiles load, 4 × 4 outputs per thread. Tiles are stored k-major so that the threads of
-// a row read consecutive addresses.
+// as its tiles load, 4 × 4 outputs per thread (4 consecutive rows by 4 consecutive columns).
+// Tiles are stored k-major as vec4s, so a thread reads its 4 values of a k step in one 16-byte
+// load from each tile (a real GPU's shared-memory instructions, not its FMAs, were the limit
+// with one value per load).
 //
 // One tile step is one 32-value block, and the summation order is matvec.wgsl's: each block's
 // dot in k order with fma from 0, block dots added in block order. So a row's result does not
@@ -13,8 +15,9 @@ const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 32u;
 
-var<workgroup> xs: array<f32, 2048>;
-var<workgroup> ws: array<f32, 2048>;
+// [k][row / 4][row % 4] and [k][column / 4][column % 4].
+var<workgroup> xs: array<vec4<f32>, 512>;
+var<workgroup> ws: array<vec4<f32>, 512>;
 
 @compute @workgroup_size(256)
 fn main(
@@ -48,8 +51,8 @@ fn main(
         }
         let cx = lunit * 8u;
         for (var i = 0u; i < 4u; i++) {
-            xs[(cx + i) * TM + lrow] = xa[i];
-            xs[(cx + 4u + i) * TM + lrow] = xb[i];
+            xs[(cx + i) * (TM / 4u) + lrow / 4u][lrow % 4u] = xa[i];
+            xs[(cx + 4u + i) * (TM / 4u) + lrow / 4u][lrow % 4u] = xb[i];
         }
         // W tile: unit (k0 / 8 + lunit) of row n0+lrow.
         let u = k0 / 8u + lunit;
@@ -65,20 +68,17 @@ fn main(
         let cl = w.k_lo - k0;
         let ch = w.k_hi - k0;
         for (var i = 0u; i < 4u; i++) {
-            ws[(cl + i) * TN + lrow] = w.lo[i];
-            ws[(ch + i) * TN + lrow] = w.hi[i];
+            ws[(cl + i) * (TN / 4u) + lrow / 4u][lrow % 4u] = w.lo[i];
+            ws[(ch + i) * (TN / 4u) + lrow / 4u][lrow % 4u] = w.hi[i];
         }
         workgroupBarrier();
+        // bd[i][j]: output (row 4·ty + i, column 4·tx + j) of this block.
         var bd: array<vec4<f32>, 4>;
         for (var kk = 0u; kk < TK; kk++) {
-            let b = vec4<f32>(
-                ws[kk * TN + tx],
-                ws[kk * TN + tx + 16u],
-                ws[kk * TN + tx + 32u],
-                ws[kk * TN + tx + 48u],
-            );
+            let a = xs[kk * (TM / 4u) + ty];
+            let b = ws[kk * (TN / 4u) + tx];
             for (var i = 0u; i < 4u; i++) {
-                bd[i] = fma(vec4<f32>(xs[kk * TM + ty + 16u * i]), b, bd[i]);
+                bd[i] = fma(vec4<f32>(a[i]), b, bd[i]);
             }
         }
         for (var i = 0u; i < 4u; i++) {
@@ -87,10 +87,10 @@ fn main(
         workgroupBarrier();
     }
     for (var i = 0u; i < 4u; i++) {
-        let m = m0 + ty + 16u * i;
+        let m = m0 + 4u * ty + i;
         if m < p.m {
             for (var j = 0u; j < 4u; j++) {
-                let n = n0 + tx + 16u * j;
+                let n = n0 + 4u * tx + j;
                 if n < p.rows {
                     store_product(p.out, m, n, acc[i][j]);
                 }
