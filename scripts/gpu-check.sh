@@ -144,7 +144,8 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 peak = float(sys.argv[2])
 by = {r["case"]: r for r in rows}
-print(f"{'case':<24} {'batch':>5} {'pp tok/s':>10} {'tg tok/s':>10} {'GB/s':>8} {'roofline':>8} {'GPU MB':>8}")
+# enc/wait: per decode step, the host's encoding and submission, then its wait for the GPU (µs).
+print(f"{'case':<24} {'batch':>5} {'pp tok/s':>10} {'tg tok/s':>10} {'GB/s':>8} {'roofline':>8} {'GPU MB':>8} {'enc µs':>8} {'wait µs':>8}")
 for r in rows:
     if r.get("failed"):
         print(f"{r['case']:<24} FAILED (see the log)")
@@ -152,8 +153,10 @@ for r in rows:
     gpu = r.get("gpu_memory_bytes") or {}
     gbs = r["weight_gb_per_second"]
     mb = gpu.get("total", 0) / 1e6 if gpu else float("nan")
+    step = r.get("gpu_decode_step") or {}
     print(f"{r['case']:<24} {r['batch']:>5} {r['prompt_tokens_per_second']:>10.1f} "
-          f"{r['gen_tokens_per_second']:>10.1f} {gbs:>8.1f} {100 * gbs / peak:>7.1f}% {mb:>8.0f}")
+          f"{r['gen_tokens_per_second']:>10.1f} {gbs:>8.1f} {100 * gbs / peak:>7.1f}% {mb:>8.0f} "
+          f"{step.get('encode_us', float('nan')):>8.0f} {step.get('wait_us', float('nan')):>8.0f}")
 adapter = next((r["gpu_memory_bytes"]["adapter"] for r in rows if r.get("gpu_memory_bytes")), "?")
 print(f"adapter: {adapter}; roofline: {peak:.0f} GB/s (LOWBIT_PEAK_GBS)")
 

@@ -147,6 +147,7 @@ impl WgpuBackend {
                 return Ok(info.clone());
             }
         }
+        let old = cache.attention.take().map(|(_, info)| info);
         let mut info = vec![[NO_ROW, 0u32]; rows];
         let mut tables = Vec::new();
         for s in seqs {
@@ -159,14 +160,13 @@ impl WgpuBackend {
         if tables.is_empty() {
             tables.push(0);
         }
-        let rows_buf = self.alloc(rows.max(1), 2)?;
-        let tables_buf = self.alloc(tables.len(), 1)?;
-        let mut rec = self.recorder()?;
-        rec.upload(rows_buf.buffer(), 0, bytemuck::cast_slice(&info));
-        rec.upload(tables_buf.buffer(), 0, bytemuck::cast_slice(&tables));
+        if info.is_empty() {
+            info.push([NO_ROW, 0]);
+        }
+        let (old_rows, old_tables) = old.map(|o| (o.rows, o.tables)).unzip();
         let info = RowInfo {
-            rows: rows_buf,
-            tables: tables_buf,
+            rows: self.upload_reusing(old_rows, bytemuck::cast_slice(&info))?,
+            tables: self.upload_reusing(old_tables, bytemuck::cast_slice(&tables))?,
         };
         cache.attention = Some((key, info.clone()));
         Ok(info)

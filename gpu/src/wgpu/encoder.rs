@@ -56,6 +56,17 @@ struct BindKey {
 /// also keeps its buffers alive).
 const BIND_CACHE_MAX: usize = 8192;
 
+/// Where the host's time goes in `flush`: building bind groups, encoding and submitting (the
+/// CPU cost of a step's dispatches, which a GPU sits idle through at batch 1), and then
+/// waiting for the results (the GPU's execution and the readback).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HostTimes {
+    pub flushes: u64,
+    pub dispatches: u64,
+    pub encode_ns: u64,
+    pub wait_ns: u64,
+}
+
 /// The commands of the step being recorded.
 #[derive(Default)]
 pub struct Recorder {
@@ -69,6 +80,7 @@ pub struct Recorder {
     readback: Option<::wgpu::Buffer>,
     /// Time per kernel, while profiling.
     pub profile: Option<Profile>,
+    pub host: HostTimes,
 }
 
 /// A dispatch grid for `groups` workgroups: at most 65535 along x (WebGPU's guaranteed
@@ -158,7 +170,13 @@ impl Recorder {
         if self.commands.is_empty() && read.is_none() {
             return Ok(Vec::new());
         }
+        let encode_start = std::time::Instant::now();
         let commands = std::mem::take(&mut self.commands);
+        self.host.flushes += 1;
+        self.host.dispatches += commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch(_)))
+            .count() as u64;
         let arena = self.arena_buffer(gpu);
         if !self.arena.is_empty() {
             gpu.queue.write_buffer(&arena, 0, &self.arena);
@@ -235,10 +253,14 @@ impl Recorder {
             (staging, bytes)
         });
         gpu.queue.submit([encoder.finish()]);
+        self.host.encode_ns += encode_start.elapsed().as_nanos() as u64;
+        let wait_start = std::time::Instant::now();
+        let waited = |host: &mut HostTimes| host.wait_ns += wait_start.elapsed().as_nanos() as u64;
         if let (Some(t), Some(profile)) = (timer, self.profile.as_mut()) {
             t.collect(gpu, &labels, profile)?;
         }
         let Some((staging, bytes)) = staging else {
+            waited(&mut self.host);
             return gpu.check().map(|()| Vec::new());
         };
         let (tx, rx) = std::sync::mpsc::channel();
@@ -257,6 +279,7 @@ impl Recorder {
             .map_err(|e| Error::Device(format!("reading results back: {e}")))?
             .to_vec();
         staging.unmap();
+        waited(&mut self.host);
         Ok(data)
     }
 

@@ -195,6 +195,12 @@ impl WgpuBackend {
         Ok((rec.bind_hits, rec.bind_misses))
     }
 
+    /// The host's time in submitting steps and waiting for them since the last call, and a
+    /// fresh start.
+    pub fn take_host_times(&self) -> Result<encoder::HostTimes> {
+        Ok(std::mem::take(&mut self.recorder()?.host))
+    }
+
     /// Bytes of GPU memory held: weights, KV pool, activation buffers.
     pub fn memory_bytes(&self) -> (u64, u64, u64) {
         (
@@ -241,6 +247,20 @@ impl WgpuBackend {
     }
 
     /// A fresh activation buffer for `rows × cols` f32 values.
+    /// Uploads a step's small table (RoPE rows, positions, block tables) into `old`'s buffer
+    /// where it fits, else into a new one with room to grow: successive steps then bind the
+    /// same buffers and find their bind groups cached instead of creating a few per layer
+    /// every token. Overwriting is safe: the upload is ordered after every command recorded
+    /// or submitted before it, so earlier dispatches read the earlier contents.
+    fn upload_reusing(&self, old: Option<DeviceTensor>, data: &[u8]) -> Result<DeviceTensor> {
+        let t = match old {
+            Some(t) if t.bytes() >= data.len() as u64 => t,
+            _ => self.alloc((data.len() / 4).next_power_of_two().max(64), 1)?,
+        };
+        self.recorder()?.upload(t.buffer(), 0, data);
+        Ok(t)
+    }
+
     fn alloc(&self, rows: usize, cols: usize) -> Result<DeviceTensor> {
         let bytes = (rows * cols * 4) as u64;
         if bytes > self.gpu.limits.max_storage_buffer_binding_size {

@@ -359,6 +359,7 @@ impl WgpuBackend {
                 return Ok(t.clone());
             }
         }
+        let old = cache.rope.take().map(|(_, _, t)| t);
         let mut values = Vec::with_capacity(positions.len() * rope.inv_freq.len() * 2);
         for &pos in positions {
             for &f in &rope.inv_freq {
@@ -367,9 +368,7 @@ impl WgpuBackend {
                 values.push(s as f32);
             }
         }
-        let t = self.alloc(values.len(), 1)?;
-        self.recorder()?
-            .upload(t.buffer(), 0, bytemuck::cast_slice(&values));
+        let t = self.upload_reusing(old, bytemuck::cast_slice(&values))?;
         cache.rope = Some((positions.to_vec(), freq_bits, t.clone()));
         Ok(t)
     }

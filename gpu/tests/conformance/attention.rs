@@ -443,3 +443,29 @@ fn f16_pools_round_as_the_cpu_does() {
     assert_eq!(bits(&run(cpu)), bits(&want), "cpu");
     assert_eq!(bits(&run(gpu)), bits(&want), "wgpu");
 }
+
+/// Decode steps whose positions advance (new RoPE rows, new row positions every step) bind
+/// the same buffers step after step, so they find their bind groups cached instead of
+/// creating a few per layer every token.
+#[test]
+fn decode_steps_at_advancing_positions_reuse_their_bind_groups() {
+    let _turn = gpu_turn();
+    let gpu = wgpu_backend();
+    let be: &dyn Backend = gpu;
+    let (hs, spec) = histories(&[40], 16);
+    let mut pool = be.new_kv_pool(spec).expect("pool");
+    let rope = rope_of(RopeStyle::HalfSplit, SHAPE.head_dim);
+    rope_step(be, &hs, &[(0, 0..20)], &mut pool, &rope, true);
+    let mut misses = 0;
+    for p in 20..30 {
+        rope_step(be, &hs, &[(0, p..p + 1)], &mut pool, &rope, true);
+        let (_, now) = gpu.bind_group_counts().expect("counts");
+        if p > 22 {
+            assert_eq!(
+                now, misses,
+                "decode step at position {p} created bind groups"
+            );
+        }
+        misses = now;
+    }
+}

@@ -235,12 +235,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         profiled(&format!("pp{}", args.prompt_tokens), &run_prompt)?;
     }
+    let mut host = None;
     if args.gen_tokens > 0 {
+        if let Some(g) = gpu {
+            g.take_host_times()?;
+        }
         for _ in 0..reps {
             tg.push(run_gen()?);
         }
+        host = gpu.map(|g| g.take_host_times()).transpose()?;
         profiled(&format!("tg{}", args.gen_tokens), &run_gen)?;
     }
+    // Per decode step (one submission each): the host's encoding against its wait for the GPU.
+    let host_per_step = host.filter(|h| h.flushes > 0).map(|h| {
+        let per = |v: u64| v as f64 / h.flushes as f64;
+        serde_json::json!({"dispatches": per(h.dispatches),
+            "encode_us": per(h.encode_ns) / 1e3, "wait_us": per(h.wait_ns) / 1e3})
+    });
     let (rss, peak) = memory_bytes();
     let (pp, tg) = (median(pp), median(tg));
     let gb_per_second = weight_gb_per_second(&model, tg, batch);
@@ -265,6 +276,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "decode_weight_bytes": model.decode_weight_bytes(),
             "weight_gb_per_second": gb_per_second,
             "gpu_memory_bytes": gpu_memory,
+            "gpu_decode_step": host_per_step,
             "bits_per_weight": model.bits_per_weight(),
             "rss_bytes": rss,
             "peak_rss_bytes": peak,
@@ -297,6 +309,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 weights as f64 / 1e6,
                 kv as f64 / 1e6,
                 activations as f64 / 1e6
+            );
+        }
+        if let Some(h) = &host_per_step {
+            println!(
+                "decode step on the host: {:.0} dispatches encoded and submitted in {:.1} µs, then {:.1} µs waiting for the GPU",
+                h["dispatches"].as_f64().unwrap_or(0.0),
+                h["encode_us"].as_f64().unwrap_or(0.0),
+                h["wait_us"].as_f64().unwrap_or(0.0)
             );
         }
     }
