@@ -198,6 +198,9 @@ fn kv_write(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 var<workgroup> qs: array<f32, 256>;
 var<workgroup> probs: array<f32, 64>;
+// Where each position of the tile lives in the pool, found once by its own thread (a block
+// table load, a division) and then read by every thread in the value loop.
+var<workgroup> slots: array<u32, 64>;
 
 @compute @workgroup_size(64)
 fn attend(
@@ -244,6 +247,7 @@ fn attend(
         var s = -3.0e38;
         if pos < t_end {
             let base = slot_offset(info.y, pos, kv_head);
+            slots[lid] = base;
             s = 0.0;
             // Head dimensions are even (RoPE rotates pairs); the sum stays in d order.
             for (var d = 0u; d < hd; d += 2u) {
@@ -270,7 +274,7 @@ fn attend(
         for (var j = 0u; j < count; j++) {
             let pj = probs[j];
             l_run += pj;
-            let base = slot_offset(info.y, t0 + j, kv_head);
+            let base = slots[j];
             for (var i = 0u; i < DIMS_PER_THREAD; i++) {
                 let d = lid + WG * i;
                 if d < hd {
