@@ -246,7 +246,6 @@ impl WgpuBackend {
         self.kernels.get(&self.gpu, k)
     }
 
-    /// A fresh activation buffer for `rows × cols` f32 values.
     /// Uploads a step's small table (RoPE rows, positions, block tables) into `old`'s buffer
     /// where it fits, else into a new one with room to grow: successive steps then bind the
     /// same buffers and find their bind groups cached instead of creating a few per layer
@@ -261,6 +260,7 @@ impl WgpuBackend {
         Ok(t)
     }
 
+    /// A fresh activation buffer for `rows × cols` f32 values.
     fn alloc(&self, rows: usize, cols: usize) -> Result<DeviceTensor> {
         let bytes = (rows * cols * 4) as u64;
         if bytes > self.gpu.limits.max_storage_buffer_binding_size {

@@ -175,6 +175,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         model.forward(&seqs, &mut kv.pool)?;
         Ok((batch * prompt.len()) as f64 / t.elapsed().as_secs_f64())
     };
+    let gpu = model.backend().as_any().downcast_ref::<WgpuBackend>();
     let run_gen = || -> Result<f64> {
         let cached = args.gen_context;
         let mut kv = SoloKv::with_dtype(&model, batch, cached + args.gen_tokens, kv_dtype)?;
@@ -182,6 +183,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let context = tokens(cached);
             let seqs = whole_prompts(&kv.tables, &context);
             model.forward_argmax(&seqs, &mut kv.pool)?;
+        }
+        // The host times count decode steps only, not the untimed prefill of the context.
+        if let Some(g) = gpu {
+            g.take_host_times()?;
         }
         let mut next: Vec<u32> = (0..batch as u64)
             .map(|b| first_id + (b % span) as u32)
@@ -204,7 +209,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok((batch * args.gen_tokens) as f64 / t.elapsed().as_secs_f64())
     };
 
-    let gpu = model.backend().as_any().downcast_ref::<WgpuBackend>();
     if args.profile {
         match gpu {
             Some(g) if g.can_profile() => {}
@@ -237,16 +241,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let mut host = None;
     if args.gen_tokens > 0 {
-        if let Some(g) = gpu {
-            g.take_host_times()?;
-        }
         for _ in 0..reps {
             tg.push(run_gen()?);
         }
         host = gpu.map(|g| g.take_host_times()).transpose()?;
         profiled(&format!("tg{}", args.gen_tokens), &run_gen)?;
     }
-    // Per decode step (one submission each): the host's encoding against its wait for the GPU.
+    // Per decode step of the last rep (one submission each): the host's encoding against its
+    // wait for the GPU.
     let host_per_step = host.filter(|h| h.flushes > 0).map(|h| {
         let per = |v: u64| v as f64 / h.flushes as f64;
         serde_json::json!({"dispatches": per(h.dispatches),
