@@ -111,13 +111,7 @@ fn group_ends(b: u32) -> bool {
 // serial part is one add per block, so a real GPU's threads stay busy loading weights.
 
 override M: u32 = 1u;
-const ROWS: u32 = 8u;
-const CHUNK: u32 = 32u;
-const WG: u32 = 64u;
-// partial[r][block][m]: rows padded by one word so the ROWS readers of one block fall in
-// different banks. Sized for M = 8 (MATVEC_MAX_ROWS).
-const ROW_STRIDE: u32 = CHUNK * 8u + 1u;
-var<workgroup> partial: array<f32, 2056>;
+// ROWS, CHUNK, WG and `partial`: products.wgsl.
 // The group coefficient of each (row, block) that ends a group.
 var<workgroup> coefs: array<f32, 256>;
 

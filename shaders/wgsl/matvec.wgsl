@@ -15,12 +15,7 @@
 
 // Activation rows, fixed per pipeline so the accumulators stay in registers.
 override M: u32 = 1u;
-const ROWS: u32 = 8u;
-const CHUNK: u32 = 32u;
-const WG: u32 = 64u;
-// partial[r][block][m], rows padded by one word (bank spread); sized for M = 8.
-const ROW_STRIDE: u32 = CHUNK * 8u + 1u;
-var<workgroup> partial: array<f32, 2056>;
+// ROWS, CHUNK, WG and `partial`: products.wgsl.
 
 fn dot4(acc: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     return fma(a.w, b.w, fma(a.z, b.z, fma(a.y, b.y, fma(a.x, b.x, acc))));

@@ -47,3 +47,14 @@ struct MatmulParams {
     _pad1: u32,
     _pad2: u32,
 }
+
+// The decode kernels' rounds (matvec.wgsl, int8.wgsl `matvec`), defined once so that both
+// match the dispatch size (`MATVEC_ROWS_PER_GROUP` in gpu/src/wgpu/kernels.rs): a workgroup
+// of WG threads computes ROWS weight rows, CHUNK 32-value blocks of each per round.
+const ROWS: u32 = 8u;
+const CHUNK: u32 = 32u;
+const WG: u32 = 64u;
+// partial[r][block][m], the round's block terms: rows padded by one word so the ROWS readers
+// of one block fall in different banks. Sized for M = 8 (MATVEC_MAX_ROWS).
+const ROW_STRIDE: u32 = CHUNK * 8u + 1u;
+var<workgroup> partial: array<f32, 2056>;

@@ -56,7 +56,7 @@ pub enum Kernel {
 
 /// Largest activation row count the decode kernel is specialized for.
 pub const MATVEC_MAX_ROWS: usize = 8;
-/// Weight rows one decode workgroup computes (`ROWS` in matvec.wgsl and int8.wgsl).
+/// Weight rows one decode workgroup computes (`ROWS` in products.wgsl).
 pub const MATVEC_ROWS_PER_GROUP: u32 = 8;
 /// Output tile of matmul.wgsl.
 pub const MATMUL_TILE: u32 = 64;
