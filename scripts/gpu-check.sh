@@ -118,11 +118,14 @@ if [[ $QUICK == 1 ]]; then
   short=(--prompt-tokens 16 --gen-tokens 4 --reps 1)
   bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu "${short[@]}"
   bench smollm2-q4m-gpu-b4 -- --synthetic smollm2-135m --quant q4m --device gpu --batch 4 --prompt-tokens 0 --gen-tokens 4 --reps 1
+  bench smollm2-q4m-gpu-unfused LOWBIT_WGPU_FUSE_QUANTIZE=0 -- --synthetic smollm2-135m --quant q4m --device gpu "${short[@]}"
   bench smollm2-q4m-gpu-kv-f16 -- --synthetic smollm2-135m --quant q4m --device gpu --kv-cache-dtype f16 "${short[@]}"
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu "${short[@]}"
 else
   bench llama8b-q4-b1 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 128
   bench llama8b-q4-b1-f32act LOWBIT_WGPU_ACTIVATIONS=f32 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 64
+  # What quantizing in RMSNorm/SwiGLU pays: the same bits with a separate quantize kernel.
+  bench llama8b-q4-b1-unfused LOWBIT_WGPU_FUSE_QUANTIZE=0 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 64
   for b in 4 16; do
     bench "llama8b-q4-b$b" -- --synthetic llama-8b --quant q4g32 --device gpu --batch "$b" --prompt-tokens 0 --gen-tokens 64
   done
@@ -176,6 +179,10 @@ if "llama8b-q4-b1" in by and not by["llama8b-q4-b1"].get("failed"):
     if "llama8b-q4-b1-f32act" in by:
         print(f"       int8 vs f32 activations, llama-8b q4 batch 1: tg {tg('llama8b-q4-b1'):.1f} vs {tg('llama8b-q4-b1-f32act'):.1f} tok/s, "
               f"pp {r['prompt_tokens_per_second']:.0f} vs {by['llama8b-q4-b1-f32act'].get('prompt_tokens_per_second', 0):.0f} tok/s")
+for fused, unfused in [("llama8b-q4-b1", "llama8b-q4-b1-unfused"), ("smollm2-q4m-gpu", "smollm2-q4m-gpu-unfused")]:
+    if fused in by and unfused in by and not by[unfused].get("failed"):
+        print(f"       quantize fused into RMSNorm/SwiGLU vs separate, {fused}: tg {tg(fused):.1f} vs {tg(unfused):.1f} tok/s, "
+              f"pp {by[fused].get('prompt_tokens_per_second', 0):.0f} vs {by[unfused].get('prompt_tokens_per_second', 0):.0f} tok/s")
 target(f"SmolLM2 shapes: GPU decode faster than the CPU backend ({tg('smollm2-q4m-gpu'):.1f} vs {tg('smollm2-q4m-cpu'):.1f} tok/s)",
        tg("smollm2-q4m-gpu") > tg("smollm2-q4m-cpu"))
 EOF

@@ -2,7 +2,8 @@
 //!
 //! A pipeline's source is composed from the family's file, the weight-format decoders
 //! (`formats.wgsl`, for kernels that read weights), the product outputs (`products.wgsl`, for
-//! the product kernels) and a feature set. Variants are chosen with
+//! the product kernels), the workgroup sum (`reduce.wgsl`, for the row reductions) and a
+//! feature set. Variants are chosen with
 //! line directives (`//#if NAME`, `//#else`, `//#endif`) rather than by `override` constants,
 //! because code using subgroup builtins must not even be present on a device without the
 //! `SUBGROUP` feature.
@@ -27,7 +28,8 @@ pub enum Family {
     /// `kv_write`, `attend` and `attend_merge` over the paged KV pool, built per pool element
     /// type (`WeightKind::F32` or `F16`).
     Attention,
-    /// Dynamic quantization of activations to int8 per 32-block (entry `main`).
+    /// Dynamic quantization of activations to int8 per 32-block: `main`, and `rms_norm` and
+    /// `silu_mul`, which quantize their result in the same pass.
     Quantize,
     /// Integer products with int8 activations: `matvec` (decode) and `matmul` (tiled), for
     /// the integer weight kinds only.
@@ -65,6 +67,11 @@ impl Family {
         matches!(self, Family::Matvec | Family::Matmul | Family::Int8)
     }
 
+    /// Whether the family sums rows over a workgroup (`reduce.wgsl`).
+    pub fn reduces_rows(self) -> bool {
+        matches!(self, Family::Norm | Family::Quantize)
+    }
+
     /// The weight kinds the family is built for (attention: the KV pool's element type).
     pub fn weight_kinds(self) -> &'static [WeightKind] {
         match self {
@@ -82,6 +89,7 @@ impl Family {
             Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],
             Family::Head => &["argmax", "top_k"],
+            Family::Quantize => &["main", "rms_norm", "silu_mul"],
             _ => &["main"],
         }
     }
@@ -170,6 +178,10 @@ pub fn source(family: Family, weight: Option<WeightKind>, features: Features) ->
     }
     if family.writes_products() {
         text.push_str(include_str!("../wgsl/products.wgsl"));
+        text.push('\n');
+    }
+    if family.reduces_rows() {
+        text.push_str(include_str!("../wgsl/reduce.wgsl"));
         text.push('\n');
     }
     text.push_str(family.file());

@@ -1,4 +1,6 @@
-// RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) · weight.
+// RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) · weight. (With int8
+// activations the layer's norms take quantize.wgsl's `rms_norm` instead, the same arithmetic
+// with the quantization in the same pass.)
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
@@ -11,9 +13,6 @@ struct NormParams {
     eps: f32,
     grid_x: u32,
 }
-
-const WG: u32 = 256u;
-var<workgroup> partial: array<f32, 256>;
 
 @compute @workgroup_size(256)
 fn main(
@@ -30,34 +29,17 @@ fn main(
     }
     let base = row * p.cols;
     var s = 0.0;
-    for (var c = lid; c < p.cols; c += WG) {
+    for (var c = lid; c < p.cols; c += REDUCE_WG) {
         let v = x[base + c];
         s += v * v;
     }
 //#if SUBGROUP
-    let sg_sum = subgroupAdd(s);
-    let groups = (WG + lanes - 1u) / lanes;
-    if lane == 0u {
-        partial[lid / lanes] = sg_sum;
-    }
-    workgroupBarrier();
-    var total = 0.0;
-    for (var t = 0u; t < groups; t++) {
-        total += partial[t];
-    }
+    let total = workgroup_sum(s, lid, lane, lanes);
 //#else
-    partial[lid] = s;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if lid < stride {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
+    let total = workgroup_sum(s, lid);
 //#endif
     let inv = inverseSqrt(total / f32(p.cols) + p.eps);
-    for (var c = lid; c < p.cols; c += WG) {
+    for (var c = lid; c < p.cols; c += REDUCE_WG) {
         out[base + c] = x[base + c] * inv * weight[c];
     }
 }

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::quantize::Int8Activations;
+
 /// Usage of every activation buffer: kernels read and write it, uploads and readbacks copy.
 const ACTIVATION_USAGE: ::wgpu::BufferUsages = ::wgpu::BufferUsages::STORAGE
     .union(::wgpu::BufferUsages::COPY_SRC)
@@ -98,13 +100,16 @@ impl BufferPool {
             (serial, buffer)
         });
         drop(lists);
-        DeviceTensor(Arc::new(Pooled {
-            buffer,
-            serial,
-            bytes: bytes.max(4),
-            class,
-            lists: Arc::clone(&self.lists),
-        }))
+        DeviceTensor {
+            values: Arc::new(Pooled {
+                buffer,
+                serial,
+                bytes: bytes.max(4),
+                class,
+                lists: Arc::clone(&self.lists),
+            }),
+            int8: None,
+        }
     }
 }
 
@@ -131,17 +136,35 @@ impl Drop for Pooled {
 /// An activation tensor's values on the GPU (f32, row-major). Clones share the buffer; it
 /// returns to its pool when the last one drops.
 #[derive(Debug, Clone)]
-pub struct DeviceTensor(Arc<Pooled>);
+pub struct DeviceTensor {
+    values: Arc<Pooled>,
+    /// The same values quantized to int8, where the kernel that wrote them made that too
+    /// (quantize.rs); products with int8 activations take it instead of quantizing again.
+    int8: Option<Arc<Int8Activations>>,
+}
 
 impl DeviceTensor {
     /// The buffer (possibly larger than the tensor).
     pub fn buffer(&self) -> &::wgpu::Buffer {
-        &self.0.buffer
+        &self.values.buffer
     }
 
     /// Bytes the tensor's values take (at least 4, so that it can be bound).
     pub fn bytes(&self) -> u64 {
-        self.0.bytes
+        self.values.bytes
+    }
+
+    /// The tensor with its values' int8 form attached.
+    pub(super) fn with_int8(self, int8: Int8Activations) -> Self {
+        Self {
+            int8: Some(Arc::new(int8)),
+            ..self
+        }
+    }
+
+    /// The values' int8 form, if a kernel made it with them.
+    pub(super) fn int8(&self) -> Option<&Arc<Int8Activations>> {
+        self.int8.as_ref()
     }
 }
 

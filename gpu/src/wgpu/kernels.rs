@@ -39,6 +39,10 @@ pub enum Kernel {
     AttendMerge,
     /// Activations to int8 per 32-block.
     Quantize,
+    /// RMSNorm, its result also quantized to int8 in the same pass.
+    RmsNormQuantize,
+    /// SwiGLU's silu(gate)·up, its result also quantized to int8 in the same pass.
+    SiluMulQuantize,
     /// Integer decode product with int8 activations, `m` (1..=8) rows.
     Int8Matvec {
         kind: WeightKind,
@@ -74,6 +78,8 @@ enum Layout {
     Weights,
     /// two inputs · output · params.
     Binary,
+    /// two inputs · f32 output · int8 output · params.
+    Quantize,
     /// q, k, v (read) · key and value pools (read-write) · row info, tables (read) ·
     /// output · per-chunk partials (read-write) · RoPE table (read) · params.
     Attention,
@@ -85,6 +91,7 @@ impl Layout {
         match self {
             Layout::Weights => &[R, R, R, R, W, R, W, W, U],
             Layout::Binary => &[R, R, W, U],
+            Layout::Quantize => &[R, R, W, W, U],
             Layout::Attention => &[R, R, R, W, W, R, R, W, W, R, U],
         }
     }
@@ -109,7 +116,9 @@ impl Kernel {
             Kernel::KvWrite { .. } | Kernel::Attend { .. } | Kernel::AttendMerge => {
                 Family::Attention
             }
-            Kernel::Quantize => Family::Quantize,
+            Kernel::Quantize | Kernel::RmsNormQuantize | Kernel::SiluMulQuantize => {
+                Family::Quantize
+            }
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
             Kernel::Argmax | Kernel::TopK => Family::Head,
         }
@@ -125,6 +134,8 @@ impl Kernel {
             Kernel::AttendMerge => "attend_merge",
             Kernel::Int8Matvec { .. } => "matvec",
             Kernel::Int8Matmul { .. } => "matmul",
+            Kernel::RmsNormQuantize => "rms_norm",
+            Kernel::SiluMulQuantize => "silu_mul",
             Kernel::Argmax => "argmax",
             Kernel::TopK => "top_k",
             _ => "main",
@@ -147,9 +158,8 @@ impl Kernel {
         match self.family() {
             Family::Matvec | Family::Matmul | Family::Embed | Family::Int8 => Layout::Weights,
             Family::Attention => Layout::Attention,
-            Family::Norm | Family::Rope | Family::Elementwise | Family::Quantize | Family::Head => {
-                Layout::Binary
-            }
+            Family::Quantize => Layout::Quantize,
+            Family::Norm | Family::Rope | Family::Elementwise | Family::Head => Layout::Binary,
         }
     }
 
@@ -394,7 +404,9 @@ pub struct QuantizeParams {
     pub base_c: u32,
     pub base_s: u32,
     pub grid_x: u32,
-    pub _pad: [u32; 2],
+    /// `rms_norm`'s epsilon.
+    pub eps: f32,
+    pub _pad: u32,
 }
 
 /// `Int8Params` in int8.wgsl.

@@ -7,65 +7,21 @@
 use super::buffers::DeviceTensor;
 use super::encoder::grid;
 use super::kernels::{
-    Int8Params, Kernel, MatmulParams, Outputs, QuantizeParams, WeightDims, ELEMENT_GROUP,
-    MATMUL_TILE, MATVEC_MAX_ROWS, MATVEC_ROWS_PER_GROUP,
+    Int8Params, Kernel, MatmulParams, Outputs, WeightDims, MATMUL_TILE, MATVEC_MAX_ROWS,
+    MATVEC_ROWS_PER_GROUP,
 };
+use super::quantize::Int8Activations;
 use super::weights::{whole_stack, DeviceWeight};
 use super::{device_of, weight_of, Activations, WgpuBackend};
 use crate::error::{shape_err, Error, Result};
 use crate::tensor::{Tensor, Weight};
 use lowbit_shaders::WeightKind;
-
-/// Activations quantized by quantize.wgsl: packed words, then block scales, c and Σq.
-struct QuantizedX {
-    buffer: DeviceTensor,
-    base_d: u32,
-    base_c: u32,
-    base_s: u32,
-}
+use std::sync::Arc;
 
 impl WgpuBackend {
     fn uses_int8(&self, w: &DeviceWeight) -> bool {
         self.options.activations == Activations::Int8
             && matches!(w.kind, WeightKind::Q8 | WeightKind::Q4 | WeightKind::Q4M)
-    }
-
-    fn quantize_x(&self, x: &Tensor) -> Result<QuantizedX> {
-        let (m, k) = (x.rows(), x.cols());
-        let xd = device_of(x)?;
-        let blocks = m * k / 32;
-        let (base_d, base_c, base_s) = (m * k / 4, m * k / 4 + blocks, m * k / 4 + 2 * blocks);
-        let buffer = self.alloc(m * k / 4 + 3 * blocks, 1)?;
-        let (groups, grid_x) = {
-            let g = grid((blocks as u32).div_ceil(ELEMENT_GROUP));
-            (g, g.0 * ELEMENT_GROUP)
-        };
-        let params = QuantizeParams {
-            k: k as u32,
-            m: m as u32,
-            base_d: base_d as u32,
-            base_c: base_c as u32,
-            base_s: base_s as u32,
-            grid_x,
-            _pad: [0; 2],
-        };
-        let pipeline = self.kernel(Kernel::Quantize)?;
-        self.recorder()?.dispatch(
-            pipeline,
-            &[
-                (xd.buffer(), xd.bytes()),
-                (&self.dummy_read, 256),
-                (buffer.buffer(), buffer.bytes()),
-            ],
-            &params,
-            groups,
-        );
-        Ok(QuantizedX {
-            buffer,
-            base_d: base_d as u32,
-            base_c: base_c as u32,
-            base_s: base_s as u32,
-        })
     }
 
     pub(super) fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {
@@ -96,7 +52,7 @@ impl WgpuBackend {
         }
         let rd = device_of(residual)?;
         let out = self.alloc(m, n)?;
-        let q = self.quantize_x(x)?;
+        let q = self.int8_of(x)?;
         let target = Target {
             first_row: wd.stack_row,
             outs: &[(&out, wd.rows)],
@@ -130,7 +86,7 @@ impl WgpuBackend {
         } else {
             (0..wds.len()).map(|i| i..i + 1).collect()
         };
-        let mut quantized: Option<QuantizedX> = None;
+        let mut quantized: Option<Arc<Int8Activations>> = None;
         for weights in products {
             let wd = wds[weights.start];
             let targets: Vec<(&DeviceTensor, u32)> =
@@ -145,7 +101,7 @@ impl WgpuBackend {
             };
             if self.uses_int8(wd) {
                 if quantized.is_none() {
-                    quantized = Some(self.quantize_x(x)?);
+                    quantized = Some(self.int8_of(x)?);
                 }
                 if let Some(q) = &quantized {
                     self.int8_product(q, m, x.cols(), wd, &target)?;
@@ -163,7 +119,7 @@ impl WgpuBackend {
 
     fn int8_product(
         &self,
-        q: &QuantizedX,
+        q: &Int8Activations,
         m: usize,
         k: usize,
         wd: &DeviceWeight,

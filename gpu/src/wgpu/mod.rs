@@ -14,6 +14,7 @@ pub mod kernels;
 mod linear;
 mod ops;
 pub mod profile;
+mod quantize;
 pub mod weights;
 
 use crate::backend::{AttentionShape, Backend, Rope, SeqSpan};
@@ -57,6 +58,10 @@ pub struct WgpuOptions {
     /// Largest weight part in bytes (default: the adapter's `max_storage_buffer_binding_size`);
     /// tests set it small so that small weights split into parts as large ones do.
     pub weight_part_bytes: Option<u64>,
+    /// With int8 activations, RMSNorm and SwiGLU quantize their results in the same pass
+    /// (quantize.rs); off, a separate quantize kernel runs before each product (the same
+    /// bits, three dispatches more per layer: for measuring what the fusion pays).
+    pub fuse_quantize: bool,
 }
 
 impl Default for WgpuOptions {
@@ -65,17 +70,21 @@ impl Default for WgpuOptions {
             portable: false,
             activations: Activations::Int8,
             weight_part_bytes: None,
+            fuse_quantize: true,
         }
     }
 }
 
 impl WgpuOptions {
-    /// The defaults, overridden by `LOWBIT_WGPU_PORTABLE=1` and
-    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8`.
+    /// The defaults, overridden by `LOWBIT_WGPU_PORTABLE=1`,
+    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8` and `LOWBIT_WGPU_FUSE_QUANTIZE=0`.
     pub fn from_env() -> Result<Self> {
         let mut o = Self::default();
         if std::env::var("LOWBIT_WGPU_PORTABLE").is_ok_and(|v| v == "1") {
             o.portable = true;
+        }
+        if std::env::var("LOWBIT_WGPU_FUSE_QUANTIZE").is_ok_and(|v| v == "0") {
+            o.fuse_quantize = false;
         }
         match std::env::var("LOWBIT_WGPU_ACTIVATIONS").as_deref() {
             Err(_) | Ok("") | Ok("int8") => {}
@@ -105,6 +114,8 @@ pub struct WgpuBackend {
     /// Tests: fill every handed-out activation buffer with NaN first, so that an element a
     /// kernel forgets to write shows.
     poison: std::sync::atomic::AtomicBool,
+    /// Whether an integer weight (Q8, Q4, Q4M) has been loaded (quantize.rs).
+    integer_weights: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -123,6 +134,14 @@ impl WgpuBackend {
 
     /// Wraps an uploaded weight, counting its bytes.
     fn resident(&self, d: weights::DeviceWeight, cols: usize) -> Weight {
+        if matches!(
+            d.kind,
+            lowbit_shaders::WeightKind::Q8
+                | lowbit_shaders::WeightKind::Q4
+                | lowbit_shaders::WeightKind::Q4M
+        ) {
+            self.integer_weights.store(true, Ordering::Relaxed);
+        }
         self.memory
             .weights
             .fetch_add(d.bytes as u64, Ordering::Relaxed);
@@ -171,6 +190,7 @@ impl WgpuBackend {
             dummy_read,
             dummy_write,
             poison: false.into(),
+            integer_weights: false.into(),
         })
     }
 
@@ -401,6 +421,9 @@ impl Backend for WgpuBackend {
     }
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if let Some(t) = self.silu_mul_quantizing(gate, up)? {
+            return Ok(t);
+        }
         self.binary(Kernel::SiluMul, "silu_mul", gate, up)
     }
 

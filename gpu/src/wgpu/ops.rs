@@ -82,6 +82,9 @@ impl WgpuBackend {
     }
 
     pub(super) fn norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        if let Some(t) = self.norm_quantizing(x, weight, eps)? {
+            return Ok(t);
+        }
         let (rows, cols) = (x.rows(), x.cols());
         checks::norm_weight(x, weight)?;
         let (xd, wd) = (device_of(x)?, device_of(weight)?);

@@ -1,7 +1,8 @@
 //! The products part of the conformance suite: every weight format against float64, a row's
 //! result independent of its batch, the fused residual, weights loaded together (a stack)
-//! against separate ones, weights split into parts against whole ones, and the GPU's int8
-//! products against the CPU's.
+//! against separate ones, weights split into parts against whole ones, the GPU's int8
+//! products against the CPU's, and norms and SwiGLU that quantize their results in one pass
+//! against the separate kernels.
 
 use super::*;
 
@@ -310,6 +311,73 @@ fn int8_products_agree_with_the_cpu_backend() {
                 let want: Vec<f64> = c.iter().map(|&v| f64::from(v)).collect();
                 let e = rel_err(&g, &want);
                 assert!(e < 1e-6, "{format} {n}x{k} m={m}: GPU vs CPU {e}");
+            }
+        }
+    }
+}
+
+/// With int8 activations, RMSNorm and SwiGLU quantize their results in the same pass
+/// (quantize.wgsl's `rms_norm` and `silu_mul`). On both feature paths their f32 results, and
+/// the products that read them (decode and tiled, plain and with the residual), equal the
+/// plain kernels' followed by a separate quantize, bit for bit, and each saves a dispatch.
+#[test]
+fn norm_and_swiglu_quantizing_in_one_pass_equal_the_separate_kernels() {
+    let _turn = gpu_turn();
+    let mut r = rng(14);
+    for portable in [false, true] {
+        let open = |fuse_quantize| {
+            open_gpu(WgpuOptions {
+                portable,
+                fuse_quantize,
+                ..WgpuOptions::default()
+            })
+        };
+        let (fused, separate) = (open(true), open(false));
+        for format in [
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G32),
+            QuantFormat::Q4M(GroupSize::G128),
+        ] {
+            for (m, k, n) in [(1, 576, 70), (5, 256, 33), (13, 1024, 40), (1, 4096, 8)] {
+                if !format.fits(k) {
+                    continue;
+                }
+                let q = host_weights(&mut r, format, &[n], k).remove(0);
+                let (x, g) = (random(&mut r, m * k), random(&mut r, k));
+                let (gate, up) = (random(&mut r, m * k), random(&mut r, m * k));
+                let run = |be: &WgpuBackend| {
+                    let w = be.load_weight(q.clone()).expect("load_weight");
+                    let t = |rows, v: &[f32]| upload(be, rows, k, v);
+                    be.take_host_times().expect("reset the counts");
+                    let normed = be.rms_norm(&t(m, &x), &t(1, &g), 1e-5).expect("rms_norm");
+                    let y = be.matmul(&normed, &w).expect("matmul");
+                    let h = be.silu_mul(&t(m, &gate), &t(m, &up)).expect("silu_mul");
+                    let z = be.matmul_add(&h, &w, &y).expect("matmul_add");
+                    let values: Vec<Vec<f32>> = [&normed, &y, &h, &z]
+                        .into_iter()
+                        .map(|t| be.download(t).expect("download"))
+                        .collect();
+                    let dispatches = be.take_host_times().expect("counts").dispatches;
+                    (values, dispatches)
+                };
+                let ((got, fewer), (want, more)) = (run(&fused), run(&separate));
+                let what = format!("{format} m={m} k={k} portable={portable}");
+                for (i, name) in ["rms_norm", "matmul", "silu_mul", "matmul_add"]
+                    .iter()
+                    .enumerate()
+                {
+                    let differ = got[i]
+                        .iter()
+                        .zip(&want[i])
+                        .filter(|(a, b)| a.to_bits() != b.to_bits())
+                        .count();
+                    assert!(
+                        differ == 0 && got[i].len() == want[i].len(),
+                        "{name}, {what}: {differ} of {} values differ",
+                        want[i].len()
+                    );
+                }
+                assert_eq!(fewer + 2, more, "dispatches, {what}");
             }
         }
     }
