@@ -6,6 +6,7 @@
 //! ([`SeqSpan`]), each with its own positions and its own block table in the backend's paged
 //! [`KvPool`], so that decoding N sequences is one matrix multiply that reads each weight once.
 
+use crate::draw::{draw_row, RowDraw};
 use crate::error::Result;
 use crate::kv::{KvPool, KvPoolSpec};
 use crate::quant::QTensor;
@@ -97,6 +98,17 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
     kept
 }
 
+/// What a step reads back of its logits besides every row's argmax ([`Backend::read_logits`]):
+/// whole rows, the top `k` of some rows, and rows sampled where they live. Row indices are
+/// among the logits rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogitsRequest<'a> {
+    pub full: &'a [usize],
+    pub top: &'a [usize],
+    pub k: usize,
+    pub draws: &'a [RowDraw],
+}
+
 /// What a step reads back of its logits ([`Backend::read_logits`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogitsReadback {
@@ -106,24 +118,40 @@ pub struct LogitsReadback {
     pub full: Vec<f32>,
     /// The [`top_k`] of each row asked for.
     pub top: Vec<Vec<(u32, f32)>>,
+    /// The token of each draw asked for ([`draw_row`]).
+    pub drawn: Vec<u32>,
 }
 
-/// [`Backend::read_logits`] as three separate operations (the default).
+/// [`Backend::read_logits`] as separate operations, the draws made on the host (the default).
 pub fn read_logits_apart<B: Backend + ?Sized>(
     be: &B,
     x: &Tensor,
-    full: &[usize],
-    top: &[usize],
-    k: usize,
+    want: &LogitsRequest<'_>,
 ) -> Result<LogitsReadback> {
     let ids = be.argmax_rows(x)?;
-    let top = if top.is_empty() {
+    let top = if want.top.is_empty() {
         Vec::new()
     } else {
-        be.top_k_rows(&be.select_rows(x, top)?, k)?
+        be.top_k_rows(&be.select_rows(x, want.top)?, want.k)?
     };
-    let full = be.download_owned(be.select_rows(x, full)?)?;
-    Ok(LogitsReadback { ids, full, top })
+    let full = be.download_owned(be.select_rows(x, want.full)?)?;
+    let drawn = if want.draws.is_empty() {
+        Vec::new()
+    } else {
+        let rows: Vec<usize> = want.draws.iter().map(|d| d.row).collect();
+        let values = be.download_owned(be.select_rows(x, &rows)?)?;
+        values
+            .chunks(x.cols().max(1))
+            .zip(want.draws)
+            .map(|(row, d)| draw_row(row, d))
+            .collect()
+    };
+    Ok(LogitsReadback {
+        ids,
+        full,
+        top,
+        drawn,
+    })
 }
 
 /// Operations a transformer forward needs, on tensors that live in the backend.
@@ -229,18 +257,11 @@ pub trait Backend: Send + Sync {
     /// Keeps only the listed rows, in the given order.
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;
 
-    /// Every logits row's argmax, the whole rows `full` and the top `k` of the rows `top`
-    /// (indices into `x`'s rows): what a step mixing greedy and sampling rows reads back. A
-    /// device backend reads all of it back in one transfer; by default it is
-    /// [`read_logits_apart`].
-    fn read_logits(
-        &self,
-        x: &Tensor,
-        full: &[usize],
-        top: &[usize],
-        k: usize,
-    ) -> Result<LogitsReadback> {
-        read_logits_apart(self, x, full, top, k)
+    /// Every logits row's argmax and what `want` asks for: what a step mixing greedy and
+    /// sampling rows reads back. A device backend reads all of it back in one transfer and
+    /// makes the draws on the device; by default it is [`read_logits_apart`].
+    fn read_logits(&self, x: &Tensor, want: &LogitsRequest<'_>) -> Result<LogitsReadback> {
+        read_logits_apart(self, x, want)
     }
 
     /// Allocates the paged KV pool, once, at start-up.

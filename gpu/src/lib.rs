@@ -8,6 +8,7 @@
 pub mod backend;
 mod checks;
 pub mod cpu;
+pub mod draw;
 pub mod error;
 pub mod kv;
 pub mod quant;
@@ -15,9 +16,10 @@ pub mod tensor;
 pub mod wgpu;
 
 pub use backend::{
-    argmax, read_logits_apart, top_k, AttentionShape, Backend, LogitsReadback, Rope, RopeStyle,
-    SeqSpan,
+    argmax, read_logits_apart, top_k, AttentionShape, Backend, LogitsReadback, LogitsRequest, Rope,
+    RopeStyle, SeqSpan,
 };
+pub use draw::{draw_row, RowDraw};
 pub use error::{Error, Result};
 pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
 pub use quant::source::{RawTensor, SourceDType};

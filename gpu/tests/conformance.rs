@@ -12,8 +12,8 @@ use lowbit_gpu::quant::{quantize, QuantMethod, QuantizeOptions};
 use lowbit_gpu::wgpu::device::AdapterChoice;
 use lowbit_gpu::wgpu::{Activations, WgpuBackend, WgpuOptions};
 use lowbit_gpu::{
-    AttentionShape, Backend, GroupSize, KvPoolSpec, QTensor, QuantFormat, Rope, RopeStyle, SeqSpan,
-    Tensor, Weight,
+    AttentionShape, Backend, GroupSize, KvPoolSpec, LogitsRequest, QTensor, QuantFormat, Rope,
+    RopeStyle, SeqSpan, Tensor, Weight,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,9 +21,12 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 #[path = "conformance/attention.rs"]
 mod attention;
+#[path = "conformance/draws.rs"]
+mod draws;
 #[path = "conformance/products.rs"]
 mod products;
 use attention::*;
+use draws::*;
 use products::*;
 
 /// How far each backend may be from the float64 reference (‖out − ref‖ / ‖ref‖).
@@ -285,8 +288,8 @@ fn top_k_rows_rank_as_the_host_does(be: &dyn Backend, _: Bounds) {
     assert_eq!(got[1][0].0, 2, "+0 ranks above -0");
 }
 
-/// A step's logits readback (every argmax, whole rows, top k; the GPU's in one transfer)
-/// equals the three operations one after another, whichever parts a step asks for.
+/// A step's logits readback (every argmax, whole rows, top k, draws; the GPU's in one
+/// transfer) equals the operations one after another, whichever parts a step asks for.
 fn read_logits_equals_its_parts(be: &dyn Backend, _: Bounds) {
     let mut r = rng(15);
     let (rows, cols) = (5, 4099);
@@ -302,8 +305,24 @@ fn read_logits_equals_its_parts(be: &dyn Backend, _: Bounds) {
         (&[4], &[1], 100),
         (&[], &[], 0),
     ] {
-        let got = be.read_logits(&x, full, top, k).expect("read_logits");
-        let want = lowbit_gpu::read_logits_apart(be, &x, full, top, k).expect("apart");
+        // Two draws at the middle of rows' distributions (no boundary is that close).
+        let draws = [0, 3].map(|row| lowbit_gpu::RowDraw {
+            row,
+            u: 0.5,
+            inv_temperature: 1.0,
+            min_weight: 0.0,
+        });
+        let draws = if top.is_empty() { &[][..] } else { &draws[..] };
+        let ask = LogitsRequest {
+            full,
+            top,
+            k,
+            draws,
+        };
+        let got = be.read_logits(&x, &ask).expect("read_logits");
+        let want = lowbit_gpu::read_logits_apart(be, &x, &ask).expect("apart");
+        assert_eq!(got.drawn, want.drawn, "{full:?} {top:?} {k}");
+        assert_eq!(got.drawn.len(), draws.len());
         assert_eq!(got.ids, want.ids, "{full:?} {top:?} {k}");
         assert_eq!(bits(&got.full), bits(&want.full), "{full:?} {top:?} {k}");
         assert_eq!(got.top, want.top, "{full:?} {top:?} {k}");
@@ -460,6 +479,7 @@ suite!(
     argmax_rows_find_the_first_largest_value,
     top_k_rows_rank_as_the_host_does,
     read_logits_equals_its_parts,
+    draws_follow_each_rows_distribution,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     matmul_add_equals_matmul_then_add,

@@ -80,12 +80,13 @@ fn perplexity_is_within_half_a_percent_of_the_cpu() {
     assert!(rel < 5e-3, "GPU {} vs CPU {}", g.perplexity, c.perplexity);
 }
 
-/// A step that reads back top-k values (sampling rows whose top-k filter comes first) gives,
-/// for each row, exactly the top k of that row's whole logits from the same step, beside the
-/// argmax of every row: real logits, three sequences, the last rows of prompts of different
-/// lengths.
+/// A step that reads back top-k values (sampling rows whose top-k filter comes first) and
+/// tokens drawn on the GPU (rows sampling from the whole distribution) gives, for each row,
+/// exactly the top k of that row's whole logits from the same step and the host's draw from
+/// them, beside the argmax of every row: real logits, three sequences, the last rows of
+/// prompts of different lengths.
 #[test]
-fn a_mixed_step_reads_back_each_rows_top_k_of_its_logits() {
+fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
     let _turn = gpu_turn();
     let source = ModelSource::open(&common::smollm2_path()).unwrap();
     let tok = source.tokenizer().unwrap();
@@ -115,10 +116,22 @@ fn a_mixed_step_reads_back_each_rows_top_k_of_its_logits() {
             logits: p.len() - 1..p.len(),
         })
         .collect();
+    // Draws at temperature 1 and 1.5 over the whole vocabulary, u spread over [0, 1).
+    let draws: Vec<lowbit_gpu::RowDraw> = (0..3)
+        .flat_map(|row| {
+            (0..8).map(move |j| lowbit_gpu::RowDraw {
+                row,
+                u: (j as f32 + 0.37) / 8.0,
+                inv_temperature: if row == 1 { 1.0 / 1.5 } else { 1.0 },
+                min_weight: 0.0,
+            })
+        })
+        .collect();
     let what = MixedReadback {
         full: vec![0, 1, 2],
         top: vec![0, 2],
         k: 40,
+        draws: draws.clone(),
     };
     let rows = model.forward_mixed(&seqs, &mut pool, &what).unwrap();
     assert_eq!(rows.top.len(), 2);
@@ -131,4 +144,16 @@ fn a_mixed_step_reads_back_each_rows_top_k_of_its_logits() {
             "row {r}: the argmax heads the top k"
         );
     }
+    // Each draw made on the GPU is the host's draw from the row read back whole (a draw
+    // whose u sits at a token's edge could differ by float rounding; none of these does).
+    assert_eq!(rows.drawn.len(), draws.len());
+    for (d, &token) in draws.iter().zip(&rows.drawn) {
+        let host = lowbit_gpu::draw_row(rows.logits.row(d.row), d);
+        assert_eq!(token, host, "row {} u {}", d.row, d.u);
+    }
+    let distinct: std::collections::HashSet<u32> = rows.drawn.iter().copied().collect();
+    assert!(
+        distinct.len() > 3,
+        "draws over whole distributions: {distinct:?}"
+    );
 }

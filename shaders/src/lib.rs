@@ -34,7 +34,8 @@ pub enum Family {
     /// Integer products with int8 activations: `matvec` (decode) and `matmul` (tiled), for
     /// the integer weight kinds only.
     Int8,
-    /// The output head's reductions: `argmax` and `top_k` per logits row.
+    /// The output head's reductions: `argmax` and `top_k` per logits row, and `sample` (a
+    /// token drawn from a row's whole distribution).
     Head,
 }
 
@@ -88,7 +89,7 @@ impl Family {
             Family::Elementwise => &["add", "silu_mul", "gather_rows"],
             Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],
-            Family::Head => &["argmax", "top_k"],
+            Family::Head => &["argmax", "top_k", "sample"],
             Family::Quantize => &["main", "rms_norm", "silu_mul"],
             _ => &["main"],
         }

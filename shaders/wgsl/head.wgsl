@@ -3,10 +3,11 @@
 // ties (the host's rule, gpu/src/backend.rs `argmax`). NaN is skipped where the device keeps
 // NaN semantics (WGSL lets it not); a row of NaN alone gives 0. `top_k` gives each row's k
 // largest finite values with their indices, for a sampler whose top-k filter comes first.
+// `sample` draws a token from a row's whole distribution (gpu/src/draw.rs).
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
-// Unused (the Binary layout's second input).
-@group(0) @binding(1) var<storage, read> unused: array<f32>;
+// `sample`: 4 words per draw (row, u, 1/temperature, min weight); unused by the others.
+@group(0) @binding(1) var<storage, read> draws: array<u32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<uniform> p: HeadParams;
 
@@ -202,5 +203,141 @@ fn top_k(
         }
         ids[out + 1u + place] = id;
         ids[out + 1u + k + place] = bitcast<u32>(logits[base + id]);
+    }
+}
+
+// ---- sample ----
+
+var<workgroup> scan: array<f32, 256>;
+var<workgroup> claim: atomic<u32>;
+var<workgroup> last_live: atomic<u32>;
+var<workgroup> chosen_lane: u32;
+
+fn is_finite(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// gpu/src/draw.rs `RowDraw`'s weight.
+fn draw_weight(v: f32, max_v: f32, inv_t: f32, min_w: f32) -> f32 {
+    let w = exp((v - max_v) * inv_t);
+    return select(0.0, w, is_finite(v) && w >= min_w);
+}
+
+// Inclusive prefix sums of every thread's `v` over the workgroup (Hillis-Steele in `scan`).
+fn prefix_sums(v: f32, lid: u32) {
+    scan[lid] = v;
+    workgroupBarrier();
+    for (var off = 1u; off < WG; off <<= 1u) {
+        let add = select(0.0, scan[lid - off], lid >= off);
+        workgroupBarrier();
+        scan[lid] += add;
+        workgroupBarrier();
+    }
+}
+
+// Which thread's interval [scan[t] − v, scan[t]) holds `r` (each thread passes its own `v`),
+// else the last thread with v > 0; NONE if none has weight. Uses `claim` and `last_live`.
+fn claimant(v: f32, r: f32, lid: u32) -> u32 {
+    if lid == 0u {
+        atomicStore(&claim, NONE);
+        atomicStore(&last_live, NONE);
+    }
+    workgroupBarrier();
+    let before = select(0.0, scan[lid - 1u], lid > 0u);
+    if v > 0.0 {
+        atomicMax(&last_live, lid);
+        if r >= before && r < scan[lid] {
+            atomicMin(&claim, lid);
+        }
+    }
+    workgroupBarrier();
+    let c = atomicLoad(&claim);
+    let l = atomicLoad(&last_live);
+    workgroupBarrier();
+    return select(c, l, c == NONE);
+}
+
+// One workgroup per draw: the token at u of the row's cumulative weights, thread (lane) t
+// holding tokens t, t + 256, … (draw.rs's order). The lanes' sums are scanned to find the
+// lane the draw falls in, then that lane's tokens, 256 at a time, to find the token.
+// Out: the token per draw, NONE where the row has no finite logit (the host takes the argmax).
+@compute @workgroup_size(256)
+fn sample(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let d = wid.x + wid.y * p.grid_x;
+    if d >= p.rows {
+        return;
+    }
+    let base = draws[4u * d] * p.cols;
+    let u = bitcast<f32>(draws[4u * d + 1u]);
+    let inv_t = bitcast<f32>(draws[4u * d + 2u]);
+    let min_w = bitcast<f32>(draws[4u * d + 3u]);
+    // The largest finite logit (best_i: whether the thread saw one).
+    var m = 0.0;
+    var seen = 0u;
+    for (var c = lid; c < p.cols; c += WG) {
+        let v = logits[base + c];
+        if is_finite(v) && (seen == 0u || v > m) {
+            m = v;
+            seen = 1u;
+        }
+    }
+    best_v[lid] = m;
+    best_i[lid] = seen;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half >>= 1u) {
+        if lid < half && best_i[lid + half] == 1u
+            && (best_i[lid] == 0u || best_v[lid + half] > best_v[lid]) {
+            best_v[lid] = best_v[lid + half];
+            best_i[lid] = 1u;
+        }
+        workgroupBarrier();
+    }
+    let max_v = best_v[0];
+    // This lane's weight, in token order. (No finite logit: every weight is 0.)
+    var own = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        own += draw_weight(logits[base + c], max_v, inv_t, min_w);
+    }
+    prefix_sums(own, lid);
+    let total = scan[WG - 1u];
+    let found = claimant(own, u * total, lid);
+    // The draw's remainder inside its lane (past its end if rounding carried it there: then
+    // the lane's last token with weight). Read before the barrier below: the rounds rewrite
+    // `scan`.
+    var r = u * total - select(0.0, scan[max(found, 1u) - 1u], found > 0u && found != NONE);
+    if lid == 0u {
+        chosen_lane = found;
+    }
+    let lane = workgroupUniformLoad(&chosen_lane);
+    if lane == NONE {
+        if lid == 0u {
+            ids[d] = NONE;
+        }
+        return;
+    }
+    // The lane's tokens, 256 at a time: thread j takes token lane + 256·(round·256 + j).
+    let per_lane = (p.cols + WG - 1u) / WG;
+    let rounds = (per_lane + WG - 1u) / WG;
+    var picked = NONE;
+    var last = NONE;
+    for (var round = 0u; round < rounds; round++) {
+        let c = lane + WG * (round * WG + lid);
+        let w = select(0.0, draw_weight(logits[base + min(c, p.cols - 1u)], max_v, inv_t, min_w), c < p.cols);
+        prefix_sums(w, lid);
+        let t = claimant(w, select(r, -1.0, picked != NONE), lid);
+        if picked == NONE && t != NONE {
+            last = lane + WG * (round * WG + t);
+            if r < scan[WG - 1u] {
+                picked = last;
+            }
+        }
+        r -= scan[WG - 1u];
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        ids[d] = select(picked, last, picked == NONE);
     }
 }

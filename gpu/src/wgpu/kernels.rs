@@ -56,6 +56,8 @@ pub enum Kernel {
     Argmax,
     /// Each logits row's k largest finite values and their indices.
     TopK,
+    /// A token drawn from each listed logits row's distribution (gpu/src/draw.rs).
+    Sample,
 }
 
 /// Largest activation row count the decode kernel is specialized for.
@@ -120,7 +122,7 @@ impl Kernel {
                 Family::Quantize
             }
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
-            Kernel::Argmax | Kernel::TopK => Family::Head,
+            Kernel::Argmax | Kernel::TopK | Kernel::Sample => Family::Head,
         }
     }
 
@@ -138,6 +140,7 @@ impl Kernel {
             Kernel::SiluMulQuantize => "silu_mul",
             Kernel::Argmax => "argmax",
             Kernel::TopK => "top_k",
+            Kernel::Sample => "sample",
             _ => "main",
         }
     }

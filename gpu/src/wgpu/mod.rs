@@ -442,11 +442,9 @@ impl Backend for WgpuBackend {
     fn read_logits(
         &self,
         x: &Tensor,
-        full: &[usize],
-        top: &[usize],
-        k: usize,
+        want: &crate::LogitsRequest<'_>,
     ) -> Result<crate::backend::LogitsReadback> {
-        self.read_logits_once(x, full, top, k)
+        self.read_logits_once(x, want)
     }
 
     fn top_k_rows(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {

@@ -7,10 +7,14 @@ use super::kernels::{
     TOP_K_MAX,
 };
 use super::{device_of, weight_of, WgpuBackend};
-use crate::backend::{Rope, RopeStyle};
+use crate::backend::{LogitsRequest, Rope, RopeStyle};
 use crate::checks;
+use crate::draw::RowDraw;
 use crate::error::{shape_err, Result};
 use crate::tensor::{Tensor, Weight};
+
+/// head.wgsl's NONE: a draw from a row without a finite logit.
+const NO_TOKEN: u32 = u32::MAX;
 
 /// A grid of one thread per element: workgroups and the threads per grid row.
 fn element_grid(n: usize) -> ((u32, u32), u32) {
@@ -198,18 +202,24 @@ impl WgpuBackend {
     }
 
     /// A step's logits readback in one transfer: every row's argmax, the top k of the rows
-    /// `top` and the whole rows `full` are computed into their own buffers, copied one after
-    /// the other into one, and read back once (a GPU wait per step, not one per part).
+    /// `want.top`, the draws and the whole rows `want.full` are computed into their own
+    /// buffers, copied one after the other into one, and read back once (a GPU wait per step,
+    /// not one per part).
     pub(super) fn read_logits_once(
         &self,
         x: &Tensor,
-        full: &[usize],
-        top: &[usize],
-        k: usize,
+        want: &LogitsRequest<'_>,
     ) -> Result<crate::backend::LogitsReadback> {
         let (rows, cols) = (x.rows(), x.cols());
+        let (top, k) = (want.top, want.k);
         if k > TOP_K_MAX || rows == 0 || cols == 0 {
-            return crate::backend::read_logits_apart(self, x, full, top, k);
+            return crate::backend::read_logits_apart(self, x, want);
+        }
+        if let Some(d) = want.draws.iter().find(|d| d.row >= rows) {
+            return Err(shape_err(
+                "read_logits",
+                format!("draw from row {} of {rows}", d.row),
+            ));
         }
         let stride = 1 + 2 * k;
         let ids = self.head_dispatch(Kernel::Argmax, x, 0, 1)?;
@@ -219,18 +229,18 @@ impl WgpuBackend {
             let picked = self.gather(x, top)?;
             Some(self.head_dispatch(Kernel::TopK, &picked, k, stride)?)
         };
-        let whole = self.gather(x, full)?;
-        let parts: [(Option<&super::DeviceTensor>, usize); 3] = [
+        let drawn = self.draw_rows(x, want.draws)?;
+        let whole = self.gather(x, want.full)?;
+        let top_words = if tops.is_some() {
+            top.len() * stride
+        } else {
+            0
+        };
+        let parts: [(Option<&super::DeviceTensor>, usize); 4] = [
             (Some(&ids), rows),
-            (
-                tops.as_ref(),
-                if tops.is_some() {
-                    top.len() * stride
-                } else {
-                    0
-                },
-            ),
-            (Some(device_of(&whole)?), full.len() * cols),
+            (tops.as_ref(), top_words),
+            (drawn.as_ref(), want.draws.len()),
+            (Some(device_of(&whole)?), want.full.len() * cols),
         ];
         let total: usize = parts.iter().map(|p| p.1).sum();
         let staging = self.alloc(total, 1)?;
@@ -247,24 +257,72 @@ impl WgpuBackend {
         }
         let words = crate::Backend::download(self, &self.tensor(total, 1, staging))?;
         let (id_words, rest) = words.split_at(rows);
-        let (top_words, full_values) = rest.split_at(if tops.is_some() {
-            top.len() * stride
-        } else {
-            0
-        });
+        let (top_words, rest) = rest.split_at(top_words);
+        let (drawn_words, full_values) =
+            rest.split_at(if drawn.is_some() { want.draws.len() } else { 0 });
+        let ids: Vec<u32> = id_words.iter().map(|v| v.to_bits()).collect();
         let top = if tops.is_some() {
             top_pairs(top_words, k)?
         } else {
             vec![Vec::new(); top.len()]
         };
+        // A row without a finite logit draws nothing: its argmax, as the sampler gives.
+        let drawn = drawn_words
+            .iter()
+            .zip(want.draws)
+            .map(|(w, d)| match w.to_bits() {
+                NO_TOKEN => ids[d.row],
+                t => t,
+            })
+            .collect();
         Ok(crate::backend::LogitsReadback {
-            ids: id_words.iter().map(|v| v.to_bits()).collect(),
+            ids,
             full: full_values.to_vec(),
             top,
+            drawn,
         })
     }
 
-    /// Each row's k largest finite values, found on the GPU: 1 + 2k words come back per row.
+    /// Records head.wgsl's `sample` for `draws` (rows of `x`): one token word per draw.
+    fn draw_rows(&self, x: &Tensor, draws: &[RowDraw]) -> Result<Option<super::DeviceTensor>> {
+        if draws.is_empty() {
+            return Ok(None);
+        }
+        let words: Vec<f32> = draws
+            .iter()
+            .flat_map(|d| {
+                [
+                    f32::from_bits(d.row as u32),
+                    d.u,
+                    d.inv_temperature,
+                    d.min_weight,
+                ]
+            })
+            .collect();
+        let params = crate::Backend::upload(self, draws.len(), 4, words)?;
+        let pd = device_of(&params)?;
+        let xd = device_of(x)?;
+        let out = self.alloc(draws.len(), 1)?;
+        let groups = grid(draws.len() as u32);
+        let head = HeadParams {
+            cols: x.cols() as u32,
+            rows: draws.len() as u32,
+            grid_x: groups.0,
+            k: 0,
+        };
+        self.recorder()?.dispatch(
+            self.kernel(Kernel::Sample)?,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (pd.buffer(), pd.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &head,
+            groups,
+        );
+        Ok(Some(out))
+    }
+
     pub(super) fn top_k_pairs(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
         let (rows, cols) = (x.rows(), x.cols());
         if k > TOP_K_MAX {

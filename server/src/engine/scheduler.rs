@@ -10,7 +10,7 @@
 
 use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
-use super::readback::{plan_readback, RowWant, TOP_K_READBACK_MAX};
+use super::readback::{plan_readback, RowAt, RowWant, TOP_K_READBACK_MAX};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory, TokenLogprobs};
 use super::step::{StepModel, StepRows};
@@ -225,30 +225,30 @@ impl<M: StepModel> Scheduler<M> {
             return stats;
         }
         // What each logits row reads back (readback.rs): its argmax, its top k or all of it.
-        let top_k_max = if self.model.reads_back_top_k() {
-            TOP_K_READBACK_MAX
-        } else {
-            0
-        };
+        let on_device = self.model.reads_back_top_k();
+        let top_k_max = if on_device { TOP_K_READBACK_MAX } else { 0 };
         let vocab = self.model.vocab_size();
-        let wants: Vec<RowWant> = plan
-            .iter()
-            .filter(|&&(i, n)| {
-                let s = &self.running[i];
-                s.computed + n == s.tokens.len()
-            })
-            .map(|&(i, _)| {
-                let s = &self.running[i];
-                let plain = s.forks == 0
-                    && self
-                        .groups
-                        .get(&s.group)
-                        .is_some_and(|g| g.req.logprobs.is_none());
-                RowWant::of(&s.sampler, plain, vocab, top_k_max)
-            })
-            .collect();
+        let mut wants: Vec<RowWant> = Vec::new();
+        for &(i, n) in &plan {
+            let groups = &self.groups;
+            let s = &mut self.running[i];
+            if s.computed + n != s.tokens.len() {
+                continue;
+            }
+            let plain = s.forks == 0
+                && groups
+                    .get(&s.group)
+                    .is_some_and(|g| g.req.logprobs.is_none());
+            wants.push(RowWant::of(
+                &mut s.sampler,
+                plain,
+                vocab,
+                top_k_max,
+                on_device,
+            ));
+        }
         let needs_logits: Vec<bool> = wants.iter().map(|w| *w == RowWant::Logits).collect();
-        let (mixed, top_at) = plan_readback(&wants);
+        let (mixed, row_at) = plan_readback(&wants);
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
             Ok(())
@@ -275,7 +275,7 @@ impl<M: StepModel> Scheduler<M> {
             // A panic in the compute layer is a bug, but it fails this step's requests, not
             // the server.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if mixed.full.is_empty() && mixed.top.is_empty() {
+                if mixed.full.is_empty() && mixed.top.is_empty() && mixed.draws.is_empty() {
                     self.model.forward_argmax(&batch).map(StepRows::Tokens)
                 } else if mixed.full.len() == needs_logits.len() {
                     self.model.forward(&batch).map(StepRows::Logits)
@@ -298,6 +298,7 @@ impl<M: StepModel> Scheduler<M> {
                         m.ids.len() == want
                             && m.logits.rows() == mixed.full.len()
                             && m.top.len() == mixed.top.len()
+                            && m.drawn.len() == mixed.draws.len()
                     }
                 };
                 if ok {
@@ -350,12 +351,13 @@ impl<M: StepModel> Scheduler<M> {
                     }
                     self.sample(i, logits_row)
                 }
-                (None, StepRows::Mixed(m), _) => match top_at[row] {
-                    Some(j) => {
+                (None, StepRows::Mixed(m), _) => match row_at[row] {
+                    RowAt::Top(j) => {
                         let token = s.sampler.sample_top(&m.top[j], m.ids[row]);
                         self.emit(i, token, None)
                     }
-                    None => self.emit(i, m.ids[row], None),
+                    RowAt::Drawn(j) => self.emit(i, m.drawn[j], None),
+                    RowAt::Argmax => self.emit(i, m.ids[row], None),
                 },
                 (None, StepRows::Tokens(ids), _) => self.emit(i, ids[row], None),
                 (None, StepRows::Logits(_), _) => None,

@@ -20,6 +20,8 @@ struct Fake {
     /// how many did.
     top_k_readback: bool,
     top_rows: usize,
+    /// Rows whose token was drawn where the logits live.
+    draw_rows: usize,
 }
 
 const VOCAB: usize = 128;
@@ -78,6 +80,7 @@ impl StepModel for Fake {
     ) -> crate::model::Result<MixedRows> {
         self.mixed_steps += 1;
         self.top_rows += what.top.len();
+        self.draw_rows += what.draws.len();
         let logits = self.forward(seqs)?;
         Ok(crate::engine::step::mixed_rows(&logits, what))
     }
@@ -119,6 +122,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         mixed_steps: 0,
         top_k_readback: false,
         top_rows: 0,
+        draw_rows: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
@@ -443,4 +447,55 @@ fn a_top_k_row_reads_back_its_top_k_and_draws_the_same_tokens() {
     assert_eq!(host_top_rows, 0);
     // Twelve tokens: the prefill's and eleven decode steps', each a mixed step.
     assert_eq!((device_top_rows, mixed_steps), (12, 12));
+}
+
+/// A row sampling from its whole distribution (temperature only, OpenAI's default) has its
+/// token drawn where the logits live, with a uniform from its own seeded stream: the tokens
+/// are `draw_row` of each step's row at the sampler's successive uniforms. On the host the
+/// same request reads back whole rows and draws none there.
+#[test]
+fn a_whole_distribution_row_is_drawn_where_its_logits_live() {
+    let params = SamplingParams {
+        temperature: 1.0,
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    let run = |device: bool| {
+        let mut s = scheduler(64, 4, 64, true);
+        s.model.top_k_readback = device;
+        let (tx, mut rx) = unbounded_channel();
+        let mut r = request(&prompt(3, 6), 12, 1);
+        r.sampling = params.clone();
+        r.ignore_eos = true;
+        s.add(r, tx);
+        run_all(&mut s);
+        assert!(s.blocks.all_released());
+        (collect(&mut rx, 1).texts[0].clone(), s.model.draw_rows)
+    };
+    let (on_device, draw_rows) = run(true);
+    assert_eq!(draw_rows, 12);
+    let (_, host_draw_rows) = run(false);
+    assert_eq!(host_draw_rows, 0);
+    // The fake's row: 1.0 at `next(seen)`, 0 elsewhere.
+    let mut sampler = Sampler::new(params);
+    let mut seen = prompt(3, 6);
+    let mut want = String::new();
+    for _ in 0..12 {
+        let mut row = vec![0.0f32; VOCAB];
+        row[next(&seen) as usize] = 1.0;
+        let (u, inv_temperature, min_weight) =
+            sampler.whole_row_draw(VOCAB).expect("a whole-row draw");
+        let token = lowbit_gpu::draw_row(
+            &row,
+            &lowbit_gpu::RowDraw {
+                row: 0,
+                u,
+                inv_temperature,
+                min_weight,
+            },
+        );
+        seen.push(token);
+        want.push(char::from_u32(token).unwrap_or('?'));
+    }
+    assert_eq!(on_device, want);
 }

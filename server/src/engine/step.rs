@@ -31,8 +31,10 @@ pub trait StepModel: Send {
     /// Tokens in the model's vocabulary (logits per row).
     fn vocab_size(&self) -> usize;
     /// Whether a sampling row whose top-k filter comes first should read back only its top
-    /// k ([`MixedReadback::top`]): where logits must cross to the host (a GPU), not where
-    /// they are there already (the sampler's own top-k pass is faster than a full one).
+    /// k ([`MixedReadback::top`]), and a row sampling from its whole distribution only a
+    /// token drawn where the logits live ([`MixedReadback::draws`]): where logits must cross
+    /// to the host (a GPU), not where they are there already (the sampler's own passes are
+    /// faster than a full readback).
     fn reads_back_top_k(&self) -> bool {
         false
     }
@@ -94,6 +96,11 @@ pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
             .top
             .iter()
             .map(|&r| lowbit_gpu::top_k(logits.row(r), what.k))
+            .collect(),
+        drawn: what
+            .draws
+            .iter()
+            .map(|d| lowbit_gpu::draw_row(logits.row(d.row), d))
             .collect(),
     }
 }

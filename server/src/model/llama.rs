@@ -159,6 +159,8 @@ pub struct MixedReadback {
     pub full: Vec<usize>,
     pub top: Vec<usize>,
     pub k: usize,
+    /// Rows sampled where the logits live.
+    pub draws: Vec<lowbit_gpu::RowDraw>,
 }
 
 /// What a mixed step gave back (see [`MixedReadback`]).
@@ -170,6 +172,8 @@ pub struct MixedRows {
     pub logits: Logits,
     /// The top k of each row of `top`, in its order ([`lowbit_gpu::top_k`]).
     pub top: Vec<Vec<(u32, f32)>>,
+    /// The token of each draw, in its order ([`lowbit_gpu::draw_row`]).
+    pub drawn: Vec<u32>,
 }
 
 enum StepOutput {
@@ -543,7 +547,13 @@ impl Llama {
             }),
             Readback::Argmax => StepOutput::Argmax(be.argmax_rows(&logits)?),
             Readback::Mixed(what) => {
-                let read = be.read_logits(&logits, &what.full, &what.top, what.k)?;
+                let want = lowbit_gpu::LogitsRequest {
+                    full: &what.full,
+                    top: &what.top,
+                    k: what.k,
+                    draws: &what.draws,
+                };
+                let read = be.read_logits(&logits, &want)?;
                 StepOutput::Mixed(MixedRows {
                     ids: read.ids,
                     logits: Logits {
@@ -551,6 +561,7 @@ impl Llama {
                         data: read.full,
                     },
                     top: read.top,
+                    drawn: read.drawn,
                 })
             }
         })
