@@ -1,8 +1,8 @@
 //! Sampling a logits row where it lives (on a GPU: [`crate::Backend::read_logits`] reads back
 //! one token id instead of a vocabulary), for the sampler that needs the whole distribution:
-//! temperature alone, with min-p or not (OpenAI's defaults: no top-k, top-p 1). The host
-//! draws `u` from the sequence's own random stream; the device returns the token at `u` of
-//! the row's cumulative weights. This file is the definition, and the host's version of it.
+//! temperature with top-p and min-p (OpenAI's parameters; no top-k filter). The host draws
+//! `u` from the sequence's own random stream; the device returns the token at `u` of the
+//! kept tokens' cumulative weights. This file is the definition, and the host's version of it.
 
 use crate::backend::argmax;
 
@@ -12,10 +12,13 @@ use crate::backend::argmax;
 /// gives the same distribution; this one keeps the device's reads coalesced.
 pub const DRAW_LANES: usize = 256;
 
-/// One row to sample: token `i` weighs `exp((lᵢ − max) · inv_temperature)` (`max` the row's
-/// largest finite logit), 0 where the logit is not finite or the weight is below
-/// `min_weight` (min-p: the most likely token weighs exactly 1); the token drawn is the one
-/// at `u · Σ weights` of the cumulative weights in [`DRAW_LANES`]' order.
+/// One row to sample: token `i` weighs `wᵢ = exp((lᵢ − max) · inv_temperature)` (`max` the
+/// row's largest finite logit; 0 where the logit is not finite). Top-p keeps the tokens whose
+/// logit is at least the nucleus floor: the largest logit `L` with `Σ_{lᵢ ≥ L} wᵢ ≥ top_p ·
+/// Σ wᵢ` (the fewest most likely tokens reaching `top_p` of the mass, every token tied with
+/// the last one kept too); min-p then drops weights below `min_weight` (the most likely token
+/// weighs exactly 1). The token drawn is the one at `u · Σ kept` of the kept tokens'
+/// cumulative weights in [`DRAW_LANES`]' order.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RowDraw {
     /// The logits row (an index among the step's logits rows).
@@ -24,16 +27,40 @@ pub struct RowDraw {
     pub u: f32,
     pub inv_temperature: f32,
     pub min_weight: f32,
+    /// 1 keeps every token.
+    pub top_p: f32,
 }
 
 impl RowDraw {
-    fn weight(&self, v: f32, max: f32) -> f32 {
-        let w = ((v - max) * self.inv_temperature).exp();
-        if v.is_finite() && w >= self.min_weight {
-            w
+    /// A token's weight before the filters.
+    fn raw_weight(&self, v: f32, max: f32) -> f32 {
+        if v.is_finite() {
+            ((v - max) * self.inv_temperature).exp()
         } else {
             0.0
         }
+    }
+
+    /// The nucleus floor of `values` (module docs); −∞ keeps every finite logit.
+    fn nucleus_floor(&self, values: &[f32], max: f32) -> f32 {
+        if self.top_p >= 1.0 {
+            return f32::NEG_INFINITY;
+        }
+        let mut ranked: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        ranked.sort_unstable_by(|a, b| b.total_cmp(a));
+        let total: f64 = ranked
+            .iter()
+            .map(|&v| f64::from(self.raw_weight(v, max)))
+            .sum();
+        let target = f64::from(self.top_p) * total;
+        let mut acc = 0.0;
+        for &v in &ranked {
+            acc += f64::from(self.raw_weight(v, max));
+            if acc >= target {
+                return v;
+            }
+        }
+        f32::NEG_INFINITY
     }
 }
 
@@ -48,14 +75,22 @@ pub fn draw_row(values: &[f32], draw: &RowDraw) -> u32 {
     if max == f32::NEG_INFINITY {
         return argmax(values);
     }
+    let floor = draw.nucleus_floor(values, max);
+    let weight = |v: f32| {
+        let w = draw.raw_weight(v, max);
+        // total_cmp: the device compares order keys, which put −0 below +0.
+        if v.total_cmp(&floor).is_ge() && w >= draw.min_weight {
+            f64::from(w)
+        } else {
+            0.0
+        }
+    };
     let order = || (0..DRAW_LANES).flat_map(|lane| (lane..values.len()).step_by(DRAW_LANES));
-    let total: f64 = order()
-        .map(|i| f64::from(draw.weight(values[i], max)))
-        .sum();
+    let total: f64 = order().map(|i| weight(values[i])).sum();
     let mut r = f64::from(draw.u) * total;
     let mut last = None;
     for i in order() {
-        let w = f64::from(draw.weight(values[i], max));
+        let w = weight(values[i]);
         if w > 0.0 {
             if r < w {
                 return i as u32;
@@ -78,6 +113,7 @@ mod tests {
             u,
             inv_temperature: 1.0,
             min_weight: 0.0,
+            top_p: 1.0,
         }
     }
 
@@ -100,6 +136,31 @@ mod tests {
         values[256] = -1.0; // weight e⁻¹ < 0.5: dropped by min-p
         assert_eq!(draw_row(&values, &floor), 1);
         assert_eq!(draw_row(&values, &RowDraw { u: 0.4, ..floor }), 0);
+    }
+
+    #[test]
+    fn top_p_keeps_the_fewest_likeliest_tokens_and_their_ties() {
+        // Weights 1, 1, e⁻¹, e⁻¹, e⁻²: mass 2.87.
+        let values = [0.0, -1.0, 0.0, -2.0, -1.0];
+        let nucleus = |top_p: f32| {
+            let d = RowDraw { top_p, ..draw(0.0) };
+            (0..1000)
+                .map(|j| {
+                    draw_row(
+                        &values,
+                        &RowDraw {
+                            u: j as f32 / 1000.0,
+                            ..d
+                        },
+                    )
+                })
+                .collect::<std::collections::BTreeSet<u32>>()
+        };
+        // 0.5 of the mass: the first token reaches it; its tie at logit 0 comes too.
+        assert_eq!(nucleus(0.5), [0, 2].into());
+        // 0.75: past both zeros (0.70), so the logit −1 pair joins.
+        assert_eq!(nucleus(0.75), [0, 1, 2, 4].into());
+        assert_eq!(nucleus(1.0), [0, 1, 2, 3, 4].into());
     }
 
     #[test]

@@ -311,6 +311,7 @@ fn read_logits_equals_its_parts(be: &dyn Backend, _: Bounds) {
             u: 0.5,
             inv_temperature: 1.0,
             min_weight: 0.0,
+            top_p: 0.9,
         });
         let draws = if top.is_empty() { &[][..] } else { &draws[..] };
         let ask = LogitsRequest {

@@ -200,18 +200,19 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
     .enumerate()
     .map(|(i, q)| {
         let text = format!("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
-        // Greedy (ids read back), sampling from the whole distribution (a token drawn on
-        // the GPU), with top-p (whole logits), after a top-k filter (the top k read back).
+        // Greedy (ids read back), sampling through top-p (a token drawn on the GPU), with a
+        // presence penalty (whole logits), after a top-k filter (the top k read back).
         let sampling = match i {
             0 => SamplingParams::default(),
             1 => SamplingParams {
                 temperature: 0.8,
+                top_p: 0.9,
                 seed: 3,
                 ..SamplingParams::default()
             },
             2 => SamplingParams {
                 temperature: 0.8,
-                top_p: 0.9,
+                presence_penalty: 0.5,
                 seed: 4,
                 ..SamplingParams::default()
             },

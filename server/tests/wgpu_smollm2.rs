@@ -124,6 +124,7 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
                 u: (j as f32 + 0.37) / 8.0,
                 inv_temperature: if row == 1 { 1.0 / 1.5 } else { 1.0 },
                 min_weight: 0.0,
+                top_p: if row == 2 { 0.8 } else { 1.0 },
             })
         })
         .collect();

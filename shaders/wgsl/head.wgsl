@@ -6,7 +6,7 @@
 // `sample` draws a token from a row's whole distribution (gpu/src/draw.rs).
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
-// `sample`: 4 words per draw (row, u, 1/temperature, min weight); unused by the others.
+// `sample`: 5 words per draw (row, u, 1/temperature, min weight, top-p); unused by the others.
 @group(0) @binding(1) var<storage, read> draws: array<u32>;
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<uniform> p: HeadParams;
@@ -212,15 +212,87 @@ var<workgroup> scan: array<f32, 256>;
 var<workgroup> claim: atomic<u32>;
 var<workgroup> last_live: atomic<u32>;
 var<workgroup> chosen_lane: u32;
+var<workgroup> nucleus_flag: u32;
+// Top-p's digit masses: 16 digits × 128 threads.
+var<workgroup> bin_mass: array<f32, 2048>;
 
 fn is_finite(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
 }
 
-// gpu/src/draw.rs `RowDraw`'s weight.
-fn draw_weight(v: f32, max_v: f32, inv_t: f32, min_w: f32) -> f32 {
+// gpu/src/draw.rs `RowDraw`'s weight before the filters.
+fn raw_weight(v: f32, max_v: f32, inv_t: f32) -> f32 {
+    return select(0.0, exp((v - max_v) * inv_t), is_finite(v));
+}
+
+// The weight a draw walks: top-p keeps order keys from `min_key` on, min-p weights from `min_w`.
+fn draw_weight(v: f32, max_v: f32, inv_t: f32, min_w: f32, min_key: u32) -> f32 {
     let w = exp((v - max_v) * inv_t);
-    return select(0.0, w, is_finite(v) && w >= min_w);
+    return select(0.0, w, is_finite(v) && order_key(v) >= min_key && w >= min_w);
+}
+
+// The nucleus floor's order key (draw.rs `nucleus_floor`): the largest key K whose tokens
+// from K up hold top_p of the mass, four bits at a time from the top. A round sums, per
+// digit, the weights of the tokens that match the bits found so far; the digit taken is the
+// largest at which the mass from it up (plus everything above the prefix) reaches the target.
+fn nucleus_floor_key(base: u32, max_v: f32, inv_t: f32, top_p: f32, lid: u32) -> u32 {
+    var own = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        own += raw_weight(logits[base + c], max_v, inv_t);
+    }
+    prefix_sums(own, lid);
+    let goal = top_p * scan[WG - 1u];
+    var prefix = 0u;
+    var above = 0.0;
+    for (var round = 0u; round < 8u; round++) {
+        let shift = 28u - 4u * round;
+        let high = select(0xffffffffu << (shift + 4u), 0u, round == 0u);
+        var bins: array<f32, 16>;
+        for (var c = lid; c < p.cols; c += WG) {
+            let v = logits[base + c];
+            let key = order_key(v);
+            if key != 0u && (key & high) == prefix {
+                bins[(key >> shift) & 15u] += raw_weight(v, max_v, inv_t);
+            }
+        }
+        // Each digit's sum over the workgroup: the upper half stores, the lower adds, a tree.
+        if lid >= 128u {
+            for (var b = 0u; b < 16u; b++) {
+                bin_mass[b * 128u + lid - 128u] = bins[b];
+            }
+        }
+        workgroupBarrier();
+        if lid < 128u {
+            for (var b = 0u; b < 16u; b++) {
+                bin_mass[b * 128u + lid] += bins[b];
+            }
+        }
+        workgroupBarrier();
+        for (var half = 64u; half > 0u; half >>= 1u) {
+            if lid < half {
+                for (var b = 0u; b < 16u; b++) {
+                    bin_mass[b * 128u + lid] += bin_mass[b * 128u + lid + half];
+                }
+            }
+            workgroupBarrier();
+        }
+        // Digit 0 where rounding kept the mass short of the target everywhere.
+        var acc = above;
+        var digit = 0u;
+        for (var b = 15u; b > 0u; b--) {
+            let m = bin_mass[b * 128u];
+            if acc + m >= goal {
+                digit = b;
+                break;
+            }
+            acc += m;
+        }
+        above = acc;
+        prefix |= digit << shift;
+        // Every thread has read the sums before the next round stores its own.
+        workgroupBarrier();
+    }
+    return prefix;
 }
 
 // Inclusive prefix sums of every thread's `v` over the workgroup (Hillis-Steele in `scan`).
@@ -270,10 +342,11 @@ fn sample(
     if d >= p.rows {
         return;
     }
-    let base = draws[4u * d] * p.cols;
-    let u = bitcast<f32>(draws[4u * d + 1u]);
-    let inv_t = bitcast<f32>(draws[4u * d + 2u]);
-    let min_w = bitcast<f32>(draws[4u * d + 3u]);
+    let base = draws[5u * d] * p.cols;
+    let u = bitcast<f32>(draws[5u * d + 1u]);
+    let inv_t = bitcast<f32>(draws[5u * d + 2u]);
+    let min_w = bitcast<f32>(draws[5u * d + 3u]);
+    let top_p = bitcast<f32>(draws[5u * d + 4u]);
     // The largest finite logit (best_i: whether the thread saw one).
     var m = 0.0;
     var seen = 0u;
@@ -296,10 +369,18 @@ fn sample(
         workgroupBarrier();
     }
     let max_v = best_v[0];
+    // Top-p's floor (order keys of finite values are at least 1: 0 keeps them all).
+    if lid == 0u {
+        nucleus_flag = select(0u, 1u, top_p < 1.0);
+    }
+    var min_key = 0u;
+    if workgroupUniformLoad(&nucleus_flag) == 1u {
+        min_key = nucleus_floor_key(base, max_v, inv_t, top_p, lid);
+    }
     // This lane's weight, in token order. (No finite logit: every weight is 0.)
     var own = 0.0;
     for (var c = lid; c < p.cols; c += WG) {
-        own += draw_weight(logits[base + c], max_v, inv_t, min_w);
+        own += draw_weight(logits[base + c], max_v, inv_t, min_w, min_key);
     }
     prefix_sums(own, lid);
     let total = scan[WG - 1u];
@@ -325,7 +406,8 @@ fn sample(
     var last = NONE;
     for (var round = 0u; round < rounds; round++) {
         let c = lane + WG * (round * WG + lid);
-        let w = select(0.0, draw_weight(logits[base + min(c, p.cols - 1u)], max_v, inv_t, min_w), c < p.cols);
+        let v = logits[base + min(c, p.cols - 1u)];
+        let w = select(0.0, draw_weight(v, max_v, inv_t, min_w, min_key), c < p.cols);
         prefix_sums(w, lid);
         let t = claimant(w, select(r, -1.0, picked != NONE), lid);
         if picked == NONE && t != NONE {

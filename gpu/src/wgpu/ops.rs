@@ -296,10 +296,11 @@ impl WgpuBackend {
                     d.u,
                     d.inv_temperature,
                     d.min_weight,
+                    d.top_p,
                 ]
             })
             .collect();
-        let params = crate::Backend::upload(self, draws.len(), 4, words)?;
+        let params = crate::Backend::upload(self, draws.len(), 5, words)?;
         let pd = device_of(&params)?;
         let xd = device_of(x)?;
         let out = self.alloc(draws.len(), 1)?;

@@ -11,9 +11,32 @@ fn intervals(values: &[f32], d: &RowDraw) -> Vec<(u32, f64, f64)> {
         .copied()
         .filter(|v| v.is_finite())
         .fold(f32::NEG_INFINITY, f32::max);
+    let raw = |v: f32| {
+        if v.is_finite() {
+            ((f64::from(v) - f64::from(max)) * f64::from(d.inv_temperature)).exp()
+        } else {
+            0.0
+        }
+    };
+    // Top-p's floor: the logit at which the mass, most likely first, reaches top_p.
+    let mut ranked: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    ranked.sort_unstable_by(|a, b| b.total_cmp(a));
+    let all: f64 = ranked.iter().map(|&v| raw(v)).sum();
+    let mut acc = 0.0;
+    let floor = if d.top_p >= 1.0 {
+        f32::NEG_INFINITY
+    } else {
+        *ranked
+            .iter()
+            .find(|&&v| {
+                acc += raw(v);
+                acc >= f64::from(d.top_p) * all
+            })
+            .unwrap_or(&f32::NEG_INFINITY)
+    };
     let weight = |v: f32| {
-        let w = ((f64::from(v) - f64::from(max)) * f64::from(d.inv_temperature)).exp();
-        if v.is_finite() && w >= f64::from(d.min_weight) {
+        let w = raw(v);
+        if v >= floor && w >= f64::from(d.min_weight) {
             w
         } else {
             0.0
@@ -37,14 +60,15 @@ fn intervals(values: &[f32], d: &RowDraw) -> Vec<(u32, f64, f64)> {
 }
 
 /// For draws at evenly spaced u, every token is drawn N·p ± 2 times (so the distribution is
-/// the row's at its temperature and min-p), and each draw is the token whose interval holds
-/// u in the draw's order, except within 1e-5 of an interval's edge (float32 sums). Rows of
-/// several widths (one round of a lane and two), rows with NaN and infinities, a row with no
-/// finite value (its argmax), temperatures and min-p.
+/// the row's at its temperature, top-p and min-p), and each draw is the token whose interval
+/// holds u in the draw's order, except within 1e-5 of an interval's edge (float32 sums).
+/// Rows of several widths (one round of a lane and two), rows with NaN and infinities, a row
+/// with no finite value (its argmax), temperatures, min-p, top-p with logits tied at the
+/// nucleus's edge (all kept).
 pub(crate) fn draws_follow_each_rows_distribution(be: &dyn Backend, _: Bounds) {
     let mut r = rng(16);
     for (cols, n) in [(300, 600), (1000, 1000), (70_000, 48)] {
-        let rows = 3;
+        let rows = 4;
         let mut values: Vec<f32> = random(&mut r, rows * cols)
             .iter()
             .map(|v| v * 4.0)
@@ -53,16 +77,28 @@ pub(crate) fn draws_follow_each_rows_distribution(be: &dyn Backend, _: Bounds) {
         values[9] = f32::INFINITY;
         values[cols + 1] = f32::NEG_INFINITY;
         values[cols + 2] = 12.0;
+        // Five tokens tied far above every other: top-p 0.3 ends inside them, so all five
+        // stay (walked in lane order: 299 is on lane 43).
+        for t in [10, 11, 100, 200, 299] {
+            values[3 * cols + t] = 30.0;
+        }
         let x = upload(be, rows, cols, &values);
-        let settings = [(1.0, 0.0), (1.0 / 0.7, 0.0), (1.0, 0.05)];
+        // (1/temperature, min-p, top-p) per row.
+        let settings = [
+            (1.0, 0.0, 1.0),
+            (1.0 / 0.7, 0.0, 0.9),
+            (1.0, 0.05, 0.6),
+            (1.0 / 1.3, 0.0, 0.3),
+        ];
         let draws: Vec<RowDraw> = (0..rows)
             .flat_map(|row| {
-                let (inv_temperature, min_weight) = settings[row];
+                let (inv_temperature, min_weight, top_p) = settings[row];
                 (0..n).map(move |j| RowDraw {
                     row,
                     u: (j as f32 + 0.5) / n as f32,
                     inv_temperature,
                     min_weight,
+                    top_p,
                 })
             })
             .collect();
@@ -92,6 +128,14 @@ pub(crate) fn draws_follow_each_rows_distribution(be: &dyn Backend, _: Bounds) {
                     "cols {cols} row {row} u {u}: drew {token}, its interval holds {want}"
                 );
             }
+            if row == 3 {
+                let kept: Vec<u32> = spans.iter().map(|s| s.0).collect();
+                assert_eq!(
+                    kept,
+                    [10, 11, 299, 100, 200],
+                    "cols {cols}: the tied nucleus"
+                );
+            }
             for &(token, lo, hi) in &spans {
                 let expected = (hi - lo) * n as f64;
                 let drawn = counts.get(&token).copied().unwrap_or(0) as f64;
@@ -109,6 +153,7 @@ pub(crate) fn draws_follow_each_rows_distribution(be: &dyn Backend, _: Bounds) {
         u: 0.3,
         inv_temperature: 1.0,
         min_weight: 0.0,
+        top_p: 0.5,
     }];
     let ask = LogitsRequest {
         draws: &d,

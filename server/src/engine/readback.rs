@@ -1,7 +1,7 @@
 //! What a step reads back of each of its logits rows: the argmax alone (greedy rows), the top
 //! k (rows whose sampler filters to a top k first, where logits live on a device), a token
-//! drawn on the device (rows sampling from the whole distribution: temperature and min-p
-//! only, OpenAI's defaults), or the whole row. The first two give the token the host would
+//! drawn on the device (rows sampling from the whole distribution through top-p and min-p:
+//! OpenAI's parameters), or the whole row. The first two give the token the host would
 //! pick from the whole row; a device draw is the same distribution, drawn with the sequence's
 //! own random stream (gpu/src/draw.rs). On a GPU this is the difference between a few words
 //! and a vocabulary.
@@ -17,8 +17,8 @@ pub const TOP_K_READBACK_MAX: usize = 64;
 pub enum RowWant {
     Argmax,
     TopK(usize),
-    /// A token drawn where the logits live: `u`, 1/temperature, min-p.
-    Draw(f32, f32, f32),
+    /// A token drawn where the logits live: `u`, 1/temperature, min-p, top-p.
+    Draw(f32, f32, f32, f32),
     Logits,
 }
 
@@ -40,11 +40,11 @@ impl RowWant {
             RowWant::Argmax
         } else if let Some(k) = sampler.top_k_readback(vocab, top_k_max) {
             RowWant::TopK(k)
-        } else if let Some((u, inv_t, min_p)) = device_draws
+        } else if let Some((u, inv_t, min_p, top_p)) = device_draws
             .then(|| sampler.whole_row_draw(vocab))
             .flatten()
         {
-            RowWant::Draw(u, inv_t, min_p)
+            RowWant::Draw(u, inv_t, min_p, top_p)
         } else {
             RowWant::Logits
         }
@@ -74,13 +74,14 @@ pub fn plan_readback(wants: &[RowWant]) -> (MixedReadback, Vec<RowAt>) {
                 what.top.push(r);
                 what.k = what.k.max(k);
             }
-            RowWant::Draw(u, inv_temperature, min_weight) => {
+            RowWant::Draw(u, inv_temperature, min_weight, top_p) => {
                 at[r] = RowAt::Drawn(what.draws.len());
                 what.draws.push(lowbit_gpu::RowDraw {
                     row: r,
                     u,
                     inv_temperature,
                     min_weight,
+                    top_p,
                 });
             }
             RowWant::Logits => what.full.push(r),

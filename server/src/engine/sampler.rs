@@ -211,22 +211,23 @@ impl Sampler {
         .then_some(p.top_k)
     }
 
-    /// `Some((u, 1/temperature, min-p))` when the choice is a draw from the row's whole
-    /// distribution: sampling with no top-k filter short of the vocabulary's `vocab` tokens,
-    /// top-p 1 and nothing adjusting the logits (OpenAI's defaults), which a device draws from
-    /// the logits where they live ([`lowbit_gpu::RowDraw`]: the distribution [`Sampler::sample`]
-    /// draws from). `u` is taken from this sampler's stream, as `sample` would take it.
-    pub fn whole_row_draw(&mut self, vocab: usize) -> Option<(f32, f32, f32)> {
+    /// `Some((u, 1/temperature, min-p, top-p))` when the choice is a draw from the row's whole
+    /// distribution through top-p and min-p: sampling with no top-k filter short of the
+    /// vocabulary's `vocab` tokens and nothing adjusting the logits (OpenAI's parameters),
+    /// which a device draws from the logits where they live ([`lowbit_gpu::RowDraw`]: the
+    /// distribution [`Sampler::sample`] draws from, but for logits tied at the nucleus's edge,
+    /// which the device keeps together). `u` is taken from this sampler's stream, as `sample`
+    /// would take it.
+    pub fn whole_row_draw(&mut self, vocab: usize) -> Option<(f32, f32, f32, f32)> {
         let p = &self.params;
         let whole = p.temperature > 0.0
             && p.top_k != 1
             && (p.top_k == 0 || p.top_k >= vocab)
-            && p.top_p >= 1.0
             && !p.adjusts_logits();
         // 24 bits: exact in an f32.
         whole.then(|| {
-            let (inv_t, min_p) = (1.0 / p.temperature, p.min_p);
-            (uniform(&mut self.rng) as f32, inv_t, min_p)
+            let (inv_t, min_p, top_p) = (1.0 / p.temperature, p.min_p, p.top_p);
+            (uniform(&mut self.rng) as f32, inv_t, min_p, top_p)
         })
     }
 

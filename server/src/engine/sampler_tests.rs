@@ -362,3 +362,31 @@ fn sampling_from_the_top_k_alone_draws_the_tokens_of_the_whole_row() {
     };
     assert_eq!(sampler(biased), None, "logits adjusted first");
 }
+
+/// A row drawn where its logits live carries the sampler's temperature, min-p and top-p and
+/// the uniform `sample` would take next from the same stream; greedy rows, top-k filters
+/// short of the vocabulary and adjusted logits are not drawn there.
+#[test]
+fn whole_row_draws_carry_the_parameters_and_the_streams_next_uniform() {
+    let p = params(0.8, 0, 0.9, 0.05, 11);
+    let mut drawn = Sampler::new(p.clone());
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..3 {
+        let (u, inv_t, min_p, top_p) = drawn.whole_row_draw(100).expect("a draw");
+        assert_eq!(f64::from(u), uniform(&mut rng));
+        assert_eq!((inv_t, min_p, top_p), (1.0 / 0.8, 0.05, 0.9));
+    }
+    let draw = |p: SamplingParams| Sampler::new(p).whole_row_draw(100);
+    assert!(
+        draw(params(1.0, 100, 1.0, 0.0, 0)).is_some(),
+        "k = vocabulary"
+    );
+    assert_eq!(draw(params(0.0, 0, 1.0, 0.0, 0)), None, "greedy");
+    assert_eq!(draw(params(1.0, 1, 1.0, 0.0, 0)), None, "top-1");
+    assert_eq!(draw(params(1.0, 40, 1.0, 0.0, 0)), None, "a top-k filter");
+    let penalized = SamplingParams {
+        presence_penalty: 0.5,
+        ..params(1.0, 0, 1.0, 0.0, 0)
+    };
+    assert_eq!(draw(penalized), None, "logits adjusted first");
+}

@@ -483,7 +483,7 @@ fn a_whole_distribution_row_is_drawn_where_its_logits_live() {
     for _ in 0..12 {
         let mut row = vec![0.0f32; VOCAB];
         row[next(&seen) as usize] = 1.0;
-        let (u, inv_temperature, min_weight) =
+        let (u, inv_temperature, min_weight, top_p) =
             sampler.whole_row_draw(VOCAB).expect("a whole-row draw");
         let token = lowbit_gpu::draw_row(
             &row,
@@ -492,6 +492,7 @@ fn a_whole_distribution_row_is_drawn_where_its_logits_live() {
                 u,
                 inv_temperature,
                 min_weight,
+                top_p,
             },
         );
         seen.push(token);
