@@ -266,7 +266,13 @@ impl Sampler {
         adjusted.extend_from_slice(logits);
         if p.repetition_penalty != 1.0 {
             let r = p.repetition_penalty;
-            for &t in history.prompt.iter().chain(history.output.keys()) {
+            // Once per token seen (Hugging Face's and llama.cpp's rule), also for a token of
+            // both the prompt and the output.
+            let in_output_only = history
+                .output
+                .keys()
+                .filter(|t| !history.prompt.contains(t));
+            for &t in history.prompt.iter().chain(in_output_only) {
                 if let Some(v) = adjusted.get_mut(t as usize) {
                     *v = if *v > 0.0 { *v / r } else { *v * r };
                 }

@@ -45,6 +45,19 @@ fn penalties_and_bias_steer_greedy_choice() {
 }
 
 #[test]
+fn the_repetition_penalty_applies_once_to_a_token_of_both_prompt_and_output() {
+    // 3 / 1.05 = 2.857 stays above 2.8; penalized twice, 3 / 1.05² = 2.72 would not.
+    let logits = [3.0f32, 2.8];
+    let mut history = TokenHistory::new(&[0], true);
+    history.push(0);
+    let mut rep = Sampler::new(SamplingParams {
+        repetition_penalty: 1.05,
+        ..SamplingParams::default()
+    });
+    assert_eq!(rep.sample_with(&logits, &history), 0);
+}
+
+#[test]
 fn logprobs_are_a_normalized_log_softmax_with_sorted_alternatives() {
     let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
     let lp = logprobs(&logits, 0, 2);
