@@ -6,7 +6,7 @@
 //! ([`SeqSpan`]), each with its own positions and its own block table in the backend's paged
 //! [`KvPool`], so that decoding N sequences is one matrix multiply that reads each weight once.
 
-use crate::draw::{draw_row, RowDraw};
+use crate::draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 use crate::error::Result;
 use crate::kv::{KvPool, KvPoolSpec};
 use crate::quant::QTensor;
@@ -100,13 +100,15 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
 
 /// What a step reads back of its logits besides every row's argmax ([`Backend::read_logits`]):
 /// whole rows, the top `k` of some rows, and rows sampled where they live. Row indices are
-/// among the logits rows.
+/// among the logits rows. `adjust` changes logits (penalties, bias) before the argmax, the
+/// top k and the draws; whole rows come back as the model gave them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogitsRequest<'a> {
     pub full: &'a [usize],
     pub top: &'a [usize],
     pub k: usize,
     pub draws: &'a [RowDraw],
+    pub adjust: &'a [LogitAdjust],
 }
 
 /// What a step reads back of its logits ([`Backend::read_logits`]).
@@ -122,19 +124,34 @@ pub struct LogitsReadback {
     pub drawn: Vec<u32>,
 }
 
-/// [`Backend::read_logits`] as separate operations, the draws made on the host (the default).
+/// [`Backend::read_logits`] as separate operations, the changes and draws made on the host
+/// (the default).
 pub fn read_logits_apart<B: Backend + ?Sized>(
     be: &B,
     x: &Tensor,
     want: &LogitsRequest<'_>,
 ) -> Result<LogitsReadback> {
+    if let Some(a) = want.adjust.iter().find(|a| a.row >= x.rows()) {
+        return Err(crate::error::shape_err(
+            "read_logits",
+            format!("change to row {} of {}", a.row, x.rows()),
+        ));
+    }
+    let full = be.download_owned(be.select_rows(x, want.full)?)?;
+    let adjusted;
+    let x = if want.adjust.is_empty() {
+        x
+    } else {
+        let rows = adjusted_rows(&be.download(x)?, x.cols(), want.adjust);
+        adjusted = be.upload(x.rows(), x.cols(), rows)?;
+        &adjusted
+    };
     let ids = be.argmax_rows(x)?;
     let top = if want.top.is_empty() {
         Vec::new()
     } else {
         be.top_k_rows(&be.select_rows(x, want.top)?, want.k)?
     };
-    let full = be.download_owned(be.select_rows(x, want.full)?)?;
     let drawn = if want.draws.is_empty() {
         Vec::new()
     } else {

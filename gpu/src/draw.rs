@@ -2,7 +2,9 @@
 //! one token id instead of a vocabulary), for the sampler that needs the whole distribution:
 //! temperature with top-p and min-p (OpenAI's parameters; no top-k filter). The host draws
 //! `u` from the sequence's own random stream; the device returns the token at `u` of the
-//! kept tokens' cumulative weights. This file is the definition, and the host's version of it.
+//! kept tokens' cumulative weights. Penalties and logit bias reach the device as per-token
+//! changes ([`LogitAdjust`]) made before any choice. This file is the definition, and the
+//! host's version of it.
 
 use crate::backend::argmax;
 
@@ -62,6 +64,57 @@ impl RowDraw {
         }
         f32::NEG_INFINITY
     }
+}
+
+/// A change to one logit before the choice: the sampler's penalties and logit bias, made
+/// where the logits live. `v → v·scale − subtract + add`, `scale` being `positive_scale` for
+/// v > 0 and `negative_scale` otherwise (the repetition penalty r: 1/r and r; 1 for none);
+/// each step is skipped where it changes nothing, so the float steps are the host's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogitAdjust {
+    /// The logits row (an index among the step's logits rows).
+    pub row: usize,
+    pub token: u32,
+    pub positive_scale: f32,
+    pub negative_scale: f32,
+    pub subtract: f32,
+    pub add: f32,
+}
+
+impl LogitAdjust {
+    /// The adjusted logit.
+    pub fn apply(&self, v: f32) -> f32 {
+        let mut v = v;
+        let scale = if v > 0.0 {
+            self.positive_scale
+        } else {
+            self.negative_scale
+        };
+        if scale != 1.0 {
+            v *= scale;
+        }
+        if self.subtract != 0.0 {
+            v -= self.subtract;
+        }
+        if self.add != 0.0 {
+            v += self.add;
+        }
+        v
+    }
+}
+
+/// `rows` (rows of `cols` logits) with `adjust` applied; changes past a row's end are
+/// ignored, as the sampler ignores them.
+pub fn adjusted_rows(rows: &[f32], cols: usize, adjust: &[LogitAdjust]) -> Vec<f32> {
+    let mut out = rows.to_vec();
+    for a in adjust {
+        if (a.token as usize) < cols {
+            if let Some(v) = out.get_mut(a.row * cols + a.token as usize) {
+                *v = a.apply(*v);
+            }
+        }
+    }
+    out
 }
 
 /// The token `draw` picks from `values` (its row's logits); a row without a finite logit

@@ -19,7 +19,7 @@ pub use backend::{
     argmax, read_logits_apart, top_k, AttentionShape, Backend, LogitsReadback, LogitsRequest, Rope,
     RopeStyle, SeqSpan,
 };
-pub use draw::{draw_row, RowDraw};
+pub use draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 pub use error::{Error, Result};
 pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
 pub use quant::source::{RawTensor, SourceDType};

@@ -319,6 +319,7 @@ fn read_logits_equals_its_parts(be: &dyn Backend, _: Bounds) {
             top,
             k,
             draws,
+            ..LogitsRequest::default()
         };
         let got = be.read_logits(&x, &ask).expect("read_logits");
         let want = lowbit_gpu::read_logits_apart(be, &x, &ask).expect("apart");
@@ -481,6 +482,7 @@ suite!(
     top_k_rows_rank_as_the_host_does,
     read_logits_equals_its_parts,
     draws_follow_each_rows_distribution,
+    choices_are_made_from_adjusted_logits,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     matmul_add_equals_matmul_then_add,

@@ -201,7 +201,8 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
     .map(|(i, q)| {
         let text = format!("<|im_start|>system\nAnswer briefly.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n");
         // Greedy (ids read back), sampling through top-p (a token drawn on the GPU), with a
-        // presence penalty (whole logits), after a top-k filter (the top k read back).
+        // presence penalty (the logits changed on the GPU, then drawn from), after a top-k
+        // filter (the top k read back).
         let sampling = match i {
             0 => SamplingParams::default(),
             1 => SamplingParams {

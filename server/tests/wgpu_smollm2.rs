@@ -133,6 +133,7 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
         top: vec![0, 2],
         k: 40,
         draws: draws.clone(),
+        adjust: Vec::new(),
     };
     let rows = model.forward_mixed(&seqs, &mut pool, &what).unwrap();
     assert_eq!(rows.top.len(), 2);

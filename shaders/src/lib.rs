@@ -34,8 +34,8 @@ pub enum Family {
     /// Integer products with int8 activations: `matvec` (decode) and `matmul` (tiled), for
     /// the integer weight kinds only.
     Int8,
-    /// The output head's reductions: `argmax` and `top_k` per logits row, and `sample` (a
-    /// token drawn from a row's whole distribution).
+    /// The output head's reductions: `argmax` and `top_k` per logits row, `sample` (a token
+    /// drawn from a row's whole distribution) and `adjust` (penalties and logit bias first).
     Head,
 }
 
@@ -89,7 +89,7 @@ impl Family {
             Family::Elementwise => &["add", "silu_mul", "gather_rows"],
             Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],
-            Family::Head => &["argmax", "top_k", "sample"],
+            Family::Head => &["argmax", "top_k", "sample", "adjust"],
             Family::Quantize => &["main", "rms_norm", "silu_mul"],
             _ => &["main"],
         }

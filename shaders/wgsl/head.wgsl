@@ -3,11 +3,14 @@
 // ties (the host's rule, gpu/src/backend.rs `argmax`). NaN is skipped where the device keeps
 // NaN semantics (WGSL lets it not); a row of NaN alone gives 0. `top_k` gives each row's k
 // largest finite values with their indices, for a sampler whose top-k filter comes first.
-// `sample` draws a token from a row's whole distribution (gpu/src/draw.rs).
+// `sample` draws a token from a row's whole distribution (gpu/src/draw.rs); `adjust` applies
+// the penalties and logit bias to a copy of the logits first.
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
-// `sample`: 5 words per draw (row, u, 1/temperature, min weight, top-p); unused by the others.
+// `sample`: 5 words per draw (row, u, 1/temperature, min weight, top-p); `adjust`: 6 words per
+// change (row, token, positive scale, negative scale, subtract, add); unused by the others.
 @group(0) @binding(1) var<storage, read> draws: array<u32>;
+// The output; for `adjust`, the copy of the logits it changes in place.
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
 @group(0) @binding(3) var<uniform> p: HeadParams;
 
@@ -422,4 +425,35 @@ fn sample(
     if lid == 0u {
         ids[d] = select(picked, last, picked == NONE);
     }
+}
+
+// ---- adjust ----
+
+// One thread per change (gpu/src/draw.rs `LogitAdjust`, the same float steps); each (row,
+// token) appears once. `p.rows`: changes; `p.grid_x`: threads per grid row.
+@compute @workgroup_size(64)
+fn adjust(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i >= p.rows {
+        return;
+    }
+    let token = draws[6u * i + 1u];
+    if token >= p.cols {
+        return;
+    }
+    let at = draws[6u * i] * p.cols + token;
+    var v = bitcast<f32>(ids[at]);
+    let scale = bitcast<f32>(select(draws[6u * i + 3u], draws[6u * i + 2u], v > 0.0));
+    let subtract = bitcast<f32>(draws[6u * i + 4u]);
+    let add = bitcast<f32>(draws[6u * i + 5u]);
+    if scale != 1.0 {
+        v *= scale;
+    }
+    if subtract != 0.0 {
+        v -= subtract;
+    }
+    if add != 0.0 {
+        v += add;
+    }
+    ids[at] = bitcast<u32>(v);
 }

@@ -58,6 +58,8 @@ pub enum Kernel {
     TopK,
     /// A token drawn from each listed logits row's distribution (gpu/src/draw.rs).
     Sample,
+    /// Penalties and logit bias on a copy of the logits (gpu/src/draw.rs `LogitAdjust`).
+    Adjust,
 }
 
 /// Largest activation row count the decode kernel is specialized for.
@@ -122,7 +124,7 @@ impl Kernel {
                 Family::Quantize
             }
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
-            Kernel::Argmax | Kernel::TopK | Kernel::Sample => Family::Head,
+            Kernel::Argmax | Kernel::TopK | Kernel::Sample | Kernel::Adjust => Family::Head,
         }
     }
 
@@ -141,6 +143,7 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::TopK => "top_k",
             Kernel::Sample => "sample",
+            Kernel::Adjust => "adjust",
             _ => "main",
         }
     }

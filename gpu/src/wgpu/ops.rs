@@ -9,7 +9,7 @@ use super::kernels::{
 use super::{device_of, weight_of, WgpuBackend};
 use crate::backend::{LogitsRequest, Rope, RopeStyle};
 use crate::checks;
-use crate::draw::RowDraw;
+use crate::draw::{LogitAdjust, RowDraw};
 use crate::error::{shape_err, Result};
 use crate::tensor::{Tensor, Weight};
 
@@ -221,7 +221,17 @@ impl WgpuBackend {
                 format!("draw from row {} of {rows}", d.row),
             ));
         }
+        if let Some(a) = want.adjust.iter().find(|a| a.row >= rows) {
+            return Err(shape_err(
+                "read_logits",
+                format!("change to row {} of {rows}", a.row),
+            ));
+        }
         let stride = 1 + 2 * k;
+        // Whole rows as the model gave them; every choice from the changed logits.
+        let whole = self.gather(x, want.full)?;
+        let adjusted = self.adjusted(x, want.adjust)?;
+        let x = adjusted.as_ref().unwrap_or(x);
         let ids = self.head_dispatch(Kernel::Argmax, x, 0, 1)?;
         let tops = if top.is_empty() || k == 0 {
             None
@@ -230,7 +240,6 @@ impl WgpuBackend {
             Some(self.head_dispatch(Kernel::TopK, &picked, k, stride)?)
         };
         let drawn = self.draw_rows(x, want.draws)?;
-        let whole = self.gather(x, want.full)?;
         let top_words = if tops.is_some() {
             top.len() * stride
         } else {
@@ -281,6 +290,52 @@ impl WgpuBackend {
             top,
             drawn,
         })
+    }
+
+    /// A copy of `x` with head.wgsl's `adjust` applied (None where nothing changes).
+    fn adjusted(&self, x: &Tensor, adjust: &[LogitAdjust]) -> Result<Option<Tensor>> {
+        if adjust.is_empty() {
+            return Ok(None);
+        }
+        let (rows, cols) = (x.rows(), x.cols());
+        let words: Vec<f32> = adjust
+            .iter()
+            .flat_map(|a| {
+                [
+                    f32::from_bits(a.row as u32),
+                    f32::from_bits(a.token),
+                    a.positive_scale,
+                    a.negative_scale,
+                    a.subtract,
+                    a.add,
+                ]
+            })
+            .collect();
+        let changes = crate::Backend::upload(self, adjust.len(), 6, words)?;
+        let cd = device_of(&changes)?;
+        let xd = device_of(x)?;
+        let out = self.alloc(rows, cols)?;
+        let (groups, grid_x) = element_grid(adjust.len());
+        let head = HeadParams {
+            cols: cols as u32,
+            rows: adjust.len() as u32,
+            grid_x,
+            k: 0,
+        };
+        let mut rec = self.recorder()?;
+        rec.copy(xd.buffer(), 0, out.buffer(), 0, (rows * cols * 4) as u64);
+        rec.dispatch(
+            self.kernel(Kernel::Adjust)?,
+            &[
+                (xd.buffer(), xd.bytes()),
+                (cd.buffer(), cd.bytes()),
+                (out.buffer(), out.bytes()),
+            ],
+            &head,
+            groups,
+        );
+        drop(rec);
+        Ok(Some(self.tensor(rows, cols, out)))
     }
 
     /// Records head.wgsl's `sample` for `draws` (rows of `x`): one token word per draw.

@@ -1,8 +1,10 @@
 //! Draws of a token from a logits row's whole distribution (`RowDraw`; on the GPU head.wgsl's
-//! `sample`, elsewhere the host's `draw_row`), against the distribution computed in float64.
+//! `sample`, elsewhere the host's `draw_row`), against the distribution computed in float64;
+//! choices made from logits changed by penalties and bias (`LogitAdjust`, head.wgsl's
+//! `adjust`) against the host's changes.
 
 use super::*;
-use lowbit_gpu::RowDraw;
+use lowbit_gpu::{LogitAdjust, RowDraw};
 
 /// Each token's interval of `[0, 1)` in the draw's order (gpu/src/draw.rs), in float64.
 fn intervals(values: &[f32], d: &RowDraw) -> Vec<(u32, f64, f64)> {
@@ -164,6 +166,104 @@ pub(crate) fn draws_follow_each_rows_distribution(be: &dyn Backend, _: Bounds) {
     // A draw from a row the logits do not have is an error.
     let ask = LogitsRequest {
         draws: &[RowDraw { row: 1, ..d[0] }],
+        ..LogitsRequest::default()
+    };
+    assert!(be.read_logits(&x, &ask).is_err());
+}
+
+/// Penalties and logit bias (`LogitAdjust`) change the logits every choice is made from —
+/// argmax, top k, draws — as the host changes them, while whole rows come back as the model
+/// gave them; a change past a row's end is ignored, one to a row the logits lack is an error.
+pub(crate) fn choices_are_made_from_adjusted_logits(be: &dyn Backend, _: Bounds) {
+    let mut r = rng(17);
+    let (rows, cols) = (3, 4099);
+    let values = random(&mut r, rows * cols);
+    let x = upload(be, rows, cols, &values);
+    let argmax_of = |row: usize| lowbit_gpu::argmax(&values[row * cols..(row + 1) * cols]);
+    let change = |row: usize, token: u32| LogitAdjust {
+        row,
+        token,
+        positive_scale: 1.0,
+        negative_scale: 1.0,
+        subtract: 0.0,
+        add: 0.0,
+    };
+    let mut adjust = vec![
+        // Row 0: a bias lifts token 7 to the top.
+        LogitAdjust {
+            add: 20.0,
+            ..change(0, 7)
+        },
+        // Past the row's end: ignored.
+        LogitAdjust {
+            add: 50.0,
+            ..change(0, cols as u32 + 3)
+        },
+        // Row 2: its argmax biased away, a frequency/presence penalty on the runner-up: the
+        // third becomes the argmax.
+        LogitAdjust {
+            add: -100.0,
+            ..change(2, argmax_of(2))
+        },
+        LogitAdjust {
+            subtract: 5.0,
+            ..change(2, lowbit_gpu::top_k(&values[2 * cols..], 2)[1].0)
+        },
+    ];
+    // Row 1: a repetition penalty of 1.3 on 40 tokens, its argmax among them.
+    for t in (0..40).map(|j| j * 97).chain([argmax_of(1)]) {
+        adjust.push(LogitAdjust {
+            positive_scale: 1.0 / 1.3,
+            negative_scale: 1.3,
+            ..change(1, t)
+        });
+    }
+    adjust.dedup_by_key(|a| (a.row, a.token));
+    let draws: Vec<RowDraw> = (0..rows)
+        .map(|row| RowDraw {
+            row,
+            u: 0.5,
+            inv_temperature: 1.0,
+            min_weight: 0.0,
+            top_p: 0.9,
+        })
+        .collect();
+    let ask = LogitsRequest {
+        full: &[1, 2],
+        top: &[0, 1, 2],
+        k: 10,
+        draws: &draws,
+        adjust: &adjust,
+    };
+    let got = be.read_logits(&x, &ask).expect("read_logits");
+    let changed = lowbit_gpu::adjusted_rows(&values, cols, &adjust);
+    let row = |v: &[f32], r: usize| v[r * cols..(r + 1) * cols].to_vec();
+    let ids: Vec<u32> = (0..rows)
+        .map(|r| lowbit_gpu::argmax(&row(&changed, r)))
+        .collect();
+    assert_eq!(got.ids, ids);
+    assert_eq!(got.ids[0], 7);
+    assert_eq!(got.ids[2], lowbit_gpu::top_k(&values[2 * cols..], 3)[2].0);
+    for (r, top) in got.top.iter().enumerate() {
+        let want = lowbit_gpu::top_k(&row(&changed, r), 10);
+        let ids: Vec<u32> = top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, want.iter().map(|t| t.0).collect::<Vec<_>>(), "row {r}");
+        for (g, w) in top.iter().zip(&want) {
+            assert!(
+                (g.1 - w.1).abs() <= 1e-6 * w.1.abs(),
+                "row {r}: {g:?} vs {w:?}"
+            );
+        }
+    }
+    let drawn: Vec<u32> = draws
+        .iter()
+        .map(|d| lowbit_gpu::draw_row(&row(&changed, d.row), d))
+        .collect();
+    assert_eq!(got.drawn, drawn);
+    let whole: Vec<f32> = [1, 2].iter().flat_map(|&r| row(&values, r)).collect();
+    assert_eq!(got.full, whole, "whole rows unchanged");
+    let ask = LogitsRequest {
+        adjust: &[change(3, 0)],
         ..LogitsRequest::default()
     };
     assert!(be.read_logits(&x, &ask).is_err());

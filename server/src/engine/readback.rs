@@ -6,8 +6,9 @@
 //! own random stream (gpu/src/draw.rs). On a GPU this is the difference between a few words
 //! and a vocabulary.
 
-use super::sampler::Sampler;
+use super::sampler::{Sampler, TokenHistory};
 use crate::model::MixedReadback;
+use lowbit_gpu::LogitAdjust;
 
 /// Most values a sampling row reads back as its top k instead of its whole logits.
 pub const TOP_K_READBACK_MAX: usize = 64;
@@ -23,31 +24,35 @@ pub enum RowWant {
 }
 
 impl RowWant {
-    /// The row of a sequence sampling with `sampler`; `plain` when nothing else reads its
-    /// logits (no logprobs, no forks to sample), `top_k_max` 0 where a top k saves nothing,
-    /// `device_draws` where logits live on a device that can draw from them. A device draw
-    /// takes its uniform from the sampler's stream now.
+    /// The row of a sequence sampling with `sampler` after `history`, and the changes its
+    /// penalties and logit bias make to its logits first (row 0; empty for none). `plain` when
+    /// nothing else reads its logits (no logprobs, no forks to sample), `top_k_max` 0 where a
+    /// top k saves nothing, `on_device` where logits live on a device that can change them
+    /// and draw from them. A device draw takes its uniform from the sampler's stream now.
     pub fn of(
         sampler: &mut Sampler,
+        history: &TokenHistory,
         plain: bool,
         vocab: usize,
         top_k_max: usize,
-        device_draws: bool,
-    ) -> Self {
-        if !plain {
-            RowWant::Logits
-        } else if sampler.is_greedy() {
+        on_device: bool,
+    ) -> (Self, Vec<LogitAdjust>) {
+        let adjusted = sampler.params().adjusts_logits();
+        if !plain || (adjusted && !on_device) {
+            return (RowWant::Logits, Vec::new());
+        }
+        let want = if sampler.takes_argmax() {
             RowWant::Argmax
         } else if let Some(k) = sampler.top_k_readback(vocab, top_k_max) {
             RowWant::TopK(k)
-        } else if let Some((u, inv_t, min_p, top_p)) = device_draws
-            .then(|| sampler.whole_row_draw(vocab))
-            .flatten()
+        } else if let Some((u, inv_t, min_p, top_p)) =
+            on_device.then(|| sampler.whole_row_draw(vocab)).flatten()
         {
             RowWant::Draw(u, inv_t, min_p, top_p)
         } else {
-            RowWant::Logits
-        }
+            return (RowWant::Logits, Vec::new());
+        };
+        (want, sampler.logit_adjustments(history))
     }
 }
 
@@ -62,11 +67,14 @@ pub enum RowAt {
     Drawn(usize),
 }
 
-/// The readback of a step whose logits rows want `wants`, and where each row's answer is.
-pub fn plan_readback(wants: &[RowWant]) -> (MixedReadback, Vec<RowAt>) {
+/// The readback of a step whose logits rows want `wants` (each with its logit changes), and
+/// where each row's answer is.
+pub fn plan_readback(wants: &[(RowWant, Vec<LogitAdjust>)]) -> (MixedReadback, Vec<RowAt>) {
     let mut what = MixedReadback::default();
     let mut at = vec![RowAt::Argmax; wants.len()];
-    for (r, want) in wants.iter().enumerate() {
+    for (r, (want, changes)) in wants.iter().enumerate() {
+        what.adjust
+            .extend(changes.iter().map(|&c| LogitAdjust { row: r, ..c }));
         match *want {
             RowWant::Argmax => {}
             RowWant::TopK(k) => {

@@ -30,7 +30,7 @@ pub struct SamplingParams {
 
 impl SamplingParams {
     /// Whether anything changes the logits before the choice.
-    fn adjusts_logits(&self) -> bool {
+    pub fn adjusts_logits(&self) -> bool {
         self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
             || self.repetition_penalty != 1.0
@@ -198,32 +198,30 @@ impl Sampler {
         (self.params.temperature <= 0.0 || self.params.top_k == 1) && !self.params.adjusts_logits()
     }
 
-    /// `Some(k)` when the choice needs only the row's top k values ([`Sampler::sample_top`]):
-    /// sampling whose top-k filter keeps fewer than the vocabulary's `vocab` tokens, k at most
-    /// `max`, and nothing adjusting the logits first.
-    pub fn top_k_readback(&self, vocab: usize, max: usize) -> Option<usize> {
-        let p = &self.params;
-        (p.temperature > 0.0
-            && p.top_k > 1
-            && p.top_k <= max
-            && p.top_k < vocab
-            && !p.adjusts_logits())
-        .then_some(p.top_k)
+    /// Whether the choice is the argmax of the logits after [`Sampler::logit_adjustments`]
+    /// (greedy, or a top-k filter of 1).
+    pub fn takes_argmax(&self) -> bool {
+        self.params.temperature <= 0.0 || self.params.top_k == 1
     }
 
-    /// `Some((u, 1/temperature, min-p, top-p))` when the choice is a draw from the row's whole
-    /// distribution through top-p and min-p: sampling with no top-k filter short of the
-    /// vocabulary's `vocab` tokens and nothing adjusting the logits (OpenAI's parameters),
-    /// which a device draws from the logits where they live ([`lowbit_gpu::RowDraw`]: the
-    /// distribution [`Sampler::sample`] draws from, but for logits tied at the nucleus's edge,
-    /// which the device keeps together). `u` is taken from this sampler's stream, as `sample`
-    /// would take it.
+    /// `Some(k)` when the choice needs only the top k values of the row after
+    /// [`Sampler::logit_adjustments`] ([`Sampler::sample_top`]): sampling whose top-k filter
+    /// keeps fewer than the vocabulary's `vocab` tokens, k at most `max`.
+    pub fn top_k_readback(&self, vocab: usize, max: usize) -> Option<usize> {
+        let p = &self.params;
+        (p.temperature > 0.0 && p.top_k > 1 && p.top_k <= max && p.top_k < vocab).then_some(p.top_k)
+    }
+
+    /// `Some((u, 1/temperature, min-p, top-p))` when the choice is a draw from the whole
+    /// distribution of the row after [`Sampler::logit_adjustments`], through top-p and min-p:
+    /// sampling with no top-k filter short of the vocabulary's `vocab` tokens (OpenAI's
+    /// parameters), which a device draws from the logits where they live
+    /// ([`lowbit_gpu::RowDraw`]: the distribution [`Sampler::sample`] draws from, but for
+    /// logits tied at the nucleus's edge, which the device keeps together). `u` is taken from
+    /// this sampler's stream, as `sample` would take it.
     pub fn whole_row_draw(&mut self, vocab: usize) -> Option<(f32, f32, f32, f32)> {
         let p = &self.params;
-        let whole = p.temperature > 0.0
-            && p.top_k != 1
-            && (p.top_k == 0 || p.top_k >= vocab)
-            && !p.adjusts_logits();
+        let whole = p.temperature > 0.0 && p.top_k != 1 && (p.top_k == 0 || p.top_k >= vocab);
         // 24 bits: exact in an f32.
         whole.then(|| {
             let (inv_t, min_p, top_p) = (1.0 / p.temperature, p.min_p, p.top_p);
@@ -250,12 +248,54 @@ impl Sampler {
         &self.params
     }
 
-    /// Picks the next token after applying the penalties and logit bias to a copy of the
-    /// logits (the logits themselves stay as the model gave them, for `logprobs`).
+    /// The penalties and logit bias as one change per token ([`lowbit_gpu::LogitAdjust`], row
+    /// 0; empty when nothing adjusts the logits): the repetition penalty r scales the logit of
+    /// every token seen once (×1/r if positive, ×r otherwise: Hugging Face's and llama.cpp's
+    /// rule), the frequency and presence penalties subtract `frequency·count + presence` from
+    /// every output token's, and the bias adds (summed per token). A device makes these
+    /// changes where the logits live; [`Sampler::sample_with`] makes the same on the host.
+    pub fn logit_adjustments(&self, history: &TokenHistory) -> Vec<lowbit_gpu::LogitAdjust> {
+        let p = &self.params;
+        if !p.adjusts_logits() {
+            return Vec::new();
+        }
+        let none = lowbit_gpu::LogitAdjust {
+            row: 0,
+            token: 0,
+            positive_scale: 1.0,
+            negative_scale: 1.0,
+            subtract: 0.0,
+            add: 0.0,
+        };
+        let fresh = |token: u32| lowbit_gpu::LogitAdjust { token, ..none };
+        let mut by_token = std::collections::BTreeMap::new();
+        if p.repetition_penalty != 1.0 {
+            let r = p.repetition_penalty;
+            for &t in history.prompt.iter().chain(history.output.keys()) {
+                let a = by_token.entry(t).or_insert_with(|| fresh(t));
+                (a.positive_scale, a.negative_scale) = (1.0 / r, r);
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&t, &count) in &history.output {
+                let a = by_token.entry(t).or_insert_with(|| fresh(t));
+                a.subtract = p.frequency_penalty * count as f32 + p.presence_penalty;
+            }
+        }
+        for &(t, bias) in &p.logit_bias {
+            by_token.entry(t).or_insert_with(|| fresh(t)).add += bias;
+        }
+        by_token.into_values().collect()
+    }
+
+    /// Picks the next token after applying the penalties and logit bias
+    /// ([`Sampler::logit_adjustments`]) to a copy of the logits (the logits themselves stay as
+    /// the model gave them, for `logprobs`).
     pub fn sample_with(&mut self, logits: &[f32], history: &TokenHistory) -> u32 {
         if !self.params.adjusts_logits() {
             return self.sample(logits);
         }
+        let changes = self.logit_adjustments(history);
         let Self {
             params: p,
             rng,
@@ -264,28 +304,9 @@ impl Sampler {
         } = self;
         adjusted.clear();
         adjusted.extend_from_slice(logits);
-        if p.repetition_penalty != 1.0 {
-            let r = p.repetition_penalty;
-            // Once per token seen (Hugging Face's and llama.cpp's rule), also for a token of
-            // both the prompt and the output.
-            let in_output_only = history
-                .output
-                .keys()
-                .filter(|t| !history.prompt.contains(t));
-            for &t in history.prompt.iter().chain(in_output_only) {
-                if let Some(v) = adjusted.get_mut(t as usize) {
-                    *v = if *v > 0.0 { *v / r } else { *v * r };
-                }
-            }
-        }
-        for (&t, &count) in &history.output {
-            if let Some(v) = adjusted.get_mut(t as usize) {
-                *v -= p.frequency_penalty * count as f32 + p.presence_penalty;
-            }
-        }
-        for &(t, bias) in &p.logit_bias {
-            if let Some(v) = adjusted.get_mut(t as usize) {
-                *v += bias;
+        for a in changes {
+            if let Some(v) = adjusted.get_mut(a.token as usize) {
+                *v = a.apply(*v);
             }
         }
         draw_token(p, rng, scratch, adjusted)

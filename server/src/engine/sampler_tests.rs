@@ -369,11 +369,6 @@ fn sampling_from_the_top_k_alone_draws_the_tokens_of_the_whole_row() {
         None,
         "k as large as the vocabulary"
     );
-    let biased = SamplingParams {
-        logit_bias: vec![(3, 1.0)],
-        ..params(1.0, 40, 1.0, 0.0, 0)
-    };
-    assert_eq!(sampler(biased), None, "logits adjusted first");
 }
 
 /// A row drawn where its logits live carries the sampler's temperature, min-p and top-p and
@@ -397,9 +392,71 @@ fn whole_row_draws_carry_the_parameters_and_the_streams_next_uniform() {
     assert_eq!(draw(params(0.0, 0, 1.0, 0.0, 0)), None, "greedy");
     assert_eq!(draw(params(1.0, 1, 1.0, 0.0, 0)), None, "top-1");
     assert_eq!(draw(params(1.0, 40, 1.0, 0.0, 0)), None, "a top-k filter");
-    let penalized = SamplingParams {
-        presence_penalty: 0.5,
-        ..params(1.0, 0, 1.0, 0.0, 0)
+}
+
+/// Penalties and logit bias become one change per token, the float steps `sample_with` takes
+/// (so a device making them chooses from the same logits); a row whose logits are adjusted
+/// reads back whole rows on the host, and its argmax, top k or draw from the changed logits
+/// where a device changes them.
+#[test]
+fn penalties_and_bias_become_per_token_changes_made_where_the_logits_live() {
+    use crate::engine::readback::RowWant;
+    let p = SamplingParams {
+        repetition_penalty: 1.3,
+        frequency_penalty: 0.4,
+        presence_penalty: 0.25,
+        logit_bias: vec![(5, 2.0), (9, -1.5)],
+        ..params(0.9, 0, 1.0, 0.0, 3)
     };
-    assert_eq!(draw(penalized), None, "logits adjusted first");
+    let mut history = TokenHistory::new(&[2, 7], true);
+    for t in [7, 3, 3] {
+        history.push(t);
+    }
+    let changes = Sampler::new(p.clone()).logit_adjustments(&history);
+    let tokens: Vec<u32> = changes.iter().map(|c| c.token).collect();
+    assert_eq!(tokens, [2, 3, 5, 7, 9]);
+    let three = changes[1];
+    assert_eq!(
+        (three.positive_scale, three.negative_scale),
+        (1.0 / 1.3, 1.3)
+    );
+    assert_eq!(three.subtract, 0.4 * 2.0 + 0.25);
+    assert_eq!((changes[2].add, changes[2].positive_scale), (2.0, 1.0));
+    // The host's adjusted logits are the changes applied: the same draws.
+    let logits: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let changed = lowbit_gpu::adjusted_rows(&logits, logits.len(), &changes);
+    let (mut with, mut on_changed) = (
+        Sampler::new(p.clone()),
+        Sampler::new(SamplingParams {
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+            ..p.clone()
+        }),
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            with.sample_with(&logits, &history),
+            on_changed.sample(&changed)
+        );
+    }
+    // On the host: whole rows. On a device: the choice, with the changes.
+    let mut s = Sampler::new(p.clone());
+    assert_eq!(
+        RowWant::of(&mut s, &history, true, 12, 0, false),
+        (RowWant::Logits, Vec::new())
+    );
+    let (want, with_changes) = RowWant::of(&mut s, &history, true, 12, 64, true);
+    assert!(matches!(want, RowWant::Draw(..)), "{want:?}");
+    assert_eq!(with_changes, changes);
+    let mut greedy = Sampler::new(SamplingParams {
+        temperature: 0.0,
+        ..p.clone()
+    });
+    let (want, _) = RowWant::of(&mut greedy, &history, true, 12, 64, true);
+    assert_eq!(want, RowWant::Argmax);
+    let mut top = Sampler::new(SamplingParams { top_k: 4, ..p });
+    let (want, _) = RowWant::of(&mut top, &history, true, 12, 64, true);
+    assert_eq!(want, RowWant::TopK(4));
 }

@@ -17,6 +17,7 @@ use super::step::{StepModel, StepRows};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
 use crate::model::BatchSeq;
+use lowbit_gpu::LogitAdjust;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -228,7 +229,7 @@ impl<M: StepModel> Scheduler<M> {
         let on_device = self.model.reads_back_top_k();
         let top_k_max = if on_device { TOP_K_READBACK_MAX } else { 0 };
         let vocab = self.model.vocab_size();
-        let mut wants: Vec<RowWant> = Vec::new();
+        let mut wants: Vec<(RowWant, Vec<LogitAdjust>)> = Vec::new();
         for &(i, n) in &plan {
             let groups = &self.groups;
             let s = &mut self.running[i];
@@ -241,13 +242,14 @@ impl<M: StepModel> Scheduler<M> {
                     .is_some_and(|g| g.req.logprobs.is_none());
             wants.push(RowWant::of(
                 &mut s.sampler,
+                &s.history,
                 plain,
                 vocab,
                 top_k_max,
                 on_device,
             ));
         }
-        let needs_logits: Vec<bool> = wants.iter().map(|w| *w == RowWant::Logits).collect();
+        let needs_logits: Vec<bool> = wants.iter().map(|w| w.0 == RowWant::Logits).collect();
         let (mixed, row_at) = plan_readback(&wants);
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
@@ -275,7 +277,11 @@ impl<M: StepModel> Scheduler<M> {
             // A panic in the compute layer is a bug, but it fails this step's requests, not
             // the server.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if mixed.full.is_empty() && mixed.top.is_empty() && mixed.draws.is_empty() {
+                if mixed.full.is_empty()
+                    && mixed.top.is_empty()
+                    && mixed.draws.is_empty()
+                    && mixed.adjust.is_empty()
+                {
                     self.model.forward_argmax(&batch).map(StepRows::Tokens)
                 } else if mixed.full.len() == needs_logits.len() {
                     self.model.forward(&batch).map(StepRows::Logits)

@@ -22,6 +22,8 @@ struct Fake {
     top_rows: usize,
     /// Rows whose token was drawn where the logits live.
     draw_rows: usize,
+    /// Logit changes (penalties, bias) made where the logits live.
+    adjusted_logits: usize,
 }
 
 const VOCAB: usize = 128;
@@ -81,6 +83,7 @@ impl StepModel for Fake {
         self.mixed_steps += 1;
         self.top_rows += what.top.len();
         self.draw_rows += what.draws.len();
+        self.adjusted_logits += what.adjust.len();
         let logits = self.forward(seqs)?;
         Ok(crate::engine::step::mixed_rows(&logits, what))
     }
@@ -123,6 +126,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         top_k_readback: false,
         top_rows: 0,
         draw_rows: 0,
+        adjusted_logits: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
@@ -499,4 +503,54 @@ fn a_whole_distribution_row_is_drawn_where_its_logits_live() {
         want.push(char::from_u32(token).unwrap_or('?'));
     }
     assert_eq!(on_device, want);
+}
+
+/// Rows with penalties and logit bias, greedy and with a top-k filter, choose from logits
+/// changed where they live and emit the tokens the host picks from whole rows, together and
+/// a greedy one alone (a step of greedy rows alone still needs its changes); unpenalized,
+/// the same requests give other tokens (the penalties bite).
+#[test]
+fn penalized_rows_choose_from_logits_changed_where_they_live() {
+    let run = |device: bool, penalized: bool, top_ks: &[usize]| {
+        let mut s = scheduler(64, 4, 64, true);
+        s.model.top_k_readback = device;
+        let mut outs = Vec::new();
+        for (i, &top_k) in top_ks.iter().enumerate() {
+            let (tx, rx) = unbounded_channel();
+            let mut r = request(&prompt(4 + i as u32, 6), 10, 1);
+            r.ignore_eos = true;
+            r.sampling = SamplingParams {
+                temperature: if top_k == 0 { 0.0 } else { 0.8 },
+                top_k,
+                seed: 9,
+                ..SamplingParams::default()
+            };
+            if penalized {
+                r.sampling.presence_penalty = 1.5;
+                r.sampling.frequency_penalty = 0.5;
+                r.sampling.logit_bias = vec![(b'q' as u32, 0.9)];
+            }
+            s.add(r, tx);
+            outs.push(rx);
+        }
+        run_all(&mut s);
+        assert!(s.blocks.all_released());
+        let texts: Vec<String> = outs
+            .iter_mut()
+            .map(|rx| collect(rx, 1).texts[0].clone())
+            .collect();
+        (texts, s.model.adjusted_logits)
+    };
+    for top_ks in [&[0, 5][..], &[0]] {
+        let (on_host, host_changes) = run(false, true, top_ks);
+        let (on_device, device_changes) = run(true, true, top_ks);
+        assert_eq!(on_device, on_host, "{top_ks:?}");
+        assert_eq!(host_changes, 0);
+        assert!(device_changes >= 10, "{top_ks:?}: {device_changes}");
+        assert_ne!(
+            run(true, false, top_ks).0,
+            on_device,
+            "the penalties change the tokens"
+        );
+    }
 }

@@ -78,11 +78,16 @@ impl StepModel for LlamaStep {
     }
 }
 
-/// A mixed step's rows from whole logits (a model that only computes those, or a test).
+/// A mixed step's rows from whole logits (a model that only computes those, or a test): the
+/// choices from the logits after `what.adjust`, the whole rows as they were.
 pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
+    let changed = Logits {
+        vocab: logits.vocab,
+        data: lowbit_gpu::adjusted_rows(&logits.data, logits.vocab, &what.adjust),
+    };
     MixedRows {
-        ids: (0..logits.rows())
-            .map(|r| lowbit_gpu::argmax(logits.row(r)))
+        ids: (0..changed.rows())
+            .map(|r| lowbit_gpu::argmax(changed.row(r)))
             .collect(),
         logits: Logits {
             vocab: logits.vocab,
@@ -95,12 +100,12 @@ pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
         top: what
             .top
             .iter()
-            .map(|&r| lowbit_gpu::top_k(logits.row(r), what.k))
+            .map(|&r| lowbit_gpu::top_k(changed.row(r), what.k))
             .collect(),
         drawn: what
             .draws
             .iter()
-            .map(|d| lowbit_gpu::draw_row(logits.row(d.row), d))
+            .map(|d| lowbit_gpu::draw_row(changed.row(d.row), d))
             .collect(),
     }
 }

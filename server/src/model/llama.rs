@@ -161,6 +161,8 @@ pub struct MixedReadback {
     pub k: usize,
     /// Rows sampled where the logits live.
     pub draws: Vec<lowbit_gpu::RowDraw>,
+    /// Changes to the logits (penalties, bias) before the argmax, the top k and the draws.
+    pub adjust: Vec<lowbit_gpu::LogitAdjust>,
 }
 
 /// What a mixed step gave back (see [`MixedReadback`]).
@@ -552,6 +554,7 @@ impl Llama {
                     top: &what.top,
                     k: what.k,
                     draws: &what.draws,
+                    adjust: &what.adjust,
                 };
                 let read = be.read_logits(&logits, &want)?;
                 StepOutput::Mixed(MixedRows {
