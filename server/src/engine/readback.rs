@@ -1,10 +1,11 @@
 //! What a step reads back of each of its logits rows: the argmax alone (greedy rows), the top
 //! k (rows whose sampler filters to a top k first, where logits live on a device), a token
 //! drawn on the device (rows sampling from the whole distribution through top-p and min-p:
-//! OpenAI's parameters), or the whole row. The first two give the token the host would
-//! pick from the whole row; a device draw is the same distribution, drawn with the sequence's
-//! own random stream (gpu/src/draw.rs). On a GPU this is the difference between a few words
-//! and a vocabulary.
+//! OpenAI's parameters), or the whole row; a device applies a row's penalties and logit bias
+//! first (one change per token). The first two give the token the host would pick from the
+//! whole row; a device draw is the same distribution, drawn with the sequence's own random
+//! stream (gpu/src/draw.rs). On a GPU this is the difference between a few words and a
+//! vocabulary.
 
 use super::sampler::{Sampler, TokenHistory};
 use crate::model::MixedReadback;

@@ -225,8 +225,9 @@ impl<M: StepModel> Scheduler<M> {
         if plan.is_empty() {
             return stats;
         }
-        // What each logits row reads back (readback.rs): its argmax, its top k or all of it.
-        let on_device = self.model.reads_back_top_k();
+        // What each logits row reads back (readback.rs): its argmax, its top k, a token drawn
+        // where the logits live or all of it; penalties and bias are applied there first.
+        let on_device = self.model.chooses_on_device();
         let top_k_max = if on_device { TOP_K_READBACK_MAX } else { 0 };
         let vocab = self.model.vocab_size();
         let mut wants: Vec<(RowWant, Vec<LogitAdjust>)> = Vec::new();

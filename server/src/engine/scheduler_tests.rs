@@ -16,9 +16,9 @@ struct Fake {
     argmax_steps: usize,
     /// Steps that read back ids and some whole rows (greedy and sampled rows together).
     mixed_steps: usize,
-    /// Whether sampling rows may read back a top k (as where logits live on a GPU), and
-    /// how many did.
-    top_k_readback: bool,
+    /// Whether choices are made where the logits live (as on a GPU), and how many rows read
+    /// back a top k.
+    on_device: bool,
     top_rows: usize,
     /// Rows whose token was drawn where the logits live.
     draw_rows: usize,
@@ -88,8 +88,8 @@ impl StepModel for Fake {
         Ok(crate::engine::step::mixed_rows(&logits, what))
     }
 
-    fn reads_back_top_k(&self) -> bool {
-        self.top_k_readback
+    fn chooses_on_device(&self) -> bool {
+        self.on_device
     }
 
     fn vocab_size(&self) -> usize {
@@ -123,7 +123,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         rows_per_step: Vec::new(),
         argmax_steps: 0,
         mixed_steps: 0,
-        top_k_readback: false,
+        on_device: false,
         top_rows: 0,
         draw_rows: 0,
         adjusted_logits: 0,
@@ -422,7 +422,7 @@ fn greedy_steps_read_back_ids_and_a_sampled_or_logprobs_row_brings_the_logits() 
 fn a_top_k_row_reads_back_its_top_k_and_draws_the_same_tokens() {
     let run = |device: bool| {
         let mut s = scheduler(64, 4, 64, true);
-        s.model.top_k_readback = device;
+        s.model.on_device = device;
         let (tx, mut sampled) = unbounded_channel();
         let mut r = request(&prompt(3, 6), 12, 1);
         r.sampling = SamplingParams {
@@ -466,7 +466,7 @@ fn a_whole_distribution_row_is_drawn_where_its_logits_live() {
     };
     let run = |device: bool| {
         let mut s = scheduler(64, 4, 64, true);
-        s.model.top_k_readback = device;
+        s.model.on_device = device;
         let (tx, mut rx) = unbounded_channel();
         let mut r = request(&prompt(3, 6), 12, 1);
         r.sampling = params.clone();
@@ -513,7 +513,7 @@ fn a_whole_distribution_row_is_drawn_where_its_logits_live() {
 fn penalized_rows_choose_from_logits_changed_where_they_live() {
     let run = |device: bool, penalized: bool, top_ks: &[usize]| {
         let mut s = scheduler(64, 4, 64, true);
-        s.model.top_k_readback = device;
+        s.model.on_device = device;
         let mut outs = Vec::new();
         for (i, &top_k) in top_ks.iter().enumerate() {
             let (tx, rx) = unbounded_channel();

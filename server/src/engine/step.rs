@@ -30,12 +30,11 @@ pub trait StepModel: Send {
     }
     /// Tokens in the model's vocabulary (logits per row).
     fn vocab_size(&self) -> usize;
-    /// Whether a sampling row whose top-k filter comes first should read back only its top
-    /// k ([`MixedReadback::top`]), and a row sampling from its whole distribution only a
-    /// token drawn where the logits live ([`MixedReadback::draws`]): where logits must cross
-    /// to the host (a GPU), not where they are there already (the sampler's own passes are
-    /// faster than a full readback).
-    fn reads_back_top_k(&self) -> bool {
+    /// Whether the choices are made where the logits live ([`MixedReadback`]: a greedy row's
+    /// argmax, a top-k row's top k, other rows' draws, penalties and bias applied there
+    /// first): where logits must cross to the host (a GPU), not where they are there already
+    /// (the sampler's own passes are faster than a full readback).
+    fn chooses_on_device(&self) -> bool {
         false
     }
     /// Copies KV blocks `src → dst` before the next forward.
@@ -65,7 +64,7 @@ impl StepModel for LlamaStep {
         self.model.forward_mixed(seqs, &mut self.pool, what)
     }
 
-    fn reads_back_top_k(&self) -> bool {
+    fn chooses_on_device(&self) -> bool {
         self.model.backend().logits_stay_on_device()
     }
 
