@@ -118,6 +118,7 @@ if [[ $QUICK == 1 ]]; then
   short=(--prompt-tokens 16 --gen-tokens 4 --reps 1)
   bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu "${short[@]}"
   bench smollm2-q4m-gpu-b4 -- --synthetic smollm2-135m --quant q4m --device gpu --batch 4 --prompt-tokens 0 --gen-tokens 4 --reps 1
+  bench smollm2-gpu-b4-sampled -- --synthetic smollm2-135m --quant q4m --device gpu --batch 4 --prompt-tokens 0 --gen-tokens 4 --reps 1 --temperature 1 --top-p 0.9
   bench smollm2-q4m-gpu-unfused LOWBIT_WGPU_FUSE_QUANTIZE=0 -- --synthetic smollm2-135m --quant q4m --device gpu "${short[@]}"
   bench smollm2-q4m-gpu-kv-f16 -- --synthetic smollm2-135m --quant q4m --device gpu --kv-cache-dtype f16 "${short[@]}"
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu "${short[@]}"
@@ -129,6 +130,8 @@ else
   for b in 4 16; do
     bench "llama8b-q4-b$b" -- --synthetic llama-8b --quant q4g32 --device gpu --batch "$b" --prompt-tokens 0 --gen-tokens 64
   done
+  # What drawing on the GPU costs: the same decode sampled at OpenAI-style settings.
+  bench llama8b-q4-b16-sampled -- --synthetic llama-8b --quant q4g32 --device gpu --batch 16 --prompt-tokens 0 --gen-tokens 64 --temperature 1 --top-p 0.9
   bench llama8b-q8-b1 -- --synthetic llama-8b --quant q8 --device gpu --prompt-tokens 512 --gen-tokens 64
   # Decode at a 2k context, where attention reads as much as the weights: f32 vs f16 pool.
   for kv in f32 f16; do
@@ -179,6 +182,9 @@ if "llama8b-q4-b1" in by and not by["llama8b-q4-b1"].get("failed"):
     if "llama8b-q4-b1-f32act" in by:
         print(f"       int8 vs f32 activations, llama-8b q4 batch 1: tg {tg('llama8b-q4-b1'):.1f} vs {tg('llama8b-q4-b1-f32act'):.1f} tok/s, "
               f"pp {r['prompt_tokens_per_second']:.0f} vs {by['llama8b-q4-b1-f32act'].get('prompt_tokens_per_second', 0):.0f} tok/s")
+for greedy, sampled in [("llama8b-q4-b16", "llama8b-q4-b16-sampled"), ("smollm2-q4m-gpu-b4", "smollm2-gpu-b4-sampled")]:
+    if greedy in by and sampled in by and not by[sampled].get("failed"):
+        print(f"       decode greedy vs sampled on the GPU (T=1, top-p 0.9), {greedy}: tg {tg(greedy):.1f} vs {tg(sampled):.1f} tok/s")
 for fused, unfused in [("llama8b-q4-b1", "llama8b-q4-b1-unfused"), ("smollm2-q4m-gpu", "smollm2-q4m-gpu-unfused")]:
     if fused in by and unfused in by and not by[unfused].get("failed"):
         print(f"       quantize fused into RMSNorm/SwiGLU vs separate, {fused}: tg {tg(fused):.1f} vs {tg(unfused):.1f} tok/s, "

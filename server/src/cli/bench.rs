@@ -3,9 +3,10 @@
 //! so the figures compare.
 
 use super::{KvCacheDtypeArg, LoadArgs};
+use crate::engine::sampler::{Sampler, SamplingParams};
 use crate::engine::solo::SoloKv;
 use crate::model::synthetic::SyntheticModel;
-use crate::model::{BatchSeq, Llama};
+use crate::model::{BatchSeq, Llama, MixedReadback};
 use anyhow::{Context, Result};
 use clap::Args;
 use lowbit_gpu::wgpu::profile::Profile;
@@ -65,6 +66,14 @@ pub struct BenchArgs {
     /// How the KV cache stores keys and values.
     #[arg(long, value_enum, default_value_t = KvCacheDtypeArg::F32)]
     kv_cache_dtype: KvCacheDtypeArg,
+    /// Decode samples at this temperature instead of taking the argmax (0: greedy), as the
+    /// server samples: on a GPU a token drawn where the logits live, on the CPU the sampler
+    /// over each row.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-p of the sampled decode (with `--temperature`).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -129,6 +138,50 @@ fn load(args: &BenchArgs) -> Result<(Llama, String)> {
 
 /// Achieved weight bandwidth of decode: every step streams the layers' matrices and the
 /// output head once for the whole batch.
+/// One decode step's tokens, chosen as the server chooses them: greedy, the argmax (a GPU
+/// reads back ids, not vocabularies); sampled, a token drawn where the logits live on a GPU,
+/// the sampler over each whole row on the CPU.
+fn decode_step(
+    model: &Llama,
+    seqs: &[BatchSeq<'_>],
+    pool: &mut lowbit_gpu::KvPool,
+    samplers: &mut [Sampler],
+) -> Result<Vec<u32>> {
+    let vocab = model.config().vocab_size;
+    if samplers.iter().all(Sampler::takes_argmax) {
+        return Ok(model.forward_argmax(seqs, pool)?);
+    }
+    if model.backend().logits_stay_on_device() {
+        let draws = samplers
+            .iter_mut()
+            .enumerate()
+            .map(|(row, s)| {
+                let (u, inv_temperature, min_weight, top_p) = s
+                    .whole_row_draw(vocab)
+                    .context("a sampler without a whole-row draw")?;
+                Ok(lowbit_gpu::RowDraw {
+                    row,
+                    u,
+                    inv_temperature,
+                    min_weight,
+                    top_p,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let what = MixedReadback {
+            draws,
+            ..MixedReadback::default()
+        };
+        return Ok(model.forward_mixed(seqs, pool, &what)?.drawn);
+    }
+    let logits = model.forward(seqs, pool)?;
+    Ok(samplers
+        .iter_mut()
+        .enumerate()
+        .map(|(row, s)| s.sample(logits.row(row)))
+        .collect())
+}
+
 fn weight_gb_per_second(model: &Llama, gen_tokens_per_second: f64, batch: usize) -> f64 {
     model.decode_weight_bytes() as f64 * gen_tokens_per_second / batch as f64 / 1e9
 }
@@ -176,6 +229,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok((batch * prompt.len()) as f64 / t.elapsed().as_secs_f64())
     };
     let gpu = model.backend().as_any().downcast_ref::<WgpuBackend>();
+    if args.temperature < 0.0 || !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        anyhow::bail!("--temperature must be at least 0 and --top-p in (0, 1]");
+    }
+    let sampling = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        ..SamplingParams::default()
+    };
     let run_gen = || -> Result<f64> {
         let cached = args.gen_context;
         let mut kv = SoloKv::with_dtype(&model, batch, cached + args.gen_tokens, kv_dtype)?;
@@ -191,6 +252,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let mut next: Vec<u32> = (0..batch as u64)
             .map(|b| first_id + (b % span) as u32)
             .collect();
+        let mut samplers: Vec<Sampler> = (0..batch as u64)
+            .map(|b| {
+                Sampler::new(SamplingParams {
+                    seed: b,
+                    ..sampling.clone()
+                })
+            })
+            .collect();
         let t = Instant::now();
         for pos in cached..cached + args.gen_tokens {
             let seqs: Vec<BatchSeq<'_>> = next
@@ -203,8 +272,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     logits: 0..1,
                 })
                 .collect();
-            // Greedy, as the server's greedy steps: a GPU reads back ids, not vocabularies.
-            next = model.forward_argmax(&seqs, &mut kv.pool)?;
+            next = decode_step(&model, &seqs, &mut kv.pool, &mut samplers)?;
         }
         Ok((batch * args.gen_tokens) as f64 / t.elapsed().as_secs_f64())
     };
@@ -269,6 +337,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "backend": model.backend().name(),
             "threads": lowbit_gpu::cpu::pool::Pool::global().threads(),
             "batch": batch,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
             "prompt_tokens": args.prompt_tokens,
             "gen_tokens": args.gen_tokens,
             "prompt_tokens_per_second": pp,
@@ -285,13 +355,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         });
         println!("{}", serde_json::to_string(&obj)?);
     } else {
-        let on = match gpu {
+        let mut on = match gpu {
             Some(g) => g.adapter().to_string(),
             None => format!(
                 "{} threads",
                 lowbit_gpu::cpu::pool::Pool::global().threads()
             ),
         };
+        if args.temperature > 0.0 {
+            on += &format!(
+                ", decode sampled at temperature {} top-p {}",
+                args.temperature, args.top_p
+            );
+        }
         println!(
             "{model_name} ({}, {on}, batch {batch}): pp{} {pp:.1} tok/s, tg{} {tg:.1} tok/s ({gb_per_second:.1} GB/s of weights); weights {:.1} MB ({:.2} bits/weight), RSS {:.0} MB (peak {:.0} MB), load {load_seconds:.2}s",
             args.load.quant.as_deref().unwrap_or(if args.synthetic.is_some() { "q4g32" } else { "as stored" }),
