@@ -232,6 +232,40 @@ fn bench_reports_speed_and_memory_on_a_tiny_model() {
     assert_eq!(v["batch"], 3);
     assert!(v["weight_bytes"].as_u64().unwrap() > 0 && v["peak_rss_bytes"].as_u64().unwrap() > 0);
     assert!((v["bits_per_weight"].as_f64().unwrap() - 8.5).abs() < 1e-9);
+
+    // Sampled decode, as the server samples; bad settings are refused.
+    let sampled = |t: &str, p: &str| {
+        lowbit(&[
+            "bench",
+            "--model",
+            path.to_str().unwrap(),
+            "--prompt-tokens",
+            "0",
+            "--gen-tokens",
+            "4",
+            "--reps",
+            "1",
+            "--temperature",
+            t,
+            "--top-p",
+            p,
+            "--json",
+        ])
+    };
+    let out = sampled("0.8", "0.9");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["gen_tokens_per_second"].as_f64().unwrap() > 0.0);
+    for (field, want) in [("temperature", 0.8), ("top_p", 0.9)] {
+        assert!((v[field].as_f64().unwrap() - want).abs() < 1e-6, "{field}");
+    }
+    let out = sampled("1", "1.5");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--top-p in (0, 1]"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
