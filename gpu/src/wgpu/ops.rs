@@ -298,43 +298,23 @@ impl WgpuBackend {
             return Ok(None);
         }
         let (rows, cols) = (x.rows(), x.cols());
-        let words: Vec<f32> = adjust
-            .iter()
-            .flat_map(|a| {
-                [
-                    f32::from_bits(a.row as u32),
-                    f32::from_bits(a.token),
-                    a.positive_scale,
-                    a.negative_scale,
-                    a.subtract,
-                    a.add,
-                ]
-            })
-            .collect();
-        let changes = crate::Backend::upload(self, adjust.len(), 6, words)?;
-        let cd = device_of(&changes)?;
-        let xd = device_of(x)?;
+        let words = adjust.iter().flat_map(|a| {
+            [
+                f32::from_bits(a.row as u32),
+                f32::from_bits(a.token),
+                a.positive_scale,
+                a.negative_scale,
+                a.subtract,
+                a.add,
+            ]
+        });
         let out = self.alloc(rows, cols)?;
-        let (groups, grid_x) = element_grid(adjust.len());
-        let head = HeadParams {
-            cols: cols as u32,
-            rows: adjust.len() as u32,
-            grid_x,
-            k: 0,
-        };
-        let mut rec = self.recorder()?;
-        rec.copy(xd.buffer(), 0, out.buffer(), 0, (rows * cols * 4) as u64);
-        rec.dispatch(
-            self.kernel(Kernel::Adjust)?,
-            &[
-                (xd.buffer(), xd.bytes()),
-                (cd.buffer(), cd.bytes()),
-                (out.buffer(), out.bytes()),
-            ],
-            &head,
-            groups,
-        );
-        drop(rec);
+        let xd = device_of(x)?;
+        self.recorder()?
+            .copy(xd.buffer(), 0, out.buffer(), 0, (rows * cols * 4) as u64);
+        // One thread per change.
+        let grid = element_grid(adjust.len());
+        self.head_items(Kernel::Adjust, x, (adjust.len(), 6, words), &out, grid)?;
         Ok(Some(self.tensor(rows, cols, out)))
     }
 
@@ -343,40 +323,57 @@ impl WgpuBackend {
         if draws.is_empty() {
             return Ok(None);
         }
-        let words: Vec<f32> = draws
-            .iter()
-            .flat_map(|d| {
-                [
-                    f32::from_bits(d.row as u32),
-                    d.u,
-                    d.inv_temperature,
-                    d.min_weight,
-                    d.top_p,
-                ]
-            })
-            .collect();
-        let params = crate::Backend::upload(self, draws.len(), 5, words)?;
-        let pd = device_of(&params)?;
-        let xd = device_of(x)?;
+        let words = draws.iter().flat_map(|d| {
+            [
+                f32::from_bits(d.row as u32),
+                d.u,
+                d.inv_temperature,
+                d.min_weight,
+                d.top_p,
+            ]
+        });
         let out = self.alloc(draws.len(), 1)?;
+        // One workgroup per draw.
         let groups = grid(draws.len() as u32);
+        self.head_items(
+            Kernel::Sample,
+            x,
+            (draws.len(), 5, words),
+            &out,
+            (groups, groups.0),
+        )?;
+        Ok(Some(out))
+    }
+
+    /// Records a head.wgsl kernel over `x` whose items (`count` of them, `per` words each:
+    /// draws, changes) go up with the step, writing into `out`.
+    fn head_items(
+        &self,
+        kernel: Kernel,
+        x: &Tensor,
+        (count, per, words): (usize, usize, impl Iterator<Item = f32>),
+        out: &super::DeviceTensor,
+        (groups, grid_x): ((u32, u32), u32),
+    ) -> Result<()> {
+        let items = crate::Backend::upload(self, count, per, words.collect())?;
+        let (id, xd) = (device_of(&items)?, device_of(x)?);
         let head = HeadParams {
             cols: x.cols() as u32,
-            rows: draws.len() as u32,
-            grid_x: groups.0,
+            rows: count as u32,
+            grid_x,
             k: 0,
         };
         self.recorder()?.dispatch(
-            self.kernel(Kernel::Sample)?,
+            self.kernel(kernel)?,
             &[
                 (xd.buffer(), xd.bytes()),
-                (pd.buffer(), pd.bytes()),
+                (id.buffer(), id.bytes()),
                 (out.buffer(), out.bytes()),
             ],
             &head,
             groups,
         );
-        Ok(Some(out))
+        Ok(())
     }
 
     pub(super) fn top_k_pairs(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {
