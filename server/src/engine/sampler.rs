@@ -90,6 +90,8 @@ pub struct Sampler {
     scratch: Scratch,
     /// The logits after penalties and bias, rewritten per token (not allocated per token).
     adjusted: Vec<f32>,
+    /// The logit bias summed per token, in token order.
+    bias: Vec<(u32, f32)>,
 }
 
 /// Buffers a sampled token fills, kept between tokens (a vocabulary's worth each).
@@ -184,11 +186,16 @@ impl Sampler {
     /// A sampler seeded from `params.seed`.
     pub fn new(params: SamplingParams) -> Self {
         let rng = ChaCha8Rng::seed_from_u64(params.seed);
+        let mut by_token = std::collections::BTreeMap::new();
+        for &(t, b) in &params.logit_bias {
+            *by_token.entry(t).or_insert(0.0f32) += b;
+        }
         Self {
             params,
             rng,
             scratch: Scratch::default(),
             adjusted: Vec::new(),
+            bias: by_token.into_iter().collect(),
         }
     }
 
@@ -282,8 +289,8 @@ impl Sampler {
                 a.subtract = p.frequency_penalty * count as f32 + p.presence_penalty;
             }
         }
-        for &(t, bias) in &p.logit_bias {
-            by_token.entry(t).or_insert_with(|| fresh(t)).add += bias;
+        for &(t, bias) in &self.bias {
+            by_token.entry(t).or_insert_with(|| fresh(t)).add = bias;
         }
         by_token.into_values().collect()
     }
@@ -295,18 +302,46 @@ impl Sampler {
         if !self.params.adjusts_logits() {
             return self.sample(logits);
         }
-        let changes = self.logit_adjustments(history);
         let Self {
             params: p,
             rng,
             scratch,
             adjusted,
+            bias,
         } = self;
         adjusted.clear();
         adjusted.extend_from_slice(logits);
-        for a in changes {
-            if let Some(v) = adjusted.get_mut(a.token as usize) {
-                *v = a.apply(*v);
+        // `logit_adjustments`' changes, made in place without collecting them (this runs per
+        // sampled token): per token the same steps in the same order as `LogitAdjust::apply`
+        // (scale, subtract, add; a step that changes nothing skipped), so a device making
+        // them picks from the same logits.
+        let r = p.repetition_penalty;
+        if r != 1.0 {
+            let (positive, negative) = (1.0 / r, r);
+            let output_only = history
+                .output
+                .keys()
+                .filter(|t| !history.prompt.contains(t));
+            for &t in history.prompt.iter().chain(output_only) {
+                if let Some(v) = adjusted.get_mut(t as usize) {
+                    let scale = if *v > 0.0 { positive } else { negative };
+                    if scale != 1.0 {
+                        *v *= scale;
+                    }
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&t, &count) in &history.output {
+                let penalty = p.frequency_penalty * count as f32 + p.presence_penalty;
+                if let Some(v) = adjusted.get_mut(t as usize).filter(|_| penalty != 0.0) {
+                    *v -= penalty;
+                }
+            }
+        }
+        for &(t, b) in bias.iter() {
+            if let Some(v) = adjusted.get_mut(t as usize).filter(|_| b != 0.0) {
+                *v += b;
             }
         }
         draw_token(p, rng, scratch, adjusted)
