@@ -9,6 +9,7 @@
 use crate::draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 use crate::error::Result;
 use crate::kv::{KvPool, KvPoolSpec};
+use crate::logprobs::{chosen_token, token_logprobs, LogprobRow, TokenLogprobs};
 use crate::quant::QTensor;
 use crate::tensor::{Tensor, Weight};
 
@@ -101,7 +102,8 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
 /// What a step reads back of its logits besides every row's argmax ([`Backend::read_logits`]):
 /// whole rows, the top `k` of some rows, and rows sampled where they live. Row indices are
 /// among the logits rows. `adjust` changes logits (penalties, bias) before the argmax, the
-/// top k and the draws; whole rows come back as the model gave them.
+/// top k and the draws; whole rows and log-probabilities are of the logits as the model gave
+/// them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogitsRequest<'a> {
     pub full: &'a [usize],
@@ -109,6 +111,9 @@ pub struct LogitsRequest<'a> {
     pub k: usize,
     pub draws: &'a [RowDraw],
     pub adjust: &'a [LogitAdjust],
+    /// Rows whose chosen token's log-probability (and top few) to compute
+    /// ([`crate::logprobs`]): a row listed here is chosen by its draw or its argmax.
+    pub logprobs: &'a [LogprobRow],
 }
 
 /// What a step reads back of its logits ([`Backend::read_logits`]).
@@ -122,6 +127,8 @@ pub struct LogitsReadback {
     pub top: Vec<Vec<(u32, f32)>>,
     /// The token of each draw asked for ([`draw_row`]).
     pub drawn: Vec<u32>,
+    /// The log-probabilities of each row of `logprobs` asked for, in its order.
+    pub logprobs: Vec<TokenLogprobs>,
 }
 
 /// [`Backend::read_logits`] as separate operations, the changes and draws made on the host
@@ -137,7 +144,15 @@ pub fn read_logits_apart<B: Backend + ?Sized>(
             format!("change to row {} of {}", a.row, x.rows()),
         ));
     }
+    if let Some(l) = want.logprobs.iter().find(|l| l.row >= x.rows()) {
+        return Err(crate::error::shape_err(
+            "read_logits",
+            format!("logprobs of row {} of {}", l.row, x.rows()),
+        ));
+    }
     let full = be.download_owned(be.select_rows(x, want.full)?)?;
+    let lp_rows: Vec<usize> = want.logprobs.iter().map(|l| l.row).collect();
+    let raw_rows = be.download_owned(be.select_rows(x, &lp_rows)?)?;
     let adjusted;
     let x = if want.adjust.is_empty() {
         x
@@ -163,11 +178,20 @@ pub fn read_logits_apart<B: Backend + ?Sized>(
             .map(|(row, d)| draw_row(row, d))
             .collect()
     };
+    let logprobs = raw_rows
+        .chunks(x.cols().max(1))
+        .zip(want.logprobs)
+        .map(|(row, l)| {
+            let token = chosen_token(l.row, &ids, want.draws, &drawn);
+            token_logprobs(row, token, l.top)
+        })
+        .collect();
     Ok(LogitsReadback {
         ids,
         full,
         top,
         drawn,
+        logprobs,
     })
 }
 

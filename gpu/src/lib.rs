@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod draw;
 pub mod error;
 pub mod kv;
+pub mod logprobs;
 pub mod quant;
 pub mod tensor;
 pub mod wgpu;
@@ -22,6 +23,7 @@ pub use backend::{
 pub use draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 pub use error::{Error, Result};
 pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
+pub use logprobs::{token_logprobs, LogprobRow, TokenLogprobs};
 pub use quant::source::{RawTensor, SourceDType};
 pub use quant::{GroupSize, QTensor, QuantFormat};
 pub use tensor::{Tensor, Weight};

@@ -23,10 +23,13 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 mod attention;
 #[path = "conformance/draws.rs"]
 mod draws;
+#[path = "conformance/logprobs.rs"]
+mod logprobs;
 #[path = "conformance/products.rs"]
 mod products;
 use attention::*;
 use draws::*;
+use logprobs::*;
 use products::*;
 
 /// How far each backend may be from the float64 reference (‖out − ref‖ / ‖ref‖).
@@ -483,6 +486,7 @@ suite!(
     read_logits_equals_its_parts,
     draws_follow_each_rows_distribution,
     choices_are_made_from_adjusted_logits,
+    logprobs_are_a_log_softmax_of_the_logits_as_given,
     matmul_matches_float64_for_every_format_and_shape,
     a_rows_product_does_not_depend_on_its_batch,
     matmul_add_equals_matmul_then_add,

@@ -1,7 +1,8 @@
 //! Time to choose one sampled token from a vocabulary of logits, per filter setting:
 //! `cargo run --release -p lowbit --example sample_speed [VOCAB] [REPS]` (default SmolLM2's
 //! 49,152 tokens). The logits are a model-like mix: a few likely tokens over a long flat tail.
-use lowbit::engine::sampler::{logprobs, Sampler, SamplingParams};
+use lowbit::engine::sampler::{Sampler, SamplingParams};
+use lowbit_gpu::token_logprobs as logprobs;
 use std::time::Instant;
 
 fn main() {

@@ -24,13 +24,18 @@ struct Setup {
     prefix_cache: bool,
 }
 
-/// Runs `prompts` together through one scheduler; returns each one's generated token ids.
+/// A generated token and its logprobs (when asked).
+type Token = (u32, Option<lowbit_gpu::TokenLogprobs>);
+
+/// Runs `prompts` together through one scheduler, each asking for `logprobs` alternatives;
+/// returns each one's generated tokens.
 fn run(
     prompts: &[(Vec<u32>, SamplingParams)],
     max_tokens: usize,
     s: &Setup,
     backend: Arc<dyn Backend>,
-) -> (Vec<Vec<u32>>, u64) {
+    logprobs: Option<usize>,
+) -> (Vec<Vec<Token>>, u64) {
     let source = ModelSource::open(&common::smollm2_path()).unwrap();
     let tokenizer = source.tokenizer().unwrap();
     let model = Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap();
@@ -62,7 +67,7 @@ fn run(
                 stop: Vec::new(),
                 stop_token_ids: Vec::new(),
                 ignore_eos: true,
-                logprobs: None,
+                logprobs,
                 deadline: None,
             },
             tx,
@@ -78,8 +83,11 @@ fn run(
         .map(|mut rx| {
             let mut toks = Vec::new();
             while let Ok(e) = rx.try_recv() {
-                if let Event::Token { token, .. } = e {
-                    toks.push(token);
+                if let Event::Token {
+                    token, logprobs, ..
+                } = e
+                {
+                    toks.push((token, logprobs));
                 }
             }
             assert_eq!(toks.len(), max_tokens);
@@ -138,10 +146,10 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
         prefix_cache: false,
     };
     // Each request alone, no cache, whole prompts in one step.
-    let alone: Vec<Vec<u32>> = prompts
+    let alone: Vec<Vec<Token>> = prompts
         .iter()
         .map(|p| {
-            run(std::slice::from_ref(p), max_tokens, &roomy, cpu())
+            run(std::slice::from_ref(p), max_tokens, &roomy, cpu(), None)
                 .0
                 .remove(0)
         })
@@ -162,7 +170,7 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
             prefix_cache: false,
         },
     ] {
-        let (together, preemptions) = run(&prompts, max_tokens, &setup, cpu());
+        let (together, preemptions) = run(&prompts, max_tokens, &setup, cpu(), None);
         if setup.blocks == 24 {
             assert!(preemptions > 0, "the small pool should preempt");
         }
@@ -232,10 +240,12 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
         blocks: 64,
         prefix_cache: false,
     };
-    let alone: Vec<Vec<u32>> = prompts
+    // With logprobs: computed on the GPU for the rows chosen there, from whole rows for the
+    // top-k one; a row's are the same in any batch, to the bit.
+    let alone: Vec<Vec<Token>> = prompts
         .iter()
         .map(|p| {
-            run(std::slice::from_ref(p), 6, &roomy, gpu.clone())
+            run(std::slice::from_ref(p), 6, &roomy, gpu.clone(), Some(2))
                 .0
                 .remove(0)
         })
@@ -245,6 +255,7 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
         blocks: 64,
         prefix_cache: true,
     };
-    let (together, _) = run(&prompts, 6, &chunked, gpu);
+    let (together, _) = run(&prompts, 6, &chunked, gpu, Some(2));
+    assert!(alone.iter().flatten().all(|t| t.1.is_some()));
     assert_eq!(alone, together);
 }

@@ -82,9 +82,9 @@ fn perplexity_is_within_half_a_percent_of_the_cpu() {
 
 /// A step that reads back top-k values (sampling rows whose top-k filter comes first) and
 /// tokens drawn on the GPU (rows sampling from the whole distribution) gives, for each row,
-/// exactly the top k of that row's whole logits from the same step and the host's draw from
-/// them, beside the argmax of every row: real logits, three sequences, the last rows of
-/// prompts of different lengths.
+/// exactly the top k of that row's whole logits from the same step, the host's draw from
+/// them and their log-probabilities, beside the argmax of every row: real logits, three
+/// sequences, the last rows of prompts of different lengths.
 #[test]
 fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
     let _turn = gpu_turn();
@@ -134,6 +134,10 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
         k: 40,
         draws: draws.clone(),
         adjust: Vec::new(),
+        logprobs: vec![
+            lowbit_gpu::LogprobRow { row: 0, top: 5 },
+            lowbit_gpu::LogprobRow { row: 2, top: 20 },
+        ],
     };
     let rows = model.forward_mixed(&seqs, &mut pool, &what).unwrap();
     assert_eq!(rows.top.len(), 2);
@@ -158,4 +162,26 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
         distinct.len() > 3,
         "draws over whole distributions: {distinct:?}"
     );
+    // Log-probabilities computed on the GPU: of each row's (first) draw and its top
+    // alternatives, as the host computes them from the whole row.
+    assert_eq!(rows.logprobs.len(), 2);
+    for (l, got) in what.logprobs.iter().zip(&rows.logprobs) {
+        let token = rows.drawn[8 * l.row];
+        let host = lowbit_gpu::token_logprobs(rows.logits.row(l.row), token, l.top);
+        assert_eq!(got.token, token);
+        let ids = |t: &lowbit_gpu::TokenLogprobs| t.top.iter().map(|a| a.0).collect::<Vec<_>>();
+        assert_eq!(ids(got), ids(&host), "row {}", l.row);
+        let values = |t: &lowbit_gpu::TokenLogprobs| {
+            std::iter::once(t.logprob)
+                .chain(t.top.iter().map(|a| a.1))
+                .collect::<Vec<_>>()
+        };
+        for (g, h) in values(got).iter().zip(values(&host)) {
+            assert!(
+                (g - h).abs() <= 2e-5 + 1e-6 * h.abs(),
+                "row {}: {g} vs {h}",
+                l.row
+            );
+        }
+    }
 }

@@ -4,11 +4,13 @@
 // NaN semantics (WGSL lets it not); a row of NaN alone gives 0. `top_k` gives each row's k
 // largest finite values with their indices, for a sampler whose top-k filter comes first.
 // `sample` draws a token from a row's whole distribution (gpu/src/draw.rs); `adjust` applies
-// the penalties and logit bias to a copy of the logits first.
+// the penalties and logit bias to a copy of the logits first; `log_sum` gives what a row's
+// log-probabilities need (gpu/src/logprobs.rs).
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 // `sample`: 5 words per draw (row, u, 1/temperature, min weight, top-p); `adjust`: 6 words per
-// change (row, token, positive scale, negative scale, subtract, add); unused by the others.
+// change (row, token, positive scale, negative scale, subtract, add); `log_sum`: 2 words per
+// row (row, chosen token); unused by the others.
 @group(0) @binding(1) var<storage, read> draws: array<u32>;
 // The output; for `adjust`, the copy of the logits it changes in place.
 @group(0) @binding(2) var<storage, read_write> ids: array<u32>;
@@ -298,6 +300,41 @@ fn nucleus_floor_key(base: u32, max_v: f32, inv_t: f32, top_p: f32, lid: u32) ->
     return prefix;
 }
 
+struct RowMax {
+    value: f32,
+    // Whether the row has a finite value at all.
+    seen: bool,
+}
+
+// The largest finite value of the row at `base` (every thread gets it). From uniform control
+// flow.
+fn finite_max(base: u32, lid: u32) -> RowMax {
+    var m = 0.0;
+    var seen = 0u;
+    for (var c = lid; c < p.cols; c += WG) {
+        let v = logits[base + c];
+        if is_finite(v) && (seen == 0u || v > m) {
+            m = v;
+            seen = 1u;
+        }
+    }
+    best_v[lid] = m;
+    best_i[lid] = seen;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half >>= 1u) {
+        if lid < half && best_i[lid + half] == 1u
+            && (best_i[lid] == 0u || best_v[lid + half] > best_v[lid]) {
+            best_v[lid] = best_v[lid + half];
+            best_i[lid] = 1u;
+        }
+        workgroupBarrier();
+    }
+    let found = RowMax(best_v[0], best_i[0] == 1u);
+    // Every thread has read the result before the arrays are used again.
+    workgroupBarrier();
+    return found;
+}
+
 // Inclusive prefix sums of every thread's `v` over the workgroup (Hillis-Steele in `scan`).
 fn prefix_sums(v: f32, lid: u32) {
     scan[lid] = v;
@@ -350,28 +387,7 @@ fn sample(
     let inv_t = bitcast<f32>(draws[5u * d + 2u]);
     let min_w = bitcast<f32>(draws[5u * d + 3u]);
     let top_p = bitcast<f32>(draws[5u * d + 4u]);
-    // The largest finite logit (best_i: whether the thread saw one).
-    var m = 0.0;
-    var seen = 0u;
-    for (var c = lid; c < p.cols; c += WG) {
-        let v = logits[base + c];
-        if is_finite(v) && (seen == 0u || v > m) {
-            m = v;
-            seen = 1u;
-        }
-    }
-    best_v[lid] = m;
-    best_i[lid] = seen;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half >>= 1u) {
-        if lid < half && best_i[lid + half] == 1u
-            && (best_i[lid] == 0u || best_v[lid + half] > best_v[lid]) {
-            best_v[lid] = best_v[lid + half];
-            best_i[lid] = 1u;
-        }
-        workgroupBarrier();
-    }
-    let max_v = best_v[0];
+    let max_v = finite_max(base, lid).value;
     // Top-p's floor (order keys of finite values are at least 1: 0 keeps them all).
     if lid == 0u {
         nucleus_flag = select(0u, 1u, top_p < 1.0);
@@ -456,4 +472,36 @@ fn adjust(@builtin(global_invocation_id) gid: vec3<u32>) {
         v += add;
     }
     ids[at] = bitcast<u32>(v);
+}
+
+// ---- log_sum ----
+
+// One workgroup per item (row, the token chosen for it): ln Σ exp over the row's finite
+// logits (−∞ where it has none), summed from its largest (gpu/src/logprobs.rs
+// `log_sum_exp`), and the token's logit (−∞ past the row's end: NONE, a draw from a row
+// without a finite logit). Out: those two words per item.
+@compute @workgroup_size(256)
+fn log_sum(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let item = wid.x + wid.y * p.grid_x;
+    if item >= p.rows {
+        return;
+    }
+    let base = draws[2u * item] * p.cols;
+    let token = draws[2u * item + 1u];
+    let m = finite_max(base, lid);
+    var own = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        own += raw_weight(logits[base + c], m.value, 1.0);
+    }
+    prefix_sums(own, lid);
+    if lid == 0u {
+        let neg_inf = bitcast<f32>(0xff800000u);
+        let sum = select(neg_inf, m.value + log(scan[WG - 1u]), m.seen);
+        let logit = select(neg_inf, logits[base + min(token, p.cols - 1u)], token < p.cols);
+        ids[2u * item] = bitcast<u32>(sum);
+        ids[2u * item + 1u] = bitcast<u32>(logit);
+    }
 }

@@ -3,7 +3,9 @@
 Where there is no GPU (CI), `--device gpu` takes lavapipe, Mesa's software Vulkan adapter
 (installed by scripts/test.sh): slow, so the requests are short. The GPU server's greedy answer
 must be the CPU server's, streaming and not: the engine and the API are the same, only the
-backend differs, and the two backends compute the same int8 products.
+backend differs, and the two backends compute the same int8 products. Logprobs the GPU computes
+where the logits live (gpu/src/logprobs.rs) must be the ones the host computes from the GPU's
+whole rows (the CPU's logits differ by more: a rounding flip in an int8 activation spreads).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ def client_for(server) -> OpenAI:
     return OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=110)
 
 
-@pytest.mark.timeout(300)
+def logprobs_of(client: OpenAI, **sampling) -> list:
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=MAX_TOKENS, logprobs=True, top_logprobs=3, **sampling
+    )
+    return r.choices[0].logprobs.content
+
+
+@pytest.mark.timeout(400)
 def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
     cpu = server_factory("--device", "cpu")
     want = (
@@ -54,5 +63,30 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == want
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == MAX_TOKENS
+
+    # Logprobs of the first token's alternatives: computed on the GPU for a greedy row, on the
+    # host from the whole row for a top-k row (its token chosen on the host): the same prompt,
+    # the same logits.
+    on_device = logprobs_of(client, temperature=0)
+    from_whole_row = logprobs_of(client, temperature=1.0, top_p=1.0, seed=3, extra_body={"top_k": 40})
+    assert "".join(t.token for t in on_device) == want
+    first_device, first_host = on_device[0].top_logprobs, from_whole_row[0].top_logprobs
+    assert [a.token for a in first_device] == [a.token for a in first_host]
+    for d, h in zip(first_device, first_host):
+        assert abs(d.logprob - h.logprob) < 1e-4, (d, h)
+    assert on_device[0].token == first_device[0].token
+    assert abs(on_device[0].logprob - first_device[0].logprob) < 1e-6
+    # Drawn on the GPU, with logprobs: each token's probability, its alternatives ranked.
+    sampled = logprobs_of(client, temperature=1.0, seed=3)
+    assert len(sampled) == MAX_TOKENS
+    for t in sampled:
+        assert len(t.top_logprobs) == 3
+        ranked = [a.logprob for a in t.top_logprobs]
+        assert ranked == sorted(ranked, reverse=True) and ranked[0] <= 0.0
+        assert t.logprob <= ranked[0] + 1e-6
+        tokens = [a.token for a in t.top_logprobs]
+        if t.token in tokens:
+            assert abs(t.logprob - ranked[tokens.index(t.token)]) < 1e-6
+
     metrics = gpu.metrics()
     assert metrics["lowbit:num_requests_running"] == 0

@@ -60,6 +60,8 @@ pub enum Kernel {
     Sample,
     /// Penalties and logit bias on a copy of the logits (gpu/src/draw.rs `LogitAdjust`).
     Adjust,
+    /// Each listed row's log-sum-exp and its chosen token's logit (gpu/src/logprobs.rs).
+    LogSum,
 }
 
 /// Largest activation row count the decode kernel is specialized for.
@@ -124,7 +126,9 @@ impl Kernel {
                 Family::Quantize
             }
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
-            Kernel::Argmax | Kernel::TopK | Kernel::Sample | Kernel::Adjust => Family::Head,
+            Kernel::Argmax | Kernel::TopK | Kernel::Sample | Kernel::Adjust | Kernel::LogSum => {
+                Family::Head
+            }
         }
     }
 
@@ -144,6 +148,7 @@ impl Kernel {
             Kernel::TopK => "top_k",
             Kernel::Sample => "sample",
             Kernel::Adjust => "adjust",
+            Kernel::LogSum => "log_sum",
             _ => "main",
         }
     }

@@ -202,18 +202,20 @@ impl WgpuBackend {
     }
 
     /// A step's logits readback in one transfer: every row's argmax, the top k of the rows
-    /// `want.top`, the draws and the whole rows `want.full` are computed into their own
-    /// buffers, copied one after the other into one, and read back once (a GPU wait per step,
-    /// not one per part).
+    /// `want.top`, the draws, the log-probabilities and the whole rows `want.full` are computed
+    /// into their own buffers, copied one after the other into one, and read back once (a GPU
+    /// wait per step, not one per part).
     pub(super) fn read_logits_once(
         &self,
-        x: &Tensor,
+        raw: &Tensor,
         want: &LogitsRequest<'_>,
     ) -> Result<crate::backend::LogitsReadback> {
-        let (rows, cols) = (x.rows(), x.cols());
+        let (rows, cols) = (raw.rows(), raw.cols());
         let (top, k) = (want.top, want.k);
-        if k > TOP_K_MAX || rows == 0 || cols == 0 {
-            return crate::backend::read_logits_apart(self, x, want);
+        // The alternatives logprobs report, as many as the row asking most wants.
+        let lp_k = want.logprobs.iter().map(|l| l.top).max().unwrap_or(0);
+        if k.max(lp_k) > TOP_K_MAX || rows == 0 || cols == 0 {
+            return crate::backend::read_logits_apart(self, raw, want);
         }
         if let Some(d) = want.draws.iter().find(|d| d.row >= rows) {
             return Err(shape_err(
@@ -227,31 +229,32 @@ impl WgpuBackend {
                 format!("change to row {} of {rows}", a.row),
             ));
         }
-        let stride = 1 + 2 * k;
-        // Whole rows as the model gave them; every choice from the changed logits.
-        let whole = self.gather(x, want.full)?;
-        let adjusted = self.adjusted(x, want.adjust)?;
-        let x = adjusted.as_ref().unwrap_or(x);
+        if let Some(l) = want.logprobs.iter().find(|l| l.row >= rows) {
+            return Err(shape_err(
+                "read_logits",
+                format!("logprobs of row {} of {rows}", l.row),
+            ));
+        }
+        // Whole rows and log-probabilities as the model gave them; every choice from the
+        // changed logits.
+        let whole = self.gather(raw, want.full)?;
+        let adjusted = self.adjusted(raw, want.adjust)?;
+        let x = adjusted.as_ref().unwrap_or(raw);
         let ids = self.head_dispatch(Kernel::Argmax, x, 0, 1)?;
-        let tops = if top.is_empty() || k == 0 {
-            None
-        } else {
-            let picked = self.gather(x, top)?;
-            Some(self.head_dispatch(Kernel::TopK, &picked, k, stride)?)
-        };
+        let tops = self.top_k_of(x, top, k)?;
         let drawn = self.draw_rows(x, want.draws)?;
-        let top_words = if tops.is_some() {
-            top.len() * stride
-        } else {
-            0
-        };
-        let parts: [(Option<&super::DeviceTensor>, usize); 4] = [
+        let log_sums = self.log_sums(raw, want, &ids, drawn.as_ref())?;
+        let lp_rows: Vec<usize> = want.logprobs.iter().map(|l| l.row).collect();
+        let lp_tops = self.top_k_of(raw, &lp_rows, lp_k)?;
+        let parts: [(Option<&super::DeviceTensor>, usize); 6] = [
             (Some(&ids), rows),
-            (tops.as_ref(), top_words),
+            (tops.as_ref(), top.len() * (1 + 2 * k)),
             (drawn.as_ref(), want.draws.len()),
+            (log_sums.as_ref(), 2 * want.logprobs.len()),
+            (lp_tops.as_ref(), lp_rows.len() * (1 + 2 * lp_k)),
             (Some(device_of(&whole)?), want.full.len() * cols),
         ];
-        let total: usize = parts.iter().map(|p| p.1).sum();
+        let total: usize = parts.iter().filter(|p| p.0.is_some()).map(|p| p.1).sum();
         let staging = self.alloc(total, 1)?;
         {
             let mut rec = self.recorder()?;
@@ -265,18 +268,26 @@ impl WgpuBackend {
             }
         }
         let words = crate::Backend::download(self, &self.tensor(total, 1, staging))?;
-        let (id_words, rest) = words.split_at(rows);
-        let (top_words, rest) = rest.split_at(top_words);
-        let (drawn_words, full_values) =
-            rest.split_at(if drawn.is_some() { want.draws.len() } else { 0 });
-        let ids: Vec<u32> = id_words.iter().map(|v| v.to_bits()).collect();
-        let top = if tops.is_some() {
-            top_pairs(top_words, k)?
-        } else {
-            vec![Vec::new(); top.len()]
+        // The parts back, in the order they were copied.
+        let mut rest = &words[..];
+        let mut take = |(part, n): (Option<&super::DeviceTensor>, usize)| {
+            let (head, tail) = rest.split_at(if part.is_some() { n } else { 0 });
+            rest = tail;
+            head
         };
+        let [id_words, top_words, drawn_words, sum_words, lp_top_words, full_values] =
+            parts.map(&mut take);
+        let ids: Vec<u32> = id_words.iter().map(|v| v.to_bits()).collect();
+        let pairs = |words: &[f32], k: usize, n: usize| {
+            if words.is_empty() {
+                Ok(vec![Vec::new(); n])
+            } else {
+                top_pairs(words, k)
+            }
+        };
+        let top = pairs(top_words, k, top.len())?;
         // A row without a finite logit draws nothing: its argmax, as the sampler gives.
-        let drawn = drawn_words
+        let drawn: Vec<u32> = drawn_words
             .iter()
             .zip(want.draws)
             .map(|(w, d)| match w.to_bits() {
@@ -284,12 +295,44 @@ impl WgpuBackend {
                 t => t,
             })
             .collect();
+        let lp_tops = pairs(lp_top_words, lp_k, lp_rows.len())?;
+        let logprobs = want
+            .logprobs
+            .iter()
+            .zip(sum_words.chunks(2))
+            .zip(lp_tops)
+            .map(|((l, sums), mut alternatives)| {
+                alternatives.truncate(l.top);
+                let token = crate::logprobs::chosen_token(l.row, &ids, want.draws, &drawn);
+                crate::logprobs::from_parts(f64::from(sums[0]), token, sums[1], alternatives)
+            })
+            .collect();
         Ok(crate::backend::LogitsReadback {
             ids,
             full: full_values.to_vec(),
             top,
             drawn,
+            logprobs,
         })
+    }
+
+    /// Records the top `k` of `rows` of `x` (None where there is nothing to rank).
+    fn top_k_of(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        k: usize,
+    ) -> Result<Option<super::DeviceTensor>> {
+        if rows.is_empty() || k == 0 {
+            return Ok(None);
+        }
+        let picked = self.gather(x, rows)?;
+        Ok(Some(self.head_dispatch(
+            Kernel::TopK,
+            &picked,
+            k,
+            1 + 2 * k,
+        )?))
     }
 
     /// A copy of `x` with head.wgsl's `adjust` applied (None where nothing changes).
@@ -314,7 +357,8 @@ impl WgpuBackend {
             .copy(xd.buffer(), 0, out.buffer(), 0, (rows * cols * 4) as u64);
         // One thread per change.
         let grid = element_grid(adjust.len());
-        self.head_items(Kernel::Adjust, x, (adjust.len(), 6, words), &out, grid)?;
+        let items = self.head_items((adjust.len(), 6, words))?;
+        self.head_over_items(Kernel::Adjust, x, &items, &out, grid)?;
         Ok(Some(self.tensor(rows, cols, out)))
     }
 
@@ -335,31 +379,33 @@ impl WgpuBackend {
         let out = self.alloc(draws.len(), 1)?;
         // One workgroup per draw.
         let groups = grid(draws.len() as u32);
-        self.head_items(
-            Kernel::Sample,
-            x,
-            (draws.len(), 5, words),
-            &out,
-            (groups, groups.0),
-        )?;
+        let items = self.head_items((draws.len(), 5, words))?;
+        self.head_over_items(Kernel::Sample, x, &items, &out, (groups, groups.0))?;
         Ok(Some(out))
     }
 
-    /// Records a head.wgsl kernel over `x` whose items (`count` of them, `per` words each:
-    /// draws, changes) go up with the step, writing into `out`.
+    /// Uploads the items of a head.wgsl kernel: `count` of them, `per` words each (draws,
+    /// changes, log-sums).
     fn head_items(
+        &self,
+        (count, per, words): (usize, usize, impl Iterator<Item = f32>),
+    ) -> Result<Tensor> {
+        crate::Backend::upload(self, count, per, words.collect())
+    }
+
+    /// Records a head.wgsl kernel over `x` and its `items`, writing into `out`.
+    fn head_over_items(
         &self,
         kernel: Kernel,
         x: &Tensor,
-        (count, per, words): (usize, usize, impl Iterator<Item = f32>),
+        items: &Tensor,
         out: &super::DeviceTensor,
         (groups, grid_x): ((u32, u32), u32),
     ) -> Result<()> {
-        let items = crate::Backend::upload(self, count, per, words.collect())?;
-        let (id, xd) = (device_of(&items)?, device_of(x)?);
+        let (id, xd) = (device_of(items)?, device_of(x)?);
         let head = HeadParams {
             cols: x.cols() as u32,
-            rows: count as u32,
+            rows: items.rows() as u32,
             grid_x,
             k: 0,
         };
@@ -374,6 +420,50 @@ impl WgpuBackend {
             groups,
         );
         Ok(())
+    }
+
+    /// Records head.wgsl's `log_sum` for the rows of `want.logprobs` (rows of `raw`, the
+    /// logits as the model gave them): each row's log-sum-exp and its chosen token's logit, two
+    /// words per row. The chosen token (the row's draw, else its argmax) is on the device
+    /// only: it is copied into the row's item there.
+    fn log_sums(
+        &self,
+        raw: &Tensor,
+        want: &LogitsRequest<'_>,
+        ids: &super::DeviceTensor,
+        drawn: Option<&super::DeviceTensor>,
+    ) -> Result<Option<super::DeviceTensor>> {
+        if want.logprobs.is_empty() {
+            return Ok(None);
+        }
+        let words = want
+            .logprobs
+            .iter()
+            .flat_map(|l| [f32::from_bits(l.row as u32), f32::from_bits(NO_TOKEN)]);
+        let items = self.head_items((want.logprobs.len(), 2, words))?;
+        {
+            let item_words = device_of(&items)?;
+            let mut rec = self.recorder()?;
+            for (i, l) in want.logprobs.iter().enumerate() {
+                let source = match (drawn, want.draws.iter().position(|d| d.row == l.row)) {
+                    (Some(d), Some(j)) => (d, j),
+                    _ => (ids, l.row),
+                };
+                let to = (8 * i + 4) as u64;
+                rec.copy(
+                    source.0.buffer(),
+                    4 * source.1 as u64,
+                    item_words.buffer(),
+                    to,
+                    4,
+                );
+            }
+        }
+        let out = self.alloc(want.logprobs.len(), 2)?;
+        // One workgroup per row.
+        let groups = grid(want.logprobs.len() as u32);
+        self.head_over_items(Kernel::LogSum, raw, &items, &out, (groups, groups.0))?;
+        Ok(Some(out))
     }
 
     pub(super) fn top_k_pairs(&self, x: &Tensor, k: usize) -> Result<Vec<Vec<(u32, f32)>>> {

@@ -234,6 +234,7 @@ pub(crate) fn choices_are_made_from_adjusted_logits(be: &dyn Backend, _: Bounds)
         k: 10,
         draws: &draws,
         adjust: &adjust,
+        ..LogitsRequest::default()
     };
     let got = be.read_logits(&x, &ask).expect("read_logits");
     let changed = lowbit_gpu::adjusted_rows(&values, cols, &adjust);

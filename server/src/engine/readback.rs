@@ -4,12 +4,13 @@
 //! OpenAI's parameters), or the whole row; a device applies a row's penalties and logit bias
 //! first (one change per token). The first two give the token the host would pick from the
 //! whole row; a device draw is the same distribution, drawn with the sequence's own random
-//! stream (gpu/src/draw.rs). On a GPU this is the difference between a few words and a
-//! vocabulary.
+//! stream (gpu/src/draw.rs). A device also computes a row's logprobs (gpu/src/logprobs.rs)
+//! unless the host chooses its token from a top k. On a GPU this is the difference between a
+//! few words and a vocabulary.
 
 use super::sampler::{Sampler, TokenHistory};
 use crate::model::MixedReadback;
-use lowbit_gpu::LogitAdjust;
+use lowbit_gpu::{LogitAdjust, LogprobRow};
 
 /// Most values a sampling row reads back as its top k instead of its whole logits.
 pub const TOP_K_READBACK_MAX: usize = 64;
@@ -24,36 +25,62 @@ pub enum RowWant {
     Logits,
 }
 
-impl RowWant {
-    /// The row of a sequence sampling with `sampler` after `history`, and the changes its
-    /// penalties and logit bias make to its logits first (row 0; empty for none). `plain` when
-    /// nothing else reads its logits (no logprobs, no forks to sample), `top_k_max` 0 where a
-    /// top k saves nothing, `on_device` where logits live on a device that can change them
-    /// and draw from them. A device draw takes its uniform from the sampler's stream now.
+/// What one logits row reads back: its choice ([`RowWant`]), the changes its penalties and
+/// logit bias make to its logits first (row 0; empty for none), and the number of
+/// alternatives whose log-probabilities are computed where the logits live (with the chosen
+/// token's), if the request asked for logprobs and the row is not read back whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowPlan {
+    pub want: RowWant,
+    pub adjust: Vec<LogitAdjust>,
+    pub logprobs: Option<usize>,
+}
+
+impl RowPlan {
+    /// The row of a sequence sampling with `sampler` after `history`. `forking` while its
+    /// logits still seed forks (`n > 1`), `logprobs` the alternatives its request wants,
+    /// `top_k_max` 0 where a top k saves nothing, `on_device` where logits live on a device
+    /// that can change them, draw from them and take their log-probabilities. A device draw
+    /// takes its uniform from the sampler's stream now.
     pub fn of(
         sampler: &mut Sampler,
         history: &TokenHistory,
-        plain: bool,
+        forking: bool,
+        logprobs: Option<usize>,
         vocab: usize,
         top_k_max: usize,
         on_device: bool,
-    ) -> (Self, Vec<LogitAdjust>) {
+    ) -> Self {
+        let whole = RowPlan {
+            want: RowWant::Logits,
+            adjust: Vec::new(),
+            logprobs: None,
+        };
         let adjusted = sampler.params().adjusts_logits();
-        if !plain || (adjusted && !on_device) {
-            return (RowWant::Logits, Vec::new());
+        if forking || ((adjusted || logprobs.is_some()) && !on_device) {
+            return whole;
         }
         let want = if sampler.takes_argmax() {
             RowWant::Argmax
-        } else if let Some(k) = sampler.top_k_readback(vocab, top_k_max) {
+        } else if let Some(k) = logprobs
+            .is_none()
+            .then(|| sampler.top_k_readback(vocab, top_k_max))
+            .flatten()
+        {
+            // (A top-k row's token is chosen on the host: its log-probability needs the row.)
             RowWant::TopK(k)
         } else if let Some((u, inv_t, min_p, top_p)) =
             on_device.then(|| sampler.whole_row_draw(vocab)).flatten()
         {
             RowWant::Draw(u, inv_t, min_p, top_p)
         } else {
-            return (RowWant::Logits, Vec::new());
+            return whole;
         };
-        (want, sampler.logit_adjustments(history))
+        RowPlan {
+            want,
+            adjust: sampler.logit_adjustments(history),
+            logprobs,
+        }
     }
 }
 
@@ -68,23 +95,27 @@ pub enum RowAt {
     Drawn(usize),
 }
 
-/// The readback of a step whose logits rows want `wants` (each with its logit changes), and
-/// where each row's answer is.
-pub fn plan_readback(wants: &[(RowWant, Vec<LogitAdjust>)]) -> (MixedReadback, Vec<RowAt>) {
+/// The readback of a step whose logits rows are planned as `plans`, and where each row's
+/// answer and its log-probabilities (an index into the readback's) are.
+pub fn plan_readback(plans: &[RowPlan]) -> (MixedReadback, Vec<(RowAt, Option<usize>)>) {
     let mut what = MixedReadback::default();
-    let mut at = vec![RowAt::Argmax; wants.len()];
-    for (r, (want, changes)) in wants.iter().enumerate() {
+    let mut at = vec![(RowAt::Argmax, None); plans.len()];
+    for (r, plan) in plans.iter().enumerate() {
         what.adjust
-            .extend(changes.iter().map(|&c| LogitAdjust { row: r, ..c }));
-        match *want {
+            .extend(plan.adjust.iter().map(|&c| LogitAdjust { row: r, ..c }));
+        if let Some(top) = plan.logprobs {
+            at[r].1 = Some(what.logprobs.len());
+            what.logprobs.push(LogprobRow { row: r, top });
+        }
+        match plan.want {
             RowWant::Argmax => {}
             RowWant::TopK(k) => {
-                at[r] = RowAt::Top(what.top.len());
+                at[r].0 = RowAt::Top(what.top.len());
                 what.top.push(r);
                 what.k = what.k.max(k);
             }
             RowWant::Draw(u, inv_temperature, min_weight, top_p) => {
-                at[r] = RowAt::Drawn(what.draws.len());
+                at[r].0 = RowAt::Drawn(what.draws.len());
                 what.draws.push(lowbit_gpu::RowDraw {
                     row: r,
                     u,

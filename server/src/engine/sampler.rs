@@ -3,6 +3,7 @@
 //! seed always gives the same tokens. Also the log-probabilities OpenAI's `logprobs` reports.
 
 use lowbit_gpu::cpu::fastmath::exp_nonpositive;
+pub use lowbit_gpu::TokenLogprobs;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -552,61 +553,6 @@ fn draw(kept: &Kept<'_>, u: f64) -> u32 {
             }
             top.last().map_or(0, |c| c.0)
         }
-    }
-}
-
-/// Log-probabilities of a logits row: the chosen token's and the `top` most likely ones.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TokenLogprobs {
-    pub token: u32,
-    pub logprob: f32,
-    /// Most likely first (ties by id).
-    pub top: Vec<(u32, f32)>,
-}
-
-/// `log softmax(logits)` at `token`, with the `top` most likely alternatives, in float64.
-pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
-    let max = finite_max(logits);
-    // The fast exponential (relative error ≈ 2·10⁻⁷, far below an f32 log-probability's
-    // resolution) summed in float64: one vectorized pass, not a library call per token.
-    let log_sum = if max == f32::NEG_INFINITY {
-        f64::from(max)
-    } else {
-        logits
-            .iter()
-            .map(|&v| {
-                if v.is_finite() {
-                    f64::from(exp_nonpositive(v - max))
-                } else {
-                    0.0
-                }
-            })
-            .sum::<f64>()
-            .ln()
-            + f64::from(max)
-    };
-    let lp = |v: f32| (f64::from(v) - log_sum) as f32;
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let by_logit = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    let top = top.min(idx.len());
-    if top > 0 && top < idx.len() {
-        idx.select_nth_unstable_by(top - 1, by_logit);
-    }
-    idx.truncate(top);
-    idx.sort_unstable_by(by_logit);
-    TokenLogprobs {
-        token,
-        logprob: logits
-            .get(token as usize)
-            .map_or(f32::NEG_INFINITY, |&v| lp(v)),
-        top: idx
-            .into_iter()
-            .map(|i| (i, lp(logits[i as usize])))
-            .collect(),
     }
 }
 

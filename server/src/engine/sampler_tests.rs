@@ -58,18 +58,6 @@ fn the_repetition_penalty_applies_once_to_a_token_of_both_prompt_and_output() {
 }
 
 #[test]
-fn logprobs_are_a_normalized_log_softmax_with_sorted_alternatives() {
-    let logits = [0.0f32, (3.0f32).ln(), f32::NEG_INFINITY];
-    let lp = logprobs(&logits, 0, 2);
-    assert!((lp.logprob - 0.25f32.ln()).abs() < 1e-6);
-    assert_eq!(lp.top.len(), 2);
-    assert_eq!(lp.top[0].0, 1);
-    assert!((lp.top[0].1 - 0.75f32.ln()).abs() < 1e-6);
-    assert_eq!(lp.top[1].0, 0);
-    assert_eq!(logprobs(&logits, 2, 0).logprob, f32::NEG_INFINITY);
-}
-
-#[test]
 fn greedy_takes_the_first_maximum() {
     let mut s = Sampler::new(SamplingParams::default());
     assert_eq!(s.sample(&[0.1, 3.0, -1.0, 3.0]), 1);
@@ -400,7 +388,7 @@ fn whole_row_draws_carry_the_parameters_and_the_streams_next_uniform() {
 /// where a device changes them.
 #[test]
 fn penalties_and_bias_become_per_token_changes_made_where_the_logits_live() {
-    use crate::engine::readback::RowWant;
+    use crate::engine::readback::{RowPlan, RowWant};
     let p = SamplingParams {
         repetition_penalty: 1.3,
         frequency_penalty: 0.4,
@@ -442,21 +430,44 @@ fn penalties_and_bias_become_per_token_changes_made_where_the_logits_live() {
         );
     }
     // On the host: whole rows. On a device: the choice, with the changes.
+    let whole = RowPlan {
+        want: RowWant::Logits,
+        adjust: Vec::new(),
+        logprobs: None,
+    };
     let mut s = Sampler::new(p.clone());
     assert_eq!(
-        RowWant::of(&mut s, &history, true, 12, 0, false),
-        (RowWant::Logits, Vec::new())
+        RowPlan::of(&mut s, &history, false, None, 12, 0, false),
+        whole
     );
-    let (want, with_changes) = RowWant::of(&mut s, &history, true, 12, 64, true);
-    assert!(matches!(want, RowWant::Draw(..)), "{want:?}");
-    assert_eq!(with_changes, changes);
+    let plan = RowPlan::of(&mut s, &history, false, None, 12, 64, true);
+    assert!(matches!(plan.want, RowWant::Draw(..)), "{plan:?}");
+    assert_eq!((plan.adjust, plan.logprobs), (changes, None));
+    // Logprobs: computed on the device for a token chosen there, from the whole row
+    // otherwise; a row still to fork is read whole.
+    let plan = RowPlan::of(&mut s, &history, false, Some(3), 12, 64, true);
+    assert!(matches!(plan.want, RowWant::Draw(..)), "{plan:?}");
+    assert_eq!(plan.logprobs, Some(3));
+    assert_eq!(
+        RowPlan::of(&mut s, &history, false, Some(3), 12, 64, false),
+        whole
+    );
+    assert_eq!(
+        RowPlan::of(&mut s, &history, true, None, 12, 64, true),
+        whole
+    );
     let mut greedy = Sampler::new(SamplingParams {
         temperature: 0.0,
         ..p.clone()
     });
-    let (want, _) = RowWant::of(&mut greedy, &history, true, 12, 64, true);
-    assert_eq!(want, RowWant::Argmax);
+    let plan = RowPlan::of(&mut greedy, &history, false, Some(0), 12, 64, true);
+    assert_eq!((plan.want, plan.logprobs), (RowWant::Argmax, Some(0)));
     let mut top = Sampler::new(SamplingParams { top_k: 4, ..p });
-    let (want, _) = RowWant::of(&mut top, &history, true, 12, 64, true);
-    assert_eq!(want, RowWant::TopK(4));
+    let plan = RowPlan::of(&mut top, &history, false, None, 12, 64, true);
+    assert_eq!(plan.want, RowWant::TopK(4));
+    // The host chooses from a top k: its logprobs need the whole row.
+    assert_eq!(
+        RowPlan::of(&mut top, &history, false, Some(2), 12, 64, true),
+        whole
+    );
 }

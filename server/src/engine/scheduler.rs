@@ -10,14 +10,14 @@
 
 use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
-use super::readback::{plan_readback, RowAt, RowWant, TOP_K_READBACK_MAX};
+use super::readback::{plan_readback, RowAt, RowPlan, RowWant, TOP_K_READBACK_MAX};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
-use super::sampler::{logprobs, Sampler, SamplingParams, TokenHistory, TokenLogprobs};
+use super::sampler::{Sampler, SamplingParams, TokenHistory, TokenLogprobs};
 use super::step::{StepModel, StepRows};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
 use crate::model::BatchSeq;
-use lowbit_gpu::LogitAdjust;
+use lowbit_gpu::token_logprobs;
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
@@ -230,28 +230,34 @@ impl<M: StepModel> Scheduler<M> {
         let on_device = self.model.chooses_on_device();
         let top_k_max = if on_device { TOP_K_READBACK_MAX } else { 0 };
         let vocab = self.model.vocab_size();
-        let mut wants: Vec<(RowWant, Vec<LogitAdjust>)> = Vec::new();
+        let mut plans: Vec<RowPlan> = Vec::new();
         for &(i, n) in &plan {
             let groups = &self.groups;
             let s = &mut self.running[i];
             if s.computed + n != s.tokens.len() {
                 continue;
             }
-            let plain = s.forks == 0
-                && groups
-                    .get(&s.group)
-                    .is_some_and(|g| g.req.logprobs.is_none());
-            wants.push(RowWant::of(
+            let Some(g) = groups.get(&s.group) else {
+                // A request that is gone: its row is read back whole and left unsampled.
+                plans.push(RowPlan {
+                    want: RowWant::Logits,
+                    adjust: Vec::new(),
+                    logprobs: None,
+                });
+                continue;
+            };
+            plans.push(RowPlan::of(
                 &mut s.sampler,
                 &s.history,
-                plain,
+                s.forks > 0,
+                g.req.logprobs,
                 vocab,
                 top_k_max,
                 on_device,
             ));
         }
-        let needs_logits: Vec<bool> = wants.iter().map(|w| w.0 == RowWant::Logits).collect();
-        let (mixed, row_at) = plan_readback(&wants);
+        let needs_logits: Vec<bool> = plans.iter().map(|p| p.want == RowWant::Logits).collect();
+        let (mixed, row_at) = plan_readback(&plans);
         let copies = std::mem::take(&mut self.copies);
         let result = if copies.is_empty() {
             Ok(())
@@ -282,6 +288,7 @@ impl<M: StepModel> Scheduler<M> {
                     && mixed.top.is_empty()
                     && mixed.draws.is_empty()
                     && mixed.adjust.is_empty()
+                    && mixed.logprobs.is_empty()
                 {
                     self.model.forward_argmax(&batch).map(StepRows::Tokens)
                 } else if mixed.full.len() == needs_logits.len() {
@@ -306,6 +313,7 @@ impl<M: StepModel> Scheduler<M> {
                             && m.logits.rows() == mixed.full.len()
                             && m.top.len() == mixed.top.len()
                             && m.drawn.len() == mixed.draws.len()
+                            && m.logprobs.len() == mixed.logprobs.len()
                     }
                 };
                 if ok {
@@ -358,14 +366,18 @@ impl<M: StepModel> Scheduler<M> {
                     }
                     self.sample(i, logits_row)
                 }
-                (None, StepRows::Mixed(m), _) => match row_at[row] {
-                    RowAt::Top(j) => {
-                        let token = s.sampler.sample_top(&m.top[j], m.ids[row]);
-                        self.emit(i, token, None)
+                (None, StepRows::Mixed(m), _) => {
+                    let (at, logprobs_at) = row_at[row];
+                    let lp = logprobs_at.and_then(|j| m.logprobs.get(j).cloned());
+                    match at {
+                        RowAt::Top(j) => {
+                            let token = s.sampler.sample_top(&m.top[j], m.ids[row]);
+                            self.emit(i, token, lp)
+                        }
+                        RowAt::Drawn(j) => self.emit(i, m.drawn[j], lp),
+                        RowAt::Argmax => self.emit(i, m.ids[row], lp),
                     }
-                    RowAt::Drawn(j) => self.emit(i, m.drawn[j], None),
-                    RowAt::Argmax => self.emit(i, m.ids[row], None),
-                },
+                }
                 (None, StepRows::Tokens(ids), _) => self.emit(i, ids[row], None),
                 (None, StepRows::Logits(_), _) => None,
             };
@@ -540,7 +552,7 @@ impl<M: StepModel> Scheduler<M> {
         lowbit_gpu::cpu::pool::Pool::global().for_each_chunk_mut(&mut draws, 1, |_, d| {
             let d = &mut d[0];
             let token = d.sampler.sample_with(d.logits, d.history);
-            let lp = d.top_logprobs.map(|k| logprobs(d.logits, token, k));
+            let lp = d.top_logprobs.map(|k| token_logprobs(d.logits, token, k));
             d.pick = Some((token, lp));
         });
         for d in draws {
@@ -554,7 +566,7 @@ impl<M: StepModel> Scheduler<M> {
         let s = &mut self.running[i];
         let g = self.groups.get(&s.group)?;
         let token = s.sampler.sample_with(row, &s.history);
-        let lp = g.req.logprobs.map(|k| logprobs(row, token, k));
+        let lp = g.req.logprobs.map(|k| token_logprobs(row, token, k));
         self.emit(i, token, lp)
     }
 

@@ -24,6 +24,10 @@ struct Fake {
     draw_rows: usize,
     /// Logit changes (penalties, bias) made where the logits live.
     adjusted_logits: usize,
+    /// Rows of mixed steps read back whole, and rows whose logprobs were computed where the
+    /// logits live.
+    full_rows: usize,
+    logprob_rows: usize,
 }
 
 const VOCAB: usize = 128;
@@ -84,6 +88,8 @@ impl StepModel for Fake {
         self.top_rows += what.top.len();
         self.draw_rows += what.draws.len();
         self.adjusted_logits += what.adjust.len();
+        self.full_rows += what.full.len();
+        self.logprob_rows += what.logprobs.len();
         let logits = self.forward(seqs)?;
         Ok(crate::engine::step::mixed_rows(&logits, what))
     }
@@ -127,6 +133,8 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         top_rows: 0,
         draw_rows: 0,
         adjusted_logits: 0,
+        full_rows: 0,
+        logprob_rows: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
@@ -189,6 +197,20 @@ fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
         }
     }
     o
+}
+
+/// Each token a request's one choice received, with its logprobs.
+fn token_events(rx: &mut UnboundedReceiver<Event>) -> Vec<(u32, Option<TokenLogprobs>)> {
+    let mut tokens = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        if let Event::Token {
+            token, logprobs, ..
+        } = e
+        {
+            tokens.push((token, logprobs));
+        }
+    }
+    tokens
 }
 
 fn run_all(s: &mut Scheduler<Fake>) {
@@ -552,5 +574,57 @@ fn penalized_rows_choose_from_logits_changed_where_they_live() {
             on_device,
             "the penalties change the tokens"
         );
+    }
+}
+
+/// The logprobs of a row whose token is chosen where the logits live (greedy, a whole-row
+/// draw) are computed there too, and no whole row comes back for it: each is `log softmax`
+/// of the model's row at the token emitted; greedy and top-k rows emit the same tokens and
+/// logprobs as on the host; a top-k row (its token chosen on the host) still reads its row.
+#[test]
+fn logprobs_are_computed_where_the_logits_live() {
+    let settings = [(0.0, 0), (1.0, 0), (0.8, 5)];
+    let run = |device: bool| {
+        let mut s = scheduler(64, 4, 64, true);
+        s.model.on_device = device;
+        let mut outs = Vec::new();
+        for (i, &(temperature, top_k)) in settings.iter().enumerate() {
+            let (tx, rx) = unbounded_channel();
+            let mut r = request(&prompt(5 + i as u32, 6), 8, 1);
+            r.ignore_eos = true;
+            r.logprobs = Some(3);
+            r.sampling = SamplingParams {
+                temperature,
+                top_k,
+                seed: 11,
+                ..SamplingParams::default()
+            };
+            s.add(r, tx);
+            outs.push(rx);
+        }
+        run_all(&mut s);
+        assert!(s.blocks.all_released());
+        let events: Vec<_> = outs.iter_mut().map(token_events).collect();
+        (events, s.model.full_rows, s.model.logprob_rows)
+    };
+    let (host, _, host_logprob_rows) = run(false);
+    let (device, full_rows, logprob_rows) = run(true);
+    assert_eq!(host_logprob_rows, 0);
+    // Eight tokens each: the greedy and drawn rows' logprobs on the device, the top-k row's
+    // from its whole row.
+    assert_eq!((logprob_rows, full_rows), (16, 8));
+    assert_eq!(device[0], host[0], "greedy");
+    assert_eq!(device[2], host[2], "top k");
+    for (i, events) in device.iter().enumerate() {
+        assert_eq!(events.len(), 8);
+        let mut seen = prompt(5 + i as u32, 6);
+        for (token, lp) in events {
+            // The fake's row: 1.0 at `next(seen)`, 0 elsewhere.
+            let mut row = vec![0.0f32; VOCAB];
+            row[next(&seen) as usize] = 1.0;
+            let want = lowbit_gpu::token_logprobs(&row, *token, 3);
+            assert_eq!(lp.as_ref(), Some(&want), "request {i}");
+            seen.push(*token);
+        }
     }
 }

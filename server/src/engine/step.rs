@@ -78,16 +78,30 @@ impl StepModel for LlamaStep {
 }
 
 /// A mixed step's rows from whole logits (a model that only computes those, or a test): the
-/// choices from the logits after `what.adjust`, the whole rows as they were.
+/// choices from the logits after `what.adjust`, the whole rows and the log-probabilities of
+/// the logits as they were.
 pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
     let changed = Logits {
         vocab: logits.vocab,
         data: lowbit_gpu::adjusted_rows(&logits.data, logits.vocab, &what.adjust),
     };
+    let ids: Vec<u32> = (0..changed.rows())
+        .map(|r| lowbit_gpu::argmax(changed.row(r)))
+        .collect();
+    let drawn: Vec<u32> = what
+        .draws
+        .iter()
+        .map(|d| lowbit_gpu::draw_row(changed.row(d.row), d))
+        .collect();
+    let logprobs = what
+        .logprobs
+        .iter()
+        .map(|l| {
+            let token = lowbit_gpu::logprobs::chosen_token(l.row, &ids, &what.draws, &drawn);
+            lowbit_gpu::token_logprobs(logits.row(l.row), token, l.top)
+        })
+        .collect();
     MixedRows {
-        ids: (0..changed.rows())
-            .map(|r| lowbit_gpu::argmax(changed.row(r)))
-            .collect(),
         logits: Logits {
             vocab: logits.vocab,
             data: what
@@ -101,11 +115,9 @@ pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
             .iter()
             .map(|&r| lowbit_gpu::top_k(changed.row(r), what.k))
             .collect(),
-        drawn: what
-            .draws
-            .iter()
-            .map(|d| lowbit_gpu::draw_row(changed.row(d.row), d))
-            .collect(),
+        ids,
+        drawn,
+        logprobs,
     }
 }
 

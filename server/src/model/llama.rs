@@ -163,6 +163,8 @@ pub struct MixedReadback {
     pub draws: Vec<lowbit_gpu::RowDraw>,
     /// Changes to the logits (penalties, bias) before the argmax, the top k and the draws.
     pub adjust: Vec<lowbit_gpu::LogitAdjust>,
+    /// Rows whose chosen token's log-probabilities to compute where the logits live.
+    pub logprobs: Vec<lowbit_gpu::LogprobRow>,
 }
 
 /// What a mixed step gave back (see [`MixedReadback`]).
@@ -176,6 +178,8 @@ pub struct MixedRows {
     pub top: Vec<Vec<(u32, f32)>>,
     /// The token of each draw, in its order ([`lowbit_gpu::draw_row`]).
     pub drawn: Vec<u32>,
+    /// The log-probabilities of each row of `logprobs`, in its order.
+    pub logprobs: Vec<lowbit_gpu::TokenLogprobs>,
 }
 
 enum StepOutput {
@@ -555,6 +559,7 @@ impl Llama {
                     k: what.k,
                     draws: &what.draws,
                     adjust: &what.adjust,
+                    logprobs: &what.logprobs,
                 };
                 let read = be.read_logits(&logits, &want)?;
                 StepOutput::Mixed(MixedRows {
@@ -565,6 +570,7 @@ impl Llama {
                     },
                     top: read.top,
                     drawn: read.drawn,
+                    logprobs: read.logprobs,
                 })
             }
         })
