@@ -81,23 +81,58 @@ pub fn argmax(values: &[f32]) -> u32 {
 /// The `k` largest finite values with their indices, largest first, equal values by lower
 /// index (`f32::total_cmp`'s order, so −0 ranks below +0); fewer where fewer are finite.
 pub fn top_k(values: &[f32], k: usize) -> Vec<(u32, f32)> {
+    use std::cmp::Ordering::{Greater, Less};
     if k == 0 {
         return Vec::new();
     }
     let by_rank = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut kept: Vec<(u32, f32)> = values
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| v.is_finite())
-        .map(|(i, &v)| (i as u32, v))
-        .collect();
-    if kept.len() > k {
-        kept.select_nth_unstable_by(k - 1, by_rank);
-        kept.truncate(k);
+    if k > TOP_K_BY_INSERTION {
+        let mut kept: Vec<(u32, f32)> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(i, &v)| (i as u32, v))
+            .collect();
+        if kept.len() > k {
+            kept.select_nth_unstable_by(k - 1, by_rank);
+            kept.truncate(k);
+        }
+        kept.sort_unstable_by(by_rank);
+        return kept;
     }
-    kept.sort_unstable_by(by_rank);
+    // One pass keeping the best k in order: a value enters only if it beats the last kept
+    // (met later, an equal value has the higher index). Blocks of 8 whose largest finite
+    // value is below the last kept are skipped whole: after the first few hundred values
+    // almost all are, and that test vectorizes.
+    let mut kept: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    for (b, block) in values.chunks(8).enumerate() {
+        if kept.len() == k {
+            let floor = kept[k - 1].1;
+            let largest = block.iter().fold(f32::NEG_INFINITY, |m, &v| {
+                if v.is_finite() && v > m {
+                    v
+                } else {
+                    m
+                }
+            });
+            if largest < floor {
+                continue;
+            }
+        }
+        for (j, &v) in block.iter().enumerate() {
+            if !v.is_finite() || (kept.len() == k && v.total_cmp(&kept[k - 1].1) != Greater) {
+                continue;
+            }
+            let at = kept.partition_point(|&(_, w)| w.total_cmp(&v) != Less);
+            kept.insert(at, ((8 * b + j) as u32, v));
+            kept.truncate(k);
+        }
+    }
     kept
 }
+
+/// Largest k [`top_k`] finds in one pass of insertions (beyond, it partially sorts).
+const TOP_K_BY_INSERTION: usize = 64;
 
 /// What a step reads back of its logits besides every row's argmax ([`Backend::read_logits`]):
 /// whole rows, the top `k` of some rows, and rows sampled where they live. Row indices are
@@ -346,5 +381,61 @@ pub trait Backend: Send + Sync {
         let q = self.rope(q, positions, rope)?;
         let k = self.rope(k, positions, rope)?;
         self.attention(layer, &q, &k, v, seqs, pool, shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `top_k` (one pass of insertions up to k = 64, a partial sort beyond) equals sorting
+    /// every finite value, on rows with ties, ±0, NaN and infinities, ascending and
+    /// descending runs (the insertions' worst and best cases).
+    #[test]
+    fn top_k_equals_a_full_sort_of_the_finite_values() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state >> 8
+        };
+        let mut rows: Vec<Vec<f32>> = (0..6)
+            .map(|_| {
+                (0..1000)
+                    .map(|_| match next() % 50 {
+                        0 => f32::NAN,
+                        1 => f32::INFINITY,
+                        2 => f32::NEG_INFINITY,
+                        3 => 0.0,
+                        4 => -0.0,
+                        // Few distinct values: many ties.
+                        r => (r % 13) as f32 - 6.0 + (next() % 4) as f32 * 0.25,
+                    })
+                    .collect()
+            })
+            .collect();
+        rows.push((0..500).map(|i| i as f32).collect());
+        rows.push((0..500).map(|i| -(i as f32)).collect());
+        rows.push(vec![f32::NAN; 9]);
+        // −0 kept, then a block whose largest is +0: equal as floats, above in rank.
+        let mut zeros = vec![-0.0, -0.0, -0.0, -1.0, -1.0, -1.0, -1.0, -1.0, 0.0];
+        zeros.extend([-2.0; 7]);
+        rows.push(zeros);
+        for row in &rows {
+            let mut want: Vec<(u32, f32)> = row
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.is_finite())
+                .map(|(i, &v)| (i as u32, v))
+                .collect();
+            want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            for k in [1, 2, 3, 5, 20, 63, 64, 65, 200, 2000] {
+                let got = top_k(row, k);
+                let n = k.min(want.len());
+                assert_eq!(got.len(), n, "k {k}");
+                for (g, w) in got.iter().zip(&want[..n]) {
+                    assert_eq!((g.0, g.1.to_bits()), (w.0, w.1.to_bits()), "k {k}");
+                }
+            }
+        }
     }
 }
