@@ -1,0 +1,170 @@
+//! Each step's tokens: the logits row of each plan entry, the tokens drawn from whole rows
+//! (on the thread pool), and the emission of a chosen token (its event, stop strings, the
+//! length limit).
+
+use super::{Pick, Scheduler};
+use crate::engine::request::{Event, FinishReason};
+use crate::engine::sampler::{Sampler, TokenHistory, TokenLogprobs};
+use crate::engine::step::{StepModel, StepRows};
+use lowbit_gpu::token_logprobs;
+use std::time::Instant;
+
+impl<M: StepModel> Scheduler<M> {
+    /// For each plan entry, the row of the step's whole logits that is its own, if it has
+    /// one: the sampling rows of a full step in order, or the listed rows of a mixed step.
+    pub(super) fn logits_rows(
+        &self,
+        plan: &[(usize, usize)],
+        rows: &StepRows,
+        needs_logits: &[bool],
+    ) -> Vec<Option<usize>> {
+        let (mut row, mut full_seen) = (0, 0);
+        plan.iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                if s.computed + n < s.tokens.len() {
+                    return None;
+                }
+                let own = match rows {
+                    StepRows::Tokens(_) => None,
+                    StepRows::Logits(_) => Some(row),
+                    StepRows::Mixed(..) => needs_logits[row].then(|| {
+                        full_seen += 1;
+                        full_seen - 1
+                    }),
+                };
+                row += 1;
+                own
+            })
+            .collect()
+    }
+
+    /// The next token (and its logprobs, if asked) of every plan entry with its own logits
+    /// row (`logits_at`), by plan position, drawn on the thread pool: at 16 sampled rows a
+    /// step's draws (≈ 0.1 ms each) were serial work on the engine thread while the pool's
+    /// other threads waited. Each sequence draws from its own random stream, so the tokens
+    /// are the ones a serial loop would draw. Rows still to fork (`n > 1`) and rows of a
+    /// request that is gone are left to [`Self::sample`].
+    pub(super) fn sample_in_parallel(
+        &mut self,
+        plan: &[(usize, usize)],
+        logits_at: &[Option<usize>],
+        rows: &StepRows,
+    ) -> Vec<Option<Pick>> {
+        let mut picks = vec![None; plan.len()];
+        let logits = match rows {
+            StepRows::Logits(l) => l,
+            StepRows::Mixed(m) => &m.logits,
+            StepRows::Tokens(_) => return picks,
+        };
+        // Each running sequence's plan position and logits row, where it has one.
+        let mut wanted: Vec<Option<(usize, usize)>> = vec![None; self.running.len()];
+        for (p, (&(i, _), r)) in plan.iter().zip(logits_at).enumerate() {
+            if let Some(r) = r {
+                wanted[i] = Some((p, *r));
+            }
+        }
+        struct Draw<'a> {
+            at: usize,
+            sampler: &'a mut Sampler,
+            history: &'a TokenHistory,
+            logits: &'a [f32],
+            top_logprobs: Option<usize>,
+            pick: Option<Pick>,
+        }
+        let groups = &self.groups;
+        let mut draws: Vec<Draw<'_>> = self
+            .running
+            .iter_mut()
+            .zip(wanted)
+            .filter_map(|(s, w)| {
+                let (at, r) = w.filter(|_| s.forks == 0)?;
+                let g = groups.get(&s.group)?;
+                Some(Draw {
+                    at,
+                    sampler: &mut s.sampler,
+                    history: &s.history,
+                    logits: logits.row(r),
+                    top_logprobs: g.req.logprobs,
+                    pick: None,
+                })
+            })
+            .collect();
+        lowbit_gpu::cpu::pool::Pool::global().for_each_chunk_mut(&mut draws, 1, |_, d| {
+            let d = &mut d[0];
+            let token = d.sampler.sample_with(d.logits, d.history);
+            let lp = d.top_logprobs.map(|k| token_logprobs(d.logits, token, k));
+            d.pick = Some((token, lp));
+        });
+        for d in draws {
+            picks[d.at] = d.pick;
+        }
+        picks
+    }
+
+    /// Samples the next token of running sequence `i` from its logits; `Some` if it ended.
+    pub(super) fn sample(&mut self, i: usize, row: &[f32]) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let g = self.groups.get(&s.group)?;
+        let token = s.sampler.sample_with(row, &s.history);
+        let lp = g.req.logprobs.map(|k| token_logprobs(row, token, k));
+        self.emit(i, token, lp)
+    }
+
+    /// Appends the chosen `token` to running sequence `i` and sends it; `Some` if it ended.
+    pub(super) fn emit(
+        &mut self,
+        i: usize,
+        token: u32,
+        lp: Option<TokenLogprobs>,
+    ) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let g = self.groups.get_mut(&s.group)?;
+        let now = Instant::now();
+        if !g.first_token {
+            g.first_token = true;
+            self.metrics
+                .time_to_first_token_seconds
+                .observe(g.arrived.elapsed().as_secs_f64());
+        }
+        if let Some(t) = s.last_token_at {
+            self.metrics
+                .inter_token_latency_seconds
+                .observe((now - t).as_secs_f64());
+        }
+        s.last_token_at = Some(now);
+        s.generated += 1;
+        self.metrics.generation_tokens_total.inc();
+        let stop_token = g.req.stop_token_ids.contains(&token)
+            || (!g.req.ignore_eos && self.cfg.eos.contains(&token));
+        if stop_token {
+            if lp.is_some() {
+                let _ = g.events.send(Event::Token {
+                    choice: s.choice,
+                    token,
+                    text: String::new(),
+                    logprobs: lp,
+                });
+            }
+            return Some(FinishReason::Stop);
+        }
+        s.tokens.push(token);
+        s.history.push(token);
+        let text = s.detok.step(&*self.decoder, &s.tokens);
+        let out = s.stop.push(&text);
+        let _ = g.events.send(Event::Token {
+            choice: s.choice,
+            token,
+            text: out.text,
+            logprobs: lp,
+        });
+        if out.stopped {
+            s.stopped_by_string = true;
+            Some(FinishReason::Stop)
+        } else if s.generated >= g.req.max_tokens || s.tokens.len() >= self.cfg.max_model_len {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+}
