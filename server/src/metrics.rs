@@ -3,8 +3,8 @@
 //! them; `GET /metrics` renders them.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets (seconds) for time to first token and queue time: vLLM's, from 1 ms.
@@ -43,6 +43,11 @@ pub struct Metrics {
     pub kv_blocks_in_use: IntGauge,
     /// KV blocks in the pool.
     pub kv_blocks_total: IntGauge,
+    /// Bytes the model holds where it computes, by `kind`: `weights`, `kv_cache` and, on a GPU,
+    /// `activations` (its recycled buffers). lowbit's own.
+    pub device_memory_bytes: IntGaugeVec,
+    /// 1, labelled with the `backend` that serves (`cpu`, `wgpu:<adapter>`). lowbit's own.
+    pub backend_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +131,19 @@ impl Metrics {
                 "KV-cache blocks referenced by sequences.",
             ),
             kv_blocks_total: gauge("kv_blocks_total", "KV-cache blocks in the pool."),
+            device_memory_bytes: IntGaugeVec::new(
+                Opts::new(
+                    name("device_memory_bytes"),
+                    "Bytes the model holds on its device, by kind (weights, kv_cache, activations).",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            backend_info: IntGaugeVec::new(
+                Opts::new(name("backend_info"), "The compute backend serving (value 1)."),
+                &["backend"],
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.num_requests_running.clone()),
@@ -143,6 +161,8 @@ impl Metrics {
             Box::new(m.e2e_request_latency_seconds.clone()),
             Box::new(m.kv_blocks_in_use.clone()),
             Box::new(m.kv_blocks_total.clone()),
+            Box::new(m.device_memory_bytes.clone()),
+            Box::new(m.backend_info.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric registered once");
@@ -177,8 +197,14 @@ mod tests {
         let m = Metrics::new();
         m.prompt_tokens_total.inc_by(7);
         m.time_to_first_token_seconds.observe(0.05);
+        m.device_memory_bytes
+            .with_label_values(&["weights"])
+            .set(1234);
+        m.backend_info.with_label_values(&["cpu"]).set(1);
         let text = m.render();
         assert!(text.contains("lowbit:prompt_tokens_total 7"), "{text}");
+        assert!(text.contains("lowbit:device_memory_bytes{kind=\"weights\"} 1234"));
+        assert!(text.contains("lowbit:backend_info{backend=\"cpu\"} 1"));
         assert!(text.contains("lowbit:time_to_first_token_seconds_bucket{le=\"0.06\"} 1"));
         assert!(text.contains("lowbit:request_success_total{finished_reason=\"stop\"} 0"));
         for n in [

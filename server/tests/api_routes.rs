@@ -242,6 +242,15 @@ async fn every_bad_chat_request_gets_its_envelope_and_nothing_else_changes() {
     let metrics = send(&app, "GET", "/metrics", None, None).await.text;
     assert!(metrics.contains("lowbit:kv_blocks_in_use 0"), "{metrics}");
     assert!(metrics.contains("lowbit:num_requests_running 0"));
+    // Where it serves, and what the model holds there.
+    assert!(metrics.contains("lowbit:backend_info{backend=\"cpu\"} 1"));
+    let bytes = |kind: &str| -> u64 {
+        let key = format!("lowbit:device_memory_bytes{{kind=\"{kind}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&key));
+        line.and_then(|l| l[key.len()..].parse().ok())
+            .unwrap_or_else(|| panic!("{key} missing: {metrics}"))
+    };
+    assert!(bytes("weights") > 0 && bytes("kv_cache") > 0);
 }
 
 #[tokio::test]

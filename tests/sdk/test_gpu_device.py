@@ -90,3 +90,8 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
 
     metrics = gpu.metrics()
     assert metrics["lowbit:num_requests_running"] == 0
+    # Where it serves, and what the model holds on the GPU: weights, pool, recycled buffers.
+    backends = [k for k in metrics if k.startswith("lowbit:backend_info{")]
+    assert len(backends) == 1 and 'backend="wgpu:' in backends[0], backends
+    for kind in ["weights", "kv_cache", "activations"]:
+        assert metrics[f'lowbit:device_memory_bytes{{kind="{kind}"}}'] > 0, kind

@@ -147,7 +147,11 @@ impl<M: StepModel> Scheduler<M> {
         metrics: Metrics,
     ) -> Self {
         metrics.kv_blocks_total.set(blocks.total() as i64);
-        Self {
+        metrics
+            .backend_info
+            .with_label_values(&[&model.backend_name()])
+            .set(1);
+        let s = Self {
             model,
             cfg,
             blocks,
@@ -159,7 +163,9 @@ impl<M: StepModel> Scheduler<M> {
             metrics,
             copies: Vec::new(),
             copy_sources: Vec::new(),
-        }
+        };
+        s.update_gauges();
+        s
     }
 
     /// Whether anything is queued or running.
@@ -533,6 +539,12 @@ impl<M: StepModel> Scheduler<M> {
         self.metrics
             .kv_cache_usage_perc
             .set(self.blocks.in_use() as f64 / total);
+        for (kind, bytes) in self.model.device_memory() {
+            self.metrics
+                .device_memory_bytes
+                .with_label_values(&[kind])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
     }
 }
 

@@ -39,6 +39,15 @@ pub trait StepModel: Send {
     }
     /// Copies KV blocks `src → dst` before the next forward.
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
+    /// Bytes the model holds where it computes, by kind (`weights`, `kv_cache`,
+    /// `activations`), for the metrics.
+    fn device_memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+    /// The backend computing the steps (`cpu`, `wgpu:<adapter>`), for the metrics.
+    fn backend_name(&self) -> String {
+        "unknown".into()
+    }
 }
 
 /// A loaded model with its KV pool.
@@ -74,6 +83,33 @@ impl StepModel for LlamaStep {
 
     fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
         Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
+    }
+
+    fn backend_name(&self) -> String {
+        self.model.backend().name()
+    }
+
+    fn device_memory(&self) -> Vec<(&'static str, u64)> {
+        let gpu = self
+            .model
+            .backend()
+            .as_any()
+            .downcast_ref::<lowbit_gpu::wgpu::WgpuBackend>();
+        match gpu {
+            Some(g) => {
+                let (weights, kv, activations) = g.memory_bytes();
+                vec![
+                    ("weights", weights),
+                    ("kv_cache", kv),
+                    ("activations", activations),
+                ]
+            }
+            // The CPU's activations are ordinary heap memory, in the process's RSS.
+            None => vec![
+                ("weights", self.model.weight_bytes() as u64),
+                ("kv_cache", self.pool.spec().bytes() as u64),
+            ],
+        }
     }
 }
 
