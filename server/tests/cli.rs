@@ -183,6 +183,27 @@ fn unavailable_device_is_a_clear_error() {
     );
 }
 
+/// A KV pool larger than the adapter can hold (1 TiB: more per layer than any adapter binds)
+/// is a clear error naming the flag that sets it (the server exits 1 before answering
+/// anything), not a panic or a device fault.
+#[test]
+fn a_kv_pool_beyond_the_adapter_is_a_clear_error() {
+    let model = common::smollm2_path();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"))
+        .args(["serve", "--model", model.to_str().unwrap(), "--device", "gpu"])
+        .args(["--kv-cache-memory", "1TiB", "--port", "0"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("KV pool") && err.contains("lower --kv-cache-memory"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn auto_without_a_hardware_gpu_runs_on_the_cpu_and_says_so() {
     // In CI the only adapter is lavapipe (software): `auto` leaves it for the CPU backend.
