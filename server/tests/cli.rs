@@ -183,7 +183,7 @@ fn unavailable_device_is_a_clear_error() {
     );
 }
 
-/// A KV pool larger than the adapter can hold (1 TiB: more per layer than any adapter binds)
+/// A KV pool larger than the adapter can hold (1024 GiB: more per layer than any adapter binds)
 /// is a clear error naming the flag that sets it (the server exits 1 before answering
 /// anything), not a panic or a device fault.
 #[test]
@@ -191,7 +191,7 @@ fn a_kv_pool_beyond_the_adapter_is_a_clear_error() {
     let model = common::smollm2_path();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"))
         .args(["serve", "--model", model.to_str().unwrap(), "--device", "gpu"])
-        .args(["--kv-cache-memory", "1TiB", "--port", "0"])
+        .args(["--kv-cache-memory", "1024GiB", "--port", "0"])
         .env("XDG_RUNTIME_DIR", "/tmp")
         .output()
         .unwrap();
