@@ -190,7 +190,13 @@ fn unavailable_device_is_a_clear_error() {
 fn a_kv_pool_beyond_the_adapter_is_a_clear_error() {
     let model = common::smollm2_path();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(["serve", "--model", model.to_str().unwrap(), "--device", "gpu"])
+        .args([
+            "serve",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "gpu",
+        ])
         .args(["--kv-cache-memory", "1024GiB", "--port", "0"])
         .env("XDG_RUNTIME_DIR", "/tmp")
         .output()

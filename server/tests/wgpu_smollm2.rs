@@ -185,3 +185,91 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
         }
     }
 }
+
+/// No kernel reads workgroup memory it has not written: with WebGPU's zeroing of it at each
+/// workgroup's start (`zero_workgroup_memory`) and without (lowbit's default; lavapipe then
+/// leaves the previous workgroup's values there), a prefill of three prompts (tiled products,
+/// attention) and a decode step of three rows (decode products) give the same bits, logits
+/// and readback (argmax, top k, draw, logprobs) alike.
+#[test]
+fn kernels_need_no_zeroed_workgroup_memory() {
+    let _turn = gpu_turn();
+    let source = ModelSource::open(&common::smollm2_path()).unwrap();
+    let tok = source.tokenizer().unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/botchan-excerpt.txt"),
+    )
+    .unwrap();
+    let ids = tok.encode(&text, false).unwrap();
+    let prompts = [&ids[..40], &ids[300..310], &ids[400..407]];
+    let run = |zero_workgroup_memory: bool| {
+        let backend = WgpuBackend::new(
+            AdapterChoice::Any,
+            WgpuOptions {
+                zero_workgroup_memory,
+                ..WgpuOptions::default()
+            },
+        )
+        .unwrap();
+        let model = load(&source, Arc::new(backend));
+        let spec = model.kv_pool_spec(
+            lowbit_gpu::DEFAULT_BLOCK_TOKENS,
+            32,
+            lowbit_gpu::KvDtype::F32,
+        );
+        let mut pool = model.new_kv_pool(spec).unwrap();
+        let tables: [Vec<u32>; 3] = [vec![0, 1, 2], vec![3], vec![4]];
+        let prefill: Vec<BatchSeq<'_>> = prompts
+            .iter()
+            .zip(&tables)
+            .map(|(p, t)| BatchSeq {
+                tokens: &p[..p.len() - 1],
+                pos_start: 0,
+                blocks: t,
+                logits: 0..1,
+            })
+            .collect();
+        let first = model.forward(&prefill, &mut pool).unwrap();
+        let decode: Vec<BatchSeq<'_>> = prompts
+            .iter()
+            .zip(&tables)
+            .map(|(p, t)| BatchSeq {
+                tokens: &p[p.len() - 1..],
+                pos_start: p.len() - 1,
+                blocks: t,
+                logits: 0..1,
+            })
+            .collect();
+        let what = MixedReadback {
+            full: vec![1],
+            top: vec![0],
+            k: 10,
+            draws: vec![lowbit_gpu::RowDraw {
+                row: 2,
+                u: 0.4,
+                inv_temperature: 1.0,
+                min_weight: 0.0,
+                top_p: 0.9,
+            }],
+            adjust: Vec::new(),
+            logprobs: vec![lowbit_gpu::LogprobRow { row: 2, top: 5 }],
+        };
+        let rows = model.forward_mixed(&decode, &mut pool, &what).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        (
+            bits(&first.data),
+            bits(&rows.logits.data),
+            rows.ids,
+            rows.top,
+            rows.drawn,
+            rows.logprobs,
+        )
+    };
+    let (zeroed, left) = (run(true), run(false));
+    assert_eq!(zeroed.0, left.0, "prefill logits");
+    assert_eq!(zeroed.1, left.1, "decode logits");
+    assert_eq!(
+        (&zeroed.2, &zeroed.3, &zeroed.4, &zeroed.5),
+        (&left.2, &left.3, &left.4, &left.5)
+    );
+}

@@ -205,13 +205,22 @@ impl Pipeline {
 }
 
 /// The device's pipelines, built once each.
-#[derive(Default)]
 pub struct KernelCache {
     layouts: Mutex<HashMap<Layout, ::wgpu::BindGroupLayout>>,
     pipelines: Mutex<HashMap<Kernel, Arc<Pipeline>>>,
+    /// Whether workgroups start with zeroed workgroup memory (`WgpuOptions`).
+    zero_workgroup_memory: bool,
 }
 
 impl KernelCache {
+    pub fn new(zero_workgroup_memory: bool) -> Self {
+        Self {
+            layouts: Mutex::default(),
+            pipelines: Mutex::default(),
+            zero_workgroup_memory,
+        }
+    }
+
     fn layout(&self, gpu: &Gpu, layout: Layout) -> Result<::wgpu::BindGroupLayout> {
         let mut layouts = self
             .layouts
@@ -290,7 +299,9 @@ impl KernelCache {
                     entry_point: Some(kernel.entry()),
                     compilation_options: ::wgpu::PipelineCompilationOptions {
                         constants: &constants,
-                        zero_initialize_workgroup_memory: true,
+                        // Every kernel writes the workgroup memory it reads first
+                        // (WgpuOptions::zero_workgroup_memory).
+                        zero_initialize_workgroup_memory: self.zero_workgroup_memory,
                     },
                     cache: None,
                 })

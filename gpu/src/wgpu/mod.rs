@@ -62,6 +62,11 @@ pub struct WgpuOptions {
     /// (quantize.rs); off, a separate quantize kernel runs before each product (the same
     /// bits, three dispatches more per layer: for measuring what the fusion pays).
     pub fuse_quantize: bool,
+    /// Zero every kernel's workgroup memory when a workgroup starts, as WebGPU does unless
+    /// told otherwise. No kernel reads workgroup memory it has not written, so lowbit turns
+    /// it off (a real GPU would store ~9 KB of zeros at each decode-product workgroup's
+    /// start); on, for testing that claim and measuring it.
+    pub zero_workgroup_memory: bool,
 }
 
 impl Default for WgpuOptions {
@@ -71,13 +76,15 @@ impl Default for WgpuOptions {
             activations: Activations::Int8,
             weight_part_bytes: None,
             fuse_quantize: true,
+            zero_workgroup_memory: false,
         }
     }
 }
 
 impl WgpuOptions {
     /// The defaults, overridden by `LOWBIT_WGPU_PORTABLE=1`,
-    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8` and `LOWBIT_WGPU_FUSE_QUANTIZE=0`.
+    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8`, `LOWBIT_WGPU_FUSE_QUANTIZE=0` and
+    /// `LOWBIT_WGPU_ZERO_WORKGROUP=1`.
     pub fn from_env() -> Result<Self> {
         let mut o = Self::default();
         if std::env::var("LOWBIT_WGPU_PORTABLE").is_ok_and(|v| v == "1") {
@@ -85,6 +92,9 @@ impl WgpuOptions {
         }
         if std::env::var("LOWBIT_WGPU_FUSE_QUANTIZE").is_ok_and(|v| v == "0") {
             o.fuse_quantize = false;
+        }
+        if std::env::var("LOWBIT_WGPU_ZERO_WORKGROUP").is_ok_and(|v| v == "1") {
+            o.zero_workgroup_memory = true;
         }
         match std::env::var("LOWBIT_WGPU_ACTIVATIONS").as_deref() {
             Err(_) | Ok("") | Ok("int8") => {}
@@ -162,7 +172,7 @@ impl WgpuBackend {
             })
         };
         let (dummy_read, dummy_write) = (dummy("unused input"), dummy("unused output"));
-        let kernels = KernelCache::default();
+        let kernels = KernelCache::new(options.zero_workgroup_memory);
         let mut options = options;
         // The int8 path needs `dot4I8Packed` to compile on this adapter; where a driver
         // refuses it, serve on f32 activations (logged) rather than fail every step.
