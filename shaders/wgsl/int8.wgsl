@@ -110,7 +110,6 @@ fn group_ends(b: u32) -> bool {
 // threads, one per output, add their row's terms in block order from workgroup memory. The
 // serial part is one add per block, so a real GPU's threads stay busy loading weights.
 
-override M: u32 = 1u;
 // ROWS, CHUNK, WG and `partial`: products.wgsl.
 // The group coefficient of each (row, block) that ends a group.
 var<workgroup> coefs: array<f32, 256>;

@@ -14,7 +14,6 @@
 @group(0) @binding(8) var<uniform> p: MatmulParams;
 
 // Activation rows, fixed per pipeline so the accumulators stay in registers.
-override M: u32 = 1u;
 // ROWS, CHUNK, WG and `partial`: products.wgsl.
 
 fn dot4(acc: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {

@@ -54,7 +54,9 @@ struct MatmulParams {
 const ROWS: u32 = 8u;
 const CHUNK: u32 = 32u;
 const WG: u32 = 64u;
+// Activation rows of a decode product (1..=8, MATVEC_MAX_ROWS): a pipeline constant.
+override M: u32 = 1u;
 // partial[r][block][m], the round's block terms: rows padded by one word so the ROWS readers
-// of one block fall in different banks. Sized for M = 8 (MATVEC_MAX_ROWS).
-const ROW_STRIDE: u32 = CHUNK * 8u + 1u;
-var<workgroup> partial: array<f32, 2056>;
+// of one block fall in different banks. Sized by M: 1 KB at M = 1, 8 KB at M = 8.
+override ROW_STRIDE: u32 = CHUNK * M + 1u;
+var<workgroup> partial: array<f32, ROWS * ROW_STRIDE>;

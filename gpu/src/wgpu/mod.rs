@@ -64,8 +64,8 @@ pub struct WgpuOptions {
     pub fuse_quantize: bool,
     /// Zero every kernel's workgroup memory when a workgroup starts, as WebGPU does unless
     /// told otherwise. No kernel reads workgroup memory it has not written, so lowbit turns
-    /// it off (a real GPU would store ~9 KB of zeros at each decode-product workgroup's
-    /// start); on, for testing that claim and measuring it.
+    /// it off (a real GPU would store up to 9 KB of zeros at each decode-product
+    /// workgroup's start); on, for testing that claim and measuring it.
     pub zero_workgroup_memory: bool,
 }
 
