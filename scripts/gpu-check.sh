@@ -129,6 +129,10 @@ else
   bench llama8b-q4-b1-unfused LOWBIT_WGPU_FUSE_QUANTIZE=0 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 64
   # What WebGPU's zeroing of workgroup memory at each workgroup's start would cost (off by default).
   bench llama8b-q4-b1-zeroed LOWBIT_WGPU_ZERO_WORKGROUP=1 -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 64
+  # Fewer weight rows per decode workgroup: more workgroups in flight (the same bits).
+  for rows in 2 4; do
+    bench "llama8b-q4-b1-rows$rows" LOWBIT_WGPU_DECODE_ROWS=$rows -- --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 64
+  done
   for b in 4 16; do
     bench "llama8b-q4-b$b" -- --synthetic llama-8b --quant q4g32 --device gpu --batch "$b" --prompt-tokens 0 --gen-tokens 64
   done
@@ -187,6 +191,10 @@ if "llama8b-q4-b1" in by and not by["llama8b-q4-b1"].get("failed"):
 for greedy, sampled in [("llama8b-q4-b16", "llama8b-q4-b16-sampled"), ("smollm2-q4m-gpu-b4", "smollm2-gpu-b4-sampled")]:
     if greedy in by and sampled in by and not by[sampled].get("failed"):
         print(f"       decode greedy vs sampled on the GPU (T=1, top-p 0.9), {greedy}: tg {tg(greedy):.1f} vs {tg(sampled):.1f} tok/s")
+rows_cases = [c for c in ("llama8b-q4-b1-rows2", "llama8b-q4-b1-rows4") if c in by and not by[c].get("failed")]
+if rows_cases:
+    print("       decode rows per workgroup, llama-8b q4 batch 1: 8 (default) "
+          + f"{tg('llama8b-q4-b1'):.1f}, " + ", ".join(f"{c[-1]} {tg(c):.1f}" for c in rows_cases) + " tok/s")
 if "llama8b-q4-b1-zeroed" in by and not by["llama8b-q4-b1-zeroed"].get("failed"):
     print(f"       workgroup memory left vs zeroed, llama8b-q4-b1: tg {tg('llama8b-q4-b1'):.1f} vs {tg('llama8b-q4-b1-zeroed'):.1f} tok/s, "
           f"pp {by.get('llama8b-q4-b1', {}).get('prompt_tokens_per_second', 0):.0f} vs {by['llama8b-q4-b1-zeroed'].get('prompt_tokens_per_second', 0):.0f} tok/s")

@@ -112,7 +112,7 @@ fn group_ends(b: u32) -> bool {
 
 // ROWS, CHUNK, WG and `partial`: products.wgsl.
 // The group coefficient of each (row, block) that ends a group.
-var<workgroup> coefs: array<f32, 256>;
+var<workgroup> coefs: array<f32, ROWS * CHUNK>;
 
 @compute @workgroup_size(64)
 fn matvec(

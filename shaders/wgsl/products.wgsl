@@ -49,9 +49,10 @@ struct MatmulParams {
 }
 
 // The decode kernels' rounds (matvec.wgsl, int8.wgsl `matvec`), defined once so that both
-// match the dispatch size (`MATVEC_ROWS_PER_GROUP` in gpu/src/wgpu/kernels.rs): a workgroup
-// of WG threads computes ROWS weight rows, CHUNK 32-value blocks of each per round.
-const ROWS: u32 = 8u;
+// match the dispatch size (gpu/src/wgpu/linear.rs): a workgroup of WG threads computes ROWS
+// weight rows, CHUNK 32-value blocks of each per round. ROWS is a pipeline constant (2 to 16,
+// ROWS · M ≤ WG; `WgpuOptions::decode_rows`): a row adds its blocks in order whatever it is.
+override ROWS: u32 = 8u;
 const CHUNK: u32 = 32u;
 const WG: u32 = 64u;
 // Activation rows of a decode product (1..=8, MATVEC_MAX_ROWS): a pipeline constant.

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 /// A kernel and the specialization it was built for (its pipeline key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// Decode product for `m` (1..=8) activation rows.
+    /// Decode product for `m` (1..=8) activation rows, `rows` weight rows per workgroup.
     Matvec {
         kind: WeightKind,
         m: u32,
+        rows: u32,
     },
     Matmul {
         kind: WeightKind,
@@ -43,10 +44,12 @@ pub enum Kernel {
     RmsNormQuantize,
     /// SwiGLU's silu(gate)·up, its result also quantized to int8 in the same pass.
     SiluMulQuantize,
-    /// Integer decode product with int8 activations, `m` (1..=8) rows.
+    /// Integer decode product with int8 activations, `m` (1..=8) rows, `rows` weight rows
+    /// per workgroup.
     Int8Matvec {
         kind: WeightKind,
         m: u32,
+        rows: u32,
     },
     /// Integer tiled product with int8 activations.
     Int8Matmul {
@@ -66,8 +69,11 @@ pub enum Kernel {
 
 /// Largest activation row count the decode kernel is specialized for.
 pub const MATVEC_MAX_ROWS: usize = 8;
-/// Weight rows one decode workgroup computes (`ROWS` in products.wgsl).
+/// Weight rows one decode workgroup computes by default (`ROWS` in products.wgsl;
+/// `WgpuOptions::decode_rows`).
 pub const MATVEC_ROWS_PER_GROUP: u32 = 8;
+/// Threads of a decode workgroup (`WG` in products.wgsl): rows × activation rows fit in it.
+pub const MATVEC_GROUP: u32 = 64;
 /// Output tile of matmul.wgsl.
 pub const MATMUL_TILE: u32 = 64;
 /// Positions per attention split (`CHUNK` in attention.wgsl).
@@ -192,10 +198,12 @@ impl Pipeline {
     /// A short name for profiles: the kernel and its specialization.
     pub fn label(&self) -> String {
         match self.kernel {
-            Kernel::Matvec { kind, m } => format!("matvec {kind:?} m={m}"),
+            Kernel::Matvec { kind, m, rows } => format!("matvec {kind:?} m={m} rows={rows}"),
             Kernel::Matmul { kind } => format!("matmul {kind:?}"),
             Kernel::Embed { kind } => format!("embed {kind:?}"),
-            Kernel::Int8Matvec { kind, m } => format!("int8 matvec {kind:?} m={m}"),
+            Kernel::Int8Matvec { kind, m, rows } => {
+                format!("int8 matvec {kind:?} m={m} rows={rows}")
+            }
             Kernel::Int8Matmul { kind } => format!("int8 matmul {kind:?}"),
             Kernel::KvWrite { pool } => format!("kv_write {pool:?}"),
             Kernel::Attend { pool } => format!("attend {pool:?}"),
@@ -271,8 +279,8 @@ impl KernelCache {
         let layout = self.layout(gpu, kernel.layout())?;
         let source = lowbit_shaders::source(kernel.family(), kernel.weight_kind(), gpu.features);
         let constants: Vec<(&str, f64)> = match kernel {
-            Kernel::Matvec { m, .. } | Kernel::Int8Matvec { m, .. } => {
-                vec![("M", f64::from(m))]
+            Kernel::Matvec { m, rows, .. } | Kernel::Int8Matvec { m, rows, .. } => {
+                vec![("M", f64::from(m)), ("ROWS", f64::from(rows))]
             }
             _ => Vec::new(),
         };

@@ -7,8 +7,8 @@
 use super::buffers::DeviceTensor;
 use super::encoder::grid;
 use super::kernels::{
-    Int8Params, Kernel, MatmulParams, Outputs, WeightDims, MATMUL_TILE, MATVEC_MAX_ROWS,
-    MATVEC_ROWS_PER_GROUP,
+    Int8Params, Kernel, MatmulParams, Outputs, WeightDims, MATMUL_TILE, MATVEC_GROUP,
+    MATVEC_MAX_ROWS, MATVEC_ROWS_PER_GROUP,
 };
 use super::quantize::Int8Activations;
 use super::weights::{whole_stack, DeviceWeight};
@@ -117,6 +117,16 @@ impl WgpuBackend {
             .collect())
     }
 
+    /// Weight rows per decode workgroup for `m` activation rows: the option's, halved until
+    /// one thread per output (rows · m) fits the workgroup.
+    fn decode_rows(&self, m: usize) -> u32 {
+        let mut rows = self.options.decode_rows;
+        while rows > 2 && rows as usize * m > MATVEC_GROUP as usize {
+            rows /= 2;
+        }
+        rows
+    }
+
     fn int8_product(
         &self,
         q: &Int8Activations,
@@ -129,6 +139,7 @@ impl WgpuBackend {
             Kernel::Int8Matvec {
                 kind: wd.kind,
                 m: m as u32,
+                rows: self.decode_rows(m),
             },
             Kernel::Int8Matmul { kind: wd.kind },
         );
@@ -161,6 +172,7 @@ impl WgpuBackend {
             Kernel::Matvec {
                 kind: wd.kind,
                 m: m as u32,
+                rows: self.decode_rows(m),
             },
             Kernel::Matmul { kind: wd.kind },
         );
@@ -197,6 +209,10 @@ impl WgpuBackend {
             _ => return Err(Error::Internal("a product writes one to three outputs")),
         };
         let decode = m <= MATVEC_MAX_ROWS;
+        let per_group = match decode_kernel {
+            Kernel::Matvec { rows, .. } | Kernel::Int8Matvec { rows, .. } => rows,
+            _ => MATVEC_ROWS_PER_GROUP,
+        };
         let pipeline = self.kernel(if decode { decode_kernel } else { tiled_kernel })?;
         let output = |i: usize| {
             target
@@ -216,7 +232,7 @@ impl WgpuBackend {
             let tiles_n = rows.div_ceil(MATMUL_TILE);
             let tiles_m = (m as u32).div_ceil(MATMUL_TILE);
             let groups = if decode {
-                grid(rows.div_ceil(MATVEC_ROWS_PER_GROUP))
+                grid(rows.div_ceil(per_group))
             } else {
                 grid(tiles_n * tiles_m)
             };

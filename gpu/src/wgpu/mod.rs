@@ -67,6 +67,10 @@ pub struct WgpuOptions {
     /// it off (a real GPU would store up to 9 KB of zeros at each decode-product
     /// workgroup's start); on, for testing that claim and measuring it.
     pub zero_workgroup_memory: bool,
+    /// Weight rows a decode-product workgroup computes (2, 4, 8 or 16; fewer where the
+    /// activation rows times these exceed its 64 threads). Fewer rows, more workgroups in
+    /// flight; the same bits whatever it is.
+    pub decode_rows: u32,
 }
 
 impl Default for WgpuOptions {
@@ -77,14 +81,15 @@ impl Default for WgpuOptions {
             weight_part_bytes: None,
             fuse_quantize: true,
             zero_workgroup_memory: false,
+            decode_rows: kernels::MATVEC_ROWS_PER_GROUP,
         }
     }
 }
 
 impl WgpuOptions {
     /// The defaults, overridden by `LOWBIT_WGPU_PORTABLE=1`,
-    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8`, `LOWBIT_WGPU_FUSE_QUANTIZE=0` and
-    /// `LOWBIT_WGPU_ZERO_WORKGROUP=1`.
+    /// `LOWBIT_WGPU_ACTIVATIONS=f32|int8`, `LOWBIT_WGPU_FUSE_QUANTIZE=0`,
+    /// `LOWBIT_WGPU_ZERO_WORKGROUP=1` and `LOWBIT_WGPU_DECODE_ROWS=2|4|8|16`.
     pub fn from_env() -> Result<Self> {
         let mut o = Self::default();
         if std::env::var("LOWBIT_WGPU_PORTABLE").is_ok_and(|v| v == "1") {
@@ -95,6 +100,17 @@ impl WgpuOptions {
         }
         if std::env::var("LOWBIT_WGPU_ZERO_WORKGROUP").is_ok_and(|v| v == "1") {
             o.zero_workgroup_memory = true;
+        }
+        match std::env::var("LOWBIT_WGPU_DECODE_ROWS").as_deref() {
+            Err(_) | Ok("") => {}
+            Ok(v) => match v.parse::<u32>() {
+                Ok(r @ (2 | 4 | 8 | 16)) => o.decode_rows = r,
+                _ => {
+                    return Err(Error::Unsupported(format!(
+                        "LOWBIT_WGPU_DECODE_ROWS={v} (valid: 2, 4, 8, 16)"
+                    )))
+                }
+            },
         }
         match std::env::var("LOWBIT_WGPU_ACTIVATIONS").as_deref() {
             Err(_) | Ok("") | Ok("int8") => {}
@@ -172,6 +188,12 @@ impl WgpuBackend {
             })
         };
         let (dummy_read, dummy_write) = (dummy("unused input"), dummy("unused output"));
+        if !matches!(options.decode_rows, 2 | 4 | 8 | 16) {
+            return Err(Error::Unsupported(format!(
+                "{} weight rows per decode workgroup (valid: 2, 4, 8, 16)",
+                options.decode_rows
+            )));
+        }
         let kernels = KernelCache::new(options.zero_workgroup_memory);
         let mut options = options;
         // The int8 path needs `dot4I8Packed` to compile on this adapter; where a driver
@@ -180,6 +202,7 @@ impl WgpuBackend {
             let probe = Kernel::Int8Matvec {
                 kind: lowbit_shaders::WeightKind::Q8,
                 m: 1,
+                rows: kernels::MATVEC_ROWS_PER_GROUP,
             };
             if let Err(e) = kernels.get(&gpu, probe) {
                 tracing::warn!(

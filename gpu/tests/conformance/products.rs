@@ -382,3 +382,66 @@ fn norm_and_swiglu_quantizing_in_one_pass_equal_the_separate_kernels() {
         }
     }
 }
+
+/// The weight rows a decode workgroup computes (`WgpuOptions::decode_rows`) spread the work
+/// differently, not the arithmetic: 2, 4 and 16 give the default's bits for byte, nibble
+/// and float formats, 1 to 8 activation rows, int8 and f32 activations, plain products and
+/// products adding the residual, row counts that are multiples of none of them.
+#[test]
+fn decode_rows_per_workgroup_leave_every_bit() {
+    let _turn = gpu_turn();
+    let mut r = rng(21);
+    for activations in [Activations::Int8, Activations::F32] {
+        let open = |decode_rows| {
+            open_gpu(WgpuOptions {
+                activations,
+                decode_rows,
+                ..WgpuOptions::default()
+            })
+        };
+        let backends = [open(8), open(2), open(4), open(16)];
+        for format in [
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G32),
+            QuantFormat::Q4M(GroupSize::G128),
+            QuantFormat::F16,
+        ] {
+            let (n, k) = (37, 1024);
+            let q = host_weights(&mut r, format, &[n], k).remove(0);
+            for m in [1, 3, 5, 8] {
+                let (x, residual) = (random(&mut r, m * k), random(&mut r, m * n));
+                let run = |be: &WgpuBackend| {
+                    let w = be.load_weight(q.clone()).expect("load_weight");
+                    let y = be.matmul(&upload(be, m, k, &x), &w).expect("matmul");
+                    let z = be
+                        .matmul_add(&upload(be, m, k, &x), &w, &upload(be, m, n, &residual))
+                        .expect("matmul_add");
+                    let bits = |t| {
+                        be.download(t)
+                            .expect("download")
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<u32>>()
+                    };
+                    (bits(&y), bits(&z))
+                };
+                let want = run(&backends[0]);
+                for (be, rows) in backends[1..].iter().zip([2, 4, 16]) {
+                    assert_eq!(
+                        run(be),
+                        want,
+                        "{format} m={m} {activations:?}, {rows} rows per workgroup"
+                    );
+                }
+            }
+        }
+    }
+    assert!(WgpuBackend::new(
+        AdapterChoice::Any,
+        WgpuOptions {
+            decode_rows: 3,
+            ..WgpuOptions::default()
+        }
+    )
+    .is_err());
+}
