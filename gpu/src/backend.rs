@@ -187,7 +187,12 @@ pub fn read_logits_apart<B: Backend + ?Sized>(
     }
     let full = be.download_owned(be.select_rows(x, want.full)?)?;
     let lp_rows: Vec<usize> = want.logprobs.iter().map(|l| l.row).collect();
-    let raw_rows = be.download_owned(be.select_rows(x, &lp_rows)?)?;
+    // (A device's download is a wait: none for nothing.)
+    let raw_rows = if lp_rows.is_empty() {
+        Vec::new()
+    } else {
+        be.download_owned(be.select_rows(x, &lp_rows)?)?
+    };
     let adjusted;
     let x = if want.adjust.is_empty() {
         x
