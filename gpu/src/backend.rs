@@ -151,6 +151,28 @@ pub struct LogitsRequest<'a> {
     pub logprobs: &'a [LogprobRow],
 }
 
+impl LogitsRequest<'_> {
+    /// An error naming the first draw, change or logprobs row past `rows` logits rows.
+    pub fn check_rows(&self, rows: usize) -> Result<()> {
+        let past = |what: &str, row: usize| {
+            Err(crate::error::shape_err(
+                "read_logits",
+                format!("{what} row {row} of {rows}"),
+            ))
+        };
+        if let Some(d) = self.draws.iter().find(|d| d.row >= rows) {
+            return past("draw from", d.row);
+        }
+        if let Some(a) = self.adjust.iter().find(|a| a.row >= rows) {
+            return past("change to", a.row);
+        }
+        if let Some(l) = self.logprobs.iter().find(|l| l.row >= rows) {
+            return past("logprobs of", l.row);
+        }
+        Ok(())
+    }
+}
+
 /// What a step reads back of its logits ([`Backend::read_logits`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LogitsReadback {
@@ -173,18 +195,7 @@ pub fn read_logits_apart<B: Backend + ?Sized>(
     x: &Tensor,
     want: &LogitsRequest<'_>,
 ) -> Result<LogitsReadback> {
-    if let Some(a) = want.adjust.iter().find(|a| a.row >= x.rows()) {
-        return Err(crate::error::shape_err(
-            "read_logits",
-            format!("change to row {} of {}", a.row, x.rows()),
-        ));
-    }
-    if let Some(l) = want.logprobs.iter().find(|l| l.row >= x.rows()) {
-        return Err(crate::error::shape_err(
-            "read_logits",
-            format!("logprobs of row {} of {}", l.row, x.rows()),
-        ));
-    }
+    want.check_rows(x.rows())?;
     let full = be.download_owned(be.select_rows(x, want.full)?)?;
     let lp_rows: Vec<usize> = want.logprobs.iter().map(|l| l.row).collect();
     // (A device's download is a wait: none for nothing.)

@@ -217,24 +217,7 @@ impl WgpuBackend {
         if k.max(lp_k) > TOP_K_MAX || rows == 0 || cols == 0 {
             return crate::backend::read_logits_apart(self, raw, want);
         }
-        if let Some(d) = want.draws.iter().find(|d| d.row >= rows) {
-            return Err(shape_err(
-                "read_logits",
-                format!("draw from row {} of {rows}", d.row),
-            ));
-        }
-        if let Some(a) = want.adjust.iter().find(|a| a.row >= rows) {
-            return Err(shape_err(
-                "read_logits",
-                format!("change to row {} of {rows}", a.row),
-            ));
-        }
-        if let Some(l) = want.logprobs.iter().find(|l| l.row >= rows) {
-            return Err(shape_err(
-                "read_logits",
-                format!("logprobs of row {} of {rows}", l.row),
-            ));
-        }
+        want.check_rows(rows)?;
         // Whole rows and log-probabilities as the model gave them; every choice from the
         // changed logits.
         let whole = self.gather(raw, want.full)?;
