@@ -146,7 +146,7 @@ pub struct LogitsRequest<'a> {
     pub k: usize,
     pub draws: &'a [RowDraw],
     pub adjust: &'a [LogitAdjust],
-    /// Rows whose chosen token's log-probability (and top few) to compute
+    /// Rows whose chosen (or given) token's log-probability and top few to compute
     /// ([`crate::logprobs`]): a row listed here is chosen by its draw or its argmax.
     pub logprobs: &'a [LogprobRow],
 }
@@ -233,7 +233,7 @@ pub fn read_logits_apart<B: Backend + ?Sized>(
         .chunks(x.cols().max(1))
         .zip(want.logprobs)
         .map(|(row, l)| {
-            let token = chosen_token(l.row, &ids, want.draws, &drawn);
+            let token = chosen_token(l, &ids, want.draws, &drawn);
             token_logprobs(row, token, l.top)
         })
         .collect();

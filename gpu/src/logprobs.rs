@@ -10,12 +10,27 @@ use crate::cpu::fastmath::exp_nonpositive;
 use crate::draw::RowDraw;
 
 /// A row whose log-probabilities a readback computes: of the token it chooses for the row
-/// (the row's draw if it has one, else its argmax) and of its `top` most likely tokens.
+/// (the row's draw if it has one, else its argmax) or of a given one, and of its `top` most
+/// likely tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogprobRow {
     /// The logits row (an index among the step's logits rows).
     pub row: usize,
     pub top: usize,
+    /// The token whose log-probability to report instead of the chosen one: a prompt's next
+    /// token (prompt log-probabilities, `echo` in OpenAI's completions).
+    pub token: Option<u32>,
+}
+
+impl LogprobRow {
+    /// The log-probabilities of the token a readback chooses for `row`.
+    pub fn chosen(row: usize, top: usize) -> Self {
+        Self {
+            row,
+            top,
+            token: None,
+        }
+    }
 }
 
 /// A token's log-probability and the `top` most likely tokens'.
@@ -84,14 +99,17 @@ pub fn from_parts(log_sum: f64, token: u32, logit: f32, top: Vec<(u32, f32)>) ->
     }
 }
 
-/// The token a readback chooses for logits row `row`: its draw (the first listed) if it has
-/// one, else its argmax (`ids`, every row's).
-pub fn chosen_token(row: usize, ids: &[u32], draws: &[RowDraw], drawn: &[u32]) -> u32 {
-    draws
-        .iter()
-        .zip(drawn)
-        .find(|(d, _)| d.row == row)
-        .map_or(ids[row], |(_, &t)| t)
+/// The token whose log-probabilities `l` reports: its given token, else the one the readback
+/// chooses for its row: the row's draw (the first listed) if it has one, else its argmax
+/// (`ids`, every row's).
+pub fn chosen_token(l: &LogprobRow, ids: &[u32], draws: &[RowDraw], drawn: &[u32]) -> u32 {
+    l.token.unwrap_or_else(|| {
+        draws
+            .iter()
+            .zip(drawn)
+            .find(|(d, _)| d.row == l.row)
+            .map_or(ids[l.row], |(_, &t)| t)
+    })
 }
 
 #[cfg(test)]
@@ -135,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn the_chosen_token_is_the_rows_draw_else_its_argmax() {
+    fn the_chosen_token_is_the_given_one_else_the_rows_draw_else_its_argmax() {
         let draw = |row| RowDraw {
             row,
             u: 0.5,
@@ -146,8 +164,16 @@ mod tests {
         let ids = [7, 8, 9];
         let draws = [draw(2), draw(0)];
         let drawn = [20, 30];
-        assert_eq!(chosen_token(0, &ids, &draws, &drawn), 30);
-        assert_eq!(chosen_token(1, &ids, &draws, &drawn), 8);
-        assert_eq!(chosen_token(2, &ids, &draws, &drawn), 20);
+        let of = |row| LogprobRow::chosen(row, 0);
+        assert_eq!(chosen_token(&of(0), &ids, &draws, &drawn), 30);
+        assert_eq!(chosen_token(&of(1), &ids, &draws, &drawn), 8);
+        assert_eq!(chosen_token(&of(2), &ids, &draws, &drawn), 20);
+        for row in 0..3 {
+            let given = LogprobRow {
+                token: Some(3),
+                ..of(row)
+            };
+            assert_eq!(chosen_token(&given, &ids, &draws, &drawn), 3);
+        }
     }
 }

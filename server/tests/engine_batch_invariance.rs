@@ -68,6 +68,7 @@ fn run(
                 stop_token_ids: Vec::new(),
                 ignore_eos: true,
                 logprobs,
+                prompt_logprobs: None,
                 deadline: None,
             },
             tx,

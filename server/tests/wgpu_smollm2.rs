@@ -135,8 +135,8 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
         draws: draws.clone(),
         adjust: Vec::new(),
         logprobs: vec![
-            lowbit_gpu::LogprobRow { row: 0, top: 5 },
-            lowbit_gpu::LogprobRow { row: 2, top: 20 },
+            lowbit_gpu::LogprobRow::chosen(0, 5),
+            lowbit_gpu::LogprobRow::chosen(2, 20),
         ],
     };
     let rows = model.forward_mixed(&seqs, &mut pool, &what).unwrap();
@@ -252,7 +252,7 @@ fn kernels_need_no_zeroed_workgroup_memory() {
                 top_p: 0.9,
             }],
             adjust: Vec::new(),
-            logprobs: vec![lowbit_gpu::LogprobRow { row: 2, top: 5 }],
+            logprobs: vec![lowbit_gpu::LogprobRow::chosen(2, 5)],
         };
         let rows = model.forward_mixed(&decode, &mut pool, &what).unwrap();
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();

@@ -286,7 +286,7 @@ impl WgpuBackend {
             .zip(lp_tops)
             .map(|((l, sums), mut alternatives)| {
                 alternatives.truncate(l.top);
-                let token = crate::logprobs::chosen_token(l.row, &ids, want.draws, &drawn);
+                let token = crate::logprobs::chosen_token(l, &ids, want.draws, &drawn);
                 crate::logprobs::from_parts(f64::from(sums[0]), token, sums[1], alternatives)
             })
             .collect();
@@ -408,7 +408,7 @@ impl WgpuBackend {
     /// Records head.wgsl's `log_sum` for the rows of `want.logprobs` (rows of `raw`, the
     /// logits as the model gave them): each row's log-sum-exp and its chosen token's logit, two
     /// words per row. The chosen token (the row's draw, else its argmax) is on the device
-    /// only: it is copied into the row's item there.
+    /// only: it is copied into the row's item there; a given token is written with the item.
     fn log_sums(
         &self,
         raw: &Tensor,
@@ -419,15 +419,20 @@ impl WgpuBackend {
         if want.logprobs.is_empty() {
             return Ok(None);
         }
-        let words = want
-            .logprobs
-            .iter()
-            .flat_map(|l| [f32::from_bits(l.row as u32), f32::from_bits(NO_TOKEN)]);
+        let words = want.logprobs.iter().flat_map(|l| {
+            [
+                f32::from_bits(l.row as u32),
+                f32::from_bits(l.token.unwrap_or(NO_TOKEN)),
+            ]
+        });
         let items = self.head_items((want.logprobs.len(), 2, words))?;
         {
             let item_words = device_of(&items)?;
             let mut rec = self.recorder()?;
             for (i, l) in want.logprobs.iter().enumerate() {
+                if l.token.is_some() {
+                    continue;
+                }
                 let source = match (drawn, want.draws.iter().position(|d| d.row == l.row)) {
                     (Some(d), Some(j)) => (d, j),
                     _ => (ids, l.row),

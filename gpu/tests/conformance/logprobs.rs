@@ -19,8 +19,9 @@ fn reference_logprob(row: &[f32], v: f32) -> f64 {
 /// `log softmax` of the logits as given, penalties and bias notwithstanding, within
 /// 2·10⁻⁵ + 10⁻⁶·|ref| (float32 sums over up to 70,000 values); the alternatives are the
 /// host's top k of the unchanged row, by id. Rows with NaN and infinities, a row without a
-/// finite value (−∞ throughout), ties, widths of one lane round and several; a row out of
-/// range is an error.
+/// finite value (−∞ throughout), ties, widths of one lane round and several; given tokens
+/// (a prompt's next ones) instead of the chosen ones, one past the row's end (−∞); a row out
+/// of range is an error.
 pub(crate) fn logprobs_are_a_log_softmax_of_the_logits_as_given(be: &dyn Backend, _: Bounds) {
     let mut r = rng(23);
     for cols in [300, 3000, 70_000] {
@@ -61,10 +62,18 @@ pub(crate) fn logprobs_are_a_log_softmax_of_the_logits_as_given(be: &dyn Backend
                 top_p: 1.0,
             })
             .collect();
-        let logprobs: Vec<LogprobRow> = [(0, 5), (1, 0), (2, 1), (3, 20), (4, 3), (5, 4)]
+        // Rows 6 and 7 report given tokens (a prompt's next ones): row 1's and row 2's
+        // logits again, the second past the row's end.
+        let given = [(6, 1, 2, 7), (7, 2, 1, cols as u32 + 5)];
+        let mut logprobs: Vec<LogprobRow> = [(0, 5), (1, 0), (2, 1), (3, 20), (4, 3), (5, 4)]
             .iter()
-            .map(|&(row, top)| LogprobRow { row, top })
+            .map(|&(row, top)| LogprobRow::chosen(row, top))
             .collect();
+        logprobs.extend(given.iter().map(|&(_, row, top, token)| LogprobRow {
+            row,
+            top,
+            token: Some(token),
+        }));
         let ask = LogitsRequest {
             draws: &draws,
             adjust: &adjust,
@@ -89,11 +98,13 @@ pub(crate) fn logprobs_are_a_log_softmax_of_the_logits_as_given(be: &dyn Backend
             assert!(ok, "cols {cols}, {what}: {g} vs {want}");
         };
         for (l, lp) in logprobs.iter().zip(&got.logprobs) {
-            let chosen = draws
-                .iter()
-                .zip(&got.drawn)
-                .find(|(d, _)| d.row == l.row)
-                .map_or(got.ids[l.row], |(_, &t)| t);
+            let chosen = l.token.unwrap_or_else(|| {
+                draws
+                    .iter()
+                    .zip(&got.drawn)
+                    .find(|(d, _)| d.row == l.row)
+                    .map_or(got.ids[l.row], |(_, &t)| t)
+            });
             assert_eq!(lp.token, chosen, "cols {cols}, row {}", l.row);
             let v = row(l.row)
                 .get(chosen as usize)
@@ -116,6 +127,13 @@ pub(crate) fn logprobs_are_a_log_softmax_of_the_logits_as_given(be: &dyn Backend
                 );
             }
         }
+        for &(at, _, _, token) in &given {
+            assert_eq!(
+                got.logprobs[at].token, token,
+                "cols {cols}: the given token"
+            );
+        }
+        assert_eq!(got.logprobs[7].logprob, f32::NEG_INFINITY, "past the end");
         // The biased token is chosen, at its unbiased (small) probability.
         assert!(got.logprobs[0].logprob < got.logprobs[0].top[0].1);
         // No finite value: −∞ throughout, no alternatives.
@@ -136,7 +154,7 @@ pub(crate) fn logprobs_are_a_log_softmax_of_the_logits_as_given(be: &dyn Backend
         assert!(plain.logprobs.is_empty());
     }
     let x = upload(be, 2, 40, &random(&mut r, 80));
-    let only_tokens = [LogprobRow { row: 1, top: 0 }, LogprobRow { row: 0, top: 0 }];
+    let only_tokens = [LogprobRow::chosen(1, 0), LogprobRow::chosen(0, 0)];
     let ask = LogitsRequest {
         logprobs: &only_tokens,
         ..LogitsRequest::default()
@@ -145,7 +163,7 @@ pub(crate) fn logprobs_are_a_log_softmax_of_the_logits_as_given(be: &dyn Backend
     let tokens: Vec<u32> = got.logprobs.iter().map(|l| l.token).collect();
     assert_eq!(tokens, [got.ids[1], got.ids[0]]);
     assert!(got.logprobs.iter().all(|l| l.top.is_empty()));
-    let bad = [LogprobRow { row: 2, top: 1 }];
+    let bad = [LogprobRow::chosen(2, 1)];
     let ask = LogitsRequest {
         logprobs: &bad,
         ..LogitsRequest::default()

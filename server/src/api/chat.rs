@@ -277,6 +277,8 @@ pub async fn create(
                         None,
                     ))
                 }
+                // (Never asked for by a chat.)
+                Event::PromptLogprobs(_) => true,
                 Event::Done(usage) => {
                     if include_usage {
                         tx.json(&chunk(Vec::new(), Some(usage.into())));

@@ -1,4 +1,6 @@
-//! `POST /v1/completions`: raw prompts (text, texts, token ids), `echo`, legacy `logprobs`.
+//! `POST /v1/completions`: raw prompts (text, texts, token ids), `echo`, legacy `logprobs`,
+//! and both together: the prompt's log-probabilities (what lm-evaluation-harness's
+//! loglikelihood asks, usually with `max_tokens` 0 or 1).
 
 use super::chat::token_text;
 use super::error::ApiError;
@@ -35,15 +37,44 @@ fn legacy_logprobs(
         out.text_offset.push(at);
         at += t.len();
         out.tokens.push(t);
-        out.token_logprobs.push(lp.logprob);
-        out.top_logprobs.push(
+        out.token_logprobs.push(Some(lp.logprob));
+        out.top_logprobs.push(Some(
             lp.top
                 .iter()
                 .map(|&(id, l)| (token_text(tokenizer, id), l))
                 .collect(),
-        );
+        ));
     }
     out
+}
+
+/// The legacy `logprobs` object of an echoed prompt: its first token without a
+/// log-probability (nothing precedes it), then `lps`, those of the tokens after it.
+fn prompt_logprobs(
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    lps: &[TokenLogprobs],
+) -> CompletionLogprobs {
+    let Some(&first) = prompt.first() else {
+        return CompletionLogprobs::default();
+    };
+    let t = token_text(tokenizer, first);
+    let rest = legacy_logprobs(tokenizer, lps, t.len());
+    CompletionLogprobs {
+        text_offset: [0].into_iter().chain(rest.text_offset).collect(),
+        tokens: [t].into_iter().chain(rest.tokens).collect(),
+        token_logprobs: [None].into_iter().chain(rest.token_logprobs).collect(),
+        top_logprobs: [None].into_iter().chain(rest.top_logprobs).collect(),
+    }
+}
+
+/// `a` followed by `b`.
+fn joined(mut a: CompletionLogprobs, b: CompletionLogprobs) -> CompletionLogprobs {
+    a.tokens.extend(b.tokens);
+    a.token_logprobs.extend(b.token_logprobs);
+    a.top_logprobs.extend(b.top_logprobs);
+    a.text_offset.extend(b.text_offset);
+    a
 }
 
 /// Creates a completion.
@@ -76,10 +107,8 @@ pub async fn create(
         }
     };
     let echo = req.echo.unwrap_or(false);
-    if echo && top.is_some() {
-        // Prompt tokens' log-probabilities are not computed.
-        return Err(ApiError::unsupported("echo"));
-    }
+    // With `echo`, the prompt's tokens come with their log-probabilities too.
+    let prompt_top = top.filter(|_| echo);
     let prompts: Vec<Vec<u32>> = match req.prompt {
         PromptSpec::Text(t) => vec![encode(tokenizer, &t)?],
         PromptSpec::Texts(ts) => ts
@@ -92,7 +121,11 @@ pub async fn create(
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ApiError::invalid("prompt", "'prompt' must not be empty"));
     }
-    let max_tokens = params::max_tokens("max_tokens", req.max_tokens, DEFAULT_MAX_TOKENS)?;
+    // 0 (OpenAI's legacy completions allow it): the prompt alone, with `echo`.
+    let max_tokens = match req.max_tokens {
+        Some(0) => 0,
+        m => params::max_tokens("max_tokens", m, DEFAULT_MAX_TOKENS)?,
+    };
     let id = request_id(&headers);
     let n = settings.n;
     // All or nothing: a refused request drops (cancels) the ones already queued.
@@ -104,7 +137,7 @@ pub async fn create(
         } else {
             String::new()
         });
-        let gen = params::request(
+        let mut gen = params::request(
             &id,
             p.clone(),
             max_tokens,
@@ -112,6 +145,7 @@ pub async fn create(
             top,
             state.request_timeout,
         );
+        gen.prompt_logprobs = prompt_top;
         streams.push(state.engine.submit(gen)?);
     }
     let requests = streams.len();
@@ -125,9 +159,14 @@ pub async fn create(
             .enumerate()
             .map(|(index, c): (usize, Choice)| {
                 let prefix = &echoes[index / n];
+                let echoed = c
+                    .prompt_logprobs
+                    .map(|lps| prompt_logprobs(tokenizer, &prompts[index / n], &lps))
+                    .unwrap_or_default();
+                let generated = |_| legacy_logprobs(tokenizer, &c.logprobs, prefix.len());
                 CompletionChoice {
                     index,
-                    logprobs: top.map(|_| legacy_logprobs(tokenizer, &c.logprobs, prefix.len())),
+                    logprobs: top.map(generated).map(|g| joined(echoed, g)),
                     text: format!("{prefix}{}", c.text),
                     finish_reason: c.finish.map(|f| f.as_str()),
                 }
@@ -164,17 +203,28 @@ pub async fn create(
                 finish_reason,
             }]
         };
-        for (index, prefix) in (0..requests * n).map(|i| (i, &echoes[i / n])) {
-            if !prefix.is_empty() && !tx.json(&chunk(one(index, prefix.clone(), None, None), None))
-            {
-                return;
+        // The echoed prompt goes first; with its log-probabilities, once they are computed.
+        if prompt_top.is_none() {
+            for (index, prefix) in (0..requests * n).map(|i| (i, &echoes[i / n])) {
+                if !prefix.is_empty()
+                    && !tx.json(&chunk(one(index, prefix.clone(), None, None), None))
+                {
+                    return;
+                }
             }
         }
         let tokenizer = &state.model.tokenizer;
-        let mut offsets = vec![0usize; requests * n];
+        let mut offsets: Vec<usize> = (0..requests * n).map(|i| echoes[i / n].len()).collect();
         let (mut done, mut usage) = (0, crate::engine::Usage::default());
         while let Some((r, e)) = events.next().await {
             let sent = match e {
+                Event::PromptLogprobs(lps) => {
+                    let lp = prompt_logprobs(tokenizer, &prompts[r], &lps);
+                    (r * n..(r + 1) * n).all(|index| {
+                        let text = echoes[r].clone();
+                        tx.json(&chunk(one(index, text, Some(lp.clone()), None), None))
+                    })
+                }
                 Event::Token {
                     choice,
                     text,

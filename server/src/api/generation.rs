@@ -22,6 +22,8 @@ pub struct Choice {
     pub text: String,
     pub logprobs: Vec<TokenLogprobs>,
     pub finish: Option<FinishReason>,
+    /// Its request's prompt's log-probabilities, if asked (the same for every choice).
+    pub prompt_logprobs: Option<Vec<TokenLogprobs>>,
 }
 
 /// The API error for an engine failure.
@@ -56,6 +58,11 @@ pub async fn collect(
     let mut done = 0;
     while let Some((r, e)) = events.next().await {
         match e {
+            Event::PromptLogprobs(lps) => {
+                for c in &mut choices[r * n..(r + 1) * n] {
+                    c.prompt_logprobs = Some(lps.clone());
+                }
+            }
             Event::Token {
                 choice,
                 text,

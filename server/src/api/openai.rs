@@ -272,12 +272,13 @@ pub struct ChatCompletionChunk {
     pub usage: Option<Option<UsageBody>>,
 }
 
-/// The legacy completions `logprobs` object.
+/// The legacy completions `logprobs` object. With `echo` it starts with the prompt's tokens,
+/// the first of which has no log-probability (null, as OpenAI's).
 #[derive(Debug, Clone, Default, Serialize, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
-    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub token_logprobs: Vec<Option<f32>>,
+    pub top_logprobs: Vec<Option<BTreeMap<String, f32>>>,
     pub text_offset: Vec<usize>,
 }
 

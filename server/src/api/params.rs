@@ -304,6 +304,7 @@ pub fn request(
         stop_token_ids: s.stop_token_ids.clone(),
         ignore_eos: s.ignore_eos,
         logprobs,
+        prompt_logprobs: None,
         deadline: timeout.map(|t| Instant::now() + t),
     }
 }

@@ -28,15 +28,39 @@ pub enum RowWant {
 /// What one logits row reads back: its choice ([`RowWant`]), the changes its penalties and
 /// logit bias make to its logits first (row 0; empty for none), and the number of
 /// alternatives whose log-probabilities are computed where the logits live (with the chosen
-/// token's), if the request asked for logprobs and the row is not read back whole.
+/// token's, or `given`'s), if the request asked for logprobs and the row is not read back
+/// whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowPlan {
     pub want: RowWant,
     pub adjust: Vec<LogitAdjust>,
     pub logprobs: Option<usize>,
+    /// A prompt row's next token, whose log-probability it reports (nothing is chosen).
+    pub given: Option<u32>,
 }
 
 impl RowPlan {
+    /// The row of a prompt position: the log-probability of the prompt's next token and of
+    /// `top` alternatives (its argmax comes with every row and is not used).
+    pub fn prompt(next_token: u32, top: usize) -> Self {
+        RowPlan {
+            want: RowWant::Argmax,
+            adjust: Vec::new(),
+            logprobs: Some(top),
+            given: Some(next_token),
+        }
+    }
+
+    /// A row read back whole, its choice made on the host.
+    pub fn whole() -> Self {
+        RowPlan {
+            want: RowWant::Logits,
+            adjust: Vec::new(),
+            logprobs: None,
+            given: None,
+        }
+    }
+
     /// The row of a sequence sampling with `sampler` after `history`. `forking` while its
     /// logits still seed forks (`n > 1`), `logprobs` the alternatives its request wants,
     /// `top_k_max` 0 where a top k saves nothing, `on_device` where logits live on a device
@@ -51,11 +75,7 @@ impl RowPlan {
         top_k_max: usize,
         on_device: bool,
     ) -> Self {
-        let whole = RowPlan {
-            want: RowWant::Logits,
-            adjust: Vec::new(),
-            logprobs: None,
-        };
+        let whole = RowPlan::whole();
         let adjusted = sampler.params().adjusts_logits();
         if forking || ((adjusted || logprobs.is_some()) && !on_device) {
             return whole;
@@ -80,6 +100,7 @@ impl RowPlan {
             want,
             adjust: sampler.logit_adjustments(history),
             logprobs,
+            given: None,
         }
     }
 }
@@ -105,7 +126,10 @@ pub fn plan_readback(plans: &[RowPlan]) -> (MixedReadback, Vec<(RowAt, Option<us
             .extend(plan.adjust.iter().map(|&c| LogitAdjust { row: r, ..c }));
         if let Some(top) = plan.logprobs {
             at[r].1 = Some(what.logprobs.len());
-            what.logprobs.push(LogprobRow { row: r, top });
+            what.logprobs.push(LogprobRow {
+                token: plan.given,
+                ..LogprobRow::chosen(r, top)
+            });
         }
         match plan.want {
             RowWant::Argmax => {}

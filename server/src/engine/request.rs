@@ -23,6 +23,10 @@ pub struct GenerationRequest {
     pub ignore_eos: bool,
     /// Report log-probabilities with this many alternatives per token.
     pub logprobs: Option<usize>,
+    /// Report the prompt's log-probabilities with this many alternatives per token (OpenAI's
+    /// `echo` with `logprobs`): its logits at every position are computed, so the prefix
+    /// cache is not used for it.
+    pub prompt_logprobs: Option<usize>,
     /// Give up (an error event) after this moment.
     pub deadline: Option<Instant>,
 }
@@ -65,10 +69,14 @@ impl Usage {
     }
 }
 
-/// What the engine sends back for a request, in order: tokens and finishes of its choices
-/// interleaved, then `Done` (or one `Error`, after which nothing follows).
+/// What the engine sends back for a request, in order: the prompt's log-probabilities if
+/// asked, tokens and finishes of its choices interleaved, then `Done` (or one `Error`, after
+/// which nothing follows).
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The log-probabilities of the prompt's tokens after the first (the first has none),
+    /// once its last token is computed and before any choice's first token.
+    PromptLogprobs(Vec<TokenLogprobs>),
     /// A generated token of a choice, with the text it releases (possibly empty: held back
     /// for a stop string, or an incomplete character).
     Token {

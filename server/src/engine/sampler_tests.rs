@@ -430,11 +430,8 @@ fn penalties_and_bias_become_per_token_changes_made_where_the_logits_live() {
         );
     }
     // On the host: whole rows. On a device: the choice, with the changes.
-    let whole = RowPlan {
-        want: RowWant::Logits,
-        adjust: Vec::new(),
-        logprobs: None,
-    };
+    let whole = RowPlan::whole();
+    assert_eq!(whole.want, RowWant::Logits);
     let mut s = Sampler::new(p.clone());
     assert_eq!(
         RowPlan::of(&mut s, &history, false, None, 12, 0, false),

@@ -8,6 +8,10 @@
 //! reaches the last token, its logits choose the next one. Prefill, decode and recompute are
 //! the same code. Choosing and sending each step's tokens: scheduler_emit.rs; choosing its
 //! rows: scheduler_plan.rs.
+//!
+//! A request asking for its prompt's log-probabilities (`echo` with `logprobs`) also reads a
+//! logits row at each prompt position: a plan entry's logits rows are those positions of its
+//! chunk, then the row choosing the next token if the chunk ends its tokens ([`EntryRows`]).
 
 use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
@@ -19,6 +23,7 @@ use super::stop::StopMatcher;
 use crate::metrics::Metrics;
 use crate::model::BatchSeq;
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -37,6 +42,21 @@ pub struct SchedulerConfig {
 
 /// A drawn token and its logprobs (when the request asked for them).
 type Pick = (u32, Option<TokenLogprobs>);
+
+/// Bytes of logits a step reads for prompt log-probabilities at most (one vocabulary row per
+/// prompt token: 130 rows of Llama 3's 128,256 logits), within the 128 MiB every GPU adapter
+/// can bind; a longer prompt takes several steps.
+const PROMPT_LOGITS_BYTES_PER_STEP: usize = 64 << 20;
+
+/// A prompt's log-probabilities (OpenAI's `echo` with `logprobs`), gathered as its chunks are
+/// computed: `got[j]` is token `j + 1`'s, from the logits at position `j`.
+struct PromptLogprobs {
+    /// Alternatives per token.
+    top: usize,
+    /// Prompt tokens after the first: positions whose logits are read.
+    wanted: usize,
+    got: Vec<TokenLogprobs>,
+}
 
 /// One request while the engine works on it.
 struct Group {
@@ -67,6 +87,8 @@ struct Sequence {
     last_token_at: Option<Instant>,
     /// Choices still to fork from this one once its prompt is computed (`n > 1`).
     forks: usize,
+    /// Until sent, the prompt's log-probabilities, if its request asked (choice 0 only).
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
 impl Sequence {
@@ -86,6 +108,54 @@ impl Sequence {
             stopped_by_string: false,
             last_token_at: None,
             forks: 0,
+            prompt_logprobs: None,
+        }
+    }
+
+    /// The positions, from the next one to compute on, whose logits its prompt's
+    /// log-probabilities still need.
+    fn prompt_positions(&self) -> Range<usize> {
+        self.prompt_logprobs
+            .as_ref()
+            .map_or(0..0, |p| p.got.len().max(self.computed)..p.wanted)
+    }
+
+    /// `take` tokens of its next chunk, cut so that they need at most `rows` logits rows for
+    /// its prompt's log-probabilities, and the rows they need.
+    fn limit_prompt_rows(&self, take: usize, rows: usize) -> (usize, usize) {
+        let want = self.prompt_positions();
+        if want.is_empty() {
+            return (take, 0);
+        }
+        let take = take.min(want.start - self.computed + rows);
+        let used = (self.computed + take)
+            .min(want.end)
+            .saturating_sub(want.start);
+        (take, used)
+    }
+}
+
+/// The logits rows of a plan entry `(i, n)`: positions of its chunk (relative to it) whose
+/// next prompt token's log-probability is wanted, then, if `samples`, the last row, which
+/// chooses the sequence's next token. The first range ends where the last row is, so the
+/// rows are one range of the chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EntryRows {
+    prompt: Range<usize>,
+    samples: bool,
+}
+
+impl EntryRows {
+    fn count(&self) -> usize {
+        self.prompt.len() + usize::from(self.samples)
+    }
+
+    /// The rows of a chunk of `n` tokens, as [`BatchSeq::logits`] wants them.
+    fn logits(&self, n: usize) -> Range<usize> {
+        match (self.samples, self.prompt.is_empty()) {
+            (true, true) => n - 1..n,
+            (true, false) => self.prompt.start..n,
+            (false, _) => self.prompt.clone(),
         }
     }
 }
@@ -106,6 +176,8 @@ pub struct Scheduler<M: StepModel> {
     copies: Vec<(u32, u32)>,
     /// Blocks referenced only until `copies` are made: the sources of partial prefix hits.
     copy_sources: Vec<u32>,
+    /// Logits rows a step reads for prompt log-probabilities at most.
+    prompt_rows_per_step: usize,
 }
 
 /// What one step did, for the engine loop's bookkeeping.
@@ -151,6 +223,7 @@ impl<M: StepModel> Scheduler<M> {
             .backend_info
             .with_label_values(&[&model.backend_name()])
             .set(1);
+        let prompt_rows_per_step = PROMPT_LOGITS_BYTES_PER_STEP / (4 * model.vocab_size().max(1));
         let s = Self {
             model,
             cfg,
@@ -163,6 +236,7 @@ impl<M: StepModel> Scheduler<M> {
             metrics,
             copies: Vec::new(),
             copy_sources: Vec::new(),
+            prompt_rows_per_step,
         };
         s.update_gauges();
         s
@@ -189,6 +263,11 @@ impl<M: StepModel> Scheduler<M> {
         self.next_group += 1;
         let mut seq = Sequence::new(id, 0, &req, req.prompt.clone());
         seq.forks = req.n.saturating_sub(1);
+        seq.prompt_logprobs = req.prompt_logprobs.map(|top| PromptLogprobs {
+            top,
+            wanted: req.prompt.len().saturating_sub(1),
+            got: Vec::new(),
+        });
         self.groups.insert(
             id,
             Group {
@@ -236,20 +315,22 @@ impl<M: StepModel> Scheduler<M> {
         let on_device = self.model.chooses_on_device();
         let top_k_max = if on_device { TOP_K_READBACK_MAX } else { 0 };
         let vocab = self.model.vocab_size();
+        let entries: Vec<EntryRows> = plan.iter().map(|&(i, n)| self.entry_rows(i, n)).collect();
+        // One per logits row, in the step's order.
         let mut plans: Vec<RowPlan> = Vec::new();
-        for &(i, n) in &plan {
+        for (&(i, _), e) in plan.iter().zip(&entries) {
             let groups = &self.groups;
             let s = &mut self.running[i];
-            if s.computed + n != s.tokens.len() {
+            if let Some(p) = &s.prompt_logprobs {
+                let next = |r: usize| s.tokens[s.computed + r + 1];
+                plans.extend(e.prompt.clone().map(|r| RowPlan::prompt(next(r), p.top)));
+            }
+            if !e.samples {
                 continue;
             }
             let Some(g) = groups.get(&s.group) else {
                 // A request that is gone: its row is read back whole and left unsampled.
-                plans.push(RowPlan {
-                    want: RowWant::Logits,
-                    adjust: Vec::new(),
-                    logprobs: None,
-                });
+                plans.push(RowPlan::whole());
                 continue;
             };
             plans.push(RowPlan::of(
@@ -276,14 +357,14 @@ impl<M: StepModel> Scheduler<M> {
         let result = result.and_then(|()| {
             let batch: Vec<BatchSeq<'_>> = plan
                 .iter()
-                .map(|&(i, n)| {
+                .zip(&entries)
+                .map(|(&(i, n), e)| {
                     let s = &self.running[i];
-                    let last = s.computed + n == s.tokens.len();
                     BatchSeq {
                         tokens: &s.tokens[s.computed..s.computed + n],
                         pos_start: s.computed,
                         blocks: &s.blocks,
-                        logits: if last { n - 1..n } else { 0..0 },
+                        logits: e.logits(n),
                     }
                 })
                 .collect();
@@ -309,8 +390,8 @@ impl<M: StepModel> Scheduler<M> {
                 |_| Err(lowbit_gpu::Error::Internal("the forward step panicked").into()),
             )
             .and_then(|rows| {
-                // One row per sequence that samples, or the loop below would index past them.
-                let want = batch.iter().filter(|b| !b.logits.is_empty()).count();
+                // Every row asked for, or the loop below would index past them.
+                let want: usize = batch.iter().map(|b| b.logits.len()).sum();
                 let ok = match &rows {
                     StepRows::Logits(l) => l.rows() == want,
                     StepRows::Tokens(ids) => ids.len() == want,
@@ -345,19 +426,33 @@ impl<M: StepModel> Scheduler<M> {
             }
         };
         stats.tokens = plan.iter().map(|&(_, n)| n).sum();
-        let logits_at = self.logits_rows(&plan, &rows, &needs_logits);
+        let logits_at = emit::logits_rows(&entries, &rows, &needs_logits);
         let mut picks = self.sample_in_parallel(&plan, &logits_at, &rows);
-        let mut row = 0;
+        let mut first_row = 0;
         let mut finished = Vec::new();
         let mut forks = Vec::new();
-        for (p, &(i, n)) in plan.iter().enumerate() {
+        for (p, (&(i, n), e)) in plan.iter().zip(&entries).enumerate() {
+            let prompt_rows = first_row..first_row + e.prompt.len();
+            first_row += e.count();
             let s = &mut self.running[i];
             s.computed += n;
             self.blocks
                 .register_full_blocks(&s.tokens, &s.blocks, s.computed);
+            if let (StepRows::Mixed(m), Some(lps)) = (&rows, &mut s.prompt_logprobs) {
+                let at = prompt_rows.filter_map(|r| row_at[r].1.and_then(|j| m.logprobs.get(j)));
+                lps.got.extend(at.cloned());
+            }
+            self.send_prompt_logprobs(i);
+            let s = &mut self.running[i];
             if s.computed < s.tokens.len() {
                 continue;
             }
+            if !e.samples {
+                // `max_tokens` 0: the prompt alone (its log-probabilities).
+                finished.push((i, self.end_at_prompt(i)));
+                continue;
+            }
+            let row = first_row - 1;
             let logits_row = match (&rows, logits_at[p]) {
                 (StepRows::Logits(l), Some(r)) => Some(l.row(r)),
                 (StepRows::Mixed(m), Some(r)) => Some(m.logits.row(r)),
@@ -387,7 +482,6 @@ impl<M: StepModel> Scheduler<M> {
                 (None, StepRows::Tokens(ids), _) => self.emit(i, ids[row], None),
                 (None, StepRows::Logits(_), _) => None,
             };
-            row += 1;
             if let Some(reason) = ended {
                 finished.push((i, reason));
             }
@@ -553,6 +647,9 @@ mod emit;
 #[path = "scheduler_plan.rs"]
 mod plan;
 
+#[cfg(test)]
+#[path = "scheduler_prompt_tests.rs"]
+mod prompt_tests;
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;

@@ -1,44 +1,46 @@
 //! Each step's tokens: the logits row of each plan entry, the tokens drawn from whole rows
 //! (on the thread pool), and the emission of a chosen token (its event, stop strings, the
-//! length limit).
+//! length limit) or of a prompt's log-probabilities.
 
-use super::{Pick, Scheduler};
+use super::{EntryRows, Pick, Scheduler};
 use crate::engine::request::{Event, FinishReason};
 use crate::engine::sampler::{Sampler, TokenHistory, TokenLogprobs};
 use crate::engine::step::{StepModel, StepRows};
 use lowbit_gpu::token_logprobs;
 use std::time::Instant;
 
-impl<M: StepModel> Scheduler<M> {
-    /// For each plan entry, the row of the step's whole logits that is its own, if it has
-    /// one: the sampling rows of a full step in order, or the listed rows of a mixed step.
-    pub(super) fn logits_rows(
-        &self,
-        plan: &[(usize, usize)],
-        rows: &StepRows,
-        needs_logits: &[bool],
-    ) -> Vec<Option<usize>> {
-        let (mut row, mut full_seen) = (0, 0);
-        plan.iter()
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                if s.computed + n < s.tokens.len() {
-                    return None;
-                }
-                let own = match rows {
-                    StepRows::Tokens(_) => None,
-                    StepRows::Logits(_) => Some(row),
-                    StepRows::Mixed(..) => needs_logits[row].then(|| {
-                        full_seen += 1;
-                        full_seen - 1
-                    }),
-                };
-                row += 1;
-                own
-            })
-            .collect()
-    }
+/// For each plan entry, the row of the step's whole logits that is its sampling row, if it
+/// has one there: every row of a full step, or the listed rows of a mixed step, in order.
+pub(super) fn logits_rows(
+    entries: &[EntryRows],
+    rows: &StepRows,
+    needs_logits: &[bool],
+) -> Vec<Option<usize>> {
+    // Each logits row's place among the whole rows.
+    let mut seen = 0;
+    let whole_at: Vec<Option<usize>> = needs_logits
+        .iter()
+        .map(|&whole| {
+            seen += usize::from(whole);
+            whole.then(|| seen - 1)
+        })
+        .collect();
+    let mut next = 0;
+    entries
+        .iter()
+        .map(|e| {
+            next += e.count();
+            let row = e.samples.then(|| next - 1)?;
+            match rows {
+                StepRows::Tokens(_) => None,
+                StepRows::Logits(_) => Some(row),
+                StepRows::Mixed(..) => whole_at.get(row).copied().flatten(),
+            }
+        })
+        .collect()
+}
 
+impl<M: StepModel> Scheduler<M> {
     /// The next token (and its logprobs, if asked) of every plan entry with its own logits
     /// row (`logits_at`), by plan position, drawn on the thread pool: at 16 sampled rows a
     /// step's draws (≈ 0.1 ms each) were serial work on the engine thread while the pool's
@@ -109,6 +111,35 @@ impl<M: StepModel> Scheduler<M> {
         let token = s.sampler.sample_with(row, &s.history);
         let lp = g.req.logprobs.map(|k| token_logprobs(row, token, k));
         self.emit(i, token, lp)
+    }
+
+    /// Sends running sequence `i`'s prompt log-probabilities once they are all computed.
+    pub(super) fn send_prompt_logprobs(&mut self, i: usize) {
+        let s = &mut self.running[i];
+        let Some(p) = s.prompt_logprobs.take_if(|p| p.got.len() >= p.wanted) else {
+            return;
+        };
+        if let Some(g) = self.groups.get(&s.group) {
+            let _ = g.events.send(Event::PromptLogprobs(p.got));
+        }
+    }
+
+    /// Ends running sequence `i` and the choices still to fork from it at its prompt
+    /// (`max_tokens` 0: a request for the prompt's log-probabilities alone).
+    pub(super) fn end_at_prompt(&mut self, i: usize) -> FinishReason {
+        let s = &mut self.running[i];
+        let forks = std::mem::take(&mut s.forks);
+        if let Some(g) = self.groups.get_mut(&s.group) {
+            for choice in 1..=forks {
+                let _ = g.events.send(Event::Finished {
+                    choice,
+                    reason: FinishReason::Length,
+                    text: String::new(),
+                });
+                g.unfinished -= 1;
+            }
+        }
+        FinishReason::Length
     }
 
     /// Appends the chosen `token` to running sequence `i` and sends it; `Some` if it ended.

@@ -3,18 +3,26 @@
 //! its prefix-cache hit (whole blocks shared, the head of a partial match copied); and the
 //! forks of `n > 1` requests once their prompt is computed.
 
-use super::{Scheduler, Sequence, StepStats};
+use super::{EntryRows, Scheduler, Sequence, StepStats};
 use crate::engine::step::StepModel;
 
 impl<M: StepModel> Scheduler<M> {
     /// Chooses this step's rows: `(index in running, rows)`.
     pub(super) fn plan(&mut self, stats: &mut StepStats) -> Vec<(usize, usize)> {
         let mut budget = self.cfg.max_batch_tokens.max(1);
+        // Logits rows left for prompt log-probabilities.
+        let mut prompt_rows = self.prompt_rows_per_step;
         let mut plan = Vec::new();
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let s = &self.running[i];
-            let take = (s.tokens.len() - s.computed).min(budget);
+            let (take, rows) =
+                s.limit_prompt_rows((s.tokens.len() - s.computed).min(budget), prompt_rows);
+            if take == 0 {
+                // Its prompt's next rows wait for the next step.
+                i += 1;
+                continue;
+            }
             let target = s.computed + take;
             let mut scheduled = true;
             while !self.blocks.grow(&mut self.running[i].blocks, target) {
@@ -31,12 +39,19 @@ impl<M: StepModel> Scheduler<M> {
             }
             plan.push((i, take));
             budget -= take;
+            prompt_rows -= rows;
             i += 1;
         }
         while budget > 0 && self.running.len() < self.cfg.max_concurrent_sequences.max(1) {
             let Some(front) = self.waiting.front() else {
                 break;
             };
+            let take_for = |s: &Sequence| {
+                s.limit_prompt_rows((s.tokens.len() - s.computed).min(budget), prompt_rows)
+            };
+            if take_for(front).0 == 0 {
+                break;
+            }
             // Enough blocks for its first chunk even without a prefix hit, or wait.
             let first = (front.tokens.len() - front.computed).min(budget) + front.computed;
             if self.blocks.blocks_for(first) > self.blocks.available() + front.blocks.len() {
@@ -46,7 +61,11 @@ impl<M: StepModel> Scheduler<M> {
                 break;
             };
             let bt = self.blocks.block_tokens();
-            let (looked_up, mut partial) = (s.blocks.is_empty() && s.computed == 0, None);
+            // A prompt whose log-probabilities are wanted computes every position's logits.
+            let (looked_up, mut partial) = (
+                s.blocks.is_empty() && s.computed == 0 && s.prompt_logprobs.is_none(),
+                None,
+            );
             if looked_up {
                 let hit = self.blocks.lookup_prefix(&s.tokens);
                 s.computed = hit.positions(bt);
@@ -54,8 +73,7 @@ impl<M: StepModel> Scheduler<M> {
                 partial = hit.partial;
             }
             let shared_blocks = s.blocks.len();
-            let take_for = |s: &Sequence| (s.tokens.len() - s.computed).min(budget);
-            let target = s.computed + take_for(&s);
+            let target = s.computed + take_for(&s).0;
             let mut grown = self.blocks.grow(&mut s.blocks, target);
             if !grown {
                 if let Some(p) = partial.take() {
@@ -65,7 +83,7 @@ impl<M: StepModel> Scheduler<M> {
                     self.blocks.release_source(p.source);
                     self.blocks.uncount_lookup(0, p.tokens);
                     s.computed = shared_blocks * bt;
-                    let target = s.computed + take_for(&s);
+                    let target = s.computed + take_for(&s).0;
                     grown = self.blocks.grow(&mut s.blocks, target);
                 }
             }
@@ -79,7 +97,8 @@ impl<M: StepModel> Scheduler<M> {
                 self.waiting.push_front(s);
                 break;
             }
-            let take = take_for(&s);
+            let (take, rows) = take_for(&s);
+            prompt_rows -= rows;
             if let Some(p) = partial {
                 // The block after the shared ones (just allocated: at least one token of it
                 // is computed now) starts as a copy of the cached block's head.
@@ -112,6 +131,26 @@ impl<M: StepModel> Scheduler<M> {
             .prefix_cache_hits_total
             .inc_by(p.hit_tokens - self.metrics.prefix_cache_hits_total.get());
         plan
+    }
+
+    /// The logits rows of plan entry `(i, n)` (see [`EntryRows`]).
+    pub(super) fn entry_rows(&self, i: usize, n: usize) -> EntryRows {
+        let s = &self.running[i];
+        let want = s.prompt_positions();
+        let end = want.end.min(s.computed + n);
+        let prompt = if want.start < end {
+            want.start - s.computed..end - s.computed
+        } else {
+            0..0
+        };
+        // (A request that is gone still gets its row, read back whole and left unsampled.)
+        let samples = s.computed + n == s.tokens.len()
+            && self
+                .groups
+                .get(&s.group)
+                .is_none_or(|g| g.req.max_tokens > 0);
+        debug_assert!(!samples || prompt.is_empty() || prompt.end == n - 1);
+        EntryRows { prompt, samples }
     }
 
     /// Frees a running sequence's blocks and puts it first in the queue, to be recomputed.

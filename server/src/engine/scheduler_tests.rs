@@ -8,17 +8,17 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 /// A model whose next token is a function of the tokens it reads back from its own fake
 /// KV pool through the block tables: wrong tables, a missing copy or a block reused too
 /// early all change the output.
-struct Fake {
+pub(super) struct Fake {
     kv: HashMap<(u32, usize), u32>,
     bt: usize,
-    rows_per_step: Vec<usize>,
+    pub(super) rows_per_step: Vec<usize>,
     /// Steps that read back only argmax ids (every sampling row greedy).
     argmax_steps: usize,
     /// Steps that read back ids and some whole rows (greedy and sampled rows together).
     mixed_steps: usize,
     /// Whether choices are made where the logits live (as on a GPU), and how many rows read
     /// back a top k.
-    on_device: bool,
+    pub(super) on_device: bool,
     top_rows: usize,
     /// Rows whose token was drawn where the logits live.
     draw_rows: usize,
@@ -26,14 +26,16 @@ struct Fake {
     adjusted_logits: usize,
     /// Rows of mixed steps read back whole, and rows whose logprobs were computed where the
     /// logits live.
-    full_rows: usize,
-    logprob_rows: usize,
+    pub(super) full_rows: usize,
+    pub(super) logprob_rows: usize,
+    /// Per mixed step, rows whose given (prompt) token's logprobs were computed.
+    pub(super) prompt_rows_per_step: Vec<usize>,
 }
 
-const VOCAB: usize = 128;
+pub(super) const VOCAB: usize = 128;
 
 /// The next token after `tokens`: a letter, `a..=z`.
-fn next(tokens: &[u32]) -> u32 {
+pub(super) fn next(tokens: &[u32]) -> u32 {
     let h: u64 = tokens
         .iter()
         .enumerate()
@@ -42,7 +44,7 @@ fn next(tokens: &[u32]) -> u32 {
     97 + (h % 26) as u32
 }
 
-fn reference(prompt: &[u32], max_tokens: usize) -> String {
+pub(super) fn reference(prompt: &[u32], max_tokens: usize) -> String {
     let mut t = prompt.to_vec();
     let mut out = String::new();
     for _ in 0..max_tokens {
@@ -90,6 +92,8 @@ impl StepModel for Fake {
         self.adjusted_logits += what.adjust.len();
         self.full_rows += what.full.len();
         self.logprob_rows += what.logprobs.len();
+        let given = what.logprobs.iter().filter(|l| l.token.is_some()).count();
+        self.prompt_rows_per_step.push(given);
         let logits = self.forward(seqs)?;
         Ok(crate::engine::step::mixed_rows(&logits, what))
     }
@@ -122,7 +126,7 @@ impl StepModel for Fake {
     }
 }
 
-fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler<Fake> {
+pub(super) fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler<Fake> {
     let fake = Fake {
         kv: HashMap::new(),
         bt,
@@ -135,6 +139,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
         adjusted_logits: 0,
         full_rows: 0,
         logprob_rows: 0,
+        prompt_rows_per_step: Vec::new(),
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
@@ -151,7 +156,7 @@ fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler
     )
 }
 
-fn request(prompt: &[u32], max_tokens: usize, n: usize) -> GenerationRequest {
+pub(super) fn request(prompt: &[u32], max_tokens: usize, n: usize) -> GenerationRequest {
     GenerationRequest {
         id: "test".into(),
         prompt: prompt.to_vec(),
@@ -162,28 +167,34 @@ fn request(prompt: &[u32], max_tokens: usize, n: usize) -> GenerationRequest {
         stop_token_ids: Vec::new(),
         ignore_eos: false,
         logprobs: None,
+        prompt_logprobs: None,
         deadline: None,
     }
 }
 
 /// What a request received: each choice's text and finish reason, and the usage.
 #[derive(Debug, Default)]
-struct Outcome {
-    texts: Vec<String>,
-    reasons: Vec<Option<FinishReason>>,
-    usage: Option<Usage>,
-    error: Option<EngineFailure>,
+pub(super) struct Outcome {
+    pub(super) texts: Vec<String>,
+    pub(super) reasons: Vec<Option<FinishReason>>,
+    pub(super) usage: Option<Usage>,
+    pub(super) error: Option<EngineFailure>,
+    pub(super) prompt_logprobs: Option<Vec<TokenLogprobs>>,
 }
 
-fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
+pub(super) fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
     let mut o = Outcome {
         texts: vec![String::new(); n],
         reasons: vec![None; n],
         ..Outcome::default()
     };
+    let mut tokens = 0;
     while let Ok(e) = rx.try_recv() {
         match e {
-            Event::Token { choice, text, .. } => o.texts[choice].push_str(&text),
+            Event::Token { choice, text, .. } => {
+                tokens += 1;
+                o.texts[choice].push_str(&text);
+            }
             Event::Finished {
                 choice,
                 reason,
@@ -191,6 +202,10 @@ fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
             } => {
                 o.texts[choice].push_str(&text);
                 o.reasons[choice] = Some(reason);
+            }
+            Event::PromptLogprobs(lps) => {
+                assert_eq!(tokens, 0, "the prompt's logprobs after a token");
+                o.prompt_logprobs = Some(lps);
             }
             Event::Done(u) => o.usage = Some(u),
             Event::Error(e) => o.error = Some(e),
@@ -213,7 +228,7 @@ fn token_events(rx: &mut UnboundedReceiver<Event>) -> Vec<(u32, Option<TokenLogp
     tokens
 }
 
-fn run_all(s: &mut Scheduler<Fake>) {
+pub(super) fn run_all(s: &mut Scheduler<Fake>) {
     for _ in 0..10_000 {
         if !s.has_work() {
             return;
@@ -223,7 +238,7 @@ fn run_all(s: &mut Scheduler<Fake>) {
     panic!("the scheduler did not finish");
 }
 
-fn prompt(seed: u32, len: usize) -> Vec<u32> {
+pub(super) fn prompt(seed: u32, len: usize) -> Vec<u32> {
     (0..len as u32)
         .map(|i| 1 + (seed * 31 + i * 7) % 90)
         .collect()

@@ -133,7 +133,7 @@ pub fn mixed_rows(logits: &Logits, what: &MixedReadback) -> MixedRows {
         .logprobs
         .iter()
         .map(|l| {
-            let token = lowbit_gpu::logprobs::chosen_token(l.row, &ids, &what.draws, &drawn);
+            let token = lowbit_gpu::logprobs::chosen_token(l, &ids, &what.draws, &drawn);
             lowbit_gpu::token_logprobs(logits.row(l.row), token, l.top)
         })
         .collect();
