@@ -1,5 +1,6 @@
-//! The engine on the real model: a request's tokens do not depend on what else is in its
-//! batch, on how the budget chunked its prompt, on prefix-cache hits, or on preemption.
+//! The engine on the real model: a request's tokens (and its prompt's log-probabilities) do
+//! not depend on what else is in its batch, on how the budget chunked its prompt, on
+//! prefix-cache hits, or on preemption.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
@@ -9,7 +10,7 @@ use lowbit::engine::{
     Event, GenerationRequest, LlamaStep, SamplingParams, Scheduler, SchedulerConfig,
 };
 use lowbit::metrics::Metrics;
-use lowbit::model::{Llama, ModelSource, QuantPolicy};
+use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::wgpu::device::AdapterChoice;
 use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
@@ -27,15 +28,25 @@ struct Setup {
 /// A generated token and its logprobs (when asked).
 type Token = (u32, Option<lowbit_gpu::TokenLogprobs>);
 
-/// Runs `prompts` together through one scheduler, each asking for `logprobs` alternatives;
-/// returns each one's generated tokens.
+/// A request's prompt, sampling and prompt logprobs asked (alternatives).
+type Ask = (Vec<u32>, SamplingParams, Option<usize>);
+
+/// What one run gave: each request's generated tokens and prompt logprobs, and the
+/// preemptions.
+struct Ran {
+    tokens: Vec<Vec<Token>>,
+    prompts: Vec<Option<Vec<lowbit_gpu::TokenLogprobs>>>,
+    preemptions: u64,
+}
+
+/// Runs `asks` together through one scheduler, each asking for `logprobs` alternatives.
 fn run(
-    prompts: &[(Vec<u32>, SamplingParams)],
+    asks: &[Ask],
     max_tokens: usize,
     s: &Setup,
     backend: Arc<dyn Backend>,
     logprobs: Option<usize>,
-) -> (Vec<Vec<Token>>, u64) {
+) -> Ran {
     let source = ModelSource::open(&common::smollm2_path()).unwrap();
     let tokenizer = source.tokenizer().unwrap();
     let model = Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap();
@@ -55,7 +66,7 @@ fn run(
         metrics.clone(),
     );
     let mut rxs = Vec::new();
-    for (p, sampling) in prompts {
+    for (p, sampling, prompt_logprobs) in asks {
         let (tx, rx) = unbounded_channel();
         sched.add(
             GenerationRequest {
@@ -68,7 +79,7 @@ fn run(
                 stop_token_ids: Vec::new(),
                 ignore_eos: true,
                 logprobs,
-                prompt_logprobs: None,
+                prompt_logprobs: *prompt_logprobs,
                 deadline: None,
             },
             tx,
@@ -79,23 +90,75 @@ fn run(
         sched.step();
     }
     assert!(sched.blocks().all_released());
-    let outs = rxs
-        .into_iter()
-        .map(|mut rx| {
-            let mut toks = Vec::new();
-            while let Ok(e) = rx.try_recv() {
-                if let Event::Token {
+    let mut ran = Ran {
+        tokens: Vec::new(),
+        prompts: Vec::new(),
+        preemptions: metrics.num_preemptions_total.get(),
+    };
+    for (mut rx, ask) in rxs.into_iter().zip(asks) {
+        let (mut toks, mut prompt) = (Vec::new(), None);
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                Event::Token {
                     token, logprobs, ..
-                } = e
-                {
-                    toks.push((token, logprobs));
-                }
+                } => toks.push((token, logprobs)),
+                Event::PromptLogprobs(lps) => prompt = Some(lps),
+                _ => {}
             }
-            assert_eq!(toks.len(), max_tokens);
-            toks
-        })
-        .collect();
-    (outs, metrics.num_preemptions_total.get())
+        }
+        assert_eq!(toks.len(), max_tokens);
+        assert_eq!(prompt.is_some(), ask.2.is_some());
+        ran.tokens.push(toks);
+        ran.prompts.push(prompt);
+    }
+    ran
+}
+
+/// The log-probabilities of each token of `prompt` after the first, with `top` alternatives,
+/// from one forward of the whole prompt asking every position's logits (as perplexity does).
+fn whole_prompt_logprobs(
+    backend: Arc<dyn Backend>,
+    prompt: &[u32],
+    top: usize,
+) -> Vec<lowbit_gpu::TokenLogprobs> {
+    let source = ModelSource::open(&common::smollm2_path()).unwrap();
+    let model = Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap();
+    let blocks = prompt.len().div_ceil(DEFAULT_BLOCK_TOKENS);
+    let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, blocks, lowbit_gpu::KvDtype::F32);
+    let mut pool = model.new_kv_pool(spec).unwrap();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let seq = BatchSeq {
+        tokens: prompt,
+        pos_start: 0,
+        blocks: &table,
+        logits: 0..prompt.len() - 1,
+    };
+    let logits = model.forward(&[seq], &mut pool).unwrap();
+    (0..prompt.len() - 1)
+        .map(|j| lowbit_gpu::token_logprobs(logits.row(j), prompt[j + 1], top))
+        .collect()
+}
+
+/// `a` and `b` within `tolerance` (logprob and alternatives' values; the same tokens).
+fn assert_close(
+    a: &[lowbit_gpu::TokenLogprobs],
+    b: &[lowbit_gpu::TokenLogprobs],
+    tolerance: f32,
+    what: &str,
+) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (j, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x.token, y.token, "{what}: position {j}");
+        assert!(
+            (x.logprob - y.logprob).abs() <= tolerance,
+            "{what}: {x:?} vs {y:?}"
+        );
+        let ids = |t: &lowbit_gpu::TokenLogprobs| t.top.iter().map(|p| p.0).collect::<Vec<_>>();
+        assert_eq!(ids(x), ids(y), "{what}: position {j}");
+        for (p, q) in x.top.iter().zip(&y.top) {
+            assert!((p.1 - q.1).abs() <= tolerance, "{what}: {x:?} vs {y:?}");
+        }
+    }
 }
 
 #[test]
@@ -121,7 +184,8 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
         "Where is Timbuktu?",
         "What is the capital of Japan?",
     ];
-    let prompts: Vec<(Vec<u32>, SamplingParams)> = questions
+    // Every third request asks for its prompt's logprobs (so it does not use the prefix cache).
+    let prompts: Vec<Ask> = questions
         .iter()
         .enumerate()
         .map(|(i, q)| {
@@ -137,7 +201,8 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
                     ..SamplingParams::default()
                 }
             };
-            (tok.encode(&text, false).unwrap(), sampling)
+            let prompt_logprobs = (i % 3 == 0).then_some(2);
+            (tok.encode(&text, false).unwrap(), sampling, prompt_logprobs)
         })
         .collect();
     let max_tokens = 20;
@@ -147,14 +212,15 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
         prefix_cache: false,
     };
     // Each request alone, no cache, whole prompts in one step.
-    let alone: Vec<Vec<Token>> = prompts
+    let alone: Vec<Ran> = prompts
         .iter()
-        .map(|p| {
-            run(std::slice::from_ref(p), max_tokens, &roomy, cpu(), None)
-                .0
-                .remove(0)
-        })
+        .map(|p| run(std::slice::from_ref(p), max_tokens, &roomy, cpu(), None))
         .collect();
+    // A prompt's logprobs are those of one forward asking every position's logits.
+    for (p, a) in prompts.iter().zip(&alone).step_by(3) {
+        let want = whole_prompt_logprobs(cpu(), &p.0, 2);
+        assert_close(a.prompts[0].as_ref().unwrap(), &want, 1e-6, "cpu");
+    }
     // All 16 together, in every configuration.
     for setup in [
         roomy,
@@ -171,16 +237,17 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
             prefix_cache: false,
         },
     ] {
-        let (together, preemptions) = run(&prompts, max_tokens, &setup, cpu(), None);
+        let together = run(&prompts, max_tokens, &setup, cpu(), None);
         if setup.blocks == 24 {
-            assert!(preemptions > 0, "the small pool should preempt");
+            assert!(together.preemptions > 0, "the small pool should preempt");
         }
-        for (i, (a, b)) in alone.iter().zip(&together).enumerate() {
-            assert_eq!(
-                a, b,
+        for (i, a) in alone.iter().enumerate() {
+            let what = format!(
                 "request {i}, budget {}, blocks {}",
                 setup.budget, setup.blocks
             );
+            assert_eq!(a.tokens[0], together.tokens[i], "{what}");
+            assert_eq!(a.prompts[0], together.prompts[i], "{what}: prompt logprobs");
         }
     }
 }
@@ -190,7 +257,8 @@ fn cpu() -> Arc<dyn Backend> {
 }
 
 /// The same on the wgpu backend (lavapipe in CI, so fewer and shorter requests): alone and
-/// together, chunked by a budget of 7 with prefix hits, the tokens are the same.
+/// together, chunked by a budget of 7 with prefix hits, the tokens (and the prompt logprobs,
+/// computed on the GPU) are the same.
 #[test]
 fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
     let gpu = Arc::new(
@@ -199,7 +267,7 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
     ) as Arc<dyn Backend>;
     let source = ModelSource::open(&common::smollm2_path()).unwrap();
     let tok = source.tokenizer().unwrap();
-    let prompts: Vec<(Vec<u32>, SamplingParams)> = [
+    let prompts: Vec<Ask> = [
         "Where is Kyoto?",
         "Name a river in Egypt.",
         "Who was Napoleon?",
@@ -233,7 +301,8 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
                 ..SamplingParams::default()
             },
         };
-        (tok.encode(&text, false).unwrap(), sampling)
+        let prompt_logprobs = [Some(3), None, None, Some(0)][i];
+        (tok.encode(&text, false).unwrap(), sampling, prompt_logprobs)
     })
     .collect();
     let roomy = Setup {
@@ -243,20 +312,26 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
     };
     // With logprobs: computed on the GPU for the rows chosen there, from whole rows for the
     // top-k one; a row's are the same in any batch, to the bit.
-    let alone: Vec<Vec<Token>> = prompts
+    let alone: Vec<Ran> = prompts
         .iter()
-        .map(|p| {
-            run(std::slice::from_ref(p), 6, &roomy, gpu.clone(), Some(2))
-                .0
-                .remove(0)
-        })
+        .map(|p| run(std::slice::from_ref(p), 6, &roomy, gpu.clone(), Some(2)))
         .collect();
+    // The prompt's logprobs computed on the GPU (log-sum-exp there) are the host's over the
+    // GPU's whole rows, to float32 rounding.
+    let want = whole_prompt_logprobs(gpu.clone(), &prompts[0].0, 3);
+    assert_close(alone[0].prompts[0].as_ref().unwrap(), &want, 1e-4, "gpu");
     let chunked = Setup {
         budget: 7,
         blocks: 64,
         prefix_cache: true,
     };
-    let (together, _) = run(&prompts, 6, &chunked, gpu, Some(2));
-    assert!(alone.iter().flatten().all(|t| t.1.is_some()));
-    assert_eq!(alone, together);
+    let together = run(&prompts, 6, &chunked, gpu, Some(2));
+    for (i, a) in alone.iter().enumerate() {
+        assert!(a.tokens[0].iter().all(|t| t.1.is_some()));
+        assert_eq!(a.tokens[0], together.tokens[i], "request {i}");
+        assert_eq!(
+            a.prompts[0], together.prompts[i],
+            "request {i}: prompt logprobs"
+        );
+    }
 }
