@@ -281,9 +281,9 @@ async fn every_bad_completion_request_gets_its_envelope() {
     post(completion(json!({"logprobs": 6})))
         .await
         .assert_error(400, BAD, Some("logprobs"), None);
-    post(completion(json!({"echo": true, "logprobs": 1})))
+    post(completion(json!({"max_tokens": -1})))
         .await
-        .assert_error(400, BAD, Some("echo"), Some("unsupported_parameter"));
+        .assert_error(400, BAD, Some("max_tokens"), None);
     post(completion(json!({"best_of": 3}))).await.assert_error(
         400,
         BAD,
@@ -324,6 +324,52 @@ async fn every_bad_completion_request_gets_its_envelope() {
     assert_eq!(lp["text_offset"], json!([0, 6, 7]));
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
     assert!(lp["token_logprobs"][0].as_f64().unwrap() < 0.0);
+
+    // echo with logprobs: the prompt's tokens first, the first without a log-probability.
+    let r = post(completion(
+        json!({"prompt": ids, "echo": true, "logprobs": 2, "max_tokens": 3}),
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let c = &r.json()["choices"][0];
+    assert_eq!(c["text"], "The capital of France is Paris.\n");
+    let lp = &c["logprobs"];
+    let prompt_tokens = ["The", " capital", " of", " France", " is"];
+    let tokens: Vec<&str> = prompt_tokens
+        .iter()
+        .copied()
+        .chain([" Paris", ".", "\n"])
+        .collect();
+    assert_eq!(lp["tokens"], json!(tokens));
+    assert_eq!(lp["text_offset"], json!([0, 3, 11, 14, 21, 24, 30, 31]));
+    assert_eq!(lp["token_logprobs"][0], Value::Null);
+    assert_eq!(lp["top_logprobs"][0], Value::Null);
+    for j in 1..8 {
+        assert!(lp["token_logprobs"][j].as_f64().unwrap() < 0.0, "{lp}");
+        assert_eq!(lp["top_logprobs"][j].as_object().unwrap().len(), 2, "{lp}");
+    }
+    // " is" after "The capital of France" is the likeliest token: its own top entry.
+    let top = lp["top_logprobs"][4].as_object().unwrap();
+    assert_eq!(top[" is"], lp["token_logprobs"][4], "{lp}");
+    // max_tokens 0: the prompt alone, the same log-probabilities.
+    let r = post(completion(
+        json!({"prompt": ids, "echo": true, "logprobs": 2, "max_tokens": 0}),
+    ))
+    .await;
+    let v = r.json();
+    assert_eq!(v["choices"][0]["text"], "The capital of France is");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    let alone = &v["choices"][0]["logprobs"];
+    assert_eq!(alone["tokens"], json!(prompt_tokens));
+    assert_eq!(
+        alone["token_logprobs"],
+        json!(lp["token_logprobs"].as_array().unwrap()[..5])
+    );
+    assert_eq!(
+        alone["top_logprobs"],
+        json!(lp["top_logprobs"].as_array().unwrap()[..5])
+    );
 }
 
 #[tokio::test]

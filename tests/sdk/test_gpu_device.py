@@ -5,7 +5,8 @@ Where there is no GPU (CI), `--device gpu` takes lavapipe, Mesa's software Vulka
 must be the CPU server's, streaming and not: the engine and the API are the same, only the
 backend differs, and the two backends compute the same int8 products. Logprobs the GPU computes
 where the logits live (gpu/src/logprobs.rs) must be the ones the host computes from the GPU's
-whole rows (the CPU's logits differ by more: a rounding flip in an int8 activation spreads).
+whole rows (the CPU's logits differ by more: a rounding flip in an int8 activation spreads);
+so must a prompt's, computed with each next prompt token given.
 """
 
 from __future__ import annotations
@@ -87,6 +88,24 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
         tokens = [a.token for a in t.top_logprobs]
         if t.token in tokens:
             assert abs(t.logprob - ranked[tokens.index(t.token)]) < 1e-6
+
+    # Prompt logprobs (echo), computed on the GPU with each prompt token given: the last one's
+    # is what the GPU gives that token when it generates it after the same prefix; all are
+    # near the CPU's (int8 activations round apart).
+    _, _, tok = gpu.post_json("/tokenize", {"prompt": "The capital of France is Paris"})
+    ids = tok["tokens"]
+    echo = dict(model=MODEL, prompt=ids, max_tokens=0, echo=True, logprobs=2)
+    on_gpu = client.completions.create(**echo).choices[0].logprobs
+    on_cpu = client_for(cpu).completions.create(**echo).choices[0].logprobs
+    assert on_gpu.tokens == on_cpu.tokens and len(on_gpu.tokens) == len(ids)
+    assert on_gpu.token_logprobs[0] is None
+    for g, c in zip(on_gpu.token_logprobs[1:], on_cpu.token_logprobs[1:]):
+        assert abs(g - c) < 0.1 + 0.02 * abs(c), (on_gpu.token_logprobs, on_cpu.token_logprobs)
+    generated = client.completions.create(
+        model=MODEL, prompt=ids[:-1], max_tokens=1, temperature=0, logprobs=2
+    ).choices[0].logprobs
+    assert generated.tokens == on_gpu.tokens[-1:]
+    assert abs(generated.token_logprobs[0] - on_gpu.token_logprobs[-1]) < 1e-4
 
     metrics = gpu.metrics()
     assert metrics["lowbit:num_requests_running"] == 0

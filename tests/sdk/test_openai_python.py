@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import subprocess
 import threading
 import time
 import uuid
@@ -18,7 +20,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import MODEL, Server
+from conftest import BIN, MODEL, MODEL_PATH, ROOT, Server
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 ANSWER = "The answer to this classic math problem is 4."
@@ -227,6 +229,85 @@ def test_completion_prompt_forms_and_echo(client, server):
         model=MODEL, prompt=FRANCE, max_tokens=6, temperature=0, echo=True
     )
     assert echoed.choices[0].text == FRANCE + single.choices[0].text
+
+
+def test_completion_prompt_logprobs_as_lm_eval_asks(client, server):
+    """What lm-evaluation-harness's loglikelihood sends: token ids, echo, logprobs, max_tokens
+    0 or 1, temperature 0; it reads the continuation's token_logprobs and whether each was the
+    likeliest (its top_logprobs)."""
+    _, _, tok = server.post_json("/tokenize", {"prompt": FRANCE + " Paris"})
+    ids = tok["tokens"]
+    r = client.completions.create(
+        model=MODEL, prompt=ids, max_tokens=1, temperature=0, echo=True, logprobs=1
+    )
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(ids) + 1
+    assert lp.tokens[: len(ids)] == ["The", " capital", " of", " France", " is", " Paris"]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(v < 0 for v in lp.token_logprobs[1:])
+    assert r.choices[0].text.startswith(FRANCE + " Paris")
+    # The continuation " Paris" is the greedy choice after FRANCE, and its logprob is that of
+    # the token a plain request generates there.
+    ctx = len(ids) - 1
+    greedy = max(lp.top_logprobs[ctx].items(), key=lambda kv: kv[1])
+    assert greedy[0] == lp.tokens[ctx] == " Paris"
+    plain = client.completions.create(
+        model=MODEL, prompt=ids[:ctx], max_tokens=1, temperature=0, logprobs=1
+    )
+    assert plain.choices[0].logprobs.tokens == [" Paris"]
+    assert abs(plain.choices[0].logprobs.token_logprobs[0] - lp.token_logprobs[ctx]) < 1e-4
+    # max_tokens 0: the prompt alone, the same figures.
+    alone = client.completions.create(
+        model=MODEL, prompt=ids, max_tokens=0, temperature=0, echo=True, logprobs=1
+    )
+    assert alone.choices[0].text == FRANCE + " Paris"
+    assert alone.choices[0].finish_reason == "length"
+    assert alone.usage.completion_tokens == 0
+    assert alone.choices[0].logprobs.token_logprobs == lp.token_logprobs[: len(ids)]
+    # Streamed: the echoed prompt and its logprobs first, then each token's.
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt=ids, max_tokens=2, temperature=0, echo=True, logprobs=1,
+            stream=True,
+        )
+    )
+    first = chunks[0].choices[0]
+    assert first.text == FRANCE + " Paris"
+    assert first.logprobs.token_logprobs == lp.token_logprobs[: len(ids)]
+    offsets = [o for c in chunks for ch in c.choices if ch.logprobs for o in ch.logprobs.text_offset]
+    assert offsets == sorted(offsets) and len(offsets) == len(ids) + 2
+
+
+def test_prompt_logprobs_give_the_perplexity_lowbit_eval_gives(client, server):
+    """Perplexity from echoed prompt logprobs, scored as `lowbit eval perplexity` scores (windows
+    of 128 tokens, the second half of each), equals what that command prints."""
+    text_path = ROOT / "server" / "tests" / "data" / "botchan-excerpt.txt"
+    ctx, windows = 128, 2
+    out = subprocess.run(
+        [str(BIN), "eval", "perplexity", "--model", str(MODEL_PATH), "--text", str(text_path),
+         "--ctx", str(ctx), "--chunks", str(windows), "--json"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )
+    want = json.loads(out.stdout)["report"]["perplexity"]
+    text = text_path.read_text()
+    _, _, plain = server.post_json("/tokenize", {"prompt": text, "add_special_tokens": False})
+    _, _, special = server.post_json("/tokenize", {"prompt": "x", "add_special_tokens": True})
+    _, _, bare = server.post_json("/tokenize", {"prompt": "x", "add_special_tokens": False})
+    bos = special["tokens"][0] if special["count"] > bare["count"] else None
+    nll, scored = 0.0, 0
+    for w in range(windows):
+        window = plain["tokens"][w * ctx : (w + 1) * ctx]
+        if bos is not None:
+            window[0] = bos
+        r = client.completions.create(
+            model=MODEL, prompt=window, max_tokens=0, echo=True, logprobs=0
+        )
+        lps = r.choices[0].logprobs.token_logprobs
+        # Predictions at positions ctx/2 .. ctx-2: tokens ctx/2+1 .. ctx-1.
+        nll -= sum(lps[ctx // 2 + 1 : ctx])
+        scored += ctx - 1 - ctx // 2
+    got = math.exp(nll / scored)
+    assert abs(got - want) <= 1e-4 * want, (got, want)
 
 
 def test_tokenize_detokenize_roundtrip(server):
