@@ -824,3 +824,29 @@ def test_unknown_model_not_found(client):
     assert e.value.code == "model_not_found"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="x")
+
+
+def test_bench_serve_drives_chats_and_scoring_requests(server):
+    """`lowbit bench serve` against a real server: streamed chats (output tokens counted by the
+    server's usage) and, with --score, scoring requests whose prompts all come back scored."""
+    def bench(*extra):
+        out = subprocess.run(
+            [str(BIN), "bench", "serve", "--url", server.url, "--concurrency", "1,2",
+             "--requests", "3", "--prompt-tokens", "24", "--json", *extra],
+            capture_output=True, text=True, timeout=300, check=True,
+        )
+        return json.loads(out.stdout)
+
+    chats = bench("--max-tokens", "4")
+    assert [lv["concurrency"] for lv in chats["levels"]] == [1, 2]
+    for lv in chats["levels"]:
+        assert lv["errors"] == 0 and lv["requests"] == 3, lv
+        assert lv["output_tokens"] == 12 and lv["output_tokens_per_second"] > 0, lv
+        assert lv["ttft_ms"]["p50"] > 0 and lv["inter_token_ms"]["p50"] > 0, lv
+    scored = bench("--score")
+    assert scored["score"] is True
+    for lv in scored["levels"]:
+        assert lv["errors"] == 0 and lv["requests"] == 3, lv
+        # Prompts of about 24 words plus the instruction, one generated token each.
+        assert lv["scored_tokens_per_second"] > 0 and lv["output_tokens"] == 3, lv
+        assert lv["ttft_ms"]["p50"] > 0, lv

@@ -7,6 +7,10 @@
 //! for a common system prompt) and outputs a fixed length (`max_tokens` with `ignore_eos`).
 //! Reported per level: aggregate output tokens/s and requests/s over the level's wall time,
 //! time to first token and inter-token latency percentiles, errors.
+//!
+//! `--score` sends scoring requests instead, as lm-evaluation-harness's loglikelihood does:
+//! `/v1/completions` with the prompt, `echo`, `logprobs: 1` and `max_tokens: 1`, not streamed;
+//! reported: prompt tokens scored per second and the request latency (in the TTFT columns).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -49,6 +53,9 @@ pub struct BenchServeArgs {
     /// Seconds one request may take.
     #[arg(long, default_value_t = 300.0)]
     timeout: f64,
+    /// Scoring requests (prompt log-probabilities) instead of chats.
+    #[arg(long)]
+    score: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -63,6 +70,8 @@ struct Sample {
     tokens: usize,
     /// Output tokens by the server's last chunk (`usage`), where it sent one.
     usage_tokens: Option<usize>,
+    /// Prompt tokens scored (`--score`).
+    scored_tokens: usize,
     error: Option<String>,
 }
 
@@ -82,6 +91,8 @@ struct Level {
     seconds: f64,
     output_tokens: usize,
     output_tokens_per_second: f64,
+    /// `--score`: prompt tokens whose log-probabilities came back, per second.
+    scored_tokens_per_second: f64,
     requests_per_second: f64,
     ttft_ms: Percentiles,
     inter_token_ms: Percentiles,
@@ -191,11 +202,12 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                 auth.clone(),
                 system.clone(),
             );
-            let (prompt_tokens, max_tokens, seed0, temperature) = (
+            let (prompt_tokens, max_tokens, seed0, temperature, score) = (
                 args.prompt_tokens,
                 args.max_tokens,
                 next_seed,
                 args.temperature,
+                args.score,
             );
             workers.push(tokio::spawn(async move {
                 let mut samples = Vec::new();
@@ -203,6 +215,23 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                     let i = counter.fetch_add(1, Ordering::SeqCst);
                     if i >= total {
                         return samples;
+                    }
+                    if score {
+                        let prompt = format!(
+                            "{}Tell a story about{}",
+                            system.as_deref().unwrap_or(""),
+                            words(seed0 + i, prompt_tokens)
+                        );
+                        let body = json!({
+                            "model": model,
+                            "prompt": prompt,
+                            "echo": true,
+                            "logprobs": 1,
+                            "max_tokens": 1,
+                            "temperature": 0,
+                        });
+                        samples.push(score_one(&client, &base, auth.as_deref(), &body).await);
+                        continue;
                     }
                     let mut messages = Vec::new();
                     if let Some(s) = &system {
@@ -232,6 +261,7 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
         let seconds = start.elapsed().as_secs_f64();
         let errors: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
         let output_tokens: usize = samples.iter().map(Sample::output_tokens).sum();
+        let scored_tokens: usize = samples.iter().map(|s| s.scored_tokens).sum();
         let level = Level {
             concurrency: c,
             requests: samples.len(),
@@ -239,6 +269,7 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
             seconds,
             output_tokens,
             output_tokens_per_second: output_tokens as f64 / seconds,
+            scored_tokens_per_second: scored_tokens as f64 / seconds,
             requests_per_second: (samples.len() - errors.len()) as f64 / seconds,
             ttft_ms: percentiles(samples.iter().filter_map(|s| s.ttft).collect()),
             inter_token_ms: percentiles(samples.iter().flat_map(|s| s.gaps.clone()).collect()),
@@ -246,25 +277,29 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
         };
         if !args.json {
             if levels.is_empty() {
+                let (rate, first) = if args.score {
+                    ("scored tok/s", "latency p50/p95/p99 ms")
+                } else {
+                    ("out tok/s", "TTFT p50/p95/p99 ms")
+                };
                 println!(
-                    "{:>7} {:>8} {:>6} {:>10} {:>7} {:>21} {:>21}",
-                    "streams",
-                    "requests",
-                    "errors",
-                    "out tok/s",
-                    "req/s",
-                    "TTFT p50/p95/p99 ms",
-                    "ITL p50/p95/p99 ms"
+                    "{:>7} {:>8} {:>6} {:>12} {:>7} {:>22} {:>21}",
+                    "streams", "requests", "errors", rate, "req/s", first, "ITL p50/p95/p99 ms"
                 );
             }
             let p = |x: Percentiles| format!("{:.0}/{:.0}/{:.0}", x.p50, x.p95, x.p99);
             let q = |x: Percentiles| format!("{:.1}/{:.1}/{:.1}", x.p50, x.p95, x.p99);
+            let rate = if args.score {
+                level.scored_tokens_per_second
+            } else {
+                level.output_tokens_per_second
+            };
             println!(
-                "{:>7} {:>8} {:>6} {:>10.1} {:>7.2} {:>21} {:>21}",
+                "{:>7} {:>8} {:>6} {:>12.1} {:>7.2} {:>22} {:>21}",
                 level.concurrency,
                 level.requests,
                 level.errors,
-                level.output_tokens_per_second,
+                rate,
                 level.requests_per_second,
                 p(level.ttft_ms),
                 q(level.inter_token_ms)
@@ -285,11 +320,62 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                 "max_tokens": args.max_tokens,
                 "shared_prefix_tokens": args.shared_prefix_tokens,
                 "temperature": args.temperature,
+                "score": args.score,
                 "levels": levels,
             }))?
         );
     }
     Ok(())
+}
+
+/// One scoring request (`--score`): its latency (as `ttft`) and the prompt tokens whose
+/// log-probabilities came back (`null` for the first, which nothing precedes).
+async fn score_one(
+    client: &reqwest::Client,
+    base: &str,
+    auth: Option<&str>,
+    body: &Value,
+) -> Sample {
+    let mut sample = Sample::default();
+    let start = Instant::now();
+    let mut req = client.post(format!("{base}/v1/completions")).json(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let v: Value = match req.send().await {
+        Ok(r) if r.status().is_success() => match r.json().await {
+            Ok(v) => v,
+            Err(e) => {
+                sample.error = Some(e.to_string());
+                return sample;
+            }
+        },
+        Ok(r) => {
+            let status = r.status();
+            sample.error = Some(format!("{status}: {}", r.text().await.unwrap_or_default()));
+            return sample;
+        }
+        Err(e) => {
+            sample.error = Some(e.to_string());
+            return sample;
+        }
+    };
+    sample.ttft = Some(start.elapsed().as_secs_f64());
+    let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0) as usize;
+    let scored = v["choices"][0]["logprobs"]["token_logprobs"]
+        .as_array()
+        .map_or(0, |l| l.len());
+    // The echoed prompt's tokens and the one generated: a server that did not echo them
+    // scored nothing.
+    if prompt == 0 || scored < prompt {
+        sample.error = Some(format!(
+            "{scored} token logprobs for a prompt of {prompt} tokens: not echoed"
+        ));
+        return sample;
+    }
+    sample.scored_tokens = prompt;
+    sample.usage_tokens = v["usage"]["completion_tokens"].as_u64().map(|n| n as usize);
+    sample
 }
 
 /// One streaming chat request: time to the first content chunk, gaps between chunks.
