@@ -223,7 +223,9 @@ impl<M: StepModel> Scheduler<M> {
             .backend_info
             .with_label_values(&[&model.backend_name()])
             .set(1);
-        let prompt_rows_per_step = PROMPT_LOGITS_BYTES_PER_STEP / (4 * model.vocab_size().max(1));
+        // (At least one, or a prompt whose logprobs are asked would never advance.)
+        let prompt_rows_per_step =
+            (PROMPT_LOGITS_BYTES_PER_STEP / (4 * model.vocab_size().max(1))).max(1);
         let s = Self {
             model,
             cfg,
