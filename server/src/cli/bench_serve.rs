@@ -338,25 +338,17 @@ async fn score_one(
 ) -> Sample {
     let mut sample = Sample::default();
     let start = Instant::now();
-    let mut req = client.post(format!("{base}/v1/completions")).json(body);
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    let v: Value = match req.send().await {
-        Ok(r) if r.status().is_success() => match r.json().await {
+    let sent = post(client, &format!("{base}/v1/completions"), auth, body).await;
+    let v: Value = match sent {
+        Ok(r) => match r.json().await {
             Ok(v) => v,
             Err(e) => {
                 sample.error = Some(e.to_string());
                 return sample;
             }
         },
-        Ok(r) => {
-            let status = r.status();
-            sample.error = Some(format!("{status}: {}", r.text().await.unwrap_or_default()));
-            return sample;
-        }
         Err(e) => {
-            sample.error = Some(e.to_string());
+            sample.error = Some(e);
             return sample;
         }
     };
@@ -378,31 +370,40 @@ async fn score_one(
     sample
 }
 
+/// POSTs `body` as JSON with the bearer token; a failure or a non-2xx answer as its message
+/// (the status and the server's error body).
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    auth: Option<&str>,
+    body: &Value,
+) -> Result<reqwest::Response, String> {
+    let mut req = client.post(url).json(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    Err(format!(
+        "{status}: {}",
+        resp.text().await.unwrap_or_default()
+    ))
+}
+
 /// One streaming chat request: time to the first content chunk, gaps between chunks.
 async fn one(client: &reqwest::Client, base: &str, auth: Option<&str>, body: &Value) -> Sample {
     let mut sample = Sample::default();
     let start = Instant::now();
-    let mut req = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(body);
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    let resp = match req.send().await {
+    let resp = match post(client, &format!("{base}/v1/chat/completions"), auth, body).await {
         Ok(r) => r,
         Err(e) => {
-            sample.error = Some(e.to_string());
+            sample.error = Some(e);
             return sample;
         }
     };
-    if !resp.status().is_success() {
-        let status = resp.status();
-        sample.error = Some(format!(
-            "{status}: {}",
-            resp.text().await.unwrap_or_default()
-        ));
-        return sample;
-    }
     let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
     let mut last: Option<Instant> = None;
