@@ -81,6 +81,7 @@ fn run(
                 logprobs,
                 prompt_logprobs: *prompt_logprobs,
                 deadline: None,
+                grammar: None,
             },
             tx,
         );

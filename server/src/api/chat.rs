@@ -8,6 +8,7 @@ use super::openai::{
     UsageBody,
 };
 use super::params::{self, CHAT_FIELDS, MAX_TOP_LOGPROBS};
+use super::structured;
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
 use crate::engine::Event;
@@ -138,11 +139,6 @@ pub async fn create(
     let body = body_bytes(body, state.max_body_bytes)?;
     let req: ChatCompletionRequest = params::parse_body(&body, CHAT_FIELDS, true)?;
     state.check_model(&req.model)?;
-    if let Some(f) = &req.response_format {
-        if f.kind != "text" {
-            return Err(ApiError::unsupported("response_format"));
-        }
-    }
     let tokenizer = &state.model.tokenizer;
     let settings = params::settings(&req.sampling, tokenizer.vocab_size())?;
     let top = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
@@ -172,9 +168,10 @@ pub async fn create(
         )?,
         None => params::max_tokens("max_tokens", req.max_tokens, default_max)?,
     };
+    let grammar = structured::grammar(&state, &req.sampling).await?;
     let id = request_id(&headers);
     let n = settings.n;
-    let gen = params::request(
+    let mut gen = params::request(
         &id,
         prompt,
         max_tokens,
@@ -182,6 +179,7 @@ pub async fn create(
         top,
         state.request_timeout,
     );
+    gen.grammar = grammar;
     let stream = state.engine.submit(gen)?;
     let events = generation::merged(vec![stream]);
     let created = unix_now();

@@ -9,6 +9,7 @@ use super::openai::{
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptSpec,
 };
 use super::params::{self, COMPLETION_FIELDS, MAX_COMPLETION_LOGPROBS};
+use super::structured;
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
 use crate::engine::{Event, EventStream};
@@ -127,6 +128,7 @@ pub async fn create(
         m => params::max_tokens("max_tokens", m, DEFAULT_MAX_TOKENS)?,
     };
     let id = request_id(&headers);
+    let grammar = structured::grammar(&state, &req.sampling).await?;
     let n = settings.n;
     // All or nothing: a refused request drops (cancels) the ones already queued.
     let mut streams: Vec<EventStream> = Vec::with_capacity(prompts.len());
@@ -146,6 +148,7 @@ pub async fn create(
             state.request_timeout,
         );
         gen.prompt_logprobs = prompt_top;
+        gen.grammar = grammar.clone();
         streams.push(state.engine.submit(gen)?);
     }
     let requests = streams.len();

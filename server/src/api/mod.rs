@@ -13,8 +13,10 @@ pub mod models;
 pub mod openai;
 pub mod openapi;
 pub mod params;
+pub mod structured;
 pub mod tokenize;
 
+use crate::engine::grammar::Grammars;
 use crate::engine::EngineHandle;
 use crate::metrics::Metrics;
 use crate::model::{ChatTemplate, Tokenizer};
@@ -43,6 +45,8 @@ pub struct ServedModel {
     pub tokenizer: Tokenizer,
     /// `None` when the model has no chat template (chat requests are then a 400).
     pub template: Option<ChatTemplate>,
+    /// Compiles structured-output formats over the tokenizer's vocabulary.
+    pub grammars: Arc<Grammars>,
     /// Unix time the server started (the models' `created`).
     pub created: u64,
 }

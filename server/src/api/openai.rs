@@ -35,12 +35,29 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// `response_format`: only `{"type": "text"}`.
+/// `response_format`: free text, any JSON object, or JSON valid under a schema (structured
+/// outputs; the output is constrained token by token, see `engine::grammar`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    // (Empty struct variants, not unit ones: serde lets unknown fields pass a unit variant.)
+    Text {},
+    JsonObject {},
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    pub kind: String,
+pub struct JsonSchemaFormat {
+    /// The schema's name (OpenAI requires it; lowbit does not use it).
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON schema (an object); absent: any JSON value.
+    #[schema(value_type = Object)]
+    pub schema: Option<serde_json::Value>,
+    /// Accepted: the output always follows the schema, strict or not.
+    pub strict: Option<bool>,
 }
 
 /// The sampling and stopping parameters chat and completions share.
@@ -77,6 +94,15 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     /// Extension: more token ids that end a choice.
     pub stop_token_ids: Option<Vec<u32>>,
+    /// Constrains the output (chat, and completions as vLLM allows).
+    pub response_format: Option<ResponseFormat>,
+    /// Extension (vLLM): output valid under this JSON schema.
+    #[schema(value_type = Object)]
+    pub guided_json: Option<serde_json::Value>,
+    /// Extension (vLLM): output matching this regular expression.
+    pub guided_regex: Option<String>,
+    /// Extension (vLLM): output exactly one of these strings.
+    pub guided_choice: Option<Vec<String>>,
 }
 
 /// A part of a message's content: only `text` parts are supported (the others are a 400
@@ -124,7 +150,6 @@ pub struct ChatCompletionRequest {
     /// Alternatives per token, with `logprobs: true`.
     #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
-    pub response_format: Option<ResponseFormat>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

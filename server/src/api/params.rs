@@ -53,6 +53,10 @@ const SHARED_FIELDS: &[&str] = &[
     "stream",
     "stream_options",
     "max_tokens",
+    "response_format",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
 ];
 
 /// Chat's own fields.
@@ -62,7 +66,6 @@ pub const CHAT_FIELDS: &[&str] = &[
     "max_completion_tokens",
     "logprobs",
     "top_logprobs",
-    "response_format",
 ];
 
 /// Completions' own fields.
@@ -306,5 +309,6 @@ pub fn request(
         logprobs,
         prompt_logprobs: None,
         deadline: timeout.map(|t| Instant::now() + t),
+        grammar: None,
     }
 }

@@ -9,6 +9,7 @@
 use super::{KvCacheDtypeArg, ModelArgs};
 use crate::api::{self, AppState, ServedModel};
 use crate::engine::blocks::BlockManager;
+use crate::engine::grammar::Grammars;
 use crate::engine::{AdmissionLimits, EngineHandle, LlamaStep, Loaded, Scheduler, SchedulerConfig};
 use crate::metrics::Metrics;
 use crate::model::ModelSource;
@@ -222,6 +223,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         engine: engine.clone(),
         model: Arc::new(ServedModel {
             names,
+            grammars: Arc::new(Grammars::new(tokenizer.clone())),
             tokenizer,
             template,
             created: api::unix_now(),

@@ -11,6 +11,7 @@
 pub mod blocks;
 pub mod detok;
 pub mod generate;
+pub mod grammar;
 pub mod handle;
 pub mod readback;
 pub mod request;

@@ -1,6 +1,7 @@
 //! What crosses the seam between the HTTP side and the engine: a generation request in token
 //! ids, and the events that answer it.
 
+use super::grammar::Grammar;
 use super::sampler::{SamplingParams, TokenLogprobs};
 use std::time::Instant;
 
@@ -29,12 +30,14 @@ pub struct GenerationRequest {
     pub prompt_logprobs: Option<usize>,
     /// Give up (an error event) after this moment.
     pub deadline: Option<Instant>,
+    /// What each choice's output must match (structured outputs), compiled by the API.
+    pub grammar: Option<Grammar>,
 }
 
 /// Why a choice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// An end-of-sequence or stop token, or a stop string.
+    /// An end-of-sequence or stop token, a stop string, or the end of its grammar.
     Stop,
     /// `max_tokens`, or the context is full.
     Length,

@@ -15,6 +15,7 @@
 
 use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
+use super::grammar::{Constraint, Grammar};
 use super::readback::{plan_readback, RowAt, RowPlan, RowWant, TOP_K_READBACK_MAX};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 use super::sampler::{Sampler, SamplingParams, TokenHistory, TokenLogprobs};
@@ -89,6 +90,8 @@ struct Sequence {
     forks: usize,
     /// Until sent, the prompt's log-probabilities, if its request asked (choice 0 only).
     prompt_logprobs: Option<PromptLogprobs>,
+    /// Where its output stands in its request's grammar (structured outputs).
+    constraint: Option<Constraint>,
 }
 
 impl Sequence {
@@ -109,6 +112,7 @@ impl Sequence {
             last_token_at: None,
             forks: 0,
             prompt_logprobs: None,
+            constraint: req.grammar.as_ref().map(Grammar::start),
         }
     }
 
@@ -335,6 +339,11 @@ impl<M: StepModel> Scheduler<M> {
                 plans.push(RowPlan::whole());
                 continue;
             };
+            if s.constraint.is_some() {
+                // Its grammar's mask is made on the host, over the whole row.
+                plans.push(RowPlan::whole());
+                continue;
+            }
             plans.push(RowPlan::of(
                 &mut s.sampler,
                 &s.history,
@@ -649,6 +658,9 @@ mod emit;
 #[path = "scheduler_plan.rs"]
 mod plan;
 
+#[cfg(test)]
+#[path = "scheduler_grammar_tests.rs"]
+mod grammar_tests;
 #[cfg(test)]
 #[path = "scheduler_prompt_tests.rs"]
 mod prompt_tests;

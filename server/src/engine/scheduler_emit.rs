@@ -3,6 +3,7 @@
 //! length limit) or of a prompt's log-probabilities.
 
 use super::{EntryRows, Pick, Scheduler};
+use crate::engine::grammar::Constraint;
 use crate::engine::request::{Event, FinishReason};
 use crate::engine::sampler::{Sampler, TokenHistory, TokenLogprobs};
 use crate::engine::step::{StepModel, StepRows};
@@ -40,6 +41,25 @@ pub(super) fn logits_rows(
         .collect()
 }
 
+/// The token `sampler` draws from `logits`, among those `constraint` allows if it has one;
+/// `None` if the grammar allows nothing (logged: the choice ends there).
+fn choose(
+    sampler: &mut Sampler,
+    history: &TokenHistory,
+    constraint: Option<&mut Constraint>,
+    logits: &[f32],
+) -> Option<u32> {
+    let row = match constraint.map(|c| c.mask(logits)) {
+        None => logits,
+        Some(Ok(masked)) => masked,
+        Some(Err(e)) => {
+            tracing::warn!("structured output: the grammar allows no next token: {e}");
+            return None;
+        }
+    };
+    Some(sampler.sample_with(row, history))
+}
+
 impl<M: StepModel> Scheduler<M> {
     /// The next token (and its logprobs, if asked) of every plan entry with its own logits
     /// row (`logits_at`), by plan position, drawn on the thread pool: at 16 sampled rows a
@@ -69,6 +89,7 @@ impl<M: StepModel> Scheduler<M> {
         struct Draw<'a> {
             at: usize,
             sampler: &'a mut Sampler,
+            constraint: Option<&'a mut Constraint>,
             history: &'a TokenHistory,
             logits: &'a [f32],
             top_logprobs: Option<usize>,
@@ -85,6 +106,7 @@ impl<M: StepModel> Scheduler<M> {
                 Some(Draw {
                     at,
                     sampler: &mut s.sampler,
+                    constraint: s.constraint.as_mut(),
                     history: &s.history,
                     logits: logits.row(r),
                     top_logprobs: g.req.logprobs,
@@ -94,9 +116,14 @@ impl<M: StepModel> Scheduler<M> {
             .collect();
         lowbit_gpu::cpu::pool::Pool::global().for_each_chunk_mut(&mut draws, 1, |_, d| {
             let d = &mut d[0];
-            let token = d.sampler.sample_with(d.logits, d.history);
-            let lp = d.top_logprobs.map(|k| token_logprobs(d.logits, token, k));
-            d.pick = Some((token, lp));
+            // A grammar that fails leaves the row to `sample`, which ends the choice.
+            d.pick =
+                choose(d.sampler, d.history, d.constraint.as_deref_mut(), d.logits).map(|token| {
+                    (
+                        token,
+                        d.top_logprobs.map(|k| token_logprobs(d.logits, token, k)),
+                    )
+                });
         });
         for d in draws {
             picks[d.at] = d.pick;
@@ -104,11 +131,14 @@ impl<M: StepModel> Scheduler<M> {
         picks
     }
 
-    /// Samples the next token of running sequence `i` from its logits; `Some` if it ended.
+    /// Samples the next token of running sequence `i` from its logits; `Some` if it ended
+    /// (also when its grammar allows no token).
     pub(super) fn sample(&mut self, i: usize, row: &[f32]) -> Option<FinishReason> {
         let s = &mut self.running[i];
         let g = self.groups.get(&s.group)?;
-        let token = s.sampler.sample_with(row, &s.history);
+        let Some(token) = choose(&mut s.sampler, &s.history, s.constraint.as_mut(), row) else {
+            return Some(FinishReason::Stop);
+        };
         let lp = g.req.logprobs.map(|k| token_logprobs(row, token, k));
         self.emit(i, token, lp)
     }
@@ -166,8 +196,10 @@ impl<M: StepModel> Scheduler<M> {
         s.last_token_at = Some(now);
         s.generated += 1;
         self.metrics.generation_tokens_total.inc();
+        // A grammar allows the end of sequence only where the output is complete: it ends
+        // the choice even under `ignore_eos`.
         let stop_token = g.req.stop_token_ids.contains(&token)
-            || (!g.req.ignore_eos && self.cfg.eos.contains(&token));
+            || ((!g.req.ignore_eos || s.constraint.is_some()) && self.cfg.eos.contains(&token));
         if stop_token {
             if lp.is_some() {
                 let _ = g.events.send(Event::Token {
@@ -181,6 +213,7 @@ impl<M: StepModel> Scheduler<M> {
         }
         s.tokens.push(token);
         s.history.push(token);
+        let complete = s.constraint.as_mut().is_some_and(|c| c.accept(token));
         let text = s.detok.step(&*self.decoder, &s.tokens);
         let out = s.stop.push(&text);
         let _ = g.events.send(Event::Token {
@@ -191,6 +224,8 @@ impl<M: StepModel> Scheduler<M> {
         });
         if out.stopped {
             s.stopped_by_string = true;
+            Some(FinishReason::Stop)
+        } else if complete {
             Some(FinishReason::Stop)
         } else if s.generated >= g.req.max_tokens || s.tokens.len() >= self.cfg.max_model_len {
             Some(FinishReason::Length)

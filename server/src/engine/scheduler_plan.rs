@@ -168,7 +168,7 @@ impl<M: StepModel> Scheduler<M> {
     }
 
     /// The other choices of sequence `i`, whose prompt has just been computed: full blocks
-    /// shared, the partial last block copied (or recomputed if no block is free).
+    /// shared, the partial last block copied (or the prompt recomputed if no block is free).
     pub(super) fn fork(&mut self, i: usize, logits_row: &[f32]) -> Vec<(Sequence, Vec<f32>)> {
         let n = std::mem::take(&mut self.running[i].forks);
         let bt = self.blocks.block_tokens();
@@ -183,29 +183,34 @@ impl<M: StepModel> Scheduler<M> {
                 break;
             };
             let full = computed / bt;
+            let mut seq = Sequence::new(group, c, &g.req, tokens);
+            // The partial last block is copied; without a free block for the copy the fork
+            // waits holding nothing and recomputes its prompt (or finds it in the prefix
+            // cache). A waiting fork that held the shared blocks could deadlock the pool: the
+            // queue's head waits for blocks that the forks behind it hold.
+            let copy = if computed % bt != 0 {
+                match self.blocks.allocate() {
+                    Some(copy) => Some(copy),
+                    None => {
+                        queued.push(seq);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let mut blocks: Vec<u32> = parent_blocks[..full].to_vec();
             for &b in &blocks {
                 self.blocks.share(b);
             }
-            let mut fork_computed = full * bt;
-            if computed % bt != 0 {
-                if let Some(copy) = self.blocks.allocate() {
-                    self.copies.push((parent_blocks[full], copy));
-                    blocks.push(copy);
-                    fork_computed = computed;
-                }
+            if let Some(copy) = copy {
+                self.copies.push((parent_blocks[full], copy));
+                blocks.push(copy);
             }
-            let mut seq = Sequence::new(group, c, &g.req, tokens);
-            seq.computed = fork_computed;
+            seq.computed = computed;
             seq.blocks = blocks;
-            if fork_computed == computed {
-                out.push((seq, logits_row.to_vec()));
-            } else {
-                queued.push(seq);
-            }
+            out.push((seq, logits_row.to_vec()));
         }
-        // Without a block for the copy, a fork recomputes its partial block later (the same
-        // rows give the same logits).
         for s in queued.into_iter().rev() {
             self.waiting.push_front(s);
         }

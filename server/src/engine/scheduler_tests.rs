@@ -169,6 +169,7 @@ pub(super) fn request(prompt: &[u32], max_tokens: usize, n: usize) -> Generation
         logprobs: None,
         prompt_logprobs: None,
         deadline: None,
+        grammar: None,
     }
 }
 
@@ -279,6 +280,35 @@ fn preemption_frees_blocks_and_resumes_with_identical_output() {
     assert!(s.metrics.num_preemptions_total.get() > 0);
     for (r, mut rx) in rxs {
         assert_eq!(collect(&mut rx, 1).texts[0], reference(&prompt(r, 10), 16));
+    }
+    assert!(s.blocks.all_released());
+}
+
+/// Forks that find no block for their partial block's copy wait holding nothing: when they
+/// held their shared prompt blocks, four `n = 2` requests in 12 blocks ended with nothing
+/// running and the queue's head waiting for blocks the forks behind it held.
+#[test]
+fn waiting_forks_hold_no_blocks_so_a_full_pool_cannot_deadlock() {
+    let mut s = scheduler(12, 4, 64, false);
+    let mut rxs = Vec::new();
+    for (r, temperature) in [(1, 1.0), (2, 0.0), (3, 0.0), (4, 0.7)] {
+        let mut req = request(&prompt(r, 9), 60, 2);
+        req.sampling.temperature = temperature;
+        req.sampling.seed = u64::from(r);
+        let (tx, rx) = unbounded_channel();
+        s.add(req, tx);
+        rxs.push((r, temperature, rx));
+    }
+    run_all(&mut s);
+    assert!(s.metrics.num_preemptions_total.get() > 0);
+    for (r, temperature, mut rx) in rxs {
+        let o = collect(&mut rx, 2);
+        assert!(o.reasons.iter().all(Option::is_some));
+        if temperature == 0.0 {
+            // 48 positions of context: 39 tokens after the prompt of 9.
+            assert_eq!(o.texts, vec![reference(&prompt(r, 9), 39); 2]);
+            assert_eq!(o.reasons, vec![Some(FinishReason::Length); 2]);
+        }
     }
     assert!(s.blocks.all_released());
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by lowbit's integration tests.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod tiny_model;
 
 use std::path::PathBuf;

@@ -1,0 +1,65 @@
+//! Structured outputs at the API: OpenAI's `response_format` (`json_object`, `json_schema`)
+//! and vLLM's `guided_json`, `guided_regex`, `guided_choice` become one
+//! [`OutputFormat`], compiled (on a blocking thread: a large schema takes milliseconds) into
+//! the grammar the engine masks each token with. A format that does not compile is a 400
+//! naming its parameter.
+
+use super::error::ApiError;
+use super::openai::{ResponseFormat, SamplingFields};
+use super::AppState;
+use crate::engine::grammar::{Grammar, GrammarError, OutputFormat};
+
+/// The format a request asks for, with the parameter that asked; at most one may.
+pub fn output_format(f: &SamplingFields) -> Result<Option<(&'static str, OutputFormat)>, ApiError> {
+    let mut asked = Vec::new();
+    match &f.response_format {
+        None | Some(ResponseFormat::Text {}) => {}
+        Some(ResponseFormat::JsonObject {}) => asked.push((
+            "response_format",
+            OutputFormat::JsonSchema(serde_json::json!({"type": "object"})),
+        )),
+        Some(ResponseFormat::JsonSchema { json_schema }) => asked.push((
+            "response_format",
+            OutputFormat::JsonSchema(json_schema.schema.clone().unwrap_or(serde_json::json!({}))),
+        )),
+    }
+    if let Some(schema) = &f.guided_json {
+        asked.push(("guided_json", OutputFormat::JsonSchema(schema.clone())));
+    }
+    if let Some(rx) = &f.guided_regex {
+        asked.push(("guided_regex", OutputFormat::Regex(rx.clone())));
+    }
+    if let Some(choices) = &f.guided_choice {
+        asked.push(("guided_choice", OutputFormat::Choice(choices.clone())));
+    }
+    if asked.len() > 1 {
+        let names: Vec<&str> = asked.iter().map(|(p, _)| *p).collect();
+        return Err(ApiError::invalid(
+            asked[1].0,
+            format!(
+                "only one output format may be given, got {}",
+                names.join(" and ")
+            ),
+        ));
+    }
+    Ok(asked.pop())
+}
+
+/// The compiled grammar of the format `f` asks for, if any.
+pub async fn grammar(state: &AppState, f: &SamplingFields) -> Result<Option<Grammar>, ApiError> {
+    let Some((param, format)) = output_format(f)? else {
+        return Ok(None);
+    };
+    let grammars = state.model.grammars.clone();
+    let compiled = tokio::task::spawn_blocking(move || grammars.compile(&format))
+        .await
+        .map_err(|e| ApiError::internal(format!("compiling the output format failed: {e}")))?;
+    match compiled {
+        Ok(g) => Ok(Some(g)),
+        Err(GrammarError::Invalid(why)) => Err(ApiError::invalid(
+            param,
+            format!("'{param}' cannot be used: {why}"),
+        )),
+        Err(e @ GrammarError::Tokenizer(_)) => Err(ApiError::invalid(param, e.to_string())),
+    }
+}
