@@ -7,6 +7,7 @@ example (target/release/lowbit-chat) and installs the Node one (scripts/sdk-env.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,3 +96,27 @@ def test_example_api_key(keyed_server, name):
     r = run_example(name, keyed_server.url)
     assert r.returncode != 0
     assert ANSWER not in r.stdout
+
+
+STRUCTURED = {
+    "python": [sys.executable, str(EXAMPLES / "python" / "structured.py")],
+    "node": ["node", str(EXAMPLES / "node" / "structured.mjs")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_structured_output_examples_print_a_valid_person(server, name):
+    """Each SDK's structured-output example prints the person the schema describes: the same
+    object from both (the same schema, greedy), with the facts of the prompt in it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOWBIT_")}
+    env["LOWBIT_URL"] = server.url
+    r = subprocess.run(
+        STRUCTURED[name], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert r.returncode == 0, r.stderr
+    person = json.loads(r.stdout)
+    assert set(person) == {"name", "age", "pets"}, person
+    assert person["name"] == "Alice" and person["age"] == 30, person
+    assert {"kind": "cat", "name": "Tom"} in person["pets"], person
+    for pet in person["pets"]:
+        assert set(pet) == {"kind", "name"} and pet["kind"] in ("cat", "dog", "fish"), person

@@ -6,10 +6,13 @@ must be the CPU server's, streaming and not: the engine and the API are the same
 backend differs, and the two backends compute the same int8 products. Logprobs the GPU computes
 where the logits live (gpu/src/logprobs.rs) must be the ones the host computes from the GPU's
 whole rows (the CPU's logits differ by more: a rounding flip in an int8 activation spreads);
-so must a prompt's, computed with each next prompt token given.
+so must a prompt's, computed with each next prompt token given. A structured output (a JSON
+schema's grammar masking the GPU's rows on the host) must be the CPU server's too.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from openai import OpenAI
@@ -106,6 +109,32 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
     ).choices[0].logprobs
     assert generated.tokens == on_gpu.tokens[-1:]
     assert abs(generated.token_logprobs[0] - on_gpu.token_logprobs[-1]) < 1e-4
+
+    # Structured output: the grammar's mask is applied on the host over the GPU's whole rows,
+    # and the constrained greedy answer is the CPU server's.
+    structured = dict(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=12,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {
+                "name": "sum",
+                "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "integer"}},
+                    "required": ["answer"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+    )
+    on_gpu = client.chat.completions.create(**structured).choices[0]
+    on_cpu = client_for(cpu).chat.completions.create(**structured).choices[0]
+    assert on_gpu.finish_reason == "stop", on_gpu.message.content
+    assert on_gpu.message.content == on_cpu.message.content
+    assert set(json.loads(on_gpu.message.content)) == {"answer"}
 
     metrics = gpu.metrics()
     assert metrics["lowbit:num_requests_running"] == 0
