@@ -56,6 +56,10 @@ pub struct BenchServeArgs {
     /// Scoring requests (prompt log-probabilities) instead of chats.
     #[arg(long)]
     score: bool,
+    /// Structured outputs: every chat asks for JSON valid under the JSON schema in this file
+    /// (`response_format: json_schema`); a reply that does not parse counts as an error.
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<std::path::PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -72,6 +76,9 @@ struct Sample {
     usage_tokens: Option<usize>,
     /// Prompt tokens scored (`--score`).
     scored_tokens: usize,
+    /// The reply's text and whether it ended with `finish_reason: stop`.
+    text: String,
+    stopped: bool,
     error: Option<String>,
 }
 
@@ -183,6 +190,16 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
             words(0, args.shared_prefix_tokens)
         )
     });
+    let response_format = match &args.json_schema {
+        None => Value::Null,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let schema: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            json!({"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}})
+        }
+    };
     let mut levels = Vec::new();
     let mut next_seed = 1usize;
     for &c in &args.concurrency {
@@ -194,13 +211,14 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
         let start = Instant::now();
         let mut workers = Vec::new();
         for _ in 0..c {
-            let (client, counter, base, model, auth, system) = (
+            let (client, counter, base, model, auth, system, response_format) = (
                 client.clone(),
                 counter.clone(),
                 base.clone(),
                 model.clone(),
                 auth.clone(),
                 system.clone(),
+                response_format.clone(),
             );
             let (prompt_tokens, max_tokens, seed0, temperature, score) = (
                 args.prompt_tokens,
@@ -238,7 +256,7 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                         messages.push(json!({"role": "system", "content": s}));
                     }
                     messages.push(json!({"role": "user", "content": format!("Tell a story about{}", words(seed0 + i, prompt_tokens))}));
-                    let body = json!({
+                    let mut body = json!({
                         "model": model,
                         "messages": messages,
                         "max_tokens": max_tokens,
@@ -249,7 +267,20 @@ async fn run_async(args: BenchServeArgs) -> Result<()> {
                         // tokens, or none while a character or stop string is held back).
                         "stream_options": {"include_usage": true},
                     });
-                    samples.push(one(&client, &base, auth.as_deref(), &body).await);
+                    if response_format.is_null() {
+                        samples.push(one(&client, &base, auth.as_deref(), &body).await);
+                        continue;
+                    }
+                    body["response_format"] = response_format.clone();
+                    let mut sample = one(&client, &base, auth.as_deref(), &body).await;
+                    // A complete structured reply must parse (one cut by max_tokens cannot).
+                    if sample.error.is_none()
+                        && sample.stopped
+                        && serde_json::from_str::<Value>(&sample.text).is_err()
+                    {
+                        sample.error = Some(format!("the reply is not JSON: {}", sample.text));
+                    }
+                    samples.push(sample);
                 }
             }));
         }
@@ -436,10 +467,12 @@ async fn one(client: &reqwest::Client, base: &str, auth: Option<&str>, body: &Va
             if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
                 sample.usage_tokens = Some(n as usize);
             }
-            let has_content = v["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty());
-            if has_content {
+            if v["choices"][0]["finish_reason"] == "stop" {
+                sample.stopped = true;
+            }
+            let content = v["choices"][0]["delta"]["content"].as_str();
+            sample.text.push_str(content.unwrap_or(""));
+            if content.is_some_and(|c| !c.is_empty()) {
                 let now = Instant::now();
                 match last {
                     None => sample.ttft = Some((now - start).as_secs_f64()),
