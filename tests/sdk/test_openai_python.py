@@ -790,7 +790,10 @@ def test_api_keys(keyed_server):
         ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
+            "response_format",
+        ),
         ({"extra_body": {"no_such_field": 1}}, "no_such_field"),
     ],
 )
