@@ -71,7 +71,8 @@ async fn every_bad_chat_request_gets_its_envelope_and_nothing_else_changes() {
     post(chat(json!({"messages": [{"role": "user", "content": 5}]})))
         .await
         .assert_error(400, BAD, Some("messages[0].content"), None);
-    for param in ["tools", "tool_choice", "functions", "parallel_tool_calls"] {
+    // The legacy names of tools (tools' own errors: tests/structured_outputs.rs).
+    for param in ["functions", "function_call"] {
         post(chat(json!({ param: [] }))).await.assert_error(
             400,
             BAD,
@@ -87,13 +88,13 @@ async fn every_bad_chat_request_gets_its_envelope_and_nothing_else_changes() {
         .await
         .assert_error(400, BAD, Some("messages[0].content[0].type"), Some("unsupported_parameter"));
     post(chat(
-        json!({"messages": [{"role": "assistant", "content": "x", "tool_calls": []}]}),
+        json!({"messages": [{"role": "assistant", "content": "x", "function_call": {}}]}),
     ))
     .await
     .assert_error(
         400,
         BAD,
-        Some("messages[0].tool_calls"),
+        Some("messages[0].function_call"),
         Some("unsupported_parameter"),
     );
     post(chat(json!({"frobnicate": true}))).await.assert_error(

@@ -1,7 +1,8 @@
 //! Structured outputs through the HTTP API on the real default model: `response_format`
 //! (`json_object`, `json_schema`) in chat and completions, vLLM's `guided_json`,
-//! `guided_regex` and `guided_choice`, streamed and not, with `n` choices; and every bad
-//! format a 400 naming its parameter.
+//! `guided_regex` and `guided_choice`, streamed and not, with `n` choices; tool calling (every
+//! `tool_choice`, streamed, a round trip); and every bad format or tool a 400 naming its
+//! parameter.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
@@ -212,4 +213,207 @@ async fn bad_formats_are_400s_that_name_their_parameter() {
     // Nothing leaked: every block back once the requests are done.
     let m = send(&app, "GET", "/metrics", None, None).await.text;
     assert!(m.contains("lowbit:num_requests_running 0"), "{m}");
+}
+
+/// A weather and a clock tool.
+fn tools() -> Value {
+    let city = json!({"type": "string", "maxLength": 20});
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": city, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Current time in a city",
+            "parameters": {"type": "object", "properties": {"city": city}, "required": ["city"], "additionalProperties": false}}}
+    ])
+}
+
+/// The calls of a reply that made some: (name, arguments parsed), each checked against its
+/// tool's parameters, with an id `call_…` and type `function`.
+fn calls_of(choice: &Value) -> Vec<(String, Value)> {
+    assert_eq!(choice["finish_reason"], "tool_calls", "{choice}");
+    assert!(choice["message"]["content"].is_null(), "{choice}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    calls
+        .iter()
+        .map(|c| {
+            assert!(c["id"].as_str().unwrap().starts_with("call_"), "{c}");
+            assert_eq!(c["type"], "function");
+            let name = c["function"]["name"].as_str().unwrap().to_string();
+            let args: Value =
+                serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+            let keys: Vec<&str> = args
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            match name.as_str() {
+                "get_weather" => {
+                    assert_eq!(keys, ["city", "unit"], "{args}");
+                    assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()));
+                }
+                "get_time" => assert_eq!(keys, ["city"], "{args}"),
+                other => panic!("no tool {other}"),
+            }
+            (name, args)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tool_calls_follow_their_tools_in_openai_shapes() {
+    let app = start(&[]).await;
+    let ask = json!({"role": "user", "content": "What is the weather in Paris?"});
+    let asking = |extra: Value| {
+        let mut v = json!({"messages": [ask], "tools": tools(), "max_tokens": 60, "parallel_tool_calls": false});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        chat(v)
+    };
+    // `required`, one call at most: the weather, in Paris.
+    let r = post(
+        &app,
+        "/v1/chat/completions",
+        asking(json!({"tool_choice": "required"})),
+    )
+    .await;
+    let calls = calls_of(&r["choices"][0]);
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, "get_weather");
+    assert_eq!(calls[0].1["city"], "Paris");
+    // `auto` (the default) chooses the same call here; a named function is called whatever
+    // the question.
+    let r = post(&app, "/v1/chat/completions", asking(json!({}))).await;
+    assert_eq!(calls_of(&r["choices"][0]), calls);
+    let named = json!({"tool_choice": {"type": "function", "function": {"name": "get_time"}}});
+    let r = post(&app, "/v1/chat/completions", asking(named)).await;
+    assert_eq!(calls_of(&r["choices"][0])[0].0, "get_time");
+    // `none`: a plain reply, no grammar.
+    let r = post(
+        &app,
+        "/v1/chat/completions",
+        asking(json!({"tool_choice": "none"})),
+    )
+    .await;
+    assert!(
+        r["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.starts_with('{')),
+        "{r}"
+    );
+    assert!(r["choices"][0]["message"].get("tool_calls").is_none());
+
+    // Streamed: one delta per call, then the finish; the same call as unstreamed.
+    let streamed = send(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(&asking(json!({"tool_choice": "required", "stream": true}))),
+        None,
+    )
+    .await;
+    let chunks: Vec<Value> = streamed
+        .text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert_eq!(deltas.len(), 1, "{}", streamed.text);
+    assert_eq!(deltas[0][0]["index"], 0);
+    assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(deltas[0][0]["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, calls[0].1);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+
+    // A round trip: the call and its result in the history; the reply is well formed, an
+    // answer or more calls.
+    let history = json!([ask,
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"}]);
+    let r = post(
+        &app,
+        "/v1/chat/completions",
+        asking(json!({"messages": history})),
+    )
+    .await;
+    let c = &r["choices"][0];
+    if c["finish_reason"] == "tool_calls" {
+        calls_of(c);
+    } else {
+        assert_eq!(c["finish_reason"], "stop", "{c}");
+        assert!(c["message"]["content"].is_string(), "{c}");
+    }
+    let m = send(&app, "GET", "/metrics", None, None).await.text;
+    assert!(m.contains("lowbit:num_requests_running 0"), "{m}");
+}
+
+#[tokio::test]
+async fn bad_tools_are_400s_that_name_their_parameter() {
+    let app = start(&[]).await;
+    let error = |extra: Value| {
+        let app = &app;
+        async move {
+            send(
+                app,
+                "POST",
+                "/v1/chat/completions",
+                Some(&chat(extra)),
+                None,
+            )
+            .await
+        }
+    };
+    let one = |f: Value| json!({"tools": [{"type": "function", "function": f}]});
+    let mut twice = tools();
+    twice[1]["function"]["name"] = json!("get_weather");
+    let user_calls = json!([{"role": "user", "content": "x", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]);
+    let no_id = json!([{"role": "user", "content": "x"}, {"role": "tool", "content": "18"}]);
+    for (bad, param) in [
+        (
+            one(json!({"name": "get weather"})),
+            "tools[0].function.name",
+        ),
+        (one(json!({"name": ""})), "tools[0].function.name"),
+        (json!({ "tools": twice }), "tools[1].function.name"),
+        (
+            json!({"tools": [{"type": "retrieval", "function": {"name": "f"}}]}),
+            "tools[0].type",
+        ),
+        (
+            one(json!({"name": "f", "parameters": 5})),
+            "tools[0].function.parameters",
+        ),
+        (
+            one(json!({"name": "f", "parameters": {"type": "nope"}})),
+            "tools",
+        ),
+        (
+            json!({"tools": tools(), "tool_choice": "sometimes"}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (
+            json!({"tools": tools(), "response_format": {"type": "json_object"}}),
+            "tools",
+        ),
+        (json!({ "messages": user_calls }), "messages[0].tool_calls"),
+        (json!({ "messages": no_id }), "messages[1].tool_call_id"),
+    ] {
+        error(bad).await.assert_error(400, BAD, Some(param), None);
+    }
 }

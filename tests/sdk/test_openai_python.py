@@ -789,7 +789,7 @@ def test_api_keys(keyed_server):
         ({"n": 17}, "n"),
         ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f g"}}]}, "tools[0].function.name"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}},
             "response_format",

@@ -4,14 +4,15 @@ use super::error::ApiError;
 use super::generation::{self, Choice};
 use super::openai::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
-    ChunkChoice, Delta, MessageContent, RequestMessage, ResponseMessage, TokenLogprob, TopLogprob,
-    UsageBody,
+    ChunkChoice, Delta, DeltaToolCall, MessageContent, RequestMessage, ResponseMessage,
+    ResponseToolCall, TokenLogprob, TopLogprob, UsageBody,
 };
 use super::params::{self, CHAT_FIELDS, MAX_TOP_LOGPROBS};
 use super::structured;
+use super::tools::{self, Reply, ToolUse};
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
-use crate::engine::Event;
+use crate::engine::{Event, FinishReason};
 use crate::model::{ChatMessage, Tokenizer};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -54,6 +55,27 @@ fn chat_logprobs(tokenizer: &Tokenizer, lps: &[TokenLogprobs]) -> ChatLogprobs {
     }
 }
 
+/// A choice's message and finish reason: with tools, a complete reply read as tool calls
+/// (content null, finish `tool_calls`) or as the answer it holds.
+fn reply(
+    tools: bool,
+    text: String,
+    finish: Option<FinishReason>,
+) -> (
+    Option<String>,
+    Option<Vec<ResponseToolCall>>,
+    Option<&'static str>,
+) {
+    let reason = finish.map(FinishReason::as_str);
+    if !tools || finish != Some(FinishReason::Stop) {
+        return (Some(text), None, reason);
+    }
+    match tools::read_reply(&text) {
+        Reply::Calls(calls) => (None, Some(calls), Some("tool_calls")),
+        Reply::Text(answer) => (Some(answer), None, reason),
+    }
+}
+
 /// The messages as the template sees them.
 fn messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
@@ -68,13 +90,15 @@ fn messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
             "system" | "user" | "assistant" => m.role.as_str(),
             // OpenAI's newer name for the system role.
             "developer" => "system",
-            "tool" | "function" => {
+            // A tool's result is a user turn (tools.rs): every template has one.
+            "tool" => "user",
+            "function" => {
                 return Err(ApiError::unsupported(&format!("messages[{i}].role")));
             }
             other => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
-                    format!("unknown role '{other}' (system, developer, user, assistant)"),
+                    format!("unknown role '{other}' (system, developer, user, assistant, tool)"),
                 ))
             }
         };
@@ -103,15 +127,72 @@ fn messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
                 text
             }
         };
+        let content = tool_turn(i, m, content)?;
         out.push(ChatMessage::new(role, &content));
     }
     Ok(out)
 }
 
+/// A message's text with its tool calls or its tool result written as the model writes and
+/// reads them (tools.rs).
+fn tool_turn(i: usize, m: &RequestMessage, content: String) -> Result<String, ApiError> {
+    if m.role == "tool" {
+        let Some(id) = &m.tool_call_id else {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                "a tool message needs 'tool_call_id'",
+            ));
+        };
+        return Ok(tools::result_as_text(id, m.name.as_deref(), &content));
+    }
+    if m.tool_call_id.is_some() {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_call_id"),
+            "only tool messages answer a tool call",
+        ));
+    }
+    let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) else {
+        return Ok(content);
+    };
+    if m.role != "assistant" {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_calls"),
+            "only assistant messages call tools",
+        ));
+    }
+    if let Some(j) = calls.iter().position(|c| c.kind != "function") {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].tool_calls[{j}].type"),
+            "only 'function' tool calls",
+        ));
+    }
+    let calls: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
+        .collect();
+    let written = tools::calls_as_text(&calls);
+    Ok(if content.is_empty() {
+        written
+    } else {
+        format!("{content}\n{written}")
+    })
+}
+
 /// The token ids of a conversation: messages checked, the model's chat template rendered with
 /// the assistant's turn opened, the text tokenized (the template writes its own special tokens).
-pub fn chat_prompt(state: &AppState, msgs: &[RequestMessage]) -> Result<Vec<u32>, ApiError> {
-    let msgs = messages(msgs)?;
+/// With `tools`, the system message describes them and the reply's format.
+pub fn chat_prompt(
+    state: &AppState,
+    msgs: &[RequestMessage],
+    tools: Option<&ToolUse>,
+) -> Result<Vec<u32>, ApiError> {
+    let mut msgs = messages(msgs)?;
+    if let Some(t) = tools {
+        match msgs.first_mut().filter(|m| m.role == "system") {
+            Some(system) => system.content = format!("{}\n\n{}", system.content, t.instructions()),
+            None => msgs.insert(0, ChatMessage::new("system", &t.instructions())),
+        }
+    }
     let Some(template) = &state.model.template else {
         return Err(ApiError::bad_request(
             "this model has no chat template: use /v1/completions",
@@ -157,7 +238,12 @@ pub async fn create(
         (true, k) => Some(k.unwrap_or(0) as usize),
         (false, None) => None,
     };
-    let prompt = chat_prompt(&state, &req.messages)?;
+    let tool_use = ToolUse::from_request(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    let prompt = chat_prompt(&state, &req.messages, tool_use.as_ref())?;
     let limit = state.engine.max_model_len();
     let default_max = limit.saturating_sub(prompt.len()).max(1);
     let max_tokens = match req.max_completion_tokens {
@@ -168,7 +254,19 @@ pub async fn create(
         )?,
         None => params::max_tokens("max_tokens", req.max_tokens, default_max)?,
     };
-    let grammar = structured::grammar(&state, &req.sampling).await?;
+    let grammar = match &tool_use {
+        Some(t) => {
+            if structured::output_format(&req.sampling)?.is_some() {
+                return Err(ApiError::invalid(
+                    "tools",
+                    "tools cannot be combined with response_format or guided_* yet",
+                ));
+            }
+            Some(structured::compile(&state, "tools", t.output_format()).await?)
+        }
+        None => structured::grammar(&state, &req.sampling).await?,
+    };
+    let tools = tool_use.is_some();
     let id = request_id(&headers);
     let n = settings.n;
     let mut gen = params::request(
@@ -189,14 +287,18 @@ pub async fn create(
         let choices = choices
             .into_iter()
             .enumerate()
-            .map(|(index, c): (usize, Choice)| ChatChoice {
-                index,
-                logprobs: top.map(|_| chat_logprobs(tokenizer, &c.logprobs)),
-                message: ResponseMessage {
-                    role: "assistant",
-                    content: c.text,
-                },
-                finish_reason: c.finish.map(|f| f.as_str()),
+            .map(|(index, c): (usize, Choice)| {
+                let (content, tool_calls, finish_reason) = reply(tools, c.text, c.finish);
+                ChatChoice {
+                    index,
+                    logprobs: top.map(|_| chat_logprobs(tokenizer, &c.logprobs)),
+                    message: ResponseMessage {
+                        role: "assistant",
+                        content,
+                        tool_calls,
+                    },
+                    finish_reason,
+                }
             })
             .collect();
         return Ok(Json(ChatCompletion {
@@ -234,12 +336,15 @@ pub async fn create(
             let delta = Delta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                tool_calls: None,
             };
             if !tx.json(&chunk(one(index, delta, None, None), None)) {
                 return;
             }
         }
         let tokenizer = &state.model.tokenizer;
+        // With tools a reply is read whole (tool calls or an answer) and sent as it ends.
+        let mut held: Vec<(String, Vec<TokenLogprobs>)> = vec![Default::default(); n];
         while let Some((_, e)) = events.next().await {
             let sent = match e {
                 Event::Token {
@@ -248,13 +353,19 @@ pub async fn create(
                     logprobs,
                     ..
                 } => {
+                    if tools {
+                        let h = &mut held[choice];
+                        h.0.push_str(&text);
+                        h.1.extend(logprobs);
+                        continue;
+                    }
                     if text.is_empty() && logprobs.is_none() {
                         continue;
                     }
                     let lp = logprobs.map(|lp| chat_logprobs(tokenizer, &[lp]));
                     let delta = Delta {
-                        role: None,
                         content: Some(text),
+                        ..Delta::default()
                     };
                     tx.json(&chunk(one(choice, delta, lp, None), None))
                 }
@@ -263,15 +374,39 @@ pub async fn create(
                     reason,
                     text,
                 } => {
-                    if !text.is_empty() {
+                    let mut finish = reason.as_str();
+                    if tools {
+                        let (mut whole, lps) = std::mem::take(&mut held[choice]);
+                        whole.push_str(&text);
+                        let lp = top.map(|_| chat_logprobs(tokenizer, &lps));
+                        let (content, calls, why) = reply(true, whole, Some(reason));
+                        finish = why.unwrap_or(finish);
                         let delta = Delta {
-                            role: None,
+                            content,
+                            tool_calls: calls.map(|calls| {
+                                calls
+                                    .into_iter()
+                                    .enumerate()
+                                    .map(|(index, c)| DeltaToolCall {
+                                        index,
+                                        id: c.id,
+                                        kind: c.kind,
+                                        function: c.function,
+                                    })
+                                    .collect()
+                            }),
+                            ..Delta::default()
+                        };
+                        tx.json(&chunk(one(choice, delta, lp, None), None));
+                    } else if !text.is_empty() {
+                        let delta = Delta {
                             content: Some(text),
+                            ..Delta::default()
                         };
                         tx.json(&chunk(one(choice, delta, None, None), None));
                     }
                     tx.json(&chunk(
-                        one(choice, Delta::default(), None, Some(reason.as_str())),
+                        one(choice, Delta::default(), None, Some(finish)),
                         None,
                     ))
                 }

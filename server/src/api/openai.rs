@@ -127,10 +127,79 @@ pub enum MessageContent {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestMessage {
-    /// `system`, `developer`, `user` or `assistant`.
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
     pub role: String,
     pub content: Option<MessageContent>,
     pub name: Option<String>,
+    /// An assistant turn's calls of tools.
+    pub tool_calls: Option<Vec<RequestToolCall>>,
+    /// A `tool` turn: the call it answers.
+    pub tool_call_id: Option<String>,
+}
+
+/// A tool call of an earlier assistant turn.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestToolCall {
+    pub id: String,
+    /// Only `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionCall,
+}
+
+/// A function call: its name and its arguments as a JSON text.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// `tools[]`: a function the model may call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// Only `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: FunctionDef,
+}
+
+/// A function's name, description and parameters (a JSON schema).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDef {
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = Object)]
+    pub parameters: Option<serde_json::Value>,
+    /// Accepted: the arguments always follow the parameters' schema.
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or one function.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+/// `tool_choice: {"type": "function", "function": {"name"}}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: NamedFunction,
+}
+
+/// The function `tool_choice` names.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NamedFunction {
+    pub name: String,
 }
 
 /// `POST /v1/chat/completions` (unknown fields are rejected by `params::parse_body`: serde
@@ -150,6 +219,11 @@ pub struct ChatCompletionRequest {
     /// Alternatives per token, with `logprobs: true`.
     #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
+    /// Functions the model may call (tool calling: `api/tools.rs`).
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoice>,
+    /// Several calls in one reply (default true).
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -237,11 +311,35 @@ pub struct ChatLogprobs {
     pub content: Vec<TokenLogprob>,
 }
 
-/// The assistant's message.
+/// The assistant's message: its text, or (`content` null) its calls of tools.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ResponseMessage {
     pub role: &'static str,
-    pub content: String,
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ResponseToolCall>>,
+}
+
+/// A call of a tool the model made.
+#[derive(Debug, Clone, Serialize, PartialEq, ToSchema)]
+pub struct ResponseToolCall {
+    /// `call_…`, for the `tool` message that answers it.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+/// A tool call in a stream: `index` among the choice's calls; the id, type and name come with
+/// its first delta.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeltaToolCall {
+    pub index: usize,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
 }
 
 /// One choice of a chat completion.
@@ -272,6 +370,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<DeltaToolCall>>,
 }
 
 /// One choice of a chat chunk.

@@ -9,11 +9,9 @@ use std::time::Instant;
 
 /// OpenAI parameters lowbit does not implement: a 400 that names them.
 const UNSUPPORTED: &[&str] = &[
-    "tools",
-    "tool_choice",
+    // The legacy names of tools.
     "functions",
     "function_call",
-    "parallel_tool_calls",
     "audio",
     "modalities",
     "prediction",
@@ -25,14 +23,8 @@ const UNSUPPORTED: &[&str] = &[
     "service_tier",
 ];
 
-/// Fields of nested objects lowbit does not implement (tool calls in messages).
-const NESTED_UNSUPPORTED: &[&str] = &[
-    "tool_calls",
-    "tool_call_id",
-    "function_call",
-    "audio",
-    "refusal",
-];
+/// Fields of nested objects lowbit does not implement (legacy function calls in messages).
+const NESTED_UNSUPPORTED: &[&str] = &["function_call", "audio", "refusal"];
 
 /// Fields both endpoints accept (see [`SamplingFields`]).
 const SHARED_FIELDS: &[&str] = &[
@@ -66,6 +58,9 @@ pub const CHAT_FIELDS: &[&str] = &[
     "max_completion_tokens",
     "logprobs",
     "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 ];
 
 /// Completions' own fields.

@@ -47,15 +47,24 @@ pub fn output_format(f: &SamplingFields) -> Result<Option<(&'static str, OutputF
 
 /// The compiled grammar of the format `f` asks for, if any.
 pub async fn grammar(state: &AppState, f: &SamplingFields) -> Result<Option<Grammar>, ApiError> {
-    let Some((param, format)) = output_format(f)? else {
-        return Ok(None);
-    };
+    match output_format(f)? {
+        Some((param, format)) => compile(state, param, format).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `format` compiled; an error is a 400 naming `param`.
+pub async fn compile(
+    state: &AppState,
+    param: &'static str,
+    format: OutputFormat,
+) -> Result<Grammar, ApiError> {
     let grammars = state.model.grammars.clone();
     let compiled = tokio::task::spawn_blocking(move || grammars.compile(&format))
         .await
         .map_err(|e| ApiError::internal(format!("compiling the output format failed: {e}")))?;
     match compiled {
-        Ok(g) => Ok(Some(g)),
+        Ok(g) => Ok(g),
         Err(GrammarError::Invalid(why)) => Err(ApiError::invalid(
             param,
             format!("'{param}' cannot be used: {why}"),

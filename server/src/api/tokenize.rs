@@ -29,7 +29,7 @@ pub async fn tokenize(
         (Some(p), None) => tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-        (None, Some(messages)) => super::chat::chat_prompt(&state, messages)?,
+        (None, Some(messages)) => super::chat::chat_prompt(&state, messages, None)?,
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of 'prompt' and 'messages'",

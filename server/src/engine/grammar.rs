@@ -139,8 +139,8 @@ impl Grammars {
         // Ids without text (gaps, padding) become special tokens no grammar allows.
         for (id, b) in bytes.iter_mut().enumerate() {
             if b.is_empty() {
-                *b = format!("\u{ff}<[{id}]>").into_bytes();
-                b[0] = TokTrie::SPECIAL_TOKEN_MARKER;
+                b.push(TokTrie::SPECIAL_TOKEN_MARKER);
+                b.extend_from_slice(format!("<[{id}]>").as_bytes());
             }
         }
         let info = TokRxInfo::new(bytes.len() as u32, first_eos);

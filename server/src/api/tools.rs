@@ -1,0 +1,379 @@
+//! Tool calling (`tools`, `tool_choice`) in one format for every model, as llama.cpp's generic
+//! handler does for templates without native tool support: the tools are described in the
+//! system message, and the reply is constrained (structured outputs, `engine/grammar.rs`) to
+//! one JSON object, `{"tool_calls": [{"name", "arguments"}, …]}` or, where `tool_choice` is
+//! `auto`, `{"response": "…"}`. The object is then turned into OpenAI's `tool_calls` (finish
+//! `tool_calls`) or into the message's content. Earlier turns (assistant `tool_calls`, `tool`
+//! results) are written back into the conversation in the same format.
+//!
+//! Why not each model's own syntax (Hermes `<tool_call>` tags, Llama 3.1's `ipython` role…):
+//! one grammar-checked format works with every template, small models included (SmolLM2's
+//! template has no tools at all), and the arguments always parse against their schema.
+
+use super::error::ApiError;
+use super::openai::{FunctionCall, ResponseToolCall, Tool, ToolChoice};
+use crate::engine::grammar::OutputFormat;
+use serde_json::{json, Value};
+
+/// What the reply must be, from `tool_choice`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolMode {
+    /// A tool call or an answer.
+    Auto,
+    /// One or more tool calls.
+    Required,
+}
+
+/// The tools of a request, checked, with what its reply may be.
+#[derive(Debug, Clone)]
+pub struct ToolUse {
+    tools: Vec<Tool>,
+    mode: ToolMode,
+    /// Several calls in one reply (`parallel_tool_calls`, default true).
+    parallel: bool,
+}
+
+/// OpenAI's rule for function names.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl ToolUse {
+    /// The tool use `tools`, `tool_choice` and `parallel_tool_calls` ask for: `None` when the
+    /// reply is plain text (no tools, or `tool_choice: "none"`).
+    pub fn from_request(
+        tools: Option<&[Tool]>,
+        choice: Option<&ToolChoice>,
+        parallel: Option<bool>,
+    ) -> Result<Option<Self>, ApiError> {
+        let tools = tools.unwrap_or_default();
+        for (i, t) in tools.iter().enumerate() {
+            if t.kind != "function" {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].type"),
+                    format!("tool type '{}' is not supported (only 'function')", t.kind),
+                ));
+            }
+            if !valid_name(&t.function.name) {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.name"),
+                    "a function name is 1 to 64 letters, digits, '_' or '-'",
+                ));
+            }
+            if tools[..i]
+                .iter()
+                .any(|u| u.function.name == t.function.name)
+            {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.name"),
+                    format!("two tools are named '{}'", t.function.name),
+                ));
+            }
+            if t.function
+                .parameters
+                .as_ref()
+                .is_some_and(|p| !p.is_object())
+            {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.parameters"),
+                    "'parameters' must be a JSON schema object",
+                ));
+            }
+        }
+        let (mode, only) = match choice {
+            None if tools.is_empty() => return Ok(None),
+            None => (ToolMode::Auto, None),
+            Some(ToolChoice::Mode(m)) => match m.as_str() {
+                "none" => return Ok(None),
+                "auto" => (ToolMode::Auto, None),
+                "required" => (ToolMode::Required, None),
+                other => {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!(
+                            "unknown tool_choice '{other}' (none, auto, required, or a function)"
+                        ),
+                    ))
+                }
+            },
+            Some(ToolChoice::Named(n)) => (ToolMode::Required, Some(n.function.name.as_str())),
+        };
+        if tools.is_empty() {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "'tool_choice' needs 'tools'",
+            ));
+        }
+        let tools: Vec<Tool> = match only {
+            None => tools.to_vec(),
+            Some(name) => {
+                let named: Vec<Tool> = tools
+                    .iter()
+                    .filter(|t| t.function.name == name)
+                    .cloned()
+                    .collect();
+                if named.is_empty() {
+                    return Err(ApiError::invalid(
+                        "tool_choice",
+                        format!("'tool_choice' names '{name}', which is not among the tools"),
+                    ));
+                }
+                named
+            }
+        };
+        Ok(Some(Self {
+            tools,
+            mode,
+            parallel: parallel.unwrap_or(true),
+        }))
+    }
+
+    /// The JSON schema the reply is constrained to.
+    pub fn output_format(&self) -> OutputFormat {
+        let calls: Vec<Value> = self
+            .tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": t.function.name},
+                        "arguments": t.function.parameters.clone().unwrap_or(json!({"type": "object"})),
+                    },
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+        if !self.parallel {
+            list["maxItems"] = json!(1);
+        }
+        let call = json!({
+            "type": "object",
+            "properties": {"tool_calls": list},
+            "required": ["tool_calls"],
+            "additionalProperties": false,
+        });
+        OutputFormat::JsonSchema(match self.mode {
+            ToolMode::Required => call,
+            ToolMode::Auto => json!({"anyOf": [call, {
+                "type": "object",
+                "properties": {"response": {"type": "string"}},
+                "required": ["response"],
+                "additionalProperties": false,
+            }]}),
+        })
+    }
+
+    /// What the system message says of the tools and of the reply's format.
+    pub fn instructions(&self) -> String {
+        let listed: Vec<Value> = self
+            .tools
+            .iter()
+            .map(|t| {
+                json!({
+                    "name": t.function.name,
+                    "description": t.function.description.clone().unwrap_or_default(),
+                    "parameters": t.function.parameters.clone().unwrap_or(json!({"type": "object"})),
+                })
+            })
+            .collect();
+        let tools = serde_json::to_string_pretty(&listed).unwrap_or_default();
+        let call =
+            r#"{"tool_calls": [{"name": "<tool name>", "arguments": {<the tool's arguments>}}]}"#;
+        let reply = match self.mode {
+            ToolMode::Required => format!("Reply with a JSON object that calls one or more of the tools: {call}"),
+            ToolMode::Auto => format!(
+                "Reply with a JSON object: either {call} to call one or more of the tools, or {{\"response\": \"<your answer>\"}} to answer directly."
+            ),
+        };
+        format!("You can call these tools:\n{tools}\n{reply}")
+    }
+}
+
+/// A reply in the tools' format turned into OpenAI's: the tool calls, or the answer's text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Calls(Vec<ResponseToolCall>),
+    Text(String),
+}
+
+/// Reads a complete reply; one that does not parse (cut by `max_tokens`) stays text as is.
+pub fn read_reply(text: &str) -> Reply {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return Reply::Text(text.to_string());
+    };
+    if let Some(answer) = v.get("response").and_then(Value::as_str) {
+        return Reply::Text(answer.to_string());
+    }
+    let Some(calls) = v.get("tool_calls").and_then(Value::as_array) else {
+        return Reply::Text(text.to_string());
+    };
+    Reply::Calls(
+        calls
+            .iter()
+            .map(|c| ResponseToolCall {
+                id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+                kind: "function",
+                function: FunctionCall {
+                    name: c["name"].as_str().unwrap_or_default().to_string(),
+                    arguments: c["arguments"].to_string(),
+                },
+            })
+            .collect(),
+    )
+}
+
+/// `v` as Python's `json.dumps` writes it (`", "`, `": "`): as the grammar makes the model
+/// write (engine/grammar.rs), so that earlier turns read like its own.
+fn dumps(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Array(items) => {
+                out.push('[');
+                for (i, x) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    write(x, out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => {
+                out.push('{');
+                for (i, (k, x)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    out.push_str(&Value::from(k.as_str()).to_string());
+                    out.push_str(": ");
+                    write(x, out);
+                }
+                out.push('}');
+            }
+            scalar => out.push_str(&scalar.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
+/// An earlier assistant turn's tool calls as the model writes them.
+pub fn calls_as_text(calls: &[(String, String)]) -> String {
+    let calls: Vec<Value> = calls
+        .iter()
+        .map(|(name, arguments)| {
+            // Arguments are a JSON string in OpenAI's API; written back as the object.
+            let arguments = serde_json::from_str::<Value>(arguments).unwrap_or(json!(arguments));
+            json!({"name": name, "arguments": arguments})
+        })
+        .collect();
+    dumps(&json!({ "tool_calls": calls }))
+}
+
+/// A tool's result as the conversation carries it (a user turn: every template has one).
+pub fn result_as_text(tool_call_id: &str, name: Option<&str>, content: &str) -> String {
+    let mut v = json!({"tool_call_id": tool_call_id, "content": content});
+    if let Some(n) = name {
+        v["name"] = json!(n);
+    }
+    dumps(&json!({ "tool_response": v }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str) -> Tool {
+        serde_json::from_value(json!({"type": "function", "function": {"name": name,
+            "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_reply_reads_as_calls_or_as_its_answer() {
+        let calls = read_reply(
+            r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]}"#,
+        );
+        let Reply::Calls(calls) = calls else {
+            panic!("{calls:?}")
+        };
+        assert_eq!(calls.len(), 2);
+        assert_eq!(
+            calls[0].function,
+            FunctionCall {
+                name: "f".into(),
+                arguments: r#"{"x":1}"#.into()
+            }
+        );
+        assert_ne!(calls[0].id, calls[1].id);
+        assert_eq!(
+            read_reply(r#"{"response": "hi \"you\""}"#),
+            Reply::Text("hi \"you\"".into())
+        );
+        // Cut short: the text as it is.
+        assert_eq!(
+            read_reply(r#"{"tool_calls": [{"na"#),
+            Reply::Text(r#"{"tool_calls": [{"na"#.into())
+        );
+    }
+
+    #[test]
+    fn earlier_turns_are_written_as_the_model_writes_them() {
+        let written = calls_as_text(&[
+            ("f".into(), r#"{"x": 1}"#.into()),
+            ("g".into(), "not json".into()),
+        ]);
+        assert_eq!(
+            written,
+            r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": "not json"}]}"#
+        );
+        let Reply::Calls(back) = read_reply(&written) else {
+            panic!()
+        };
+        assert_eq!(back[0].function.arguments, r#"{"x":1}"#);
+        assert_eq!(
+            result_as_text("call_1", None, "18 \"C\""),
+            r#"{"tool_response": {"tool_call_id": "call_1", "content": "18 \"C\""}}"#
+        );
+    }
+
+    #[test]
+    fn tool_choice_decides_the_format() {
+        let tools = [tool("f"), tool("g")];
+        let none =
+            ToolUse::from_request(Some(&tools), Some(&ToolChoice::Mode("none".into())), None);
+        assert!(none.unwrap().is_none());
+        assert!(ToolUse::from_request(None, None, None).unwrap().is_none());
+        let auto = ToolUse::from_request(Some(&tools), None, Some(false))
+            .unwrap()
+            .unwrap();
+        let OutputFormat::JsonSchema(schema) = auto.output_format() else {
+            panic!()
+        };
+        assert_eq!(schema["anyOf"][1]["required"], json!(["response"]));
+        assert_eq!(
+            schema["anyOf"][0]["properties"]["tool_calls"]["maxItems"],
+            1
+        );
+        assert!(auto.instructions().contains("\"response\""));
+        let named: ToolChoice =
+            serde_json::from_value(json!({"type": "function", "function": {"name": "g"}})).unwrap();
+        let g = ToolUse::from_request(Some(&tools), Some(&named), None)
+            .unwrap()
+            .unwrap();
+        let OutputFormat::JsonSchema(schema) = g.output_format() else {
+            panic!()
+        };
+        let items = &schema["properties"]["tool_calls"]["items"]["anyOf"];
+        assert_eq!(items.as_array().unwrap().len(), 1);
+        assert_eq!(items[0]["properties"]["name"]["const"], "g");
+        assert!(schema["properties"]["tool_calls"].get("maxItems").is_none());
+        assert!(!g.instructions().contains("\"response\""));
+    }
+}

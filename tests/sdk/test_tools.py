@@ -1,0 +1,141 @@
+"""Tool calling through the official `openai` Python SDK: `tools` with every `tool_choice`,
+strict Pydantic tools through `parse()` (`parsed_arguments`), the stream helper's assembled
+tool calls, and a round trip (the call and its `tool` result sent back). lowbit writes calls in
+one grammar-checked JSON format for every model (api/tools.rs), so even a 135M model's
+arguments always parse against their schema.
+"""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from openai import OpenAI
+from pydantic import BaseModel, Field
+from typing import Literal
+
+from conftest import MODEL
+
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+class GetWeather(BaseModel):
+    """Current weather in a city."""
+
+    city: str = Field(max_length=20)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class GetTime(BaseModel):
+    """Current time in a city."""
+
+    city: str = Field(max_length=20)
+
+
+TOOLS = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(GetTime)]
+
+
+@pytest.fixture(scope="module")
+def client(server) -> OpenAI:
+    return OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_required_tool_call_parses_into_its_model(client):
+    r = client.chat.completions.parse(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=60,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "GetWeather"
+    assert call.function.parsed_arguments == GetWeather(city="Paris", unit="celsius")
+
+
+def test_named_and_none_choices(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, temperature=0, max_tokens=60,
+        tool_choice={"type": "function", "function": {"name": "GetTime"}}, parallel_tool_calls=False,
+    )
+    [call] = r.choices[0].message.tool_calls
+    assert call.function.name == "GetTime"
+    GetTime.model_validate_json(call.function.arguments)
+    plain = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="none", temperature=0, max_tokens=20
+    )
+    assert plain.choices[0].message.tool_calls is None
+    assert plain.choices[0].message.content
+
+
+def test_sampled_parallel_calls_all_parse(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+        temperature=1.0, seed=5, n=3, max_tokens=160,
+    )
+    for c in r.choices:
+        if c.finish_reason == "length":
+            continue  # a small model may keep adding calls until max_tokens
+        assert c.finish_reason == "tool_calls"
+        assert c.message.tool_calls
+        for call in c.message.tool_calls:
+            model = {"GetWeather": GetWeather, "GetTime": GetTime}[call.function.name]
+            model.model_validate_json(call.function.arguments)
+
+
+def test_stream_helper_assembles_the_calls(client):
+    want = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=60,
+    ).choices[0].message.tool_calls
+    with client.chat.completions.stream(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=60,
+    ) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in events
+    got = final.choices[0].message.tool_calls
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in got] == [
+        (c.function.name, json.loads(c.function.arguments)) for c in want
+    ]
+    assert got[0].function.parsed_arguments == GetWeather(city="Paris", unit="celsius")
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_round_trip_with_the_tool_result(client):
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=60,
+    ).choices[0].message
+    call = first.tool_calls[0]
+    messages = ASK + [
+        first.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"},
+    ]
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=TOOLS, parallel_tool_calls=False,
+        temperature=0, max_tokens=80,
+    ).choices[0]
+    # Either more calls or an answer; either way well formed.
+    if r.finish_reason == "tool_calls":
+        for c in r.message.tool_calls:
+            {"GetWeather": GetWeather, "GetTime": GetTime}[c.function.name].model_validate_json(c.function.arguments)
+    else:
+        assert r.finish_reason == "stop" and r.message.content
+
+
+def test_bad_tools_are_400s(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, max_tokens=4, tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "Nope"}},
+        )
+    assert e.value.param == "tool_choice"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model=MODEL, messages=ASK + [{"role": "tool", "content": "18"}], max_tokens=4, tools=TOOLS
+        )
+    assert e.value.param == "messages[1].tool_call_id"
