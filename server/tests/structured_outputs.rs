@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::app::{chat, completion, send, start, App, BAD};
+use common::app::{chat, completion, send, start, App, Reply, BAD};
 use serde_json::{json, Value};
 
 /// A person: bounded fields, so that even a wandering sample ends well within max_tokens.
@@ -41,6 +41,19 @@ fn is_person(v: &Value) -> bool {
         })
 }
 
+/// The reply to a chat with these fields over the default ones, whatever its status.
+async fn post_chat(app: &App, extra: Value) -> Reply {
+    send(
+        app,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat(extra)),
+        None,
+    )
+    .await
+}
+
+/// The JSON of a request that must succeed.
 async fn post(app: &App, path: &str, body: String) -> Value {
     let r = send(app, "POST", path, Some(&body), None).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text);
@@ -139,19 +152,6 @@ async fn outputs_follow_their_format_in_chat_and_completions() {
 #[tokio::test]
 async fn bad_formats_are_400s_that_name_their_parameter() {
     let app = start(&[]).await;
-    let chat_error = |extra: Value| {
-        let app = &app;
-        async move {
-            send(
-                app,
-                "POST",
-                "/v1/chat/completions",
-                Some(&chat(extra)),
-                None,
-            )
-            .await
-        }
-    };
     let schema = |s: Value| json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": s}}});
     // (format, the parameter the error names)
     for (bad, param) in [
@@ -178,28 +178,25 @@ async fn bad_formats_are_400s_that_name_their_parameter() {
             "response_format",
         ),
     ] {
-        chat_error(bad)
+        post_chat(&app, bad)
             .await
             .assert_error(400, BAD, Some(param), None);
     }
-    chat_error(json!({"guided_regex": "("})).await.assert_error(
-        400,
-        BAD,
-        Some("guided_regex"),
-        None,
-    );
-    chat_error(json!({"guided_choice": []})).await.assert_error(
-        400,
-        BAD,
-        Some("guided_choice"),
-        None,
-    );
-    chat_error(json!({"guided_json": 5}))
-        .await
-        .assert_error(400, BAD, Some("guided_json"), None);
-    chat_error(json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}))
+    post_chat(&app, json!({"guided_regex": "("}))
         .await
         .assert_error(400, BAD, Some("guided_regex"), None);
+    post_chat(&app, json!({"guided_choice": []}))
+        .await
+        .assert_error(400, BAD, Some("guided_choice"), None);
+    post_chat(&app, json!({"guided_json": 5}))
+        .await
+        .assert_error(400, BAD, Some("guided_json"), None);
+    post_chat(
+        &app,
+        json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}),
+    )
+    .await
+    .assert_error(400, BAD, Some("guided_regex"), None);
     // `text` is no constraint at all.
     let plain = send(
         &app,
@@ -361,19 +358,6 @@ async fn tool_calls_follow_their_tools_in_openai_shapes() {
 #[tokio::test]
 async fn bad_tools_are_400s_that_name_their_parameter() {
     let app = start(&[]).await;
-    let error = |extra: Value| {
-        let app = &app;
-        async move {
-            send(
-                app,
-                "POST",
-                "/v1/chat/completions",
-                Some(&chat(extra)),
-                None,
-            )
-            .await
-        }
-    };
     let one = |f: Value| json!({"tools": [{"type": "function", "function": f}]});
     let mut twice = tools();
     twice[1]["function"]["name"] = json!("get_weather");
@@ -414,6 +398,8 @@ async fn bad_tools_are_400s_that_name_their_parameter() {
         (json!({ "messages": user_calls }), "messages[0].tool_calls"),
         (json!({ "messages": no_id }), "messages[1].tool_call_id"),
     ] {
-        error(bad).await.assert_error(400, BAD, Some(param), None);
+        post_chat(&app, bad)
+            .await
+            .assert_error(400, BAD, Some(param), None);
     }
 }
