@@ -53,6 +53,18 @@ async fn post_chat(app: &App, extra: Value) -> Reply {
     .await
 }
 
+/// The chunks of a streamed chat.
+async fn stream_chunks(app: &App, body: String) -> Vec<Value> {
+    let r = send(app, "POST", "/v1/chat/completions", Some(&body), None).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    r.text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 /// The JSON of a request that must succeed.
 async fn post(app: &App, path: &str, body: String) -> Value {
     let r = send(app, "POST", path, Some(&body), None).await;
@@ -125,23 +137,13 @@ async fn outputs_follow_their_format_in_chat_and_completions() {
     assert!(is_person(&serde_json::from_str(text).unwrap()), "{text}");
 
     // Streamed: the deltas join into the same text as the whole response.
-    let streamed = send(
-        &app,
-        "POST",
-        "/v1/chat/completions",
-        Some(&chat(
-            json!({"messages": [ask], "max_tokens": 60, "response_format": format, "stream": true}),
-        )),
-        None,
-    )
-    .await;
-    let joined: String = streamed
-        .text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .filter_map(|d| {
-            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"]
+    let body =
+        json!({"messages": [ask], "max_tokens": 60, "response_format": format, "stream": true});
+    let joined: String = stream_chunks(&app, chat(body))
+        .await
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
                 .as_str()
                 .map(String::from)
         })
@@ -301,35 +303,59 @@ async fn tool_calls_follow_their_tools_in_openai_shapes() {
     );
     assert!(r["choices"][0]["message"].get("tool_calls").is_none());
 
-    // Streamed: one delta per call, then the finish; the same call as unstreamed.
-    let streamed = send(
+    // Streamed token by token: the call's id, type and name first, then its arguments in
+    // pieces that join into the unstreamed call's; then the finish.
+    let unstreamed = post(
         &app,
-        "POST",
         "/v1/chat/completions",
-        Some(&asking(json!({"tool_choice": "required", "stream": true}))),
-        None,
+        asking(json!({"tool_choice": "required"})),
     )
     .await;
-    let chunks: Vec<Value> = streamed
-        .text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let want = &unstreamed["choices"][0]["message"]["tool_calls"][0]["function"];
+    let chunks = stream_chunks(
+        &app,
+        asking(json!({"tool_choice": "required", "stream": true})),
+    )
+    .await;
     let deltas: Vec<&Value> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
         .collect();
-    assert_eq!(deltas.len(), 1, "{}", streamed.text);
+    assert!(deltas.len() > 3, "{deltas:?}");
     assert_eq!(deltas[0][0]["index"], 0);
-    assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
-    let args: Value =
-        serde_json::from_str(deltas[0][0]["function"]["arguments"].as_str().unwrap()).unwrap();
-    assert_eq!(args, calls[0].1);
+    assert_eq!(deltas[0][0]["type"], "function");
+    assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(deltas[0][0]["function"]["name"], want["name"]);
+    let joined: String = deltas
+        .iter()
+        .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, want["arguments"].as_str().unwrap());
+    assert!(deltas[1..]
+        .iter()
+        .all(|d| d[0].get("id").is_none() && d[0]["function"].get("name").is_none()));
     assert_eq!(
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         "tool_calls"
+    );
+    // `auto` answering instead: its text streams token by token, as the unstreamed content.
+    let haiku = json!({"messages": [{"role": "user", "content": "Write a haiku about the sea."}]});
+    let unstreamed = post(&app, "/v1/chat/completions", asking(haiku.clone())).await;
+    let c = &unstreamed["choices"][0];
+    assert_eq!(c["finish_reason"], "stop", "{c}");
+    let mut streamed = haiku;
+    streamed["stream"] = json!(true);
+    let chunks = stream_chunks(&app, asking(streamed)).await;
+    let texts: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|t| !t.is_empty())
+        .collect();
+    assert!(texts.len() > 3, "{texts:?}");
+    assert_eq!(texts.concat(), c["message"]["content"].as_str().unwrap());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
     );
 
     // A round trip: the call and its result in the history; the reply is well formed, an

@@ -1,6 +1,6 @@
 """Tool calling through the official `openai` Python SDK: `tools` with every `tool_choice`,
 strict Pydantic tools through `parse()` (`parsed_arguments`), the stream helper's assembled
-tool calls, and a round trip (the call and its `tool` result sent back). lowbit writes calls in
+tool calls (streamed token by token), an `auto` answer streamed as content, and a round trip (the call and its `tool` result sent back). lowbit writes calls in
 one grammar-checked JSON format for every model (api/tools.rs), so even a 135M model's
 arguments always parse against their schema.
 """
@@ -97,12 +97,28 @@ def test_stream_helper_assembles_the_calls(client):
         events = [e.type for e in stream]
         final = stream.get_final_completion()
     assert "tool_calls.function.arguments.done" in events
+    # Streamed token by token, not in one piece at the end.
+    assert events.count("tool_calls.function.arguments.delta") > 3, events
     got = final.choices[0].message.tool_calls
     assert [(c.function.name, json.loads(c.function.arguments)) for c in got] == [
         (c.function.name, json.loads(c.function.arguments)) for c in want
     ]
     assert got[0].function.parsed_arguments == GetWeather(city="Paris", unit="celsius")
     assert final.choices[0].finish_reason == "tool_calls"
+
+
+def test_an_auto_answer_streams_as_content(client):
+    ask = dict(
+        model=MODEL, messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+        tools=TOOLS, temperature=0, max_tokens=60,
+    )
+    want = client.chat.completions.create(**ask).choices[0]
+    assert want.finish_reason == "stop" and want.message.tool_calls is None
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(texts) > 3
+    assert "".join(texts) == want.message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_round_trip_with_the_tool_result(client):

@@ -4,11 +4,12 @@ use super::error::ApiError;
 use super::generation::{self, Choice};
 use super::openai::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
-    ChunkChoice, Delta, DeltaToolCall, MessageContent, RequestMessage, ResponseMessage,
-    ResponseToolCall, TokenLogprob, TopLogprob, UsageBody,
+    ChunkChoice, Delta, DeltaFunction, DeltaToolCall, MessageContent, RequestMessage,
+    ResponseMessage, ResponseToolCall, TokenLogprob, TopLogprob, UsageBody,
 };
 use super::params::{self, CHAT_FIELDS, MAX_TOP_LOGPROBS};
 use super::structured;
+use super::tool_stream::{self, ToolStream};
 use super::tools::{self, Reply, ToolUse};
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
@@ -73,6 +74,29 @@ fn reply(
     match tools::read_reply(&text) {
         Reply::Calls(calls) => (None, Some(calls), Some("tool_calls")),
         Reply::Text(answer) => (Some(answer), None, reason),
+    }
+}
+
+/// A whole reply as one stream delta (a reply the stream reader could not follow).
+fn whole_delta(content: Option<String>, calls: Option<Vec<ResponseToolCall>>) -> Delta {
+    Delta {
+        content,
+        tool_calls: calls.map(|calls| {
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(index, c)| DeltaToolCall {
+                    index,
+                    id: Some(c.id),
+                    kind: Some(c.kind),
+                    function: DeltaFunction {
+                        name: Some(c.function.name),
+                        arguments: Some(c.function.arguments),
+                    },
+                })
+                .collect()
+        }),
+        ..Delta::default()
     }
 }
 
@@ -343,8 +367,10 @@ pub async fn create(
             }
         }
         let tokenizer = &state.model.tokenizer;
-        // With tools a reply is read whole (tool calls or an answer) and sent as it ends.
-        let mut held: Vec<(String, Vec<TokenLogprobs>)> = vec![Default::default(); n];
+        // With tools a reply is sent as it is read (tool_stream.rs): the answer's text, each
+        // call's name, its arguments; logprobs come with the choice's last delta.
+        let mut readers = vec![ToolStream::default(); n];
+        let mut held: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); n];
         while let Some((_, e)) = events.next().await {
             let sent = match e {
                 Event::Token {
@@ -354,9 +380,12 @@ pub async fn create(
                     ..
                 } => {
                     if tools {
-                        let h = &mut held[choice];
-                        h.0.push_str(&text);
-                        h.1.extend(logprobs);
+                        held[choice].extend(logprobs);
+                        for delta in tool_stream::deltas(readers[choice].push(&text)) {
+                            if !tx.json(&chunk(one(choice, delta, None, None), None)) {
+                                return;
+                            }
+                        }
                         continue;
                     }
                     if text.is_empty() && logprobs.is_none() {
@@ -376,28 +405,27 @@ pub async fn create(
                 } => {
                     let mut finish = reason.as_str();
                     if tools {
-                        let (mut whole, lps) = std::mem::take(&mut held[choice]);
-                        whole.push_str(&text);
-                        let lp = top.map(|_| chat_logprobs(tokenizer, &lps));
-                        let (content, calls, why) = reply(true, whole, Some(reason));
-                        finish = why.unwrap_or(finish);
-                        let delta = Delta {
-                            content,
-                            tool_calls: calls.map(|calls| {
-                                calls
-                                    .into_iter()
-                                    .enumerate()
-                                    .map(|(index, c)| DeltaToolCall {
-                                        index,
-                                        id: c.id,
-                                        kind: c.kind,
-                                        function: c.function,
-                                    })
-                                    .collect()
-                            }),
-                            ..Delta::default()
-                        };
-                        tx.json(&chunk(one(choice, delta, lp, None), None));
+                        let r = &mut readers[choice];
+                        let mut deltas = tool_stream::deltas(r.push(&text));
+                        if r.unsent() {
+                            // Nothing could be read as it grew: the whole reply, as unstreamed.
+                            let (content, calls, why) =
+                                reply(true, r.text().to_string(), Some(reason));
+                            finish = why.unwrap_or(finish);
+                            deltas = vec![whole_delta(content, calls)];
+                        } else if r.done() && r.calls() > 0 && reason == FinishReason::Stop {
+                            finish = "tool_calls";
+                        }
+                        let lps = std::mem::take(&mut held[choice]);
+                        let mut lp = top.map(|_| chat_logprobs(tokenizer, &lps));
+                        let last = deltas.len().saturating_sub(1);
+                        for (k, delta) in deltas.into_iter().enumerate() {
+                            let lp = if k == last { lp.take() } else { None };
+                            tx.json(&chunk(one(choice, delta, lp, None), None));
+                        }
+                        if let Some(lp) = lp {
+                            tx.json(&chunk(one(choice, Delta::default(), Some(lp), None), None));
+                        }
                     } else if !text.is_empty() {
                         let delta = Delta {
                             content: Some(text),

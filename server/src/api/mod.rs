@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod params;
 pub mod structured;
 pub mod tokenize;
+pub mod tool_stream;
 pub mod tools;
 
 use crate::engine::grammar::Grammars;

@@ -332,14 +332,24 @@ pub struct ResponseToolCall {
 }
 
 /// A tool call in a stream: `index` among the choice's calls; the id, type and name come with
-/// its first delta.
+/// its first delta, its arguments' text in pieces after it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeltaToolCall {
     pub index: usize,
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub function: FunctionCall,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: DeltaFunction,
+}
+
+/// A piece of a streamed function call.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct DeltaFunction {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 /// One choice of a chat completion.

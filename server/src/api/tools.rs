@@ -202,6 +202,11 @@ pub enum Reply {
     Text(String),
 }
 
+/// A new tool call's id.
+pub fn call_id() -> String {
+    format!("call_{}", uuid::Uuid::new_v4().simple())
+}
+
 /// Reads a complete reply; one that does not parse (cut by `max_tokens`) stays text as is.
 pub fn read_reply(text: &str) -> Reply {
     let Ok(v) = serde_json::from_str::<Value>(text) else {
@@ -217,11 +222,12 @@ pub fn read_reply(text: &str) -> Reply {
         calls
             .iter()
             .map(|c| ResponseToolCall {
-                id: format!("call_{}", uuid::Uuid::new_v4().simple()),
+                id: call_id(),
                 kind: "function",
                 function: FunctionCall {
                     name: c["name"].as_str().unwrap_or_default().to_string(),
-                    arguments: c["arguments"].to_string(),
+                    // As the model wrote them (and as a stream sends them).
+                    arguments: dumps(&c["arguments"]),
                 },
             })
             .collect(),
@@ -308,7 +314,7 @@ mod tests {
             calls[0].function,
             FunctionCall {
                 name: "f".into(),
-                arguments: r#"{"x":1}"#.into()
+                arguments: r#"{"x": 1}"#.into()
             }
         );
         assert_ne!(calls[0].id, calls[1].id);
@@ -336,7 +342,7 @@ mod tests {
         let Reply::Calls(back) = read_reply(&written) else {
             panic!()
         };
-        assert_eq!(back[0].function.arguments, r#"{"x":1}"#);
+        assert_eq!(back[0].function.arguments, r#"{"x": 1}"#);
         assert_eq!(
             result_as_text("call_1", None, "18 \"C\""),
             r#"{"tool_response": {"tool_call_id": "call_1", "content": "18 \"C\""}}"#
