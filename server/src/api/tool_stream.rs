@@ -195,26 +195,39 @@ impl ToolStream {
                 }
                 let mut end = rest.len();
                 let mut complete = false;
+                // Where the value ends: its closing bracket or quote back at depth 0, or (a
+                // bare number or literal) just before the call object's `}`.
                 for (i, c) in rest.char_indices() {
                     if in_string {
                         match (escaped, c) {
                             (true, _) => escaped = false,
                             (false, '\\') => escaped = true,
-                            (false, '"') => in_string = false,
+                            (false, '"') => {
+                                in_string = false;
+                                if depth == 0 {
+                                    (end, complete) = (i + 1, true);
+                                    break;
+                                }
+                            }
                             _ => {}
                         }
-                    } else {
-                        match c {
-                            '"' => in_string = true,
-                            '{' | '[' => depth += 1,
-                            '}' | ']' => depth = depth.saturating_sub(1),
-                            _ => {}
-                        }
-                        if depth == 0 {
-                            end = i + c.len_utf8();
-                            complete = true;
+                        continue;
+                    }
+                    match c {
+                        '"' => in_string = true,
+                        '{' | '[' => depth += 1,
+                        '}' | ']' | ',' if depth == 0 => {
+                            (end, complete) = (i, true);
                             break;
                         }
+                        '}' | ']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                (end, complete) = (i + 1, true);
+                                break;
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 let text = rest[..end].to_string();
@@ -367,6 +380,23 @@ mod tests {
                 "chunks of {n}"
             );
             assert!(r.done());
+        }
+    }
+
+    #[test]
+    fn arguments_that_are_not_objects_end_where_they_end() {
+        for (args, n) in [(r#""a}\"b""#, 1), ("12.5", 2), ("true", 3), ("[1, [2]]", 1)] {
+            let reply = format!(r#"{{"tool_calls": [{{"name": "f", "arguments": {args}}}]}}"#);
+            let (pieces, r) = read(&reply, n);
+            assert_eq!(
+                pieces[1],
+                Piece::Arguments {
+                    index: 0,
+                    text: args.into()
+                },
+                "{reply}"
+            );
+            assert!(r.done(), "{reply}");
         }
     }
 
