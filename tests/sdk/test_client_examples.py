@@ -120,3 +120,19 @@ def test_structured_output_examples_print_a_valid_person(server, name):
     assert {"kind": "cat", "name": "Tom"} in person["pets"], person
     for pet in person["pets"]:
         assert set(pet) == {"kind", "name"} and pet["kind"] in ("cat", "dog", "fish"), person
+
+
+def test_tools_example_calls_the_tool_and_answers(server):
+    """The Python tool-calling example: the model's call (valid arguments, the prompt's city)
+    is run and its result sent back; then the model answers (whatever a 135M model makes of
+    it: the test asks only for an answer)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOWBIT_")}
+    env["LOWBIT_URL"] = server.url
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / "python" / "tools.py")],
+        env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == 'get_weather({"city": "Paris", "unit": "celsius"})', r.stdout
+    assert len(lines) >= 2 and lines[1].strip(), r.stdout
