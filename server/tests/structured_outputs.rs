@@ -135,6 +135,35 @@ async fn outputs_follow_their_format_in_chat_and_completions() {
     .await;
     let text = json["choices"][0]["text"].as_str().unwrap();
     assert!(is_person(&serde_json::from_str(text).unwrap()), "{text}");
+    // vLLM's current field: the same formats, and a Lark grammar; the schema as its text too.
+    let completion_text = |extra: Value| {
+        let app = &app;
+        async move {
+            let r = post(app, "/v1/completions", completion(extra)).await;
+            assert_eq!(r["choices"][0]["finish_reason"], "stop", "{r}");
+            r["choices"][0]["text"].as_str().unwrap().to_string()
+        }
+    };
+    let so =
+        |s: Value| json!({"prompt": "Alice as JSON:", "max_tokens": 60, "structured_outputs": s});
+    let text = completion_text(so(json!({"json": person_schema().to_string()}))).await;
+    assert!(is_person(&serde_json::from_str(&text).unwrap()), "{text}");
+    let text = completion_text(so(json!({"choice": ["yes", "no"]}))).await;
+    assert!(text == "yes" || text == "no", "{text}");
+    let text = completion_text(so(json!({"regex": "[0-9]{3}"}))).await;
+    assert!(
+        text.len() == 3 && text.bytes().all(|b| b.is_ascii_digit()),
+        "{text}"
+    );
+    let lark = "start: \"(\" item (\", \" item)* \")\"\nitem: /[a-z]+/";
+    let text = completion_text(so(json!({ "grammar": lark }))).await;
+    assert!(text.starts_with('(') && text.ends_with(')'), "{text}");
+    assert!(
+        text[1..text.len() - 1]
+            .split(", ")
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase())),
+        "{text}"
+    );
 
     // Streamed: the deltas join into the same text as the whole response.
     let body =
@@ -193,6 +222,20 @@ async fn bad_formats_are_400s_that_name_their_parameter() {
     post_chat(&app, json!({"guided_json": 5}))
         .await
         .assert_error(400, BAD, Some("guided_json"), None);
+    for bad in [
+        json!({}),
+        json!({"regex": "a", "choice": ["a"]}),
+        json!({"json": "{not json"}),
+        json!({"grammar": "start: undefined_rule"}),
+        json!({"regex": "(("}),
+    ] {
+        post_chat(&app, json!({ "structured_outputs": bad }))
+            .await
+            .assert_error(400, BAD, Some("structured_outputs"), None);
+    }
+    post_chat(&app, json!({"structured_outputs": {"xml": 1}}))
+        .await
+        .assert_error(400, BAD, Some("structured_outputs.xml"), None);
     post_chat(
         &app,
         json!({"response_format": {"type": "json_object"}, "guided_regex": "a"}),

@@ -114,6 +114,18 @@ def test_json_object_and_vllm_guided_fields(client):
     assert len(year.text) == 5 and year.text[1:].isdigit(), year.text
     assert year.finish_reason == "stop"
 
+    # vLLM 0.12 and later send `structured_outputs` instead of the guided_* fields.
+    grammar = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name two colors."}],
+        max_tokens=30,
+        temperature=0,
+        extra_body={"structured_outputs": {"grammar": 'start: color ", " color\ncolor: "red" | "green" | "blue"'}},
+    ).choices[0]
+    first, second = grammar.message.content.split(", ")
+    assert {first, second} <= {"red", "green", "blue"}, grammar.message.content
+    assert grammar.finish_reason == "stop"
+
     person = client.completions.create(
         model=MODEL,
         prompt="Alice as JSON:",

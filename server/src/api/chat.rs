@@ -283,7 +283,7 @@ pub async fn create(
             if structured::output_format(&req.sampling)?.is_some() {
                 return Err(ApiError::invalid(
                     "tools",
-                    "tools cannot be combined with response_format or guided_* yet",
+                    "tools cannot be combined with response_format, structured_outputs or guided_* yet",
                 ));
             }
             Some(structured::compile(&state, "tools", t.output_format()).await?)

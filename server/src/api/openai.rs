@@ -103,6 +103,23 @@ pub struct SamplingFields {
     pub guided_regex: Option<String>,
     /// Extension (vLLM): output exactly one of these strings.
     pub guided_choice: Option<Vec<String>>,
+    /// Extension (vLLM): a context-free grammar (llguidance's Lark syntax).
+    pub guided_grammar: Option<String>,
+    /// Extension (vLLM 0.12 and later, which replaced the `guided_*` fields with it).
+    pub structured_outputs: Option<StructuredOutputs>,
+}
+
+/// vLLM's `structured_outputs`: exactly one of its fields.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredOutputs {
+    /// A JSON schema (or its text).
+    #[schema(value_type = Object)]
+    pub json: Option<serde_json::Value>,
+    pub regex: Option<String>,
+    pub choice: Option<Vec<String>>,
+    /// A context-free grammar in llguidance's Lark syntax.
+    pub grammar: Option<String>,
 }
 
 /// A part of a message's content: only `text` parts are supported (the others are a 400

@@ -49,6 +49,8 @@ const SHARED_FIELDS: &[&str] = &[
     "guided_json",
     "guided_regex",
     "guided_choice",
+    "guided_grammar",
+    "structured_outputs",
 ];
 
 /// Chat's own fields.

@@ -1,5 +1,6 @@
-//! Structured outputs at the API: OpenAI's `response_format` (`json_object`, `json_schema`)
-//! and vLLM's `guided_json`, `guided_regex`, `guided_choice` become one
+//! Structured outputs at the API: OpenAI's `response_format` (`json_object`, `json_schema`),
+//! vLLM's `structured_outputs` (`json`, `regex`, `choice`, `grammar`) and its older
+//! `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` become one
 //! [`OutputFormat`], compiled (on a blocking thread: a large schema takes milliseconds) into
 //! the grammar the engine masks each token with. A format that does not compile is a 400
 //! naming its parameter.
@@ -31,6 +32,35 @@ pub fn output_format(f: &SamplingFields) -> Result<Option<(&'static str, OutputF
     }
     if let Some(choices) = &f.guided_choice {
         asked.push(("guided_choice", OutputFormat::Choice(choices.clone())));
+    }
+    if let Some(grammar) = &f.guided_grammar {
+        asked.push(("guided_grammar", OutputFormat::Lark(grammar.clone())));
+    }
+    if let Some(s) = &f.structured_outputs {
+        const PARAM: &str = "structured_outputs";
+        let json = match &s.json {
+            // vLLM takes the schema or its text.
+            Some(serde_json::Value::String(text)) => {
+                Some(serde_json::from_str(text).map_err(|e| {
+                    ApiError::invalid(PARAM, format!("'structured_outputs.json' is not JSON: {e}"))
+                })?)
+            }
+            other => other.clone(),
+        };
+        let formats = [
+            json.map(OutputFormat::JsonSchema),
+            s.regex.clone().map(OutputFormat::Regex),
+            s.choice.clone().map(OutputFormat::Choice),
+            s.grammar.clone().map(OutputFormat::Lark),
+        ];
+        let given: Vec<OutputFormat> = formats.into_iter().flatten().collect();
+        if given.len() != 1 {
+            return Err(ApiError::invalid(
+                PARAM,
+                "'structured_outputs' takes exactly one of json, regex, choice, grammar",
+            ));
+        }
+        asked.extend(given.into_iter().map(|f| (PARAM, f)));
     }
     if asked.len() > 1 {
         let names: Vec<&str> = asked.iter().map(|(p, _)| *p).collect();

@@ -26,6 +26,8 @@ pub enum OutputFormat {
     Regex(String),
     /// Exactly one of these strings.
     Choice(Vec<String>),
+    /// Text of a context-free grammar in llguidance's Lark syntax (`start: …`).
+    Lark(String),
 }
 
 /// Why a format could not be compiled (the request's fault: a 400).
@@ -170,6 +172,7 @@ impl Grammars {
                 TopLevelGrammar::from_json_schema(schema)
             }
             OutputFormat::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            OutputFormat::Lark(grammar) => TopLevelGrammar::from_lark(grammar.clone()),
             OutputFormat::Choice(options) => {
                 if options.is_empty() {
                     return Err(GrammarError::Invalid("no choices given".into()));
@@ -314,6 +317,27 @@ mod tests {
         // A second digit or the closing brace; no whitespace.
         assert_eq!(allowed(&mut c, 9), vec![2, 8]);
         assert!(c.accept(2));
+    }
+
+    #[test]
+    fn a_lark_grammar_constrains_like_its_rules() {
+        // Tokens: 1 'a', 2 'b', 3 '('.
+        let g = tiny("ab(");
+        let grammar = g
+            .compile(&OutputFormat::Lark(
+                "start: \"(\" x \"b\"\nx: \"a\"+".into(),
+            ))
+            .unwrap();
+        let mut c = grammar.start();
+        assert_eq!(allowed(&mut c, 5), vec![3]);
+        assert!(!c.accept(3));
+        assert_eq!(allowed(&mut c, 5), vec![1]);
+        assert!(!c.accept(1));
+        assert_eq!(allowed(&mut c, 5), vec![1, 2]);
+        assert!(c.accept(2));
+        assert!(g
+            .compile(&OutputFormat::Lark("start: nope".into()))
+            .is_err());
     }
 
     #[test]
