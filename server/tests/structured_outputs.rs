@@ -324,6 +324,22 @@ async fn tool_calls_follow_their_tools_in_openai_shapes() {
     assert_eq!(calls.len(), 1);
     assert_eq!(calls[0].0, "get_weather");
     assert_eq!(calls[0].1["city"], "Paris");
+    // /tokenize counts the tools' description as the chat did.
+    let count = |body: Value| {
+        let app = &app;
+        async move {
+            let r = send(app, "POST", "/tokenize", Some(&body.to_string()), None).await;
+            assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+            r.json()["count"].clone()
+        }
+    };
+    let with_tools = json!({"messages": [ask], "tools": tools(), "tool_choice": "required", "parallel_tool_calls": false});
+    assert_eq!(count(with_tools).await, r["usage"]["prompt_tokens"]);
+    let without = count(json!({ "messages": [ask] })).await;
+    assert!(
+        without.as_u64() < r["usage"]["prompt_tokens"].as_u64(),
+        "{without}"
+    );
     // `auto` (the default) chooses the same call here; a named function is called whatever
     // the question.
     let r = post(&app, "/v1/chat/completions", asking(json!({}))).await;

@@ -484,6 +484,10 @@ pub struct TokenizeRequest {
     pub messages: Option<Vec<RequestMessage>>,
     /// Add the model's BOS where it wants one (default true; chat templates add their own).
     pub add_special_tokens: Option<bool>,
+    /// With `messages`: the tools a chat would describe (their prompt counts too).
+    pub tools: Option<Vec<Tool>>,
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// `POST /tokenize`'s answer.

@@ -3,13 +3,14 @@
 use super::error::ApiError;
 use super::openai::{DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse};
 use super::params::parse_body;
+use super::tools::ToolUse;
 use super::{body_bytes, AppState};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
 
-/// Token ids of a prompt, or of chat messages through the template.
+/// Token ids of a prompt, or of chat messages (and their tools) through the template.
 #[utoipa::path(post, path = "/tokenize", operation_id = "tokenize", tag = "lowbit", request_body = TokenizeRequest, responses((status = 200, body = TokenizeResponse), (status = 400, body = super::error::ErrorBody)))]
 pub async fn tokenize(
     State(state): State<AppState>,
@@ -18,18 +19,35 @@ pub async fn tokenize(
     let body = body_bytes(body, state.max_body_bytes)?;
     let req: TokenizeRequest = parse_body(
         &body,
-        &["model", "prompt", "messages", "add_special_tokens"],
+        &[
+            "model",
+            "prompt",
+            "messages",
+            "add_special_tokens",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+        ],
         false,
     )?;
     if let Some(m) = &req.model {
         state.check_model(m)?;
     }
     let tokenizer = &state.model.tokenizer;
+    // The tools' description is part of a chat's prompt (tools.rs): counted as a chat would.
+    let tools = ToolUse::from_request(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    if tools.is_some() && req.messages.is_none() {
+        return Err(ApiError::invalid("tools", "'tools' go with 'messages'"));
+    }
     let tokens = match (&req.prompt, &req.messages) {
         (Some(p), None) => tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-        (None, Some(messages)) => super::chat::chat_prompt(&state, messages, None)?,
+        (None, Some(messages)) => super::chat::chat_prompt(&state, messages, tools.as_ref())?,
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of 'prompt' and 'messages'",
