@@ -37,7 +37,7 @@ enum State {
         escaped: bool,
     },
     /// After a call's arguments: `}` then `, ` or `]}`.
-    CallEnd { index: usize },
+    CallEnd,
     /// The reply is complete.
     Done,
     /// The reply did not look as expected: read whole at its end.
@@ -233,7 +233,7 @@ impl ToolStream {
                 let text = rest[..end].to_string();
                 self.at += end;
                 self.state = if complete {
-                    State::CallEnd { index }
+                    State::CallEnd
                 } else {
                     State::Arguments {
                         index,
@@ -244,7 +244,7 @@ impl ToolStream {
                 };
                 Some(Some(Piece::Arguments { index, text }))
             }
-            State::CallEnd { .. } => {
+            State::CallEnd => {
                 for (lit, next) in [("}, ", State::CallStart), ("}]}", State::Done)] {
                     if rest.starts_with(lit) {
                         self.at += lit.len();

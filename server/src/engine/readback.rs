@@ -61,15 +61,16 @@ impl RowPlan {
         }
     }
 
-    /// The row of a sequence sampling with `sampler` after `history`. `forking` while its
-    /// logits still seed forks (`n > 1`), `logprobs` the alternatives its request wants,
+    /// The row of a sequence sampling with `sampler` after `history`. `host_needs_row` when
+    /// the host works on the whole row (its logits still seed forks of `n > 1`, or a
+    /// structured output's grammar masks it), `logprobs` the alternatives its request wants,
     /// `top_k_max` 0 where a top k saves nothing, `on_device` where logits live on a device
     /// that can change them, draw from them and take their log-probabilities. A device draw
     /// takes its uniform from the sampler's stream now.
     pub fn of(
         sampler: &mut Sampler,
         history: &TokenHistory,
-        forking: bool,
+        host_needs_row: bool,
         logprobs: Option<usize>,
         vocab: usize,
         top_k_max: usize,
@@ -77,7 +78,7 @@ impl RowPlan {
     ) -> Self {
         let whole = RowPlan::whole();
         let adjusted = sampler.params().adjusts_logits();
-        if forking || ((adjusted || logprobs.is_some()) && !on_device) {
+        if host_needs_row || ((adjusted || logprobs.is_some()) && !on_device) {
             return whole;
         }
         let want = if sampler.takes_argmax() {

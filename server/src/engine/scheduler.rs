@@ -339,15 +339,10 @@ impl<M: StepModel> Scheduler<M> {
                 plans.push(RowPlan::whole());
                 continue;
             };
-            if s.constraint.is_some() {
-                // Its grammar's mask is made on the host, over the whole row.
-                plans.push(RowPlan::whole());
-                continue;
-            }
             plans.push(RowPlan::of(
                 &mut s.sampler,
                 &s.history,
-                s.forks > 0,
+                s.forks > 0 || s.constraint.is_some(),
                 g.req.logprobs,
                 vocab,
                 top_k_max,
