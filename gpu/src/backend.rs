@@ -314,6 +314,23 @@ pub trait Backend: Send + Sync {
     /// Element-wise `a + b`.
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 
+    /// `x + bias` for every row; `bias` is `1 × cols` (Qwen2's Q/K/V biases).
+    fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
+
+    /// [`Backend::rms_norm`] over each `weight.cols()`-long head of every row on its own
+    /// (Qwen3's query and key norms): the rows viewed as one row per head.
+    fn rms_norm_heads(&self, x: Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+        let (rows, cols, head) = (x.rows(), x.cols(), weight.cols());
+        if head == 0 || !cols.is_multiple_of(head) {
+            return Err(crate::error::shape_err(
+                "rms_norm_heads",
+                format!("heads of {head} in rows of {cols}"),
+            ));
+        }
+        let normed = self.rms_norm(&x.reshape(rows * cols / head, head)?, weight, eps)?;
+        normed.reshape(rows, cols)
+    }
+
     /// SwiGLU's gate: `silu(gate) * up`, element-wise.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
 

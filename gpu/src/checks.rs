@@ -33,6 +33,22 @@ pub(crate) fn norm_weight(x: &Tensor, weight: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// A bias of `1 × cols` for rows of `x`.
+pub(crate) fn bias(x: &Tensor, bias: &Tensor) -> Result<()> {
+    if bias.cols() != x.cols() || bias.rows() != 1 {
+        return Err(shape_err(
+            "add_bias",
+            format!(
+                "bias {}x{} for rows of {}",
+                bias.rows(),
+                bias.cols(),
+                x.cols()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One position per row, and rows that split into whole heads of `rope.head_dim`.
 pub(crate) fn rope(x: &Tensor, positions: &[u32], rope: &Rope) -> Result<()> {
     let cols = x.cols();

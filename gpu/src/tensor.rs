@@ -74,6 +74,22 @@ impl Tensor {
         }
     }
 
+    /// The same values as `rows × cols` (row-major, so a row of `k·c` values becomes `k`
+    /// rows of `c`: heads as rows). Moves the storage; copies nothing.
+    pub fn reshape(self, rows: usize, cols: usize) -> Result<Self> {
+        if rows * cols != self.rows * self.cols {
+            return Err(shape_err(
+                "reshape",
+                format!("{}x{} into {rows}x{cols}", self.rows, self.cols),
+            ));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            storage: self.storage,
+        })
+    }
+
     /// Consumes the tensor and returns its host values.
     pub fn into_host(self) -> Result<Vec<f32>> {
         match self.storage {

@@ -171,6 +171,41 @@ fn rms_norm_matches_float64(be: &dyn Backend, b: Bounds) {
     }
 }
 
+/// Qwen3's query/key norms: every `head`-long piece of a row normed on its own, with one
+/// weight vector for all heads.
+fn rms_norm_heads_matches_float64(be: &dyn Backend, b: Bounds) {
+    let mut r = rng(11);
+    for (rows, heads, head) in [(1, 16, 128), (5, 3, 64), (2, 1, 96)] {
+        let cols = heads * head;
+        let x = random(&mut r, rows * cols);
+        let g = random(&mut r, head);
+        let normed = be
+            .rms_norm_heads(upload(be, rows, cols, &x), &upload(be, 1, head, &g), 1e-6)
+            .expect("rms_norm_heads");
+        assert_eq!((normed.rows(), normed.cols()), (rows, cols));
+        let got = be.download(&normed).expect("download");
+        let mut want = Vec::new();
+        for piece in x.chunks(head) {
+            let ms = piece.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / head as f64;
+            let inv = 1.0 / (ms + 1e-6).sqrt();
+            want.extend(
+                piece
+                    .iter()
+                    .zip(&g)
+                    .map(|(&v, &w)| f64::from(v) * inv * f64::from(w)),
+            );
+        }
+        let e = rel_err(&got, &want);
+        assert!(e < b.elementwise * 4.0, "{rows}x{heads}x{head}: {e}");
+    }
+    let x = upload(be, 2, 100, &random(&mut r, 200));
+    let g = upload(be, 1, 64, &random(&mut r, 64));
+    assert!(
+        be.rms_norm_heads(x, &g, 1e-6).is_err(),
+        "64 does not divide 100"
+    );
+}
+
 /// Llama's RoPE (base 10000) over heads of `head_dim`, in `style`'s pairing.
 fn rope_of(style: RopeStyle, head_dim: usize) -> Rope {
     Rope {
@@ -376,6 +411,26 @@ fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     assert!(be.select_rows(&ta, &[9]).is_err());
     let other = upload(be, rows, cols + 1, &random(&mut r, rows * (cols + 1)));
     assert!(be.add(&ta, &other).is_err(), "shape mismatch");
+
+    let bias = random(&mut r, cols);
+    let biased = be
+        .download(
+            &be.add_bias(&ta, &upload(be, 1, cols, &bias))
+                .expect("add_bias"),
+        )
+        .expect("download");
+    let want: Vec<f64> = xa
+        .chunks(cols)
+        .flat_map(|row| {
+            row.iter()
+                .zip(&bias)
+                .map(|(a, b)| f64::from(*a) + f64::from(*b))
+        })
+        .collect();
+    assert!(rel_err(&biased, &want) < b.elementwise, "add_bias");
+    let short = upload(be, 1, cols - 1, &bias[1..]);
+    assert!(be.add_bias(&ta, &short).is_err(), "bias shorter than a row");
+    assert!(be.add_bias(&ta, &tb).is_err(), "bias of several rows");
 }
 
 /// A step recorded again with the same shapes finds every bind group in the cache, and
@@ -493,6 +548,7 @@ suite!(
     weights_loaded_together_multiply_as_separate_ones,
     embed_gathers_dequantized_rows,
     rms_norm_matches_float64,
+    rms_norm_heads_matches_float64,
     rope_matches_float64_in_both_pairings,
     elementwise_ops_and_gathers_match_float64,
     attention_over_scattered_blocks_matches_float64,

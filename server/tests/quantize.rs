@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::tiny_model::{TinyConfig, TinyModel};
+use common::tiny_model::{TinyArch, TinyConfig, TinyModel};
 use common::{lowbit, stderr};
 use lowbit::engine::solo::SoloKv;
 use lowbit::model::lowbit_file;
@@ -16,13 +16,18 @@ use std::sync::Arc;
 
 /// A tiny model with a tokenizer, so that `lowbit quantize` can write a complete file.
 fn tiny_gguf(dir: &Path) -> PathBuf {
+    tiny_gguf_of(dir, TinyArch::Llama)
+}
+
+fn tiny_gguf_of(dir: &Path, arch: TinyArch) -> PathBuf {
     let cfg = TinyConfig {
+        arch,
         hidden: 128,
         ffn: 192,
         ..TinyConfig::default()
     };
     let tiny = TinyModel::random(cfg, 21, true);
-    let path = dir.join("tiny.gguf");
+    let path = dir.join(format!("tiny-{}.gguf", arch.name()));
     std::fs::write(&path, common::with_tokenizer(&tiny.gguf_bytes(), cfg.vocab)).unwrap();
     path
 }
@@ -108,6 +113,40 @@ fn quantized_files_load_back_exactly_as_in_situ_quantization() {
                 .unwrap()
                 .encode("hi", true)
                 .unwrap()
+        );
+    }
+}
+
+/// Qwen's extra vectors (Q/K/V biases, Q/K head norms) travel in the file with the matrices
+/// and its config keeps them in use.
+#[test]
+fn qwen_files_keep_their_biases_and_head_norms() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [TinyArch::Qwen2, TinyArch::Qwen3] {
+        let gguf = tiny_gguf_of(dir.path(), arch);
+        let source = ModelSource::open(&gguf).unwrap();
+        let out = dir.path().join(format!("{}.safetensors", arch.name()));
+        let o = lowbit(&[
+            "quantize",
+            "--model",
+            gguf.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quant",
+            "q8",
+        ]);
+        assert!(o.status.success(), "{arch:?}: {}", stderr(&o));
+        let in_situ = logits(&source, &QuantPolicy::parse("q8", None).unwrap());
+        let file = ModelSource::open(&out).unwrap();
+        let config = file.config().unwrap();
+        assert_eq!(
+            (config.attention_bias, config.qk_norm),
+            (arch == TinyArch::Qwen2, arch == TinyArch::Qwen3)
+        );
+        assert_eq!(
+            logits(&file, &QuantPolicy::as_stored()),
+            in_situ,
+            "{arch:?}"
         );
     }
 }

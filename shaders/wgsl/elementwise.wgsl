@@ -1,4 +1,5 @@
-// Element-wise kernels over `n` values: residual add, SwiGLU's silu(gate)·up, and a row gather.
+// Element-wise kernels over `n` values: residual add, a bias added to every row, SwiGLU's
+// silu(gate)·up, and a row gather.
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -8,7 +9,7 @@
 struct ElementwiseParams {
     n: u32,
     grid_x: u32,
-    // gather: columns per row.
+    // gather, add_bias: columns per row.
     cols: u32,
     _pad: u32,
 }
@@ -18,6 +19,15 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * p.grid_x;
     if i < p.n {
         out[i] = a[i] + b[i];
+    }
+}
+
+// `b` holds one row of `cols` biases.
+@compute @workgroup_size(64)
+fn add_bias(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        out[i] = a[i] + b[i % p.cols];
     }
 }
 

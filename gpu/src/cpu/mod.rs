@@ -228,6 +228,16 @@ impl Backend for CpuBackend {
         Tensor::from_host(a.rows(), a.cols(), out)
     }
 
+    fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        checks::bias(x, bias)?;
+        let b = bias.host()?;
+        let mut out = x.host()?.to_vec();
+        for row in out.chunks_exact_mut(x.cols().max(1)) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+        Tensor::from_host(x.rows(), x.cols(), out)
+    }
+
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         checks::same_shape("silu_mul", gate, up)?;
         let silu_mul = |(&g, &u): (&f32, &f32)| fastmath::silu(g) * u;

@@ -27,6 +27,8 @@ pub enum Kernel {
     RmsNorm,
     Rope,
     Add,
+    /// `x + bias`, the bias broadcast over rows.
+    AddBias,
     SiluMul,
     GatherRows,
     /// Stores new keys and values into a pool of `pool` elements (F32 or F16).
@@ -124,7 +126,9 @@ impl Kernel {
             Kernel::Embed { .. } => Family::Embed,
             Kernel::RmsNorm => Family::Norm,
             Kernel::Rope => Family::Rope,
-            Kernel::Add | Kernel::SiluMul | Kernel::GatherRows => Family::Elementwise,
+            Kernel::Add | Kernel::AddBias | Kernel::SiluMul | Kernel::GatherRows => {
+                Family::Elementwise
+            }
             Kernel::KvWrite { .. } | Kernel::Attend { .. } | Kernel::AttendMerge => {
                 Family::Attention
             }
@@ -141,6 +145,7 @@ impl Kernel {
     fn entry(self) -> &'static str {
         match self {
             Kernel::Add => "add",
+            Kernel::AddBias => "add_bias",
             Kernel::SiluMul => "silu_mul",
             Kernel::GatherRows => "gather_rows",
             Kernel::KvWrite { .. } => "kv_write",

@@ -453,6 +453,10 @@ impl Backend for WgpuBackend {
         self.binary(Kernel::Add, "add", a, b)
     }
 
+    fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        self.add_row_bias(x, bias)
+    }
+
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         if let Some(t) = self.silu_mul_quantizing(gate, up)? {
             return Ok(t);

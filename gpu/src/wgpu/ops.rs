@@ -125,6 +125,18 @@ impl WgpuBackend {
         b: &Tensor,
     ) -> Result<Tensor> {
         checks::same_shape(op, a, b)?;
+        self.elementwise(kernel, a, b)
+    }
+
+    /// `x + bias` on every row (`bias` is `1 × cols`).
+    pub(super) fn add_row_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        checks::bias(x, bias)?;
+        self.elementwise(Kernel::AddBias, x, bias)
+    }
+
+    /// An element-wise kernel over `a`'s values, `b` read as its entry asks: an output of `a`'s
+    /// shape.
+    fn elementwise(&self, kernel: Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let (ad, bd) = (device_of(a)?, device_of(b)?);
         let n = a.rows() * a.cols();
         let out = self.alloc(a.rows(), a.cols())?;

@@ -52,6 +52,48 @@ pub struct LlamaConfig {
     /// The output head reuses the token embedding.
     pub tied_embeddings: bool,
     pub context_length: usize,
+    /// The Q, K and V projections add a bias (Qwen2; a llama GGUF may carry them too).
+    #[serde(default)]
+    pub attention_bias: bool,
+    /// Each query and key head is RMS-normed (its own weights, `head_dim` long) before RoPE
+    /// (Qwen3).
+    #[serde(default)]
+    pub qk_norm: bool,
+}
+
+/// The architectures lowbit runs: Llama's block, with the variations each one adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Architecture {
+    /// Llama, Mistral (no sliding window): RoPE pairing as stored.
+    Llama,
+    /// Qwen2 / Qwen2.5: biased Q/K/V.
+    Qwen2,
+    /// Qwen3: per-head Q/K norms.
+    Qwen3,
+}
+
+impl Architecture {
+    /// The architecture a GGUF `general.architecture` or an HF `model_type` names.
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama" | "mistral" => Self::Llama,
+            "qwen2" => Self::Qwen2,
+            "qwen3" => Self::Qwen3,
+            _ => return None,
+        })
+    }
+
+    const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3";
+
+    /// How a GGUF file of this architecture pairs RoPE's dimensions: llama.cpp's converter
+    /// permutes Llama's Q/K rows to rotate adjacent pairs, and leaves Qwen's as Hugging Face
+    /// stores them (llama.cpp's NEOX rope type).
+    fn gguf_rope_style(self) -> RopeStyle {
+        match self {
+            Self::Llama => RopeStyle::Interleaved,
+            Self::Qwen2 | Self::Qwen3 => RopeStyle::HalfSplit,
+        }
+    }
 }
 
 fn deserialize_rope_style<'de, D: serde::Deserializer<'de>>(
@@ -190,11 +232,18 @@ impl LlamaConfig {
             .get("general.architecture")
             .and_then(MetaValue::as_str)
             .ok_or_else(|| ModelError::field(&path, "general.architecture", "missing"))?;
-        if !matches!(arch, "llama" | "mistral") {
+        let Some(architecture) = Architecture::named(arch) else {
             return Err(ModelError::field(
                 &path,
                 "general.architecture",
-                format!("'{arch}' is not supported (llama is)"),
+                format!("'{arch}' is not supported ({})", Architecture::SUPPORTED),
+            ));
+        };
+        if gguf.tensor_info("blk.0.attn_output.bias").is_some() {
+            return Err(ModelError::tensor(
+                &path,
+                "blk.0.attn_output.bias",
+                "a biased attention output projection is not supported",
             ));
         }
         let key = |k: &str| format!("{arch}.{k}");
@@ -254,10 +303,13 @@ impl LlamaConfig {
             rms_eps: opt_float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
             rope_theta: opt_float("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
-            rope_style: RopeStyle::Interleaved,
+            rope_style: architecture.gguf_rope_style(),
             vocab_size,
             tied_embeddings: gguf.tensor_info("output.weight").is_none(),
             context_length: opt_uint("context_length").unwrap_or(2048),
+            // llama.cpp loads Q/K/V biases wherever a file has them; lowbit wants all three.
+            attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
+            qk_norm: architecture == Architecture::Qwen3,
         }
         .validate(gguf.path())
     }
@@ -269,13 +321,16 @@ impl LlamaConfig {
             .get("model_type")
             .and_then(|v| v.as_str())
             .unwrap_or("llama");
-        if !matches!(model_type, "llama" | "mistral") {
+        let Some(architecture) = Architecture::named(model_type) else {
             return Err(ModelError::field(
                 &p,
                 "model_type",
-                format!("'{model_type}' is not supported (llama is)"),
+                format!(
+                    "'{model_type}' is not supported ({})",
+                    Architecture::SUPPORTED
+                ),
             ));
-        }
+        };
         let uint = |k: &str| -> Result<usize> {
             json.get(k)
                 .ok_or_else(|| ModelError::field(&p, k, "missing"))?
@@ -325,13 +380,25 @@ impl LlamaConfig {
                 }
             }
         };
-        if json.get("attention_bias").and_then(|v| v.as_bool()) == Some(true) {
+        if json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
+            return Err(ModelError::field(
+                &p,
+                "use_sliding_window",
+                "sliding-window attention is not supported",
+            ));
+        }
+        // Qwen2's Q/K/V always have biases (its config has no key for them); elsewhere
+        // `attention_bias` biases the output projection too, which lowbit does not run.
+        if architecture != Architecture::Qwen2
+            && json.get("attention_bias").and_then(|v| v.as_bool()) == Some(true)
+        {
             return Err(ModelError::field(
                 &p,
                 "attention_bias",
-                "biased attention projections are not supported",
+                "a biased attention output projection is not supported",
             ));
         }
+        let attention_bias = architecture == Architecture::Qwen2;
         Self {
             hidden_size,
             n_layers: uint("num_hidden_layers")?,
@@ -349,6 +416,8 @@ impl LlamaConfig {
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
             context_length: opt_uint("max_position_embeddings").unwrap_or(2048),
+            attention_bias,
+            qk_norm: architecture == Architecture::Qwen3,
         }
         .validate(path)
     }

@@ -34,6 +34,10 @@ struct Block {
     q: Weight,
     k: Weight,
     v: Weight,
+    /// Q, K and V biases (Qwen2).
+    qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm weights of the queries and the keys (Qwen3).
+    qk_norm: Option<[Tensor; 2]>,
     o: Weight,
     ffn_norm: Tensor,
     mlp: Mlp,
@@ -131,6 +135,22 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
             (n("attn_q"), m(q_dim, h)),
             (n("attn_k"), m(kv_dim, h)),
             (n("attn_v"), m(kv_dim, h)),
+        ]);
+        if c.attention_bias {
+            let b = |part: &str| format!("blk.{i}.{part}.bias");
+            out.extend([
+                (b("attn_q"), v(q_dim)),
+                (b("attn_k"), v(kv_dim)),
+                (b("attn_v"), v(kv_dim)),
+            ]);
+        }
+        if c.qk_norm {
+            out.extend([
+                (n("attn_q_norm"), v(c.head_dim)),
+                (n("attn_k_norm"), v(c.head_dim)),
+            ]);
+        }
+        out.extend([
             (n("attn_output"), m(h, q_dim)),
             (n("ffn_norm"), v(h)),
             (n("ffn_gate"), m(c.ffn_size, h)),
@@ -307,6 +327,24 @@ impl Llama {
                     host_matrix(&n("attn_v"), kv_dim, h)?,
                 ],
             )?;
+            let qkv_bias = if c.attention_bias {
+                let b = |part: &str| format!("blk.{i}.{part}.bias");
+                Some([
+                    vector(&b("attn_q"), q_dim)?,
+                    vector(&b("attn_k"), kv_dim)?,
+                    vector(&b("attn_v"), kv_dim)?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if c.qk_norm {
+                Some([
+                    vector(&n("attn_q_norm"), c.head_dim)?,
+                    vector(&n("attn_k_norm"), c.head_dim)?,
+                ])
+            } else {
+                None
+            };
             let o = backend.load_weight(host_matrix(&n("attn_output"), h, q_dim)?)?;
             let ffn_norm = vector(&n("ffn_norm"), h)?;
             let [gate, up] = together(
@@ -322,6 +360,8 @@ impl Llama {
                 q,
                 k,
                 v,
+                qkv_bias,
+                qk_norm,
                 o,
                 ffn_norm,
                 mlp: Mlp { gate, up, down },
@@ -590,10 +630,19 @@ impl Llama {
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
         let be = &*self.backend;
-        let [q, k, v]: [Tensor; 3] = be
+        let [mut q, mut k, mut v]: [Tensor; 3] = be
             .matmul_many(x, &[&block.q, &block.k, &block.v])?
             .try_into()
             .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
+        if let Some([bq, bk, bv]) = &block.qkv_bias {
+            q = be.add_bias(&q, bq)?;
+            k = be.add_bias(&k, bk)?;
+            v = be.add_bias(&v, bv)?;
+        }
+        if let Some([q_norm, k_norm]) = &block.qk_norm {
+            q = be.rms_norm_heads(q, q_norm, self.config.rms_eps)?;
+            k = be.rms_norm_heads(k, k_norm, self.config.rms_eps)?;
+        }
         let out = be.rope_attention(
             layer,
             (&q, &k, &v),

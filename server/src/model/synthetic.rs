@@ -43,6 +43,8 @@ impl SyntheticModel {
             vocab_size: 128_256,
             tied_embeddings: tied,
             context_length: 8192,
+            attention_bias: false,
+            qk_norm: false,
         };
         match self {
             SyntheticModel::Llama1B => llama3(2048, 16, 64, 8192, true),
@@ -61,6 +63,8 @@ impl SyntheticModel {
                 vocab_size: 49_152,
                 tied_embeddings: true,
                 context_length: 8192,
+                attention_bias: false,
+                qk_norm: false,
             },
         }
     }

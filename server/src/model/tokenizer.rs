@@ -25,6 +25,9 @@ mod token_type {
 /// Llama 3's pre-tokenizer split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`): Llama 3's with single digits.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// A tokenizer with the model's special ids.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -212,6 +215,20 @@ impl Tokenizer {
     }
 }
 
+/// A regex split (each match its own piece), then the byte-level mapping.
+fn split_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper> {
+    let split = Split::new(
+        SplitPattern::Regex(pattern.to_string()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(tok_err)?;
+    Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+        PreTokenizerWrapper::Split(split),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+    ])))
+}
+
 /// The pre-tokenizer llama.cpp applies for a `tokenizer.ggml.pre` value.
 fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenizerWrapper> {
     let byte_level = |regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, regex));
@@ -222,15 +239,13 @@ fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenizerWrapper> {
         "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva-7b" => {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]))
         }
-        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => {
-            let split = Split::new(SplitPattern::Regex(LLAMA3_SPLIT.to_string()), SplitDelimiterBehavior::Isolated, false).map_err(tok_err)?;
-            PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Split(split), byte_level(false)]))
-        }
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => split_then_bytes(LLAMA3_SPLIT)?,
+        "qwen2" | "deepseek-r1-qwen" => split_then_bytes(QWEN2_SPLIT)?,
         other => {
             return Err(ModelError::field(
                 path,
                 "tokenizer.ggml.pre",
-                format!("pre-tokenizer '{other}' is not supported (default, gpt2, smollm, starcoder, llama-bpe…)"),
+                format!("pre-tokenizer '{other}' is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2…)"),
             ))
         }
     })

@@ -10,9 +10,30 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Which member of the Llama family the tiny model is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinyArch {
+    Llama,
+    /// Q/K/V biases, RoPE on unpermuted weights in GGUF too.
+    Qwen2,
+    /// Per-head Q/K RMSNorms, heads twice as wide as `hidden / heads`.
+    Qwen3,
+}
+
+impl TinyArch {
+    pub fn name(self) -> &'static str {
+        match self {
+            TinyArch::Llama => "llama",
+            TinyArch::Qwen2 => "qwen2",
+            TinyArch::Qwen3 => "qwen3",
+        }
+    }
+}
+
 /// Shape of the tiny model; K dimensions are multiples of 32 so block formats fit.
 #[derive(Debug, Clone, Copy)]
 pub struct TinyConfig {
+    pub arch: TinyArch,
     pub hidden: usize,
     pub layers: usize,
     pub heads: usize,
@@ -27,6 +48,7 @@ pub struct TinyConfig {
 impl Default for TinyConfig {
     fn default() -> Self {
         Self {
+            arch: TinyArch::Llama,
             hidden: 64,
             layers: 2,
             heads: 4,
@@ -42,7 +64,10 @@ impl Default for TinyConfig {
 
 impl TinyConfig {
     pub fn head_dim(&self) -> usize {
-        self.hidden / self.heads
+        match self.arch {
+            TinyArch::Qwen3 => 2 * self.hidden / self.heads,
+            _ => self.hidden / self.heads,
+        }
     }
 }
 
@@ -222,6 +247,56 @@ impl TinyModel {
                 0.0,
                 &mut rng,
             );
+            if cfg.arch == TinyArch::Qwen2 {
+                let b = |p: &str| format!("blk.{l}.{p}.bias");
+                add(
+                    b("attn_q"),
+                    1,
+                    cfg.heads * hd,
+                    SourceDType::F32,
+                    0.5,
+                    0.0,
+                    &mut rng,
+                );
+                add(
+                    b("attn_k"),
+                    1,
+                    cfg.kv_heads * hd,
+                    SourceDType::F32,
+                    0.5,
+                    0.0,
+                    &mut rng,
+                );
+                add(
+                    b("attn_v"),
+                    1,
+                    cfg.kv_heads * hd,
+                    SourceDType::F32,
+                    0.5,
+                    0.0,
+                    &mut rng,
+                );
+            }
+            if cfg.arch == TinyArch::Qwen3 {
+                add(
+                    n("attn_q_norm"),
+                    1,
+                    hd,
+                    SourceDType::F32,
+                    0.3,
+                    1.0,
+                    &mut rng,
+                );
+                add(
+                    n("attn_k_norm"),
+                    1,
+                    hd,
+                    SourceDType::F32,
+                    0.3,
+                    1.0,
+                    &mut rng,
+                );
+            }
             add(
                 n("attn_output"),
                 h,
@@ -278,27 +353,42 @@ impl TinyModel {
     pub fn gguf_bytes(&self) -> Vec<u8> {
         let c = &self.cfg;
         let mut w = GgufWriter::new();
-        w.meta("general.architecture", MetaValue::String("llama".into()))
+        let arch = c.arch.name();
+        let key = |k: &str| format!("{arch}.{k}");
+        w.meta("general.architecture", MetaValue::String(arch.into()))
             .meta("general.name", MetaValue::String("tiny".into()))
-            .meta("llama.embedding_length", MetaValue::U32(c.hidden as u32))
-            .meta("llama.block_count", MetaValue::U32(c.layers as u32))
-            .meta("llama.feed_forward_length", MetaValue::U32(c.ffn as u32))
-            .meta("llama.attention.head_count", MetaValue::U32(c.heads as u32))
+            .meta(&key("embedding_length"), MetaValue::U32(c.hidden as u32))
+            .meta(&key("block_count"), MetaValue::U32(c.layers as u32))
+            .meta(&key("feed_forward_length"), MetaValue::U32(c.ffn as u32))
+            .meta(&key("attention.head_count"), MetaValue::U32(c.heads as u32))
             .meta(
-                "llama.attention.head_count_kv",
+                &key("attention.head_count_kv"),
                 MetaValue::U32(c.kv_heads as u32),
             )
             .meta(
-                "llama.attention.layer_norm_rms_epsilon",
+                &key("attention.key_length"),
+                MetaValue::U32(c.head_dim() as u32),
+            )
+            .meta(
+                &key("attention.value_length"),
+                MetaValue::U32(c.head_dim() as u32),
+            )
+            .meta(
+                &key("attention.layer_norm_rms_epsilon"),
                 MetaValue::F32(c.eps as f32),
             )
-            .meta("llama.rope.freq_base", MetaValue::F32(c.rope_theta as f32))
-            .meta("llama.context_length", MetaValue::U32(256))
-            .meta("llama.vocab_size", MetaValue::U32(c.vocab as u32));
+            .meta(&key("rope.freq_base"), MetaValue::F32(c.rope_theta as f32))
+            .meta(&key("context_length"), MetaValue::U32(256))
+            .meta(&key("vocab_size"), MetaValue::U32(c.vocab as u32))
+            // No vocabulary: llama.cpp runs such a file on token ids (the fixtures of
+            // tests/data/llama_cpp_logits.json were made so).
+            .meta("tokenizer.ggml.model", MetaValue::String("none".into()));
+        // Only Llama's converter permutes Q/K rows (llama.cpp's NORM rope); Qwen's keep HF order.
+        let permute = c.arch == TinyArch::Llama;
         for t in &self.tensors {
-            let values = if t.name.ends_with("attn_q.weight") {
+            let values = if permute && t.name.ends_with("attn_q.weight") {
                 permute_rows(&t.values, c.heads, t.cols)
-            } else if t.name.ends_with("attn_k.weight") {
+            } else if permute && t.name.ends_with("attn_k.weight") {
                 permute_rows(&t.values, c.kv_heads, t.cols)
             } else {
                 t.values.clone()
@@ -318,9 +408,13 @@ impl TinyModel {
     pub fn write_hf_folder(&self, dir: &Path, shards: usize) {
         let c = &self.cfg;
         std::fs::create_dir_all(dir).unwrap();
-        let config = serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        let mut config = serde_json::json!({
+            "architectures": [match c.arch {
+                TinyArch::Llama => "LlamaForCausalLM",
+                TinyArch::Qwen2 => "Qwen2ForCausalLM",
+                TinyArch::Qwen3 => "Qwen3ForCausalLM",
+            }],
+            "model_type": c.arch.name(),
             "hidden_size": c.hidden,
             "num_hidden_layers": c.layers,
             "num_attention_heads": c.heads,
@@ -334,6 +428,10 @@ impl TinyModel {
             "bos_token_id": 1,
             "eos_token_id": 2,
         });
+        if c.arch == TinyArch::Qwen3 {
+            config["head_dim"] = c.head_dim().into();
+            config["attention_bias"] = false.into();
+        }
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_string_pretty(&config).unwrap(),
@@ -434,15 +532,38 @@ impl TinyModel {
             let mut qs = Vec::new();
             let mut ks = Vec::new();
             let mut vs = Vec::new();
+            let vector = |p: &str| {
+                let has = self.tensors.iter().any(|t| t.name == p);
+                has.then(|| m(p))
+            };
+            let b = |p: &str| vector(&format!("blk.{l}.{p}.bias"));
+            let (bq, bk, bv) = (b("attn_q"), b("attn_k"), b("attn_v"));
+            let (nq, nk) = (vector(&n("attn_q_norm")), vector(&n("attn_k_norm")));
+            let add_bias = |x: &mut Vec<f64>, bias: &Option<(usize, usize, Vec<f64>)>| {
+                if let Some(b) = bias {
+                    x.iter_mut().zip(&b.2).for_each(|(v, b)| *v += b);
+                }
+            };
+            let head_norm = |x: &mut Vec<f64>, g: &Option<(usize, usize, Vec<f64>)>| {
+                if let Some(g) = g {
+                    *x = x.chunks(hd).flat_map(|head| norm(head, g)).collect();
+                }
+            };
             for (pos, x) in xs.iter().enumerate() {
                 let hx = norm(x, &an);
                 let mut q = matvec(&wq, &hx);
                 let mut k = matvec(&wk, &hx);
+                let mut v = matvec(&wv, &hx);
+                add_bias(&mut q, &bq);
+                add_bias(&mut k, &bk);
+                add_bias(&mut v, &bv);
+                head_norm(&mut q, &nq);
+                head_norm(&mut k, &nk);
                 rope(&mut q, pos);
                 rope(&mut k, pos);
                 qs.push(q);
                 ks.push(k);
-                vs.push(matvec(&wv, &hx));
+                vs.push(v);
             }
             for (pos, x) in xs.iter_mut().enumerate() {
                 let mut attn = vec![0.0; c.heads * hd];

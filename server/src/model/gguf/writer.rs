@@ -18,7 +18,11 @@ impl GgufWriter {
 
     /// Adds a metadata pair.
     pub fn meta(&mut self, key: &str, value: MetaValue) -> &mut Self {
-        self.metadata.push((key.to_string(), value));
+        // A key set twice keeps its place and takes the new value: a file has each key once.
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.metadata.push((key.to_string(), value)),
+        }
         self
     }
 

@@ -1,0 +1,66 @@
+//! GGUF vocabularies tokenize as llama.cpp tokenizes them, for each pre-tokenizer family
+//! lowbit supports. One byte-level BPE vocabulary (`data/tokenizer-bpe.gguf`), written again
+//! with each `tokenizer.ggml.pre` value, and llama.cpp's ids for hard strings (digits,
+//! contractions in both cases, whitespace runs, CRLF, non-Latin letters, emoji, special tokens)
+//! with each (`data/llama_cpp_tokens.json`; both made by `data/llama_cpp_tokens.py`). Decoding
+//! gives the text back.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
+
+use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
+use lowbit::model::Tokenizer;
+use std::path::{Path, PathBuf};
+
+#[derive(serde::Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct Family {
+    pre: String,
+    cases: Vec<Case>,
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// The vocabulary file with `tokenizer.ggml.pre` set to `pre`.
+fn vocabulary_with_pre(dir: &Path, pre: &str) -> GgufFile {
+    let base = GgufFile::open(&data("tokenizer-bpe.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in base.metadata() {
+        w.meta(k, v.clone());
+    }
+    w.meta("tokenizer.ggml.pre", MetaValue::String(pre.into()));
+    let path = dir.join(format!("{pre}.gguf"));
+    std::fs::write(&path, w.to_bytes()).unwrap();
+    GgufFile::open(&path).unwrap()
+}
+
+#[test]
+fn each_pre_tokenizer_splits_as_llama_cpp_does() {
+    let json = std::fs::read_to_string(data("llama_cpp_tokens.json")).unwrap();
+    let families: Vec<Family> = serde_json::from_str(&json).unwrap();
+    let pres: Vec<&str> = families.iter().map(|f| f.pre.as_str()).collect();
+    assert_eq!(pres, ["qwen2", "llama-bpe", "smollm"]);
+    let dir = tempfile::tempdir().unwrap();
+    for f in &families {
+        let tok = Tokenizer::from_gguf(&vocabulary_with_pre(dir.path(), &f.pre)).unwrap();
+        for case in &f.cases {
+            let ids = tok.encode(&case.text, false).unwrap();
+            assert_eq!(ids, case.ids, "{}: {:?}", f.pre, case.text);
+            assert_eq!(tok.decode(&ids, false).unwrap(), case.text, "{}", f.pre);
+        }
+    }
+    // Each family's split shows in some case's ids: a family read with another's split fails.
+    for (i, a) in families.iter().enumerate() {
+        for b in &families[i + 1..] {
+            let differ = a.cases.iter().zip(&b.cases).any(|(x, y)| x.ids != y.ids);
+            assert!(differ, "{} and {} tokenize every case alike", a.pre, b.pre);
+        }
+    }
+}
