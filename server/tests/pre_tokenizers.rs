@@ -56,6 +56,11 @@ fn each_pre_tokenizer_splits_as_llama_cpp_does() {
             assert_eq!(tok.decode(&ids, false).unwrap(), case.text, "{}", f.pre);
         }
     }
+    // The file names <|im_end|> its EOS; <|endoftext|> ends a turn too, as in llama.cpp.
+    let tok = Tokenizer::from_gguf(&vocabulary_with_pre(dir.path(), "qwen2")).unwrap();
+    let id = |s: &str| tok.encode(s, false).unwrap()[0];
+    assert_eq!(tok.eos(), [id("<|im_end|>"), id("<|endoftext|>")]);
+
     // Each family's split shows in some case's ids: a family read with another's split fails.
     for (i, a) in families.iter().enumerate() {
         for b in &families[i + 1..] {

@@ -28,6 +28,18 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`): Llama 3's with single digits.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Control tokens that end a turn in some model family (a subset of llama.cpp's list).
+const END_OF_TURN: [&str; 8] = [
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+];
+
 /// A tokenizer with the model's special ids.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -140,10 +152,23 @@ impl Tokenizer {
 
         let id = |k: &str| gguf.get(k).and_then(MetaValue::as_u64).map(|v| v as u32);
         let bos = id("tokenizer.ggml.bos_token_id");
-        let eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")
+        let mut eos: Vec<u32> = id("tokenizer.ggml.eos_token_id")
             .into_iter()
             .chain(id("tokenizer.ggml.eot_token_id"))
             .collect();
+        // Like llama.cpp, any control token named as an end of turn ends generation too: an
+        // instruct model's file often names `<|endoftext|>` its EOS while its chats end with
+        // `<|im_end|>` (Qwen), or the reverse.
+        for (id, t) in tokens.iter().enumerate() {
+            let control =
+                types.get(id).and_then(MetaValue::as_f64) == Some(token_type::CONTROL as f64);
+            if control
+                && t.as_str().is_some_and(|s| END_OF_TURN.contains(&s))
+                && !eos.contains(&(id as u32))
+            {
+                eos.push(id as u32);
+            }
+        }
         // llama.cpp adds BOS by default for BPE vocabularies unless the file says otherwise.
         let add_bos = gguf
             .get("tokenizer.ggml.add_bos_token")
