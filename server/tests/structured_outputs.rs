@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::app::{chat, completion, send, start, App, Reply, BAD};
+use common::app::{chat, completion, post, send, start, stream_chunks, App, Reply, BAD};
 use serde_json::{json, Value};
 
 /// A person: bounded fields, so that even a wandering sample ends well within max_tokens.
@@ -51,25 +51,6 @@ async fn post_chat(app: &App, extra: Value) -> Reply {
         None,
     )
     .await
-}
-
-/// The chunks of a streamed chat.
-async fn stream_chunks(app: &App, body: String) -> Vec<Value> {
-    let r = send(app, "POST", "/v1/chat/completions", Some(&body), None).await;
-    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
-    r.text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect()
-}
-
-/// The JSON of a request that must succeed.
-async fn post(app: &App, path: &str, body: String) -> Value {
-    let r = send(app, "POST", path, Some(&body), None).await;
-    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
-    r.json()
 }
 
 #[tokio::test]

@@ -8,13 +8,14 @@ use super::openai::{
     ResponseMessage, ResponseToolCall, TokenLogprob, TopLogprob, UsageBody,
 };
 use super::params::{self, CHAT_FIELDS, MAX_TOP_LOGPROBS};
+use super::reasoning::{self, Parts, ReasoningSplit};
 use super::structured;
 use super::tool_stream::{self, ToolStream};
 use super::tools::{self, Reply, ToolUse};
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
 use crate::engine::{Event, FinishReason};
-use crate::model::{ChatMessage, Tokenizer};
+use crate::model::{ChatMessage, ChatTemplate, Tokenizer};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -22,6 +23,15 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
+
+/// A delta of a split reply: each part that grew.
+fn text_delta(parts: Parts) -> Delta {
+    Delta {
+        content: (!parts.content.is_empty()).then_some(parts.content),
+        reasoning_content: (!parts.reasoning.is_empty()).then_some(parts.reasoning),
+        ..Delta::default()
+    }
+}
 
 /// The text of one token, as logprobs report it.
 pub fn token_text(tokenizer: &Tokenizer, id: u32) -> String {
@@ -202,14 +212,32 @@ fn tool_turn(i: usize, m: &RequestMessage, content: String) -> Result<String, Ap
     })
 }
 
+/// A conversation rendered for the model.
+pub struct ChatPrompt {
+    pub ids: Vec<u32>,
+    /// The template left the assistant's turn inside an open `<think>` (DeepSeek-R1).
+    pub opens_thinking: bool,
+}
+
 /// The token ids of a conversation: messages checked, the model's chat template rendered with
-/// the assistant's turn opened, the text tokenized (the template writes its own special tokens).
-/// With `tools`, the system message describes them and the reply's format.
+/// the assistant's turn opened (and the caller's `chat_template_kwargs`), the text tokenized
+/// (the template writes its own special tokens). With `tools`, the system message describes
+/// them and the reply's format.
 pub fn chat_prompt(
     state: &AppState,
     msgs: &[RequestMessage],
     tools: Option<&ToolUse>,
-) -> Result<Vec<u32>, ApiError> {
+    kwargs: &serde_json::Map<String, serde_json::Value>,
+) -> Result<ChatPrompt, ApiError> {
+    if let Some(name) = ChatTemplate::RESERVED
+        .iter()
+        .find(|n| kwargs.contains_key(**n))
+    {
+        return Err(ApiError::invalid(
+            "chat_template_kwargs",
+            format!("'chat_template_kwargs' cannot set '{name}': lowbit sets it"),
+        ));
+    }
     let mut msgs = messages(msgs)?;
     if let Some(t) = tools {
         match msgs.first_mut().filter(|m| m.role == "system") {
@@ -223,13 +251,17 @@ pub fn chat_prompt(
         ));
     };
     let text = template
-        .render(&msgs, true)
+        .render_with(&msgs, true, kwargs)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    state
+    let ids = state
         .model
         .tokenizer
         .encode(&text, false)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))
+        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+    Ok(ChatPrompt {
+        ids,
+        opens_thinking: reasoning::prompt_opens_thinking(&text),
+    })
 }
 
 /// Creates a chat completion.
@@ -267,7 +299,11 @@ pub async fn create(
         req.tool_choice.as_ref(),
         req.parallel_tool_calls,
     )?;
-    let prompt = chat_prompt(&state, &req.messages, tool_use.as_ref())?;
+    let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+    let ChatPrompt {
+        ids: prompt,
+        opens_thinking,
+    } = chat_prompt(&state, &req.messages, tool_use.as_ref(), &kwargs)?;
     let limit = state.engine.max_model_len();
     let default_max = limit.saturating_sub(prompt.len()).max(1);
     let max_tokens = match req.max_completion_tokens {
@@ -291,6 +327,8 @@ pub async fn create(
         None => structured::grammar(&state, &req.sampling).await?,
     };
     let tools = tool_use.is_some();
+    // A constrained reply follows its format from the first token: no thinking to split.
+    let split = state.model.reasoning && grammar.is_none();
     let id = request_id(&headers);
     let n = settings.n;
     let mut gen = params::request(
@@ -312,13 +350,19 @@ pub async fn create(
             .into_iter()
             .enumerate()
             .map(|(index, c): (usize, Choice)| {
-                let (content, tool_calls, finish_reason) = reply(tools, c.text, c.finish);
+                let (mut content, tool_calls, finish_reason) = reply(tools, c.text, c.finish);
+                let mut reasoning_content = None;
+                if let (true, Some(text)) = (split, &content) {
+                    let (thought, answer) = ReasoningSplit::split(opens_thinking, text);
+                    (reasoning_content, content) = (thought, Some(answer));
+                }
                 ChatChoice {
                     index,
                     logprobs: top.map(|_| chat_logprobs(tokenizer, &c.logprobs)),
                     message: ResponseMessage {
                         role: "assistant",
                         content,
+                        reasoning_content,
                         tool_calls,
                     },
                     finish_reason,
@@ -360,7 +404,7 @@ pub async fn create(
             let delta = Delta {
                 role: Some("assistant"),
                 content: Some(String::new()),
-                tool_calls: None,
+                ..Delta::default()
             };
             if !tx.json(&chunk(one(index, delta, None, None), None)) {
                 return;
@@ -370,6 +414,7 @@ pub async fn create(
         // With tools a reply is sent as it is read (tool_stream.rs): the answer's text, each
         // call's name, its arguments; logprobs come with the choice's last delta.
         let mut readers = vec![ToolStream::default(); n];
+        let mut splits = vec![ReasoningSplit::new(opens_thinking); n];
         let mut held: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); n];
         while let Some((_, e)) = events.next().await {
             let sent = match e {
@@ -388,14 +433,21 @@ pub async fn create(
                         }
                         continue;
                     }
-                    if text.is_empty() && logprobs.is_none() {
+                    let delta = if split {
+                        text_delta(splits[choice].push(&text))
+                    } else {
+                        Delta {
+                            content: (!text.is_empty()).then_some(text),
+                            ..Delta::default()
+                        }
+                    };
+                    if delta.content.is_none()
+                        && delta.reasoning_content.is_none()
+                        && logprobs.is_none()
+                    {
                         continue;
                     }
                     let lp = logprobs.map(|lp| chat_logprobs(tokenizer, &[lp]));
-                    let delta = Delta {
-                        content: Some(text),
-                        ..Delta::default()
-                    };
                     tx.json(&chunk(one(choice, delta, lp, None), None))
                 }
                 Event::Finished {
@@ -426,12 +478,23 @@ pub async fn create(
                         if let Some(lp) = lp {
                             tx.json(&chunk(one(choice, Delta::default(), Some(lp), None), None));
                         }
-                    } else if !text.is_empty() {
-                        let delta = Delta {
-                            content: Some(text),
-                            ..Delta::default()
+                    } else {
+                        let delta = if split {
+                            let s = &mut splits[choice];
+                            let mut parts = s.push(&text);
+                            let end = s.finish();
+                            parts.reasoning.push_str(&end.reasoning);
+                            parts.content.push_str(&end.content);
+                            text_delta(parts)
+                        } else {
+                            Delta {
+                                content: (!text.is_empty()).then_some(text),
+                                ..Delta::default()
+                            }
                         };
-                        tx.json(&chunk(one(choice, delta, None, None), None));
+                        if delta.content.is_some() || delta.reasoning_content.is_some() {
+                            tx.json(&chunk(one(choice, delta, None, None), None));
+                        }
                     }
                     tx.json(&chunk(
                         one(choice, Delta::default(), None, Some(finish)),

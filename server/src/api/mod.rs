@@ -13,6 +13,7 @@ pub mod models;
 pub mod openai;
 pub mod openapi;
 pub mod params;
+pub mod reasoning;
 pub mod structured;
 pub mod tokenize;
 pub mod tool_stream;
@@ -49,6 +50,8 @@ pub struct ServedModel {
     pub template: Option<ChatTemplate>,
     /// Compiles structured-output formats over the tokenizer's vocabulary.
     pub grammars: Arc<Grammars>,
+    /// Chat replies are split into `reasoning_content` and `content` (reasoning.rs).
+    pub reasoning: bool,
     /// Unix time the server started (the models' `created`).
     pub created: u64,
 }

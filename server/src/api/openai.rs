@@ -241,6 +241,9 @@ pub struct ChatCompletionRequest {
     pub tool_choice: Option<ToolChoice>,
     /// Several calls in one reply (default true).
     pub parallel_tool_calls: Option<bool>,
+    /// More variables for the chat template (vLLM's; e.g. Qwen3's `enable_thinking`).
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -333,6 +336,10 @@ pub struct ChatLogprobs {
 pub struct ResponseMessage {
     pub role: &'static str,
     pub content: Option<String>,
+    /// A reasoning model's thinking (`<think>…</think>`, api/reasoning.rs), as vLLM and
+    /// llama-server name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ResponseToolCall>>,
 }
@@ -397,6 +404,8 @@ pub struct Delta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<DeltaToolCall>>,
 }
@@ -488,6 +497,9 @@ pub struct TokenizeRequest {
     pub tools: Option<Vec<Tool>>,
     pub tool_choice: Option<ToolChoice>,
     pub parallel_tool_calls: Option<bool>,
+    /// With `messages`: the chat's template variables.
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `POST /tokenize`'s answer.

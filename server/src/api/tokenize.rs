@@ -27,6 +27,7 @@ pub async fn tokenize(
             "tools",
             "tool_choice",
             "parallel_tool_calls",
+            "chat_template_kwargs",
         ],
         false,
     )?;
@@ -43,11 +44,20 @@ pub async fn tokenize(
     if tools.is_some() && req.messages.is_none() {
         return Err(ApiError::invalid("tools", "'tools' go with 'messages'"));
     }
+    if req.chat_template_kwargs.is_some() && req.messages.is_none() {
+        return Err(ApiError::invalid(
+            "chat_template_kwargs",
+            "'chat_template_kwargs' go with 'messages'",
+        ));
+    }
     let tokens = match (&req.prompt, &req.messages) {
         (Some(p), None) => tokenizer
             .encode(p, req.add_special_tokens.unwrap_or(true))
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-        (None, Some(messages)) => super::chat::chat_prompt(&state, messages, tools.as_ref())?,
+        (None, Some(messages)) => {
+            let kwargs = req.chat_template_kwargs.unwrap_or_default();
+            super::chat::chat_prompt(&state, messages, tools.as_ref(), &kwargs)?.ids
+        }
         _ => {
             return Err(ApiError::bad_request(
                 "give exactly one of 'prompt' and 'messages'",

@@ -7,6 +7,7 @@
 //! finish (up to `--shutdown-timeout`), and the process exits 0.
 
 use super::{KvCacheDtypeArg, ModelArgs};
+use crate::api::reasoning::ReasoningParser;
 use crate::api::{self, AppState, ServedModel};
 use crate::engine::blocks::BlockManager;
 use crate::engine::grammar::Grammars;
@@ -91,6 +92,31 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "LOWBIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// A Jinja chat template (a file, or the template itself) instead of the model's own.
+    #[arg(long, env = "LOWBIT_CHAT_TEMPLATE")]
+    pub chat_template: Option<String>,
+    /// Split a chat reply's `<think>…</think>` into `reasoning_content` (`auto`: where the
+    /// chat template writes `</think>`, as Qwen3's and DeepSeek-R1's do).
+    #[arg(long, env = "LOWBIT_REASONING_PARSER", value_enum, default_value_t = ReasoningParser::Auto)]
+    pub reasoning_parser: ReasoningParser,
+}
+
+/// `--chat-template`: a file's text, or the value itself when no such file exists (as vLLM).
+fn chat_template_arg(
+    source: &ModelSource,
+    tokenizer: &crate::model::Tokenizer,
+    given: &str,
+) -> Result<crate::model::ChatTemplate> {
+    let path = std::path::Path::new(given);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("--chat-template: reading {}", path.display()))?
+    } else {
+        given.to_string()
+    };
+    source
+        .chat_template_from(tokenizer, &text)
+        .with_context(|| format!("--chat-template {given}"))
 }
 
 /// Bytes from `1073741824`, `512M`, `1GiB`, `64k`.
@@ -127,12 +153,15 @@ pub struct Prepared {
 pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     let source = ModelSource::open(&args.model.model)?;
     let tokenizer = source.tokenizer()?;
-    let template = match source.chat_template(&tokenizer) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            tracing::warn!("no chat template ({e}); /v1/chat/completions will answer 400");
-            None
-        }
+    let template = match &args.chat_template {
+        Some(given) => Some(chat_template_arg(&source, &tokenizer, given)?),
+        None => match source.chat_template(&tokenizer) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!("no chat template ({e}); /v1/chat/completions will answer 400");
+                None
+            }
+        },
     };
     let config = source.config()?;
     let names = if args.served_model_name.is_empty() {
@@ -223,6 +252,9 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         engine: engine.clone(),
         model: Arc::new(ServedModel {
             names,
+            reasoning: args
+                .reasoning_parser
+                .splits(template.as_ref().map(|t| t.source())),
             grammars: Arc::new(Grammars::new(tokenizer.clone())),
             tokenizer,
             template,

@@ -27,6 +27,7 @@ impl ChatMessage {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    source: String,
     bos_token: String,
     eos_token: String,
 }
@@ -51,32 +52,60 @@ impl ChatTemplate {
             .map_err(|e| ModelError::ChatTemplate(format!("does not compile: {e}")))?;
         Ok(Self {
             env,
+            source: source.to_string(),
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
         })
     }
 
+    /// The template's text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The names a template sees besides the caller's variables ([`ChatTemplate::render_with`]).
+    pub const RESERVED: [&'static str; 4] = [
+        "messages",
+        "add_generation_prompt",
+        "bos_token",
+        "eos_token",
+    ];
+
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// As [`ChatTemplate::render`], with more variables for the template (vLLM's
+    /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`); the [`Self::RESERVED`] names
+    /// are the renderer's own.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        variables: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
-        tmpl.render(minijinja::context! {
+        let own = minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
-        })
-        .map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            ModelError::ChatTemplate(msg)
-        })
+        };
+        let theirs = minijinja::Value::from(minijinja::value::Serde(variables));
+        tmpl.render(minijinja::context! { ..own, ..theirs })
+            .map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                ModelError::ChatTemplate(msg)
+            })
     }
 }
 
@@ -94,6 +123,20 @@ mod tests {
         .unwrap();
         let e = t.render(&[], true).unwrap_err().to_string();
         assert!(e.contains("need a message"), "{e}");
+    }
+
+    #[test]
+    fn callers_variables_reach_the_template() {
+        let t = ChatTemplate::new(
+            "{% if enable_thinking is defined and not enable_thinking %}no{% else %}yes{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let off = serde_json::json!({"enable_thinking": false});
+        let off = off.as_object().unwrap();
+        assert_eq!(t.render(&[], true).unwrap(), "yes");
+        assert_eq!(t.render_with(&[], true, off).unwrap(), "no");
     }
 
     #[test]

@@ -321,8 +321,27 @@ impl ModelSource {
         ChatTemplate::new(&source, &bos, &eos)
     }
 
+    /// `source` (a template given by the user) compiled with the BOS/EOS strings this model's
+    /// own template would see.
+    pub fn chat_template_from(&self, tokenizer: &Tokenizer, source: &str) -> Result<ChatTemplate> {
+        let (_, bos, eos) = self.template_and_tokens(tokenizer);
+        ChatTemplate::new(source, &bos, &eos)
+    }
+
     /// The chat template's source and the BOS/EOS strings it sees.
     pub fn chat_template_parts(&self, tokenizer: &Tokenizer) -> Result<(String, String, String)> {
+        let (source, bos, eos) = self.template_and_tokens(tokenizer);
+        let source = source.ok_or_else(|| {
+            ModelError::ChatTemplate(format!(
+                "{} has no chat template (GGUF 'tokenizer.chat_template' or tokenizer_config.json 'chat_template'); use a plain prompt or --chat-template",
+                self.path().display()
+            ))
+        })?;
+        Ok((source, bos, eos))
+    }
+
+    /// The file's chat template, if any, and its BOS/EOS strings.
+    fn template_and_tokens(&self, tokenizer: &Tokenizer) -> (Option<String>, String, String) {
         let token_text =
             |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
         let (source, bos, eos) = match self {
@@ -365,13 +384,7 @@ impl ModelSource {
                 l.meta("lowbit.eos_token").unwrap_or_default().to_string(),
             ),
         };
-        let source = source.ok_or_else(|| {
-            ModelError::ChatTemplate(format!(
-                "{} has no chat template (GGUF 'tokenizer.chat_template' or tokenizer_config.json 'chat_template'); use a plain prompt",
-                self.path().display()
-            ))
-        })?;
-        Ok((source, bos, eos))
+        (source, bos, eos)
     }
 }
 

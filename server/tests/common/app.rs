@@ -89,6 +89,25 @@ pub async fn send(
     }
 }
 
+/// The chunks of a streamed chat.
+pub async fn stream_chunks(app: &App, body: String) -> Vec<Value> {
+    let r = send(app, "POST", "/v1/chat/completions", Some(&body), None).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    r.text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+/// The JSON of a request that must succeed.
+pub async fn post(app: &App, path: &str, body: String) -> Value {
+    let r = send(app, "POST", path, Some(&body), None).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text);
+    r.json()
+}
+
 pub fn chat(extra: Value) -> String {
     let mut v = json!({
         "model": MODEL,

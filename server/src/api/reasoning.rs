@@ -1,0 +1,268 @@
+//! Reasoning models (Qwen3, DeepSeek-R1 and its distills, QwQ) think between `<think>` and
+//! `</think>` before they answer. As vLLM's reasoning parsers and llama-server do, a chat
+//! reply is split: the thinking goes to `reasoning_content`, the answer to `content`.
+//!
+//! The thinking starts where the reply starts with `<think>` (Qwen3) or, when the rendered
+//! prompt already ends with an open `<think>` (DeepSeek-R1's template), at the first token; it
+//! ends at `</think>`, and the whitespace after it is dropped. A reply that never thinks is
+//! all content, unchanged; one that is cut off while thinking is all reasoning. Streamed, the
+//! split holds back only what could still be the start of a tag.
+
+/// Opens the thinking.
+pub const OPEN: &str = "<think>";
+/// Closes it.
+pub const CLOSE: &str = "</think>";
+
+/// Which reasoning parser the server applies (`--reasoning-parser`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReasoningParser {
+    /// Split where the model's chat template writes `</think>`.
+    Auto,
+    /// Never split: the thinking stays in `content`.
+    None,
+    /// vLLM's names; both are the tag split above.
+    Qwen3,
+    #[value(name = "deepseek_r1")]
+    DeepseekR1,
+}
+
+impl ReasoningParser {
+    /// Whether chats with a model of this template are split.
+    pub fn splits(self, template_source: Option<&str>) -> bool {
+        match self {
+            Self::Auto => template_source.is_some_and(|t| t.contains(CLOSE)),
+            Self::None => false,
+            Self::Qwen3 | Self::DeepseekR1 => true,
+        }
+    }
+}
+
+/// Whether a rendered prompt leaves the model inside an open `<think>`.
+pub fn prompt_opens_thinking(prompt: &str) -> bool {
+    prompt.trim_end().ends_with(OPEN)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing but whitespace yet: it may still open with `<think>`.
+    Start,
+    Reasoning,
+    /// Just after `</think>`: whitespace is dropped.
+    Closed,
+    Content,
+}
+
+/// What a piece of the reply adds to each part.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Parts {
+    pub reasoning: String,
+    pub content: String,
+}
+
+/// Splits one reply as it grows.
+#[derive(Debug, Clone)]
+pub struct ReasoningSplit {
+    state: State,
+    /// Text not yet given out: leading whitespace, or what may be the start of a tag.
+    pending: String,
+    thought: bool,
+}
+
+impl ReasoningSplit {
+    /// A reply to a prompt that does (`true`) or does not leave the thinking open.
+    pub fn new(prompt_opens: bool) -> Self {
+        Self {
+            state: if prompt_opens {
+                State::Reasoning
+            } else {
+                State::Start
+            },
+            pending: String::new(),
+            thought: prompt_opens,
+        }
+    }
+
+    /// Whether the reply has thought (its `reasoning_content` is not null).
+    pub fn thought(&self) -> bool {
+        self.thought
+    }
+
+    /// Takes the next piece of the reply.
+    pub fn push(&mut self, text: &str) -> Parts {
+        self.pending.push_str(text);
+        let mut out = Parts::default();
+        loop {
+            match self.state {
+                State::Start => {
+                    let rest = self.pending.trim_start();
+                    if let Some(after) = rest.strip_prefix(OPEN) {
+                        self.pending = after.to_string();
+                        self.state = State::Reasoning;
+                        self.thought = true;
+                    } else if rest.is_empty() || OPEN.starts_with(rest) {
+                        return out;
+                    } else {
+                        self.state = State::Content;
+                    }
+                }
+                State::Reasoning => match self.pending.find(CLOSE) {
+                    Some(i) => {
+                        out.reasoning.push_str(&self.pending[..i]);
+                        self.pending.drain(..i + CLOSE.len());
+                        self.state = State::Closed;
+                    }
+                    None => {
+                        let keep = partial_tag_len(&self.pending, CLOSE);
+                        let give = self.pending.len() - keep;
+                        out.reasoning.extend(self.pending.drain(..give));
+                        return out;
+                    }
+                },
+                State::Closed => {
+                    let rest = self.pending.trim_start();
+                    if rest.is_empty() {
+                        self.pending.clear();
+                        return out;
+                    }
+                    self.pending = rest.to_string();
+                    self.state = State::Content;
+                }
+                State::Content => {
+                    out.content.push_str(&self.pending);
+                    self.pending.clear();
+                    return out;
+                }
+            }
+        }
+    }
+
+    /// The end of the reply: what was held back goes where it stands.
+    pub fn finish(&mut self) -> Parts {
+        let rest = std::mem::take(&mut self.pending);
+        match self.state {
+            State::Reasoning => Parts {
+                reasoning: rest,
+                content: String::new(),
+            },
+            State::Closed => Parts::default(),
+            State::Start | State::Content => Parts {
+                reasoning: String::new(),
+                content: rest,
+            },
+        }
+    }
+
+    /// A whole reply: its reasoning (`None` when it did not think) and its content.
+    pub fn split(prompt_opens: bool, text: &str) -> (Option<String>, String) {
+        let mut s = Self::new(prompt_opens);
+        let mut parts = s.push(text);
+        let end = s.finish();
+        parts.reasoning.push_str(&end.reasoning);
+        parts.content.push_str(&end.content);
+        (s.thought.then_some(parts.reasoning), parts.content)
+    }
+}
+
+/// Length of the longest end of `text` that is a proper start of `tag` (held back, since the
+/// next piece may complete the tag).
+fn partial_tag_len(text: &str, tag: &str) -> usize {
+    (1..tag.len().min(text.len() + 1))
+        .rev()
+        .find(|&k| {
+            text.is_char_boundary(text.len() - k) && tag.starts_with(&text[text.len() - k..])
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Streams `text` in pieces of `n` characters and joins what comes out.
+    fn streamed(prompt_opens: bool, text: &str, n: usize) -> (String, String, bool) {
+        let mut s = ReasoningSplit::new(prompt_opens);
+        let chars: Vec<char> = text.chars().collect();
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        for piece in chars.chunks(n) {
+            let p = s.push(&piece.iter().collect::<String>());
+            reasoning += &p.reasoning;
+            content += &p.content;
+        }
+        let p = s.finish();
+        (reasoning + &p.reasoning, content + &p.content, s.thought())
+    }
+
+    #[test]
+    fn a_thought_reply_splits_alike_whole_and_in_every_piece_size() {
+        let cases: [(bool, &str, Option<&str>, &str); 7] = [
+            (
+                false,
+                "<think>\nLet me add: 2+2=4 <b>.\n</think>\n\nIt is 4.",
+                Some("\nLet me add: 2+2=4 <b>.\n"),
+                "It is 4.",
+            ),
+            (
+                false,
+                "Just an answer, <think> inside is content.",
+                None,
+                "Just an answer, <think> inside is content.",
+            ),
+            (false, "  \n<think>hm</think>ok", Some("hm"), "ok"),
+            (
+                false,
+                "<think>cut off while thin",
+                Some("cut off while thin"),
+                "",
+            ),
+            (
+                true,
+                "continuing thoughts </thi</think>\n\nAnswer </think> stays",
+                Some("continuing thoughts </thi"),
+                "Answer </think> stays",
+            ),
+            (false, "<thin", None, "<thin"),
+            (
+                false,
+                "  leading spaces kept",
+                None,
+                "  leading spaces kept",
+            ),
+        ];
+        for (opens, text, reasoning, content) in cases {
+            let (r, c) = ReasoningSplit::split(opens, text);
+            assert_eq!((r.as_deref(), c.as_str()), (reasoning, content), "{text:?}");
+            for n in [1, 2, 3, 5, 8, 100] {
+                let (r, c, thought) = streamed(opens, text, n);
+                assert_eq!(thought, reasoning.is_some(), "{text:?} by {n}");
+                assert_eq!(
+                    (r.as_str(), c.as_str()),
+                    (reasoning.unwrap_or(""), content),
+                    "{text:?} by {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_possible_tag_is_held_back() {
+        let mut s = ReasoningSplit::new(true);
+        assert_eq!(s.push("abc </th").reasoning, "abc ");
+        assert_eq!(s.push("é").reasoning, "</thé");
+        let mut s = ReasoningSplit::new(false);
+        assert_eq!(s.push("Hi").content, "Hi");
+    }
+
+    #[test]
+    fn the_parser_flag_decides_per_template() {
+        let qwen3 = "{{ '<think>\\n\\n</think>\\n\\n' }}";
+        assert!(ReasoningParser::Auto.splits(Some(qwen3)));
+        assert!(!ReasoningParser::Auto.splits(Some("{{ messages }}")));
+        assert!(!ReasoningParser::Auto.splits(None));
+        assert!(!ReasoningParser::None.splits(Some(qwen3)));
+        assert!(ReasoningParser::Qwen3.splits(None));
+        assert!(prompt_opens_thinking("<|Assistant|><think>\n"));
+        assert!(!prompt_opens_thinking(
+            "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+        ));
+    }
+}
