@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("LOWBIT_BIN", ROOT / "target" / "release" / "lowbit"))
@@ -228,6 +229,12 @@ def _stop_all(servers: list[Server]) -> None:
             s.cleanup()
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def client_for(server: Server, api_key: str = "none", timeout: float = 60, **kw) -> OpenAI:
+    """The official SDK pointed at `server`. max_retries=0: a 429 or a 5xx must reach the test,
+    not be retried by the SDK."""
+    return OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0, timeout=timeout, **kw)
 
 
 @pytest.fixture(scope="session")

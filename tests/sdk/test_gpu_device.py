@@ -17,14 +17,15 @@ import json
 import pytest
 from openai import OpenAI
 
-from conftest import MODEL
+from conftest import MODEL, client_for
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 MAX_TOKENS = 6
 
 
-def client_for(server) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=110)
+def gpu_client(server) -> OpenAI:
+    # lavapipe is slow: a longer timeout than the CPU tests'.
+    return client_for(server, timeout=110)
 
 
 def logprobs_of(client: OpenAI, **sampling) -> list:
@@ -38,7 +39,7 @@ def logprobs_of(client: OpenAI, **sampling) -> list:
 def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
     cpu = server_factory("--device", "cpu")
     want = (
-        client_for(cpu)
+        gpu_client(cpu)
         .chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=MAX_TOKENS)
         .choices[0]
         .message.content
@@ -47,7 +48,7 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
 
     gpu = server_factory("--device", "gpu", env={"XDG_RUNTIME_DIR": "/tmp"})
     assert "running on the GPU" in gpu.stderr(), gpu.stderr()
-    client = client_for(gpu)
+    client = gpu_client(gpu)
     r = client.chat.completions.create(
         model=MODEL, messages=QUESTION, temperature=0, max_tokens=MAX_TOKENS
     )
@@ -99,7 +100,7 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
     ids = tok["tokens"]
     echo = dict(model=MODEL, prompt=ids, max_tokens=0, echo=True, logprobs=2)
     on_gpu = client.completions.create(**echo).choices[0].logprobs
-    on_cpu = client_for(cpu).completions.create(**echo).choices[0].logprobs
+    on_cpu = gpu_client(cpu).completions.create(**echo).choices[0].logprobs
     assert on_gpu.tokens == on_cpu.tokens and len(on_gpu.tokens) == len(ids)
     assert on_gpu.token_logprobs[0] is None
     for g, c in zip(on_gpu.token_logprobs[1:], on_cpu.token_logprobs[1:]):
@@ -131,7 +132,7 @@ def test_serve_on_the_gpu_answers_like_the_cpu(server_factory):
         },
     )
     on_gpu = client.chat.completions.create(**structured).choices[0]
-    on_cpu = client_for(cpu).chat.completions.create(**structured).choices[0]
+    on_cpu = gpu_client(cpu).chat.completions.create(**structured).choices[0]
     assert on_gpu.finish_reason == "stop", on_gpu.message.content
     assert on_gpu.message.content == on_cpu.message.content
     assert set(json.loads(on_gpu.message.content)) == {"answer"}

@@ -20,16 +20,11 @@ import openai
 import pytest
 from openai import OpenAI
 
-from conftest import BIN, MODEL, MODEL_PATH, ROOT, Server
+from conftest import BIN, MODEL, MODEL_PATH, ROOT, Server, client_for
 
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]
 ANSWER = "The answer to this classic math problem is 4."
 FRANCE = "The capital of France is"
-
-
-def client_for(server: Server, api_key: str = "none", **kw) -> OpenAI:
-    # max_retries=0: a 429 or a 5xx must reach the test, not be retried by the SDK.
-    return OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0, timeout=60, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 from openai import OpenAI
 from pydantic import BaseModel, Field
 
-from conftest import MODEL
+from conftest import MODEL, client_for
 
 ALICE = [{"role": "user", "content": "Describe Alice, 30, who has a cat named Tom, as JSON."}]
 
@@ -34,7 +34,7 @@ class Person(BaseModel):
 
 @pytest.fixture(scope="module")
 def client(server) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+    return client_for(server)
 
 
 def test_parse_fills_a_pydantic_model(client):

@@ -15,7 +15,7 @@ from openai import OpenAI
 from pydantic import BaseModel, Field
 from typing import Literal
 
-from conftest import MODEL
+from conftest import MODEL, client_for
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
@@ -38,7 +38,7 @@ TOOLS = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_too
 
 @pytest.fixture(scope="module")
 def client(server) -> OpenAI:
-    return OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=60)
+    return client_for(server)
 
 
 def test_required_tool_call_parses_into_its_model(client):

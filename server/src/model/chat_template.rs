@@ -64,11 +64,12 @@ impl ChatTemplate {
     }
 
     /// The names a template sees besides the caller's variables ([`ChatTemplate::render_with`]).
-    pub const RESERVED: [&'static str; 4] = [
+    pub const RESERVED: [&'static str; 5] = [
         "messages",
         "add_generation_prompt",
         "bos_token",
         "eos_token",
+        "raise_exception",
     ];
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
