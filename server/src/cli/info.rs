@@ -163,14 +163,24 @@ pub fn run(args: InfoArgs) -> Result<()> {
     )?;
     writeln!(
         out,
-        "shape       {} layers, hidden {}, FFN {}, {} heads / {} KV heads of {}, vocab {}",
+        "shape       {} layers, hidden {}, FFN {}, {} heads / {} KV heads of {}, vocab {}{}{}",
         config.n_layers,
         config.hidden_size,
         config.ffn_size,
         config.n_heads,
         config.n_kv_heads,
         config.head_dim,
-        config.vocab_size
+        config.vocab_size,
+        if config.attention_bias {
+            "; Q/K/V biases"
+        } else {
+            ""
+        },
+        if config.qk_norm {
+            "; Q/K head norms"
+        } else {
+            ""
+        },
     )?;
     writeln!(
         out,

@@ -24,6 +24,14 @@ pub enum SyntheticModel {
     /// the default model's speed where its file cannot travel (a device check).
     #[value(name = "smollm2-135m")]
     Smollm2,
+    /// Qwen2.5-0.5B's shapes: 24 layers of 896, GQA 14/2, FFN 4864, Q/K/V biases, tied 151936
+    /// vocabulary.
+    #[value(name = "qwen2.5-0.5b")]
+    Qwen25Half,
+    /// Qwen3-0.6B's shapes: 28 layers of 1024, GQA 16/8 of 128-wide heads, FFN 3072, Q/K head
+    /// norms, tied 151936 vocabulary.
+    #[value(name = "qwen3-0.6b")]
+    Qwen3Small,
 }
 
 impl SyntheticModel {
@@ -66,6 +74,40 @@ impl SyntheticModel {
                 attention_bias: false,
                 qk_norm: false,
             },
+            SyntheticModel::Qwen25Half => LlamaConfig {
+                hidden_size: 896,
+                n_layers: 24,
+                n_heads: 14,
+                n_kv_heads: 2,
+                head_dim: 64,
+                ffn_size: 4864,
+                rms_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::None,
+                rope_style: RopeStyle::HalfSplit,
+                vocab_size: 151_936,
+                tied_embeddings: true,
+                context_length: 32_768,
+                attention_bias: true,
+                qk_norm: false,
+            },
+            SyntheticModel::Qwen3Small => LlamaConfig {
+                hidden_size: 1024,
+                n_layers: 28,
+                n_heads: 16,
+                n_kv_heads: 8,
+                head_dim: 128,
+                ffn_size: 3072,
+                rms_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::None,
+                rope_style: RopeStyle::HalfSplit,
+                vocab_size: 151_936,
+                tied_embeddings: true,
+                context_length: 40_960,
+                attention_bias: false,
+                qk_norm: true,
+            },
         }
     }
 
@@ -75,6 +117,8 @@ impl SyntheticModel {
             SyntheticModel::Llama1B => "llama-1b",
             SyntheticModel::Llama8B => "llama-8b",
             SyntheticModel::Smollm2 => "smollm2-135m",
+            SyntheticModel::Qwen25Half => "qwen2.5-0.5b",
+            SyntheticModel::Qwen3Small => "qwen3-0.6b",
         }
     }
 }
@@ -172,7 +216,11 @@ impl Llama {
                 };
                 Ok((q, plan))
             },
-            |_, len| Ok((0..len).map(|_| 1.0 + 0.1 * norm_noise.unit()).collect()),
+            // Norm weights near 1, biases near 0.
+            |name, len| {
+                let center = if name.ends_with(".bias") { 0.0 } else { 1.0 };
+                Ok((0..len).map(|_| center + 0.1 * norm_noise.unit()).collect())
+            },
         )
     }
 }

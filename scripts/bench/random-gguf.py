@@ -1,0 +1,92 @@
+"""Writes a GGUF file of random weights in a real model's shapes, for side-by-side speed
+measurements of lowbit and llama.cpp on the same file (BENCHMARKS.md). The text it generates
+is noise; the shapes, tensor names, metadata and a byte-level vocabulary of the full size are
+those of the named architecture. F16 weights: quantize them with `llama-quantize --pure`.
+
+    python scripts/bench/random-gguf.py qwen2.5-0.5b /tmp/qwen25-f16.gguf
+
+Needs `numpy` and `gguf` (PyPI).
+"""
+
+import sys
+
+import gguf
+import numpy as np
+
+SHAPES = {
+    # arch, hidden, layers, heads, kv heads, head dim, ffn, vocab, rope theta, qkv bias, qk norm
+    "qwen2.5-0.5b": ("qwen2", 896, 24, 14, 2, 64, 4864, 151936, 1e6, True, False),
+    "qwen3-0.6b": ("qwen3", 1024, 28, 16, 8, 128, 3072, 151936, 1e6, False, True),
+}
+
+
+def main() -> None:
+    name, out = sys.argv[1], sys.argv[2]
+    arch, h, layers, heads, kv, hd, ffn, vocab, theta, bias, qk_norm = SHAPES[name]
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(out, arch)
+    w.add_name(f"random {name}")
+    w.add_block_count(layers)
+    w.add_context_length(32768)
+    w.add_embedding_length(h)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_freq_base(theta)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    # A byte-level vocabulary of the model's size: the 256 byte symbols, one merge, fillers.
+    byte_symbols = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 173)] + [
+        chr(c) for c in range(174, 256)
+    ]
+    byte_symbols += [chr(256 + i) for i in range(256 - len(byte_symbols))]
+    merged = byte_symbols[0] + byte_symbols[1]
+    fillers = [f"<filler{i}>" for i in range(vocab - 256 - 3)]
+    tokens = byte_symbols + [merged] + fillers + ["<|im_start|>", "<|im_end|>"]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(tokens)
+    w.add_token_types([1] * (vocab - 2) + [3, 3])
+    w.add_token_merges([f"{byte_symbols[0]} {byte_symbols[1]}"])
+    w.add_bos_token_id(vocab - 2)
+    w.add_eos_token_id(vocab - 1)
+    w.add_add_bos_token(False)
+
+    def matrix(name: str, rows: int, cols: int) -> None:
+        values = rng.standard_normal((rows, cols), dtype=np.float32) * (1.0 / np.sqrt(cols))
+        w.add_tensor(name, values.astype(np.float16))
+
+    def vector(name: str, n: int, center: float) -> None:
+        w.add_tensor(name, (center + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32))
+
+    matrix("token_embd.weight", vocab, h)
+    vector("output_norm.weight", h, 1.0)
+    for i in range(layers):
+        b = f"blk.{i}."
+        vector(b + "attn_norm.weight", h, 1.0)
+        matrix(b + "attn_q.weight", heads * hd, h)
+        matrix(b + "attn_k.weight", kv * hd, h)
+        matrix(b + "attn_v.weight", kv * hd, h)
+        if bias:
+            vector(b + "attn_q.bias", heads * hd, 0.0)
+            vector(b + "attn_k.bias", kv * hd, 0.0)
+            vector(b + "attn_v.bias", kv * hd, 0.0)
+        if qk_norm:
+            vector(b + "attn_q_norm.weight", hd, 1.0)
+            vector(b + "attn_k_norm.weight", hd, 1.0)
+        matrix(b + "attn_output.weight", h, heads * hd)
+        vector(b + "ffn_norm.weight", h, 1.0)
+        matrix(b + "ffn_gate.weight", ffn, h)
+        matrix(b + "ffn_up.weight", ffn, h)
+        matrix(b + "ffn_down.weight", h, ffn)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
