@@ -10,9 +10,8 @@
 mod common;
 
 use common::rel_err;
-use common::tiny_model::{TinyArch, TinyConfig, TinyModel};
-use lowbit::engine::solo::SoloKv;
-use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
+use common::tiny_model::{all_logits, flat, TinyArch, TinyConfig, TinyModel};
+use lowbit::model::{Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
 use lowbit_gpu::wgpu::device::AdapterChoice;
 use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
@@ -54,21 +53,6 @@ fn load(path: &Path, backend: Arc<dyn Backend>, quant: &str) -> Llama {
 
 fn cpu() -> Arc<dyn Backend> {
     Arc::new(CpuBackend::new())
-}
-
-fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = SoloKv::new(model, 1, tokens.len()).unwrap();
-    let seq = BatchSeq {
-        tokens,
-        pos_start: 0,
-        blocks: &kv.tables[0],
-        logits: 0..tokens.len(),
-    };
-    model.forward(&[seq], &mut kv.pool).unwrap().data
-}
-
-fn flat(v: Vec<Vec<f64>>) -> Vec<f64> {
-    v.into_iter().flatten().collect()
 }
 
 #[test]

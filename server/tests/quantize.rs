@@ -32,6 +32,21 @@ fn tiny_gguf_of(dir: &Path, arch: TinyArch) -> PathBuf {
     path
 }
 
+/// `lowbit quantize --model gguf --out out --quant quant [extra…]`.
+fn quantize(gguf: &Path, out: &Path, quant: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "quantize",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quant",
+        quant,
+    ];
+    args.extend_from_slice(extra);
+    lowbit(&args)
+}
+
 fn logits(source: &ModelSource, policy: &QuantPolicy) -> Vec<f32> {
     let model = Llama::load(source, Arc::new(CpuBackend::new()), policy).unwrap();
     let tokens = [3u32, 9, 27, 81, 43, 5];
@@ -77,15 +92,7 @@ fn quantized_files_load_back_exactly_as_in_situ_quantization() {
             "{}.safetensors",
             spec.replace([',', '*', '=', '.'], "_")
         ));
-        let o = lowbit(&[
-            "quantize",
-            "--model",
-            gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quant",
-            spec,
-        ]);
+        let o = quantize(&gguf, &out, spec, &[]);
         assert!(o.status.success(), "{spec}: {}", stderr(&o));
         let policy = QuantPolicy::parse(spec, None).unwrap();
         let in_situ = logits(&source, &policy);
@@ -126,15 +133,7 @@ fn qwen_files_keep_their_biases_and_head_norms() {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
         let out = dir.path().join(format!("{}.safetensors", arch.name()));
-        let o = lowbit(&[
-            "quantize",
-            "--model",
-            gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quant",
-            "q8",
-        ]);
+        let o = quantize(&gguf, &out, "q8", &[]);
         assert!(o.status.success(), "{arch:?}: {}", stderr(&o));
         let in_situ = logits(&source, &QuantPolicy::parse("q8", None).unwrap());
         let file = ModelSource::open(&out).unwrap();
@@ -297,17 +296,12 @@ fn quantizing_twice_writes_the_same_bytes() {
     let outs: Vec<Vec<u8>> = (0..2)
         .map(|i| {
             let out = dir.path().join(format!("run{i}.safetensors"));
-            let o = lowbit(&[
-                "quantize",
-                "--model",
-                gguf.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--quant",
+            let o = quantize(
+                &gguf,
+                &out,
                 "q4g32,blk.0.*=q8",
-                "--quant-method",
-                "search",
-            ]);
+                &["--quant-method", "search"],
+            );
             assert!(o.status.success(), "{}", stderr(&o));
             std::fs::read(out).unwrap()
         })

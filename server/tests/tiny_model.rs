@@ -6,7 +6,7 @@
 mod common;
 
 use common::rel_err;
-use common::tiny_model::{TinyConfig, TinyModel};
+use common::tiny_model::{all_logits, flat, TinyConfig, TinyModel};
 use lowbit::engine::solo::SoloKv;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use lowbit_gpu::cpu::CpuBackend;
@@ -25,21 +25,6 @@ fn load(path: &std::path::Path) -> Llama {
         &QuantPolicy::parse("f32", None).unwrap(),
     )
     .unwrap()
-}
-
-fn all_logits(model: &Llama, tokens: &[u32]) -> Vec<f32> {
-    let mut kv = SoloKv::new(model, 1, tokens.len()).unwrap();
-    let seq = BatchSeq {
-        tokens,
-        pos_start: 0,
-        blocks: &kv.tables[0],
-        logits: 0..tokens.len(),
-    };
-    model.forward(&[seq], &mut kv.pool).unwrap().data
-}
-
-fn flat(v: Vec<Vec<f64>>) -> Vec<f64> {
-    v.into_iter().flatten().collect()
 }
 
 #[test]

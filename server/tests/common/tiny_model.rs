@@ -278,24 +278,9 @@ impl TinyModel {
                 );
             }
             if cfg.arch == TinyArch::Qwen3 {
-                add(
-                    n("attn_q_norm"),
-                    1,
-                    hd,
-                    SourceDType::F32,
-                    0.3,
-                    1.0,
-                    &mut rng,
-                );
-                add(
-                    n("attn_k_norm"),
-                    1,
-                    hd,
-                    SourceDType::F32,
-                    0.3,
-                    1.0,
-                    &mut rng,
-                );
+                for part in ["attn_q_norm", "attn_k_norm"] {
+                    add(n(part), 1, hd, SourceDType::F32, 0.3, 1.0, &mut rng);
+                }
             }
             add(
                 n("attn_output"),
@@ -606,4 +591,21 @@ impl TinyModel {
         let out = if c.tied { emb } else { m("output.weight") };
         xs.iter().map(|x| matvec(&out, &norm(x, &on))).collect()
     }
+}
+
+/// Every position's logits of `tokens`, one prefill.
+pub fn all_logits(model: &lowbit::model::Llama, tokens: &[u32]) -> Vec<f32> {
+    let mut kv = lowbit::engine::solo::SoloKv::new(model, 1, tokens.len()).unwrap();
+    let seq = lowbit::model::BatchSeq {
+        tokens,
+        pos_start: 0,
+        blocks: &kv.tables[0],
+        logits: 0..tokens.len(),
+    };
+    model.forward(&[seq], &mut kv.pool).unwrap().data
+}
+
+/// Rows of a reference, one after another.
+pub fn flat(v: Vec<Vec<f64>>) -> Vec<f64> {
+    v.into_iter().flatten().collect()
 }
