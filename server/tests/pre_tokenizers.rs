@@ -3,7 +3,8 @@
 //! with each `tokenizer.ggml.pre` value, and llama.cpp's ids for hard strings (digits,
 //! contractions in both cases, whitespace runs, CRLF, non-Latin letters, emoji, special tokens)
 //! with each (`data/llama_cpp_tokens.json`; both made by `data/llama_cpp_tokens.py`). Decoding
-//! gives the text back.
+//! gives the text back. Likewise a SentencePiece vocabulary (`data/tokenizer-spm.gguf`,
+//! `tokenizer.ggml.model = llama`, as Llama 2 and Mistral files carry) with and without BOS.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
@@ -68,4 +69,46 @@ fn each_pre_tokenizer_splits_as_llama_cpp_does() {
             assert!(differ, "{} and {} tokenize every case alike", a.pre, b.pre);
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct SpmCase {
+    text: String,
+    ids: Vec<u32>,
+    ids_with_bos: Vec<u32>,
+}
+
+#[test]
+fn a_sentencepiece_vocabulary_tokenizes_as_llama_cpp_does() {
+    let json = std::fs::read_to_string(data("llama_cpp_spm_tokens.json")).unwrap();
+    let cases: Vec<SpmCase> = serde_json::from_str(&json).unwrap();
+    let tok = Tokenizer::from_gguf(&GgufFile::open(&data("tokenizer-spm.gguf")).unwrap()).unwrap();
+    assert!(tok.adds_bos());
+    for case in &cases {
+        assert_eq!(
+            tok.encode(&case.text, false).unwrap(),
+            case.ids,
+            "{:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.encode(&case.text, true).unwrap(),
+            case.ids_with_bos,
+            "{:?} with BOS",
+            case.text
+        );
+        // The leading space llama.cpp adds is not part of the text; special tokens are.
+        let back = tok.decode(&case.ids, false).unwrap();
+        if !case.text.starts_with(' ') && !case.text.contains("<|") && !case.text.contains("<s>") {
+            assert_eq!(back, case.text, "{:?}", case.text);
+        }
+    }
+    // Characters outside the pieces (CJK, emoji) went through the byte pieces.
+    let cjk = cases.iter().find(|c| c.text.contains('東')).unwrap();
+    let byte_pieces = cjk
+        .ids
+        .iter()
+        .filter(|&&id| tok.token_text(id).is_some_and(|t| t.starts_with("<0x")))
+        .count();
+    assert!(byte_pieces >= 6, "{byte_pieces} byte pieces");
 }

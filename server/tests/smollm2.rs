@@ -67,7 +67,9 @@ fn tokenizer_matches_llama_cpp_ids_exactly() {
     }
     assert!(!tok.adds_bos());
     assert_eq!(tok.bos(), Some(1));
-    assert_eq!(tok.eos(), &[2]);
+    // EOS, then <|endoftext|>: a control token named as an end of turn, in llama.cpp's
+    // end-of-generation set too.
+    assert_eq!(tok.eos(), &[2, 0]);
 }
 
 #[test]

@@ -6,6 +6,7 @@ pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod gguf;
+mod gguf_vocab;
 pub mod hf;
 pub mod llama;
 pub mod lowbit_file;

@@ -1,7 +1,7 @@
-"""Writes a small vocabulary-only GGUF file and llama.cpp's tokenization of hard strings with it.
+"""Writes small vocabulary-only GGUF files and llama.cpp's tokenization of hard strings with them.
 
-Not run by the tests (they read tokenizer-bpe.gguf and llama_cpp_tokens.json); rerun it to add
-a pre-tokenizer or a case:
+Not run by the tests (they read tokenizer-bpe.gguf, tokenizer-spm.gguf and the two
+llama_cpp_*tokens.json); rerun it to add a pre-tokenizer or a case:
 
     python server/tests/data/llama_cpp_tokens.py
 
@@ -10,8 +10,10 @@ and the cases, 2000 entries, three control tokens) is written once per `tokenize
 value (the test does the same), since the pre-tokenizer's split is what differs between model
 families. It is trained
 on unsplit lines, so that its merges cross the boundaries some splits draw (digit runs, spaces
-before words, contractions) and each family's split shows in the ids. Needs `tokenizers`, `gguf` and
-llama-cpp-python built from source (shared/REFERENCE.md), outside the repository.
+before words, contractions) and each family's split shows in the ids. A SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`, what Llama 2, Mistral and
+TinyLlama files carry: pieces, scores, byte-fallback tokens) is trained likewise with the
+`sentencepiece` package (800 pieces) and written once. Needs `tokenizers`, `sentencepiece`,
+`gguf` and llama-cpp-python built from source (shared/REFERENCE.md), outside the repository.
 """
 
 import json
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import gguf
 import llama_cpp
+import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 HERE = Path(__file__).parent
@@ -86,6 +89,80 @@ def write_gguf(path: Path, pre: str, tok: Tokenizer) -> None:
     w.close()
 
 
+# SentencePiece's piece types → llama.cpp's token types (normal, unknown, control, byte).
+SPM_TYPES = {"NORMAL": 1, "UNKNOWN": 2, "CONTROL": 3, "USER_DEFINED": 4, "BYTE": 6}
+
+
+def write_spm_gguf(path: Path, tmp: Path) -> None:
+    lines = tmp / "lines.txt"
+    lines.write_text("\n".join(TEXT.read_text().splitlines() + CASES * 20))
+    spm.SentencePieceTrainer.train(
+        input=str(lines),
+        model_prefix=str(tmp / "spm"),
+        model_type="bpe",
+        vocab_size=800,
+        byte_fallback=True,
+        character_coverage=0.9995,
+        split_digits=True,
+        user_defined_symbols=["<|im_start|>", "<|im_end|>"],
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp / "spm.model"))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    kinds = []
+    for i in range(len(pieces)):
+        kind = "NORMAL"
+        if sp.is_unknown(i):
+            kind = "UNKNOWN"
+        elif sp.is_control(i):
+            kind = "CONTROL"
+        elif sp.is_byte(i):
+            kind = "BYTE"
+        elif pieces[i] in ("<|im_start|>", "<|im_end|>"):
+            kind = "USER_DEFINED"
+        kinds.append(SPM_TYPES[kind])
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(256)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(4)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(pieces)
+    w.add_token_scores([sp.get_score(i) for i in range(len(pieces))])
+    w.add_token_types(kinds)
+    w.add_unk_token_id(sp.unk_id())
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_add_bos_token(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def spm_cases() -> None:
+    path = HERE / "tokenizer-spm.gguf"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_spm_gguf(path, Path(tmp))
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    texts = CASES + ["<s>[INST] hi [/INST]", "", " ", "a\n\n b", "<|im_start|>x<|im_end|>y"]
+    cases = [
+        {
+            "text": text,
+            "ids": llm.tokenize(text.encode(), add_bos=False, special=True),
+            "ids_with_bos": llm.tokenize(text.encode(), add_bos=True, special=True),
+        }
+        for text in texts
+    ]
+    dest = HERE / "llama_cpp_spm_tokens.json"
+    dest.write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {dest} and {path.name}")
+
+
 def main() -> None:
     tok = train()
     out = []
@@ -104,6 +181,7 @@ def main() -> None:
     dest = HERE / "llama_cpp_tokens.json"
     dest.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
     print(f"wrote {dest} and tokenizer-bpe.gguf (llama-cpp-python {llama_cpp.__version__})")
+    spm_cases()
 
 
 if __name__ == "__main__":
