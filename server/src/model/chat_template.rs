@@ -1,7 +1,10 @@
 //! The model's own Jinja chat template, rendered with `minijinja`.
 //!
 //! Templates are written for Python's Jinja2 and call Python string methods (`.strip()`,
-//! `.startswith()`); minijinja-contrib's pycompat layer provides them.
+//! `.startswith()`); minijinja-contrib's pycompat layer provides them. Hugging Face's renderer
+//! adds two more things templates use: `strftime_now(format)` (today's date in the system
+//! prompt: Llama 3.x, Mistral Small, Granite, gpt-oss) and the `{% generation %}` block (marks
+//! the assistant's text for training masks; a no-op when rendering).
 
 use super::error::{ModelError, Result};
 use serde::{Deserialize, Serialize};
@@ -48,7 +51,10 @@ impl ChatTemplate {
                 ))
             },
         );
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+        env.add_function("strftime_now", |format: String| {
+            strftime(&format, std::time::SystemTime::now())
+        });
+        env.add_template_owned(TEMPLATE_NAME, without_generation_blocks(source))
             .map_err(|e| ModelError::ChatTemplate(format!("does not compile: {e}")))?;
         Ok(Self {
             env,
@@ -110,6 +116,114 @@ impl ChatTemplate {
     }
 }
 
+/// `source` with `{% generation %}` / `{% endgeneration %}` made `{% if true %}` / `{% endif %}`
+/// (whitespace control kept).
+fn without_generation_blocks(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}") else {
+            break;
+        };
+        let tag = &rest[start..start + len + 2];
+        let inner =
+            tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        out.push_str(&rest[..start]);
+        let replacement = match inner {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&tag.replacen(inner, r, 1)),
+            None => out.push_str(tag),
+        }
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `time` (UTC) in C's `strftime` `format`: the specifiers templates use (`%Y %m %d %e %H %M
+/// %S %y %b %B %a %A %j %p %I %%`); any other is kept as written.
+fn strftime(format: &str, time: std::time::SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_march = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_march + 2) / 153;
+    let day = doy_march - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let before: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = before[(month - 1) as usize] + day + i64::from(leap && month > 2);
+    let (hour, minute, second) = (of_day / 3600, of_day / 60 % 60, of_day % 60);
+    let month_name = MONTHS[(month - 1) as usize];
+    let day_name = DAYS[days.rem_euclid(7) as usize];
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out += &year.to_string(),
+            Some('y') => out += &format!("{:02}", year % 100),
+            Some('m') => out += &format!("{month:02}"),
+            Some('d') => out += &format!("{day:02}"),
+            Some('e') => out += &format!("{day:2}"),
+            Some('H') => out += &format!("{hour:02}"),
+            Some('I') => out += &format!("{:02}", (hour + 11) % 12 + 1),
+            Some('p') => out += if hour < 12 { "AM" } else { "PM" },
+            Some('M') => out += &format!("{minute:02}"),
+            Some('S') => out += &format!("{second:02}"),
+            Some('j') => out += &format!("{yday:03}"),
+            Some('b') => out += &month_name[..3],
+            Some('B') => out += month_name,
+            Some('a') => out += &day_name[..3],
+            Some('A') => out += day_name,
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +238,32 @@ mod tests {
         .unwrap();
         let e = t.render(&[], true).unwrap_err().to_string();
         assert!(e.contains("need a message"), "{e}");
+    }
+
+    #[test]
+    fn strftime_writes_the_date_as_python_does() {
+        // 2024-02-29 13:05:09 UTC, a Thursday: day 60 of a leap year.
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_709_211_909);
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S, %d %b %Y, %A %B %j, %I %p %y %e%% %Q", t),
+            "2024-02-29 13:05:09, 29 Feb 2024, Thursday February 060, 01 PM 24 29% %Q"
+        );
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_735_689_599);
+        assert_eq!(strftime("%Y-%m-%d %a %j", t), "2024-12-31 Tue 366");
+    }
+
+    #[test]
+    fn hugging_face_additions_render() {
+        let t = ChatTemplate::new(
+            "{%- for m in messages %}{%- generation -%} [{{ m.content }}] {%- endgeneration %}{% endfor %}{{ strftime_now('%Y') | length }}",
+            "",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "hi")], true).unwrap(),
+            "[hi]4"
+        );
     }
 
     #[test]
