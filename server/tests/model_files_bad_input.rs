@@ -211,3 +211,64 @@ fn version_2_files_parse_like_version_3() {
     v2[4..8].copy_from_slice(&2u32.to_le_bytes());
     assert!(parse_and_load(v2).is_ok());
 }
+
+/// A broken vocabulary is an error naming the file and the field, never a panic.
+#[test]
+fn broken_vocabularies_name_the_field() {
+    use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str, Option<MetaValue>, &str); 5] = [
+        (
+            "tokenizer-spm.gguf",
+            "tokenizer.ggml.scores",
+            None,
+            "tokenizer.ggml.scores",
+        ),
+        (
+            "tokenizer-spm.gguf",
+            "tokenizer.ggml.scores",
+            Some(MetaValue::Array(vec![MetaValue::F32(0.0); 3])),
+            "tokenizer.ggml.scores",
+        ),
+        (
+            "tokenizer-bpe.gguf",
+            "tokenizer.ggml.merges",
+            None,
+            "tokenizer.ggml.merges",
+        ),
+        (
+            "tokenizer-bpe.gguf",
+            "tokenizer.ggml.model",
+            Some(MetaValue::String("t5".into())),
+            "'t5' is not supported",
+        ),
+        (
+            "tokenizer-bpe.gguf",
+            "tokenizer.ggml.pre",
+            Some(MetaValue::String("nonesuch".into())),
+            "pre-tokenizer 'nonesuch'",
+        ),
+    ];
+    for (i, (file, key, value, want)) in cases.into_iter().enumerate() {
+        let base = GgufFile::open(&data.join(file)).unwrap();
+        let mut w = GgufWriter::new();
+        for (k, v) in base.metadata() {
+            if k != key {
+                w.meta(k, v.clone());
+            }
+        }
+        if let Some(v) = value {
+            w.meta(key, v);
+        }
+        let path = dir.path().join(format!("broken-{i}.gguf"));
+        std::fs::write(&path, w.to_bytes()).unwrap();
+        let err = lowbit::model::Tokenizer::from_gguf(&GgufFile::open(&path).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(want) && err.contains(&format!("broken-{i}.gguf")),
+            "{key}: {err}"
+        );
+    }
+}

@@ -248,13 +248,17 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     )
     .context("starting the engine thread")?;
 
+    let reasoning = args
+        .reasoning_parser
+        .splits(template.as_ref().map(|t| t.source()));
+    if reasoning {
+        tracing::info!("chat replies: <think>…</think> goes to reasoning_content (--reasoning-parser none to keep it in content)");
+    }
     let state = AppState {
         engine: engine.clone(),
         model: Arc::new(ServedModel {
             names,
-            reasoning: args
-                .reasoning_parser
-                .splits(template.as_ref().map(|t| t.source())),
+            reasoning,
             grammars: Arc::new(Grammars::new(tokenizer.clone())),
             tokenizer,
             template,
