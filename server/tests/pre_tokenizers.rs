@@ -31,13 +31,29 @@ fn data(name: &str) -> PathBuf {
 
 /// The vocabulary file with `tokenizer.ggml.pre` set to `pre`.
 fn vocabulary_with_pre(dir: &Path, pre: &str) -> GgufFile {
-    let base = GgufFile::open(&data("tokenizer-bpe.gguf")).unwrap();
+    rewritten_without(dir, "tokenizer-bpe.gguf", pre, "", |w| {
+        w.meta("tokenizer.ggml.pre", MetaValue::String(pre.into()));
+    })
+}
+
+/// A copy of the data file `file` saved as `name`, without the key `drop_key` ("" for none),
+/// its metadata then changed by `change` (a key set again keeps its place).
+fn rewritten_without(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    drop_key: &str,
+    change: impl FnOnce(&mut GgufWriter),
+) -> GgufFile {
+    let base = GgufFile::open(&data(file)).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata() {
-        w.meta(k, v.clone());
+        if k != drop_key {
+            w.meta(k, v.clone());
+        }
     }
-    w.meta("tokenizer.ggml.pre", MetaValue::String(pre.into()));
-    let path = dir.join(format!("{pre}.gguf"));
+    change(&mut w);
+    let path = dir.join(format!("{name}.gguf"));
     std::fs::write(&path, w.to_bytes()).unwrap();
     GgufFile::open(&path).unwrap()
 }
@@ -61,6 +77,31 @@ fn each_pre_tokenizer_splits_as_llama_cpp_does() {
     let tok = Tokenizer::from_gguf(&vocabulary_with_pre(dir.path(), "qwen2")).unwrap();
     let id = |s: &str| tok.encode(s, false).unwrap()[0];
     assert_eq!(tok.eos(), [id("<|im_end|>"), id("<|endoftext|>")]);
+
+    // Files that do not say whether to add BOS get llama.cpp's default: yes for Llama 3's
+    // family and SentencePiece, no for the other byte-level BPE families.
+    for (file, pre, adds) in [
+        ("tokenizer-bpe.gguf", "llama-bpe", true),
+        ("tokenizer-bpe.gguf", "qwen2", false),
+        ("tokenizer-bpe.gguf", "smollm", false),
+        ("tokenizer-spm.gguf", "default", true),
+    ] {
+        let name = format!("no-bos-key-{pre}");
+        let gguf = rewritten_without(
+            dir.path(),
+            file,
+            &name,
+            "tokenizer.ggml.add_bos_token",
+            |w| {
+                w.meta("tokenizer.ggml.pre", MetaValue::String(pre.into()));
+            },
+        );
+        assert_eq!(
+            Tokenizer::from_gguf(&gguf).unwrap().adds_bos(),
+            adds,
+            "{file} {pre}"
+        );
+    }
 
     // Each family's split shows in some case's ids: a family read with another's split fails.
     for (i, a) in families.iter().enumerate() {

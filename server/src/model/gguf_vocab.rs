@@ -140,11 +140,12 @@ pub(super) fn tokenizer(gguf: &GgufFile) -> Result<Tokenizer> {
             eos.push(id as u32);
         }
     }
-    // llama.cpp adds BOS unless the file says otherwise.
+    // Where the file does not say, llama.cpp adds BOS for SentencePiece and Llama 3's family.
+    let pre = gguf.get("tokenizer.ggml.pre").and_then(MetaValue::as_str);
     let add_bos = gguf
         .get("tokenizer.ggml.add_bos_token")
         .and_then(MetaValue::as_bool)
-        .unwrap_or(true);
+        .unwrap_or(model == "llama" || pre.is_some_and(is_llama3_family));
     if let (true, Some(b)) = (add_bos, bos) {
         let bos_text = tokens.get(b as usize).copied().unwrap_or("<s>").to_string();
         let post = TemplateProcessing::builder()
@@ -186,15 +187,16 @@ fn byte_level_bpe(gguf: &GgufFile, path: &str, tokens: &[&str]) -> Result<tokeni
         };
         merges.push((a.to_string(), b.to_string()));
     }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocabulary(tokens), merges)
-        .build()
-        .map_err(|e| ModelError::field(path, "tokenizer.ggml.merges", e.to_string()))?;
-    let mut inner = tokenizers::Tokenizer::new(bpe);
     let pre = gguf
         .get("tokenizer.ggml.pre")
         .and_then(MetaValue::as_str)
         .unwrap_or("default");
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocabulary(tokens), merges)
+        .ignore_merges(is_llama3_family(pre))
+        .build()
+        .map_err(|e| ModelError::field(path, "tokenizer.ggml.merges", e.to_string()))?;
+    let mut inner = tokenizers::Tokenizer::new(bpe);
     inner.with_pre_tokenizer(Some(pre_tokenizer_for(pre, path)?));
     inner.with_decoder(Some(ByteLevelDecoder::default()));
     Ok(inner)
@@ -286,6 +288,15 @@ fn sentencepiece_bpe(
     Ok(inner)
 }
 
+/// Pre-tokenizer names of Llama 3's family: llama.cpp adds BOS by default and takes a word
+/// found whole in the vocabulary as one token without merging (`ignore_merges`).
+fn is_llama3_family(pre: &str) -> bool {
+    matches!(
+        pre,
+        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral"
+    )
+}
+
 /// A regex split (each match its own piece), then the byte-level mapping.
 fn split_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper> {
     let split = Split::new(
@@ -310,7 +321,7 @@ fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenizerWrapper> {
         "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva-7b" => {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]))
         }
-        "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral" => split_then_bytes(LLAMA3_SPLIT)?,
+        p if is_llama3_family(p) => split_then_bytes(LLAMA3_SPLIT)?,
         "qwen2" | "deepseek-r1-qwen" => split_then_bytes(QWEN2_SPLIT)?,
         other => {
             return Err(ModelError::field(
