@@ -52,6 +52,24 @@ async fn every_bad_chat_request_gets_its_envelope_and_nothing_else_changes() {
     post(chat(json!({"max_completion_tokens": 0})))
         .await
         .assert_error(400, BAD, Some("max_completion_tokens"), None);
+    for extra in [
+        json!({"min_tokens": -1}),
+        json!({"min_tokens": 5, "max_tokens": 4}),
+    ] {
+        post(chat(extra))
+            .await
+            .assert_error(400, BAD, Some("min_tokens"), None);
+    }
+    // min_tokens: the end of turn (<|im_end|>, biased to be the best choice) waits for 3
+    // tokens, then ends the reply; it counts in the usage.
+    let biased = json!({"logit_bias": {"2": 100}, "max_tokens": 8});
+    let reply = post(chat(biased.clone())).await.json();
+    assert_eq!(reply["usage"]["completion_tokens"], 1, "{reply}");
+    let mut held = biased;
+    held["min_tokens"] = json!(3);
+    let reply = post(chat(held)).await.json();
+    assert_eq!(reply["usage"]["completion_tokens"], 4, "{reply}");
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
     for n in [0, 17] {
         post(chat(json!({ "n": n })))
             .await

@@ -78,6 +78,7 @@ fn run(
                 stop: Vec::new(),
                 stop_token_ids: Vec::new(),
                 ignore_eos: true,
+                min_tokens: 0,
                 logprobs,
                 prompt_logprobs: *prompt_logprobs,
                 deadline: None,

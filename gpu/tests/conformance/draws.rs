@@ -199,10 +199,10 @@ pub(crate) fn choices_are_made_from_adjusted_logits(be: &dyn Backend, _: Bounds)
             add: 50.0,
             ..change(0, cols as u32 + 3)
         },
-        // Row 2: its argmax biased away, a frequency/presence penalty on the runner-up: the
-        // third becomes the argmax.
+        // Row 2: its argmax banned (−∞, as `min_tokens` bans the end of sequence), a
+        // frequency/presence penalty on the runner-up: the third becomes the argmax.
         LogitAdjust {
-            add: -100.0,
+            add: f32::NEG_INFINITY,
             ..change(2, argmax_of(2))
         },
         LogitAdjust {

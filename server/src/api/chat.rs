@@ -338,7 +338,7 @@ pub async fn create(
         &settings,
         top,
         state.request_timeout,
-    );
+    )?;
     gen.grammar = grammar;
     let stream = state.engine.submit(gen)?;
     let events = generation::merged(vec![stream]);

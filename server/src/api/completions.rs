@@ -146,7 +146,7 @@ pub async fn create(
             &settings,
             top,
             state.request_timeout,
-        );
+        )?;
         gen.prompt_logprobs = prompt_top;
         gen.grammar = grammar.clone();
         streams.push(state.engine.submit(gen)?);

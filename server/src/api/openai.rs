@@ -2,7 +2,8 @@
 //!
 //! Requests reject unknown fields: a parameter lowbit does not implement is a 400 naming it,
 //! never silently ignored. Besides OpenAI's own, the extensions vLLM and llama-server users
-//! send are accepted: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `stop_token_ids`.
+//! send are accepted: `top_k`, `min_p`, `repetition_penalty`, `ignore_eos`, `stop_token_ids`,
+//! `min_tokens`.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,6 +95,10 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     /// Extension: more token ids that end a choice.
     pub stop_token_ids: Option<Vec<u32>>,
+    /// Extension (vLLM): the end of sequence and `stop_token_ids` cannot be generated before
+    /// this many tokens (at most `max_tokens`).
+    #[schema(minimum = 0)]
+    pub min_tokens: Option<i64>,
     /// Constrains the output (chat, and completions as vLLM allows).
     pub response_format: Option<ResponseFormat>,
     /// Extension (vLLM): output valid under this JSON schema.

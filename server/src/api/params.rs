@@ -42,6 +42,7 @@ const SHARED_FIELDS: &[&str] = &[
     "repetition_penalty",
     "ignore_eos",
     "stop_token_ids",
+    "min_tokens",
     "stream",
     "stream_options",
     "max_tokens",
@@ -149,6 +150,8 @@ pub struct Settings {
     pub stop: Vec<String>,
     pub stop_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+    /// vLLM's `min_tokens` (checked against `max_tokens` by [`request`]'s callers).
+    pub min_tokens: usize,
     /// OpenAI's `user`: logged with the request, to trace abuse to an end user.
     pub user: Option<String>,
 }
@@ -252,6 +255,16 @@ pub fn settings(f: &SamplingFields, vocab: usize) -> Result<Settings, ApiError> 
         stop,
         stop_token_ids,
         ignore_eos: f.ignore_eos.unwrap_or(false),
+        min_tokens: match f.min_tokens {
+            None => 0,
+            Some(m) if m >= 0 => m as usize,
+            Some(m) => {
+                return Err(ApiError::invalid(
+                    "min_tokens",
+                    format!("'min_tokens' must be at least 0, got {m}"),
+                ))
+            }
+        },
         user: f.user.clone(),
     })
 }
@@ -278,7 +291,7 @@ pub fn max_tokens(param: &str, v: Option<i64>, default: usize) -> Result<usize, 
     }
 }
 
-/// One engine request from validated parts.
+/// One engine request from validated parts; a `min_tokens` above `max_tokens` is a 400.
 pub fn request(
     id: &str,
     prompt: Vec<u32>,
@@ -286,7 +299,16 @@ pub fn request(
     s: &Settings,
     logprobs: Option<usize>,
     timeout: Option<std::time::Duration>,
-) -> GenerationRequest {
+) -> Result<GenerationRequest, ApiError> {
+    if s.min_tokens > max_tokens {
+        return Err(ApiError::invalid(
+            "min_tokens",
+            format!(
+                "'min_tokens' ({}) must not exceed 'max_tokens' ({max_tokens})",
+                s.min_tokens
+            ),
+        ));
+    }
     tracing::info!(
         request_id = %id,
         user = s.user.as_deref().unwrap_or(""),
@@ -295,7 +317,7 @@ pub fn request(
         n = s.n,
         "request parsed"
     );
-    GenerationRequest {
+    Ok(GenerationRequest {
         id: id.to_string(),
         prompt,
         n: s.n,
@@ -304,9 +326,10 @@ pub fn request(
         stop: s.stop.clone(),
         stop_token_ids: s.stop_token_ids.clone(),
         ignore_eos: s.ignore_eos,
+        min_tokens: s.min_tokens,
         logprobs,
         prompt_logprobs: None,
         deadline: timeout.map(|t| Instant::now() + t),
         grammar: None,
-    }
+    })
 }

@@ -77,7 +77,7 @@ impl RowPlan {
         on_device: bool,
     ) -> Self {
         let whole = RowPlan::whole();
-        let adjusted = sampler.params().adjusts_logits();
+        let adjusted = sampler.adjusts_logits(history);
         if host_needs_row || ((adjusted || logprobs.is_some()) && !on_device) {
             return whole;
         }

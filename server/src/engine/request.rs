@@ -22,6 +22,9 @@ pub struct GenerationRequest {
     pub stop_token_ids: Vec<u32>,
     /// Keep generating through the model's end-of-sequence ids.
     pub ignore_eos: bool,
+    /// The end of sequence (unless `ignore_eos`) and `stop_token_ids` are banned until this
+    /// many tokens are generated (vLLM's `min_tokens`).
+    pub min_tokens: usize,
     /// Report log-probabilities with this many alternatives per token.
     pub logprobs: Option<usize>,
     /// Report the prompt's log-probabilities with this many alternatives per token (OpenAI's

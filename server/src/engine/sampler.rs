@@ -46,6 +46,8 @@ pub struct TokenHistory {
     output: std::collections::HashMap<u32, u32>,
     /// Tokens of the prompt (only kept when a repetition penalty asks for them).
     prompt: std::collections::HashSet<u32>,
+    /// Tokens generated so far.
+    generated: usize,
 }
 
 impl TokenHistory {
@@ -58,12 +60,14 @@ impl TokenHistory {
             } else {
                 Default::default()
             },
+            generated: 0,
         }
     }
 
     /// Records a generated token.
     pub fn push(&mut self, token: u32) {
         *self.output.entry(token).or_insert(0) += 1;
+        self.generated += 1;
     }
 }
 
@@ -93,6 +97,10 @@ pub struct Sampler {
     adjusted: Vec<f32>,
     /// The logit bias summed per token, in token order.
     bias: Vec<(u32, f32)>,
+    /// Tokens that cannot be drawn before `min_tokens` are generated (vLLM's `min_tokens`:
+    /// the end of sequence and the stop tokens), in token order.
+    banned: Vec<u32>,
+    min_tokens: usize,
 }
 
 /// Buffers a sampled token fills, kept between tokens (a vocabulary's worth each).
@@ -197,13 +205,40 @@ impl Sampler {
             scratch: Scratch::default(),
             adjusted: Vec::new(),
             bias: by_token.into_iter().collect(),
+            banned: Vec::new(),
+            min_tokens: 0,
         }
+    }
+
+    /// Bans `tokens` (−∞) until `min_tokens` tokens are generated.
+    pub fn with_min_tokens(
+        mut self,
+        min_tokens: usize,
+        tokens: impl IntoIterator<Item = u32>,
+    ) -> Self {
+        self.banned = tokens.into_iter().collect();
+        self.banned.sort_unstable();
+        self.banned.dedup();
+        self.min_tokens = min_tokens;
+        self
+    }
+
+    /// Whether the ban of [`Sampler::with_min_tokens`] holds for the next token.
+    fn banning(&self, history: &TokenHistory) -> bool {
+        history.generated < self.min_tokens && !self.banned.is_empty()
+    }
+
+    /// Whether anything changes the logits before the next choice.
+    pub fn adjusts_logits(&self, history: &TokenHistory) -> bool {
+        self.params.adjusts_logits() || self.banning(history)
     }
 
     /// Whether the choice is the plain argmax of the model's logits (greedy, nothing
     /// adjusting them), so that the argmax alone is enough.
     pub fn is_greedy(&self) -> bool {
-        (self.params.temperature <= 0.0 || self.params.top_k == 1) && !self.params.adjusts_logits()
+        (self.params.temperature <= 0.0 || self.params.top_k == 1)
+            && !self.params.adjusts_logits()
+            && self.min_tokens == 0
     }
 
     /// Whether the choice is the argmax of the logits after [`Sampler::logit_adjustments`]
@@ -260,13 +295,14 @@ impl Sampler {
     /// 0; empty when nothing adjusts the logits): the repetition penalty r scales the logit of
     /// every token seen once (×1/r if positive, ×r otherwise: Hugging Face's and llama.cpp's
     /// rule), the frequency and presence penalties subtract `frequency·count + presence` from
-    /// every output token's, and the bias adds (summed per token). A device makes these
+    /// every output token's, the bias adds (summed per token), and until `min_tokens` the
+    /// banned tokens get −∞ ([`Sampler::with_min_tokens`]). A device makes these
     /// changes where the logits live; [`Sampler::sample_with`] makes the same on the host.
     pub fn logit_adjustments(&self, history: &TokenHistory) -> Vec<lowbit_gpu::LogitAdjust> {
-        let p = &self.params;
-        if !p.adjusts_logits() {
+        if !self.adjusts_logits(history) {
             return Vec::new();
         }
+        let p = &self.params;
         let none = lowbit_gpu::LogitAdjust {
             row: 0,
             token: 0,
@@ -293,6 +329,11 @@ impl Sampler {
         for &(t, bias) in &self.bias {
             by_token.entry(t).or_insert_with(|| fresh(t)).add = bias;
         }
+        if self.banning(history) {
+            for &t in &self.banned {
+                by_token.entry(t).or_insert_with(|| fresh(t)).add = f32::NEG_INFINITY;
+            }
+        }
         by_token.into_values().collect()
     }
 
@@ -300,15 +341,18 @@ impl Sampler {
     /// ([`Sampler::logit_adjustments`]) to a copy of the logits (the logits themselves stay as
     /// the model gave them, for `logprobs`).
     pub fn sample_with(&mut self, logits: &[f32], history: &TokenHistory) -> u32 {
-        if !self.params.adjusts_logits() {
+        if !self.adjusts_logits(history) {
             return self.sample(logits);
         }
+        let banning = self.banning(history);
         let Self {
             params: p,
             rng,
             scratch,
             adjusted,
             bias,
+            banned,
+            ..
         } = self;
         adjusted.clear();
         adjusted.extend_from_slice(logits);
@@ -343,6 +387,13 @@ impl Sampler {
         for &(t, b) in bias.iter() {
             if let Some(v) = adjusted.get_mut(t as usize).filter(|_| b != 0.0) {
                 *v += b;
+            }
+        }
+        if banning {
+            for &t in banned.iter() {
+                if let Some(v) = adjusted.get_mut(t as usize) {
+                    *v += f32::NEG_INFINITY;
+                }
             }
         }
         draw_token(p, rng, scratch, adjusted)

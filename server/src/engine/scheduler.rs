@@ -95,15 +95,25 @@ struct Sequence {
 }
 
 impl Sequence {
-    /// Choice `choice` of a request, with nothing computed yet and no blocks.
-    fn new(group: u64, choice: usize, req: &GenerationRequest, tokens: Vec<u32>) -> Self {
+    /// Choice `choice` of a request, with nothing computed yet and no blocks; `eos` are the
+    /// model's end-of-sequence ids.
+    fn new(
+        group: u64,
+        choice: usize,
+        req: &GenerationRequest,
+        tokens: Vec<u32>,
+        eos: &[u32],
+    ) -> Self {
+        let ends = (!req.ignore_eos).then_some(eos).unwrap_or_default();
+        let banned = ends.iter().chain(&req.stop_token_ids).copied();
         Self {
             group,
             choice,
             tokens,
             computed: 0,
             blocks: Vec::new(),
-            sampler: Sampler::new(choice_sampling(&req.sampling, choice)),
+            sampler: Sampler::new(choice_sampling(&req.sampling, choice))
+                .with_min_tokens(req.min_tokens, banned),
             history: TokenHistory::new(&req.prompt, req.sampling.repetition_penalty != 1.0),
             detok: IncrementalDetok::new(req.prompt.len()),
             stop: StopMatcher::new(&req.stop),
@@ -267,7 +277,7 @@ impl<M: StepModel> Scheduler<M> {
     pub fn add(&mut self, req: GenerationRequest, events: UnboundedSender<Event>) {
         let id = self.next_group;
         self.next_group += 1;
-        let mut seq = Sequence::new(id, 0, &req, req.prompt.clone());
+        let mut seq = Sequence::new(id, 0, &req, req.prompt.clone(), &self.cfg.eos);
         seq.forks = req.n.saturating_sub(1);
         seq.prompt_logprobs = req.prompt_logprobs.map(|top| PromptLogprobs {
             top,
@@ -656,6 +666,9 @@ mod plan;
 #[cfg(test)]
 #[path = "scheduler_grammar_tests.rs"]
 mod grammar_tests;
+#[cfg(test)]
+#[path = "scheduler_min_tokens_tests.rs"]
+mod min_tokens_tests;
 #[cfg(test)]
 #[path = "scheduler_prompt_tests.rs"]
 mod prompt_tests;

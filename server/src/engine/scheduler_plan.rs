@@ -183,7 +183,7 @@ impl<M: StepModel> Scheduler<M> {
                 break;
             };
             let full = computed / bt;
-            let mut seq = Sequence::new(group, c, &g.req, tokens);
+            let mut seq = Sequence::new(group, c, &g.req, tokens, &self.cfg.eos);
             // The partial last block is copied; without a free block for the copy the fork
             // waits holding nothing and recomputes its prompt (or finds it in the prefix
             // cache). A waiting fork that held the shared blocks could deadlock the pool: the

@@ -166,6 +166,7 @@ pub(super) fn request(prompt: &[u32], max_tokens: usize, n: usize) -> Generation
         stop: Vec::new(),
         stop_token_ids: Vec::new(),
         ignore_eos: false,
+        min_tokens: 0,
         logprobs: None,
         prompt_logprobs: None,
         deadline: None,
