@@ -104,7 +104,7 @@ impl Sequence {
         tokens: Vec<u32>,
         eos: &[u32],
     ) -> Self {
-        let ends = (!req.ignore_eos).then_some(eos).unwrap_or_default();
+        let ends: &[u32] = if req.ignore_eos { &[] } else { eos };
         let banned = ends.iter().chain(&req.stop_token_ids).copied();
         Self {
             group,
