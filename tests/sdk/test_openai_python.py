@@ -464,6 +464,11 @@ def test_extension_parameters(client, server):
     r = ask(client, extra_body={"stop_token_ids": [answer]})
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].message.content == "The"
+    # min_tokens: the stop token " answer" cannot end the reply before 4 tokens (the ending
+    # token counts in the usage).
+    r = ask(client, extra_body={"stop_token_ids": [answer], "min_tokens": 4})
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens > 4
+    assert r.choices[0].message.content.startswith("The") and r.choices[0].message.content != "The"
 
 
 # --- concurrency, prefix cache, cancellation ------------------------------------------------------
