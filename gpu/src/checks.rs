@@ -19,31 +19,20 @@ pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
 
 /// A norm weight of `1 × cols` for rows of `x`.
 pub(crate) fn norm_weight(x: &Tensor, weight: &Tensor) -> Result<()> {
-    if weight.cols() != x.cols() || weight.rows() != 1 {
-        return Err(shape_err(
-            "rms_norm",
-            format!(
-                "weight {}x{} for rows of {}",
-                weight.rows(),
-                weight.cols(),
-                x.cols()
-            ),
-        ));
-    }
-    Ok(())
+    row_vector("rms_norm", "weight", x, weight)
 }
 
 /// A bias of `1 × cols` for rows of `x`.
 pub(crate) fn bias(x: &Tensor, bias: &Tensor) -> Result<()> {
-    if bias.cols() != x.cols() || bias.rows() != 1 {
+    row_vector("add_bias", "bias", x, bias)
+}
+
+/// `v` is one row as long as the rows of `x`.
+fn row_vector(op: &'static str, what: &str, x: &Tensor, v: &Tensor) -> Result<()> {
+    if v.cols() != x.cols() || v.rows() != 1 {
         return Err(shape_err(
-            "add_bias",
-            format!(
-                "bias {}x{} for rows of {}",
-                bias.rows(),
-                bias.cols(),
-                x.cols()
-            ),
+            op,
+            format!("{what} {}x{} for rows of {}", v.rows(), v.cols(), x.cols()),
         ));
     }
     Ok(())

@@ -60,21 +60,26 @@ def train() -> Tokenizer:
     return tok
 
 
-def write_gguf(path: Path, pre: str, tok: Tokenizer) -> None:
-    spec = json.loads(tok.to_str())
-    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-    tokens = [t for t, _ in vocab]
-    assert [i for _, i in vocab] == list(range(len(tokens)))
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
-    w = gguf.GGUFWriter(str(path), "qwen2")
-    # The architecture's keys llama.cpp reads even for a vocabulary-only load.
+def vocabulary_only_writer(path: Path, arch: str, rms_eps: float) -> gguf.GGUFWriter:
+    """A writer with the architecture's keys llama.cpp reads even for a vocabulary-only load."""
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
     w.add_context_length(256)
     w.add_embedding_length(64)
     w.add_feed_forward_length(128)
     w.add_head_count(4)
     w.add_head_count_kv(4)
-    w.add_layer_norm_rms_eps(1e-6)
+    w.add_layer_norm_rms_eps(rms_eps)
+    return w
+
+
+def write_gguf(path: Path, pre: str, tok: Tokenizer) -> None:
+    spec = json.loads(tok.to_str())
+    vocab = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab]
+    assert [i for _, i in vocab] == list(range(len(tokens)))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    w = vocabulary_only_writer(path, "qwen2", 1e-6)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
@@ -121,14 +126,7 @@ def write_spm_gguf(path: Path, tmp: Path) -> None:
         elif pieces[i] in ("<|im_start|>", "<|im_end|>"):
             kind = "USER_DEFINED"
         kinds.append(SPM_TYPES[kind])
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(1)
-    w.add_context_length(256)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv(4)
-    w.add_layer_norm_rms_eps(1e-5)
+    w = vocabulary_only_writer(path, "llama", 1e-5)
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(pieces)
