@@ -415,6 +415,21 @@ pub async fn create(
         // call's name, its arguments; logprobs come with the choice's last delta.
         let mut readers = vec![ToolStream::default(); n];
         let mut splits = vec![ReasoningSplit::new(opens_thinking); n];
+        // A piece of a choice's text as a delta: split into thinking and answer, or as it is.
+        let mut text_delta_of = |choice: usize, text: String, last: bool| {
+            if !split {
+                return Delta {
+                    content: (!text.is_empty()).then_some(text),
+                    ..Delta::default()
+                };
+            }
+            let s = &mut splits[choice];
+            text_delta(if last {
+                s.push_last(&text)
+            } else {
+                s.push(&text)
+            })
+        };
         let mut held: Vec<Vec<TokenLogprobs>> = vec![Vec::new(); n];
         while let Some((_, e)) = events.next().await {
             let sent = match e {
@@ -433,14 +448,7 @@ pub async fn create(
                         }
                         continue;
                     }
-                    let delta = if split {
-                        text_delta(splits[choice].push(&text))
-                    } else {
-                        Delta {
-                            content: (!text.is_empty()).then_some(text),
-                            ..Delta::default()
-                        }
-                    };
+                    let delta = text_delta_of(choice, text, false);
                     if delta.content.is_none()
                         && delta.reasoning_content.is_none()
                         && logprobs.is_none()
@@ -479,19 +487,7 @@ pub async fn create(
                             tx.json(&chunk(one(choice, Delta::default(), Some(lp), None), None));
                         }
                     } else {
-                        let delta = if split {
-                            let s = &mut splits[choice];
-                            let mut parts = s.push(&text);
-                            let end = s.finish();
-                            parts.reasoning.push_str(&end.reasoning);
-                            parts.content.push_str(&end.content);
-                            text_delta(parts)
-                        } else {
-                            Delta {
-                                content: (!text.is_empty()).then_some(text),
-                                ..Delta::default()
-                            }
-                        };
+                        let delta = text_delta_of(choice, text, true);
                         if delta.content.is_some() || delta.reasoning_content.is_some() {
                             tx.json(&chunk(one(choice, delta, None, None), None));
                         }

@@ -152,13 +152,19 @@ impl ReasoningSplit {
         }
     }
 
+    /// The last piece of the reply: [`ReasoningSplit::push`], then [`ReasoningSplit::finish`].
+    pub fn push_last(&mut self, text: &str) -> Parts {
+        let mut parts = self.push(text);
+        let end = self.finish();
+        parts.reasoning.push_str(&end.reasoning);
+        parts.content.push_str(&end.content);
+        parts
+    }
+
     /// A whole reply: its reasoning (`None` when it did not think) and its content.
     pub fn split(prompt_opens: bool, text: &str) -> (Option<String>, String) {
         let mut s = Self::new(prompt_opens);
-        let mut parts = s.push(text);
-        let end = s.finish();
-        parts.reasoning.push_str(&end.reasoning);
-        parts.content.push_str(&end.content);
+        let parts = s.push_last(text);
         (s.thought.then_some(parts.reasoning), parts.content)
     }
 }
