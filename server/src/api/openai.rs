@@ -95,8 +95,8 @@ pub struct SamplingFields {
     pub ignore_eos: Option<bool>,
     /// Extension: more token ids that end a choice.
     pub stop_token_ids: Option<Vec<u32>>,
-    /// Extension (vLLM): the end of sequence and `stop_token_ids` cannot be generated before
-    /// this many tokens (at most `max_tokens`).
+    /// Extension (vLLM): the end of sequence and `stop_token_ids` cannot be generated, nor a
+    /// stop string end the choice, before this many tokens (at most `max_tokens`).
     #[schema(minimum = 0)]
     pub min_tokens: Option<i64>,
     /// Constrains the output (chat, and completions as vLLM allows).

@@ -7,6 +7,7 @@ use crate::engine::grammar::Constraint;
 use crate::engine::request::{Event, FinishReason};
 use crate::engine::sampler::{Sampler, TokenHistory, TokenLogprobs};
 use crate::engine::step::{StepModel, StepRows};
+use crate::engine::stop::StopOutput;
 use lowbit_gpu::token_logprobs;
 use std::time::Instant;
 
@@ -215,7 +216,15 @@ impl<M: StepModel> Scheduler<M> {
         s.history.push(token);
         let complete = s.constraint.as_mut().is_some_and(|c| c.accept(token));
         let text = s.detok.step(&*self.decoder, &s.tokens);
-        let out = s.stop.push(&text);
+        // Under `min_tokens` no stop string ends the choice (as vLLM: its text is not matched).
+        let out = if s.generated < g.req.min_tokens {
+            StopOutput {
+                text: s.stop.pass(&text),
+                stopped: false,
+            }
+        } else {
+            s.stop.push(&text)
+        };
         let _ = g.events.send(Event::Token {
             choice: s.choice,
             token,

@@ -1,9 +1,10 @@
 //! `min_tokens` on the fake model of scheduler_tests.rs (token `t` is the byte `t`, the end
 //! of sequence is 0): with a logit bias that makes the end (or a stop token) the best choice
 //! from the first token on, a choice still gives exactly `min_tokens` tokens and then ends
-//! there, alike where the logits live and on the host.
+//! there, alike where the logits live and on the host; a stop string is not matched in the
+//! text of the first `min_tokens - 1` tokens (vLLM's rule).
 
-use super::tests::{collect, prompt, request, run_all, scheduler};
+use super::tests::{collect, prompt, reference, request, run_all, scheduler};
 use super::*;
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -68,5 +69,31 @@ fn min_tokens_hold_back_the_end_and_the_stop_tokens() {
                 "T {temperature}"
             );
         }
+    }
+}
+
+#[test]
+fn stop_strings_wait_for_min_tokens() {
+    let p = prompt(5, 6);
+    let greedy = reference(&p, 10);
+    assert!(!greedy.contains('\0'), "{greedy:?}");
+    // The first token's text as a stop string: it ends the reply at once without min_tokens.
+    let stop = greedy[..1].to_string();
+    for min_tokens in [0, 3] {
+        let mut r = request(&p, 10, 1);
+        r.stop = vec![stop.clone()];
+        r.min_tokens = min_tokens;
+        let (text, why, _) = run(false, vec![r]).remove(0);
+        // Matching starts with the text of token `min_tokens` (index min_tokens - 1).
+        let from = min_tokens.saturating_sub(1);
+        let want = match greedy[from..].find(&stop) {
+            Some(at) => (greedy[..from + at].to_string(), FinishReason::Stop),
+            None => (greedy.clone(), FinishReason::Length),
+        };
+        assert_eq!(
+            (text, why),
+            (want.0, Some(want.1)),
+            "min_tokens {min_tokens}"
+        );
     }
 }

@@ -68,6 +68,13 @@ impl StopMatcher {
         }
     }
 
+    /// Takes new text without matching it (vLLM's `min_tokens`: no stop before that many
+    /// tokens); returns it with whatever was held back.
+    pub fn pass(&mut self, text: &str) -> String {
+        self.pending.push_str(text);
+        std::mem::take(&mut self.pending)
+    }
+
     /// The held-back text, once generation has ended for another reason.
     pub fn flush(&mut self) -> String {
         std::mem::take(&mut self.pending)
