@@ -54,6 +54,23 @@ impl SyntheticModel {
             attention_bias: false,
             qk_norm: false,
         };
+        let qwen25 = || LlamaConfig {
+            hidden_size: 896,
+            n_layers: 24,
+            n_heads: 14,
+            n_kv_heads: 2,
+            head_dim: 64,
+            ffn_size: 4864,
+            rms_eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_style: RopeStyle::HalfSplit,
+            vocab_size: 151_936,
+            tied_embeddings: true,
+            context_length: 32_768,
+            attention_bias: true,
+            qk_norm: false,
+        };
         match self {
             SyntheticModel::Llama1B => llama3(2048, 16, 64, 8192, true),
             SyntheticModel::Llama8B => llama3(4096, 32, 128, 14336, false),
@@ -74,23 +91,8 @@ impl SyntheticModel {
                 attention_bias: false,
                 qk_norm: false,
             },
-            SyntheticModel::Qwen25Half => LlamaConfig {
-                hidden_size: 896,
-                n_layers: 24,
-                n_heads: 14,
-                n_kv_heads: 2,
-                head_dim: 64,
-                ffn_size: 4864,
-                rms_eps: 1e-6,
-                rope_theta: 1_000_000.0,
-                rope_scaling: RopeScaling::None,
-                rope_style: RopeStyle::HalfSplit,
-                vocab_size: 151_936,
-                tied_embeddings: true,
-                context_length: 32_768,
-                attention_bias: true,
-                qk_norm: false,
-            },
+            SyntheticModel::Qwen25Half => qwen25(),
+            // Qwen3-0.6B: Qwen2.5's vocabulary and RoPE, wider heads, head norms, no biases.
             SyntheticModel::Qwen3Small => LlamaConfig {
                 hidden_size: 1024,
                 n_layers: 28,
@@ -98,15 +100,10 @@ impl SyntheticModel {
                 n_kv_heads: 8,
                 head_dim: 128,
                 ffn_size: 3072,
-                rms_eps: 1e-6,
-                rope_theta: 1_000_000.0,
-                rope_scaling: RopeScaling::None,
-                rope_style: RopeStyle::HalfSplit,
-                vocab_size: 151_936,
-                tied_embeddings: true,
                 context_length: 40_960,
                 attention_bias: false,
                 qk_norm: true,
+                ..qwen25()
             },
         }
     }
