@@ -97,18 +97,19 @@ fn specific_corruptions_name_the_problem() {
         SourceDType::F32,
         vec![0; 2048],
     );
-    let mut k_quant = w.to_bytes();
-    // Rewrite the tensor type (F32 = 0) to Q4_K (12): the type field is the u32 before the
+    let mut i_quant = w.to_bytes();
+    // Rewrite the tensor type (F32 = 0) to IQ2_XXS (16): the type field is the u32 before the
     // tensor's final u64 offset in the header.
-    let name_at = k_quant
+    let name_at = i_quant
         .windows(19)
         .position(|s| s == b"blk.0.ffn_up.weight")
         .unwrap();
     let type_at = name_at + 19 + 4 + 16;
-    k_quant[type_at..type_at + 4].copy_from_slice(&12u32.to_le_bytes());
-    let e = parse_and_load(k_quant).unwrap_err();
+    i_quant[type_at..type_at + 4].copy_from_slice(&16u32.to_le_bytes());
+    let e = parse_and_load(i_quant).unwrap_err();
     assert!(
         e.contains("'blk.0.ffn_up.weight'")
+            && e.contains("IQ2_XXS")
             && e.contains("Q4_K")
             && e.contains(&format!("at byte {type_at}")),
         "{e}"

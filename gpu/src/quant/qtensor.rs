@@ -20,8 +20,47 @@
 
 use super::format::{GroupSize, QuantFormat, QBLOCK};
 use crate::error::{Error, Result};
+use crate::quant::ggml_blocks;
 use crate::quant::source::{RawTensor, SourceDType};
 use half::f16;
+
+/// How a file's tensor type is brought into lowbit's formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Import {
+    /// Re-laid out, every value unchanged.
+    Exact(QuantFormat),
+    /// Re-laid out with the same integer codes; each group's two-level scale (and min)
+    /// becomes one f16 (relative change at most 2⁻¹¹ per scale).
+    Rescaled(QuantFormat),
+    /// Decoded and quantized again: no lowbit format holds its integers.
+    Requantized(QuantFormat),
+}
+
+impl Import {
+    /// The format the tensor gets.
+    pub fn format(self) -> QuantFormat {
+        match self {
+            Self::Exact(f) | Self::Rescaled(f) | Self::Requantized(f) => f,
+        }
+    }
+
+    /// Whether loading into `format` keeps the file's integer codes ([`QTensor::repack`]).
+    pub fn repacks_to(self, format: QuantFormat) -> bool {
+        match self {
+            Self::Exact(f) | Self::Rescaled(f) => f == format,
+            Self::Requantized(_) => false,
+        }
+    }
+
+    /// A word for reports: `exact`, `rescaled` or `requantized`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Exact(_) => "exact",
+            Self::Rescaled(_) => "rescaled",
+            Self::Requantized(_) => "requantized",
+        }
+    }
+}
 
 /// A weight matrix `rows × cols` in a [`QuantFormat`].
 #[derive(Debug, Clone, PartialEq)]
@@ -235,24 +274,36 @@ impl QTensor {
         out
     }
 
-    /// The format a file's tensor maps to without any loss, if there is one.
-    pub fn lossless_format(dtype: SourceDType) -> Option<QuantFormat> {
+    /// How a file's tensor type becomes one of lowbit's formats when kept as stored.
+    pub fn import(dtype: SourceDType) -> Import {
+        use QuantFormat::{Q4M, Q8};
+        let q4mg32 = Q4M(GroupSize::G32);
         match dtype {
-            SourceDType::F32 | SourceDType::BF16 => Some(QuantFormat::F32),
-            SourceDType::F16 => Some(QuantFormat::F16),
-            SourceDType::Q8_0 => Some(QuantFormat::Q8),
-            SourceDType::Q4_0 => Some(QuantFormat::Q4(GroupSize::G32)),
-            SourceDType::Q4_1 => Some(QuantFormat::Q4M(GroupSize::G32)),
+            SourceDType::F32 | SourceDType::BF16 => Import::Exact(QuantFormat::F32),
+            SourceDType::F16 => Import::Exact(QuantFormat::F16),
+            SourceDType::Q8_0 | SourceDType::Q5_0 | SourceDType::IQ4_NL => Import::Exact(Q8),
+            SourceDType::Q4_0 => Import::Exact(QuantFormat::Q4(GroupSize::G32)),
+            SourceDType::Q4_1 => Import::Exact(q4mg32),
+            SourceDType::Q4_K => Import::Rescaled(q4mg32),
+            SourceDType::IQ4_XS => Import::Rescaled(Q8),
+            SourceDType::Q5_1 | SourceDType::Q5_K | SourceDType::Q6_K => Import::Requantized(Q8),
+            SourceDType::Q2_K | SourceDType::Q3_K => Import::Requantized(q4mg32),
         }
     }
 
-    /// Repacks a file tensor into its lossless format (GGUF blocks → planar arrays) without
-    /// changing a single value.
+    /// Repacks a file tensor into its import format ([`QTensor::import`]) keeping its integer
+    /// codes: GGUF blocks → planar arrays. Exact imports change no value; rescaled ones round
+    /// each group's scale product once to f16.
     pub fn repack(raw: &RawTensor<'_>) -> Result<Self> {
-        let format = Self::lossless_format(raw.dtype).ok_or(Error::Shape {
-            op: "QTensor::repack",
-            detail: format!("{:?} has no lossless format", raw.dtype),
-        })?;
+        let format = match Self::import(raw.dtype) {
+            Import::Exact(f) | Import::Rescaled(f) => f,
+            Import::Requantized(_) => {
+                return Err(Error::Shape {
+                    op: "QTensor::repack",
+                    detail: format!("{:?} must be requantized", raw.dtype),
+                })
+            }
+        };
         let (rows, cols) = (raw.rows, raw.cols);
         let mut bytes: Vec<u8> = Vec::with_capacity(rows * words_per_row(format, cols) * 4);
         let mut scales = Vec::new();
@@ -285,6 +336,16 @@ impl QTensor {
                     bytes.extend_from_slice(&b[4..20]);
                 }
             }
+            SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::IQ4_XS | SourceDType::Q4_K => {
+                ggml_blocks::repack_groups(raw.dtype, raw.data, |group| {
+                    scales.push(group.scale);
+                    mins.extend(group.min);
+                    for w in pack_codes(format, &group.codes) {
+                        bytes.extend_from_slice(&w.to_le_bytes());
+                    }
+                });
+            }
+            other => unreachable!("{other:?} is requantized, not repacked"),
         }
         if format == QuantFormat::F16 && cols % 2 == 1 {
             // Odd rows: pad each row to whole words.

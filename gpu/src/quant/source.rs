@@ -7,16 +7,19 @@
 //! Q4_1  | d: f16 | m: f16 | qs[0..16]: u8 |               20 bytes, x = d·q + m
 //! ```
 //! Nibble order of Q4_0/Q4_1: byte `qs[j]` holds value `j` in its low nibble and value `j + 16`
-//! in its high nibble.
+//! in its high nibble. The other GGUF block formats lowbit reads (Q5_0, Q5_1, K-quants,
+//! IQ4_NL, IQ4_XS) are decoded in [`super::ggml_blocks`].
 
+use super::ggml_blocks::{self, QK_K};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 
-/// Values per block of every GGUF block format lowbit reads.
+/// Values per block of GGUF's 32-value block formats (K-quants: [`QK_K`]).
 pub const GGUF_BLOCK: usize = 32;
 
-/// Element type of a tensor as stored in a model file.
+/// Element type of a tensor as stored in a model file (ggml's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
 pub enum SourceDType {
     F32,
     F16,
@@ -24,6 +27,15 @@ pub enum SourceDType {
     Q8_0,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    IQ4_NL,
+    IQ4_XS,
 }
 
 impl SourceDType {
@@ -31,7 +43,10 @@ impl SourceDType {
     pub fn block_values(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 => GGUF_BLOCK,
+            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::IQ4_NL => {
+                GGUF_BLOCK
+            }
+            Self::Q2_K | Self::Q3_K | Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::IQ4_XS => QK_K,
         }
     }
 
@@ -41,8 +56,16 @@ impl SourceDType {
             Self::F32 => 4,
             Self::F16 | Self::BF16 => 2,
             Self::Q8_0 => 34,
-            Self::Q4_0 => 18,
+            Self::Q4_0 | Self::IQ4_NL => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
+            Self::Q2_K => 84,
+            Self::Q3_K => 110,
+            Self::Q4_K => 144,
+            Self::Q5_K => 176,
+            Self::Q6_K => 210,
+            Self::IQ4_XS => 136,
         }
     }
 
@@ -174,6 +197,7 @@ pub fn decode_row(dtype: SourceDType, src: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        other => ggml_blocks::decode(other, src, out),
     }
 }
 

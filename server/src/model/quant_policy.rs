@@ -153,8 +153,7 @@ impl QuantPolicy {
     ) -> (QuantFormat, Option<QuantFormat>) {
         let asked = self
             .requested(name)
-            .or_else(|| lowbit_gpu::QTensor::lossless_format(source))
-            .unwrap_or(QuantFormat::F32);
+            .unwrap_or_else(|| lowbit_gpu::QTensor::import(source).format());
         let got = asked.fallback_for(cols);
         (got, (got != asked).then_some(asked))
     }

@@ -190,7 +190,7 @@ impl ModelSource {
             }
             _ => {
                 let raw = self.tensor(name)?;
-                if Some(format) == QTensor::lossless_format(raw.dtype) {
+                if QTensor::import(raw.dtype).repacks_to(format) {
                     QTensor::repack(&raw).map_err(wrap)?
                 } else {
                     quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)

@@ -34,6 +34,10 @@ pub mod value_type {
 
 use lowbit_gpu::SourceDType;
 
+/// The tensor types lowbit reads, for error messages.
+pub const SUPPORTED_TYPES: &str =
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
+
 /// ggml's tensor type code for a dtype lowbit reads.
 pub fn ggml_type_code(dtype: SourceDType) -> u32 {
     match dtype {
@@ -41,7 +45,16 @@ pub fn ggml_type_code(dtype: SourceDType) -> u32 {
         SourceDType::F16 => 1,
         SourceDType::Q4_0 => 2,
         SourceDType::Q4_1 => 3,
+        SourceDType::Q5_0 => 6,
+        SourceDType::Q5_1 => 7,
         SourceDType::Q8_0 => 8,
+        SourceDType::Q2_K => 10,
+        SourceDType::Q3_K => 11,
+        SourceDType::Q4_K => 12,
+        SourceDType::Q5_K => 13,
+        SourceDType::Q6_K => 14,
+        SourceDType::IQ4_NL => 20,
+        SourceDType::IQ4_XS => 23,
         SourceDType::BF16 => 30,
     }
 }
@@ -53,20 +66,28 @@ pub fn dtype_from_ggml(code: u32) -> Result<SourceDType, String> {
         1 => SourceDType::F16,
         2 => SourceDType::Q4_0,
         3 => SourceDType::Q4_1,
+        6 => SourceDType::Q5_0,
+        7 => SourceDType::Q5_1,
         8 => SourceDType::Q8_0,
+        10 => SourceDType::Q2_K,
+        11 => SourceDType::Q3_K,
+        12 => SourceDType::Q4_K,
+        13 => SourceDType::Q5_K,
+        14 => SourceDType::Q6_K,
+        20 => SourceDType::IQ4_NL,
+        23 => SourceDType::IQ4_XS,
         30 => SourceDType::BF16,
         other => {
             let name = match other {
-                6 => "Q5_0",
-                7 => "Q5_1",
                 9 => "Q8_1",
-                10 => "Q2_K",
-                11 => "Q3_K",
-                12 => "Q4_K",
-                13 => "Q5_K",
-                14 => "Q6_K",
                 15 => "Q8_K",
-                16..=23 | 29 => "an IQ type",
+                16 => "IQ2_XXS",
+                17 => "IQ2_XS",
+                18 => "IQ3_XXS",
+                19 => "IQ1_S",
+                21 => "IQ3_S",
+                22 => "IQ2_S",
+                29 => "IQ1_M",
                 24 => "I8",
                 25 => "I16",
                 26 => "I32",

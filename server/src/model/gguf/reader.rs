@@ -4,7 +4,7 @@
 //! anything is allocated, every tensor's data range against the file size, and every error
 //! names the file, the field or tensor, and the byte offset where parsing stopped.
 
-use super::{dtype_from_ggml, value_type as vt, DEFAULT_ALIGNMENT, GGUF_MAGIC};
+use super::{dtype_from_ggml, value_type as vt, DEFAULT_ALIGNMENT, GGUF_MAGIC, SUPPORTED_TYPES};
 use lowbit_gpu::{RawTensor, SourceDType};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -434,7 +434,9 @@ impl<'a> Parser<'a> {
                 Ok(t) => t,
                 Err(name) => {
                     self.pos = ty_at;
-                    return self.fail(format!("tensor type {name} is not supported (F32, F16, BF16, Q8_0, Q4_0, Q4_1 are)"));
+                    return self.fail(format!(
+                        "tensor type {name} is not supported ({SUPPORTED_TYPES} are)"
+                    ));
                 }
             };
             let offset_at = self.pos;
