@@ -4,6 +4,7 @@ is noise; the shapes, tensor names, metadata and a byte-level vocabulary of the 
 those of the named architecture. F16 weights: quantize them with `llama-quantize --pure`.
 
     python scripts/bench/random-gguf.py qwen2.5-0.5b /tmp/qwen25-f16.gguf
+    python scripts/bench/random-gguf.py llama-3.2-1b /tmp/llama1b-f16.gguf
 
 Needs `numpy` and `gguf` (PyPI).
 """
@@ -17,6 +18,8 @@ SHAPES = {
     # arch, hidden, layers, heads, kv heads, head dim, ffn, vocab, rope theta, qkv bias, qk norm
     "qwen2.5-0.5b": ("qwen2", 896, 24, 14, 2, 64, 4864, 151936, 1e6, True, False),
     "qwen3-0.6b": ("qwen3", 1024, 28, 16, 8, 128, 3072, 151936, 1e6, False, True),
+    # Rows of 2048 and 8192: every tensor K-quantizes (no fallbacks), as in real Q4_K_M files.
+    "llama-3.2-1b": ("llama", 2048, 16, 32, 8, 64, 8192, 128256, 5e5, False, False),
 }
 
 

@@ -225,8 +225,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
             .unwrap_or_default();
         writeln!(
             out,
-            "  {:<36} {:>6} -> {:<8}{fallback}",
-            p.name, p.source, p.format
+            "  {:<36} {:>6} -> {:<8} {:<11}{fallback}",
+            p.name, p.source, p.format, p.conversion
         )?;
     }
     writeln!(out, "\ntensors:")?;

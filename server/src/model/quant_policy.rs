@@ -45,7 +45,29 @@ pub struct TensorPlan {
     pub format: String,
     /// The format asked for, when it did not fit and a fallback was taken.
     pub fallback_from: Option<String>,
+    /// How the stored values become `format`: `exact` (repacked or copied), `rescaled` (the
+    /// file's codes with its two-level scales rounded to f16), `requantized` (from another
+    /// integer format), `quantized` (from floats), `converted` (float to float), `synthetic`.
+    pub conversion: &'static str,
     pub bytes: usize,
+}
+
+/// What [`TensorPlan::conversion`] says for a tensor stored as `dtype` (or in lowbit's
+/// `stored` format) and loaded as `format`.
+pub fn conversion(
+    dtype: SourceDType,
+    stored: Option<QuantFormat>,
+    format: QuantFormat,
+) -> &'static str {
+    let import = lowbit_gpu::QTensor::import(dtype);
+    match stored {
+        Some(f) if f == format => "exact",
+        Some(f) if f.is_quantized() => "requantized",
+        None if import.repacks_to(format) => import.kind(),
+        None if dtype.block_values() > 1 => "requantized",
+        _ if format.is_quantized() => "quantized",
+        _ => "converted",
+    }
 }
 
 impl Default for QuantPolicy {
@@ -199,6 +221,42 @@ mod tests {
         assert_eq!(
             stored.resolve("x", SourceDType::Q4_1, 576),
             (QuantFormat::Q4M(GroupSize::G32), None)
+        );
+    }
+
+    #[test]
+    fn each_plan_says_how_its_values_are_made() {
+        let q4mg32 = QuantFormat::Q4M(GroupSize::G32);
+        let q4g32 = QuantFormat::Q4(GroupSize::G32);
+        for (dtype, stored, format, want) in [
+            (SourceDType::Q4_1, None, q4mg32, "exact"),
+            (SourceDType::Q5_0, None, QuantFormat::Q8, "exact"),
+            (SourceDType::BF16, None, QuantFormat::F32, "exact"),
+            (SourceDType::Q4_K, None, q4mg32, "rescaled"),
+            (SourceDType::IQ4_XS, None, QuantFormat::Q8, "rescaled"),
+            (SourceDType::Q4_K, None, QuantFormat::Q8, "requantized"),
+            (SourceDType::Q6_K, None, QuantFormat::Q8, "requantized"),
+            (SourceDType::F32, None, q4g32, "quantized"),
+            (SourceDType::F32, None, QuantFormat::F16, "converted"),
+            (SourceDType::F32, Some(q4g32), q4g32, "exact"),
+            (
+                SourceDType::F32,
+                Some(q4g32),
+                QuantFormat::Q8,
+                "requantized",
+            ),
+        ] {
+            assert_eq!(
+                conversion(dtype, stored, format),
+                want,
+                "{dtype:?} {format}"
+            );
+        }
+        let stored = QuantPolicy::as_stored();
+        assert_eq!(stored.resolve("x", SourceDType::Q3_K, 256).0, q4mg32);
+        assert_eq!(
+            stored.resolve("x", SourceDType::Q6_K, 256).0,
+            QuantFormat::Q8
         );
     }
 

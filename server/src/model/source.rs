@@ -140,12 +140,14 @@ impl ModelSource {
             source,
             format: format.to_string(),
             fallback_from: asked.map(|a| a.to_string()),
+            conversion: super::quant_policy::conversion(dtype, stored, format),
             bytes: lowbit_gpu::quant::qtensor::storage_bytes(format, rows, cols),
         })
     }
 
-    /// A weight matrix in the format `policy` gives it ([`ModelSource::plan`]): repacked
-    /// losslessly when that is its stored format, else decoded and quantized (one tensor at a
+    /// A weight matrix in the format `policy` gives it ([`ModelSource::plan`]): repacked with
+    /// its codes kept when that format holds them ([`QTensor::import`]), else decoded and
+    /// quantized (one tensor at a
     /// time, so peak memory stays near the quantized model plus one f32 tensor). `hessian`,
     /// calibration statistics of the tensor's input, switches integer formats to GPTQ
     /// (activation-aware quantization).

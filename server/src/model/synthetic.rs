@@ -209,6 +209,7 @@ impl Llama {
                     source: "synthetic".into(),
                     format: f.to_string(),
                     fallback_from: (f != format).then(|| format.to_string()),
+                    conversion: "synthetic",
                     bytes: storage_bytes(f, rows, cols),
                 };
                 Ok((q, plan))
