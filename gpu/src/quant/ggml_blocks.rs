@@ -212,22 +212,21 @@ fn decode_q45_k(dtype: SourceDType, b: &[u8], out: &mut [f32]) {
 }
 
 /// Q6_K: per 128-value half, 64 bytes of low nibbles and 32 bytes of 2-bit high parts; value
-/// `l + 32k` (k = 0..4) takes nibble k/2 of `ql[l + 32(k % 2)]` and bits 2k of `qh[l]`.
+/// `l + 32k` (k = 0..4) takes nibble k/2 of `ql[l + 32(k % 2)]` and bits 2k of `qh[l]`; one
+/// i8 scale per 16 values.
 fn decode_q6_k(b: &[u8], out: &mut [f32]) {
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = f16_at(b, 208);
-    for (half, o) in out.chunks_exact_mut(128).enumerate() {
-        let (ql, qh) = (
-            &ql[64 * half..64 * half + 64],
-            &qh[32 * half..32 * half + 32],
-        );
-        for (k, run) in o.chunks_exact_mut(32).enumerate() {
-            for (l, x) in run.iter_mut().enumerate() {
-                let low = (ql[l + 32 * (k % 2)] >> (4 * (k / 2))) & 0x0f;
-                let q = i32::from(low | (((qh[l] >> (2 * k)) & 3) << 4)) - 32;
-                let sc = scales[8 * half + 2 * k + l / 16] as i8;
-                *x = d * f32::from(sc) * q as f32;
-            }
+    for (i, run) in out.chunks_exact_mut(16).enumerate() {
+        let (half, k, part) = (i / 8, (i % 8) / 2, i % 2);
+        let dl = d * f32::from(scales[i] as i8);
+        let at = 16 * part;
+        let low = &ql[64 * half + 32 * (k % 2) + at..][..16];
+        let high = &qh[32 * half + at..][..16];
+        let (shift, hshift) = (4 * (k / 2), 2 * k);
+        for ((x, &lo), &hi) in run.iter_mut().zip(low).zip(high) {
+            let q = ((lo >> shift) & 0x0f) | (((hi >> hshift) & 3) << 4);
+            *x = dl * (i32::from(q) - 32) as f32;
         }
     }
 }

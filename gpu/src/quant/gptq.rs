@@ -198,7 +198,10 @@ fn group_params(
 ) -> (f16, f16) {
     let mut scratch = vec![0u8; x.len()];
     match format {
-        QuantFormat::Q8 => (quantize_q8_group(x, Some(importance), method).0, f16::ZERO),
+        QuantFormat::Q8 => {
+            let q: &mut [i8] = bytemuck::cast_slice_mut(&mut scratch);
+            (quantize_q8_group(x, Some(importance), method, q), f16::ZERO)
+        }
         QuantFormat::Q4(_) => (
             quantize_q4_group(x, Some(importance), method, &mut scratch),
             f16::ZERO,

@@ -16,4 +16,4 @@ pub mod source;
 
 pub use format::{GroupSize, QuantFormat, FORMAT_NAMES, QBLOCK};
 pub use qtensor::QTensor;
-pub use quantize::{quantize, QuantMethod, QuantizeOptions};
+pub use quantize::{quantize, quantize_raw, QuantMethod, QuantizeOptions};

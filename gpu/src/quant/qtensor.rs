@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::quant::ggml_blocks;
 use crate::quant::source::{RawTensor, SourceDType};
 use half::f16;
+use rayon::prelude::*;
 
 /// How a file's tensor type is brought into lowbit's formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,21 +102,28 @@ pub fn storage_bytes(format: QuantFormat, rows: usize, cols: usize) -> usize {
 /// Packs one row of integer codes (one per value: the i8 bit pattern for Q8, `0..16` for
 /// Q4/Q4M) into the row's words, in the layout drawn above.
 pub fn pack_codes(format: QuantFormat, codes: &[u8]) -> Vec<u32> {
+    let mut words = Vec::with_capacity(codes.len() / if format == QuantFormat::Q8 { 4 } else { 8 });
+    pack_codes_into(format, codes, &mut words);
+    words
+}
+
+/// [`pack_codes`], appending to `words`.
+pub fn pack_codes_into(format: QuantFormat, codes: &[u8], words: &mut Vec<u32>) {
     let word = |b: [u8; 4]| u32::from_le_bytes(b);
     if format == QuantFormat::Q8 {
-        return codes
-            .chunks_exact(4)
-            .map(|c| word([c[0], c[1], c[2], c[3]]))
-            .collect();
+        words.extend(
+            codes
+                .chunks_exact(4)
+                .map(|c| word([c[0], c[1], c[2], c[3]])),
+        );
+        return;
     }
-    let mut words = Vec::with_capacity(codes.len() / 8);
     for block in codes.chunks_exact(QBLOCK) {
         let (lo, hi) = block.split_at(16);
         for j in (0..16).step_by(4) {
             words.push(word(std::array::from_fn(|k| lo[j + k] | (hi[j + k] << 4))));
         }
     }
-    words
 }
 
 /// One row's packed words, scales and mins, as quantizers produce them.
@@ -337,13 +345,23 @@ impl QTensor {
                 }
             }
             SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::IQ4_XS | SourceDType::Q4_K => {
-                ggml_blocks::repack_groups(raw.dtype, raw.data, |group| {
-                    scales.push(group.scale);
-                    mins.extend(group.min);
-                    for w in pack_codes(format, &group.codes) {
-                        bytes.extend_from_slice(&w.to_le_bytes());
-                    }
-                });
+                // Rows in parallel: loading repacks whole models.
+                let per_row: Vec<RowParts> = (0..rows)
+                    .into_par_iter()
+                    .map(|r| {
+                        let groups = cols / QBLOCK;
+                        let mut words = Vec::with_capacity(words_per_row(format, cols));
+                        let mut scales = Vec::with_capacity(groups);
+                        let mut mins = Vec::new();
+                        ggml_blocks::repack_groups(raw.dtype, raw.row(r), |group| {
+                            scales.push(group.scale);
+                            mins.extend(group.min);
+                            pack_codes_into(format, &group.codes, &mut words);
+                        });
+                        (words, scales, mins)
+                    })
+                    .collect();
+                return Self::from_rows(format, rows, cols, per_row);
             }
             other => unreachable!("{other:?} is requantized, not repacked"),
         }

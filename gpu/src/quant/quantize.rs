@@ -12,6 +12,7 @@
 
 use super::format::QuantFormat;
 use super::qtensor::{pack_codes, words_per_row, QTensor, RowParts};
+use super::source::{decode_row, RawTensor};
 use crate::error::Result;
 use half::f16;
 use rayon::prelude::*;
@@ -42,61 +43,94 @@ pub fn quantize(
     format: QuantFormat,
     opts: &QuantizeOptions,
 ) -> Result<QTensor> {
-    let wpr = words_per_row(format, cols);
-    let g = format.group();
-    let groups_per_row = if format.is_quantized() { cols / g } else { 0 };
-    let has_mins = matches!(format, QuantFormat::Q4M(_));
     if !format.fits(cols) || values.len() != rows * cols {
         return QTensor::new(format, rows, cols, Vec::new(), Vec::new(), Vec::new());
     }
     let imp = opts.importance.as_deref().filter(|i| i.len() == cols);
     let per_row: Vec<RowParts> = values
         .par_chunks(cols.max(1))
-        .map(|row| {
-            let mut scales = Vec::with_capacity(groups_per_row);
-            let mut mins = Vec::with_capacity(if has_mins { groups_per_row } else { 0 });
-            let words = match format {
-                QuantFormat::F32 => row.iter().map(|v| v.to_bits()).collect(),
-                QuantFormat::F16 => {
-                    let mut halves: Vec<u16> =
-                        row.iter().map(|v| f16::from_f32(*v).to_bits()).collect();
-                    halves.resize(wpr * 2, 0);
-                    halves
-                        .chunks_exact(2)
-                        .map(|h| u32::from(h[0]) | (u32::from(h[1]) << 16))
-                        .collect()
-                }
-                _ => {
-                    let mut codes = vec![0u8; cols];
-                    for (gi, (x, qg)) in row
-                        .chunks_exact(g)
-                        .zip(codes.chunks_exact_mut(g))
-                        .enumerate()
-                    {
-                        let w = imp.map(|i| &i[gi * g..(gi + 1) * g]);
-                        match format {
-                            QuantFormat::Q8 => {
-                                let (d, q) = quantize_q8_group(x, w, opts.method);
-                                scales.push(d);
-                                for (o, q) in qg.iter_mut().zip(q) {
-                                    *o = q as u8;
-                                }
-                            }
-                            QuantFormat::Q4M(_) => {
-                                let (d, m) = quantize_q4m_group(x, w, opts.method, qg);
-                                scales.push(d);
-                                mins.push(m);
-                            }
-                            _ => scales.push(quantize_q4_group(x, w, opts.method, qg)),
-                        }
-                    }
-                    pack_codes(format, &codes)
-                }
-            };
-            (words, scales, mins)
-        })
+        .map(|row| quantize_row(row, format, opts.method, imp))
         .collect();
     QTensor::from_rows(format, rows, cols, per_row)
+}
+
+/// Quantizes a tensor in a file's encoding into `format`, decoding one row at a time: no f32
+/// copy of the whole tensor (loading requantizes whole models; an 8B model's head would take
+/// 2 GB as f32).
+pub fn quantize_raw(
+    raw: &RawTensor<'_>,
+    format: QuantFormat,
+    opts: &QuantizeOptions,
+) -> Result<QTensor> {
+    let (rows, cols) = (raw.rows, raw.cols);
+    if !format.fits(cols) {
+        return QTensor::new(format, rows, cols, Vec::new(), Vec::new(), Vec::new());
+    }
+    let imp = opts.importance.as_deref().filter(|i| i.len() == cols);
+    let per_row: Vec<RowParts> = (0..rows)
+        .into_par_iter()
+        .map_init(
+            || vec![0.0f32; cols],
+            |row, r| {
+                decode_row(raw.dtype, raw.row(r), row);
+                quantize_row(row, format, opts.method, imp)
+            },
+        )
+        .collect();
+    QTensor::from_rows(format, rows, cols, per_row)
+}
+
+/// One row's words, scales and mins.
+fn quantize_row(
+    row: &[f32],
+    format: QuantFormat,
+    method: QuantMethod,
+    imp: Option<&[f32]>,
+) -> RowParts {
+    let cols = row.len();
+    let g = format.group();
+    let groups_per_row = if format.is_quantized() { cols / g } else { 0 };
+    let mut scales = Vec::with_capacity(groups_per_row);
+    let mut mins = Vec::with_capacity(if matches!(format, QuantFormat::Q4M(_)) {
+        groups_per_row
+    } else {
+        0
+    });
+    let words = match format {
+        QuantFormat::F32 => row.iter().map(|v| v.to_bits()).collect(),
+        QuantFormat::F16 => {
+            let mut halves: Vec<u16> = row.iter().map(|v| f16::from_f32(*v).to_bits()).collect();
+            halves.resize(words_per_row(format, cols) * 2, 0);
+            halves
+                .chunks_exact(2)
+                .map(|h| u32::from(h[0]) | (u32::from(h[1]) << 16))
+                .collect()
+        }
+        _ => {
+            let mut codes = vec![0u8; cols];
+            for (gi, (x, qg)) in row
+                .chunks_exact(g)
+                .zip(codes.chunks_exact_mut(g))
+                .enumerate()
+            {
+                let w = imp.map(|i| &i[gi * g..(gi + 1) * g]);
+                match format {
+                    QuantFormat::Q8 => {
+                        let q: &mut [i8] = bytemuck::cast_slice_mut(qg);
+                        scales.push(quantize_q8_group(x, w, method, q));
+                    }
+                    QuantFormat::Q4M(_) => {
+                        let (d, m) = quantize_q4m_group(x, w, method, qg);
+                        scales.push(d);
+                        mins.push(m);
+                    }
+                    _ => scales.push(quantize_q4_group(x, w, method, qg)),
+                }
+            }
+            pack_codes(format, &codes)
+        }
+    };
+    (words, scales, mins)
 }
 
 /// Weighted squared error of a reconstruction.
@@ -110,38 +144,55 @@ fn weighted_error(x: &[f32], w: Option<&[f32]>, recon: impl Fn(usize) -> f32) ->
         .sum()
 }
 
+/// `x.round()` (half away from zero, as C's `roundf`, which llama.cpp's reference quantizers
+/// call) for |x| < 2²³, without the libm call `round` compiles to on baseline x86-64: the
+/// difference from the truncated value is exact.
+pub(crate) fn round_half_away(x: f32) -> f32 {
+    let t = x as i32 as f32;
+    let frac = x - t;
+    // Selects, not branches: the fractions are random.
+    let up = if frac >= 0.5 { 1.0 } else { 0.0 };
+    let down = if frac <= -0.5 { 1.0 } else { 0.0 };
+    t + up - down
+}
+
+/// Symmetric 8-bit: returns the scale, writes the codes into `q`.
 pub(crate) fn quantize_q8_group(
     x: &[f32],
     w: Option<&[f32]>,
     method: QuantMethod,
-) -> (f16, Vec<i8>) {
+    q: &mut [i8],
+) -> f16 {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let encode = |d: f32| -> Vec<i8> {
+    let encode = |d: f32, q: &mut [i8]| {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        x.iter()
-            .map(|v| (v * id).round().clamp(-127.0, 127.0) as i8)
-            .collect()
+        for (o, v) in q.iter_mut().zip(x) {
+            *o = round_half_away(v * id).clamp(-127.0, 127.0) as i8;
+        }
     };
     let d = amax / 127.0;
-    let rtn = (f16::from_f32(d), encode(d));
+    encode(d, q);
+    let dh = f16::from_f32(d);
     if method == QuantMethod::Rtn || amax == 0.0 {
-        return rtn;
+        return dh;
     }
-    let mut best = rtn;
-    let mut best_err = weighted_error(x, w, |i| best.0.to_f32() * f32::from(best.1[i]));
+    let mut best_d = dh;
+    let mut best_err = weighted_error(x, w, |i| dh.to_f32() * f32::from(q[i]));
+    let mut cand = vec![0i8; x.len()];
     for step in 1..=12 {
         let d = amax / (127.0 - 0.25 * step as f32);
-        let q = encode(d);
-        let d = refit_scale(x, w, q.iter().map(|&v| f32::from(v))).unwrap_or(d);
-        let q = encode(d);
+        encode(d, &mut cand);
+        let d = refit_scale(x, w, cand.iter().map(|&v| f32::from(v))).unwrap_or(d);
+        encode(d, &mut cand);
         let dh = f16::from_f32(d);
-        let err = weighted_error(x, w, |i| dh.to_f32() * f32::from(q[i]));
+        let err = weighted_error(x, w, |i| dh.to_f32() * f32::from(cand[i]));
         if err < best_err {
-            best = (dh, q);
+            best_d = dh;
             best_err = err;
+            q.copy_from_slice(&cand);
         }
     }
-    best
+    best_d
 }
 
 /// Least-squares scale for fixed integer levels: `argmin_d Σ w (x − d·l)²`.
@@ -274,6 +325,64 @@ fn refit_scale_and_min(x: &[f32], w: Option<&[f32]>, q: &[u8]) -> Option<(f32, f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quantizing_a_file_tensor_row_by_row_equals_quantizing_its_f32_copy() {
+        use crate::quant::source::SourceDType;
+        // Q8_0 blocks: an f16 scale, then 32 arbitrary codes.
+        let (rows, cols) = (5, 128);
+        let mut bytes = Vec::new();
+        for b in 0..rows * cols / 32 {
+            bytes.extend_from_slice(&f16::from_f32(0.01 + 0.003 * b as f32).to_le_bytes());
+            bytes.extend((0..32).map(|j| ((b * 37 + j * 11) % 256) as u8));
+        }
+        let raw = RawTensor::new(SourceDType::Q8_0, rows, cols, &bytes).unwrap();
+        for format in [
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G64),
+            QuantFormat::Q4M(GroupSize::G32),
+            QuantFormat::F16,
+        ] {
+            for method in [QuantMethod::Rtn, QuantMethod::Search] {
+                let opts = QuantizeOptions {
+                    method,
+                    importance: None,
+                };
+                let whole = quantize(&raw.to_f32(), rows, cols, format, &opts).unwrap();
+                assert_eq!(quantize_raw(&raw, format, &opts).unwrap(), whole, "{format}");
+            }
+        }
+    }
+
+    #[test]
+    fn round_half_away_is_roundf() {
+        let mut x = -300.0f32;
+        while x < 300.0 {
+            for v in [
+                x,
+                x + 0.5,
+                x - 0.5,
+                x.next_up(),
+                x.next_down(),
+                (x + 0.5).next_down(),
+            ] {
+                assert_eq!(round_half_away(v), v.round(), "{v}");
+            }
+            x += 0.173;
+        }
+        for v in [
+            0.49999997f32,
+            -0.49999997,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            127.5,
+            -127.49999,
+        ] {
+            assert_eq!(round_half_away(v), v.round(), "{v}");
+        }
+    }
     use crate::quant::format::GroupSize;
 
     fn data(rows: usize, cols: usize) -> Vec<f32> {

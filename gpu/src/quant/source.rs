@@ -13,6 +13,7 @@
 use super::ggml_blocks::{self, QK_K};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 /// Values per block of GGUF's 32-value block formats (K-quants: [`QK_K`]).
 pub const GGUF_BLOCK: usize = 32;
@@ -134,13 +135,13 @@ impl<'a> RawTensor<'a> {
         &self.data[r * n..(r + 1) * n]
     }
 
-    /// Decodes the whole tensor to f32.
+    /// Decodes the whole tensor to f32 (rows in parallel: loading requantizes whole models).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];
         if self.cols > 0 {
-            for (r, dst) in out.chunks_exact_mut(self.cols).enumerate() {
-                decode_row(self.dtype, self.row(r), dst);
-            }
+            out.par_chunks_exact_mut(self.cols)
+                .enumerate()
+                .for_each(|(r, dst)| decode_row(self.dtype, self.row(r), dst));
         }
         out
     }

@@ -12,7 +12,7 @@ use super::lowbit_file::LowbitFile;
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::tokenizer::Tokenizer;
 use lowbit_gpu::quant::gptq::{gptq_quantize, GptqOptions, Hessian};
-use lowbit_gpu::quant::{quantize, QuantizeOptions};
+use lowbit_gpu::quant::{quantize, quantize_raw, QuantizeOptions};
 use lowbit_gpu::{QTensor, QuantFormat, RawTensor, SourceDType};
 use std::path::{Path, PathBuf};
 
@@ -194,9 +194,16 @@ impl ModelSource {
                 let raw = self.tensor(name)?;
                 if QTensor::import(raw.dtype).repacks_to(format) {
                     QTensor::repack(&raw).map_err(wrap)?
-                } else {
+                } else if hessian.is_some() && format.is_quantized() {
                     quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)
                         .map_err(wrap)?
+                } else {
+                    // Row by row from the file's encoding: no f32 copy of the tensor.
+                    let opts = QuantizeOptions {
+                        method: policy.method,
+                        importance: None,
+                    };
+                    quantize_raw(&raw, format, &opts).map_err(wrap)?
                 }
             }
         };
