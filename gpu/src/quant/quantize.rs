@@ -349,7 +349,11 @@ mod tests {
                     importance: None,
                 };
                 let whole = quantize(&raw.to_f32(), rows, cols, format, &opts).unwrap();
-                assert_eq!(quantize_raw(&raw, format, &opts).unwrap(), whole, "{format}");
+                assert_eq!(
+                    quantize_raw(&raw, format, &opts).unwrap(),
+                    whole,
+                    "{format}"
+                );
             }
         }
     }
