@@ -312,6 +312,9 @@ impl QTensor {
                 })
             }
         };
+        if ggml_blocks::is_imported(raw.dtype) {
+            return Self::repack_groups(raw, format);
+        }
         let (rows, cols) = (raw.rows, raw.cols);
         let mut bytes: Vec<u8> = Vec::with_capacity(rows * words_per_row(format, cols) * 4);
         let mut scales = Vec::new();
@@ -344,26 +347,7 @@ impl QTensor {
                     bytes.extend_from_slice(&b[4..20]);
                 }
             }
-            SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::IQ4_XS | SourceDType::Q4_K => {
-                // Rows in parallel: loading repacks whole models.
-                let per_row: Vec<RowParts> = (0..rows)
-                    .into_par_iter()
-                    .map(|r| {
-                        let groups = cols / QBLOCK;
-                        let mut words = Vec::with_capacity(words_per_row(format, cols));
-                        let mut scales = Vec::with_capacity(groups);
-                        let mut mins = Vec::new();
-                        ggml_blocks::repack_groups(raw.dtype, raw.row(r), |group| {
-                            scales.push(group.scale);
-                            mins.extend(group.min);
-                            pack_codes_into(format, &group.codes, &mut words);
-                        });
-                        (words, scales, mins)
-                    })
-                    .collect();
-                return Self::from_rows(format, rows, cols, per_row);
-            }
-            other => unreachable!("{other:?} is requantized, not repacked"),
+            other => unreachable!("{other:?} repacks in repack_groups"),
         }
         if format == QuantFormat::F16 && cols % 2 == 1 {
             // Odd rows: pad each row to whole words.
@@ -379,6 +363,27 @@ impl QTensor {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         Self::new(format, rows, cols, words, scales, mins)
+    }
+
+    /// [`QTensor::repack`] for the formats of [`ggml_blocks`], rows in parallel (loading
+    /// repacks whole models).
+    fn repack_groups(raw: &RawTensor<'_>, format: QuantFormat) -> Result<Self> {
+        let (rows, cols) = (raw.rows, raw.cols);
+        let per_row: Vec<RowParts> = (0..rows)
+            .into_par_iter()
+            .map(|r| {
+                let mut words = Vec::with_capacity(words_per_row(format, cols));
+                let mut scales = Vec::with_capacity(cols / QBLOCK);
+                let mut mins = Vec::new();
+                ggml_blocks::repack_groups(raw.dtype, raw.row(r), |group| {
+                    scales.push(group.scale);
+                    mins.extend(group.min);
+                    pack_codes_into(format, &group.codes, &mut words);
+                });
+                (words, scales, mins)
+            })
+            .collect();
+        Self::from_rows(format, rows, cols, per_row)
     }
 }
 

@@ -198,7 +198,15 @@ pub fn decode_row(dtype: SourceDType, src: &[u8], out: &mut [f32]) {
                 }
             }
         }
-        other => ggml_blocks::decode(other, src, out),
+        SourceDType::Q5_0
+        | SourceDType::Q5_1
+        | SourceDType::Q2_K
+        | SourceDType::Q3_K
+        | SourceDType::Q4_K
+        | SourceDType::Q5_K
+        | SourceDType::Q6_K
+        | SourceDType::IQ4_NL
+        | SourceDType::IQ4_XS => ggml_blocks::decode(dtype, src, out),
     }
 }
 

@@ -194,7 +194,7 @@ impl ModelSource {
                 let raw = self.tensor(name)?;
                 if QTensor::import(raw.dtype).repacks_to(format) {
                     QTensor::repack(&raw).map_err(wrap)?
-                } else if hessian.is_some() && format.is_quantized() {
+                } else if gptq_hessian(hessian, format, raw.cols).is_some() {
                     quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)
                         .map_err(wrap)?
                 } else {
@@ -397,6 +397,12 @@ impl ModelSource {
     }
 }
 
+/// The calibration statistics GPTQ uses for a tensor: given, of its input width, and an
+/// integer format to quantize to.
+fn gptq_hessian(hessian: Option<&Hessian>, format: QuantFormat, cols: usize) -> Option<&Hessian> {
+    hessian.filter(|h| format.is_quantized() && h.dim == cols)
+}
+
 /// Quantizes f32 values: with GPTQ when calibration statistics are given and the format is an
 /// integer one, else with the policy's method.
 fn quantize_with(
@@ -407,8 +413,8 @@ fn quantize_with(
     policy: &QuantPolicy,
     hessian: Option<&Hessian>,
 ) -> lowbit_gpu::Result<QTensor> {
-    match hessian {
-        Some(h) if format.is_quantized() && h.dim == cols => gptq_quantize(
+    match gptq_hessian(hessian, format, cols) {
+        Some(h) => gptq_quantize(
             values,
             rows,
             cols,
