@@ -132,6 +132,49 @@ fn imported_types_on_the_gpu_match_the_cpu() {
     assert!(e < 1e-2, "wgpu against the CPU: {e}");
 }
 
+/// `lowbit info` names how each tensor is loaded, in its table and its JSON.
+#[test]
+fn info_says_how_each_type_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quant-types.gguf");
+    let bytes = std::fs::read(data("tiny-quant-types.gguf")).unwrap();
+    std::fs::write(&path, common::with_tokenizer(&bytes, 100)).unwrap();
+    let path = path.to_str().unwrap();
+    let out = common::lowbit(&["info", "--model", path]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (tensor, line) in [
+        ("blk.0.attn_q.weight", "Q4_K -> q4mg32   rescaled"),
+        ("blk.0.ffn_up.weight", "IQ4_XS -> q8       rescaled"),
+        ("blk.1.attn_q.weight", "Q5_0 -> q8       exact"),
+        ("blk.0.ffn_down.weight", "IQ4_NL -> q8       exact"),
+        ("blk.0.attn_v.weight", "Q6_K -> q8       requantized"),
+        ("blk.0.ffn_gate.weight", "Q2_K -> q4mg32   requantized"),
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(tensor) && l.contains(line)),
+            "{tensor}: {line}\n{text}"
+        );
+    }
+    let out = common::lowbit(&["info", "--model", path, "--json", "--quant", "q8"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plan = |name: &str| {
+        json["weight_formats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    // Under --quant q8, Q5_0 still repacks exactly; Q4_K's codes do not fit q8's layout.
+    assert_eq!(plan("blk.1.attn_q.weight")["conversion"], "exact");
+    assert_eq!(plan("blk.0.attn_q.weight")["conversion"], "requantized");
+    assert_eq!(plan("blk.0.attn_q.weight")["format"], "q8");
+}
+
 /// Writes the f32 source model for `data/llama_cpp_quant_types.py`:
 /// `LOWBIT_FIXTURE_DIR=/tmp/f cargo test --release --test gguf_quant_types -- --ignored`.
 #[test]
