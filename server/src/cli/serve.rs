@@ -216,6 +216,8 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
             tracing::info!(
                 backend = %model.backend().name(),
                 weights_mb = model.weight_bytes() as f64 / 1e6,
+                bits_per_weight = model.bits_per_weight(),
+                matrices = %crate::model::quant_policy::conversion_summary(model.plans()),
                 kv_blocks = spec.blocks,
                 kv_tokens = pool_tokens,
                 kv_mb = spec.bytes() as f64 / 1e6,

@@ -70,6 +70,27 @@ pub fn conversion(
     }
 }
 
+/// How a model's matrices were made, counted by [`TensorPlan::conversion`] in a fixed order:
+/// `"196 exact, 16 rescaled, 14 requantized"` (for the startup log).
+pub fn conversion_summary(plans: &[TensorPlan]) -> String {
+    const ORDER: [&str; 6] = [
+        "exact",
+        "rescaled",
+        "requantized",
+        "quantized",
+        "converted",
+        "synthetic",
+    ];
+    ORDER
+        .iter()
+        .filter_map(|kind| {
+            let n = plans.iter().filter(|p| p.conversion == *kind).count();
+            (n > 0).then(|| format!("{n} {kind}"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Default for QuantPolicy {
     fn default() -> Self {
         Self::as_stored()
@@ -252,6 +273,18 @@ mod tests {
                 "{dtype:?} {format}"
             );
         }
+        let plan = |conversion| TensorPlan {
+            name: "x".into(),
+            rows: 1,
+            cols: 32,
+            source: "Q4_K".into(),
+            format: "q4mg32".into(),
+            fallback_from: None,
+            conversion,
+            bytes: 20,
+        };
+        let plans = [plan("requantized"), plan("exact"), plan("exact")];
+        assert_eq!(conversion_summary(&plans), "2 exact, 1 requantized");
         let stored = QuantPolicy::as_stored();
         assert_eq!(stored.resolve("x", SourceDType::Q3_K, 256).0, q4mg32);
         assert_eq!(
