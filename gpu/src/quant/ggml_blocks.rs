@@ -88,7 +88,7 @@ fn nibbles(qs: &[u8]) -> [u8; 32] {
     })
 }
 
-/// Decodes whole blocks of one of this module's formats (see [`is_imported`]).
+/// Decodes whole blocks of one of this module's formats (`decode_row` hands them here).
 pub fn decode(dtype: SourceDType, src: &[u8], out: &mut [f32]) {
     let bytes = dtype.block_bytes();
     let per = dtype.block_values();
@@ -129,22 +129,6 @@ pub fn decode(dtype: SourceDType, src: &[u8], out: &mut [f32]) {
             other => unreachable!("{other:?} is not an imported block format"),
         }
     }
-}
-
-/// Whether `dtype` is decoded here (rather than in `source.rs`).
-pub fn is_imported(dtype: SourceDType) -> bool {
-    matches!(
-        dtype,
-        SourceDType::Q5_0
-            | SourceDType::Q5_1
-            | SourceDType::Q2_K
-            | SourceDType::Q3_K
-            | SourceDType::Q4_K
-            | SourceDType::Q5_K
-            | SourceDType::Q6_K
-            | SourceDType::IQ4_NL
-            | SourceDType::IQ4_XS
-    )
 }
 
 /// Q2_K: each 128-value half is 32 bytes of 2-bit codes read four times (shifts 0, 2, 4, 6),

@@ -312,9 +312,16 @@ impl QTensor {
                 })
             }
         };
-        if ggml_blocks::is_imported(raw.dtype) {
-            return Self::repack_groups(raw, format);
+        match raw.dtype {
+            SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::IQ4_XS | SourceDType::Q4_K => {
+                Self::repack_groups(raw, format)
+            }
+            _ => Self::repack_planar(raw, format),
         }
+    }
+
+    /// [`QTensor::repack`] for floats and the 32-value blocks lowbit stores as they are.
+    fn repack_planar(raw: &RawTensor<'_>, format: QuantFormat) -> Result<Self> {
         let (rows, cols) = (raw.rows, raw.cols);
         let mut bytes: Vec<u8> = Vec::with_capacity(rows * words_per_row(format, cols) * 4);
         let mut scales = Vec::new();
@@ -347,7 +354,7 @@ impl QTensor {
                     bytes.extend_from_slice(&b[4..20]);
                 }
             }
-            other => unreachable!("{other:?} repacks in repack_groups"),
+            other => unreachable!("{other:?} is not a planar format"),
         }
         if format == QuantFormat::F16 && cols % 2 == 1 {
             // Odd rows: pad each row to whole words.
