@@ -251,7 +251,7 @@ pub fn chat_prompt(
         ));
     };
     let text = template
-        .render_with(&msgs, true, kwargs)
+        .render_with(&msgs, None, true, kwargs)
         .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
     let ids = state
         .model

@@ -4,16 +4,31 @@
 //! `.startswith()`); minijinja-contrib's pycompat layer provides them. Hugging Face's renderer
 //! adds two more things templates use: `strftime_now(format)` (today's date in the system
 //! prompt: Llama 3.x, Mistral Small, Granite, gpt-oss) and the `{% generation %}` block (marks
-//! the assistant's text for training masks; a no-op when rendering).
+//! the assistant's text for training masks; a no-op when rendering). It also renders as
+//! Jinja2 is configured there — `trim_blocks` and `lstrip_blocks` on (a block tag's line leaves
+//! no blank line or indent behind) — and replaces `tojson` with Python's `json.dumps`
+//! (`pyjson.rs`), so a template prints what the model saw in training, byte for byte
+//! (`tests/chat_templates.rs` compares with Jinja2 on the models' own templates).
 
 use super::error::{ModelError, Result};
 use serde::{Deserialize, Serialize};
 
-/// One chat message as templates expect it.
+/// One chat message as templates expect it (Hugging Face's convention): the tool fields only
+/// where a message has them (templates test `'tool_calls' in message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's calls: `{"id", "type": "function", "function": {"name", "arguments"}}`,
+    /// the arguments an object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A tool message's call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// A tool message's function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -22,6 +37,9 @@ impl ChatMessage {
         Self {
             role: role.to_string(),
             content: content.to_string(),
+            tool_calls: None,
+            tool_call_id: None,
+            name: None,
         }
     }
 }
@@ -41,6 +59,14 @@ impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the strings templates see under those names.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
         let mut env = minijinja::Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| ModelError::ChatTemplate(e.to_string()))?,
+        );
+        env.add_filter("tojson", super::pyjson::tojson_filter);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
             "raise_exception",
@@ -70,8 +96,9 @@ impl ChatTemplate {
     }
 
     /// The names a template sees besides the caller's variables ([`ChatTemplate::render_with`]).
-    pub const RESERVED: [&'static str; 5] = [
+    pub const RESERVED: [&'static str; 6] = [
         "messages",
+        "tools",
         "add_generation_prompt",
         "bos_token",
         "eos_token",
@@ -80,15 +107,22 @@ impl ChatTemplate {
 
     /// Renders a conversation; `add_generation_prompt` opens the assistant's turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+        self.render_with(
+            messages,
+            None,
+            add_generation_prompt,
+            &serde_json::Map::new(),
+        )
     }
 
     /// As [`ChatTemplate::render`], with more variables for the template (vLLM's
     /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`); the [`Self::RESERVED`] names
-    /// are the renderer's own.
+    /// are the renderer's own. `tools` are OpenAI's tool objects (`{"type": "function",
+    /// "function": {…}}`), for templates that describe them; `none` to the template otherwise.
     pub fn render_with(
         &self,
         messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
         variables: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<String> {
@@ -98,6 +132,7 @@ impl ChatTemplate {
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
         let own = minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            tools => minijinja::Value::from(minijinja::value::Serde(tools)),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -267,6 +302,22 @@ mod tests {
     }
 
     #[test]
+    fn block_tags_on_their_own_lines_leave_nothing_behind_as_in_jinja2() {
+        // Jinja2 with Hugging Face's trim_blocks and lstrip_blocks renders this "U: hi\n".
+        let t = ChatTemplate::new(
+            "{% for m in messages %}\n  {% if m.role == \"user\" %}\nU: {{ m.content }}\n  {% endif %}\n{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let msgs = [
+            ChatMessage::new("user", "hi"),
+            ChatMessage::new("assistant", "yo"),
+        ];
+        assert_eq!(t.render(&msgs, false).unwrap(), "U: hi\n");
+    }
+
+    #[test]
     fn callers_variables_reach_the_template() {
         let t = ChatTemplate::new(
             "{% if enable_thinking is defined and not enable_thinking %}no{% else %}yes{% endif %}",
@@ -277,7 +328,7 @@ mod tests {
         let off = serde_json::json!({"enable_thinking": false});
         let off = off.as_object().unwrap();
         assert_eq!(t.render(&[], true).unwrap(), "yes");
-        assert_eq!(t.render_with(&[], true, off).unwrap(), "no");
+        assert_eq!(t.render_with(&[], None, true, off).unwrap(), "no");
     }
 
     #[test]

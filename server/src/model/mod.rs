@@ -10,6 +10,7 @@ mod gguf_vocab;
 pub mod hf;
 pub mod llama;
 pub mod lowbit_file;
+pub mod pyjson;
 pub mod quant_policy;
 pub mod source;
 pub mod synthetic;
