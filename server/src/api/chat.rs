@@ -1,21 +1,23 @@
 //! `POST /v1/chat/completions`: the model's own chat template, streaming or not.
 
+use super::chat_prompt::{chat_prompt, ChatPrompt};
 use super::error::ApiError;
 use super::generation::{self, Choice};
 use super::openai::{
     ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatLogprobs,
-    ChunkChoice, Delta, DeltaFunction, DeltaToolCall, MessageContent, RequestMessage,
-    ResponseMessage, ResponseToolCall, TokenLogprob, TopLogprob, UsageBody,
+    ChunkChoice, Delta, DeltaFunction, DeltaToolCall, ResponseMessage, ResponseToolCall,
+    TokenLogprob, TopLogprob, UsageBody,
 };
 use super::params::{self, CHAT_FIELDS, MAX_TOP_LOGPROBS};
-use super::reasoning::{self, Parts, ReasoningSplit};
+use super::reasoning::{Parts, ReasoningSplit};
 use super::structured;
-use super::tool_stream::{self, ToolStream};
+use super::tool_stream::{self, Piece, ToolStream};
+use super::tool_syntax::{self, NativePiece, NativeStream, Thinking};
 use super::tools::{self, Reply, ToolUse};
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
 use crate::engine::{Event, FinishReason};
-use crate::model::{ChatMessage, ChatTemplate, Tokenizer};
+use crate::model::Tokenizer;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -66,10 +68,9 @@ fn chat_logprobs(tokenizer: &Tokenizer, lps: &[TokenLogprobs]) -> ChatLogprobs {
     }
 }
 
-/// A choice's message and finish reason: with tools, a complete reply read as tool calls
-/// (content null, finish `tool_calls`) or as the answer it holds.
+/// A choice's message and finish reason in the generic tool format: a complete reply read as
+/// tool calls (content null, finish `tool_calls`) or as the answer it holds.
 fn reply(
-    tools: bool,
     text: String,
     finish: Option<FinishReason>,
 ) -> (
@@ -78,13 +79,102 @@ fn reply(
     Option<&'static str>,
 ) {
     let reason = finish.map(FinishReason::as_str);
-    if !tools || finish != Some(FinishReason::Stop) {
+    if finish != Some(FinishReason::Stop) {
         return (Some(text), None, reason);
     }
     match tools::read_reply(&text) {
         Reply::Calls(calls) => (None, Some(calls), Some("tool_calls")),
         Reply::Text(answer) => (Some(answer), None, reason),
     }
+}
+
+/// A choice's whole text as a message: a reasoning model's thinking split off, and with a native
+/// tool syntax, a complete answer read as text and tool calls (finish `tool_calls`).
+fn native_message(
+    syntax: Option<tool_syntax::ToolSyntax>,
+    split: bool,
+    opens_thinking: bool,
+    text: String,
+    finish: Option<FinishReason>,
+) -> (ResponseMessage, Option<&'static str>) {
+    let mut reason = finish.map(FinishReason::as_str);
+    let (reasoning_content, answer) = if split {
+        ReasoningSplit::split(opens_thinking, &text)
+    } else {
+        (None, text)
+    };
+    let mut message = ResponseMessage {
+        role: "assistant",
+        content: Some(answer),
+        reasoning_content,
+        tool_calls: None,
+    };
+    if let (Some(syntax), Some(FinishReason::Stop)) = (syntax, finish) {
+        let read = tool_syntax::read_reply(syntax, message.content.as_deref().unwrap_or(""));
+        if !read.calls.is_empty() {
+            message.content = read.content;
+            message.tool_calls = Some(
+                read.calls
+                    .into_iter()
+                    .map(|(name, arguments)| ResponseToolCall {
+                        id: tools::call_id(),
+                        kind: "function",
+                        function: super::openai::FunctionCall { name, arguments },
+                    })
+                    .collect(),
+            );
+            reason = Some("tool_calls");
+        }
+    }
+    (message, reason)
+}
+
+/// A native reply's pieces as stream deltas: a call's id and name, then its arguments, as
+/// OpenAI streams them.
+fn native_deltas(pieces: Vec<NativePiece>) -> Vec<Delta> {
+    let mut out = Vec::new();
+    for p in pieces {
+        match p {
+            NativePiece::Content(text) => out.push(Delta {
+                content: Some(text),
+                ..Delta::default()
+            }),
+            NativePiece::Call {
+                index,
+                name,
+                arguments,
+            } => out.extend(tool_stream::deltas(vec![
+                Piece::Call { index, name },
+                Piece::Arguments {
+                    index,
+                    text: arguments,
+                },
+            ])),
+        }
+    }
+    out
+}
+
+/// A delta of a reply's text as the deltas a stream sends: as it is, or with a native tool
+/// syntax, its answer read by `reader` (text, then whole calls); `last` ends the reply.
+fn stream_deltas(reader: Option<&mut NativeStream>, delta: Delta, last: bool) -> Vec<Delta> {
+    let Some(reader) = reader else {
+        let empty = delta.content.is_none() && delta.reasoning_content.is_none();
+        return if empty { Vec::new() } else { vec![delta] };
+    };
+    let mut out = Vec::new();
+    if let Some(thought) = delta.reasoning_content {
+        out.push(Delta {
+            reasoning_content: Some(thought),
+            ..Delta::default()
+        });
+    }
+    let mut pieces = delta.content.map(|c| reader.push(&c)).unwrap_or_default();
+    if last {
+        pieces.extend(reader.finish());
+    }
+    out.extend(native_deltas(pieces));
+    out
 }
 
 /// A whole reply as one stream delta (a reply the stream reader could not follow).
@@ -108,160 +198,6 @@ fn whole_delta(content: Option<String>, calls: Option<Vec<ResponseToolCall>>) ->
         }),
         ..Delta::default()
     }
-}
-
-/// The messages as the template sees them.
-fn messages(messages: &[RequestMessage]) -> Result<Vec<ChatMessage>, ApiError> {
-    if messages.is_empty() {
-        return Err(ApiError::invalid(
-            "messages",
-            "'messages' must not be empty",
-        ));
-    }
-    let mut out = Vec::with_capacity(messages.len());
-    for (i, m) in messages.iter().enumerate() {
-        let role = match m.role.as_str() {
-            "system" | "user" | "assistant" => m.role.as_str(),
-            // OpenAI's newer name for the system role.
-            "developer" => "system",
-            // A tool's result is a user turn (tools.rs): every template has one.
-            "tool" => "user",
-            "function" => {
-                return Err(ApiError::unsupported(&format!("messages[{i}].role")));
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].role"),
-                    format!("unknown role '{other}' (system, developer, user, assistant, tool)"),
-                ))
-            }
-        };
-        let content = match &m.content {
-            None => String::new(),
-            Some(MessageContent::Text(t)) => t.clone(),
-            Some(MessageContent::Parts(parts)) => {
-                let mut text = String::new();
-                for (j, p) in parts.iter().enumerate() {
-                    match (p.kind.as_str(), &p.text) {
-                        ("text", Some(t)) => text.push_str(t),
-                        ("text", None) => {
-                            return Err(ApiError::invalid(
-                                format!("messages[{i}].content[{j}].text"),
-                                "a text part needs 'text'",
-                            ))
-                        }
-                        (kind, _) => {
-                            return Err(ApiError {
-                                message: format!("content parts of type '{kind}' are not supported by lowbit (only 'text')"),
-                                ..ApiError::unsupported(&format!("messages[{i}].content[{j}].type"))
-                            })
-                        }
-                    }
-                }
-                text
-            }
-        };
-        let content = tool_turn(i, m, content)?;
-        out.push(ChatMessage::new(role, &content));
-    }
-    Ok(out)
-}
-
-/// A message's text with its tool calls or its tool result written as the model writes and
-/// reads them (tools.rs).
-fn tool_turn(i: usize, m: &RequestMessage, content: String) -> Result<String, ApiError> {
-    if m.role == "tool" {
-        let Some(id) = &m.tool_call_id else {
-            return Err(ApiError::invalid(
-                format!("messages[{i}].tool_call_id"),
-                "a tool message needs 'tool_call_id'",
-            ));
-        };
-        return Ok(tools::result_as_text(id, m.name.as_deref(), &content));
-    }
-    if m.tool_call_id.is_some() {
-        return Err(ApiError::invalid(
-            format!("messages[{i}].tool_call_id"),
-            "only tool messages answer a tool call",
-        ));
-    }
-    let Some(calls) = m.tool_calls.as_ref().filter(|c| !c.is_empty()) else {
-        return Ok(content);
-    };
-    if m.role != "assistant" {
-        return Err(ApiError::invalid(
-            format!("messages[{i}].tool_calls"),
-            "only assistant messages call tools",
-        ));
-    }
-    if let Some(j) = calls.iter().position(|c| c.kind != "function") {
-        return Err(ApiError::invalid(
-            format!("messages[{i}].tool_calls[{j}].type"),
-            "only 'function' tool calls",
-        ));
-    }
-    let calls: Vec<(String, String)> = calls
-        .iter()
-        .map(|c| (c.function.name.clone(), c.function.arguments.clone()))
-        .collect();
-    let written = tools::calls_as_text(&calls);
-    Ok(if content.is_empty() {
-        written
-    } else {
-        format!("{content}\n{written}")
-    })
-}
-
-/// A conversation rendered for the model.
-pub struct ChatPrompt {
-    pub ids: Vec<u32>,
-    /// The template left the assistant's turn inside an open `<think>` (DeepSeek-R1).
-    pub opens_thinking: bool,
-}
-
-/// The token ids of a conversation: messages checked, the model's chat template rendered with
-/// the assistant's turn opened (and the caller's `chat_template_kwargs`), the text tokenized
-/// (the template writes its own special tokens). With `tools`, the system message describes
-/// them and the reply's format.
-pub fn chat_prompt(
-    state: &AppState,
-    msgs: &[RequestMessage],
-    tools: Option<&ToolUse>,
-    kwargs: &serde_json::Map<String, serde_json::Value>,
-) -> Result<ChatPrompt, ApiError> {
-    if let Some(name) = ChatTemplate::RESERVED
-        .iter()
-        .find(|n| kwargs.contains_key(**n))
-    {
-        return Err(ApiError::invalid(
-            "chat_template_kwargs",
-            format!("'chat_template_kwargs' cannot set '{name}': lowbit sets it"),
-        ));
-    }
-    let mut msgs = messages(msgs)?;
-    if let Some(t) = tools {
-        match msgs.first_mut().filter(|m| m.role == "system") {
-            Some(system) => system.content = format!("{}\n\n{}", system.content, t.instructions()),
-            None => msgs.insert(0, ChatMessage::new("system", &t.instructions())),
-        }
-    }
-    let Some(template) = &state.model.template else {
-        return Err(ApiError::bad_request(
-            "this model has no chat template: use /v1/completions",
-        ));
-    };
-    let text = template
-        .render_with(&msgs, None, true, kwargs)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    let ids = state
-        .model
-        .tokenizer
-        .encode(&text, false)
-        .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-    Ok(ChatPrompt {
-        ids,
-        opens_thinking: reasoning::prompt_opens_thinking(&text),
-    })
 }
 
 /// Creates a chat completion.
@@ -298,6 +234,7 @@ pub async fn create(
         req.tools.as_deref(),
         req.tool_choice.as_ref(),
         req.parallel_tool_calls,
+        state.model.tool_syntax,
     )?;
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let ChatPrompt {
@@ -322,13 +259,24 @@ pub async fn create(
                     "tools cannot be combined with response_format, structured_outputs or guided_* yet",
                 ));
             }
-            Some(structured::compile(&state, "tools", t.output_format()).await?)
+            let thinking = match (state.model.reasoning, opens_thinking) {
+                (false, _) => Thinking::No,
+                (true, false) => Thinking::May,
+                (true, true) => Thinking::Open,
+            };
+            Some(structured::compile(&state, "tools", t.output_format(thinking)).await?)
         }
         None => structured::grammar(&state, &req.sampling).await?,
     };
-    let tools = tool_use.is_some();
-    // A constrained reply follows its format from the first token: no thinking to split.
-    let split = state.model.reasoning && grammar.is_none();
+    // lowbit's generic tool format (tools.rs), or a native syntax (tool_syntax.rs).
+    let generic_tools = tool_use.as_ref().is_some_and(|t| !t.syntax().native());
+    let native = tool_use
+        .as_ref()
+        .map(ToolUse::syntax)
+        .filter(|s| s.native());
+    // A constrained reply follows its format from the first token: no thinking to split (a
+    // native tool grammar lets the model think first).
+    let split = state.model.reasoning && (grammar.is_none() || native.is_some());
     let id = request_id(&headers);
     let n = settings.n;
     let mut gen = params::request(
@@ -350,21 +298,23 @@ pub async fn create(
             .into_iter()
             .enumerate()
             .map(|(index, c): (usize, Choice)| {
-                let (mut content, tool_calls, finish_reason) = reply(tools, c.text, c.finish);
-                let mut reasoning_content = None;
-                if let (true, Some(text)) = (split, &content) {
-                    let (thought, answer) = ReasoningSplit::split(opens_thinking, text);
-                    (reasoning_content, content) = (thought, Some(answer));
-                }
-                ChatChoice {
-                    index,
-                    logprobs: top.map(|_| chat_logprobs(tokenizer, &c.logprobs)),
-                    message: ResponseMessage {
+                let logprobs = top.map(|_| chat_logprobs(tokenizer, &c.logprobs));
+                let (message, finish_reason) = if generic_tools {
+                    let (content, tool_calls, finish_reason) = reply(c.text, c.finish);
+                    let message = ResponseMessage {
                         role: "assistant",
                         content,
-                        reasoning_content,
+                        reasoning_content: None,
                         tool_calls,
-                    },
+                    };
+                    (message, finish_reason)
+                } else {
+                    native_message(native, split, opens_thinking, c.text, c.finish)
+                };
+                ChatChoice {
+                    index,
+                    logprobs,
+                    message,
                     finish_reason,
                 }
             })
@@ -414,6 +364,8 @@ pub async fn create(
         // With tools a reply is sent as it is read (tool_stream.rs): the answer's text, each
         // call's name, its arguments; logprobs come with the choice's last delta.
         let mut readers = vec![ToolStream::default(); n];
+        let mut natives: Vec<NativeStream> =
+            native.map_or(Vec::new(), |s| vec![NativeStream::new(s); n]);
         let mut splits = vec![ReasoningSplit::new(opens_thinking); n];
         // A piece of a choice's text as a delta: split into thinking and answer, or as it is.
         let mut text_delta_of = |choice: usize, text: String, last: bool| {
@@ -439,7 +391,7 @@ pub async fn create(
                     logprobs,
                     ..
                 } => {
-                    if tools {
+                    if generic_tools {
                         held[choice].extend(logprobs);
                         for delta in tool_stream::deltas(readers[choice].push(&text)) {
                             if !tx.json(&chunk(one(choice, delta, None, None), None)) {
@@ -449,14 +401,14 @@ pub async fn create(
                         continue;
                     }
                     let delta = text_delta_of(choice, text, false);
-                    if delta.content.is_none()
-                        && delta.reasoning_content.is_none()
-                        && logprobs.is_none()
-                    {
-                        continue;
+                    let mut deltas = stream_deltas(natives.get_mut(choice), delta, false);
+                    let mut lp = logprobs.map(|lp| chat_logprobs(tokenizer, &[lp]));
+                    if deltas.is_empty() && lp.is_some() {
+                        deltas.push(Delta::default());
                     }
-                    let lp = logprobs.map(|lp| chat_logprobs(tokenizer, &[lp]));
-                    tx.json(&chunk(one(choice, delta, lp, None), None))
+                    deltas
+                        .into_iter()
+                        .all(|delta| tx.json(&chunk(one(choice, delta, lp.take(), None), None)))
                 }
                 Event::Finished {
                     choice,
@@ -464,13 +416,12 @@ pub async fn create(
                     text,
                 } => {
                     let mut finish = reason.as_str();
-                    if tools {
+                    if generic_tools {
                         let r = &mut readers[choice];
                         let mut deltas = tool_stream::deltas(r.push(&text));
                         if r.unsent() {
                             // Nothing could be read as it grew: the whole reply, as unstreamed.
-                            let (content, calls, why) =
-                                reply(true, r.text().to_string(), Some(reason));
+                            let (content, calls, why) = reply(r.text().to_string(), Some(reason));
                             finish = why.unwrap_or(finish);
                             deltas = vec![whole_delta(content, calls)];
                         } else if r.done() && r.calls() > 0 && reason == FinishReason::Stop {
@@ -488,8 +439,13 @@ pub async fn create(
                         }
                     } else {
                         let delta = text_delta_of(choice, text, true);
-                        if delta.content.is_some() || delta.reasoning_content.is_some() {
+                        let reader = natives.get_mut(choice);
+                        for delta in stream_deltas(reader, delta, true) {
                             tx.json(&chunk(one(choice, delta, None, None), None));
+                        }
+                        let calls = natives.get(choice).map_or(0, NativeStream::calls);
+                        if calls > 0 && reason == FinishReason::Stop {
+                            finish = "tool_calls";
                         }
                     }
                     tx.json(&chunk(

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod chat_prompt;
 pub mod completions;
 pub mod error;
 pub mod generation;
@@ -17,6 +18,7 @@ pub mod reasoning;
 pub mod structured;
 pub mod tokenize;
 pub mod tool_stream;
+pub mod tool_syntax;
 pub mod tools;
 
 use crate::engine::grammar::Grammars;
@@ -52,6 +54,8 @@ pub struct ServedModel {
     pub grammars: Arc<Grammars>,
     /// Chat replies are split into `reasoning_content` and `content` (reasoning.rs).
     pub reasoning: bool,
+    /// How tools are described and calls are read (tool_syntax.rs).
+    pub tool_syntax: tool_syntax::ToolSyntax,
     /// Unix time the server started (the models' `created`).
     pub created: u64,
 }

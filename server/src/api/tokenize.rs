@@ -40,6 +40,7 @@ pub async fn tokenize(
         req.tools.as_deref(),
         req.tool_choice.as_ref(),
         req.parallel_tool_calls,
+        state.model.tool_syntax,
     )?;
     if tools.is_some() && req.messages.is_none() {
         return Err(ApiError::invalid("tools", "'tools' go with 'messages'"));
@@ -56,7 +57,7 @@ pub async fn tokenize(
             .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
         (None, Some(messages)) => {
             let kwargs = req.chat_template_kwargs.unwrap_or_default();
-            super::chat::chat_prompt(&state, messages, tools.as_ref(), &kwargs)?.ids
+            super::chat_prompt::chat_prompt(&state, messages, tools.as_ref(), &kwargs)?.ids
         }
         _ => {
             return Err(ApiError::bad_request(

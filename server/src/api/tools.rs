@@ -6,13 +6,16 @@
 //! `tool_calls`) or into the message's content. Earlier turns (assistant `tool_calls`, `tool`
 //! results) are written back into the conversation in the same format.
 //!
-//! Why not each model's own syntax (Hermes `<tool_call>` tags, Llama 3.1's `ipython` role…):
-//! one grammar-checked format works with every template, small models included (SmolLM2's
-//! template has no tools at all), and the arguments always parse against their schema.
+//! Models trained on a syntax of their own (Hermes `<tool_call>` tags: Qwen; Llama 3.x's JSON)
+//! get it instead (tool_syntax.rs, chosen by `--tool-call-parser`); this format is for every
+//! other template, small models included (SmolLM2's template has no tools at all), and in both
+//! the arguments always parse against their schema.
 
 use super::error::ApiError;
 use super::openai::{FunctionCall, ResponseToolCall, Tool, ToolChoice};
+use super::tool_syntax::{self, Thinking, ToolSyntax};
 use crate::engine::grammar::OutputFormat;
+use crate::model::pyjson::dumps_json;
 use serde_json::{json, Value};
 
 /// What the reply must be, from `tool_choice`.
@@ -27,10 +30,14 @@ pub enum ToolMode {
 /// The tools of a request, checked, with what its reply may be.
 #[derive(Debug, Clone)]
 pub struct ToolUse {
+    /// The tools the reply may call (one, where `tool_choice` names it).
     tools: Vec<Tool>,
+    /// All the request's tools: a native template lists them all.
+    listed: Vec<Tool>,
     mode: ToolMode,
     /// Several calls in one reply (`parallel_tool_calls`, default true).
     parallel: bool,
+    syntax: ToolSyntax,
 }
 
 /// OpenAI's rule for function names.
@@ -42,12 +49,13 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl ToolUse {
-    /// The tool use `tools`, `tool_choice` and `parallel_tool_calls` ask for: `None` when the
-    /// reply is plain text (no tools, or `tool_choice: "none"`).
+    /// The tool use `tools`, `tool_choice` and `parallel_tool_calls` ask for, in the served
+    /// model's `syntax`: `None` when the reply is plain text (no tools, or `tool_choice: "none"`).
     pub fn from_request(
         tools: Option<&[Tool]>,
         choice: Option<&ToolChoice>,
         parallel: Option<bool>,
+        syntax: ToolSyntax,
     ) -> Result<Option<Self>, ApiError> {
         let tools = tools.unwrap_or_default();
         for (i, t) in tools.iter().enumerate() {
@@ -107,7 +115,7 @@ impl ToolUse {
                 "'tool_choice' needs 'tools'",
             ));
         }
-        let tools: Vec<Tool> = match only {
+        let callable: Vec<Tool> = match only {
             None => tools.to_vec(),
             Some(name) => {
                 let named: Vec<Tool> = tools
@@ -125,14 +133,44 @@ impl ToolUse {
             }
         };
         Ok(Some(Self {
-            tools,
+            tools: callable,
+            listed: tools.to_vec(),
             mode,
             parallel: parallel.unwrap_or(true),
+            syntax,
         }))
     }
 
-    /// The JSON schema the reply is constrained to.
-    pub fn output_format(&self) -> OutputFormat {
+    /// The tools as a native template is given them; `None` in the generic format (the system
+    /// message describes them).
+    pub fn template_tools(&self) -> Option<Vec<Value>> {
+        self.syntax
+            .native()
+            .then(|| self.listed.iter().map(tool_syntax::template_tool).collect())
+    }
+
+    /// The syntax of the reply.
+    pub fn syntax(&self) -> ToolSyntax {
+        self.syntax
+    }
+
+    /// The grammar the reply is constrained to; `thinking`: where a reasoning model's reply
+    /// starts (native syntaxes let it think first).
+    pub fn output_format(&self, thinking: Thinking) -> OutputFormat {
+        if self.syntax.native() {
+            return tool_syntax::output_format(
+                self.syntax,
+                &self.tools,
+                self.mode,
+                self.parallel,
+                thinking,
+            );
+        }
+        self.generic_format()
+    }
+
+    /// The JSON schema of a generic reply.
+    fn generic_format(&self) -> OutputFormat {
         let calls: Vec<Value> = self
             .tools
             .iter()
@@ -227,46 +265,11 @@ pub fn read_reply(text: &str) -> Reply {
                 function: FunctionCall {
                     name: c["name"].as_str().unwrap_or_default().to_string(),
                     // As the model wrote them (and as a stream sends them).
-                    arguments: dumps(&c["arguments"]),
+                    arguments: dumps_json(&c["arguments"]),
                 },
             })
             .collect(),
     )
-}
-
-/// `v` as Python's `json.dumps` writes it (`", "`, `": "`): as the grammar makes the model
-/// write (engine/grammar.rs), so that earlier turns read like its own.
-fn dumps(v: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Array(items) => {
-                out.push('[');
-                for (i, x) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    write(x, out);
-                }
-                out.push(']');
-            }
-            Value::Object(map) => {
-                out.push('{');
-                for (i, (k, x)) in map.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    out.push_str(&Value::from(k.as_str()).to_string());
-                    out.push_str(": ");
-                    write(x, out);
-                }
-                out.push('}');
-            }
-            scalar => out.push_str(&scalar.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(v, &mut out);
-    out
 }
 
 /// An earlier assistant turn's tool calls as the model writes them.
@@ -279,7 +282,7 @@ pub fn calls_as_text(calls: &[(String, String)]) -> String {
             json!({"name": name, "arguments": arguments})
         })
         .collect();
-    dumps(&json!({ "tool_calls": calls }))
+    dumps_json(&json!({ "tool_calls": calls }))
 }
 
 /// A tool's result as the conversation carries it (a user turn: every template has one).
@@ -288,12 +291,14 @@ pub fn result_as_text(tool_call_id: &str, name: Option<&str>, content: &str) -> 
     if let Some(n) = name {
         v["name"] = json!(n);
     }
-    dumps(&json!({ "tool_response": v }))
+    dumps_json(&json!({ "tool_response": v }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GENERIC: ToolSyntax = ToolSyntax::Generic;
 
     fn tool(name: &str) -> Tool {
         serde_json::from_value(json!({"type": "function", "function": {"name": name,
@@ -352,14 +357,20 @@ mod tests {
     #[test]
     fn tool_choice_decides_the_format() {
         let tools = [tool("f"), tool("g")];
-        let none =
-            ToolUse::from_request(Some(&tools), Some(&ToolChoice::Mode("none".into())), None);
+        let none = ToolUse::from_request(
+            Some(&tools),
+            Some(&ToolChoice::Mode("none".into())),
+            None,
+            GENERIC,
+        );
         assert!(none.unwrap().is_none());
-        assert!(ToolUse::from_request(None, None, None).unwrap().is_none());
-        let auto = ToolUse::from_request(Some(&tools), None, Some(false))
+        assert!(ToolUse::from_request(None, None, None, GENERIC)
+            .unwrap()
+            .is_none());
+        let auto = ToolUse::from_request(Some(&tools), None, Some(false), GENERIC)
             .unwrap()
             .unwrap();
-        let OutputFormat::JsonSchema(schema) = auto.output_format() else {
+        let OutputFormat::JsonSchema(schema) = auto.output_format(Thinking::No) else {
             panic!()
         };
         assert_eq!(schema["anyOf"][1]["required"], json!(["response"]));
@@ -370,10 +381,10 @@ mod tests {
         assert!(auto.instructions().contains("\"response\""));
         let named: ToolChoice =
             serde_json::from_value(json!({"type": "function", "function": {"name": "g"}})).unwrap();
-        let g = ToolUse::from_request(Some(&tools), Some(&named), None)
+        let g = ToolUse::from_request(Some(&tools), Some(&named), None, GENERIC)
             .unwrap()
             .unwrap();
-        let OutputFormat::JsonSchema(schema) = g.output_format() else {
+        let OutputFormat::JsonSchema(schema) = g.output_format(Thinking::No) else {
             panic!()
         };
         let items = &schema["properties"]["tool_calls"]["items"]["anyOf"];

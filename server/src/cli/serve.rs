@@ -8,6 +8,7 @@
 
 use super::{KvCacheDtypeArg, ModelArgs};
 use crate::api::reasoning::ReasoningParser;
+use crate::api::tool_syntax::ToolCallParser;
 use crate::api::{self, AppState, ServedModel};
 use crate::engine::blocks::BlockManager;
 use crate::engine::grammar::Grammars;
@@ -99,6 +100,11 @@ pub struct ServeArgs {
     /// chat template writes `</think>`, as Qwen3's and DeepSeek-R1's do).
     #[arg(long, env = "LOWBIT_REASONING_PARSER", value_enum, default_value_t = ReasoningParser::Auto)]
     pub reasoning_parser: ReasoningParser,
+    /// How chats with `tools` are written and read: `auto` takes the chat template's own
+    /// syntax where lowbit knows it (`hermes`: Qwen2.5/3, Hermes; `llama3_json`: Llama 3.x),
+    /// else `generic` (lowbit's JSON format, any template).
+    #[arg(long, env = "LOWBIT_TOOL_CALL_PARSER", value_enum, default_value_t = ToolCallParser::Auto)]
+    pub tool_call_parser: ToolCallParser,
 }
 
 /// `--chat-template`: a file's text, or the value itself when no such file exists (as vLLM).
@@ -256,11 +262,24 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     if reasoning {
         tracing::info!("chat replies: <think>…</think> goes to reasoning_content (--reasoning-parser none to keep it in content)");
     }
+    let tool_syntax = args
+        .tool_call_parser
+        .syntax(template.as_ref().map(|t| t.source()));
+    tracing::info!(
+        tool_call_parser = tool_syntax.name(),
+        "chats with tools: {}",
+        if tool_syntax.native() {
+            "the chat template's own syntax"
+        } else {
+            "lowbit's generic JSON format"
+        }
+    );
     let state = AppState {
         engine: engine.clone(),
         model: Arc::new(ServedModel {
             names,
             reasoning,
+            tool_syntax,
             grammars: Arc::new(Grammars::new(tokenizer.clone())),
             tokenizer,
             template,

@@ -53,6 +53,17 @@ fn compact_json_options() -> JsonCompileOptions {
     }
 }
 
+/// `schema` with the compact layout of [`compact_json_options`] unless it sets its own
+/// (`x-guidance`): for a schema inside a Lark grammar (`%json {…}`).
+pub fn compact_json(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(obj) = schema.as_object() {
+        if !obj.contains_key("x-guidance") {
+            compact_json_options().apply_to(&mut schema);
+        }
+    }
+    schema
+}
+
 /// The model's vocabulary as bytes, for llguidance: each token's bytes in a trie, and the
 /// model's own tokenizer for the text llguidance tokenizes itself (forced prefixes).
 struct Vocabulary {
@@ -160,16 +171,12 @@ impl Grammars {
         let factory = self.factory()?;
         let grammar = match format {
             OutputFormat::JsonSchema(schema) => {
-                let mut schema = schema.clone();
-                let Some(obj) = schema.as_object_mut() else {
+                if !schema.is_object() {
                     return Err(GrammarError::Invalid(
                         "the JSON schema must be an object".into(),
                     ));
-                };
-                if !obj.contains_key("x-guidance") {
-                    compact_json_options().apply_to(&mut schema);
                 }
-                TopLevelGrammar::from_json_schema(schema)
+                TopLevelGrammar::from_json_schema(compact_json(schema.clone()))
             }
             OutputFormat::Regex(rx) => TopLevelGrammar::from_regex(rx),
             OutputFormat::Lark(grammar) => TopLevelGrammar::from_lark(grammar.clone()),

@@ -105,7 +105,7 @@ fn write(value: &Value, opts: &DumpOptions, depth: usize, out: &mut String) -> R
                 return Ok(());
             }
             if opts.sort_keys {
-                keys.sort_by_key(|k| key_text(k));
+                keys.sort_by_key(key_text);
             }
             out.push('{');
             for (i, key) in keys.iter().enumerate() {

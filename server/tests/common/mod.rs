@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod tiny_model;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -1,0 +1,389 @@
+//! Tool calls in a model's own syntax, for models trained to call tools: the chat template
+//! describes the tools itself (`tools` reach it), earlier calls and results are rendered by it,
+//! and the reply is read in the format the template taught the model:
+//!
+//! - `hermes` (Qwen2.5, Qwen3, QwQ, Hermes 2 Pro/3 and the many fine-tunes that copy them):
+//!   `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, one block per call, after any
+//!   text (a Qwen3 thinks first);
+//! - `llama3_json` (Llama 3.1/3.2/3.3): the whole reply is `{"name": …, "parameters": {…}}`,
+//!   one call per turn (the template refuses two).
+//!
+//! The reply is constrained as in lowbit's generic format (tools.rs), so every call names a
+//! real tool and its arguments parse against the tool's schema: `required` or a named
+//! function allows calls only (after an optional thinking block); `auto` lets the model write
+//! anything, and the moment it writes `<tool_call>` (or, for Llama, opens the reply with `{`)
+//! the rest must be valid calls — llama.cpp's lazy grammars, here one llguidance grammar with a
+//! lazy lexeme for the text before the tag.
+
+use super::openai::Tool;
+use super::tools::ToolMode;
+use crate::engine::grammar::{compact_json, OutputFormat};
+use crate::model::pyjson::dumps_json;
+use serde_json::{json, Value};
+
+/// How the server reads tool calls (`--tool-call-parser`, vLLM's flag and names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolCallParser {
+    /// The chat template's own syntax where lowbit knows it (it writes `<tool_call>`: hermes;
+    /// Llama 3.x's JSON instructions: llama3_json), else generic.
+    Auto,
+    /// lowbit's one JSON format, described in the system message (tools.rs): any template.
+    Generic,
+    Hermes,
+    #[value(name = "llama3_json")]
+    Llama3Json,
+}
+
+/// The format a served model's tool calls take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolSyntax {
+    Generic,
+    Hermes,
+    Llama3Json,
+}
+
+impl ToolCallParser {
+    /// The syntax for a model with this chat template.
+    pub fn syntax(self, template_source: Option<&str>) -> ToolSyntax {
+        match self {
+            Self::Generic => ToolSyntax::Generic,
+            Self::Hermes => ToolSyntax::Hermes,
+            Self::Llama3Json => ToolSyntax::Llama3Json,
+            Self::Auto => match template_source {
+                Some(t) if t.contains(OPEN) && t.contains("tools") => ToolSyntax::Hermes,
+                Some(t) if t.contains(LLAMA3_INSTRUCTION) => ToolSyntax::Llama3Json,
+                _ => ToolSyntax::Generic,
+            },
+        }
+    }
+}
+
+impl ToolSyntax {
+    /// vLLM's name of the parser.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Generic => "generic",
+            Self::Hermes => "hermes",
+            Self::Llama3Json => "llama3_json",
+        }
+    }
+
+    /// Whether the template itself renders tools, calls and results.
+    pub fn native(self) -> bool {
+        self != Self::Generic
+    }
+
+    /// The key a call's arguments go under.
+    fn arguments_key(self) -> &'static str {
+        match self {
+            Self::Llama3Json => "parameters",
+            _ => "arguments",
+        }
+    }
+}
+
+const OPEN: &str = "<tool_call>";
+const CLOSE: &str = "</tool_call>";
+/// What Llama 3.x's templates ask for when tools are given.
+const LLAMA3_INSTRUCTION: &str =
+    r#"{"name": function name, "parameters": dictionary of argument name and its value}"#;
+
+/// Where the reply starts relative to a reasoning model's thinking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thinking {
+    /// Not a reasoning model (or its thinking is off): calls come first.
+    No,
+    /// The reply may open with `<think>…</think>` before the calls.
+    May,
+    /// The prompt opened `<think>` (DeepSeek-R1's template): the reply starts inside it.
+    Open,
+}
+
+/// A tool as the template prints it: OpenAI's object, the fields the request gave.
+pub fn template_tool(t: &Tool) -> Value {
+    let mut function = json!({"name": t.function.name});
+    if let Some(d) = &t.function.description {
+        function["description"] = json!(d);
+    }
+    if let Some(p) = &t.function.parameters {
+        function["parameters"] = p.clone();
+    }
+    json!({"type": "function", "function": function})
+}
+
+/// A call's arguments as templates want them (an object; OpenAI sends a JSON text): the text
+/// itself where it is not JSON.
+pub fn template_arguments(arguments: &str) -> Value {
+    serde_json::from_str(arguments).unwrap_or_else(|_| json!(arguments))
+}
+
+/// The grammar of a reply in `syntax` calling `tools` (≥ 1) as `mode` and `parallel` allow.
+pub fn output_format(
+    syntax: ToolSyntax,
+    tools: &[Tool],
+    mode: ToolMode,
+    parallel: bool,
+    thinking: Thinking,
+) -> OutputFormat {
+    let calls: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {
+                    "name": {"const": t.function.name},
+                    syntax.arguments_key(): t.function.parameters.clone().unwrap_or(json!({"type": "object"})),
+                },
+                "required": ["name", syntax.arguments_key()],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let call = format!("%json {}", compact_json(json!({"anyOf": calls})));
+    // Text before the first call must not write the tag itself (a lazy lexeme ends at it).
+    let think = match thinking {
+        Thinking::No => "",
+        Thinking::May => "start: think? calls\nthink: thought /[ \\n]*/\nthought[lazy]: /<think>(.|\\n)*<\\/think>/\n",
+        Thinking::Open => "start: think calls\nthink: thought /[ \\n]*/\nthought[lazy]: /(.|\\n)*<\\/think>/\n",
+    };
+    let lark = match (syntax, mode) {
+        (ToolSyntax::Hermes, ToolMode::Required) => {
+            let more = if parallel { "(\"\\n\" call)*" } else { "" };
+            let start = if think.is_empty() {
+                "start: calls\n"
+            } else {
+                think
+            };
+            format!("{start}calls: call {more}\ncall: \"{OPEN}\\n\" {call} \"\\n{CLOSE}\"\n")
+        }
+        (ToolSyntax::Hermes, ToolMode::Auto) => {
+            let more = if parallel {
+                format!("(\"\\n{OPEN}\\n\" {call} \"\\n{CLOSE}\")*")
+            } else {
+                String::new()
+            };
+            format!(
+                "start: text | lead rest\ntext: TEXT\nTEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\nlead[lazy]: /(.|\\n)*<tool_call>/\nrest: \"\\n\" {call} \"\\n{CLOSE}\" {more}\n"
+            )
+        }
+        // Llama 3.x: one call, the reply's whole text.
+        (_, ToolMode::Required) => match thinking {
+            Thinking::No => format!("start: {call}\n"),
+            _ => format!("{}calls: {call}\n", think),
+        },
+        (_, ToolMode::Auto) => format!("start: TEXT | {call}\nTEXT: /([^{{](.|\\n)*)?/\n"),
+    };
+    OutputFormat::Lark(lark)
+}
+
+/// A complete reply read: the text outside the calls (`None` when only whitespace) and each
+/// call's name and arguments (JSON text, as `json.dumps` writes it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeReply {
+    pub content: Option<String>,
+    pub calls: Vec<(String, String)>,
+}
+
+impl NativeReply {
+    fn text(text: &str) -> Self {
+        Self {
+            content: Some(text.to_string()),
+            calls: Vec::new(),
+        }
+    }
+}
+
+/// One call's JSON, `{"name": …, "arguments" | "parameters": …}`; `None` if it is not one.
+fn read_call(json_text: &str) -> Option<(String, String)> {
+    let v: Value = serde_json::from_str(json_text.trim()).ok()?;
+    let name = v.get("name")?.as_str()?.to_string();
+    let arguments = v.get("arguments").or_else(|| v.get("parameters"))?;
+    let arguments = match arguments {
+        // Some models write the arguments as a JSON text.
+        Value::String(s) => s.clone(),
+        other => dumps_json(other),
+    };
+    Some((name, arguments))
+}
+
+/// Reads a complete reply. One whose calls do not parse (cut by `max_tokens`) is all text, as
+/// it was written.
+pub fn read_reply(syntax: ToolSyntax, text: &str) -> NativeReply {
+    match syntax {
+        ToolSyntax::Generic => NativeReply::text(text),
+        ToolSyntax::Hermes => {
+            let Some(first) = text.find(OPEN) else {
+                return NativeReply::text(text);
+            };
+            let mut calls = Vec::new();
+            let mut rest = &text[first..];
+            while let Some(body) = rest.strip_prefix(OPEN) {
+                let Some(end) = body.find(CLOSE) else {
+                    return NativeReply::text(text);
+                };
+                let Some(call) = read_call(&body[..end]) else {
+                    return NativeReply::text(text);
+                };
+                calls.push(call);
+                rest = body[end + CLOSE.len()..].trim_start();
+            }
+            if !rest.trim().is_empty() {
+                return NativeReply::text(text);
+            }
+            let before = text[..first].trim();
+            NativeReply {
+                content: (!before.is_empty()).then(|| before.to_string()),
+                calls,
+            }
+        }
+        ToolSyntax::Llama3Json => {
+            let body = text.trim_start();
+            let body = body.strip_prefix("<|python_tag|>").unwrap_or(body);
+            if !body.starts_with('{') {
+                return NativeReply::text(text);
+            }
+            match read_call(body) {
+                Some(call) => NativeReply {
+                    content: None,
+                    calls: vec![call],
+                },
+                None => NativeReply::text(text),
+            }
+        }
+    }
+}
+
+/// What a stream sends as a native reply grows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NativePiece {
+    Content(String),
+    /// A whole call (its block closed): `index` among the reply's calls.
+    Call {
+        index: usize,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Reads one choice's reply (its answer, after any thinking) as it is generated: text is sent
+/// as it comes, less what could be the start of a call's tag; a call once its block is
+/// closed. A Llama reply opening with `{` is one call, read at the end.
+#[derive(Debug, Clone)]
+pub struct NativeStream {
+    syntax: ToolSyntax,
+    /// Text not yet sent.
+    held: String,
+    /// Inside a call's block (hermes) or a Llama call.
+    in_call: bool,
+    /// Only whitespace so far (a Llama reply is decided by its first other character).
+    started: bool,
+    calls: usize,
+}
+
+impl NativeStream {
+    pub fn new(syntax: ToolSyntax) -> Self {
+        Self {
+            syntax,
+            held: String::new(),
+            in_call: false,
+            started: false,
+            calls: 0,
+        }
+    }
+
+    /// Calls sent.
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+
+    /// Adds generated text; returns what can be sent.
+    pub fn push(&mut self, text: &str) -> Vec<NativePiece> {
+        self.held.push_str(text);
+        let mut out = Vec::new();
+        match self.syntax {
+            ToolSyntax::Llama3Json | ToolSyntax::Generic => {
+                if !self.started {
+                    let body = self.held.trim_start();
+                    if body.is_empty() || "<|python_tag|>".starts_with(body) {
+                        return out;
+                    }
+                    self.started = true;
+                    self.in_call = body.starts_with('{') || body.starts_with("<|python_tag|>");
+                }
+                if !self.in_call {
+                    out.push(NativePiece::Content(std::mem::take(&mut self.held)));
+                }
+            }
+            ToolSyntax::Hermes => loop {
+                if self.in_call {
+                    let Some(end) = self.held.find(CLOSE) else {
+                        break;
+                    };
+                    let block = self.held[OPEN.len()..end].to_string();
+                    let Some((name, arguments)) = read_call(&block) else {
+                        // Not a call after all: sent as it was written.
+                        let whole: String = self.held.drain(..end + CLOSE.len()).collect();
+                        self.in_call = false;
+                        out.push(NativePiece::Content(whole));
+                        continue;
+                    };
+                    self.held.drain(..end + CLOSE.len());
+                    out.push(NativePiece::Call {
+                        index: self.calls,
+                        name,
+                        arguments,
+                    });
+                    self.calls += 1;
+                    self.in_call = false;
+                    continue;
+                }
+                if let Some(at) = self.held.find(OPEN) {
+                    let before: String = self.held.drain(..at).collect();
+                    // Whitespace between calls (and before the first) is the syntax's own.
+                    if !before.trim().is_empty() {
+                        out.push(NativePiece::Content(before));
+                    }
+                    self.in_call = true;
+                    continue;
+                }
+                // Hold back what could still become the tag.
+                let keep = (1..OPEN.len())
+                    .rev()
+                    .find(|&k| self.held.ends_with(&OPEN[..k]))
+                    .unwrap_or(0);
+                let send = self.held.len() - keep;
+                // Whitespace waits: it may come before a call.
+                if send > 0 && !self.held[..send].trim().is_empty() {
+                    out.push(NativePiece::Content(self.held.drain(..send).collect()));
+                }
+                break;
+            },
+        }
+        out.retain(|p| !matches!(p, NativePiece::Content(t) if t.is_empty()));
+        out
+    }
+
+    /// The end of the reply: whatever is held, as a call where it reads as one, else as text.
+    pub fn finish(&mut self) -> Vec<NativePiece> {
+        let held = std::mem::take(&mut self.held);
+        if self.syntax == ToolSyntax::Llama3Json && self.in_call {
+            let reply = read_reply(self.syntax, &held);
+            if let [(name, arguments)] = &reply.calls[..] {
+                self.calls += 1;
+                return vec![NativePiece::Call {
+                    index: 0,
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                }];
+            }
+        }
+        if held.is_empty() || (self.calls > 0 && held.trim().is_empty()) {
+            return Vec::new();
+        }
+        vec![NativePiece::Content(held)]
+    }
+}
+
+#[cfg(test)]
+#[path = "tool_syntax_tests.rs"]
+mod tests;

@@ -1,0 +1,318 @@
+use super::*;
+use crate::engine::grammar::Grammars;
+
+fn tool(name: &str) -> Tool {
+    serde_json::from_value(json!({"type": "function", "function": {"name": name,
+        "description": "d",
+        "parameters": {"type": "object", "properties": {"x": {"type": "integer"}},
+                       "required": ["x"], "additionalProperties": false}}}))
+    .unwrap()
+}
+
+fn template(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/chat_templates")
+        .join(file);
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn auto_takes_the_templates_own_syntax() {
+    let auto = |file: &str| ToolCallParser::Auto.syntax(Some(&template(file)));
+    assert_eq!(auto("Qwen-Qwen2.5-7B-Instruct.jinja"), ToolSyntax::Hermes);
+    assert_eq!(auto("Qwen-Qwen3-0.6B.jinja"), ToolSyntax::Hermes);
+    assert_eq!(
+        auto("NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja"),
+        ToolSyntax::Hermes
+    );
+    assert_eq!(
+        auto("meta-llama-Llama-3.1-8B-Instruct.jinja"),
+        ToolSyntax::Llama3Json
+    );
+    assert_eq!(
+        auto("meta-llama-Llama-3.2-3B-Instruct.jinja"),
+        ToolSyntax::Llama3Json
+    );
+    // Templates whose tool syntax lowbit does not read natively, and none at all.
+    assert_eq!(
+        auto("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"),
+        ToolSyntax::Generic
+    );
+    assert_eq!(
+        auto("mistralai-Mistral-Nemo-Instruct-2407.jinja"),
+        ToolSyntax::Generic
+    );
+    assert_eq!(ToolCallParser::Auto.syntax(None), ToolSyntax::Generic);
+    // The flag overrides.
+    assert_eq!(
+        ToolCallParser::Generic.syntax(Some(&template("Qwen-Qwen3-0.6B.jinja"))),
+        ToolSyntax::Generic
+    );
+    assert_eq!(ToolCallParser::Hermes.syntax(None), ToolSyntax::Hermes);
+}
+
+#[test]
+fn hermes_replies_read_as_text_and_calls() {
+    let r = read_reply(
+        ToolSyntax::Hermes,
+        "Let me check.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"g\", \"arguments\": \"{\\\"x\\\": 2}\"}\n</tool_call>",
+    );
+    assert_eq!(r.content.as_deref(), Some("Let me check."));
+    assert_eq!(
+        r.calls,
+        vec![
+            ("f".to_string(), "{\"x\": 1}".to_string()),
+            ("g".to_string(), "{\"x\": 2}".to_string())
+        ]
+    );
+    let only = read_reply(
+        ToolSyntax::Hermes,
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>",
+    );
+    assert_eq!(only.content, None);
+    assert_eq!(only.calls.len(), 1);
+    // Plain text, a call cut short, a block that is not a call: all text as written.
+    for text in [
+        "Paris is sunny.",
+        "<tool_call>\n{\"name\": \"f\", \"argu",
+        "<tool_call>\nnot json\n</tool_call>",
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call> and more",
+    ] {
+        let r = read_reply(ToolSyntax::Hermes, text);
+        assert_eq!(r.content.as_deref(), Some(text));
+        assert!(r.calls.is_empty(), "{text}");
+    }
+}
+
+#[test]
+fn llama_replies_are_one_call_or_text() {
+    let r = read_reply(
+        ToolSyntax::Llama3Json,
+        "{\"name\": \"f\", \"parameters\": {\"x\": 3}}",
+    );
+    assert_eq!(r.content, None);
+    assert_eq!(r.calls, vec![("f".to_string(), "{\"x\": 3}".to_string())]);
+    let tagged = read_reply(
+        ToolSyntax::Llama3Json,
+        "<|python_tag|>{\"name\": \"f\", \"parameters\": {}}",
+    );
+    assert_eq!(tagged.calls.len(), 1);
+    for text in ["It is sunny.", "{\"name\": \"f\"", "{\"other\": 1}"] {
+        let r = read_reply(ToolSyntax::Llama3Json, text);
+        assert_eq!(r.content.as_deref(), Some(text));
+        assert!(r.calls.is_empty());
+    }
+}
+
+/// Streams `text` in pieces of `size` characters; what the stream sends, gathered.
+fn streamed(syntax: ToolSyntax, text: &str, size: usize) -> NativeReply {
+    let mut s = NativeStream::new(syntax);
+    let chars: Vec<char> = text.chars().collect();
+    let mut pieces = Vec::new();
+    for chunk in chars.chunks(size) {
+        pieces.extend(s.push(&chunk.iter().collect::<String>()));
+    }
+    pieces.extend(s.finish());
+    let mut content = String::new();
+    let mut calls = Vec::new();
+    for p in pieces {
+        match p {
+            NativePiece::Content(t) => content.push_str(&t),
+            NativePiece::Call {
+                index,
+                name,
+                arguments,
+            } => {
+                assert_eq!(index, calls.len());
+                calls.push((name, arguments));
+            }
+        }
+    }
+    assert_eq!(s.calls(), calls.len());
+    NativeReply {
+        content: (!content.trim().is_empty()).then(|| content.trim().to_string()),
+        calls,
+    }
+}
+
+#[test]
+fn a_stream_sends_what_the_whole_reply_reads_as() {
+    let replies = [
+        (ToolSyntax::Hermes, "Let me check <b>that</b>.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"g\", \"arguments\": {}}\n</tool_call>"),
+        (ToolSyntax::Hermes, "\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>"),
+        (ToolSyntax::Hermes, "Just text, a < b, <tool and <tool_cal."),
+        (ToolSyntax::Hermes, "<tool_call>\n{\"name\": \"f\", \"argu"),
+        (ToolSyntax::Llama3Json, "{\"name\": \"f\", \"parameters\": {\"x\": 3}}"),
+        (ToolSyntax::Llama3Json, "  It is {sunny}."),
+        (ToolSyntax::Llama3Json, "{\"name\": \"f\""),
+    ];
+    for (syntax, text) in replies {
+        let whole = read_reply(syntax, text);
+        for size in [1, 2, 3, 7, 1000] {
+            let s = streamed(syntax, text, size);
+            assert_eq!(s.calls, whole.calls, "{text:?} by {size}");
+            assert_eq!(
+                s.content.as_deref(),
+                whole.content.as_deref().map(str::trim),
+                "{text:?} by {size}"
+            );
+        }
+    }
+}
+
+#[test]
+fn text_that_may_become_the_tag_is_held_back() {
+    let mut s = NativeStream::new(ToolSyntax::Hermes);
+    assert_eq!(
+        s.push("Sure <tool"),
+        vec![NativePiece::Content("Sure ".into())]
+    );
+    assert_eq!(s.push("_call>\n{\"name\": \"f\", "), vec![]);
+    assert_eq!(
+        s.push("\"arguments\": {}}\n</tool_call>"),
+        vec![NativePiece::Call {
+            index: 0,
+            name: "f".into(),
+            arguments: "{}".into()
+        }]
+    );
+    assert_eq!(s.finish(), vec![]);
+}
+
+/// One token per character of the text the tests write, `<eos>` first (id 0).
+const CHARS: &str = "abcdefghijklmnopqrstuvwxyz_<>/{}\":, 0123456789.\n";
+
+fn grammars() -> Grammars {
+    let mut bytes = vec![b"\xff<eos>".to_vec()];
+    bytes.extend(CHARS.chars().map(|c| c.to_string().into_bytes()));
+    Grammars::from_token_bytes(bytes, vec![0])
+}
+
+/// Whether the grammar lets `text` be written and then end.
+fn accepts(format: &OutputFormat, text: &str) -> bool {
+    let g = grammars();
+    let grammar = g.compile(format).unwrap();
+    let mut c = grammar.start();
+    let n = CHARS.len() + 1;
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
+        let id = 1 + CHARS
+            .chars()
+            .position(|x| x == ch)
+            .expect("a char of CHARS");
+        let mask = c.mask(&vec![0.0; n]).unwrap();
+        if mask[id] != 0.0 {
+            return false;
+        }
+        if c.accept(id as u32) {
+            // The grammar is complete: only if the text is too.
+            return chars.peek().is_none();
+        }
+    }
+    c.mask(&vec![0.0; n]).unwrap()[0] == 0.0
+}
+
+#[test]
+fn hermes_grammars_allow_text_then_valid_calls() {
+    let tools = [tool("f"), tool("g")];
+    let call = |name: &str, x: &str| {
+        format!(
+            "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"x\": {x}}}}}\n</tool_call>"
+        )
+    };
+    let auto = output_format(
+        ToolSyntax::Hermes,
+        &tools,
+        ToolMode::Auto,
+        true,
+        Thinking::No,
+    );
+    assert!(accepts(&auto, "just text, a <b> c"));
+    assert!(accepts(&auto, ""));
+    assert!(accepts(&auto, &call("f", "1")));
+    assert!(accepts(
+        &auto,
+        &format!("let me see\n{}\n{}", call("f", "1"), call("g", "22"))
+    ));
+    assert!(!accepts(&auto, &call("h", "1")), "an unknown tool");
+    assert!(!accepts(&auto, &call("f", "\"a\"")), "arguments off schema");
+    assert!(!accepts(&auto, &format!("{} then text", call("f", "1"))));
+    let one = output_format(
+        ToolSyntax::Hermes,
+        &tools,
+        ToolMode::Auto,
+        false,
+        Thinking::No,
+    );
+    assert!(!accepts(
+        &one,
+        &format!("{}\n{}", call("f", "1"), call("g", "2"))
+    ));
+    let required = output_format(
+        ToolSyntax::Hermes,
+        &tools,
+        ToolMode::Required,
+        true,
+        Thinking::No,
+    );
+    assert!(accepts(&required, &call("g", "2")));
+    assert!(accepts(
+        &required,
+        &format!("{}\n{}", call("f", "1"), call("g", "2"))
+    ));
+    assert!(!accepts(&required, "text"));
+    assert!(!accepts(&required, ""));
+    let thinking = output_format(
+        ToolSyntax::Hermes,
+        &tools,
+        ToolMode::Required,
+        true,
+        Thinking::May,
+    );
+    assert!(accepts(
+        &thinking,
+        &format!("<think>\nuse f.\n</think>\n\n{}", call("f", "1"))
+    ));
+    assert!(accepts(&thinking, &call("f", "1")));
+    assert!(!accepts(&thinking, "<think>\nhm\n</think>\n\nno call"));
+    let open = output_format(
+        ToolSyntax::Hermes,
+        &tools,
+        ToolMode::Required,
+        true,
+        Thinking::Open,
+    );
+    assert!(accepts(
+        &open,
+        &format!("use f.\n</think>\n\n{}", call("f", "1"))
+    ));
+}
+
+#[test]
+fn llama_grammars_allow_text_or_one_call() {
+    let tools = [tool("f")];
+    let auto = output_format(
+        ToolSyntax::Llama3Json,
+        &tools,
+        ToolMode::Auto,
+        true,
+        Thinking::No,
+    );
+    let call = "{\"name\": \"f\", \"parameters\": {\"x\": 1}}";
+    assert!(accepts(&auto, call));
+    assert!(accepts(&auto, "it is sunny {really}"));
+    assert!(!accepts(
+        &auto,
+        "{\"name\": \"g\", \"parameters\": {\"x\": 1}}"
+    ));
+    assert!(!accepts(&auto, &format!("{call}{call}")));
+    let required = output_format(
+        ToolSyntax::Llama3Json,
+        &tools,
+        ToolMode::Required,
+        true,
+        Thinking::No,
+    );
+    assert!(accepts(&required, call));
+    assert!(!accepts(&required, "text"));
+}

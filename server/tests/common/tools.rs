@@ -1,0 +1,48 @@
+//! Tools for the tool-calling tests and the check of a reply's calls.
+
+use serde_json::{json, Value};
+
+/// A weather and a clock tool.
+pub fn tools() -> Value {
+    let city = json!({"type": "string", "maxLength": 20});
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": city, "unit": {"enum": ["celsius", "fahrenheit"]}},
+                "required": ["city", "unit"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time", "description": "Current time in a city",
+            "parameters": {"type": "object", "properties": {"city": city}, "required": ["city"], "additionalProperties": false}}}
+    ])
+}
+
+/// The calls of a reply that made some: (name, arguments parsed), each checked against its
+/// tool's parameters, with an id `call_…` and type `function`.
+pub fn calls_of(choice: &Value) -> Vec<(String, Value)> {
+    assert_eq!(choice["finish_reason"], "tool_calls", "{choice}");
+    assert!(choice["message"]["content"].is_null(), "{choice}");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    calls
+        .iter()
+        .map(|c| {
+            assert!(c["id"].as_str().unwrap().starts_with("call_"), "{c}");
+            assert_eq!(c["type"], "function");
+            let name = c["function"]["name"].as_str().unwrap().to_string();
+            let args: Value =
+                serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+            let keys: Vec<&str> = args
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            match name.as_str() {
+                "get_weather" => {
+                    assert_eq!(keys, ["city", "unit"], "{args}");
+                    assert!(["celsius", "fahrenheit"].contains(&args["unit"].as_str().unwrap()));
+                }
+                "get_time" => assert_eq!(keys, ["city"], "{args}"),
+                other => panic!("no tool {other}"),
+            }
+            (name, args)
+        })
+        .collect()
+}
