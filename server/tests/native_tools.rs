@@ -219,6 +219,8 @@ async fn hermes_calls_come_back_in_openai_shapes() {
     } else {
         assert!(c["message"]["content"].is_string(), "{c}");
     }
+    // With a response format an answer is JSON of its schema (or the model calls).
+    common::tools::answers_follow_the_response_format(&app).await;
     let m = send(&app, "GET", "/metrics", None, None).await.text;
     assert!(m.contains("lowbit:num_requests_running 0"), "{m}");
 }

@@ -378,6 +378,11 @@ async fn tool_calls_follow_their_tools_in_openai_shapes() {
 }
 
 #[tokio::test]
+async fn tools_with_a_response_format() {
+    common::tools::answers_follow_the_response_format(&start(&[]).await).await;
+}
+
+#[tokio::test]
 async fn bad_tools_are_400s_that_name_their_parameter() {
     let app = start(&[]).await;
     let one = |f: Value| json!({"tools": [{"type": "function", "function": f}]});
@@ -413,9 +418,10 @@ async fn bad_tools_are_400s_that_name_their_parameter() {
             "tool_choice",
         ),
         (json!({"tool_choice": "required"}), "tool_choice"),
+        // Only a JSON format can shape an answer beside calls.
         (
-            json!({"tools": tools(), "response_format": {"type": "json_object"}}),
-            "tools",
+            json!({"tools": tools(), "guided_regex": "[a-z]+"}),
+            "guided_regex",
         ),
         (json!({ "messages": user_calls }), "messages[0].tool_calls"),
         (json!({ "messages": no_id }), "messages[1].tool_call_id"),

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from conftest import MODEL, client_for
-from test_tools import ASK, TOOLS, GetTime, GetWeather
+from test_tools import ASK, TOOLS, GetTime, GetWeather, check_tools_with_a_response_format
 
 QWEN25 = (
     Path(__file__).resolve().parents[2]
@@ -82,3 +82,7 @@ def test_round_trip_with_the_tool_result(client):
             {"GetWeather": GetWeather, "GetTime": GetTime}[c.function.name].model_validate_json(c.function.arguments)
     else:
         assert r.message.content and "<tool_call>" not in r.message.content
+
+
+def test_tools_with_a_response_format(client):
+    check_tools_with_a_response_format(client)

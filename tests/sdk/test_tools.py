@@ -155,3 +155,28 @@ def test_bad_tools_are_400s(client):
             model=MODEL, messages=ASK + [{"role": "tool", "content": "18"}], max_tokens=4, tools=TOOLS
         )
     assert e.value.param == "messages[1].tool_call_id"
+
+
+class Haiku(BaseModel):
+    lines: list[str] = Field(min_length=3, max_length=3)
+
+
+def check_tools_with_a_response_format(client):
+    """`parse()` with tools and a Pydantic `response_format`: the reply is a call of a tool or
+    an answer that parses into the model (`message.parsed`)."""
+    r = client.chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": "Write a haiku about the sea."}],
+        tools=TOOLS, response_format=Haiku, parallel_tool_calls=False, temperature=0, max_tokens=120,
+    )
+    message = r.choices[0].message
+    if r.choices[0].finish_reason == "tool_calls":
+        [call] = message.tool_calls
+        assert isinstance(call.function.parsed_arguments, (GetWeather, GetTime))
+    else:
+        assert r.choices[0].finish_reason == "stop", r
+        assert isinstance(message.parsed, Haiku), message
+        assert len(message.parsed.lines) == 3
+
+
+def test_tools_with_a_response_format(client):
+    check_tools_with_a_response_format(client)

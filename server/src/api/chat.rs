@@ -15,6 +15,7 @@ use super::tool_stream::{self, Piece, ToolStream};
 use super::tool_syntax::{self, NativePiece, NativeStream, Thinking};
 use super::tools::{self, Reply, ToolUse};
 use super::{body_bytes, request_id, unix_now, AppState};
+use crate::engine::grammar::OutputFormat;
 use crate::engine::sampler::TokenLogprobs;
 use crate::engine::{Event, FinishReason};
 use crate::model::Tokenizer;
@@ -72,6 +73,7 @@ fn chat_logprobs(tokenizer: &Tokenizer, lps: &[TokenLogprobs]) -> ChatLogprobs {
 /// tool calls (content null, finish `tool_calls`) or as the answer it holds.
 fn reply(
     text: String,
+    json_answer: bool,
     finish: Option<FinishReason>,
 ) -> (
     Option<String>,
@@ -82,7 +84,7 @@ fn reply(
     if finish != Some(FinishReason::Stop) {
         return (Some(text), None, reason);
     }
-    match tools::read_reply(&text) {
+    match tools::read_reply(&text, json_answer) {
         Reply::Calls(calls) => (None, Some(calls), Some("tool_calls")),
         Reply::Text(answer) => (Some(answer), None, reason),
     }
@@ -230,12 +232,23 @@ pub async fn create(
         (true, k) => Some(k.unwrap_or(0) as usize),
         (false, None) => None,
     };
-    let tool_use = ToolUse::from_request(
+    let mut tool_use = ToolUse::from_request(
         req.tools.as_deref(),
         req.tool_choice.as_ref(),
         req.parallel_tool_calls,
         state.model.tool_syntax,
     )?;
+    // With tools, a JSON response format shapes the answer when the model does not call.
+    let answer_format = structured::output_format(&req.sampling)?;
+    if let (Some(t), Some((param, format))) = (&mut tool_use, &answer_format) {
+        let OutputFormat::JsonSchema(schema) = format else {
+            return Err(ApiError::invalid(
+                *param,
+                "with tools, an answer's format can only be a JSON schema or object (response_format, guided_json, structured_outputs.json)",
+            ));
+        };
+        t.set_answer_format(schema.clone());
+    }
     let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
     let ChatPrompt {
         ids: prompt,
@@ -253,12 +266,6 @@ pub async fn create(
     };
     let grammar = match &tool_use {
         Some(t) => {
-            if structured::output_format(&req.sampling)?.is_some() {
-                return Err(ApiError::invalid(
-                    "tools",
-                    "tools cannot be combined with response_format, structured_outputs or guided_* yet",
-                ));
-            }
             let thinking = match (state.model.reasoning, opens_thinking) {
                 (false, _) => Thinking::No,
                 (true, false) => Thinking::May,
@@ -266,8 +273,12 @@ pub async fn create(
             };
             Some(structured::compile(&state, "tools", t.output_format(thinking)).await?)
         }
-        None => structured::grammar(&state, &req.sampling).await?,
+        None => match answer_format {
+            Some((param, format)) => Some(structured::compile(&state, param, format).await?),
+            None => None,
+        },
     };
+    let json_answer = tool_use.as_ref().is_some_and(ToolUse::json_answer);
     // lowbit's generic tool format (tools.rs), or a native syntax (tool_syntax.rs).
     let generic_tools = tool_use.as_ref().is_some_and(|t| !t.syntax().native());
     let native = tool_use
@@ -300,7 +311,7 @@ pub async fn create(
             .map(|(index, c): (usize, Choice)| {
                 let logprobs = top.map(|_| chat_logprobs(tokenizer, &c.logprobs));
                 let (message, finish_reason) = if generic_tools {
-                    let (content, tool_calls, finish_reason) = reply(c.text, c.finish);
+                    let (content, tool_calls, finish_reason) = reply(c.text, json_answer, c.finish);
                     let message = ResponseMessage {
                         role: "assistant",
                         content,
@@ -363,7 +374,7 @@ pub async fn create(
         let tokenizer = &state.model.tokenizer;
         // With tools a reply is sent as it is read (tool_stream.rs): the answer's text, each
         // call's name, its arguments; logprobs come with the choice's last delta.
-        let mut readers = vec![ToolStream::default(); n];
+        let mut readers = vec![ToolStream::new(json_answer); n];
         let mut natives: Vec<NativeStream> =
             native.map_or(Vec::new(), |s| vec![NativeStream::new(s); n]);
         let mut splits = vec![ReasoningSplit::new(opens_thinking); n];
@@ -418,10 +429,13 @@ pub async fn create(
                     let mut finish = reason.as_str();
                     if generic_tools {
                         let r = &mut readers[choice];
-                        let mut deltas = tool_stream::deltas(r.push(&text));
+                        let mut pieces = r.push(&text);
+                        pieces.extend(r.finish(reason == FinishReason::Stop));
+                        let mut deltas = tool_stream::deltas(pieces);
                         if r.unsent() {
                             // Nothing could be read as it grew: the whole reply, as unstreamed.
-                            let (content, calls, why) = reply(r.text().to_string(), Some(reason));
+                            let (content, calls, why) =
+                                reply(r.text().to_string(), json_answer, Some(reason));
                             finish = why.unwrap_or(finish);
                             deltas = vec![whole_delta(content, calls)];
                         } else if r.done() && r.calls() > 0 && reason == FinishReason::Stop {

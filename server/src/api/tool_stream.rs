@@ -27,6 +27,9 @@ enum State {
     Start,
     /// Inside the answer's string.
     Answer,
+    /// Inside an answer that is a JSON value (a response format with tools): sent as its text,
+    /// less its last character, which may be the reply's closing `}`.
+    AnswerValue,
     /// Before a call's name (after `[` or `, `).
     CallStart,
     /// Inside call `index`'s arguments, `depth` brackets deep, within a string or not.
@@ -55,26 +58,47 @@ pub struct ToolStream {
     calls: usize,
     /// Whether anything was sent.
     sent: bool,
+    /// The answer is a JSON value, not a string (tools.rs, `set_answer_format`).
+    json_answer: bool,
 }
 
 const ANSWER: &str = r#"{"response": ""#;
+const ANSWER_VALUE: &str = r#"{"response": "#;
 const CALLS: &str = r#"{"tool_calls": ["#;
 const NAME: &str = r#"{"name": ""#;
 const ARGUMENTS: &str = r#"", "arguments": "#;
 
 impl Default for ToolStream {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl ToolStream {
+    /// A reader of a reply whose answer is a string, or a JSON value (`json_answer`).
+    pub fn new(json_answer: bool) -> Self {
         Self {
             text: String::new(),
             at: 0,
             state: State::Start,
             calls: 0,
             sent: false,
+            json_answer,
         }
     }
-}
 
-impl ToolStream {
+    /// At the reply's end: the answer's last character when the reply was cut short (else it
+    /// is the reply's closing brace, not the answer's).
+    pub fn finish(&mut self, complete: bool) -> Vec<Piece> {
+        if self.state != State::AnswerValue || complete || self.at >= self.text.len() {
+            return Vec::new();
+        }
+        let rest = self.text[self.at..].to_string();
+        self.at = self.text.len();
+        self.sent = true;
+        vec![Piece::Content(rest)]
+    }
+
     /// Adds generated text; returns the pieces it completes.
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
         self.text.push_str(text);
@@ -115,17 +139,31 @@ impl ToolStream {
         match self.state {
             State::Done | State::Lost => None,
             State::Start => {
-                for (lit, next) in [(ANSWER, State::Answer), (CALLS, State::CallStart)] {
+                let answer = if self.json_answer {
+                    (ANSWER_VALUE, State::AnswerValue)
+                } else {
+                    (ANSWER, State::Answer)
+                };
+                for (lit, next) in [answer, (CALLS, State::CallStart)] {
                     if rest.starts_with(lit) {
                         self.at += lit.len();
                         self.state = next;
                         return Some(None);
                     }
                 }
-                if !ANSWER.starts_with(rest) && !CALLS.starts_with(rest) {
+                if !answer.0.starts_with(rest) && !CALLS.starts_with(rest) {
                     self.state = State::Lost;
                 }
                 None
+            }
+            State::AnswerValue => {
+                // All but the last character, cut back to a character boundary.
+                let last = rest.char_indices().last()?.0;
+                if last == 0 {
+                    return None;
+                }
+                self.at += last;
+                Some(Some(Piece::Content(rest[..last].to_string())))
             }
             State::Answer => {
                 let (raw, closed) = string_body(rest);
@@ -336,6 +374,38 @@ mod tests {
             }
         }
         (pieces, r)
+    }
+
+    #[test]
+    fn a_json_answer_streams_as_its_text_without_the_closing_brace() {
+        let reply = r#"{"response": {"city": "Par\u00eds", "n": [1, 2]}}"#;
+        for n in 1..=5 {
+            let mut r = ToolStream::new(true);
+            let chars: Vec<char> = reply.chars().collect();
+            let mut text = String::new();
+            for chunk in chars.chunks(n) {
+                for p in r.push(&chunk.iter().collect::<String>()) {
+                    let Piece::Content(t) = p else {
+                        panic!("{p:?}")
+                    };
+                    text.push_str(&t);
+                }
+            }
+            assert!(r.finish(true).is_empty());
+            assert_eq!(text, r#"{"city": "Par\u00eds", "n": [1, 2]}"#, "by {n}");
+        }
+        // Cut short: the answer's text as far as it got.
+        let mut r = ToolStream::new(true);
+        let mut pieces = r.push(r#"{"response": {"a": 1"#);
+        pieces.extend(r.finish(false));
+        let text: String = pieces
+            .into_iter()
+            .map(|p| match p {
+                Piece::Content(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(text, r#"{"a": 1"#);
     }
 
     #[test]

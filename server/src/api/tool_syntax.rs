@@ -117,13 +117,15 @@ pub fn template_arguments(arguments: &str) -> Value {
     serde_json::from_str(arguments).unwrap_or_else(|_| json!(arguments))
 }
 
-/// The grammar of a reply in `syntax` calling `tools` (≥ 1) as `mode` and `parallel` allow.
+/// The grammar of a reply in `syntax` calling `tools` (≥ 1) as `mode` and `parallel` allow;
+/// `answer`: the JSON schema an answer must follow instead of free text (a response format).
 pub fn output_format(
     syntax: ToolSyntax,
     tools: &[Tool],
     mode: ToolMode,
     parallel: bool,
     thinking: Thinking,
+    answer: Option<&Value>,
 ) -> OutputFormat {
     let calls: Vec<Value> = tools
         .iter()
@@ -139,41 +141,41 @@ pub fn output_format(
             })
         })
         .collect();
-    let call = format!("%json {}", compact_json(json!({"anyOf": calls})));
-    // Text before the first call must not write the tag itself (a lazy lexeme ends at it).
-    let think = match thinking {
-        Thinking::No => "",
-        Thinking::May => "start: think? calls\nthink: thought /[ \\n]*/\nthought[lazy]: /<think>(.|\\n)*<\\/think>/\n",
-        Thinking::Open => "start: think calls\nthink: thought /[ \\n]*/\nthought[lazy]: /(.|\\n)*<\\/think>/\n",
-    };
-    let lark = match (syntax, mode) {
-        (ToolSyntax::Hermes, ToolMode::Required) => {
-            let more = if parallel { "(\"\\n\" call)*" } else { "" };
-            let start = if think.is_empty() {
-                "start: calls\n"
+    let call_json = format!("%json {}", compact_json(json!({"anyOf": calls})));
+    let (call, many) = match syntax {
+        ToolSyntax::Hermes => (
+            format!("call: \"{OPEN}\\n\" {call_json} \"\\n{CLOSE}\"\n"),
+            if parallel {
+                "call (\"\\n\" call)*"
             } else {
-                think
-            };
-            format!("{start}calls: call {more}\ncall: \"{OPEN}\\n\" {call} \"\\n{CLOSE}\"\n")
-        }
-        (ToolSyntax::Hermes, ToolMode::Auto) => {
-            let more = if parallel {
-                format!("(\"\\n{OPEN}\\n\" {call} \"\\n{CLOSE}\")*")
-            } else {
-                String::new()
-            };
-            format!(
-                "start: text | lead rest\ntext: TEXT\nTEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\nlead[lazy]: /(.|\\n)*<tool_call>/\nrest: \"\\n\" {call} \"\\n{CLOSE}\" {more}\n"
-            )
-        }
+                "call"
+            },
+        ),
         // Llama 3.x: one call, the reply's whole text.
-        (_, ToolMode::Required) => match thinking {
-            Thinking::No => format!("start: {call}\n"),
-            _ => format!("{}calls: {call}\n", think),
-        },
-        (_, ToolMode::Auto) => format!("start: TEXT | {call}\nTEXT: /([^{{](.|\\n)*)?/\n"),
+        _ => (format!("call: {call_json}\n"), "call"),
     };
-    OutputFormat::Lark(lark)
+    let reply = match (syntax, mode, answer) {
+        (_, ToolMode::Required, _) => many.to_string(),
+        (_, ToolMode::Auto, Some(schema)) => {
+            format!("%json {} | {many}", compact_json(schema.clone()))
+        }
+        // Free text, which holds any thinking too. Text before the first call must not write
+        // the tag itself: a lazy lexeme ends at it, and the calls follow.
+        (ToolSyntax::Hermes, ToolMode::Auto, None) => {
+            let more = if parallel { "(\"\\n\" call)*" } else { "" };
+            return OutputFormat::Lark(format!(
+                "start: TEXT | lead \"\\n\" {call_json} \"\\n{CLOSE}\" {more}\nTEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\nlead[lazy]: /(.|\\n)*<tool_call>/\n{call}"
+            ));
+        }
+        (_, ToolMode::Auto, None) => "TEXT | call\nTEXT: /([^{](.|\\n)*)?/".to_string(),
+    };
+    // A reasoning model may think before it calls or answers in a format.
+    let start = match thinking {
+        Thinking::No => "start: reply\n",
+        Thinking::May => "start: think? reply\nthink: thought /[ \\n]*/\nthought[lazy]: /<think>(.|\\n)*<\\/think>/\n",
+        Thinking::Open => "start: think reply\nthink: thought /[ \\n]*/\nthought[lazy]: /(.|\\n)*<\\/think>/\n",
+    };
+    OutputFormat::Lark(format!("{start}reply: {reply}\n{call}"))
 }
 
 /// A complete reply read: the text outside the calls (`None` when only whitespace) and each

@@ -226,6 +226,7 @@ fn hermes_grammars_allow_text_then_valid_calls() {
         ToolMode::Auto,
         true,
         Thinking::No,
+        None,
     );
     assert!(accepts(&auto, "just text, a <b> c"));
     assert!(accepts(&auto, ""));
@@ -243,6 +244,7 @@ fn hermes_grammars_allow_text_then_valid_calls() {
         ToolMode::Auto,
         false,
         Thinking::No,
+        None,
     );
     assert!(!accepts(
         &one,
@@ -254,6 +256,7 @@ fn hermes_grammars_allow_text_then_valid_calls() {
         ToolMode::Required,
         true,
         Thinking::No,
+        None,
     );
     assert!(accepts(&required, &call("g", "2")));
     assert!(accepts(
@@ -268,6 +271,7 @@ fn hermes_grammars_allow_text_then_valid_calls() {
         ToolMode::Required,
         true,
         Thinking::May,
+        None,
     );
     assert!(accepts(
         &thinking,
@@ -281,11 +285,52 @@ fn hermes_grammars_allow_text_then_valid_calls() {
         ToolMode::Required,
         true,
         Thinking::Open,
+        None,
     );
     assert!(accepts(
         &open,
         &format!("use f.\n</think>\n\n{}", call("f", "1"))
     ));
+}
+
+#[test]
+fn with_a_response_format_an_answer_is_json_of_its_schema() {
+    let tools = [tool("f")];
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}},
+                        "required": ["a"], "additionalProperties": false});
+    let call = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>";
+    for thinking in [Thinking::No, Thinking::May] {
+        let hermes = output_format(
+            ToolSyntax::Hermes,
+            &tools,
+            ToolMode::Auto,
+            true,
+            thinking,
+            Some(&schema),
+        );
+        assert!(accepts(&hermes, "{\"a\": 12}"));
+        assert!(accepts(&hermes, call));
+        assert!(!accepts(&hermes, "free text"));
+        assert!(!accepts(&hermes, "{\"b\": 1}"));
+        assert_eq!(
+            accepts(&hermes, "<think>\nhm\n</think>\n\n{\"a\": 1}"),
+            thinking == Thinking::May
+        );
+    }
+    let llama = output_format(
+        ToolSyntax::Llama3Json,
+        &tools,
+        ToolMode::Auto,
+        true,
+        Thinking::No,
+        Some(&schema),
+    );
+    assert!(accepts(&llama, "{\"a\": 12}"));
+    assert!(accepts(
+        &llama,
+        "{\"name\": \"f\", \"parameters\": {\"x\": 1}}"
+    ));
+    assert!(!accepts(&llama, "text"));
 }
 
 #[test]
@@ -297,6 +342,7 @@ fn llama_grammars_allow_text_or_one_call() {
         ToolMode::Auto,
         true,
         Thinking::No,
+        None,
     );
     let call = "{\"name\": \"f\", \"parameters\": {\"x\": 1}}";
     assert!(accepts(&auto, call));
@@ -312,6 +358,7 @@ fn llama_grammars_allow_text_or_one_call() {
         ToolMode::Required,
         true,
         Thinking::No,
+        None,
     );
     assert!(accepts(&required, call));
     assert!(!accepts(&required, "text"));

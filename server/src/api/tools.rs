@@ -38,6 +38,8 @@ pub struct ToolUse {
     /// Several calls in one reply (`parallel_tool_calls`, default true).
     parallel: bool,
     syntax: ToolSyntax,
+    /// The JSON schema an answer (not a call) must follow: a response format given with tools.
+    answer: Option<Value>,
 }
 
 /// OpenAI's rule for function names.
@@ -138,6 +140,7 @@ impl ToolUse {
             mode,
             parallel: parallel.unwrap_or(true),
             syntax,
+            answer: None,
         }))
     }
 
@@ -154,6 +157,17 @@ impl ToolUse {
         self.syntax
     }
 
+    /// An answer that is not a call must be JSON valid under `schema` (`response_format`
+    /// given with tools, as OpenAI allows: the model calls tools or answers in that format).
+    pub fn set_answer_format(&mut self, schema: Value) {
+        self.answer = Some(schema);
+    }
+
+    /// Whether an answer is a JSON value (its text is the content) rather than free text.
+    pub fn json_answer(&self) -> bool {
+        self.answer.is_some()
+    }
+
     /// The grammar the reply is constrained to; `thinking`: where a reasoning model's reply
     /// starts (native syntaxes let it think first).
     pub fn output_format(&self, thinking: Thinking) -> OutputFormat {
@@ -164,6 +178,7 @@ impl ToolUse {
                 self.mode,
                 self.parallel,
                 thinking,
+                self.answer.as_ref(),
             );
         }
         self.generic_format()
@@ -200,7 +215,7 @@ impl ToolUse {
             ToolMode::Required => call,
             ToolMode::Auto => json!({"anyOf": [call, {
                 "type": "object",
-                "properties": {"response": {"type": "string"}},
+                "properties": {"response": self.answer.clone().unwrap_or(json!({"type": "string"}))},
                 "required": ["response"],
                 "additionalProperties": false,
             }]}),
@@ -225,9 +240,15 @@ impl ToolUse {
             r#"{"tool_calls": [{"name": "<tool name>", "arguments": {<the tool's arguments>}}]}"#;
         let reply = match self.mode {
             ToolMode::Required => format!("Reply with a JSON object that calls one or more of the tools: {call}"),
-            ToolMode::Auto => format!(
-                "Reply with a JSON object: either {call} to call one or more of the tools, or {{\"response\": \"<your answer>\"}} to answer directly."
-            ),
+            ToolMode::Auto => match &self.answer {
+                None => format!(
+                    "Reply with a JSON object: either {call} to call one or more of the tools, or {{\"response\": \"<your answer>\"}} to answer directly."
+                ),
+                Some(schema) => format!(
+                    "Reply with a JSON object: either {call} to call one or more of the tools, or {{\"response\": <your answer>}} to answer directly, the answer a JSON value of this schema: {}",
+                    dumps_json(schema)
+                ),
+            },
         };
         format!("You can call these tools:\n{tools}\n{reply}")
     }
@@ -246,12 +267,15 @@ pub fn call_id() -> String {
 }
 
 /// Reads a complete reply; one that does not parse (cut by `max_tokens`) stays text as is.
-pub fn read_reply(text: &str) -> Reply {
+/// A `json_answer` is the JSON text of the response's value.
+pub fn read_reply(text: &str, json_answer: bool) -> Reply {
     let Ok(v) = serde_json::from_str::<Value>(text) else {
         return Reply::Text(text.to_string());
     };
-    if let Some(answer) = v.get("response").and_then(Value::as_str) {
-        return Reply::Text(answer.to_string());
+    match v.get("response") {
+        Some(answer) if json_answer => return Reply::Text(dumps_json(answer)),
+        Some(Value::String(answer)) => return Reply::Text(answer.clone()),
+        _ => {}
     }
     let Some(calls) = v.get("tool_calls").and_then(Value::as_array) else {
         return Reply::Text(text.to_string());
@@ -310,6 +334,7 @@ mod tests {
     fn a_reply_reads_as_calls_or_as_its_answer() {
         let calls = read_reply(
             r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]}"#,
+            false,
         );
         let Reply::Calls(calls) = calls else {
             panic!("{calls:?}")
@@ -324,13 +349,39 @@ mod tests {
         );
         assert_ne!(calls[0].id, calls[1].id);
         assert_eq!(
-            read_reply(r#"{"response": "hi \"you\""}"#),
+            read_reply(r#"{"response": "hi \"you\""}"#, false),
             Reply::Text("hi \"you\"".into())
         );
         // Cut short: the text as it is.
         assert_eq!(
-            read_reply(r#"{"tool_calls": [{"na"#),
+            read_reply(r#"{"tool_calls": [{"na"#, false),
             Reply::Text(r#"{"tool_calls": [{"na"#.into())
+        );
+    }
+
+    #[test]
+    fn with_a_response_format_the_answer_is_json() {
+        let tools = [tool("f")];
+        let mut t = ToolUse::from_request(Some(&tools), None, None, GENERIC)
+            .unwrap()
+            .unwrap();
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        t.set_answer_format(schema.clone());
+        assert!(t.json_answer());
+        let OutputFormat::JsonSchema(format) = t.output_format(Thinking::No) else {
+            panic!()
+        };
+        assert_eq!(format["anyOf"][1]["properties"]["response"], schema);
+        assert!(t
+            .instructions()
+            .contains(r#"{"type": "object", "properties""#));
+        assert_eq!(
+            read_reply(r#"{"response": {"a": 1}}"#, true),
+            Reply::Text(r#"{"a": 1}"#.into())
+        );
+        assert_eq!(
+            read_reply(r#"{"response": "x"}"#, true),
+            Reply::Text(r#""x""#.into())
         );
     }
 
@@ -344,7 +395,7 @@ mod tests {
             written,
             r#"{"tool_calls": [{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": "not json"}]}"#
         );
-        let Reply::Calls(back) = read_reply(&written) else {
+        let Reply::Calls(back) = read_reply(&written, false) else {
             panic!()
         };
         assert_eq!(back[0].function.arguments, r#"{"x": 1}"#);

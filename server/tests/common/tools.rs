@@ -1,5 +1,6 @@
 //! Tools for the tool-calling tests and the check of a reply's calls.
 
+use super::app::{chat, post, stream_chunks, App};
 use serde_json::{json, Value};
 
 /// A weather and a clock tool.
@@ -45,4 +46,37 @@ pub fn calls_of(choice: &Value) -> Vec<(String, Value)> {
             (name, args)
         })
         .collect()
+}
+
+/// A response format with tools shapes an answer that is not a call: a JSON value of its
+/// schema (its text the content), streamed as it grows.
+pub async fn answers_follow_the_response_format(app: &App) {
+    let schema = json!({"type": "object", "properties": {"answer": {"type": "string", "maxLength": 40},
+        "sure": {"type": "boolean"}}, "required": ["answer", "sure"], "additionalProperties": false});
+    let body = json!({"messages": [{"role": "user", "content": "Write a haiku about the sea."}],
+        "tools": tools(), "max_tokens": 80, "parallel_tool_calls": false,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}}});
+    let r = post(app, "/v1/chat/completions", chat(body.clone())).await;
+    let c = &r["choices"][0];
+    let content = if c["finish_reason"] == "tool_calls" {
+        calls_of(c);
+        None
+    } else {
+        assert_eq!(c["finish_reason"], "stop", "{c}");
+        let text = c["message"]["content"].as_str().unwrap().to_string();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["answer", "sure"], "{v}");
+        Some(text)
+    };
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let chunks = stream_chunks(app, chat(streamed)).await;
+    let joined: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    if let Some(text) = content {
+        assert_eq!(joined, text);
+    }
 }
