@@ -29,6 +29,8 @@ async fn server(file: &str, extra: &[&str]) -> App {
 
 /// The BOS text SmolLM2's GGUF names (token 1), which templates print as `bos_token`.
 const SMOLLM2_BOS: &str = "<|im_start|>";
+/// Its EOS (token 2), the templates' `eos_token`.
+const SMOLLM2_EOS: &str = "<|im_end|>";
 
 const QWEN25: &str = "Qwen-Qwen2.5-7B-Instruct.jinja";
 
@@ -80,6 +82,7 @@ async fn prompts_with_tools_and_results_are_the_templates_own() {
             "hermes3",
             "NousResearch-Hermes-3-Llama-3.1-8B-tool_use.jinja",
         ),
+        ("mistral-nemo", "mistralai-Mistral-Nemo-Instruct-2407.jinja"),
     ] {
         let app = server(file, &[]).await;
         let cases: &[&str] = if name.starts_with("llama") {
@@ -100,6 +103,13 @@ async fn prompts_with_tools_and_results_are_the_templates_own() {
             let text = match text.strip_prefix(f["bos_token"].as_str().unwrap()) {
                 Some(rest) if rest.len() < text.len() => format!("{SMOLLM2_BOS}{rest}"),
                 _ => text.to_string(),
+            };
+            // And its EOS, where the template prints it (Mistral's, after an assistant's calls).
+            let source = std::fs::read_to_string(template(file)).unwrap();
+            let text = if source.contains("eos_token") {
+                text.replace(f["eos_token"].as_str().unwrap(), SMOLLM2_EOS)
+            } else {
+                text
             };
             let want = tokens(&app, json!({"prompt": text, "add_special_tokens": false})).await;
             if asked != want {
@@ -227,6 +237,31 @@ async fn hermes_calls_come_back_in_openai_shapes() {
 
 #[tokio::test]
 async fn llama_and_qwen3_calls_and_the_generic_override() {
+    // Mistral: "[TOOL_CALLS]" (written out: SmolLM2 has no such token) and a list of calls;
+    // an OpenAI id in the history reaches the template as its last nine characters.
+    let app = server("mistralai-Mistral-Nemo-Instruct-2407.jinja", &[]).await;
+    let r = post(
+        &app,
+        "/v1/chat/completions",
+        asking(json!({"tool_choice": "required"})),
+    )
+    .await;
+    let c = &r["choices"][0];
+    assert!(!calls_of(c).is_empty(), "{r}");
+    let id = c["message"]["tool_calls"][0]["id"].as_str().unwrap();
+    let history = json!([{"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [c["message"]["tool_calls"][0]]},
+        {"role": "tool", "tool_call_id": id, "content": "18 degrees"}]);
+    let ids = tokens(&app, json!({"messages": history, "tools": tools()})).await;
+    let prompt = post(&app, "/detokenize", json!({"tokens": ids}).to_string()).await;
+    let prompt = prompt["prompt"].as_str().unwrap();
+    let nine = &id[id.len() - 9..];
+    assert!(
+        prompt.contains(&format!("\"call_id\": \"{nine}\"")),
+        "{prompt}"
+    );
+    assert!(prompt.contains(&format!("\"id\": \"{nine}\"")), "{prompt}");
+
     // Llama 3.2: the whole reply is {"name", "parameters"}.
     let app = server("meta-llama-Llama-3.2-3B-Instruct.jinja", &[]).await;
     let r = post(

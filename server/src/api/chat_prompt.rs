@@ -88,7 +88,7 @@ fn tool_turn(
         };
         if syntax.native() {
             return Ok(ChatMessage {
-                tool_call_id: Some(id.clone()),
+                tool_call_id: Some(template_call_id(syntax, id)),
                 name: m.name.clone(),
                 ..ChatMessage::new(role, &content)
             });
@@ -121,7 +121,7 @@ fn tool_turn(
         let calls = calls
             .iter()
             .map(|c| {
-                json!({"id": c.id, "type": "function", "function": {
+                json!({"id": template_call_id(syntax, &c.id), "type": "function", "function": {
                     "name": c.function.name,
                     "arguments": tool_syntax::template_arguments(&c.function.arguments),
                 }})
@@ -143,6 +143,14 @@ fn tool_turn(
         format!("{content}\n{written}")
     };
     Ok(ChatMessage::new(role, &text))
+}
+
+/// A call's id as the template is given it (Mistral's want nine letters and digits).
+fn template_call_id(syntax: ToolSyntax, id: &str) -> String {
+    match syntax {
+        ToolSyntax::Mistral { .. } => tool_syntax::mistral_call_id(id),
+        _ => id.to_string(),
+    }
 }
 
 /// A conversation rendered for the model.

@@ -6,7 +6,10 @@
 //!   `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`, one block per call, after any
 //!   text (a Qwen3 thinks first);
 //! - `llama3_json` (Llama 3.1/3.2/3.3): the whole reply is `{"name": …, "parameters": {…}}`,
-//!   one call per turn (the template refuses two).
+//!   one call per turn (the template refuses two);
+//! - `mistral` (Mistral 7B v0.3, Nemo, Small): the reply is the `[TOOL_CALLS]` control token
+//!   and a JSON list, `[{"name": …, "arguments": {…}}, …]`. Its templates want call ids of
+//!   nine letters and digits: an OpenAI id (`call_…`) is given them as its last nine.
 //!
 //! The reply is constrained as in lowbit's generic format (tools.rs), so every call names a
 //! real tool and its arguments parse against the tool's schema: `required` or a named
@@ -25,13 +28,14 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParser {
     /// The chat template's own syntax where lowbit knows it (it writes `<tool_call>`: hermes;
-    /// Llama 3.x's JSON instructions: llama3_json), else generic.
+    /// Llama 3.x's JSON instructions: llama3_json; `[TOOL_CALLS]`: mistral), else generic.
     Auto,
     /// lowbit's one JSON format, described in the system message (tools.rs): any template.
     Generic,
     Hermes,
     #[value(name = "llama3_json")]
     Llama3Json,
+    Mistral,
 }
 
 /// The format a served model's tool calls take.
@@ -40,22 +44,48 @@ pub enum ToolSyntax {
     Generic,
     Hermes,
     Llama3Json,
+    /// `marker`: the id of the `[TOOL_CALLS]` control token where the vocabulary has one (the
+    /// model emits it, and it is not in the decoded text); else the text is written out.
+    Mistral {
+        marker: Option<u32>,
+    },
 }
 
 impl ToolCallParser {
-    /// The syntax for a model with this chat template.
-    pub fn syntax(self, template_source: Option<&str>) -> ToolSyntax {
+    /// The syntax for a model with this chat template; `marker` as in [`ToolSyntax::Mistral`].
+    pub fn syntax(self, template_source: Option<&str>, marker: Option<u32>) -> ToolSyntax {
         match self {
             Self::Generic => ToolSyntax::Generic,
             Self::Hermes => ToolSyntax::Hermes,
             Self::Llama3Json => ToolSyntax::Llama3Json,
+            Self::Mistral => ToolSyntax::Mistral { marker },
             Self::Auto => match template_source {
                 Some(t) if t.contains(OPEN) && t.contains("tools") => ToolSyntax::Hermes,
                 Some(t) if t.contains(LLAMA3_INSTRUCTION) => ToolSyntax::Llama3Json,
+                Some(t) if t.contains(MISTRAL_CALLS) => ToolSyntax::Mistral { marker },
                 _ => ToolSyntax::Generic,
             },
         }
     }
+}
+
+/// The id of the `[TOOL_CALLS]` control token in `tokenizer`'s vocabulary, if it has one.
+pub fn mistral_marker(tokenizer: &crate::model::Tokenizer) -> Option<u32> {
+    let inner = tokenizer.inner();
+    let id = inner.token_to_id(MISTRAL_CALLS)?;
+    inner
+        .get_added_tokens_decoder()
+        .get(&id)
+        .is_some_and(|t| t.special)
+        .then_some(id)
+}
+
+/// A call id as Mistral's templates require it: nine letters and digits, the id's last nine
+/// (zero-padded), so that a call and its result keep matching ids.
+pub fn mistral_call_id(id: &str) -> String {
+    let alnum: Vec<char> = id.chars().filter(char::is_ascii_alphanumeric).collect();
+    let tail: String = alnum[alnum.len().saturating_sub(9)..].iter().collect();
+    format!("{tail:0>9}")
 }
 
 impl ToolSyntax {
@@ -65,6 +95,7 @@ impl ToolSyntax {
             Self::Generic => "generic",
             Self::Hermes => "hermes",
             Self::Llama3Json => "llama3_json",
+            Self::Mistral { .. } => "mistral",
         }
     }
 
@@ -84,6 +115,8 @@ impl ToolSyntax {
 
 const OPEN: &str = "<tool_call>";
 const CLOSE: &str = "</tool_call>";
+/// Opens Mistral's calls (a control token in its vocabularies).
+const MISTRAL_CALLS: &str = "[TOOL_CALLS]";
 /// What Llama 3.x's templates ask for when tools are given.
 const LLAMA3_INSTRUCTION: &str =
     r#"{"name": function name, "parameters": dictionary of argument name and its value}"#;
@@ -151,6 +184,21 @@ pub fn output_format(
                 "call"
             },
         ),
+        // Mistral: the marker, then every call in one JSON list.
+        ToolSyntax::Mistral { marker } => {
+            let marker = match marker {
+                Some(id) => format!("<[{id}]>"),
+                None => format!("{MISTRAL_CALLS:?}"),
+            };
+            let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
+            if !parallel {
+                list["maxItems"] = json!(1);
+            }
+            (
+                format!("call: {marker} %json {}\n", compact_json(list)),
+                "call",
+            )
+        }
         // Llama 3.x: one call, the reply's whole text.
         _ => (format!("call: {call_json}\n"), "call"),
     };
@@ -166,6 +214,10 @@ pub fn output_format(
             return OutputFormat::Lark(format!(
                 "start: TEXT | lead \"\\n\" {call_json} \"\\n{CLOSE}\" {more}\nTEXT: /(.|\\n)*/ & ~/(.|\\n)*<tool_call>(.|\\n)*/\nlead[lazy]: /(.|\\n)*<tool_call>/\n{call}"
             ));
+        }
+        // An answer cannot open as a call does (`{`; Mistral's `[`, the marker's text).
+        (ToolSyntax::Mistral { .. }, ToolMode::Auto, None) => {
+            "TEXT | call\nTEXT: /([^\\[](.|\\n)*)?/".to_string()
         }
         (_, ToolMode::Auto, None) => "TEXT | call\nTEXT: /([^{](.|\\n)*)?/".to_string(),
     };
@@ -252,6 +304,23 @@ pub fn read_reply(syntax: ToolSyntax, text: &str) -> NativeReply {
                 None => NativeReply::text(text),
             }
         }
+        ToolSyntax::Mistral { .. } => {
+            // The marker's text, unless it was a control token (not decoded).
+            let body = text.trim_start();
+            let body = body.strip_prefix(MISTRAL_CALLS).unwrap_or(body);
+            let Ok(Value::Array(list)) = serde_json::from_str::<Value>(body.trim()) else {
+                return NativeReply::text(text);
+            };
+            let calls: Option<Vec<(String, String)>> =
+                list.iter().map(|c| read_call(&c.to_string())).collect();
+            match calls {
+                Some(calls) if !calls.is_empty() => NativeReply {
+                    content: None,
+                    calls,
+                },
+                _ => NativeReply::text(text),
+            }
+        }
     }
 }
 
@@ -303,14 +372,18 @@ impl NativeStream {
         self.held.push_str(text);
         let mut out = Vec::new();
         match self.syntax {
-            ToolSyntax::Llama3Json | ToolSyntax::Generic => {
+            ToolSyntax::Llama3Json | ToolSyntax::Mistral { .. } | ToolSyntax::Generic => {
                 if !self.started {
                     let body = self.held.trim_start();
-                    if body.is_empty() || "<|python_tag|>".starts_with(body) {
+                    let (tag, open) = match self.syntax {
+                        ToolSyntax::Mistral { .. } => (MISTRAL_CALLS, '['),
+                        _ => ("<|python_tag|>", '{'),
+                    };
+                    if body.is_empty() || (tag.starts_with(body) && !body.starts_with(open)) {
                         return out;
                     }
                     self.started = true;
-                    self.in_call = body.starts_with('{') || body.starts_with("<|python_tag|>");
+                    self.in_call = body.starts_with(open) || body.starts_with(tag);
                 }
                 if !self.in_call {
                     out.push(NativePiece::Content(std::mem::take(&mut self.held)));
@@ -368,15 +441,18 @@ impl NativeStream {
     /// The end of the reply: whatever is held, as a call where it reads as one, else as text.
     pub fn finish(&mut self) -> Vec<NativePiece> {
         let held = std::mem::take(&mut self.held);
-        if self.syntax == ToolSyntax::Llama3Json && self.in_call {
+        if self.syntax != ToolSyntax::Hermes && self.in_call {
             let reply = read_reply(self.syntax, &held);
-            if let [(name, arguments)] = &reply.calls[..] {
-                self.calls += 1;
-                return vec![NativePiece::Call {
-                    index: 0,
-                    name: name.clone(),
-                    arguments: arguments.clone(),
-                }];
+            if !reply.calls.is_empty() {
+                let calls = reply.calls.into_iter().enumerate();
+                self.calls = calls.len();
+                return calls
+                    .map(|(index, (name, arguments))| NativePiece::Call {
+                        index,
+                        name,
+                        arguments,
+                    })
+                    .collect();
             }
         }
         if held.is_empty() || (self.calls > 0 && held.trim().is_empty()) {

@@ -18,7 +18,7 @@ fn template(file: &str) -> String {
 
 #[test]
 fn auto_takes_the_templates_own_syntax() {
-    let auto = |file: &str| ToolCallParser::Auto.syntax(Some(&template(file)));
+    let auto = |file: &str| ToolCallParser::Auto.syntax(Some(&template(file)), None);
     assert_eq!(auto("Qwen-Qwen2.5-7B-Instruct.jinja"), ToolSyntax::Hermes);
     assert_eq!(auto("Qwen-Qwen3-0.6B.jinja"), ToolSyntax::Hermes);
     assert_eq!(
@@ -33,22 +33,25 @@ fn auto_takes_the_templates_own_syntax() {
         auto("meta-llama-Llama-3.2-3B-Instruct.jinja"),
         ToolSyntax::Llama3Json
     );
-    // Templates whose tool syntax lowbit does not read natively, and none at all.
+    // A template whose tool syntax lowbit does not read natively, and none at all.
     assert_eq!(
         auto("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja"),
         ToolSyntax::Generic
     );
     assert_eq!(
         auto("mistralai-Mistral-Nemo-Instruct-2407.jinja"),
-        ToolSyntax::Generic
+        ToolSyntax::Mistral { marker: None }
     );
-    assert_eq!(ToolCallParser::Auto.syntax(None), ToolSyntax::Generic);
+    assert_eq!(ToolCallParser::Auto.syntax(None, None), ToolSyntax::Generic);
     // The flag overrides.
     assert_eq!(
-        ToolCallParser::Generic.syntax(Some(&template("Qwen-Qwen3-0.6B.jinja"))),
+        ToolCallParser::Generic.syntax(Some(&template("Qwen-Qwen3-0.6B.jinja")), None),
         ToolSyntax::Generic
     );
-    assert_eq!(ToolCallParser::Hermes.syntax(None), ToolSyntax::Hermes);
+    assert_eq!(
+        ToolCallParser::Hermes.syntax(None, None),
+        ToolSyntax::Hermes
+    );
 }
 
 #[test]
@@ -180,7 +183,8 @@ fn text_that_may_become_the_tag_is_held_back() {
 }
 
 /// One token per character of the text the tests write, `<eos>` first (id 0).
-const CHARS: &str = "abcdefghijklmnopqrstuvwxyz_<>/{}\":, 0123456789.\n";
+const CHARS: &str =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_<>/{}[]\":, 0123456789.\n";
 
 fn grammars() -> Grammars {
     let mut bytes = vec![b"\xff<eos>".to_vec()];
@@ -362,4 +366,120 @@ fn llama_grammars_allow_text_or_one_call() {
     );
     assert!(accepts(&required, call));
     assert!(!accepts(&required, "text"));
+}
+
+#[test]
+fn mistral_ids_are_nine_letters_and_digits() {
+    assert_eq!(
+        mistral_call_id("call_0123456789abcdef0123456789abcdef"),
+        "789abcdef"
+    );
+    assert_eq!(mistral_call_id("call12345"), "call12345");
+    assert_eq!(mistral_call_id("c-1"), "0000000c1");
+}
+
+#[test]
+fn mistral_replies_are_a_list_of_calls_or_text() {
+    let syntax = ToolSyntax::Mistral { marker: None };
+    let list = r#"[{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}]"#;
+    // With the marker's text, or without it (a control token is not decoded).
+    for text in [format!("[TOOL_CALLS]{list}"), list.to_string()] {
+        let r = read_reply(syntax, &text);
+        assert_eq!(r.content, None);
+        assert_eq!(
+            r.calls,
+            vec![
+                ("f".to_string(), "{\"x\": 1}".to_string()),
+                ("g".to_string(), "{}".to_string())
+            ]
+        );
+        for size in [1, 3, 1000] {
+            assert_eq!(streamed(syntax, &text, size).calls, r.calls, "{text}");
+        }
+    }
+    for text in ["It is sunny.", "[TOOL_CALLS][{\"name\": \"f\"", "[1, 2]"] {
+        let r = read_reply(syntax, text);
+        assert_eq!(r.content.as_deref(), Some(text));
+        for size in [1, 3, 1000] {
+            let s = streamed(syntax, text, size);
+            assert!(s.calls.is_empty());
+            assert_eq!(s.content.as_deref(), Some(text));
+        }
+    }
+}
+
+#[test]
+fn mistral_grammars_open_calls_with_the_marker() {
+    let tools = [tool("f"), tool("g")];
+    let syntax = ToolSyntax::Mistral { marker: None };
+    let auto = output_format(syntax, &tools, ToolMode::Auto, true, Thinking::No, None);
+    // The vocabulary has no "[TOOL_CALLS]" token here: its text is written out.
+    let two = "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {\"x\": 1}}, {\"name\": \"g\", \"arguments\": {\"x\": 2}}]";
+    assert!(accepts(&auto, two));
+    assert!(accepts(&auto, "plain text"));
+    assert!(!accepts(&auto, "[not a call]"));
+    assert!(!accepts(
+        &auto,
+        "[TOOL_CALLS][{\"name\": \"h\", \"arguments\": {\"x\": 1}}]"
+    ));
+    let one = output_format(
+        syntax,
+        &tools,
+        ToolMode::Required,
+        false,
+        Thinking::No,
+        None,
+    );
+    assert!(!accepts(&one, two));
+    assert!(accepts(
+        &one,
+        "[TOOL_CALLS][{\"name\": \"g\", \"arguments\": {\"x\": 2}}]"
+    ));
+    assert!(!accepts(&one, "text"));
+
+    // A control token: the grammar asks for that id, and no text can stand in for it.
+    let mut bytes = vec![b"\xff<eos>".to_vec()];
+    bytes.extend(CHARS.chars().map(|c| c.to_string().into_bytes()));
+    let marker = bytes.len() as u32;
+    bytes.push(b"\xff[TOOL_CALLS]".to_vec());
+    let n = bytes.len();
+    let g = Grammars::from_token_bytes(bytes, vec![0]);
+    let syntax = ToolSyntax::Mistral {
+        marker: Some(marker),
+    };
+    let required = output_format(syntax, &tools, ToolMode::Required, true, Thinking::No, None);
+    let mut c = g.compile(&required).unwrap().start();
+    let allowed: Vec<usize> = {
+        let m = c.mask(&vec![0.0; n]).unwrap();
+        (0..n).filter(|&t| m[t] == 0.0).collect()
+    };
+    assert_eq!(allowed, vec![marker as usize]);
+    assert!(!c.accept(marker));
+    let open = 1 + CHARS.chars().position(|x| x == '[').unwrap();
+    assert_eq!(
+        c.mask(&vec![0.0; n]).unwrap()[open],
+        0.0,
+        "the list follows"
+    );
+}
+
+#[test]
+fn the_mistral_marker_is_found_only_as_a_control_token() {
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::AddedToken;
+    let vocab = [("a".to_string(), 0), ("<unk>".to_string(), 1)]
+        .into_iter()
+        .collect();
+    let model = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<unk>".into())
+        .build()
+        .unwrap();
+    let with = |special: bool| {
+        let mut inner = tokenizers::Tokenizer::new(model.clone());
+        inner.add_tokens(&[AddedToken::from("[TOOL_CALLS]", special)]);
+        crate::model::Tokenizer::new(inner, None, vec![1]).unwrap()
+    };
+    assert_eq!(mistral_marker(&with(true)), Some(2));
+    assert_eq!(mistral_marker(&with(false)), None);
 }

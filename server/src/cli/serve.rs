@@ -101,8 +101,8 @@ pub struct ServeArgs {
     #[arg(long, env = "LOWBIT_REASONING_PARSER", value_enum, default_value_t = ReasoningParser::Auto)]
     pub reasoning_parser: ReasoningParser,
     /// How chats with `tools` are written and read: `auto` takes the chat template's own
-    /// syntax where lowbit knows it (`hermes`: Qwen2.5/3, Hermes; `llama3_json`: Llama 3.x),
-    /// else `generic` (lowbit's JSON format, any template).
+    /// syntax where lowbit knows it (`hermes`: Qwen2.5/3, Hermes; `llama3_json`: Llama 3.x;
+    /// `mistral`: Mistral's `[TOOL_CALLS]`), else `generic` (lowbit's JSON format, any template).
     #[arg(long, env = "LOWBIT_TOOL_CALL_PARSER", value_enum, default_value_t = ToolCallParser::Auto)]
     pub tool_call_parser: ToolCallParser,
 }
@@ -262,9 +262,10 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     if reasoning {
         tracing::info!("chat replies: <think>…</think> goes to reasoning_content (--reasoning-parser none to keep it in content)");
     }
-    let tool_syntax = args
-        .tool_call_parser
-        .syntax(template.as_ref().map(|t| t.source()));
+    let tool_syntax = args.tool_call_parser.syntax(
+        template.as_ref().map(|t| t.source()),
+        crate::api::tool_syntax::mistral_marker(&tokenizer),
+    );
     tracing::info!(
         tool_call_parser = tool_syntax.name(),
         "chats with tools: {}",
