@@ -14,8 +14,8 @@
 //! The reply is constrained as in lowbit's generic format (tools.rs), so every call names a
 //! real tool and its arguments parse against the tool's schema: `required` or a named
 //! function allows calls only (after an optional thinking block); `auto` lets the model write
-//! anything, and the moment it writes `<tool_call>` (or, for Llama, opens the reply with `{`)
-//! the rest must be valid calls — llama.cpp's lazy grammars, here one llguidance grammar with a
+//! anything, and the moment it writes `<tool_call>` (or opens the reply with `{` for Llama, `[`
+//! for Mistral) the rest must be valid calls — llama.cpp's lazy grammars, here one llguidance grammar with a
 //! lazy lexeme for the text before the tag.
 
 use super::openai::Tool;
