@@ -212,23 +212,8 @@ async fn hermes_calls_come_back_in_openai_shapes() {
         c["finish_reason"]
     );
 
-    // A round trip through the template: the reply is an answer or more calls.
-    let history = json!([{"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"}]);
-    let r = post(
-        &app,
-        "/v1/chat/completions",
-        asking(json!({"messages": history})),
-    )
-    .await;
-    let c = &r["choices"][0];
-    if c["finish_reason"] == "tool_calls" {
-        calls_of(c);
-    } else {
-        assert!(c["message"]["content"].is_string(), "{c}");
-    }
+    // A round trip through the template.
+    common::tools::a_round_trip(&app, json!({})).await;
     // With a response format an answer is JSON of its schema (or the model calls).
     common::tools::answers_follow_the_response_format(&app).await;
     let m = send(&app, "GET", "/metrics", None, None).await.text;

@@ -354,25 +354,12 @@ async fn tool_calls_follow_their_tools_in_openai_shapes() {
         "stop"
     );
 
-    // A round trip: the call and its result in the history; the reply is well formed, an
-    // answer or more calls.
-    let history = json!([ask,
-        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"}]);
-    let r = post(
+    // A round trip: the call and its result in the history.
+    common::tools::a_round_trip(
         &app,
-        "/v1/chat/completions",
-        asking(json!({"messages": history})),
+        json!({"max_tokens": 60, "parallel_tool_calls": false}),
     )
     .await;
-    let c = &r["choices"][0];
-    if c["finish_reason"] == "tool_calls" {
-        calls_of(c);
-    } else {
-        assert_eq!(c["finish_reason"], "stop", "{c}");
-        assert!(c["message"]["content"].is_string(), "{c}");
-    }
     let m = send(&app, "GET", "/metrics", None, None).await.text;
     assert!(m.contains("lowbit:num_requests_running 0"), "{m}");
 }

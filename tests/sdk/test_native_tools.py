@@ -14,7 +14,14 @@ import pytest
 from openai import OpenAI
 
 from conftest import MODEL, client_for
-from test_tools import ASK, TOOLS, GetTime, GetWeather, check_tools_with_a_response_format
+from test_tools import (
+    ASK,
+    TOOLS,
+    GetWeather,
+    check_round_trip,
+    check_tools_with_a_response_format,
+    required_call,
+)
 
 QWEN25 = (
     Path(__file__).resolve().parents[2]
@@ -33,17 +40,7 @@ def client(request) -> OpenAI:
 
 
 def test_required_call_parses_into_its_model(client):
-    r = client.chat.completions.parse(
-        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-        parallel_tool_calls=False, temperature=0, max_tokens=80,
-    )
-    choice = r.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    assert choice.message.content is None
-    [call] = choice.message.tool_calls
-    assert call.type == "function" and call.id.startswith("call_")
-    model = {"GetWeather": GetWeather, "GetTime": GetTime}[call.function.name]
-    assert isinstance(call.function.parsed_arguments, model)
+    required_call(client, max_tokens=80)
 
 
 def test_stream_helper_assembles_the_calls(client):
@@ -65,23 +62,7 @@ def test_stream_helper_assembles_the_calls(client):
 
 
 def test_round_trip_with_the_tool_result(client):
-    first = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-        parallel_tool_calls=False, temperature=0, max_tokens=80,
-    ).choices[0].message
-    call = first.tool_calls[0]
-    messages = ASK + [
-        first.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"},
-    ]
-    r = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=TOOLS, temperature=0, max_tokens=80,
-    ).choices[0]
-    if r.finish_reason == "tool_calls":
-        for c in r.message.tool_calls:
-            {"GetWeather": GetWeather, "GetTime": GetTime}[c.function.name].model_validate_json(c.function.arguments)
-    else:
-        assert r.message.content and "<tool_call>" not in r.message.content
+    check_round_trip(client, max_tokens=80)
 
 
 def test_tools_with_a_response_format(client):

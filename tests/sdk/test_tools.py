@@ -41,16 +41,50 @@ def client(server) -> OpenAI:
     return client_for(server)
 
 
-def test_required_tool_call_parses_into_its_model(client):
+MODELS = {"GetWeather": GetWeather, "GetTime": GetTime}
+
+
+def required_call(client, max_tokens: int):
+    """A `required` call through `parse()`: one, in OpenAI's shape, its arguments parsed into
+    its Pydantic tool."""
     r = client.chat.completions.parse(
         model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-        parallel_tool_calls=False, temperature=0, max_tokens=60,
+        parallel_tool_calls=False, temperature=0, max_tokens=max_tokens,
     )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
     [call] = choice.message.tool_calls
     assert call.type == "function" and call.id.startswith("call_")
+    assert isinstance(call.function.parsed_arguments, MODELS[call.function.name])
+    return call
+
+
+def check_round_trip(client, max_tokens: int):
+    """A call and its result sent back: the reply is more calls or an answer, well formed."""
+    first = client.chat.completions.create(
+        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=max_tokens,
+    ).choices[0].message
+    call = first.tool_calls[0]
+    messages = ASK + [
+        first.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"},
+    ]
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=TOOLS, parallel_tool_calls=False,
+        temperature=0, max_tokens=80,
+    ).choices[0]
+    if r.finish_reason == "tool_calls":
+        for c in r.message.tool_calls:
+            MODELS[c.function.name].model_validate_json(c.function.arguments)
+    else:
+        assert r.finish_reason == "stop" and r.message.content
+        assert "<tool_call>" not in r.message.content
+
+
+def test_required_tool_call_parses_into_its_model(client):
+    call = required_call(client, max_tokens=60)
     assert call.function.name == "GetWeather"
     assert call.function.parsed_arguments == GetWeather(city="Paris", unit="celsius")
 
@@ -81,7 +115,7 @@ def test_sampled_parallel_calls_all_parse(client):
         assert c.finish_reason == "tool_calls"
         assert c.message.tool_calls
         for call in c.message.tool_calls:
-            model = {"GetWeather": GetWeather, "GetTime": GetTime}[call.function.name]
+            model = MODELS[call.function.name]
             model.model_validate_json(call.function.arguments)
 
 
@@ -122,25 +156,7 @@ def test_an_auto_answer_streams_as_content(client):
 
 
 def test_round_trip_with_the_tool_result(client):
-    first = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-        parallel_tool_calls=False, temperature=0, max_tokens=60,
-    ).choices[0].message
-    call = first.tool_calls[0]
-    messages = ASK + [
-        first.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees celsius, sunny"},
-    ]
-    r = client.chat.completions.create(
-        model=MODEL, messages=messages, tools=TOOLS, parallel_tool_calls=False,
-        temperature=0, max_tokens=80,
-    ).choices[0]
-    # Either more calls or an answer; either way well formed.
-    if r.finish_reason == "tool_calls":
-        for c in r.message.tool_calls:
-            {"GetWeather": GetWeather, "GetTime": GetTime}[c.function.name].model_validate_json(c.function.arguments)
-    else:
-        assert r.finish_reason == "stop" and r.message.content
+    check_round_trip(client, max_tokens=60)
 
 
 def test_bad_tools_are_400s(client):

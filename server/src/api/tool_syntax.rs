@@ -150,6 +150,22 @@ pub fn template_arguments(arguments: &str) -> Value {
     serde_json::from_str(arguments).unwrap_or_else(|_| json!(arguments))
 }
 
+/// The JSON schema of one call of `tool`: `{"name": <its name>, <arguments_key>: <its
+/// parameters>}`, in that order.
+pub fn call_schema(tool: &Tool, arguments_key: &str) -> Value {
+    let parameters = tool
+        .function
+        .parameters
+        .clone()
+        .unwrap_or(json!({"type": "object"}));
+    json!({
+        "type": "object",
+        "properties": {"name": {"const": tool.function.name}, arguments_key: parameters},
+        "required": ["name", arguments_key],
+        "additionalProperties": false,
+    })
+}
+
 /// The grammar of a reply in `syntax` calling `tools` (≥ 1) as `mode` and `parallel` allow;
 /// `answer`: the JSON schema an answer must follow instead of free text (a response format).
 pub fn output_format(
@@ -162,17 +178,7 @@ pub fn output_format(
 ) -> OutputFormat {
     let calls: Vec<Value> = tools
         .iter()
-        .map(|t| {
-            json!({
-                "type": "object",
-                "properties": {
-                    "name": {"const": t.function.name},
-                    syntax.arguments_key(): t.function.parameters.clone().unwrap_or(json!({"type": "object"})),
-                },
-                "required": ["name", syntax.arguments_key()],
-                "additionalProperties": false,
-            })
-        })
+        .map(|t| call_schema(t, syntax.arguments_key()))
         .collect();
     let call_json = format!("%json {}", compact_json(json!({"anyOf": calls})));
     let (call, many) = match syntax {

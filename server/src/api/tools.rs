@@ -189,17 +189,7 @@ impl ToolUse {
         let calls: Vec<Value> = self
             .tools
             .iter()
-            .map(|t| {
-                json!({
-                    "type": "object",
-                    "properties": {
-                        "name": {"const": t.function.name},
-                        "arguments": t.function.parameters.clone().unwrap_or(json!({"type": "object"})),
-                    },
-                    "required": ["name", "arguments"],
-                    "additionalProperties": false,
-                })
-            })
+            .map(|t| tool_syntax::call_schema(t, "arguments"))
             .collect();
         let mut list = json!({"type": "array", "items": {"anyOf": calls}, "minItems": 1});
         if !self.parallel {

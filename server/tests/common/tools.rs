@@ -48,6 +48,27 @@ pub fn calls_of(choice: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// A call and its result in the history (`extra`: more of the request): the reply is well
+/// formed, an answer or more calls.
+pub async fn a_round_trip(app: &App, extra: Value) {
+    let history = json!([{"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\", \"unit\": \"celsius\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees, sunny"}]);
+    let mut body = json!({"messages": history, "tools": tools(), "max_tokens": 80});
+    for (k, x) in extra.as_object().unwrap() {
+        body[k] = x.clone();
+    }
+    let r = post(app, "/v1/chat/completions", chat(body)).await;
+    let c = &r["choices"][0];
+    if c["finish_reason"] == "tool_calls" {
+        calls_of(c);
+    } else {
+        assert_eq!(c["finish_reason"], "stop", "{c}");
+        assert!(c["message"]["content"].is_string(), "{c}");
+    }
+}
+
 /// A response format with tools shapes an answer that is not a call: a JSON value of its
 /// schema (its text the content), streamed as it grows.
 pub async fn answers_follow_the_response_format(app: &App) {
