@@ -15,8 +15,8 @@
 //! real tool and its arguments parse against the tool's schema: `required` or a named
 //! function allows calls only (after an optional thinking block); `auto` lets the model write
 //! anything, and the moment it writes `<tool_call>` (or opens the reply with `{` for Llama, `[`
-//! for Mistral) the rest must be valid calls — llama.cpp's lazy grammars, here one llguidance grammar with a
-//! lazy lexeme for the text before the tag.
+//! for Mistral) the rest must be valid calls — llama.cpp's lazy grammars, here one llguidance
+//! grammar with a lazy lexeme for the text before the tag.
 
 use super::openai::Tool;
 use super::tools::ToolMode;
