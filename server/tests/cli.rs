@@ -48,6 +48,9 @@ fn info_json_describes_the_default_model() {
     assert_eq!(v["config"]["tied_embeddings"], true);
     assert_eq!(v["tensors"].as_array().unwrap().len(), 272);
     assert_eq!(v["chat_template"], true);
+    // SmolLM2's template teaches no tool syntax and does not think.
+    assert_eq!(v["tool_call_parser"], "generic");
+    assert_eq!(v["reasoning"], false);
     assert!(v["device_memory"].is_null());
 
     // Loaded on a device, it reports what it takes there (the CPU: its weights).

@@ -1,5 +1,7 @@
 //! `lowbit info`: what a model file holds.
 
+use crate::api::reasoning::ReasoningParser;
+use crate::api::tool_syntax::{self, ToolCallParser};
 use crate::model::llama::{expected_tensors, TensorRole};
 use crate::model::{ModelSource, QuantPolicy, TensorPlan};
 use anyhow::{Context, Result};
@@ -94,7 +96,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
     let source = ModelSource::open(&model_path)?;
     let config = source.config()?;
     let tokenizer = source.tokenizer()?;
-    let has_template = source.chat_template(&tokenizer).is_ok();
+    let template = source.chat_template(&tokenizer).ok();
+    let has_template = template.is_some();
+    // What `lowbit serve` makes of the template by default: its tool syntax, its thinking.
+    let template_source = template.as_ref().map(|t| t.source());
+    let tool_syntax = ToolCallParser::Auto
+        .syntax(template_source, tool_syntax::mistral_marker(&tokenizer))
+        .name();
+    let thinks = ReasoningParser::Auto.splits(template_source);
     let tensors = source.list_tensors();
     let policy = match &args.quant {
         Some(spec) => {
@@ -132,6 +141,8 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 "adds_bos": tokenizer.adds_bos(),
             },
             "chat_template": has_template,
+            "tool_call_parser": tool_syntax,
+            "reasoning": thinks,
             "tensors": tensors,
             "quant_policy": policy.spec,
             "weight_formats": plans,
@@ -198,13 +209,21 @@ pub fn run(args: InfoArgs) -> Result<()> {
     };
     writeln!(
         out,
-        "tokenizer   {} tokens, BOS {} ({}), EOS {:?}, adds BOS: {}; chat template: {}",
+        "tokenizer   {} tokens, BOS {} ({}), EOS {:?}, adds BOS: {}; chat template: {}{}",
         tokenizer.vocab_size(),
         tokenizer.bos().map_or("-".into(), |b| b.to_string()),
         name(tokenizer.bos()),
         tokenizer.eos(),
         tokenizer.adds_bos(),
-        if has_template { "yes" } else { "no" }
+        if has_template { "yes" } else { "no" },
+        if has_template {
+            format!(
+                " (tool calls: {tool_syntax}; thinking split: {})",
+                if thinks { "yes" } else { "no" }
+            )
+        } else {
+            String::new()
+        }
     )?;
     if let ModelSource::Gguf(g) = &source {
         writeln!(out, "\nmetadata (GGUF v{}):", g.version())?;
