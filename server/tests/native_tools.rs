@@ -86,9 +86,14 @@ async fn prompts_with_tools_and_results_are_the_templates_own() {
     ] {
         let app = server(file, &[]).await;
         let cases: &[&str] = if name.starts_with("llama") {
-            &["tools", "tool_results"]
+            &["tools", "tool_results", "reasoning_tool_loop"]
         } else {
-            &["tools", "tool_results", "parallel_tool_results"]
+            &[
+                "tools",
+                "tool_results",
+                "reasoning_tool_loop",
+                "parallel_tool_results",
+            ]
         };
         for case in cases {
             let f = fixture(name, case);

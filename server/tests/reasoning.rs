@@ -125,4 +125,19 @@ async fn bad_template_variables_are_400s() {
     )
     .await;
     r.assert_error(400, BAD, Some("chat_template_kwargs"), None);
+    // Thinking sent back belongs to an assistant's turn.
+    let body = json!({"messages": [{"role": "user", "content": "hi", "reasoning_content": "x"}]});
+    send(
+        &app,
+        "POST",
+        "/v1/chat/completions",
+        Some(&chat(body)),
+        None,
+    )
+    .await
+    .assert_error(400, BAD, Some("messages[0].reasoning_content"), None);
+    let back = json!({"messages": [{"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo", "reasoning": "short"},
+        {"role": "user", "content": "again"}]});
+    post(&app, "/v1/chat/completions", chat(back)).await;
 }

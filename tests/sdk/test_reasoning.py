@@ -35,3 +35,9 @@ def test_thinking_comes_back_as_reasoning_content(server_factory):
     off = split.chat.completions.create(**ask, extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     assert off.choices[0].message.content
     assert getattr(off.choices[0].message, "reasoning_content", None) is None
+
+    # The returned message appended as it is (its reasoning_content goes back with it), and
+    # the conversation goes on.
+    history = QUESTION + [message, {"role": "user", "content": "And 3+3?"}]
+    more = split.chat.completions.create(model=MODEL, messages=history, temperature=0, max_tokens=8)
+    assert more.choices[0].message.reasoning_content

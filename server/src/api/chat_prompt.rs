@@ -64,7 +64,17 @@ fn messages(messages: &[RequestMessage], syntax: ToolSyntax) -> Result<Vec<ChatM
                 text
             }
         };
-        out.push(tool_turn(i, m, role, content, syntax)?);
+        let mut message = tool_turn(i, m, role, content, syntax)?;
+        if m.reasoning_content.is_some() {
+            if m.role != "assistant" {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].reasoning_content"),
+                    "only assistant messages carry 'reasoning_content'",
+                ));
+            }
+            message.reasoning_content = m.reasoning_content.clone();
+        }
+        out.push(message);
     }
     Ok(out)
 }

@@ -157,6 +157,11 @@ pub struct RequestMessage {
     pub tool_calls: Option<Vec<RequestToolCall>>,
     /// A `tool` turn: the call it answers.
     pub tool_call_id: Option<String>,
+    /// An assistant turn's thinking, as lowbit (and vLLM) returned it: sent back by clients
+    /// that append the returned message; templates that show earlier thinking (Qwen3's, in a
+    /// tool loop) read it. vLLM's newer name `reasoning` is taken too.
+    #[serde(alias = "reasoning")]
+    pub reasoning_content: Option<String>,
 }
 
 /// A tool call of an earlier assistant turn.

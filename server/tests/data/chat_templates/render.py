@@ -105,6 +105,20 @@ CASES = {
         ],
         [WEATHER, TIME],
     ),
+    # A reasoning model's thinking sent back with its call (Qwen3's template shows it).
+    "reasoning_tool_loop": (
+        [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "reasoning_content": "The user wants the weather; get_weather does that.",
+                "tool_calls": [CALL],
+            },
+            {"role": "tool", "tool_call_id": "call12345", "content": "18 C"},
+        ],
+        [WEATHER, TIME],
+    ),
     "parallel_tool_results": (
         [
             {"role": "user", "content": "Weather and time?"},
