@@ -255,6 +255,14 @@ impl Constraint {
         Ok(&self.masked)
     }
 
+    /// Whether the grammar allows `token` next: a few lexer steps on its bytes, where a mask
+    /// walks the whole vocabulary's trie.
+    pub fn allows(&mut self, token: u32) -> bool {
+        self.matcher
+            .validate_tokens(&[token])
+            .is_ok_and(|valid| valid == 1)
+    }
+
     /// Advances past the chosen `token`; true once the output is complete (nothing may follow
     /// but the end of the sequence) or the grammar failed, either way the choice ends.
     pub fn accept(&mut self, token: u32) -> bool {
@@ -324,6 +332,26 @@ mod tests {
         // A second digit or the closing brace; no whitespace.
         assert_eq!(allowed(&mut c, 9), vec![2, 8]);
         assert!(c.accept(2));
+    }
+
+    #[test]
+    fn a_token_is_allowed_exactly_when_the_mask_keeps_it() {
+        let chars = "{}\":, a1";
+        let g = tiny(chars);
+        let schema = serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}},
+            "required": ["a"], "additionalProperties": false});
+        let grammar = g.compile(&OutputFormat::JsonSchema(schema)).unwrap();
+        let mut c = grammar.start();
+        // Along {"a": 1}, then at its end (where only the brace, a digit or nothing follow).
+        for next in [1u32, 3, 7, 3, 4, 6, 8, 2] {
+            let kept = allowed(&mut c, chars.len() + 1);
+            for t in 0..=chars.len() as u32 {
+                assert_eq!(c.allows(t), kept.contains(&(t as usize)), "token {t}");
+            }
+            if c.accept(next) {
+                break;
+            }
+        }
     }
 
     #[test]

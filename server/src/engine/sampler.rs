@@ -241,6 +241,16 @@ impl Sampler {
             && self.min_tokens == 0
     }
 
+    /// Whether drawing from the whole row, then redrawing from the row masked to a grammar's
+    /// tokens only if the draw is not one of them, picks from the same distribution as
+    /// drawing from the masked row: true for the argmax and for temperature alone (a draw
+    /// kept has probability p(t), a redraw (1 − P(allowed))·p(t)/P(allowed): p(t)/P(allowed)
+    /// in all); not under top-k, top-p or min-p, whose cut depends on the tokens masked.
+    pub fn draws_before_masking(&self) -> bool {
+        let p = &self.params;
+        self.takes_argmax() || (p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0)
+    }
+
     /// Whether the choice is the argmax of the logits after [`Sampler::logit_adjustments`]
     /// (greedy, or a top-k filter of 1).
     pub fn takes_argmax(&self) -> bool {
