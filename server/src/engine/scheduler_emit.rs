@@ -44,7 +44,7 @@ pub(super) fn logits_rows(
 
 /// The token `sampler` draws from `logits`, among those `constraint` allows if it has one;
 /// `None` if the grammar allows nothing (logged: the choice ends there).
-fn choose(
+pub(super) fn choose(
     sampler: &mut Sampler,
     history: &TokenHistory,
     constraint: Option<&mut Constraint>,

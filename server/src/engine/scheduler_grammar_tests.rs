@@ -139,3 +139,56 @@ fn a_completed_grammar_ends_the_choice_at_once() {
     assert_eq!(o.reasons[0], Some(FinishReason::Stop));
     assert_eq!(o.usage.map(|u| u.completion_tokens), Some(o.texts[0].len()));
 }
+
+#[test]
+fn drawing_before_masking_keeps_the_masked_distribution() {
+    use crate::engine::sampler::{Sampler, SamplingParams, TokenHistory};
+    let g = grammars();
+    let abc = g
+        .compile(&OutputFormat::Choice(vec![
+            "a".into(),
+            "b".into(),
+            "c".into(),
+        ]))
+        .unwrap();
+    // 'x' (refused) is the likeliest; the allowed a, b, c have weights 1 : e : e².
+    let mut logits = vec![f32::NEG_INFINITY; VOCAB];
+    for (t, l) in [(b'a', 0.0), (b'b', 1.0), (b'c', 2.0), (b'x', 3.0)] {
+        logits[t as usize] = l;
+    }
+    let history = TokenHistory::new(&[], false);
+    let draws = |params: SamplingParams| {
+        let mut sampler = Sampler::new(params);
+        let mut counts = [0usize; 3];
+        for _ in 0..20_000 {
+            let mut c = abc.start();
+            let t = super::emit::choose(&mut sampler, &history, Some(&mut c), &logits).unwrap();
+            counts[(t - u32::from(b'a')) as usize] += 1;
+        }
+        counts.map(|n| n as f64 / 20_000.0)
+    };
+    // Temperature alone: drawn first (x refused, then redrawn), the masked softmax's shares.
+    let sampled = SamplingParams {
+        temperature: 1.0,
+        seed: 3,
+        ..SamplingParams::default()
+    };
+    assert!(Sampler::new(sampled.clone()).draws_before_masking());
+    let z = 1.0 + 1f64.exp() + 2f64.exp();
+    let want = [1.0 / z, 1f64.exp() / z, 2f64.exp() / z];
+    let got = draws(sampled);
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() < 0.015, "{got:?} vs {want:?}");
+    }
+    // Top-p cuts the masked distribution: masked first (c alone holds 0.67 ≥ 0.5).
+    let nucleus = SamplingParams {
+        temperature: 1.0,
+        top_p: 0.5,
+        seed: 3,
+        ..SamplingParams::default()
+    };
+    assert!(!Sampler::new(nucleus.clone()).draws_before_masking());
+    assert_eq!(draws(nucleus), [0.0, 0.0, 1.0]);
+    // Greedy: the allowed argmax.
+    assert_eq!(draws(SamplingParams::default()), [0.0, 0.0, 1.0]);
+}
