@@ -1,15 +1,17 @@
-//! Tool calling (`tools`, `tool_choice`) in one format for every model, as llama.cpp's generic
-//! handler does for templates without native tool support: the tools are described in the
-//! system message, and the reply is constrained (structured outputs, `engine/grammar.rs`) to
-//! one JSON object, `{"tool_calls": [{"name", "arguments"}, …]}` or, where `tool_choice` is
-//! `auto`, `{"response": "…"}`. The object is then turned into OpenAI's `tool_calls` (finish
-//! `tool_calls`) or into the message's content. Earlier turns (assistant `tool_calls`, `tool`
-//! results) are written back into the conversation in the same format.
+//! Tool calling (`tools`, `tool_choice`): the request's tools checked ([`ToolUse`]) and, for
+//! templates without a tool syntax lowbit reads natively, lowbit's one generic format, as
+//! llama.cpp's generic handler does: the tools are described in the system message, and the
+//! reply is constrained (structured outputs, `engine/grammar.rs`) to one JSON object,
+//! `{"tool_calls": [{"name", "arguments"}, …]}` or, where `tool_choice` is `auto`,
+//! `{"response": …}` (a string, or a JSON value of the response format given with the tools).
+//! The object is then turned into OpenAI's `tool_calls` (finish `tool_calls`) or into the
+//! message's content. Earlier turns (assistant `tool_calls`, `tool` results) are written back
+//! into the conversation in the same format.
 //!
-//! Models trained on a syntax of their own (Hermes `<tool_call>` tags: Qwen; Llama 3.x's JSON)
-//! get it instead (tool_syntax.rs, chosen by `--tool-call-parser`); this format is for every
-//! other template, small models included (SmolLM2's template has no tools at all), and in both
-//! the arguments always parse against their schema.
+//! Models trained on a syntax of their own (Hermes `<tool_call>` tags: Qwen; Llama 3.x's JSON;
+//! Mistral's `[TOOL_CALLS]`) get it instead (tool_syntax.rs, chosen by `--tool-call-parser`);
+//! the generic format serves every other template, small models included (SmolLM2's has no
+//! tools at all). In both the arguments always parse against their schema.
 
 use super::error::ApiError;
 use super::openai::{FunctionCall, ResponseToolCall, Tool, ToolChoice};
