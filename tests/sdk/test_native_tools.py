@@ -53,6 +53,8 @@ def test_stream_helper_assembles_the_calls(client):
         events = [e.type for e in stream]
         final = stream.get_final_completion()
     assert "tool_calls.function.arguments.done" in events
+    # Streamed as they are written, not in one piece at the end.
+    assert events.count("tool_calls.function.arguments.delta") > 3, events
     got = final.choices[0].message.tool_calls
     assert [(c.function.name, c.function.arguments) for c in got] == [
         (c.function.name, c.function.arguments) for c in want

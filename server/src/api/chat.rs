@@ -152,6 +152,12 @@ fn native_deltas(pieces: Vec<NativePiece>) -> Vec<Delta> {
                     text: arguments,
                 },
             ])),
+            NativePiece::CallStart { index, name } => {
+                out.extend(tool_stream::deltas(vec![Piece::Call { index, name }]))
+            }
+            NativePiece::Arguments { index, text } => {
+                out.extend(tool_stream::deltas(vec![Piece::Arguments { index, text }]))
+            }
         }
     }
     out

@@ -340,11 +340,28 @@ pub enum NativePiece {
         name: String,
         arguments: String,
     },
+    /// Call `index` begins: its name (its arguments follow in pieces).
+    CallStart {
+        index: usize,
+        name: String,
+    },
+    /// More of call `index`'s arguments (JSON text).
+    Arguments {
+        index: usize,
+        text: String,
+    },
 }
 
+/// How the grammar writes a hermes call, up to its name, after it, and at its end.
+const CALL_HEAD: &str = "<tool_call>\n{\"name\": \"";
+const CALL_ARGUMENTS: &str = "\", \"arguments\": ";
+const CALL_END: &str = "}\n</tool_call>";
+
 /// Reads one choice's reply (its answer, after any thinking) as it is generated: text is sent
-/// as it comes, less what could be the start of a call's tag; a call once its block is
-/// closed. A Llama reply opening with `{` is one call, read at the end.
+/// as it comes, less what could be the start of a call's tag; a hermes call's name once it is
+/// written, then its arguments as they grow (less what could be the block's end), as OpenAI
+/// streams calls — or, in a layout other than the grammar's, the whole call once its block
+/// closes. A Llama or Mistral reply opening as a call is read at the end.
 #[derive(Debug, Clone)]
 pub struct NativeStream {
     syntax: ToolSyntax,
@@ -355,6 +372,8 @@ pub struct NativeStream {
     /// Only whitespace so far (a Llama reply is decided by its first other character).
     started: bool,
     calls: usize,
+    /// Where the streamed call's arguments start in `held`, and how far they were sent.
+    arguments: Option<(usize, usize)>,
 }
 
 impl NativeStream {
@@ -365,7 +384,60 @@ impl NativeStream {
             in_call: false,
             started: false,
             calls: 0,
+            arguments: None,
         }
+    }
+
+    /// Call arguments streamed as they grow: the call's name once written in the grammar's
+    /// layout, then its arguments' text less what could be the block's end; `true` when the
+    /// block closed (the call is complete), `false` when more text is needed or the layout is
+    /// another (then the whole block is read at its end).
+    fn stream_arguments(&mut self, out: &mut Vec<NativePiece>) -> bool {
+        let index = self.calls;
+        if self.arguments.is_none() {
+            let Some(rest) = self.held.strip_prefix(CALL_HEAD) else {
+                return false;
+            };
+            let Some(quote) = rest.find('"') else {
+                return false;
+            };
+            // Only an object's text is sent as it grows (read whole, a string is unquoted).
+            if !rest[quote..].starts_with(&format!("{CALL_ARGUMENTS}{{")) {
+                return false;
+            }
+            let name = rest[..quote].to_string();
+            let at = CALL_HEAD.len() + quote + CALL_ARGUMENTS.len();
+            out.push(NativePiece::CallStart { index, name });
+            self.arguments = Some((at, at));
+        }
+        let Some((at, sent)) = self.arguments else {
+            return false;
+        };
+        if let Some(end) = self.held[at..].find(CALL_END).map(|e| at + e) {
+            let text = self.held[sent..end].to_string();
+            if !text.is_empty() {
+                out.push(NativePiece::Arguments { index, text });
+            }
+            self.held.drain(..end + CALL_END.len());
+            self.arguments = None;
+            self.calls += 1;
+            self.in_call = false;
+            return true;
+        }
+        // CALL_END is ASCII: the cut is a character boundary.
+        let keep = (1..CALL_END.len())
+            .rev()
+            .find(|&k| self.held.ends_with(&CALL_END[..k]))
+            .unwrap_or(0);
+        let upto = self.held.len() - keep;
+        if upto > sent {
+            out.push(NativePiece::Arguments {
+                index,
+                text: self.held[sent..upto].to_string(),
+            });
+            self.arguments = Some((at, upto));
+        }
+        false
     }
 
     /// Calls sent.
@@ -397,6 +469,12 @@ impl NativeStream {
             }
             ToolSyntax::Hermes => loop {
                 if self.in_call {
+                    if self.stream_arguments(&mut out) {
+                        continue;
+                    }
+                    if self.arguments.is_some() {
+                        break;
+                    }
                     let Some(end) = self.held.find(CLOSE) else {
                         break;
                     };
@@ -444,8 +522,19 @@ impl NativeStream {
         out
     }
 
-    /// The end of the reply: whatever is held, as a call where it reads as one, else as text.
+    /// The end of the reply: whatever is held, as a call where it reads as one, else as text
+    /// (a call cut short while its arguments streamed: the rest of them, as written).
     pub fn finish(&mut self) -> Vec<NativePiece> {
+        if let Some((_, sent)) = self.arguments.take() {
+            let text = self.held.split_off(sent);
+            self.held.clear();
+            self.calls += 1;
+            let index = self.calls - 1;
+            return (!text.is_empty())
+                .then_some(NativePiece::Arguments { index, text })
+                .into_iter()
+                .collect();
+        }
         let held = std::mem::take(&mut self.held);
         if self.syntax != ToolSyntax::Hermes && self.in_call {
             let reply = read_reply(self.syntax, &held);

@@ -129,6 +129,14 @@ fn streamed(syntax: ToolSyntax, text: &str, size: usize) -> NativeReply {
                 assert_eq!(index, calls.len());
                 calls.push((name, arguments));
             }
+            NativePiece::CallStart { index, name } => {
+                assert_eq!(index, calls.len());
+                calls.push((name, String::new()));
+            }
+            NativePiece::Arguments { index, text } => {
+                assert_eq!(index + 1, calls.len());
+                calls[index].1.push_str(&text);
+            }
         }
     }
     assert_eq!(s.calls(), calls.len());
@@ -145,6 +153,9 @@ fn a_stream_sends_what_the_whole_reply_reads_as() {
         (ToolSyntax::Hermes, "\n\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>"),
         (ToolSyntax::Hermes, "Just text, a < b, <tool and <tool_cal."),
         (ToolSyntax::Hermes, "<tool_call>\n{\"name\": \"f\", \"argu"),
+        (ToolSyntax::Hermes, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"s\": \"a}\\n</tool b\", \"t\": [{}]}}\n</tool_call>"),
+        // Not the grammar's layout: read whole when the block closes.
+        (ToolSyntax::Hermes, "<tool_call>\n{\"arguments\": {\"x\": 1}, \"name\": \"f\"}\n</tool_call>"),
         (ToolSyntax::Llama3Json, "{\"name\": \"f\", \"parameters\": {\"x\": 3}}"),
         (ToolSyntax::Llama3Json, "  It is {sunny}."),
         (ToolSyntax::Llama3Json, "{\"name\": \"f\""),
@@ -164,6 +175,54 @@ fn a_stream_sends_what_the_whole_reply_reads_as() {
 }
 
 #[test]
+fn hermes_arguments_stream_as_they_grow() {
+    let mut s = NativeStream::new(ToolSyntax::Hermes);
+    assert_eq!(s.push("<tool_call>\n{\"name\": \"f\", \"argum"), vec![]);
+    assert_eq!(
+        s.push("ents\": {\"x\""),
+        vec![
+            NativePiece::CallStart {
+                index: 0,
+                name: "f".into()
+            },
+            NativePiece::Arguments {
+                index: 0,
+                text: "{\"x\"".into()
+            }
+        ]
+    );
+    // A brace that may end the block waits for what follows it.
+    assert_eq!(
+        s.push(": 1}"),
+        vec![NativePiece::Arguments {
+            index: 0,
+            text: ": 1".into()
+        }]
+    );
+    assert_eq!(
+        s.push("}\n</tool_"),
+        vec![NativePiece::Arguments {
+            index: 0,
+            text: "}".into()
+        }]
+    );
+    assert_eq!(s.push("call>"), vec![]);
+    assert_eq!(s.calls(), 1);
+    // Cut short while its arguments stream: the rest as written.
+    let mut s = NativeStream::new(ToolSyntax::Hermes);
+    let mut pieces = s.push("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}");
+    pieces.extend(s.finish());
+    let text: String = pieces
+        .into_iter()
+        .filter_map(|p| match p {
+            NativePiece::Arguments { text, .. } => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "{\"x\": 1}");
+}
+
+#[test]
 fn text_that_may_become_the_tag_is_held_back() {
     let mut s = NativeStream::new(ToolSyntax::Hermes);
     assert_eq!(
@@ -173,13 +232,19 @@ fn text_that_may_become_the_tag_is_held_back() {
     assert_eq!(s.push("_call>\n{\"name\": \"f\", "), vec![]);
     assert_eq!(
         s.push("\"arguments\": {}}\n</tool_call>"),
-        vec![NativePiece::Call {
-            index: 0,
-            name: "f".into(),
-            arguments: "{}".into()
-        }]
+        vec![
+            NativePiece::CallStart {
+                index: 0,
+                name: "f".into()
+            },
+            NativePiece::Arguments {
+                index: 0,
+                text: "{}".into()
+            }
+        ]
     );
     assert_eq!(s.finish(), vec![]);
+    assert_eq!(s.calls(), 1);
 }
 
 /// One token per character of the text the tests write, `<eos>` first (id 0).
