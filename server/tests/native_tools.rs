@@ -146,11 +146,20 @@ fn asking(extra: Value) -> String {
     chat(v)
 }
 
+/// A chat that must call a tool (`extra`: more of the request).
+async fn required(app: &App, extra: Value) -> Value {
+    let mut body = json!({"tool_choice": "required"});
+    for (k, x) in extra.as_object().unwrap() {
+        body[k] = x.clone();
+    }
+    post(app, "/v1/chat/completions", asking(body)).await
+}
+
 #[tokio::test]
 async fn hermes_calls_come_back_in_openai_shapes() {
     let app = server(QWEN25, &[]).await;
-    let required = json!({"tool_choice": "required", "parallel_tool_calls": false});
-    let r = post(&app, "/v1/chat/completions", asking(required.clone())).await;
+    let one_call = json!({"parallel_tool_calls": false});
+    let r = required(&app, one_call.clone()).await;
     let calls = calls_of(&r["choices"][0]);
     assert_eq!(calls.len(), 1, "{r}");
     // The template, not lowbit's generic instructions, described the tools.
@@ -175,33 +184,16 @@ async fn hermes_calls_come_back_in_openai_shapes() {
 
     // Streamed: each call's id and name, then its arguments as they grow; the same calls as
     // unstreamed.
-    let mut streamed = required.clone();
+    let mut streamed = one_call.clone();
     streamed["stream"] = json!(true);
-    let unstreamed = post(&app, "/v1/chat/completions", asking(required)).await;
+    streamed["tool_choice"] = json!("required");
+    let unstreamed = required(&app, one_call).await;
     let want = &unstreamed["choices"][0]["message"]["tool_calls"][0]["function"];
     let chunks = stream_chunks(&app, asking(streamed)).await;
-    let deltas: Vec<&Value> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
-        .collect();
-    // Token by token: the arguments in pieces that join into the unstreamed call's.
-    assert!(deltas.len() > 3, "{chunks:?}");
-    assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
-    assert_eq!(deltas[0][0]["type"], "function");
-    assert_eq!(deltas[0][0]["function"]["name"], want["name"]);
-    let joined: String = deltas
-        .iter()
-        .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
-        .collect();
-    assert_eq!(joined, want["arguments"].as_str().unwrap());
-    assert!(deltas[1..].iter().all(|d| d[0].get("id").is_none()));
+    common::tools::assert_streamed_call(&chunks, want);
     assert!(chunks.iter().all(|c| c["choices"][0]["delta"]
         .get("content")
         .is_none_or(|t| t == "")));
-    assert_eq!(
-        chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "tool_calls"
-    );
 
     // `auto` answering instead: plain text (the grammar allows any text without the tag),
     // streamed as the unstreamed content.
@@ -237,12 +229,7 @@ async fn llama_and_qwen3_calls_and_the_generic_override() {
     // Mistral: "[TOOL_CALLS]" (written out: SmolLM2 has no such token) and a list of calls;
     // an OpenAI id in the history reaches the template as its last nine characters.
     let app = server("mistralai-Mistral-Nemo-Instruct-2407.jinja", &[]).await;
-    let r = post(
-        &app,
-        "/v1/chat/completions",
-        asking(json!({"tool_choice": "required"})),
-    )
-    .await;
+    let r = required(&app, json!({})).await;
     let c = &r["choices"][0];
     assert!(!calls_of(c).is_empty(), "{r}");
     let id = c["message"]["tool_calls"][0]["id"].as_str().unwrap();
@@ -261,22 +248,16 @@ async fn llama_and_qwen3_calls_and_the_generic_override() {
 
     // Llama 3.2: the whole reply is {"name", "parameters"}.
     let app = server("meta-llama-Llama-3.2-3B-Instruct.jinja", &[]).await;
-    let r = post(
+    let r = required(
         &app,
-        "/v1/chat/completions",
-        asking(json!({"tool_choice": "required", "chat_template_kwargs": {"date_string": "07 Dec 2026"}})),
+        json!({"chat_template_kwargs": {"date_string": "07 Dec 2026"}}),
     )
     .await;
     assert_eq!(calls_of(&r["choices"][0]).len(), 1, "{r}");
 
     // Qwen3 may think first (split off into reasoning_content), then calls.
     let app = server("Qwen-Qwen3-0.6B.jinja", &[]).await;
-    let r = post(
-        &app,
-        "/v1/chat/completions",
-        asking(json!({"tool_choice": "required"})),
-    )
-    .await;
+    let r = required(&app, json!({})).await;
     let c = &r["choices"][0];
     assert!(!calls_of(c).is_empty(), "{r}");
     if let Some(thought) = c["message"].get("reasoning_content") {
@@ -294,11 +275,6 @@ async fn llama_and_qwen3_calls_and_the_generic_override() {
     let prompt = prompt["prompt"].as_str().unwrap();
     assert!(prompt.contains("You can call these tools"), "{prompt}");
     assert!(!prompt.contains("<tools>"), "{prompt}");
-    let r = post(
-        &app,
-        "/v1/chat/completions",
-        asking(json!({"tool_choice": "required"})),
-    )
-    .await;
+    let r = required(&app, json!({})).await;
     assert!(!calls_of(&r["choices"][0]).is_empty(), "{r}");
 }

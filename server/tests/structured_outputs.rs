@@ -313,27 +313,7 @@ async fn tool_calls_follow_their_tools_in_openai_shapes() {
         asking(json!({"tool_choice": "required", "stream": true})),
     )
     .await;
-    let deltas: Vec<&Value> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
-        .collect();
-    assert!(deltas.len() > 3, "{deltas:?}");
-    assert_eq!(deltas[0][0]["index"], 0);
-    assert_eq!(deltas[0][0]["type"], "function");
-    assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
-    assert_eq!(deltas[0][0]["function"]["name"], want["name"]);
-    let joined: String = deltas
-        .iter()
-        .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
-        .collect();
-    assert_eq!(joined, want["arguments"].as_str().unwrap());
-    assert!(deltas[1..]
-        .iter()
-        .all(|d| d[0].get("id").is_none() && d[0]["function"].get("name").is_none()));
-    assert_eq!(
-        chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "tool_calls"
-    );
+    common::tools::assert_streamed_call(&chunks, want);
     // `auto` answering instead: its text streams token by token, as the unstreamed content.
     let haiku = json!({"messages": [{"role": "user", "content": "Write a haiku about the sea."}]});
     let unstreamed = post(&app, "/v1/chat/completions", asking(haiku.clone())).await;

@@ -90,9 +90,10 @@ fn reply(
     }
 }
 
-/// A choice's whole text as a message: a reasoning model's thinking split off, and with a native
-/// tool syntax, a complete answer read as text and tool calls (finish `tool_calls`).
-fn native_message(
+/// A choice's whole text as a message (any reply but the generic tool format's): a reasoning
+/// model's thinking split off, and with a native tool syntax, a complete answer read as text
+/// and tool calls (finish `tool_calls`).
+fn reply_message(
     syntax: Option<tool_syntax::ToolSyntax>,
     split: bool,
     opens_thinking: bool,
@@ -326,7 +327,7 @@ pub async fn create(
                     };
                     (message, finish_reason)
                 } else {
-                    native_message(native, split, opens_thinking, c.text, c.finish)
+                    reply_message(native, split, opens_thinking, c.text, c.finish)
                 };
                 ChatChoice {
                     index,

@@ -402,7 +402,8 @@ impl NativeStream {
                 return false;
             };
             // Only an object's text is sent as it grows (read whole, a string is unquoted).
-            if !rest[quote..].starts_with(&format!("{CALL_ARGUMENTS}{{")) {
+            let after_name = rest[quote..].strip_prefix(CALL_ARGUMENTS);
+            if !after_name.is_some_and(|a| a.starts_with('{')) {
                 return false;
             }
             let name = rest[..quote].to_string();

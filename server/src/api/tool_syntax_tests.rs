@@ -284,19 +284,15 @@ fn accepts(format: &OutputFormat, text: &str) -> bool {
 #[test]
 fn hermes_grammars_allow_text_then_valid_calls() {
     let tools = [tool("f"), tool("g")];
+    let hermes = |mode, parallel, thinking| {
+        output_format(ToolSyntax::Hermes, &tools, mode, parallel, thinking, None)
+    };
     let call = |name: &str, x: &str| {
         format!(
             "<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{\"x\": {x}}}}}\n</tool_call>"
         )
     };
-    let auto = output_format(
-        ToolSyntax::Hermes,
-        &tools,
-        ToolMode::Auto,
-        true,
-        Thinking::No,
-        None,
-    );
+    let auto = hermes(ToolMode::Auto, true, Thinking::No);
     assert!(accepts(&auto, "just text, a <b> c"));
     assert!(accepts(&auto, ""));
     assert!(accepts(&auto, &call("f", "1")));
@@ -307,26 +303,12 @@ fn hermes_grammars_allow_text_then_valid_calls() {
     assert!(!accepts(&auto, &call("h", "1")), "an unknown tool");
     assert!(!accepts(&auto, &call("f", "\"a\"")), "arguments off schema");
     assert!(!accepts(&auto, &format!("{} then text", call("f", "1"))));
-    let one = output_format(
-        ToolSyntax::Hermes,
-        &tools,
-        ToolMode::Auto,
-        false,
-        Thinking::No,
-        None,
-    );
+    let one = hermes(ToolMode::Auto, false, Thinking::No);
     assert!(!accepts(
         &one,
         &format!("{}\n{}", call("f", "1"), call("g", "2"))
     ));
-    let required = output_format(
-        ToolSyntax::Hermes,
-        &tools,
-        ToolMode::Required,
-        true,
-        Thinking::No,
-        None,
-    );
+    let required = hermes(ToolMode::Required, true, Thinking::No);
     assert!(accepts(&required, &call("g", "2")));
     assert!(accepts(
         &required,
@@ -334,28 +316,14 @@ fn hermes_grammars_allow_text_then_valid_calls() {
     ));
     assert!(!accepts(&required, "text"));
     assert!(!accepts(&required, ""));
-    let thinking = output_format(
-        ToolSyntax::Hermes,
-        &tools,
-        ToolMode::Required,
-        true,
-        Thinking::May,
-        None,
-    );
+    let thinking = hermes(ToolMode::Required, true, Thinking::May);
     assert!(accepts(
         &thinking,
         &format!("<think>\nuse f.\n</think>\n\n{}", call("f", "1"))
     ));
     assert!(accepts(&thinking, &call("f", "1")));
     assert!(!accepts(&thinking, "<think>\nhm\n</think>\n\nno call"));
-    let open = output_format(
-        ToolSyntax::Hermes,
-        &tools,
-        ToolMode::Required,
-        true,
-        Thinking::Open,
-        None,
-    );
+    let open = hermes(ToolMode::Required, true, Thinking::Open);
     assert!(accepts(
         &open,
         &format!("use f.\n</think>\n\n{}", call("f", "1"))

@@ -48,6 +48,34 @@ pub fn calls_of(choice: &Value) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// A stream's chunks carry one call as OpenAI streams it, equal to the unstreamed `want`
+/// (`message.tool_calls[0].function`): its index, id, type and name first, then its arguments
+/// in more than three pieces that join into `want`'s, no later id or name; the reply ends
+/// with `tool_calls`.
+pub fn assert_streamed_call(chunks: &[Value], want: &Value) {
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
+    assert!(deltas.len() > 3, "{chunks:?}");
+    assert_eq!(deltas[0][0]["index"], 0);
+    assert_eq!(deltas[0][0]["type"], "function");
+    assert!(deltas[0][0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(deltas[0][0]["function"]["name"], want["name"]);
+    let joined: String = deltas
+        .iter()
+        .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, want["arguments"].as_str().unwrap());
+    assert!(deltas[1..]
+        .iter()
+        .all(|d| d[0].get("id").is_none() && d[0]["function"].get("name").is_none()));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "tool_calls"
+    );
+}
+
 /// A call and its result in the history (`extra`: more of the request): the reply is well
 /// formed, an answer or more calls.
 pub async fn a_round_trip(app: &App, extra: Value) {
