@@ -68,12 +68,6 @@ const CALLS: &str = r#"{"tool_calls": ["#;
 const NAME: &str = r#"{"name": ""#;
 const ARGUMENTS: &str = r#"", "arguments": "#;
 
-impl Default for ToolStream {
-    fn default() -> Self {
-        Self::new(false)
-    }
-}
-
 impl ToolStream {
     /// A reader of a reply whose answer is a string, or a JSON value (`json_answer`).
     pub fn new(json_answer: bool) -> Self {
@@ -358,7 +352,7 @@ mod tests {
 
     /// Every piece of `reply` fed in chunks of `n` characters, merged by kind.
     fn read(reply: &str, n: usize) -> (Vec<Piece>, ToolStream) {
-        let mut r = ToolStream::default();
+        let mut r = ToolStream::new(false);
         let chars: Vec<char> = reply.chars().collect();
         let mut pieces: Vec<Piece> = Vec::new();
         for chunk in chars.chunks(n) {
