@@ -2,7 +2,7 @@
 //! and both together: the prompt's log-probabilities (what lm-evaluation-harness's
 //! loglikelihood asks, usually with `max_tokens` 0 or 1).
 
-use super::chat::token_text;
+use super::chat_reply::token_text;
 use super::error::ApiError;
 use super::generation::{self, Choice};
 use super::openai::{

@@ -123,6 +123,15 @@ impl SseSender {
         }
     }
 
+    /// One named event (`event: name`, then `data:` of JSON), as the Responses API sends
+    /// them; `false` once the client is gone.
+    pub fn event(&self, name: &str, value: &impl serde::Serialize) -> bool {
+        match serde_json::to_string(value) {
+            Ok(s) => self.0.send(SseEvent::default().event(name).data(s)).is_ok(),
+            Err(_) => false,
+        }
+    }
+
     /// `data: [DONE]`.
     pub fn done(&self) {
         let _ = self.0.send(SseEvent::default().data("[DONE]"));

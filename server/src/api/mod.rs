@@ -5,6 +5,8 @@
 pub mod auth;
 pub mod chat;
 pub mod chat_prompt;
+pub mod chat_reply;
+pub mod chat_run;
 pub mod completions;
 pub mod error;
 pub mod generation;
@@ -15,6 +17,11 @@ pub mod openai;
 pub mod openapi;
 pub mod params;
 pub mod reasoning;
+pub mod responses;
+pub mod responses_input;
+pub mod responses_store;
+pub mod responses_stream;
+pub mod responses_types;
 pub mod structured;
 pub mod tokenize;
 pub mod tool_stream;
@@ -71,6 +78,8 @@ pub struct AppState {
     pub request_timeout: Option<Duration>,
     /// Identifies the build and the model's formats (OpenAI's `system_fingerprint`).
     pub system_fingerprint: String,
+    /// Responses kept for `previous_response_id` (`/v1/responses`).
+    pub responses: Arc<responses_store::ResponseStore>,
 }
 
 impl AppState {
@@ -122,6 +131,15 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/completions", post(completions::create))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get_one).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get_one))
         .route("/metrics", get(health::metrics))
@@ -153,7 +171,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         app = app.layer(
             CorsLayer::new()
                 .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([Method::GET, Method::POST])
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
                 .allow_headers([
                     axum::http::header::AUTHORIZATION,
                     axum::http::header::CONTENT_TYPE,

@@ -2,6 +2,7 @@
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::openai::*;
+use super::responses_types::*;
 use axum::Json;
 use utoipa::OpenApi;
 
@@ -15,6 +16,10 @@ use utoipa::OpenApi;
     paths(
         super::chat::create,
         super::completions::create,
+        super::responses::create,
+        super::responses::get_one,
+        super::responses::delete,
+        super::responses::input_items,
         super::models::list,
         super::models::get_one,
         super::tokenize::tokenize,
@@ -37,7 +42,11 @@ use utoipa::OpenApi;
         DetokenizeResponse,
         ErrorBody,
         ErrorDetail,
-        UsageBody
+        UsageBody,
+        ResponsesRequest,
+        ResponseObject,
+        ResponseDeleted,
+        InputItemList
     ))
 )]
 pub struct ApiDoc;

@@ -112,7 +112,8 @@ pub fn parse_body<T: DeserializeOwned>(
     typed(value)
 }
 
-fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+/// Deserializes a checked value into `T`, naming the failing field in the error.
+pub fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

@@ -8,6 +8,7 @@
 
 use super::{KvCacheDtypeArg, ModelArgs};
 use crate::api::reasoning::ReasoningParser;
+use crate::api::responses_store::ResponseStore;
 use crate::api::tool_syntax::ToolCallParser;
 use crate::api::{self, AppState, ServedModel};
 use crate::engine::blocks::BlockManager;
@@ -87,6 +88,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "LOWBIT_MAX_BODY_BYTES", value_parser = parse_bytes, default_value = "4MiB")]
     pub max_body_bytes: u64,
+    /// Memory for responses kept for `previous_response_id` and `GET /v1/responses/{id}`
+    /// (the oldest are dropped first; 0 keeps none).
+    #[arg(long, env = "LOWBIT_RESPONSES_STORE_MEMORY", value_parser = parse_bytes, default_value = "64MiB")]
+    pub responses_store_memory: u64,
     /// Origins allowed by CORS (repeat or comma-separate; default: CORS off).
     #[arg(long, env = "LOWBIT_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origin: Vec<String>,
@@ -297,6 +302,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         max_body_bytes: args.max_body_bytes as usize,
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
         system_fingerprint: format!("lowbit-{}", env!("CARGO_PKG_VERSION")),
+        responses: Arc::new(ResponseStore::new(args.responses_store_memory as usize)),
     };
     Ok(Prepared {
         app: api::router(state, &args.cors_origin),

@@ -1,0 +1,652 @@
+//! `/v1/responses`: OpenAI's Responses API over the same chat path as `/v1/chat/completions`.
+//!
+//! A request is read as a chat request (instructions, the stored conversation of
+//! `previous_response_id`, then `input`'s items as messages; `text.format` as the response
+//! format; flat function tools) and run by [`ChatRun`]; its answer is written as output items
+//! (reasoning, message, function calls), whole or as Responses stream events
+//! (responses_stream.rs). Stored responses (responses_store.rs) can be fetched, deleted, and
+//! continued.
+
+use super::chat_run::ChatRun;
+use super::error::ApiError;
+use super::generation;
+use super::openai::{
+    ChatCompletionRequest, ChatLogprobs, FunctionDef, JsonSchemaFormat, NamedFunction,
+    NamedToolChoice, ResponseFormat, ResponseMessage, SamplingFields, Tool, ToolChoice, UsageBody,
+};
+use super::params;
+use super::responses_input::Conversation;
+use super::responses_store::{ChainError, Stored};
+use super::responses_stream::ResponsesSse;
+use super::responses_types::{
+    InputItemList, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
+    ReasoningConfig, ReasoningText, ResponseDeleted, ResponseLogprob, ResponseObject,
+    ResponseTopLogprob, ResponseUsage, ResponsesInput, ResponsesRequest, ResponsesToolChoice,
+    TextConfig, TextFormat,
+};
+use super::{body_bytes, request_id, AppState};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+/// Request fields of OpenAI's that lowbit does not implement: a 400 naming them.
+const UNSUPPORTED: &[&str] = &[
+    "background",
+    "conversation",
+    "prompt",
+    "service_tier",
+    "max_tool_calls",
+    "prompt_cache_key",
+    "safety_identifier",
+];
+
+/// The request fields lowbit reads (anything else is a 400 naming it).
+const FIELDS: &[&str] = &[
+    "model",
+    "input",
+    "instructions",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "text",
+    "store",
+    "previous_response_id",
+    "metadata",
+    "user",
+    "include",
+    "truncation",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "seed",
+    "chat_template_kwargs",
+];
+
+/// A new item id: OpenAI's prefix and 48 hex digits.
+pub fn item_id(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// What a response echoes of its request.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    pub model: String,
+    pub instructions: Option<String>,
+    pub max_output_tokens: Option<i64>,
+    pub parallel_tool_calls: bool,
+    pub previous_response_id: Option<String>,
+    pub store: bool,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_logprobs: i64,
+    pub text: TextConfig,
+    pub tool_choice: ResponsesToolChoice,
+    pub tools: Vec<super::responses_types::FunctionTool>,
+    pub user: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// `output_text.logprobs` were asked for.
+    pub logprobs: bool,
+}
+
+impl Echo {
+    fn of(req: &ResponsesRequest, model: &str) -> Self {
+        Self {
+            model: model.to_string(),
+            instructions: req.instructions.clone(),
+            max_output_tokens: req.max_output_tokens,
+            parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+            previous_response_id: req.previous_response_id.clone(),
+            store: req.store.unwrap_or(true),
+            temperature: req.temperature.unwrap_or(1.0),
+            top_p: req.top_p.unwrap_or(1.0),
+            top_logprobs: req.top_logprobs.unwrap_or(0),
+            text: req.text.clone().unwrap_or(TextConfig {
+                format: Some(TextFormat::Text {}),
+                verbosity: None,
+            }),
+            tool_choice: req
+                .tool_choice
+                .clone()
+                .unwrap_or(ResponsesToolChoice::Mode("auto".to_string())),
+            tools: req.tools.clone().unwrap_or_default(),
+            user: req.user.clone(),
+            metadata: req.metadata.clone().unwrap_or_default(),
+            logprobs: wants_logprobs(req),
+        }
+    }
+
+    /// The response object with these settings.
+    pub fn object(
+        &self,
+        id: &str,
+        created_at: u64,
+        status: &'static str,
+        output: Vec<OutputItem>,
+        usage: Option<ResponseUsage>,
+    ) -> ResponseObject {
+        ResponseObject {
+            id: id.to_string(),
+            object: "response",
+            created_at,
+            status,
+            error: None,
+            incomplete_details: (status == "incomplete").then_some(
+                super::responses_types::IncompleteDetails {
+                    reason: "max_output_tokens",
+                },
+            ),
+            instructions: self.instructions.clone(),
+            max_output_tokens: self.max_output_tokens,
+            model: self.model.clone(),
+            output,
+            parallel_tool_calls: self.parallel_tool_calls,
+            previous_response_id: self.previous_response_id.clone(),
+            reasoning: ReasoningConfig::default(),
+            store: self.store,
+            temperature: self.temperature,
+            text: self.text.clone(),
+            tool_choice: self.tool_choice.clone(),
+            tools: self.tools.clone(),
+            top_logprobs: self.top_logprobs,
+            top_p: self.top_p,
+            truncation: "disabled",
+            usage,
+            user: self.user.clone(),
+            metadata: self.metadata.clone(),
+            background: false,
+        }
+    }
+}
+
+fn wants_logprobs(req: &ResponsesRequest) -> bool {
+    let included = req
+        .include
+        .iter()
+        .flatten()
+        .any(|i| i == "message.output_text.logprobs");
+    included || req.top_logprobs.is_some()
+}
+
+/// Chat's logprobs in the Responses shape.
+pub fn response_logprobs(lps: ChatLogprobs) -> Vec<ResponseLogprob> {
+    lps.content
+        .into_iter()
+        .map(|t| ResponseLogprob {
+            token: t.token,
+            logprob: t.logprob,
+            bytes: t.bytes,
+            top_logprobs: t
+                .top_logprobs
+                .into_iter()
+                .map(|a| ResponseTopLogprob {
+                    token: a.token,
+                    logprob: a.logprob,
+                    bytes: a.bytes,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The usage of a response whose thinking was `reasoning` (re-tokenized to count it).
+pub fn usage_of(state: &AppState, u: UsageBody, reasoning: &str) -> ResponseUsage {
+    let reasoning_tokens = if reasoning.is_empty() {
+        0
+    } else {
+        let ids = state.model.tokenizer.encode(reasoning, false);
+        ids.map_or(0, |ids| ids.len().min(u.completion_tokens))
+    };
+    ResponseUsage {
+        input_tokens: u.prompt_tokens,
+        input_tokens_details: InputTokensDetails {
+            cached_tokens: u.prompt_tokens_details.cached_tokens,
+        },
+        output_tokens: u.completion_tokens,
+        output_tokens_details: OutputTokensDetails { reasoning_tokens },
+        total_tokens: u.prompt_tokens + u.completion_tokens,
+    }
+}
+
+/// A chat reply as output items: its thinking, its text (also when empty, unless it called),
+/// its calls; the last item takes `status` (a reply cut short ends there).
+fn output_items(
+    message: ResponseMessage,
+    logprobs: Option<Vec<ResponseLogprob>>,
+    status: &'static str,
+) -> Vec<OutputItem> {
+    let mut out = Vec::new();
+    if let Some(text) = message.reasoning_content.filter(|t| !t.is_empty()) {
+        out.push(OutputItem::Reasoning {
+            id: item_id("rs"),
+            summary: Vec::new(),
+            content: vec![ReasoningText { text }],
+            status: "completed",
+        });
+    }
+    let calls = message.tool_calls.unwrap_or_default();
+    let text = message.content.unwrap_or_default();
+    if !text.is_empty() || calls.is_empty() {
+        out.push(OutputItem::Message {
+            id: item_id("msg"),
+            status: "completed",
+            role: "assistant",
+            content: vec![OutputText {
+                text,
+                annotations: Vec::new(),
+                logprobs,
+            }],
+        });
+    }
+    for c in calls {
+        out.push(OutputItem::FunctionCall {
+            id: item_id("fc"),
+            call_id: c.id,
+            name: c.function.name,
+            arguments: c.function.arguments,
+            status: "completed",
+        });
+    }
+    if let Some(last) = out.last_mut() {
+        last.set_status(status);
+    }
+    out
+}
+
+/// An error about a chat field, renamed to the Responses field it came from.
+fn renamed(mut e: ApiError) -> ApiError {
+    const NAMES: &[(&str, &str)] = &[
+        ("max_completion_tokens", "max_output_tokens"),
+        ("response_format.json_schema", "text.format"),
+        ("response_format", "text.format"),
+        (".function.", "."),
+        ("messages", "input"),
+    ];
+    for (from, to) in NAMES {
+        if let Some(p) = &e.param {
+            if p.contains(from) {
+                e.param = Some(p.replacen(from, to, 1));
+                e.message = e.message.replace(from, to);
+            }
+        }
+    }
+    e
+}
+
+/// The stored conversation `previous_response_id` continues.
+fn earlier_items(state: &AppState, id: &str) -> Result<Vec<Value>, ApiError> {
+    state.responses.conversation(id).map_err(|e| match e {
+        ChainError::NotFound(id) => ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("previous_response_not_found"),
+            ..ApiError::invalid(
+                "previous_response_id",
+                format!("Previous response with id '{id}' not found."),
+            )
+        },
+        ChainError::Broken(at) => ApiError::invalid(
+            "previous_response_id",
+            format!("an earlier response of this conversation ('{at}') is no longer stored (--responses-store-memory)"),
+        ),
+    })
+}
+
+/// The request's input items as sent, each given an id (what `input_items` lists).
+fn input_with_ids(input: &ResponsesInput) -> Vec<Value> {
+    let items = match input {
+        ResponsesInput::Text(text) => vec![json!({"type": "message", "role": "user",
+            "content": [{"type": "input_text", "text": text}]})],
+        ResponsesInput::Items(items) => items.clone(),
+    };
+    items
+        .into_iter()
+        .map(|mut item| {
+            if let Some(obj) = item.as_object_mut() {
+                if !obj.contains_key("id") {
+                    let prefix = match obj.get("type").and_then(Value::as_str) {
+                        Some("function_call") => "fc",
+                        Some("function_call_output") => "fco",
+                        Some("reasoning") => "rs",
+                        _ => "msg",
+                    };
+                    obj.insert("id".to_string(), Value::String(item_id(prefix)));
+                }
+            }
+            item
+        })
+        .collect()
+}
+
+/// The chat request a Responses request means.
+fn chat_request(
+    state: &AppState,
+    req: &ResponsesRequest,
+) -> Result<ChatCompletionRequest, ApiError> {
+    let mut conversation = Conversation::default();
+    if let Some(text) = &req.instructions {
+        conversation.push(&json!({"role": "system", "content": text}), "instructions")?;
+    }
+    if let Some(id) = &req.previous_response_id {
+        for (i, item) in earlier_items(state, id)?.iter().enumerate() {
+            conversation.push(item, &format!("previous_response_id({id})[{i}]"))?;
+        }
+    }
+    match &req.input {
+        ResponsesInput::Text(text) => {
+            conversation.push(&json!({"role": "user", "content": text}), "input")?
+        }
+        ResponsesInput::Items(items) => {
+            for (i, item) in items.iter().enumerate() {
+                conversation.push(item, &format!("input[{i}]"))?;
+            }
+        }
+    }
+    let tools = req.tools.as_ref().map(|tools| {
+        tools
+            .iter()
+            .map(|t| Tool {
+                kind: t.kind.clone(),
+                function: FunctionDef {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    parameters: t.parameters.clone(),
+                    strict: t.strict,
+                },
+            })
+            .collect()
+    });
+    let tool_choice = req.tool_choice.as_ref().map(|c| match c {
+        ResponsesToolChoice::Mode(m) => ToolChoice::Mode(m.clone()),
+        ResponsesToolChoice::Function(f) => ToolChoice::Named(NamedToolChoice {
+            kind: f.kind.clone(),
+            function: NamedFunction {
+                name: f.name.clone(),
+            },
+        }),
+    });
+    let response_format = req
+        .text
+        .as_ref()
+        .and_then(|t| t.format.clone())
+        .map(|f| match f {
+            TextFormat::Text {} => ResponseFormat::Text {},
+            TextFormat::JsonObject {} => ResponseFormat::JsonObject {},
+            TextFormat::JsonSchema {
+                name,
+                description,
+                schema,
+                strict,
+            } => ResponseFormat::JsonSchema {
+                json_schema: JsonSchemaFormat {
+                    name,
+                    description,
+                    schema: Some(schema),
+                    strict,
+                },
+            },
+        });
+    let logprobs = wants_logprobs(req);
+    Ok(ChatCompletionRequest {
+        model: req.model.clone(),
+        messages: conversation.messages,
+        max_tokens: None,
+        max_completion_tokens: req.max_output_tokens,
+        stream: None,
+        stream_options: None,
+        logprobs: Some(logprobs),
+        top_logprobs: if logprobs { req.top_logprobs } else { None },
+        tools,
+        tool_choice,
+        parallel_tool_calls: req.parallel_tool_calls,
+        chat_template_kwargs: req.chat_template_kwargs.clone(),
+        sampling: SamplingFields {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            min_p: req.min_p,
+            repetition_penalty: req.repetition_penalty,
+            seed: req.seed,
+            user: req.user.clone(),
+            response_format,
+            ..SamplingFields::default()
+        },
+    })
+}
+
+/// Reads the body: unknown and unimplemented fields are 400s naming them.
+fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some(key) = obj.keys().find(|k| UNSUPPORTED.contains(&k.as_str())) {
+        return Err(ApiError::unsupported(key));
+    }
+    let known = |k: &String| FIELDS.contains(&k.as_str()) || k == "reasoning";
+    if let Some(key) = obj.keys().find(|k| !known(k)) {
+        return Err(ApiError {
+            code: Some("unknown_parameter"),
+            ..ApiError::invalid(key.clone(), format!("unknown parameter '{key}'"))
+        });
+    }
+    // `reasoning` is taken only empty: a local model has no effort or summary setting.
+    if let Some(r) = obj.remove("reasoning") {
+        let set = match &r {
+            Value::Null => None,
+            Value::Object(o) => o.iter().find(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()),
+            _ => Some(String::new()),
+        };
+        if let Some(field) = set {
+            let param = if field.is_empty() {
+                "reasoning".to_string()
+            } else {
+                format!("reasoning.{field}")
+            };
+            return Err(ApiError::unsupported(&param));
+        }
+    }
+    // Hosted tools (web_search, file_search, …) before their fields fail the function shape.
+    if let Some(Value::Array(tools)) = obj.get("tools") {
+        for (i, t) in tools.iter().enumerate() {
+            match t.get("type").and_then(Value::as_str) {
+                Some("function") | None => {}
+                Some(_) => return Err(ApiError::unsupported(&format!("tools[{i}].type"))),
+            }
+        }
+    }
+    let req: ResponsesRequest = params::typed(value)?;
+    if let Some(inc) = req
+        .include
+        .iter()
+        .flatten()
+        .find(|i| *i != "message.output_text.logprobs")
+    {
+        return Err(ApiError::invalid(
+            "include",
+            format!("'include' can only hold 'message.output_text.logprobs', got '{inc}'"),
+        ));
+    }
+    if let Some(t) = req.truncation.as_deref().filter(|t| *t != "disabled") {
+        return Err(ApiError::invalid(
+            "truncation",
+            format!("'truncation' can only be 'disabled' (a conversation longer than the context is a 400), got '{t}'"),
+        ));
+    }
+    Ok(req)
+}
+
+/// Creates a model response.
+#[utoipa::path(post, path = "/v1/responses", operation_id = "createResponse", tag = "openai", request_body = ResponsesRequest,
+    responses((status = 200, body = ResponseObject), (status = 400, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody),
+              (status = 503, body = super::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, state.max_body_bytes)?;
+    let req = parse(&body)?;
+    let chat = chat_request(&state, &req).map_err(renamed)?;
+    let run = ChatRun::start(&state, &request_id(&headers), &chat)
+        .await
+        .map_err(renamed)?;
+    let echo = Echo::of(&req, state.model_name());
+    let id = item_id("resp");
+    let created_at = run.created;
+    let input = input_with_ids(&req.input);
+    if req.stream.unwrap_or(false) {
+        return Ok(generation::sse(move |tx| async move {
+            let mut sink = ResponsesSse::new(tx, state, echo, id, created_at, input);
+            sink.start();
+            run.stream(&mut sink).await;
+        }));
+    }
+    let completion = run.collect().await?;
+    let Some(choice) = completion.choices.into_iter().next() else {
+        return Err(ApiError::internal("the engine returned no choice"));
+    };
+    let status = match choice.finish_reason {
+        Some("length") => "incomplete",
+        _ => "completed",
+    };
+    let reasoning = choice.message.reasoning_content.clone().unwrap_or_default();
+    let logprobs = choice
+        .logprobs
+        .filter(|_| echo.logprobs)
+        .map(response_logprobs);
+    let output = output_items(choice.message, logprobs, status);
+    let usage = usage_of(&state, completion.usage, &reasoning);
+    let response = echo.object(&id, created_at, status, output, Some(usage));
+    if echo.store {
+        state.responses.put(Stored::new(response.clone(), input));
+    }
+    Ok(Json(response).into_response())
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: Some("response_not_found"),
+        ..ApiError::invalid("response_id", format!("Response with id '{id}' not found."))
+    }
+}
+
+/// Retrieves a stored response.
+#[utoipa::path(get, path = "/v1/responses/{response_id}", operation_id = "getResponse", tag = "openai",
+    params(("response_id" = String, Path)),
+    responses((status = 200, body = ResponseObject), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ResponseObject>, ApiError> {
+    state
+        .responses
+        .get(&id)
+        .map(|s| Json(s.response))
+        .ok_or_else(|| not_found(&id))
+}
+
+/// Deletes a stored response.
+#[utoipa::path(delete, path = "/v1/responses/{response_id}", operation_id = "deleteResponse", tag = "openai",
+    params(("response_id" = String, Path)),
+    responses((status = 200, body = ResponseDeleted), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ResponseDeleted>, ApiError> {
+    if !state.responses.delete(&id) {
+        return Err(not_found(&id));
+    }
+    Ok(Json(ResponseDeleted {
+        id,
+        object: "response.deleted",
+        deleted: true,
+    }))
+}
+
+/// `GET /v1/responses/{id}/input_items`' query: OpenAI's paging.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InputItemsQuery {
+    /// Items per page, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+    /// `asc` or `desc` (default, newest first).
+    pub order: Option<String>,
+    /// The id of the item the page starts after.
+    pub after: Option<String>,
+    /// Accepted (only `message.output_text.logprobs` exists here, and input has none).
+    #[serde(rename = "include[]", alias = "include")]
+    pub include: Option<String>,
+}
+
+/// Lists a stored response's input items.
+#[utoipa::path(get, path = "/v1/responses/{response_id}/input_items", operation_id = "listInputItems", tag = "openai",
+    params(("response_id" = String, Path), InputItemsQuery),
+    responses((status = 200, body = InputItemList), (status = 400, body = super::error::ErrorBody),
+              (status = 404, body = super::error::ErrorBody)))]
+pub async fn input_items(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<InputItemsQuery>, QueryRejection>,
+) -> Result<Json<InputItemList>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = match q.limit {
+        None => 20,
+        Some(l @ 1..=100) => l as usize,
+        Some(l) => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("'limit' must be between 1 and 100, got {l}"),
+            ))
+        }
+    };
+    let mut items = state
+        .responses
+        .get(&id)
+        .ok_or_else(|| not_found(&id))?
+        .input;
+    match q.order.as_deref() {
+        None | Some("desc") => items.reverse(),
+        Some("asc") => {}
+        Some(o) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("'order' must be 'asc' or 'desc', got '{o}'"),
+            ))
+        }
+    }
+    let id_of = |v: &Value| v.get("id").and_then(Value::as_str).map(str::to_string);
+    if let Some(after) = &q.after {
+        let Some(at) = items
+            .iter()
+            .position(|v| id_of(v).as_deref() == Some(after))
+        else {
+            return Err(ApiError::invalid(
+                "after",
+                format!("no input item '{after}' in response '{id}'"),
+            ));
+        };
+        items.drain(..=at);
+    }
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    Ok(Json(InputItemList {
+        object: "list",
+        first_id: items.first().and_then(id_of),
+        last_id: items.last().and_then(id_of),
+        data: items,
+        has_more,
+    }))
+}

@@ -1,0 +1,259 @@
+//! A Responses `input` (and a stored response's output, which is valid input too) as chat
+//! messages: message items become messages, `function_call` items an assistant turn's tool
+//! calls, `function_call_output` items tool messages, and a `reasoning` item the next
+//! assistant turn's `reasoning_content`. Errors name the item and field (`input[2].call_id`).
+
+use super::error::ApiError;
+use super::openai::{ContentPart, FunctionCall, MessageContent, RequestMessage, RequestToolCall};
+use serde_json::{Map, Value};
+
+/// Fields each item type may carry.
+fn allowed_fields(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "message" => &["type", "role", "content", "id", "status"],
+        "function_call" => &["type", "call_id", "name", "arguments", "id", "status"],
+        "function_call_output" => &["type", "call_id", "output", "id", "status"],
+        _ => &[
+            "type",
+            "id",
+            "summary",
+            "content",
+            "encrypted_content",
+            "status",
+        ],
+    }
+}
+
+/// Item types lowbit cannot take (hosted tools, images, references to OpenAI's storage).
+const UNSUPPORTED_ITEMS: &[&str] = &[
+    "item_reference",
+    "file_search_call",
+    "computer_call",
+    "computer_call_output",
+    "web_search_call",
+    "image_generation_call",
+    "code_interpreter_call",
+    "local_shell_call",
+    "local_shell_call_output",
+    "mcp_list_tools",
+    "mcp_approval_request",
+    "mcp_approval_response",
+    "mcp_call",
+    "custom_tool_call",
+    "custom_tool_call_output",
+];
+
+fn string_field<'a>(
+    item: &'a Map<String, Value>,
+    at: &str,
+    field: &str,
+) -> Result<&'a str, ApiError> {
+    match item.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::invalid(
+            format!("{at}.{field}"),
+            format!("'{at}.{field}' must be a string"),
+        )),
+        None => Err(ApiError::invalid(
+            format!("{at}.{field}"),
+            format!("'{at}.{field}' is required"),
+        )),
+    }
+}
+
+/// The text of a content list whose parts are of the `allowed` types (each holding `text`,
+/// or `refusal` for a refusal part).
+fn parts_text(parts: &Value, at: &str, allowed: &[&str]) -> Result<String, ApiError> {
+    let Some(parts) = parts.as_array() else {
+        return Err(ApiError::invalid(
+            at,
+            format!("'{at}' must be a string or an array of content parts"),
+        ));
+    };
+    let mut text = String::new();
+    for (j, part) in parts.iter().enumerate() {
+        let at = format!("{at}[{j}]");
+        let Some(part) = part.as_object() else {
+            return Err(ApiError::invalid(&at, format!("'{at}' must be an object")));
+        };
+        let kind = string_field(part, &at, "type")?;
+        if !allowed.contains(&kind) {
+            let param = format!("{at}.type");
+            return Err(if kind.starts_with("input_") {
+                ApiError::unsupported(&param)
+            } else {
+                ApiError::invalid(
+                    &param,
+                    format!(
+                        "'{param}' must be one of {}, got '{kind}'",
+                        allowed.join(", ")
+                    ),
+                )
+            });
+        }
+        let field = if kind == "refusal" { "refusal" } else { "text" };
+        text.push_str(string_field(part, &at, field)?);
+    }
+    Ok(text)
+}
+
+/// Text content: a string or parts.
+fn content_text(value: Option<&Value>, at: &str, allowed: &[&str]) -> Result<String, ApiError> {
+    match value {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v) => parts_text(v, at, allowed),
+        None => Err(ApiError::invalid(at, format!("'{at}' is required"))),
+    }
+}
+
+fn text_message(role: &str, text: String) -> RequestMessage {
+    RequestMessage {
+        role: role.to_string(),
+        content: Some(MessageContent::Parts(vec![ContentPart {
+            kind: "text".to_string(),
+            text: Some(text),
+        }])),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        reasoning_content: None,
+    }
+}
+
+/// Builds chat messages from items, in order.
+#[derive(Default)]
+pub struct Conversation {
+    pub messages: Vec<RequestMessage>,
+    /// A reasoning item's text, for the next assistant turn.
+    reasoning: Option<String>,
+    /// The last message is an assistant turn that later calls may join.
+    assistant_open: bool,
+}
+
+impl Conversation {
+    /// Adds one item; `at` names it in errors (`input[3]`).
+    pub fn push(&mut self, item: &Value, at: &str) -> Result<(), ApiError> {
+        let Some(obj) = item.as_object() else {
+            return Err(ApiError::invalid(at, format!("'{at}' must be an object")));
+        };
+        let kind = match obj.get("type") {
+            None if obj.contains_key("role") => "message",
+            _ => string_field(obj, at, "type")?,
+        };
+        if UNSUPPORTED_ITEMS.contains(&kind) {
+            return Err(ApiError::unsupported(&format!("{at}.type")));
+        }
+        if ![
+            "message",
+            "function_call",
+            "function_call_output",
+            "reasoning",
+        ]
+        .contains(&kind)
+        {
+            let param = format!("{at}.type");
+            return Err(ApiError::invalid(
+                &param,
+                format!("'{param}' must be message, function_call, function_call_output or reasoning, got '{kind}'"),
+            ));
+        }
+        if let Some(field) = obj
+            .keys()
+            .find(|k| !allowed_fields(kind).contains(&k.as_str()))
+        {
+            let param = format!("{at}.{field}");
+            return Err(ApiError {
+                code: Some("unknown_parameter"),
+                ..ApiError::invalid(&param, format!("unknown parameter '{param}'"))
+            });
+        }
+        match kind {
+            "message" => self.message(obj, at),
+            "function_call" => self.function_call(obj, at),
+            "function_call_output" => self.call_output(obj, at),
+            _ => self.reasoning(obj, at),
+        }
+    }
+
+    fn message(&mut self, obj: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
+        let role = string_field(obj, at, "role")?;
+        let allowed: &[&str] = match role {
+            "user" | "system" | "developer" => &["input_text"],
+            "assistant" => &["output_text", "refusal", "input_text"],
+            other => {
+                let param = format!("{at}.role");
+                return Err(ApiError::invalid(
+                    &param,
+                    format!(
+                        "'{param}' must be user, system, developer or assistant, got '{other}'"
+                    ),
+                ));
+            }
+        };
+        let text = content_text(obj.get("content"), &format!("{at}.content"), allowed)?;
+        let mut message = text_message(role, text);
+        if role == "assistant" {
+            message.reasoning_content = self.reasoning.take();
+        }
+        self.messages.push(message);
+        self.assistant_open = role == "assistant";
+        Ok(())
+    }
+
+    fn function_call(&mut self, obj: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
+        let call = RequestToolCall {
+            id: string_field(obj, at, "call_id")?.to_string(),
+            kind: "function".to_string(),
+            function: FunctionCall {
+                name: string_field(obj, at, "name")?.to_string(),
+                arguments: string_field(obj, at, "arguments")?.to_string(),
+            },
+        };
+        if !self.assistant_open {
+            self.messages.push(RequestMessage {
+                role: "assistant".to_string(),
+                content: None,
+                name: None,
+                tool_calls: None,
+                tool_call_id: None,
+                reasoning_content: self.reasoning.take(),
+            });
+            self.assistant_open = true;
+        }
+        if let Some(last) = self.messages.last_mut() {
+            last.tool_calls.get_or_insert_with(Vec::new).push(call);
+        }
+        Ok(())
+    }
+
+    fn call_output(&mut self, obj: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
+        let call_id = string_field(obj, at, "call_id")?;
+        let output = content_text(obj.get("output"), &format!("{at}.output"), &["input_text"])?;
+        let mut message = text_message("tool", output);
+        message.tool_call_id = Some(call_id.to_string());
+        self.messages.push(message);
+        self.assistant_open = false;
+        Ok(())
+    }
+
+    fn reasoning(&mut self, obj: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
+        if obj.get("encrypted_content").is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::unsupported(&format!("{at}.encrypted_content")));
+        }
+        // The thinking itself where given, else its summary.
+        let text = match obj.get("content") {
+            Some(v) if !v.is_null() => {
+                parts_text(v, &format!("{at}.content"), &["reasoning_text"])?
+            }
+            _ => match obj.get("summary") {
+                Some(v) => parts_text(v, &format!("{at}.summary"), &["summary_text"])?,
+                None => {
+                    let param = format!("{at}.summary");
+                    return Err(ApiError::invalid(&param, format!("'{param}' is required")));
+                }
+            },
+        };
+        self.reasoning = Some(text);
+        Ok(())
+    }
+}

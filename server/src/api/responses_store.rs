@@ -1,0 +1,150 @@
+//! Stored responses, for `previous_response_id` and `GET /v1/responses/{id}`: in memory,
+//! bounded by bytes (`--responses-store-memory`), the oldest dropped first.
+//!
+//! Each entry keeps its own input items and output, not the whole conversation: a follow-up
+//! walks the `previous_response_id` links, so a long chat costs its length once, not its
+//! length squared. A chain whose earlier link was dropped is refused by name.
+
+use super::responses_types::ResponseObject;
+use serde_json::Value;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+/// One stored response.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub response: ResponseObject,
+    /// Its input items as sent, each with an id.
+    pub input: Vec<Value>,
+    /// Its output items as input items (the same JSON).
+    pub output: Vec<Value>,
+    /// Bytes it is counted as (its JSON).
+    size: usize,
+}
+
+impl Stored {
+    pub fn new(response: ResponseObject, input: Vec<Value>) -> Self {
+        let output: Vec<Value> = response
+            .output
+            .iter()
+            .filter_map(|item| serde_json::to_value(item).ok())
+            .collect();
+        let json_len = |v: &Value| v.to_string().len();
+        let size = serde_json::to_string(&response).map_or(0, |s| s.len())
+            + input.iter().map(json_len).sum::<usize>();
+        Self {
+            response,
+            input,
+            output,
+            size,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Stored>,
+    /// Ids, oldest first.
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// The store; `capacity` 0 keeps nothing.
+pub struct ResponseStore {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+/// Why a conversation could not be rebuilt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChainError {
+    /// The id itself is not stored.
+    NotFound(String),
+    /// An earlier response of the chain was dropped to make room.
+    Broken(String),
+}
+
+impl ResponseStore {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere while holding the lock leaves whole entries: keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a response, dropping the oldest until it fits; one larger than the whole store
+    /// is not kept.
+    pub fn put(&self, entry: Stored) {
+        if entry.size > self.capacity {
+            return;
+        }
+        let mut inner = self.lock();
+        while inner.bytes + entry.size > self.capacity {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(e) = inner.entries.remove(&old) {
+                inner.bytes -= e.size;
+            }
+        }
+        let id = entry.response.id.clone();
+        inner.bytes += entry.size;
+        inner.order.push_back(id.clone());
+        inner.entries.insert(id, entry);
+    }
+
+    pub fn get(&self, id: &str) -> Option<Stored> {
+        self.lock().entries.get(id).cloned()
+    }
+
+    /// Removes a response; `false` if it was not stored.
+    pub fn delete(&self, id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.entries.remove(id) {
+            Some(e) => {
+                inner.bytes -= e.size;
+                inner.order.retain(|k| k != id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The items of the conversation that ends with response `id`, oldest first: each
+    /// response's input, then its output.
+    pub fn conversation(&self, id: &str) -> Result<Vec<Value>, ChainError> {
+        let inner = self.lock();
+        let mut chain = Vec::new();
+        let mut next = Some(id.to_string());
+        while let Some(at) = next {
+            let Some(entry) = inner.entries.get(&at) else {
+                return Err(if at == id {
+                    ChainError::NotFound(at)
+                } else {
+                    ChainError::Broken(at)
+                });
+            };
+            // A cycle cannot be stored (ids are new), but never loop on one.
+            if chain.len() > inner.entries.len() {
+                return Err(ChainError::Broken(at));
+            }
+            chain.push(entry);
+            next = entry.response.previous_response_id.clone();
+        }
+        Ok(chain
+            .iter()
+            .rev()
+            .flat_map(|e| e.input.iter().chain(&e.output).cloned())
+            .collect())
+    }
+
+    /// Bytes held (for tests and the log).
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
