@@ -454,3 +454,65 @@ async fn bad_input_is_a_400_naming_the_field() {
     assert_eq!(ok["status"], "completed");
     kv_blocks_free(&send(&app, "GET", "/metrics", None, None).await.text);
 }
+
+/// A template that opens `<think>` (tests/reasoning.rs): what SmolLM2 writes is all thinking.
+const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n";
+
+#[tokio::test]
+async fn thinking_is_a_reasoning_item() {
+    let plain = start(&[
+        "--chat-template",
+        THINKING_TEMPLATE,
+        "--reasoning-parser",
+        "none",
+    ])
+    .await;
+    let split = start(&[
+        "--chat-template",
+        THINKING_TEMPLATE,
+        "--reasoning-parser",
+        "deepseek_r1",
+    ])
+    .await;
+    let raw = post(&plain, "/v1/responses", body(json!({}))).await;
+    let thought = output_text(&raw);
+    assert!(!thought.is_empty());
+    let r = post(&split, "/v1/responses", body(json!({}))).await;
+    let output = r["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{r}");
+    assert_eq!(output[0]["type"], "reasoning");
+    assert!(output[0]["id"].as_str().unwrap().starts_with("rs_"));
+    assert_eq!(
+        output[0]["content"],
+        json!([{"type": "reasoning_text", "text": thought}])
+    );
+    let reasoning_tokens = r["usage"]["output_tokens_details"]["reasoning_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(reasoning_tokens > 0 && reasoning_tokens <= 12, "{r}");
+
+    let ev = events(&split, body(json!({"stream": true}))).await;
+    let names: Vec<&str> = ev.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.contains(&"response.output_text.delta"), "{names:?}");
+    let streamed: String = ev
+        .iter()
+        .filter(|(n, _)| n == "response.reasoning_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, thought);
+    let done = ev
+        .iter()
+        .find(|(n, _)| n == "response.reasoning_text.done")
+        .unwrap();
+    assert_eq!(done.1["text"], thought);
+    assert_eq!(
+        ev.last().unwrap().1["response"]["output"][0]["content"],
+        output[0]["content"]
+    );
+
+    // Sent back as an item, the thinking is accepted and the conversation goes on.
+    let items = json!([{"role": "user", "content": "What is 2+2?"}, output[0],
+        {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]);
+    let next = post(&split, "/v1/responses", body(json!({"input": items}))).await;
+    assert!(!next["output"].as_array().unwrap().is_empty(), "{next}");
+}

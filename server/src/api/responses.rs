@@ -100,6 +100,14 @@ pub struct Echo {
 }
 
 impl Echo {
+    /// A request's defaults, for unit tests.
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        let req: ResponsesRequest = serde_json::from_value(json!({"model": "m", "input": "hi"}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Self::of(&req, "m")
+    }
+
     fn of(req: &ResponsesRequest, model: &str) -> Self {
         Self {
             model: model.to_string(),
@@ -218,8 +226,9 @@ pub fn usage_of(state: &AppState, u: UsageBody, reasoning: &str) -> ResponseUsag
     }
 }
 
-/// A chat reply as output items: its thinking, its text (also when empty, unless it called),
-/// its calls; the last item takes `status` (a reply cut short ends there).
+/// A chat reply as output items: its thinking, its text (an empty one only when there is
+/// nothing else, as a stream sends it), its calls; the last item takes `status` (a reply cut
+/// short ends there).
 fn output_items(
     message: ResponseMessage,
     logprobs: Option<Vec<ResponseLogprob>>,
@@ -236,7 +245,7 @@ fn output_items(
     }
     let calls = message.tool_calls.unwrap_or_default();
     let text = message.content.unwrap_or_default();
-    if !text.is_empty() || calls.is_empty() {
+    if !text.is_empty() || (calls.is_empty() && out.is_empty()) {
         out.push(OutputItem::Message {
             id: item_id("msg"),
             status: "completed",

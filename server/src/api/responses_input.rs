@@ -257,3 +257,104 @@ impl Conversation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conversation(items: Value) -> Result<Vec<RequestMessage>, ApiError> {
+        let mut c = Conversation::default();
+        for (i, item) in items.as_array().unwrap().iter().enumerate() {
+            c.push(item, &format!("input[{i}]"))?;
+        }
+        Ok(c.messages)
+    }
+
+    fn text(m: &RequestMessage) -> String {
+        match &m.content {
+            Some(MessageContent::Parts(p)) => p.iter().filter_map(|p| p.text.clone()).collect(),
+            Some(MessageContent::Text(t)) => t.clone(),
+            None => String::new(),
+        }
+    }
+
+    #[test]
+    fn calls_join_the_assistant_turn_and_thinking_goes_to_the_next_one() {
+        let call = |id: &str| json!({"type": "function_call", "call_id": id, "name": "f", "arguments": "{}"});
+        let m = conversation(json!([
+            {"role": "developer", "content": [{"type": "input_text", "text": "Be "}, {"type": "input_text", "text": "brief"}]},
+            {"type": "message", "role": "user", "content": "hi"},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "hmm"}]},
+            {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
+                "content": [{"type": "output_text", "text": "Let me look.", "annotations": []}]},
+            call("call_1"), call("call_2"),
+            {"type": "function_call_output", "call_id": "call_1", "output": "one"},
+            {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "two"}]},
+            {"type": "reasoning", "summary": [{"type": "summary_text", "text": "again"}]},
+            call("call_3"),
+        ]))
+        .unwrap();
+        let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(
+            roles,
+            [
+                "developer",
+                "user",
+                "assistant",
+                "tool",
+                "tool",
+                "assistant"
+            ]
+        );
+        assert_eq!(text(&m[0]), "Be brief");
+        assert_eq!(text(&m[2]), "Let me look.");
+        assert_eq!(m[2].reasoning_content.as_deref(), Some("hmm"));
+        let ids: Vec<&str> = m[2]
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|c| c.id.as_str())
+            .collect();
+        assert_eq!(ids, ["call_1", "call_2"]);
+        assert_eq!(
+            (m[3].tool_call_id.as_deref(), text(&m[3]).as_str()),
+            (Some("call_1"), "one")
+        );
+        assert_eq!(text(&m[4]), "two");
+        assert!(m[5].content.is_none());
+        assert_eq!(m[5].reasoning_content.as_deref(), Some("again"));
+    }
+
+    #[test]
+    fn errors_name_the_item_and_field() {
+        let param = |items: Value| conversation(items).unwrap_err().param.unwrap();
+        assert_eq!(param(json!(["hi"])), "input[0]");
+        assert_eq!(
+            param(json!([{"type": "message", "content": "x"}])),
+            "input[0].role"
+        );
+        assert_eq!(param(json!([{"role": "user"}])), "input[0].content");
+        assert_eq!(
+            param(json!([{"role": "user", "content": 3}])),
+            "input[0].content"
+        );
+        assert_eq!(
+            param(json!([{"role": "user", "content": [{"type": "output_text", "text": "x"}]}])),
+            "input[0].content[0].type"
+        );
+        assert_eq!(
+            param(json!([{"type": "function_call_output", "output": "x"}])),
+            "input[0].call_id"
+        );
+        assert_eq!(
+            param(json!([{"type": "reasoning", "summary": [], "encrypted_content": "gAAA"}])),
+            "input[0].encrypted_content"
+        );
+        assert_eq!(
+            param(json!([{"type": "item_reference", "id": "msg_1"}])),
+            "input[0].type"
+        );
+        assert_eq!(param(json!([{"type": "banana"}])), "input[0].type");
+    }
+}

@@ -148,3 +148,58 @@ impl ResponseStore {
         self.lock().bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::responses::Echo;
+    use serde_json::json;
+
+    fn response(id: &str, previous: Option<&str>) -> Stored {
+        let mut echo = Echo::for_tests();
+        echo.previous_response_id = previous.map(str::to_string);
+        let r = echo.object(id, 0, "completed", Vec::new(), None);
+        Stored::new(
+            r,
+            vec![json!({"type": "message", "role": "user", "content": id})],
+        )
+    }
+
+    #[test]
+    fn a_chain_is_walked_oldest_first_and_the_oldest_dropped_for_room() {
+        let first = response("resp_1", None).size;
+        let later = response("resp_2", Some("resp_1")).size;
+        // Room for three later entries, not for all four.
+        let store = ResponseStore::new(3 * later);
+        store.put(response("resp_1", None));
+        store.put(response("resp_2", Some("resp_1")));
+        store.put(response("resp_3", Some("resp_2")));
+        let texts: Vec<Value> = store
+            .conversation("resp_3")
+            .unwrap()
+            .into_iter()
+            .map(|v| v["content"].clone())
+            .collect();
+        assert_eq!(texts, [json!("resp_1"), json!("resp_2"), json!("resp_3")]);
+        assert_eq!(store.bytes(), first + 2 * later);
+        store.put(response("resp_4", Some("resp_3")));
+        assert!(store.get("resp_1").is_none());
+        assert_eq!(store.bytes(), 3 * later);
+        assert_eq!(
+            store.conversation("resp_4"),
+            Err(ChainError::Broken("resp_1".into()))
+        );
+        assert_eq!(
+            store.conversation("resp_1"),
+            Err(ChainError::NotFound("resp_1".into()))
+        );
+        assert!(store.delete("resp_3"));
+        assert!(!store.delete("resp_3"));
+        assert_eq!(store.bytes(), 2 * later);
+        // Nothing is kept by an empty store, nor an entry larger than the whole store.
+        let none = ResponseStore::new(0);
+        none.put(response("resp_1", None));
+        assert!(none.get("resp_1").is_none());
+        assert_eq!(none.bytes(), 0);
+    }
+}
