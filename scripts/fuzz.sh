@@ -141,7 +141,8 @@ log "server ready on $base (pid $server_pid); seed $seed, $examples examples per
 #                                not list.
 #   missing_required_header, ignored_auth, use_after_free, ensure_resource_availability,
 #   response_headers_conformance, object_level_authorization: nothing in the spec for them
-#                                to test (no security scheme, no DELETE, no documented headers).
+#                                to test (no security scheme, no documented headers; the only
+#                                DELETE, of a stored response, needs an id no generator can know).
 # Model ids and chat roles come from the dictionaries in tests/fuzz/schemathesis.toml; the
 # `stream`/`max_tokens` mix from tests/fuzz/hooks.py (both explained there).
 # Reproducible: --seed, --generation-database none and the [cache]/[phases] settings in

@@ -136,3 +136,31 @@ def test_tools_example_calls_the_tool_and_answers(server):
     lines = r.stdout.strip().splitlines()
     assert lines[0] == 'get_weather({"city": "Paris", "unit": "celsius"})', r.stdout
     assert len(lines) >= 2 and lines[1].strip(), r.stdout
+
+
+RESPONSES = {
+    "python": [sys.executable, str(EXAMPLES / "python" / "responses.py")],
+    "node": ["node", str(EXAMPLES / "node" / "responses.mjs")],
+}
+
+
+def test_responses_examples_hold_a_conversation(server):
+    """Both SDKs' Responses examples print the same two answers (greedy), and they are what
+    the chat endpoint answers for the same turns: the server kept the first turn."""
+    from openai import OpenAI
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOWBIT_")}
+    env["LOWBIT_URL"] = server.url
+    outputs = []
+    for cmd in RESPONSES.values():
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert r.returncode == 0, r.stderr
+        outputs.append(r.stdout.splitlines())
+    assert outputs[0] == outputs[1], outputs
+    client = OpenAI(base_url=server.url + "/v1", api_key="none")
+    turns = [{"role": "user", "content": "What is 2+2?"}]
+    for line in outputs[0]:
+        reply = client.chat.completions.create(model=MODEL, messages=turns, temperature=0, max_tokens=24)
+        text = reply.choices[0].message.content
+        assert line == text.replace("\n", " "), (line, text)
+        turns += [{"role": "assistant", "content": text}, {"role": "user", "content": "And 3+3?"}]

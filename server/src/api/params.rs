@@ -117,16 +117,21 @@ pub fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiErro
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        // `unknown field `x`` inside a nested object: name the field itself.
-        let unknown = inner
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next());
-        let param = match unknown {
+        // `unknown field `x`` or `missing field `x`` of an object: name the field itself.
+        let field_of = |prefix: &str| {
+            inner
+                .strip_prefix(prefix)
+                .and_then(|r| r.split('`').next())
+                .map(str::to_string)
+        };
+        let unknown = field_of("unknown field `");
+        let named = unknown.clone().or_else(|| field_of("missing field `"));
+        let param = match named.as_deref() {
             Some(field) if path == "." => field.to_string(),
             Some(field) if !path.ends_with(field) => format!("{path}.{field}"),
             _ => path,
         };
-        match unknown {
+        match unknown.as_deref() {
             Some(field) if NESTED_UNSUPPORTED.contains(&field) => ApiError::unsupported(&param),
             _ => ApiError::invalid(param.clone(), format!("'{param}': {inner}")),
         }

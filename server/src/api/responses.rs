@@ -474,6 +474,16 @@ fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
             }
         }
     }
+    match obj.get("input") {
+        Some(Value::String(_) | Value::Array(_)) => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "input",
+                "'input' must be a string or an array of items",
+            ))
+        }
+        None => return Err(ApiError::invalid("input", "'input' is required")),
+    }
     let req: ResponsesRequest = params::typed(value)?;
     if let Some(inc) = req
         .include
