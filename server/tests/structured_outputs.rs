@@ -174,7 +174,7 @@ async fn bad_formats_are_400s_that_name_their_parameter() {
         ),
         (
             json!({"response_format": {"type": "json_schema"}}),
-            "response_format",
+            "response_format.json_schema",
         ),
         (
             json!({"response_format": {"type": "json_object", "extra": 1}}),

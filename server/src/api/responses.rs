@@ -11,8 +11,8 @@ use super::chat_run::ChatRun;
 use super::error::ApiError;
 use super::generation;
 use super::openai::{
-    ChatCompletionRequest, ChatLogprobs, FunctionDef, JsonSchemaFormat, NamedFunction,
-    NamedToolChoice, ResponseFormat, ResponseMessage, SamplingFields, Tool, ToolChoice, UsageBody,
+    ChatCompletionRequest, FunctionDef, JsonSchemaFormat, NamedFunction, NamedToolChoice,
+    ResponseFormat, ResponseMessage, SamplingFields, TokenLogprob, Tool, ToolChoice, UsageBody,
 };
 use super::params;
 use super::responses_input::Conversation;
@@ -20,9 +20,8 @@ use super::responses_store::{ChainError, Stored};
 use super::responses_stream::ResponsesSse;
 use super::responses_types::{
     InputItemList, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
-    ReasoningConfig, ReasoningText, ResponseDeleted, ResponseLogprob, ResponseObject,
-    ResponseTopLogprob, ResponseUsage, ResponsesInput, ResponsesRequest, ResponsesToolChoice,
-    TextConfig, TextFormat,
+    ReasoningConfig, ReasoningText, ResponseDeleted, ResponseObject, ResponseUsage, ResponsesInput,
+    ResponsesRequest, ResponsesToolChoice, TextConfig, TextFormat,
 };
 use super::{body_bytes, request_id, AppState};
 use axum::body::Bytes;
@@ -186,27 +185,6 @@ fn wants_logprobs(req: &ResponsesRequest) -> bool {
     included || req.top_logprobs.is_some()
 }
 
-/// Chat's logprobs in the Responses shape.
-pub fn response_logprobs(lps: ChatLogprobs) -> Vec<ResponseLogprob> {
-    lps.content
-        .into_iter()
-        .map(|t| ResponseLogprob {
-            token: t.token,
-            logprob: t.logprob,
-            bytes: t.bytes,
-            top_logprobs: t
-                .top_logprobs
-                .into_iter()
-                .map(|a| ResponseTopLogprob {
-                    token: a.token,
-                    logprob: a.logprob,
-                    bytes: a.bytes,
-                })
-                .collect(),
-        })
-        .collect()
-}
-
 /// The usage of a response whose thinking was `reasoning` (re-tokenized to count it).
 pub fn usage_of(state: &AppState, u: UsageBody, reasoning: &str) -> ResponseUsage {
     let reasoning_tokens = if reasoning.is_empty() {
@@ -231,7 +209,7 @@ pub fn usage_of(state: &AppState, u: UsageBody, reasoning: &str) -> ResponseUsag
 /// short ends there).
 fn output_items(
     message: ResponseMessage,
-    logprobs: Option<Vec<ResponseLogprob>>,
+    logprobs: Option<Vec<TokenLogprob>>,
     status: &'static str,
 ) -> Vec<OutputItem> {
     let mut out = Vec::new();
@@ -541,10 +519,7 @@ pub async fn create(
         _ => "completed",
     };
     let reasoning = choice.message.reasoning_content.clone().unwrap_or_default();
-    let logprobs = choice
-        .logprobs
-        .filter(|_| echo.logprobs)
-        .map(response_logprobs);
+    let logprobs = choice.logprobs.filter(|_| echo.logprobs).map(|l| l.content);
     let output = output_items(choice.message, logprobs, status);
     let usage = usage_of(&state, completion.usage, &reasoning);
     let response = echo.object(&id, created_at, status, output, Some(usage));

@@ -10,12 +10,10 @@
 use super::chat_run::ChunkSink;
 use super::error::ApiError;
 use super::generation::SseSender;
-use super::openai::{ChatCompletionChunk, UsageBody};
-use super::responses::{item_id, response_logprobs, usage_of, Echo};
+use super::openai::{ChatCompletionChunk, TokenLogprob, UsageBody};
+use super::responses::{item_id, usage_of, Echo};
 use super::responses_store::Stored;
-use super::responses_types::{
-    OutputItem, OutputText, ReasoningText, ResponseError, ResponseLogprob,
-};
+use super::responses_types::{OutputItem, OutputText, ReasoningText, ResponseError};
 use super::AppState;
 use crate::engine::Usage;
 use serde_json::{json, Value};
@@ -37,7 +35,7 @@ pub struct ResponsesSse {
     calls: Vec<Option<usize>>,
     finish: Option<&'static str>,
     /// Every token's log-probability so far (when asked for).
-    logprobs: Vec<ResponseLogprob>,
+    logprobs: Vec<TokenLogprob>,
     gone: bool,
 }
 
@@ -203,30 +201,21 @@ impl ResponsesSse {
         (index, self.output[index].id().to_string())
     }
 
-    fn reasoning_delta(&mut self, text: String) {
-        let (index, id) = self.text_item(true);
-        if let Some(OutputItem::Reasoning { content, .. }) = self.output.last_mut() {
-            if let Some(part) = content.first_mut() {
-                part.text.push_str(&text);
-            }
+    /// More text of the reply's thinking or its answer, in the open item of that kind.
+    fn text_delta(&mut self, reasoning: bool, text: String, logprobs: Vec<TokenLogprob>) {
+        let (index, id) = self.text_item(reasoning);
+        if let Some(item) = self.output.last_mut() {
+            item.push_text(&text);
         }
-        self.send(
-            "response.reasoning_text.delta",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text}),
-        );
-    }
-
-    fn text_delta(&mut self, text: String, logprobs: Vec<ResponseLogprob>) {
-        let (index, id) = self.text_item(false);
-        if let Some(OutputItem::Message { content, .. }) = self.output.last_mut() {
-            if let Some(part) = content.first_mut() {
-                part.text.push_str(&text);
-            }
-        }
-        self.send(
-            "response.output_text.delta",
-            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": logprobs}),
-        );
+        let mut event =
+            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text});
+        let kind = if reasoning {
+            "response.reasoning_text.delta"
+        } else {
+            event["logprobs"] = json!(logprobs);
+            "response.output_text.delta"
+        };
+        self.send(kind, event);
     }
 
     fn call_start(&mut self, index: usize, call_id: String, name: String) {
@@ -284,15 +273,15 @@ impl ChunkSink for ResponsesSse {
         for choice in chunk.choices {
             let delta = choice.delta;
             let logprobs = match choice.logprobs.filter(|_| self.echo.logprobs) {
-                Some(lps) => response_logprobs(lps),
+                Some(lps) => lps.content,
                 None => Vec::new(),
             };
             self.logprobs.extend(logprobs.iter().cloned());
             if let Some(text) = delta.reasoning_content.filter(|t| !t.is_empty()) {
-                self.reasoning_delta(text);
+                self.text_delta(true, text, Vec::new());
             }
             if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
-                self.text_delta(text, logprobs);
+                self.text_delta(false, text, logprobs);
             }
             for call in delta.tool_calls.into_iter().flatten() {
                 if let Some(id) = call.id {

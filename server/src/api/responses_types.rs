@@ -3,6 +3,7 @@
 //! The request's `input` items are read by hand (responses_input.rs) so that an error names
 //! the item and field; everything else is typed here, unknown fields rejected.
 
+use super::openai::TokenLogprob;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -136,23 +137,6 @@ pub struct ResponsesRequest {
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// An alternative token in `logprobs`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ResponseTopLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
-}
-
-/// One token's log-probability in `output_text.logprobs`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ResponseLogprob {
-    pub token: String,
-    pub logprob: f32,
-    pub bytes: Vec<u8>,
-    pub top_logprobs: Vec<ResponseTopLogprob>,
-}
-
 /// A part of an output message.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename = "output_text")]
@@ -161,8 +145,10 @@ pub struct OutputText {
     /// Always empty: a local model cites nothing.
     #[schema(value_type = Vec<Object>)]
     pub annotations: Vec<serde_json::Value>,
+    /// Each token's log-probability, in chat's shape (`token`, `logprob`, `bytes`,
+    /// `top_logprobs`), which is also the Responses API's.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<Vec<ResponseLogprob>>,
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// A reasoning item's text.
@@ -206,6 +192,18 @@ impl OutputItem {
             Self::Reasoning { id, .. }
             | Self::Message { id, .. }
             | Self::FunctionCall { id, .. } => id,
+        }
+    }
+
+    /// Appends to a text item's (reasoning or message) text.
+    pub fn push_text(&mut self, more: &str) {
+        let text = match self {
+            Self::Reasoning { content, .. } => content.first_mut().map(|p| &mut p.text),
+            Self::Message { content, .. } => content.first_mut().map(|p| &mut p.text),
+            Self::FunctionCall { .. } => None,
+        };
+        if let Some(text) = text {
+            text.push_str(more);
         }
     }
 
