@@ -3,8 +3,8 @@
 //! them; `GET /metrics` renders them.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets (seconds) for time to first token and queue time: vLLM's, from 1 ms.
@@ -20,6 +20,16 @@ const ITL_BUCKETS: &[f64] = &[
 const E2E_BUCKETS: &[f64] = &[
     0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
     480.0,
+];
+
+/// HTTP duration buckets (seconds) by route: few, to keep the label sets cheap (as vLLM's
+/// instrumentator has them).
+const HTTP_BUCKETS: &[f64] = &[0.1, 0.5, 1.0];
+/// HTTP duration buckets (seconds) over all routes: many, for percentiles (the
+/// instrumentator's `highr` set).
+const HTTP_HIGHR_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0,
+    7.5, 10.0, 30.0, 60.0,
 ];
 
 /// Every metric lowbit exports.
@@ -48,6 +58,14 @@ pub struct Metrics {
     pub device_memory_bytes: IntGaugeVec,
     /// 1, labelled with the `backend` that serves (`cpu`, `wgpu:<adapter>`). lowbit's own.
     pub backend_info: IntGaugeVec,
+    /// HTTP requests by `handler` (the route's template, `none` when no route matched),
+    /// `method` and `status` class (`2xx`, `4xx`, …): the unprefixed names vLLM's HTTP
+    /// instrumentation exports, and the next three too.
+    pub http_requests_total: IntCounterVec,
+    /// Until the response's head is sent (a stream's start), by `handler` and `method`.
+    pub http_request_duration_seconds: HistogramVec,
+    /// The same over all routes, in finer buckets.
+    pub http_request_duration_highr_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -144,6 +162,31 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid metric"),
+            http_requests_total: IntCounterVec::new(
+                Opts::new(
+                    "http_requests_total",
+                    "HTTP requests by route, method and status class.",
+                ),
+                &["handler", "method", "status"],
+            )
+            .expect("valid metric"),
+            http_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "http_request_duration_seconds",
+                    "From a request's arrival until its response head, by route and method.",
+                )
+                .buckets(HTTP_BUCKETS.to_vec()),
+                &["handler", "method"],
+            )
+            .expect("valid metric"),
+            http_request_duration_highr_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "http_request_duration_highr_seconds",
+                    "From a request's arrival until its response head, all routes.",
+                )
+                .buckets(HTTP_HIGHR_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.num_requests_running.clone()),
@@ -163,6 +206,9 @@ impl Metrics {
             Box::new(m.kv_blocks_total.clone()),
             Box::new(m.device_memory_bytes.clone()),
             Box::new(m.backend_info.clone()),
+            Box::new(m.http_requests_total.clone()),
+            Box::new(m.http_request_duration_seconds.clone()),
+            Box::new(m.http_request_duration_highr_seconds.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("metric registered once");
@@ -171,6 +217,18 @@ impl Metrics {
             m.request_success_total.with_label_values(&[reason]);
         }
         m
+    }
+
+    /// Counts one HTTP request that took `seconds` to its response head.
+    pub fn observe_http(&self, handler: &str, method: &str, status: u16, seconds: f64) {
+        let class = format!("{}xx", status / 100);
+        self.http_requests_total
+            .with_label_values(&[handler, method, &class])
+            .inc();
+        self.http_request_duration_seconds
+            .with_label_values(&[handler, method])
+            .observe(seconds);
+        self.http_request_duration_highr_seconds.observe(seconds);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -193,7 +251,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_every_metric_with_the_lowbit_prefix() {
+    fn renders_every_metric_with_the_lowbit_prefix_and_http_ones_as_vllm() {
         let m = Metrics::new();
         m.prompt_tokens_total.inc_by(7);
         m.time_to_first_token_seconds.observe(0.05);
@@ -201,7 +259,15 @@ mod tests {
             .with_label_values(&["weights"])
             .set(1234);
         m.backend_info.with_label_values(&["cpu"]).set(1);
+        m.observe_http("/v1/responses/{id}", "GET", 404, 0.002);
         let text = m.render();
+        assert!(text.contains(
+            "http_requests_total{handler=\"/v1/responses/{id}\",method=\"GET\",status=\"4xx\"} 1"
+        ));
+        assert!(text.contains(
+            "http_request_duration_seconds_bucket{handler=\"/v1/responses/{id}\",method=\"GET\",le=\"0.1\"} 1"
+        ));
+        assert!(text.contains("http_request_duration_highr_seconds_bucket{le=\"0.01\"} 1"));
         assert!(text.contains("lowbit:prompt_tokens_total 7"), "{text}");
         assert!(text.contains("lowbit:device_memory_bytes{kind=\"weights\"} 1234"));
         assert!(text.contains("lowbit:backend_info{backend=\"cpu\"} 1"));

@@ -539,3 +539,54 @@ async fn streaming_chat_has_openai_chunks_and_a_usage_chunk() {
         .count();
     assert_eq!(finishes, 2);
 }
+
+#[tokio::test]
+async fn http_requests_are_counted_by_route_template_method_and_status_class() {
+    let app = start(&[]).await;
+    for _ in 0..2 {
+        let r = send(
+            &app,
+            "POST",
+            "/v1/chat/completions",
+            Some(&chat(json!({}))),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let bad = chat(json!({"n": 0}));
+    send(&app, "POST", "/v1/chat/completions", Some(&bad), None)
+        .await
+        .assert_error(400, BAD, Some("n"), None);
+    for id in ["resp_a", "resp_b"] {
+        let path = format!("/v1/responses/{id}");
+        let r = send(&app, "GET", &path, None, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+    }
+    let r = send(&app, "GET", "/no/such/route", None, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let metrics = send(&app, "GET", "/metrics", None, None).await.text;
+    let count = |labels: &str| -> Option<u64> {
+        let key = format!("http_requests_total{{{labels}}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&key))?;
+        line[key.len()..].parse().ok()
+    };
+    let chat_route = "handler=\"/v1/chat/completions\",method=\"POST\"";
+    assert_eq!(
+        count(&format!("{chat_route},status=\"2xx\"")),
+        Some(2),
+        "{metrics}"
+    );
+    assert_eq!(count(&format!("{chat_route},status=\"4xx\"")), Some(1));
+    // Ids in paths share their route's series; an unknown route is `none`.
+    let one = "handler=\"/v1/responses/{id}\",method=\"GET\",status=\"4xx\"";
+    assert_eq!(count(one), Some(2));
+    assert_eq!(
+        count("handler=\"none\",method=\"GET\",status=\"4xx\""),
+        Some(1)
+    );
+    let durations =
+        "http_request_duration_seconds_count{handler=\"/v1/chat/completions\",method=\"POST\"} 3";
+    assert!(metrics.contains(durations), "{metrics}");
+    assert!(metrics.contains("http_request_duration_highr_seconds_count 6"));
+}

@@ -11,6 +11,7 @@ pub mod completions;
 pub mod error;
 pub mod generation;
 pub mod health;
+pub mod http_metrics;
 pub mod limits;
 pub mod models;
 pub mod openai;
@@ -162,6 +163,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
             ApiError::route_not_found(req.uri().path())
         })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http_metrics::record,
+        ))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         // A client that stops sending its body does not hold a connection forever.
         .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
