@@ -388,9 +388,19 @@ async fn bad_input_is_a_400_naming_the_field() {
     bad(json!({"background": true}))
         .await
         .assert_error(400, BAD, Some("background"), unsupported);
-    bad(json!({"reasoning": {"effort": "high"}}))
+    bad(json!({"reasoning": {"effort": "extreme"}}))
         .await
-        .assert_error(400, BAD, Some("reasoning.effort"), unsupported);
+        .assert_error(400, BAD, Some("reasoning.effort"), None);
+    bad(json!({"reasoning": {"summary": "long"}}))
+        .await
+        .assert_error(400, BAD, Some("reasoning.summary"), None);
+    let foreign = json!([{"type": "reasoning", "summary": [], "encrypted_content": "gAAAAB"}]);
+    bad(json!({ "input": foreign })).await.assert_error(
+        400,
+        BAD,
+        Some("input[0].encrypted_content"),
+        None,
+    );
     bad(json!({"tools": [{"type": "web_search"}]}))
         .await
         .assert_error(400, BAD, Some("tools[0].type"), unsupported);
@@ -456,7 +466,8 @@ async fn bad_input_is_a_400_naming_the_field() {
 }
 
 /// A template that opens `<think>` (tests/reasoning.rs): what SmolLM2 writes is all thinking.
-const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n<think>\n";
+/// It shows earlier thinking and the `reasoning_effort` variable, as gpt-oss's templates do.
+const THINKING_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n{% if reasoning_effort is defined %}Reasoning: {{ reasoning_effort }}\n{% endif %}<think>\n";
 
 #[tokio::test]
 async fn thinking_is_a_reasoning_item() {
@@ -510,9 +521,71 @@ async fn thinking_is_a_reasoning_item() {
         output[0]["content"]
     );
 
-    // Sent back as an item, the thinking is accepted and the conversation goes on.
-    let items = json!([{"role": "user", "content": "What is 2+2?"}, output[0],
-        {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]);
-    let next = post(&split, "/v1/responses", body(json!({"input": items}))).await;
-    assert!(!next["output"].as_array().unwrap().is_empty(), "{next}");
+    // Sent back as an item, the thinking is in the next prompt: in the clear, or sealed as a
+    // stateless client (`store: false`, `include`) keeps it.
+    let sealed = post(
+        &split,
+        "/v1/responses",
+        body(json!({"include": ["reasoning.encrypted_content"], "store": false})),
+    )
+    .await;
+    let opaque = sealed["output"][0]["encrypted_content"].as_str().unwrap();
+    assert!(opaque.starts_with("lowbit.reasoning.v1:"), "{sealed}");
+    let ev = events(
+        &split,
+        body(json!({"include": ["reasoning.encrypted_content"], "stream": true})),
+    )
+    .await;
+    let done = ev
+        .iter()
+        .find(|(n, d)| n == "response.output_item.done" && d["item"]["type"] == "reasoning")
+        .unwrap();
+    assert_eq!(done.1["item"]["encrypted_content"], opaque);
+    let prompt_with = |thinking: Value| {
+        let split = &split;
+        async move {
+            let items = json!([{"role": "user", "content": "What is 2+2?"}, thinking,
+                {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]);
+            let r = post(
+                split,
+                "/v1/responses",
+                body(json!({"input": items, "max_output_tokens": 1})),
+            )
+            .await;
+            r["usage"]["input_tokens"].as_u64().unwrap()
+        }
+    };
+    let clear = prompt_with(output[0].clone()).await;
+    let only_sealed = json!({"type": "reasoning", "summary": [], "encrypted_content": opaque});
+    assert_eq!(prompt_with(only_sealed).await, clear);
+    let empty = json!({"type": "reasoning", "summary": []});
+    assert!(prompt_with(empty).await < clear);
+
+    // `reasoning.effort` is the template's `reasoning_effort`, as chat's `reasoning_effort`.
+    let tokens = |kwargs: Value| {
+        let split = &split;
+        async move {
+            let req = json!({"model": MODEL, "messages": [{"role": "user", "content": "What is 2+2?"}],
+                "chat_template_kwargs": kwargs});
+            let r = send(split, "POST", "/tokenize", Some(&req.to_string()), None).await;
+            r.json()["count"].as_u64().unwrap()
+        }
+    };
+    let high = tokens(json!({"reasoning_effort": "high"})).await;
+    assert!(high > tokens(json!({})).await);
+    let r = post(
+        &split,
+        "/v1/responses",
+        body(json!({"reasoning": {"effort": "high", "summary": "auto"}})),
+    )
+    .await;
+    assert_eq!(r["usage"]["input_tokens"], high);
+    assert_eq!(r["reasoning"], json!({"effort": "high", "summary": "auto"}));
+    let c = post(
+        &split,
+        "/v1/chat/completions",
+        chat(json!({"reasoning_effort": "high"})),
+    )
+    .await;
+    assert_eq!(c["usage"]["prompt_tokens"], high);
 }

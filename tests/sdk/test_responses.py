@@ -150,3 +150,21 @@ def test_unsupported_parameters_are_named(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=MODEL, input=image)
     assert e.value.body["param"] == "input[0].content[0].type"
+
+
+def test_a_stateless_client_with_reasoning_settings(client):
+    """As agents such as Codex send it: `store: false`, reasoning effort and summary, encrypted
+    reasoning included; the conversation is sent whole each turn."""
+    items = [{"role": "user", "content": QUESTION}]
+    kw = dict(
+        model=MODEL, reasoning={"effort": "low", "summary": "auto"}, include=["reasoning.encrypted_content"],
+        store=False, temperature=0, max_output_tokens=8,
+    )
+    r = client.responses.create(input=items, **kw)
+    assert r.reasoning.effort == "low" and r.reasoning.summary == "auto" and r.store is False
+    items += r.output
+    items.append({"role": "user", "content": "And 3+3?"})
+    follow = client.responses.create(input=items, **kw)
+    assert follow.usage.input_tokens > r.usage.input_tokens + r.usage.output_tokens
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(r.id)

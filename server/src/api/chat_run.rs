@@ -97,7 +97,9 @@ impl ChatRun {
             };
             t.set_answer_format(schema.clone());
         }
-        let kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+        let mut kwargs = req.chat_template_kwargs.clone().unwrap_or_default();
+        let effort = req.reasoning_effort.as_deref();
+        params::reasoning_effort("reasoning_effort", effort, &mut kwargs)?;
         let ChatPrompt {
             ids: prompt,
             opens_thinking,

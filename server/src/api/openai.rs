@@ -254,6 +254,9 @@ pub struct ChatCompletionRequest {
     /// More variables for the chat template (vLLM's; e.g. Qwen3's `enable_thinking`).
     #[schema(value_type = Option<Object>)]
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `none`, `minimal`, `low`, `medium` or `high`: the chat template's `reasoning_effort`
+    /// variable (gpt-oss's templates read it; others ignore it), as vLLM passes it.
+    pub reasoning_effort: Option<String>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

@@ -16,7 +16,6 @@ const UNSUPPORTED: &[&str] = &[
     "modalities",
     "prediction",
     "web_search_options",
-    "reasoning_effort",
     "suffix",
     "store",
     "metadata",
@@ -65,7 +64,35 @@ pub const CHAT_FIELDS: &[&str] = &[
     "tool_choice",
     "parallel_tool_calls",
     "chat_template_kwargs",
+    "reasoning_effort",
 ];
+
+/// `reasoning_effort` values (OpenAI's), passed to the chat template as `reasoning_effort`.
+pub const REASONING_EFFORTS: &[&str] = &["none", "minimal", "low", "medium", "high"];
+
+/// `reasoning_effort` checked, into the template variables unless they set it themselves.
+pub fn reasoning_effort(
+    param: &str,
+    effort: Option<&str>,
+    kwargs: &mut serde_json::Map<String, serde_json::Value>,
+) -> Result<(), ApiError> {
+    let Some(effort) = effort else {
+        return Ok(());
+    };
+    if !REASONING_EFFORTS.contains(&effort) {
+        return Err(ApiError::invalid(
+            param,
+            format!(
+                "'{param}' must be one of {}, got '{effort}'",
+                REASONING_EFFORTS.join(", ")
+            ),
+        ));
+    }
+    kwargs
+        .entry("reasoning_effort")
+        .or_insert_with(|| serde_json::Value::String(effort.to_string()));
+    Ok(())
+}
 
 /// Completions' own fields.
 pub const COMPLETION_FIELDS: &[&str] = &["model", "prompt", "logprobs", "echo", "best_of"];

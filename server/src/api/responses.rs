@@ -15,7 +15,7 @@ use super::openai::{
     ResponseFormat, ResponseMessage, SamplingFields, TokenLogprob, Tool, ToolChoice, UsageBody,
 };
 use super::params;
-use super::responses_input::Conversation;
+use super::responses_input::{seal, Conversation};
 use super::responses_store::{ChainError, Stored};
 use super::responses_stream::ResponsesSse;
 use super::responses_types::{
@@ -64,6 +64,7 @@ const FIELDS: &[&str] = &[
     "metadata",
     "user",
     "include",
+    "reasoning",
     "truncation",
     "top_k",
     "min_p",
@@ -96,6 +97,9 @@ pub struct Echo {
     pub metadata: std::collections::BTreeMap<String, String>,
     /// `output_text.logprobs` were asked for.
     pub logprobs: bool,
+    pub reasoning: ReasoningConfig,
+    /// Reasoning items carry `encrypted_content` (`include`).
+    pub sealed_reasoning: bool,
 }
 
 impl Echo {
@@ -130,6 +134,8 @@ impl Echo {
             user: req.user.clone(),
             metadata: req.metadata.clone().unwrap_or_default(),
             logprobs: wants_logprobs(req),
+            reasoning: req.reasoning.clone().unwrap_or_default(),
+            sealed_reasoning: includes(req, ENCRYPTED_REASONING),
         }
     }
 
@@ -159,7 +165,7 @@ impl Echo {
             output,
             parallel_tool_calls: self.parallel_tool_calls,
             previous_response_id: self.previous_response_id.clone(),
-            reasoning: ReasoningConfig::default(),
+            reasoning: self.reasoning.clone(),
             store: self.store,
             temperature: self.temperature,
             text: self.text.clone(),
@@ -176,13 +182,16 @@ impl Echo {
     }
 }
 
+/// `include` values: each token's log-probabilities, reasoning as opaque content.
+const OUTPUT_LOGPROBS: &str = "message.output_text.logprobs";
+const ENCRYPTED_REASONING: &str = "reasoning.encrypted_content";
+
+fn includes(req: &ResponsesRequest, what: &str) -> bool {
+    req.include.iter().flatten().any(|i| i == what)
+}
+
 fn wants_logprobs(req: &ResponsesRequest) -> bool {
-    let included = req
-        .include
-        .iter()
-        .flatten()
-        .any(|i| i == "message.output_text.logprobs");
-    included || req.top_logprobs.is_some()
+    includes(req, OUTPUT_LOGPROBS) || req.top_logprobs.is_some()
 }
 
 /// The usage of a response whose thinking was `reasoning` (re-tokenized to count it).
@@ -210,6 +219,7 @@ pub fn usage_of(state: &AppState, u: UsageBody, reasoning: &str) -> ResponseUsag
 fn output_items(
     message: ResponseMessage,
     logprobs: Option<Vec<TokenLogprob>>,
+    sealed: bool,
     status: &'static str,
 ) -> Vec<OutputItem> {
     let mut out = Vec::new();
@@ -217,6 +227,7 @@ fn output_items(
         out.push(OutputItem::Reasoning {
             id: item_id("rs"),
             summary: Vec::new(),
+            encrypted_content: sealed.then(|| seal(&text)),
             content: vec![ReasoningText { text }],
             status: "completed",
         });
@@ -258,6 +269,7 @@ fn renamed(mut e: ApiError) -> ApiError {
         ("response_format", "text.format"),
         (".function.", "."),
         ("messages", "input"),
+        ("reasoning_effort", "reasoning.effort"),
     ];
     for (from, to) in NAMES {
         if let Some(p) = &e.param {
@@ -396,6 +408,7 @@ fn chat_request(
         tool_choice,
         parallel_tool_calls: req.parallel_tool_calls,
         chat_template_kwargs: req.chat_template_kwargs.clone(),
+        reasoning_effort: req.reasoning.as_ref().and_then(|r| r.effort.clone()),
         sampling: SamplingFields {
             temperature: req.temperature,
             top_p: req.top_p,
@@ -412,36 +425,19 @@ fn chat_request(
 
 /// Reads the body: unknown and unimplemented fields are 400s naming them.
 fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
-    let mut value: Value = serde_json::from_slice(body)
+    let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-    let Some(obj) = value.as_object_mut() else {
+    let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
     if let Some(key) = obj.keys().find(|k| UNSUPPORTED.contains(&k.as_str())) {
         return Err(ApiError::unsupported(key));
     }
-    let known = |k: &String| FIELDS.contains(&k.as_str()) || k == "reasoning";
-    if let Some(key) = obj.keys().find(|k| !known(k)) {
+    if let Some(key) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError {
             code: Some("unknown_parameter"),
             ..ApiError::invalid(key.clone(), format!("unknown parameter '{key}'"))
         });
-    }
-    // `reasoning` is taken only empty: a local model has no effort or summary setting.
-    if let Some(r) = obj.remove("reasoning") {
-        let set = match &r {
-            Value::Null => None,
-            Value::Object(o) => o.iter().find(|(_, v)| !v.is_null()).map(|(k, _)| k.clone()),
-            _ => Some(String::new()),
-        };
-        if let Some(field) = set {
-            let param = if field.is_empty() {
-                "reasoning".to_string()
-            } else {
-                format!("reasoning.{field}")
-            };
-            return Err(ApiError::unsupported(&param));
-        }
     }
     // Hosted tools (web_search, file_search, …) before their fields fail the function shape.
     if let Some(Value::Array(tools)) = obj.get("tools") {
@@ -463,16 +459,29 @@ fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
         None => return Err(ApiError::invalid("input", "'input' is required")),
     }
     let req: ResponsesRequest = params::typed(value)?;
+    let known = [OUTPUT_LOGPROBS, ENCRYPTED_REASONING];
     if let Some(inc) = req
         .include
         .iter()
         .flatten()
-        .find(|i| *i != "message.output_text.logprobs")
+        .find(|i| !known.contains(&i.as_str()))
     {
         return Err(ApiError::invalid(
             "include",
-            format!("'include' can only hold 'message.output_text.logprobs', got '{inc}'"),
+            format!(
+                "'include' can hold '{OUTPUT_LOGPROBS}' and '{ENCRYPTED_REASONING}', got '{inc}'"
+            ),
         ));
+    }
+    if let Some(r) = &req.reasoning {
+        let summary = r.summary.as_ref().or(r.generate_summary.as_ref());
+        if let Some(s) = summary.filter(|s| !["auto", "concise", "detailed"].contains(&s.as_str()))
+        {
+            return Err(ApiError::invalid(
+                "reasoning.summary",
+                format!("'reasoning.summary' must be auto, concise or detailed, got '{s}'"),
+            ));
+        }
     }
     if let Some(t) = req.truncation.as_deref().filter(|t| *t != "disabled") {
         return Err(ApiError::invalid(
@@ -520,7 +529,7 @@ pub async fn create(
     };
     let reasoning = choice.message.reasoning_content.clone().unwrap_or_default();
     let logprobs = choice.logprobs.filter(|_| echo.logprobs).map(|l| l.content);
-    let output = output_items(choice.message, logprobs, status);
+    let output = output_items(choice.message, logprobs, echo.sealed_reasoning, status);
     let usage = usage_of(&state, completion.usage, &reasoning);
     let response = echo.object(&id, created_at, status, output, Some(usage));
     if echo.store {

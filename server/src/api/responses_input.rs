@@ -5,7 +5,24 @@
 
 use super::error::ApiError;
 use super::openai::{ContentPart, FunctionCall, MessageContent, RequestMessage, RequestToolCall};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use serde_json::{Map, Value};
+
+/// What starts lowbit's opaque reasoning content.
+const SEALED: &str = "lowbit.reasoning.v1:";
+
+/// A reasoning item's thinking as `encrypted_content`: opaque to the client, which sends it
+/// back when it keeps the conversation itself (`store: false`). Encoded, not encrypted: the
+/// client already saw the thinking in `content`.
+pub fn seal(text: &str) -> String {
+    format!("{SEALED}{}", BASE64.encode(text))
+}
+
+fn unseal(sealed: &str) -> Option<String> {
+    let bytes = BASE64.decode(sealed.strip_prefix(SEALED)?).ok()?;
+    String::from_utf8(bytes).ok()
+}
 
 /// Fields each item type may carry.
 fn allowed_fields(kind: &str) -> &'static [&'static str] {
@@ -237,14 +254,32 @@ impl Conversation {
     }
 
     fn reasoning(&mut self, obj: &Map<String, Value>, at: &str) -> Result<(), ApiError> {
-        if obj.get("encrypted_content").is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::unsupported(&format!("{at}.encrypted_content")));
-        }
-        // The thinking itself where given, else its summary.
-        let text = match obj.get("content") {
-            Some(v) if !v.is_null() => {
+        let sealed = match obj.get("encrypted_content") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match unseal(s) {
+                Some(text) => Some(text),
+                None => {
+                    let param = format!("{at}.encrypted_content");
+                    return Err(ApiError::invalid(
+                        &param,
+                        format!("'{param}' is not lowbit's (another server's encrypted reasoning cannot be read)"),
+                    ));
+                }
+            },
+            Some(_) => {
+                let param = format!("{at}.encrypted_content");
+                return Err(ApiError::invalid(
+                    &param,
+                    format!("'{param}' must be a string"),
+                ));
+            }
+        };
+        // The thinking itself where given, else what lowbit sealed, else its summary.
+        let text = match (obj.get("content"), sealed) {
+            (Some(v), _) if !v.is_null() => {
                 parts_text(v, &format!("{at}.content"), &["reasoning_text"])?
             }
+            (_, Some(text)) => text,
             _ => match obj.get("summary") {
                 Some(v) => parts_text(v, &format!("{at}.summary"), &["summary_text"])?,
                 None => {
@@ -327,6 +362,19 @@ mod tests {
     }
 
     #[test]
+    fn sealed_thinking_comes_back_as_it_was() {
+        let thought = "2 + 2 is 4, \"surely\" ✓";
+        let item = json!({"type": "reasoning", "summary": [], "encrypted_content": seal(thought)});
+        let m = conversation(json!([item, {"role": "assistant", "content": "4"}])).unwrap();
+        assert_eq!(m[0].reasoning_content.as_deref(), Some(thought));
+        // The thinking given in the clear wins over the sealed copy.
+        let both = json!({"type": "reasoning", "summary": [], "encrypted_content": seal("old"),
+            "content": [{"type": "reasoning_text", "text": "new"}]});
+        let m = conversation(json!([both, {"role": "assistant", "content": "4"}])).unwrap();
+        assert_eq!(m[0].reasoning_content.as_deref(), Some("new"));
+    }
+
+    #[test]
     fn errors_name_the_item_and_field() {
         let param = |items: Value| conversation(items).unwrap_err().param.unwrap();
         assert_eq!(param(json!(["hi"])), "input[0]");
@@ -349,6 +397,11 @@ mod tests {
         );
         assert_eq!(
             param(json!([{"type": "reasoning", "summary": [], "encrypted_content": "gAAA"}])),
+            "input[0].encrypted_content"
+        );
+        let forged = format!("{SEALED}not base64!");
+        assert_eq!(
+            param(json!([{"type": "reasoning", "summary": [], "encrypted_content": forged}])),
             "input[0].encrypted_content"
         );
         assert_eq!(

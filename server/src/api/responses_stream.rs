@@ -12,6 +12,7 @@ use super::error::ApiError;
 use super::generation::SseSender;
 use super::openai::{ChatCompletionChunk, TokenLogprob, UsageBody};
 use super::responses::{item_id, usage_of, Echo};
+use super::responses_input::seal;
 use super::responses_store::Stored;
 use super::responses_types::{OutputItem, OutputText, ReasoningText, ResponseError};
 use super::AppState;
@@ -117,6 +118,7 @@ impl ResponsesSse {
         }
         let index = self.output.len() - 1;
         let logprobs = self.echo.logprobs.then(|| self.logprobs.clone());
+        let sealed = self.echo.sealed_reasoning;
         let Some(item) = self.output.last_mut() else {
             return;
         };
@@ -124,6 +126,17 @@ impl ResponsesSse {
         if let (OutputItem::Message { content, .. }, Some(lps)) = (&mut *item, logprobs) {
             if let Some(part) = content.first_mut() {
                 part.logprobs = Some(lps);
+            }
+        }
+        if let OutputItem::Reasoning {
+            content,
+            encrypted_content,
+            ..
+        } = &mut *item
+        {
+            if sealed {
+                let text: String = content.iter().map(|p| p.text.as_str()).collect();
+                *encrypted_content = Some(seal(&text));
             }
         }
         let item = item.clone();
@@ -179,6 +192,7 @@ impl ResponsesSse {
                 OutputItem::Reasoning {
                     id: item_id("rs"),
                     summary: Vec::new(),
+                    encrypted_content: None,
                     content: vec![ReasoningText {
                         text: String::new(),
                     }],

@@ -117,8 +117,9 @@ pub struct ResponsesRequest {
     pub previous_response_id: Option<String>,
     pub metadata: Option<BTreeMap<String, String>>,
     pub user: Option<String>,
-    /// Only `message.output_text.logprobs`.
+    /// `message.output_text.logprobs` and `reasoning.encrypted_content`.
     pub include: Option<Vec<String>>,
+    pub reasoning: Option<ReasoningConfig>,
     /// Only `disabled`: a conversation longer than the context is a 400.
     pub truncation: Option<String>,
     /// Extension (vLLM): keep the k most likely tokens.
@@ -168,6 +169,10 @@ pub enum OutputItem {
         #[schema(value_type = Vec<Object>)]
         summary: Vec<serde_json::Value>,
         content: Vec<ReasoningText>,
+        /// With `include: ["reasoning.encrypted_content"]`: the thinking as an opaque string a
+        /// stateless client sends back (responses_input.rs; encoded, not encrypted).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        encrypted_content: Option<String>,
         status: &'static str,
     },
     Message {
@@ -254,11 +259,19 @@ pub struct ResponseError {
     pub message: String,
 }
 
-/// `reasoning` as a response reports it (lowbit takes no effort setting).
-#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+/// `reasoning`: the effort goes to the chat template as `reasoning_effort` (gpt-oss's read
+/// it); summaries are accepted but none are written (a reasoning item carries the thinking
+/// itself).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReasoningConfig {
+    /// `none`, `minimal`, `low`, `medium` or `high`.
     pub effort: Option<String>,
+    /// `auto`, `concise` or `detailed`.
     pub summary: Option<String>,
+    /// OpenAI's older name for `summary`.
+    #[serde(skip_serializing)]
+    pub generate_summary: Option<String>,
 }
 
 /// A response: the request's settings and the model's output items.
