@@ -45,12 +45,14 @@ def main():
     responses = {"model": model, "input": ASK, "max_output_tokens": TOKENS, "temperature": 0,
                  "stream": True, "store": False}
     runs = {"chat": [], "responses": []}
-    for _ in range(ROUNDS):
-        runs["chat"].append(stream("/v1/chat/completions", chat,
-                                   lambda l: l.startswith(b"data: {") and b'"content":"' in l
-                                   and b'"content":""' not in l))
-        runs["responses"].append(stream("/v1/responses", responses,
-                                        lambda l: l.startswith(b"data: {") and b'"response.output_text.delta"' in l))
+    chat_text = lambda l: l.startswith(b"data: {") and b'"content":"' in l and b'"content":""' not in l
+    responses_text = lambda l: l.startswith(b"data: {") and b'"response.output_text.delta"' in l
+    for k in range(ROUNDS):
+        pair = [("chat", "/v1/chat/completions", chat, chat_text),
+                ("responses", "/v1/responses", responses, responses_text)]
+        # Each goes first in every other round.
+        for name, path, body, is_text in pair[::-1] if k % 2 else pair:
+            runs[name].append(stream(path, body, is_text))
     for name, rs in runs.items():
         first = statistics.median(r[0] for r in rs)
         per = statistics.median(r[1] for r in rs)
