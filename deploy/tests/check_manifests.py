@@ -185,6 +185,12 @@ def check_invariants(docs, exp):
     svc_labels = {}
     for d in by_kind.get("Service", []):
         svc_labels = d["metadata"]["labels"]
+        affinity = d["spec"].get("sessionAffinity")
+        if affinity not in ("None", "ClientIP"):
+            fail(f"{name_of(d)}: sessionAffinity {affinity!r}")
+        timeout = d["spec"].get("sessionAffinityConfig", {}).get("clientIP", {}).get("timeoutSeconds")
+        if (affinity == "ClientIP") != (timeout is not None):
+            fail(f"{name_of(d)}: a ClientIP affinity needs its timeout, and only it")
         if not subset(d["spec"]["selector"], pod_labels):
             fail(f"{name_of(d)} selector does not match the pods")
     for d in by_kind.get("PodDisruptionBudget", []) + by_kind.get("InferencePool", []):
