@@ -158,10 +158,17 @@ def test_a_stateless_client_with_reasoning_settings(client):
     items = [{"role": "user", "content": QUESTION}]
     kw = dict(
         model=MODEL, reasoning={"effort": "low", "summary": "auto"}, include=["reasoning.encrypted_content"],
-        store=False, temperature=0, max_output_tokens=8,
+        store=False, temperature=0, max_output_tokens=8, prompt_cache_key="conversation-1",
+        safety_identifier="user-1",
     )
     r = client.responses.create(input=items, **kw)
     assert r.reasoning.effort == "low" and r.reasoning.summary == "auto" and r.store is False
+    assert r.prompt_cache_key == "conversation-1" and r.safety_identifier == "user-1"
+    c = client.chat.completions.create(
+        model=MODEL, messages=items, max_tokens=8, temperature=0, reasoning_effort="low",
+        prompt_cache_key="conversation-1", safety_identifier="user-1",
+    )
+    assert c.choices[0].message.content == r.output_text
     items += r.output
     items.append({"role": "user", "content": "And 3+3?"})
     follow = client.responses.create(input=items, **kw)

@@ -78,7 +78,10 @@ impl ChatRun {
     ) -> Result<Self, ApiError> {
         state.check_model(&req.model)?;
         let tokenizer = &state.model.tokenizer;
-        let settings = params::settings(&req.sampling, tokenizer.vocab_size())?;
+        let mut settings = params::settings(&req.sampling, tokenizer.vocab_size())?;
+        if settings.user.is_none() {
+            settings.user.clone_from(&req.safety_identifier);
+        }
         let top = top_logprobs(req.logprobs, req.top_logprobs)?;
         let mut tool_use = ToolUse::from_request(
             req.tools.as_deref(),

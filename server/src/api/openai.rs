@@ -257,6 +257,11 @@ pub struct ChatCompletionRequest {
     /// `none`, `minimal`, `low`, `medium` or `high`: the chat template's `reasoning_effort`
     /// variable (gpt-oss's templates read it; others ignore it), as vLLM passes it.
     pub reasoning_effort: Option<String>,
+    /// Accepted: OpenAI routes requests sharing it to the same cache; lowbit's prefix cache
+    /// finds a shared prompt prefix by itself.
+    pub prompt_cache_key: Option<String>,
+    /// An end user's id, logged with the request as `user` is (OpenAI's newer name for it).
+    pub safety_identifier: Option<String>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

@@ -65,6 +65,8 @@ pub const CHAT_FIELDS: &[&str] = &[
     "parallel_tool_calls",
     "chat_template_kwargs",
     "reasoning_effort",
+    "prompt_cache_key",
+    "safety_identifier",
 ];
 
 /// `reasoning_effort` values (OpenAI's), passed to the chat template as `reasoning_effort`.

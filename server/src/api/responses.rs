@@ -40,8 +40,6 @@ const UNSUPPORTED: &[&str] = &[
     "prompt",
     "service_tier",
     "max_tool_calls",
-    "prompt_cache_key",
-    "safety_identifier",
 ];
 
 /// The request fields lowbit reads (anything else is a 400 naming it).
@@ -71,6 +69,8 @@ const FIELDS: &[&str] = &[
     "repetition_penalty",
     "seed",
     "chat_template_kwargs",
+    "prompt_cache_key",
+    "safety_identifier",
 ];
 
 /// A new item id: OpenAI's prefix and 48 hex digits.
@@ -94,6 +94,8 @@ pub struct Echo {
     pub tool_choice: ResponsesToolChoice,
     pub tools: Vec<super::responses_types::FunctionTool>,
     pub user: Option<String>,
+    pub prompt_cache_key: Option<String>,
+    pub safety_identifier: Option<String>,
     pub metadata: std::collections::BTreeMap<String, String>,
     /// `output_text.logprobs` were asked for.
     pub logprobs: bool,
@@ -132,6 +134,8 @@ impl Echo {
                 .unwrap_or(ResponsesToolChoice::Mode("auto".to_string())),
             tools: req.tools.clone().unwrap_or_default(),
             user: req.user.clone(),
+            prompt_cache_key: req.prompt_cache_key.clone(),
+            safety_identifier: req.safety_identifier.clone(),
             metadata: req.metadata.clone().unwrap_or_default(),
             logprobs: wants_logprobs(req),
             reasoning: req.reasoning.clone().unwrap_or_default(),
@@ -176,6 +180,8 @@ impl Echo {
             truncation: "disabled",
             usage,
             user: self.user.clone(),
+            prompt_cache_key: self.prompt_cache_key.clone(),
+            safety_identifier: self.safety_identifier.clone(),
             metadata: self.metadata.clone(),
             background: false,
         }
@@ -409,6 +415,8 @@ fn chat_request(
         parallel_tool_calls: req.parallel_tool_calls,
         chat_template_kwargs: req.chat_template_kwargs.clone(),
         reasoning_effort: req.reasoning.as_ref().and_then(|r| r.effort.clone()),
+        prompt_cache_key: req.prompt_cache_key.clone(),
+        safety_identifier: req.safety_identifier.clone(),
         sampling: SamplingFields {
             temperature: req.temperature,
             top_p: req.top_p,

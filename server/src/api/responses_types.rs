@@ -131,6 +131,10 @@ pub struct ResponsesRequest {
     /// Extension: Hugging Face's repetition penalty.
     #[schema(exclusive_minimum = 0, maximum = 10)]
     pub repetition_penalty: Option<f64>,
+    /// Accepted and returned: lowbit's prefix cache finds a shared prefix by itself.
+    pub prompt_cache_key: Option<String>,
+    /// An end user's id, logged with the request.
+    pub safety_identifier: Option<String>,
     /// Extension: a seed for sampling.
     pub seed: Option<i64>,
     /// Extension (vLLM): more variables for the chat template.
@@ -301,6 +305,8 @@ pub struct ResponseObject {
     pub truncation: &'static str,
     pub usage: Option<ResponseUsage>,
     pub user: Option<String>,
+    pub prompt_cache_key: Option<String>,
+    pub safety_identifier: Option<String>,
     pub metadata: BTreeMap<String, String>,
     pub background: bool,
 }
