@@ -6,6 +6,7 @@
 
 mod common;
 
+use axum::http::StatusCode;
 use common::app::{chat, post, send, start, App, BAD, MODEL};
 use common::tools::tools;
 use serde_json::{json, Value};
@@ -213,6 +214,9 @@ async fn a_stream_sends_openai_events_that_add_up_to_the_response() {
     ]);
     assert_eq!(names, want);
     assert_eq!(ev[0].1["response"]["status"], "in_progress");
+    // Announced empty; its part comes with `content_part.added`.
+    assert_eq!(ev[2].1["item"]["content"], json!([]));
+    assert_eq!(ev[3].1["part"]["text"], "");
     let item_id = ev[2].1["item"]["id"].clone();
     let text: String = ev
         .iter()
@@ -388,6 +392,18 @@ async fn bad_input_is_a_400_naming_the_field() {
     bad(json!({"background": true}))
         .await
         .assert_error(400, BAD, Some("background"), unsupported);
+    // At their defaults, as generic clients send them, they ask for nothing.
+    let defaults = json!({"background": false, "service_tier": "auto", "prompt": null});
+    assert_eq!(bad(defaults).await.status, StatusCode::OK);
+    bad(json!({"service_tier": "priority"})).await.assert_error(
+        400,
+        BAD,
+        Some("service_tier"),
+        unsupported,
+    );
+    bad(json!({"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": []}}))
+        .await
+        .assert_error(400, BAD, Some("tool_choice.type"), unsupported);
     bad(json!({"reasoning": {"effort": "extreme"}}))
         .await
         .assert_error(400, BAD, Some("reasoning.effort"), None);
@@ -588,4 +604,25 @@ async fn thinking_is_a_reasoning_item() {
     )
     .await;
     assert_eq!(c["usage"]["prompt_tokens"], high);
+}
+
+#[tokio::test]
+async fn a_server_that_stores_nothing_says_so() {
+    let app = start(&["--responses-store-memory", "0"]).await;
+    for stream in [false, true] {
+        let r = if stream {
+            let ev = events(&app, body(json!({"stream": true}))).await;
+            ev.last().unwrap().1["response"].clone()
+        } else {
+            post(&app, "/v1/responses", body(json!({}))).await
+        };
+        assert_eq!(r["store"], false, "{r}");
+        let path = format!("/v1/responses/{}", r["id"].as_str().unwrap());
+        send(&app, "GET", &path, None, None).await.assert_error(
+            404,
+            BAD,
+            Some("response_id"),
+            Some("response_not_found"),
+        );
+    }
 }

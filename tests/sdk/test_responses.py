@@ -56,14 +56,17 @@ def test_create_says_what_the_chat_says_and_continues(client):
 
 def test_stream_helper_and_raw_events_add_up(client):
     whole = client.responses.create(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=12, store=False)
-    deltas = []
+    deltas, snapshots = [], []
     with client.responses.stream(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=12) as stream:
         for event in stream:
             if event.type == "response.output_text.delta":
                 deltas.append(event.delta)
+                snapshots.append(event.snapshot)
         final = stream.get_final_response()
     assert len(deltas) > 2
     assert "".join(deltas) == final.output_text == whole.output_text
+    # The helper's running snapshot: one part, growing by each delta.
+    assert snapshots == ["".join(deltas[: k + 1]) for k in range(len(deltas))]
     assert final.usage.output_tokens == whole.usage.output_tokens
 
     events = list(client.responses.create(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=4, stream=True))

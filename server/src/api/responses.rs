@@ -12,16 +12,16 @@ use super::error::ApiError;
 use super::generation;
 use super::openai::{
     ChatCompletionRequest, FunctionDef, JsonSchemaFormat, NamedFunction, NamedToolChoice,
-    ResponseFormat, ResponseMessage, SamplingFields, TokenLogprob, Tool, ToolChoice, UsageBody,
+    ResponseFormat, SamplingFields, Tool, ToolChoice, UsageBody,
 };
 use super::params;
-use super::responses_input::{seal, Conversation};
-use super::responses_store::{ChainError, Stored};
+use super::responses_input::Conversation;
+use super::responses_store::ChainError;
 use super::responses_stream::ResponsesSse;
 use super::responses_types::{
-    InputItemList, InputTokensDetails, OutputItem, OutputText, OutputTokensDetails,
-    ReasoningConfig, ReasoningText, ResponseDeleted, ResponseObject, ResponseUsage, ResponsesInput,
-    ResponsesRequest, ResponsesToolChoice, TextConfig, TextFormat,
+    InputItemList, InputTokensDetails, OutputItem, OutputTokensDetails, ReasoningConfig,
+    ResponseDeleted, ResponseObject, ResponseUsage, ResponsesInput, ResponsesRequest,
+    ResponsesToolChoice, TextConfig, TextFormat,
 };
 use super::{body_bytes, request_id, AppState};
 use axum::body::Bytes;
@@ -219,54 +219,6 @@ pub fn usage_of(state: &AppState, u: UsageBody, reasoning: &str) -> ResponseUsag
     }
 }
 
-/// A chat reply as output items: its thinking, its text (an empty one only when there is
-/// nothing else, as a stream sends it), its calls; the last item takes `status` (a reply cut
-/// short ends there).
-fn output_items(
-    message: ResponseMessage,
-    logprobs: Option<Vec<TokenLogprob>>,
-    sealed: bool,
-    status: &'static str,
-) -> Vec<OutputItem> {
-    let mut out = Vec::new();
-    if let Some(text) = message.reasoning_content.filter(|t| !t.is_empty()) {
-        out.push(OutputItem::Reasoning {
-            id: item_id("rs"),
-            summary: Vec::new(),
-            encrypted_content: sealed.then(|| seal(&text)),
-            content: vec![ReasoningText { text }],
-            status: "completed",
-        });
-    }
-    let calls = message.tool_calls.unwrap_or_default();
-    let text = message.content.unwrap_or_default();
-    if !text.is_empty() || (calls.is_empty() && out.is_empty()) {
-        out.push(OutputItem::Message {
-            id: item_id("msg"),
-            status: "completed",
-            role: "assistant",
-            content: vec![OutputText {
-                text,
-                annotations: Vec::new(),
-                logprobs,
-            }],
-        });
-    }
-    for c in calls {
-        out.push(OutputItem::FunctionCall {
-            id: item_id("fc"),
-            call_id: c.id,
-            name: c.function.name,
-            arguments: c.function.arguments,
-            status: "completed",
-        });
-    }
-    if let Some(last) = out.last_mut() {
-        last.set_status(status);
-    }
-    out
-}
-
 /// An error about a chat field, renamed to the Responses field it came from.
 fn renamed(mut e: ApiError) -> ApiError {
     const NAMES: &[(&str, &str)] = &[
@@ -277,13 +229,16 @@ fn renamed(mut e: ApiError) -> ApiError {
         ("messages", "input"),
         ("reasoning_effort", "reasoning.effort"),
     ];
-    for (from, to) in NAMES {
+    let Some(original) = e.param.clone() else {
+        return e;
+    };
+    // Each name the parameter holds is renamed in it, and in the message (in order, longest
+    // first: `response_format.json_schema` before `response_format`).
+    for (from, to) in NAMES.iter().filter(|(from, _)| original.contains(from)) {
         if let Some(p) = &e.param {
-            if p.contains(from) {
-                e.param = Some(p.replacen(from, to, 1));
-                e.message = e.message.replace(from, to);
-            }
+            e.param = Some(p.replacen(from, to, 1));
         }
+        e.message = e.message.replace(from, to);
     }
     e
 }
@@ -301,7 +256,7 @@ fn earlier_items(state: &AppState, id: &str) -> Result<Vec<Value>, ApiError> {
         },
         ChainError::Broken(at) => ApiError::invalid(
             "previous_response_id",
-            format!("an earlier response of this conversation ('{at}') is no longer stored (--responses-store-memory)"),
+            format!("an earlier response of this conversation ('{at}') is no longer stored (deleted, or dropped for room: --responses-store-memory)"),
         ),
     })
 }
@@ -317,6 +272,20 @@ fn input_with_ids(input: &ResponsesInput) -> Vec<Value> {
         .into_iter()
         .map(|mut item| {
             if let Some(obj) = item.as_object_mut() {
+                // A message listed as OpenAI lists one: typed, its text as a part.
+                if obj.contains_key("role") && !obj.contains_key("type") {
+                    obj.insert("type".to_string(), json!("message"));
+                }
+                let assistant = obj.get("role").and_then(Value::as_str) == Some("assistant");
+                if let Some(Value::String(text)) = obj.get("content") {
+                    let kind = if assistant {
+                        "output_text"
+                    } else {
+                        "input_text"
+                    };
+                    let part = json!([{"type": kind, "text": text}]);
+                    obj.insert("content".to_string(), part);
+                }
                 if !obj.contains_key("id") {
                     let prefix = match obj.get("type").and_then(Value::as_str) {
                         Some("function_call") => "fc",
@@ -438,14 +407,36 @@ fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
-    if let Some(key) = obj.keys().find(|k| UNSUPPORTED.contains(&k.as_str())) {
+    // Sent at their defaults (generic clients send every field), they ask for nothing.
+    let harmless = |key: &str, v: &Value| {
+        v.is_null()
+            || (key == "background" && *v == json!(false))
+            || (key == "service_tier" && (*v == json!("auto") || *v == json!("default")))
+    };
+    let unsupported = obj
+        .iter()
+        .find(|(k, v)| UNSUPPORTED.contains(&k.as_str()) && !harmless(k, v));
+    if let Some((key, _)) = unsupported {
         return Err(ApiError::unsupported(key));
     }
+    let mut value = value;
+    if let Some(obj) = value.as_object_mut() {
+        obj.retain(|k, _| !UNSUPPORTED.contains(&k.as_str()));
+    }
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
     if let Some(key) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(ApiError {
             code: Some("unknown_parameter"),
             ..ApiError::invalid(key.clone(), format!("unknown parameter '{key}'"))
         });
+    }
+    // Only a function is named; `allowed_tools` and hosted tools are not implemented.
+    if let Some(kind) = obj.get("tool_choice").and_then(|c| c.get("type")) {
+        if kind != "function" {
+            return Err(ApiError::unsupported("tool_choice.type"));
+        }
     }
     // Hosted tools (web_search, file_search, …) before their fields fail the function shape.
     if let Some(Value::Array(tools)) = obj.get("tools") {
@@ -522,28 +513,16 @@ pub async fn create(
     let input = input_with_ids(&req.input);
     if req.stream.unwrap_or(false) {
         return Ok(generation::sse(move |tx| async move {
-            let mut sink = ResponsesSse::new(tx, state, echo, id, created_at, input);
+            let mut sink = ResponsesSse::new(Some(tx), state, echo, id, created_at, input);
             sink.start();
             run.stream(&mut sink).await;
         }));
     }
-    let completion = run.collect().await?;
-    let Some(choice) = completion.choices.into_iter().next() else {
-        return Err(ApiError::internal("the engine returned no choice"));
-    };
-    let status = match choice.finish_reason {
-        Some("length") => "incomplete",
-        _ => "completed",
-    };
-    let reasoning = choice.message.reasoning_content.clone().unwrap_or_default();
-    let logprobs = choice.logprobs.filter(|_| echo.logprobs).map(|l| l.content);
-    let output = output_items(choice.message, logprobs, echo.sealed_reasoning, status);
-    let usage = usage_of(&state, completion.usage, &reasoning);
-    let response = echo.object(&id, created_at, status, output, Some(usage));
-    if echo.store {
-        state.responses.put(Stored::new(response.clone(), input));
-    }
-    Ok(Json(response).into_response())
+    // Unstreamed, the same events are made and only their sum is sent.
+    let mut sink = ResponsesSse::new(None, state, echo, id, created_at, input);
+    sink.start();
+    run.stream(&mut sink).await;
+    Ok(Json(sink.into_result()?).into_response())
 }
 
 fn not_found(id: &str) -> ApiError {

@@ -209,8 +209,10 @@ impl Conversation {
         };
         let text = content_text(obj.get("content"), &format!("{at}.content"), allowed)?;
         let mut message = text_message(role, text);
+        // Thinking belongs to the assistant turn after it; before any other turn it has none.
+        let thinking = self.reasoning.take();
         if role == "assistant" {
-            message.reasoning_content = self.reasoning.take();
+            message.reasoning_content = thinking;
         }
         self.messages.push(message);
         self.assistant_open = role == "assistant";
@@ -239,6 +241,16 @@ impl Conversation {
         }
         if let Some(last) = self.messages.last_mut() {
             last.tool_calls.get_or_insert_with(Vec::new).push(call);
+            // Thinking between two calls of one turn joins the turn's.
+            if let Some(more) = self.reasoning.take() {
+                match &mut last.reasoning_content {
+                    Some(text) => {
+                        text.push_str("\n\n");
+                        text.push_str(&more);
+                    }
+                    none => *none = Some(more),
+                }
+            }
         }
         Ok(())
     }
@@ -250,6 +262,7 @@ impl Conversation {
         message.tool_call_id = Some(call_id.to_string());
         self.messages.push(message);
         self.assistant_open = false;
+        self.reasoning = None;
         Ok(())
     }
 
@@ -275,8 +288,9 @@ impl Conversation {
             }
         };
         // The thinking itself where given, else what lowbit sealed, else its summary.
+        let given = |v: &Value| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty());
         let text = match (obj.get("content"), sealed) {
-            (Some(v), _) if !v.is_null() => {
+            (Some(v), _) if given(v) => {
                 parts_text(v, &format!("{at}.content"), &["reasoning_text"])?
             }
             (_, Some(text)) => text,
@@ -288,7 +302,11 @@ impl Conversation {
                 }
             },
         };
-        self.reasoning = Some(text);
+        // Two reasoning items in a row are one turn's thinking.
+        self.reasoning = Some(match self.reasoning.take() {
+            Some(earlier) => format!("{earlier}\n\n{text}"),
+            None => text,
+        });
         Ok(())
     }
 }
@@ -367,11 +385,47 @@ mod tests {
         let item = json!({"type": "reasoning", "summary": [], "encrypted_content": seal(thought)});
         let m = conversation(json!([item, {"role": "assistant", "content": "4"}])).unwrap();
         assert_eq!(m[0].reasoning_content.as_deref(), Some(thought));
+        // An empty `content`, as clients rebuilding items send it, does not hide the sealed copy.
+        let empty = json!({"type": "reasoning", "summary": [], "content": [], "encrypted_content": seal(thought)});
+        let m = conversation(json!([empty, {"role": "assistant", "content": "4"}])).unwrap();
+        assert_eq!(m[0].reasoning_content.as_deref(), Some(thought));
         // The thinking given in the clear wins over the sealed copy.
         let both = json!({"type": "reasoning", "summary": [], "encrypted_content": seal("old"),
             "content": [{"type": "reasoning_text", "text": "new"}]});
         let m = conversation(json!([both, {"role": "assistant", "content": "4"}])).unwrap();
         assert_eq!(m[0].reasoning_content.as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn thinking_goes_to_its_own_turn() {
+        let thought = |t: &str| json!({"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text", "text": t}]});
+        let call = |id: &str| json!({"type": "function_call", "call_id": id, "name": "f", "arguments": "{}"});
+        let output =
+            |id: &str| json!({"type": "function_call_output", "call_id": id, "output": "x"});
+        let m = conversation(json!([
+            {"role": "user", "content": "q"},
+            thought("a"), call("1"), thought("b"), call("2"), output("1"), output("2"),
+            {"role": "assistant", "content": "done"},
+            thought("stray"), {"role": "user", "content": "again"},
+            thought("c"), thought("d"), {"role": "assistant", "content": "ok"},
+        ]))
+        .unwrap();
+        let turns: Vec<(&str, Option<&str>)> = m
+            .iter()
+            .map(|m| (m.role.as_str(), m.reasoning_content.as_deref()))
+            .collect();
+        assert_eq!(
+            turns,
+            [
+                ("user", None),
+                ("assistant", Some("a\n\nb")),
+                ("tool", None),
+                ("tool", None),
+                ("assistant", None),
+                ("user", None),
+                ("assistant", Some("c\n\nd")),
+            ]
+        );
     }
 
     #[test]

@@ -30,8 +30,9 @@ impl Stored {
             .filter_map(|item| serde_json::to_value(item).ok())
             .collect();
         let json_len = |v: &Value| v.to_string().len();
+        // The response, its input, and its output again as items.
         let size = serde_json::to_string(&response).map_or(0, |s| s.len())
-            + input.iter().map(json_len).sum::<usize>();
+            + input.iter().chain(&output).map(json_len).sum::<usize>();
         Self {
             response,
             input,
@@ -78,10 +79,10 @@ impl ResponseStore {
     }
 
     /// Stores a response, dropping the oldest until it fits; one larger than the whole store
-    /// is not kept.
-    pub fn put(&self, entry: Stored) {
+    /// is not kept (`false`).
+    pub fn put(&self, entry: Stored) -> bool {
         if entry.size > self.capacity {
-            return;
+            return false;
         }
         let mut inner = self.lock();
         while inner.bytes + entry.size > self.capacity {
@@ -95,7 +96,13 @@ impl ResponseStore {
         let id = entry.response.id.clone();
         inner.bytes += entry.size;
         inner.order.push_back(id.clone());
-        inner.entries.insert(id, entry);
+        if let Some(old) = inner.entries.insert(id.clone(), entry) {
+            // (Ids are new: a replaced entry would be a bug, but not a leak of its bytes.)
+            inner.bytes -= old.size;
+            inner.order.retain(|k| *k != id);
+            inner.order.push_back(id);
+        }
+        true
     }
 
     pub fn get(&self, id: &str) -> Option<Stored> {

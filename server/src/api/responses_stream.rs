@@ -1,4 +1,6 @@
-//! A streamed response: chat's deltas as Responses events, as OpenAI sends them.
+//! A response built from chat's deltas, as OpenAI streams one: the events go to the client
+//! when it asked for a stream, and the whole response is what they add up to either way, so a
+//! response reads the same streamed or not.
 //!
 //! `response.created` and `response.in_progress` first; then each output item opens
 //! (`output_item.added`, and for text a `content_part.added`), grows (`output_text.delta`,
@@ -14,14 +16,17 @@ use super::openai::{ChatCompletionChunk, TokenLogprob, UsageBody};
 use super::responses::{item_id, usage_of, Echo};
 use super::responses_input::seal;
 use super::responses_store::Stored;
-use super::responses_types::{OutputItem, OutputText, ReasoningText, ResponseError};
+use super::responses_types::{
+    OutputItem, OutputText, ReasoningText, ResponseError, ResponseObject,
+};
 use super::AppState;
 use crate::engine::Usage;
 use serde_json::{json, Value};
 
-/// The events of one streamed response.
+/// The events of one response, and the response they make.
 pub struct ResponsesSse {
-    tx: SseSender,
+    /// Where events go; `None` when the client waits for the whole response.
+    tx: Option<SseSender>,
     state: AppState,
     echo: Echo,
     id: String,
@@ -35,14 +40,17 @@ pub struct ResponsesSse {
     /// Output index of each of the reply's calls, by the chat stream's call index.
     calls: Vec<Option<usize>>,
     finish: Option<&'static str>,
-    /// Every token's log-probability so far (when asked for).
+    /// The log-probabilities of the answer's tokens since the last message item closed (when
+    /// asked for): the next message item's.
     logprobs: Vec<TokenLogprob>,
     gone: bool,
+    /// The finished response, or why there is none.
+    result: Option<Result<ResponseObject, ApiError>>,
 }
 
 impl ResponsesSse {
     pub fn new(
-        tx: SseSender,
+        tx: Option<SseSender>,
         state: AppState,
         echo: Echo,
         id: String,
@@ -63,7 +71,17 @@ impl ResponsesSse {
             finish: None,
             logprobs: Vec::new(),
             gone: false,
+            result: None,
         }
+    }
+
+    /// The response the events made (after the run has ended).
+    pub fn into_result(self) -> Result<ResponseObject, ApiError> {
+        self.result.unwrap_or_else(|| {
+            Err(ApiError::internal(
+                "the engine ended a request without an answer",
+            ))
+        })
     }
 
     fn send(&mut self, kind: &str, mut event: Value) {
@@ -73,7 +91,9 @@ impl ResponsesSse {
         event["type"] = json!(kind);
         event["sequence_number"] = json!(self.sequence);
         self.sequence += 1;
-        self.gone = !self.tx.event(kind, &event);
+        if let Some(tx) = &self.tx {
+            self.gone = !tx.event(kind, &event);
+        }
     }
 
     /// `response.created` and `response.in_progress`.
@@ -97,9 +117,10 @@ impl ResponsesSse {
             OutputItem::FunctionCall { .. } => None,
         };
         let id = item.id().to_string();
+        // Announced empty, as OpenAI does: the part comes with `content_part.added`.
         self.send(
             "response.output_item.added",
-            json!({"output_index": index, "item": item}),
+            json!({"output_index": index, "item": item.without_content()}),
         );
         self.output.push(item);
         self.open = true;
@@ -117,7 +138,9 @@ impl ResponsesSse {
             return;
         }
         let index = self.output.len() - 1;
-        let logprobs = self.echo.logprobs.then(|| self.logprobs.clone());
+        let is_message = matches!(self.output.last(), Some(OutputItem::Message { .. }));
+        let logprobs =
+            (self.echo.logprobs && is_message).then(|| std::mem::take(&mut self.logprobs));
         let sealed = self.echo.sealed_reasoning;
         let Some(item) = self.output.last_mut() else {
             return;
@@ -273,11 +296,12 @@ impl ResponsesSse {
             .collect()
     }
 
-    /// Stores a finished response if asked.
-    fn store(&self, response: &super::responses_types::ResponseObject) {
+    /// Stores a finished response if asked; `store` says whether it was (an empty store, or
+    /// a response larger than all of it, keeps nothing).
+    fn store(&self, response: &mut ResponseObject) {
         if self.echo.store {
             let stored = Stored::new(response.clone(), self.input.clone());
-            self.state.responses.put(stored);
+            response.store = self.state.responses.put(stored);
         }
     }
 }
@@ -290,7 +314,15 @@ impl ChunkSink for ResponsesSse {
                 Some(lps) => lps.content,
                 None => Vec::new(),
             };
-            self.logprobs.extend(logprobs.iter().cloned());
+            // A thinking token's probability is not the answer's.
+            let thinking = delta.content.as_ref().is_none_or(String::is_empty)
+                && delta
+                    .reasoning_content
+                    .as_ref()
+                    .is_some_and(|t| !t.is_empty());
+            if !thinking {
+                self.logprobs.extend(logprobs.iter().cloned());
+            }
             if let Some(text) = delta.reasoning_content.filter(|t| !t.is_empty()) {
                 self.text_delta(true, text, Vec::new());
             }
@@ -323,18 +355,19 @@ impl ChunkSink for ResponsesSse {
         };
         self.close_item(status);
         let usage = usage_of(&self.state, UsageBody::from(usage), &self.reasoning_text());
-        let response = self.echo.object(
+        let mut response = self.echo.object(
             &self.id,
             self.created_at,
             status,
             self.output.clone(),
             Some(usage),
         );
-        self.store(&response);
+        self.store(&mut response);
         self.send(
             &format!("response.{status}"),
             json!({ "response": response }),
         );
+        self.result = Some(Ok(response));
     }
 
     fn fail(&mut self, error: ApiError) {
@@ -348,8 +381,10 @@ impl ChunkSink for ResponsesSse {
         );
         response.error = Some(ResponseError {
             code: error.code.unwrap_or("server_error").to_string(),
-            message: error.message,
+            message: error.message.clone(),
         });
         self.send("response.failed", json!({ "response": response }));
+        // Unstreamed, the failure is the HTTP answer.
+        self.result = Some(Err(error));
     }
 }

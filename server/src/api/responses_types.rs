@@ -204,6 +204,17 @@ impl OutputItem {
         }
     }
 
+    /// The item as it is announced before its text (`content` empty).
+    pub fn without_content(&self) -> Self {
+        let mut item = self.clone();
+        match &mut item {
+            Self::Reasoning { content, .. } => content.clear(),
+            Self::Message { content, .. } => content.clear(),
+            Self::FunctionCall { .. } => {}
+        }
+        item
+    }
+
     /// Appends to a text item's (reasoning or message) text.
     pub fn push_text(&mut self, more: &str) {
         let text = match self {
