@@ -141,6 +141,26 @@ async fn a_response_says_what_the_chat_says_and_conversations_continue() {
     assert_eq!(items["data"][0]["content"][0]["text"], "What is 2+2?");
     assert!(items["data"][0]["id"].as_str().unwrap().starts_with("msg_"));
     assert_eq!(items["first_id"], items["data"][0]["id"]);
+    // Stored items referenced by id make the same conversation as `previous_response_id`.
+    let refs = json!([{"type": "item_reference", "id": items["data"][0]["id"]},
+        {"type": "item_reference", "id": first["output"][0]["id"]},
+        {"role": "user", "content": "And 3+3?"}]);
+    let by_ref = post(&app, "/v1/responses", body(json!({ "input": refs }))).await;
+    assert_eq!(output_text(&by_ref), output_text(&second));
+    assert_eq!(
+        by_ref["usage"]["input_tokens"],
+        second["usage"]["input_tokens"]
+    );
+    let unknown = json!([{"type": "item_reference", "id": "msg_nope"}]);
+    let r = send(
+        &app,
+        "POST",
+        "/v1/responses",
+        Some(&body(json!({ "input": unknown }))),
+        None,
+    )
+    .await;
+    r.assert_error(400, BAD, Some("input[0].id"), None);
     send(
         &app,
         "GET",

@@ -261,12 +261,19 @@ fn earlier_items(state: &AppState, id: &str) -> Result<Vec<Value>, ApiError> {
     })
 }
 
-/// The request's input items as sent, each given an id (what `input_items` lists).
-fn input_with_ids(input: &ResponsesInput) -> Vec<Value> {
+/// The request's input items as sent, each given an id, references replaced by the items
+/// they name (what `input_items` lists, and what a follow-up's conversation is made of).
+fn input_with_ids(state: &AppState, input: &ResponsesInput) -> Vec<Value> {
     let items = match input {
         ResponsesInput::Text(text) => vec![json!({"type": "message", "role": "user",
             "content": [{"type": "input_text", "text": text}]})],
-        ResponsesInput::Items(items) => items.clone(),
+        ResponsesInput::Items(items) => items
+            .iter()
+            .map(|item| match referenced(state, item, "") {
+                Ok(Some(stored)) => stored,
+                _ => item.clone(),
+            })
+            .collect(),
     };
     items
         .into_iter()
@@ -301,6 +308,37 @@ fn input_with_ids(input: &ResponsesInput) -> Vec<Value> {
         .collect()
 }
 
+/// The stored item an `item_reference` names (`None` for any other item).
+fn referenced(state: &AppState, item: &Value, at: &str) -> Result<Option<Value>, ApiError> {
+    if item.get("type").and_then(Value::as_str) != Some("item_reference") {
+        return Ok(None);
+    }
+    let Some(obj) = item.as_object() else {
+        return Ok(None);
+    };
+    if let Some(field) = obj.keys().find(|k| *k != "type" && *k != "id") {
+        let param = format!("{at}.{field}");
+        return Err(ApiError {
+            code: Some("unknown_parameter"),
+            ..ApiError::invalid(&param, format!("unknown parameter '{param}'"))
+        });
+    }
+    let param = format!("{at}.id");
+    let Some(id) = obj.get("id").and_then(Value::as_str) else {
+        return Err(ApiError::invalid(
+            &param,
+            format!("'{param}' must be a string"),
+        ));
+    };
+    match state.responses.find_item(id) {
+        Some(stored) => Ok(Some(stored)),
+        None => Err(ApiError::invalid(
+            &param,
+            format!("no stored item '{id}' (items of stored responses, input or output, can be referenced)"),
+        )),
+    }
+}
+
 /// The chat request a Responses request means.
 fn chat_request(
     state: &AppState,
@@ -321,7 +359,11 @@ fn chat_request(
         }
         ResponsesInput::Items(items) => {
             for (i, item) in items.iter().enumerate() {
-                conversation.push(item, &format!("input[{i}]"))?;
+                let at = format!("input[{i}]");
+                match referenced(state, item, &at)? {
+                    Some(stored) => conversation.push(&stored, &at)?,
+                    None => conversation.push(item, &at)?,
+                }
             }
         }
     }
@@ -510,7 +552,7 @@ pub async fn create(
     let echo = Echo::of(&req, state.model_name());
     let id = item_id("resp");
     let created_at = run.created;
-    let input = input_with_ids(&req.input);
+    let input = input_with_ids(&state, &req.input);
     if req.stream.unwrap_or(false) {
         return Ok(generation::sse(move |tx| async move {
             let mut sink = ResponsesSse::new(Some(tx), state, echo, id, created_at, input);

@@ -43,6 +43,7 @@ fn allowed_fields(kind: &str) -> &'static [&'static str] {
 
 /// Item types lowbit cannot take (hosted tools, images, references to OpenAI's storage).
 const UNSUPPORTED_ITEMS: &[&str] = &[
+    // (An `item_reference` is resolved against the store before it gets here.)
     "item_reference",
     "file_search_call",
     "computer_call",

@@ -150,6 +150,19 @@ impl ResponseStore {
             .collect())
     }
 
+    /// An item of a stored response, input or output, by its id (`item_reference`). A scan:
+    /// references are rare, and the store is bounded.
+    pub fn find_item(&self, id: &str) -> Option<Value> {
+        let inner = self.lock();
+        inner
+            .entries
+            .values()
+            .flat_map(|e| e.input.iter().chain(&e.output))
+            .filter(|item| item.get("type").and_then(Value::as_str) != Some("item_reference"))
+            .find(|item| item.get("id").and_then(Value::as_str) == Some(id))
+            .cloned()
+    }
+
     /// Bytes held (for tests and the log).
     pub fn bytes(&self) -> usize {
         self.lock().bytes
