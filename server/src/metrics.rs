@@ -58,6 +58,13 @@ pub struct Metrics {
     pub device_memory_bytes: IntGaugeVec,
     /// 1, labelled with the `backend` that serves (`cpu`, `wgpu:<adapter>`). lowbit's own.
     pub backend_info: IntGaugeVec,
+    /// Responses kept for `previous_response_id` (/v1/responses). lowbit's own, with the next
+    /// two: what `--responses-store-memory` holds, and how often it ran out.
+    pub responses_stored: IntGauge,
+    /// Bytes the stored responses are counted as (their JSON).
+    pub responses_store_bytes: IntGauge,
+    /// Stored responses dropped, oldest first, to make room.
+    pub responses_evicted_total: IntCounter,
     /// HTTP requests by `handler` (the route's template, `none` when no route matched),
     /// `method` and `status` class (`2xx`, `4xx`, …): the unprefixed names vLLM's HTTP
     /// instrumentation exports, and the next three too.
@@ -162,6 +169,18 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid metric"),
+            responses_stored: gauge(
+                "responses_stored",
+                "Responses kept for previous_response_id.",
+            ),
+            responses_store_bytes: gauge(
+                "responses_store_bytes",
+                "Bytes of the stored responses (their JSON).",
+            ),
+            responses_evicted_total: counter(
+                "responses_evicted_total",
+                "Stored responses dropped, oldest first, to make room.",
+            ),
             http_requests_total: IntCounterVec::new(
                 Opts::new(
                     "http_requests_total",
@@ -206,6 +225,9 @@ impl Metrics {
             Box::new(m.kv_blocks_total.clone()),
             Box::new(m.device_memory_bytes.clone()),
             Box::new(m.backend_info.clone()),
+            Box::new(m.responses_stored.clone()),
+            Box::new(m.responses_store_bytes.clone()),
+            Box::new(m.responses_evicted_total.clone()),
             Box::new(m.http_requests_total.clone()),
             Box::new(m.http_request_duration_seconds.clone()),
             Box::new(m.http_request_duration_highr_seconds.clone()),
@@ -284,6 +306,9 @@ mod tests {
             "inter_token_latency_seconds_count",
             "request_queue_time_seconds_sum",
             "e2e_request_latency_seconds_bucket",
+            "responses_stored 0",
+            "responses_store_bytes 0",
+            "responses_evicted_total 0",
         ] {
             assert!(text.contains(&format!("lowbit:{n}")), "{n} missing");
         }

@@ -205,7 +205,11 @@ async fn a_response_says_what_the_chat_says_and_conversations_continue() {
         Some("response_id"),
         Some("response_not_found"),
     );
-    kv_blocks_free(&send(&app, "GET", "/metrics", None, None).await.text);
+    let metrics = send(&app, "GET", "/metrics", None, None).await.text;
+    kv_blocks_free(&metrics);
+    // The second and the one by reference; the first was deleted, one was not stored.
+    assert!(metrics.contains("lowbit:responses_stored 2"), "{metrics}");
+    assert!(metrics.contains("lowbit:responses_evicted_total 0"));
 }
 
 #[tokio::test]

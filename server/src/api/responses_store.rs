@@ -6,6 +6,7 @@
 //! length squared. A chain whose earlier link was dropped is refused by name.
 
 use super::responses_types::ResponseObject;
+use crate::metrics::Metrics;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -54,6 +55,8 @@ struct Inner {
 pub struct ResponseStore {
     capacity: usize,
     inner: Mutex<Inner>,
+    /// Where its size is reported (`lowbit:responses_*`).
+    metrics: Option<Metrics>,
 }
 
 /// Why a conversation could not be rebuilt.
@@ -70,6 +73,23 @@ impl ResponseStore {
         Self {
             capacity,
             inner: Mutex::new(Inner::default()),
+            metrics: None,
+        }
+    }
+
+    /// The same, reporting its size and evictions to `metrics`.
+    pub fn with_metrics(capacity: usize, metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::new(capacity)
+        }
+    }
+
+    fn report(&self, inner: &Inner, evicted: u64) {
+        if let Some(m) = &self.metrics {
+            m.responses_stored.set(inner.entries.len() as i64);
+            m.responses_store_bytes.set(inner.bytes as i64);
+            m.responses_evicted_total.inc_by(evicted);
         }
     }
 
@@ -85,12 +105,14 @@ impl ResponseStore {
             return false;
         }
         let mut inner = self.lock();
+        let mut evicted = 0;
         while inner.bytes + entry.size > self.capacity {
             let Some(old) = inner.order.pop_front() else {
                 break;
             };
             if let Some(e) = inner.entries.remove(&old) {
                 inner.bytes -= e.size;
+                evicted += 1;
             }
         }
         let id = entry.response.id.clone();
@@ -102,6 +124,7 @@ impl ResponseStore {
             inner.order.retain(|k| *k != id);
             inner.order.push_back(id);
         }
+        self.report(&inner, evicted);
         true
     }
 
@@ -116,6 +139,7 @@ impl ResponseStore {
             Some(e) => {
                 inner.bytes -= e.size;
                 inner.order.retain(|k| k != id);
+                self.report(&inner, 0);
                 true
             }
             None => false,
@@ -190,7 +214,8 @@ mod tests {
         let first = response("resp_1", None).size;
         let later = response("resp_2", Some("resp_1")).size;
         // Room for three later entries, not for all four.
-        let store = ResponseStore::new(3 * later);
+        let metrics = Metrics::new();
+        let store = ResponseStore::with_metrics(3 * later, metrics.clone());
         store.put(response("resp_1", None));
         store.put(response("resp_2", Some("resp_1")));
         store.put(response("resp_3", Some("resp_2")));
@@ -205,6 +230,9 @@ mod tests {
         store.put(response("resp_4", Some("resp_3")));
         assert!(store.get("resp_1").is_none());
         assert_eq!(store.bytes(), 3 * later);
+        assert_eq!(metrics.responses_evicted_total.get(), 1);
+        assert_eq!(metrics.responses_stored.get(), 3);
+        assert_eq!(metrics.responses_store_bytes.get(), (3 * later) as i64);
         assert_eq!(
             store.conversation("resp_4"),
             Err(ChainError::Broken("resp_1".into()))
@@ -216,6 +244,7 @@ mod tests {
         assert!(store.delete("resp_3"));
         assert!(!store.delete("resp_3"));
         assert_eq!(store.bytes(), 2 * later);
+        assert_eq!(metrics.responses_stored.get(), 2);
         // Nothing is kept by an empty store, nor an entry larger than the whole store.
         let none = ResponseStore::new(0);
         none.put(response("resp_1", None));

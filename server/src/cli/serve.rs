@@ -291,7 +291,6 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
             template,
             created: api::unix_now(),
         }),
-        metrics,
         api_keys: Arc::new(
             args.api_keys
                 .iter()
@@ -302,7 +301,11 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         max_body_bytes: args.max_body_bytes as usize,
         request_timeout: args.request_timeout.map(Duration::from_secs_f64),
         system_fingerprint: format!("lowbit-{}", env!("CARGO_PKG_VERSION")),
-        responses: Arc::new(ResponseStore::new(args.responses_store_memory as usize)),
+        responses: Arc::new(ResponseStore::with_metrics(
+            args.responses_store_memory as usize,
+            metrics.clone(),
+        )),
+        metrics,
     };
     Ok(Prepared {
         app: api::router(state, &args.cors_origin),
