@@ -21,6 +21,7 @@ pub mod reasoning;
 pub mod responses;
 pub mod responses_input;
 pub mod responses_store;
+pub mod responses_stored;
 pub mod responses_stream;
 pub mod responses_types;
 pub mod structured;
@@ -135,11 +136,11 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .route("/v1/responses", post(responses::create))
         .route(
             "/v1/responses/{id}",
-            get(responses::get_one).delete(responses::delete),
+            get(responses_stored::get_one).delete(responses_stored::delete),
         )
         .route(
             "/v1/responses/{id}/input_items",
-            get(responses::input_items),
+            get(responses_stored::input_items),
         )
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get_one))
