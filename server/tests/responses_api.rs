@@ -170,6 +170,28 @@ async fn a_response_says_what_the_chat_says_and_conversations_continue() {
     )
     .await
     .assert_error(400, BAD, Some("limit"), None);
+    // `include[]` repeats, as the SDKs send a list; other keys are named.
+    let both = "include[]=message.output_text.logprobs&include[]=reasoning.encrypted_content";
+    let listed = send(
+        &app,
+        "GET",
+        &format!("{path}/input_items?{both}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.json()["data"], items["data"]);
+    for (query, param, code) in [
+        ("limit=ten", "limit", None),
+        ("include[]=file_search_call.results", "include", None),
+        ("colour=red", "colour", Some("unknown_parameter")),
+    ] {
+        let url = format!("{path}/input_items?{query}");
+        send(&app, "GET", &url, None, None)
+            .await
+            .assert_error(400, BAD, Some(param), code);
+    }
     let deleted = send(&app, "DELETE", &path, None, None).await.json();
     assert_eq!(
         deleted,

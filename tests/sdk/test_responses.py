@@ -131,7 +131,9 @@ def test_retrieve_list_input_items_and_delete(client):
     r = client.responses.create(model=MODEL, input=QUESTION, temperature=0, max_output_tokens=4)
     got = client.responses.retrieve(r.id)
     assert got.id == r.id and got.output_text == r.output_text
-    items = client.responses.input_items.list(r.id)
+    items = client.responses.input_items.list(
+        r.id, include=["message.output_text.logprobs", "reasoning.encrypted_content"]
+    )
     assert len(items.data) == 1 and items.data[0].type == "message"
     assert items.data[0].content[0].text == QUESTION
     client.responses.delete(r.id)

@@ -52,8 +52,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/responses/{id}/input_items`' query: OpenAI's paging.
-#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, utoipa::IntoParams)]
 pub struct InputItemsQuery {
     /// Items per page, 1 to 100 (default 20).
     pub limit: Option<i64>,
@@ -61,9 +60,45 @@ pub struct InputItemsQuery {
     pub order: Option<String>,
     /// The id of the item the page starts after.
     pub after: Option<String>,
-    /// Accepted (only `message.output_text.logprobs` exists here, and input has none).
-    #[serde(rename = "include[]", alias = "include")]
-    pub include: Option<String>,
+    /// `include[]` (repeatable): accepted (input items carry no logprobs or reasoning to add).
+    #[param(rename = "include[]")]
+    pub include: Option<Vec<String>>,
+}
+
+impl InputItemsQuery {
+    /// From the query's pairs: `include[]` may repeat, as the SDKs send a list (serde's
+    /// query parser takes one value per key); anything else is a 400 naming it.
+    fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self, ApiError> {
+        let mut q = Self {
+            limit: None,
+            order: None,
+            after: None,
+            include: None,
+        };
+        for (key, value) in pairs {
+            match key.as_str() {
+                "limit" => {
+                    let limit = value.parse().map_err(|_| {
+                        ApiError::invalid(
+                            "limit",
+                            format!("'limit' must be an integer, got '{value}'"),
+                        )
+                    })?;
+                    q.limit = Some(limit);
+                }
+                "order" => q.order = Some(value),
+                "after" => q.after = Some(value),
+                "include[]" | "include" => q.include.get_or_insert_with(Vec::new).push(value),
+                _ => {
+                    return Err(ApiError {
+                        code: Some("unknown_parameter"),
+                        ..ApiError::invalid(&key, format!("unknown parameter '{key}'"))
+                    })
+                }
+            }
+        }
+        Ok(q)
+    }
 }
 
 /// Lists a stored response's input items.
@@ -74,9 +109,25 @@ pub struct InputItemsQuery {
 pub async fn input_items(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<InputItemsQuery>, QueryRejection>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<InputItemList>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(pairs) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = InputItemsQuery::from_pairs(pairs)?;
+    const INCLUDES: [&str; 2] = [
+        "message.output_text.logprobs",
+        "reasoning.encrypted_content",
+    ];
+    if let Some(inc) = q
+        .include
+        .iter()
+        .flatten()
+        .find(|i| !INCLUDES.contains(&i.as_str()))
+    {
+        return Err(ApiError::invalid(
+            "include",
+            format!("'include' can hold {}, got '{inc}'", INCLUDES.join(" and ")),
+        ));
+    }
     let limit = match q.limit {
         None => 20,
         Some(l @ 1..=100) => l as usize,
