@@ -155,13 +155,20 @@ pub fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiErro
         };
         let unknown = field_of("unknown field `");
         let named = unknown.clone().or_else(|| field_of("missing field `"));
+        // (serde_path_to_error ends the path with an unknown field's own name.)
+        let top_level = path == "." || named.as_deref() == Some(path.as_str());
         let param = match named.as_deref() {
-            Some(field) if path == "." => field.to_string(),
+            Some(field) if top_level => field.to_string(),
             Some(field) if !path.ends_with(field) => format!("{path}.{field}"),
             _ => path,
         };
         match unknown.as_deref() {
             Some(field) if NESTED_UNSUPPORTED.contains(&field) => ApiError::unsupported(&param),
+            // A request's own unknown field (`deny_unknown_fields`), as `parse_body` names one.
+            Some(_) if top_level => ApiError {
+                code: Some("unknown_parameter"),
+                ..ApiError::invalid(param.clone(), format!("unknown parameter '{param}'"))
+            },
             _ => ApiError::invalid(param.clone(), format!("'{param}': {inner}")),
         }
     })

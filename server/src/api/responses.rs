@@ -40,37 +40,6 @@ const UNSUPPORTED: &[&str] = &[
     "max_tool_calls",
 ];
 
-/// The request fields lowbit reads (anything else is a 400 naming it).
-const FIELDS: &[&str] = &[
-    "model",
-    "input",
-    "instructions",
-    "max_output_tokens",
-    "temperature",
-    "top_p",
-    "top_logprobs",
-    "stream",
-    "stream_options",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "text",
-    "store",
-    "previous_response_id",
-    "metadata",
-    "user",
-    "include",
-    "reasoning",
-    "truncation",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "seed",
-    "chat_template_kwargs",
-    "prompt_cache_key",
-    "safety_identifier",
-];
-
 /// A new item id: OpenAI's prefix and 48 hex digits.
 pub fn item_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
@@ -260,20 +229,22 @@ fn earlier_items(state: &AppState, id: &str) -> Result<Vec<Value>, ApiError> {
 }
 
 /// The request's input items as sent, each given an id, references replaced by the items
-/// they name (what `input_items` lists, and what a follow-up's conversation is made of).
-fn input_with_ids(state: &AppState, input: &ResponsesInput) -> Vec<Value> {
+/// they name: what the conversation is built from, what `input_items` lists, and what a
+/// follow-up's conversation is made of.
+fn input_with_ids(state: &AppState, input: &ResponsesInput) -> Result<Vec<Value>, ApiError> {
     let items = match input {
         ResponsesInput::Text(text) => vec![json!({"type": "message", "role": "user",
             "content": [{"type": "input_text", "text": text}]})],
         ResponsesInput::Items(items) => items
             .iter()
-            .map(|item| match referenced(state, item, "") {
-                Ok(Some(stored)) => stored,
-                _ => item.clone(),
+            .enumerate()
+            .map(|(i, item)| {
+                let stored = referenced(state, item, &format!("input[{i}]"))?;
+                Ok(stored.unwrap_or_else(|| item.clone()))
             })
-            .collect(),
+            .collect::<Result<_, ApiError>>()?,
     };
-    items
+    Ok(items
         .into_iter()
         .map(|mut item| {
             if let Some(obj) = item.as_object_mut() {
@@ -303,7 +274,7 @@ fn input_with_ids(state: &AppState, input: &ResponsesInput) -> Vec<Value> {
             }
             item
         })
-        .collect()
+        .collect())
 }
 
 /// The stored item an `item_reference` names (`None` for any other item).
@@ -337,10 +308,12 @@ fn referenced(state: &AppState, item: &Value, at: &str) -> Result<Option<Value>,
     }
 }
 
-/// The chat request a Responses request means.
+/// The chat request a Responses request means; `input` is its items as
+/// [`input_with_ids`] made them.
 fn chat_request(
     state: &AppState,
     req: &ResponsesRequest,
+    input: &[Value],
 ) -> Result<ChatCompletionRequest, ApiError> {
     let mut conversation = Conversation::default();
     if let Some(text) = &req.instructions {
@@ -351,19 +324,8 @@ fn chat_request(
             conversation.push(item, &format!("previous_response_id({id})[{i}]"))?;
         }
     }
-    match &req.input {
-        ResponsesInput::Text(text) => {
-            conversation.push(&json!({"role": "user", "content": text}), "input")?
-        }
-        ResponsesInput::Items(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let at = format!("input[{i}]");
-                match referenced(state, item, &at)? {
-                    Some(stored) => conversation.push(&stored, &at)?,
-                    None => conversation.push(item, &at)?,
-                }
-            }
-        }
+    for (i, item) in input.iter().enumerate() {
+        conversation.push(item, &format!("input[{i}]"))?;
     }
     let tools = req.tools.as_ref().map(|tools| {
         tools
@@ -466,12 +428,6 @@ fn parse(body: &[u8]) -> Result<ResponsesRequest, ApiError> {
     let Some(obj) = value.as_object() else {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     };
-    if let Some(key) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(ApiError {
-            code: Some("unknown_parameter"),
-            ..ApiError::invalid(key.clone(), format!("unknown parameter '{key}'"))
-        });
-    }
     // Only a function is named; `allowed_tools` and hosted tools are not implemented.
     if let Some(kind) = obj.get("tool_choice").and_then(|c| c.get("type")) {
         if kind != "function" {
@@ -543,14 +499,14 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body, state.max_body_bytes)?;
     let req = parse(&body)?;
-    let chat = chat_request(&state, &req).map_err(renamed)?;
+    let input = input_with_ids(&state, &req.input)?;
+    let chat = chat_request(&state, &req, &input).map_err(renamed)?;
     let run = ChatRun::start(&state, &request_id(&headers), &chat)
         .await
         .map_err(renamed)?;
     let echo = Echo::of(&req, state.model_name());
     let id = item_id("resp");
     let created_at = run.created;
-    let input = input_with_ids(&state, &req.input);
     if req.stream.unwrap_or(false) {
         return Ok(generation::sse(move |tx| async move {
             let mut sink = ResponsesSse::new(Some(tx), state, echo, id, created_at, input);

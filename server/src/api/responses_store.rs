@@ -187,8 +187,9 @@ impl ResponseStore {
             .cloned()
     }
 
-    /// Bytes held (for tests and the log).
-    pub fn bytes(&self) -> usize {
+    /// Bytes held (the metric `lowbit:responses_store_bytes` reports it).
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.lock().bytes
     }
 }
