@@ -65,6 +65,13 @@ pub struct Metrics {
     pub responses_store_bytes: IntGauge,
     /// Stored responses dropped, oldest first, to make room.
     pub responses_evicted_total: IntCounter,
+    /// Speculative decoding (vLLM's names): steps in which a sequence verified drafts, the
+    /// draft tokens verified, those accepted, and those accepted by `position` in their draft
+    /// (0 first); acceptance = accepted / draft tokens.
+    pub spec_decode_num_drafts_total: IntCounter,
+    pub spec_decode_num_draft_tokens_total: IntCounter,
+    pub spec_decode_num_accepted_tokens_total: IntCounter,
+    pub spec_decode_num_accepted_tokens_per_pos_total: IntCounterVec,
     /// HTTP requests by `handler` (the route's template, `none` when no route matched),
     /// `method` and `status` class (`2xx`, `4xx`, …): the unprefixed names vLLM's HTTP
     /// instrumentation exports, and the next three too.
@@ -181,6 +188,26 @@ impl Metrics {
                 "responses_evicted_total",
                 "Stored responses dropped, oldest first, to make room.",
             ),
+            spec_decode_num_drafts_total: counter(
+                "spec_decode_num_drafts_total",
+                "Drafts verified (one per speculating sequence and step).",
+            ),
+            spec_decode_num_draft_tokens_total: counter(
+                "spec_decode_num_draft_tokens_total",
+                "Draft tokens verified.",
+            ),
+            spec_decode_num_accepted_tokens_total: counter(
+                "spec_decode_num_accepted_tokens_total",
+                "Draft tokens accepted (the model chose them too).",
+            ),
+            spec_decode_num_accepted_tokens_per_pos_total: IntCounterVec::new(
+                Opts::new(
+                    name("spec_decode_num_accepted_tokens_per_pos_total"),
+                    "Draft tokens accepted, by position in their draft (0 first).",
+                ),
+                &["position"],
+            )
+            .expect("valid metric"),
             http_requests_total: IntCounterVec::new(
                 Opts::new(
                     "http_requests_total",
@@ -228,6 +255,10 @@ impl Metrics {
             Box::new(m.responses_stored.clone()),
             Box::new(m.responses_store_bytes.clone()),
             Box::new(m.responses_evicted_total.clone()),
+            Box::new(m.spec_decode_num_drafts_total.clone()),
+            Box::new(m.spec_decode_num_draft_tokens_total.clone()),
+            Box::new(m.spec_decode_num_accepted_tokens_total.clone()),
+            Box::new(m.spec_decode_num_accepted_tokens_per_pos_total.clone()),
             Box::new(m.http_requests_total.clone()),
             Box::new(m.http_request_duration_seconds.clone()),
             Box::new(m.http_request_duration_highr_seconds.clone()),
@@ -309,6 +340,9 @@ mod tests {
             "responses_stored 0",
             "responses_store_bytes 0",
             "responses_evicted_total 0",
+            "spec_decode_num_drafts_total 0",
+            "spec_decode_num_draft_tokens_total 0",
+            "spec_decode_num_accepted_tokens_total 0",
         ] {
             assert!(text.contains(&format!("lowbit:{n}")), "{n} missing");
         }

@@ -1,11 +1,12 @@
 //! The engine on the real model: a request's tokens (and its prompt's log-probabilities) do
 //! not depend on what else is in its batch, on how the budget chunked its prompt, on
-//! prefix-cache hits, or on preemption.
+//! prefix-cache hits, on preemption, or on speculative decoding.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
 
 use lowbit::engine::blocks::BlockManager;
+use lowbit::engine::speculative::SpeculativeConfig;
 use lowbit::engine::{
     Event, GenerationRequest, LlamaStep, SamplingParams, Scheduler, SchedulerConfig,
 };
@@ -23,7 +24,17 @@ struct Setup {
     budget: usize,
     blocks: usize,
     prefix_cache: bool,
+    speculative: SpeculativeConfig,
 }
+
+/// Prompt lookup with 5 drafts from suffixes of 1 to 3 tokens (1: many drafts, most wrong,
+/// so rejection is exercised as much as acceptance).
+const SPECULATING: SpeculativeConfig = SpeculativeConfig {
+    tokens: 5,
+    ngram_min: 1,
+    ngram_max: 3,
+    max_running: 64,
+};
 
 /// A generated token and its logprobs (when asked).
 type Token = (u32, Option<lowbit_gpu::TokenLogprobs>);
@@ -37,6 +48,9 @@ struct Ran {
     tokens: Vec<Vec<Token>>,
     prompts: Vec<Option<Vec<lowbit_gpu::TokenLogprobs>>>,
     preemptions: u64,
+    /// Draft tokens verified, and accepted.
+    drafted: u64,
+    accepted: u64,
 }
 
 /// Runs `asks` together through one scheduler, each asking for `logprobs` alternatives.
@@ -60,6 +74,7 @@ fn run(
             max_concurrent_sequences: 64,
             max_model_len: 2048,
             eos: tokenizer.eos().to_vec(),
+            speculative: s.speculative,
         },
         BlockManager::new(s.blocks, DEFAULT_BLOCK_TOKENS, s.prefix_cache),
         Arc::new(tokenizer),
@@ -96,6 +111,8 @@ fn run(
         tokens: Vec::new(),
         prompts: Vec::new(),
         preemptions: metrics.num_preemptions_total.get(),
+        drafted: metrics.spec_decode_num_draft_tokens_total.get(),
+        accepted: metrics.spec_decode_num_accepted_tokens_total.get(),
     };
     for (mut rx, ask) in rxs.into_iter().zip(asks) {
         let (mut toks, mut prompt) = (Vec::new(), None);
@@ -212,6 +229,7 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
         budget: 512,
         blocks: 256,
         prefix_cache: false,
+        speculative: SpeculativeConfig::OFF,
     };
     // Each request alone, no cache, whole prompts in one step.
     let alone: Vec<Ran> = prompts
@@ -231,17 +249,37 @@ fn tokens_do_not_depend_on_batch_chunking_prefix_hits_or_preemption() {
             budget: 7,
             blocks: 256,
             prefix_cache: true,
+            speculative: SpeculativeConfig::OFF,
         },
         // A pool too small for all 16: sequences are preempted and recomputed.
         Setup {
             budget: 64,
             blocks: 24,
             prefix_cache: false,
+            speculative: SpeculativeConfig::OFF,
+        },
+        // The greedy half speculates, with prefix hits, in chunks of 40 rows, and in a pool
+        // small enough to preempt.
+        Setup {
+            budget: 40,
+            blocks: 256,
+            prefix_cache: true,
+            speculative: SPECULATING,
+        },
+        Setup {
+            budget: 64,
+            blocks: 24,
+            prefix_cache: false,
+            speculative: SPECULATING,
         },
     ] {
         let together = run(&prompts, max_tokens, &setup, cpu(), None);
         if setup.blocks == 24 {
             assert!(together.preemptions > 0, "the small pool should preempt");
+        }
+        if setup.speculative.enabled() {
+            assert!(together.accepted > 0, "no draft accepted");
+            assert!(together.accepted < together.drafted, "no draft rejected");
         }
         for (i, a) in alone.iter().enumerate() {
             let what = format!(
@@ -311,6 +349,7 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
         budget: 512,
         blocks: 64,
         prefix_cache: false,
+        speculative: SpeculativeConfig::OFF,
     };
     // With logprobs: computed on the GPU for the rows chosen there, from whole rows for the
     // top-k one; a row's are the same in any batch, to the bit.
@@ -326,6 +365,7 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
         budget: 7,
         blocks: 64,
         prefix_cache: true,
+        speculative: SpeculativeConfig::OFF,
     };
     let together = run(&prompts, 6, &chunked, gpu, Some(2));
     for (i, a) in alone.iter().enumerate() {
@@ -336,4 +376,73 @@ fn on_the_gpu_tokens_do_not_depend_on_batch_chunking_or_prefix_hits() {
             "request {i}: prompt logprobs"
         );
     }
+}
+
+/// A prompt that SmolLM2 continues by copying its line twice more (greedy): prompt lookup's
+/// drafts are mostly right.
+fn copy_prompt() -> Vec<u32> {
+    let source = ModelSource::open(&common::smollm2_path()).unwrap();
+    let tok = source.tokenizer().unwrap();
+    let line = "Line: the quick brown fox jumps over the lazy dog near the old river bank.\n";
+    let text = format!("{line}{line}Line:");
+    tok.encode(&text, false).unwrap()
+}
+
+/// Speculation on the wgpu backend: the drafts' rows are computed in one step with the
+/// token before them, and the tokens are plain greedy decoding's.
+#[test]
+fn on_the_gpu_speculation_gives_the_greedy_tokens() {
+    let gpu = Arc::new(
+        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default())
+            .expect("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers)"),
+    ) as Arc<dyn Backend>;
+    let ask: Vec<Ask> = vec![(copy_prompt(), SamplingParams::default(), None)];
+    let mut setup = Setup {
+        budget: 512,
+        blocks: 64,
+        prefix_cache: false,
+        speculative: SpeculativeConfig::OFF,
+    };
+    let plain = run(&ask, 10, &setup, gpu.clone(), None);
+    setup.speculative = SPECULATING;
+    let speculated = run(&ask, 10, &setup, gpu, None);
+    assert_eq!(plain.tokens, speculated.tokens);
+    assert!(speculated.accepted > 0, "no draft accepted");
+}
+
+/// On the CPU: a copying answer, alone and beside sampled requests, with speculation is
+/// plain greedy decoding's, and most of its drafts are accepted.
+#[test]
+fn speculation_gives_the_greedy_tokens_and_accepts_copied_text() {
+    let sampled = SamplingParams {
+        temperature: 0.8,
+        seed: 7,
+        ..SamplingParams::default()
+    };
+    let asks: Vec<Ask> = vec![
+        (copy_prompt(), SamplingParams::default(), None),
+        (copy_prompt(), sampled, None),
+    ];
+    let mut setup = Setup {
+        budget: 512,
+        blocks: 64,
+        prefix_cache: true,
+        speculative: SpeculativeConfig::OFF,
+    };
+    let plain = run(&asks, 24, &setup, cpu(), None);
+    setup.speculative = SpeculativeConfig {
+        ngram_min: 2,
+        ..SPECULATING
+    };
+    let alone = run(&asks[..1], 24, &setup, cpu(), None);
+    let together = run(&asks, 24, &setup, cpu(), None);
+    assert_eq!(plain.tokens[0], alone.tokens[0]);
+    assert_eq!(plain.tokens, together.tokens);
+    assert!(
+        alone.accepted * 2 > alone.drafted,
+        "{} of {} drafts accepted",
+        alone.accepted,
+        alone.drafted
+    );
+    assert_eq!(plain.drafted, 0);
 }

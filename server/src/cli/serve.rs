@@ -13,6 +13,7 @@ use crate::api::tool_syntax::ToolCallParser;
 use crate::api::{self, AppState, ServedModel};
 use crate::engine::blocks::BlockManager;
 use crate::engine::grammar::Grammars;
+use crate::engine::speculative::SpeculativeConfig;
 use crate::engine::{AdmissionLimits, EngineHandle, LlamaStep, Loaded, Scheduler, SchedulerConfig};
 use crate::metrics::Metrics;
 use crate::model::ModelSource;
@@ -79,6 +80,21 @@ pub struct ServeArgs {
     /// Turn off prefix caching (reuse of cached prompt blocks).
     #[arg(long, env = "LOWBIT_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Speculative decoding by prompt lookup: draft tokens per step at most (0: off). A
+    /// greedy request whose last tokens occurred before in its prompt or output proposes
+    /// what followed them, checked in the same step; the output is plain decoding's.
+    #[arg(long, env = "LOWBIT_SPECULATIVE_TOKENS", default_value_t = 0)]
+    pub speculative_tokens: usize,
+    /// Shortest suffix looked up for drafts.
+    #[arg(long, env = "LOWBIT_PROMPT_LOOKUP_MIN", default_value_t = SpeculativeConfig::OFF.ngram_min)]
+    pub prompt_lookup_min: usize,
+    /// Longest suffix looked up for drafts (tried first).
+    #[arg(long, env = "LOWBIT_PROMPT_LOOKUP_MAX", default_value_t = SpeculativeConfig::OFF.ngram_max)]
+    pub prompt_lookup_max: usize,
+    /// No request speculates in a step that starts with more sequences running than this (a
+    /// full batch is compute-bound: rejected drafts would cost the others).
+    #[arg(long, env = "LOWBIT_SPECULATIVE_MAX_RUNNING", default_value_t = SpeculativeConfig::OFF.max_running)]
+    pub speculative_max_running: usize,
     /// Seconds a request may take before it fails with 504 (default: no limit).
     #[arg(long, env = "LOWBIT_REQUEST_TIMEOUT")]
     pub request_timeout: Option<f64>,
@@ -110,6 +126,32 @@ pub struct ServeArgs {
     /// `mistral`: Mistral's `[TOOL_CALLS]`), else `generic` (lowbit's JSON format, any template).
     #[arg(long, env = "LOWBIT_TOOL_CALL_PARSER", value_enum, default_value_t = ToolCallParser::Auto)]
     pub tool_call_parser: ToolCallParser,
+}
+
+/// The speculative-decoding flags, checked (and logged when on).
+fn speculative_config(args: &ServeArgs) -> Result<SpeculativeConfig> {
+    let cfg = SpeculativeConfig {
+        tokens: args.speculative_tokens,
+        ngram_min: args.prompt_lookup_min,
+        ngram_max: args.prompt_lookup_max,
+        max_running: args.speculative_max_running,
+    };
+    if cfg.tokens > 0 {
+        if cfg.ngram_min == 0 || cfg.ngram_max < cfg.ngram_min {
+            anyhow::bail!(
+                "--prompt-lookup-min {} and --prompt-lookup-max {}: need 1 <= min <= max",
+                cfg.ngram_min,
+                cfg.ngram_max
+            );
+        }
+        tracing::info!(
+            draft_tokens = cfg.tokens,
+            ngram = %format!("{}..={}", cfg.ngram_min, cfg.ngram_max),
+            max_running = cfg.max_running,
+            "speculative decoding by prompt lookup (greedy requests)"
+        );
+    }
+    Ok(cfg)
 }
 
 /// `--chat-template`: a file's text, or the value itself when no such file exists (as vLLM).
@@ -200,6 +242,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         args.max_model_len,
         !args.no_prefix_cache,
     );
+    let speculative = speculative_config(args)?;
     let engine_metrics = metrics.clone();
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
     let engine = EngineHandle::spawn(
@@ -244,6 +287,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
                     max_concurrent_sequences,
                     max_model_len,
                     eos,
+                    speculative,
                 },
                 BlockManager::new(spec.blocks, DEFAULT_BLOCK_TOKENS, prefix),
                 decoder,

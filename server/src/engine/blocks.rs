@@ -199,6 +199,17 @@ impl BlockManager {
         true
     }
 
+    /// Drops the blocks of `table` past the first `blocks_for(positions)` (those of a
+    /// sequence's rejected drafts).
+    pub fn truncate(&mut self, table: &mut Vec<u32>, positions: usize) {
+        let keep = self.blocks_for(positions);
+        while table.len() > keep {
+            if let Some(id) = table.pop() {
+                self.release_one(id);
+            }
+        }
+    }
+
     /// Adds a reference to a block already in use (a fork sharing a full block).
     pub fn share(&mut self, id: u32) {
         let info = &mut self.info[id as usize];

@@ -6,6 +6,7 @@
 //! - [`step`]: what the scheduler needs of a model (the forward, the greedy head, copies);
 //! - [`blocks`]: block ids, reference counts, the prefix cache;
 //! - [`sampler`], [`stop`], [`detok`]: choosing tokens, stop strings, incremental text;
+//! - [`speculative`]: draft tokens by prompt lookup, checked in one step with the token before;
 //! - [`generate`], [`solo`]: the single-sequence loop and trivial pool of the CLI tools.
 
 pub mod blocks;
@@ -18,6 +19,7 @@ pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod solo;
+pub mod speculative;
 pub mod step;
 pub mod stop;
 

@@ -19,6 +19,7 @@ use super::grammar::{Constraint, Grammar};
 use super::readback::{plan_readback, RowAt, RowPlan, RowWant, TOP_K_READBACK_MAX};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 use super::sampler::{Sampler, SamplingParams, TokenHistory, TokenLogprobs};
+use super::speculative::SpeculativeConfig;
 use super::step::{StepModel, StepRows};
 use super::stop::StopMatcher;
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct SchedulerConfig {
     pub max_model_len: usize,
     /// End-of-sequence ids of the model.
     pub eos: Vec<u32>,
+    /// Speculative decoding by prompt lookup (off by default).
+    pub speculative: SpeculativeConfig,
 }
 
 /// A drawn token and its logprobs (when the request asked for them).
@@ -92,6 +95,9 @@ struct Sequence {
     prompt_logprobs: Option<PromptLogprobs>,
     /// Where its output stands in its request's grammar (structured outputs).
     constraint: Option<Constraint>,
+    /// Draft tokens at the end of `tokens`, proposed for this step and checked when it has
+    /// run (scheduler_speculate.rs); 0 between steps.
+    drafts: usize,
 }
 
 impl Sequence {
@@ -123,6 +129,7 @@ impl Sequence {
             forks: 0,
             prompt_logprobs: None,
             constraint: req.grammar.as_ref().map(Grammar::start),
+            drafts: 0,
         }
     }
 
@@ -152,22 +159,24 @@ impl Sequence {
 /// The logits rows of a plan entry `(i, n)`: positions of its chunk (relative to it) whose
 /// next prompt token's log-probability is wanted, then, if `samples`, the last row, which
 /// chooses the sequence's next token. The first range ends where the last row is, so the
-/// rows are one range of the chunk.
+/// rows are one range of the chunk. A speculating entry's chunk ends with `drafts` draft
+/// tokens, and each of its last `drafts + 1` rows chooses a token (no prompt rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct EntryRows {
     prompt: Range<usize>,
     samples: bool,
+    drafts: usize,
 }
 
 impl EntryRows {
     fn count(&self) -> usize {
-        self.prompt.len() + usize::from(self.samples)
+        self.prompt.len() + usize::from(self.samples) + self.drafts
     }
 
     /// The rows of a chunk of `n` tokens, as [`BatchSeq::logits`] wants them.
     fn logits(&self, n: usize) -> Range<usize> {
         match (self.samples, self.prompt.is_empty()) {
-            (true, true) => n - 1..n,
+            (true, true) => n - 1 - self.drafts..n,
             (true, false) => self.prompt.start..n,
             (false, _) => self.prompt.clone(),
         }
@@ -349,7 +358,7 @@ impl<M: StepModel> Scheduler<M> {
                 plans.push(RowPlan::whole());
                 continue;
             };
-            plans.push(RowPlan::of(
+            let row = RowPlan::of(
                 &mut s.sampler,
                 &s.history,
                 s.forks > 0 || s.constraint.is_some(),
@@ -357,7 +366,9 @@ impl<M: StepModel> Scheduler<M> {
                 vocab,
                 top_k_max,
                 on_device,
-            ));
+            );
+            // A draft's rows are greedy like its last (only greedy sequences speculate).
+            plans.extend(std::iter::repeat_n(row, e.drafts + 1));
         }
         let needs_logits: Vec<bool> = plans.iter().map(|p| p.want == RowWant::Logits).collect();
         let (mixed, row_at) = plan_readback(&plans);
@@ -450,6 +461,12 @@ impl<M: StepModel> Scheduler<M> {
         for (p, (&(i, n), e)) in plan.iter().zip(&entries).enumerate() {
             let prompt_rows = first_row..first_row + e.prompt.len();
             first_row += e.count();
+            if e.drafts > 0 {
+                if let Some(reason) = self.verify_drafts(i, &rows, first_row - e.drafts - 1) {
+                    finished.push((i, reason));
+                }
+                continue;
+            }
             let s = &mut self.running[i];
             s.computed += n;
             self.blocks
@@ -662,6 +679,8 @@ impl<M: StepModel> Scheduler<M> {
 mod emit;
 #[path = "scheduler_plan.rs"]
 mod plan;
+#[path = "scheduler_speculate.rs"]
+mod speculate;
 
 #[cfg(test)]
 #[path = "scheduler_grammar_tests.rs"]
@@ -672,6 +691,9 @@ mod min_tokens_tests;
 #[cfg(test)]
 #[path = "scheduler_prompt_tests.rs"]
 mod prompt_tests;
+#[cfg(test)]
+#[path = "scheduler_speculate_tests.rs"]
+mod speculate_tests;
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;

@@ -32,7 +32,8 @@ pub(super) fn logits_rows(
         .iter()
         .map(|e| {
             next += e.count();
-            let row = e.samples.then(|| next - 1)?;
+            // (A speculating entry's rows are checked against its drafts instead.)
+            let row = (e.samples && e.drafts == 0).then(|| next - 1)?;
             match rows {
                 StepRows::Tokens(_) => None,
                 StepRows::Logits(_) => Some(row),

@@ -13,8 +13,16 @@ impl<M: StepModel> Scheduler<M> {
         // Logits rows left for prompt log-probabilities.
         let mut prompt_rows = self.prompt_rows_per_step;
         let mut plan = Vec::new();
+        let speculating = self.cfg.speculative.enabled()
+            && self.running.len() <= self.cfg.speculative.max_running;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
+            if let Some(take) = speculating.then(|| self.speculate(i, budget)).flatten() {
+                plan.push((i, take));
+                budget -= take;
+                i += 1;
+                continue;
+            }
             let s = &self.running[i];
             let (take, rows) =
                 s.limit_prompt_rows((s.tokens.len() - s.computed).min(budget), prompt_rows);
@@ -150,12 +158,19 @@ impl<M: StepModel> Scheduler<M> {
                 .get(&s.group)
                 .is_none_or(|g| g.req.max_tokens > 0);
         debug_assert!(!samples || prompt.is_empty() || prompt.end == n - 1);
-        EntryRows { prompt, samples }
+        debug_assert!(s.drafts == 0 || (samples && prompt.is_empty()));
+        EntryRows {
+            prompt,
+            samples,
+            drafts: s.drafts,
+        }
     }
 
     /// Frees a running sequence's blocks and puts it first in the queue, to be recomputed.
     pub(super) fn preempt(&mut self, i: usize) {
         let mut s = self.running.remove(i);
+        s.tokens
+            .truncate(s.tokens.len() - std::mem::take(&mut s.drafts));
         tracing::info!(
             request_id = %self.groups.get(&s.group).map_or("", |g| g.req.id.as_str()),
             tokens = s.tokens.len(),

@@ -30,12 +30,23 @@ pub(super) struct Fake {
     pub(super) logprob_rows: usize,
     /// Per mixed step, rows whose given (prompt) token's logprobs were computed.
     pub(super) prompt_rows_per_step: Vec<usize>,
+    /// 0, or a period its output mostly repeats with ([`next_with`]).
+    pub(super) period: usize,
 }
 
 pub(super) const VOCAB: usize = 128;
 
 /// The next token after `tokens`: a letter, `a..=z`.
 pub(super) fn next(tokens: &[u32]) -> u32 {
+    next_with(tokens, 0)
+}
+
+/// [`next`], or with a `period`, the token `period` back, except at every fifth position
+/// (text that prompt lookup mostly predicts).
+pub(super) fn next_with(tokens: &[u32], period: usize) -> u32 {
+    if period > 0 && tokens.len() >= period && !tokens.len().is_multiple_of(5) {
+        return tokens[tokens.len() - period];
+    }
     let h: u64 = tokens
         .iter()
         .enumerate()
@@ -45,10 +56,14 @@ pub(super) fn next(tokens: &[u32]) -> u32 {
 }
 
 pub(super) fn reference(prompt: &[u32], max_tokens: usize) -> String {
+    reference_with(prompt, max_tokens, 0)
+}
+
+pub(super) fn reference_with(prompt: &[u32], max_tokens: usize, period: usize) -> String {
     let mut t = prompt.to_vec();
     let mut out = String::new();
     for _ in 0..max_tokens {
-        let n = next(&t);
+        let n = next_with(&t, period);
         t.push(n);
         out.push(n as u8 as char);
     }
@@ -74,7 +89,7 @@ impl StepModel for Fake {
                     .map(|p| self.kv[&(s.blocks[p / self.bt], p % self.bt)])
                     .collect();
                 let mut row = vec![0.0f32; VOCAB];
-                row[next(&seen) as usize] = 1.0;
+                row[next_with(&seen, self.period) as usize] = 1.0;
                 data.extend(row);
             }
         }
@@ -140,12 +155,14 @@ pub(super) fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -
         full_rows: 0,
         logprob_rows: 0,
         prompt_rows_per_step: Vec::new(),
+        period: 0,
     };
     let cfg = SchedulerConfig {
         max_batch_tokens: budget,
         max_concurrent_sequences: 64,
         max_model_len: blocks * bt,
         eos: vec![0],
+        speculative: SpeculativeConfig::OFF,
     };
     Scheduler::new(
         fake,

@@ -1,0 +1,117 @@
+//! Speculative decoding in the scheduler (speculative.rs): a greedy sequence in decode
+//! proposes drafts when it is planned, and after the step each of its rows' argmax is
+//! checked against the draft it predicts.
+
+use super::{Scheduler, Sequence};
+use crate::engine::request::FinishReason;
+use crate::engine::speculative::propose;
+use crate::engine::step::{StepModel, StepRows};
+
+/// The greedy choice of logits row `r` of a step, in whatever form the step gave it.
+fn greedy_choice(rows: &StepRows, r: usize) -> u32 {
+    match rows {
+        StepRows::Tokens(ids) => ids[r],
+        StepRows::Mixed(m) => m.ids[r],
+        StepRows::Logits(l) => lowbit_gpu::argmax(l.row(r)),
+    }
+}
+
+impl<M: StepModel> Scheduler<M> {
+    /// Whether sequence `s`'s next tokens are plain argmaxes that nothing else reads: greedy
+    /// with nothing adjusting the logits (no penalties, bias or pending `min_tokens`), no
+    /// logprobs, no grammar, no forks or prompt log-probabilities still to come.
+    fn may_speculate(&self, s: &Sequence) -> bool {
+        s.forks == 0
+            && s.constraint.is_none()
+            && s.prompt_logprobs.is_none()
+            && s.sampler.is_greedy()
+            && self
+                .groups
+                .get(&s.group)
+                .is_some_and(|g| g.req.logprobs.is_none())
+    }
+
+    /// Plans running sequence `i` with drafts, if it is decoding, may speculate, finds a
+    /// match and gets the blocks for its drafts without preempting anyone: pushes the drafts
+    /// onto its tokens and returns the rows to compute (the last token and the drafts).
+    /// `None` leaves it to the ordinary plan.
+    pub(super) fn speculate(&mut self, i: usize, budget: usize) -> Option<usize> {
+        let s = &self.running[i];
+        if s.tokens.len() != s.computed + 1 || !self.may_speculate(s) {
+            return None;
+        }
+        let g = self.groups.get(&s.group)?;
+        // Every draft accepted brings one more token: at most what the request and the
+        // model's length still allow, less that one.
+        let left = g
+            .req
+            .max_tokens
+            .saturating_sub(s.generated)
+            .min(self.cfg.max_model_len.saturating_sub(s.tokens.len()));
+        let max = self
+            .cfg
+            .speculative
+            .tokens
+            .min(budget.saturating_sub(1))
+            .min(left.saturating_sub(1));
+        let drafts = propose(&s.tokens, &self.cfg.speculative, max);
+        if drafts.is_empty() {
+            return None;
+        }
+        let rows = 1 + drafts.len();
+        let s = &mut self.running[i];
+        // Drafts are a bet: they never take blocks from another sequence.
+        if !self.blocks.grow(&mut s.blocks, s.computed + rows) {
+            return None;
+        }
+        s.drafts = drafts.len();
+        s.tokens.extend(drafts);
+        Some(rows)
+    }
+
+    /// Checks running sequence `i`'s drafts against rows `first..=first + drafts` of this
+    /// step, emitting each row's choice until one differs from its draft (or the choice
+    /// ends); `Some` if it ended. Kept drafts keep their keys and values; the blocks past
+    /// the sequence's tokens go back to the pool.
+    pub(super) fn verify_drafts(
+        &mut self,
+        i: usize,
+        rows: &StepRows,
+        first: usize,
+    ) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let count = std::mem::take(&mut s.drafts);
+        let drafts = s.tokens.split_off(s.tokens.len() - count);
+        // The last token's keys and values are written: it is computed, as in any decode.
+        s.computed += 1;
+        let mut accepted = 0;
+        let mut ended = None;
+        for (j, draft) in drafts.iter().map(Some).chain([None]).enumerate() {
+            let token = greedy_choice(rows, first + j);
+            let before = self.running[i].tokens.len();
+            ended = self.emit(i, token, None);
+            if ended.is_some() || self.running[i].tokens.len() == before || draft != Some(&token) {
+                break;
+            }
+            // The row after it was computed from this very token: its keys and values hold.
+            self.running[i].computed += 1;
+            self.metrics
+                .spec_decode_num_accepted_tokens_per_pos_total
+                .with_label_values(&[&j.to_string()])
+                .inc();
+            accepted += 1;
+        }
+        self.metrics.spec_decode_num_drafts_total.inc();
+        self.metrics
+            .spec_decode_num_draft_tokens_total
+            .inc_by(count as u64);
+        self.metrics
+            .spec_decode_num_accepted_tokens_total
+            .inc_by(accepted);
+        let s = &mut self.running[i];
+        self.blocks
+            .register_full_blocks(&s.tokens, &s.blocks, s.computed);
+        self.blocks.truncate(&mut s.blocks, s.tokens.len());
+        ended
+    }
+}
