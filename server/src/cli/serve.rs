@@ -204,6 +204,8 @@ pub struct Prepared {
 /// Opens the model's tokenizer and template, starts the engine thread (which loads the
 /// weights and the KV pool) and builds the router. Needs no async runtime.
 pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
+    // (Flags first: a wrong one is named before a model is read.)
+    let speculative = speculative_config(args)?;
     let source = ModelSource::open(&args.model.model)?;
     let tokenizer = source.tokenizer()?;
     let template = match &args.chat_template {
@@ -242,7 +244,6 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         args.max_model_len,
         !args.no_prefix_cache,
     );
-    let speculative = speculative_config(args)?;
     let engine_metrics = metrics.clone();
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
     let engine = EngineHandle::spawn(

@@ -98,6 +98,8 @@ struct Sequence {
     /// Draft tokens at the end of `tokens`, proposed for this step and checked when it has
     /// run (scheduler_speculate.rs); 0 between steps.
     drafts: usize,
+    /// Most drafts to propose next, from how its last draft fared (`None`: the configured).
+    draft_limit: Option<usize>,
 }
 
 impl Sequence {
@@ -130,6 +132,7 @@ impl Sequence {
             prompt_logprobs: None,
             constraint: req.grammar.as_ref().map(Grammar::start),
             drafts: 0,
+            draft_limit: None,
         }
     }
 

@@ -52,6 +52,7 @@ impl<M: StepModel> Scheduler<M> {
             .cfg
             .speculative
             .tokens
+            .min(s.draft_limit.unwrap_or(usize::MAX))
             .min(budget.saturating_sub(1))
             .min(left.saturating_sub(1));
         let drafts = propose(&s.tokens, &self.cfg.speculative, max);
@@ -109,6 +110,14 @@ impl<M: StepModel> Scheduler<M> {
             .spec_decode_num_accepted_tokens_total
             .inc_by(accepted);
         let s = &mut self.running[i];
+        // The next draft is as long as this one's accepted run, plus one to probe; twice as
+        // long after a draft accepted whole. Rejected rows are the price of speculation, and
+        // a sequence that has stopped copying pays for one row a step, not for every draft.
+        s.draft_limit = Some(if accepted == count as u64 {
+            2 * count
+        } else {
+            accepted as usize + 1
+        });
         self.blocks
             .register_full_blocks(&s.tokens, &s.blocks, s.computed);
         self.blocks.truncate(&mut s.blocks, s.tokens.len());
