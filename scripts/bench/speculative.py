@@ -1,11 +1,12 @@
-"""Speculative decoding by prompt lookup against plain decoding: the same greedy chats sent to
-two servers on one model, one with `--speculative-tokens`, alternated, for tokens per second
-and the drafts the speculating one accepted. The replies must be equal (greedy, and
-speculation keeps plain decoding's tokens); a difference is reported and fails the run.
+"""Speculative decoding by prompt lookup against plain decoding: the same chats sent to two
+servers on one model, one with `--speculative-tokens`, alternated, for tokens per second and
+the drafts the speculating one accepted. Greedy, or sampled at TEMPERATURE with a fixed seed
+per request. The replies must be equal (speculation keeps plain decoding's tokens, seeded
+samples included); a difference is reported and fails the run.
 
     lowbit serve --model M --port 8000 &
     lowbit serve --model M --port 8001 --speculative-tokens 5 &
-    python3 scripts/bench/speculative.py http://127.0.0.1:8000 http://127.0.0.1:8001 [ROUNDS] [CLIENTS]
+    python3 scripts/bench/speculative.py http://127.0.0.1:8000 http://127.0.0.1:8001 [ROUNDS] [CLIENTS] [TEMPERATURE]
 """
 
 import json
@@ -19,6 +20,7 @@ import urllib.request
 PLAIN, SPEC = sys.argv[1], sys.argv[2]
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 3
 CLIENTS = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+TEMPERATURE = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 TOKENS = 160
 
 PARAGRAPH = ("The committee met on Tuesday to review the budget for the coming year. After a long "
@@ -64,12 +66,11 @@ def metric(url, name):
 
 def round_trip(url, model, ask):
     """(seconds, completion tokens, texts) of CLIENTS identical chats sent at once."""
-    body = {"model": model, "messages": [{"role": "user", "content": ask}], "max_tokens": TOKENS,
-            "temperature": 0}
     out = [None] * CLIENTS
 
     def one(k):
-        out[k] = post(url, body)
+        out[k] = post(url, {"model": model, "messages": [{"role": "user", "content": ask}],
+                            "max_tokens": TOKENS, "temperature": TEMPERATURE, "seed": k})
 
     threads = [threading.Thread(target=one, args=(k,)) for k in range(CLIENTS)]
     start = time.perf_counter()
@@ -85,7 +86,8 @@ def round_trip(url, model, ask):
 def main():
     model = json.load(urllib.request.urlopen(PLAIN + "/v1/models"))["data"][0]["id"]
     differ = False
-    print(f"{CLIENTS} client(s), {TOKENS} tokens max, {ROUNDS} rounds alternated; tok/s medians")
+    print(f"{CLIENTS} client(s), temperature {TEMPERATURE}, {TOKENS} tokens max, {ROUNDS} rounds "
+          "alternated; tok/s medians")
     print(f"{'workload':<20} {'tokens':>6} {'plain':>8} {'spec':>8} {'ratio':>6} {'accepted':>9}")
     for name, ask in WORKLOADS.items():
         runs = {PLAIN: [], SPEC: []}

@@ -410,10 +410,11 @@ fn on_the_gpu_speculation_gives_the_greedy_tokens() {
     assert!(speculated.accepted > 0, "no draft accepted");
 }
 
-/// On the CPU: a copying answer, alone and beside sampled requests, with speculation is
-/// plain greedy decoding's, and most of its drafts are accepted.
+/// On the CPU: a copying answer, greedy and sampled, alone and together, with speculation is
+/// plain decoding's (the seeded sample's tokens too, and with logprobs their logprobs), and
+/// most greedy drafts are accepted.
 #[test]
-fn speculation_gives_the_greedy_tokens_and_accepts_copied_text() {
+fn speculation_gives_plain_decodings_tokens_and_accepts_copied_text() {
     let sampled = SamplingParams {
         temperature: 0.8,
         seed: 7,
@@ -438,6 +439,16 @@ fn speculation_gives_the_greedy_tokens_and_accepts_copied_text() {
     let together = run(&asks, 24, &setup, cpu(), None);
     assert_eq!(plain.tokens[0], alone.tokens[0]);
     assert_eq!(plain.tokens, together.tokens);
+    let sampled_alone = run(&asks[1..], 24, &setup, cpu(), None);
+    assert_eq!(plain.tokens[1], sampled_alone.tokens[0]);
+    assert!(sampled_alone.accepted > 0, "no sampled draft accepted");
+    let with_logprobs = run(&asks, 24, &setup, cpu(), Some(2));
+    setup.speculative = SpeculativeConfig::OFF;
+    assert_eq!(
+        with_logprobs.tokens,
+        run(&asks, 24, &setup, cpu(), Some(2)).tokens
+    );
+    assert!(with_logprobs.accepted > 0);
     assert!(
         alone.accepted * 2 > alone.drafted,
         "{} of {} drafts accepted",

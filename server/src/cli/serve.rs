@@ -81,7 +81,7 @@ pub struct ServeArgs {
     #[arg(long, env = "LOWBIT_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
     /// Speculative decoding by prompt lookup: draft tokens per step at most (0: off). A
-    /// greedy request whose last tokens occurred before in its prompt or output proposes
+    /// request whose last tokens occurred before in its prompt or output proposes
     /// what followed them, checked in the same step; the output is plain decoding's.
     #[arg(long, env = "LOWBIT_SPECULATIVE_TOKENS", default_value_t = 0)]
     pub speculative_tokens: usize,
@@ -148,7 +148,7 @@ fn speculative_config(args: &ServeArgs) -> Result<SpeculativeConfig> {
             draft_tokens = cfg.tokens,
             ngram = %format!("{}..={}", cfg.ngram_min, cfg.ngram_max),
             max_running = cfg.max_running,
-            "speculative decoding by prompt lookup (greedy requests)"
+            "speculative decoding by prompt lookup"
         );
     }
     Ok(cfg)

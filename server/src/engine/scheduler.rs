@@ -370,7 +370,8 @@ impl<M: StepModel> Scheduler<M> {
                 top_k_max,
                 on_device,
             );
-            // A draft's rows are greedy like its last (only greedy sequences speculate).
+            // A draft's rows read back what its last does (drawn on the host: a device draw
+            // is never planned for drafts, scheduler_speculate.rs).
             plans.extend(std::iter::repeat_n(row, e.drafts + 1));
         }
         let needs_logits: Vec<bool> = plans.iter().map(|p| p.want == RowWant::Logits).collect();
@@ -465,7 +466,8 @@ impl<M: StepModel> Scheduler<M> {
             let prompt_rows = first_row..first_row + e.prompt.len();
             first_row += e.count();
             if e.drafts > 0 {
-                if let Some(reason) = self.verify_drafts(i, &rows, first_row - e.drafts - 1) {
+                let first = first_row - e.drafts - 1;
+                if let Some(reason) = self.verify_drafts(i, &rows, &mixed.full, first) {
                     finished.push((i, reason));
                 }
                 continue;

@@ -7,13 +7,13 @@ use crate::engine::grammar::{Grammars, OutputFormat};
 use tokio::sync::mpsc::unbounded_channel;
 
 /// The fake's vocabulary as bytes: 0 the end of sequence, every other id its own byte.
-fn grammars() -> Grammars {
+pub(super) fn grammars() -> Grammars {
     let mut bytes = vec![b"\xff<eos>".to_vec()];
     bytes.extend((1..VOCAB as u8).map(|b| vec![b]));
     Grammars::from_token_bytes(bytes, vec![0])
 }
 
-fn schema() -> serde_json::Value {
+pub(super) fn schema() -> serde_json::Value {
     serde_json::json!({
         "type": "object",
         "properties": {

@@ -1,14 +1,34 @@
-//! Speculative decoding in the scheduler (speculative.rs): a greedy sequence in decode
-//! proposes drafts when it is planned, and after the step each of its rows' argmax is
-//! checked against the draft it predicts.
+//! Speculative decoding in the scheduler (speculative.rs): a sequence in decode proposes
+//! drafts when it is planned, and after the step its rows choose tokens one after another,
+//! as plain decoding would, until a choice differs from the draft it predicts.
+//!
+//! A row's choice is made exactly as in plain decoding: the same sampler, drawing the same
+//! next number of its random stream, after the same history (penalties), grammar state and
+//! `min_tokens` count, because the tokens before it are emitted first. So a sampled
+//! sequence's tokens are plain decoding's too — seeded, the same tokens; not only the same
+//! distribution — and a draft is accepted with the probability the model gives it. Where
+//! choices are made on a device (a GPU, readback.rs), only greedy sequences speculate: their
+//! rows need only their argmax, while a device draw takes its random number when planned.
 
+use super::emit::choose;
 use super::{Scheduler, Sequence};
 use crate::engine::request::FinishReason;
 use crate::engine::speculative::propose;
 use crate::engine::step::{StepModel, StepRows};
+use lowbit_gpu::token_logprobs;
 
-/// The greedy choice of logits row `r` of a step, in whatever form the step gave it.
-fn greedy_choice(rows: &StepRows, r: usize) -> u32 {
+/// Logits row `r` of a step where the step brought it back whole (`whole`: a mixed step's
+/// whole rows, in order).
+fn whole_row<'a>(rows: &'a StepRows, whole: &[usize], r: usize) -> Option<&'a [f32]> {
+    match rows {
+        StepRows::Logits(l) => Some(l.row(r)),
+        StepRows::Mixed(m) => whole.binary_search(&r).ok().map(|j| m.logits.row(j)),
+        StepRows::Tokens(_) => None,
+    }
+}
+
+/// The argmax of logits row `r` of a step, in whatever form the step gave it.
+fn argmax_of(rows: &StepRows, r: usize) -> u32 {
     match rows {
         StepRows::Tokens(ids) => ids[r],
         StepRows::Mixed(m) => m.ids[r],
@@ -17,18 +37,17 @@ fn greedy_choice(rows: &StepRows, r: usize) -> u32 {
 }
 
 impl<M: StepModel> Scheduler<M> {
-    /// Whether sequence `s`'s next tokens are plain argmaxes that nothing else reads: greedy
-    /// with nothing adjusting the logits (no penalties, bias or pending `min_tokens`), no
-    /// logprobs, no grammar, no forks or prompt log-probabilities still to come.
+    /// Whether sequence `s` may speculate: no forks or prompt log-probabilities still to
+    /// come; where choices are made on a device, only a plain greedy choice (its argmax) with
+    /// no logprobs or grammar (module doc).
     fn may_speculate(&self, s: &Sequence) -> bool {
+        let Some(g) = self.groups.get(&s.group) else {
+            return false;
+        };
         s.forks == 0
-            && s.constraint.is_none()
             && s.prompt_logprobs.is_none()
-            && s.sampler.is_greedy()
-            && self
-                .groups
-                .get(&s.group)
-                .is_some_and(|g| g.req.logprobs.is_none())
+            && (!self.model.chooses_on_device()
+                || (s.sampler.is_greedy() && s.constraint.is_none() && g.req.logprobs.is_none()))
     }
 
     /// Plans running sequence `i` with drafts, if it is decoding, may speculate, finds a
@@ -71,13 +90,15 @@ impl<M: StepModel> Scheduler<M> {
     }
 
     /// Checks running sequence `i`'s drafts against rows `first..=first + drafts` of this
-    /// step, emitting each row's choice until one differs from its draft (or the choice
-    /// ends); `Some` if it ended. Kept drafts keep their keys and values; the blocks past
-    /// the sequence's tokens go back to the pool.
+    /// step (`whole`: the rows a mixed step brought back whole), emitting each row's choice
+    /// until one differs from its draft (or the choice ends); `Some` if it ended. Kept
+    /// drafts keep their keys and values; the blocks past the sequence's tokens go back to
+    /// the pool.
     pub(super) fn verify_drafts(
         &mut self,
         i: usize,
         rows: &StepRows,
+        whole: &[usize],
         first: usize,
     ) -> Option<FinishReason> {
         let s = &mut self.running[i];
@@ -88,9 +109,23 @@ impl<M: StepModel> Scheduler<M> {
         let mut accepted = 0;
         let mut ended = None;
         for (j, draft) in drafts.iter().map(Some).chain([None]).enumerate() {
-            let token = greedy_choice(rows, first + j);
+            let (token, lp) = match whole_row(rows, whole, first + j) {
+                Some(row) => {
+                    let s = &mut self.running[i];
+                    let Some(token) =
+                        choose(&mut s.sampler, &s.history, s.constraint.as_mut(), row)
+                    else {
+                        // The grammar allows nothing: the choice ends, as `sample` ends it.
+                        ended = Some(FinishReason::Stop);
+                        break;
+                    };
+                    let top = self.groups.get(&s.group).and_then(|g| g.req.logprobs);
+                    (token, top.map(|k| token_logprobs(row, token, k)))
+                }
+                None => (argmax_of(rows, first + j), None),
+            };
             let before = self.running[i].tokens.len();
-            ended = self.emit(i, token, None);
+            ended = self.emit(i, token, lp);
             if ended.is_some() || self.running[i].tokens.len() == before || draft != Some(&token) {
                 break;
             }

@@ -2,8 +2,12 @@
 //! period (so prompt lookup predicts most tokens and misses every fifth): the tokens,
 //! finish reasons and usage are plain decoding's, whatever ends the choice.
 
-use super::tests::{collect, prompt, reference_with, request, run_all, scheduler, Fake, Outcome};
+use super::grammar_tests::{grammars, schema};
+use super::tests::{
+    collect, prompt, reference_with, request, run_all, scheduler, token_events, Fake, Outcome,
+};
 use super::*;
+use crate::engine::grammar::OutputFormat;
 use tokio::sync::mpsc::unbounded_channel;
 
 const PERIOD: usize = 3;
@@ -119,28 +123,89 @@ fn max_tokens_stop_strings_and_stop_tokens_end_a_speculating_choice_where_they_w
     assert!(spec[4].texts[0].len() < 11);
 }
 
-#[test]
-fn sampled_logprobs_penalized_and_constrained_choices_do_not_speculate() {
+/// Sampled, with logprobs, penalized, with `min_tokens`, constrained by a grammar: each
+/// row's choice is made as plain decoding makes it, after the tokens before it, drawing the
+/// next number of the same stream.
+fn host_chosen_requests() -> Vec<GenerationRequest> {
     let p = prompt(3, 8);
     let mut reqs = Vec::new();
-    let mut sampled = request(&p, 12, 1);
-    sampled.sampling.temperature = 0.7;
-    reqs.push(sampled);
-    let mut logprobs = request(&p, 12, 1);
+    for (k, temperature) in [0.0, 0.3, 1.0].into_iter().enumerate() {
+        let mut r = request(&p, 16, 1);
+        r.sampling.temperature = temperature;
+        r.sampling.seed = k as u64;
+        reqs.push(r);
+    }
+    let mut logprobs = request(&p, 16, 1);
     logprobs.logprobs = Some(2);
     reqs.push(logprobs);
-    let mut penalized = request(&p, 12, 1);
+    let mut penalized = request(&p, 16, 1);
     penalized.sampling.presence_penalty = 0.5;
+    penalized.sampling.temperature = 0.3;
     reqs.push(penalized);
-    let mut min_tokens = request(&p, 12, 1);
-    min_tokens.min_tokens = 3;
+    let mut min_tokens = request(&p, 16, 1);
+    min_tokens.min_tokens = 6;
+    min_tokens.stop_token_ids = vec![u32::from(b'a'), u32::from(b'e')];
     reqs.push(min_tokens);
-    let (plain, _) = run(&reqs, SpeculativeConfig::OFF, 64, 64);
-    let (spec, s) = run(&reqs, speculating(4), 64, 64);
-    assert_eq!(s.metrics.spec_decode_num_drafts_total.get(), 0);
-    for (a, b) in plain.iter().zip(&spec) {
-        same(a, b);
+    let g = grammars();
+    for temperature in [0.0, 0.8] {
+        let mut r = request(&prompt(5, 9), 40, 1);
+        r.grammar = Some(g.compile(&OutputFormat::JsonSchema(schema())).unwrap());
+        r.sampling.temperature = temperature;
+        r.sampling.seed = 11;
+        reqs.push(r);
     }
+    reqs
+}
+
+/// Every request's token events (tokens and logprobs), and the scheduler.
+fn run_events(
+    reqs: &[GenerationRequest],
+    spec: SpeculativeConfig,
+    on_device: bool,
+) -> (Vec<Vec<(u32, Option<TokenLogprobs>)>>, Scheduler<Fake>) {
+    let mut s = scheduler(64, 4, 64, true);
+    s.model.period = PERIOD;
+    s.model.on_device = on_device;
+    s.cfg.speculative = spec;
+    let mut rxs = Vec::new();
+    for r in reqs {
+        let (tx, rx) = unbounded_channel();
+        s.add(r.clone(), tx);
+        rxs.push(rx);
+    }
+    run_all(&mut s);
+    assert!(s.blocks.all_released());
+    (rxs.iter_mut().map(token_events).collect(), s)
+}
+
+#[test]
+fn choices_made_on_the_host_speculate_and_keep_plain_decodings_tokens_and_logprobs() {
+    let reqs = host_chosen_requests();
+    let (plain, _) = run_events(&reqs, SpeculativeConfig::OFF, false);
+    let (spec, s) = run_events(&reqs, speculating(4), false);
+    assert_eq!(plain, spec);
+    assert!(plain[3].iter().all(|t| t.1.is_some()));
+    assert!(s.metrics.spec_decode_num_accepted_tokens_total.get() > 0);
+    // Each request speculated: more drafts than the greedy ones alone make.
+    let (_, greedy) = run_events(&reqs[..1], speculating(4), false);
+    assert!(
+        s.metrics.spec_decode_num_drafts_total.get()
+            > 2 * greedy.metrics.spec_decode_num_drafts_total.get()
+    );
+}
+
+#[test]
+fn where_choices_are_made_on_a_device_only_plain_greedy_ones_speculate() {
+    let reqs = host_chosen_requests();
+    let (plain, _) = run_events(&reqs, SpeculativeConfig::OFF, true);
+    let (spec, s) = run_events(&reqs, speculating(4), true);
+    assert_eq!(plain, spec);
+    let (_, greedy) = run_events(&reqs[..1], speculating(4), true);
+    assert!(greedy.metrics.spec_decode_num_drafts_total.get() > 0);
+    assert_eq!(
+        s.metrics.spec_decode_num_drafts_total.get(),
+        greedy.metrics.spec_decode_num_drafts_total.get()
+    );
 }
 
 #[test]

@@ -234,7 +234,7 @@ pub(super) fn collect(rx: &mut UnboundedReceiver<Event>, n: usize) -> Outcome {
 }
 
 /// Each token a request's one choice received, with its logprobs.
-fn token_events(rx: &mut UnboundedReceiver<Event>) -> Vec<(u32, Option<TokenLogprobs>)> {
+pub(super) fn token_events(rx: &mut UnboundedReceiver<Event>) -> Vec<(u32, Option<TokenLogprobs>)> {
     let mut tokens = Vec::new();
     while let Ok(e) = rx.try_recv() {
         if let Event::Token {

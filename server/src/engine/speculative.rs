@@ -1,19 +1,19 @@
 //! Speculative decoding by prompt lookup (vLLM's `ngram` method): a sequence whose last few
 //! tokens occurred before in its prompt or output proposes the tokens that followed them
-//! then, and one forward computes its next token and those drafts together. Each row's
-//! greedy choice is checked against the draft it predicts: the drafts the model agrees with
-//! are kept (their keys and values are already written), the first it disagrees with is
-//! replaced by the model's own token, and a fully accepted draft earns one more token from
-//! its last row. The output is the one plain decoding gives, token for token, because every
-//! kept token is the argmax of a row computed exactly as a one-row decode computes it (the
-//! kernels give a row the same result whatever else is in its batch).
+//! then, and one forward computes its next token and those drafts together. Its rows then
+//! choose tokens in order, each as plain decoding would, until one differs from the draft it
+//! predicts (scheduler_speculate.rs): the drafts the model agrees with are kept (their keys
+//! and values are already written), the differing choice replaces the rest, and a fully
+//! accepted draft earns one more token from its last row. The output is the one plain
+//! decoding gives, token for token, because every row is computed exactly as a one-row decode
+//! computes it (the kernels give a row the same result whatever else is in its batch) and
+//! chosen with the same sampler state.
 //!
 //! Where it pays: outputs that copy their input (editing code, extraction, quoting a source,
 //! summaries that reuse its phrases) emit several tokens per step for about the cost of one,
-//! because a decode step reads every weight once whatever its row count. A draft rejected at
-//! once costs its rows' compute; drafts are only proposed where an n-gram matched. Only
-//! greedy choices without logprobs, penalties, bias, `min_tokens` or a grammar speculate:
-//! the others decode as before (README, "Speculative decoding").
+//! because a decode step reads every weight once whatever its row count. A rejected draft
+//! costs its rows' compute; drafts are only proposed where an n-gram matched, and a
+//! sequence's draft length follows its last accepted run (README, "Speculative decoding").
 
 /// How sequences speculate; `tokens == 0` turns speculation off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
