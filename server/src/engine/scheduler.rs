@@ -159,33 +159,6 @@ impl Sequence {
     }
 }
 
-/// The logits rows of a plan entry `(i, n)`: positions of its chunk (relative to it) whose
-/// next prompt token's log-probability is wanted, then, if `samples`, the last row, which
-/// chooses the sequence's next token. The first range ends where the last row is, so the
-/// rows are one range of the chunk. A speculating entry's chunk ends with `drafts` draft
-/// tokens, and each of its last `drafts + 1` rows chooses a token (no prompt rows).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct EntryRows {
-    prompt: Range<usize>,
-    samples: bool,
-    drafts: usize,
-}
-
-impl EntryRows {
-    fn count(&self) -> usize {
-        self.prompt.len() + usize::from(self.samples) + self.drafts
-    }
-
-    /// The rows of a chunk of `n` tokens, as [`BatchSeq::logits`] wants them.
-    fn logits(&self, n: usize) -> Range<usize> {
-        match (self.samples, self.prompt.is_empty()) {
-            (true, true) => n - 1 - self.drafts..n,
-            (true, false) => self.prompt.start..n,
-            (false, _) => self.prompt.clone(),
-        }
-    }
-}
-
 /// The scheduler's state: the model, the blocks, the queues.
 pub struct Scheduler<M: StepModel> {
     model: M,
@@ -684,6 +657,7 @@ impl<M: StepModel> Scheduler<M> {
 mod emit;
 #[path = "scheduler_plan.rs"]
 mod plan;
+use plan::EntryRows;
 #[path = "scheduler_speculate.rs"]
 mod speculate;
 

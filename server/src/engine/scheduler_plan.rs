@@ -3,8 +3,36 @@
 //! its prefix-cache hit (whole blocks shared, the head of a partial match copied); and the
 //! forks of `n > 1` requests once their prompt is computed.
 
-use super::{EntryRows, Scheduler, Sequence, StepStats};
+use super::{Scheduler, Sequence, StepStats};
 use crate::engine::step::StepModel;
+use std::ops::Range;
+
+/// The logits rows of a plan entry `(i, n)`: positions of its chunk (relative to it) whose
+/// next prompt token's log-probability is wanted, then, if `samples`, the last row, which
+/// chooses the sequence's next token. The first range ends where the last row is, so the
+/// rows are one range of the chunk. A speculating entry's chunk ends with `drafts` draft
+/// tokens, and each of its last `drafts + 1` rows chooses a token (no prompt rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EntryRows {
+    pub(super) prompt: Range<usize>,
+    pub(super) samples: bool,
+    pub(super) drafts: usize,
+}
+
+impl EntryRows {
+    pub(super) fn count(&self) -> usize {
+        self.prompt.len() + usize::from(self.samples) + self.drafts
+    }
+
+    /// The rows of a chunk of `n` tokens, as [`BatchSeq::logits`] wants them.
+    pub(super) fn logits(&self, n: usize) -> Range<usize> {
+        match (self.samples, self.prompt.is_empty()) {
+            (true, true) => n - 1 - self.drafts..n,
+            (true, false) => self.prompt.start..n,
+            (false, _) => self.prompt.clone(),
+        }
+    }
+}
 
 impl<M: StepModel> Scheduler<M> {
     /// Chooses this step's rows: `(index in running, rows)`.

@@ -157,12 +157,15 @@ fn host_chosen_requests() -> Vec<GenerationRequest> {
     reqs
 }
 
+/// A request's tokens, each with its logprobs if asked.
+type TokenEvents = Vec<(u32, Option<TokenLogprobs>)>;
+
 /// Every request's token events (tokens and logprobs), and the scheduler.
 fn run_events(
     reqs: &[GenerationRequest],
     spec: SpeculativeConfig,
     on_device: bool,
-) -> (Vec<Vec<(u32, Option<TokenLogprobs>)>>, Scheduler<Fake>) {
+) -> (Vec<TokenEvents>, Scheduler<Fake>) {
     let mut s = scheduler(64, 4, 64, true);
     s.model.period = PERIOD;
     s.model.on_device = on_device;
