@@ -210,6 +210,22 @@ impl BlockManager {
         }
     }
 
+    /// [`Self::grow`] from the free list alone, evicting no cached block (for speculative
+    /// drafts, which may be rejected).
+    pub fn grow_from_free(&mut self, table: &mut Vec<u32>, positions: usize) -> bool {
+        let need = self.blocks_for(positions).saturating_sub(table.len());
+        if need > self.free.len() {
+            return false;
+        }
+        for _ in 0..need {
+            if let Some(id) = self.free.pop() {
+                self.info[id as usize].refs = 1;
+                table.push(id);
+            }
+        }
+        true
+    }
+
     /// Adds a reference to a block already in use (a fork sharing a full block).
     pub fn share(&mut self, id: u32) {
         let info = &mut self.info[id as usize];
@@ -397,6 +413,32 @@ mod tests {
         assert!(m.grow(&mut b, 64));
         assert_eq!(m.available(), 0);
         assert_eq!(m.allocate(), None);
+    }
+
+    #[test]
+    fn drafts_grow_from_free_blocks_only_and_truncate_gives_them_back() {
+        let mut m = BlockManager::new(4, 4, true);
+        // Two cached blocks (a finished prompt), two free.
+        let cached: Vec<u32> = (0..8).collect();
+        let mut t = Vec::new();
+        assert!(m.grow(&mut t, 8));
+        m.register_full_blocks(&cached, &t, 8);
+        m.release(&mut t);
+        assert_eq!((m.cached(), m.available()), (2, 4));
+        let mut seq = Vec::new();
+        assert!(
+            !m.grow_from_free(&mut seq, 12),
+            "would evict a cached block"
+        );
+        assert!(seq.is_empty());
+        assert!(m.grow_from_free(&mut seq, 8));
+        assert_eq!((seq.len(), m.cached()), (2, 2));
+        // Rejected drafts: back to one block.
+        m.truncate(&mut seq, 3);
+        assert_eq!((seq.len(), m.available()), (1, 3));
+        m.release(&mut seq);
+        assert_eq!(m.cached(), 2);
+        assert!(m.all_released());
     }
 
     #[test]

@@ -330,8 +330,8 @@ impl<M: StepModel> Scheduler<M> {
                 continue;
             }
             let Some(g) = groups.get(&s.group) else {
-                // A request that is gone: its row is read back whole and left unsampled.
-                plans.push(RowPlan::whole());
+                // A request that is gone: its rows are read back whole and left unsampled.
+                plans.extend(std::iter::repeat_n(RowPlan::whole(), e.drafts + 1));
                 continue;
             };
             let row = RowPlan::of(

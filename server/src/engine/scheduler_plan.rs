@@ -45,12 +45,6 @@ impl<M: StepModel> Scheduler<M> {
             && self.running.len() <= self.cfg.speculative.max_running;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
-            if let Some(take) = speculating.then(|| self.speculate(i, budget)).flatten() {
-                plan.push((i, take));
-                budget -= take;
-                i += 1;
-                continue;
-            }
             let s = &self.running[i];
             let (take, rows) =
                 s.limit_prompt_rows((s.tokens.len() - s.computed).min(budget), prompt_rows);
@@ -158,6 +152,20 @@ impl<M: StepModel> Scheduler<M> {
             self.running.push(s);
             plan.push((self.running.len() - 1, take));
             budget -= take;
+        }
+        // Drafts last, from what the step has left: rows no decode or prompt chunk wanted and
+        // free blocks, so that speculation never delays, preempts or evicts anything.
+        if speculating {
+            for entry in &mut plan {
+                if budget == 0 {
+                    break;
+                }
+                if entry.1 == 1 {
+                    let drafts = self.speculate(entry.0, budget);
+                    entry.1 += drafts;
+                    budget -= drafts;
+                }
+            }
         }
         let p = self.blocks.stats();
         self.metrics

@@ -50,16 +50,18 @@ impl<M: StepModel> Scheduler<M> {
                 || (s.sampler.is_greedy() && s.constraint.is_none() && g.req.logprobs.is_none()))
     }
 
-    /// Plans running sequence `i` with drafts, if it is decoding, may speculate, finds a
-    /// match and gets the blocks for its drafts without preempting anyone: pushes the drafts
-    /// onto its tokens and returns the rows to compute (the last token and the drafts).
-    /// `None` leaves it to the ordinary plan.
-    pub(super) fn speculate(&mut self, i: usize, budget: usize) -> Option<usize> {
+    /// Gives running sequence `i`, planned to decode one token, up to `spare_rows` drafts if
+    /// it may speculate, finds a match and free blocks for them (never a block another
+    /// sequence or the prefix cache could use): pushes them onto its tokens and returns how
+    /// many (0: it decodes as planned).
+    pub(super) fn speculate(&mut self, i: usize, spare_rows: usize) -> usize {
         let s = &self.running[i];
         if s.tokens.len() != s.computed + 1 || !self.may_speculate(s) {
-            return None;
+            return 0;
         }
-        let g = self.groups.get(&s.group)?;
+        let Some(g) = self.groups.get(&s.group) else {
+            return 0;
+        };
         // Every draft accepted brings one more token: at most what the request and the
         // model's length still allow, less that one.
         let left = g
@@ -72,21 +74,22 @@ impl<M: StepModel> Scheduler<M> {
             .speculative
             .tokens
             .min(s.draft_limit.unwrap_or(usize::MAX))
-            .min(budget.saturating_sub(1))
+            .min(spare_rows)
             .min(left.saturating_sub(1));
         let drafts = propose(&s.tokens, &self.cfg.speculative, max);
         if drafts.is_empty() {
-            return None;
+            return 0;
         }
-        let rows = 1 + drafts.len();
         let s = &mut self.running[i];
-        // Drafts are a bet: they never take blocks from another sequence.
-        if !self.blocks.grow(&mut s.blocks, s.computed + rows) {
-            return None;
+        if !self
+            .blocks
+            .grow_from_free(&mut s.blocks, s.computed + 1 + drafts.len())
+        {
+            return 0;
         }
         s.drafts = drafts.len();
         s.tokens.extend(drafts);
-        Some(rows)
+        s.drafts
     }
 
     /// Checks running sequence `i`'s drafts against rows `first..=first + drafts` of this
@@ -126,16 +129,20 @@ impl<M: StepModel> Scheduler<M> {
             };
             let before = self.running[i].tokens.len();
             ended = self.emit(i, token, lp);
+            // (Counted as vLLM counts it: the model chose the draft, even where that choice
+            // ended the sequence.)
+            if draft == Some(&token) {
+                self.metrics
+                    .spec_decode_num_accepted_tokens_per_pos_total
+                    .with_label_values(&[&j.to_string()])
+                    .inc();
+                accepted += 1;
+            }
             if ended.is_some() || self.running[i].tokens.len() == before || draft != Some(&token) {
                 break;
             }
             // The row after it was computed from this very token: its keys and values hold.
             self.running[i].computed += 1;
-            self.metrics
-                .spec_decode_num_accepted_tokens_per_pos_total
-                .with_label_values(&[&j.to_string()])
-                .inc();
-            accepted += 1;
         }
         self.metrics.spec_decode_num_drafts_total.inc();
         self.metrics

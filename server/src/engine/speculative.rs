@@ -58,10 +58,8 @@ pub fn propose(tokens: &[u32], cfg: &SpeculativeConfig, max: usize) -> Vec<u32> 
         return Vec::new();
     }
     let len = tokens.len();
-    for n in (cfg.ngram_min.max(1)..=cfg.ngram_max).rev() {
-        if n >= len {
-            continue;
-        }
+    // (An earlier occurrence needs at least one token before the suffix.)
+    for n in (cfg.ngram_min.max(1)..=cfg.ngram_max.min(len.saturating_sub(1))).rev() {
         let suffix = &tokens[len - n..];
         // The latest occurrence that ends before the suffix does: recent text predicts best
         // (a repeated line, the section being rewritten).
