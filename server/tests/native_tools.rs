@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::app::{chat, post, send, start, stream_chunks, App};
+use common::app::{chat, post, send, start, stream_chunks, streamed_content, App};
 use common::tools::{calls_of, tools};
 use serde_json::{json, Value};
 
@@ -206,11 +206,7 @@ async fn hermes_calls_come_back_in_openai_shapes() {
     let mut streamed = haiku;
     streamed["stream"] = json!(true);
     let chunks = stream_chunks(&app, asking(streamed)).await;
-    let joined: String = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
-        .collect();
-    assert_eq!(joined, text);
+    assert_eq!(streamed_content(&chunks), text);
     assert_eq!(
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         c["finish_reason"]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::app::{completion, post, send, start, stream_chunks, App};
+use common::app::{completion, post, send, start, stream_chunks, streamed_content, App};
 use serde_json::{json, Value};
 
 /// A prompt SmolLM2 continues by copying its line.
@@ -84,15 +84,7 @@ async fn speculating_server_answers_as_a_plain_one() {
     let whole = post(&spec, "/v1/chat/completions", body.to_string()).await;
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
-    let text: String = stream_chunks(&spec, streamed.to_string())
-        .await
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = streamed_content(&stream_chunks(&spec, streamed.to_string()).await);
     assert_eq!(text, whole["choices"][0]["message"]["content"]);
     let plain_whole = post(&plain, "/v1/chat/completions", body.to_string()).await;
     assert_eq!(

@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::app::{chat, completion, post, send, start, stream_chunks, App, Reply, BAD};
+use common::app::{
+    chat, completion, post, send, start, stream_chunks, streamed_content, App, Reply, BAD,
+};
 use common::tools::{calls_of, tools};
 use serde_json::{json, Value};
 
@@ -150,15 +152,7 @@ async fn outputs_follow_their_format_in_chat_and_completions() {
     // Streamed: the deltas join into the same text as the whole response.
     let body =
         json!({"messages": [ask], "max_tokens": 60, "response_format": format, "stream": true});
-    let joined: String = stream_chunks(&app, chat(body))
-        .await
-        .iter()
-        .filter_map(|c| {
-            c["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let joined = streamed_content(&stream_chunks(&app, chat(body)).await);
     assert_eq!(joined, greedy_text);
 }
 

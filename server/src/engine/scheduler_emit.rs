@@ -146,13 +146,20 @@ impl<M: StepModel> Scheduler<M> {
     /// Samples the next token of running sequence `i` from its logits; `Some` if it ended
     /// (also when its grammar allows no token).
     pub(super) fn sample(&mut self, i: usize, row: &[f32]) -> Option<FinishReason> {
-        let s = &mut self.running[i];
-        let g = self.groups.get(&s.group)?;
-        let Some(token) = choose(&mut s.sampler, &s.history, s.constraint.as_mut(), row) else {
+        self.groups.get(&self.running[i].group)?;
+        let Some((token, lp)) = self.pick(i, row) else {
             return Some(FinishReason::Stop);
         };
-        let lp = g.req.logprobs.map(|k| token_logprobs(row, token, k));
         self.emit(i, token, lp)
+    }
+
+    /// The token running sequence `i` chooses from its logits `row` (and its logprobs, if
+    /// its request asked), not yet emitted; `None` if its grammar allows no token.
+    pub(super) fn pick(&mut self, i: usize, row: &[f32]) -> Option<Pick> {
+        let s = &mut self.running[i];
+        let top = self.groups.get(&s.group).and_then(|g| g.req.logprobs);
+        let token = choose(&mut s.sampler, &s.history, s.constraint.as_mut(), row)?;
+        Some((token, top.map(|k| token_logprobs(row, token, k))))
     }
 
     /// Sends running sequence `i`'s prompt log-probabilities once they are all computed.

@@ -10,12 +10,10 @@
 //! choices are made on a device (a GPU, readback.rs), only greedy sequences speculate: their
 //! rows need only their argmax, while a device draw takes its random number when planned.
 
-use super::emit::choose;
 use super::{Scheduler, Sequence};
 use crate::engine::request::FinishReason;
 use crate::engine::speculative::propose;
 use crate::engine::step::{StepModel, StepRows};
-use lowbit_gpu::token_logprobs;
 
 /// Logits row `r` of a step where the step brought it back whole (`whole`: a mixed step's
 /// whole rows, in order).
@@ -114,16 +112,12 @@ impl<M: StepModel> Scheduler<M> {
         for (j, draft) in drafts.iter().map(Some).chain([None]).enumerate() {
             let (token, lp) = match whole_row(rows, whole, first + j) {
                 Some(row) => {
-                    let s = &mut self.running[i];
-                    let Some(token) =
-                        choose(&mut s.sampler, &s.history, s.constraint.as_mut(), row)
-                    else {
+                    let Some(pick) = self.pick(i, row) else {
                         // The grammar allows nothing: the choice ends, as `sample` ends it.
                         ended = Some(FinishReason::Stop);
                         break;
                     };
-                    let top = self.groups.get(&s.group).and_then(|g| g.req.logprobs);
-                    (token, top.map(|k| token_logprobs(row, token, k)))
+                    pick
                 }
                 None => (argmax_of(rows, first + j), None),
             };

@@ -52,6 +52,22 @@ fn same(a: &Outcome, b: &Outcome) {
     );
 }
 
+/// Runs `reqs` plain, then speculating with `spec`, and asserts each request received the
+/// same: the speculating run's outcomes and scheduler.
+fn speculated_as_plain(
+    reqs: &[GenerationRequest],
+    spec: SpeculativeConfig,
+    blocks: usize,
+    budget: usize,
+) -> (Vec<Outcome>, Scheduler<Fake>) {
+    let (plain, _) = run(reqs, SpeculativeConfig::OFF, blocks, budget);
+    let (speculated, s) = run(reqs, spec, blocks, budget);
+    for (a, b) in plain.iter().zip(&speculated) {
+        same(a, b);
+    }
+    (speculated, s)
+}
+
 #[test]
 fn drafts_give_plain_decodings_tokens_in_fewer_steps() {
     let reqs: Vec<GenerationRequest> = (0..4)
@@ -112,12 +128,8 @@ fn max_tokens_stop_strings_and_stop_tokens_end_a_speculating_choice_where_they_w
     let mut stop_token = request(&p, 40, 1);
     stop_token.stop_token_ids = vec![u32::from(full.as_bytes()[12])];
     reqs.push(stop_token);
-    let (plain, _) = run(&reqs, SpeculativeConfig::OFF, 64, 64);
-    let (spec, s) = run(&reqs, speculating(5), 64, 64);
+    let (spec, s) = speculated_as_plain(&reqs, speculating(5), 64, 64);
     assert!(s.metrics.spec_decode_num_accepted_tokens_total.get() > 0);
-    for (a, b) in plain.iter().zip(&spec) {
-        same(a, b);
-    }
     assert_eq!(spec[2].texts[0], full[..7]);
     assert_eq!(spec[4].reasons[0], Some(FinishReason::Stop));
     assert!(spec[4].texts[0].len() < 11);
@@ -217,11 +229,7 @@ fn drafts_in_a_pool_that_preempts_keep_plain_decodings_tokens() {
     // recomputed; drafts take only blocks left free once the step is planned (blocks.rs's
     // test: never a cached one), and the tokens stay plain decoding's.
     let reqs: Vec<GenerationRequest> = (0..4).map(|r| request(&prompt(r, 9), 18, 1)).collect();
-    let (plain, _) = run(&reqs, SpeculativeConfig::OFF, 12, 64);
-    let (spec, spec_s) = run(&reqs, speculating(4), 12, 64);
-    for (a, b) in plain.iter().zip(&spec) {
-        same(a, b);
-    }
+    let (_, spec_s) = speculated_as_plain(&reqs, speculating(4), 12, 64);
     assert!(spec_s.metrics.spec_decode_num_accepted_tokens_total.get() > 0);
     assert!(spec_s.metrics.num_preemptions_total.get() > 0);
 }
@@ -231,11 +239,7 @@ fn drafts_use_only_the_rows_the_step_has_left() {
     // A budget of 6 rows, three decoding sequences: each decodes every step; drafts share
     // the 3 rows left over.
     let reqs: Vec<GenerationRequest> = (0..3).map(|r| request(&prompt(r, 5), 20, 1)).collect();
-    let (plain, _) = run(&reqs, SpeculativeConfig::OFF, 64, 6);
-    let (spec, s) = run(&reqs, speculating(5), 64, 6);
-    for (a, b) in plain.iter().zip(&spec) {
-        same(a, b);
-    }
+    let (_, s) = speculated_as_plain(&reqs, speculating(5), 64, 6);
     assert!(s.metrics.spec_decode_num_accepted_tokens_total.get() > 0);
     assert!(s.model.rows_per_step.iter().all(|&r| r <= 6));
 }
@@ -243,18 +247,13 @@ fn drafts_use_only_the_rows_the_step_has_left() {
 #[test]
 fn a_budget_of_one_row_and_a_crowded_batch_turn_drafts_off() {
     let reqs: Vec<GenerationRequest> = (0..3).map(|r| request(&prompt(r, 6), 10, 1)).collect();
-    let (plain, _) = run(&reqs, SpeculativeConfig::OFF, 64, 1);
-    let (spec, s) = run(&reqs, speculating(4), 64, 1);
+    let (_, s) = speculated_as_plain(&reqs, speculating(4), 64, 1);
     assert_eq!(s.metrics.spec_decode_num_drafts_total.get(), 0);
     let crowded = SpeculativeConfig {
         max_running: 2,
         ..speculating(4)
     };
-    let (crowd, c) = run(&reqs, crowded, 64, 64);
-    for ((a, b), d) in plain.iter().zip(&spec).zip(&crowd) {
-        same(a, b);
-        same(a, d);
-    }
+    let (_, c) = speculated_as_plain(&reqs, crowded, 64, 64);
     // Three run together to the end (same prompt length and max_tokens): never two or fewer.
     assert_eq!(c.metrics.spec_decode_num_drafts_total.get(), 0);
 }

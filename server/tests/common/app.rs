@@ -101,6 +101,14 @@ pub async fn stream_chunks(app: &App, body: String) -> Vec<Value> {
         .collect()
 }
 
+/// The text a streamed chat's chunks carry, joined.
+pub fn streamed_content(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
 /// The JSON of a request that must succeed.
 pub async fn post(app: &App, path: &str, body: String) -> Value {
     let r = send(app, "POST", path, Some(&body), None).await;
