@@ -27,15 +27,56 @@ pub struct SeqSpan<'a> {
     pub blocks: &'a [u32],
 }
 
-/// Head layout of grouped-query attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Head layout of grouped-query attention, and how a layer scores its keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Multiplies every query·key score: `1 / sqrt(head_dim)` for most models
+    /// ([`AttentionShape::new`]); Gemma 2/3's 27B use `1 / sqrt(hidden / heads)`.
+    pub scale: f32,
+    /// Gemma 2's soft cap: scaled scores become `softcap · tanh(score / softcap)` before the
+    /// softmax; 0 leaves them as they are.
+    pub softcap: f32,
+    /// A sliding-window layer's width: a query at position `p` sees positions
+    /// `p − window + 1 ..= p` only (llama.cpp's standard SWA); 0 sees the whole sequence.
+    pub window: usize,
 }
 
 impl AttentionShape {
+    /// Plain causal attention with the usual `1 / sqrt(head_dim)` scale.
+    pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
+        Self {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: 0.0,
+            window: 0,
+        }
+    }
+
+    /// The first position a query at `pos` attends to.
+    pub fn first_seen(&self, pos: usize) -> usize {
+        if self.window == 0 {
+            0
+        } else {
+            (pos + 1).saturating_sub(self.window)
+        }
+    }
+
+    /// A raw score (query·key) as the softmax takes it: scaled, then soft-capped.
+    #[inline(always)]
+    pub fn score(&self, dot: f32) -> f32 {
+        let s = dot * self.scale;
+        if self.softcap > 0.0 {
+            self.softcap * (s / self.softcap).tanh()
+        } else {
+            s
+        }
+    }
+
     /// Width of the query (and attention output) rows.
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
@@ -333,6 +374,16 @@ pub trait Backend: Send + Sync {
 
     /// SwiGLU's gate: `silu(gate) * up`, element-wise.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+
+    /// GeGLU's gate (Gemma): `gelu(gate) * up`, element-wise, with GELU's tanh form
+    /// (PyTorch's `gelu_pytorch_tanh`): `gelu(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`.
+    fn gelu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+
+    /// `x · factor`, element-wise (Gemma's embedding scale, `√hidden`).
+    fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor>;
+
+    /// `cap · tanh(x / cap)`, element-wise (Gemma 2's final logit soft cap).
+    fn softcap(&self, x: &Tensor, cap: f32) -> Result<Tensor>;
 
     /// Rotates each head of every row by its position (`positions[row]`).
     fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor>;

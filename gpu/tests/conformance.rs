@@ -398,6 +398,38 @@ fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
         .collect();
     let e = rel_err(&swiglu, &want);
     assert!(e < b.elementwise * 4.0, "silu_mul: {e}");
+    // GeGLU on gates of ±8 (GELU's tails), scale and soft cap.
+    let wide: Vec<f32> = xa.iter().map(|v| v * 8.0).collect();
+    let tw = upload(be, rows, cols, &wide);
+    let geglu = be
+        .download(&be.gelu_mul(&tw, &tb).expect("gelu_mul"))
+        .expect("download");
+    let want: Vec<f64> = wide
+        .iter()
+        .zip(&xb)
+        .map(|(&g, &u)| {
+            let g = f64::from(g);
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g);
+            0.5 * g * (1.0 + inner.tanh()) * f64::from(u)
+        })
+        .collect();
+    let e = rel_err(&geglu, &want);
+    assert!(e < b.elementwise * 4.0, "gelu_mul: {e}");
+    assert!(be.gelu_mul(&ta, &upload(be, 1, cols, &xb[..cols])).is_err());
+    let scaled = be
+        .download(&be.scale(&tw, 0.37).expect("scale"))
+        .expect("download");
+    let want: Vec<f64> = wide.iter().map(|&v| f64::from(v) * 0.37).collect();
+    assert!(rel_err(&scaled, &want) < b.elementwise, "scale");
+    let capped = be
+        .download(&be.softcap(&tw, 3.0).expect("softcap"))
+        .expect("download");
+    let want: Vec<f64> = wide
+        .iter()
+        .map(|&v| 3.0 * (f64::from(v) / 3.0).tanh())
+        .collect();
+    let e = rel_err(&capped, &want);
+    assert!(e < b.elementwise * 4.0, "softcap: {e}");
     let picked = be
         .download(&be.select_rows(&ta, &[8, 0, 8, 3]).expect("select_rows"))
         .expect("download");
@@ -556,6 +588,7 @@ suite!(
     copied_blocks_attend_like_the_originals,
     bad_block_tables_are_errors,
     rope_attention_equals_rope_then_attention,
+    sliding_windows_and_soft_caps_match_float64,
 );
 
 #[test]

@@ -1,7 +1,8 @@
-//! Llama's relatives: Qwen2 (Q/K/V biases) and Qwen3 (per-head Q/K norms, heads wider than
-//! `hidden / heads`), as tiny random models written by the test. Each must match the naive
-//! float64 forward of `common::tiny_model` from GGUF and from a Hugging Face folder, on the CPU
-//! and the wgpu backend; and the GGUF files must give llama.cpp's own logits
+//! Llama's relatives: Qwen2 (Q/K/V biases), Qwen3 (per-head Q/K norms, heads wider than
+//! `hidden / heads`) and Gemma 1/2/3 (GeGLU, scaled embeddings, post-norms, soft caps, sliding
+//! windows), as tiny random models written by the test. Each must match the naive float64
+//! forward of `common::tiny_reference` from GGUF (and, Qwen, from a Hugging Face folder), on
+//! the CPU and the wgpu backend; and the GGUF files must give llama.cpp's own logits
 //! (`data/llama_cpp_logits.json`, made by `data/llama_cpp_logits.py` from the files the ignored
 //! test `write_llama_cpp_fixture_models` writes), so that lowbit reads these architectures as
 //! llama.cpp does, not only as this test's reference does.
@@ -24,6 +25,11 @@ const LOGITS_REL_TOL: f64 = 1e-4;
 /// The same against llama.cpp's f32 CPU path (its own f32 sums, f32 KV cache): measured
 /// 1.6e-7 for each of the three.
 const LLAMA_CPP_REL_TOL: f64 = 1e-5;
+/// Gemma against llama.cpp: its CPU GELU rounds each input to f16 and reads an f16 table
+/// (ggml's `GGML_GELU_FP16`), where lowbit and the float64 reference compute GELU's tanh form
+/// in full; measured 9.0e-6 (Gemma), 1.0e-4 (Gemma 2), 1.3e-4 (Gemma 3), where a wrong
+/// window or sliding RoPE base gives 2e-2 to 2e-1.
+const LLAMA_CPP_GEMMA_REL_TOL: f64 = 1e-3;
 /// The wgpu backend's int8 activations on layer 0's quantized tensors (measured 0.006).
 const GPU_REL_TOL: f64 = 2e-2;
 
@@ -31,19 +37,112 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 3] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 6] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
+    (TinyArch::Gemma, 24),
+    (TinyArch::Gemma2, 25),
+    (TinyArch::Gemma3, 26),
 ];
 
+const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
+
+/// A tiny model; Gemma 3's has six layers (five sliding, one global) and a global RoPE base
+/// of 1,000,000, so that its sliding layers' own base (10,000) shows.
 fn tiny(arch: TinyArch, seed: u64, tied: bool, quantized: bool) -> TinyModel {
-    let cfg = TinyConfig {
+    let mut cfg = TinyConfig {
         arch,
         tied,
         ..TinyConfig::default()
     };
+    if arch == TinyArch::Gemma3 {
+        cfg.layers = 6;
+        cfg.rope_theta = 1_000_000.0;
+    }
     TinyModel::random(cfg, seed, quantized)
+}
+
+/// Logits of every position of `tokens` fed in pieces of `pieces` tokens, one step each.
+fn chunked_logits(model: &Llama, tokens: &[u32], pieces: &[usize]) -> Vec<f32> {
+    let mut kv = lowbit::engine::solo::SoloKv::new(model, 1, tokens.len()).unwrap();
+    let (mut at, mut out) = (0, Vec::new());
+    for &n in pieces {
+        let seq = lowbit::model::BatchSeq {
+            tokens: &tokens[at..at + n],
+            pos_start: at,
+            blocks: &kv.tables[0],
+            logits: 0..n,
+        };
+        out.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);
+        at += n;
+    }
+    assert_eq!(at, tokens.len());
+    out
+}
+
+/// Gemma 1/2/3 GGUF files (tied, as Gemma is) against the float64 reference: on the CPU in
+/// f32; on the GPU in f32 and as stored. On the CPU, a prompt fed in pieces (across the
+/// sliding window's edge) gives the same bits as one prefill.
+#[test]
+fn gemma_gguf_files_match_float64_reference_on_the_cpu_and_the_gpu() {
+    let gpu: Arc<dyn Backend> = Arc::new(
+        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
+            panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
+        }),
+    );
+    for (i, arch) in GEMMAS.into_iter().enumerate() {
+        let model = tiny(arch, 30 + i as u64, true, true);
+        let want = flat(model.reference_logits(&TOKENS));
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("tiny.gguf");
+        std::fs::write(&gguf, model.gguf_bytes()).unwrap();
+        let on_cpu = load(&gguf, cpu(), "f32");
+        let got = all_logits(&on_cpu, &TOKENS);
+        let e = rel_err(&got, &want);
+        assert!(e < LOGITS_REL_TOL, "{arch:?} cpu: {e}");
+        let pieces = chunked_logits(&on_cpu, &TOKENS, &[3, 1, 5, 1, 1]);
+        assert_eq!(got, pieces, "{arch:?}: one prefill and pieces differ");
+
+        let got = all_logits(&load(&gguf, gpu.clone(), "f32"), &TOKENS);
+        let e = rel_err(&got, &want);
+        assert!(e < LOGITS_REL_TOL, "{arch:?} gpu f32: {e}");
+        let source = ModelSource::open(&gguf).unwrap();
+        let stored = Llama::load(&source, gpu.clone(), &QuantPolicy::as_stored()).unwrap();
+        let e = rel_err(&all_logits(&stored, &TOKENS), &want);
+        assert!(e < GPU_REL_TOL, "{arch:?} gpu as stored: {e}");
+    }
+}
+
+/// What each Gemma reads from its file: the window, the soft caps and the sliding layers
+/// (llama.cpp's defaults where the file names none), the RoPE of the sliding layers.
+#[test]
+fn gemma_configs_read_as_llama_cpp_reads_them() {
+    let config = |arch| {
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("tiny.gguf");
+        std::fs::write(&gguf, tiny(arch, 7, true, false).gguf_bytes()).unwrap();
+        ModelSource::open(&gguf).unwrap().config().unwrap()
+    };
+    let g1 = config(TinyArch::Gemma);
+    assert!(!g1.post_norms && g1.sliding_window == 0 && g1.final_softcap.is_none());
+    assert_eq!(g1.embedding_scale, Some(8.0));
+    let g2 = config(TinyArch::Gemma2);
+    assert_eq!(
+        (g2.attn_softcap, g2.final_softcap, g2.sliding_window),
+        (Some(1.5), Some(5.0), 4)
+    );
+    assert_eq!(g2.sliding_layers, [true, false]);
+    assert!(g2.sliding_rope().is_none());
+    let g3 = config(TinyArch::Gemma3);
+    assert_eq!(g3.sliding_layers, [true, true, true, true, true, false]);
+    assert!(g3.qk_norm && g3.attn_softcap.is_none() && g3.final_softcap.is_none());
+    assert_eq!(g3.layer_attention(0).window, 4);
+    assert_eq!(g3.layer_attention(5).window, 0);
+    assert_eq!(
+        g3.sliding_rope().unwrap().inv_freq[1],
+        10_000f64.powf(-2.0 / g3.head_dim as f64) as f32
+    );
 }
 
 fn load(path: &Path, backend: Arc<dyn Backend>, quant: &str) -> Llama {
@@ -108,6 +207,9 @@ fn a_missing_bias_or_head_norm_is_named() {
     for (arch, missing) in [
         (TinyArch::Qwen2, "blk.1.attn_v.bias"),
         (TinyArch::Qwen3, "blk.0.attn_k_norm.weight"),
+        (TinyArch::Gemma2, "blk.1.post_ffw_norm.weight"),
+        (TinyArch::Gemma3, "blk.4.post_attention_norm.weight"),
+        (TinyArch::Gemma3, "blk.0.attn_q_norm.weight"),
     ] {
         let mut model = tiny(arch, 5, true, false);
         model.tensors.retain(|t| t.name != missing);
@@ -167,18 +269,20 @@ fn gguf_models_give_llama_cpps_logits() {
         std::fs::write(&gguf, &bytes).unwrap();
         let got = all_logits(&load(&gguf, cpu(), "f32"), &fixture.tokens);
         let want: Vec<f64> = fixture.logits.iter().map(|&v| f64::from(v)).collect();
+        let tol = if arch.is_gemma() {
+            LLAMA_CPP_GEMMA_REL_TOL
+        } else {
+            LLAMA_CPP_REL_TOL
+        };
         let e = rel_err(&got, &want);
-        assert!(e < LLAMA_CPP_REL_TOL, "{arch:?} against llama.cpp: {e}");
+        assert!(e < tol, "{arch:?} against llama.cpp: {e}");
         // The float64 reference reads the weights as llama.cpp does, too.
         let reference: Vec<f32> = flat(model.reference_logits(&fixture.tokens))
             .iter()
             .map(|&v| v as f32)
             .collect();
         let e = rel_err(&reference, &want);
-        assert!(
-            e < LLAMA_CPP_REL_TOL,
-            "{arch:?} reference against llama.cpp: {e}"
-        );
+        assert!(e < tol, "{arch:?} reference against llama.cpp: {e}");
     }
 }
 

@@ -86,11 +86,19 @@ impl Family {
     /// The family's entry points.
     pub fn entries(self) -> &'static [&'static str] {
         match self {
-            Family::Elementwise => &["add", "add_bias", "silu_mul", "gather_rows"],
+            Family::Elementwise => &[
+                "add",
+                "add_bias",
+                "silu_mul",
+                "gelu_mul",
+                "scale",
+                "softcap",
+                "gather_rows",
+            ],
             Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],
             Family::Head => &["argmax", "top_k", "sample", "adjust"],
-            Family::Quantize => &["main", "rms_norm", "silu_mul"],
+            Family::Quantize => &["main", "rms_norm", "silu_mul", "gelu_mul"],
             _ => &["main"],
         }
     }

@@ -12,7 +12,8 @@
 // `partial` and `attend_merge` combines them in chunk order. The chunks depend on the row's
 // own position only, so its result depends on its own sequence only, prefill or decode. A row
 // no sequence claims has position NO_ROW: nothing is written to the pool for it and its
-// output is zero.
+// output is zero. A sliding-window layer (`p.window` > 0) sees only its row's last `window`
+// positions: the chunks start at the window's first one.
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k_new: array<f32>;
@@ -40,16 +41,18 @@ struct AttentionParams {
     n_kv_heads: u32,
     head_dim: u32,
     block_tokens: u32,
-    // 1 / sqrt(head_dim).
+    // Multiplies q·k (1 / sqrt(head_dim) for most models).
     scale: f32,
     grid_x: u32,
     // Splits per (row, head) in the grid: the longest row's chunk count.
     splits: u32,
     // RoPE of q and k here: 0 none (already rotated), 1 pairs (2i, 2i+1), 2 pairs (i, i + hd/2).
     rope: u32,
+    // Gemma 2: scaled scores become softcap · tanh(score / softcap); 0 none.
+    softcap: f32,
+    // Positions a query sees back to itself (sliding window); 0 all.
+    window: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 // One value of a rotated pair (x0, x1) of row `row`: the first (`first`) or the second, with
@@ -98,6 +101,14 @@ const TILE: u32 = 64u;
 const CHUNK: u32 = 256u;
 // Head dimensions up to 4 × 64.
 const DIMS_PER_THREAD: u32 = 4u;
+
+// The first position a row at `pos` attends to.
+fn first_seen(pos: u32) -> u32 {
+    if p.window == 0u || pos < p.window {
+        return 0u;
+    }
+    return pos + 1u - p.window;
+}
 
 fn slot_offset(table: u32, pos: u32, kv_head: u32) -> u32 {
     let block = tables[table + pos / p.block_tokens];
@@ -229,7 +240,8 @@ fn attend(
         return;
     }
     let n = info.x + 1u;
-    let chunks = (n + CHUNK - 1u) / CHUNK;
+    let lo = first_seen(info.x);
+    let chunks = (n - lo + CHUNK - 1u) / CHUNK;
     if split >= chunks {
         return;
     }
@@ -237,7 +249,7 @@ fn attend(
         qs[d] = q_at(row, q_base, d) * p.scale;
     }
     workgroupBarrier();
-    let t_begin = split * CHUNK;
+    let t_begin = lo + split * CHUNK;
     let t_end = min(n, t_begin + CHUNK);
     var m_run = -3.0e38;
     var l_run = 0.0;
@@ -254,6 +266,9 @@ fn attend(
                 let k = k_pair(base + d);
                 s += qs[d] * k.x;
                 s += qs[d + 1u] * k.y;
+            }
+            if p.softcap > 0.0 {
+                s = p.softcap * tanh(s / p.softcap);
             }
         }
         probs[lid] = s;
@@ -324,7 +339,7 @@ fn attend_merge(
     if info.x == NO_ROW {
         return;
     }
-    let chunks = (info.x + 1u + CHUNK - 1u) / CHUNK;
+    let chunks = (info.x + 1u - first_seen(info.x) + CHUNK - 1u) / CHUNK;
     if chunks == 1u {
         return;
     }

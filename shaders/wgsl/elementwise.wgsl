@@ -1,5 +1,5 @@
 // Element-wise kernels over `n` values: residual add, a bias added to every row, SwiGLU's
-// silu(gate)·up, and a row gather.
+// silu(gate)·up, GeGLU's gelu(gate)·up, a scale, a soft cap, and a row gather.
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -11,7 +11,8 @@ struct ElementwiseParams {
     grid_x: u32,
     // gather, add_bias: columns per row.
     cols: u32,
-    _pad: u32,
+    // scale: the factor; softcap: the cap.
+    value: f32,
 }
 
 @compute @workgroup_size(64)
@@ -37,6 +38,37 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     if i < p.n {
         let g = a[i];
         out[i] = g / (1.0 + exp(-g)) * b[i];
+    }
+}
+
+// GELU's tanh form as x·σ(2u), u = √(2/π)(x + 0.044715x³) (the CPU backend's fastmath form);
+// exp's overflow for a very negative u gives x / inf = 0, the limit.
+fn gelu_tanh(x: f32) -> f32 {
+    let two_u = 2.0 * 0.7978846 * x * (1.0 + 0.044715 * x * x);
+    return x / (1.0 + exp(-two_u));
+}
+
+@compute @workgroup_size(64)
+fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        out[i] = gelu_tanh(a[i]) * b[i];
+    }
+}
+
+@compute @workgroup_size(64)
+fn scale(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        out[i] = a[i] * p.value;
+    }
+}
+
+@compute @workgroup_size(64)
+fn softcap(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        out[i] = p.value * tanh(a[i] / p.value);
     }
 }
 

@@ -2,7 +2,8 @@
 // 32-value block, d = max|x| / 127, q = round(x / d) (ties to even), and with it c = d·Σq and
 // Σq, which the integer products' corrections need.
 //
-// `main` quantizes x. `rms_norm` and `silu_mul` compute a layer's RMSNorm and SwiGLU (the
+// `main` quantizes x. `rms_norm`, `silu_mul` and `gelu_mul` compute a layer's RMSNorm and
+// SwiGLU or GeGLU (the
 // arithmetic of norm.wgsl and elementwise.wgsl, so the same bits) and quantize the result in
 // the same pass, writing the f32 result to `out` as well: the products that follow read the
 // int8 blocks, and a layer needs three dispatches fewer.
@@ -10,11 +11,11 @@
 // Int8 output layout in one u32 array: every row's packed int8 words (k/4 per row), then each
 // block's d (f32 bits) at base_d, c at base_c and Σq (i32 bits) at base_s.
 
-// x; for `silu_mul` the gate.
+// x; for `silu_mul` and `gelu_mul` the gate.
 @group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
-// `rms_norm`: the norm weight; `silu_mul`: up.
+// `rms_norm`: the norm weight; `silu_mul`, `gelu_mul`: up.
 @group(0) @binding(1) var<storage, read> y: array<vec4<f32>>;
-// `rms_norm`, `silu_mul`: the f32 result.
+// `rms_norm`, `silu_mul`, `gelu_mul`: the f32 result.
 @group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> xq: array<u32>;
 @group(0) @binding(4) var<uniform> p: QuantizeParams;
@@ -95,6 +96,33 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
             silu_times(g.y, u.y),
             silu_times(g.z, u.z),
             silu_times(g.w, u.w),
+        );
+        out[at.y + j] = v[j];
+    }
+    store_block(v, at.y, at.x);
+}
+
+// elementwise.wgsl's gelu_mul, value by value.
+fn gelu_times(g: f32, u: f32) -> f32 {
+    let two_u = 2.0 * 0.7978846 * g * (1.0 + 0.044715 * g * g);
+    return g / (1.0 + exp(-two_u)) * u;
+}
+
+@compute @workgroup_size(64)
+fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let at = block_start(gid);
+    if at.y == 0xffffffffu {
+        return;
+    }
+    var v: array<vec4<f32>, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        let g = x[at.y + j];
+        let u = y[at.y + j];
+        v[j] = vec4<f32>(
+            gelu_times(g.x, u.x),
+            gelu_times(g.y, u.y),
+            gelu_times(g.z, u.z),
+            gelu_times(g.w, u.w),
         );
         out[at.y + j] = v[j];
     }

@@ -428,11 +428,12 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
     let group = c.shape.n_heads / c.shape.n_kv_heads;
     let kv_head = t.heads.start / group;
     let s = &c.seqs[t.seq];
-    let scale = 1.0 / (hd as f32).sqrt();
     let nh = t.heads.len();
     let m = t.rows.len() * nh;
-    // Row r (span row t.rows.start + r / nh) sees positions 0..seen(r).
+    // Row r (span row t.rows.start + r / nh) sees positions first(r)..seen(r): all of them,
+    // or a sliding window's last few.
     let seen = |r: usize| s.pos_start + t.rows.start + r / nh + 1;
+    let first = |r: usize| c.shape.first_seen(seen(r) - 1);
     let blocks = seen(m - 1).div_ceil(BT);
     let stride = blocks * BT;
     let queries: Vec<&[f32]> = t
@@ -454,17 +455,19 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
     let ymm_blocks = V == YMM && BT == 16;
 
     let mut scores = vec![0.0f32; m * stride];
-    let mut b = 0;
+    // Blocks wholly before the first row's window are seen by no row (later rows' windows
+    // start no earlier): their scores stay zero and are masked below.
+    let mut b = first(0) / BT;
     while b < blocks {
         // Rows that see no position of these blocks compute scores nobody reads.
-        let first = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);
+        let first_row = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);
         // Key blocks per pass: more independent chains (zmm: four blocks, up to 16 chains).
         let kb = match blocks - b {
             left if left >= 4 && zmm_blocks => 4,
             left if left >= 2 && (V == ZMM || ymm_blocks) => 2,
             _ => 1,
         };
-        for (r0, n) in row_tiles(m).filter(|&(r0, n)| r0 + n > first) {
+        for (r0, n) in row_tiles(m).filter(|&(r0, n)| r0 + n > first_row) {
             // Scores of `$kb` blocks from block `b + $k0` for `$r` rows.
             macro_rules! scores {
                 ($r:literal, $kb:literal) => {
@@ -517,13 +520,15 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
         }
         b += kb;
     }
-    // Softmax per row; probabilities past a row's positions are zero.
+    // Softmax per row; probabilities outside a row's positions are zero.
     for (r, row) in scores.chunks_exact_mut(stride).enumerate() {
-        let (sc, rest) = row.split_at_mut(seen(r));
+        let (row, rest) = row.split_at_mut(seen(r));
         rest.fill(0.0);
+        let (before, sc) = row.split_at_mut(first(r));
+        before.fill(0.0);
         let mut max = f32::NEG_INFINITY;
         for v in sc.iter_mut() {
-            *v *= scale;
+            *v = c.shape.score(*v);
             max = max.max(*v);
         }
         for v in sc.iter_mut() {

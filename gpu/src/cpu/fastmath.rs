@@ -76,3 +76,16 @@ mod tests {
         assert!(silu(f32::NAN).is_nan());
     }
 }
+
+/// GELU's tanh form, `x/2 · (1 + tanh(u))` with `u = √(2/π)·(x + 0.044715·x³)`, written as
+/// `x · σ(2u)` (the same value: `1 + tanh(u) = 2σ(2u)`), so from one [`exp_nonpositive`] of
+/// `−|2u|` as [`silu`] is. Relative error a few f32 ulp.
+#[inline(always)]
+pub(crate) fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const COEF: f32 = 0.044_715;
+    let two_u = 2.0 * SQRT_2_OVER_PI * x * (1.0 + COEF * x * x);
+    let e = exp_nonpositive(-two_u.abs());
+    let numerator = if two_u >= 0.0 { x } else { x * e };
+    numerator / (1.0 + e)
+}

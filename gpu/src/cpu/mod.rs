@@ -81,6 +81,26 @@ fn with_rope_table<R>(positions: &[u32], rope: &Rope, f: impl FnOnce(&[(f32, f32
     })
 }
 
+/// `f(a[i], b[i])` for every value (same shapes); in parallel chunks where there are many
+/// (decode rows are too small to be worth waking the thread pool).
+fn zip_values(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    let (xa, xb) = (a.host()?, b.host()?);
+    let out = if xa.len() < PARALLEL_MIN_VALUES {
+        xa.iter().zip(xb).map(|(&x, &y)| f(x, y)).collect()
+    } else {
+        let mut out = vec![0.0f32; xa.len()];
+        Pool::global().for_each_chunk_mut(&mut out, PARALLEL_MIN_VALUES, |c, part| {
+            let start = c * PARALLEL_MIN_VALUES;
+            let (pa, pb) = (&xa[start..start + part.len()], &xb[start..start + part.len()]);
+            for (o, (&x, &y)) in part.iter_mut().zip(pa.iter().zip(pb)) {
+                *o = f(x, y);
+            }
+        });
+        out
+    };
+    Tensor::from_host(a.rows(), a.cols(), out)
+}
+
 /// Rotates one row's heads in place by its (sin, cos) per pair.
 fn rope_row(row: &mut [f32], sincos: &[(f32, f32)], rope: &Rope) {
     let hd = rope.head_dim;
@@ -240,23 +260,20 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         checks::same_shape("silu_mul", gate, up)?;
-        let silu_mul = |(&g, &u): (&f32, &f32)| fastmath::silu(g) * u;
-        let (g, u) = (gate.host()?, up.host()?);
-        // Decode rows are too small to be worth waking the thread pool.
-        let out = if g.len() < PARALLEL_MIN_VALUES {
-            g.iter().zip(u).map(silu_mul).collect()
-        } else {
-            let mut out = vec![0.0f32; g.len()];
-            Pool::global().for_each_chunk_mut(&mut out, PARALLEL_MIN_VALUES, |c, part| {
-                let start = c * PARALLEL_MIN_VALUES;
-                let (gs, us) = (&g[start..start + part.len()], &u[start..start + part.len()]);
-                for (o, pair) in part.iter_mut().zip(gs.iter().zip(us)) {
-                    *o = silu_mul(pair);
-                }
-            });
-            out
-        };
-        Tensor::from_host(gate.rows(), gate.cols(), out)
+        zip_values(gate, up, |g, u| fastmath::silu(g) * u)
+    }
+
+    fn gelu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        checks::same_shape("gelu_mul", gate, up)?;
+        zip_values(gate, up, |g, u| fastmath::gelu_tanh(g) * u)
+    }
+
+    fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
+        zip_values(x, x, |v, _| v * factor)
+    }
+
+    fn softcap(&self, x: &Tensor, cap: f32) -> Result<Tensor> {
+        zip_values(x, x, |v, _| cap * (v / cap).tanh())
     }
 
     fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {

@@ -233,7 +233,12 @@ impl WgpuBackend {
         let write_groups = grid((write_threads as u32).div_ceil(ELEMENT_GROUP));
         // Split-K: every row's positions in chunks; the grid covers the longest row.
         let longest = seqs.iter().map(|s| s.pos_start + s.len).max().unwrap_or(1);
-        let splits = longest.div_ceil(ATTENTION_CHUNK).max(1);
+        let seen = if shape.window > 0 {
+            longest.min(shape.window)
+        } else {
+            longest
+        };
+        let splits = seen.div_ceil(ATTENTION_CHUNK).max(1);
         let attend_groups = grid((rows * shape.n_heads * splits) as u32);
         let merge_groups = grid((rows * shape.n_heads) as u32);
         let partial = (splits > 1)
@@ -249,11 +254,13 @@ impl WgpuBackend {
             n_kv_heads: shape.n_kv_heads as u32,
             head_dim: shape.head_dim as u32,
             block_tokens: spec.block_tokens as u32,
-            scale: 1.0 / (shape.head_dim as f32).sqrt(),
+            scale: shape.scale,
             grid_x,
             splits: splits as u32,
             rope: rope_kind,
-            _pad: [0; 3],
+            softcap: shape.softcap,
+            window: shape.window as u32,
+            _pad: 0,
         };
         let mut rec = self.recorder()?;
         rec.dispatch(

@@ -30,6 +30,12 @@ pub enum Kernel {
     /// `x + bias`, the bias broadcast over rows.
     AddBias,
     SiluMul,
+    /// GeGLU's gelu(gate)·up (Gemma).
+    GeluMul,
+    /// `x · value`.
+    Scale,
+    /// `value · tanh(x / value)`.
+    Softcap,
     GatherRows,
     /// Stores new keys and values into a pool of `pool` elements (F32 or F16).
     KvWrite {
@@ -46,6 +52,8 @@ pub enum Kernel {
     RmsNormQuantize,
     /// SwiGLU's silu(gate)·up, its result also quantized to int8 in the same pass.
     SiluMulQuantize,
+    /// GeGLU's gelu(gate)·up, its result also quantized to int8 in the same pass.
+    GeluMulQuantize,
     /// Integer decode product with int8 activations, `m` (1..=8) rows, `rows` weight rows
     /// per workgroup.
     Int8Matvec {
@@ -126,15 +134,20 @@ impl Kernel {
             Kernel::Embed { .. } => Family::Embed,
             Kernel::RmsNorm => Family::Norm,
             Kernel::Rope => Family::Rope,
-            Kernel::Add | Kernel::AddBias | Kernel::SiluMul | Kernel::GatherRows => {
-                Family::Elementwise
-            }
+            Kernel::Add
+            | Kernel::AddBias
+            | Kernel::SiluMul
+            | Kernel::GeluMul
+            | Kernel::Scale
+            | Kernel::Softcap
+            | Kernel::GatherRows => Family::Elementwise,
             Kernel::KvWrite { .. } | Kernel::Attend { .. } | Kernel::AttendMerge => {
                 Family::Attention
             }
-            Kernel::Quantize | Kernel::RmsNormQuantize | Kernel::SiluMulQuantize => {
-                Family::Quantize
-            }
+            Kernel::Quantize
+            | Kernel::RmsNormQuantize
+            | Kernel::SiluMulQuantize
+            | Kernel::GeluMulQuantize => Family::Quantize,
             Kernel::Int8Matvec { .. } | Kernel::Int8Matmul { .. } => Family::Int8,
             Kernel::Argmax | Kernel::TopK | Kernel::Sample | Kernel::Adjust | Kernel::LogSum => {
                 Family::Head
@@ -147,6 +160,9 @@ impl Kernel {
             Kernel::Add => "add",
             Kernel::AddBias => "add_bias",
             Kernel::SiluMul => "silu_mul",
+            Kernel::GeluMul => "gelu_mul",
+            Kernel::Scale => "scale",
+            Kernel::Softcap => "softcap",
             Kernel::GatherRows => "gather_rows",
             Kernel::KvWrite { .. } => "kv_write",
             Kernel::Attend { .. } => "attend",
@@ -155,6 +171,7 @@ impl Kernel {
             Kernel::Int8Matmul { .. } => "matmul",
             Kernel::RmsNormQuantize => "rms_norm",
             Kernel::SiluMulQuantize => "silu_mul",
+            Kernel::GeluMulQuantize => "gelu_mul",
             Kernel::Argmax => "argmax",
             Kernel::TopK => "top_k",
             Kernel::Sample => "sample",
@@ -426,7 +443,8 @@ pub struct ElementwiseParams {
     pub n: u32,
     pub grid_x: u32,
     pub cols: u32,
-    pub _pad: u32,
+    /// `scale`'s factor, `softcap`'s cap.
+    pub value: f32,
 }
 
 /// `QuantizeParams` in quantize.wgsl.
@@ -478,5 +496,9 @@ pub struct AttentionParams {
     pub splits: u32,
     /// RoPE of q and the new keys in the kernels: 0 none, 1 interleaved, 2 half split.
     pub rope: u32,
-    pub _pad: [u32; 3],
+    /// Gemma 2's soft cap of the scaled scores; 0 none.
+    pub softcap: f32,
+    /// Sliding window: positions a query sees back to itself; 0 all.
+    pub window: u32,
+    pub _pad: u32,
 }

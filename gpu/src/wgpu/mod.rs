@@ -464,6 +464,21 @@ impl Backend for WgpuBackend {
         self.binary(Kernel::SiluMul, "silu_mul", gate, up)
     }
 
+    fn gelu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        if let Some(t) = self.gelu_mul_quantizing(gate, up)? {
+            return Ok(t);
+        }
+        self.binary(Kernel::GeluMul, "gelu_mul", gate, up)
+    }
+
+    fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
+        self.unary(Kernel::Scale, x, factor)
+    }
+
+    fn softcap(&self, x: &Tensor, cap: f32) -> Result<Tensor> {
+        self.unary(Kernel::Softcap, x, cap)
+    }
+
     fn rope(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {
         self.rotate(x, positions, rope)
     }

@@ -125,18 +125,23 @@ impl WgpuBackend {
         b: &Tensor,
     ) -> Result<Tensor> {
         checks::same_shape(op, a, b)?;
-        self.elementwise(kernel, a, b)
+        self.elementwise(kernel, a, b, 0.0)
+    }
+
+    /// A one-input element-wise kernel with its parameter (`scale`, `softcap`).
+    pub(super) fn unary(&self, kernel: Kernel, x: &Tensor, value: f32) -> Result<Tensor> {
+        self.elementwise(kernel, x, x, value)
     }
 
     /// `x + bias` on every row (`bias` is `1 × cols`).
     pub(super) fn add_row_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         checks::bias(x, bias)?;
-        self.elementwise(Kernel::AddBias, x, bias)
+        self.elementwise(Kernel::AddBias, x, bias, 0.0)
     }
 
     /// An element-wise kernel over `a`'s values, `b` read as its entry asks: an output of `a`'s
     /// shape.
-    fn elementwise(&self, kernel: Kernel, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    fn elementwise(&self, kernel: Kernel, a: &Tensor, b: &Tensor, value: f32) -> Result<Tensor> {
         let (ad, bd) = (device_of(a)?, device_of(b)?);
         let n = a.rows() * a.cols();
         let out = self.alloc(a.rows(), a.cols())?;
@@ -149,7 +154,7 @@ impl WgpuBackend {
             n: n as u32,
             grid_x,
             cols: a.cols() as u32,
-            _pad: 0,
+            value,
         };
         self.recorder()?.dispatch(
             pipeline,
@@ -501,7 +506,7 @@ impl WgpuBackend {
             n: n as u32,
             grid_x,
             cols: cols as u32,
-            _pad: 0,
+            value: 0.0,
         };
         let mut rec = self.recorder()?;
         rec.upload(idx_buf.buffer(), 0, bytemuck::cast_slice(&idx));

@@ -124,6 +124,16 @@ impl WgpuBackend {
             .map(Some)
     }
 
+    /// GeGLU that also quantizes its result, where [`Self::quantizes_results`] says so.
+    pub(super) fn gelu_mul_quantizing(&self, gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+        if !self.quantizes_results(gate.cols()) {
+            return Ok(None);
+        }
+        checks::same_shape("gelu_mul", gate, up)?;
+        self.quantizing(Kernel::GeluMulQuantize, gate, up, 0.0)
+            .map(Some)
+    }
+
     /// Runs one of quantize.wgsl's producing entries: its f32 result, with the int8 form
     /// attached.
     fn quantizing(&self, kernel: Kernel, a: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {

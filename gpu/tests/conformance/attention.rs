@@ -9,6 +9,10 @@ const SHAPE: AttentionShape = AttentionShape {
     n_heads: 6,
     n_kv_heads: 2,
     head_dim: 32,
+    // 1 / sqrt(32), as `AttentionShape::new` computes it (sqrt is not a const fn).
+    scale: 0.176_776_7,
+    softcap: 0.0,
+    window: 0,
 };
 
 /// One sequence's whole history: queries, keys and values for positions `0..ctx`.
@@ -20,25 +24,43 @@ struct History {
 }
 
 fn reference_attention_row(h: &History, pos: usize) -> Vec<f64> {
-    let (hd, kv_dim, q_dim) = (SHAPE.head_dim, SHAPE.kv_dim(), SHAPE.q_dim());
-    let group = SHAPE.n_heads / SHAPE.n_kv_heads;
+    reference_attention_row_in(h, pos, SHAPE)
+}
+
+/// The float64 reference of one row: scores scaled by `shape.scale`, soft-capped, over the
+/// positions of its window (all of `0..=pos` without one).
+fn reference_attention_row_in(h: &History, pos: usize, shape: AttentionShape) -> Vec<f64> {
+    let (hd, kv_dim, q_dim) = (shape.head_dim, shape.kv_dim(), shape.q_dim());
+    let group = shape.n_heads / shape.n_kv_heads;
+    let first = if shape.window == 0 {
+        0
+    } else {
+        (pos + 1).saturating_sub(shape.window)
+    };
+    let cap = f64::from(shape.softcap);
     let mut out = vec![0.0f64; q_dim];
-    for head in 0..SHAPE.n_heads {
+    for head in 0..shape.n_heads {
         let kvh = head / group;
-        let scores: Vec<f64> = (0..=pos)
+        let scores: Vec<f64> = (first..=pos)
             .map(|j| {
-                (0..hd)
+                let s = (0..hd)
                     .map(|d| {
                         f64::from(h.q[pos * q_dim + head * hd + d])
                             * f64::from(h.k[j * kv_dim + kvh * hd + d])
                     })
                     .sum::<f64>()
-                    / (hd as f64).sqrt()
+                    * f64::from(shape.scale);
+                if cap > 0.0 {
+                    cap * (s / cap).tanh()
+                } else {
+                    s
+                }
             })
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-        for (j, s) in scores.iter().enumerate() {
+        for (i, s) in scores.iter().enumerate() {
+            let j = first + i;
             let p = (s - max).exp() / total;
             for d in 0..hd {
                 out[head * hd + d] += p * f64::from(h.v[j * kv_dim + kvh * hd + d]);
@@ -142,11 +164,64 @@ fn attention_step(
     steps: &[(usize, std::ops::Range<usize>)],
     pool: &mut lowbit_gpu::KvPool,
 ) -> Vec<f32> {
+    attention_step_in(be, hs, steps, pool, SHAPE)
+}
+
+/// [`attention_step`] with `shape`'s scale, soft cap and window (its heads: [`SHAPE`]'s).
+fn attention_step_in(
+    be: &dyn Backend,
+    hs: &[History],
+    steps: &[(usize, std::ops::Range<usize>)],
+    pool: &mut lowbit_gpu::KvPool,
+    shape: AttentionShape,
+) -> Vec<f32> {
     let b = step_batch(be, hs, steps);
     let out = be
-        .attention(1, &b.q, &b.k, &b.v, &b.spans, pool, SHAPE)
+        .attention(1, &b.q, &b.k, &b.v, &b.spans, pool, shape)
         .expect("attention");
     be.download(&out).expect("download")
+}
+
+/// Gemma's variations: a sliding window (shorter than a sequence, longer than one GPU
+/// attention chunk, one token), a soft cap and another scale, against the float64 reference;
+/// and a windowed row gives the same bits decoded alone as inside a prefill batch.
+pub(crate) fn sliding_windows_and_soft_caps_match_float64(be: &dyn Backend, b: Bounds) {
+    let variants = [
+        (37, 0.0, SHAPE.scale),
+        (300, 0.0, SHAPE.scale),
+        (1, 0.0, SHAPE.scale),
+        (0, 1.5, 0.5),
+        (70, 2.0, 0.3),
+    ];
+    for (window, softcap, scale) in variants {
+        let shape = AttentionShape {
+            window,
+            softcap,
+            scale,
+            ..SHAPE
+        };
+        let (hs, spec) = histories_in(&[600, 90, 1], 16, KvDtype::F32);
+        let mut pool = be.new_kv_pool(spec).expect("pool");
+        attention_step_in(be, &hs, &[(1, 0..80)], &mut pool, shape);
+        let steps = [(0, 0..600), (1, 80..90), (2, 0..1)];
+        let out = attention_step_in(be, &hs, &steps, &mut pool, shape);
+        let mut want = Vec::new();
+        for (i, r) in &steps {
+            for pos in r.clone() {
+                want.extend(reference_attention_row_in(&hs[*i], pos, shape));
+            }
+        }
+        let e = rel_err(&out, &want);
+        assert!(e < b.attention, "window {window}, softcap {softcap}: {e}");
+        // Position 599 of sequence 0 alone, after its first 599 positions are in the pool.
+        let alone = attention_step_in(be, &hs, &[(0, 599..600)], &mut pool, shape);
+        let q_dim = SHAPE.q_dim();
+        assert_eq!(
+            &out[599 * q_dim..600 * q_dim],
+            &alone[..],
+            "window {window}, softcap {softcap}: a row alone"
+        );
+    }
 }
 
 pub(crate) fn attention_over_scattered_blocks_matches_float64(be: &dyn Backend, b: Bounds) {
@@ -378,11 +453,7 @@ fn f16_pools_round_as_the_cpu_does() {
         blocks: 2,
         dtype: lowbit_gpu::KvDtype::F16,
     };
-    let shape = AttentionShape {
-        n_heads: 1,
-        n_kv_heads: 1,
-        head_dim: hd,
-    };
+    let shape = AttentionShape::new(1, 1, hd);
     // One position: the output is exactly the stored values (softmax of one score is 1).
     let edges: Vec<f32> = vec![
         1.0 + 1.0 / 2048.0, // a tie between 1 and 1 + 2^-10: even, 1

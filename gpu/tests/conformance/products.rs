@@ -317,11 +317,11 @@ fn int8_products_agree_with_the_cpu_backend() {
 }
 
 /// With int8 activations, RMSNorm and SwiGLU quantize their results in the same pass
-/// (quantize.wgsl's `rms_norm` and `silu_mul`). On both feature paths their f32 results, and
+/// (quantize.wgsl's `rms_norm`, `silu_mul` and `gelu_mul`). On both feature paths their f32 results, and
 /// the products that read them (decode and tiled, plain and with the residual), equal the
 /// plain kernels' followed by a separate quantize, bit for bit, and each saves a dispatch.
 #[test]
-fn norm_and_swiglu_quantizing_in_one_pass_equal_the_separate_kernels() {
+fn norm_and_glus_quantizing_in_one_pass_equal_the_separate_kernels() {
     let _turn = gpu_turn();
     let mut r = rng(14);
     for portable in [false, true] {
@@ -353,7 +353,9 @@ fn norm_and_swiglu_quantizing_in_one_pass_equal_the_separate_kernels() {
                     let y = be.matmul(&normed, &w).expect("matmul");
                     let h = be.silu_mul(&t(m, &gate), &t(m, &up)).expect("silu_mul");
                     let z = be.matmul_add(&h, &w, &y).expect("matmul_add");
-                    let values: Vec<Vec<f32>> = [&normed, &y, &h, &z]
+                    let h2 = be.gelu_mul(&t(m, &gate), &t(m, &up)).expect("gelu_mul");
+                    let z2 = be.matmul_add(&h2, &w, &y).expect("matmul_add");
+                    let values: Vec<Vec<f32>> = [&normed, &y, &h, &z, &h2, &z2]
                         .into_iter()
                         .map(|t| be.download(t).expect("download"))
                         .collect();
@@ -362,10 +364,15 @@ fn norm_and_swiglu_quantizing_in_one_pass_equal_the_separate_kernels() {
                 };
                 let ((got, fewer), (want, more)) = (run(&fused), run(&separate));
                 let what = format!("{format} m={m} k={k} portable={portable}");
-                for (i, name) in ["rms_norm", "matmul", "silu_mul", "matmul_add"]
-                    .iter()
-                    .enumerate()
-                {
+                let names = [
+                    "rms_norm",
+                    "matmul",
+                    "silu_mul",
+                    "matmul_add",
+                    "gelu_mul",
+                    "matmul_add of gelu_mul",
+                ];
+                for (i, name) in names.iter().enumerate() {
                     let differ = got[i]
                         .iter()
                         .zip(&want[i])
@@ -377,7 +384,7 @@ fn norm_and_swiglu_quantizing_in_one_pass_equal_the_separate_kernels() {
                         want[i].len()
                     );
                 }
-                assert_eq!(fewer + 2, more, "dispatches, {what}");
+                assert_eq!(fewer + 3, more, "dispatches, {what}");
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use super::ModelArgs;
 use crate::model::llama::{expected_tensors, TensorRole};
-use crate::model::lowbit_file::{self, FORMAT_VERSION};
+use crate::model::lowbit_file;
 use crate::model::ModelSource;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -80,7 +80,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert(
         "lowbit.format_version".to_string(),
-        FORMAT_VERSION.to_string(),
+        lowbit_file::format_version_for(&config).to_string(),
     );
     meta.insert("lowbit.formats".into(), serde_json::to_string(&formats)?);
     meta.insert("lowbit.config".into(), serde_json::to_string(&config)?);

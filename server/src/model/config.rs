@@ -56,9 +56,82 @@ pub struct LlamaConfig {
     #[serde(default)]
     pub attention_bias: bool,
     /// Each query and key head is RMS-normed (its own weights, `head_dim` long) before RoPE
-    /// (Qwen3).
+    /// (Qwen3, Gemma 3).
     #[serde(default)]
     pub qk_norm: bool,
+    /// The gated MLP's activation: SiLU (SwiGLU) or GELU (GeGLU, Gemma).
+    #[serde(default)]
+    pub activation: Activation,
+    /// The token embeddings are multiplied by this (Gemma: `√hidden`).
+    #[serde(default)]
+    pub embedding_scale: Option<f32>,
+    /// Each sub-block's output is RMS-normed before its residual add (Gemma 2/3:
+    /// `post_attention_norm`, `post_ffw_norm`).
+    #[serde(default)]
+    pub post_norms: bool,
+    /// Multiplies query·key scores instead of `1 / sqrt(head_dim)` (Gemma 2/3 27B).
+    #[serde(default)]
+    pub attention_scale: Option<f32>,
+    /// Soft cap of the scaled attention scores (Gemma 2).
+    #[serde(default)]
+    pub attn_softcap: Option<f32>,
+    /// Soft cap of the logits: `cap · tanh(logit / cap)` (Gemma 2).
+    #[serde(default)]
+    pub final_softcap: Option<f32>,
+    /// The sliding window of the layers `sliding_layers` marks (Gemma 2/3); 0 none.
+    #[serde(default)]
+    pub sliding_window: usize,
+    /// Which layers attend within `sliding_window` (one flag per layer; empty: none).
+    #[serde(default)]
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding layers, unscaled (Gemma 3: 10,000 where global layers take
+    /// 1,000,000, scaled); `None`: the same RoPE as every layer.
+    #[serde(default)]
+    pub sliding_rope_theta: Option<f64>,
+}
+
+/// A Llama block with nothing added; the sizes are zero (which [`LlamaConfig::validate`]
+/// refuses), for `..LlamaConfig::default()` after the ones a model sets.
+impl Default for LlamaConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 0,
+            n_layers: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            head_dim: 0,
+            ffn_size: 0,
+            rms_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: RopeScaling::None,
+            rope_style: RopeStyle::HalfSplit,
+            vocab_size: 0,
+            tied_embeddings: false,
+            context_length: 2048,
+            attention_bias: false,
+            qk_norm: false,
+            activation: Activation::Silu,
+            embedding_scale: None,
+            post_norms: false,
+            attention_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: 0,
+            sliding_layers: Vec::new(),
+            sliding_rope_theta: None,
+        }
+    }
+}
+
+/// The gated MLP's activation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `silu(gate) · up` (SwiGLU: Llama, Mistral, Qwen).
+    #[default]
+    Silu,
+    /// `gelu(gate) · up`, GELU's tanh form (GeGLU: Gemma).
+    GeluTanh,
 }
 
 /// The architectures lowbit runs: Llama's block, with the variations each one adds.
@@ -70,6 +143,13 @@ enum Architecture {
     Qwen2,
     /// Qwen3: per-head Q/K norms.
     Qwen3,
+    /// Gemma: GeGLU, embeddings scaled by `√hidden`, wide heads.
+    Gemma,
+    /// Gemma 2: Gemma with post-norms, soft caps and sliding-window layers (every other).
+    Gemma2,
+    /// Gemma 3: Gemma 2 without soft caps, with per-head Q/K norms, five sliding layers to
+    /// one global, and a RoPE base of their own for the sliding layers.
+    Gemma3,
 }
 
 impl Architecture {
@@ -79,11 +159,18 @@ impl Architecture {
             "llama" | "mistral" => Self::Llama,
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
+            "gemma" => Self::Gemma,
+            "gemma2" => Self::Gemma2,
+            "gemma3" => Self::Gemma3,
             _ => return None,
         })
     }
 
-    const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3";
+    const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3";
+
+    fn is_gemma(self) -> bool {
+        matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
+    }
 
     /// How a GGUF file of this architecture pairs RoPE's dimensions: llama.cpp's converter
     /// permutes Llama's Q/K rows to rotate adjacent pairs, and leaves Qwen's as Hugging Face
@@ -91,7 +178,9 @@ impl Architecture {
     fn gguf_rope_style(self) -> RopeStyle {
         match self {
             Self::Llama => RopeStyle::Interleaved,
-            Self::Qwen2 | Self::Qwen3 => RopeStyle::HalfSplit,
+            Self::Qwen2 | Self::Qwen3 | Self::Gemma | Self::Gemma2 | Self::Gemma3 => {
+                RopeStyle::HalfSplit
+            }
         }
     }
 }
@@ -119,22 +208,60 @@ fn serialize_rope_style<S: serde::Serializer>(
 }
 
 impl LlamaConfig {
-    /// The attention head layout.
+    /// The attention head layout (a sliding-window layer's too: [`Self::layer_attention`]).
     pub fn attention_shape(&self) -> AttentionShape {
-        AttentionShape {
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
+        let mut shape = AttentionShape::new(self.n_heads, self.n_kv_heads, self.head_dim);
+        if let Some(scale) = self.attention_scale {
+            shape.scale = scale;
         }
+        shape.softcap = self.attn_softcap.unwrap_or(0.0);
+        shape
+    }
+
+    /// Whether layer `layer` attends within a sliding window.
+    pub fn is_sliding(&self, layer: usize) -> bool {
+        self.sliding_window > 0 && self.sliding_layers.get(layer).copied().unwrap_or(false)
+    }
+
+    /// How layer `layer` attends: [`Self::attention_shape`], windowed where it slides.
+    pub fn layer_attention(&self, layer: usize) -> AttentionShape {
+        let mut shape = self.attention_shape();
+        if self.is_sliding(layer) {
+            shape.window = self.sliding_window;
+        }
+        shape
+    }
+
+    /// Whether the file uses anything beyond Llama's block with Qwen's additions (what
+    /// format version 1 of lowbit's own files could describe).
+    pub fn has_gemma_features(&self) -> bool {
+        self.activation != Activation::Silu
+            || self.embedding_scale.is_some()
+            || self.post_norms
+            || self.attention_scale.is_some()
+            || self.attn_softcap.is_some()
+            || self.final_softcap.is_some()
+            || self.sliding_window > 0
+            || self.sliding_rope_theta.is_some()
     }
 
     /// RoPE with frequencies `theta^(-2i/d)`, scaled as the model asks.
     pub fn rope(&self) -> Rope {
+        self.rope_with(self.rope_theta, &self.rope_scaling)
+    }
+
+    /// The RoPE of sliding-window layers, where it differs from [`Self::rope`] (Gemma 3).
+    pub fn sliding_rope(&self) -> Option<Rope> {
+        self.sliding_rope_theta
+            .map(|theta| self.rope_with(theta, &RopeScaling::None))
+    }
+
+    fn rope_with(&self, theta: f64, scaling: &RopeScaling) -> Rope {
         let d = self.head_dim;
         let inv_freq = (0..d / 2)
             .map(|i| {
-                let f = self.rope_theta.powf(-2.0 * i as f64 / d as f64);
-                let f = match &self.rope_scaling {
+                let f = theta.powf(-2.0 * i as f64 / d as f64);
+                let f = match scaling {
                     RopeScaling::None => f,
                     RopeScaling::Linear { factor } => f / factor,
                     RopeScaling::FreqFactors(div) => {
@@ -222,6 +349,33 @@ impl LlamaConfig {
                 format!("{} is not a positive number", self.rope_theta),
             ));
         }
+        let positive = [
+            ("embedding_scale", self.embedding_scale),
+            ("attention_scale", self.attention_scale),
+            ("attn_logit_softcapping", self.attn_softcap),
+            ("final_logit_softcapping", self.final_softcap),
+            ("rope.freq_base_swa", self.sliding_rope_theta.map(|t| t as f32)),
+        ];
+        for (name, v) in positive {
+            if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
+                return Err(ModelError::field(
+                    &p,
+                    name,
+                    format!("{v} is not a positive number"),
+                ));
+            }
+        }
+        if !self.sliding_layers.is_empty() && self.sliding_layers.len() != self.n_layers {
+            return Err(ModelError::field(
+                &p,
+                "sliding_window_pattern",
+                format!(
+                    "{} layers marked, the model has {}",
+                    self.sliding_layers.len(),
+                    self.n_layers
+                ),
+            ));
+        }
         Ok(self)
     }
 
@@ -293,9 +447,11 @@ impl LlamaConfig {
                 }
             }
         };
+        let n_layers = uint("block_count")?;
+        let gemma = GemmaParams::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
         Self {
             hidden_size,
-            n_layers: uint("block_count")?,
+            n_layers,
             n_heads,
             n_kv_heads: opt_uint("attention.head_count_kv").unwrap_or(n_heads),
             head_dim,
@@ -309,7 +465,16 @@ impl LlamaConfig {
             context_length: opt_uint("context_length").unwrap_or(2048),
             // llama.cpp loads Q/K/V biases wherever a file has them; lowbit wants all three.
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            activation: gemma.activation,
+            embedding_scale: gemma.embedding_scale,
+            post_norms: gemma.post_norms,
+            attention_scale: gemma.attention_scale,
+            attn_softcap: gemma.attn_softcap,
+            final_softcap: gemma.final_softcap,
+            sliding_window: gemma.sliding_window,
+            sliding_layers: gemma.sliding_layers,
+            sliding_rope_theta: gemma.sliding_rope_theta,
         }
         .validate(gguf.path())
     }
@@ -418,7 +583,106 @@ impl LlamaConfig {
             context_length: opt_uint("max_position_embeddings").unwrap_or(2048),
             attention_bias,
             qk_norm: architecture == Architecture::Qwen3,
+            ..Self::default()
         }
         .validate(path)
+    }
+}
+
+/// What Gemma adds to Llama's block, as llama.cpp reads it from a GGUF file (defaults
+/// included: Gemma 2's soft caps 50 and 30 and window 4,096; every other layer sliding in
+/// Gemma 2, five of six in Gemma 3; Gemma 3's sliding RoPE base 10,000).
+struct GemmaParams {
+    activation: Activation,
+    embedding_scale: Option<f32>,
+    post_norms: bool,
+    attention_scale: Option<f32>,
+    attn_softcap: Option<f32>,
+    final_softcap: Option<f32>,
+    sliding_window: usize,
+    sliding_layers: Vec<bool>,
+    sliding_rope_theta: Option<f64>,
+}
+
+impl GemmaParams {
+    fn from_gguf(
+        arch: Architecture,
+        gguf: &GgufFile,
+        key: &dyn Fn(&str) -> String,
+        hidden: usize,
+        heads: usize,
+        layers: usize,
+    ) -> Result<Self> {
+        let path = gguf.path().display().to_string();
+        let mut p = Self {
+            activation: Activation::Silu,
+            embedding_scale: None,
+            post_norms: false,
+            attention_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: 0,
+            sliding_layers: Vec::new(),
+            sliding_rope_theta: None,
+        };
+        if !arch.is_gemma() {
+            return Ok(p);
+        }
+        let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
+        let uint = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_u64);
+        p.activation = Activation::GeluTanh;
+        // llama.cpp scales in f32: sqrtf(n_embd).
+        p.embedding_scale = Some((hidden as f32).sqrt());
+        if arch == Architecture::Gemma {
+            return Ok(p);
+        }
+        p.post_norms = true;
+        // The 27B models scale by hidden / heads, not the head width (llama.cpp tells them
+        // by their layer count; Hugging Face's `query_pre_attn_scalar`).
+        let is_27b = matches!((arch, layers), (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62));
+        if is_27b && heads > 0 {
+            p.attention_scale = Some(1.0 / ((hidden / heads) as f32).sqrt());
+        }
+        let pattern_default = if arch == Architecture::Gemma2 {
+            p.attn_softcap = Some(float("attn_logit_softcapping").unwrap_or(50.0) as f32);
+            p.final_softcap = Some(float("final_logit_softcapping").unwrap_or(30.0) as f32);
+            p.sliding_window = uint("attention.sliding_window").unwrap_or(4096) as usize;
+            p.sliding_rope_theta = float("rope.freq_base_swa");
+            2
+        } else {
+            p.final_softcap = float("final_logit_softcapping")
+                .filter(|&c| c != 0.0)
+                .map(|c| c as f32);
+            p.sliding_window = uint("attention.sliding_window").unwrap_or(0) as usize;
+            if p.sliding_window > 0 {
+                p.sliding_rope_theta = Some(float("rope.freq_base_swa").unwrap_or(10_000.0));
+            }
+            6
+        };
+        if p.sliding_window == 0 {
+            return Ok(p);
+        }
+        let pattern_key = key("attention.sliding_window_pattern");
+        p.sliding_layers = match gguf.get(&pattern_key) {
+            Some(MetaValue::Array(flags)) => {
+                let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
+                match flags {
+                    Some(f) if f.len() == layers => f,
+                    _ => {
+                        return Err(ModelError::field(
+                            &path,
+                            &pattern_key,
+                            format!("not {layers} booleans, one per layer"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                let n = other.and_then(MetaValue::as_u64).unwrap_or(pattern_default) as usize;
+                // llama.cpp's `set_swa_pattern`: of every n layers the last is global.
+                (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
+            }
+        };
+        Ok(p)
     }
 }

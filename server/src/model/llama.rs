@@ -1,5 +1,8 @@
 //! The Llama-family transformer: token embedding, `n_layers` pre-norm blocks of grouped-query
-//! attention with RoPE and a SwiGLU MLP, a final RMSNorm and the output head.
+//! attention with RoPE and a SwiGLU MLP, a final RMSNorm and the output head. Qwen adds Q/K/V
+//! biases (Qwen2) or per-head Q/K norms (Qwen3); Gemma a GeGLU MLP, scaled embeddings, norms
+//! after each sub-block (Gemma 2/3), soft caps (Gemma 2) and sliding-window layers with their
+//! own RoPE base (Gemma 3) — each a flag of [`LlamaConfig`], one forward for all.
 //!
 //! Quirk: llama.cpp's GGUF conversion permutes the rows of `attn_q`/`attn_k` so that RoPE
 //! rotates adjacent pairs; Hugging Face weights rotate the two halves of each head. The
@@ -10,7 +13,7 @@
 //! decoding many sequences reads every weight once per step.
 
 use super::calibrate::Calibration;
-use super::config::LlamaConfig;
+use super::config::{Activation, LlamaConfig};
 use super::error::{ModelError, Result};
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
@@ -19,7 +22,7 @@ use lowbit_gpu::{Backend, KvDtype, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, We
 use std::ops::Range;
 use std::sync::Arc;
 
-/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+/// Gated feed-forward: `down(act(gate(x)) * up(x))`, SiLU or GELU.
 #[derive(Debug)]
 struct Mlp {
     gate: Weight,
@@ -41,6 +44,8 @@ struct Block {
     o: Weight,
     ffn_norm: Tensor,
     mlp: Mlp,
+    /// RMSNorm weights of the attention and MLP outputs before their residual adds (Gemma 2/3).
+    post_norms: Option<[Tensor; 2]>,
 }
 
 /// One sequence's part of a batch.
@@ -157,6 +162,9 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
             (n("ffn_up"), m(c.ffn_size, h)),
             (n("ffn_down"), m(h, c.ffn_size)),
         ]);
+        if c.post_norms {
+            out.extend([(n("post_attention_norm"), v(h)), (n("post_ffw_norm"), v(h))]);
+        }
     }
     out.push(("output_norm.weight".into(), v(h)));
     out
@@ -218,6 +226,8 @@ pub struct Llama {
     output_norm: Tensor,
     blocks: Vec<Block>,
     rope: Rope,
+    /// The RoPE of sliding-window layers where it is not `rope` (Gemma 3).
+    sliding_rope: Option<Rope>,
     /// The format each weight matrix got.
     plans: Vec<TensorPlan>,
 }
@@ -355,7 +365,16 @@ impl Llama {
                 ],
             )?;
             let down = backend.load_weight(host_matrix(&n("ffn_down"), h, c.ffn_size)?)?;
+            let post_norms = if c.post_norms {
+                Some([
+                    vector(&n("post_attention_norm"), h)?,
+                    vector(&n("post_ffw_norm"), h)?,
+                ])
+            } else {
+                None
+            };
             blocks.push(Block {
+                post_norms,
                 attn_norm,
                 q,
                 k,
@@ -372,6 +391,7 @@ impl Llama {
             plans,
             output_norm,
             rope: c.rope(),
+            sliding_rope: c.sliding_rope(),
             config: c,
             backend,
             embed,
@@ -556,6 +576,9 @@ impl Llama {
         }
 
         let mut x = be.embed(&self.embed, &tokens)?;
+        if let Some(factor) = c.embedding_scale {
+            x = be.scale(&x, factor)?;
+        }
         for (layer, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", layer).entered();
             let residual = &x;
@@ -575,7 +598,7 @@ impl Llama {
             let residual = &x_mid;
             let h = be.rms_norm(&x_mid, &block.ffn_norm, c.rms_eps)?;
             observe(layer, LinearInput::Mlp, &h);
-            x = self.mlp(layer, &block.mlp, &h, residual, observe)?;
+            x = self.mlp((layer, block), &h, residual, observe)?;
         }
 
         let _span = tracing::trace_span!("output").entered();
@@ -585,7 +608,10 @@ impl Llama {
         let x = be.rms_norm(&x, &self.output_norm, c.rms_eps)?;
         observe(self.blocks.len(), LinearInput::Head, &x);
         let x = be.select_rows(&x, &logit_rows)?;
-        let logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
+        let mut logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
+        if let Some(cap) = c.final_softcap {
+            logits = be.softcap(&logits, cap)?;
+        }
         Ok(match readback {
             Readback::Logits => StepOutput::Logits(Logits {
                 vocab: c.vocab_size,
@@ -643,37 +669,64 @@ impl Llama {
             q = be.rms_norm_heads(q, q_norm, self.config.rms_eps)?;
             k = be.rms_norm_heads(k, k_norm, self.config.rms_eps)?;
         }
+        let rope = match &self.sliding_rope {
+            Some(r) if self.config.is_sliding(layer) => r,
+            _ => &self.rope,
+        };
         let out = be.rope_attention(
             layer,
             (&q, &k, &v),
             positions,
-            &self.rope,
+            rope,
             spans,
             pool,
-            self.config.attention_shape(),
+            self.config.layer_attention(layer),
         )?;
         observe(layer, LinearInput::AttentionOutput, &out);
-        Ok(be.matmul_add(&out, &block.o, residual)?)
+        self.project_add(&out, &block.o, block.post_norms.as_ref().map(|[a, _]| a), residual)
+    }
+
+    /// `residual + x · Wᵀ`, the product RMS-normed first where the block has a post-norm
+    /// (Gemma 2/3; otherwise a backend may add in the product's epilogue).
+    fn project_add(
+        &self,
+        x: &Tensor,
+        w: &Weight,
+        post_norm: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let be = &*self.backend;
+        Ok(match post_norm {
+            None => be.matmul_add(x, w, residual)?,
+            Some(norm) => {
+                let y = be.rms_norm(&be.matmul(x, w)?, norm, self.config.rms_eps)?;
+                be.add(&y, residual)?
+            }
+        })
     }
 
     /// `residual + mlp(x)`.
     fn mlp(
         &self,
-        layer: usize,
-        mlp: &Mlp,
+        (layer, block): (usize, &Block),
         x: &Tensor,
         residual: &Tensor,
         observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("mlp").entered();
         let be = &*self.backend;
+        let mlp = &block.mlp;
         let [gate, up]: [Tensor; 2] = be
             .matmul_many(x, &[&mlp.gate, &mlp.up])?
             .try_into()
             .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
-        let gated = be.silu_mul(&gate, &up)?;
+        let gated = match self.config.activation {
+            Activation::Silu => be.silu_mul(&gate, &up)?,
+            Activation::GeluTanh => be.gelu_mul(&gate, &up)?,
+        };
         observe(layer, LinearInput::MlpDown, &gated);
-        Ok(be.matmul_add(&gated, &mlp.down, residual)?)
+        let post_norm = block.post_norms.as_ref().map(|[_, f]| f);
+        self.project_add(&gated, &mlp.down, post_norm, residual)
     }
 }
 

@@ -22,8 +22,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
-/// The version this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this build reads. Version 2 added Gemma's config fields; a file that
+/// needs none of them is still written as version 1, which older builds read.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version a file of this model is written as: 2 where an older build (which ignores
+/// config fields it does not know) would run the model wrongly.
+pub fn format_version_for(config: &LlamaConfig) -> u32 {
+    if config.has_gemma_features() {
+        2
+    } else {
+        1
+    }
+}
 
 /// An opened lowbit model file.
 #[derive(Debug)]

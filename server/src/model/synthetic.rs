@@ -2,7 +2,7 @@
 //! architectures, so that speed can be measured where a GPU is bandwidth-bound (SmolLM2 is too
 //! small for that) without a multi-gigabyte download. Not for text: the weights are noise.
 
-use super::config::{LlamaConfig, RopeScaling};
+use super::config::{Activation, LlamaConfig, RopeScaling};
 use super::error::Result;
 use super::llama::Llama;
 use super::quant_policy::TensorPlan;
@@ -32,6 +32,11 @@ pub enum SyntheticModel {
     /// norms, tied 151936 vocabulary.
     #[value(name = "qwen3-0.6b")]
     Qwen3Small,
+    /// Gemma-3-1B's shapes: 26 layers of 1152, GQA 4/1 of 256-wide heads, FFN 6912 (GeGLU),
+    /// post-norms, Q/K head norms, five of six layers in a 512-position sliding window, tied
+    /// 262144 vocabulary.
+    #[value(name = "gemma3-1b")]
+    Gemma3OneB,
 }
 
 impl SyntheticModel {
@@ -53,6 +58,7 @@ impl SyntheticModel {
             context_length: 8192,
             attention_bias: false,
             qk_norm: false,
+            ..LlamaConfig::default()
         };
         let qwen25 = || LlamaConfig {
             hidden_size: 896,
@@ -70,6 +76,7 @@ impl SyntheticModel {
             context_length: 32_768,
             attention_bias: true,
             qk_norm: false,
+            ..LlamaConfig::default()
         };
         match self {
             SyntheticModel::Llama1B => llama3(2048, 16, 64, 8192, true),
@@ -90,6 +97,7 @@ impl SyntheticModel {
                 context_length: 8192,
                 attention_bias: false,
                 qk_norm: false,
+                ..LlamaConfig::default()
             },
             SyntheticModel::Qwen25Half => qwen25(),
             // Qwen3-0.6B: Qwen2.5's vocabulary and RoPE, wider heads, head norms, no biases.
@@ -105,6 +113,32 @@ impl SyntheticModel {
                 qk_norm: true,
                 ..qwen25()
             },
+            SyntheticModel::Gemma3OneB => LlamaConfig {
+                hidden_size: 1152,
+                n_layers: 26,
+                n_heads: 4,
+                n_kv_heads: 1,
+                head_dim: 256,
+                ffn_size: 6912,
+                rms_eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                rope_scaling: RopeScaling::None,
+                rope_style: RopeStyle::HalfSplit,
+                vocab_size: 262_144,
+                tied_embeddings: true,
+                context_length: 32_768,
+                attention_bias: false,
+                qk_norm: true,
+                activation: Activation::GeluTanh,
+                embedding_scale: Some((1152f32).sqrt()),
+                post_norms: true,
+                attention_scale: None,
+                attn_softcap: None,
+                final_softcap: None,
+                sliding_window: 512,
+                sliding_layers: (0..26).map(|l| l % 6 < 5).collect(),
+                sliding_rope_theta: Some(10_000.0),
+            },
         }
     }
 
@@ -116,6 +150,7 @@ impl SyntheticModel {
             SyntheticModel::Smollm2 => "smollm2-135m",
             SyntheticModel::Qwen25Half => "qwen2.5-0.5b",
             SyntheticModel::Qwen3Small => "qwen3-0.6b",
+            SyntheticModel::Gemma3OneB => "gemma3-1b",
         }
     }
 }

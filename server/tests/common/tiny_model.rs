@@ -18,7 +18,24 @@ pub enum TinyArch {
     Qwen2,
     /// Per-head Q/K RMSNorms, heads twice as wide as `hidden / heads`.
     Qwen3,
+    /// GeGLU, embeddings scaled by `√hidden`.
+    Gemma,
+    /// Gemma with post-norms, soft caps ([`GEMMA2_ATTN_SOFTCAP`], [`GEMMA2_FINAL_SOFTCAP`])
+    /// and every other layer (the even ones) in a window of [`TINY_WINDOW`].
+    Gemma2,
+    /// Gemma 2 without soft caps, with Qwen3's head norms and wide heads; five layers of six in
+    /// the window, with RoPE base [`GEMMA3_SLIDING_THETA`] (llama.cpp's defaults: the file
+    /// names neither).
+    Gemma3,
 }
+
+/// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
+pub const TINY_WINDOW: usize = 4;
+/// Soft caps small enough to bend the tiny model's scores and logits.
+pub const GEMMA2_ATTN_SOFTCAP: f64 = 1.5;
+pub const GEMMA2_FINAL_SOFTCAP: f64 = 5.0;
+/// llama.cpp's RoPE base of Gemma 3's sliding layers when a file does not name one.
+pub const GEMMA3_SLIDING_THETA: f64 = 10_000.0;
 
 impl TinyArch {
     pub fn name(self) -> &'static str {
@@ -26,6 +43,33 @@ impl TinyArch {
             TinyArch::Llama => "llama",
             TinyArch::Qwen2 => "qwen2",
             TinyArch::Qwen3 => "qwen3",
+            TinyArch::Gemma => "gemma",
+            TinyArch::Gemma2 => "gemma2",
+            TinyArch::Gemma3 => "gemma3",
+        }
+    }
+
+    pub fn is_gemma(self) -> bool {
+        matches!(self, TinyArch::Gemma | TinyArch::Gemma2 | TinyArch::Gemma3)
+    }
+
+    /// Norms after each sub-block (Gemma 2/3).
+    pub fn post_norms(self) -> bool {
+        matches!(self, TinyArch::Gemma2 | TinyArch::Gemma3)
+    }
+
+    /// Per-head Q/K norms (Qwen3, Gemma 3).
+    pub fn qk_norm(self) -> bool {
+        matches!(self, TinyArch::Qwen3 | TinyArch::Gemma3)
+    }
+
+    /// Whether layer `layer` attends within [`TINY_WINDOW`] (llama.cpp's default patterns:
+    /// every even layer of Gemma 2, all but every sixth of Gemma 3).
+    pub fn is_sliding(self, layer: usize) -> bool {
+        match self {
+            TinyArch::Gemma2 => layer % 2 == 0,
+            TinyArch::Gemma3 => layer % 6 < 5,
+            _ => false,
         }
     }
 }
@@ -65,7 +109,7 @@ impl Default for TinyConfig {
 impl TinyConfig {
     pub fn head_dim(&self) -> usize {
         match self.arch {
-            TinyArch::Qwen3 => 2 * self.hidden / self.heads,
+            TinyArch::Qwen3 | TinyArch::Gemma3 => 2 * self.hidden / self.heads,
             _ => self.hidden / self.heads,
         }
     }
@@ -278,7 +322,7 @@ impl TinyModel {
                     &mut rng,
                 );
             }
-            if cfg.arch == TinyArch::Qwen3 {
+            if cfg.arch.qk_norm() {
                 for part in ["attn_q_norm", "attn_k_norm"] {
                     add(n(part), 1, hd, SourceDType::F32, 0.3, 1.0, &mut rng);
                 }
@@ -304,6 +348,11 @@ impl TinyModel {
                 0.0,
                 &mut rng,
             );
+            if cfg.arch.post_norms() {
+                for part in ["post_attention_norm", "post_ffw_norm"] {
+                    add(n(part), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
+                }
+            }
         }
         add(
             "output_norm.weight".into(),
@@ -369,6 +418,26 @@ impl TinyModel {
             // No vocabulary: llama.cpp runs such a file on token ids (the fixtures of
             // tests/data/llama_cpp_logits.json were made so).
             .meta("tokenizer.ggml.model", MetaValue::String("none".into()));
+        if c.arch == TinyArch::Gemma2 {
+            w.meta(
+                &key("attention.sliding_window"),
+                MetaValue::U32(TINY_WINDOW as u32),
+            )
+            .meta(
+                &key("attn_logit_softcapping"),
+                MetaValue::F32(GEMMA2_ATTN_SOFTCAP as f32),
+            )
+            .meta(
+                &key("final_logit_softcapping"),
+                MetaValue::F32(GEMMA2_FINAL_SOFTCAP as f32),
+            );
+        }
+        if c.arch == TinyArch::Gemma3 {
+            w.meta(
+                &key("attention.sliding_window"),
+                MetaValue::U32(TINY_WINDOW as u32),
+            );
+        }
         // Only Llama's converter permutes Q/K rows (llama.cpp's NORM rope); Qwen's keep HF order.
         let permute = c.arch == TinyArch::Llama;
         for t in &self.tensors {
@@ -393,12 +462,14 @@ impl TinyModel {
     /// split the tensors over that many files with an index.
     pub fn write_hf_folder(&self, dir: &Path, shards: usize) {
         let c = &self.cfg;
+        assert!(!c.arch.is_gemma(), "lowbit reads Gemma from GGUF files only");
         std::fs::create_dir_all(dir).unwrap();
         let mut config = serde_json::json!({
             "architectures": [match c.arch {
                 TinyArch::Llama => "LlamaForCausalLM",
                 TinyArch::Qwen2 => "Qwen2ForCausalLM",
                 TinyArch::Qwen3 => "Qwen3ForCausalLM",
+                _ => unreachable!("asserted above"),
             }],
             "model_type": c.arch.name(),
             "hidden_size": c.hidden,
@@ -468,129 +539,6 @@ impl TinyModel {
             let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
             std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
         }
-    }
-
-    /// Logits at every position of `tokens`, by a naive float64 Llama forward (Hugging Face
-    /// conventions: half-split RoPE on unpermuted weights).
-    pub fn reference_logits(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
-        let c = &self.cfg;
-        let (h, hd) = (c.hidden, c.head_dim());
-        let m = |name: &str| -> (usize, usize, Vec<f64>) {
-            let t = self.get(name);
-            (t.rows, t.cols, t.values.iter().map(|&v| v as f64).collect())
-        };
-        let matvec = |w: &(usize, usize, Vec<f64>), x: &[f64]| -> Vec<f64> {
-            (0..w.0)
-                .map(|r| (0..w.1).map(|k| w.2[r * w.1 + k] * x[k]).sum())
-                .collect()
-        };
-        let norm = |x: &[f64], g: &(usize, usize, Vec<f64>)| -> Vec<f64> {
-            let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
-            let inv = 1.0 / (ms + c.eps).sqrt();
-            x.iter().zip(&g.2).map(|(v, g)| v * inv * g).collect()
-        };
-        let rope = |x: &mut [f64], pos: usize| {
-            for head in x.chunks_mut(hd) {
-                for i in 0..hd / 2 {
-                    let theta = pos as f64 * c.rope_theta.powf(-2.0 * i as f64 / hd as f64);
-                    let (s, co) = theta.sin_cos();
-                    let (a, b) = (head[i], head[i + hd / 2]);
-                    head[i] = a * co - b * s;
-                    head[i + hd / 2] = a * s + b * co;
-                }
-            }
-        };
-        let emb = m("token_embd.weight");
-        let mut xs: Vec<Vec<f64>> = tokens
-            .iter()
-            .map(|&t| emb.2[t as usize * h..(t as usize + 1) * h].to_vec())
-            .collect();
-        for l in 0..c.layers {
-            let n = |p: &str| format!("blk.{l}.{p}.weight");
-            let (wq, wk, wv, wo) = (
-                m(&n("attn_q")),
-                m(&n("attn_k")),
-                m(&n("attn_v")),
-                m(&n("attn_output")),
-            );
-            let (an, fnm) = (m(&n("attn_norm")), m(&n("ffn_norm")));
-            let (wg, wu, wd) = (m(&n("ffn_gate")), m(&n("ffn_up")), m(&n("ffn_down")));
-            let mut qs = Vec::new();
-            let mut ks = Vec::new();
-            let mut vs = Vec::new();
-            let vector = |p: &str| {
-                let has = self.tensors.iter().any(|t| t.name == p);
-                has.then(|| m(p))
-            };
-            let b = |p: &str| vector(&format!("blk.{l}.{p}.bias"));
-            let (bq, bk, bv) = (b("attn_q"), b("attn_k"), b("attn_v"));
-            let (nq, nk) = (vector(&n("attn_q_norm")), vector(&n("attn_k_norm")));
-            let add_bias = |x: &mut Vec<f64>, bias: &Option<(usize, usize, Vec<f64>)>| {
-                if let Some(b) = bias {
-                    x.iter_mut().zip(&b.2).for_each(|(v, b)| *v += b);
-                }
-            };
-            let head_norm = |x: &mut Vec<f64>, g: &Option<(usize, usize, Vec<f64>)>| {
-                if let Some(g) = g {
-                    *x = x.chunks(hd).flat_map(|head| norm(head, g)).collect();
-                }
-            };
-            for (pos, x) in xs.iter().enumerate() {
-                let hx = norm(x, &an);
-                let mut q = matvec(&wq, &hx);
-                let mut k = matvec(&wk, &hx);
-                let mut v = matvec(&wv, &hx);
-                add_bias(&mut q, &bq);
-                add_bias(&mut k, &bk);
-                add_bias(&mut v, &bv);
-                head_norm(&mut q, &nq);
-                head_norm(&mut k, &nk);
-                rope(&mut q, pos);
-                rope(&mut k, pos);
-                qs.push(q);
-                ks.push(k);
-                vs.push(v);
-            }
-            for (pos, x) in xs.iter_mut().enumerate() {
-                let mut attn = vec![0.0; c.heads * hd];
-                for head in 0..c.heads {
-                    let kvh = head / (c.heads / c.kv_heads);
-                    let q = &qs[pos][head * hd..(head + 1) * hd];
-                    let scores: Vec<f64> = (0..=pos)
-                        .map(|j| {
-                            q.iter()
-                                .zip(&ks[j][kvh * hd..(kvh + 1) * hd])
-                                .map(|(a, b)| a * b)
-                                .sum::<f64>()
-                                / (hd as f64).sqrt()
-                        })
-                        .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let sum: f64 = e.iter().sum();
-                    for (j, p) in e.iter().enumerate() {
-                        for d in 0..hd {
-                            attn[head * hd + d] += p / sum * vs[j][kvh * hd + d];
-                        }
-                    }
-                }
-                let o = matvec(&wo, &attn);
-                x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-                let hx = norm(x, &fnm);
-                let g = matvec(&wg, &hx);
-                let u = matvec(&wu, &hx);
-                let act: Vec<f64> = g
-                    .iter()
-                    .zip(&u)
-                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                    .collect();
-                let d = matvec(&wd, &act);
-                x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
-            }
-        }
-        let on = m("output_norm.weight");
-        let out = if c.tied { emb } else { m("output.weight") };
-        xs.iter().map(|x| matvec(&out, &norm(x, &on))).collect()
     }
 }
 

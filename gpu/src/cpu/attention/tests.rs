@@ -7,12 +7,19 @@ const SHAPE: AttentionShape = AttentionShape {
     n_heads: 6,
     n_kv_heads: 2,
     head_dim: 32,
+    // 1 / sqrt(32), as `AttentionShape::new` computes it (sqrt is not a const fn).
+    scale: 0.176_776_7,
+    softcap: 0.0,
+    window: 0,
 };
 /// 64 + 16 columns: the AVX-512 weighted sum and its narrower tail.
 const WIDE_SHAPE: AttentionShape = AttentionShape {
     n_heads: 4,
     n_kv_heads: 2,
     head_dim: 80,
+    scale: 0.111_803_4,
+    softcap: 0.0,
+    window: 0,
 };
 
 fn random(seed: &mut u32, n: usize) -> Vec<f32> {
