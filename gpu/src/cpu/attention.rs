@@ -368,7 +368,7 @@ fn block_scores<A: Accumulate, E: KvElem, const BT: usize, const R: usize, const
 }
 
 /// `out[j] = Σ_slot p[j][slot] · v[slot]` over the `DC` columns from `d0`, for `R` rows at
-/// once, slots in increasing order (slot `s` is row `s % BT` of `blocks[s / BT]`, rows `hd`
+/// once, slots of the range in increasing order (slot `s` is row `s % BT` of `blocks[s / BT]`, rows `hd`
 /// apart): per output value one chain of multiply-adds from zero in position order. `p[j]` is
 /// zero past row `j`'s positions, which adds nothing (a sum that starts at +0 never becomes
 /// −0).
@@ -377,11 +377,11 @@ fn weighted_values<A: Accumulate, E: KvElem, const BT: usize, const R: usize, co
     p: [&[f32]; R],
     blocks: &[&[E]],
     (hd, d0): (usize, usize),
-    slots: usize,
+    slots: std::ops::Range<usize>,
     out: [&mut [f32]; R],
 ) {
     let mut acc = [[0.0f32; DC]; R];
-    for slot in 0..slots {
+    for slot in slots {
         let vs: &[E; DC] = blocks[slot / BT][(slot % BT) * hd + d0..][..DC]
             .try_into()
             .expect("DC columns");
@@ -542,7 +542,9 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
     let values: Vec<&[E]> = at.iter().map(|&a| &c.v[a..a + BT * hd]).collect();
     let mut out = vec![0.0f32; m * hd];
     for (r0, n) in row_tiles(m) {
-        let slots = seen(r0 + n - 1);
+        // From the tile's first row's window (the others' start no earlier: before their own
+        // window their probabilities are zero, which adds nothing to a sum that starts at +0).
+        let slots = first(r0)..seen(r0 + n - 1);
         let mut d0 = 0;
         macro_rules! columns {
             ($r:literal, $dc:literal) => {
@@ -554,10 +556,22 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
                         // SAFETY: 64-column passes run only on the AVX-512 entry point.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            x86::weighted_values_zmm::<E, $r>(p, &values, (hd, d0), slots, o)
+                            x86::weighted_values_zmm::<E, $r>(
+                                p,
+                                &values,
+                                (hd, d0),
+                                slots.clone(),
+                                o,
+                            )
                         };
                     } else {
-                        weighted_values::<A, E, BT, $r, $dc>(p, &values, (hd, d0), slots, o);
+                        weighted_values::<A, E, BT, $r, $dc>(
+                            p,
+                            &values,
+                            (hd, d0),
+                            slots.clone(),
+                            o,
+                        );
                     }
                     d0 += $dc;
                 }
@@ -572,7 +586,13 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
                     // SAFETY: `YMM` comes only from the AVX2 entry point.
                     #[cfg(target_arch = "x86_64")]
                     unsafe {
-                        x86::weighted_values_ymm::<E, $r, $c>(p, &values, (hd, d0), slots, o)
+                        x86::weighted_values_ymm::<E, $r, $c>(
+                            p,
+                            &values,
+                            (hd, d0),
+                            slots.clone(),
+                            o,
+                        )
                     };
                     d0 += 8 * $c;
                 }

@@ -91,7 +91,10 @@ fn zip_values(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Res
         let mut out = vec![0.0f32; xa.len()];
         Pool::global().for_each_chunk_mut(&mut out, PARALLEL_MIN_VALUES, |c, part| {
             let start = c * PARALLEL_MIN_VALUES;
-            let (pa, pb) = (&xa[start..start + part.len()], &xb[start..start + part.len()]);
+            let (pa, pb) = (
+                &xa[start..start + part.len()],
+                &xb[start..start + part.len()],
+            );
             for (o, (&x, &y)) in part.iter_mut().zip(pa.iter().zip(pb)) {
                 *o = f(x, y);
             }

@@ -354,7 +354,10 @@ impl LlamaConfig {
             ("attention_scale", self.attention_scale),
             ("attn_logit_softcapping", self.attn_softcap),
             ("final_logit_softcapping", self.final_softcap),
-            ("rope.freq_base_swa", self.sliding_rope_theta.map(|t| t as f32)),
+            (
+                "rope.freq_base_swa",
+                self.sliding_rope_theta.map(|t| t as f32),
+            ),
         ];
         for (name, v) in positive {
             if let Some(v) = v.filter(|v| !(*v > 0.0 && v.is_finite())) {
@@ -448,7 +451,8 @@ impl LlamaConfig {
             }
         };
         let n_layers = uint("block_count")?;
-        let gemma = GemmaParams::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
+        let gemma =
+            GemmaParams::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
         Self {
             hidden_size,
             n_layers,
@@ -639,7 +643,10 @@ impl GemmaParams {
         p.post_norms = true;
         // The 27B models scale by hidden / heads, not the head width (llama.cpp tells them
         // by their layer count; Hugging Face's `query_pre_attn_scalar`).
-        let is_27b = matches!((arch, layers), (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62));
+        let is_27b = matches!(
+            (arch, layers),
+            (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62)
+        );
         if is_27b && heads > 0 {
             p.attention_scale = Some(1.0 / ((hidden / heads) as f32).sqrt());
         }

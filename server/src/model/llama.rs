@@ -683,7 +683,12 @@ impl Llama {
             self.config.layer_attention(layer),
         )?;
         observe(layer, LinearInput::AttentionOutput, &out);
-        self.project_add(&out, &block.o, block.post_norms.as_ref().map(|[a, _]| a), residual)
+        self.project_add(
+            &out,
+            &block.o,
+            block.post_norms.as_ref().map(|[a, _]| a),
+            residual,
+        )
     }
 
     /// `residual + x · Wᵀ`, the product RMS-normed first where the block has a post-norm

@@ -67,7 +67,7 @@ impl TinyArch {
     /// every even layer of Gemma 2, all but every sixth of Gemma 3).
     pub fn is_sliding(self, layer: usize) -> bool {
         match self {
-            TinyArch::Gemma2 => layer % 2 == 0,
+            TinyArch::Gemma2 => layer.is_multiple_of(2),
             TinyArch::Gemma3 => layer % 6 < 5,
             _ => false,
         }
@@ -462,7 +462,10 @@ impl TinyModel {
     /// split the tensors over that many files with an index.
     pub fn write_hf_folder(&self, dir: &Path, shards: usize) {
         let c = &self.cfg;
-        assert!(!c.arch.is_gemma(), "lowbit reads Gemma from GGUF files only");
+        assert!(
+            !c.arch.is_gemma(),
+            "lowbit reads Gemma from GGUF files only"
+        );
         std::fs::create_dir_all(dir).unwrap();
         let mut config = serde_json::json!({
             "architectures": [match c.arch {

@@ -22,6 +22,14 @@ const WIDE_SHAPE: AttentionShape = AttentionShape {
     window: 0,
 };
 
+/// Gemma's variations: a sliding window that starts inside blocks, a soft cap, another scale.
+const WINDOWED: AttentionShape = AttentionShape {
+    window: 21,
+    softcap: 2.0,
+    scale: 0.3,
+    ..SHAPE
+};
+
 fn random(seed: &mut u32, n: usize) -> Vec<f32> {
     (0..n)
         .map(|_| {
@@ -39,27 +47,36 @@ struct History {
     blocks: Vec<u32>,
 }
 
-/// Naive float64 causal attention of the query at `pos` over positions `0..=pos`.
+/// Naive float64 causal attention of the query at `pos` over positions `0..=pos` (its
+/// window's, where the shape has one), scores scaled and soft-capped as the shape says.
 fn reference_row(h: &History, pos: usize, shape: AttentionShape) -> Vec<f64> {
     let (hd, kv_dim, q_dim) = (shape.head_dim, shape.kv_dim(), shape.q_dim());
     let group = shape.n_heads / shape.n_kv_heads;
+    let first = shape.first_seen(pos);
+    let cap = f64::from(shape.softcap);
     let mut out = vec![0.0f64; q_dim];
     for head in 0..shape.n_heads {
         let kvh = head / group;
-        let scores: Vec<f64> = (0..=pos)
+        let scores: Vec<f64> = (first..=pos)
             .map(|j| {
-                (0..hd)
+                let s = (0..hd)
                     .map(|d| {
                         f64::from(h.q[pos * q_dim + head * hd + d])
                             * f64::from(h.k[j * kv_dim + kvh * hd + d])
                     })
                     .sum::<f64>()
-                    / (hd as f64).sqrt()
+                    * f64::from(shape.scale);
+                if cap > 0.0 {
+                    cap * (s / cap).tanh()
+                } else {
+                    s
+                }
             })
             .collect();
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-        for (j, s) in scores.iter().enumerate() {
+        for (i, s) in scores.iter().enumerate() {
+            let j = first + i;
             let p = (s - max).exp() / total;
             for d in 0..hd {
                 out[head * hd + d] += p * f64::from(h.v[j * kv_dim + kvh * hd + d]);
@@ -201,7 +218,14 @@ fn step_queries<'a>(
 
 #[test]
 fn ragged_batch_over_scattered_blocks_matches_float64() {
-    for (shape, bt) in [(SHAPE, 8), (SHAPE, 16), (SHAPE, 32), (WIDE_SHAPE, 16)] {
+    for (shape, bt) in [
+        (SHAPE, 8),
+        (SHAPE, 16),
+        (SHAPE, 32),
+        (WIDE_SHAPE, 16),
+        (WINDOWED, 8),
+        (WINDOWED, 16),
+    ] {
         // A long prefill from scratch, a decode row after 10 cached positions, a continued
         // prefill after 30, a single first token.
         let (hs, mut kv, spec) = setup(&[150, 11, 50, 1], bt, shape);
@@ -227,7 +251,7 @@ fn ragged_batch_over_scattered_blocks_matches_float64() {
 
 #[test]
 fn a_rows_output_does_not_depend_on_chunking_or_batch() {
-    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
+    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16), (WINDOWED, 16)] {
         let (hs, mut kv, spec) = setup(&[70, 40], bt, shape);
         let q_dim = shape.q_dim();
         let step = |kv: &mut HostKv, steps: &[(usize, std::ops::Range<usize>)]| {
@@ -253,7 +277,7 @@ fn a_rows_output_does_not_depend_on_chunking_or_batch() {
 #[test]
 fn a_task_per_head_and_a_task_per_kv_head_give_the_same_bits() {
     // Group sizes 3 and 2: decode tiles of three and two rows, prefill tiles of four.
-    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)] {
+    for (shape, bt) in [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16), (WINDOWED, 8)] {
         let (hs, mut kv, spec) = setup(&[70, 13, 40], bt, shape);
         run_step(&hs, &[(1, 0..12), (2, 0..33)], &mut kv, &spec, shape);
         // Writes the last rows' keys and values; then both splits read the same pool.
@@ -334,7 +358,7 @@ fn sum_matches_float64_on_ragged_lengths() {
 fn every_kernel_gives_the_same_bits() {
     // Decode tiles of one to three rows (a task per head or per group), prefill tiles of four,
     // contexts that end inside a block, 8- and 16-token blocks, 64 + 16 columns.
-    let cases = [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16)];
+    let cases = [(SHAPE, 16), (SHAPE, 8), (WIDE_SHAPE, 16), (WINDOWED, 16)];
     for ((shape, bt), dtype) in cases
         .into_iter()
         .flat_map(|c| [(c, KvDtype::F32), (c, KvDtype::F16)])

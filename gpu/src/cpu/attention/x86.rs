@@ -69,16 +69,16 @@ pub(super) fn weighted_values_ymm<E: KvElem, const R: usize, const C: usize>(
     p: [&[f32]; R],
     blocks: &[&[E]],
     (hd, d0): (usize, usize),
-    slots: usize,
+    slots: std::ops::Range<usize>,
     out: [&mut [f32]; R],
 ) {
-    assert!(d0 + 8 * C <= hd && slots <= blocks.len() * 16);
-    assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots));
+    assert!(d0 + 8 * C <= hd && slots.end <= blocks.len() * 16);
+    assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots.end));
     assert!(out.iter().all(|o| o.len() >= d0 + 8 * C));
     // SAFETY: the lengths were just checked.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); C]; R];
-        for slot in 0..slots {
+        for slot in slots.clone() {
             let v = blocks
                 .get_unchecked(slot / 16)
                 .as_ptr()
@@ -137,16 +137,16 @@ pub(super) fn weighted_values_zmm<E: KvElem, const R: usize>(
     p: [&[f32]; R],
     blocks: &[&[E]],
     (hd, d0): (usize, usize),
-    slots: usize,
+    slots: std::ops::Range<usize>,
     out: [&mut [f32]; R],
 ) {
-    assert!(d0 + 64 <= hd && slots <= blocks.len() * 16);
-    assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots));
+    assert!(d0 + 64 <= hd && slots.end <= blocks.len() * 16);
+    assert!(blocks.iter().all(|b| b.len() >= 16 * hd) && p.iter().all(|p| p.len() >= slots.end));
     assert!(out.iter().all(|o| o.len() >= d0 + 64));
     // SAFETY: the lengths were just checked.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for slot in 0..slots {
+        for slot in slots.clone() {
             let v = blocks
                 .get_unchecked(slot / 16)
                 .as_ptr()
