@@ -82,7 +82,7 @@ fn chunked_logits(model: &Llama, tokens: &[u32], pieces: &[usize]) -> Vec<f32> {
 }
 
 /// Gemma 1/2/3 GGUF files (tied, as Gemma is) against the float64 reference: on the CPU in
-/// f32; on the GPU in f32 and as stored. On the CPU, a prompt fed in pieces (across the
+/// f32, also from a Hugging Face folder; on the GPU in f32 and as stored. On the CPU, a prompt fed in pieces (across the
 /// sliding window's edge) gives the same bits as one prefill.
 #[test]
 fn gemma_gguf_files_match_float64_reference_on_the_cpu_and_the_gpu() {
@@ -103,6 +103,12 @@ fn gemma_gguf_files_match_float64_reference_on_the_cpu_and_the_gpu() {
         assert!(e < LOGITS_REL_TOL, "{arch:?} cpu: {e}");
         let pieces = chunked_logits(&on_cpu, &TOKENS, &[3, 1, 5, 1, 1]);
         assert_eq!(got, pieces, "{arch:?}: one prefill and pieces differ");
+        // The same model as a Hugging Face checkpoint (norms stored less one, Gemma 2/3's
+        // names for the four norms of a layer).
+        model.write_hf_folder(&dir.path().join("hf"), 2);
+        let got = all_logits(&load(&dir.path().join("hf"), cpu(), "f32"), &TOKENS);
+        let e = rel_err(&got, &want);
+        assert!(e < LOGITS_REL_TOL, "{arch:?} hf folder: {e}");
 
         let got = all_logits(&load(&gguf, gpu.clone(), "f32"), &TOKENS);
         let e = rel_err(&got, &want);

@@ -150,6 +150,39 @@ fn qwen_files_keep_their_biases_and_head_norms() {
     }
 }
 
+/// A Gemma file keeps what Gemma adds (its config, its post-norms) and gives the in-situ
+/// quantized model's logits; it is format version 2 (an older lowbit would ignore those
+/// fields and run it as Llama), a Llama file still version 1.
+#[test]
+fn gemma_files_keep_their_config_and_are_format_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for arch in [TinyArch::Llama, TinyArch::Gemma2, TinyArch::Gemma3] {
+        let gguf = tiny_gguf_of(dir.path(), arch);
+        let source = ModelSource::open(&gguf).unwrap();
+        let out = dir.path().join(format!("{}.safetensors", arch.name()));
+        let o = quantize(&gguf, &out, "q8", &[]);
+        assert!(o.status.success(), "{arch:?}: {}", stderr(&o));
+        let in_situ = logits(&source, &QuantPolicy::parse("q8", None).unwrap());
+        let file = ModelSource::open(&out).unwrap();
+        assert_eq!(file.config().unwrap().post_norms, arch.post_norms());
+        assert_eq!(
+            file.config().unwrap().sliding_layers,
+            source.config().unwrap().sliding_layers
+        );
+        assert_eq!(
+            logits(&file, &QuantPolicy::as_stored()),
+            in_situ,
+            "{arch:?}"
+        );
+        let header = lowbit::model::hf::SafetensorsFile::open(&out).unwrap();
+        let version = if arch.is_gemma() { "2" } else { "1" };
+        assert_eq!(
+            header.metadata["lowbit.format_version"], version,
+            "{arch:?}"
+        );
+    }
+}
+
 #[test]
 fn info_reports_formats_fallbacks_and_bits_per_weight() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,7 +63,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
                 entries.extend(lowbit_file::matrix_entries(&name, &q));
             }
             TensorRole::Vector { len } => {
-                let v = source.tensor(&name)?.to_f32();
+                let v = source.vector(&name)?;
                 if v.len() != len {
                     bail!(
                         "{}: tensor '{name}' has {} values, expected {len}",

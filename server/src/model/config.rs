@@ -2,6 +2,7 @@
 //! `config.json`.
 
 use super::error::{ModelError, Result};
+use super::gemma_params::GemmaParams;
 use super::gguf::{GgufFile, MetaValue};
 use lowbit_gpu::{AttentionShape, Rope, RopeStyle};
 use serde::{Deserialize, Serialize};
@@ -136,7 +137,7 @@ pub enum Activation {
 
 /// The architectures lowbit runs: Llama's block, with the variations each one adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Architecture {
+pub(super) enum Architecture {
     /// Llama, Mistral (no sliding window): RoPE pairing as stored.
     Llama,
     /// Qwen2 / Qwen2.5: biased Q/K/V.
@@ -161,14 +162,15 @@ impl Architecture {
             "qwen3" => Self::Qwen3,
             "gemma" => Self::Gemma,
             "gemma2" => Self::Gemma2,
-            "gemma3" => Self::Gemma3,
+            // Hugging Face's text-only Gemma 3 (1B, and the text half of the others).
+            "gemma3" | "gemma3_text" => Self::Gemma3,
             _ => return None,
         })
     }
 
     const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3";
 
-    fn is_gemma(self) -> bool {
+    pub(super) fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
     }
 
@@ -500,6 +502,14 @@ impl LlamaConfig {
                 ),
             ));
         };
+        if json.get("text_config").is_some() {
+            return Err(ModelError::field(
+                &p,
+                "text_config",
+                "a multimodal checkpoint: lowbit reads text models (convert this one's text \
+                 model to GGUF with llama.cpp's convert_hf_to_gguf.py)",
+            ));
+        }
         let uint = |k: &str| -> Result<usize> {
             json.get(k)
                 .ok_or_else(|| ModelError::field(&p, k, "missing"))?
@@ -568,9 +578,11 @@ impl LlamaConfig {
             ));
         }
         let attention_bias = architecture == Architecture::Qwen2;
+        let n_layers = uint("num_hidden_layers")?;
+        let gemma = GemmaParams::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
         Self {
             hidden_size,
-            n_layers: uint("num_hidden_layers")?,
+            n_layers,
             n_heads,
             n_kv_heads: opt_uint("num_key_value_heads").unwrap_or(n_heads),
             head_dim: opt_uint("head_dim").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0)),
@@ -583,113 +595,22 @@ impl LlamaConfig {
             tied_embeddings: json
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
-                .unwrap_or(false),
+                // Gemma's configs leave it out: tied.
+                .unwrap_or(architecture.is_gemma()),
             context_length: opt_uint("max_position_embeddings").unwrap_or(2048),
             attention_bias,
-            qk_norm: architecture == Architecture::Qwen3,
+            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            activation: gemma.activation,
+            embedding_scale: gemma.embedding_scale,
+            post_norms: gemma.post_norms,
+            attention_scale: gemma.attention_scale,
+            attn_softcap: gemma.attn_softcap,
+            final_softcap: gemma.final_softcap,
+            sliding_window: gemma.sliding_window,
+            sliding_layers: gemma.sliding_layers,
+            sliding_rope_theta: gemma.sliding_rope_theta,
             ..Self::default()
         }
         .validate(path)
-    }
-}
-
-/// What Gemma adds to Llama's block, as llama.cpp reads it from a GGUF file (defaults
-/// included: Gemma 2's soft caps 50 and 30 and window 4,096; every other layer sliding in
-/// Gemma 2, five of six in Gemma 3; Gemma 3's sliding RoPE base 10,000).
-struct GemmaParams {
-    activation: Activation,
-    embedding_scale: Option<f32>,
-    post_norms: bool,
-    attention_scale: Option<f32>,
-    attn_softcap: Option<f32>,
-    final_softcap: Option<f32>,
-    sliding_window: usize,
-    sliding_layers: Vec<bool>,
-    sliding_rope_theta: Option<f64>,
-}
-
-impl GemmaParams {
-    fn from_gguf(
-        arch: Architecture,
-        gguf: &GgufFile,
-        key: &dyn Fn(&str) -> String,
-        hidden: usize,
-        heads: usize,
-        layers: usize,
-    ) -> Result<Self> {
-        let path = gguf.path().display().to_string();
-        let mut p = Self {
-            activation: Activation::Silu,
-            embedding_scale: None,
-            post_norms: false,
-            attention_scale: None,
-            attn_softcap: None,
-            final_softcap: None,
-            sliding_window: 0,
-            sliding_layers: Vec::new(),
-            sliding_rope_theta: None,
-        };
-        if !arch.is_gemma() {
-            return Ok(p);
-        }
-        let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
-        let uint = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_u64);
-        p.activation = Activation::GeluTanh;
-        // llama.cpp scales in f32: sqrtf(n_embd).
-        p.embedding_scale = Some((hidden as f32).sqrt());
-        if arch == Architecture::Gemma {
-            return Ok(p);
-        }
-        p.post_norms = true;
-        // The 27B models scale by hidden / heads, not the head width (llama.cpp tells them
-        // by their layer count; Hugging Face's `query_pre_attn_scalar`).
-        let is_27b = matches!(
-            (arch, layers),
-            (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62)
-        );
-        if is_27b && heads > 0 {
-            p.attention_scale = Some(1.0 / ((hidden / heads) as f32).sqrt());
-        }
-        let pattern_default = if arch == Architecture::Gemma2 {
-            p.attn_softcap = Some(float("attn_logit_softcapping").unwrap_or(50.0) as f32);
-            p.final_softcap = Some(float("final_logit_softcapping").unwrap_or(30.0) as f32);
-            p.sliding_window = uint("attention.sliding_window").unwrap_or(4096) as usize;
-            p.sliding_rope_theta = float("rope.freq_base_swa");
-            2
-        } else {
-            p.final_softcap = float("final_logit_softcapping")
-                .filter(|&c| c != 0.0)
-                .map(|c| c as f32);
-            p.sliding_window = uint("attention.sliding_window").unwrap_or(0) as usize;
-            if p.sliding_window > 0 {
-                p.sliding_rope_theta = Some(float("rope.freq_base_swa").unwrap_or(10_000.0));
-            }
-            6
-        };
-        if p.sliding_window == 0 {
-            return Ok(p);
-        }
-        let pattern_key = key("attention.sliding_window_pattern");
-        p.sliding_layers = match gguf.get(&pattern_key) {
-            Some(MetaValue::Array(flags)) => {
-                let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
-                match flags {
-                    Some(f) if f.len() == layers => f,
-                    _ => {
-                        return Err(ModelError::field(
-                            &path,
-                            &pattern_key,
-                            format!("not {layers} booleans, one per layer"),
-                        ))
-                    }
-                }
-            }
-            other => {
-                let n = other.and_then(MetaValue::as_u64).unwrap_or(pattern_default) as usize;
-                // llama.cpp's `set_swa_pattern`: of every n layers the last is global.
-                (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
-            }
-        };
-        Ok(p)
     }
 }

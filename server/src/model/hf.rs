@@ -112,6 +112,8 @@ impl SafetensorsFile {
 pub struct HfFolder {
     pub dir: PathBuf,
     pub config: serde_json::Value,
+    /// How the checkpoint names its norms (Gemma 2/3's differ from Llama's).
+    pub naming: HfNaming,
     pub tokenizer_config: Option<serde_json::Value>,
     files: Vec<SafetensorsFile>,
     /// HF tensor name → index into `files`.
@@ -194,8 +196,10 @@ impl HfFolder {
                 }
             }
         }
+        let naming = HfNaming::of(&config);
         Ok(Self {
             dir: dir.to_path_buf(),
+            naming,
             config,
             tokenizer_config,
             files,
@@ -213,6 +217,25 @@ impl HfFolder {
                 "missing from every safetensors file",
             )),
         }
+    }
+
+    /// The Hugging Face name of a tensor of this checkpoint, by canonical name.
+    pub fn name_of(&self, canonical: &str) -> Option<String> {
+        hf_name_in(canonical, self.naming)
+    }
+
+    /// A norm vector (or bias) by canonical name, as the forward multiplies by it: Gemma's
+    /// checkpoints store RMSNorm weights as `w` where the model multiplies by `1 + w` (what
+    /// llama.cpp's converter writes into a GGUF file, and lowbit keeps).
+    pub fn vector(&self, canonical: &str) -> Result<Vec<f32>> {
+        let name = self.name_of(canonical).ok_or_else(|| {
+            ModelError::tensor(self.dir.display(), canonical, "has no Hugging Face name")
+        })?;
+        let mut v = self.raw(&name)?.to_f32();
+        if self.naming.norms_offset_by_one() && canonical.ends_with("norm.weight") {
+            v.iter_mut().for_each(|w| *w += 1.0);
+        }
+        Ok(v)
     }
 
     /// Whether a tensor exists.
@@ -237,8 +260,41 @@ impl HfFolder {
     }
 }
 
-/// The Hugging Face name of a tensor given its GGUF-style (canonical) name.
+/// How a checkpoint names and stores its tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HfNaming {
+    /// Llama's names (Mistral, Qwen).
+    Llama,
+    /// Gemma: Llama's names, RMSNorm weights stored as `w` for `1 + w`.
+    Gemma,
+    /// Gemma 2/3: as Gemma, and four norms per layer: `post_attention_layernorm` is the
+    /// attention output's norm (Llama's name for the MLP's input norm), the MLP's are
+    /// `pre_feedforward_layernorm` and `post_feedforward_layernorm`.
+    GemmaPostNorms,
+}
+
+impl HfNaming {
+    /// The naming of a checkpoint with this `config.json`.
+    pub fn of(config: &serde_json::Value) -> Self {
+        match config.get("model_type").and_then(|v| v.as_str()) {
+            Some("gemma") => Self::Gemma,
+            Some("gemma2" | "gemma3" | "gemma3_text") => Self::GemmaPostNorms,
+            _ => Self::Llama,
+        }
+    }
+
+    fn norms_offset_by_one(self) -> bool {
+        self != Self::Llama
+    }
+}
+
+/// The Hugging Face name of a tensor given its GGUF-style (canonical) name, in Llama's naming.
 pub fn hf_name(canonical: &str) -> Option<String> {
+    hf_name_in(canonical, HfNaming::Llama)
+}
+
+/// The Hugging Face name of a tensor given its canonical name, in a checkpoint's naming.
+pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
     let fixed = match canonical {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -262,6 +318,15 @@ pub fn hf_name(canonical: &str) -> Option<String> {
         "attn_q_norm.weight" => "self_attn.q_norm.weight",
         "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" if naming == HfNaming::GemmaPostNorms => {
+            "pre_feedforward_layernorm.weight"
+        }
+        "post_attention_norm.weight" if naming == HfNaming::GemmaPostNorms => {
+            "post_attention_layernorm.weight"
+        }
+        "post_ffw_norm.weight" if naming == HfNaming::GemmaPostNorms => {
+            "post_feedforward_layernorm.weight"
+        }
         "ffn_norm.weight" => "post_attention_layernorm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",

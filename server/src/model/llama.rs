@@ -278,15 +278,15 @@ impl Llama {
                 source.quantized_tensor(name, policy, calibration.and_then(|c| c.hessian(name)))
             },
             |name, len| {
-                let raw = source.tensor(name)?;
-                if raw.rows * raw.cols != len {
+                let values = source.vector(name)?;
+                if values.len() != len {
                     return Err(ModelError::tensor(
                         &path,
                         &source.file_tensor_name(name),
-                        format!("{} values, expected {len}", raw.rows * raw.cols),
+                        format!("{} values, expected {len}", values.len()),
                     ));
                 }
-                Ok(raw.to_f32())
+                Ok(values)
             },
         )
     }

@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod chat_template;
 pub mod config;
 pub mod error;
+mod gemma_params;
 pub mod gguf;
 mod gguf_vocab;
 pub mod hf;

@@ -7,7 +7,7 @@ use super::chat_template::ChatTemplate;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
-use super::hf::{hf_name, HfFolder, SafetensorsFile};
+use super::hf::{HfFolder, SafetensorsFile};
 use super::lowbit_file::LowbitFile;
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::tokenizer::Tokenizer;
@@ -93,12 +93,21 @@ impl ModelSource {
                 Ok(g.raw_tensor(info)?)
             }
             Self::HfFolder(h) => {
-                let hf = hf_name(name).ok_or_else(|| {
+                let hf = h.name_of(name).ok_or_else(|| {
                     ModelError::tensor(h.dir.display(), name, "has no Hugging Face name")
                 })?;
                 h.raw(&hf)
             }
             Self::Lowbit(l) => l.raw(name),
+        }
+    }
+
+    /// A norm vector or bias by canonical name, as the forward multiplies by (or adds) it
+    /// ([`HfFolder::vector`]: a Gemma checkpoint's norms are offset by one).
+    pub fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        match self {
+            Self::HfFolder(h) => h.vector(name),
+            _ => Ok(self.tensor(name)?.to_f32()),
         }
     }
 
@@ -214,7 +223,9 @@ impl ModelSource {
     pub fn file_tensor_name(&self, canonical: &str) -> String {
         match self {
             Self::Gguf(_) | Self::Lowbit(_) => canonical.to_string(),
-            Self::HfFolder(_) => hf_name(canonical).unwrap_or_else(|| canonical.to_string()),
+            Self::HfFolder(h) => h
+                .name_of(canonical)
+                .unwrap_or_else(|| canonical.to_string()),
         }
     }
 
@@ -222,7 +233,7 @@ impl ModelSource {
     pub fn has_tensor(&self, name: &str) -> bool {
         match self {
             Self::Gguf(g) => g.tensor_info(name).is_some(),
-            Self::HfFolder(h) => hf_name(name).is_some_and(|n| h.has(&n)),
+            Self::HfFolder(h) => h.name_of(name).is_some_and(|n| h.has(&n)),
             Self::Lowbit(l) => l.shape(name).is_ok(),
         }
     }

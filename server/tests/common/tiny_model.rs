@@ -462,19 +462,17 @@ impl TinyModel {
     /// split the tensors over that many files with an index.
     pub fn write_hf_folder(&self, dir: &Path, shards: usize) {
         let c = &self.cfg;
-        assert!(
-            !c.arch.is_gemma(),
-            "lowbit reads Gemma from GGUF files only"
-        );
         std::fs::create_dir_all(dir).unwrap();
         let mut config = serde_json::json!({
             "architectures": [match c.arch {
                 TinyArch::Llama => "LlamaForCausalLM",
                 TinyArch::Qwen2 => "Qwen2ForCausalLM",
                 TinyArch::Qwen3 => "Qwen3ForCausalLM",
-                _ => unreachable!("asserted above"),
+                TinyArch::Gemma => "GemmaForCausalLM",
+                TinyArch::Gemma2 => "Gemma2ForCausalLM",
+                TinyArch::Gemma3 => "Gemma3ForCausalLM",
             }],
-            "model_type": c.arch.name(),
+            "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
             "num_hidden_layers": c.layers,
             "num_attention_heads": c.heads,
@@ -492,6 +490,34 @@ impl TinyModel {
             config["head_dim"] = c.head_dim().into();
             config["attention_bias"] = false.into();
         }
+        if c.arch.is_gemma() {
+            config["head_dim"] = c.head_dim().into();
+            config["hidden_activation"] = "gelu_pytorch_tanh".into();
+            config["query_pre_attn_scalar"] = c.head_dim().into();
+        }
+        if c.arch == TinyArch::Gemma2 {
+            config["sliding_window"] = TINY_WINDOW.into();
+            config["attn_logit_softcapping"] = GEMMA2_ATTN_SOFTCAP.into();
+            config["final_logit_softcapping"] = GEMMA2_FINAL_SOFTCAP.into();
+        }
+        if c.arch == TinyArch::Gemma3 {
+            // Newer transformers name each layer's kind; llama.cpp's pattern of six.
+            let kinds: Vec<&str> = (0..c.layers)
+                .map(|l| {
+                    if c.arch.is_sliding(l) {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                })
+                .collect();
+            config["sliding_window"] = TINY_WINDOW.into();
+            config["layer_types"] = kinds.into();
+            config["rope_local_base_freq"] = GEMMA3_SLIDING_THETA.into();
+            config["final_logit_softcapping"] = serde_json::Value::Null;
+            config["attn_logit_softcapping"] = serde_json::Value::Null;
+        }
+        let naming = lowbit::model::hf::HfNaming::of(&config);
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_string_pretty(&config).unwrap(),
@@ -501,13 +527,19 @@ impl TinyModel {
             .tensors
             .iter()
             .map(|t| {
-                let name = lowbit::model::hf::hf_name(&t.name).unwrap();
+                let name = lowbit::model::hf::hf_name_in(&t.name, naming).unwrap();
                 let shape = if t.rows == 1 {
                     vec![t.cols]
                 } else {
                     vec![t.rows, t.cols]
                 };
-                (name, shape, encode(SourceDType::F32, &t.values))
+                // Gemma's checkpoints store RMSNorm weights less one (the model adds it).
+                let values: Vec<f32> = if c.arch.is_gemma() && t.name.ends_with("norm.weight") {
+                    t.values.iter().map(|v| v - 1.0).collect()
+                } else {
+                    t.values.clone()
+                };
+                (name, shape, encode(SourceDType::F32, &values))
             })
             .collect();
         let per_shard = hf.len().div_ceil(shards);

@@ -1,0 +1,191 @@
+//! What Gemma adds to Llama's block, read from a GGUF file's metadata (as llama.cpp reads
+//! it) or a Hugging Face `config.json`: GeGLU, the embedding scale, post-norms, soft caps,
+//! the sliding window, which layers slide and their RoPE base.
+
+use super::config::{Activation, Architecture};
+use super::error::{ModelError, Result};
+use super::gguf::{GgufFile, MetaValue};
+
+/// What Gemma adds to Llama's block, as llama.cpp reads it from a GGUF file (defaults
+/// included: Gemma 2's soft caps 50 and 30 and window 4,096; every other layer sliding in
+/// Gemma 2, five of six in Gemma 3; Gemma 3's sliding RoPE base 10,000).
+pub(super) struct GemmaParams {
+    pub(super) activation: Activation,
+    pub(super) embedding_scale: Option<f32>,
+    pub(super) post_norms: bool,
+    pub(super) attention_scale: Option<f32>,
+    pub(super) attn_softcap: Option<f32>,
+    pub(super) final_softcap: Option<f32>,
+    pub(super) sliding_window: usize,
+    pub(super) sliding_layers: Vec<bool>,
+    pub(super) sliding_rope_theta: Option<f64>,
+}
+
+impl GemmaParams {
+    /// Llama's block: nothing added.
+    fn none() -> Self {
+        Self {
+            activation: Activation::Silu,
+            embedding_scale: None,
+            post_norms: false,
+            attention_scale: None,
+            attn_softcap: None,
+            final_softcap: None,
+            sliding_window: 0,
+            sliding_layers: Vec::new(),
+            sliding_rope_theta: None,
+        }
+    }
+
+    /// From a Hugging Face `config.json` (`GemmaConfig`, `Gemma2Config`, `Gemma3TextConfig`).
+    pub(super) fn from_hf_json(
+        arch: Architecture,
+        path: &str,
+        json: &serde_json::Value,
+        hidden: usize,
+        layers: usize,
+    ) -> Result<Self> {
+        let mut p = Self::none();
+        if !arch.is_gemma() {
+            return Ok(p);
+        }
+        let float = |k: &str| json.get(k).and_then(|v| v.as_f64());
+        let act = json
+            .get("hidden_activation")
+            .or_else(|| json.get("hidden_act"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("gelu_pytorch_tanh");
+        // Gemma's own code runs the tanh GELU whatever its first configs said ("gelu").
+        if !matches!(act, "gelu_pytorch_tanh" | "gelu") {
+            return Err(ModelError::field(
+                path,
+                "hidden_activation",
+                format!("'{act}' is not supported (gelu_pytorch_tanh)"),
+            ));
+        }
+        p.activation = Activation::GeluTanh;
+        p.embedding_scale = Some((hidden as f32).sqrt());
+        if arch == Architecture::Gemma {
+            return Ok(p);
+        }
+        p.post_norms = true;
+        p.attention_scale = float("query_pre_attn_scalar").map(|s| (1.0 / s.sqrt()) as f32);
+        p.attn_softcap = float("attn_logit_softcapping").map(|c| c as f32);
+        p.final_softcap = float("final_logit_softcapping").map(|c| c as f32);
+        p.sliding_window = json
+            .get("sliding_window")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        if p.sliding_window == 0 {
+            return Ok(p);
+        }
+        if arch == Architecture::Gemma3 {
+            p.sliding_rope_theta = Some(float("rope_local_base_freq").unwrap_or(10_000.0));
+        }
+        p.sliding_layers = match json.get("layer_types").and_then(|v| v.as_array()) {
+            Some(types) => {
+                let flags: Option<Vec<bool>> = types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("sliding_attention") => Some(true),
+                        Some("full_attention") => Some(false),
+                        _ => None,
+                    })
+                    .collect();
+                match flags {
+                    Some(f) if f.len() == layers => f,
+                    _ => {
+                        return Err(ModelError::field(
+                            path,
+                            "layer_types",
+                            format!("not {layers} of \"sliding_attention\" or \"full_attention\""),
+                        ))
+                    }
+                }
+            }
+            None => {
+                let default = if arch == Architecture::Gemma2 { 2 } else { 6 };
+                let n = json
+                    .get("sliding_window_pattern")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(default) as usize;
+                (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
+            }
+        };
+        Ok(p)
+    }
+
+    pub(super) fn from_gguf(
+        arch: Architecture,
+        gguf: &GgufFile,
+        key: &dyn Fn(&str) -> String,
+        hidden: usize,
+        heads: usize,
+        layers: usize,
+    ) -> Result<Self> {
+        let path = gguf.path().display().to_string();
+        let mut p = Self::none();
+        if !arch.is_gemma() {
+            return Ok(p);
+        }
+        let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
+        let uint = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_u64);
+        p.activation = Activation::GeluTanh;
+        // llama.cpp scales in f32: sqrtf(n_embd).
+        p.embedding_scale = Some((hidden as f32).sqrt());
+        if arch == Architecture::Gemma {
+            return Ok(p);
+        }
+        p.post_norms = true;
+        // The 27B models scale by hidden / heads, not the head width (llama.cpp tells them
+        // by their layer count; Hugging Face's `query_pre_attn_scalar`).
+        let is_27b = matches!(
+            (arch, layers),
+            (Architecture::Gemma2, 46) | (Architecture::Gemma3, 62)
+        );
+        if is_27b && heads > 0 {
+            p.attention_scale = Some(1.0 / ((hidden / heads) as f32).sqrt());
+        }
+        let pattern_default = if arch == Architecture::Gemma2 {
+            p.attn_softcap = Some(float("attn_logit_softcapping").unwrap_or(50.0) as f32);
+            p.final_softcap = Some(float("final_logit_softcapping").unwrap_or(30.0) as f32);
+            p.sliding_window = uint("attention.sliding_window").unwrap_or(4096) as usize;
+            p.sliding_rope_theta = float("rope.freq_base_swa");
+            2
+        } else {
+            p.final_softcap = float("final_logit_softcapping")
+                .filter(|&c| c != 0.0)
+                .map(|c| c as f32);
+            p.sliding_window = uint("attention.sliding_window").unwrap_or(0) as usize;
+            if p.sliding_window > 0 {
+                p.sliding_rope_theta = Some(float("rope.freq_base_swa").unwrap_or(10_000.0));
+            }
+            6
+        };
+        if p.sliding_window == 0 {
+            return Ok(p);
+        }
+        let pattern_key = key("attention.sliding_window_pattern");
+        p.sliding_layers = match gguf.get(&pattern_key) {
+            Some(MetaValue::Array(flags)) => {
+                let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
+                match flags {
+                    Some(f) if f.len() == layers => f,
+                    _ => {
+                        return Err(ModelError::field(
+                            &path,
+                            &pattern_key,
+                            format!("not {layers} booleans, one per layer"),
+                        ))
+                    }
+                }
+            }
+            other => {
+                let n = other.and_then(MetaValue::as_u64).unwrap_or(pattern_default) as usize;
+                // llama.cpp's `set_swa_pattern`: of every n layers the last is global.
+                (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
+            }
+        };
+        Ok(p)
+    }
+}
