@@ -609,7 +609,6 @@ impl LlamaConfig {
             sliding_window: gemma.sliding_window,
             sliding_layers: gemma.sliding_layers,
             sliding_rope_theta: gemma.sliding_rope_theta,
-            ..Self::default()
         }
         .validate(path)
     }
