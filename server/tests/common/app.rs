@@ -16,7 +16,11 @@ pub struct App {
 }
 
 pub async fn start(extra: &[&str]) -> App {
-    let path = super::smollm2_path();
+    start_with(&super::smollm2_path(), extra).await
+}
+
+/// [`start`] on another model file.
+pub async fn start_with(path: &std::path::Path, extra: &[&str]) -> App {
     let mut argv = vec![
         "lowbit".to_string(),
         "serve".into(),
