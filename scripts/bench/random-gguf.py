@@ -5,6 +5,7 @@ those of the named architecture. F16 weights: quantize them with `llama-quantize
 
     python scripts/bench/random-gguf.py qwen2.5-0.5b /tmp/qwen25-f16.gguf
     python scripts/bench/random-gguf.py llama-3.2-1b /tmp/llama1b-f16.gguf
+    python scripts/bench/random-gguf.py gemma3-1b /tmp/gemma3-1b-f16.gguf
 
 Needs `numpy` and `gguf` (PyPI).
 """
@@ -20,7 +21,13 @@ SHAPES = {
     "qwen3-0.6b": ("qwen3", 1024, 28, 16, 8, 128, 3072, 151936, 1e6, False, True),
     # Rows of 2048 and 8192: every tensor K-quantizes (no fallbacks), as in real Q4_K_M files.
     "llama-3.2-1b": ("llama", 2048, 16, 32, 8, 64, 8192, 128256, 5e5, False, False),
+    # Gemma 3 1B: GeGLU, post-norms, five layers of six in a 512-position window (llama.cpp's
+    # default pattern and sliding RoPE base), tied 262144 vocabulary.
+    "gemma3-1b": ("gemma3", 1152, 26, 4, 1, 256, 6912, 262144, 1e6, False, True),
 }
+
+# Sliding window of the architectures that have one.
+WINDOWS = {"gemma3": 512}
 
 
 def main() -> None:
@@ -40,6 +47,8 @@ def main() -> None:
     w.add_rope_freq_base(theta)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    if arch in WINDOWS:
+        w.add_sliding_window(WINDOWS[arch])
     # A byte-level vocabulary of the model's size: the 256 byte symbols, one merge, fillers.
     byte_symbols = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 173)] + [
         chr(c) for c in range(174, 256)
@@ -84,6 +93,9 @@ def main() -> None:
         matrix(b + "ffn_gate.weight", ffn, h)
         matrix(b + "ffn_up.weight", ffn, h)
         matrix(b + "ffn_down.weight", h, ffn)
+        if arch.startswith("gemma"):
+            vector(b + "post_attention_norm.weight", h, 1.0)
+            vector(b + "post_ffw_norm.weight", h, 1.0)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -193,6 +193,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
             ""
         },
     )?;
+    if let Some(gemma) = gemma_summary(&config) {
+        writeln!(out, "gemma       {gemma}")?;
+    }
     writeln!(
         out,
         "rope        theta {}, {:?} pairs, scaling {:?}; context {}; RMS eps {:e}; tied head {}",
@@ -260,4 +263,38 @@ pub fn run(args: InfoArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// What a Gemma model adds to Llama's block, for `info`; `None` for a plain one.
+fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
+    if !c.has_gemma_features() {
+        return None;
+    }
+    let mut parts = vec![format!("{:?} MLP", c.activation)];
+    if let Some(s) = c.embedding_scale {
+        parts.push(format!("embeddings × {s}"));
+    }
+    if c.post_norms {
+        parts.push("post-norms".into());
+    }
+    if let Some(s) = c.attention_scale {
+        parts.push(format!("score scale {s}"));
+    }
+    if let Some(cap) = c.attn_softcap {
+        parts.push(format!("score soft cap {cap}"));
+    }
+    if let Some(cap) = c.final_softcap {
+        parts.push(format!("logit soft cap {cap}"));
+    }
+    if c.sliding_window > 0 {
+        let sliding = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
+        let theta = c
+            .sliding_rope_theta
+            .map_or(String::new(), |t| format!(", RoPE theta {t}"));
+        parts.push(format!(
+            "sliding window {} on {sliding} of {} layers{theta}",
+            c.sliding_window, c.n_layers
+        ));
+    }
+    Some(parts.join("; "))
 }
