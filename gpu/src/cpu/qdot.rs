@@ -474,6 +474,9 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
         }
         if x86::has_vnni() {
             v.push(("avx512vnni", x86::gemm_vnni));
+            // Both widths of a single row, whichever this CPU's default is (tests run all).
+            v.push(("avx512vnni-256", x86::gemm_vnni_256));
+            v.push(("avx512vnni-512", x86::gemm_vnni_512));
         }
         if x86::has_avx2() {
             v.push(("avx2", x86::gemm_avx2));
@@ -484,7 +487,7 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
 }
 
 /// The best variant for this CPU (decided once). `LOWBIT_CPU_KERNEL=amx|avx512vnni|avx2|scalar`
-/// pins one (benchmarks compare them).
+/// pins one (benchmarks compare them; `avx512vnni-256` and `-512` pin a decode row's width).
 pub fn best_gemm() -> (&'static str, GemmFn) {
     static BEST: std::sync::OnceLock<(&'static str, GemmFn)> = std::sync::OnceLock::new();
     *BEST.get_or_init(|| {

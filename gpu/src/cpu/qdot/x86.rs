@@ -399,17 +399,21 @@ fn gemm_vnni_impl(
     groups: std::ops::Range<usize>,
     acts: &[ActRow<'_>],
     out: GemmOut<'_>,
+    single_paired: bool,
 ) {
     let q8 = w.format == QuantFormat::Q8;
     // With several activation rows, pairs of row groups in 512-bit registers, so each
     // activation load serves sixteen weight rows (an odd last group alone). A single row
-    // (decode) waits on memory, not on loads: one group at a time keeps each task's
-    // weights one sequential stream (measured 25% faster there).
+    // (decode): as `single_paired` says (`decode_pairs`).
     macro_rules! tile {
         ($r:literal, $a:expr, $o:expr) => {{
             let (a, mut o): (&[ActRow<'_>], GemmOut<'_>) = ($a, $o);
             let first = groups.start;
-            let paired = if $r > 1 { groups.len() / 2 * 2 } else { 0 };
+            let paired = if $r > 1 || single_paired {
+                groups.len() / 2 * 2
+            } else {
+                0
+            };
             let pairs = groups.start..groups.start + paired;
             let rest = pairs.end..groups.end;
             // SAFETY: pointers come from `gemm_groups` (sizes checked).
@@ -433,6 +437,34 @@ fn gemm_vnni_impl(
         }};
     }
     for_each_tile!(acts, out, tile, MAX_TILE_ROWS_AVX512; 8 | 7 | 6 | 5 | 4 | 3 | 2 | 1);
+}
+
+/// Whether a single activation row (decode) also takes row groups in pairs, in 512-bit
+/// registers. Where AVX-512 runs at full width (Intel), it does: +11–17% decode on an Intel
+/// Xeon (family 6 model 167) whose large L3 holds the weights, so the arithmetic bounds it.
+/// AMD's Zen 4 splits each 512-bit operation in two, and there one group at a time (one
+/// sequential stream of weights per task) measured 25% faster. The two give the same bits
+/// (`gemm_groups`). `LOWBIT_CPU_DECODE_WIDTH=256|512` overrides, for measuring.
+fn decode_pairs() -> bool {
+    static PAIRS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PAIRS.get_or_init(
+        || match std::env::var("LOWBIT_CPU_DECODE_WIDTH").as_deref() {
+            Ok("512") => true,
+            Ok("256") => false,
+            _ => is_intel(),
+        },
+    )
+}
+
+/// Whether the CPU's vendor string is Intel's.
+fn is_intel() -> bool {
+    // CPUID leaf 0 (the vendor) exists on every x86-64 CPU.
+    let id = __cpuid(0);
+    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    vendor == b"GenuineIntel"
 }
 
 pub fn has_avx2() -> bool {
@@ -467,8 +499,38 @@ pub fn gemm_vnni(
     acts: &[ActRow<'_>],
     out: GemmOut<'_>,
 ) {
+    gemm_vnni_with(w, groups, acts, out, decode_pairs())
+}
+
+/// [`gemm_vnni`] with a single row's groups one at a time in 256-bit registers.
+pub fn gemm_vnni_256(
+    w: &PackedWeight,
+    groups: std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: GemmOut<'_>,
+) {
+    gemm_vnni_with(w, groups, acts, out, false)
+}
+
+/// [`gemm_vnni`] with a single row's groups in pairs in 512-bit registers.
+pub fn gemm_vnni_512(
+    w: &PackedWeight,
+    groups: std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: GemmOut<'_>,
+) {
+    gemm_vnni_with(w, groups, acts, out, true)
+}
+
+fn gemm_vnni_with(
+    w: &PackedWeight,
+    groups: std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: GemmOut<'_>,
+    single_paired: bool,
+) {
     assert!(has_vnni());
     check(w, &groups, acts, &out);
     // SAFETY: features and shapes checked.
-    unsafe { gemm_vnni_impl(w, groups, acts, out) }
+    unsafe { gemm_vnni_impl(w, groups, acts, out, single_paired) }
 }
