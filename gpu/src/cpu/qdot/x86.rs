@@ -171,6 +171,27 @@ impl Width for Zmm {
     }
 }
 
+/// How many blocks ahead of the one being multiplied its row groups' weights are prefetched:
+/// the hardware prefetcher alone left decode waiting on weight loads (+9% single-row decode,
+/// +2–7% at batch 8, prefill unchanged on an Intel Xeon, family 6 model 167; 4, 8 and 16
+/// measured alike).
+const PREFETCH_BLOCKS: usize = 8;
+
+/// Prefetches the 128 bytes at word offset `at` of each of the `W::GROUPS` row groups from
+/// `wq` (`wpr` words apart). A prefetch never faults, so past the end it only wastes a slot;
+/// the addresses are computed with wrapping arithmetic, never dereferenced.
+#[inline(always)]
+unsafe fn prefetch_block<W: Width>(wq: *const __m256i, wpr: usize, at: usize) {
+    for g in 0..W::GROUPS {
+        let p = wq.wrapping_add(g * wpr + at) as *const i8;
+        // SAFETY: a prefetch is a hint; it reads nothing the program sees.
+        unsafe {
+            _mm_prefetch(p, _MM_HINT_T0);
+            _mm_prefetch(p.wrapping_add(64), _MM_HINT_T0);
+        }
+    }
+}
+
 /// The row-group loop shared by every variant, for `R` activation rows and
 /// [`Width::GROUPS`] row groups at once (each weight load serves all `R` rows, each
 /// activation load every group). Per output value the operations are those of one row and
@@ -218,6 +239,7 @@ unsafe fn gemm_groups<W: Width, const R: usize>(
                     let init = std::array::from_fn(|i| {
                         W::splat_i(factor * *acts[i].qsum.get_unchecked(b))
                     });
+                    prefetch_block::<W>(wq, wpr, (b + PREFETCH_BLOCKS) * wpb);
                     let sums = block_sums(wq.add(b * wpb), wpr, aps, init);
                     for i in 0..R {
                         let da = W::splat_f(*acts[i].d.get_unchecked(b));
