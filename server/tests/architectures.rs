@@ -131,18 +131,27 @@ fn gemma_configs_read_as_llama_cpp_reads_them() {
         ModelSource::open(&gguf).unwrap().config().unwrap()
     };
     let g1 = config(TinyArch::Gemma);
-    assert!(!g1.post_norms && g1.sliding_window == 0 && g1.final_softcap.is_none());
-    assert_eq!(g1.embedding_scale, Some(8.0));
+    assert!(
+        !g1.gemma.post_norms && g1.gemma.sliding_window == 0 && g1.gemma.final_softcap.is_none()
+    );
+    assert_eq!(g1.gemma.embedding_scale, Some(8.0));
     let g2 = config(TinyArch::Gemma2);
     assert_eq!(
-        (g2.attn_softcap, g2.final_softcap, g2.sliding_window),
+        (
+            g2.gemma.attn_softcap,
+            g2.gemma.final_softcap,
+            g2.gemma.sliding_window
+        ),
         (Some(1.5), Some(5.0), 4)
     );
-    assert_eq!(g2.sliding_layers, [true, false]);
+    assert_eq!(g2.gemma.sliding_layers, [true, false]);
     assert!(g2.sliding_rope().is_none());
     let g3 = config(TinyArch::Gemma3);
-    assert_eq!(g3.sliding_layers, [true, true, true, true, true, false]);
-    assert!(g3.qk_norm && g3.attn_softcap.is_none() && g3.final_softcap.is_none());
+    assert_eq!(
+        g3.gemma.sliding_layers,
+        [true, true, true, true, true, false]
+    );
+    assert!(g3.qk_norm && g3.gemma.attn_softcap.is_none() && g3.gemma.final_softcap.is_none());
     assert_eq!(g3.layer_attention(0).window, 4);
     assert_eq!(g3.layer_attention(5).window, 0);
     assert_eq!(

@@ -164,10 +164,10 @@ fn gemma_files_keep_their_config_and_are_format_version_2() {
         assert!(o.status.success(), "{arch:?}: {}", stderr(&o));
         let in_situ = logits(&source, &QuantPolicy::parse("q8", None).unwrap());
         let file = ModelSource::open(&out).unwrap();
-        assert_eq!(file.config().unwrap().post_norms, arch.post_norms());
+        assert_eq!(file.config().unwrap().gemma.post_norms, arch.post_norms());
         assert_eq!(
-            file.config().unwrap().sliding_layers,
-            source.config().unwrap().sliding_layers
+            file.config().unwrap().gemma.sliding_layers,
+            source.config().unwrap().gemma.sliding_layers
         );
         assert_eq!(
             logits(&file, &QuantPolicy::as_stored()),

@@ -81,8 +81,9 @@ fn silu_times(g: f32, u: f32) -> f32 {
     return g / (1.0 + exp(-g)) * u;
 }
 
-@compute @workgroup_size(64)
-fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+// A gated activation's 32-value block, `act(gate) · up` (GELU's when `gelu`), stored in f32
+// and quantized.
+fn glu_block(gid: vec3<u32>, gelu: bool) {
     let at = block_start(gid);
     if at.y == 0xffffffffu {
         return;
@@ -91,15 +92,29 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var j = 0u; j < 8u; j++) {
         let g = x[at.y + j];
         let u = y[at.y + j];
-        v[j] = vec4<f32>(
-            silu_times(g.x, u.x),
-            silu_times(g.y, u.y),
-            silu_times(g.z, u.z),
-            silu_times(g.w, u.w),
-        );
+        if gelu {
+            v[j] = vec4<f32>(
+                gelu_times(g.x, u.x),
+                gelu_times(g.y, u.y),
+                gelu_times(g.z, u.z),
+                gelu_times(g.w, u.w),
+            );
+        } else {
+            v[j] = vec4<f32>(
+                silu_times(g.x, u.x),
+                silu_times(g.y, u.y),
+                silu_times(g.z, u.z),
+                silu_times(g.w, u.w),
+            );
+        }
         out[at.y + j] = v[j];
     }
     store_block(v, at.y, at.x);
+}
+
+@compute @workgroup_size(64)
+fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
+    glu_block(gid, false);
 }
 
 // elementwise.wgsl's gelu_mul, value by value.
@@ -110,23 +125,7 @@ fn gelu_times(g: f32, u: f32) -> f32 {
 
 @compute @workgroup_size(64)
 fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let at = block_start(gid);
-    if at.y == 0xffffffffu {
-        return;
-    }
-    var v: array<vec4<f32>, 8>;
-    for (var j = 0u; j < 8u; j++) {
-        let g = x[at.y + j];
-        let u = y[at.y + j];
-        v[j] = vec4<f32>(
-            gelu_times(g.x, u.x),
-            gelu_times(g.y, u.y),
-            gelu_times(g.z, u.z),
-            gelu_times(g.w, u.w),
-        );
-        out[at.y + j] = v[j];
-    }
-    store_block(v, at.y, at.x);
+    glu_block(gid, true);
 }
 
 // One workgroup per row: norm.wgsl's sum of squares (same threads, same order), then one

@@ -270,30 +270,31 @@ fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
     if !c.has_gemma_features() {
         return None;
     }
-    let mut parts = vec![format!("{:?} MLP", c.activation)];
-    if let Some(s) = c.embedding_scale {
+    let mut parts = vec![format!("{:?} MLP", c.gemma.activation)];
+    if let Some(s) = c.gemma.embedding_scale {
         parts.push(format!("embeddings × {s}"));
     }
-    if c.post_norms {
+    if c.gemma.post_norms {
         parts.push("post-norms".into());
     }
-    if let Some(s) = c.attention_scale {
+    if let Some(s) = c.gemma.attention_scale {
         parts.push(format!("score scale {s}"));
     }
-    if let Some(cap) = c.attn_softcap {
+    if let Some(cap) = c.gemma.attn_softcap {
         parts.push(format!("score soft cap {cap}"));
     }
-    if let Some(cap) = c.final_softcap {
+    if let Some(cap) = c.gemma.final_softcap {
         parts.push(format!("logit soft cap {cap}"));
     }
-    if c.sliding_window > 0 {
+    if c.gemma.sliding_window > 0 {
         let sliding = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
         let theta = c
+            .gemma
             .sliding_rope_theta
             .map_or(String::new(), |t| format!(", RoPE theta {t}"));
         parts.push(format!(
             "sliding window {} on {sliding} of {} layers{theta}",
-            c.sliding_window, c.n_layers
+            c.gemma.sliding_window, c.n_layers
         ));
     }
     Some(parts.join("; "))

@@ -2,7 +2,6 @@
 //! `config.json`.
 
 use super::error::{ModelError, Result};
-use super::gemma_params::GemmaParams;
 use super::gguf::{GgufFile, MetaValue};
 use lowbit_gpu::{AttentionShape, Rope, RopeStyle};
 use serde::{Deserialize, Serialize};
@@ -60,6 +59,15 @@ pub struct LlamaConfig {
     /// (Qwen3, Gemma 3).
     #[serde(default)]
     pub qk_norm: bool,
+    /// What Gemma adds (nothing for the others).
+    #[serde(flatten)]
+    pub gemma: GemmaAdditions,
+}
+
+/// What Gemma adds to Llama's block, every field off for the other architectures (read by
+/// `gemma_params.rs`). Flattened into [`LlamaConfig`]'s JSON: lowbit files keep their keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GemmaAdditions {
     /// The gated MLP's activation: SiLU (SwiGLU) or GELU (GeGLU, Gemma).
     #[serde(default)]
     pub activation: Activation,
@@ -111,15 +119,7 @@ impl Default for LlamaConfig {
             context_length: 2048,
             attention_bias: false,
             qk_norm: false,
-            activation: Activation::Silu,
-            embedding_scale: None,
-            post_norms: false,
-            attention_scale: None,
-            attn_softcap: None,
-            final_softcap: None,
-            sliding_window: 0,
-            sliding_layers: Vec::new(),
-            sliding_rope_theta: None,
+            gemma: GemmaAdditions::default(),
         }
     }
 }
@@ -213,23 +213,29 @@ impl LlamaConfig {
     /// The attention head layout (a sliding-window layer's too: [`Self::layer_attention`]).
     pub fn attention_shape(&self) -> AttentionShape {
         let mut shape = AttentionShape::new(self.n_heads, self.n_kv_heads, self.head_dim);
-        if let Some(scale) = self.attention_scale {
+        if let Some(scale) = self.gemma.attention_scale {
             shape.scale = scale;
         }
-        shape.softcap = self.attn_softcap.unwrap_or(0.0);
+        shape.softcap = self.gemma.attn_softcap.unwrap_or(0.0);
         shape
     }
 
     /// Whether layer `layer` attends within a sliding window.
     pub fn is_sliding(&self, layer: usize) -> bool {
-        self.sliding_window > 0 && self.sliding_layers.get(layer).copied().unwrap_or(false)
+        self.gemma.sliding_window > 0
+            && self
+                .gemma
+                .sliding_layers
+                .get(layer)
+                .copied()
+                .unwrap_or(false)
     }
 
     /// How layer `layer` attends: [`Self::attention_shape`], windowed where it slides.
     pub fn layer_attention(&self, layer: usize) -> AttentionShape {
         let mut shape = self.attention_shape();
         if self.is_sliding(layer) {
-            shape.window = self.sliding_window;
+            shape.window = self.gemma.sliding_window;
         }
         shape
     }
@@ -237,14 +243,14 @@ impl LlamaConfig {
     /// Whether the file uses anything beyond Llama's block with Qwen's additions (what
     /// format version 1 of lowbit's own files could describe).
     pub fn has_gemma_features(&self) -> bool {
-        self.activation != Activation::Silu
-            || self.embedding_scale.is_some()
-            || self.post_norms
-            || self.attention_scale.is_some()
-            || self.attn_softcap.is_some()
-            || self.final_softcap.is_some()
-            || self.sliding_window > 0
-            || self.sliding_rope_theta.is_some()
+        self.gemma.activation != Activation::Silu
+            || self.gemma.embedding_scale.is_some()
+            || self.gemma.post_norms
+            || self.gemma.attention_scale.is_some()
+            || self.gemma.attn_softcap.is_some()
+            || self.gemma.final_softcap.is_some()
+            || self.gemma.sliding_window > 0
+            || self.gemma.sliding_rope_theta.is_some()
     }
 
     /// RoPE with frequencies `theta^(-2i/d)`, scaled as the model asks.
@@ -254,7 +260,8 @@ impl LlamaConfig {
 
     /// The RoPE of sliding-window layers, where it differs from [`Self::rope`] (Gemma 3).
     pub fn sliding_rope(&self) -> Option<Rope> {
-        self.sliding_rope_theta
+        self.gemma
+            .sliding_rope_theta
             .map(|theta| self.rope_with(theta, &RopeScaling::None))
     }
 
@@ -352,13 +359,13 @@ impl LlamaConfig {
             ));
         }
         let positive = [
-            ("embedding_scale", self.embedding_scale),
-            ("attention_scale", self.attention_scale),
-            ("attn_logit_softcapping", self.attn_softcap),
-            ("final_logit_softcapping", self.final_softcap),
+            ("embedding_scale", self.gemma.embedding_scale),
+            ("attention_scale", self.gemma.attention_scale),
+            ("attn_logit_softcapping", self.gemma.attn_softcap),
+            ("final_logit_softcapping", self.gemma.final_softcap),
             (
                 "rope.freq_base_swa",
-                self.sliding_rope_theta.map(|t| t as f32),
+                self.gemma.sliding_rope_theta.map(|t| t as f32),
             ),
         ];
         for (name, v) in positive {
@@ -370,13 +377,14 @@ impl LlamaConfig {
                 ));
             }
         }
-        if !self.sliding_layers.is_empty() && self.sliding_layers.len() != self.n_layers {
+        if !self.gemma.sliding_layers.is_empty() && self.gemma.sliding_layers.len() != self.n_layers
+        {
             return Err(ModelError::field(
                 &p,
                 "sliding_window_pattern",
                 format!(
                     "{} layers marked, the model has {}",
-                    self.sliding_layers.len(),
+                    self.gemma.sliding_layers.len(),
                     self.n_layers
                 ),
             ));
@@ -454,7 +462,7 @@ impl LlamaConfig {
         };
         let n_layers = uint("block_count")?;
         let gemma =
-            GemmaParams::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
+            GemmaAdditions::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
         Self {
             hidden_size,
             n_layers,
@@ -472,15 +480,7 @@ impl LlamaConfig {
             // llama.cpp loads Q/K/V biases wherever a file has them; lowbit wants all three.
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
             qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
-            activation: gemma.activation,
-            embedding_scale: gemma.embedding_scale,
-            post_norms: gemma.post_norms,
-            attention_scale: gemma.attention_scale,
-            attn_softcap: gemma.attn_softcap,
-            final_softcap: gemma.final_softcap,
-            sliding_window: gemma.sliding_window,
-            sliding_layers: gemma.sliding_layers,
-            sliding_rope_theta: gemma.sliding_rope_theta,
+            gemma,
         }
         .validate(gguf.path())
     }
@@ -579,7 +579,7 @@ impl LlamaConfig {
         }
         let attention_bias = architecture == Architecture::Qwen2;
         let n_layers = uint("num_hidden_layers")?;
-        let gemma = GemmaParams::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
+        let gemma = GemmaAdditions::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
         Self {
             hidden_size,
             n_layers,
@@ -600,15 +600,7 @@ impl LlamaConfig {
             context_length: opt_uint("max_position_embeddings").unwrap_or(2048),
             attention_bias,
             qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
-            activation: gemma.activation,
-            embedding_scale: gemma.embedding_scale,
-            post_norms: gemma.post_norms,
-            attention_scale: gemma.attention_scale,
-            attn_softcap: gemma.attn_softcap,
-            final_softcap: gemma.final_softcap,
-            sliding_window: gemma.sliding_window,
-            sliding_layers: gemma.sliding_layers,
-            sliding_rope_theta: gemma.sliding_rope_theta,
+            gemma,
         }
         .validate(path)
     }

@@ -1,42 +1,15 @@
-//! What Gemma adds to Llama's block, read from a GGUF file's metadata (as llama.cpp reads
-//! it) or a Hugging Face `config.json`: GeGLU, the embedding scale, post-norms, soft caps,
-//! the sliding window, which layers slide and their RoPE base.
+//! What Gemma adds to Llama's block ([`GemmaAdditions`]), read from a GGUF file's metadata
+//! (as llama.cpp reads it) or a Hugging Face `config.json`: GeGLU, the embedding scale,
+//! post-norms, soft caps, the sliding window, which layers slide and their RoPE base.
 
-use super::config::{Activation, Architecture};
+use super::config::{Activation, Architecture, GemmaAdditions};
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
 
-/// What Gemma adds to Llama's block, as llama.cpp reads it from a GGUF file (defaults
-/// included: Gemma 2's soft caps 50 and 30 and window 4,096; every other layer sliding in
-/// Gemma 2, five of six in Gemma 3; Gemma 3's sliding RoPE base 10,000).
-pub(super) struct GemmaParams {
-    pub(super) activation: Activation,
-    pub(super) embedding_scale: Option<f32>,
-    pub(super) post_norms: bool,
-    pub(super) attention_scale: Option<f32>,
-    pub(super) attn_softcap: Option<f32>,
-    pub(super) final_softcap: Option<f32>,
-    pub(super) sliding_window: usize,
-    pub(super) sliding_layers: Vec<bool>,
-    pub(super) sliding_rope_theta: Option<f64>,
-}
-
-impl GemmaParams {
-    /// Llama's block: nothing added.
-    fn none() -> Self {
-        Self {
-            activation: Activation::Silu,
-            embedding_scale: None,
-            post_norms: false,
-            attention_scale: None,
-            attn_softcap: None,
-            final_softcap: None,
-            sliding_window: 0,
-            sliding_layers: Vec::new(),
-            sliding_rope_theta: None,
-        }
-    }
-
+/// Read as llama.cpp reads a GGUF file (defaults included: Gemma 2's soft caps 50 and 30 and
+/// window 4,096; every other layer sliding in Gemma 2, five of six in Gemma 3; Gemma 3's
+/// sliding RoPE base 10,000), or from a Hugging Face `config.json`.
+impl GemmaAdditions {
     /// From a Hugging Face `config.json` (`GemmaConfig`, `Gemma2Config`, `Gemma3TextConfig`).
     pub(super) fn from_hf_json(
         arch: Architecture,
@@ -45,7 +18,7 @@ impl GemmaParams {
         hidden: usize,
         layers: usize,
     ) -> Result<Self> {
-        let mut p = Self::none();
+        let mut p = Self::default();
         if !arch.is_gemma() {
             return Ok(p);
         }
@@ -124,7 +97,7 @@ impl GemmaParams {
         layers: usize,
     ) -> Result<Self> {
         let path = gguf.path().display().to_string();
-        let mut p = Self::none();
+        let mut p = Self::default();
         if !arch.is_gemma() {
             return Ok(p);
         }

@@ -17,9 +17,10 @@ use super::config::{Activation, LlamaConfig};
 use super::error::{ModelError, Result};
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
+pub use super::step_io::{BatchSeq, LinearInput, Logits, MixedReadback, MixedRows, Observer};
+pub use super::tensor_list::{expected_tensors, TensorRole};
 use lowbit_gpu::QTensor;
 use lowbit_gpu::{Backend, KvDtype, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, Weight};
-use std::ops::Range;
 use std::sync::Arc;
 
 /// Gated feed-forward: `down(act(gate(x)) * up(x))`, SiLU or GELU.
@@ -48,128 +49,6 @@ struct Block {
     post_norms: Option<[Tensor; 2]>,
 }
 
-/// One sequence's part of a batch.
-#[derive(Debug, Clone)]
-pub struct BatchSeq<'a> {
-    /// The new tokens.
-    pub tokens: &'a [u32],
-    /// Position of `tokens[0]`; the pool holds this sequence's `0..pos_start`.
-    pub pos_start: usize,
-    /// The sequence's block table, covering at least `pos_start + tokens.len()` positions.
-    pub blocks: &'a [u32],
-    /// Which of the new tokens need logits (relative to `tokens`), e.g. `len-1..len`.
-    pub logits: Range<usize>,
-}
-
-/// Logits of the rows a batch asked for, in batch order.
-#[derive(Debug)]
-pub struct Logits {
-    pub vocab: usize,
-    pub data: Vec<f32>,
-}
-
-impl Logits {
-    /// Number of rows.
-    pub fn rows(&self) -> usize {
-        self.data.len() / self.vocab.max(1)
-    }
-
-    /// Row `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.vocab..(i + 1) * self.vocab]
-    }
-}
-
-/// Sees the input of every linear layer during a forward (layer, which input, activations).
-pub type Observer<'a> = dyn FnMut(usize, LinearInput, &Tensor) + Send + 'a;
-
-/// The distinct inputs of a block's linear layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinearInput {
-    /// Normed hidden state: input of `attn_q`, `attn_k`, `attn_v`.
-    Attention,
-    /// Attention heads' output: input of `attn_output`.
-    AttentionOutput,
-    /// Normed hidden state: input of `ffn_gate`, `ffn_up`.
-    Mlp,
-    /// `silu(gate) * up`: input of `ffn_down`.
-    MlpDown,
-    /// The final-normed hidden state: input of the output head (observed as layer
-    /// `n_layers`, for every row, whether or not its logits are asked for).
-    Head,
-}
-
-impl LinearInput {
-    /// Which input feeds the weight matrix `part` (`attn_q`, `ffn_down`, …) of a block.
-    pub fn of(part: &str) -> Option<Self> {
-        Some(match part {
-            "attn_q" | "attn_k" | "attn_v" => Self::Attention,
-            "attn_output" => Self::AttentionOutput,
-            "ffn_gate" | "ffn_up" => Self::Mlp,
-            "ffn_down" => Self::MlpDown,
-            _ => return None,
-        })
-    }
-}
-
-/// What a tensor of the model is: a weight matrix (`rows × cols`) or a norm vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TensorRole {
-    Matrix { rows: usize, cols: usize },
-    Vector { len: usize },
-}
-
-/// Every tensor a Llama-family model with this config has, by canonical (GGUF) name, in load
-/// order. `tied` leaves out `output.weight`.
-pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)> {
-    let (h, q_dim, kv_dim) = (
-        c.hidden_size,
-        c.n_heads * c.head_dim,
-        c.n_kv_heads * c.head_dim,
-    );
-    let m = |rows, cols| TensorRole::Matrix { rows, cols };
-    let v = |len| TensorRole::Vector { len };
-    let mut out = vec![("token_embd.weight".to_string(), m(c.vocab_size, h))];
-    if !tied {
-        out.push(("output.weight".into(), m(c.vocab_size, h)));
-    }
-    for i in 0..c.n_layers {
-        let n = |part: &str| format!("blk.{i}.{part}.weight");
-        out.extend([
-            (n("attn_norm"), v(h)),
-            (n("attn_q"), m(q_dim, h)),
-            (n("attn_k"), m(kv_dim, h)),
-            (n("attn_v"), m(kv_dim, h)),
-        ]);
-        if c.attention_bias {
-            let b = |part: &str| format!("blk.{i}.{part}.bias");
-            out.extend([
-                (b("attn_q"), v(q_dim)),
-                (b("attn_k"), v(kv_dim)),
-                (b("attn_v"), v(kv_dim)),
-            ]);
-        }
-        if c.qk_norm {
-            out.extend([
-                (n("attn_q_norm"), v(c.head_dim)),
-                (n("attn_k_norm"), v(c.head_dim)),
-            ]);
-        }
-        out.extend([
-            (n("attn_output"), m(h, q_dim)),
-            (n("ffn_norm"), v(h)),
-            (n("ffn_gate"), m(c.ffn_size, h)),
-            (n("ffn_up"), m(c.ffn_size, h)),
-            (n("ffn_down"), m(h, c.ffn_size)),
-        ]);
-        if c.post_norms {
-            out.extend([(n("post_attention_norm"), v(h)), (n("post_ffw_norm"), v(h))]);
-        }
-    }
-    out.push(("output_norm.weight".into(), v(h)));
-    out
-}
-
 /// What a step reads back of its logits rows.
 #[derive(Debug, Clone)]
 enum Readback {
@@ -177,37 +56,6 @@ enum Readback {
     Argmax,
     /// Every row's argmax, and what [`MixedReadback`] lists.
     Mixed(MixedReadback),
-}
-
-/// What a step mixing greedy and sampling rows reads back besides every logits row's argmax:
-/// the whole rows of `full`, and the top `k` values of the rows of `top` (indices among the
-/// logits rows, ascending; a row in neither needs only its argmax).
-#[derive(Debug, Clone, Default)]
-pub struct MixedReadback {
-    pub full: Vec<usize>,
-    pub top: Vec<usize>,
-    pub k: usize,
-    /// Rows sampled where the logits live.
-    pub draws: Vec<lowbit_gpu::RowDraw>,
-    /// Changes to the logits (penalties, bias) before the argmax, the top k and the draws.
-    pub adjust: Vec<lowbit_gpu::LogitAdjust>,
-    /// Rows whose chosen token's log-probabilities to compute where the logits live.
-    pub logprobs: Vec<lowbit_gpu::LogprobRow>,
-}
-
-/// What a mixed step gave back (see [`MixedReadback`]).
-#[derive(Debug)]
-pub struct MixedRows {
-    /// Every logits row's argmax.
-    pub ids: Vec<u32>,
-    /// The rows of `full`, in its order.
-    pub logits: Logits,
-    /// The top k of each row of `top`, in its order ([`lowbit_gpu::top_k`]).
-    pub top: Vec<Vec<(u32, f32)>>,
-    /// The token of each draw, in its order ([`lowbit_gpu::draw_row`]).
-    pub drawn: Vec<u32>,
-    /// The log-probabilities of each row of `logprobs`, in its order.
-    pub logprobs: Vec<lowbit_gpu::TokenLogprobs>,
 }
 
 enum StepOutput {
@@ -365,7 +213,7 @@ impl Llama {
                 ],
             )?;
             let down = backend.load_weight(host_matrix(&n("ffn_down"), h, c.ffn_size)?)?;
-            let post_norms = if c.post_norms {
+            let post_norms = if c.gemma.post_norms {
                 Some([
                     vector(&n("post_attention_norm"), h)?,
                     vector(&n("post_ffw_norm"), h)?,
@@ -576,7 +424,7 @@ impl Llama {
         }
 
         let mut x = be.embed(&self.embed, &tokens)?;
-        if let Some(factor) = c.embedding_scale {
+        if let Some(factor) = c.gemma.embedding_scale {
             x = be.scale(&x, factor)?;
         }
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -609,7 +457,7 @@ impl Llama {
         observe(self.blocks.len(), LinearInput::Head, &x);
         let x = be.select_rows(&x, &logit_rows)?;
         let mut logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
-        if let Some(cap) = c.final_softcap {
+        if let Some(cap) = c.gemma.final_softcap {
             logits = be.softcap(&logits, cap)?;
         }
         Ok(match readback {
@@ -725,7 +573,7 @@ impl Llama {
             .matmul_many(x, &[&mlp.gate, &mlp.up])?
             .try_into()
             .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
-        let gated = match self.config.activation {
+        let gated = match self.config.gemma.activation {
             Activation::Silu => be.silu_mul(&gate, &up)?,
             Activation::GeluTanh => be.gelu_mul(&gate, &up)?,
         };

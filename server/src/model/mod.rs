@@ -14,7 +14,9 @@ pub mod lowbit_file;
 pub mod pyjson;
 pub mod quant_policy;
 pub mod source;
+pub mod step_io;
 pub mod synthetic;
+pub mod tensor_list;
 pub mod tokenizer;
 
 pub use calibrate::Calibration;

@@ -2,7 +2,7 @@
 //! architectures, so that speed can be measured where a GPU is bandwidth-bound (SmolLM2 is too
 //! small for that) without a multi-gigabyte download. Not for text: the weights are noise.
 
-use super::config::{Activation, LlamaConfig, RopeScaling};
+use super::config::{Activation, GemmaAdditions, LlamaConfig, RopeScaling};
 use super::error::Result;
 use super::llama::Llama;
 use super::quant_policy::TensorPlan;
@@ -129,15 +129,15 @@ impl SyntheticModel {
                 context_length: 32_768,
                 attention_bias: false,
                 qk_norm: true,
-                activation: Activation::GeluTanh,
-                embedding_scale: Some((1152f32).sqrt()),
-                post_norms: true,
-                attention_scale: None,
-                attn_softcap: None,
-                final_softcap: None,
-                sliding_window: 512,
-                sliding_layers: (0..26).map(|l| l % 6 < 5).collect(),
-                sliding_rope_theta: Some(10_000.0),
+                gemma: GemmaAdditions {
+                    activation: Activation::GeluTanh,
+                    embedding_scale: Some((1152f32).sqrt()),
+                    post_norms: true,
+                    sliding_window: 512,
+                    sliding_layers: (0..26).map(|l| l % 6 < 5).collect(),
+                    sliding_rope_theta: Some(10_000.0),
+                    ..GemmaAdditions::default()
+                },
             },
         }
     }
