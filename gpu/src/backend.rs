@@ -358,6 +358,19 @@ pub trait Backend: Send + Sync {
     /// `x + bias` for every row; `bias` is `1 × cols` (Qwen2's Q/K/V biases).
     fn add_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor>;
 
+    /// `rms_norm(x) + residual` (Gemma's post-norms): exactly the two ops; a backend may skip
+    /// work the plain norm does for a product that would read it (wgpu: the int8 form).
+    fn rms_norm_add(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let normed = self.rms_norm(x, weight, eps)?;
+        self.add(&normed, residual)
+    }
+
     /// [`Backend::rms_norm`] over each `weight.cols()`-long head of every row on its own
     /// (Qwen3's query and key norms): the rows viewed as one row per head.
     fn rms_norm_heads(&self, x: Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
@@ -434,8 +447,9 @@ pub trait Backend: Send + Sync {
     ///
     /// `k` and `v` hold the new tokens' keys and values: they are first written into each
     /// sequence's blocks at its positions, then every new query attends to its sequence's
-    /// positions `0..=pos`. A row's result depends only on its own sequence, never on the
-    /// other spans of the batch or on how its prompt was split into steps.
+    /// positions `0..=pos` (the last `shape.window` of them in a sliding-window layer). A
+    /// row's result depends only on its own sequence, never on the other spans of the batch
+    /// or on how its prompt was split into steps.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,

@@ -158,6 +158,41 @@ fn gemma_configs_read_as_llama_cpp_reads_them() {
         g3.sliding_rope().unwrap().inv_freq[1],
         10_000f64.powf(-2.0 / g3.head_dim as f64) as f32
     );
+    assert!(g3.gemma.attention_scale.is_none());
+
+    // The 27B models scale scores by 1/√(hidden/heads): llama.cpp tells a GGUF file by its
+    // layer count (46 for Gemma 2), Hugging Face by `query_pre_attn_scalar`.
+    let mut big = TinyConfig {
+        arch: TinyArch::Gemma2,
+        tied: true,
+        ..TinyConfig::default()
+    };
+    big.layers = 46;
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    std::fs::write(&gguf, TinyModel::random(big, 8, false).gguf_bytes()).unwrap();
+    let c = ModelSource::open(&gguf).unwrap().config().unwrap();
+    let per_head = (big.hidden / big.heads) as f32;
+    assert_eq!(c.gemma.attention_scale, Some(1.0 / per_head.sqrt()));
+    assert_eq!(c.attention_shape().scale, 1.0 / per_head.sqrt());
+    let hf = dir.path().join("hf");
+    tiny(TinyArch::Gemma2, 9, true, false).write_hf_folder(&hf, 1);
+    let path = hf.join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["query_pre_attn_scalar"] = 144.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let c = ModelSource::open(&hf).unwrap().config().unwrap();
+    assert_eq!(c.attention_shape().scale, 1.0 / 12.0);
+    // An explicit exact GELU is refused, naming the key.
+    json["hidden_activation"] = "gelu".into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let err = ModelSource::open(&hf)
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hidden_activation"), "{err}");
 }
 
 fn load(path: &Path, backend: Arc<dyn Backend>, quant: &str) -> Llama {

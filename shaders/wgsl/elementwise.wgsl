@@ -41,11 +41,12 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// GELU's tanh form as x·σ(2u), u = √(2/π)(x + 0.044715x³) (the CPU backend's fastmath form);
-// exp's overflow for a very negative u gives x / inf = 0, the limit.
+// GELU's tanh form as x·σ(2u), u = √(2/π)(x + 0.044715x³), from exp(−|2u|) as the CPU
+// backend's fastmath does: never an overflow (WGSL may assume no infinities).
 fn gelu_tanh(x: f32) -> f32 {
     let two_u = 2.0 * 0.7978846 * x * (1.0 + 0.044715 * x * x);
-    return x / (1.0 + exp(-two_u));
+    let e = exp(-abs(two_u));
+    return select(x * e, x, two_u >= 0.0) / (1.0 + e);
 }
 
 @compute @workgroup_size(64)

@@ -120,7 +120,8 @@ fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
 // elementwise.wgsl's gelu_mul, value by value.
 fn gelu_times(g: f32, u: f32) -> f32 {
     let two_u = 2.0 * 0.7978846 * g * (1.0 + 0.044715 * g * g);
-    return g / (1.0 + exp(-two_u)) * u;
+    let e = exp(-abs(two_u));
+    return select(g * e, g, two_u >= 0.0) / (1.0 + e) * u;
 }
 
 @compute @workgroup_size(64)

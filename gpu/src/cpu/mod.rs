@@ -56,11 +56,13 @@ fn rope_table(positions: &[u32], rope: &Rope) -> Vec<(f32, f32)> {
 }
 
 /// Runs `f` with the table for `positions`, made once per step: every layer's queries and keys
-/// share the step's positions, so only the first of those 2 × layers calls computes it.
+/// share the step's positions, so only the first of those 2 × layers calls computes it. Two
+/// tables are kept: Gemma 3's sliding and global layers rotate by different frequencies and
+/// alternate within a step.
 fn with_rope_table<R>(positions: &[u32], rope: &Rope, f: impl FnOnce(&[(f32, f32)]) -> R) -> R {
-    type Cached = Option<(Vec<u32>, Vec<u32>, Vec<(f32, f32)>)>;
+    type Cached = Vec<(Vec<u32>, Vec<u32>, Vec<(f32, f32)>)>;
     thread_local! {
-        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let same_freqs = |bits: &[u32]| {
         bits.len() == rope.inv_freq.len()
@@ -71,13 +73,21 @@ fn with_rope_table<R>(positions: &[u32], rope: &Rope, f: impl FnOnce(&[(f32, f32
     };
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        let hit = matches!(&*last, Some((p, fb, _)) if p == positions && same_freqs(fb));
-        if !hit {
-            let freq_bits = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
-            *last = Some((positions.to_vec(), freq_bits, rope_table(positions, rope)));
-        }
-        let (_, _, table) = last.as_ref().expect("just filled");
-        f(table)
+        let hit = last
+            .iter()
+            .position(|(p, fb, _)| p == positions && same_freqs(fb));
+        let at = match hit {
+            Some(i) => i,
+            None => {
+                if last.len() == 2 {
+                    last.remove(0);
+                }
+                let freq_bits = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+                last.push((positions.to_vec(), freq_bits, rope_table(positions, rope)));
+                last.len() - 1
+            }
+        };
+        f(&last[at].2)
     })
 }
 

@@ -474,9 +474,12 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
         }
         if x86::has_vnni() {
             v.push(("avx512vnni", x86::gemm_vnni));
-            // Both widths of a single row, whichever this CPU's default is (tests run all).
-            v.push(("avx512vnni-256", x86::gemm_vnni_256));
-            v.push(("avx512vnni-512", x86::gemm_vnni_512));
+            // The other width of a single row than this CPU's default (tests run both).
+            if x86::decode_pairs() {
+                v.push(("avx512vnni-256", x86::gemm_vnni_256));
+            } else {
+                v.push(("avx512vnni-512", x86::gemm_vnni_512));
+            }
         }
         if x86::has_avx2() {
             v.push(("avx2", x86::gemm_avx2));

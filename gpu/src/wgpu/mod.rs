@@ -35,7 +35,9 @@ pub use device::list_adapters;
 /// the same positions and block tables come back.
 #[derive(Default)]
 struct StepCache {
-    rope: Option<(Vec<u32>, Vec<u32>, DeviceTensor)>,
+    /// The step's RoPE tables (positions, frequency bits, table): two, for Gemma 3's sliding
+    /// and global layers, which alternate within a step.
+    rope: Vec<(Vec<u32>, Vec<u32>, DeviceTensor)>,
     attention: Option<(Vec<u32>, attention::RowInfo)>,
 }
 
@@ -435,6 +437,17 @@ impl Backend for WgpuBackend {
 
     fn rms_norm(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         self.norm(x, weight, eps)
+    }
+
+    fn rms_norm_add(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        eps: f32,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        let normed = self.norm_plain(x, weight, eps)?;
+        self.add(&normed, residual)
     }
 
     fn matmul(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {

@@ -89,6 +89,11 @@ impl WgpuBackend {
         if let Some(t) = self.norm_quantizing(x, weight, eps)? {
             return Ok(t);
         }
+        self.norm_plain(x, weight, eps)
+    }
+
+    /// RMSNorm without the int8 form (a result no product reads: Gemma's post-norms).
+    pub(super) fn norm_plain(&self, x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
         let (rows, cols) = (x.rows(), x.cols());
         checks::norm_weight(x, weight)?;
         let (xd, wd) = (device_of(x)?, device_of(weight)?);
@@ -563,12 +568,20 @@ impl WgpuBackend {
             .cache
             .lock()
             .map_err(|_| crate::error::Error::Internal("the wgpu step cache is poisoned"))?;
-        if let Some((p, f, t)) = &cache.rope {
-            if p == positions && *f == freq_bits {
-                return Ok(t.clone());
-            }
+        if let Some((_, _, t)) = cache
+            .rope
+            .iter()
+            .find(|(p, f, _)| p == positions && *f == freq_bits)
+        {
+            return Ok(t.clone());
         }
-        let old = cache.rope.take().map(|(_, _, t)| t);
+        // The older of two tables gives its buffer (uploads are ordered with the dispatches
+        // already recorded, so those still read the values they were recorded with).
+        let old = if cache.rope.len() == 2 {
+            Some(cache.rope.remove(0).2)
+        } else {
+            None
+        };
         let mut values = Vec::with_capacity(positions.len() * rope.inv_freq.len() * 2);
         for &pos in positions {
             for &f in &rope.inv_freq {
@@ -578,7 +591,7 @@ impl WgpuBackend {
             }
         }
         let t = self.upload_reusing(old, bytemuck::cast_slice(&values))?;
-        cache.rope = Some((positions.to_vec(), freq_bits, t.clone()));
+        cache.rope.push((positions.to_vec(), freq_bits, t.clone()));
         Ok(t)
     }
 }

@@ -377,6 +377,16 @@ impl LlamaConfig {
                 ));
             }
         }
+        if self.gemma.sliding_window > MAX_DIMENSION {
+            return Err(ModelError::field(
+                &p,
+                "sliding_window",
+                format!(
+                    "{} is absurd (more than {MAX_DIMENSION})",
+                    self.gemma.sliding_window
+                ),
+            ));
+        }
         if !self.gemma.sliding_layers.is_empty() && self.gemma.sliding_layers.len() != self.n_layers
         {
             return Err(ModelError::field(

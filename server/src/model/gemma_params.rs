@@ -23,13 +23,14 @@ impl GemmaAdditions {
             return Ok(p);
         }
         let float = |k: &str| json.get(k).and_then(|v| v.as_f64());
+        // Hugging Face's Gemma reads `hidden_activation` only, the tanh GELU where it is absent
+        // (the first configs' `hidden_act: "gelu"` is not used); an explicit "gelu" would be
+        // the exact (erf) form, which lowbit does not run.
         let act = json
             .get("hidden_activation")
-            .or_else(|| json.get("hidden_act"))
             .and_then(|v| v.as_str())
             .unwrap_or("gelu_pytorch_tanh");
-        // Gemma's own code runs the tanh GELU whatever its first configs said ("gelu").
-        if !matches!(act, "gelu_pytorch_tanh" | "gelu") {
+        if act != "gelu_pytorch_tanh" {
             return Err(ModelError::field(
                 path,
                 "hidden_activation",

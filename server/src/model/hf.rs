@@ -288,11 +288,6 @@ impl HfNaming {
     }
 }
 
-/// The Hugging Face name of a tensor given its GGUF-style (canonical) name, in Llama's naming.
-pub fn hf_name(canonical: &str) -> Option<String> {
-    hf_name_in(canonical, HfNaming::Llama)
-}
-
 /// The Hugging Face name of a tensor given its canonical name, in a checkpoint's naming.
 pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
     let fixed = match canonical {
@@ -334,4 +329,64 @@ pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gemma 2/3 name a layer's four norms unlike Llama (whose `post_attention_layernorm` is
+    /// the MLP's input norm); Gemma 1 and the others keep Llama's names.
+    #[test]
+    fn gemma_post_norm_checkpoints_name_their_norms_their_own_way() {
+        let name = |c: &str, n| hf_name_in(c, n).unwrap();
+        let llama = [
+            (
+                "blk.2.attn_norm.weight",
+                "model.layers.2.input_layernorm.weight",
+            ),
+            (
+                "blk.2.ffn_norm.weight",
+                "model.layers.2.post_attention_layernorm.weight",
+            ),
+        ];
+        for naming in [HfNaming::Llama, HfNaming::Gemma] {
+            for (canonical, hf) in llama {
+                assert_eq!(name(canonical, naming), hf);
+            }
+            assert_eq!(hf_name_in("blk.2.post_ffw_norm.weight", naming), None);
+        }
+        let post = HfNaming::GemmaPostNorms;
+        for (canonical, hf) in [
+            (
+                "blk.2.attn_norm.weight",
+                "model.layers.2.input_layernorm.weight",
+            ),
+            (
+                "blk.2.post_attention_norm.weight",
+                "model.layers.2.post_attention_layernorm.weight",
+            ),
+            (
+                "blk.2.ffn_norm.weight",
+                "model.layers.2.pre_feedforward_layernorm.weight",
+            ),
+            (
+                "blk.2.post_ffw_norm.weight",
+                "model.layers.2.post_feedforward_layernorm.weight",
+            ),
+            (
+                "blk.2.attn_q_norm.weight",
+                "model.layers.2.self_attn.q_norm.weight",
+            ),
+        ] {
+            assert_eq!(name(canonical, post), hf);
+        }
+        let config = |t: &str| serde_json::json!({ "model_type": t });
+        assert_eq!(HfNaming::of(&config("gemma")), HfNaming::Gemma);
+        assert_eq!(
+            HfNaming::of(&config("gemma3_text")),
+            HfNaming::GemmaPostNorms
+        );
+        assert_eq!(HfNaming::of(&config("qwen3")), HfNaming::Llama);
+    }
 }

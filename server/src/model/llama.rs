@@ -552,8 +552,7 @@ impl Llama {
         Ok(match post_norm {
             None => be.matmul_add(x, w, residual)?,
             Some(norm) => {
-                let y = be.rms_norm(&be.matmul(x, w)?, norm, self.config.rms_eps)?;
-                be.add(&y, residual)?
+                be.rms_norm_add(&be.matmul(x, w)?, norm, self.config.rms_eps, residual)?
             }
         })
     }

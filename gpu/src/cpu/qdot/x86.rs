@@ -171,23 +171,29 @@ impl Width for Zmm {
     }
 }
 
-/// How many blocks ahead of the one being multiplied its row groups' weights are prefetched:
-/// the hardware prefetcher alone left decode waiting on weight loads (+9% single-row decode,
-/// +2–7% at batch 8, prefill unchanged on an Intel Xeon, family 6 model 167; 4, 8 and 16
-/// measured alike).
+/// How many blocks ahead of the one being multiplied the VNNI kernels prefetch its row groups'
+/// weights: the hardware prefetcher alone left decode waiting on weight loads (+9% single-row
+/// decode, +2–7% at batch 8, prefill unchanged on an Intel Xeon, family 6 model 167; 4, 8
+/// and 16 measured alike). The AVX2 kernels (unmeasured with it) do not.
 const PREFETCH_BLOCKS: usize = 8;
 
-/// Prefetches the 128 bytes at word offset `at` of each of the `W::GROUPS` row groups from
-/// `wq` (`wpr` words apart). A prefetch never faults, so past the end it only wastes a slot;
-/// the addresses are computed with wrapping arithmetic, never dereferenced.
+/// Prefetches the block of `wpb` row-group words (32 bytes each) at word offset `at` of each
+/// of the `W::GROUPS` row groups from `wq` (`wpr` words apart). A prefetch never faults, so
+/// past the end it only wastes a slot; the addresses are computed with wrapping arithmetic,
+/// never dereferenced.
 #[inline(always)]
-unsafe fn prefetch_block<W: Width>(wq: *const __m256i, wpr: usize, at: usize) {
+unsafe fn prefetch_block<W: Width>(wq: *const __m256i, wpr: usize, at: usize, wpb: usize) {
     for g in 0..W::GROUPS {
         let p = wq.wrapping_add(g * wpr + at) as *const i8;
         // SAFETY: a prefetch is a hint; it reads nothing the program sees.
         unsafe {
+            // Q4's 128 bytes; Q8's 256 (written out: a loop here cost 4% of a decode).
             _mm_prefetch(p, _MM_HINT_T0);
             _mm_prefetch(p.wrapping_add(64), _MM_HINT_T0);
+            if wpb > 4 {
+                _mm_prefetch(p.wrapping_add(128), _MM_HINT_T0);
+                _mm_prefetch(p.wrapping_add(192), _MM_HINT_T0);
+            }
         }
     }
 }
@@ -202,7 +208,7 @@ unsafe fn prefetch_block<W: Width>(wq: *const __m256i, wpr: usize, at: usize) {
 /// place in `out`, whose rows' runs start at row group `first`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn gemm_groups<W: Width, const R: usize>(
+unsafe fn gemm_groups<W: Width, const R: usize, const PREFETCH: bool>(
     w: &PackedWeight,
     groups: std::ops::Range<usize>,
     first: usize,
@@ -239,7 +245,9 @@ unsafe fn gemm_groups<W: Width, const R: usize>(
                     let init = std::array::from_fn(|i| {
                         W::splat_i(factor * *acts[i].qsum.get_unchecked(b))
                     });
-                    prefetch_block::<W>(wq, wpr, (b + PREFETCH_BLOCKS) * wpb);
+                    if PREFETCH {
+                        prefetch_block::<W>(wq, wpr, (b + PREFETCH_BLOCKS) * wpb, wpb);
+                    }
                     let sums = block_sums(wq.add(b * wpb), wpr, aps, init);
                     for i in 0..R {
                         let da = W::splat_f(*acts[i].d.get_unchecked(b));
@@ -399,13 +407,13 @@ fn gemm_avx2_impl(
             // tile takes only four contiguous rows.
             unsafe {
                 if q8 {
-                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
                         q8_sums_avx2::<$r>(p, n, q, i)
                     })
                 } else if $r == 4 && avx2_q4x4::contiguous(a) {
                     avx2_q4x4::gemm_q4_x4(w, g, a, &mut o)
                 } else {
-                    gemm_groups::<Ymm, $r>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
                         q4_sums_avx2::<$r>(p, n, q, i)
                     })
                 }
@@ -441,17 +449,17 @@ fn gemm_vnni_impl(
             // SAFETY: pointers come from `gemm_groups` (sizes checked).
             unsafe {
                 if q8 {
-                    gemm_groups::<Zmm, $r>(w, pairs, first, a, &mut o, |p, n, q, i| {
+                    gemm_groups::<Zmm, $r, true>(w, pairs, first, a, &mut o, |p, n, q, i| {
                         q8_sums_vnni::<Zmm, $r>(p, n, q, i)
                     });
-                    gemm_groups::<Ymm, $r>(w, rest, first, a, &mut o, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
                         q8_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
                 } else {
-                    gemm_groups::<Zmm, $r>(w, pairs, first, a, &mut o, |p, n, q, i| {
+                    gemm_groups::<Zmm, $r, true>(w, pairs, first, a, &mut o, |p, n, q, i| {
                         q4_sums_vnni::<Zmm, $r>(p, n, q, i)
                     });
-                    gemm_groups::<Ymm, $r>(w, rest, first, a, &mut o, |p, n, q, i| {
+                    gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
                         q4_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
                 }
@@ -467,7 +475,7 @@ fn gemm_vnni_impl(
 /// AMD's Zen 4 splits each 512-bit operation in two, and there one group at a time (one
 /// sequential stream of weights per task) measured 25% faster. The two give the same bits
 /// (`gemm_groups`). `LOWBIT_CPU_DECODE_WIDTH=256|512` overrides, for measuring.
-fn decode_pairs() -> bool {
+pub(super) fn decode_pairs() -> bool {
     static PAIRS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PAIRS.get_or_init(
         || match std::env::var("LOWBIT_CPU_DECODE_WIDTH").as_deref() {
