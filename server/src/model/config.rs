@@ -65,37 +65,30 @@ pub struct LlamaConfig {
 }
 
 /// What Gemma adds to Llama's block, every field off for the other architectures (read by
-/// `gemma_params.rs`). Flattened into [`LlamaConfig`]'s JSON: lowbit files keep their keys.
+/// `gemma_params.rs`). Flattened into [`LlamaConfig`]'s JSON: lowbit files keep their keys,
+/// and a file written before them reads as all off.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct GemmaAdditions {
     /// The gated MLP's activation: SiLU (SwiGLU) or GELU (GeGLU, Gemma).
-    #[serde(default)]
     pub activation: Activation,
     /// The token embeddings are multiplied by this (Gemma: `√hidden`).
-    #[serde(default)]
     pub embedding_scale: Option<f32>,
     /// Each sub-block's output is RMS-normed before its residual add (Gemma 2/3:
     /// `post_attention_norm`, `post_ffw_norm`).
-    #[serde(default)]
     pub post_norms: bool,
     /// Multiplies query·key scores instead of `1 / sqrt(head_dim)` (Gemma 2/3 27B).
-    #[serde(default)]
     pub attention_scale: Option<f32>,
     /// Soft cap of the scaled attention scores (Gemma 2).
-    #[serde(default)]
     pub attn_softcap: Option<f32>,
     /// Soft cap of the logits: `cap · tanh(logit / cap)` (Gemma 2).
-    #[serde(default)]
     pub final_softcap: Option<f32>,
     /// The sliding window of the layers `sliding_layers` marks (Gemma 2/3); 0 none.
-    #[serde(default)]
     pub sliding_window: usize,
     /// Which layers attend within `sliding_window` (one flag per layer; empty: none).
-    #[serde(default)]
     pub sliding_layers: Vec<bool>,
     /// RoPE base of the sliding layers, unscaled (Gemma 3: 10,000 where global layers take
     /// 1,000,000, scaled); `None`: the same RoPE as every layer.
-    #[serde(default)]
     pub sliding_rope_theta: Option<f64>,
 }
 
@@ -613,5 +606,37 @@ impl LlamaConfig {
             gemma,
         }
         .validate(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config written before Gemma's fields existed (format version 1) reads with all of
+    /// them off; one written now reads back equal.
+    #[test]
+    fn configs_without_gemma_fields_read_as_plain_llama() {
+        let old = serde_json::json!({
+            "hidden_size": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16,
+            "ffn_size": 96, "rms_eps": 1e-5, "rope_theta": 10000.0,
+            "rope_scaling": {"type": "none"}, "rope_style": "half_split", "vocab_size": 100,
+            "tied_embeddings": true, "context_length": 256, "qk_norm": true
+        });
+        let c: LlamaConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(c.gemma, GemmaAdditions::default());
+        assert!(c.qk_norm && !c.has_gemma_features());
+        let gemma = LlamaConfig {
+            gemma: GemmaAdditions {
+                activation: Activation::GeluTanh,
+                sliding_window: 4,
+                sliding_layers: vec![true, false],
+                ..GemmaAdditions::default()
+            },
+            ..c
+        };
+        let back: LlamaConfig =
+            serde_json::from_str(&serde_json::to_string(&gemma).unwrap()).unwrap();
+        assert_eq!(back.gemma, gemma.gemma);
     }
 }
