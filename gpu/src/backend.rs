@@ -99,12 +99,43 @@ pub enum RopeStyle {
 }
 
 /// Rotary position embedding parameters, with any frequency scaling already folded in.
+///
+/// RoPE may rotate only the first `2 · inv_freq.len()` dimensions of each head ("partial
+/// rotary": Phi-4-mini rotates 96 of 128); the rest pass through unchanged. In the half-split
+/// pairing the pairs are then `(i, i + rotated/2)`, as llama.cpp's NEOX RoPE and Hugging
+/// Face's `rotate_half` on the rotated slice pair them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rope {
     pub style: RopeStyle,
     pub head_dim: usize,
-    /// Angle per position for each rotated pair, `head_dim / 2` entries.
+    /// Angle per position for each rotated pair, at most `head_dim / 2` entries.
     pub inv_freq: Vec<f32>,
+    /// Multiplies the sine and cosine of every rotated pair (LongRoPE's attention factor,
+    /// llama.cpp's `attn_factor`); 1 for most models.
+    pub attention_factor: f32,
+}
+
+impl Rope {
+    /// Pairs rotated per head.
+    pub fn rotated_pairs(&self) -> usize {
+        self.inv_freq.len()
+    }
+
+    /// `(sin, cos)` of pair `pair` at `pos`, computed in float64 and scaled by the
+    /// attention factor: what every backend's table holds.
+    pub fn sin_cos(&self, pos: u32, pair: usize) -> (f32, f32) {
+        let (s, c) = (f64::from(pos) * f64::from(self.inv_freq[pair])).sin_cos();
+        let m = f64::from(self.attention_factor);
+        ((s * m) as f32, (c * m) as f32)
+    }
+
+    /// The bits that decide a table's values besides the positions (backends cache tables
+    /// by them).
+    pub fn table_key(&self) -> Vec<u32> {
+        let mut key: Vec<u32> = self.inv_freq.iter().map(|f| f.to_bits()).collect();
+        key.push(self.attention_factor.to_bits());
+        key
+    }
 }
 
 /// The index of the largest value, the first one on ties (llama.cpp's greedy rule); NaN is

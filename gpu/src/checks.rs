@@ -44,15 +44,17 @@ pub(crate) fn rope(x: &Tensor, positions: &[u32], rope: &Rope) -> Result<()> {
     if positions.len() != x.rows()
         || rope.head_dim == 0
         || !cols.is_multiple_of(rope.head_dim)
-        || rope.inv_freq.len() * 2 != rope.head_dim
+        || rope.inv_freq.is_empty()
+        || rope.inv_freq.len() * 2 > rope.head_dim
     {
         return Err(shape_err(
             "rope",
             format!(
-                "{} positions, {}x{cols}, head_dim {}",
+                "{} positions, {}x{cols}, head_dim {}, {} rotated pairs",
                 positions.len(),
                 x.rows(),
-                rope.head_dim
+                rope.head_dim,
+                rope.inv_freq.len()
             ),
         ));
     }

@@ -208,20 +208,38 @@ fn rms_norm_heads_matches_float64(be: &dyn Backend, b: Bounds) {
 
 /// Llama's RoPE (base 10000) over heads of `head_dim`, in `style`'s pairing.
 fn rope_of(style: RopeStyle, head_dim: usize) -> Rope {
+    partial_rope_of(style, head_dim, head_dim, 1.0)
+}
+
+/// RoPE of the first `rotated` dimensions of each head (Phi-4-mini's partial rotary), with
+/// LongRoPE's `attention_factor` on sine and cosine.
+fn partial_rope_of(
+    style: RopeStyle,
+    head_dim: usize,
+    rotated: usize,
+    attention_factor: f32,
+) -> Rope {
     Rope {
         style,
         head_dim,
-        inv_freq: (0..head_dim / 2)
-            .map(|i| 10000f32.powf(-(2.0 * i as f32) / head_dim as f32))
+        inv_freq: (0..rotated / 2)
+            .map(|i| 10000f32.powf(-(2.0 * i as f32) / rotated as f32))
             .collect(),
+        attention_factor,
     }
 }
 
+/// Whole heads, and partial rotary (48 of 64 dimensions, the rest passed through) with an
+/// attention factor, in both pairings.
 fn rope_matches_float64_in_both_pairings(be: &dyn Backend, b: Bounds) {
     let mut r = rng(5);
     let hd = 64;
-    for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
-        let rope = rope_of(style, hd);
+    let ropes = [RopeStyle::Interleaved, RopeStyle::HalfSplit]
+        .into_iter()
+        .flat_map(|style| [rope_of(style, hd), partial_rope_of(style, hd, 48, 1.25)]);
+    for rope in ropes {
+        let style = rope.style;
+        let half = rope.rotated_pairs();
         let (rows, cols) = (5, 3 * hd);
         let x = random(&mut r, rows * cols);
         let positions = [0u32, 1, 7, 300, 4095];
@@ -231,24 +249,31 @@ fn rope_matches_float64_in_both_pairings(be: &dyn Backend, b: Bounds) {
                     .expect("rope"),
             )
             .expect("download");
-        let mut want = vec![0.0f64; rows * cols];
+        let mut want: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let m = f64::from(rope.attention_factor);
         for (row, &pos) in positions.iter().enumerate() {
             for head in 0..cols / hd {
                 for (i, &freq) in rope.inv_freq.iter().enumerate() {
                     let (a, bb) = match style {
                         RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        RopeStyle::HalfSplit => (i, i + hd / 2),
+                        RopeStyle::HalfSplit => (i, i + half),
                     };
                     let base = row * cols + head * hd;
                     let (x0, x1) = (f64::from(x[base + a]), f64::from(x[base + bb]));
                     let (s, c) = (f64::from(pos) * f64::from(freq)).sin_cos();
-                    want[base + a] = x0 * c - x1 * s;
-                    want[base + bb] = x0 * s + x1 * c;
+                    want[base + a] = m * (x0 * c - x1 * s);
+                    want[base + bb] = m * (x0 * s + x1 * c);
                 }
             }
         }
         let e = rel_err(&got, &want);
-        assert!(e < b.elementwise * 4.0, "{style:?}: {e}");
+        assert!(e < b.elementwise * 4.0, "{style:?}, {half} pairs: {e}");
+        // Past the rotated dimensions the values are copied exactly.
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            if i % hd >= 2 * half {
+                assert_eq!(f64::from(*g), *w, "value {i}");
+            }
+        }
         assert!(be
             .rope(&upload(be, rows, cols, &x), &positions[..2], &rope)
             .is_err());

@@ -37,13 +37,14 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 6] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 7] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
     (TinyArch::Gemma, 24),
     (TinyArch::Gemma2, 25),
     (TinyArch::Gemma3, 26),
+    (TinyArch::Phi3, 27),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];

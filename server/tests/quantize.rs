@@ -152,11 +152,17 @@ fn qwen_files_keep_their_biases_and_head_norms() {
 
 /// A Gemma file keeps what Gemma adds (its config, its post-norms) and gives the in-situ
 /// quantized model's logits; it is format version 2 (an older lowbit would ignore those
-/// fields and run it as Llama), a Llama file still version 1.
+/// fields and run it as Llama), a Llama file still version 1. A Phi file (its fused
+/// projections written apart) keeps partial rotary and LongRoPE: version 3.
 #[test]
-fn gemma_files_keep_their_config_and_are_format_version_2() {
+fn gemma_and_phi_files_keep_their_config_and_format_version() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in [TinyArch::Llama, TinyArch::Gemma2, TinyArch::Gemma3] {
+    for arch in [
+        TinyArch::Llama,
+        TinyArch::Gemma2,
+        TinyArch::Gemma3,
+        TinyArch::Phi3,
+    ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
         let out = dir.path().join(format!("{}.safetensors", arch.name()));
@@ -175,7 +181,19 @@ fn gemma_files_keep_their_config_and_are_format_version_2() {
             "{arch:?}"
         );
         let header = lowbit::model::hf::SafetensorsFile::open(&out).unwrap();
-        let version = if arch.is_gemma() { "2" } else { "1" };
+        assert_eq!(
+            file.config().unwrap().rotary_dim,
+            source.config().unwrap().rotary_dim
+        );
+        assert_eq!(
+            file.config().unwrap().rope_scaling,
+            source.config().unwrap().rope_scaling
+        );
+        let version = match arch {
+            TinyArch::Phi3 => "3",
+            a if a.is_gemma() => "2",
+            _ => "1",
+        };
         assert_eq!(
             header.metadata["lowbit.format_version"], version,
             "{arch:?}"

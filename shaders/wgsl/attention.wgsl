@@ -46,26 +46,29 @@ struct AttentionParams {
     grid_x: u32,
     // Splits per (row, head) in the grid: the longest row's chunk count.
     splits: u32,
-    // RoPE of q and k here: 0 none (already rotated), 1 pairs (2i, 2i+1), 2 pairs (i, i + hd/2).
+    // RoPE of q and k here: 0 none (already rotated), 1 pairs (2i, 2i+1), 2 pairs
+    // (i, i + rotated_pairs).
     rope: u32,
     // Gemma 2: scaled scores become softcap · tanh(score / softcap); 0 none.
     softcap: f32,
     // Positions a query sees back to itself (sliding window); 0 all.
     window: u32,
-    _pad0: u32,
+    // Pairs rotated per head; the values past 2 · rotated_pairs are not rotated (partial
+    // rotary).
+    rotated_pairs: u32,
 }
 
 // One value of a rotated pair (x0, x1) of row `row`: the first (`first`) or the second, with
 // the row's (cos, sin) for the pair, in the rope kernel's arithmetic.
 fn rotated(x0: f32, x1: f32, row: u32, pair: u32, first: bool) -> f32 {
-    let cs = rope_table[row * (p.head_dim / 2u) + pair];
+    let cs = rope_table[row * p.rotated_pairs + pair];
     return select(x0 * cs.y + x1 * cs.x, x0 * cs.x - x1 * cs.y, first);
 }
 
 // The pair of head value `d`: the index of its first and second value within the head, and
 // which of them `d` is.
 fn rope_pair(d: u32) -> vec3<u32> {
-    let half = p.head_dim / 2u;
+    let half = p.rotated_pairs;
     if p.rope == 1u {
         let pair = d / 2u;
         return vec3<u32>(2u * pair, 2u * pair + 1u, pair);
@@ -75,7 +78,7 @@ fn rope_pair(d: u32) -> vec3<u32> {
 }
 
 fn q_at(row: u32, base: u32, d: u32) -> f32 {
-    if p.rope == 0u {
+    if p.rope == 0u || d >= 2u * p.rotated_pairs {
         return q[base + d];
     }
     let pr = rope_pair(d);
@@ -85,10 +88,10 @@ fn q_at(row: u32, base: u32, d: u32) -> f32 {
 // New key `e` of row `row` (e in 0..kv_dim).
 fn k_new_at(row: u32, e: u32) -> f32 {
     let i = row * p.n_kv_heads * p.head_dim + e;
-    if p.rope == 0u {
+    let d = e % p.head_dim;
+    if p.rope == 0u || d >= 2u * p.rotated_pairs {
         return k_new[i];
     }
-    let d = e % p.head_dim;
     let base = i - d;
     let pr = rope_pair(d);
     return rotated(k_new[base + pr.x], k_new[base + pr.y], row, pr.z, d == pr.x);

@@ -43,14 +43,12 @@ pub fn host_storage(w: QTensor) -> WeightStorage {
     }
 }
 
-/// Each row's (sin, cos) per rotated pair, computed in float64 (`pos · inv_freq`).
+/// Each row's (sin, cos) per rotated pair ([`Rope::sin_cos`]).
 fn rope_table(positions: &[u32], rope: &Rope) -> Vec<(f32, f32)> {
-    let mut table = Vec::with_capacity(positions.len() * rope.inv_freq.len());
+    let pairs = rope.rotated_pairs();
+    let mut table = Vec::with_capacity(positions.len() * pairs);
     for &pos in positions {
-        table.extend(rope.inv_freq.iter().map(|&f| {
-            let (s, c) = (f64::from(pos) * f64::from(f)).sin_cos();
-            (s as f32, c as f32)
-        }));
+        table.extend((0..pairs).map(|i| rope.sin_cos(pos, i)));
     }
     table
 }
@@ -64,26 +62,19 @@ fn with_rope_table<R>(positions: &[u32], rope: &Rope, f: impl FnOnce(&[(f32, f32
     thread_local! {
         static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    let same_freqs = |bits: &[u32]| {
-        bits.len() == rope.inv_freq.len()
-            && bits
-                .iter()
-                .zip(&rope.inv_freq)
-                .all(|(b, f)| *b == f.to_bits())
-    };
+    let key = rope.table_key();
     LAST.with(|last| {
         let mut last = last.borrow_mut();
         let hit = last
             .iter()
-            .position(|(p, fb, _)| p == positions && same_freqs(fb));
+            .position(|(p, fb, _)| p == positions && *fb == key);
         let at = match hit {
             Some(i) => i,
             None => {
                 if last.len() == 2 {
                     last.remove(0);
                 }
-                let freq_bits = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
-                last.push((positions.to_vec(), freq_bits, rope_table(positions, rope)));
+                last.push((positions.to_vec(), key, rope_table(positions, rope)));
                 last.len() - 1
             }
         };
@@ -114,10 +105,11 @@ fn zip_values(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Res
     Tensor::from_host(a.rows(), a.cols(), out)
 }
 
-/// Rotates one row's heads in place by its (sin, cos) per pair.
+/// Rotates one row's heads in place by its (sin, cos) per rotated pair; dimensions past the
+/// rotated ones stay as they are.
 fn rope_row(row: &mut [f32], sincos: &[(f32, f32)], rope: &Rope) {
     let hd = rope.head_dim;
-    let half = hd / 2;
+    let half = rope.rotated_pairs();
     for head in row.chunks_exact_mut(hd) {
         for (i, &(sin, cos)) in sincos.iter().enumerate().take(half) {
             let (a, b) = match rope.style {
@@ -293,7 +285,7 @@ impl Backend for CpuBackend {
         let cols = x.cols();
         checks::rope(x, positions, rope)?;
         let mut out = x.host()?.to_vec();
-        let pairs = rope.inv_freq.len();
+        let pairs = rope.rotated_pairs();
         with_rope_table(positions, rope, |table| {
             let sincos = |r: usize| &table[r * pairs..(r + 1) * pairs];
             if out.len() < PARALLEL_MIN_VALUES {

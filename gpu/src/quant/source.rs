@@ -135,6 +135,24 @@ impl<'a> RawTensor<'a> {
         &self.data[r * n..(r + 1) * n]
     }
 
+    /// Rows `range` as a matrix of their own: a slice of the bytes, since every format holds
+    /// whole rows (a fused Q/K/V projection split into its parts).
+    pub fn row_range(&self, range: std::ops::Range<usize>) -> Result<RawTensor<'a>> {
+        if range.start > range.end || range.end > self.rows {
+            return Err(crate::error::shape_err(
+                "row_range",
+                format!("rows {range:?} of {}", self.rows),
+            ));
+        }
+        let n = self.row_bytes();
+        Ok(RawTensor {
+            dtype: self.dtype,
+            rows: range.len(),
+            cols: self.cols,
+            data: &self.data[range.start * n..range.end * n],
+        })
+    }
+
     /// Decodes the whole tensor to f32 (rows in parallel: loading requantizes whole models).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0f32; self.rows * self.cols];

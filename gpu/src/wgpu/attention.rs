@@ -260,7 +260,7 @@ impl WgpuBackend {
             rope: rope_kind,
             softcap: shape.softcap,
             window: shape.window as u32,
-            _pad: 0,
+            rotated_pairs: rope.map_or(0, |(_, r)| r.rotated_pairs() as u32),
         };
         let mut rec = self.recorder()?;
         rec.dispatch(

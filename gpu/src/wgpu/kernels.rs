@@ -433,7 +433,9 @@ pub struct RopeParams {
     pub head_dim: u32,
     pub half_split: u32,
     pub grid_x: u32,
-    pub _pad: [u32; 3],
+    /// Pairs rotated per head (the rest of the head is copied).
+    pub rotated_pairs: u32,
+    pub _pad: [u32; 2],
 }
 
 /// `ElementwiseParams` in elementwise.wgsl.
@@ -500,5 +502,6 @@ pub struct AttentionParams {
     pub softcap: f32,
     /// Sliding window: positions a query sees back to itself; 0 all.
     pub window: u32,
-    pub _pad: u32,
+    /// Pairs RoPE rotates per head (partial rotary: fewer than `head_dim / 2`).
+    pub rotated_pairs: u32,
 }

@@ -545,7 +545,8 @@ impl WgpuBackend {
             head_dim: rope.head_dim as u32,
             half_split: u32::from(rope.style == RopeStyle::HalfSplit),
             grid_x,
-            _pad: [0; 3],
+            rotated_pairs: rope.rotated_pairs() as u32,
+            _pad: [0; 2],
         };
         self.recorder()?.dispatch(
             pipeline,
@@ -560,10 +561,10 @@ impl WgpuBackend {
         Ok(self.tensor(rows, cols, out))
     }
 
-    /// Each row's (cos, sin) per rotated pair, computed in float64 as the CPU backend does,
+    /// Each row's (cos, sin) per rotated pair ([`Rope::sin_cos`], as the CPU backend's),
     /// uploaded once for all the layers of a step.
     pub(super) fn rope_table(&self, positions: &[u32], rope: &Rope) -> Result<super::DeviceTensor> {
-        let freq_bits: Vec<u32> = rope.inv_freq.iter().map(|f| f.to_bits()).collect();
+        let freq_bits = rope.table_key();
         let mut cache = self
             .cache
             .lock()
@@ -582,12 +583,13 @@ impl WgpuBackend {
         } else {
             None
         };
-        let mut values = Vec::with_capacity(positions.len() * rope.inv_freq.len() * 2);
+        let pairs = rope.rotated_pairs();
+        let mut values = Vec::with_capacity(positions.len() * pairs * 2);
         for &pos in positions {
-            for &f in &rope.inv_freq {
-                let (s, c) = (f64::from(pos) * f64::from(f)).sin_cos();
-                values.push(c as f32);
-                values.push(s as f32);
+            for i in 0..pairs {
+                let (s, c) = rope.sin_cos(pos, i);
+                values.push(c);
+                values.push(s);
             }
         }
         let t = self.upload_reusing(old, bytemuck::cast_slice(&values))?;

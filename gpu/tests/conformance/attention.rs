@@ -387,8 +387,17 @@ fn rope_step(
 /// the results of `rope` and then `attention`: both pairings, both pool types, a prefill past
 /// one attention chunk, decode rows over the rotated keys the pool holds, a continued prefill.
 pub(crate) fn rope_attention_equals_rope_then_attention(be: &dyn Backend, _: Bounds) {
-    for style in [RopeStyle::Interleaved, RopeStyle::HalfSplit] {
-        let rope = rope_of(style, SHAPE.head_dim);
+    let hd = SHAPE.head_dim;
+    let ropes = [RopeStyle::Interleaved, RopeStyle::HalfSplit]
+        .into_iter()
+        .flat_map(|style| {
+            [
+                rope_of(style, hd),
+                partial_rope_of(style, hd, hd * 3 / 4, 1.2),
+            ]
+        });
+    for rope in ropes {
+        let style = rope.style;
         for dtype in [KvDtype::F32, KvDtype::F16] {
             let (hs, spec) = histories_in(&[300, 20], 16, dtype);
             let run = |fused: bool| {
@@ -407,7 +416,13 @@ pub(crate) fn rope_attention_equals_rope_then_attention(be: &dyn Backend, _: Bou
                 }
                 out
             };
-            assert_eq!(run(true), run(false), "{style:?}, {} pool", dtype.name());
+            assert_eq!(
+                run(true),
+                run(false),
+                "{style:?}, {} pairs, {} pool",
+                rope.rotated_pairs(),
+                dtype.name()
+            );
         }
     }
     let (hs, spec) = histories(&[4], 16);

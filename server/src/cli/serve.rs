@@ -251,7 +251,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         metrics.clone(),
         move || {
             let source = ModelSource::open(&model_args.model)?;
-            let model = model_args.load_model(&source)?;
+            let mut model = model_args.load_model(&source)?;
             let probe = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 1, kv_dtype);
             let blocks = match kv_tokens {
                 Some(t) => probe.blocks_for(t),
@@ -267,6 +267,12 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
                     "max model length {max_model_len} exceeds the KV pool's {pool_tokens} tokens: capped (raise --kv-cache-memory)"
                 );
                 max_model_len = pool_tokens;
+            }
+            model.set_max_positions(max_model_len);
+            if model.config().uses_long_rope_factors(max_model_len) {
+                tracing::info!(
+                    "LongRoPE: long factors for sequences of up to {max_model_len} positions (a --max-model-len within the original context takes the short ones)"
+                );
             }
             tracing::info!(
                 backend = %model.backend().name(),

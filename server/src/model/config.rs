@@ -3,7 +3,7 @@
 
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
-use lowbit_gpu::{AttentionShape, Rope, RopeStyle};
+use lowbit_gpu::{AttentionShape, RopeStyle};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -11,25 +11,7 @@ use std::path::Path;
 /// corrupt value is refused before it is used to size an allocation.
 const MAX_DIMENSION: usize = 1 << 24;
 
-/// How RoPE frequencies are stretched for contexts longer than training.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RopeScaling {
-    None,
-    /// Positions divided by `factor` (all frequencies divided by it).
-    Linear {
-        factor: f64,
-    },
-    /// Llama 3's piecewise scaling of low frequencies.
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position: f64,
-    },
-    /// Per-frequency divisors stored in the model (GGUF `rope_freqs.weight`).
-    FreqFactors(Vec<f32>),
-}
+pub use super::rope_params::RopeScaling;
 
 /// Everything the forward pass needs to know about a Llama-family model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +30,10 @@ pub struct LlamaConfig {
         deserialize_with = "deserialize_rope_style"
     )]
     pub rope_style: RopeStyle,
+    /// Dimensions of each head RoPE rotates, where fewer than `head_dim` (partial rotary:
+    /// Phi-4-mini's 96 of 128); the rest pass through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotary_dim: Option<usize>,
     pub vocab_size: usize,
     /// The output head reuses the token embedding.
     pub tied_embeddings: bool,
@@ -83,7 +69,8 @@ pub struct GemmaAdditions {
     pub attn_softcap: Option<f32>,
     /// Soft cap of the logits: `cap · tanh(logit / cap)` (Gemma 2).
     pub final_softcap: Option<f32>,
-    /// The sliding window of the layers `sliding_layers` marks (Gemma 2/3); 0 none.
+    /// The sliding window of the layers `sliding_layers` marks (Gemma 2/3; Phi-3's every
+    /// layer); 0 none.
     pub sliding_window: usize,
     /// Which layers attend within `sliding_window` (one flag per layer; empty: none).
     pub sliding_layers: Vec<bool>,
@@ -107,6 +94,7 @@ impl Default for LlamaConfig {
             rope_theta: 10_000.0,
             rope_scaling: RopeScaling::None,
             rope_style: RopeStyle::HalfSplit,
+            rotary_dim: None,
             vocab_size: 0,
             tied_embeddings: false,
             context_length: 2048,
@@ -144,6 +132,9 @@ pub(super) enum Architecture {
     /// Gemma 3: Gemma 2 without soft caps, with per-head Q/K norms, five sliding layers to
     /// one global, and a RoPE base of their own for the sliding layers.
     Gemma3,
+    /// Phi-3, Phi-3.5, Phi-4, Phi-4-mini: Q/K/V and gate/up stored fused (split on load),
+    /// LongRoPE, partial rotary (Phi-4-mini), a sliding window on every layer (Phi-3-mini).
+    Phi3,
 }
 
 impl Architecture {
@@ -157,11 +148,12 @@ impl Architecture {
             "gemma2" => Self::Gemma2,
             // Hugging Face's text-only Gemma 3 (1B, and the text half of the others).
             "gemma3" | "gemma3_text" => Self::Gemma3,
+            "phi3" => Self::Phi3,
             _ => return None,
         })
     }
 
-    const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3";
+    const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3";
 
     pub(super) fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
@@ -173,7 +165,7 @@ impl Architecture {
     fn gguf_rope_style(self) -> RopeStyle {
         match self {
             Self::Llama => RopeStyle::Interleaved,
-            Self::Qwen2 | Self::Qwen3 | Self::Gemma | Self::Gemma2 | Self::Gemma3 => {
+            Self::Qwen2 | Self::Qwen3 | Self::Gemma | Self::Gemma2 | Self::Gemma3 | Self::Phi3 => {
                 RopeStyle::HalfSplit
             }
         }
@@ -246,57 +238,10 @@ impl LlamaConfig {
             || self.gemma.sliding_rope_theta.is_some()
     }
 
-    /// RoPE with frequencies `theta^(-2i/d)`, scaled as the model asks.
-    pub fn rope(&self) -> Rope {
-        self.rope_with(self.rope_theta, &self.rope_scaling)
-    }
-
-    /// The RoPE of sliding-window layers, where it differs from [`Self::rope`] (Gemma 3).
-    pub fn sliding_rope(&self) -> Option<Rope> {
-        self.gemma
-            .sliding_rope_theta
-            .map(|theta| self.rope_with(theta, &RopeScaling::None))
-    }
-
-    fn rope_with(&self, theta: f64, scaling: &RopeScaling) -> Rope {
-        let d = self.head_dim;
-        let inv_freq = (0..d / 2)
-            .map(|i| {
-                let f = theta.powf(-2.0 * i as f64 / d as f64);
-                let f = match scaling {
-                    RopeScaling::None => f,
-                    RopeScaling::Linear { factor } => f / factor,
-                    RopeScaling::FreqFactors(div) => {
-                        f / f64::from(div.get(i).copied().unwrap_or(1.0))
-                    }
-                    RopeScaling::Llama3 {
-                        factor,
-                        low_freq_factor,
-                        high_freq_factor,
-                        original_max_position,
-                    } => {
-                        let wavelen = 2.0 * std::f64::consts::PI / f;
-                        let low_wavelen = original_max_position / low_freq_factor;
-                        let high_wavelen = original_max_position / high_freq_factor;
-                        if wavelen < high_wavelen {
-                            f
-                        } else if wavelen > low_wavelen {
-                            f / factor
-                        } else {
-                            let smooth = (original_max_position / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        }
-                    }
-                };
-                f as f32
-            })
-            .collect();
-        Rope {
-            style: self.rope_style,
-            head_dim: d,
-            inv_freq,
-        }
+    /// Whether RoPE rotates part of each head or scales by LongRoPE (Phi), which lowbit's
+    /// file format versions 1 and 2 could not describe.
+    pub fn has_phi_features(&self) -> bool {
+        self.rotary_dim.is_some() || matches!(self.rope_scaling, RopeScaling::LongRope { .. })
     }
 
     /// Checks the numbers fit together, naming the offending field.
@@ -392,6 +337,18 @@ impl LlamaConfig {
                 ),
             ));
         }
+        let rotated = self.rotated_dims();
+        if rotated == 0 || !rotated.is_multiple_of(2) || rotated > self.head_dim {
+            return Err(ModelError::field(
+                &p,
+                "rope.dimension_count",
+                format!(
+                    "{rotated} rotated dimensions of heads of {}: RoPE rotates pairs",
+                    self.head_dim
+                ),
+            ));
+        }
+        self.rope_scaling.validate(&p.to_string(), rotated / 2)?;
         Ok(self)
     }
 
@@ -443,29 +400,20 @@ impl LlamaConfig {
                 .map(|t| t.rows())
                 .ok_or_else(|| ModelError::tensor(&path, "token_embd.weight", "missing"))?,
         };
-        let rope_scaling = if let Some(t) = gguf.tensor_info("rope_freqs.weight") {
-            RopeScaling::FreqFactors(gguf.raw_tensor(t)?.to_f32())
-        } else {
-            match gguf
-                .get(&key("rope.scaling.type"))
-                .and_then(MetaValue::as_str)
-            {
-                None | Some("none") => RopeScaling::None,
-                Some("linear") => RopeScaling::Linear {
-                    factor: opt_float("rope.scaling.factor").unwrap_or(1.0),
-                },
-                Some(other) => {
-                    return Err(ModelError::field(
-                        &path,
-                        &key("rope.scaling.type"),
-                        format!("'{other}' is not supported (none, linear)"),
-                    ))
-                }
-            }
-        };
+        let context_length = opt_uint("context_length").unwrap_or(2048);
+        let rope_scaling = RopeScaling::from_gguf(gguf, &key, context_length)?;
+        // llama.cpp's `n_rot`: all of a head unless the file says fewer.
+        let rotary_dim = opt_uint("rope.dimension_count").filter(|&d| d != head_dim);
         let n_layers = uint("block_count")?;
-        let gemma =
+        let mut gemma =
             GemmaAdditions::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
+        if architecture == Architecture::Phi3 {
+            // llama.cpp disables Phi's window (its converter writes no layer pattern, see
+            // llama.cpp#13676); the models were trained with it on every layer, as Hugging
+            // Face runs them, and so does lowbit.
+            let window = opt_uint("attention.sliding_window").unwrap_or(0);
+            gemma.set_window_on_every_layer(window, n_layers, context_length);
+        }
         Self {
             hidden_size,
             n_layers,
@@ -477,11 +425,13 @@ impl LlamaConfig {
             rope_theta: opt_float("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
             rope_style: architecture.gguf_rope_style(),
+            rotary_dim,
             vocab_size,
             tied_embeddings: gguf.tensor_info("output.weight").is_none(),
-            context_length: opt_uint("context_length").unwrap_or(2048),
+            context_length,
             // llama.cpp loads Q/K/V biases wherever a file has them; lowbit wants all three.
-            attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some(),
+            attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some()
+                || gguf.tensor_info("blk.0.attn_qkv.bias").is_some(),
             qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
             gemma,
         }
@@ -524,44 +474,7 @@ impl LlamaConfig {
         let opt_float = |k: &str| json.get(k).and_then(|v| v.as_f64());
         let hidden_size = uint("hidden_size")?;
         let n_heads = uint("num_attention_heads")?;
-        let rope_scaling = match json.get("rope_scaling") {
-            None | Some(serde_json::Value::Null) => RopeScaling::None,
-            Some(s) => {
-                let kind = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
-                let f = |k: &str| -> Result<f64> {
-                    s.get(k).and_then(|v| v.as_f64()).ok_or_else(|| {
-                        ModelError::field(
-                            &p,
-                            &format!("rope_scaling.{k}"),
-                            "missing or not a number",
-                        )
-                    })
-                };
-                match kind {
-                    "default" => RopeScaling::None,
-                    "linear" => RopeScaling::Linear {
-                        factor: f("factor")?,
-                    },
-                    "llama3" => RopeScaling::Llama3 {
-                        factor: f("factor")?,
-                        low_freq_factor: f("low_freq_factor")?,
-                        high_freq_factor: f("high_freq_factor")?,
-                        original_max_position: f("original_max_position_embeddings")?,
-                    },
-                    other => {
-                        return Err(ModelError::field(
-                            &p,
-                            "rope_scaling.rope_type",
-                            format!("'{other}' is not supported (default, linear, llama3)"),
-                        ))
-                    }
-                }
-            }
-        };
+        let rope_scaling = RopeScaling::from_hf_json(&p, json)?;
         if json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
             return Err(ModelError::field(
                 &p,
@@ -582,25 +495,38 @@ impl LlamaConfig {
         }
         let attention_bias = architecture == Architecture::Qwen2;
         let n_layers = uint("num_hidden_layers")?;
-        let gemma = GemmaAdditions::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
+        let context_length = opt_uint("max_position_embeddings").unwrap_or(2048);
+        let mut gemma =
+            GemmaAdditions::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
+        if architecture == Architecture::Phi3 {
+            let window = opt_uint("sliding_window").unwrap_or(0);
+            gemma.set_window_on_every_layer(window, n_layers, context_length);
+        }
+        let head_dim =
+            opt_uint("head_dim").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
+        // Hugging Face's `int(head_dim · partial_rotary_factor)`.
+        let rotary_dim = opt_float("partial_rotary_factor")
+            .map(|f| (head_dim as f64 * f) as usize)
+            .filter(|&d| d != head_dim);
         Self {
             hidden_size,
             n_layers,
             n_heads,
             n_kv_heads: opt_uint("num_key_value_heads").unwrap_or(n_heads),
-            head_dim: opt_uint("head_dim").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0)),
+            head_dim,
             ffn_size: uint("intermediate_size")?,
             rms_eps: opt_float("rms_norm_eps").unwrap_or(1e-6) as f32,
             rope_theta: opt_float("rope_theta").unwrap_or(10_000.0),
             rope_scaling,
             rope_style: RopeStyle::HalfSplit,
+            rotary_dim,
             vocab_size: uint("vocab_size")?,
             tied_embeddings: json
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
                 // Gemma's configs leave it out: tied.
                 .unwrap_or(architecture.is_gemma()),
-            context_length: opt_uint("max_position_embeddings").unwrap_or(2048),
+            context_length,
             attention_bias,
             qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
             gemma,

@@ -10,6 +10,20 @@ use super::gguf::{GgufFile, MetaValue};
 /// window 4,096; every other layer sliding in Gemma 2, five of six in Gemma 3; Gemma 3's
 /// sliding RoPE base 10,000), or from a Hugging Face `config.json`.
 impl GemmaAdditions {
+    /// A window on every layer (Phi-3), where it is shorter than the context (Phi-3.5's
+    /// and Phi-4-mini's 262,144 never bite).
+    pub(super) fn set_window_on_every_layer(
+        &mut self,
+        window: usize,
+        layers: usize,
+        context: usize,
+    ) {
+        if window > 0 && window < context {
+            self.sliding_window = window;
+            self.sliding_layers = vec![true; layers];
+        }
+    }
+
     /// From a Hugging Face `config.json` (`GemmaConfig`, `Gemma2Config`, `Gemma3TextConfig`).
     pub(super) fn from_hf_json(
         arch: Architecture,

@@ -313,6 +313,10 @@ pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
         "attn_q_norm.weight" => "self_attn.q_norm.weight",
         "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "attn_output.weight" => "self_attn.o_proj.weight",
+        // Phi-3's fused projections (split on load: `fused.rs`).
+        "attn_qkv.weight" => "self_attn.qkv_proj.weight",
+        "attn_qkv.bias" => "self_attn.qkv_proj.bias",
+        "ffn_gate_up.weight" => "mlp.gate_up_proj.weight",
         "ffn_norm.weight" if naming == HfNaming::GemmaPostNorms => {
             "pre_feedforward_layernorm.weight"
         }

@@ -258,6 +258,13 @@ impl Llama {
         &self.config
     }
 
+    /// Serves sequences of up to `max_positions` (the model's context unless called):
+    /// LongRoPE takes its long factors where that exceeds its original context, as llama.cpp
+    /// decides by its context size.
+    pub fn set_max_positions(&mut self, max_positions: usize) {
+        self.rope = self.config.rope_for(max_positions);
+    }
+
     /// The format each weight matrix got, in load order.
     pub fn plans(&self) -> &[TensorPlan] {
         &self.plans

@@ -22,14 +22,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
 
-/// The newest version this build reads. Version 2 added Gemma's config fields; a file that
-/// needs none of them is still written as version 1, which older builds read.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest version this build reads. Version 2 added Gemma's config fields, version 3
+/// Phi's (partial rotary, LongRoPE); a file that needs none of them is still written as the
+/// oldest version that describes it, which older builds read.
+pub const FORMAT_VERSION: u32 = 3;
 
-/// The version a file of this model is written as: 2 where an older build (which ignores
-/// config fields it does not know) would run the model wrongly.
+/// The version a file of this model is written as: the first that describes it, so that an
+/// older build (which ignores config fields it does not know) refuses it rather than running
+/// the model wrongly.
 pub fn format_version_for(config: &LlamaConfig) -> u32 {
-    if config.has_gemma_features() {
+    if config.has_phi_features() {
+        3
+    } else if config.has_gemma_features() {
         2
     } else {
         1

@@ -6,6 +6,7 @@
 use super::chat_template::ChatTemplate;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
+use super::fused::{FusedPart, GATE_UP};
 use super::gguf::{GgufFile, MetaValue};
 use super::hf::{HfFolder, SafetensorsFile};
 use super::lowbit_file::LowbitFile;
@@ -83,8 +84,61 @@ impl ModelSource {
         }
     }
 
-    /// A tensor by canonical (GGUF) name.
+    /// A tensor by canonical (GGUF) name; a part of a fused projection is its rows of the
+    /// fused tensor ([`FusedPart`]).
     pub fn tensor(&self, name: &str) -> Result<RawTensor<'_>> {
+        match self.fused_location(name)? {
+            Some((fused, rows)) => self.stored_tensor(&fused)?.row_range(rows).map_err(|e| {
+                ModelError::tensor(
+                    self.path().display(),
+                    &self.file_tensor_name(name),
+                    e.to_string(),
+                )
+            }),
+            None => self.stored_tensor(name),
+        }
+    }
+
+    /// Where canonical `name` lies when the file stores it fused: the fused tensor's
+    /// canonical name and which of its rows (`None`: stored as itself, or not at all).
+    fn fused_location(&self, name: &str) -> Result<Option<(String, std::ops::Range<usize>)>> {
+        if matches!(self, Self::Lowbit(_)) || !name.starts_with("blk.") {
+            return Ok(None);
+        }
+        let gguf = matches!(self, Self::Gguf(_));
+        let stored = self.stores(name);
+        // A GGUF file keeps gate/up fused under `ffn_up`'s own name.
+        if stored && !(gguf && name.ends_with(".ffn_up.weight")) {
+            return Ok(None);
+        }
+        let Ok(config) = self.config() else {
+            return Ok(None);
+        };
+        match FusedPart::of(name, &config) {
+            Some(FusedPart::Qkv { fused, rows }) => {
+                Ok((!stored && self.stores(&fused)).then_some((fused, rows)))
+            }
+            Some(FusedPart::GateUp { layer, gate }) => {
+                if self.stores(&format!("blk.{layer}.ffn_gate.weight")) {
+                    return Ok(None);
+                }
+                let fused = if gguf {
+                    format!("blk.{layer}.ffn_up.weight")
+                } else {
+                    format!("blk.{layer}.{GATE_UP}")
+                };
+                if !self.stores(&fused) {
+                    return Ok(None);
+                }
+                let rows = self.stored_tensor(&fused)?.rows;
+                Ok(Some((fused, FusedPart::gate_up_rows(gate, rows))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A tensor as the file stores it, by canonical name.
+    fn stored_tensor(&self, name: &str) -> Result<RawTensor<'_>> {
         match self {
             Self::Gguf(g) => {
                 let info = g
@@ -105,9 +159,23 @@ impl ModelSource {
     /// A norm vector or bias by canonical name, as the forward multiplies by (or adds) it
     /// ([`HfFolder::vector`]: a Gemma checkpoint's norms are offset by one).
     pub fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some((fused, rows)) = self.fused_location(name)? {
+            // A fused bias is one row: its part is a range of values.
+            let values = self.vector(&fused)?;
+            return values
+                .get(rows.clone())
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| {
+                    ModelError::tensor(
+                        self.path().display(),
+                        &self.file_tensor_name(&fused),
+                        format!("{} values, the part {name} needs {rows:?}", values.len()),
+                    )
+                });
+        }
         match self {
             Self::HfFolder(h) => h.vector(name),
-            _ => Ok(self.tensor(name)?.to_f32()),
+            _ => Ok(self.stored_tensor(name)?.to_f32()),
         }
     }
 
@@ -219,8 +287,16 @@ impl ModelSource {
         Ok((q, plan))
     }
 
-    /// The name a tensor has in the files themselves (for error messages).
+    /// The name a tensor has in the files themselves (for error messages); a part of a fused
+    /// tensor is named with its rows.
     pub fn file_tensor_name(&self, canonical: &str) -> String {
+        if let Ok(Some((fused, rows))) = self.fused_location(canonical) {
+            return format!("{} (rows {rows:?})", self.stored_name(&fused));
+        }
+        self.stored_name(canonical)
+    }
+
+    fn stored_name(&self, canonical: &str) -> String {
         match self {
             Self::Gguf(_) | Self::Lowbit(_) => canonical.to_string(),
             Self::HfFolder(h) => h
@@ -229,8 +305,13 @@ impl ModelSource {
         }
     }
 
-    /// Whether a tensor exists, by canonical name.
+    /// Whether a tensor exists, by canonical name (as itself or a part of a fused one).
     pub fn has_tensor(&self, name: &str) -> bool {
+        self.stores(name) || matches!(self.fused_location(name), Ok(Some(_)))
+    }
+
+    /// Whether the file stores a tensor under canonical `name`.
+    fn stores(&self, name: &str) -> bool {
         match self {
             Self::Gguf(g) => g.tensor_info(name).is_some(),
             Self::HfFolder(h) => h.name_of(name).is_some_and(|n| h.has(&n)),

@@ -124,6 +124,7 @@ impl SyntheticModel {
                 rope_theta: 1_000_000.0,
                 rope_scaling: RopeScaling::None,
                 rope_style: RopeStyle::HalfSplit,
+                rotary_dim: None,
                 vocab_size: 262_144,
                 tied_embeddings: true,
                 context_length: 32_768,

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod tiny_model;
+pub mod tiny_phi;
 pub mod tiny_reference;
 pub mod tools;
 

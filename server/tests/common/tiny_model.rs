@@ -27,6 +27,9 @@ pub enum TinyArch {
     /// the window, with RoPE base [`GEMMA3_SLIDING_THETA`] (llama.cpp's defaults: the file
     /// names neither).
     Gemma3,
+    /// Phi-3/Phi-4-mini: Q/K/V and gate/up fused in the files, 12 of 16 head dimensions
+    /// rotated, LongRoPE (`tiny_phi.rs`).
+    Phi3,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -46,6 +49,7 @@ impl TinyArch {
             TinyArch::Gemma => "gemma",
             TinyArch::Gemma2 => "gemma2",
             TinyArch::Gemma3 => "gemma3",
+            TinyArch::Phi3 => "phi3",
         }
     }
 
@@ -249,7 +253,13 @@ impl TinyModel {
             0.0,
             &mut rng,
         );
+        // Phi-3's fused parts share one dtype: Q/K/V that of Q, gate/up that of gate.
+        let fused = cfg.arch == TinyArch::Phi3;
         let proj = |layer: usize, which: usize| {
+            let which = match which {
+                1 | 2 if fused => 0,
+                _ => which,
+            };
             if !quantized || layer != 0 {
                 SourceDType::F32
             } else {
@@ -338,7 +348,8 @@ impl TinyModel {
             );
             add(n("ffn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
             add(n("ffn_gate"), cfg.ffn, h, proj(l, 1), s, 0.0, &mut rng);
-            add(n("ffn_up"), cfg.ffn, h, proj(l, 0), s, 0.0, &mut rng);
+            let up = if fused { proj(l, 1) } else { proj(l, 0) };
+            add(n("ffn_up"), cfg.ffn, h, up, s, 0.0, &mut rng);
             add(
                 n("ffn_down"),
                 h,
@@ -438,9 +449,12 @@ impl TinyModel {
                 MetaValue::U32(TINY_WINDOW as u32),
             );
         }
+        if c.arch == TinyArch::Phi3 {
+            self.phi3_gguf_meta(&mut w);
+        }
         // Only Llama's converter permutes Q/K rows (llama.cpp's NORM rope); Qwen's keep HF order.
         let permute = c.arch == TinyArch::Llama;
-        for t in &self.tensors {
+        for t in &self.stored_tensors(true) {
             let values = if permute && t.name.ends_with("attn_q.weight") {
                 permute_rows(&t.values, c.heads, t.cols)
             } else if permute && t.name.ends_with("attn_k.weight") {
@@ -471,6 +485,7 @@ impl TinyModel {
                 TinyArch::Gemma => "GemmaForCausalLM",
                 TinyArch::Gemma2 => "Gemma2ForCausalLM",
                 TinyArch::Gemma3 => "Gemma3ForCausalLM",
+                TinyArch::Phi3 => "Phi3ForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
@@ -517,6 +532,9 @@ impl TinyModel {
             config["final_logit_softcapping"] = serde_json::Value::Null;
             config["attn_logit_softcapping"] = serde_json::Value::Null;
         }
+        if c.arch == TinyArch::Phi3 {
+            self.phi3_hf_config(&mut config);
+        }
         let naming = lowbit::model::hf::HfNaming::of(&config);
         std::fs::write(
             dir.join("config.json"),
@@ -524,7 +542,7 @@ impl TinyModel {
         )
         .unwrap();
         let hf: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .tensors
+            .stored_tensors(false)
             .iter()
             .map(|t| {
                 let name = lowbit::model::hf::hf_name_in(&t.name, naming).unwrap();

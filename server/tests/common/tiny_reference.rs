@@ -6,6 +6,7 @@ use super::tiny_model::{
     TinyArch, TinyModel, GEMMA2_ATTN_SOFTCAP, GEMMA2_FINAL_SOFTCAP, GEMMA3_SLIDING_THETA,
     TINY_WINDOW,
 };
+use super::tiny_phi::{RopeRule, TINY_CONTEXT};
 
 type Matrix = (usize, usize, Vec<f64>);
 
@@ -42,6 +43,12 @@ impl TinyModel {
     /// conventions: half-split RoPE on unpermuted weights). Gemma: embeddings times `√hidden`,
     /// GeGLU, post-norms, soft caps and sliding windows as [`TinyArch`] describes them.
     pub fn reference_logits(&self, tokens: &[u32]) -> Vec<Vec<f64>> {
+        self.reference_logits_within(tokens, TINY_CONTEXT)
+    }
+
+    /// [`Self::reference_logits`] of a model served for sequences of up to `context`
+    /// positions (which LongRoPE's factors depend on).
+    pub fn reference_logits_within(&self, tokens: &[u32], context: usize) -> Vec<Vec<f64>> {
         let c = &self.cfg;
         let arch = c.arch;
         let (h, hd) = (c.hidden, c.head_dim());
@@ -50,14 +57,19 @@ impl TinyModel {
             let inv = 1.0 / (ms + c.eps).sqrt();
             x.iter().zip(&g.2).map(|(v, g)| v * inv * g).collect()
         };
+        // Hugging Face's `rotate_half` over the first `rotated` dimensions (partial rotary),
+        // each frequency divided by its LongRoPE factor, sine and cosine times the attention
+        // factor.
+        let rule = RopeRule::of(arch, hd, context);
         let rope = |x: &mut [f64], pos: usize, theta: f64| {
+            let (rd, m) = (rule.rotated, rule.attention_factor);
             for head in x.chunks_mut(hd) {
-                for i in 0..hd / 2 {
-                    let angle = pos as f64 * theta.powf(-2.0 * i as f64 / hd as f64);
-                    let (s, co) = angle.sin_cos();
-                    let (a, b) = (head[i], head[i + hd / 2]);
-                    head[i] = a * co - b * s;
-                    head[i + hd / 2] = a * s + b * co;
+                for i in 0..rd / 2 {
+                    let freq = theta.powf(-2.0 * i as f64 / rd as f64) / rule.divisors[i];
+                    let (s, co) = (pos as f64 * freq).sin_cos();
+                    let (a, b) = (head[i], head[i + rd / 2]);
+                    head[i] = m * (a * co - b * s);
+                    head[i + rd / 2] = m * (a * s + b * co);
                 }
             }
         };

@@ -1,0 +1,202 @@
+//! Phi-3 / Phi-4 (`phi3`): Llama's block with Q/K/V and gate/up fused in the files, partial
+//! rotary (Phi-4-mini rotates 96 of 128 head dimensions) and LongRoPE (Phi-3-128k, Phi-3.5,
+//! Phi-4-mini), as a tiny random model written by the test (`common/tiny_phi.rs`). It must
+//! match the naive float64 forward from GGUF and a Hugging Face folder, on the CPU and the
+//! wgpu backend; llama.cpp's own logits for the GGUF file are checked with the other
+//! architectures' (`architectures.rs`).
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
+
+mod common;
+
+use common::rel_err;
+use common::tiny_model::{all_logits, flat, TinyArch, TinyConfig, TinyModel};
+use common::tiny_phi::{phi3_attention_factor, PHI3_ORIGINAL_CONTEXT, PHI3_ROTARY_DIM};
+use lowbit::model::config::RopeScaling;
+use lowbit::model::{Llama, ModelSource, QuantPolicy};
+use lowbit_gpu::cpu::CpuBackend;
+use lowbit_gpu::wgpu::device::AdapterChoice;
+use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
+use lowbit_gpu::Backend;
+use std::path::Path;
+use std::sync::Arc;
+
+/// f32 against the float64 oracle (as `architectures.rs`).
+const LOGITS_REL_TOL: f64 = 1e-4;
+/// The wgpu backend's int8 activations on layer 0's quantized tensors.
+const GPU_REL_TOL: f64 = 2e-2;
+const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
+
+fn tiny_phi(seed: u64, tied: bool, quantized: bool) -> TinyModel {
+    let cfg = TinyConfig {
+        arch: TinyArch::Phi3,
+        tied,
+        ..TinyConfig::default()
+    };
+    TinyModel::random(cfg, seed, quantized)
+}
+
+fn cpu() -> Arc<dyn Backend> {
+    Arc::new(CpuBackend::new())
+}
+
+fn load(path: &Path, backend: Arc<dyn Backend>, quant: &str) -> Llama {
+    let source = ModelSource::open(path).unwrap();
+    Llama::load(&source, backend, &QuantPolicy::parse(quant, None).unwrap()).unwrap()
+}
+
+/// GGUF (layer 0 quantized, fused) and Hugging Face folders (fused `qkv_proj`, `gate_up_proj`)
+/// on the CPU in f32; the GGUF file on the GPU in f32 and as stored; a prompt in pieces gives
+/// one prefill's bits.
+#[test]
+fn phi3_files_match_float64_reference_on_the_cpu_and_the_gpu() {
+    let gpu: Arc<dyn Backend> = Arc::new(
+        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
+            panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
+        }),
+    );
+    for (seed, tied) in [(40, false), (41, true)] {
+        let model = tiny_phi(seed, tied, true);
+        let want = flat(model.reference_logits(&TOKENS));
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = dir.path().join("tiny.gguf");
+        std::fs::write(&gguf, model.gguf_bytes()).unwrap();
+        let on_cpu = load(&gguf, cpu(), "f32");
+        let got = all_logits(&on_cpu, &TOKENS);
+        let e = rel_err(&got, &want);
+        assert!(e < LOGITS_REL_TOL, "tied {tied} gguf: {e}");
+
+        let mut kv = lowbit::engine::solo::SoloKv::new(&on_cpu, 1, TOKENS.len()).unwrap();
+        let mut pieces = Vec::new();
+        for (start, end) in [(0, 4), (4, 5), (5, 11)] {
+            let seq = lowbit::model::BatchSeq {
+                tokens: &TOKENS[start..end],
+                pos_start: start,
+                blocks: &kv.tables[0],
+                logits: 0..end - start,
+            };
+            pieces.extend(on_cpu.forward(&[seq], &mut kv.pool).unwrap().data);
+        }
+        assert_eq!(got, pieces, "one prefill and pieces differ");
+
+        model.write_hf_folder(&dir.path().join("hf"), 2);
+        let got = all_logits(&load(&dir.path().join("hf"), cpu(), "f32"), &TOKENS);
+        let e = rel_err(&got, &want);
+        assert!(e < LOGITS_REL_TOL, "tied {tied} hf folder: {e}");
+
+        let got = all_logits(&load(&gguf, gpu.clone(), "f32"), &TOKENS);
+        let e = rel_err(&got, &want);
+        assert!(e < LOGITS_REL_TOL, "tied {tied} gpu f32: {e}");
+        let source = ModelSource::open(&gguf).unwrap();
+        let stored = Llama::load(&source, gpu.clone(), &QuantPolicy::as_stored()).unwrap();
+        let e = rel_err(&all_logits(&stored, &TOKENS), &want);
+        assert!(e < GPU_REL_TOL, "tied {tied} gpu as stored: {e}");
+    }
+}
+
+/// Served within the original context, LongRoPE takes its short factors (on both backends'
+/// shared path: the model's RoPE); the long ones otherwise — and the two differ, so the
+/// choice shows.
+#[test]
+fn long_rope_follows_the_served_context() {
+    let model = tiny_phi(42, true, false);
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    std::fs::write(&gguf, model.gguf_bytes()).unwrap();
+    let mut llama = load(&gguf, cpu(), "f32");
+    let long = all_logits(&llama, &TOKENS);
+    llama.set_max_positions(PHI3_ORIGINAL_CONTEXT);
+    let short = all_logits(&llama, &TOKENS);
+    let want_short = flat(model.reference_logits_within(&TOKENS, PHI3_ORIGINAL_CONTEXT));
+    let e = rel_err(&short, &want_short);
+    assert!(e < LOGITS_REL_TOL, "short factors: {e}");
+    let want_long = flat(model.reference_logits(&TOKENS));
+    assert!(rel_err(&long, &want_long) < LOGITS_REL_TOL);
+    assert!(
+        rel_err(&short, &want_long) > 100.0 * LOGITS_REL_TOL,
+        "the factor lists should matter"
+    );
+}
+
+/// What a Phi file says, read alike from GGUF and Hugging Face: 12 rotated dimensions, the
+/// LongRoPE lists, original context and attention factor; no window (Phi-4's 0, a null);
+/// Phi-3-mini's window on every layer; the fused parts are tensors of their own.
+#[test]
+fn phi3_configs_and_fused_parts_read_alike_from_both_formats() {
+    let model = tiny_phi(43, false, false);
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    std::fs::write(&gguf, model.gguf_bytes()).unwrap();
+    let hf = dir.path().join("hf");
+    model.write_hf_folder(&hf, 1);
+    for path in [&gguf, &hf] {
+        let source = ModelSource::open(path).unwrap();
+        let c = source.config().unwrap();
+        assert_eq!(c.rotary_dim, Some(PHI3_ROTARY_DIM), "{path:?}");
+        let RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position,
+            attention_factor,
+        } = &c.rope_scaling
+        else {
+            panic!("{path:?}: {:?}", c.rope_scaling)
+        };
+        assert_eq!((short_factor.len(), long_factor.len()), (6, 6));
+        assert_eq!(*original_max_position, PHI3_ORIGINAL_CONTEXT);
+        assert!((attention_factor - phi3_attention_factor()).abs() < 1e-6);
+        assert_eq!(c.gemma.sliding_window, 0, "{path:?}");
+        for (name, rows) in [
+            ("blk.1.attn_q.weight", 64),
+            ("blk.1.attn_k.weight", 32),
+            ("blk.1.attn_v.weight", 32),
+            ("blk.1.ffn_gate.weight", 96),
+            ("blk.1.ffn_up.weight", 96),
+        ] {
+            assert!(source.has_tensor(name), "{path:?} {name}");
+            assert_eq!(source.tensor_shape(name).unwrap(), (rows, 64), "{name}");
+            let values = source.tensor(name).unwrap().to_f32();
+            assert_eq!(values, model.get(name).values, "{path:?} {name}");
+        }
+    }
+    // Phi-3-mini-4k's 2,047: every layer slides (Hugging Face does; llama.cpp disables it).
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    config["sliding_window"] = 4.into();
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let c = ModelSource::open(&hf).unwrap().config().unwrap();
+    assert_eq!(c.gemma.sliding_window, 4);
+    assert_eq!(c.gemma.sliding_layers, vec![true, true]);
+    assert!(c.layer_attention(1).window == 4);
+}
+
+/// A file whose fused projection is missing is refused naming the part's tensor; factor
+/// lists of the wrong length name their field.
+#[test]
+fn missing_fused_tensors_and_bad_factor_lists_are_named() {
+    let mut model = tiny_phi(44, true, false);
+    model.tensors.retain(|t| t.name != "blk.1.attn_q.weight");
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    std::fs::write(&gguf, model.gguf_bytes()).unwrap();
+    let source = ModelSource::open(&gguf).unwrap();
+    let err = Llama::load(&source, cpu(), &QuantPolicy::as_stored())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blk.1.attn_q.weight"), "{err}");
+
+    let hf = dir.path().join("hf");
+    tiny_phi(44, true, false).write_hf_folder(&hf, 1);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    config["rope_scaling"]["long_factor"] = serde_json::json!([1.0, 2.0]);
+    std::fs::write(hf.join("config.json"), config.to_string()).unwrap();
+    let err = ModelSource::open(&hf)
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("long_factor") && err.contains("config.json"),
+        "{err}"
+    );
+}
