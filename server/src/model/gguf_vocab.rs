@@ -50,6 +50,11 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Qwen2's split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_QWEN2`): Llama 3's with single digits.
 const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GPT-4o's split (o200k; llama.cpp `LLAMA_VOCAB_PRE_TYPE_GPT4O`: Phi-4-mini, Llama 4) as its
+/// `tokenizer.json` writes it: a word keeps its case run and a trailing contraction, digits go
+/// in threes, a punctuation run takes the newlines and slashes after it.
+const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Control tokens that end a turn in some model family (a subset of llama.cpp's list).
 const END_OF_TURN: [&str; 8] = [
     "<|eot_id|>",
@@ -323,11 +328,14 @@ fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenizerWrapper> {
         }
         p if is_llama3_family(p) => split_then_bytes(LLAMA3_SPLIT)?,
         "qwen2" | "deepseek-r1-qwen" => split_then_bytes(QWEN2_SPLIT)?,
+        // Llama 3's split without its BOS and whole-word rules (Phi-4, DBRX).
+        "dbrx" | "smaug-bpe" => split_then_bytes(LLAMA3_SPLIT)?,
+        "gpt-4o" | "llama4" => split_then_bytes(GPT4O_SPLIT)?,
         other => {
             return Err(ModelError::field(
                 path,
                 "tokenizer.ggml.pre",
-                format!("pre-tokenizer '{other}' is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2…)"),
+                format!("pre-tokenizer '{other}' is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2, dbrx, gpt-4o…)"),
             ))
         }
     })

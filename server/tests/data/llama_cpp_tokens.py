@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 HERE = Path(__file__).parent
 TEXT = HERE.parents[2] / ".." / "shared" / "data" / "botchan-dev.txt"
-PRE_TOKENIZERS = ["qwen2", "llama-bpe", "smollm"]
+PRE_TOKENIZERS = ["qwen2", "llama-bpe", "smollm", "dbrx", "gpt-4o"]
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CASES = [
     "Hello, world!",
