@@ -6,6 +6,7 @@ those of the named architecture. F16 weights: quantize them with `llama-quantize
     python scripts/bench/random-gguf.py qwen2.5-0.5b /tmp/qwen25-f16.gguf
     python scripts/bench/random-gguf.py llama-3.2-1b /tmp/llama1b-f16.gguf
     python scripts/bench/random-gguf.py gemma3-1b /tmp/gemma3-1b-f16.gguf
+    python scripts/bench/random-gguf.py phi4-mini /tmp/phi4-mini-f16.gguf
 
 Needs `numpy` and `gguf` (PyPI).
 """
@@ -24,6 +25,9 @@ SHAPES = {
     # Gemma 3 1B: GeGLU, post-norms, five layers of six in a 512-position window (llama.cpp's
     # default pattern and sliding RoPE base), tied 262144 vocabulary.
     "gemma3-1b": ("gemma3", 1152, 26, 4, 1, 256, 6912, 262144, 1e6, False, True),
+    # Phi-4-mini: Q/K/V and gate/up fused (as llama.cpp's converter writes Phi-3), 96 of 128
+    # head dimensions rotated, LongRoPE factor lists, tied 200064 vocabulary.
+    "phi4-mini": ("phi3", 3072, 32, 24, 8, 128, 8192, 200064, 1e4, False, False),
 }
 
 # Sliding window of the architectures that have one.
@@ -49,6 +53,11 @@ def main() -> None:
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     if arch in WINDOWS:
         w.add_sliding_window(WINDOWS[arch])
+    if arch == "phi3":
+        w.add_rope_dimension_count(96)
+        w.add_rope_scaling_orig_ctx_len(4096)
+        w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(32) / np.log(4096))))
+        w.add_sliding_window(262144)
     # A byte-level vocabulary of the model's size: the 256 byte symbols, one merge, fillers.
     byte_symbols = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 173)] + [
         chr(c) for c in range(174, 256)
@@ -75,12 +84,20 @@ def main() -> None:
 
     matrix("token_embd.weight", vocab, h)
     vector("output_norm.weight", h, 1.0)
+    if arch == "phi3":
+        # Phi-4-mini's lists rise from 1 (short) and to about 50 (long).
+        pairs = 48
+        w.add_tensor("rope_factors_short.weight", np.linspace(1.0, 1.5, pairs, dtype=np.float32))
+        w.add_tensor("rope_factors_long.weight", np.geomspace(1.0, 50.0, pairs, dtype=np.float32))
     for i in range(layers):
         b = f"blk.{i}."
         vector(b + "attn_norm.weight", h, 1.0)
-        matrix(b + "attn_q.weight", heads * hd, h)
-        matrix(b + "attn_k.weight", kv * hd, h)
-        matrix(b + "attn_v.weight", kv * hd, h)
+        if arch == "phi3":
+            matrix(b + "attn_qkv.weight", (heads + 2 * kv) * hd, h)
+        else:
+            matrix(b + "attn_q.weight", heads * hd, h)
+            matrix(b + "attn_k.weight", kv * hd, h)
+            matrix(b + "attn_v.weight", kv * hd, h)
         if bias:
             vector(b + "attn_q.bias", heads * hd, 0.0)
             vector(b + "attn_k.bias", kv * hd, 0.0)
@@ -90,8 +107,11 @@ def main() -> None:
             vector(b + "attn_k_norm.weight", hd, 1.0)
         matrix(b + "attn_output.weight", h, heads * hd)
         vector(b + "ffn_norm.weight", h, 1.0)
-        matrix(b + "ffn_gate.weight", ffn, h)
-        matrix(b + "ffn_up.weight", ffn, h)
+        if arch == "phi3":
+            matrix(b + "ffn_up.weight", 2 * ffn, h)
+        else:
+            matrix(b + "ffn_gate.weight", ffn, h)
+            matrix(b + "ffn_up.weight", ffn, h)
         matrix(b + "ffn_down.weight", h, ffn)
         if arch.startswith("gemma"):
             vector(b + "post_attention_norm.weight", h, 1.0)

@@ -198,10 +198,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     writeln!(
         out,
-        "rope        theta {}, {:?} pairs, scaling {:?}; context {}; RMS eps {:e}; tied head {}",
+        "rope        theta {}, {:?} pairs{}, scaling {}; context {}; RMS eps {:e}; tied head {}",
         config.rope_theta,
         config.rope_style,
-        config.rope_scaling,
+        match config.rotary_dim {
+            Some(d) => format!(" over {d} of {} dimensions", config.head_dim),
+            None => String::new(),
+        },
+        rope_scaling_summary(&config.rope_scaling),
         config.context_length,
         config.rms_eps,
         config.tied_embeddings
@@ -266,6 +270,25 @@ pub fn run(args: InfoArgs) -> Result<()> {
 }
 
 /// What a Gemma model adds to Llama's block, for `info`; `None` for a plain one.
+/// The scaling in a line: LongRoPE's factor lists are summarised, not printed.
+fn rope_scaling_summary(s: &crate::model::config::RopeScaling) -> String {
+    use crate::model::config::RopeScaling;
+    match s {
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            original_max_position,
+            attention_factor,
+        } => format!(
+            "LongRoPE ({} short and {} long factors, the long ones for a served context over {original_max_position}; attention factor {attention_factor:.4})",
+            short_factor.len(),
+            long_factor.len()
+        ),
+        RopeScaling::FreqFactors(f) => format!("{} frequency factors", f.len()),
+        other => format!("{other:?}"),
+    }
+}
+
 fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
     if !c.has_gemma_features() {
         return None;

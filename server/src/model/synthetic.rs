@@ -37,6 +37,10 @@ pub enum SyntheticModel {
     /// 262144 vocabulary.
     #[value(name = "gemma3-1b")]
     Gemma3OneB,
+    /// Phi-4-mini's shapes: 32 layers of 3072, GQA 24/8 of 128-wide heads with 96 dimensions
+    /// rotated, FFN 8192, LongRoPE, tied 200064 vocabulary.
+    #[value(name = "phi4-mini")]
+    Phi4Mini,
 }
 
 impl SyntheticModel {
@@ -140,6 +144,26 @@ impl SyntheticModel {
                     ..GemmaAdditions::default()
                 },
             },
+            SyntheticModel::Phi4Mini => LlamaConfig {
+                hidden_size: 3072,
+                n_layers: 32,
+                n_heads: 24,
+                n_kv_heads: 8,
+                head_dim: 128,
+                ffn_size: 8192,
+                rotary_dim: Some(96),
+                // Factor lists of ones: the speed is the same whatever they hold.
+                rope_scaling: RopeScaling::LongRope {
+                    short_factor: Vec::new(),
+                    long_factor: Vec::new(),
+                    original_max_position: 4096,
+                    attention_factor: (1.0 + 32f64.ln() / 4096f64.ln()).sqrt(),
+                },
+                vocab_size: 200_064,
+                tied_embeddings: true,
+                context_length: 131_072,
+                ..LlamaConfig::default()
+            },
         }
     }
 
@@ -152,6 +176,7 @@ impl SyntheticModel {
             SyntheticModel::Qwen25Half => "qwen2.5-0.5b",
             SyntheticModel::Qwen3Small => "qwen3-0.6b",
             SyntheticModel::Gemma3OneB => "gemma3-1b",
+            SyntheticModel::Phi4Mini => "phi4-mini",
         }
     }
 }
