@@ -475,13 +475,6 @@ impl LlamaConfig {
         let hidden_size = uint("hidden_size")?;
         let n_heads = uint("num_attention_heads")?;
         let rope_scaling = RopeScaling::from_hf_json(&p, json)?;
-        if json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) {
-            return Err(ModelError::field(
-                &p,
-                "use_sliding_window",
-                "sliding-window attention is not supported",
-            ));
-        }
         // Qwen2's Q/K/V always have biases (its config has no key for them); elsewhere
         // `attention_bias` biases the output projection too, which lowbit does not run.
         if architecture != Architecture::Qwen2
@@ -498,10 +491,7 @@ impl LlamaConfig {
         let context_length = opt_uint("max_position_embeddings").unwrap_or(2048);
         let mut gemma =
             GemmaAdditions::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
-        if architecture == Architecture::Phi3 {
-            let window = opt_uint("sliding_window").unwrap_or(0);
-            gemma.set_window_on_every_layer(window, n_layers, context_length);
-        }
+        gemma.set_hf_windows(model_type, &p, json, n_layers, context_length)?;
         let head_dim =
             opt_uint("head_dim").unwrap_or(hidden_size.checked_div(n_heads).unwrap_or(0));
         // Hugging Face's `int(head_dim · partial_rotary_factor)`.
@@ -538,6 +528,44 @@ impl LlamaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hf_config(extra: serde_json::Value) -> Result<LlamaConfig> {
+        let mut json = serde_json::json!({
+            "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "intermediate_size": 96, "vocab_size": 100, "max_position_embeddings": 32768
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            json[k] = v.clone();
+        }
+        LlamaConfig::from_hf_json(Path::new("config.json"), &json)
+    }
+
+    /// Mistral 7B v0.1's window on every layer (v0.2's null: none); Qwen2's only where
+    /// `use_sliding_window` is set, from `max_window_layers` on or as `layer_types` marks.
+    #[test]
+    fn hugging_face_windows_of_mistral_and_qwen() {
+        let windows = |extra| {
+            let c = hf_config(extra).unwrap();
+            (c.gemma.sliding_window, c.gemma.sliding_layers)
+        };
+        let v01 = serde_json::json!({"model_type": "mistral", "sliding_window": 4096});
+        assert_eq!(windows(v01), (4096, vec![true; 3]));
+        let v02 = serde_json::json!({"model_type": "mistral", "sliding_window": null});
+        assert_eq!(windows(v02), (0, vec![]));
+        let off = serde_json::json!({"model_type": "qwen2", "sliding_window": 4096,
+            "use_sliding_window": false, "max_window_layers": 1});
+        assert_eq!(windows(off), (0, vec![]));
+        let on = serde_json::json!({"model_type": "qwen2", "sliding_window": 4096,
+            "use_sliding_window": true, "max_window_layers": 1});
+        assert_eq!(windows(on), (4096, vec![false, true, true]));
+        let typed = serde_json::json!({"model_type": "qwen3", "sliding_window": 512,
+            "use_sliding_window": true, "layer_types":
+            ["sliding_attention", "full_attention", "sliding_attention"]});
+        assert_eq!(windows(typed), (512, vec![true, false, true]));
+        let none = serde_json::json!({"model_type": "qwen2", "use_sliding_window": true});
+        let err = hf_config(none).unwrap_err().to_string();
+        assert!(err.contains("sliding_window"), "{err}");
+    }
 
     /// A config written before Gemma's fields existed (format version 1) reads with all of
     /// them off; one written now reads back equal.

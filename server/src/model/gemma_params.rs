@@ -24,6 +24,55 @@ impl GemmaAdditions {
         }
     }
 
+    /// The sliding windows Hugging Face runs for the non-Gemma architectures: Mistral's and
+    /// Phi-3's on every layer (Mistral 7B v0.1, Phi-3-mini: 4,096 and 2,047), Qwen2's and
+    /// Qwen3's where `use_sliding_window` is set, on the layers `layer_types` marks or else
+    /// from `max_window_layers` on (Hugging Face's default 28). llama.cpp runs these
+    /// architectures' GGUF files without windows (Phi-3's: `config.rs`).
+    pub(super) fn set_hf_windows(
+        &mut self,
+        model_type: &str,
+        path: &str,
+        json: &serde_json::Value,
+        layers: usize,
+        context: usize,
+    ) -> Result<()> {
+        let window = json
+            .get("sliding_window")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as usize;
+        match model_type {
+            "mistral" | "phi3" => self.set_window_on_every_layer(window, layers, context),
+            "qwen2" | "qwen3"
+                if json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) =>
+            {
+                if window == 0 {
+                    return Err(ModelError::field(
+                        path,
+                        "sliding_window",
+                        "use_sliding_window is set without a window",
+                    ));
+                }
+                let flags = match layer_kinds(path, json, layers)? {
+                    Some(flags) => flags,
+                    None => {
+                        let first = json
+                            .get("max_window_layers")
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or(28) as usize;
+                        (0..layers).map(|l| l >= first).collect()
+                    }
+                };
+                if window < context && flags.iter().any(|&f| f) {
+                    self.sliding_window = window;
+                    self.sliding_layers = flags;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// From a Hugging Face `config.json` (`GemmaConfig`, `Gemma2Config`, `Gemma3TextConfig`).
     pub(super) fn from_hf_json(
         arch: Architecture,
@@ -70,27 +119,8 @@ impl GemmaAdditions {
         if arch == Architecture::Gemma3 {
             p.sliding_rope_theta = Some(float("rope_local_base_freq").unwrap_or(10_000.0));
         }
-        p.sliding_layers = match json.get("layer_types").and_then(|v| v.as_array()) {
-            Some(types) => {
-                let flags: Option<Vec<bool>> = types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        Some("sliding_attention") => Some(true),
-                        Some("full_attention") => Some(false),
-                        _ => None,
-                    })
-                    .collect();
-                match flags {
-                    Some(f) if f.len() == layers => f,
-                    _ => {
-                        return Err(ModelError::field(
-                            path,
-                            "layer_types",
-                            format!("not {layers} of \"sliding_attention\" or \"full_attention\""),
-                        ))
-                    }
-                }
-            }
+        p.sliding_layers = match layer_kinds(path, json, layers)? {
+            Some(flags) => flags,
             None => {
                 let default = if arch == Architecture::Gemma2 { 2 } else { 6 };
                 let n = json
@@ -175,5 +205,28 @@ impl GemmaAdditions {
             }
         };
         Ok(p)
+    }
+}
+
+/// Newer Hugging Face configs name each layer's kind (`layer_types`): which slide.
+fn layer_kinds(path: &str, json: &serde_json::Value, layers: usize) -> Result<Option<Vec<bool>>> {
+    let Some(types) = json.get("layer_types").and_then(|v| v.as_array()) else {
+        return Ok(None);
+    };
+    let flags: Option<Vec<bool>> = types
+        .iter()
+        .map(|t| match t.as_str() {
+            Some("sliding_attention") => Some(true),
+            Some("full_attention") => Some(false),
+            _ => None,
+        })
+        .collect();
+    match flags {
+        Some(f) if f.len() == layers => Ok(Some(f)),
+        _ => Err(ModelError::field(
+            path,
+            "layer_types",
+            format!("not {layers} of \"sliding_attention\" or \"full_attention\""),
+        )),
     }
 }
