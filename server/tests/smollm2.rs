@@ -68,8 +68,11 @@ fn tokenizer_matches_llama_cpp_ids_exactly() {
     assert!(!tok.adds_bos());
     assert_eq!(tok.bos(), Some(1));
     // EOS, then <|endoftext|>: a control token named as an end of turn, in llama.cpp's
-    // end-of-generation set too.
-    assert_eq!(tok.eos(), &[2, 0]);
+    // end-of-generation set too; and <reponame>, which llama.cpp takes for StarCoder's FIM
+    // repository token and ends generation at.
+    assert_eq!(tok.eos(), &[2, 0, 4]);
+    assert_eq!(tok.token_text(4).as_deref(), Some("<reponame>"));
+    assert_eq!(tok.fim(), None, "SmolLM2 has no fill-in-the-middle tokens");
 }
 
 #[test]

@@ -13,6 +13,7 @@ use super::structured;
 use super::{body_bytes, request_id, unix_now, AppState};
 use crate::engine::sampler::TokenLogprobs;
 use crate::engine::{Event, EventStream};
+use crate::model::tokenizer::FimTokens;
 use crate::model::Tokenizer;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -110,14 +111,31 @@ pub async fn create(
     let echo = req.echo.unwrap_or(false);
     // With `echo`, the prompt's tokens come with their log-probabilities too.
     let prompt_top = top.filter(|_| echo);
+    // With a suffix the prompt is the text before the middle: encoded without BOS, which
+    // the fill-in-the-middle prompt puts first itself.
+    let fim = match &req.suffix {
+        None => None,
+        Some(suffix) => Some(fill_in_the_middle(tokenizer, suffix, echo)?),
+    };
+    let add_bos = fim.is_none();
     let prompts: Vec<Vec<u32>> = match req.prompt {
-        PromptSpec::Text(t) => vec![encode(tokenizer, &t)?],
+        PromptSpec::Text(t) => vec![encode(tokenizer, &t, add_bos)?],
         PromptSpec::Texts(ts) => ts
             .iter()
-            .map(|t| encode(tokenizer, t))
+            .map(|t| encode(tokenizer, t, add_bos))
             .collect::<Result<_, _>>()?,
         PromptSpec::Tokens(ids) => vec![ids],
         PromptSpec::TokenLists(l) => l,
+    };
+    let prompts = match fim {
+        None => prompts,
+        Some((tokens, suffix)) => {
+            let bos = tokenizer.bos().filter(|_| tokenizer.adds_bos());
+            prompts
+                .iter()
+                .map(|p| tokens.prompt(bos, p, &suffix))
+                .collect()
+        }
     };
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(ApiError::invalid("prompt", "'prompt' must not be empty"));
@@ -274,8 +292,34 @@ pub async fn create(
     }))
 }
 
-fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+fn encode(tokenizer: &Tokenizer, text: &str, add_bos: bool) -> Result<Vec<u32>, ApiError> {
     tokenizer
-        .encode(text, true)
+        .encode(text, add_bos)
         .map_err(|e| ApiError::invalid("prompt", e.to_string()))
+}
+
+/// The model's FIM tokens and the suffix's ids, for a completion with a `suffix`; a 400
+/// naming `suffix` where the model has no FIM tokens, `echo` where it is asked for too (the
+/// prompt is no longer the text before the completion).
+fn fill_in_the_middle(
+    tokenizer: &Tokenizer,
+    suffix: &str,
+    echo: bool,
+) -> Result<(FimTokens, Vec<u32>), ApiError> {
+    let tokens = tokenizer.fim().ok_or_else(|| {
+        ApiError::invalid(
+            "suffix",
+            "this model has no fill-in-the-middle tokens (<|fim_prefix|>, <fim_prefix>, <PRE>, …): 'suffix' needs a code model that has them",
+        )
+    })?;
+    if echo {
+        return Err(ApiError::invalid(
+            "echo",
+            "'echo' cannot be combined with 'suffix'",
+        ));
+    }
+    let ids = tokenizer
+        .encode(suffix, false)
+        .map_err(|e| ApiError::invalid("suffix", e.to_string()))?;
+    Ok((tokens, ids))
 }

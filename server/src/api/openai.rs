@@ -293,6 +293,9 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     /// Only `best_of == n` (or 1) is supported.
     pub best_of: Option<i64>,
+    /// Fill in the middle: the text that follows the completion (a code model with FIM
+    /// tokens, prompted `<prefix> prompt <suffix> suffix <middle>`).
+    pub suffix: Option<String>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }

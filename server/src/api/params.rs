@@ -16,7 +16,6 @@ const UNSUPPORTED: &[&str] = &[
     "modalities",
     "prediction",
     "web_search_options",
-    "suffix",
     "store",
     "metadata",
     "service_tier",
@@ -97,7 +96,8 @@ pub fn reasoning_effort(
 }
 
 /// Completions' own fields.
-pub const COMPLETION_FIELDS: &[&str] = &["model", "prompt", "logprobs", "echo", "best_of"];
+pub const COMPLETION_FIELDS: &[&str] =
+    &["model", "prompt", "logprobs", "echo", "best_of", "suffix"];
 
 /// Most choices per prompt.
 pub const MAX_N: i64 = 16;

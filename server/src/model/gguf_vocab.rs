@@ -67,6 +67,20 @@ const END_OF_TURN: [&str; 8] = [
     "<EOT>",
 ];
 
+/// A code model's FIM padding, repository and file-separator tokens, which llama.cpp also
+/// ends generation at (a completed middle is followed by one of them or EOS).
+const FIM_ENDS: [&str; 9] = [
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
 /// SentencePiece's word-boundary mark, standing for a space.
 const SPACE_MARK: &str = "\u{2581}";
 
@@ -139,7 +153,7 @@ pub(super) fn tokenizer(gguf: &GgufFile) -> Result<Tokenizer> {
     // `<|im_end|>` (Qwen), or the reverse.
     for (id, t) in tokens.iter().enumerate() {
         if type_of(id) == token_type::CONTROL
-            && END_OF_TURN.contains(t)
+            && (END_OF_TURN.contains(t) || FIM_ENDS.contains(t))
             && !eos.contains(&(id as u32))
         {
             eos.push(id as u32);
@@ -162,7 +176,19 @@ pub(super) fn tokenizer(gguf: &GgufFile) -> Result<Tokenizer> {
             .map_err(tok_err)?;
         inner.with_post_processor(Some(post));
     }
-    Tokenizer::new(inner, bos, eos)
+    let fim = match (
+        id("tokenizer.ggml.fim_pre_token_id"),
+        id("tokenizer.ggml.fim_suf_token_id"),
+        id("tokenizer.ggml.fim_mid_token_id"),
+    ) {
+        (Some(prefix), Some(suffix), Some(middle)) => Some(super::tokenizer::FimTokens {
+            prefix,
+            suffix,
+            middle,
+        }),
+        _ => None,
+    };
+    Ok(Tokenizer::new(inner, bos, eos)?.with_fim(fim))
 }
 
 /// The token → id map; a text that repeats maps to its last id, as in llama.cpp.

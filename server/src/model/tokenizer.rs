@@ -13,6 +13,60 @@ pub struct Tokenizer {
     bos: Option<u32>,
     eos: Vec<u32>,
     adds_bos: bool,
+    fim: Option<FimTokens>,
+}
+
+/// A code model's fill-in-the-middle tokens. A completion with a `suffix` is prompted
+/// `[BOS] <prefix> text <suffix> suffix <middle>` and generates the middle (llama.cpp's
+/// `/infill` order, "PSM").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FimTokens {
+    pub prefix: u32,
+    pub suffix: u32,
+    pub middle: u32,
+}
+
+/// The names code models give their FIM tokens, as llama.cpp looks for them (Qwen2.5-Coder,
+/// StarCoder/Granite, DeepSeek-Coder, CodeLlama, GLM-4.5, …); the first found is taken.
+const FIM_NAMES: [[&str; 3]; 8] = [
+    ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"],
+    ["<fim-prefix>", "<fim-suffix>", "<fim-middle>"],
+    ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"],
+    [
+        "<\u{ff5c}fim\u{2581}begin\u{ff5c}>",
+        "<\u{ff5c}fim\u{2581}hole\u{ff5c}>",
+        "<\u{ff5c}fim\u{2581}end\u{ff5c}>",
+    ],
+    ["<PRE>", "<SUF>", "<MID>"],
+    ["\u{2581}<PRE>", "\u{2581}<SUF>", "\u{2581}<MID>"],
+    ["<|code_prefix|>", "<|code_suffix|>", "<|code_middle|>"],
+    ["<|prefix|>", "<|suffix|>", "<|middle|>"],
+];
+
+impl FimTokens {
+    /// The first complete set of FIM names found in the vocabulary.
+    fn find(inner: &tokenizers::Tokenizer) -> Option<Self> {
+        FIM_NAMES.iter().find_map(|[p, s, m]| {
+            Some(Self {
+                prefix: inner.token_to_id(p)?,
+                suffix: inner.token_to_id(s)?,
+                middle: inner.token_to_id(m)?,
+            })
+        })
+    }
+
+    /// The prompt that asks for the text between `prefix` and `suffix` (tokens without BOS),
+    /// after `bos` where the model starts with one.
+    pub fn prompt(&self, bos: Option<u32>, prefix: &[u32], suffix: &[u32]) -> Vec<u32> {
+        let mut p = Vec::with_capacity(prefix.len() + suffix.len() + 4);
+        p.extend(bos);
+        p.push(self.prefix);
+        p.extend_from_slice(prefix);
+        p.push(self.suffix);
+        p.extend_from_slice(suffix);
+        p.push(self.middle);
+        p
+    }
 }
 
 pub(super) fn tok_err(e: impl std::fmt::Display) -> ModelError {
@@ -25,12 +79,28 @@ impl Tokenizer {
         // Whether plain encoding adds BOS is the post-processor's business; ask it.
         let probe = inner.encode("a", true).map_err(tok_err)?;
         let adds_bos = bos.is_some() && probe.get_ids().first().copied() == bos;
+        let fim = FimTokens::find(&inner);
         Ok(Self {
             inner,
             bos,
             eos,
             adds_bos,
+            fim,
         })
+    }
+
+    /// Sets the FIM tokens a GGUF file names (`tokenizer.ggml.fim_*_token_id`), over the
+    /// ones found by name.
+    pub fn with_fim(mut self, fim: Option<FimTokens>) -> Self {
+        if fim.is_some() {
+            self.fim = fim;
+        }
+        self
+    }
+
+    /// The fill-in-the-middle tokens, if the model has them.
+    pub fn fim(&self) -> Option<FimTokens> {
+        self.fim
     }
 
     /// Reads a Hugging Face `tokenizer.json`.

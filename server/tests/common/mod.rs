@@ -46,17 +46,25 @@ pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
 /// Adds a tiny byte-level BPE vocabulary (`<s>`, `</s>`, printable ASCII, `Ġ`, `hi`, padding
 /// up to `vocab`) to a GGUF file, so that tokenizer-needing commands work on tiny models.
 pub fn with_tokenizer(gguf: &[u8], vocab: usize) -> Vec<u8> {
+    with_tokenizer_and_controls(gguf, vocab, &[])
+}
+
+/// [`with_tokenizer`] whose last ids are the control tokens `controls` (FIM tokens, …).
+pub fn with_tokenizer_and_controls(gguf: &[u8], vocab: usize, controls: &[&str]) -> Vec<u8> {
     use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
     let base = GgufFile::from_bytes(std::path::Path::new("t.gguf"), gguf.to_vec()).unwrap();
     let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
     tokens.extend((33u8..=126).map(|b| (b as char).to_string()));
     tokens.push("Ġ".into());
     tokens.push("hi".into());
-    while tokens.len() < vocab {
+    while tokens.len() < vocab - controls.len() {
         tokens.push(format!("<extra{}>", tokens.len()));
     }
+    tokens.extend(controls.iter().map(|c| c.to_string()));
+    assert_eq!(tokens.len(), vocab, "a vocabulary of {vocab} has no room for {controls:?}");
+    let first_control = vocab - controls.len();
     let types: Vec<MetaValue> = (0..tokens.len())
-        .map(|i| MetaValue::I32(if i < 2 { 3 } else { 1 }))
+        .map(|i| MetaValue::I32(if i < 2 || i >= first_control { 3 } else { 1 }))
         .collect();
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata() {
