@@ -1,6 +1,7 @@
 //! Llama's relatives: Qwen2 (Q/K/V biases), Qwen3 (per-head Q/K norms, heads wider than
 //! `hidden / heads`) and Gemma 1/2/3 (GeGLU, scaled embeddings, post-norms, soft caps, sliding
-//! windows), as tiny random models written by the test (Phi-3's own checks: `phi.rs`). Each must match the naive float64
+//! windows) and Granite (scaled embeddings, scores, residual branches and logits), as tiny
+//! random models written by the test (Phi-3's own checks: `phi.rs`). Each must match the naive float64
 //! forward of `common::tiny_reference` from GGUF (and, Qwen, from a Hugging Face folder), on
 //! the CPU and the wgpu backend; and the GGUF files must give llama.cpp's own logits
 //! (`data/llama_cpp_logits.json`, made by `data/llama_cpp_logits.py` from the files the ignored
@@ -24,7 +25,7 @@ use std::sync::Arc;
 const LOGITS_REL_TOL: f64 = 1e-4;
 /// The same against llama.cpp's f32 CPU path (its own f32 sums, f32 KV cache): measured
 /// 1.6e-7 for Llama, Qwen2 and Qwen3, 2.0e-7 for Phi-3 (fused projections, 12 of 16
-/// dimensions rotated, LongRoPE's long factors and attention factor).
+/// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite.
 const LLAMA_CPP_REL_TOL: f64 = 1e-5;
 /// Gemma against llama.cpp: its CPU GELU rounds each input to f16 and reads an f16 table
 /// (ggml's `GGML_GELU_FP16`), where lowbit and the float64 reference compute GELU's tanh form
@@ -38,7 +39,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 7] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 8] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -46,6 +47,7 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 7] = [
     (TinyArch::Gemma2, 25),
     (TinyArch::Gemma3, 26),
     (TinyArch::Phi3, 27),
+    (TinyArch::Granite, 28),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
@@ -207,8 +209,12 @@ fn cpu() -> Arc<dyn Backend> {
 }
 
 #[test]
-fn qwen_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
-    for (arch, seed) in [(TinyArch::Qwen2, 1), (TinyArch::Qwen3, 2)] {
+fn qwen_and_granite_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
+    for (arch, seed) in [
+        (TinyArch::Qwen2, 1),
+        (TinyArch::Qwen3, 2),
+        (TinyArch::Granite, 6),
+    ] {
         for tied in [false, true] {
             let model = tiny(arch, seed, tied, true);
             let want = flat(model.reference_logits(&TOKENS));
@@ -230,13 +236,17 @@ fn qwen_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
 /// The same models on the wgpu backend (lavapipe in CI): with f32 weights as tight as the CPU;
 /// as stored, int8 activations against Q8/Q4 tensors, so a looser bound.
 #[test]
-fn qwen_models_match_float64_reference_on_the_gpu() {
+fn qwen_and_granite_models_match_float64_reference_on_the_gpu() {
     let gpu: Arc<dyn Backend> = Arc::new(
         WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
             panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
         }),
     );
-    for (arch, seed) in [(TinyArch::Qwen2, 3), (TinyArch::Qwen3, 4)] {
+    for (arch, seed) in [
+        (TinyArch::Qwen2, 3),
+        (TinyArch::Qwen3, 4),
+        (TinyArch::Granite, 8),
+    ] {
         let model = tiny(arch, seed, false, true);
         let want = flat(model.reference_logits(&TOKENS));
         let dir = tempfile::tempdir().unwrap();

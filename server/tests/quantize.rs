@@ -153,7 +153,8 @@ fn qwen_files_keep_their_biases_and_head_norms() {
 /// A Gemma file keeps what Gemma adds (its config, its post-norms) and gives the in-situ
 /// quantized model's logits; it is format version 2 (an older lowbit would ignore those
 /// fields and run it as Llama), a Llama file still version 1. A Phi file (its fused
-/// projections written apart) keeps partial rotary and LongRoPE: version 3.
+/// projections written apart) keeps partial rotary and LongRoPE, a Granite file its residual
+/// and logit scales: version 3.
 #[test]
 fn gemma_and_phi_files_keep_their_config_and_format_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,6 +163,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::Gemma2,
         TinyArch::Gemma3,
         TinyArch::Phi3,
+        TinyArch::Granite,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
@@ -185,12 +187,13 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
             file.config().unwrap().rotary_dim,
             source.config().unwrap().rotary_dim
         );
+        assert_eq!(file.config().unwrap().gemma, source.config().unwrap().gemma);
         assert_eq!(
             file.config().unwrap().rope_scaling,
             source.config().unwrap().rope_scaling
         );
         let version = match arch {
-            TinyArch::Phi3 => "3",
+            TinyArch::Phi3 | TinyArch::Granite => "3",
             a if a.is_gemma() => "2",
             _ => "1",
         };

@@ -194,7 +194,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         },
     )?;
     if let Some(gemma) = gemma_summary(&config) {
-        writeln!(out, "gemma       {gemma}")?;
+        writeln!(out, "additions   {gemma}")?;
     }
     writeln!(
         out,
@@ -290,7 +290,8 @@ fn rope_scaling_summary(s: &crate::model::config::RopeScaling) -> String {
 }
 
 fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
-    if !c.has_gemma_features() {
+    if !c.has_gemma_features() && c.gemma.residual_scale.is_none() && c.gemma.logit_scale.is_none()
+    {
         return None;
     }
     let mut parts = vec![format!("{:?} MLP", c.gemma.activation)];
@@ -308,6 +309,12 @@ fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
     }
     if let Some(cap) = c.gemma.final_softcap {
         parts.push(format!("logit soft cap {cap}"));
+    }
+    if let Some(s) = c.gemma.residual_scale {
+        parts.push(format!("residual branches × {s}"));
+    }
+    if let Some(s) = c.gemma.logit_scale {
+        parts.push(format!("logits ÷ {s}"));
     }
     if c.gemma.sliding_window > 0 {
         let sliding = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();

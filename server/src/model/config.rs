@@ -77,6 +77,12 @@ pub struct GemmaAdditions {
     /// RoPE base of the sliding layers, unscaled (Gemma 3: 10,000 where global layers take
     /// 1,000,000, scaled); `None`: the same RoPE as every layer.
     pub sliding_rope_theta: Option<f64>,
+    /// Multiplies each sub-block's output before its residual add (Granite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub residual_scale: Option<f32>,
+    /// Divides the logits (Granite's `logits_scaling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logit_scale: Option<f32>,
 }
 
 /// A Llama block with nothing added; the sizes are zero (which [`LlamaConfig::validate`]
@@ -135,6 +141,9 @@ pub(super) enum Architecture {
     /// Phi-3, Phi-3.5, Phi-4, Phi-4-mini: Q/K/V and gate/up stored fused (split on load),
     /// LongRoPE, partial rotary (Phi-4-mini), a sliding window on every layer (Phi-3-mini).
     Phi3,
+    /// IBM Granite 3.x (dense): Llama's block with scaled embeddings, scores, residual
+    /// branches and logits.
+    Granite,
 }
 
 impl Architecture {
@@ -149,11 +158,13 @@ impl Architecture {
             // Hugging Face's text-only Gemma 3 (1B, and the text half of the others).
             "gemma3" | "gemma3_text" => Self::Gemma3,
             "phi3" => Self::Phi3,
+            "granite" => Self::Granite,
             _ => return None,
         })
     }
 
-    const SUPPORTED: &'static str = "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3";
+    const SUPPORTED: &'static str =
+        "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3, granite";
 
     pub(super) fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
@@ -164,7 +175,8 @@ impl Architecture {
     /// stores them (llama.cpp's NEOX rope type).
     fn gguf_rope_style(self) -> RopeStyle {
         match self {
-            Self::Llama => RopeStyle::Interleaved,
+            // Granite's converter is Llama's.
+            Self::Llama | Self::Granite => RopeStyle::Interleaved,
             Self::Qwen2 | Self::Qwen3 | Self::Gemma | Self::Gemma2 | Self::Gemma3 | Self::Phi3 => {
                 RopeStyle::HalfSplit
             }
@@ -238,10 +250,14 @@ impl LlamaConfig {
             || self.gemma.sliding_rope_theta.is_some()
     }
 
-    /// Whether RoPE rotates part of each head or scales by LongRoPE (Phi), which lowbit's
-    /// file format versions 1 and 2 could not describe.
-    pub fn has_phi_features(&self) -> bool {
-        self.rotary_dim.is_some() || matches!(self.rope_scaling, RopeScaling::LongRope { .. })
+    /// Whether the model needs what lowbit's file format versions 1 and 2 could not
+    /// describe: RoPE over part of each head or LongRoPE (Phi), residual or logit scales
+    /// (Granite).
+    pub fn needs_format_3(&self) -> bool {
+        self.rotary_dim.is_some()
+            || matches!(self.rope_scaling, RopeScaling::LongRope { .. })
+            || self.gemma.residual_scale.is_some()
+            || self.gemma.logit_scale.is_some()
     }
 
     /// Checks the numbers fit together, naming the offending field.
@@ -301,6 +317,8 @@ impl LlamaConfig {
             ("attention_scale", self.gemma.attention_scale),
             ("attn_logit_softcapping", self.gemma.attn_softcap),
             ("final_logit_softcapping", self.gemma.final_softcap),
+            ("residual_scale", self.gemma.residual_scale),
+            ("logit_scale", self.gemma.logit_scale),
             (
                 "rope.freq_base_swa",
                 self.gemma.sliding_rope_theta.map(|t| t as f32),

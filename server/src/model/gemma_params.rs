@@ -1,6 +1,8 @@
 //! What Gemma adds to Llama's block ([`GemmaAdditions`]), read from a GGUF file's metadata
 //! (as llama.cpp reads it) or a Hugging Face `config.json`: GeGLU, the embedding scale,
-//! post-norms, soft caps, the sliding window, which layers slide and their RoPE base.
+//! post-norms, soft caps, the sliding window, which layers slide and their RoPE base; and
+//! the scales Granite adds (embeddings, scores, residual branches, logits), the windows of
+//! the other architectures.
 
 use super::config::{Activation, Architecture, GemmaAdditions};
 use super::error::{ModelError, Result};
@@ -10,6 +12,21 @@ use super::gguf::{GgufFile, MetaValue};
 /// window 4,096; every other layer sliding in Gemma 2, five of six in Gemma 3; Gemma 3's
 /// sliding RoPE base 10,000), or from a Hugging Face `config.json`.
 impl GemmaAdditions {
+    /// Granite's four scales; 0 or absent means none, as llama.cpp reads them.
+    fn set_granite_scales(
+        &mut self,
+        embedding: Option<f64>,
+        attention: Option<f64>,
+        residual: Option<f64>,
+        logits: Option<f64>,
+    ) {
+        let set = |v: Option<f64>| v.filter(|&v| v != 0.0).map(|v| v as f32);
+        self.embedding_scale = set(embedding);
+        self.attention_scale = set(attention);
+        self.residual_scale = set(residual);
+        self.logit_scale = set(logits);
+    }
+
     /// A window on every layer (Phi-3), where it is shorter than the context (Phi-3.5's
     /// and Phi-4-mini's 262,144 never bite).
     pub(super) fn set_window_on_every_layer(
@@ -82,10 +99,20 @@ impl GemmaAdditions {
         layers: usize,
     ) -> Result<Self> {
         let mut p = Self::default();
+        let float = |k: &str| json.get(k).and_then(|v| v.as_f64());
+        if arch == Architecture::Granite {
+            // `GraniteConfig`'s multipliers (llama.cpp's converter writes them as scales).
+            p.set_granite_scales(
+                float("embedding_multiplier"),
+                float("attention_multiplier"),
+                float("residual_multiplier"),
+                float("logits_scaling"),
+            );
+            return Ok(p);
+        }
         if !arch.is_gemma() {
             return Ok(p);
         }
-        let float = |k: &str| json.get(k).and_then(|v| v.as_f64());
         // Hugging Face's Gemma reads `hidden_activation` only, the tanh GELU where it is absent
         // (the first configs' `hidden_act: "gelu"` is not used); an explicit "gelu" would be
         // the exact (erf) form, which lowbit does not run.
@@ -143,10 +170,19 @@ impl GemmaAdditions {
     ) -> Result<Self> {
         let path = gguf.path().display().to_string();
         let mut p = Self::default();
+        let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
+        if arch == Architecture::Granite {
+            p.set_granite_scales(
+                float("embedding_scale"),
+                float("attention.scale"),
+                float("residual_scale"),
+                float("logit_scale"),
+            );
+            return Ok(p);
+        }
         if !arch.is_gemma() {
             return Ok(p);
         }
-        let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
         let uint = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_u64);
         p.activation = Activation::GeluTanh;
         // llama.cpp scales in f32: sqrtf(n_embd).

@@ -464,6 +464,9 @@ impl Llama {
         observe(self.blocks.len(), LinearInput::Head, &x);
         let x = be.select_rows(&x, &logit_rows)?;
         let mut logits = be.matmul(&x, self.output.as_ref().unwrap_or(&self.embed))?;
+        if let Some(s) = c.gemma.logit_scale {
+            logits = be.scale(&logits, 1.0 / s)?;
+        }
         if let Some(cap) = c.gemma.final_softcap {
             logits = be.softcap(&logits, cap)?;
         }
@@ -547,7 +550,8 @@ impl Llama {
     }
 
     /// `residual + x · Wᵀ`, the product RMS-normed first where the block has a post-norm
-    /// (Gemma 2/3; otherwise a backend may add in the product's epilogue).
+    /// (Gemma 2/3) or scaled where the model scales its residual branches (Granite);
+    /// otherwise a backend may add in the product's epilogue.
     fn project_add(
         &self,
         x: &Tensor,
@@ -556,11 +560,12 @@ impl Llama {
         residual: &Tensor,
     ) -> Result<Tensor> {
         let be = &*self.backend;
-        Ok(match post_norm {
-            None => be.matmul_add(x, w, residual)?,
-            Some(norm) => {
+        Ok(match (post_norm, self.config.gemma.residual_scale) {
+            (None, None) => be.matmul_add(x, w, residual)?,
+            (Some(norm), _) => {
                 be.rms_norm_add(&be.matmul(x, w)?, norm, self.config.rms_eps, residual)?
             }
+            (None, Some(s)) => be.add(residual, &be.scale(&be.matmul(x, w)?, s)?)?,
         })
     }
 

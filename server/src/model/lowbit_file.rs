@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The newest version this build reads. Version 2 added Gemma's config fields, version 3
-/// Phi's (partial rotary, LongRoPE); a file that needs none of them is still written as the
+/// Phi's (partial rotary, LongRoPE) and Granite's (residual and logit scales); a file that needs none of them is still written as the
 /// oldest version that describes it, which older builds read.
 pub const FORMAT_VERSION: u32 = 3;
 
@@ -31,7 +31,7 @@ pub const FORMAT_VERSION: u32 = 3;
 /// older build (which ignores config fields it does not know) refuses it rather than running
 /// the model wrongly.
 pub fn format_version_for(config: &LlamaConfig) -> u32 {
-    if config.has_phi_features() {
+    if config.needs_format_3() {
         3
     } else if config.has_gemma_features() {
         2

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod tiny_granite;
 pub mod tiny_model;
 pub mod tiny_phi;
 pub mod tiny_reference;
@@ -61,7 +62,11 @@ pub fn with_tokenizer_and_controls(gguf: &[u8], vocab: usize, controls: &[&str])
         tokens.push(format!("<extra{}>", tokens.len()));
     }
     tokens.extend(controls.iter().map(|c| c.to_string()));
-    assert_eq!(tokens.len(), vocab, "a vocabulary of {vocab} has no room for {controls:?}");
+    assert_eq!(
+        tokens.len(),
+        vocab,
+        "a vocabulary of {vocab} has no room for {controls:?}"
+    );
     let first_control = vocab - controls.len();
     let types: Vec<MetaValue> = (0..tokens.len())
         .map(|i| MetaValue::I32(if i < 2 || i >= first_control { 3 } else { 1 }))

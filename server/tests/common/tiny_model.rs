@@ -30,6 +30,9 @@ pub enum TinyArch {
     /// Phi-3/Phi-4-mini: Q/K/V and gate/up fused in the files, 12 of 16 head dimensions
     /// rotated, LongRoPE (`tiny_phi.rs`).
     Phi3,
+    /// Granite: Llama with scaled embeddings, scores, residual branches and logits
+    /// (`tiny_granite.rs`).
+    Granite,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -50,6 +53,7 @@ impl TinyArch {
             TinyArch::Gemma2 => "gemma2",
             TinyArch::Gemma3 => "gemma3",
             TinyArch::Phi3 => "phi3",
+            TinyArch::Granite => "granite",
         }
     }
 
@@ -452,8 +456,12 @@ impl TinyModel {
         if c.arch == TinyArch::Phi3 {
             self.phi3_gguf_meta(&mut w);
         }
-        // Only Llama's converter permutes Q/K rows (llama.cpp's NORM rope); Qwen's keep HF order.
-        let permute = c.arch == TinyArch::Llama;
+        if c.arch == TinyArch::Granite {
+            super::tiny_granite::granite_gguf_meta(&mut w);
+        }
+        // Only Llama's converter (Granite's is Llama's) permutes Q/K rows (llama.cpp's NORM
+        // rope); Qwen's keep HF order.
+        let permute = matches!(c.arch, TinyArch::Llama | TinyArch::Granite);
         for t in &self.stored_tensors(true) {
             let values = if permute && t.name.ends_with("attn_q.weight") {
                 permute_rows(&t.values, c.heads, t.cols)
@@ -486,6 +494,7 @@ impl TinyModel {
                 TinyArch::Gemma2 => "Gemma2ForCausalLM",
                 TinyArch::Gemma3 => "Gemma3ForCausalLM",
                 TinyArch::Phi3 => "Phi3ForCausalLM",
+                TinyArch::Granite => "GraniteForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
@@ -534,6 +543,9 @@ impl TinyModel {
         }
         if c.arch == TinyArch::Phi3 {
             self.phi3_hf_config(&mut config);
+        }
+        if c.arch == TinyArch::Granite {
+            super::tiny_granite::granite_hf_config(&mut config);
         }
         let naming = lowbit::model::hf::HfNaming::of(&config);
         std::fs::write(

@@ -2,6 +2,9 @@
 //! written from the architectures' definitions (Hugging Face's modelling code, llama.cpp's
 //! graphs) rather than from lowbit's.
 
+use super::tiny_granite::{
+    GRANITE_ATTENTION_SCALE, GRANITE_EMBEDDING_SCALE, GRANITE_LOGIT_SCALE, GRANITE_RESIDUAL_SCALE,
+};
 use super::tiny_model::{
     TinyArch, TinyModel, GEMMA2_ATTN_SOFTCAP, GEMMA2_FINAL_SOFTCAP, GEMMA3_SLIDING_THETA,
     TINY_WINDOW,
@@ -74,11 +77,20 @@ impl TinyModel {
             }
         };
         let emb = self.matrix("token_embd.weight");
+        let granite = arch == TinyArch::Granite;
         let embed_scale = if arch.is_gemma() {
             (h as f64).sqrt()
+        } else if granite {
+            GRANITE_EMBEDDING_SCALE
         } else {
             1.0
         };
+        let score_scale = if granite {
+            GRANITE_ATTENTION_SCALE
+        } else {
+            1.0 / (hd as f64).sqrt()
+        };
+        let residual_scale = if granite { GRANITE_RESIDUAL_SCALE } else { 1.0 };
         let mut xs: Vec<Vec<f64>> = tokens
             .iter()
             .map(|&t| {
@@ -162,7 +174,7 @@ impl TinyModel {
                                 .zip(&ks[j][kvh * hd..(kvh + 1) * hd])
                                 .map(|(a, b)| a * b)
                                 .sum::<f64>()
-                                / (hd as f64).sqrt();
+                                * score_scale;
                             if arch == TinyArch::Gemma2 {
                                 softcap(s, GEMMA2_ATTN_SOFTCAP)
                             } else {
@@ -184,7 +196,9 @@ impl TinyModel {
                 if let Some(g) = &post_attn {
                     o = norm(&o, g);
                 }
-                x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+                x.iter_mut()
+                    .zip(&o)
+                    .for_each(|(a, b)| *a += residual_scale * b);
                 let hx = norm(x, &fnm);
                 let g = matvec(&wg, &hx);
                 let u = matvec(&wu, &hx);
@@ -203,7 +217,9 @@ impl TinyModel {
                 if let Some(g) = &post_ffn {
                     d = norm(&d, g);
                 }
-                x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                x.iter_mut()
+                    .zip(&d)
+                    .for_each(|(a, b)| *a += residual_scale * b);
             }
         }
         let on = self.matrix("output_norm.weight");
@@ -214,7 +230,10 @@ impl TinyModel {
         };
         xs.iter()
             .map(|x| {
-                let logits = matvec(&out, &norm(x, &on));
+                let mut logits = matvec(&out, &norm(x, &on));
+                if granite {
+                    logits.iter_mut().for_each(|v| *v /= GRANITE_LOGIT_SCALE);
+                }
                 if arch == TinyArch::Gemma2 {
                     logits
                         .into_iter()
