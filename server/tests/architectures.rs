@@ -1,7 +1,8 @@
 //! Llama's relatives: Qwen2 (Q/K/V biases), Qwen3 (per-head Q/K norms, heads wider than
 //! `hidden / heads`) and Gemma 1/2/3 (GeGLU, scaled embeddings, post-norms, soft caps, sliding
-//! windows) and Granite (scaled embeddings, scores, residual branches and logits), as tiny
-//! random models written by the test (Phi-3's own checks: `phi.rs`). Each must match the naive float64
+//! windows), Granite (scaled embeddings, scores, residual branches and logits) and SmolLM3
+//! (every fourth layer without RoPE), as tiny random models written by the test (Phi-3's own
+//! checks: `phi.rs`). Each must match the naive float64
 //! forward of `common::tiny_reference` from GGUF (and, Qwen, from a Hugging Face folder), on
 //! the CPU and the wgpu backend; and the GGUF files must give llama.cpp's own logits
 //! (`data/llama_cpp_logits.json`, made by `data/llama_cpp_logits.py` from the files the ignored
@@ -39,7 +40,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 8] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 9] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -48,6 +49,7 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 8] = [
     (TinyArch::Gemma3, 26),
     (TinyArch::Phi3, 27),
     (TinyArch::Granite, 28),
+    (TinyArch::SmolLm3, 29),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
@@ -63,6 +65,10 @@ fn tiny(arch: TinyArch, seed: u64, tied: bool, quantized: bool) -> TinyModel {
     if arch == TinyArch::Gemma3 {
         cfg.layers = 6;
         cfg.rope_theta = 1_000_000.0;
+    }
+    if arch == TinyArch::SmolLm3 {
+        // Layer 3 attends without RoPE.
+        cfg.layers = 4;
     }
     TinyModel::random(cfg, seed, quantized)
 }
@@ -209,11 +215,12 @@ fn cpu() -> Arc<dyn Backend> {
 }
 
 #[test]
-fn qwen_and_granite_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
+fn qwen_granite_and_smollm3_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
     for (arch, seed) in [
         (TinyArch::Qwen2, 1),
         (TinyArch::Qwen3, 2),
         (TinyArch::Granite, 6),
+        (TinyArch::SmolLm3, 7),
     ] {
         for tied in [false, true] {
             let model = tiny(arch, seed, tied, true);
@@ -236,7 +243,7 @@ fn qwen_and_granite_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
 /// The same models on the wgpu backend (lavapipe in CI): with f32 weights as tight as the CPU;
 /// as stored, int8 activations against Q8/Q4 tensors, so a looser bound.
 #[test]
-fn qwen_and_granite_models_match_float64_reference_on_the_gpu() {
+fn qwen_granite_and_smollm3_models_match_float64_reference_on_the_gpu() {
     let gpu: Arc<dyn Backend> = Arc::new(
         WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
             panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
@@ -246,6 +253,7 @@ fn qwen_and_granite_models_match_float64_reference_on_the_gpu() {
         (TinyArch::Qwen2, 3),
         (TinyArch::Qwen3, 4),
         (TinyArch::Granite, 8),
+        (TinyArch::SmolLm3, 9),
     ] {
         let model = tiny(arch, seed, false, true);
         let want = flat(model.reference_logits(&TOKENS));

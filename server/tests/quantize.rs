@@ -24,6 +24,8 @@ fn tiny_gguf_of(dir: &Path, arch: TinyArch) -> PathBuf {
         arch,
         hidden: 128,
         ffn: 192,
+        // SmolLM3's fourth layer is its first without RoPE.
+        layers: if arch == TinyArch::SmolLm3 { 4 } else { 2 },
         ..TinyConfig::default()
     };
     let tiny = TinyModel::random(cfg, 21, true);
@@ -154,7 +156,7 @@ fn qwen_files_keep_their_biases_and_head_norms() {
 /// quantized model's logits; it is format version 2 (an older lowbit would ignore those
 /// fields and run it as Llama), a Llama file still version 1. A Phi file (its fused
 /// projections written apart) keeps partial rotary and LongRoPE, a Granite file its residual
-/// and logit scales: version 3.
+/// and logit scales, a SmolLM3 file its layers without RoPE: version 3.
 #[test]
 fn gemma_and_phi_files_keep_their_config_and_format_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +166,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::Gemma3,
         TinyArch::Phi3,
         TinyArch::Granite,
+        TinyArch::SmolLm3,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
@@ -189,11 +192,15 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         );
         assert_eq!(file.config().unwrap().gemma, source.config().unwrap().gemma);
         assert_eq!(
+            file.config().unwrap().nope_layers,
+            source.config().unwrap().nope_layers
+        );
+        assert_eq!(
             file.config().unwrap().rope_scaling,
             source.config().unwrap().rope_scaling
         );
         let version = match arch {
-            TinyArch::Phi3 | TinyArch::Granite => "3",
+            TinyArch::Phi3 | TinyArch::Granite | TinyArch::SmolLm3 => "3",
             a if a.is_gemma() => "2",
             _ => "1",
         };

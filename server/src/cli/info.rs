@@ -290,8 +290,7 @@ fn rope_scaling_summary(s: &crate::model::config::RopeScaling) -> String {
 }
 
 fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
-    if !c.has_gemma_features() && c.gemma.residual_scale.is_none() && c.gemma.logit_scale.is_none()
-    {
+    if !c.has_gemma_features() && !c.needs_format_3() {
         return None;
     }
     let mut parts = vec![format!("{:?} MLP", c.gemma.activation)];
@@ -315,6 +314,10 @@ fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
     }
     if let Some(s) = c.gemma.logit_scale {
         parts.push(format!("logits ÷ {s}"));
+    }
+    let nope = (0..c.n_layers).filter(|&l| c.is_nope(l)).count();
+    if nope > 0 {
+        parts.push(format!("no RoPE on {nope} of {} layers", c.n_layers));
     }
     if c.gemma.sliding_window > 0 {
         let sliding = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();

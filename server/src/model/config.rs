@@ -45,6 +45,9 @@ pub struct LlamaConfig {
     /// (Qwen3, Gemma 3).
     #[serde(default)]
     pub qk_norm: bool,
+    /// Layers that attend without RoPE ("NoPE": SmolLM3's every fourth); empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nope_layers: Vec<bool>,
     /// What Gemma adds (nothing for the others).
     #[serde(flatten)]
     pub gemma: GemmaAdditions,
@@ -106,6 +109,7 @@ impl Default for LlamaConfig {
             context_length: 2048,
             attention_bias: false,
             qk_norm: false,
+            nope_layers: Vec::new(),
             gemma: GemmaAdditions::default(),
         }
     }
@@ -144,6 +148,8 @@ pub(super) enum Architecture {
     /// IBM Granite 3.x (dense): Llama's block with scaled embeddings, scores, residual
     /// branches and logits.
     Granite,
+    /// SmolLM3: Llama's block, every fourth layer without RoPE.
+    SmolLm3,
 }
 
 impl Architecture {
@@ -159,12 +165,13 @@ impl Architecture {
             "gemma3" | "gemma3_text" => Self::Gemma3,
             "phi3" => Self::Phi3,
             "granite" => Self::Granite,
+            "smollm3" => Self::SmolLm3,
             _ => return None,
         })
     }
 
     const SUPPORTED: &'static str =
-        "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3, granite";
+        "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3, granite, smollm3";
 
     pub(super) fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
@@ -176,7 +183,7 @@ impl Architecture {
     fn gguf_rope_style(self) -> RopeStyle {
         match self {
             // Granite's converter is Llama's.
-            Self::Llama | Self::Granite => RopeStyle::Interleaved,
+            Self::Llama | Self::Granite | Self::SmolLm3 => RopeStyle::Interleaved,
             Self::Qwen2 | Self::Qwen3 | Self::Gemma | Self::Gemma2 | Self::Gemma3 | Self::Phi3 => {
                 RopeStyle::HalfSplit
             }
@@ -252,12 +259,18 @@ impl LlamaConfig {
 
     /// Whether the model needs what lowbit's file format versions 1 and 2 could not
     /// describe: RoPE over part of each head or LongRoPE (Phi), residual or logit scales
-    /// (Granite).
+    /// (Granite), layers without RoPE (SmolLM3).
     pub fn needs_format_3(&self) -> bool {
         self.rotary_dim.is_some()
             || matches!(self.rope_scaling, RopeScaling::LongRope { .. })
             || self.gemma.residual_scale.is_some()
             || self.gemma.logit_scale.is_some()
+            || self.nope_layers.iter().any(|&n| n)
+    }
+
+    /// Whether layer `layer` attends without RoPE.
+    pub fn is_nope(&self, layer: usize) -> bool {
+        self.nope_layers.get(layer).copied().unwrap_or(false)
     }
 
     /// Checks the numbers fit together, naming the offending field.
@@ -351,6 +364,17 @@ impl LlamaConfig {
                 format!(
                     "{} layers marked, the model has {}",
                     self.gemma.sliding_layers.len(),
+                    self.n_layers
+                ),
+            ));
+        }
+        if !self.nope_layers.is_empty() && self.nope_layers.len() != self.n_layers {
+            return Err(ModelError::field(
+                &p,
+                "no_rope_layers",
+                format!(
+                    "{} layers marked, the model has {}",
+                    self.nope_layers.len(),
                     self.n_layers
                 ),
             ));
@@ -451,6 +475,12 @@ impl LlamaConfig {
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some()
                 || gguf.tensor_info("blk.0.attn_qkv.bias").is_some(),
             qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            // llama.cpp: every fourth layer (its step is fixed).
+            nope_layers: if architecture == Architecture::SmolLm3 {
+                (0..n_layers).map(|l| (l + 1).is_multiple_of(4)).collect()
+            } else {
+                Vec::new()
+            },
             gemma,
         }
         .validate(gguf.path())
@@ -537,78 +567,39 @@ impl LlamaConfig {
             context_length,
             attention_bias,
             qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            nope_layers: if architecture == Architecture::SmolLm3 {
+                hf_nope_layers(&p, json, n_layers)?
+            } else {
+                Vec::new()
+            },
             gemma,
         }
         .validate(path)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn hf_config(extra: serde_json::Value) -> Result<LlamaConfig> {
-        let mut json = serde_json::json!({
-            "hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
-            "intermediate_size": 96, "vocab_size": 100, "max_position_embeddings": 32768
-        });
-        for (k, v) in extra.as_object().unwrap() {
-            json[k] = v.clone();
-        }
-        LlamaConfig::from_hf_json(Path::new("config.json"), &json)
-    }
-
-    /// Mistral 7B v0.1's window on every layer (v0.2's null: none); Qwen2's only where
-    /// `use_sliding_window` is set, from `max_window_layers` on or as `layer_types` marks.
-    #[test]
-    fn hugging_face_windows_of_mistral_and_qwen() {
-        let windows = |extra| {
-            let c = hf_config(extra).unwrap();
-            (c.gemma.sliding_window, c.gemma.sliding_layers)
+/// SmolLM3's layers without RoPE: `no_rope_layers` (1 rotates, 0 does not) or every
+/// `no_rope_layer_interval`-th layer (4), as Hugging Face reads them.
+fn hf_nope_layers(p: &str, json: &serde_json::Value, layers: usize) -> Result<Vec<bool>> {
+    if let Some(flags) = json.get("no_rope_layers").and_then(|v| v.as_array()) {
+        let nope: Option<Vec<bool>> = flags.iter().map(|f| f.as_u64().map(|f| f == 0)).collect();
+        return match nope {
+            Some(n) if n.len() == layers => Ok(n),
+            _ => Err(ModelError::field(
+                p,
+                "no_rope_layers",
+                format!("not {layers} flags of 0 or 1"),
+            )),
         };
-        let v01 = serde_json::json!({"model_type": "mistral", "sliding_window": 4096});
-        assert_eq!(windows(v01), (4096, vec![true; 3]));
-        let v02 = serde_json::json!({"model_type": "mistral", "sliding_window": null});
-        assert_eq!(windows(v02), (0, vec![]));
-        let off = serde_json::json!({"model_type": "qwen2", "sliding_window": 4096,
-            "use_sliding_window": false, "max_window_layers": 1});
-        assert_eq!(windows(off), (0, vec![]));
-        let on = serde_json::json!({"model_type": "qwen2", "sliding_window": 4096,
-            "use_sliding_window": true, "max_window_layers": 1});
-        assert_eq!(windows(on), (4096, vec![false, true, true]));
-        let typed = serde_json::json!({"model_type": "qwen3", "sliding_window": 512,
-            "use_sliding_window": true, "layer_types":
-            ["sliding_attention", "full_attention", "sliding_attention"]});
-        assert_eq!(windows(typed), (512, vec![true, false, true]));
-        let none = serde_json::json!({"model_type": "qwen2", "use_sliding_window": true});
-        let err = hf_config(none).unwrap_err().to_string();
-        assert!(err.contains("sliding_window"), "{err}");
     }
-
-    /// A config written before Gemma's fields existed (format version 1) reads with all of
-    /// them off; one written now reads back equal.
-    #[test]
-    fn configs_without_gemma_fields_read_as_plain_llama() {
-        let old = serde_json::json!({
-            "hidden_size": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "head_dim": 16,
-            "ffn_size": 96, "rms_eps": 1e-5, "rope_theta": 10000.0,
-            "rope_scaling": {"type": "none"}, "rope_style": "half_split", "vocab_size": 100,
-            "tied_embeddings": true, "context_length": 256, "qk_norm": true
-        });
-        let c: LlamaConfig = serde_json::from_value(old).unwrap();
-        assert_eq!(c.gemma, GemmaAdditions::default());
-        assert!(c.qk_norm && !c.has_gemma_features());
-        let gemma = LlamaConfig {
-            gemma: GemmaAdditions {
-                activation: Activation::GeluTanh,
-                sliding_window: 4,
-                sliding_layers: vec![true, false],
-                ..GemmaAdditions::default()
-            },
-            ..c
-        };
-        let back: LlamaConfig =
-            serde_json::from_str(&serde_json::to_string(&gemma).unwrap()).unwrap();
-        assert_eq!(back.gemma, gemma.gemma);
-    }
+    let every = json
+        .get("no_rope_layer_interval")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(4)
+        .max(1) as usize;
+    Ok((0..layers).map(|l| (l + 1).is_multiple_of(every)).collect())
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -527,19 +527,17 @@ impl Llama {
             q = be.rms_norm_heads(q, q_norm, self.config.rms_eps)?;
             k = be.rms_norm_heads(k, k_norm, self.config.rms_eps)?;
         }
-        let rope = match &self.sliding_rope {
-            Some(r) if self.config.is_sliding(layer) => r,
-            _ => &self.rope,
+        let shape = self.config.layer_attention(layer);
+        let out = if self.config.is_nope(layer) {
+            // A NoPE layer (SmolLM3) attends over unrotated queries and keys.
+            be.attention(layer, &q, &k, &v, spans, pool, shape)?
+        } else {
+            let rope = match &self.sliding_rope {
+                Some(r) if self.config.is_sliding(layer) => r,
+                _ => &self.rope,
+            };
+            be.rope_attention(layer, (&q, &k, &v), positions, rope, spans, pool, shape)?
         };
-        let out = be.rope_attention(
-            layer,
-            (&q, &k, &v),
-            positions,
-            rope,
-            spans,
-            pool,
-            self.config.layer_attention(layer),
-        )?;
         observe(layer, LinearInput::AttentionOutput, &out);
         self.project_add(
             &out,

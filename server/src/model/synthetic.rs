@@ -129,6 +129,7 @@ impl SyntheticModel {
                 rope_scaling: RopeScaling::None,
                 rope_style: RopeStyle::HalfSplit,
                 rotary_dim: None,
+                nope_layers: Vec::new(),
                 vocab_size: 262_144,
                 tied_embeddings: true,
                 context_length: 32_768,

@@ -33,6 +33,8 @@ pub enum TinyArch {
     /// Granite: Llama with scaled embeddings, scores, residual branches and logits
     /// (`tiny_granite.rs`).
     Granite,
+    /// SmolLM3: Llama with every fourth layer attending without RoPE.
+    SmolLm3,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -54,6 +56,7 @@ impl TinyArch {
             TinyArch::Gemma3 => "gemma3",
             TinyArch::Phi3 => "phi3",
             TinyArch::Granite => "granite",
+            TinyArch::SmolLm3 => "smollm3",
         }
     }
 
@@ -69,6 +72,11 @@ impl TinyArch {
     /// Per-head Q/K norms (Qwen3, Gemma 3).
     pub fn qk_norm(self) -> bool {
         matches!(self, TinyArch::Qwen3 | TinyArch::Gemma3)
+    }
+
+    /// Whether layer `layer` attends without RoPE (SmolLM3's every fourth).
+    pub fn is_nope(self, layer: usize) -> bool {
+        self == TinyArch::SmolLm3 && (layer + 1).is_multiple_of(4)
     }
 
     /// Whether layer `layer` attends within [`TINY_WINDOW`] (llama.cpp's default patterns:
@@ -461,7 +469,10 @@ impl TinyModel {
         }
         // Only Llama's converter (Granite's is Llama's) permutes Q/K rows (llama.cpp's NORM
         // rope); Qwen's keep HF order.
-        let permute = matches!(c.arch, TinyArch::Llama | TinyArch::Granite);
+        let permute = matches!(
+            c.arch,
+            TinyArch::Llama | TinyArch::Granite | TinyArch::SmolLm3
+        );
         for t in &self.stored_tensors(true) {
             let values = if permute && t.name.ends_with("attn_q.weight") {
                 permute_rows(&t.values, c.heads, t.cols)
@@ -495,6 +506,7 @@ impl TinyModel {
                 TinyArch::Gemma3 => "Gemma3ForCausalLM",
                 TinyArch::Phi3 => "Phi3ForCausalLM",
                 TinyArch::Granite => "GraniteForCausalLM",
+                TinyArch::SmolLm3 => "SmolLM3ForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
@@ -546,6 +558,13 @@ impl TinyModel {
         }
         if c.arch == TinyArch::Granite {
             super::tiny_granite::granite_hf_config(&mut config);
+        }
+        if c.arch == TinyArch::SmolLm3 {
+            let flags: Vec<u32> = (0..c.layers)
+                .map(|l| u32::from(!c.arch.is_nope(l)))
+                .collect();
+            config["no_rope_layers"] = flags.into();
+            config["no_rope_layer_interval"] = 4.into();
         }
         let naming = lowbit::model::hf::HfNaming::of(&config);
         std::fs::write(

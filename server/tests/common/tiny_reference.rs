@@ -151,8 +151,10 @@ impl TinyModel {
                 add_bias(&mut v, &bv);
                 head_norm(&mut q, &nq);
                 head_norm(&mut k, &nk);
-                rope(&mut q, pos, theta);
-                rope(&mut k, pos, theta);
+                if !arch.is_nope(l) {
+                    rope(&mut q, pos, theta);
+                    rope(&mut k, pos, theta);
+                }
                 qs.push(q);
                 ks.push(k);
                 vs.push(v);
