@@ -63,7 +63,10 @@ fn each_pre_tokenizer_splits_as_llama_cpp_does() {
     let json = std::fs::read_to_string(data("llama_cpp_tokens.json")).unwrap();
     let families: Vec<Family> = serde_json::from_str(&json).unwrap();
     let pres: Vec<&str> = families.iter().map(|f| f.pre.as_str()).collect();
-    assert_eq!(pres, ["qwen2", "llama-bpe", "smollm", "dbrx", "gpt-4o"]);
+    assert_eq!(
+        pres,
+        ["qwen2", "llama-bpe", "smollm", "dbrx", "gpt-4o", "tekken"]
+    );
     let dir = tempfile::tempdir().unwrap();
     for f in &families {
         let tok = Tokenizer::from_gguf(&vocabulary_with_pre(dir.path(), &f.pre)).unwrap();
@@ -86,6 +89,7 @@ fn each_pre_tokenizer_splits_as_llama_cpp_does() {
         ("tokenizer-bpe.gguf", "smollm", false),
         ("tokenizer-bpe.gguf", "dbrx", false),
         ("tokenizer-bpe.gguf", "gpt-4o", false),
+        ("tokenizer-bpe.gguf", "tekken", true),
         ("tokenizer-spm.gguf", "default", true),
     ] {
         let name = format!("no-bos-key-{pre}");

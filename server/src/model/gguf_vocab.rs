@@ -55,6 +55,11 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 /// in threes, a punctuation run takes the newlines and slashes after it.
 const GPT4O_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Mistral's Tekken split (llama.cpp `LLAMA_VOCAB_PRE_TYPE_TEKKEN`: Mistral Nemo, Mistral
+/// Small 3, Pixtral's text) as its `tokenizer.json` writes it: GPT-4o's word split without
+/// contractions, single digits.
+const TEKKEN_SPLIT: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Control tokens that end a turn in some model family (a subset of llama.cpp's list).
 const END_OF_TURN: [&str; 8] = [
     "<|eot_id|>",
@@ -164,7 +169,7 @@ pub(super) fn tokenizer(gguf: &GgufFile) -> Result<Tokenizer> {
     let add_bos = gguf
         .get("tokenizer.ggml.add_bos_token")
         .and_then(MetaValue::as_bool)
-        .unwrap_or(model == "llama" || pre.is_some_and(is_llama3_family));
+        .unwrap_or(model == "llama" || pre.is_some_and(merges_whole_words));
     if let (true, Some(b)) = (add_bos, bos) {
         let bos_text = tokens.get(b as usize).copied().unwrap_or("<s>").to_string();
         let post = TemplateProcessing::builder()
@@ -224,7 +229,7 @@ fn byte_level_bpe(gguf: &GgufFile, path: &str, tokens: &[&str]) -> Result<tokeni
         .unwrap_or("default");
     let bpe = BPE::builder()
         .vocab_and_merges(vocabulary(tokens), merges)
-        .ignore_merges(is_llama3_family(pre))
+        .ignore_merges(merges_whole_words(pre))
         .build()
         .map_err(|e| ModelError::field(path, "tokenizer.ggml.merges", e.to_string()))?;
     let mut inner = tokenizers::Tokenizer::new(bpe);
@@ -319,13 +324,19 @@ fn sentencepiece_bpe(
     Ok(inner)
 }
 
-/// Pre-tokenizer names of Llama 3's family: llama.cpp adds BOS by default and takes a word
-/// found whole in the vocabulary as one token without merging (`ignore_merges`).
+/// Pre-tokenizer names of Llama 3's family (its split).
 fn is_llama3_family(pre: &str) -> bool {
     matches!(
         pre,
         "llama-bpe" | "llama3" | "llama-v3" | "falcon3" | "pixtral"
     )
+}
+
+/// Pre-tokenizers for which llama.cpp adds BOS by default and takes a word found whole in
+/// the vocabulary as one token without merging (`ignore_merges`): Llama 3's family and
+/// Tekken.
+fn merges_whole_words(pre: &str) -> bool {
+    is_llama3_family(pre) || pre == "tekken"
 }
 
 /// A regex split (each match its own piece), then the byte-level mapping.
@@ -353,6 +364,7 @@ fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenizerWrapper> {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![PreTokenizerWrapper::Digits(Digits::new(true)), byte_level(true)]))
         }
         p if is_llama3_family(p) => split_then_bytes(LLAMA3_SPLIT)?,
+        "tekken" => split_then_bytes(TEKKEN_SPLIT)?,
         "qwen2" | "deepseek-r1-qwen" => split_then_bytes(QWEN2_SPLIT)?,
         // Llama 3's split without its BOS and whole-word rules (Phi-4, DBRX).
         "dbrx" | "smaug-bpe" => split_then_bytes(LLAMA3_SPLIT)?,
@@ -361,7 +373,7 @@ fn pre_tokenizer_for(pre: &str, path: &str) -> Result<PreTokenizerWrapper> {
             return Err(ModelError::field(
                 path,
                 "tokenizer.ggml.pre",
-                format!("pre-tokenizer '{other}' is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2, dbrx, gpt-4o…)"),
+                format!("pre-tokenizer '{other}' is not supported (default, gpt2, smollm, starcoder, llama-bpe, qwen2, dbrx, gpt-4o, tekken…)"),
             ))
         }
     })

@@ -27,7 +27,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 HERE = Path(__file__).parent
 TEXT = HERE.parents[2] / ".." / "shared" / "data" / "botchan-dev.txt"
-PRE_TOKENIZERS = ["qwen2", "llama-bpe", "smollm", "dbrx", "gpt-4o"]
+PRE_TOKENIZERS = ["qwen2", "llama-bpe", "smollm", "dbrx", "gpt-4o", "tekken"]
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CASES = [
     "Hello, world!",
@@ -42,6 +42,7 @@ CASES = [
     '"Oh, it\'s you," said he. "Yes," I said; (nested) "quotes" and \'single\' ones.',
     "IT'S HIS, ISN'T IT? THEY'D SAY WE'LL GO.",
     "\u00a0non-breaking\u2009thin space\u3000ideographic",
+    "XMLHttpRequest.getElementById(toUpperCase) McDonaldsIPhone",
 ]
 
 
