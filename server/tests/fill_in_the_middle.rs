@@ -40,21 +40,21 @@ fn texts(reply: &Value) -> Vec<String> {
         .collect()
 }
 
-fn tiny_coder(dir: &Path, name: &str, controls: &[&str], keys: bool) -> std::path::PathBuf {
+fn tiny_coder(dir: &Path, name: &str, controls: &[&str], keys: Option<u32>) -> std::path::PathBuf {
     let cfg = TinyConfig {
         vocab: 128,
         ..TinyConfig::default()
     };
     let model = TinyModel::random(cfg, 50, true);
     let mut bytes = common::with_tokenizer_and_controls(&model.gguf_bytes(), cfg.vocab, controls);
-    if keys {
+    if let Some(first) = keys {
         use lowbit::model::gguf::{GgufFile, GgufWriter, MetaValue};
         let base = GgufFile::from_bytes(Path::new("t.gguf"), bytes).unwrap();
         let mut w = GgufWriter::new();
         for (k, v) in base.metadata() {
             w.meta(k, v.clone());
         }
-        for (k, id) in [("pre", 90), ("suf", 91), ("mid", 92)] {
+        for (k, id) in [("pre", first), ("suf", first + 1), ("mid", first + 2)] {
             w.meta(
                 &format!("tokenizer.ggml.fim_{k}_token_id"),
                 MetaValue::U32(id),
@@ -78,7 +78,7 @@ async fn a_suffix_prompts_the_middle_with_the_models_fim_tokens() {
         dir.path(),
         "starcoder",
         &["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"],
-        false,
+        None,
     );
     let tokenizer = ModelSource::open(&path).unwrap().tokenizer().unwrap();
     let fim = tokenizer.fim().unwrap();
@@ -160,11 +160,12 @@ async fn a_suffix_prompts_the_middle_with_the_models_fim_tokens() {
     .assert_error(400, BAD, Some("echo"), None);
 }
 
-/// A file that names its FIM tokens by id (`tokenizer.ggml.fim_*_token_id`) uses those.
+/// A file that names its FIM tokens by id (`tokenizer.ggml.fim_*_token_id`) uses those;
+/// ids outside the vocabulary are ignored.
 #[test]
 fn gguf_keys_name_the_fim_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let path = tiny_coder(dir.path(), "keyed", &[], true);
+    let path = tiny_coder(dir.path(), "keyed", &[], Some(90));
     let tokenizer = ModelSource::open(&path).unwrap().tokenizer().unwrap();
     assert_eq!(
         tokenizer.fim(),
@@ -174,7 +175,10 @@ fn gguf_keys_name_the_fim_tokens() {
             middle: 92
         })
     );
-    let plain = tiny_coder(dir.path(), "plain", &[], false);
+    let outside = tiny_coder(dir.path(), "outside", &[], Some(127));
+    let outside = ModelSource::open(&outside).unwrap().tokenizer().unwrap();
+    assert_eq!(outside.fim(), None);
+    let plain = tiny_coder(dir.path(), "plain", &[], None);
     assert_eq!(
         ModelSource::open(&plain)
             .unwrap()

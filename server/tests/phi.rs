@@ -156,6 +156,8 @@ fn phi3_configs_and_fused_parts_read_alike_from_both_formats() {
             assert_eq!(source.tensor_shape(name).unwrap(), (rows, 64), "{name}");
             let values = source.tensor(name).unwrap().to_f32();
             assert_eq!(values, model.get(name).values, "{path:?} {name}");
+            // Read as a vector too (GGUF's fused `ffn_up` shares the part's name).
+            assert_eq!(source.vector(name).unwrap(), values, "{path:?} {name}");
         }
     }
     // Phi-3-mini-4k's 2,047: every layer slides (Hugging Face does; llama.cpp disables it).

@@ -113,6 +113,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// The model `--model` or `--synthetic` names, and its name for the report.
 fn load(args: &BenchArgs) -> Result<(Llama, String)> {
+    let (mut model, name) = load_unsized(args)?;
+    // The longest sequence measured, as llama-bench sizes its context (LongRoPE's choice).
+    model.set_max_positions(
+        args.prompt_tokens
+            .max(args.gen_context + args.gen_tokens)
+            .max(1),
+    );
+    Ok((model, name))
+}
+
+fn load_unsized(args: &BenchArgs) -> Result<(Llama, String)> {
     match (&args.model, args.synthetic) {
         (Some(path), _) => {
             let source = crate::model::ModelSource::open(path)?;

@@ -63,7 +63,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         (args.prompt.clone(), tokenizer.encode(&args.prompt, true)?)
     };
-    let model = args.model.load_model(&source)?;
+    let mut model = args.model.load_model(&source)?;
+    // The sequence is at most the prompt and the tokens asked for (LongRoPE's choice).
+    model.set_max_positions(prompt_ids.len() + args.max_tokens);
     let load_seconds = load_start.elapsed().as_secs_f64();
 
     let opts = GenerateOptions {

@@ -44,7 +44,9 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     } else {
         None
     };
-    let model = args.model.load_model(&source)?;
+    let mut model = args.model.load_model(&source)?;
+    // Scored in windows of `ctx`: LongRoPE picks its factors by that, as llama-perplexity's.
+    model.set_max_positions(args.ctx);
     let windows = (tokens.len() / args.ctx.max(1)).min(if args.chunks > 0 {
         args.chunks
     } else {

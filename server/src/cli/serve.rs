@@ -269,9 +269,20 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
                 max_model_len = pool_tokens;
             }
             model.set_max_positions(max_model_len);
-            if model.config().uses_long_rope_factors(max_model_len) {
-                tracing::info!(
-                    "LongRoPE: long factors for sequences of up to {max_model_len} positions (a --max-model-len within the original context takes the short ones)"
+            if let crate::model::config::RopeScaling::LongRope {
+                original_max_position,
+                ..
+            } = model.config().rope_scaling
+            {
+                // The list changes every output, and a KV-pool cap can move max_model_len
+                // across the original context: say which one is in use, and why.
+                let (list, rule) = if model.config().uses_long_rope_factors(max_model_len) {
+                    ("long", "over")
+                } else {
+                    ("short", "within")
+                };
+                tracing::warn!(
+                    "LongRoPE: the {list} factors, since the max model length {max_model_len} is {rule} the original context {original_max_position} (set --max-model-len to choose)"
                 );
             }
             tracing::info!(

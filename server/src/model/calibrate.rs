@@ -40,13 +40,14 @@ impl Calibration {
         text: &str,
         max_windows: usize,
     ) -> Result<Self> {
-        let model = Llama::load(
+        let mut model = Llama::load(
             source,
             Arc::new(CpuBackend::new()),
             &QuantPolicy::parse("f32", None).map_err(super::ModelError::Tokenizer)?,
         )?;
         let tokens = tokenizer.encode(text, false)?;
         let ctx = CALIBRATION_CTX.min(tokens.len().max(1));
+        model.set_max_positions(ctx);
         let windows = (tokens.len() / ctx).clamp(0, max_windows.max(1));
         if windows == 0 {
             return Err(super::ModelError::Tokenizer(

@@ -102,9 +102,11 @@ impl GemmaAdditions {
         let float = |k: &str| json.get(k).and_then(|v| v.as_f64());
         if arch == Architecture::Granite {
             // `GraniteConfig`'s multipliers (llama.cpp's converter writes them as scales).
+            // `GraniteConfig` defaults each to 1 (the scores too, where llama.cpp's GGUF
+            // reading falls back to 1/√head_dim).
             p.set_granite_scales(
                 float("embedding_multiplier"),
-                float("attention_multiplier"),
+                float("attention_multiplier").or(Some(1.0)),
                 float("residual_multiplier"),
                 float("logits_scaling"),
             );

@@ -72,20 +72,6 @@ const END_OF_TURN: [&str; 8] = [
     "<EOT>",
 ];
 
-/// A code model's FIM padding, repository and file-separator tokens, which llama.cpp also
-/// ends generation at (a completed middle is followed by one of them or EOS).
-const FIM_ENDS: [&str; 9] = [
-    "<|fim_pad|>",
-    "<fim-pad>",
-    "<fim_pad>",
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-    "<|file_sep|>",
-];
-
 /// SentencePiece's word-boundary mark, standing for a space.
 const SPACE_MARK: &str = "\u{2581}";
 
@@ -158,7 +144,7 @@ pub(super) fn tokenizer(gguf: &GgufFile) -> Result<Tokenizer> {
     // `<|im_end|>` (Qwen), or the reverse.
     for (id, t) in tokens.iter().enumerate() {
         if type_of(id) == token_type::CONTROL
-            && (END_OF_TURN.contains(t) || FIM_ENDS.contains(t))
+            && END_OF_TURN.contains(t)
             && !eos.contains(&(id as u32))
         {
             eos.push(id as u32);

@@ -149,15 +149,21 @@ impl RopeScaling {
             .get("max_position_embeddings")
             .and_then(|v| v.as_u64())
             .unwrap_or(2048) as usize;
-        let original = json
+        let top_level = json
             .get("original_max_position_embeddings")
-            .or_else(|| s.get("original_max_position_embeddings"))
-            .and_then(|v| v.as_u64())
+            .and_then(|v| v.as_u64());
+        let original = top_level
+            .or_else(|| {
+                s.get("original_max_position_embeddings")
+                    .and_then(|v| v.as_u64())
+            })
             .map_or(max_positions, |v| v as usize);
-        let factor = if original > 0 {
-            max_positions as f64 / original as f64
-        } else {
-            1.0
+        // Phi's configs name the original context at the top level and the ratio is the
+        // factor; elsewhere `rope_scaling.factor` is.
+        let ratio = max_positions as f64 / original.max(1) as f64;
+        let factor = match top_level {
+            Some(_) => ratio,
+            None => s.get("factor").and_then(|v| v.as_f64()).unwrap_or(ratio),
         };
         let attention_factor = match s.get("attention_factor").and_then(|v| v.as_f64()) {
             Some(a) => a,
@@ -381,6 +387,24 @@ mod tests {
         let expected = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt();
         assert!((attention_factor - expected).abs() < 1e-12);
         assert!(s.validate("config.json", 2).is_ok());
+        // Without the top-level key: `rope_scaling`'s own original context and factor.
+        let json = serde_json::json!({
+            "max_position_embeddings": 32768,
+            "rope_scaling": {"type": "longrope", "factor": 8.0,
+                "original_max_position_embeddings": 4096,
+                "short_factor": [1.0], "long_factor": [2.0]}
+        });
+        let RopeScaling::LongRope {
+            original_max_position,
+            attention_factor,
+            ..
+        } = RopeScaling::from_hf_json("config.json", &json).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(original_max_position, 4096);
+        let expected = (1.0 + 8f64.ln() / 4096f64.ln()).sqrt();
+        assert!((attention_factor - expected).abs() < 1e-12);
         let err = s.validate("config.json", 3).unwrap_err().to_string();
         assert!(
             err.contains("short_factor") && err.contains("3 pairs"),

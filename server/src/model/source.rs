@@ -160,17 +160,31 @@ impl ModelSource {
     /// ([`HfFolder::vector`]: a Gemma checkpoint's norms are offset by one).
     pub fn vector(&self, name: &str) -> Result<Vec<f32>> {
         if let Some((fused, rows)) = self.fused_location(name)? {
-            // A fused bias is one row: its part is a range of values.
-            let values = self.vector(&fused)?;
+            // Read as stored (a fused name may be the part's own: GGUF's `ffn_up`). A fused
+            // bias is one row, its part a range of values; a matrix's part is its rows.
+            let stored = self.stored_tensor(&fused)?;
+            let err = |detail: String| {
+                ModelError::tensor(
+                    self.path().display(),
+                    &self.file_tensor_name(&fused),
+                    detail,
+                )
+            };
+            if stored.rows > 1 {
+                return Ok(stored
+                    .row_range(rows)
+                    .map_err(|e| err(e.to_string()))?
+                    .to_f32());
+            }
+            let values = stored.to_f32();
             return values
                 .get(rows.clone())
                 .map(<[f32]>::to_vec)
                 .ok_or_else(|| {
-                    ModelError::tensor(
-                        self.path().display(),
-                        &self.file_tensor_name(&fused),
-                        format!("{} values, the part {name} needs {rows:?}", values.len()),
-                    )
+                    err(format!(
+                        "{} values, the part {name} needs {rows:?}",
+                        values.len()
+                    ))
                 });
         }
         match self {

@@ -43,6 +43,21 @@ const FIM_NAMES: [[&str; 3]; 8] = [
     ["<|prefix|>", "<|suffix|>", "<|middle|>"],
 ];
 
+/// A code model's FIM padding, repository and file-separator tokens, which llama.cpp also
+/// ends generation at, whatever their type (a completed middle is followed by one of them or
+/// EOS).
+const FIM_ENDS: [&str; 9] = [
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
 impl FimTokens {
     /// The first complete set of FIM names found in the vocabulary.
     fn find(inner: &tokenizers::Tokenizer) -> Option<Self> {
@@ -80,6 +95,12 @@ impl Tokenizer {
         let probe = inner.encode("a", true).map_err(tok_err)?;
         let adds_bos = bos.is_some() && probe.get_ids().first().copied() == bos;
         let fim = FimTokens::find(&inner);
+        let mut eos = eos;
+        for id in FIM_ENDS.iter().filter_map(|t| inner.token_to_id(t)) {
+            if !eos.contains(&id) {
+                eos.push(id);
+            }
+        }
         Ok(Self {
             inner,
             bos,
@@ -92,8 +113,19 @@ impl Tokenizer {
     /// Sets the FIM tokens a GGUF file names (`tokenizer.ggml.fim_*_token_id`), over the
     /// ones found by name.
     pub fn with_fim(mut self, fim: Option<FimTokens>) -> Self {
-        if fim.is_some() {
-            self.fim = fim;
+        let vocab = self.vocab_size();
+        match fim {
+            Some(f)
+                if [f.prefix, f.suffix, f.middle]
+                    .iter()
+                    .all(|&id| (id as usize) < vocab) =>
+            {
+                self.fim = Some(f);
+            }
+            Some(f) => tracing::warn!(
+                "tokenizer.ggml.fim_*_token_id {f:?} lie outside the vocabulary of {vocab}: ignored"
+            ),
+            None => {}
         }
         self
     }
