@@ -13,17 +13,13 @@
 mod common;
 
 use common::rel_err;
+use common::tiny_checks::{
+    cpu, gpu, load, matches_reference_on_every_path, GPU_REL_TOL, LOGITS_REL_TOL,
+};
 use common::tiny_model::{all_logits, flat, TinyArch, TinyConfig, TinyModel};
 use lowbit::model::{Llama, ModelSource, QuantPolicy};
-use lowbit_gpu::cpu::CpuBackend;
-use lowbit_gpu::wgpu::device::AdapterChoice;
-use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
-use lowbit_gpu::Backend;
 use std::path::Path;
-use std::sync::Arc;
 
-/// f32 activations and accumulation against a float64 oracle over a 2-layer model.
-const LOGITS_REL_TOL: f64 = 1e-4;
 /// The same against llama.cpp's f32 CPU path (its own f32 sums, f32 KV cache): measured
 /// 1.6e-7 for Llama, Qwen2 and Qwen3, 2.0e-7 for Phi-3 (fused projections, 12 of 16
 /// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite.
@@ -33,8 +29,6 @@ const LLAMA_CPP_REL_TOL: f64 = 1e-5;
 /// in full; measured 9.0e-6 (Gemma), 1.0e-4 (Gemma 2), 1.3e-4 (Gemma 3), where a wrong
 /// window or sliding RoPE base gives 2e-2 to 2e-1.
 const LLAMA_CPP_GEMMA_REL_TOL: f64 = 1e-3;
-/// The wgpu backend's int8 activations on layer 0's quantized tensors (measured 0.006).
-const GPU_REL_TOL: f64 = 2e-2;
 
 const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
@@ -73,60 +67,21 @@ fn tiny(arch: TinyArch, seed: u64, tied: bool, quantized: bool) -> TinyModel {
     TinyModel::random(cfg, seed, quantized)
 }
 
-/// Logits of every position of `tokens` fed in pieces of `pieces` tokens, one step each.
-fn chunked_logits(model: &Llama, tokens: &[u32], pieces: &[usize]) -> Vec<f32> {
-    let mut kv = lowbit::engine::solo::SoloKv::new(model, 1, tokens.len()).unwrap();
-    let (mut at, mut out) = (0, Vec::new());
-    for &n in pieces {
-        let seq = lowbit::model::BatchSeq {
-            tokens: &tokens[at..at + n],
-            pos_start: at,
-            blocks: &kv.tables[0],
-            logits: 0..n,
-        };
-        out.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);
-        at += n;
-    }
-    assert_eq!(at, tokens.len());
-    out
-}
-
-/// Gemma 1/2/3 GGUF files (tied, as Gemma is) against the float64 reference: on the CPU in
-/// f32, also from a Hugging Face folder; on the GPU in f32 and as stored. On the CPU, a prompt fed in pieces (across the
-/// sliding window's edge) gives the same bits as one prefill.
+/// Gemma 1/2/3 GGUF files (tied, as Gemma is) against the float64 reference on every path
+/// (`tiny_checks.rs`): the Hugging Face folder stores norms less one and names Gemma 2/3's
+/// four norms of a layer its own way; the prompt's pieces cross the sliding window's edge.
 #[test]
 fn gemma_gguf_files_match_float64_reference_on_the_cpu_and_the_gpu() {
-    let gpu: Arc<dyn Backend> = Arc::new(
-        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
-            panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
-        }),
-    );
+    let gpu = gpu();
     for (i, arch) in GEMMAS.into_iter().enumerate() {
         let model = tiny(arch, 30 + i as u64, true, true);
-        let want = flat(model.reference_logits(&TOKENS));
-        let dir = tempfile::tempdir().unwrap();
-        let gguf = dir.path().join("tiny.gguf");
-        std::fs::write(&gguf, model.gguf_bytes()).unwrap();
-        let on_cpu = load(&gguf, cpu(), "f32");
-        let got = all_logits(&on_cpu, &TOKENS);
-        let e = rel_err(&got, &want);
-        assert!(e < LOGITS_REL_TOL, "{arch:?} cpu: {e}");
-        let pieces = chunked_logits(&on_cpu, &TOKENS, &[3, 1, 5, 1, 1]);
-        assert_eq!(got, pieces, "{arch:?}: one prefill and pieces differ");
-        // The same model as a Hugging Face checkpoint (norms stored less one, Gemma 2/3's
-        // names for the four norms of a layer).
-        model.write_hf_folder(&dir.path().join("hf"), 2);
-        let got = all_logits(&load(&dir.path().join("hf"), cpu(), "f32"), &TOKENS);
-        let e = rel_err(&got, &want);
-        assert!(e < LOGITS_REL_TOL, "{arch:?} hf folder: {e}");
-
-        let got = all_logits(&load(&gguf, gpu.clone(), "f32"), &TOKENS);
-        let e = rel_err(&got, &want);
-        assert!(e < LOGITS_REL_TOL, "{arch:?} gpu f32: {e}");
-        let source = ModelSource::open(&gguf).unwrap();
-        let stored = Llama::load(&source, gpu.clone(), &QuantPolicy::as_stored()).unwrap();
-        let e = rel_err(&all_logits(&stored, &TOKENS), &want);
-        assert!(e < GPU_REL_TOL, "{arch:?} gpu as stored: {e}");
+        matches_reference_on_every_path(
+            &model,
+            &TOKENS,
+            &[3, 1, 5, 1, 1],
+            &gpu,
+            &format!("{arch:?}"),
+        );
     }
 }
 
@@ -205,15 +160,6 @@ fn gemma_configs_read_as_llama_cpp_reads_them() {
     assert!(err.contains("hidden_activation"), "{err}");
 }
 
-fn load(path: &Path, backend: Arc<dyn Backend>, quant: &str) -> Llama {
-    let source = ModelSource::open(path).unwrap();
-    Llama::load(&source, backend, &QuantPolicy::parse(quant, None).unwrap()).unwrap()
-}
-
-fn cpu() -> Arc<dyn Backend> {
-    Arc::new(CpuBackend::new())
-}
-
 #[test]
 fn qwen_granite_and_smollm3_gguf_and_hf_folders_match_float64_reference_on_the_cpu() {
     for (arch, seed) in [
@@ -244,11 +190,7 @@ fn qwen_granite_and_smollm3_gguf_and_hf_folders_match_float64_reference_on_the_c
 /// as stored, int8 activations against Q8/Q4 tensors, so a looser bound.
 #[test]
 fn qwen_granite_and_smollm3_models_match_float64_reference_on_the_gpu() {
-    let gpu: Arc<dyn Backend> = Arc::new(
-        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
-            panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
-        }),
-    );
+    let gpu = gpu();
     for (arch, seed) in [
         (TinyArch::Qwen2, 3),
         (TinyArch::Qwen3, 4),

@@ -9,21 +9,11 @@
 mod common;
 
 use common::rel_err;
+use common::tiny_checks::{cpu, gpu, load, matches_reference_on_every_path, LOGITS_REL_TOL};
 use common::tiny_model::{all_logits, flat, TinyArch, TinyConfig, TinyModel};
 use common::tiny_phi::{phi3_attention_factor, PHI3_ORIGINAL_CONTEXT, PHI3_ROTARY_DIM};
 use lowbit::model::config::RopeScaling;
 use lowbit::model::{Llama, ModelSource, QuantPolicy};
-use lowbit_gpu::cpu::CpuBackend;
-use lowbit_gpu::wgpu::device::AdapterChoice;
-use lowbit_gpu::wgpu::{WgpuBackend, WgpuOptions};
-use lowbit_gpu::Backend;
-use std::path::Path;
-use std::sync::Arc;
-
-/// f32 against the float64 oracle (as `architectures.rs`).
-const LOGITS_REL_TOL: f64 = 1e-4;
-/// The wgpu backend's int8 activations on layer 0's quantized tensors.
-const GPU_REL_TOL: f64 = 2e-2;
 const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 fn tiny_phi(seed: u64, tied: bool, quantized: bool) -> TinyModel {
@@ -35,61 +25,14 @@ fn tiny_phi(seed: u64, tied: bool, quantized: bool) -> TinyModel {
     TinyModel::random(cfg, seed, quantized)
 }
 
-fn cpu() -> Arc<dyn Backend> {
-    Arc::new(CpuBackend::new())
-}
-
-fn load(path: &Path, backend: Arc<dyn Backend>, quant: &str) -> Llama {
-    let source = ModelSource::open(path).unwrap();
-    Llama::load(&source, backend, &QuantPolicy::parse(quant, None).unwrap()).unwrap()
-}
-
 /// GGUF (layer 0 quantized, fused) and Hugging Face folders (fused `qkv_proj`, `gate_up_proj`)
-/// on the CPU in f32; the GGUF file on the GPU in f32 and as stored; a prompt in pieces gives
-/// one prefill's bits.
+/// against the float64 reference on every path (`tiny_checks.rs`).
 #[test]
 fn phi3_files_match_float64_reference_on_the_cpu_and_the_gpu() {
-    let gpu: Arc<dyn Backend> = Arc::new(
-        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default()).unwrap_or_else(|e| {
-            panic!("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers): {e}")
-        }),
-    );
+    let gpu = gpu();
     for (seed, tied) in [(40, false), (41, true)] {
         let model = tiny_phi(seed, tied, true);
-        let want = flat(model.reference_logits(&TOKENS));
-        let dir = tempfile::tempdir().unwrap();
-        let gguf = dir.path().join("tiny.gguf");
-        std::fs::write(&gguf, model.gguf_bytes()).unwrap();
-        let on_cpu = load(&gguf, cpu(), "f32");
-        let got = all_logits(&on_cpu, &TOKENS);
-        let e = rel_err(&got, &want);
-        assert!(e < LOGITS_REL_TOL, "tied {tied} gguf: {e}");
-
-        let mut kv = lowbit::engine::solo::SoloKv::new(&on_cpu, 1, TOKENS.len()).unwrap();
-        let mut pieces = Vec::new();
-        for (start, end) in [(0, 4), (4, 5), (5, 11)] {
-            let seq = lowbit::model::BatchSeq {
-                tokens: &TOKENS[start..end],
-                pos_start: start,
-                blocks: &kv.tables[0],
-                logits: 0..end - start,
-            };
-            pieces.extend(on_cpu.forward(&[seq], &mut kv.pool).unwrap().data);
-        }
-        assert_eq!(got, pieces, "one prefill and pieces differ");
-
-        model.write_hf_folder(&dir.path().join("hf"), 2);
-        let got = all_logits(&load(&dir.path().join("hf"), cpu(), "f32"), &TOKENS);
-        let e = rel_err(&got, &want);
-        assert!(e < LOGITS_REL_TOL, "tied {tied} hf folder: {e}");
-
-        let got = all_logits(&load(&gguf, gpu.clone(), "f32"), &TOKENS);
-        let e = rel_err(&got, &want);
-        assert!(e < LOGITS_REL_TOL, "tied {tied} gpu f32: {e}");
-        let source = ModelSource::open(&gguf).unwrap();
-        let stored = Llama::load(&source, gpu.clone(), &QuantPolicy::as_stored()).unwrap();
-        let e = rel_err(&all_logits(&stored, &TOKENS), &want);
-        assert!(e < GPU_REL_TOL, "tied {tied} gpu as stored: {e}");
+        matches_reference_on_every_path(&model, &TOKENS, &[4, 1, 6], &gpu, &format!("tied {tied}"));
     }
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod tiny_checks;
 pub mod tiny_granite;
 pub mod tiny_model;
 pub mod tiny_phi;
