@@ -160,21 +160,33 @@ async fn a_suffix_prompts_the_middle_with_the_models_fim_tokens() {
     .assert_error(400, BAD, Some("echo"), None);
 }
 
-/// A file that names its FIM tokens by id (`tokenizer.ggml.fim_*_token_id`) uses those;
-/// ids outside the vocabulary are ignored.
+/// A file that names its FIM tokens by id (`tokenizer.ggml.fim_*_token_id`) uses those, and
+/// so does the lowbit file `lowbit quantize` makes of it; ids outside the vocabulary are
+/// ignored.
 #[test]
 fn gguf_keys_name_the_fim_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_coder(dir.path(), "keyed", &[], Some(90));
     let tokenizer = ModelSource::open(&path).unwrap().tokenizer().unwrap();
-    assert_eq!(
-        tokenizer.fim(),
-        Some(FimTokens {
-            prefix: 90,
-            suffix: 91,
-            middle: 92
-        })
-    );
+    let keyed = Some(FimTokens {
+        prefix: 90,
+        suffix: 91,
+        middle: 92,
+    });
+    assert_eq!(tokenizer.fim(), keyed);
+    let out = dir.path().join("keyed.safetensors");
+    let o = common::lowbit(&[
+        "quantize",
+        "--model",
+        path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quant",
+        "q8",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let quantized = ModelSource::open(&out).unwrap().tokenizer().unwrap();
+    assert_eq!(quantized.fim(), keyed);
     let outside = tiny_coder(dir.path(), "outside", &[], Some(127));
     let outside = ModelSource::open(&outside).unwrap().tokenizer().unwrap();
     assert_eq!(outside.fim(), None);

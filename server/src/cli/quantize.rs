@@ -94,6 +94,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         serde_json::to_string(&tokenizer.bos())?,
     );
     meta.insert("lowbit.eos".into(), serde_json::to_string(tokenizer.eos())?);
+    // A GGUF file's FIM ids may name tokens that the names alone would not find again.
+    if let Some(fim) = tokenizer.fim() {
+        meta.insert("lowbit.fim".into(), serde_json::to_string(&fim)?);
+    }
     if let Some((tmpl, bos, eos)) = template {
         meta.insert("lowbit.chat_template".into(), tmpl);
         meta.insert("lowbit.bos_token".into(), bos);

@@ -11,8 +11,9 @@
 //! ```
 //! `__metadata__` keys: `lowbit.format_version` ([`FORMAT_VERSION`]), `lowbit.formats` (JSON:
 //! name → format), `lowbit.config` (JSON [`LlamaConfig`]), `lowbit.tokenizer` (tokenizer.json
-//! text), `lowbit.bos`/`lowbit.eos` (JSON ids), `lowbit.chat_template`, `lowbit.bos_token`,
-//! `lowbit.eos_token`, `lowbit.policy`, `lowbit.source`.
+//! text), `lowbit.bos`/`lowbit.eos` (JSON ids), `lowbit.fim` (JSON FIM token ids, where the
+//! model has them), `lowbit.chat_template`, `lowbit.bos_token`, `lowbit.eos_token`,
+//! `lowbit.policy`, `lowbit.source`.
 
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};

@@ -11,7 +11,7 @@ use super::gguf::{GgufFile, MetaValue};
 use super::hf::{HfFolder, SafetensorsFile};
 use super::lowbit_file::LowbitFile;
 use super::quant_policy::{QuantPolicy, TensorPlan};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{FimTokens, Tokenizer};
 use lowbit_gpu::quant::gptq::{gptq_quantize, GptqOptions, Hessian};
 use lowbit_gpu::quant::{quantize, quantize_raw, QuantizeOptions};
 use lowbit_gpu::{QTensor, QuantFormat, RawTensor, SourceDType};
@@ -425,7 +425,10 @@ impl ModelSource {
                     .meta("lowbit.eos")
                     .and_then(|s| serde_json::from_str::<Vec<u32>>(s).ok())
                     .unwrap_or_default();
-                Tokenizer::new(inner, bos, eos)
+                let fim = l
+                    .meta("lowbit.fim")
+                    .and_then(|s| serde_json::from_str::<FimTokens>(s).ok());
+                Ok(Tokenizer::new(inner, bos, eos)?.with_fim(fim))
             }
         }
     }

@@ -19,7 +19,7 @@ pub struct Tokenizer {
 /// A code model's fill-in-the-middle tokens. A completion with a `suffix` is prompted
 /// `[BOS] <prefix> text <suffix> suffix <middle>` and generates the middle (llama.cpp's
 /// `/infill` order, "PSM").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FimTokens {
     pub prefix: u32,
     pub suffix: u32,
