@@ -139,6 +139,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 "bos": tokenizer.bos(),
                 "eos": tokenizer.eos(),
                 "adds_bos": tokenizer.adds_bos(),
+                "fim": tokenizer.fim(),
             },
             "chat_template": has_template,
             "tool_call_parser": tool_syntax,
@@ -214,9 +215,20 @@ pub fn run(args: InfoArgs) -> Result<()> {
         id.and_then(|i| tokenizer.token_text(i))
             .unwrap_or_else(|| "-".into())
     };
+    let fim = tokenizer.fim().map_or_else(
+        || "no".to_string(),
+        |f| {
+            format!(
+                "{} {} {}",
+                name(Some(f.prefix)),
+                name(Some(f.suffix)),
+                name(Some(f.middle))
+            )
+        },
+    );
     writeln!(
         out,
-        "tokenizer   {} tokens, BOS {} ({}), EOS {:?}, adds BOS: {}; chat template: {}{}",
+        "tokenizer   {} tokens, BOS {} ({}), EOS {:?}, adds BOS: {}; fill in the middle: {fim}; chat template: {}{}",
         tokenizer.vocab_size(),
         tokenizer.bos().map_or("-".into(), |b| b.to_string()),
         name(tokenizer.bos()),
