@@ -213,7 +213,8 @@ fn qwen_granite_and_smollm3_models_match_float64_reference_on_the_gpu() {
     }
 }
 
-/// A file of these architectures without one of their extra tensors is refused, naming it.
+/// A file of these architectures without one of their extra (or fused) tensors is refused,
+/// naming it.
 #[test]
 fn a_missing_bias_or_head_norm_is_named() {
     for (arch, missing) in [
@@ -222,6 +223,8 @@ fn a_missing_bias_or_head_norm_is_named() {
         (TinyArch::Gemma2, "blk.1.post_ffw_norm.weight"),
         (TinyArch::Gemma3, "blk.4.post_attention_norm.weight"),
         (TinyArch::Gemma3, "blk.0.attn_q_norm.weight"),
+        // Phi-3 without its fused Q/K/V: the part is named.
+        (TinyArch::Phi3, "blk.1.attn_q.weight"),
     ] {
         let mut model = tiny(arch, 5, true, false);
         model.tensors.retain(|t| t.name != missing);

@@ -107,8 +107,13 @@ impl ModelSource {
         }
         let gguf = matches!(self, Self::Gguf(_));
         let stored = self.stores(name);
-        // A GGUF file keeps gate/up fused under `ffn_up`'s own name.
-        if stored && !(gguf && name.ends_with(".ffn_up.weight")) {
+        // A GGUF file keeps gate/up fused under `ffn_up`'s own name: fused only where the
+        // layer has no `ffn_gate` (checked before parsing the config, which every other
+        // file's `ffn_up` would otherwise cost).
+        let unfused_gguf_up = name
+            .strip_suffix("ffn_up.weight")
+            .is_some_and(|layer| self.stores(&format!("{layer}ffn_gate.weight")));
+        if stored && !(gguf && name.ends_with(".ffn_up.weight")) || unfused_gguf_up {
             return Ok(None);
         }
         let Ok(config) = self.config() else {
