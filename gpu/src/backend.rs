@@ -318,6 +318,15 @@ pub fn read_logits_apart<B: Backend + ?Sized>(
     })
 }
 
+/// Rows to add onto other rows of a sum ([`Backend::add_scattered`]): `weights[i] · x[i]`
+/// onto row `rows[i]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ScatteredRows<'a> {
+    pub x: &'a Tensor,
+    pub rows: &'a [usize],
+    pub weights: &'a [f32],
+}
+
 /// Operations a transformer forward needs, on tensors that live in the backend.
 ///
 /// Shapes are `rows × cols`, rows are tokens. Weights are `N × K` and linear layers compute
@@ -460,6 +469,12 @@ pub trait Backend: Send + Sync {
 
     /// Keeps only the listed rows, in the given order.
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor>;
+
+    /// `base` plus each part's rows, every row `i` of a part scaled by `weights[i]` and added
+    /// onto row `rows[i]`, part after part: a mixture of experts' weighted sum of its experts'
+    /// outputs, added to the residual. A row appears at most once in a part (a token picks an
+    /// expert once), so a device adds a part's rows in parallel.
+    fn add_scattered(&self, base: &Tensor, parts: &[ScatteredRows<'_>]) -> Result<Tensor>;
 
     /// Every logits row's argmax and what `want` asks for: what a step mixing greedy and
     /// sampling rows reads back. A device backend reads all of it back in one transfer and

@@ -1,7 +1,7 @@
 //! Operand checks every backend makes before it runs an operation, in one place so that the
 //! backends refuse exactly the same inputs with the same messages.
 
-use crate::backend::{AttentionShape, Rope, SeqSpan};
+use crate::backend::{AttentionShape, Rope, ScatteredRows, SeqSpan};
 use crate::error::{shape_err, Result};
 use crate::kv::{check_table, KvPoolSpec};
 use crate::tensor::Tensor;
@@ -13,6 +13,48 @@ pub(crate) fn same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()>
             op,
             format!("{}x{} vs {}x{}", a.rows(), a.cols(), b.rows(), b.cols()),
         ));
+    }
+    Ok(())
+}
+
+/// Each part of [`crate::Backend::add_scattered`] has one row index and one weight per row,
+/// rows as long as `base`'s, and distinct target rows within `base`.
+pub(crate) fn scattered(base: &Tensor, parts: &[ScatteredRows<'_>]) -> Result<()> {
+    let mut seen = vec![usize::MAX; base.rows()];
+    for (p, part) in parts.iter().enumerate() {
+        if part.x.rows() != part.rows.len()
+            || part.weights.len() != part.rows.len()
+            || part.x.cols() != base.cols()
+        {
+            return Err(shape_err(
+                "add_scattered",
+                format!(
+                    "part {p}: {}x{} with {} rows and {} weights onto rows of {}",
+                    part.x.rows(),
+                    part.x.cols(),
+                    part.rows.len(),
+                    part.weights.len(),
+                    base.cols()
+                ),
+            ));
+        }
+        for &r in part.rows {
+            match seen.get_mut(r) {
+                None => {
+                    return Err(shape_err(
+                        "add_scattered",
+                        format!("part {p}: row {r} of {}", base.rows()),
+                    ))
+                }
+                Some(last) if *last == p => {
+                    return Err(shape_err(
+                        "add_scattered",
+                        format!("part {p}: row {r} twice"),
+                    ))
+                }
+                Some(last) => *last = p,
+            }
+        }
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ pub mod wgpu;
 
 pub use backend::{
     argmax, read_logits_apart, top_k, AttentionShape, Backend, LogitsReadback, LogitsRequest, Rope,
-    RopeStyle, SeqSpan,
+    RopeStyle, ScatteredRows, SeqSpan,
 };
 pub use draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 pub use error::{Error, Result};

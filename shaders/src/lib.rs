@@ -23,7 +23,7 @@ pub enum Family {
     Norm,
     /// RoPE from a host-made cos/sin table (entry `main`).
     Rope,
-    /// `add`, `silu_mul`, `gather_rows`.
+    /// `add`, `silu_mul`, `gather_rows`, `scatter_add`.
     Elementwise,
     /// `kv_write`, `attend` and `attend_merge` over the paged KV pool, built per pool element
     /// type (`WeightKind::F32` or `F16`).
@@ -94,6 +94,7 @@ impl Family {
                 "scale",
                 "softcap",
                 "gather_rows",
+                "scatter_add",
             ],
             Family::Attention => &["kv_write", "attend", "attend_merge"],
             Family::Int8 => &["matvec", "matmul"],

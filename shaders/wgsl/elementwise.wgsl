@@ -1,5 +1,6 @@
 // Element-wise kernels over `n` values: residual add, a bias added to every row, SwiGLU's
-// silu(gate)·up, GeGLU's gelu(gate)·up, a scale, a soft cap, and a row gather.
+// silu(gate)·up, GeGLU's gelu(gate)·up, a scale, a soft cap, a row gather, and a scattered
+// weighted add (a mixture of experts' sum).
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -81,5 +82,17 @@ fn gather_rows(@builtin(global_invocation_id) gid: vec3<u32>) {
         let r = i / p.cols;
         let src = bitcast<u32>(b[r]);
         out[i] = a[src * p.cols + i % p.cols];
+    }
+}
+
+// out row bitcast<u32>(b[2r]) += b[2r + 1] · a row r, in place: `b` holds (row, weight) pairs
+// whose rows are distinct, so no two invocations write one value.
+@compute @workgroup_size(64)
+fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        let r = i / p.cols;
+        let dst = bitcast<u32>(b[2u * r]) * p.cols + i % p.cols;
+        out[dst] = out[dst] + b[2u * r + 1u] * a[i];
     }
 }

@@ -11,7 +11,7 @@ pub mod pool;
 pub mod qdot;
 pub mod qmatmul;
 
-use crate::backend::{AttentionShape, Backend, Rope, RopeStyle, SeqSpan};
+use crate::backend::{AttentionShape, Backend, Rope, RopeStyle, ScatteredRows, SeqSpan};
 use crate::checks;
 use crate::error::{shape_err, Error, Result};
 use crate::kv::{HostKv, KvPool, KvPoolSpec, KvStorage};
@@ -311,6 +311,25 @@ impl Backend for CpuBackend {
             out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
         }
         Tensor::from_host(rows.len(), cols, out)
+    }
+
+    fn add_scattered(&self, base: &Tensor, parts: &[ScatteredRows<'_>]) -> Result<Tensor> {
+        checks::scattered(base, parts)?;
+        let cols = base.cols();
+        let mut out = base.host()?.to_vec();
+        for part in parts {
+            let x = part.x.host()?;
+            for ((&r, &w), src) in part
+                .rows
+                .iter()
+                .zip(part.weights)
+                .zip(x.chunks_exact(cols.max(1)))
+            {
+                let dst = &mut out[r * cols..(r + 1) * cols];
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += w * s);
+            }
+        }
+        Tensor::from_host(base.rows(), cols, out)
     }
 
     fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {

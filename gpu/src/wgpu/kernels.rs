@@ -37,6 +37,8 @@ pub enum Kernel {
     /// `value · tanh(x / value)`.
     Softcap,
     GatherRows,
+    /// Rows scaled and added onto other rows, in place (a mixture of experts' sum).
+    ScatterAdd,
     /// Stores new keys and values into a pool of `pool` elements (F32 or F16).
     KvWrite {
         pool: WeightKind,
@@ -140,7 +142,8 @@ impl Kernel {
             | Kernel::GeluMul
             | Kernel::Scale
             | Kernel::Softcap
-            | Kernel::GatherRows => Family::Elementwise,
+            | Kernel::GatherRows
+            | Kernel::ScatterAdd => Family::Elementwise,
             Kernel::KvWrite { .. } | Kernel::Attend { .. } | Kernel::AttendMerge => {
                 Family::Attention
             }
@@ -164,6 +167,7 @@ impl Kernel {
             Kernel::Scale => "scale",
             Kernel::Softcap => "softcap",
             Kernel::GatherRows => "gather_rows",
+            Kernel::ScatterAdd => "scatter_add",
             Kernel::KvWrite { .. } => "kv_write",
             Kernel::Attend { .. } => "attend",
             Kernel::AttendMerge => "attend_merge",

@@ -17,7 +17,7 @@ pub mod profile;
 mod quantize;
 pub mod weights;
 
-use crate::backend::{AttentionShape, Backend, Rope, SeqSpan};
+use crate::backend::{AttentionShape, Backend, Rope, ScatteredRows, SeqSpan};
 use crate::error::{Error, Result};
 use crate::kv::{KvPool, KvPoolSpec};
 use crate::quant::QTensor;
@@ -498,6 +498,10 @@ impl Backend for WgpuBackend {
 
     fn select_rows(&self, x: &Tensor, rows: &[usize]) -> Result<Tensor> {
         self.gather(x, rows)
+    }
+
+    fn add_scattered(&self, base: &Tensor, parts: &[ScatteredRows<'_>]) -> Result<Tensor> {
+        self.scatter(base, parts)
     }
 
     fn logits_stay_on_device(&self) -> bool {

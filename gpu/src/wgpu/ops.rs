@@ -1,5 +1,5 @@
 //! The row-wise and element-wise operations: embedding gather, RMSNorm, RoPE, add,
-//! SwiGLU, row selection.
+//! SwiGLU, row selection and scattered adds.
 
 use super::encoder::grid;
 use super::kernels::{
@@ -7,7 +7,7 @@ use super::kernels::{
     TOP_K_MAX,
 };
 use super::{device_of, weight_of, WgpuBackend};
-use crate::backend::{LogitsRequest, Rope, RopeStyle};
+use crate::backend::{LogitsRequest, Rope, RopeStyle, ScatteredRows};
 use crate::checks;
 use crate::draw::{LogitAdjust, RowDraw};
 use crate::error::{shape_err, Result};
@@ -526,6 +526,58 @@ impl WgpuBackend {
             groups,
         );
         Ok(self.tensor(rows.len(), cols, out))
+    }
+
+    /// A copy of `base`, then one in-place dispatch per part.
+    pub(super) fn scatter(&self, base: &Tensor, parts: &[ScatteredRows<'_>]) -> Result<Tensor> {
+        checks::scattered(base, parts)?;
+        let bd = device_of(base)?;
+        let cols = base.cols();
+        let out = self.alloc(base.rows(), cols)?;
+        let pipeline = self.kernel(Kernel::ScatterAdd)?;
+        // Buffers first: `alloc` may record (poisoning), so not while the recorder is held.
+        let mut work = Vec::with_capacity(parts.len());
+        for part in parts.iter().filter(|p| !p.rows.is_empty() && cols > 0) {
+            let pairs: Vec<f32> = part
+                .rows
+                .iter()
+                .zip(part.weights)
+                .flat_map(|(&r, &w)| [f32::from_bits(r as u32), w])
+                .collect();
+            let buf = self.alloc(pairs.len(), 1)?;
+            work.push((device_of(part.x)?, pairs, buf));
+        }
+        let mut rec = self.recorder()?;
+        rec.copy(
+            bd.buffer(),
+            0,
+            out.buffer(),
+            0,
+            (base.rows() * cols * 4) as u64,
+        );
+        for (xd, pairs, buf) in &work {
+            let n = pairs.len() / 2 * cols;
+            rec.upload(buf.buffer(), 0, bytemuck::cast_slice(pairs));
+            let (groups, grid_x) = element_grid(n);
+            let params = ElementwiseParams {
+                n: n as u32,
+                grid_x,
+                cols: cols as u32,
+                value: 0.0,
+            };
+            rec.dispatch(
+                pipeline.clone(),
+                &[
+                    (xd.buffer(), xd.bytes()),
+                    (buf.buffer(), buf.bytes()),
+                    (out.buffer(), out.bytes()),
+                ],
+                &params,
+                groups,
+            );
+        }
+        drop(rec);
+        Ok(self.tensor(base.rows(), cols, out))
     }
 
     pub(super) fn rotate(&self, x: &Tensor, positions: &[u32], rope: &Rope) -> Result<Tensor> {

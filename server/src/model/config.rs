@@ -11,6 +11,7 @@ use std::path::Path;
 /// corrupt value is refused before it is used to size an allocation.
 const MAX_DIMENSION: usize = 1 << 24;
 
+pub use super::moe_params::MoeConfig;
 pub use super::rope_params::RopeScaling;
 
 /// Everything the forward pass needs to know about a Llama-family model.
@@ -48,6 +49,9 @@ pub struct LlamaConfig {
     /// Layers that attend without RoPE ("NoPE": SmolLM3's every fourth); empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nope_layers: Vec<bool>,
+    /// A mixture of experts in place of every block's MLP (Mixtral, Qwen2-MoE, Qwen3-MoE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeConfig>,
     /// What Gemma adds (nothing for the others).
     #[serde(flatten)]
     pub gemma: GemmaAdditions,
@@ -110,6 +114,7 @@ impl Default for LlamaConfig {
             attention_bias: false,
             qk_norm: false,
             nope_layers: Vec::new(),
+            moe: None,
             gemma: GemmaAdditions::default(),
         }
     }
@@ -150,6 +155,12 @@ pub(super) enum Architecture {
     Granite,
     /// SmolLM3: Llama's block, every fourth layer without RoPE.
     SmolLm3,
+    /// Mixtral: Llama's block with a mixture of experts (GGUF files name it `llama`).
+    Mixtral,
+    /// Qwen2-MoE: Qwen2's block with a mixture of experts and a shared expert.
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3's block with a mixture of experts.
+    Qwen3Moe,
 }
 
 impl Architecture {
@@ -166,12 +177,21 @@ impl Architecture {
             "phi3" => Self::Phi3,
             "granite" => Self::Granite,
             "smollm3" => Self::SmolLm3,
+            "mixtral" => Self::Mixtral,
+            "qwen2moe" | "qwen2_moe" => Self::Qwen2Moe,
+            "qwen3moe" | "qwen3_moe" => Self::Qwen3Moe,
             _ => return None,
         })
     }
 
     const SUPPORTED: &'static str =
-        "llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3, phi3, granite, smollm3";
+        "llama, mistral, mixtral, qwen2, qwen2moe, qwen3, qwen3moe, gemma, gemma2, gemma3, phi3, \
+         granite, smollm3";
+
+    /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
+    fn has_qk_norm(self) -> bool {
+        matches!(self, Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3)
+    }
 
     pub(super) fn is_gemma(self) -> bool {
         matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
@@ -183,10 +203,15 @@ impl Architecture {
     fn gguf_rope_style(self) -> RopeStyle {
         match self {
             // Granite's converter is Llama's.
-            Self::Llama | Self::Granite | Self::SmolLm3 => RopeStyle::Interleaved,
-            Self::Qwen2 | Self::Qwen3 | Self::Gemma | Self::Gemma2 | Self::Gemma3 | Self::Phi3 => {
-                RopeStyle::HalfSplit
-            }
+            Self::Llama | Self::Mixtral | Self::Granite | Self::SmolLm3 => RopeStyle::Interleaved,
+            Self::Qwen2
+            | Self::Qwen2Moe
+            | Self::Qwen3
+            | Self::Qwen3Moe
+            | Self::Gemma
+            | Self::Gemma2
+            | Self::Gemma3
+            | Self::Phi3 => RopeStyle::HalfSplit,
         }
     }
 }
@@ -266,6 +291,12 @@ impl LlamaConfig {
             || self.gemma.residual_scale.is_some()
             || self.gemma.logit_scale.is_some()
             || self.nope_layers.iter().any(|&n| n)
+    }
+
+    /// Whether the model needs what lowbit's file format version 3 could not describe: a
+    /// mixture of experts.
+    pub fn needs_format_4(&self) -> bool {
+        self.moe.is_some()
     }
 
     /// Whether layer `layer` attends without RoPE.
@@ -391,6 +422,16 @@ impl LlamaConfig {
             ));
         }
         self.rope_scaling.validate(&p.to_string(), rotated / 2)?;
+        if let Some(moe) = &self.moe {
+            moe.validate(&p.to_string(), MAX_DIMENSION)?;
+            if self.gemma.post_norms || self.gemma.residual_scale.is_some() {
+                return Err(ModelError::field(
+                    &p,
+                    "expert_count",
+                    "experts with post-norms or residual scales are not supported",
+                ));
+            }
+        }
         Ok(self)
     }
 
@@ -447,6 +488,8 @@ impl LlamaConfig {
         // llama.cpp's `n_rot`: all of a head unless the file says fewer.
         let rotary_dim = opt_uint("rope.dimension_count").filter(|&d| d != head_dim);
         let n_layers = uint("block_count")?;
+        let ffn_size = uint("feed_forward_length")?;
+        let moe = MoeConfig::from_gguf(architecture, gguf, &key, ffn_size)?;
         let mut gemma =
             GemmaAdditions::from_gguf(architecture, gguf, &key, hidden_size, n_heads, n_layers)?;
         if architecture == Architecture::Phi3 {
@@ -462,7 +505,7 @@ impl LlamaConfig {
             n_heads,
             n_kv_heads: opt_uint("attention.head_count_kv").unwrap_or(n_heads),
             head_dim,
-            ffn_size: uint("feed_forward_length")?,
+            ffn_size,
             rms_eps: opt_float("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
             rope_theta: opt_float("rope.freq_base").unwrap_or(10_000.0),
             rope_scaling,
@@ -474,13 +517,14 @@ impl LlamaConfig {
             // llama.cpp loads Q/K/V biases wherever a file has them; lowbit wants all three.
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some()
                 || gguf.tensor_info("blk.0.attn_qkv.bias").is_some(),
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            qk_norm: architecture.has_qk_norm(),
             // llama.cpp: every fourth layer (its step is fixed).
             nope_layers: if architecture == Architecture::SmolLm3 {
                 (0..n_layers).map(|l| (l + 1).is_multiple_of(4)).collect()
             } else {
                 Vec::new()
             },
+            moe,
             gemma,
         }
         .validate(gguf.path())
@@ -525,16 +569,15 @@ impl LlamaConfig {
         let rope_scaling = RopeScaling::from_hf_json(&p, json)?;
         // Qwen2's Q/K/V always have biases (its config has no key for them); elsewhere
         // `attention_bias` biases the output projection too, which lowbit does not run.
-        if architecture != Architecture::Qwen2
-            && json.get("attention_bias").and_then(|v| v.as_bool()) == Some(true)
-        {
+        let qwen2_attention = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen2Moe);
+        if !qwen2_attention && json.get("attention_bias").and_then(|v| v.as_bool()) == Some(true) {
             return Err(ModelError::field(
                 &p,
                 "attention_bias",
                 "a biased attention output projection is not supported",
             ));
         }
-        let attention_bias = architecture == Architecture::Qwen2;
+        let attention_bias = qwen2_attention;
         let n_layers = uint("num_hidden_layers")?;
         let context_length = opt_uint("max_position_embeddings").unwrap_or(2048);
         let mut gemma =
@@ -566,12 +609,13 @@ impl LlamaConfig {
                 .unwrap_or(architecture.is_gemma()),
             context_length,
             attention_bias,
-            qk_norm: matches!(architecture, Architecture::Qwen3 | Architecture::Gemma3),
+            qk_norm: architecture.has_qk_norm(),
             nope_layers: if architecture == Architecture::SmolLm3 {
                 hf_nope_layers(&p, json, n_layers)?
             } else {
                 Vec::new()
             },
+            moe: MoeConfig::from_hf_json(architecture, &p, json)?,
             gemma,
         }
         .validate(path)

@@ -59,8 +59,10 @@ impl GemmaAdditions {
             .and_then(|v| v.as_u64())
             .unwrap_or(0) as usize;
         match model_type {
-            "mistral" | "phi3" => self.set_window_on_every_layer(window, layers, context),
-            "qwen2" | "qwen3"
+            "mistral" | "mixtral" | "phi3" => {
+                self.set_window_on_every_layer(window, layers, context)
+            }
+            "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe"
                 if json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) =>
             {
                 if window == 0 {

@@ -15,6 +15,7 @@
 use super::calibrate::Calibration;
 use super::config::{Activation, LlamaConfig};
 use super::error::{ModelError, Result};
+use super::moe::MoeFfn;
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
 pub use super::step_io::{BatchSeq, LinearInput, Logits, MixedReadback, MixedRows, Observer};
@@ -25,10 +26,26 @@ use std::sync::Arc;
 
 /// Gated feed-forward: `down(act(gate(x)) * up(x))`, SiLU or GELU.
 #[derive(Debug)]
-struct Mlp {
-    gate: Weight,
-    up: Weight,
-    down: Weight,
+pub(super) struct Mlp {
+    pub(super) gate: Weight,
+    pub(super) up: Weight,
+    pub(super) down: Weight,
+}
+
+impl Mlp {
+    pub(super) fn resident_bytes(&self) -> usize {
+        [&self.gate, &self.up, &self.down]
+            .iter()
+            .map(|w| w.resident_bytes())
+            .sum()
+    }
+}
+
+/// A block's feed-forward: one MLP, or a mixture of experts (`moe.rs`).
+#[derive(Debug)]
+enum Ffn {
+    Dense(Mlp),
+    Experts(MoeFfn),
 }
 
 /// One transformer block.
@@ -44,7 +61,7 @@ struct Block {
     qk_norm: Option<[Tensor; 2]>,
     o: Weight,
     ffn_norm: Tensor,
-    mlp: Mlp,
+    ffn: Ffn,
     /// RMSNorm weights of the attention and MLP outputs before their residual adds (Gemma 2/3).
     post_norms: Option<[Tensor; 2]>,
 }
@@ -205,14 +222,10 @@ impl Llama {
             };
             let o = backend.load_weight(host_matrix(&n("attn_output"), h, q_dim)?)?;
             let ffn_norm = vector(&n("ffn_norm"), h)?;
-            let [gate, up] = together(
-                &backend,
-                vec![
-                    host_matrix(&n("ffn_gate"), c.ffn_size, h)?,
-                    host_matrix(&n("ffn_up"), c.ffn_size, h)?,
-                ],
-            )?;
-            let down = backend.load_weight(host_matrix(&n("ffn_down"), h, c.ffn_size)?)?;
+            let ffn = match &c.moe {
+                None => Ffn::Dense(load_mlp(&backend, &mut host_matrix, &n, "", c.ffn_size, h)?),
+                Some(moe) => Ffn::Experts(MoeFfn::load(&backend, &mut host_matrix, i, moe, h)?),
+            };
             let post_norms = if c.gemma.post_norms {
                 Some([
                     vector(&n("post_attention_norm"), h)?,
@@ -231,7 +244,7 @@ impl Llama {
                 qk_norm,
                 o,
                 ffn_norm,
-                mlp: Mlp { gate, up, down },
+                ffn,
             });
         }
         let output_norm = vector("output_norm.weight", h)?;
@@ -304,10 +317,11 @@ impl Llama {
             .blocks
             .iter()
             .map(|b| {
-                [&b.q, &b.k, &b.v, &b.o, &b.mlp.gate, &b.mlp.up, &b.mlp.down]
-                    .iter()
-                    .map(|w| w.resident_bytes())
-                    .sum::<usize>()
+                b.attention_bytes()
+                    + match &b.ffn {
+                        Ffn::Dense(mlp) => mlp.resident_bytes(),
+                        Ffn::Experts(moe) => moe.resident_bytes(),
+                    }
             })
             .sum();
         block_bytes
@@ -315,14 +329,25 @@ impl Llama {
             + self.output.as_ref().map_or(0, Weight::resident_bytes)
     }
 
-    /// Bytes of weights one decode step reads: every layer's matrices and the output head
-    /// (the embedding is gathered by row, so only a tied head reads it whole).
+    /// Bytes of weights one decode step of one sequence reads: every layer's matrices (of a
+    /// mixture of experts, the router, the experts a token runs — an average expert's size
+    /// each — and any shared expert) and the output head (the embedding is gathered by row,
+    /// so only a tied head reads it whole).
     pub fn decode_weight_bytes(&self) -> usize {
         let head = self.output.as_ref().unwrap_or(&self.embed).resident_bytes();
-        self.weight_bytes()
-            - self.embed.resident_bytes()
-            - self.output.as_ref().map_or(0, Weight::resident_bytes)
-            + head
+        let used = self.config.moe.as_ref().map_or(0, |m| m.experts_used);
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| {
+                b.attention_bytes()
+                    + match &b.ffn {
+                        Ffn::Dense(mlp) => mlp.resident_bytes(),
+                        Ffn::Experts(moe) => moe.decode_bytes(used),
+                    }
+            })
+            .sum();
+        blocks + head
     }
 
     /// Runs one step over a ragged batch and returns the logits each sequence asked for.
@@ -576,24 +601,66 @@ impl Llama {
         observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("mlp").entered();
-        let be = &*self.backend;
-        let mlp = &block.mlp;
-        let [gate, up]: [Tensor; 2] = be
-            .matmul_many(x, &[&mlp.gate, &mlp.up])?
-            .try_into()
-            .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
-        let gated = match self.config.gemma.activation {
-            Activation::Silu => be.silu_mul(&gate, &up)?,
-            Activation::GeluTanh => be.gelu_mul(&gate, &up)?,
+        let mlp = match &block.ffn {
+            Ffn::Dense(mlp) => mlp,
+            Ffn::Experts(moe) => return self.experts(layer, moe, x, residual, observe),
         };
+        let gated = self.gated(mlp, x)?;
         observe(layer, LinearInput::MlpDown, &gated);
         let post_norm = block.post_norms.as_ref().map(|[_, f]| f);
         self.project_add(&gated, &mlp.down, post_norm, residual)
     }
+
+    /// `act(gate(x)) * up(x)`: an MLP's input to its down projection.
+    pub(super) fn gated(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
+        let be = &*self.backend;
+        let [gate, up]: [Tensor; 2] = be
+            .matmul_many(x, &[&mlp.gate, &mlp.up])?
+            .try_into()
+            .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
+        Ok(match self.config.gemma.activation {
+            Activation::Silu => be.silu_mul(&gate, &up)?,
+            Activation::GeluTanh => be.gelu_mul(&gate, &up)?,
+        })
+    }
+}
+
+impl Block {
+    fn attention_bytes(&self) -> usize {
+        [&self.q, &self.k, &self.v, &self.o]
+            .iter()
+            .map(|w| w.resident_bytes())
+            .sum()
+    }
+}
+
+/// Loads an MLP's matrices `blk.N.ffn_{gate,up,down}{suffix}` (`n` names a part of layer N),
+/// gate and up together.
+pub(super) fn load_mlp(
+    backend: &Arc<dyn Backend>,
+    host_matrix: &mut dyn FnMut(&str, usize, usize) -> Result<QTensor>,
+    n: &dyn Fn(&str) -> String,
+    suffix: &str,
+    ffn: usize,
+    h: usize,
+) -> Result<Mlp> {
+    let name = |part: &str| n(&format!("{part}{suffix}"));
+    let [gate, up] = together(
+        backend,
+        vec![
+            host_matrix(&name("ffn_gate"), ffn, h)?,
+            host_matrix(&name("ffn_up"), ffn, h)?,
+        ],
+    )?;
+    let down = backend.load_weight(host_matrix(&name("ffn_down"), h, ffn)?)?;
+    Ok(Mlp { gate, up, down })
 }
 
 /// Loads `N` weights through [`Backend::load_weights_together`].
-fn together<const N: usize>(backend: &Arc<dyn Backend>, ws: Vec<QTensor>) -> Result<[Weight; N]> {
+pub(super) fn together<const N: usize>(
+    backend: &Arc<dyn Backend>,
+    ws: Vec<QTensor>,
+) -> Result<[Weight; N]> {
     backend.load_weights_together(ws)?.try_into().map_err(|_| {
         lowbit_gpu::Error::Internal("load_weights_together returned the wrong count").into()
     })

@@ -24,15 +24,18 @@ use std::io::Write;
 use std::path::Path;
 
 /// The newest version this build reads. Version 2 added Gemma's config fields, version 3
-/// Phi's (partial rotary, LongRoPE) and Granite's (residual and logit scales); a file that needs none of them is still written as the
-/// oldest version that describes it, which older builds read.
-pub const FORMAT_VERSION: u32 = 3;
+/// Phi's (partial rotary, LongRoPE) and Granite's (residual and logit scales), version 4 a
+/// mixture of experts; a file that needs none of them is still written as the oldest version
+/// that describes it, which older builds read.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// The version a file of this model is written as: the first that describes it, so that an
 /// older build (which ignores config fields it does not know) refuses it rather than running
 /// the model wrongly.
 pub fn format_version_for(config: &LlamaConfig) -> u32 {
-    if config.needs_format_3() {
+    if config.needs_format_4() {
+        4
+    } else if config.needs_format_3() {
         3
     } else if config.has_gemma_features() {
         2

@@ -12,6 +12,8 @@ mod gguf_vocab;
 pub mod hf;
 pub mod llama;
 pub mod lowbit_file;
+mod moe;
+pub mod moe_params;
 pub mod pyjson;
 pub mod quant_policy;
 pub mod rope_params;

@@ -54,6 +54,13 @@ pub enum LinearInput {
     /// The final-normed hidden state: input of the output head (observed as layer
     /// `n_layers`, for every row, whether or not its logits are asked for).
     Head,
+    /// The rows routed to expert `E`: input of `ffn_gate.E`, `ffn_up.E` (a mixture of
+    /// experts; the router and a shared expert read [`Self::Mlp`]).
+    Expert(u32),
+    /// Expert `E`'s `silu(gate) * up`: input of `ffn_down.E`.
+    ExpertDown(u32),
+    /// The shared expert's `silu(gate) * up`: input of `ffn_down_shexp` (Qwen2-MoE).
+    SharedExpertDown,
 }
 
 impl LinearInput {
@@ -62,9 +69,19 @@ impl LinearInput {
         Some(match part {
             "attn_q" | "attn_k" | "attn_v" => Self::Attention,
             "attn_output" => Self::AttentionOutput,
-            "ffn_gate" | "ffn_up" => Self::Mlp,
+            "ffn_gate" | "ffn_up" | "ffn_gate_inp" | "ffn_gate_inp_shexp" | "ffn_gate_shexp"
+            | "ffn_up_shexp" => Self::Mlp,
             "ffn_down" => Self::MlpDown,
-            _ => return None,
+            "ffn_down_shexp" => Self::SharedExpertDown,
+            _ => {
+                let (proj, expert) = part.split_once('.')?;
+                let expert = expert.parse().ok()?;
+                match proj {
+                    "ffn_gate" | "ffn_up" => Self::Expert(expert),
+                    "ffn_down" => Self::ExpertDown(expert),
+                    _ => return None,
+                }
+            }
         })
     }
 }

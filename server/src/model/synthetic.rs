@@ -130,6 +130,7 @@ impl SyntheticModel {
                 rope_style: RopeStyle::HalfSplit,
                 rotary_dim: None,
                 nope_layers: Vec::new(),
+                moe: None,
                 vocab_size: 262_144,
                 tied_embeddings: true,
                 context_length: 32_768,

@@ -4,6 +4,11 @@
 use super::config::LlamaConfig;
 
 /// What a tensor of the model is: a weight matrix (`rows × cols`) or a norm vector.
+///
+/// A mixture of experts' tensors are `blk.N.ffn_gate_inp` (the router, one row per expert),
+/// `blk.N.ffn_{gate,up,down}.E` (expert `E`'s matrices: llama.cpp's names for experts stored
+/// apart; its files stack them in `blk.N.ffn_{gate,up,down}_exps`) and Qwen2-MoE's shared
+/// expert `blk.N.ffn_{gate,up,down}_shexp` with its gate row `blk.N.ffn_gate_inp_shexp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorRole {
     Matrix { rows: usize, cols: usize },
@@ -46,13 +51,35 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
                 (n("attn_k_norm"), v(c.head_dim)),
             ]);
         }
-        out.extend([
-            (n("attn_output"), m(h, q_dim)),
-            (n("ffn_norm"), v(h)),
-            (n("ffn_gate"), m(c.ffn_size, h)),
-            (n("ffn_up"), m(c.ffn_size, h)),
-            (n("ffn_down"), m(h, c.ffn_size)),
-        ]);
+        out.extend([(n("attn_output"), m(h, q_dim)), (n("ffn_norm"), v(h))]);
+        match &c.moe {
+            None => out.extend([
+                (n("ffn_gate"), m(c.ffn_size, h)),
+                (n("ffn_up"), m(c.ffn_size, h)),
+                (n("ffn_down"), m(h, c.ffn_size)),
+            ]),
+            Some(moe) => {
+                let f = moe.expert_ffn_size;
+                out.push((n("ffn_gate_inp"), m(moe.experts, h)));
+                for e in 0..moe.experts {
+                    let x = |part: &str| format!("blk.{i}.{part}.{e}.weight");
+                    out.extend([
+                        (x("ffn_gate"), m(f, h)),
+                        (x("ffn_up"), m(f, h)),
+                        (x("ffn_down"), m(h, f)),
+                    ]);
+                }
+                let s = moe.shared_expert_ffn_size;
+                if s > 0 {
+                    out.extend([
+                        (n("ffn_gate_inp_shexp"), m(1, h)),
+                        (n("ffn_gate_shexp"), m(s, h)),
+                        (n("ffn_up_shexp"), m(s, h)),
+                        (n("ffn_down_shexp"), m(h, s)),
+                    ]);
+                }
+            }
+        }
         if c.gemma.post_norms {
             out.extend([(n("post_attention_norm"), v(h)), (n("post_ffw_norm"), v(h))]);
         }
