@@ -2,7 +2,7 @@
 //! `hidden / heads`) and Gemma 1/2/3 (GeGLU, scaled embeddings, post-norms, soft caps, sliding
 //! windows), Granite (scaled embeddings, scores, residual branches and logits) and SmolLM3
 //! (every fourth layer without RoPE), as tiny random models written by the test (Phi-3's own
-//! checks: `phi.rs`). Each must match the naive float64
+//! checks: `phi.rs`; the mixtures of experts': `moe.rs`). Each must match the naive float64
 //! forward of `common::tiny_reference` from GGUF (and, Qwen, from a Hugging Face folder), on
 //! the CPU and the wgpu backend; and the GGUF files must give llama.cpp's own logits
 //! (`data/llama_cpp_logits.json`, made by `data/llama_cpp_logits.py` from the files the ignored
@@ -22,7 +22,8 @@ use std::path::Path;
 
 /// The same against llama.cpp's f32 CPU path (its own f32 sums, f32 KV cache): measured
 /// 1.6e-7 for Llama, Qwen2 and Qwen3, 2.0e-7 for Phi-3 (fused projections, 12 of 16
-/// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite.
+/// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite,
+/// 1.9e-7 to 2.2e-7 for the mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE).
 const LLAMA_CPP_REL_TOL: f64 = 1e-5;
 /// Gemma against llama.cpp: its CPU GELU rounds each input to f16 and reads an f16 table
 /// (ggml's `GGML_GELU_FP16`), where lowbit and the float64 reference compute GELU's tanh form
@@ -34,7 +35,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 9] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 12] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -44,6 +45,9 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 9] = [
     (TinyArch::Phi3, 27),
     (TinyArch::Granite, 28),
     (TinyArch::SmolLm3, 29),
+    (TinyArch::Mixtral, 50),
+    (TinyArch::Qwen2Moe, 51),
+    (TinyArch::Qwen3Moe, 52),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
@@ -259,8 +263,19 @@ fn fnv1a(bytes: &[u8]) -> String {
 }
 
 /// Every tensor F32 (an untied tiny head is Q8_0, which llama.cpp multiplies with 8-bit
-/// activations), so tied.
+/// activations), so tied; llama.cpp's Qwen2-MoE needs its own head, stored F32.
 fn fixture_model(arch: TinyArch, seed: u64) -> TinyModel {
+    if arch == TinyArch::Qwen2Moe {
+        let mut model = tiny(arch, seed, false, false);
+        for t in model
+            .tensors
+            .iter_mut()
+            .filter(|t| t.name == "output.weight")
+        {
+            t.dtype = lowbit_gpu::SourceDType::F32;
+        }
+        return model;
+    }
     tiny(arch, seed, true, false)
 }
 

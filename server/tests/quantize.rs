@@ -156,7 +156,8 @@ fn qwen_files_keep_their_biases_and_head_norms() {
 /// quantized model's logits; it is format version 2 (an older lowbit would ignore those
 /// fields and run it as Llama), a Llama file still version 1. A Phi file (its fused
 /// projections written apart) keeps partial rotary and LongRoPE, a Granite file its residual
-/// and logit scales, a SmolLM3 file its layers without RoPE: version 3.
+/// and logit scales, a SmolLM3 file its layers without RoPE: version 3. A mixture of experts
+/// (its experts written apart, the router as stored): version 4.
 #[test]
 fn gemma_and_phi_files_keep_their_config_and_format_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,6 +168,8 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::Phi3,
         TinyArch::Granite,
         TinyArch::SmolLm3,
+        TinyArch::Mixtral,
+        TinyArch::Qwen2Moe,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
@@ -199,7 +202,9 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
             file.config().unwrap().rope_scaling,
             source.config().unwrap().rope_scaling
         );
+        assert_eq!(file.config().unwrap().moe, source.config().unwrap().moe);
         let version = match arch {
+            TinyArch::Mixtral | TinyArch::Qwen2Moe => "4",
             TinyArch::Phi3 | TinyArch::Granite | TinyArch::SmolLm3 => "3",
             a if a.is_gemma() => "2",
             _ => "1",

@@ -12,6 +12,19 @@ use std::ops::Range;
 /// reuse `ffn_up`'s name for it).
 pub(super) const GATE_UP: &str = "ffn_gate_up.weight";
 
+/// Expert `expert`'s matrix `proj` (`ffn_gate`, `ffn_up`, `ffn_down`) of layer `layer`,
+/// from its canonical name `blk.N.{proj}.E.weight`: GGUF files stack a layer's experts in
+/// `blk.N.{proj}_exps.weight` (ggml dims `[cols, rows, experts]`), each expert a run of rows.
+pub(super) fn expert_part(name: &str) -> Option<(usize, &str, usize)> {
+    let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (proj, expert) = part.split_once('.')?;
+    if !matches!(proj, "ffn_gate" | "ffn_up" | "ffn_down") {
+        return None;
+    }
+    Some((layer.parse().ok()?, proj, expert.parse().ok()?))
+}
+
 /// Which part of a fused tensor a canonical tensor is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum FusedPart {
@@ -95,5 +108,12 @@ mod tests {
         assert_eq!(FusedPart::gate_up_rows(false, 12), 6..12);
         assert_eq!(FusedPart::of("blk.1.ffn_down.weight", &c), None);
         assert_eq!(FusedPart::of("output.weight", &c), None);
+        assert_eq!(
+            expert_part("blk.2.ffn_down.11.weight"),
+            Some((2, "ffn_down", 11))
+        );
+        assert_eq!(expert_part("blk.2.ffn_down.weight"), None);
+        assert_eq!(expert_part("blk.2.ffn_gate_inp.weight"), None);
+        assert_eq!(expert_part("blk.2.attn_q.1.weight"), None);
     }
 }

@@ -271,6 +271,9 @@ pub enum HfNaming {
     /// attention output's norm (Llama's name for the MLP's input norm), the MLP's are
     /// `pre_feedforward_layernorm` and `post_feedforward_layernorm`.
     GemmaPostNorms,
+    /// Mixtral: Llama's names, the experts under `block_sparse_moe` (`gate`, and `w1`, `w3`,
+    /// `w2` for each expert's gate, up and down).
+    Mixtral,
 }
 
 impl HfNaming {
@@ -279,12 +282,13 @@ impl HfNaming {
         match config.get("model_type").and_then(|v| v.as_str()) {
             Some("gemma") => Self::Gemma,
             Some("gemma2" | "gemma3" | "gemma3_text") => Self::GemmaPostNorms,
+            Some("mixtral") => Self::Mixtral,
             _ => Self::Llama,
         }
     }
 
     fn norms_offset_by_one(self) -> bool {
-        self != Self::Llama
+        matches!(self, Self::Gemma | Self::GemmaPostNorms)
     }
 }
 
@@ -302,6 +306,9 @@ pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
     let rest = canonical.strip_prefix("blk.")?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
+    if let Some(hf) = hf_expert_name(part, naming) {
+        return Some(format!("model.layers.{layer}.{hf}"));
+    }
     let hf = match part {
         "attn_norm.weight" => "input_layernorm.weight",
         "attn_q.weight" => "self_attn.q_proj.weight",
@@ -333,6 +340,40 @@ pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// A mixture of experts' tensor names within a layer (`ffn_gate_inp.weight`,
+/// `ffn_up.3.weight`, `ffn_down_shexp.weight`, …): Mixtral's `block_sparse_moe`, Qwen-MoE's
+/// `mlp`.
+fn hf_expert_name(part: &str, naming: HfNaming) -> Option<String> {
+    let mixtral = naming == HfNaming::Mixtral;
+    if part == "ffn_gate_inp.weight" {
+        let moe = if mixtral { "block_sparse_moe" } else { "mlp" };
+        return Some(format!("{moe}.gate.weight"));
+    }
+    let shared = match part {
+        "ffn_gate_inp_shexp.weight" => Some("shared_expert_gate"),
+        "ffn_gate_shexp.weight" => Some("shared_expert.gate_proj"),
+        "ffn_up_shexp.weight" => Some("shared_expert.up_proj"),
+        "ffn_down_shexp.weight" => Some("shared_expert.down_proj"),
+        _ => None,
+    };
+    if let Some(s) = shared {
+        return Some(format!("mlp.{s}.weight"));
+    }
+    let (proj, expert) = part.strip_suffix(".weight")?.split_once('.')?;
+    let expert: usize = expert.parse().ok()?;
+    let hf = match (proj, mixtral) {
+        ("ffn_gate", true) => "w1",
+        ("ffn_up", true) => "w3",
+        ("ffn_down", true) => "w2",
+        ("ffn_gate", false) => "gate_proj",
+        ("ffn_up", false) => "up_proj",
+        ("ffn_down", false) => "down_proj",
+        _ => return None,
+    };
+    let moe = if mixtral { "block_sparse_moe" } else { "mlp" };
+    Some(format!("{moe}.experts.{expert}.{hf}.weight"))
 }
 
 #[cfg(test)]

@@ -177,13 +177,20 @@ impl QuantPolicy {
     }
 
     /// The format asked for a tensor (before any fallback), or `None` to keep it as stored.
+    /// A mixture of experts' routers (`ffn_gate_inp`, `ffn_gate_inp_shexp`) take only rules
+    /// that name them, as llama.cpp's quantizer never touches them: a rounded score can pick
+    /// another expert, and they are a sliver of the weights.
     pub fn requested(&self, name: &str) -> Option<QuantFormat> {
-        self.rules
+        let rule = self
+            .rules
             .iter()
             .rev()
             .find(|(p, _)| glob_match(p, name))
-            .map(|(_, f)| *f)
-            .or(self.default)
+            .map(|(_, f)| *f);
+        if name.contains(".ffn_gate_inp") {
+            return rule;
+        }
+        rule.or(self.default)
     }
 
     /// The format a tensor gets: asked-for (or lossless) format, with the fallback if it does

@@ -6,7 +6,7 @@
 use super::chat_template::ChatTemplate;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
-use super::fused::{FusedPart, GATE_UP};
+use super::fused::{expert_part, FusedPart, GATE_UP};
 use super::gguf::{GgufFile, MetaValue};
 use super::hf::{HfFolder, SafetensorsFile};
 use super::lowbit_file::LowbitFile;
@@ -107,6 +107,11 @@ impl ModelSource {
         }
         let gguf = matches!(self, Self::Gguf(_));
         let stored = self.stores(name);
+        if let (Self::Gguf(g), Some((layer, proj, expert)), false) =
+            (self, expert_part(name), stored)
+        {
+            return Self::stacked_expert(g, layer, proj, expert);
+        }
         // A GGUF file keeps gate/up fused under `ffn_up`'s own name: fused only where the
         // layer has no `ffn_gate` (checked before parsing the config, which every other
         // file's `ffn_up` would otherwise cost).
@@ -140,6 +145,36 @@ impl ModelSource {
             }
             None => Ok(None),
         }
+    }
+
+    /// Where a GGUF file keeps expert `expert` of `blk.{layer}.{proj}_exps.weight`: its run
+    /// of rows (`None`: the file has no such stack).
+    fn stacked_expert(
+        g: &GgufFile,
+        layer: usize,
+        proj: &str,
+        expert: usize,
+    ) -> Result<Option<(String, std::ops::Range<usize>)>> {
+        let stack = format!("blk.{layer}.{proj}_exps.weight");
+        let Some(info) = g.tensor_info(&stack) else {
+            return Ok(None);
+        };
+        let [_, rows, experts] = info.dims[..] else {
+            return Err(ModelError::tensor(
+                g.path().display(),
+                &stack,
+                format!("dims {:?}, expected [cols, rows, experts]", info.dims),
+            ));
+        };
+        let (rows, experts) = (rows as usize, experts as usize);
+        if expert >= experts {
+            return Err(ModelError::tensor(
+                g.path().display(),
+                &stack,
+                format!("holds {experts} experts, the model has more (expert {expert})"),
+            ));
+        }
+        Ok(Some((stack, expert * rows..(expert + 1) * rows)))
     }
 
     /// A tensor as the file stores it, by canonical name.

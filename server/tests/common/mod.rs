@@ -5,6 +5,7 @@ pub mod app;
 pub mod tiny_checks;
 pub mod tiny_granite;
 pub mod tiny_model;
+pub mod tiny_moe;
 pub mod tiny_phi;
 pub mod tiny_reference;
 pub mod tools;

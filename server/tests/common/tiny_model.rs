@@ -2,6 +2,7 @@
 //! Q/K permutation and some quantized tensors) and as a Hugging Face folder, plus a naive
 //! float64 forward pass to check lowbit against.
 
+use super::tiny_moe::{stacked_dims, TINY_EXPERTS, TINY_SHARED_FFN};
 use half::f16;
 use lowbit::model::gguf::{GgufWriter, MetaValue};
 use lowbit_gpu::SourceDType;
@@ -35,6 +36,12 @@ pub enum TinyArch {
     Granite,
     /// SmolLM3: Llama with every fourth layer attending without RoPE.
     SmolLm3,
+    /// Mixtral: Llama with a mixture of experts (`tiny_moe.rs`).
+    Mixtral,
+    /// Qwen2-MoE: Qwen2 with a mixture of experts and a shared expert.
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3 with a mixture of experts.
+    Qwen3Moe,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -57,6 +64,9 @@ impl TinyArch {
             TinyArch::Phi3 => "phi3",
             TinyArch::Granite => "granite",
             TinyArch::SmolLm3 => "smollm3",
+            TinyArch::Mixtral => "mixtral",
+            TinyArch::Qwen2Moe => "qwen2_moe",
+            TinyArch::Qwen3Moe => "qwen3_moe",
         }
     }
 
@@ -69,9 +79,17 @@ impl TinyArch {
         matches!(self, TinyArch::Gemma2 | TinyArch::Gemma3)
     }
 
-    /// Per-head Q/K norms (Qwen3, Gemma 3).
+    /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
     pub fn qk_norm(self) -> bool {
-        matches!(self, TinyArch::Qwen3 | TinyArch::Gemma3)
+        matches!(
+            self,
+            TinyArch::Qwen3 | TinyArch::Qwen3Moe | TinyArch::Gemma3
+        )
+    }
+
+    /// Q/K/V biases (Qwen2, Qwen2-MoE).
+    pub fn qkv_bias(self) -> bool {
+        matches!(self, TinyArch::Qwen2 | TinyArch::Qwen2Moe)
     }
 
     /// Whether layer `layer` attends without RoPE (SmolLM3's every fourth).
@@ -125,7 +143,7 @@ impl Default for TinyConfig {
 impl TinyConfig {
     pub fn head_dim(&self) -> usize {
         match self.arch {
-            TinyArch::Qwen3 | TinyArch::Gemma3 => 2 * self.hidden / self.heads,
+            TinyArch::Qwen3 | TinyArch::Qwen3Moe | TinyArch::Gemma3 => 2 * self.hidden / self.heads,
             _ => self.hidden / self.heads,
         }
     }
@@ -314,7 +332,7 @@ impl TinyModel {
                 0.0,
                 &mut rng,
             );
-            if cfg.arch == TinyArch::Qwen2 {
+            if cfg.arch.qkv_bias() {
                 let b = |p: &str| format!("blk.{l}.{p}.bias");
                 add(
                     b("attn_q"),
@@ -359,18 +377,51 @@ impl TinyModel {
                 &mut rng,
             );
             add(n("ffn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
-            add(n("ffn_gate"), cfg.ffn, h, proj(l, 1), s, 0.0, &mut rng);
-            let up = if fused { proj(l, 1) } else { proj(l, 0) };
-            add(n("ffn_up"), cfg.ffn, h, up, s, 0.0, &mut rng);
-            add(
-                n("ffn_down"),
-                h,
-                cfg.ffn,
-                SourceDType::F32,
-                1.0 / (cfg.ffn as f32).sqrt(),
-                0.0,
-                &mut rng,
-            );
+            let mlps: Vec<(String, usize)> = if cfg.arch.is_moe() {
+                // A router with scores spread wide (few near-ties between experts).
+                add(
+                    n("ffn_gate_inp"),
+                    TINY_EXPERTS,
+                    h,
+                    SourceDType::F32,
+                    s * 6.0,
+                    0.0,
+                    &mut rng,
+                );
+                let mut mlps: Vec<(String, usize)> = (0..TINY_EXPERTS)
+                    .map(|e| (format!(".{e}"), cfg.ffn))
+                    .collect();
+                if cfg.arch == TinyArch::Qwen2Moe {
+                    add(
+                        n("ffn_gate_inp_shexp"),
+                        1,
+                        h,
+                        SourceDType::F32,
+                        s * 2.0,
+                        0.0,
+                        &mut rng,
+                    );
+                    mlps.push(("_shexp".into(), TINY_SHARED_FFN));
+                }
+                mlps
+            } else {
+                vec![(String::new(), cfg.ffn)]
+            };
+            for (suffix, ffn) in mlps {
+                let n = |p: &str| format!("blk.{l}.{p}{suffix}.weight");
+                add(n("ffn_gate"), ffn, h, proj(l, 1), s, 0.0, &mut rng);
+                let up = if fused { proj(l, 1) } else { proj(l, 0) };
+                add(n("ffn_up"), ffn, h, up, s, 0.0, &mut rng);
+                add(
+                    n("ffn_down"),
+                    h,
+                    ffn,
+                    SourceDType::F32,
+                    1.0 / (ffn as f32).sqrt(),
+                    0.0,
+                    &mut rng,
+                );
+            }
             if cfg.arch.post_norms() {
                 for part in ["post_attention_norm", "post_ffw_norm"] {
                     add(n(part), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
@@ -411,7 +462,7 @@ impl TinyModel {
     pub fn gguf_bytes(&self) -> Vec<u8> {
         let c = &self.cfg;
         let mut w = GgufWriter::new();
-        let arch = c.arch.name();
+        let arch = c.arch.gguf_name();
         let key = |k: &str| format!("{arch}.{k}");
         w.meta("general.architecture", MetaValue::String(arch.into()))
             .meta("general.name", MetaValue::String("tiny".into()))
@@ -467,11 +518,14 @@ impl TinyModel {
         if c.arch == TinyArch::Granite {
             super::tiny_granite::granite_gguf_meta(&mut w);
         }
+        if c.arch.is_moe() {
+            self.moe_gguf_meta(&mut w);
+        }
         // Only Llama's converter (Granite's is Llama's) permutes Q/K rows (llama.cpp's NORM
         // rope); Qwen's keep HF order.
         let permute = matches!(
             c.arch,
-            TinyArch::Llama | TinyArch::Granite | TinyArch::SmolLm3
+            TinyArch::Llama | TinyArch::Granite | TinyArch::SmolLm3 | TinyArch::Mixtral
         );
         for t in &self.stored_tensors(true) {
             let values = if permute && t.name.ends_with("attn_q.weight") {
@@ -481,7 +535,9 @@ impl TinyModel {
             } else {
                 t.values.clone()
             };
-            let dims: Vec<u64> = if t.rows == 1 {
+            let dims: Vec<u64> = if let Some(dims) = stacked_dims(t) {
+                dims
+            } else if t.rows == 1 {
                 vec![t.cols as u64]
             } else {
                 vec![t.cols as u64, t.rows as u64]
@@ -507,6 +563,9 @@ impl TinyModel {
                 TinyArch::Phi3 => "Phi3ForCausalLM",
                 TinyArch::Granite => "GraniteForCausalLM",
                 TinyArch::SmolLm3 => "SmolLM3ForCausalLM",
+                TinyArch::Mixtral => "MixtralForCausalLM",
+                TinyArch::Qwen2Moe => "Qwen2MoeForCausalLM",
+                TinyArch::Qwen3Moe => "Qwen3MoeForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
@@ -522,7 +581,10 @@ impl TinyModel {
             "bos_token_id": 1,
             "eos_token_id": 2,
         });
-        if c.arch == TinyArch::Qwen3 {
+        if c.arch.is_moe() {
+            self.moe_hf_config(&mut config);
+        }
+        if matches!(c.arch, TinyArch::Qwen3 | TinyArch::Qwen3Moe) {
             config["head_dim"] = c.head_dim().into();
             config["attention_bias"] = false.into();
         }

@@ -79,6 +79,9 @@ impl TinyModel {
     /// `ffn_up` or Hugging Face's `gate_up_proj`, `ffn_gate_up` canonically) and, in GGUF,
     /// LongRoPE's factor lists; the canonical tensors for every other architecture.
     pub fn stored_tensors(&self, gguf: bool) -> Vec<TinyTensor> {
+        if self.cfg.arch.is_moe() && gguf {
+            return super::tiny_moe::stack_experts(&self.tensors);
+        }
         if self.cfg.arch != TinyArch::Phi3 {
             return self.tensors.clone();
         }

@@ -30,7 +30,7 @@ fn gelu_tanh(x: f64) -> f64 {
 }
 
 impl TinyModel {
-    fn matrix(&self, name: &str) -> Matrix {
+    pub(super) fn matrix(&self, name: &str) -> Matrix {
         let t = self.get(name);
         (t.rows, t.cols, t.values.iter().map(|&v| v as f64).collect())
     }
@@ -109,11 +109,13 @@ impl TinyModel {
                 self.matrix(&n("attn_output")),
             );
             let (an, fnm) = (self.matrix(&n("attn_norm")), self.matrix(&n("ffn_norm")));
-            let (wg, wu, wd) = (
-                self.matrix(&n("ffn_gate")),
-                self.matrix(&n("ffn_up")),
-                self.matrix(&n("ffn_down")),
-            );
+            let dense = (!arch.is_moe()).then(|| {
+                (
+                    self.matrix(&n("ffn_gate")),
+                    self.matrix(&n("ffn_up")),
+                    self.matrix(&n("ffn_down")),
+                )
+            });
             let b = |p: &str| self.optional(&format!("blk.{l}.{p}.bias"));
             let (bq, bk, bv) = (b("attn_q"), b("attn_k"), b("attn_v"));
             let (nq, nk) = (
@@ -202,8 +204,13 @@ impl TinyModel {
                     .zip(&o)
                     .for_each(|(a, b)| *a += residual_scale * b);
                 let hx = norm(x, &fnm);
-                let g = matvec(&wg, &hx);
-                let u = matvec(&wu, &hx);
+                let Some((wg, wu, wd)) = &dense else {
+                    let d = self.reference_experts(l, &hx);
+                    x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                    continue;
+                };
+                let g = matvec(wg, &hx);
+                let u = matvec(wu, &hx);
                 let act: Vec<f64> = g
                     .iter()
                     .zip(&u)
@@ -215,7 +222,7 @@ impl TinyModel {
                         }
                     })
                     .collect();
-                let mut d = matvec(&wd, &act);
+                let mut d = matvec(wd, &act);
                 if let Some(g) = &post_ffn {
                     d = norm(&d, g);
                 }

@@ -1,0 +1,186 @@
+//! What the tiny mixture-of-experts models add to [`TinyModel`]: a router and
+//! [`TINY_EXPERTS`] SwiGLU experts per layer in place of the MLP ([`TINY_EXPERTS_USED`] run on
+//! each token), Qwen2-MoE's shared expert with its sigmoid gate; stacked per projection in
+//! GGUF files (`blk.N.ffn_gate_exps`, ggml dims `[cols, rows, experts]`), one tensor per expert
+//! in Hugging Face folders (Mixtral's `block_sparse_moe.experts.E.w1`, Qwen's
+//! `mlp.experts.E.gate_proj`); and their float64 forward.
+
+use super::tiny_model::{TinyArch, TinyModel, TinyTensor};
+use lowbit::model::gguf::{GgufWriter, MetaValue};
+
+pub const TINY_EXPERTS: usize = 4;
+pub const TINY_EXPERTS_USED: usize = 2;
+/// Qwen2-MoE's shared expert's intermediate size.
+pub const TINY_SHARED_FFN: usize = 64;
+
+impl TinyArch {
+    pub fn is_moe(self) -> bool {
+        matches!(
+            self,
+            TinyArch::Mixtral | TinyArch::Qwen2Moe | TinyArch::Qwen3Moe
+        )
+    }
+
+    /// Whether the chosen experts' probabilities are renormalized (Mixtral, Qwen3-MoE as
+    /// released; Qwen2-MoE keeps the softmax over all experts).
+    pub fn normalizes_experts(self) -> bool {
+        matches!(self, TinyArch::Mixtral | TinyArch::Qwen3Moe)
+    }
+
+    /// The GGUF `general.architecture`: llama.cpp's converter writes Mixtral as `llama`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            TinyArch::Mixtral => "llama",
+            TinyArch::Qwen2Moe => "qwen2moe",
+            TinyArch::Qwen3Moe => "qwen3moe",
+            other => other.name(),
+        }
+    }
+}
+
+/// `{proj}_exps` stacks of the experts' `{proj}.E` matrices (experts in order).
+pub(super) fn stack_experts(tensors: &[TinyTensor]) -> Vec<TinyTensor> {
+    let mut out: Vec<TinyTensor> = Vec::new();
+    for t in tensors {
+        let Some((layer, proj, _)) = expert_name(&t.name) else {
+            out.push(t.clone());
+            continue;
+        };
+        let stack = format!("blk.{layer}.{proj}_exps.weight");
+        match out.iter_mut().find(|s| s.name == stack) {
+            Some(s) => {
+                assert_eq!((s.dtype, s.cols), (t.dtype, t.cols), "{stack}: one dtype");
+                s.rows += t.rows;
+                s.values.extend_from_slice(&t.values);
+            }
+            None => out.push(TinyTensor {
+                name: stack,
+                ..t.clone()
+            }),
+        }
+    }
+    out
+}
+
+/// `(layer, proj, expert)` of `blk.N.{proj}.E.weight`.
+fn expert_name(name: &str) -> Option<(usize, &str, usize)> {
+    let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, part) = rest.split_once('.')?;
+    let (proj, expert) = part.split_once('.')?;
+    Some((layer.parse().ok()?, proj, expert.parse().ok()?))
+}
+
+/// A stacked tensor's ggml dims, else `None`.
+pub(super) fn stacked_dims(t: &TinyTensor) -> Option<Vec<u64>> {
+    t.name.ends_with("_exps.weight").then(|| {
+        vec![
+            t.cols as u64,
+            (t.rows / TINY_EXPERTS) as u64,
+            TINY_EXPERTS as u64,
+        ]
+    })
+}
+
+impl TinyModel {
+    /// The `{arch}.expert_*` keys llama.cpp's converters write.
+    pub(super) fn moe_gguf_meta(&self, w: &mut GgufWriter) {
+        let arch = self.cfg.arch;
+        let key = |k: &str| format!("{}.{k}", arch.gguf_name());
+        w.meta(&key("expert_count"), MetaValue::U32(TINY_EXPERTS as u32))
+            .meta(
+                &key("expert_used_count"),
+                MetaValue::U32(TINY_EXPERTS_USED as u32),
+            );
+        if arch != TinyArch::Mixtral {
+            w.meta(
+                &key("expert_feed_forward_length"),
+                MetaValue::U32(self.cfg.ffn as u32),
+            );
+        }
+        if arch == TinyArch::Qwen2Moe {
+            w.meta(
+                &key("expert_shared_feed_forward_length"),
+                MetaValue::U32(TINY_SHARED_FFN as u32),
+            );
+        }
+    }
+
+    /// `MixtralConfig`'s and `Qwen2MoeConfig`/`Qwen3MoeConfig`'s keys.
+    pub(super) fn moe_hf_config(&self, config: &mut serde_json::Value) {
+        let arch = self.cfg.arch;
+        config["num_experts_per_tok"] = TINY_EXPERTS_USED.into();
+        if arch == TinyArch::Mixtral {
+            config["num_local_experts"] = TINY_EXPERTS.into();
+            config["sliding_window"] = serde_json::Value::Null;
+            return;
+        }
+        config["num_experts"] = TINY_EXPERTS.into();
+        config["moe_intermediate_size"] = self.cfg.ffn.into();
+        config["norm_topk_prob"] = arch.normalizes_experts().into();
+        config["decoder_sparse_step"] = 1.into();
+        config["mlp_only_layers"] = serde_json::json!([]);
+        if arch == TinyArch::Qwen2Moe {
+            config["shared_expert_intermediate_size"] = TINY_SHARED_FFN.into();
+        }
+    }
+
+    /// Layer `layer`'s mixture of experts on a normed hidden state `x`: the softmax of the
+    /// router's scores, the top [`TINY_EXPERTS_USED`] experts' SwiGLU outputs weighted by
+    /// their probabilities (renormalized where the architecture does), plus the shared
+    /// expert times `sigmoid(gate · x)`.
+    pub fn reference_experts(&self, layer: usize, x: &[f64]) -> Vec<f64> {
+        let m = |part: &str| self.matrix(&format!("blk.{layer}.{part}.weight"));
+        let scores = matvec(&m("ffn_gate_inp"), x);
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let sum: f64 = e.iter().sum();
+        let mut order: Vec<usize> = (0..TINY_EXPERTS).collect();
+        order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
+        let chosen = &order[..TINY_EXPERTS_USED];
+        let total: f64 = chosen.iter().map(|&c| e[c] / sum).sum();
+        let mut out = vec![0.0; x.len()];
+        for &c in chosen {
+            let mut w = e[c] / sum;
+            if self.cfg.arch.normalizes_experts() {
+                w /= total;
+            }
+            let y = swiglu(
+                &m(&format!("ffn_gate.{c}")),
+                &m(&format!("ffn_up.{c}")),
+                &m(&format!("ffn_down.{c}")),
+                x,
+            );
+            out.iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
+        }
+        if self.cfg.arch == TinyArch::Qwen2Moe {
+            let g = matvec(&m("ffn_gate_inp_shexp"), x)[0];
+            let w = 1.0 / (1.0 + (-g).exp());
+            let y = swiglu(
+                &m("ffn_gate_shexp"),
+                &m("ffn_up_shexp"),
+                &m("ffn_down_shexp"),
+                x,
+            );
+            out.iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
+        }
+        out
+    }
+}
+
+type Matrix = (usize, usize, Vec<f64>);
+
+fn matvec(w: &Matrix, x: &[f64]) -> Vec<f64> {
+    (0..w.0)
+        .map(|r| (0..w.1).map(|k| w.2[r * w.1 + k] * x[k]).sum())
+        .collect()
+}
+
+/// `down(silu(gate · x) * (up · x))`.
+fn swiglu(gate: &Matrix, up: &Matrix, down: &Matrix, x: &[f64]) -> Vec<f64> {
+    let act: Vec<f64> = matvec(gate, x)
+        .iter()
+        .zip(matvec(up, x))
+        .map(|(&g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    matvec(down, &act)
+}

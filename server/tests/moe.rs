@@ -1,0 +1,192 @@
+//! Mixtures of experts (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE) as tiny random
+//! models (`common/tiny_moe.rs`): GGUF files stacking each projection's experts, Hugging Face
+//! folders with one tensor per expert, against the float64 forward on the CPU and the GPU; a
+//! row's experts and output independent of its batch; the router left unquantized; bad files
+//! named. llama.cpp's logits for the same files: `architectures.rs`.
+#![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
+
+mod common;
+
+use common::tiny_checks::{cpu, gpu, load, matches_reference_on_every_path};
+use common::tiny_model::{TinyArch, TinyConfig, TinyModel};
+use common::tiny_moe::{TINY_EXPERTS, TINY_EXPERTS_USED};
+use lowbit::engine::solo::SoloKv;
+use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
+use std::path::{Path, PathBuf};
+
+const MOES: [TinyArch; 3] = [TinyArch::Mixtral, TinyArch::Qwen2Moe, TinyArch::Qwen3Moe];
+const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
+
+fn tiny(arch: TinyArch, seed: u64, quantized: bool) -> TinyModel {
+    let cfg = TinyConfig {
+        arch,
+        ffn: 32,
+        ..TinyConfig::default()
+    };
+    TinyModel::random(cfg, seed, quantized)
+}
+
+fn write_gguf(dir: &Path, model: &TinyModel) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, model.gguf_bytes()).unwrap();
+    path
+}
+
+/// Every path of `tiny_checks.rs`: GGUF on the CPU (whole and in pieces), the Hugging Face
+/// folder, the GPU in f32 and as stored (layer 0's experts in Q4_1/Q8_0).
+#[test]
+fn moe_models_match_float64_reference_on_every_path() {
+    let gpu = gpu();
+    for (i, arch) in MOES.into_iter().enumerate() {
+        let model = tiny(arch, 40 + i as u64, true);
+        matches_reference_on_every_path(
+            &model,
+            &TOKENS,
+            &[3, 1, 5, 1, 1],
+            &gpu,
+            &format!("{arch:?}"),
+        );
+    }
+}
+
+/// What each file declares, read alike from GGUF and Hugging Face.
+#[test]
+fn moe_configs_read_alike_from_both_formats() {
+    for arch in MOES {
+        let model = tiny(arch, 3, false);
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = ModelSource::open(&write_gguf(dir.path(), &model))
+            .unwrap()
+            .config()
+            .unwrap();
+        model.write_hf_folder(&dir.path().join("hf"), 1);
+        let hf = ModelSource::open(&dir.path().join("hf"))
+            .unwrap()
+            .config()
+            .unwrap();
+        let moe = gguf.moe.clone().unwrap();
+        assert_eq!(gguf.moe, hf.moe, "{arch:?}");
+        assert_eq!(
+            (moe.experts, moe.experts_used, moe.expert_ffn_size),
+            (TINY_EXPERTS, TINY_EXPERTS_USED, 32)
+        );
+        assert_eq!(moe.normalize, arch.normalizes_experts(), "{arch:?}");
+        assert_eq!(moe.shared_expert_ffn_size > 0, arch == TinyArch::Qwen2Moe);
+    }
+}
+
+/// Logits of each sequence of `seqs`, all in one step from position 0.
+fn batch_logits(model: &Llama, seqs: &[&[u32]]) -> Vec<Vec<f32>> {
+    let longest = seqs.iter().map(|s| s.len()).max().unwrap();
+    let mut kv = SoloKv::new(model, seqs.len(), longest).unwrap();
+    let batch: Vec<BatchSeq<'_>> = seqs
+        .iter()
+        .zip(&kv.tables)
+        .map(|(tokens, table)| BatchSeq {
+            tokens,
+            pos_start: 0,
+            blocks: table,
+            logits: 0..tokens.len(),
+        })
+        .collect();
+    let logits = model.forward(&batch, &mut kv.pool).unwrap();
+    let vocab = logits.vocab;
+    let mut rows = logits.data.chunks(vocab);
+    seqs.iter()
+        .map(|s| rows.by_ref().take(s.len()).flatten().copied().collect())
+        .collect()
+}
+
+/// A sequence's logits are the same bits alone and beside others whose tokens route to other
+/// experts (so each expert multiplies a different set of rows), on the CPU and the GPU.
+#[test]
+fn a_sequences_logits_do_not_depend_on_its_batch() {
+    let gpu = gpu();
+    let model = tiny(TinyArch::Qwen3Moe, 9, true);
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = write_gguf(dir.path(), &model);
+    for (backend, quant) in [(cpu(), "q4"), (gpu.clone(), "as-stored")] {
+        let m = if quant == "as-stored" {
+            let source = ModelSource::open(&gguf).unwrap();
+            Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap()
+        } else {
+            load(&gguf, backend, quant)
+        };
+        let alone = batch_logits(&m, &[&TOKENS]);
+        let others: [u32; 6] = [60, 2, 33, 71, 8, 95];
+        let together = batch_logits(&m, &[&others, &TOKENS, &TOKENS[..4]]);
+        assert_eq!(alone[0], together[1], "{quant}: beside others");
+        assert_eq!(alone[0][..4 * 100], together[2][..], "{quant}: a prefix");
+    }
+}
+
+/// A 4-bit policy leaves the router as stored (f32), quantizes the experts; a rule naming the
+/// router still applies.
+#[test]
+fn the_router_is_not_quantized_unless_a_rule_names_it() {
+    let model = tiny(TinyArch::Mixtral, 4, false);
+    let dir = tempfile::tempdir().unwrap();
+    let source = ModelSource::open(&write_gguf(dir.path(), &model)).unwrap();
+    let plan = |name: &str, policy: &str| {
+        source
+            .plan(name, &QuantPolicy::parse(policy, None).unwrap())
+            .unwrap()
+            .format
+    };
+    assert_eq!(plan("blk.1.ffn_gate_inp.weight", "q4"), "f32");
+    assert_eq!(plan("blk.1.ffn_up.3.weight", "q4"), "q4mg32");
+    assert_eq!(
+        plan("blk.1.ffn_gate_inp.weight", "q4,*.ffn_gate_inp=q8"),
+        "q8"
+    );
+}
+
+/// A file without one expert's stack, or declaring more experts used than it has, is refused,
+/// naming the tensor or the key and the file.
+#[test]
+fn bad_moe_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = tiny(TinyArch::Qwen3Moe, 5, false);
+    model
+        .tensors
+        .retain(|t| !t.name.starts_with("blk.1.ffn_down."));
+    let source = ModelSource::open(&write_gguf(dir.path(), &model)).unwrap();
+    let err = Llama::load(&source, cpu(), &QuantPolicy::as_stored())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("blk.1.ffn_down.0.weight") && err.contains("tiny.gguf"),
+        "{err}"
+    );
+
+    let model = tiny(TinyArch::Mixtral, 5, false);
+    model.write_hf_folder(&dir.path().join("hf"), 1);
+    let config = dir.path().join("hf/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["num_experts_per_tok"] = (TINY_EXPERTS + 1).into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    let err = ModelSource::open(&dir.path().join("hf"))
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expert_used_count") && err.contains("config.json"),
+        "{err}"
+    );
+
+    let model = tiny(TinyArch::Qwen3Moe, 5, false);
+    model.write_hf_folder(&dir.path().join("dense"), 1);
+    let config = dir.path().join("dense/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["mlp_only_layers"] = serde_json::json!([1]);
+    std::fs::write(&config, json.to_string()).unwrap();
+    let err = ModelSource::open(&dir.path().join("dense"))
+        .unwrap()
+        .config()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mlp_only_layers"), "{err}");
+}
