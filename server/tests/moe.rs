@@ -190,3 +190,28 @@ fn bad_moe_files_are_named() {
         .to_string();
     assert!(err.contains("mlp_only_layers"), "{err}");
 }
+
+/// `lowbit info` describes the experts and counts the parameters a token runs through.
+#[test]
+fn info_describes_the_experts() {
+    let model = tiny(TinyArch::Qwen2Moe, 6, false);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, common::with_tokenizer(&model.gguf_bytes(), 100)).unwrap();
+    let o = common::lowbit(&["info", "--model", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        text.contains("experts     4 per layer, 2 per token (softmax weights), FFN 32 each; a shared expert of FFN 64"),
+        "{text}"
+    );
+    let o = common::lowbit(&["info", "--model", path.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let (all, active) = (
+        v["parameters"].as_u64().unwrap(),
+        v["active_parameters"].as_u64().unwrap(),
+    );
+    // Two layers, two idle experts each of 3 matrices of 64 × 32.
+    assert_eq!(all - active, 2 * 2 * 3 * 64 * 32);
+    assert_eq!(v["config"]["moe"]["experts_used"], 2);
+}

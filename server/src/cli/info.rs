@@ -119,6 +119,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .sum();
+    // A mixture of experts multiplies each token by `experts_used` of its experts only.
+    let idle_params: u64 = config.moe.as_ref().map_or(0, |m| {
+        (config.n_layers
+            * (m.experts - m.experts_used)
+            * 3
+            * config.hidden_size
+            * m.expert_ffn_size) as u64
+    });
+    let active_params = params.saturating_sub(idle_params);
     let tensor_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();
     let bits_per_weight = tensor_bytes as f64 * 8.0 / params.max(1) as f64;
     let memory = match args.device {
@@ -132,6 +141,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
                 "device": on, "weights": w, "kv": kv, "activations": act})),
             "file_bytes": source.file_bytes(),
             "parameters": params,
+            "active_parameters": active_params,
             "bits_per_weight": bits_per_weight,
             "config": config,
             "tokenizer": {
@@ -169,9 +179,14 @@ pub fn run(args: InfoArgs) -> Result<()> {
     }
     writeln!(
         out,
-        "size        {:.1} MB on disk, {:.1} M parameters, {bits_per_weight:.2} bits per weight",
+        "size        {:.1} MB on disk, {:.1} M parameters{}, {bits_per_weight:.2} bits per weight",
         source.file_bytes() as f64 / 1e6,
-        params as f64 / 1e6
+        params as f64 / 1e6,
+        if idle_params > 0 {
+            format!(" ({:.1} M active per token)", active_params as f64 / 1e6)
+        } else {
+            String::new()
+        }
     )?;
     writeln!(
         out,
@@ -196,6 +211,25 @@ pub fn run(args: InfoArgs) -> Result<()> {
     )?;
     if let Some(gemma) = gemma_summary(&config) {
         writeln!(out, "additions   {gemma}")?;
+    }
+    if let Some(m) = &config.moe {
+        writeln!(
+            out,
+            "experts     {} per layer, {} per token ({}), FFN {} each{}",
+            m.experts,
+            m.experts_used,
+            if m.normalize {
+                "weights renormalized"
+            } else {
+                "softmax weights"
+            },
+            m.expert_ffn_size,
+            if m.shared_expert_ffn_size > 0 {
+                format!("; a shared expert of FFN {}", m.shared_expert_ffn_size)
+            } else {
+                String::new()
+            }
+        )?;
     }
     writeln!(
         out,
