@@ -146,6 +146,8 @@ else
   bench llama1b-q4-b1 -- --synthetic llama-1b --quant q4g32 --device gpu --prompt-tokens 512 --gen-tokens 128
   bench smollm2-q4m-gpu -- --synthetic smollm2-135m --quant q4m --device gpu --prompt-tokens 512 --gen-tokens 128
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu --prompt-tokens 512 --gen-tokens 128
+  # A mixture of experts (17 GB in Q4): one router readback per layer, 8 small experts a token.
+  bench qwen3moe-q4-b1 -- --synthetic qwen3-30b-a3b --quant q4g32 --device gpu --prompt-tokens 128 --gen-tokens 32 --reps 1
   echo "== per-kernel profile, llama-8b q4 decode" >>"$LOG"
   timeout 120 "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 16 --reps 1 --profile >>"$LOG" 2>&1 || true
   echo "== per-kernel profile, llama-8b q4 prefill of 512" >>"$LOG"

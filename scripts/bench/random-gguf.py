@@ -7,8 +7,11 @@ those of the named architecture. F16 weights: quantize them with `llama-quantize
     python scripts/bench/random-gguf.py llama-3.2-1b /tmp/llama1b-f16.gguf
     python scripts/bench/random-gguf.py gemma3-1b /tmp/gemma3-1b-f16.gguf
     python scripts/bench/random-gguf.py phi4-mini /tmp/phi4-mini-f16.gguf
+    python scripts/bench/random-gguf.py qwen3-30b-a3b /tmp/qwen3-moe-q4_0.gguf --layers 8 --q4_0
 
-Needs `numpy` and `gguf` (PyPI).
+`--layers N` keeps the first N layers (a mixture of experts' full file does not fit a small
+machine); `--q4_0` writes the weight matrices as random Q4_0 blocks directly (no F16 file, no
+llama-quantize). Needs `numpy` and `gguf` (PyPI).
 """
 
 import sys
@@ -28,7 +31,15 @@ SHAPES = {
     # Phi-4-mini: Q/K/V and gate/up fused (as llama.cpp's converter writes Phi-3), 96 of 128
     # head dimensions rotated, LongRoPE factor lists, tied 200064 vocabulary.
     "phi4-mini": ("phi3", 3072, 32, 24, 8, 128, 8192, 200064, 1e4, False, False),
+    # Qwen3-30B-A3B: Qwen3's block with 128 experts of FFN 768 per layer, 8 per token, a
+    # separate head.
+    "qwen3-30b-a3b": ("qwen3moe", 2048, 48, 32, 4, 128, 6144, 151936, 1e6, False, True),
 }
+
+# Mixtures of experts: experts, experts per token, each expert's FFN.
+EXPERTS = {"qwen3moe": (128, 8, 768)}
+# Architectures whose head is a tensor of its own.
+UNTIED = {"qwen3moe"}
 
 # Sliding window of the architectures that have one.
 WINDOWS = {"gemma3": 512}
@@ -37,6 +48,9 @@ WINDOWS = {"gemma3": 512}
 def main() -> None:
     name, out = sys.argv[1], sys.argv[2]
     arch, h, layers, heads, kv, hd, ffn, vocab, theta, bias, qk_norm = SHAPES[name]
+    if "--layers" in sys.argv:
+        layers = int(sys.argv[sys.argv.index("--layers") + 1])
+    q4_0 = "--q4_0" in sys.argv
     rng = np.random.default_rng(0)
     w = gguf.GGUFWriter(out, arch)
     w.add_name(f"random {name}")
@@ -50,7 +64,12 @@ def main() -> None:
     w.add_value_length(hd)
     w.add_rope_freq_base(theta)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0 if q4_0 else gguf.LlamaFileType.MOSTLY_F16)
+    if arch in EXPERTS:
+        experts, used, expert_ffn = EXPERTS[arch]
+        w.add_expert_count(experts)
+        w.add_expert_used_count(used)
+        w.add_expert_feed_forward_length(expert_ffn)
     if arch in WINDOWS:
         w.add_sliding_window(WINDOWS[arch])
     if arch == "phi3":
@@ -75,14 +94,26 @@ def main() -> None:
     w.add_eos_token_id(vocab - 1)
     w.add_add_bos_token(False)
 
-    def matrix(name: str, rows: int, cols: int) -> None:
-        values = rng.standard_normal((rows, cols), dtype=np.float32) * (1.0 / np.sqrt(cols))
+    def matrix(name: str, rows: int, cols: int, stack: int = 0) -> None:
+        shape = (stack, rows, cols) if stack else (rows, cols)
+        if q4_0:
+            # Blocks of 32: an f16 scale of a trained weight's magnitude, 16 bytes of codes.
+            blocks = int(np.prod(shape)) // 32
+            scale = (0.05 / 8 * (0.75 + 0.25 * rng.random(blocks))).astype(np.float16)
+            codes = rng.integers(0, 256, (blocks, 16), dtype=np.uint8)
+            data = np.concatenate([scale.view(np.uint8).reshape(blocks, 2), codes], axis=1)
+            byte_shape = shape[:-1] + (cols // 32 * 18,)
+            w.add_tensor(name, data.reshape(byte_shape), raw_dtype=gguf.GGMLQuantizationType.Q4_0)
+            return
+        values = rng.standard_normal(shape, dtype=np.float32) * (1.0 / np.sqrt(cols))
         w.add_tensor(name, values.astype(np.float16))
 
     def vector(name: str, n: int, center: float) -> None:
         w.add_tensor(name, (center + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32))
 
     matrix("token_embd.weight", vocab, h)
+    if arch in UNTIED:
+        matrix("output.weight", vocab, h)
     vector("output_norm.weight", h, 1.0)
     if arch == "phi3":
         # Phi-4-mini's lists rise from 1 (short) and to about 50 (long).
@@ -107,6 +138,13 @@ def main() -> None:
             vector(b + "attn_k_norm.weight", hd, 1.0)
         matrix(b + "attn_output.weight", h, heads * hd)
         vector(b + "ffn_norm.weight", h, 1.0)
+        if arch in EXPERTS:
+            experts, _, expert_ffn = EXPERTS[arch]
+            w.add_tensor(b + "ffn_gate_inp.weight", rng.standard_normal((experts, h), dtype=np.float32) * 0.05)
+            matrix(b + "ffn_gate_exps.weight", expert_ffn, h, experts)
+            matrix(b + "ffn_up_exps.weight", expert_ffn, h, experts)
+            matrix(b + "ffn_down_exps.weight", h, expert_ffn, experts)
+            continue
         if arch == "phi3":
             matrix(b + "ffn_up.weight", 2 * ffn, h)
         else:

@@ -215,3 +215,19 @@ fn info_describes_the_experts() {
     assert_eq!(all - active, 2 * 2 * 3 * 64 * 32);
     assert_eq!(v["config"]["moe"]["experts_used"], 2);
 }
+
+/// A decode step of one sequence reads the router and `experts_used` experts of each layer:
+/// what `lowbit bench` divides by for its weight bandwidth.
+#[test]
+fn a_decode_step_counts_only_the_experts_a_token_runs() {
+    let model = tiny(TinyArch::Qwen3Moe, 8, false);
+    let dir = tempfile::tempdir().unwrap();
+    let m = load(&write_gguf(dir.path(), &model), cpu(), "f32");
+    let c = &model.cfg;
+    let idle_experts = c.layers * (TINY_EXPERTS - TINY_EXPERTS_USED) * 3 * c.hidden * c.ffn * 4;
+    let embedding = c.vocab * c.hidden * 4;
+    assert_eq!(
+        m.weight_bytes() - m.decode_weight_bytes(),
+        embedding + idle_experts
+    );
+}

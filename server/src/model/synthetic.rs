@@ -2,7 +2,7 @@
 //! architectures, so that speed can be measured where a GPU is bandwidth-bound (SmolLM2 is too
 //! small for that) without a multi-gigabyte download. Not for text: the weights are noise.
 
-use super::config::{Activation, GemmaAdditions, LlamaConfig, RopeScaling};
+use super::config::{Activation, GemmaAdditions, LlamaConfig, MoeConfig, RopeScaling};
 use super::error::Result;
 use super::llama::Llama;
 use super::quant_policy::TensorPlan;
@@ -41,6 +41,10 @@ pub enum SyntheticModel {
     /// rotated, FFN 8192, LongRoPE, tied 200064 vocabulary.
     #[value(name = "phi4-mini")]
     Phi4Mini,
+    /// Qwen3-30B-A3B's shapes: 48 layers of 2048, GQA 32/4 of 128-wide heads, Q/K head
+    /// norms, 128 experts of FFN 768 per layer (8 per token), separate 151936-row head.
+    #[value(name = "qwen3-30b-a3b")]
+    Qwen3MoeA3B,
 }
 
 impl SyntheticModel {
@@ -166,6 +170,26 @@ impl SyntheticModel {
                 context_length: 131_072,
                 ..LlamaConfig::default()
             },
+            SyntheticModel::Qwen3MoeA3B => LlamaConfig {
+                hidden_size: 2048,
+                n_layers: 48,
+                n_heads: 32,
+                n_kv_heads: 4,
+                head_dim: 128,
+                ffn_size: 6144,
+                qk_norm: true,
+                attention_bias: false,
+                tied_embeddings: false,
+                context_length: 40_960,
+                moe: Some(MoeConfig {
+                    experts: 128,
+                    experts_used: 8,
+                    expert_ffn_size: 768,
+                    normalize: true,
+                    shared_expert_ffn_size: 0,
+                }),
+                ..qwen25()
+            },
         }
     }
 
@@ -179,6 +203,7 @@ impl SyntheticModel {
             SyntheticModel::Qwen3Small => "qwen3-0.6b",
             SyntheticModel::Gemma3OneB => "gemma3-1b",
             SyntheticModel::Phi4Mini => "phi4-mini",
+            SyntheticModel::Qwen3MoeA3B => "qwen3-30b-a3b",
         }
     }
 }
@@ -254,7 +279,16 @@ impl Llama {
         backend: Arc<dyn Backend>,
         seed: u64,
     ) -> Result<Self> {
-        let c = arch.config();
+        Self::synthetic_of(arch.config(), format, backend, seed)
+    }
+
+    /// [`Llama::synthetic`] of any config.
+    fn synthetic_of(
+        c: LlamaConfig,
+        format: QuantFormat,
+        backend: Arc<dyn Backend>,
+        seed: u64,
+    ) -> Result<Self> {
         let separate_output = !c.tied_embeddings;
         let mut noise = Noise(seed);
         let mut norm_noise = Noise(seed ^ 0x5eed);
@@ -263,7 +297,12 @@ impl Llama {
             backend,
             separate_output,
             |name, rows, cols| {
-                let f = format.fallback_for(cols);
+                // Routers stay f32, as quantization leaves them.
+                let f = if name.contains(".ffn_gate_inp") {
+                    QuantFormat::F32
+                } else {
+                    format.fallback_for(cols)
+                };
                 let q = random_matrix(f, rows, cols, &mut noise)?;
                 let plan = TensorPlan {
                     name: name.to_string(),
@@ -283,5 +322,44 @@ impl Llama {
                 Ok((0..len).map(|_| center + 0.1 * norm_noise.unit()).collect())
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowbit_gpu::cpu::CpuBackend;
+
+    /// Qwen3-30B-A3B's config cut to one layer of 4 experts and a small vocabulary: it builds,
+    /// with f32 routers and quantized experts, and a decode step reads 2 experts' worth.
+    #[test]
+    fn a_mixture_of_experts_builds_with_f32_routers() {
+        let mut c = SyntheticModel::Qwen3MoeA3B.config();
+        c.n_layers = 1;
+        c.vocab_size = 64;
+        if let Some(m) = c.moe.as_mut() {
+            m.experts = 4;
+            m.experts_used = 2;
+        }
+        let model =
+            Llama::synthetic_of(c, QuantFormat::Q8, Arc::new(CpuBackend::new()), 1).unwrap();
+        let router = model
+            .plans()
+            .iter()
+            .find(|p| p.name == "blk.0.ffn_gate_inp.weight")
+            .unwrap();
+        assert_eq!((router.format.as_str(), router.rows), ("f32", 4));
+        let expert = model
+            .plans()
+            .iter()
+            .find(|p| p.name == "blk.0.ffn_down.3.weight")
+            .unwrap();
+        assert_eq!((expert.format.as_str(), expert.cols), ("q8", 768));
+        let expert_bytes = 4 * 3 * storage_bytes(QuantFormat::Q8, 768, 2048);
+        let embedding = storage_bytes(QuantFormat::Q8, 64, 2048);
+        assert_eq!(
+            model.weight_bytes() - model.decode_weight_bytes(),
+            embedding + expert_bytes / 2
+        );
     }
 }

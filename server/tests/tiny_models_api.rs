@@ -1,9 +1,10 @@
-//! A Gemma model served end to end: tiny random Gemma 2 and Gemma 3 GGUF files (sliding
-//! windows of 4 positions, far shorter than the prompts) with a small byte-level tokenizer,
-//! through the real router and engine. A reply does not depend on what else is in its batch,
-//! a repeated prompt is served from the prefix cache (blocks of positions that every sliding
-//! layer has left behind stay readable to the global ones) with the same answer, and a stream
-//! carries the same text.
+//! Gemmas and mixtures of experts served end to end: tiny random Gemma 2 and Gemma 3 GGUF
+//! files (sliding windows of 4 positions, far shorter than the prompts), Mixtral and
+//! Qwen3-MoE ones (each token routed to 2 of 4 experts), with a small byte-level tokenizer,
+//! through the real router and engine. A reply does not depend on what else is in its batch
+//! (a batch's tokens route to different experts), a repeated prompt is served from the prefix
+//! cache (blocks of positions that every sliding layer has left behind stay readable to the
+//! global ones) with the same answer, and a stream carries the same text.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
@@ -12,7 +13,7 @@ use common::app::{post, send, start_with};
 use common::tiny_model::{TinyArch, TinyConfig, TinyModel};
 use serde_json::{json, Value};
 
-const NAME: &str = "tiny-gemma";
+const NAME: &str = "tiny";
 
 const PROMPTS: [&str; 3] = [
     "hi there, hello world: the quick brown fox jumps over the lazy dog",
@@ -39,17 +40,23 @@ fn text(reply: &Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gemma_models_serve_batched_cached_and_streamed_alike() {
-    for (arch, layers) in [(TinyArch::Gemma2, 2), (TinyArch::Gemma3, 6)] {
+async fn gemma_and_moe_models_serve_batched_cached_and_streamed_alike() {
+    for (arch, layers) in [
+        (TinyArch::Gemma2, 2),
+        (TinyArch::Gemma3, 6),
+        (TinyArch::Mixtral, 2),
+        (TinyArch::Qwen3Moe, 2),
+    ] {
         let cfg = TinyConfig {
             arch,
             layers,
             tied: true,
+            ffn: if arch.is_moe() { 32 } else { 96 },
             ..TinyConfig::default()
         };
         let model = TinyModel::random(cfg, 40, true);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny-gemma.gguf");
+        let path = dir.path().join("tiny.gguf");
         std::fs::write(
             &path,
             common::with_tokenizer(&model.gguf_bytes(), cfg.vocab),
