@@ -44,8 +44,8 @@ impl Mlp {
 /// A block's feed-forward: one MLP, or a mixture of experts (`moe.rs`).
 #[derive(Debug)]
 enum Ffn {
-    Dense(Mlp),
-    Experts(MoeFfn),
+    Dense(Box<Mlp>),
+    Experts(Box<MoeFfn>),
 }
 
 /// One transformer block.
@@ -223,8 +223,21 @@ impl Llama {
             let o = backend.load_weight(host_matrix(&n("attn_output"), h, q_dim)?)?;
             let ffn_norm = vector(&n("ffn_norm"), h)?;
             let ffn = match &c.moe {
-                None => Ffn::Dense(load_mlp(&backend, &mut host_matrix, &n, "", c.ffn_size, h)?),
-                Some(moe) => Ffn::Experts(MoeFfn::load(&backend, &mut host_matrix, i, moe, h)?),
+                None => Ffn::Dense(Box::new(load_mlp(
+                    &backend,
+                    &mut host_matrix,
+                    &n,
+                    "",
+                    c.ffn_size,
+                    h,
+                )?)),
+                Some(moe) => Ffn::Experts(Box::new(MoeFfn::load(
+                    &backend,
+                    &mut host_matrix,
+                    i,
+                    moe,
+                    h,
+                )?)),
             };
             let post_norms = if c.gemma.post_norms {
                 Some([

@@ -23,7 +23,7 @@ pub enum ModelSource {
     Gguf(GgufFile),
     HfFolder(HfFolder),
     /// A file written by `lowbit quantize`.
-    Lowbit(LowbitFile),
+    Lowbit(Box<LowbitFile>),
 }
 
 /// One tensor as listed by `lowbit info`.
@@ -53,7 +53,7 @@ impl ModelSource {
         if path.extension().is_some_and(|e| e == "safetensors") {
             let file = SafetensorsFile::open(path)?;
             if LowbitFile::is_lowbit(&file) {
-                return Ok(Self::Lowbit(LowbitFile::open(file)?));
+                return Ok(Self::Lowbit(Box::new(LowbitFile::open(file)?)));
             }
             return Err(ModelError::file(
                 path.display(),
