@@ -23,7 +23,8 @@ use std::path::Path;
 /// The same against llama.cpp's f32 CPU path (its own f32 sums, f32 KV cache): measured
 /// 1.6e-7 for Llama, Qwen2 and Qwen3, 2.0e-7 for Phi-3 (fused projections, 12 of 16
 /// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite,
-/// 1.9e-7 to 2.2e-7 for the mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE).
+/// 1.3e-7 to 2.2e-7 for the mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, Granite MoE
+/// Shared).
 const LLAMA_CPP_REL_TOL: f64 = 1e-5;
 /// Gemma against llama.cpp: its CPU GELU rounds each input to f16 and reads an f16 table
 /// (ggml's `GGML_GELU_FP16`), where lowbit and the float64 reference compute GELU's tanh form
@@ -35,7 +36,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 12] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 13] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -48,6 +49,7 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 12] = [
     (TinyArch::Mixtral, 50),
     (TinyArch::Qwen2Moe, 51),
     (TinyArch::Qwen3Moe, 52),
+    (TinyArch::GraniteMoe, 53),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];

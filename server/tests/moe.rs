@@ -1,8 +1,9 @@
-//! Mixtures of experts (Mixtral, Qwen2-MoE with its shared expert, Qwen3-MoE) as tiny random
-//! models (`common/tiny_moe.rs`): GGUF files stacking each projection's experts, Hugging Face
-//! folders with one tensor per expert, against the float64 forward on the CPU and the GPU; a
-//! row's experts and output independent of its batch; the router left unquantized; bad files
-//! named. llama.cpp's logits for the same files: `architectures.rs`.
+//! Mixtures of experts (Mixtral, Qwen2-MoE with its gated shared expert, Qwen3-MoE, Granite
+//! MoE Shared with Granite's scales and an ungated shared expert) as tiny random models
+//! (`common/tiny_moe.rs`): GGUF files stacking each projection's experts, Hugging Face
+//! folders with one tensor per expert (Granite's: 3-D stacks of gate and up), against the
+//! float64 forward on the CPU and the GPU; a row's experts and output independent of its
+//! batch; the router left unquantized; bad files named. llama.cpp's logits for the same files: `architectures.rs`.
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
@@ -14,7 +15,12 @@ use lowbit::engine::solo::SoloKv;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use std::path::{Path, PathBuf};
 
-const MOES: [TinyArch; 3] = [TinyArch::Mixtral, TinyArch::Qwen2Moe, TinyArch::Qwen3Moe];
+const MOES: [TinyArch; 4] = [
+    TinyArch::Mixtral,
+    TinyArch::Qwen2Moe,
+    TinyArch::Qwen3Moe,
+    TinyArch::GraniteMoe,
+];
 const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 fn tiny(arch: TinyArch, seed: u64, quantized: bool) -> TinyModel {
@@ -71,7 +77,11 @@ fn moe_configs_read_alike_from_both_formats() {
             (TINY_EXPERTS, TINY_EXPERTS_USED, 32)
         );
         assert_eq!(moe.normalize, arch.normalizes_experts(), "{arch:?}");
-        assert_eq!(moe.shared_expert_ffn_size > 0, arch == TinyArch::Qwen2Moe);
+        assert_eq!(
+            moe.shared_expert_ffn_size > 0,
+            matches!(arch, TinyArch::Qwen2Moe | TinyArch::GraniteMoe)
+        );
+        assert_eq!(moe.shared_expert_gated, arch == TinyArch::Qwen2Moe);
     }
 }
 

@@ -170,6 +170,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::SmolLm3,
         TinyArch::Mixtral,
         TinyArch::Qwen2Moe,
+        TinyArch::GraniteMoe,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
@@ -204,7 +205,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         );
         assert_eq!(file.config().unwrap().moe, source.config().unwrap().moe);
         let version = match arch {
-            TinyArch::Mixtral | TinyArch::Qwen2Moe => "4",
+            TinyArch::Mixtral | TinyArch::Qwen2Moe | TinyArch::GraniteMoe => "4",
             TinyArch::Phi3 | TinyArch::Granite | TinyArch::SmolLm3 => "3",
             a if a.is_gemma() => "2",
             _ => "1",

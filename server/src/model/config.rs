@@ -155,6 +155,8 @@ pub(super) enum Architecture {
     Granite,
     /// SmolLM3: Llama's block, every fourth layer without RoPE.
     SmolLm3,
+    /// Granite 3.x MoE (and its shared-expert variant): Granite with a mixture of experts.
+    GraniteMoe,
     /// Mixtral: Llama's block with a mixture of experts (GGUF files name it `llama`).
     Mixtral,
     /// Qwen2-MoE: Qwen2's block with a mixture of experts and a shared expert.
@@ -176,6 +178,7 @@ impl Architecture {
             "gemma3" | "gemma3_text" => Self::Gemma3,
             "phi3" => Self::Phi3,
             "granite" => Self::Granite,
+            "granitemoe" | "granitemoeshared" => Self::GraniteMoe,
             "smollm3" => Self::SmolLm3,
             "mixtral" => Self::Mixtral,
             "qwen2moe" | "qwen2_moe" => Self::Qwen2Moe,
@@ -186,7 +189,12 @@ impl Architecture {
 
     const SUPPORTED: &'static str =
         "llama, mistral, mixtral, qwen2, qwen2moe, qwen3, qwen3moe, gemma, gemma2, gemma3, phi3, \
-         granite, smollm3";
+         granite, granitemoe, smollm3";
+
+    /// Granite's scales (dense and MoE).
+    pub(super) fn is_granite(self) -> bool {
+        matches!(self, Self::Granite | Self::GraniteMoe)
+    }
 
     /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
     fn has_qk_norm(self) -> bool {
@@ -203,7 +211,9 @@ impl Architecture {
     fn gguf_rope_style(self) -> RopeStyle {
         match self {
             // Granite's converter is Llama's.
-            Self::Llama | Self::Mixtral | Self::Granite | Self::SmolLm3 => RopeStyle::Interleaved,
+            Self::Llama | Self::Mixtral | Self::Granite | Self::GraniteMoe | Self::SmolLm3 => {
+                RopeStyle::Interleaved
+            }
             Self::Qwen2
             | Self::Qwen2Moe
             | Self::Qwen3
@@ -424,11 +434,11 @@ impl LlamaConfig {
         self.rope_scaling.validate(&p.to_string(), rotated / 2)?;
         if let Some(moe) = &self.moe {
             moe.validate(&p.to_string(), MAX_DIMENSION)?;
-            if self.gemma.post_norms || self.gemma.residual_scale.is_some() {
+            if self.gemma.post_norms {
                 return Err(ModelError::field(
                     &p,
                     "expert_count",
-                    "experts with post-norms or residual scales are not supported",
+                    "experts with post-norms are not supported",
                 ));
             }
         }

@@ -102,7 +102,7 @@ impl GemmaAdditions {
     ) -> Result<Self> {
         let mut p = Self::default();
         let float = |k: &str| json.get(k).and_then(|v| v.as_f64());
-        if arch == Architecture::Granite {
+        if arch.is_granite() {
             // `GraniteConfig`'s multipliers (llama.cpp's converter writes them as scales).
             // `GraniteConfig` defaults each to 1 (the scores too, where llama.cpp's GGUF
             // reading falls back to 1/√head_dim).
@@ -175,7 +175,7 @@ impl GemmaAdditions {
         let path = gguf.path().display().to_string();
         let mut p = Self::default();
         let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
-        if arch == Architecture::Granite {
+        if arch.is_granite() {
             p.set_granite_scales(
                 float("embedding_scale"),
                 float("attention.scale"),

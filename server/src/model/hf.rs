@@ -94,11 +94,13 @@ impl SafetensorsFile {
         let (rows, cols) = match e.shape.as_slice() {
             [n] => (1, *n),
             [r, c] => (*r, *c),
+            // Stacked experts (Granite MoE): each expert a run of rows.
+            [e, r, c] => (*e * *r, *c),
             s => {
                 return Err(ModelError::tensor(
                     &p,
                     name,
-                    format!("shape {s:?}: only 1-D and 2-D tensors are used"),
+                    format!("shape {s:?}: only 1-D to 3-D tensors are used"),
                 ))
             }
         };
@@ -238,6 +240,12 @@ impl HfFolder {
         Ok(v)
     }
 
+    /// A tensor's shape, if it exists.
+    pub fn shape(&self, hf_name: &str) -> Option<Vec<usize>> {
+        let &i = self.owner.get(hf_name)?;
+        self.files[i].entry(hf_name).map(|e| e.shape.clone())
+    }
+
     /// Whether a tensor exists.
     pub fn has(&self, hf_name: &str) -> bool {
         self.owner.contains_key(hf_name)
@@ -274,6 +282,10 @@ pub enum HfNaming {
     /// Mixtral: Llama's names, the experts under `block_sparse_moe` (`gate`, and `w1`, `w3`,
     /// `w2` for each expert's gate, up and down).
     Mixtral,
+    /// Granite MoE: Llama's names, the experts stacked under `block_sparse_moe`
+    /// (`router.layer`, `input_linear` of each expert's gate then up, `output_linear`), the
+    /// shared expert's `shared_mlp` likewise.
+    GraniteMoe,
 }
 
 impl HfNaming {
@@ -283,6 +295,7 @@ impl HfNaming {
             Some("gemma") => Self::Gemma,
             Some("gemma2" | "gemma3" | "gemma3_text") => Self::GemmaPostNorms,
             Some("mixtral") => Self::Mixtral,
+            Some("granitemoe" | "granitemoeshared") => Self::GraniteMoe,
             _ => Self::Llama,
         }
     }
@@ -346,6 +359,19 @@ pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
 /// `ffn_up.3.weight`, `ffn_down_shexp.weight`, …): Mixtral's `block_sparse_moe`, Qwen-MoE's
 /// `mlp`.
 fn hf_expert_name(part: &str, naming: HfNaming) -> Option<String> {
+    if naming == HfNaming::GraniteMoe {
+        return Some(
+            match part {
+                "ffn_gate_inp.weight" => "block_sparse_moe.router.layer.weight",
+                "ffn_gate_up_exps.weight" => "block_sparse_moe.input_linear.weight",
+                "ffn_down_exps.weight" => "block_sparse_moe.output_linear.weight",
+                "ffn_gate_up_shexp.weight" => "shared_mlp.input_linear.weight",
+                "ffn_down_shexp.weight" => "shared_mlp.output_linear.weight",
+                _ => return None,
+            }
+            .to_string(),
+        );
+    }
     let mixtral = naming == HfNaming::Mixtral;
     if part == "ffn_gate_inp.weight" {
         let moe = if mixtral { "block_sparse_moe" } else { "mlp" };

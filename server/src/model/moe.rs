@@ -20,8 +20,10 @@ pub(super) struct MoeFfn {
     /// One row per expert: the scores are `router · x`.
     router: Weight,
     experts: Vec<Mlp>,
-    /// Qwen2-MoE's shared expert and its gate row (`sigmoid(gate · x)` scales its output).
-    shared: Option<(Mlp, Weight)>,
+    /// The expert every token runs (Qwen2-MoE, Granite MoE Shared).
+    shared: Option<Mlp>,
+    /// Qwen2-MoE's gate row of the shared expert: `sigmoid(gate · x)` scales its output.
+    shared_gate: Option<Weight>,
 }
 
 /// Which rows each expert takes, and the weight of its output in each.
@@ -43,7 +45,7 @@ impl MoeFfn {
     ) -> Result<Self> {
         let n = |part: &str| format!("blk.{layer}.{part}.weight");
         let router = host_matrix(&n("ffn_gate_inp"), moe.experts, h)?;
-        let (router, shared_gate) = if moe.shared_expert_ffn_size > 0 {
+        let (router, shared_gate) = if moe.shared_expert_ffn_size > 0 && moe.shared_expert_gated {
             let gate = host_matrix(&n("ffn_gate_inp_shexp"), 1, h)?;
             let [router, gate] = together(backend, vec![router, gate])?;
             (router, Some(gate))
@@ -62,33 +64,35 @@ impl MoeFfn {
                 )
             })
             .collect::<Result<Vec<_>>>()?;
-        let shared = match shared_gate {
-            Some(gate) => Some((
-                load_mlp(
-                    backend,
-                    host_matrix,
-                    &n,
-                    "_shexp",
-                    moe.shared_expert_ffn_size,
-                    h,
-                )?,
-                gate,
-            )),
-            None => None,
+        let shared = if moe.shared_expert_ffn_size > 0 {
+            Some(load_mlp(
+                backend,
+                host_matrix,
+                &n,
+                "_shexp",
+                moe.shared_expert_ffn_size,
+                h,
+            )?)
+        } else {
+            None
         };
         Ok(Self {
             router,
             experts,
             shared,
+            shared_gate,
         })
     }
 
     pub(super) fn resident_bytes(&self) -> usize {
         self.router.resident_bytes()
             + self.experts.iter().map(Mlp::resident_bytes).sum::<usize>()
-            + self.shared.as_ref().map_or(0, |(mlp, gate)| {
-                mlp.resident_bytes() + gate.resident_bytes()
-            })
+            + self.shared_bytes()
+    }
+
+    fn shared_bytes(&self) -> usize {
+        self.shared.as_ref().map_or(0, Mlp::resident_bytes)
+            + self.shared_gate.as_ref().map_or(0, Weight::resident_bytes)
     }
 
     /// What one token reads: the router, `used` experts of the average size, the shared
@@ -97,9 +101,7 @@ impl MoeFfn {
         let experts: usize = self.experts.iter().map(Mlp::resident_bytes).sum();
         self.router.resident_bytes()
             + experts * used / self.experts.len().max(1)
-            + self.shared.as_ref().map_or(0, |(mlp, gate)| {
-                mlp.resident_bytes() + gate.resident_bytes()
-            })
+            + self.shared_bytes()
     }
 }
 
@@ -159,16 +161,21 @@ impl Llama {
             return Err(lowbit_gpu::Error::Internal("experts without a MoE config").into());
         };
         let mut gates = vec![&moe.router];
-        if let Some((_, gate)) = &moe.shared {
-            gates.push(gate);
-        }
+        gates.extend(&moe.shared_gate);
         let scores = be.matmul_many(x, &gates)?;
-        let routes = route(
+        let mut routes = route(
             &be.download(&scores[0])?,
             cfg.experts,
             cfg.experts_used,
             cfg.normalize,
         );
+        // Granite scales the whole branch; as each output's weight, that costs nothing.
+        let branch_scale = self.config().gemma.residual_scale.unwrap_or(1.0);
+        if branch_scale != 1.0 {
+            for r in &mut routes {
+                r.weights.iter_mut().for_each(|w| *w *= branch_scale);
+            }
+        }
         let mut outputs = Vec::new();
         for (e, (expert, route)) in moe.experts.iter().zip(&routes).enumerate() {
             if route.rows.is_empty() {
@@ -180,12 +187,15 @@ impl Llama {
             observe(layer, LinearInput::ExpertDown(e as u32), &gated);
             outputs.push((be.matmul(&gated, &expert.down)?, route.clone()));
         }
-        if let (Some((expert, _)), Some(gate)) = (&moe.shared, scores.get(1)) {
-            let weights: Vec<f32> = be
-                .download(gate)?
-                .iter()
-                .map(|g| 1.0 / (1.0 + (-g).exp()))
-                .collect();
+        if let Some(expert) = &moe.shared {
+            let weights: Vec<f32> = match scores.get(1) {
+                Some(gate) => be
+                    .download(gate)?
+                    .iter()
+                    .map(|g| branch_scale / (1.0 + (-g).exp()))
+                    .collect(),
+                None => vec![branch_scale; x.rows()],
+            };
             let gated = self.gated(expert, x)?;
             observe(layer, LinearInput::SharedExpertDown, &gated);
             let route = Routes {

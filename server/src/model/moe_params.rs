@@ -1,6 +1,7 @@
 //! A mixture of experts in place of each block's MLP ([`MoeConfig`]), read from a GGUF file's
 //! metadata (as llama.cpp reads it) or a Hugging Face `config.json`: Mixtral (GGUF
-//! architecture `llama` with experts), Qwen2-MoE (with a shared expert) and Qwen3-MoE.
+//! architecture `llama` with experts), Qwen2-MoE (with a gated shared expert), Qwen3-MoE and
+//! Granite MoE (with or without an ungated shared expert).
 
 use super::config::Architecture;
 use super::error::{ModelError, Result};
@@ -20,10 +21,14 @@ pub struct MoeConfig {
     /// The chosen experts' probabilities are renormalized to sum to one (Mixtral,
     /// Qwen3-MoE); otherwise each weighs its probability among all experts (Qwen2-MoE).
     pub normalize: bool,
-    /// Intermediate size of the expert every token runs besides the routed ones, its output
-    /// scaled by `sigmoid(gate · x)` of its own gate vector (Qwen2-MoE); 0: none.
+    /// Intermediate size of the expert every token runs besides the routed ones (Qwen2-MoE,
+    /// Granite MoE Shared); 0: none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub shared_expert_ffn_size: usize,
+    /// The shared expert's output is scaled by `sigmoid(gate · x)` of its own gate row
+    /// (Qwen2-MoE); otherwise added as is (Granite).
+    #[serde(default)]
+    pub shared_expert_gated: bool,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -97,7 +102,10 @@ impl MoeConfig {
             }
         };
         let experts = uint("expert_count")?.unwrap_or(0);
-        let is_moe_arch = matches!(arch, Architecture::Qwen2Moe | Architecture::Qwen3Moe);
+        let is_moe_arch = matches!(
+            arch,
+            Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::GraniteMoe
+        );
         if experts == 0 && !is_moe_arch {
             return Ok(None);
         }
@@ -105,8 +113,8 @@ impl MoeConfig {
             return Err(ModelError::field(
                 &path,
                 &key("expert_count"),
-                "experts in this architecture are not supported (llama/Mixtral, qwen2moe and \
-                 qwen3moe are)",
+                "experts in this architecture are not supported (llama/Mixtral, qwen2moe, \
+                 qwen3moe and granitemoe are)",
             ));
         }
         if uint("expert_group_count")?.is_some_and(|g| g > 1) {
@@ -136,14 +144,15 @@ impl MoeConfig {
                 ));
             }
         }
-        let shared = if arch == Architecture::Qwen2Moe {
-            uint("expert_shared_feed_forward_length")?.unwrap_or(ffn)
-        } else {
-            0
+        let shared = match arch {
+            Architecture::Qwen2Moe => uint("expert_shared_feed_forward_length")?.unwrap_or(ffn),
+            Architecture::GraniteMoe => uint("expert_shared_feed_forward_length")?.unwrap_or(0),
+            _ => 0,
         };
         Ok(Some(Self {
             experts,
             experts_used: uint("expert_used_count")?.unwrap_or(0),
+            // llama.cpp's Mixtral and Granite MoE experts are `feed_forward_length` wide.
             expert_ffn_size: match arch {
                 Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
                     uint("expert_feed_forward_length")?.unwrap_or(0)
@@ -153,6 +162,7 @@ impl MoeConfig {
             // As llama.cpp's graphs: Qwen2-MoE keeps the softmax over all experts.
             normalize: arch != Architecture::Qwen2Moe,
             shared_expert_ffn_size: shared,
+            shared_expert_gated: arch == Architecture::Qwen2Moe,
         }))
     }
 
@@ -171,12 +181,17 @@ impl MoeConfig {
                 .ok_or_else(|| ModelError::field(path, k, "not an unsigned integer"))
         };
         match arch {
-            Architecture::Mixtral => Ok(Some(Self {
+            // Granite MoE's top k of the scores, softmaxed: the renormalized softmax.
+            Architecture::Mixtral | Architecture::GraniteMoe => Ok(Some(Self {
                 experts: uint("num_local_experts")?,
                 experts_used: uint("num_experts_per_tok")?,
                 expert_ffn_size: uint("intermediate_size")?,
                 normalize: true,
-                shared_expert_ffn_size: 0,
+                shared_expert_ffn_size: json
+                    .get("shared_intermediate_size")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0) as usize,
+                shared_expert_gated: false,
             })),
             Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
                 let step = json
@@ -212,6 +227,7 @@ impl MoeConfig {
                     } else {
                         0
                     },
+                    shared_expert_gated: arch == Architecture::Qwen2Moe,
                 }))
             }
             _ => Ok(None),

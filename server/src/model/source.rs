@@ -112,6 +112,11 @@ impl ModelSource {
         {
             return Self::stacked_expert(g, layer, proj, expert);
         }
+        if let (Self::HfFolder(h), false) = (self, stored) {
+            if let Some(found) = Self::hf_stacked_part(h, name)? {
+                return Ok(Some(found));
+            }
+        }
         // A GGUF file keeps gate/up fused under `ffn_up`'s own name: fused only where the
         // layer has no `ffn_gate` (checked before parsing the config, which every other
         // file's `ffn_up` would otherwise cost).
@@ -175,6 +180,64 @@ impl ModelSource {
             ));
         }
         Ok(Some((stack, expert * rows..(expert + 1) * rows)))
+    }
+
+    /// Where a Hugging Face folder that stacks experts (Granite MoE) keeps `name`: expert `E`'s
+    /// gate and up are halves of its run of `blk.N.ffn_gate_up_exps` (`[experts, 2·ffn,
+    /// hidden]`, gate first), its down its run of `blk.N.ffn_down_exps`; the shared expert's
+    /// gate and up are the halves of `blk.N.ffn_gate_up_shexp`.
+    fn hf_stacked_part(
+        h: &HfFolder,
+        name: &str,
+    ) -> Result<Option<(String, std::ops::Range<usize>)>> {
+        let shape_of = |stack: &str| h.name_of(stack).and_then(|n| h.shape(&n));
+        if let Some((layer, proj, expert)) = expert_part(name) {
+            let stack = if proj == "ffn_down" {
+                format!("blk.{layer}.ffn_down_exps.weight")
+            } else {
+                format!("blk.{layer}.ffn_gate_up_exps.weight")
+            };
+            let Some(shape) = shape_of(&stack) else {
+                return Ok(None);
+            };
+            let [experts, rows, _] = shape[..] else {
+                return Err(ModelError::tensor(
+                    h.dir.display(),
+                    &h.name_of(&stack).unwrap_or(stack),
+                    format!("shape {shape:?}, expected [experts, rows, cols]"),
+                ));
+            };
+            if expert >= experts {
+                return Err(ModelError::tensor(
+                    h.dir.display(),
+                    &h.name_of(&stack).unwrap_or(stack),
+                    format!("holds {experts} experts, the model has more (expert {expert})"),
+                ));
+            }
+            let run = expert * rows..(expert + 1) * rows;
+            let part = match proj {
+                "ffn_down" => run,
+                gate_or_up => {
+                    let half = FusedPart::gate_up_rows(gate_or_up == "ffn_gate", rows);
+                    run.start + half.start..run.start + half.end
+                }
+            };
+            return Ok(Some((stack, part)));
+        }
+        let Some(rest) = name.strip_prefix("blk.") else {
+            return Ok(None);
+        };
+        let (layer, part) = rest.split_once('.').unwrap_or((rest, ""));
+        let gate = match part {
+            "ffn_gate_shexp.weight" => true,
+            "ffn_up_shexp.weight" => false,
+            _ => return Ok(None),
+        };
+        let stack = format!("blk.{layer}.ffn_gate_up_shexp.weight");
+        Ok(shape_of(&stack).map(|shape| {
+            let rows = shape.first().copied().unwrap_or(0);
+            (stack, FusedPart::gate_up_rows(gate, rows))
+        }))
     }
 
     /// A tensor as the file stores it, by canonical name.

@@ -187,6 +187,7 @@ impl SyntheticModel {
                     expert_ffn_size: 768,
                     normalize: true,
                     shared_expert_ffn_size: 0,
+                    shared_expert_gated: false,
                 }),
                 ..qwen25()
             },

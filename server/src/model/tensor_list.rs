@@ -70,9 +70,11 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
                     ]);
                 }
                 let s = moe.shared_expert_ffn_size;
+                if s > 0 && moe.shared_expert_gated {
+                    out.push((n("ffn_gate_inp_shexp"), m(1, h)));
+                }
                 if s > 0 {
                     out.extend([
-                        (n("ffn_gate_inp_shexp"), m(1, h)),
                         (n("ffn_gate_shexp"), m(s, h)),
                         (n("ffn_up_shexp"), m(s, h)),
                         (n("ffn_down_shexp"), m(h, s)),

@@ -9,22 +9,23 @@ pub const GRANITE_ATTENTION_SCALE: f64 = 0.1;
 pub const GRANITE_RESIDUAL_SCALE: f64 = 0.5;
 pub const GRANITE_LOGIT_SCALE: f64 = 3.0;
 
-/// The GGUF keys llama.cpp's converter writes.
-pub fn granite_gguf_meta(w: &mut GgufWriter) {
+/// The GGUF keys llama.cpp's converter writes (`arch`: `granite` or `granitemoe`).
+pub fn granite_gguf_meta(w: &mut GgufWriter, arch: &str) {
+    let key = |k: &str| format!("{arch}.{k}");
     w.meta(
-        "granite.embedding_scale",
+        &key("embedding_scale"),
         MetaValue::F32(GRANITE_EMBEDDING_SCALE as f32),
     )
     .meta(
-        "granite.attention.scale",
+        &key("attention.scale"),
         MetaValue::F32(GRANITE_ATTENTION_SCALE as f32),
     )
     .meta(
-        "granite.residual_scale",
+        &key("residual_scale"),
         MetaValue::F32(GRANITE_RESIDUAL_SCALE as f32),
     )
     .meta(
-        "granite.logit_scale",
+        &key("logit_scale"),
         MetaValue::F32(GRANITE_LOGIT_SCALE as f32),
     );
 }

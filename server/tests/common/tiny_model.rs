@@ -42,6 +42,8 @@ pub enum TinyArch {
     Qwen2Moe,
     /// Qwen3-MoE: Qwen3 with a mixture of experts.
     Qwen3Moe,
+    /// Granite MoE Shared: Granite with a mixture of experts and an ungated shared expert.
+    GraniteMoe,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -67,6 +69,7 @@ impl TinyArch {
             TinyArch::Mixtral => "mixtral",
             TinyArch::Qwen2Moe => "qwen2_moe",
             TinyArch::Qwen3Moe => "qwen3_moe",
+            TinyArch::GraniteMoe => "granitemoeshared",
         }
     }
 
@@ -401,6 +404,8 @@ impl TinyModel {
                         0.0,
                         &mut rng,
                     );
+                }
+                if matches!(cfg.arch, TinyArch::Qwen2Moe | TinyArch::GraniteMoe) {
                     mlps.push(("_shexp".into(), TINY_SHARED_FFN));
                 }
                 mlps
@@ -515,8 +520,8 @@ impl TinyModel {
         if c.arch == TinyArch::Phi3 {
             self.phi3_gguf_meta(&mut w);
         }
-        if c.arch == TinyArch::Granite {
-            super::tiny_granite::granite_gguf_meta(&mut w);
+        if c.arch.is_granite() {
+            super::tiny_granite::granite_gguf_meta(&mut w, c.arch.gguf_name());
         }
         if c.arch.is_moe() {
             self.moe_gguf_meta(&mut w);
@@ -525,7 +530,11 @@ impl TinyModel {
         // rope); Qwen's keep HF order.
         let permute = matches!(
             c.arch,
-            TinyArch::Llama | TinyArch::Granite | TinyArch::SmolLm3 | TinyArch::Mixtral
+            TinyArch::Llama
+                | TinyArch::Granite
+                | TinyArch::GraniteMoe
+                | TinyArch::SmolLm3
+                | TinyArch::Mixtral
         );
         for t in &self.stored_tensors(true) {
             let values = if permute && t.name.ends_with("attn_q.weight") {
@@ -566,6 +575,7 @@ impl TinyModel {
                 TinyArch::Mixtral => "MixtralForCausalLM",
                 TinyArch::Qwen2Moe => "Qwen2MoeForCausalLM",
                 TinyArch::Qwen3Moe => "Qwen3MoeForCausalLM",
+                TinyArch::GraniteMoe => "GraniteMoeSharedForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
@@ -618,7 +628,7 @@ impl TinyModel {
         if c.arch == TinyArch::Phi3 {
             self.phi3_hf_config(&mut config);
         }
-        if c.arch == TinyArch::Granite {
+        if c.arch.is_granite() {
             super::tiny_granite::granite_hf_config(&mut config);
         }
         if c.arch == TinyArch::SmolLm3 {
@@ -639,7 +649,9 @@ impl TinyModel {
             .iter()
             .map(|t| {
                 let name = lowbit::model::hf::hf_name_in(&t.name, naming).unwrap();
-                let shape = if t.rows == 1 {
+                let shape = if let Some(dims) = stacked_dims(t) {
+                    dims.iter().rev().map(|&d| d as usize).collect()
+                } else if t.rows == 1 {
                     vec![t.cols]
                 } else {
                     vec![t.rows, t.cols]

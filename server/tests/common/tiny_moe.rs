@@ -17,14 +17,22 @@ impl TinyArch {
     pub fn is_moe(self) -> bool {
         matches!(
             self,
-            TinyArch::Mixtral | TinyArch::Qwen2Moe | TinyArch::Qwen3Moe
+            TinyArch::Mixtral | TinyArch::Qwen2Moe | TinyArch::Qwen3Moe | TinyArch::GraniteMoe
         )
     }
 
+    /// Granite's scales (dense and MoE).
+    pub fn is_granite(self) -> bool {
+        matches!(self, TinyArch::Granite | TinyArch::GraniteMoe)
+    }
+
     /// Whether the chosen experts' probabilities are renormalized (Mixtral, Qwen3-MoE as
-    /// released; Qwen2-MoE keeps the softmax over all experts).
+    /// released, Granite MoE; Qwen2-MoE keeps the softmax over all experts).
     pub fn normalizes_experts(self) -> bool {
-        matches!(self, TinyArch::Mixtral | TinyArch::Qwen3Moe)
+        matches!(
+            self,
+            TinyArch::Mixtral | TinyArch::Qwen3Moe | TinyArch::GraniteMoe
+        )
     }
 
     /// The GGUF `general.architecture`: llama.cpp's converter writes Mixtral as `llama`.
@@ -33,6 +41,7 @@ impl TinyArch {
             TinyArch::Mixtral => "llama",
             TinyArch::Qwen2Moe => "qwen2moe",
             TinyArch::Qwen3Moe => "qwen3moe",
+            TinyArch::GraniteMoe => "granitemoe",
             other => other.name(),
         }
     }
@@ -42,24 +51,74 @@ impl TinyArch {
 pub(super) fn stack_experts(tensors: &[TinyTensor]) -> Vec<TinyTensor> {
     let mut out: Vec<TinyTensor> = Vec::new();
     for t in tensors {
-        let Some((layer, proj, _)) = expert_name(&t.name) else {
-            out.push(t.clone());
-            continue;
-        };
-        let stack = format!("blk.{layer}.{proj}_exps.weight");
-        match out.iter_mut().find(|s| s.name == stack) {
-            Some(s) => {
-                assert_eq!((s.dtype, s.cols), (t.dtype, t.cols), "{stack}: one dtype");
-                s.rows += t.rows;
-                s.values.extend_from_slice(&t.values);
-            }
-            None => out.push(TinyTensor {
-                name: stack,
-                ..t.clone()
-            }),
+        match expert_name(&t.name) {
+            Some((layer, proj, _)) => append(
+                &mut out,
+                TinyTensor {
+                    name: format!("blk.{layer}.{proj}_exps.weight"),
+                    ..t.clone()
+                },
+            ),
+            None => out.push(t.clone()),
         }
     }
     out
+}
+
+/// Granite MoE's Hugging Face stacks: `ffn_gate_up_exps` (each expert's gate rows, then its
+/// up rows), `ffn_down_exps`, and the shared expert's `ffn_gate_up_shexp`.
+pub(super) fn stack_granite_hf(tensors: &[TinyTensor]) -> Vec<TinyTensor> {
+    let find = |name: &str| tensors.iter().find(|t| t.name == name).unwrap();
+    let mut out: Vec<TinyTensor> = Vec::new();
+    for t in tensors {
+        let fused = |name: String, parts: &[&TinyTensor]| TinyTensor {
+            name,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            values: parts.iter().flat_map(|p| p.values.clone()).collect(),
+            ..t.clone()
+        };
+        let Some(rest) = t.name.strip_prefix("blk.") else {
+            out.push(t.clone());
+            continue;
+        };
+        let (layer, part) = rest.split_once('.').unwrap();
+        let n = |p: &str| format!("blk.{layer}.{p}.weight");
+        match expert_name(&t.name) {
+            Some((_, "ffn_gate", e)) => {
+                let up = find(&n(&format!("ffn_up.{e}")));
+                let pair = fused(n("ffn_gate_up_exps"), &[t, up]);
+                append(&mut out, pair);
+            }
+            Some((_, "ffn_down", _)) => append(&mut out, fused(n("ffn_down_exps"), &[t])),
+            Some(_) => {}
+            None => match part {
+                "ffn_gate_shexp.weight" => out.push(fused(
+                    n("ffn_gate_up_shexp"),
+                    &[t, find(&n("ffn_up_shexp"))],
+                )),
+                "ffn_up_shexp.weight" => {}
+                _ => out.push(t.clone()),
+            },
+        }
+    }
+    out
+}
+
+/// Appends `t` to the tensor of its name in `out`, or adds it.
+fn append(out: &mut Vec<TinyTensor>, t: TinyTensor) {
+    match out.iter_mut().find(|s| s.name == t.name) {
+        Some(s) => {
+            assert_eq!(
+                (s.dtype, s.cols),
+                (t.dtype, t.cols),
+                "{}: one dtype",
+                t.name
+            );
+            s.rows += t.rows;
+            s.values.extend_from_slice(&t.values);
+        }
+        None => out.push(t),
+    }
 }
 
 /// `(layer, proj, expert)` of `blk.N.{proj}.E.weight`.
@@ -91,13 +150,13 @@ impl TinyModel {
                 &key("expert_used_count"),
                 MetaValue::U32(TINY_EXPERTS_USED as u32),
             );
-        if arch != TinyArch::Mixtral {
+        if matches!(arch, TinyArch::Qwen2Moe | TinyArch::Qwen3Moe) {
             w.meta(
                 &key("expert_feed_forward_length"),
                 MetaValue::U32(self.cfg.ffn as u32),
             );
         }
-        if arch == TinyArch::Qwen2Moe {
+        if matches!(arch, TinyArch::Qwen2Moe | TinyArch::GraniteMoe) {
             w.meta(
                 &key("expert_shared_feed_forward_length"),
                 MetaValue::U32(TINY_SHARED_FFN as u32),
@@ -112,6 +171,11 @@ impl TinyModel {
         if arch == TinyArch::Mixtral {
             config["num_local_experts"] = TINY_EXPERTS.into();
             config["sliding_window"] = serde_json::Value::Null;
+            return;
+        }
+        if arch == TinyArch::GraniteMoe {
+            config["num_local_experts"] = TINY_EXPERTS.into();
+            config["shared_intermediate_size"] = TINY_SHARED_FFN.into();
             return;
         }
         config["num_experts"] = TINY_EXPERTS.into();
@@ -152,9 +216,14 @@ impl TinyModel {
             );
             out.iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
         }
-        if self.cfg.arch == TinyArch::Qwen2Moe {
-            let g = matvec(&m("ffn_gate_inp_shexp"), x)[0];
-            let w = 1.0 / (1.0 + (-g).exp());
+        if matches!(self.cfg.arch, TinyArch::Qwen2Moe | TinyArch::GraniteMoe) {
+            // Qwen2-MoE gates its shared expert; Granite adds it as is.
+            let w = if self.cfg.arch == TinyArch::Qwen2Moe {
+                let g = matvec(&m("ffn_gate_inp_shexp"), x)[0];
+                1.0 / (1.0 + (-g).exp())
+            } else {
+                1.0
+            };
             let y = swiglu(
                 &m("ffn_gate_shexp"),
                 &m("ffn_up_shexp"),

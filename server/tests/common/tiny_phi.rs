@@ -82,6 +82,9 @@ impl TinyModel {
         if self.cfg.arch.is_moe() && gguf {
             return super::tiny_moe::stack_experts(&self.tensors);
         }
+        if self.cfg.arch == TinyArch::GraniteMoe {
+            return super::tiny_moe::stack_granite_hf(&self.tensors);
+        }
         if self.cfg.arch != TinyArch::Phi3 {
             return self.tensors.clone();
         }

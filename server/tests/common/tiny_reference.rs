@@ -77,7 +77,7 @@ impl TinyModel {
             }
         };
         let emb = self.matrix("token_embd.weight");
-        let granite = arch == TinyArch::Granite;
+        let granite = arch.is_granite();
         let embed_scale = if arch.is_gemma() {
             (h as f64).sqrt()
         } else if granite {
@@ -206,7 +206,9 @@ impl TinyModel {
                 let hx = norm(x, &fnm);
                 let Some((wg, wu, wd)) = &dense else {
                     let d = self.reference_experts(l, &hx);
-                    x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                    x.iter_mut()
+                        .zip(&d)
+                        .for_each(|(a, b)| *a += residual_scale * b);
                     continue;
                 };
                 let g = matvec(wg, &hx);
