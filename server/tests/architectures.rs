@@ -23,8 +23,8 @@ use std::path::Path;
 /// The same against llama.cpp's f32 CPU path (its own f32 sums, f32 KV cache): measured
 /// 1.6e-7 for Llama, Qwen2 and Qwen3, 2.0e-7 for Phi-3 (fused projections, 12 of 16
 /// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite,
-/// 1.3e-7 to 2.2e-7 for the mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, Granite MoE
-/// Shared).
+/// 1.3e-7 to 2.3e-7 for the mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE with YaRN,
+/// Granite MoE Shared).
 const LLAMA_CPP_REL_TOL: f64 = 1e-5;
 /// Gemma against llama.cpp: its CPU GELU rounds each input to f16 and reads an f16 table
 /// (ggml's `GGML_GELU_FP16`), where lowbit and the float64 reference compute GELU's tanh form

@@ -157,7 +157,7 @@ fn qwen_files_keep_their_biases_and_head_norms() {
 /// fields and run it as Llama), a Llama file still version 1. A Phi file (its fused
 /// projections written apart) keeps partial rotary and LongRoPE, a Granite file its residual
 /// and logit scales, a SmolLM3 file its layers without RoPE: version 3. A mixture of experts
-/// (its experts written apart, the router as stored): version 4.
+/// (its experts written apart, the router as stored), YaRN (the tiny Qwen3-MoE's): version 4.
 #[test]
 fn gemma_and_phi_files_keep_their_config_and_format_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -170,6 +170,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::SmolLm3,
         TinyArch::Mixtral,
         TinyArch::Qwen2Moe,
+        TinyArch::Qwen3Moe,
         TinyArch::GraniteMoe,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
@@ -205,7 +206,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         );
         assert_eq!(file.config().unwrap().moe, source.config().unwrap().moe);
         let version = match arch {
-            TinyArch::Mixtral | TinyArch::Qwen2Moe | TinyArch::GraniteMoe => "4",
+            a if a.is_moe() => "4",
             TinyArch::Phi3 | TinyArch::Granite | TinyArch::SmolLm3 => "3",
             a if a.is_gemma() => "2",
             _ => "1",

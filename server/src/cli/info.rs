@@ -315,7 +315,6 @@ pub fn run(args: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-/// What a Gemma model adds to Llama's block, for `info`; `None` for a plain one.
 /// The scaling in a line: LongRoPE's factor lists are summarised, not printed.
 fn rope_scaling_summary(s: &crate::model::config::RopeScaling) -> String {
     use crate::model::config::RopeScaling;
@@ -331,10 +330,19 @@ fn rope_scaling_summary(s: &crate::model::config::RopeScaling) -> String {
             long_factor.len()
         ),
         RopeScaling::FreqFactors(f) => format!("{} frequency factors", f.len()),
+        RopeScaling::Yarn {
+            factor,
+            original_max_position,
+            attention_factor,
+            ..
+        } => format!(
+            "YaRN ×{factor} over an original context of {original_max_position} (attention factor {attention_factor:.4})"
+        ),
         other => format!("{other:?}"),
     }
 }
 
+/// What a Gemma model adds to Llama's block, for `info`; `None` for a plain one.
 fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
     if !c.has_gemma_features() && !c.needs_format_3() {
         return None;

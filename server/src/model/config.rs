@@ -304,9 +304,9 @@ impl LlamaConfig {
     }
 
     /// Whether the model needs what lowbit's file format version 3 could not describe: a
-    /// mixture of experts.
+    /// mixture of experts, YaRN.
     pub fn needs_format_4(&self) -> bool {
-        self.moe.is_some()
+        self.moe.is_some() || matches!(self.rope_scaling, RopeScaling::Yarn { .. })
     }
 
     /// Whether layer `layer` attends without RoPE.
@@ -495,6 +495,7 @@ impl LlamaConfig {
         };
         let context_length = opt_uint("context_length").unwrap_or(2048);
         let rope_scaling = RopeScaling::from_gguf(gguf, &key, context_length)?;
+        let context_length = rope_scaling.extended_context(context_length);
         // llama.cpp's `n_rot`: all of a head unless the file says fewer.
         let rotary_dim = opt_uint("rope.dimension_count").filter(|&d| d != head_dim);
         let n_layers = uint("block_count")?;
@@ -589,7 +590,8 @@ impl LlamaConfig {
         }
         let attention_bias = qwen2_attention;
         let n_layers = uint("num_hidden_layers")?;
-        let context_length = opt_uint("max_position_embeddings").unwrap_or(2048);
+        let context_length =
+            rope_scaling.extended_context(opt_uint("max_position_embeddings").unwrap_or(2048));
         let mut gemma =
             GemmaAdditions::from_hf_json(architecture, &p, json, hidden_size, n_layers)?;
         gemma.set_hf_windows(model_type, &p, json, n_layers, context_length)?;

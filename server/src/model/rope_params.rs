@@ -37,6 +37,17 @@ pub enum RopeScaling {
         original_max_position: usize,
         attention_factor: f64,
     },
+    /// YaRN (Qwen2.5/Qwen3 long context, OLMo 3, DeepSeek): each frequency blended between
+    /// itself (wavelengths well inside the original context, more than `beta_fast` turns in
+    /// it) and itself ÷ `factor` (fewer than `beta_slow` turns), linearly between; sines and
+    /// cosines times `attention_factor` (`1 + 0.1 ln factor` unless the model says).
+    Yarn {
+        factor: f64,
+        original_max_position: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: f64,
+    },
 }
 
 impl RopeScaling {
@@ -84,11 +95,36 @@ impl RopeScaling {
                 Some("linear") => Self::Linear {
                     factor: float("rope.scaling.factor").unwrap_or(1.0),
                 },
+                Some("yarn") => {
+                    // As llama.cpp's context setup and rope kernel combine them.
+                    let factor = float("rope.scaling.factor").unwrap_or(1.0);
+                    let mscale = |m: f64| {
+                        if factor <= 1.0 {
+                            1.0
+                        } else {
+                            0.1 * m * factor.ln() + 1.0
+                        }
+                    };
+                    let base = match float("rope.scaling.yarn_log_multiplier") {
+                        Some(m) if m != 0.0 => mscale(1.0) / mscale(m),
+                        _ => mscale(1.0),
+                    };
+                    Self::Yarn {
+                        factor,
+                        original_max_position: gguf
+                            .get(&key("rope.scaling.original_context_length"))
+                            .and_then(MetaValue::as_u64)
+                            .map_or(context_length, |v| v as usize),
+                        beta_fast: float("rope.scaling.yarn_beta_fast").unwrap_or(32.0),
+                        beta_slow: float("rope.scaling.yarn_beta_slow").unwrap_or(1.0),
+                        attention_factor: base * float("rope.scaling.attn_factor").unwrap_or(1.0),
+                    }
+                }
                 Some(other) => {
                     return Err(ModelError::field(
                         &path,
                         &key("rope.scaling.type"),
-                        format!("'{other}' is not supported (none, linear)"),
+                        format!("'{other}' is not supported (none, linear, yarn)"),
                     ))
                 }
             },
@@ -123,11 +159,45 @@ impl RopeScaling {
                 original_max_position: f("original_max_position_embeddings")?,
             },
             "longrope" | "su" => Self::long_rope_from_hf(p, json, s)?,
+            "yarn" => {
+                // Hugging Face's `_compute_yarn_parameters`.
+                let factor = f("factor")?;
+                let opt = |k: &str| s.get(k).and_then(|v| v.as_f64());
+                let mscale = |m: f64| {
+                    if factor <= 1.0 {
+                        1.0
+                    } else {
+                        0.1 * m * factor.ln() + 1.0
+                    }
+                };
+                let attention_factor = match (
+                    opt("attention_factor"),
+                    opt("mscale"),
+                    opt("mscale_all_dim"),
+                ) {
+                    (Some(a), _, _) => a,
+                    (None, Some(m), Some(all)) => mscale(m) / mscale(all),
+                    _ => mscale(1.0),
+                };
+                let original = s
+                    .get("original_max_position_embeddings")
+                    .or_else(|| json.get("original_max_position_embeddings"))
+                    .and_then(|v| v.as_u64())
+                    .or_else(|| json.get("max_position_embeddings").and_then(|v| v.as_u64()))
+                    .unwrap_or(2048) as usize;
+                Self::Yarn {
+                    factor,
+                    original_max_position: original,
+                    beta_fast: opt("beta_fast").unwrap_or(32.0),
+                    beta_slow: opt("beta_slow").unwrap_or(1.0),
+                    attention_factor,
+                }
+            }
             other => {
                 return Err(ModelError::field(
                     p,
                     "rope_scaling.rope_type",
-                    format!("'{other}' is not supported (default, linear, llama3, longrope)"),
+                    format!("'{other}' is not supported (default, linear, llama3, longrope, yarn)"),
                 ))
             }
         })
@@ -178,6 +248,20 @@ impl RopeScaling {
         })
     }
 
+    /// The context a model is good for: YaRN's is its original context times the factor,
+    /// where the file declares less (Qwen's configs keep `max_position_embeddings` at the
+    /// original and add `rope_scaling`).
+    pub(super) fn extended_context(&self, declared: usize) -> usize {
+        match self {
+            Self::Yarn {
+                factor,
+                original_max_position,
+                ..
+            } => declared.max((*original_max_position as f64 * factor) as usize),
+            _ => declared,
+        }
+    }
+
     /// Checks the factor lists fit `pairs` rotated pairs, naming the field.
     pub(super) fn validate(&self, p: &str, pairs: usize) -> Result<()> {
         let lists: Vec<(&str, &[f32])> = match self {
@@ -196,6 +280,30 @@ impl RopeScaling {
                     ));
                 }
                 vec![("short_factor", short_factor), ("long_factor", long_factor)]
+            }
+            Self::Yarn {
+                factor,
+                attention_factor,
+                original_max_position,
+                ..
+            } => {
+                for (name, v) in [
+                    ("rope.scaling.factor", *factor),
+                    ("rope.scaling.attn_factor", *attention_factor),
+                    (
+                        "rope.scaling.original_context_length",
+                        *original_max_position as f64,
+                    ),
+                ] {
+                    if !(v > 0.0 && v.is_finite()) {
+                        return Err(ModelError::field(
+                            p,
+                            name,
+                            format!("{v} is not a positive number"),
+                        ));
+                    }
+                }
+                vec![]
             }
             _ => vec![],
         };
@@ -254,6 +362,18 @@ impl LlamaConfig {
     fn rope_with(&self, theta: f64, scaling: &RopeScaling, max_positions: usize) -> Rope {
         let d = self.rotated_dims();
         let divisor = |list: &[f32], i: usize| f64::from(list.get(i).copied().unwrap_or(1.0));
+        // YaRN's ramp over the pairs: 1 (keep the frequency) up to `low`, 0 (divide it by the
+        // factor) from `high` (llama.cpp's `ggml_rope_yarn_corr_dims`, Hugging Face's
+        // `find_correction_range`).
+        let yarn_keep = |i: usize, original: usize, fast: f64, slow: f64| {
+            let dim = |turns: f64| {
+                d as f64 * (original as f64 / (turns * 2.0 * std::f64::consts::PI)).ln()
+                    / (2.0 * theta.ln())
+            };
+            let low = dim(fast).floor().max(0.0);
+            let high = dim(slow).ceil().min(d as f64 - 1.0);
+            1.0 - ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0)
+        };
         let inv_freq = (0..d / 2)
             .map(|i| {
                 let f = theta.powf(-2.0 * i as f64 / d as f64);
@@ -271,6 +391,16 @@ impl LlamaConfig {
                         } else {
                             f / divisor(short_factor, i)
                         }
+                    }
+                    RopeScaling::Yarn {
+                        factor,
+                        original_max_position,
+                        beta_fast,
+                        beta_slow,
+                        ..
+                    } => {
+                        let keep = yarn_keep(i, *original_max_position, *beta_fast, *beta_slow);
+                        f / factor * (1.0 - keep) + f * keep
                     }
                     RopeScaling::Llama3 {
                         factor,
@@ -297,6 +427,9 @@ impl LlamaConfig {
             .collect();
         let attention_factor = match scaling {
             RopeScaling::LongRope {
+                attention_factor, ..
+            }
+            | RopeScaling::Yarn {
                 attention_factor, ..
             } => *attention_factor as f32,
             _ => 1.0,
@@ -363,6 +496,47 @@ mod tests {
         let plain_rope = phi_like(RopeScaling::None).rope();
         assert_eq!(plain_rope.attention_factor, 1.0);
         assert!((f64::from(plain_rope.inv_freq[1]) - plain(1)).abs() < 1e-7 * plain(1));
+    }
+
+    /// YaRN as Hugging Face's `_compute_yarn_parameters` computes it for Qwen3's long context
+    /// (factor 4 over 32,768): frequencies kept above the fast correction dimension, divided
+    /// by 4 below the slow one, blended linearly between; `1 + 0.1 ln 4` on sine and cosine;
+    /// the context extended to 131,072.
+    #[test]
+    fn yarn_blends_frequencies_as_hugging_face_does() {
+        let json = serde_json::json!({
+            "max_position_embeddings": 40960,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                             "original_max_position_embeddings": 32768},
+        });
+        let scaling = RopeScaling::from_hf_json("config.json", &json).unwrap();
+        assert_eq!(scaling.extended_context(40960), 131_072);
+        let c = LlamaConfig {
+            head_dim: 128,
+            rotary_dim: None,
+            rope_theta: 1_000_000.0,
+            rope_scaling: scaling,
+            ..phi_like(RopeScaling::None)
+        };
+        let rope = c.rope();
+        let (dim, base, factor) = (128.0f64, 1_000_000f64, 4.0f64);
+        let correction = |turns: f64| {
+            dim * (32768.0 / (turns * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+        };
+        let (low, high) = (correction(32.0).floor(), correction(1.0).ceil());
+        assert!(low > 0.0 && high < 63.0 && low < high, "{low} {high}");
+        for i in 0..64 {
+            let extrapolation = base.powf(-2.0 * i as f64 / dim);
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            let want = extrapolation / factor * (1.0 - keep) + extrapolation * keep;
+            let got = f64::from(rope.inv_freq[i]);
+            assert!(
+                (got - want).abs() <= 1e-6 * want,
+                "pair {i}: {got} vs {want}"
+            );
+        }
+        assert!((f64::from(rope.attention_factor) - (1.0 + 0.1 * 4f64.ln())).abs() < 1e-6);
     }
 
     /// Hugging Face's defaults: the attention factor from the context ratio, the original

@@ -12,6 +12,30 @@ pub const TINY_EXPERTS: usize = 4;
 pub const TINY_EXPERTS_USED: usize = 2;
 /// Qwen2-MoE's shared expert's intermediate size.
 pub const TINY_SHARED_FFN: usize = 64;
+/// The tiny Qwen3-MoE runs YaRN (as Qwen3 is served past 32k): a factor of 4 over an original
+/// context of 64, the files' 256 positions.
+pub const YARN_FACTOR: f64 = 4.0;
+pub const YARN_ORIGINAL_CONTEXT: usize = 64;
+
+/// Hugging Face's YaRN (`_compute_yarn_parameters`, default fast and slow betas 32 and 1) for
+/// `rotated` dimensions of base `theta`: each pair's frequency divisor, and the attention
+/// factor.
+pub fn yarn_divisors(rotated: usize, theta: f64) -> (Vec<f64>, f64) {
+    let dim = rotated as f64;
+    let correction = |turns: f64| {
+        dim * (YARN_ORIGINAL_CONTEXT as f64 / (turns * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * theta.ln())
+    };
+    let low = correction(32.0).floor().max(0.0);
+    let high = correction(1.0).ceil().min(dim - 1.0);
+    let divisors = (0..rotated / 2)
+        .map(|i| {
+            let extrapolate = 1.0 - ((i as f64 - low) / (high - low)).clamp(0.0, 1.0);
+            1.0 / ((1.0 - extrapolate) / YARN_FACTOR + extrapolate)
+        })
+        .collect();
+    (divisors, 0.1 * YARN_FACTOR.ln() + 1.0)
+}
 
 impl TinyArch {
     pub fn is_moe(self) -> bool {
@@ -156,6 +180,17 @@ impl TinyModel {
                 MetaValue::U32(self.cfg.ffn as u32),
             );
         }
+        if arch == TinyArch::Qwen3Moe {
+            w.meta(&key("rope.scaling.type"), MetaValue::String("yarn".into()))
+                .meta(
+                    &key("rope.scaling.factor"),
+                    MetaValue::F32(YARN_FACTOR as f32),
+                )
+                .meta(
+                    &key("rope.scaling.original_context_length"),
+                    MetaValue::U32(YARN_ORIGINAL_CONTEXT as u32),
+                );
+        }
         if matches!(arch, TinyArch::Qwen2Moe | TinyArch::GraniteMoe) {
             w.meta(
                 &key("expert_shared_feed_forward_length"),
@@ -181,6 +216,13 @@ impl TinyModel {
         config["num_experts"] = TINY_EXPERTS.into();
         config["moe_intermediate_size"] = self.cfg.ffn.into();
         config["norm_topk_prob"] = arch.normalizes_experts().into();
+        if arch == TinyArch::Qwen3Moe {
+            config["rope_scaling"] = serde_json::json!({
+                "rope_type": "yarn",
+                "factor": YARN_FACTOR,
+                "original_max_position_embeddings": YARN_ORIGINAL_CONTEXT,
+            });
+        }
         config["decoder_sparse_step"] = 1.into();
         config["mlp_only_layers"] = serde_json::json!([]);
         if arch == TinyArch::Qwen2Moe {

@@ -34,8 +34,8 @@ pub struct RopeRule {
 
 impl RopeRule {
     /// For sequences of up to `context` positions: LongRoPE's long factors beyond the
-    /// original context.
-    pub fn of(arch: TinyArch, head_dim: usize, context: usize) -> Self {
+    /// original context (Phi-3); YaRN's blend (the tiny Qwen3-MoE, `tiny_moe.rs`).
+    pub fn of(arch: TinyArch, head_dim: usize, theta: f64, context: usize) -> Self {
         if arch == TinyArch::Phi3 {
             let list = if context > PHI3_ORIGINAL_CONTEXT {
                 PHI3_LONG_FACTORS
@@ -46,6 +46,13 @@ impl RopeRule {
                 rotated: PHI3_ROTARY_DIM,
                 divisors: list.iter().map(|&f| f64::from(f)).collect(),
                 attention_factor: phi3_attention_factor(),
+            }
+        } else if arch == TinyArch::Qwen3Moe {
+            let (divisors, attention_factor) = super::tiny_moe::yarn_divisors(head_dim, theta);
+            Self {
+                rotated: head_dim,
+                divisors,
+                attention_factor,
             }
         } else {
             Self {

@@ -63,7 +63,7 @@ impl TinyModel {
         // Hugging Face's `rotate_half` over the first `rotated` dimensions (partial rotary),
         // each frequency divided by its LongRoPE factor, sine and cosine times the attention
         // factor.
-        let rule = RopeRule::of(arch, hd, context);
+        let rule = RopeRule::of(arch, hd, c.rope_theta, context);
         let rope = |x: &mut [f64], pos: usize, theta: f64| {
             let (rd, m) = (rule.rotated, rule.attention_factor);
             for head in x.chunks_mut(hd) {
