@@ -12,6 +12,7 @@ use common::tiny_checks::{cpu, gpu, load, matches_reference_on_every_path};
 use common::tiny_model::{TinyArch, TinyConfig, TinyModel};
 use common::tiny_moe::{TINY_EXPERTS, TINY_EXPERTS_USED};
 use lowbit::engine::solo::SoloKv;
+use lowbit::model::gguf::MetaValue;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use std::path::{Path, PathBuf};
 
@@ -108,14 +109,20 @@ fn batch_logits(model: &Llama, seqs: &[&[u32]]) -> Vec<Vec<f32>> {
 }
 
 /// A sequence's logits are the same bits alone and beside others whose tokens route to other
-/// experts (so each expert multiplies a different set of rows), on the CPU and the GPU.
+/// experts (so each expert multiplies a different set of rows), on the CPU and the GPU; with
+/// Qwen2-MoE's gated shared expert too.
 #[test]
 fn a_sequences_logits_do_not_depend_on_its_batch() {
     let gpu = gpu();
-    let model = tiny(TinyArch::Qwen3Moe, 9, true);
-    let dir = tempfile::tempdir().unwrap();
-    let gguf = write_gguf(dir.path(), &model);
-    for (backend, quant) in [(cpu(), "q4"), (gpu.clone(), "as-stored")] {
+    for (arch, backend, quant) in [
+        (TinyArch::Qwen3Moe, cpu(), "q4"),
+        (TinyArch::Qwen3Moe, gpu.clone(), "as-stored"),
+        (TinyArch::Qwen2Moe, cpu(), "q4"),
+        (TinyArch::Qwen2Moe, gpu.clone(), "as-stored"),
+    ] {
+        let model = tiny(arch, 9, true);
+        let dir = tempfile::tempdir().unwrap();
+        let gguf = write_gguf(dir.path(), &model);
         let m = if quant == "as-stored" {
             let source = ModelSource::open(&gguf).unwrap();
             Llama::load(&source, backend, &QuantPolicy::as_stored()).unwrap()
@@ -125,8 +132,8 @@ fn a_sequences_logits_do_not_depend_on_its_batch() {
         let alone = batch_logits(&m, &[&TOKENS]);
         let others: [u32; 6] = [60, 2, 33, 71, 8, 95];
         let together = batch_logits(&m, &[&others, &TOKENS, &TOKENS[..4]]);
-        assert_eq!(alone[0], together[1], "{quant}: beside others");
-        assert_eq!(alone[0][..4 * 100], together[2][..], "{quant}: a prefix");
+        assert_eq!(alone[0], together[1], "{arch:?} {quant}: beside others");
+        assert_eq!(alone[0][..4 * 100], together[2][..], "{arch:?} {quant}: a prefix");
     }
 }
 
@@ -165,9 +172,29 @@ fn bad_moe_files_are_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("blk.1.ffn_down.0.weight") && err.contains("tiny.gguf"),
+        err.contains("blk.1.ffn_down_exps.weight")
+            && err.contains("blk.1.ffn_down.0.weight")
+            && err.contains("tiny.gguf"),
         "{err}"
     );
+
+    // Experts used: none; more than the stacks hold; the stacks hold more than declared.
+    let model = tiny(TinyArch::Qwen2Moe, 5, false);
+    for (key, value, named) in [
+        ("qwen2moe.expert_used_count", 0, "expert_used_count"),
+        ("qwen2moe.expert_count", 5, "holds 4 experts, the config 5"),
+        ("qwen2moe.expert_count", 3, "holds 4 experts, the config 3"),
+        ("qwen2moe.expert_count", 1 << 20, "expert_count"),
+    ] {
+        let bytes = common::with_meta(&model.gguf_bytes(), key, MetaValue::U32(value));
+        let path = dir.path().join("bad.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        let err = ModelSource::open(&path)
+            .and_then(|s| Llama::load(&s, cpu(), &QuantPolicy::as_stored()).map(|_| ()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(named) && err.contains("bad.gguf"), "{key} {value}: {err}");
+    }
 
     let model = tiny(TinyArch::Mixtral, 5, false);
     model.write_hf_folder(&dir.path().join("hf"), 1);

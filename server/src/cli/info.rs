@@ -121,11 +121,15 @@ pub fn run(args: InfoArgs) -> Result<()> {
         .sum();
     // A mixture of experts multiplies each token by `experts_used` of its experts only.
     let idle_params: u64 = config.moe.as_ref().map_or(0, |m| {
-        (config.n_layers
-            * (m.experts - m.experts_used)
-            * 3
-            * config.hidden_size
-            * m.expert_ffn_size) as u64
+        [
+            config.n_layers,
+            m.experts - m.experts_used,
+            3,
+            config.hidden_size,
+            m.expert_ffn_size,
+        ]
+        .iter()
+        .fold(1u64, |acc, &v| acc.saturating_mul(v as u64))
     });
     let active_params = params.saturating_sub(idle_params);
     let tensor_bytes: u64 = tensors.iter().map(|t| t.bytes).sum();

@@ -1,9 +1,10 @@
 //! Activation-aware quantization: statistics of each linear layer's inputs on a calibration
 //! text, gathered by running the unquantized model over it.
 //!
-//! For every block and each of its four distinct linear inputs ([`LinearInput`]), and for the
-//! output head's input, the calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding
-//! errors and its diagonal (mean squared activation per input column) weighs the scale search.
+//! For every block and each of its distinct linear inputs ([`LinearInput`]: four in a dense
+//! block, two more per expert in a mixture of experts), and for the output head's input, the
+//! calibration keeps `H = Σ xᵀx`; GPTQ uses it to compensate rounding errors and its diagonal
+//! (mean squared activation per input column) weighs the scale search.
 
 use super::error::Result;
 use super::llama::{BatchSeq, LinearInput, Llama};
@@ -19,6 +20,9 @@ use std::sync::Arc;
 pub const CALIBRATION_CTX: usize = 512;
 /// Windows used by default: 8k tokens, where GPTQ's gains level off for small models.
 pub const DEFAULT_CALIBRATION_WINDOWS: usize = 16;
+/// Most memory the experts' statistics may take (f64 Hessians, two per expert per layer):
+/// beyond it the experts are quantized without them (Qwen3-30B-A3B's would take 235 GB).
+const EXPERT_HESSIAN_BUDGET: usize = 2 << 30;
 
 /// Input statistics of every block's linear layers.
 #[derive(Debug, Default)]
@@ -54,6 +58,21 @@ impl Calibration {
                 "the calibration text is empty".into(),
             ));
         }
+        let c = model.config();
+        let expert_bytes = c.moe.as_ref().map_or(0, |m| {
+            let side = |n: usize| n.saturating_mul(n).saturating_mul(8);
+            (side(c.hidden_size).saturating_add(side(m.expert_ffn_size)))
+                .saturating_mul(m.experts)
+                .saturating_mul(c.n_layers)
+        });
+        let observe_experts = expert_bytes <= EXPERT_HESSIAN_BUDGET;
+        if !observe_experts {
+            tracing::warn!(
+                "the experts' calibration statistics would take {:.1} GB: experts are quantized \
+                 without them (GPTQ for the other matrices)",
+                expert_bytes as f64 / 1e9
+            );
+        }
         let mut calib = Self {
             n_layers: model.config().n_layers,
             tied: model.head_is_embedding(),
@@ -73,6 +92,10 @@ impl Calibration {
             };
             let hessians = &mut calib.hessians;
             model.forward_observed(&[seq], &mut kv.pool, &mut |layer, input, x| {
+                let expert = matches!(input, LinearInput::Expert(_) | LinearInput::ExpertDown(_));
+                if expert && !observe_experts {
+                    return;
+                }
                 if let Ok(values) = x.host() {
                     hessians
                         .entry((layer, input))

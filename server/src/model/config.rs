@@ -49,7 +49,8 @@ pub struct LlamaConfig {
     /// Layers that attend without RoPE ("NoPE": SmolLM3's every fourth); empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nope_layers: Vec<bool>,
-    /// A mixture of experts in place of every block's MLP (Mixtral, Qwen2-MoE, Qwen3-MoE).
+    /// A mixture of experts in place of every block's MLP (Mixtral, Qwen2-MoE, Qwen3-MoE,
+    /// Granite 3 MoE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe: Option<MoeConfig>,
     /// What Gemma adds (nothing for the others).

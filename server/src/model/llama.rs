@@ -125,6 +125,7 @@ impl Llama {
         calibration: Option<&Calibration>,
     ) -> Result<Self> {
         let c = source.config()?;
+        source.check_expert_stacks(&c)?;
         let path = source.path().display().to_string();
         let separate_output = !c.tied_embeddings || source.has_tensor("output.weight");
         Self::assemble(
@@ -326,18 +327,7 @@ impl Llama {
 
     /// Bytes of weights resident in the backend.
     pub fn weight_bytes(&self) -> usize {
-        let block_bytes: usize = self
-            .blocks
-            .iter()
-            .map(|b| {
-                b.attention_bytes()
-                    + match &b.ffn {
-                        Ffn::Dense(mlp) => mlp.resident_bytes(),
-                        Ffn::Experts(moe) => moe.resident_bytes(),
-                    }
-            })
-            .sum();
-        block_bytes
+        self.block_bytes(None)
             + self.embed.resident_bytes()
             + self.output.as_ref().map_or(0, Weight::resident_bytes)
     }
@@ -349,18 +339,23 @@ impl Llama {
     pub fn decode_weight_bytes(&self) -> usize {
         let head = self.output.as_ref().unwrap_or(&self.embed).resident_bytes();
         let used = self.config.moe.as_ref().map_or(0, |m| m.experts_used);
-        let blocks: usize = self
-            .blocks
+        self.block_bytes(Some(used)) + head
+    }
+
+    /// Every block's weights; with `experts_used`, a mixture of experts counts only that many
+    /// of its experts.
+    fn block_bytes(&self, experts_used: Option<usize>) -> usize {
+        self.blocks
             .iter()
             .map(|b| {
                 b.attention_bytes()
-                    + match &b.ffn {
-                        Ffn::Dense(mlp) => mlp.resident_bytes(),
-                        Ffn::Experts(moe) => moe.decode_bytes(used),
+                    + match (&b.ffn, experts_used) {
+                        (Ffn::Dense(mlp), _) => mlp.resident_bytes(),
+                        (Ffn::Experts(moe), None) => moe.resident_bytes(),
+                        (Ffn::Experts(moe), Some(used)) => moe.decode_bytes(used),
                     }
             })
-            .sum();
-        blocks + head
+            .sum()
     }
 
     /// Runs one step over a ragged batch and returns the logits each sequence asked for.

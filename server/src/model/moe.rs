@@ -1,4 +1,5 @@
-//! A mixture of experts in place of a block's MLP (Mixtral, Qwen2-MoE, Qwen3-MoE): a router
+//! A mixture of experts in place of a block's MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, Granite 3
+//! MoE): a router
 //! scores every expert for each token, the `experts_used` best run on it, and their outputs,
 //! weighted by the router's probabilities, are added to the residual.
 //!
@@ -6,7 +7,8 @@
 //! expert then multiplies only the rows routed to it (gathered, multiplied, scattered back by
 //! [`Backend::add_scattered`]). A row's result is thus the same whatever else is in its
 //! batch — each product is row-independent, and each row adds its experts in expert order —
-//! and an expert no token chose costs nothing. On a GPU the readback is one wait per layer.
+//! and an expert no token chose costs nothing. On a GPU the readback is one wait per layer
+//! (two for Qwen2-MoE, whose shared expert's gate comes back after the router's scores).
 
 use super::config::MoeConfig;
 use super::error::Result;
@@ -117,21 +119,22 @@ pub(crate) fn route(scores: &[f32], experts: usize, used: usize, normalize: bool
     let mut order: Vec<usize> = Vec::with_capacity(experts);
     for (row, s) in scores.chunks_exact(experts).enumerate() {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let e: Vec<f32> = s.iter().map(|&v| (v - max).exp()).collect();
+        // A NaN score (a broken model) counts as probability 0, so it neither wins nor turns
+        // the row's weights into NaN; a row with no finite score adds no experts at all.
+        let e: Vec<f32> = s
+            .iter()
+            .map(|&v| (v - max).exp())
+            .map(|p| if p.is_finite() { p } else { 0.0 })
+            .collect();
         let sum: f32 = e.iter().sum();
         order.clear();
         order.extend(0..experts);
-        // A NaN score (a broken model) ranks last.
-        let key = |x: usize| {
-            if e[x].is_nan() {
-                f32::NEG_INFINITY
-            } else {
-                e[x]
-            }
-        };
-        order.sort_by(|&a, &b| key(b).total_cmp(&key(a)));
+        order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
         let chosen = &order[..used.min(experts)];
-        let probs: Vec<f32> = chosen.iter().map(|&x| e[x] / sum).collect();
+        let probs: Vec<f32> = chosen
+            .iter()
+            .map(|&x| if sum > 0.0 { e[x] / sum } else { 0.0 })
+            .collect();
         let norm = if normalize {
             probs.iter().sum::<f32>().max(6.103_515_6e-5)
         } else {
@@ -177,7 +180,7 @@ impl Llama {
             }
         }
         let mut outputs = Vec::new();
-        for (e, (expert, route)) in moe.experts.iter().zip(&routes).enumerate() {
+        for (e, (expert, route)) in moe.experts.iter().zip(routes).enumerate() {
             if route.rows.is_empty() {
                 continue;
             }
@@ -185,7 +188,7 @@ impl Llama {
             observe(layer, LinearInput::Expert(e as u32), &xe);
             let gated = self.gated(expert, &xe)?;
             observe(layer, LinearInput::ExpertDown(e as u32), &gated);
-            outputs.push((be.matmul(&gated, &expert.down)?, route.clone()));
+            outputs.push((be.matmul(&gated, &expert.down)?, route));
         }
         if let Some(expert) = &moe.shared {
             let weights: Vec<f32> = match scores.get(1) {
@@ -242,5 +245,10 @@ mod tests {
         assert!((plain[1].weights[0] - e(2.0) / total).abs() < 1e-6);
         let per_row: usize = r.iter().map(|x| x.rows.len()).sum();
         assert_eq!(per_row, 4);
+        // A NaN score never wins and leaves the others' weights finite.
+        let broken = route(&[f32::NAN, 1.0, 0.0, -1.0], 4, 2, true);
+        assert!(broken[0].rows.is_empty());
+        assert_eq!((broken[1].rows.len(), broken[2].rows.len()), (1, 1));
+        assert!(broken.iter().flat_map(|r| &r.weights).all(|w| w.is_finite()));
     }
 }

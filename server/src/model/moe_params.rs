@@ -1,12 +1,16 @@
 //! A mixture of experts in place of each block's MLP ([`MoeConfig`]), read from a GGUF file's
 //! metadata (as llama.cpp reads it) or a Hugging Face `config.json`: Mixtral (GGUF
 //! architecture `llama` with experts), Qwen2-MoE (with a gated shared expert), Qwen3-MoE and
-//! Granite MoE (with or without an ungated shared expert).
+//! Granite 3 MoE (with or without an ungated shared expert).
 
 use super::config::Architecture;
 use super::error::{ModelError, Result};
 use super::gguf::{GgufFile, MetaValue};
 use serde::{Deserialize, Serialize};
+
+/// Most experts a layer may have (llama.cpp's `LLAMA_MAX_EXPERTS`): a file claiming more is
+/// refused before its expert names are listed.
+pub const MAX_EXPERTS: usize = 1024;
 
 /// Each token's MLP is the weighted sum of the `experts_used` experts (each a SwiGLU MLP)
 /// its router ranks highest: `softmax(router · x)`, the top `experts_used` kept.
@@ -38,10 +42,10 @@ fn is_zero(v: &usize) -> bool {
 impl MoeConfig {
     /// Checks the numbers fit together, naming the offending field.
     pub(super) fn validate(&self, path: &str, max: usize) -> Result<()> {
-        for (name, v) in [
-            ("expert_count", self.experts),
-            ("expert_used_count", self.experts_used),
-            ("expert_feed_forward_length", self.expert_ffn_size),
+        for (name, v, max) in [
+            ("expert_count", self.experts, MAX_EXPERTS),
+            ("expert_used_count", self.experts_used, MAX_EXPERTS),
+            ("expert_feed_forward_length", self.expert_ffn_size, max),
         ] {
             if v == 0 || v > max {
                 return Err(ModelError::field(
@@ -154,8 +158,12 @@ impl MoeConfig {
             experts_used: uint("expert_used_count")?.unwrap_or(0),
             // llama.cpp's Mixtral and Granite MoE experts are `feed_forward_length` wide.
             expert_ffn_size: match arch {
+                // llama.cpp's fallback where the key is missing.
                 Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
-                    uint("expert_feed_forward_length")?.unwrap_or(0)
+                    match uint("expert_feed_forward_length")? {
+                        Some(f) => f,
+                        None => ffn / uint("expert_used_count")?.unwrap_or(1).max(1),
+                    }
                 }
                 _ => ffn,
             },
@@ -167,7 +175,8 @@ impl MoeConfig {
     }
 
     /// From a Hugging Face `config.json` (`MixtralConfig`, `Qwen2MoeConfig`,
-    /// `Qwen3MoeConfig`); `None` for the dense architectures.
+    /// `Qwen3MoeConfig`, `GraniteMoeConfig`, `GraniteMoeSharedConfig`); `None` for the dense
+    /// architectures.
     pub(super) fn from_hf_json(
         arch: Architecture,
         path: &str,

@@ -98,16 +98,9 @@ impl RopeScaling {
                 Some("yarn") => {
                     // As llama.cpp's context setup and rope kernel combine them.
                     let factor = float("rope.scaling.factor").unwrap_or(1.0);
-                    let mscale = |m: f64| {
-                        if factor <= 1.0 {
-                            1.0
-                        } else {
-                            0.1 * m * factor.ln() + 1.0
-                        }
-                    };
                     let base = match float("rope.scaling.yarn_log_multiplier") {
-                        Some(m) if m != 0.0 => mscale(1.0) / mscale(m),
-                        _ => mscale(1.0),
+                        Some(m) if m != 0.0 => yarn_mscale(factor, 1.0) / yarn_mscale(factor, m),
+                        _ => yarn_mscale(factor, 1.0),
                     };
                     Self::Yarn {
                         factor,
@@ -160,24 +153,27 @@ impl RopeScaling {
             },
             "longrope" | "su" => Self::long_rope_from_hf(p, json, s)?,
             "yarn" => {
-                // Hugging Face's `_compute_yarn_parameters`.
+                // Hugging Face's `_compute_yarn_parameters`, the factor as given, as llama.cpp
+                // and vLLM read it (some transformers versions take `max_position_embeddings /
+                // original` instead).
                 let factor = f("factor")?;
                 let opt = |k: &str| s.get(k).and_then(|v| v.as_f64());
-                let mscale = |m: f64| {
-                    if factor <= 1.0 {
-                        1.0
-                    } else {
-                        0.1 * m * factor.ln() + 1.0
-                    }
-                };
+                if s.get("truncate").and_then(|v| v.as_bool()) == Some(false) {
+                    return Err(ModelError::field(
+                        p,
+                        "rope_scaling.truncate",
+                        "YaRN without rounding its correction range is not supported",
+                    ));
+                }
+                let nonzero = |k: &str| opt(k).filter(|&v| v != 0.0);
                 let attention_factor = match (
                     opt("attention_factor"),
-                    opt("mscale"),
-                    opt("mscale_all_dim"),
+                    nonzero("mscale"),
+                    nonzero("mscale_all_dim"),
                 ) {
                     (Some(a), _, _) => a,
-                    (None, Some(m), Some(all)) => mscale(m) / mscale(all),
-                    _ => mscale(1.0),
+                    (None, Some(m), Some(all)) => yarn_mscale(factor, m) / yarn_mscale(factor, all),
+                    _ => yarn_mscale(factor, 1.0),
                 };
                 let original = s
                     .get("original_max_position_embeddings")
@@ -285,8 +281,16 @@ impl RopeScaling {
                 factor,
                 attention_factor,
                 original_max_position,
-                ..
+                beta_fast,
+                beta_slow,
             } => {
+                if !(*beta_slow > 0.0 && beta_fast > beta_slow && beta_fast.is_finite()) {
+                    return Err(ModelError::field(
+                        p,
+                        "rope.scaling.yarn_beta_fast",
+                        format!("fast {beta_fast} and slow {beta_slow}: need fast > slow > 0"),
+                    ));
+                }
                 for (name, v) in [
                     ("rope.scaling.factor", *factor),
                     ("rope.scaling.attn_factor", *attention_factor),
@@ -324,6 +328,15 @@ impl RopeScaling {
             }
         }
         Ok(())
+    }
+}
+
+/// YaRN's attention scale for a `factor` and an `mscale` (Hugging Face's `get_mscale`).
+fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * mscale * factor.ln() + 1.0
     }
 }
 
@@ -499,9 +512,11 @@ mod tests {
     }
 
     /// YaRN as Hugging Face's `_compute_yarn_parameters` computes it for Qwen3's long context
-    /// (factor 4 over 32,768): frequencies kept above the fast correction dimension, divided
-    /// by 4 below the slow one, blended linearly between; `1 + 0.1 ln 4` on sine and cosine;
-    /// the context extended to 131,072.
+    /// (factor 4 over 32,768, the factor read as given, as llama.cpp and vLLM read it; some
+    /// transformers versions derive it from `max_position_embeddings`): frequencies kept above
+    /// the fast correction dimension, divided by 4 below the slow one, blended linearly
+    /// between; `1 + 0.1 ln 4` on sine and cosine; the context extended to 131,072. Betas out
+    /// of order are refused by name.
     #[test]
     fn yarn_blends_frequencies_as_hugging_face_does() {
         let json = serde_json::json!({
@@ -537,6 +552,15 @@ mod tests {
             );
         }
         assert!((f64::from(rope.attention_factor) - (1.0 + 0.1 * 4f64.ln())).abs() < 1e-6);
+        let swapped = RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position: 32768,
+            beta_fast: 1.0,
+            beta_slow: 32.0,
+            attention_factor: 1.0,
+        };
+        let err = swapped.validate("config.json", 64).unwrap_err().to_string();
+        assert!(err.contains("yarn_beta_fast"), "{err}");
     }
 
     /// Hugging Face's defaults: the attention factor from the context ratio, the original

@@ -162,7 +162,12 @@ impl ModelSource {
     ) -> Result<Option<(String, std::ops::Range<usize>)>> {
         let stack = format!("blk.{layer}.{proj}_exps.weight");
         let Some(info) = g.tensor_info(&stack) else {
-            return Ok(None);
+            // Neither stacked nor stored apart (llama.cpp's older Mixtral files).
+            return Err(ModelError::tensor(
+                g.path().display(),
+                &stack,
+                format!("missing (nor is blk.{layer}.{proj}.{expert}.weight stored apart)"),
+            ));
         };
         let [_, rows, experts] = info.dims[..] else {
             return Err(ModelError::tensor(
@@ -180,6 +185,37 @@ impl ModelSource {
             ));
         }
         Ok(Some((stack, expert * rows..(expert + 1) * rows)))
+    }
+
+    /// Checks that every stack of experts the file has holds the config's number of experts
+    /// (a stack of more would otherwise be read in part, silently).
+    pub fn check_expert_stacks(&self, c: &LlamaConfig) -> Result<()> {
+        let Some(moe) = &c.moe else {
+            return Ok(());
+        };
+        for layer in 0..c.n_layers {
+            for proj in ["ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"] {
+                let stack = format!("blk.{layer}.{proj}_exps.weight");
+                let held = match self {
+                    Self::Gguf(g) => g
+                        .tensor_info(&stack)
+                        .map(|t| t.dims.get(2).copied().unwrap_or(1) as usize),
+                    Self::HfFolder(h) => h
+                        .name_of(&stack)
+                        .and_then(|n| h.shape(&n))
+                        .map(|s| s.first().copied().unwrap_or(0)),
+                    Self::Lowbit(_) => None,
+                };
+                if let Some(held) = held.filter(|&n| n != moe.experts) {
+                    return Err(ModelError::tensor(
+                        self.path().display(),
+                        &self.stored_name(&stack),
+                        format!("holds {held} experts, the config {}", moe.experts),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Where a Hugging Face folder that stacks experts (Granite MoE) keeps `name`: expert `E`'s

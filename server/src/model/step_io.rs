@@ -59,7 +59,8 @@ pub enum LinearInput {
     Expert(u32),
     /// Expert `E`'s `silu(gate) * up`: input of `ffn_down.E`.
     ExpertDown(u32),
-    /// The shared expert's `silu(gate) * up`: input of `ffn_down_shexp` (Qwen2-MoE).
+    /// The shared expert's `silu(gate) * up`: input of `ffn_down_shexp` (Qwen2-MoE, Granite
+    /// MoE Shared).
     SharedExpertDown,
 }
 

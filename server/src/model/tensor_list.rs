@@ -7,8 +7,9 @@ use super::config::LlamaConfig;
 ///
 /// A mixture of experts' tensors are `blk.N.ffn_gate_inp` (the router, one row per expert),
 /// `blk.N.ffn_{gate,up,down}.E` (expert `E`'s matrices: llama.cpp's names for experts stored
-/// apart; its files stack them in `blk.N.ffn_{gate,up,down}_exps`) and Qwen2-MoE's shared
-/// expert `blk.N.ffn_{gate,up,down}_shexp` with its gate row `blk.N.ffn_gate_inp_shexp`.
+/// apart; its files stack them in `blk.N.ffn_{gate,up,down}_exps`) and the shared expert
+/// `blk.N.ffn_{gate,up,down}_shexp` (Qwen2-MoE, Granite MoE Shared) with, where gated
+/// (Qwen2-MoE), its gate row `blk.N.ffn_gate_inp_shexp`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorRole {
     Matrix { rows: usize, cols: usize },

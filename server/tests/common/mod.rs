@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod tiny_checks;
+pub mod tiny_encoding;
 pub mod tiny_granite;
 pub mod tiny_model;
 pub mod tiny_moe;
@@ -50,6 +51,22 @@ pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
 /// up to `vocab`) to a GGUF file, so that tokenizer-needing commands work on tiny models.
 pub fn with_tokenizer(gguf: &[u8], vocab: usize) -> Vec<u8> {
     with_tokenizer_and_controls(gguf, vocab, &[])
+}
+
+/// The GGUF file `gguf` with metadata `key` set to `value` (added or replaced).
+pub fn with_meta(gguf: &[u8], key: &str, value: lowbit::model::gguf::MetaValue) -> Vec<u8> {
+    use lowbit::model::gguf::{GgufFile, GgufWriter};
+    let base = GgufFile::from_bytes(std::path::Path::new("t.gguf"), gguf.to_vec()).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in base.metadata().iter().filter(|(k, _)| k.as_str() != key) {
+        w.meta(k, v.clone());
+    }
+    w.meta(key, value);
+    for t in base.tensors() {
+        let raw = base.raw_tensor(t).unwrap();
+        w.tensor(&t.name, &t.dims, t.dtype, raw.data.to_vec());
+    }
+    w.to_bytes()
 }
 
 /// [`with_tokenizer`] whose last ids are the control tokens `controls` (FIM tokens, …).
