@@ -133,7 +133,11 @@ fn a_sequences_logits_do_not_depend_on_its_batch() {
         let others: [u32; 6] = [60, 2, 33, 71, 8, 95];
         let together = batch_logits(&m, &[&others, &TOKENS, &TOKENS[..4]]);
         assert_eq!(alone[0], together[1], "{arch:?} {quant}: beside others");
-        assert_eq!(alone[0][..4 * 100], together[2][..], "{arch:?} {quant}: a prefix");
+        assert_eq!(
+            alone[0][..4 * 100],
+            together[2][..],
+            "{arch:?} {quant}: a prefix"
+        );
     }
 }
 
@@ -193,7 +197,10 @@ fn bad_moe_files_are_named() {
             .and_then(|s| Llama::load(&s, cpu(), &QuantPolicy::as_stored()).map(|_| ()))
             .unwrap_err()
             .to_string();
-        assert!(err.contains(named) && err.contains("bad.gguf"), "{key} {value}: {err}");
+        assert!(
+            err.contains(named) && err.contains("bad.gguf"),
+            "{key} {value}: {err}"
+        );
     }
 
     let model = tiny(TinyArch::Mixtral, 5, false);

@@ -249,6 +249,9 @@ mod tests {
         let broken = route(&[f32::NAN, 1.0, 0.0, -1.0], 4, 2, true);
         assert!(broken[0].rows.is_empty());
         assert_eq!((broken[1].rows.len(), broken[2].rows.len()), (1, 1));
-        assert!(broken.iter().flat_map(|r| &r.weights).all(|w| w.is_finite()));
+        assert!(broken
+            .iter()
+            .flat_map(|r| &r.weights)
+            .all(|w| w.is_finite()));
     }
 }

@@ -58,7 +58,12 @@ pub fn encode(dtype: SourceDType, values: &[f32]) -> Vec<u8> {
 }
 
 /// Rounds values through a dtype so the float64 reference sees what the file stores.
-pub(super) fn representable(dtype: SourceDType, rows: usize, cols: usize, values: Vec<f32>) -> Vec<f32> {
+pub(super) fn representable(
+    dtype: SourceDType,
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+) -> Vec<f32> {
     let bytes = encode(dtype, &values);
     lowbit_gpu::RawTensor::new(dtype, rows, cols, &bytes)
         .expect("encoded size")

@@ -2,8 +2,8 @@
 //! Q/K permutation and some quantized tensors) and as a Hugging Face folder, plus a naive
 //! float64 forward pass to check lowbit against.
 
-pub use super::tiny_encoding::{encode, permute_rows};
 use super::tiny_encoding::representable;
+pub use super::tiny_encoding::{encode, permute_rows};
 use super::tiny_moe::{stacked_dims, TINY_EXPERTS, TINY_SHARED_FFN};
 use lowbit::model::gguf::{GgufWriter, MetaValue};
 use lowbit_gpu::SourceDType;
