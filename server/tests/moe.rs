@@ -275,3 +275,34 @@ fn a_decode_step_counts_only_the_experts_a_token_runs() {
         embedding + idle_experts
     );
 }
+
+/// Calibration sees each expert's own rows (its statistics for its three matrices), the
+/// shared expert's input and the router's; a GPTQ-quantized model loads from them.
+#[test]
+fn calibration_gathers_statistics_per_expert() {
+    let model = tiny(TinyArch::Qwen2Moe, 10, false);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, common::with_tokenizer(&model.gguf_bytes(), 100)).unwrap();
+    let source = ModelSource::open(&path).unwrap();
+    let tokenizer = source.tokenizer().unwrap();
+    let text = "pack my box with five dozen liquor jugs; the quick brown fox! ".repeat(20);
+    let calibration = lowbit::model::Calibration::gather(&source, &tokenizer, &text, 2).unwrap();
+    let dim = |name: &str| calibration.hessian(name).map(|h| h.dim);
+    for e in 0..TINY_EXPERTS {
+        assert_eq!(
+            dim(&format!("blk.1.ffn_up.{e}.weight")),
+            Some(64),
+            "expert {e}"
+        );
+        assert_eq!(
+            dim(&format!("blk.1.ffn_down.{e}.weight")),
+            Some(32),
+            "expert {e}"
+        );
+    }
+    assert_eq!(dim("blk.0.ffn_gate_inp.weight"), Some(64));
+    assert_eq!(dim("blk.0.ffn_down_shexp.weight"), Some(64));
+    let q4 = QuantPolicy::parse("q4g32", None).unwrap();
+    Llama::load_calibrated(&source, cpu(), &q4, Some(&calibration)).unwrap();
+}
