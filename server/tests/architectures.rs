@@ -36,7 +36,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 13] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 14] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -50,6 +50,7 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 13] = [
     (TinyArch::Qwen2Moe, 51),
     (TinyArch::Qwen3Moe, 52),
     (TinyArch::GraniteMoe, 53),
+    (TinyArch::Olmo3, 55),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
@@ -66,8 +67,8 @@ fn tiny(arch: TinyArch, seed: u64, tied: bool, quantized: bool) -> TinyModel {
         cfg.layers = 6;
         cfg.rope_theta = 1_000_000.0;
     }
-    if arch == TinyArch::SmolLm3 {
-        // Layer 3 attends without RoPE.
+    if matches!(arch, TinyArch::SmolLm3 | TinyArch::Olmo3) {
+        // Layer 3 attends without RoPE (SmolLM3), globally with YaRN (OLMo 3).
         cfg.layers = 4;
     }
     TinyModel::random(cfg, seed, quantized)
@@ -89,6 +90,15 @@ fn gemma_gguf_files_match_float64_reference_on_the_cpu_and_the_gpu() {
             &format!("{arch:?}"),
         );
     }
+}
+
+/// OLMo 3 (norms after the sub-blocks only, Q/K norms over whole projections, three sliding
+/// layers of four with plain RoPE, YaRN on the fourth) against the float64 reference on every
+/// path; the prompt's pieces cross the window's edge.
+#[test]
+fn olmo3_matches_float64_reference_on_the_cpu_and_the_gpu() {
+    let model = tiny(TinyArch::Olmo3, 33, false, true);
+    matches_reference_on_every_path(&model, &TOKENS, &[3, 1, 5, 1, 1], &gpu(), "Olmo3");
 }
 
 /// What each Gemma reads from its file: the window, the soft caps and the sliding layers
@@ -231,6 +241,7 @@ fn a_missing_bias_or_head_norm_is_named() {
         (TinyArch::Gemma3, "blk.0.attn_q_norm.weight"),
         // Phi-3 without its fused Q/K/V: the part is named.
         (TinyArch::Phi3, "blk.1.attn_q.weight"),
+        (TinyArch::Olmo3, "blk.2.post_ffw_norm.weight"),
     ] {
         let mut model = tiny(arch, 5, true, false);
         model.tensors.retain(|t| t.name != missing);
@@ -265,9 +276,9 @@ fn fnv1a(bytes: &[u8]) -> String {
 }
 
 /// Every tensor F32 (an untied tiny head is Q8_0, which llama.cpp multiplies with 8-bit
-/// activations), so tied; llama.cpp's Qwen2-MoE needs its own head, stored F32.
+/// activations), so tied; llama.cpp's Qwen2-MoE and OLMo need their own head, stored F32.
 fn fixture_model(arch: TinyArch, seed: u64) -> TinyModel {
-    if arch == TinyArch::Qwen2Moe {
+    if matches!(arch, TinyArch::Qwen2Moe | TinyArch::Olmo3) {
         let mut model = tiny(arch, seed, false, false);
         for t in model
             .tensors

@@ -25,7 +25,11 @@ fn tiny_gguf_of(dir: &Path, arch: TinyArch) -> PathBuf {
         hidden: 128,
         ffn: 192,
         // SmolLM3's fourth layer is its first without RoPE.
-        layers: if arch == TinyArch::SmolLm3 { 4 } else { 2 },
+        layers: if matches!(arch, TinyArch::SmolLm3 | TinyArch::Olmo3) {
+            4
+        } else {
+            2
+        },
         ..TinyConfig::default()
     };
     let tiny = TinyModel::random(cfg, 21, true);
@@ -172,6 +176,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::Qwen2Moe,
         TinyArch::Qwen3Moe,
         TinyArch::GraniteMoe,
+        TinyArch::Olmo3,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
@@ -206,7 +211,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         );
         assert_eq!(file.config().unwrap().moe, source.config().unwrap().moe);
         let version = match arch {
-            a if a.is_moe() => "4",
+            a if a.is_moe() || a == TinyArch::Olmo3 => "4",
             TinyArch::Phi3 | TinyArch::Granite | TinyArch::SmolLm3 => "3",
             a if a.is_gemma() => "2",
             _ => "1",

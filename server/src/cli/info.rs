@@ -207,10 +207,10 @@ pub fn run(args: InfoArgs) -> Result<()> {
         } else {
             ""
         },
-        if config.qk_norm {
-            "; Q/K head norms"
-        } else {
-            ""
+        match (config.qk_norm, config.qk_norm_whole) {
+            (true, false) => "; Q/K head norms",
+            (true, true) => "; Q/K norms over whole projections",
+            _ => "",
         },
     )?;
     if let Some(gemma) = gemma_summary(&config) {
@@ -356,7 +356,11 @@ fn gemma_summary(c: &crate::model::config::LlamaConfig) -> Option<String> {
         parts.push(format!("embeddings × {s}"));
     }
     if c.gemma.post_norms {
-        parts.push("post-norms".into());
+        parts.push(if c.no_pre_norms {
+            "post-norms only".into()
+        } else {
+            "post-norms".into()
+        });
     }
     if let Some(s) = c.gemma.attention_scale {
         parts.push(format!("score scale {s}"));

@@ -46,6 +46,14 @@ pub struct LlamaConfig {
     /// (Qwen3, Gemma 3).
     #[serde(default)]
     pub qk_norm: bool,
+    /// The Q/K norms span each row's whole projection, one weight per query or key value
+    /// (OLMo 2/3), rather than each head.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub qk_norm_whole: bool,
+    /// No RMSNorm before attention and the MLP: only [`GemmaAdditions::post_norms`] after
+    /// them (OLMo 2/3).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_pre_norms: bool,
     /// Layers that attend without RoPE ("NoPE": SmolLM3's every fourth); empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nope_layers: Vec<bool>,
@@ -115,6 +123,8 @@ impl Default for LlamaConfig {
             attention_bias: false,
             qk_norm: false,
             nope_layers: Vec::new(),
+            qk_norm_whole: false,
+            no_pre_norms: false,
             moe: None,
             gemma: GemmaAdditions::default(),
         }
@@ -158,6 +168,9 @@ pub(super) enum Architecture {
     SmolLm3,
     /// Granite 3.x MoE (and its shared-expert variant): Granite with a mixture of experts.
     GraniteMoe,
+    /// OLMo 2 and OLMo 3: norms after attention and the MLP only, Q/K norms over the whole
+    /// projections; OLMo 3 slides three layers of four.
+    Olmo2,
     /// Mixtral: Llama's block with a mixture of experts (GGUF files name it `llama`).
     Mixtral,
     /// Qwen2-MoE: Qwen2's block with a mixture of experts and a shared expert.
@@ -180,6 +193,7 @@ impl Architecture {
             "phi3" => Self::Phi3,
             "granite" => Self::Granite,
             "granitemoe" | "granitemoeshared" => Self::GraniteMoe,
+            "olmo2" | "olmo3" => Self::Olmo2,
             "smollm3" => Self::SmolLm3,
             "mixtral" => Self::Mixtral,
             "qwen2moe" | "qwen2_moe" => Self::Qwen2Moe,
@@ -190,7 +204,7 @@ impl Architecture {
 
     const SUPPORTED: &'static str =
         "llama, mistral, mixtral, qwen2, qwen2moe, qwen3, qwen3moe, gemma, gemma2, gemma3, phi3, \
-         granite, granitemoe, smollm3";
+         granite, granitemoe, olmo2, olmo3, smollm3";
 
     /// Granite's scales (dense and MoE).
     pub(super) fn is_granite(self) -> bool {
@@ -199,7 +213,10 @@ impl Architecture {
 
     /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
     fn has_qk_norm(self) -> bool {
-        matches!(self, Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3)
+        matches!(
+            self,
+            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 | Self::Olmo2
+        )
     }
 
     pub(super) fn is_gemma(self) -> bool {
@@ -222,6 +239,7 @@ impl Architecture {
             | Self::Gemma
             | Self::Gemma2
             | Self::Gemma3
+            | Self::Olmo2
             | Self::Phi3 => RopeStyle::HalfSplit,
         }
     }
@@ -305,9 +323,12 @@ impl LlamaConfig {
     }
 
     /// Whether the model needs what lowbit's file format version 3 could not describe: a
-    /// mixture of experts, YaRN.
+    /// mixture of experts, YaRN, OLMo's norms.
     pub fn needs_format_4(&self) -> bool {
-        self.moe.is_some() || matches!(self.rope_scaling, RopeScaling::Yarn { .. })
+        self.moe.is_some()
+            || matches!(self.rope_scaling, RopeScaling::Yarn { .. })
+            || self.qk_norm_whole
+            || self.no_pre_norms
     }
 
     /// Whether layer `layer` attends without RoPE.
@@ -433,6 +454,13 @@ impl LlamaConfig {
             ));
         }
         self.rope_scaling.validate(&p.to_string(), rotated / 2)?;
+        if self.no_pre_norms && !self.gemma.post_norms {
+            return Err(ModelError::field(
+                &p,
+                "no_pre_norms",
+                "a block without pre-norms needs post-norms",
+            ));
+        }
         if let Some(moe) = &self.moe {
             moe.validate(&p.to_string(), MAX_DIMENSION)?;
             if self.gemma.post_norms {
@@ -530,6 +558,8 @@ impl LlamaConfig {
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some()
                 || gguf.tensor_info("blk.0.attn_qkv.bias").is_some(),
             qk_norm: architecture.has_qk_norm(),
+            qk_norm_whole: architecture == Architecture::Olmo2,
+            no_pre_norms: architecture == Architecture::Olmo2,
             // llama.cpp: every fourth layer (its step is fixed).
             nope_layers: if architecture == Architecture::SmolLm3 {
                 (0..n_layers).map(|l| (l + 1).is_multiple_of(4)).collect()
@@ -623,6 +653,8 @@ impl LlamaConfig {
             context_length,
             attention_bias,
             qk_norm: architecture.has_qk_norm(),
+            qk_norm_whole: architecture == Architecture::Olmo2,
+            no_pre_norms: architecture == Architecture::Olmo2,
             nope_layers: if architecture == Architecture::SmolLm3 {
                 hf_nope_layers(&p, json, n_layers)?
             } else {
@@ -637,6 +669,10 @@ impl LlamaConfig {
 
 /// SmolLM3's layers without RoPE: `no_rope_layers` (1 rotates, 0 does not) or every
 /// `no_rope_layer_interval`-th layer (4), as Hugging Face reads them.
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 fn hf_nope_layers(p: &str, json: &serde_json::Value, layers: usize) -> Result<Vec<bool>> {
     if let Some(flags) = json.get("no_rope_layers").and_then(|v| v.as_array()) {
         let nope: Option<Vec<bool>> = flags.iter().map(|f| f.as_u64().map(|f| f == 0)).collect();

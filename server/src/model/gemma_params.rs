@@ -62,6 +62,19 @@ impl GemmaAdditions {
             "mistral" | "mixtral" | "phi3" => {
                 self.set_window_on_every_layer(window, layers, context)
             }
+            // OLMo 3: `layer_types`, else three sliding layers of four; unscaled RoPE there.
+            "olmo3" if window > 0 && window < context => {
+                self.sliding_window = window;
+                self.sliding_layers = match layer_kinds(path, json, layers)? {
+                    Some(flags) => flags,
+                    None => (0..layers).map(|l| (l + 1) % 4 != 0).collect(),
+                };
+                self.sliding_rope_theta = Some(
+                    json.get("rope_theta")
+                        .and_then(|v| v.as_f64())
+                        .unwrap_or(10_000.0),
+                );
+            }
             "qwen2" | "qwen3" | "qwen2_moe" | "qwen3_moe"
                 if json.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(true) =>
             {
@@ -112,6 +125,10 @@ impl GemmaAdditions {
                 float("residual_multiplier"),
                 float("logits_scaling"),
             );
+            return Ok(p);
+        }
+        if arch == Architecture::Olmo2 {
+            p.post_norms = true;
             return Ok(p);
         }
         if !arch.is_gemma() {
@@ -172,7 +189,6 @@ impl GemmaAdditions {
         heads: usize,
         layers: usize,
     ) -> Result<Self> {
-        let path = gguf.path().display().to_string();
         let mut p = Self::default();
         let float = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_f64);
         if arch.is_granite() {
@@ -184,10 +200,22 @@ impl GemmaAdditions {
             );
             return Ok(p);
         }
+        let uint = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_u64);
+        if arch == Architecture::Olmo2 {
+            // OLMo 3's window on three layers of four (llama.cpp's default pattern), RoPE
+            // unscaled there: YaRN only on the global layers, as llama.cpp's graph does.
+            p.post_norms = true;
+            p.sliding_window = uint("attention.sliding_window").unwrap_or(0) as usize;
+            if p.sliding_window > 0 {
+                p.sliding_layers = gguf_sliding_layers(gguf, key, layers, 4)?;
+                p.sliding_rope_theta = float("rope.freq_base_swa").or(float("rope.freq_base"));
+                p.sliding_rope_theta.get_or_insert(10_000.0);
+            }
+            return Ok(p);
+        }
         if !arch.is_gemma() {
             return Ok(p);
         }
-        let uint = |k: &str| gguf.get(&key(k)).and_then(MetaValue::as_u64);
         p.activation = Activation::GeluTanh;
         // llama.cpp scales in f32: sqrtf(n_embd).
         p.embedding_scale = Some((hidden as f32).sqrt());
@@ -223,29 +251,40 @@ impl GemmaAdditions {
         if p.sliding_window == 0 {
             return Ok(p);
         }
-        let pattern_key = key("attention.sliding_window_pattern");
-        p.sliding_layers = match gguf.get(&pattern_key) {
-            Some(MetaValue::Array(flags)) => {
-                let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
-                match flags {
-                    Some(f) if f.len() == layers => f,
-                    _ => {
-                        return Err(ModelError::field(
-                            &path,
-                            &pattern_key,
-                            format!("not {layers} booleans, one per layer"),
-                        ))
-                    }
-                }
-            }
-            other => {
-                let n = other.and_then(MetaValue::as_u64).unwrap_or(pattern_default) as usize;
-                // llama.cpp's `set_swa_pattern`: of every n layers the last is global.
-                (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
-            }
-        };
+        p.sliding_layers = gguf_sliding_layers(gguf, key, layers, pattern_default)?;
         Ok(p)
     }
+}
+
+/// Which layers slide, from GGUF `attention.sliding_window_pattern`: one flag per layer, or
+/// `n` (llama.cpp's `set_swa_pattern`: of every `n` layers the last is global), `default`
+/// where absent.
+fn gguf_sliding_layers(
+    gguf: &GgufFile,
+    key: &dyn Fn(&str) -> String,
+    layers: usize,
+    default: u64,
+) -> Result<Vec<bool>> {
+    let pattern_key = key("attention.sliding_window_pattern");
+    Ok(match gguf.get(&pattern_key) {
+        Some(MetaValue::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
+            match flags {
+                Some(f) if f.len() == layers => f,
+                _ => {
+                    return Err(ModelError::field(
+                        gguf.path().display().to_string(),
+                        &pattern_key,
+                        format!("not {layers} booleans, one per layer"),
+                    ))
+                }
+            }
+        }
+        other => {
+            let n = other.and_then(MetaValue::as_u64).unwrap_or(default) as usize;
+            (0..layers).map(|l| n == 0 || l % n < n - 1).collect()
+        }
+    })
 }
 
 /// Newer Hugging Face configs name each layer's kind (`layer_types`): which slide.

@@ -282,6 +282,9 @@ pub enum HfNaming {
     /// Mixtral: Llama's names, the experts under `block_sparse_moe` (`gate`, and `w1`, `w3`,
     /// `w2` for each expert's gate, up and down).
     Mixtral,
+    /// OLMo 2/3: Gemma 2's names of the norms after attention and the MLP
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`), stored as multiplied.
+    Olmo2,
     /// Granite MoE: Llama's names, the experts stacked under `block_sparse_moe`
     /// (`router.layer`, `input_linear` of each expert's gate then up, `output_linear`), the
     /// shared expert's `shared_mlp` likewise.
@@ -296,8 +299,14 @@ impl HfNaming {
             Some("gemma2" | "gemma3" | "gemma3_text") => Self::GemmaPostNorms,
             Some("mixtral") => Self::Mixtral,
             Some("granitemoe" | "granitemoeshared") => Self::GraniteMoe,
+            Some("olmo2" | "olmo3") => Self::Olmo2,
             _ => Self::Llama,
         }
+    }
+
+    /// Gemma 2's names of the norms after each sub-block.
+    fn post_norm_names(self) -> bool {
+        matches!(self, Self::GemmaPostNorms | Self::Olmo2)
     }
 
     fn norms_offset_by_one(self) -> bool {
@@ -337,15 +346,11 @@ pub fn hf_name_in(canonical: &str, naming: HfNaming) -> Option<String> {
         "attn_qkv.weight" => "self_attn.qkv_proj.weight",
         "attn_qkv.bias" => "self_attn.qkv_proj.bias",
         "ffn_gate_up.weight" => "mlp.gate_up_proj.weight",
-        "ffn_norm.weight" if naming == HfNaming::GemmaPostNorms => {
-            "pre_feedforward_layernorm.weight"
-        }
-        "post_attention_norm.weight" if naming == HfNaming::GemmaPostNorms => {
+        "ffn_norm.weight" if naming.post_norm_names() => "pre_feedforward_layernorm.weight",
+        "post_attention_norm.weight" if naming.post_norm_names() => {
             "post_attention_layernorm.weight"
         }
-        "post_ffw_norm.weight" if naming == HfNaming::GemmaPostNorms => {
-            "post_feedforward_layernorm.weight"
-        }
+        "post_ffw_norm.weight" if naming.post_norm_names() => "post_feedforward_layernorm.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",

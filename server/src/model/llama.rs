@@ -51,16 +51,18 @@ enum Ffn {
 /// One transformer block.
 #[derive(Debug)]
 struct Block {
-    attn_norm: Tensor,
+    /// `None` where the block norms only after its sub-blocks (OLMo 2/3).
+    attn_norm: Option<Tensor>,
     q: Weight,
     k: Weight,
     v: Weight,
     /// Q, K and V biases (Qwen2).
     qkv_bias: Option<[Tensor; 3]>,
-    /// Per-head RMSNorm weights of the queries and the keys (Qwen3).
+    /// RMSNorm weights of the queries and the keys: per head (Qwen3), or over each row's
+    /// whole projection where the config says `qk_norm_whole` (OLMo 2/3).
     qk_norm: Option<[Tensor; 2]>,
     o: Weight,
-    ffn_norm: Tensor,
+    ffn_norm: Option<Tensor>,
     ffn: Ffn,
     /// RMSNorm weights of the attention and MLP outputs before their residual adds (Gemma 2/3).
     post_norms: Option<[Tensor; 2]>,
@@ -193,7 +195,11 @@ impl Llama {
         let mut blocks = Vec::new();
         for i in 0..c.n_layers {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
-            let attn_norm = vector(&n("attn_norm"), h)?;
+            let attn_norm = if c.no_pre_norms {
+                None
+            } else {
+                Some(vector(&n("attn_norm"), h)?)
+            };
             // Weights that multiply the same input load together (one product on the GPU).
             let [q, k, v] = together(
                 &backend,
@@ -214,15 +220,24 @@ impl Llama {
                 None
             };
             let qk_norm = if c.qk_norm {
+                let (q_len, k_len) = if c.qk_norm_whole {
+                    (q_dim, kv_dim)
+                } else {
+                    (c.head_dim, c.head_dim)
+                };
                 Some([
-                    vector(&n("attn_q_norm"), c.head_dim)?,
-                    vector(&n("attn_k_norm"), c.head_dim)?,
+                    vector(&n("attn_q_norm"), q_len)?,
+                    vector(&n("attn_k_norm"), k_len)?,
                 ])
             } else {
                 None
             };
             let o = backend.load_weight(host_matrix(&n("attn_output"), h, q_dim)?)?;
-            let ffn_norm = vector(&n("ffn_norm"), h)?;
+            let ffn_norm = if c.no_pre_norms {
+                None
+            } else {
+                Some(vector(&n("ffn_norm"), h)?)
+            };
             let ffn = match &c.moe {
                 None => Ffn::Dense(Box::new(load_mlp(
                     &backend,
@@ -470,12 +485,19 @@ impl Llama {
         for (layer, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", layer).entered();
             let residual = &x;
-            let h = be.rms_norm(&x, &block.attn_norm, c.rms_eps)?;
-            observe(layer, LinearInput::Attention, &h);
+            let normed;
+            let h = match &block.attn_norm {
+                Some(norm) => {
+                    normed = be.rms_norm(&x, norm, c.rms_eps)?;
+                    &normed
+                }
+                None => &x,
+            };
+            observe(layer, LinearInput::Attention, h);
             // Each sub-block's output projection adds the residual (a backend may fuse it).
             let x_mid = self.attention(
                 (layer, block),
-                &h,
+                h,
                 residual,
                 &positions,
                 &spans,
@@ -484,9 +506,16 @@ impl Llama {
             )?;
 
             let residual = &x_mid;
-            let h = be.rms_norm(&x_mid, &block.ffn_norm, c.rms_eps)?;
-            observe(layer, LinearInput::Mlp, &h);
-            x = self.mlp((layer, block), &h, residual, observe)?;
+            let normed;
+            let h = match &block.ffn_norm {
+                Some(norm) => {
+                    normed = be.rms_norm(&x_mid, norm, c.rms_eps)?;
+                    &normed
+                }
+                None => &x_mid,
+            };
+            observe(layer, LinearInput::Mlp, h);
+            x = self.mlp((layer, block), h, residual, observe)?;
         }
 
         let _span = tracing::trace_span!("output").entered();
@@ -557,8 +586,14 @@ impl Llama {
             v = be.add_bias(&v, bv)?;
         }
         if let Some([q_norm, k_norm]) = &block.qk_norm {
-            q = be.rms_norm_heads(q, q_norm, self.config.rms_eps)?;
-            k = be.rms_norm_heads(k, k_norm, self.config.rms_eps)?;
+            let eps = self.config.rms_eps;
+            if self.config.qk_norm_whole {
+                q = be.rms_norm(&q, q_norm, eps)?;
+                k = be.rms_norm(&k, k_norm, eps)?;
+            } else {
+                q = be.rms_norm_heads(q, q_norm, eps)?;
+                k = be.rms_norm_heads(k, k_norm, eps)?;
+            }
         }
         let shape = self.config.layer_attention(layer);
         let out = if self.config.is_nope(layer) {

@@ -134,6 +134,8 @@ impl SyntheticModel {
                 rope_style: RopeStyle::HalfSplit,
                 rotary_dim: None,
                 nope_layers: Vec::new(),
+                qk_norm_whole: false,
+                no_pre_norms: false,
                 moe: None,
                 vocab_size: 262_144,
                 tied_embeddings: true,

@@ -32,8 +32,10 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
     }
     for i in 0..c.n_layers {
         let n = |part: &str| format!("blk.{i}.{part}.weight");
+        if !c.no_pre_norms {
+            out.push((n("attn_norm"), v(h)));
+        }
         out.extend([
-            (n("attn_norm"), v(h)),
             (n("attn_q"), m(q_dim, h)),
             (n("attn_k"), m(kv_dim, h)),
             (n("attn_v"), m(kv_dim, h)),
@@ -47,12 +49,17 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
             ]);
         }
         if c.qk_norm {
-            out.extend([
-                (n("attn_q_norm"), v(c.head_dim)),
-                (n("attn_k_norm"), v(c.head_dim)),
-            ]);
+            let (q_len, k_len) = if c.qk_norm_whole {
+                (q_dim, kv_dim)
+            } else {
+                (c.head_dim, c.head_dim)
+            };
+            out.extend([(n("attn_q_norm"), v(q_len)), (n("attn_k_norm"), v(k_len))]);
         }
-        out.extend([(n("attn_output"), m(h, q_dim)), (n("ffn_norm"), v(h))]);
+        out.push((n("attn_output"), m(h, q_dim)));
+        if !c.no_pre_norms {
+            out.push((n("ffn_norm"), v(h)));
+        }
         match &c.moe {
             None => out.extend([
                 (n("ffn_gate"), m(c.ffn_size, h)),

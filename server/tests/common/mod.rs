@@ -7,6 +7,7 @@ pub mod tiny_encoding;
 pub mod tiny_granite;
 pub mod tiny_model;
 pub mod tiny_moe;
+pub mod tiny_olmo;
 pub mod tiny_phi;
 pub mod tiny_reference;
 pub mod tools;

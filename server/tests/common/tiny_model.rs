@@ -45,6 +45,10 @@ pub enum TinyArch {
     Qwen3Moe,
     /// Granite MoE Shared: Granite with a mixture of experts and an ungated shared expert.
     GraniteMoe,
+    /// OLMo 3 (`tiny_olmo.rs`): norms after the sub-blocks only, Q/K norms over the whole
+    /// projections, three layers of four in a window of [`TINY_WINDOW`] with plain RoPE,
+    /// YaRN on the fourth.
+    Olmo3,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -71,6 +75,7 @@ impl TinyArch {
             TinyArch::Qwen2Moe => "qwen2_moe",
             TinyArch::Qwen3Moe => "qwen3_moe",
             TinyArch::GraniteMoe => "granitemoeshared",
+            TinyArch::Olmo3 => "olmo3",
         }
     }
 
@@ -80,14 +85,19 @@ impl TinyArch {
 
     /// Norms after each sub-block (Gemma 2/3).
     pub fn post_norms(self) -> bool {
-        matches!(self, TinyArch::Gemma2 | TinyArch::Gemma3)
+        matches!(self, TinyArch::Gemma2 | TinyArch::Gemma3 | TinyArch::Olmo3)
+    }
+
+    /// Norms before attention and the MLP (all but OLMo).
+    pub fn pre_norms(self) -> bool {
+        self != TinyArch::Olmo3
     }
 
     /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
     pub fn qk_norm(self) -> bool {
         matches!(
             self,
-            TinyArch::Qwen3 | TinyArch::Qwen3Moe | TinyArch::Gemma3
+            TinyArch::Qwen3 | TinyArch::Qwen3Moe | TinyArch::Gemma3 | TinyArch::Olmo3
         )
     }
 
@@ -107,6 +117,7 @@ impl TinyArch {
         match self {
             TinyArch::Gemma2 => layer.is_multiple_of(2),
             TinyArch::Gemma3 => layer % 6 < 5,
+            TinyArch::Olmo3 => layer % 4 < 3,
             _ => false,
         }
     }
@@ -230,7 +241,9 @@ impl TinyModel {
         for l in 0..cfg.layers {
             let n = |p: &str| format!("blk.{l}.{p}.weight");
             let s = 1.0 / (h as f32).sqrt();
-            add(n("attn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
+            if cfg.arch.pre_norms() {
+                add(n("attn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
+            }
             add(
                 n("attn_q"),
                 cfg.heads * hd,
@@ -289,8 +302,11 @@ impl TinyModel {
                 );
             }
             if cfg.arch.qk_norm() {
-                for part in ["attn_q_norm", "attn_k_norm"] {
-                    add(n(part), 1, hd, SourceDType::F32, 0.3, 1.0, &mut rng);
+                // OLMo norms each row's whole projection.
+                let whole = cfg.arch == TinyArch::Olmo3;
+                for (part, heads) in [("attn_q_norm", cfg.heads), ("attn_k_norm", cfg.kv_heads)] {
+                    let len = if whole { heads * hd } else { hd };
+                    add(n(part), 1, len, SourceDType::F32, 0.3, 1.0, &mut rng);
                 }
             }
             add(
@@ -302,7 +318,9 @@ impl TinyModel {
                 0.0,
                 &mut rng,
             );
-            add(n("ffn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
+            if cfg.arch.pre_norms() {
+                add(n("ffn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
+            }
             let mlps: Vec<(String, usize)> = if cfg.arch.is_moe() {
                 // A router with scores spread wide (few near-ties between experts).
                 add(
@@ -449,6 +467,9 @@ impl TinyModel {
         if c.arch.is_moe() {
             self.moe_gguf_meta(&mut w);
         }
+        if c.arch == TinyArch::Olmo3 {
+            self.olmo_gguf_meta(&mut w);
+        }
         // Only Llama's converter (Granite's is Llama's) permutes Q/K rows (llama.cpp's NORM
         // rope); Qwen's keep HF order.
         let permute = matches!(
@@ -499,6 +520,7 @@ impl TinyModel {
                 TinyArch::Qwen2Moe => "Qwen2MoeForCausalLM",
                 TinyArch::Qwen3Moe => "Qwen3MoeForCausalLM",
                 TinyArch::GraniteMoe => "GraniteMoeSharedForCausalLM",
+                TinyArch::Olmo3 => "Olmo3ForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,
@@ -516,6 +538,9 @@ impl TinyModel {
         });
         if c.arch.is_moe() {
             self.moe_hf_config(&mut config);
+        }
+        if c.arch == TinyArch::Olmo3 {
+            self.olmo_hf_config(&mut config);
         }
         if matches!(c.arch, TinyArch::Qwen3 | TinyArch::Qwen3Moe) {
             config["head_dim"] = c.head_dim().into();

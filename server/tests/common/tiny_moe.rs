@@ -66,6 +66,8 @@ impl TinyArch {
             TinyArch::Qwen2Moe => "qwen2moe",
             TinyArch::Qwen3Moe => "qwen3moe",
             TinyArch::GraniteMoe => "granitemoe",
+            // llama.cpp's converter writes OLMo 3 as OLMo 2 with a window.
+            TinyArch::Olmo3 => "olmo2",
             other => other.name(),
         }
     }

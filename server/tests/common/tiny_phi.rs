@@ -34,7 +34,8 @@ pub struct RopeRule {
 
 impl RopeRule {
     /// For sequences of up to `context` positions: LongRoPE's long factors beyond the
-    /// original context (Phi-3); YaRN's blend (the tiny Qwen3-MoE, `tiny_moe.rs`).
+    /// original context (Phi-3); YaRN's blend (the tiny Qwen3-MoE, `tiny_moe.rs`, and OLMo
+    /// 3's global layers).
     pub fn of(arch: TinyArch, head_dim: usize, theta: f64, context: usize) -> Self {
         if arch == TinyArch::Phi3 {
             let list = if context > PHI3_ORIGINAL_CONTEXT {
@@ -47,7 +48,7 @@ impl RopeRule {
                 divisors: list.iter().map(|&f| f64::from(f)).collect(),
                 attention_factor: phi3_attention_factor(),
             }
-        } else if arch == TinyArch::Qwen3Moe {
+        } else if matches!(arch, TinyArch::Qwen3Moe | TinyArch::Olmo3) {
             let (divisors, attention_factor) = super::tiny_moe::yarn_divisors(head_dim, theta);
             Self {
                 rotated: head_dim,

@@ -64,7 +64,9 @@ impl TinyModel {
         // each frequency divided by its LongRoPE factor, sine and cosine times the attention
         // factor.
         let rule = RopeRule::of(arch, hd, c.rope_theta, context);
-        let rope = |x: &mut [f64], pos: usize, theta: f64| {
+        // OLMo 3's sliding layers rotate plainly (YaRN is for its global layers).
+        let plain = RopeRule::of(TinyArch::Llama, hd, c.rope_theta, context);
+        let rope = |x: &mut [f64], pos: usize, theta: f64, rule: &RopeRule| {
             let (rd, m) = (rule.rotated, rule.attention_factor);
             for head in x.chunks_mut(hd) {
                 for i in 0..rd / 2 {
@@ -108,7 +110,15 @@ impl TinyModel {
                 self.matrix(&n("attn_v")),
                 self.matrix(&n("attn_output")),
             );
-            let (an, fnm) = (self.matrix(&n("attn_norm")), self.matrix(&n("ffn_norm")));
+            // OLMo has no norms before its sub-blocks.
+            let (an, fnm) = (
+                self.optional(&n("attn_norm")),
+                self.optional(&n("ffn_norm")),
+            );
+            let pre_norm = |x: &[f64], g: &Option<Matrix>| match g {
+                Some(g) => norm(x, g),
+                None => x.to_vec(),
+            };
             let dense = (!arch.is_moe()).then(|| {
                 (
                     self.matrix(&n("ffn_gate")),
@@ -132,19 +142,25 @@ impl TinyModel {
             } else {
                 c.rope_theta
             };
+            let layer_rule = if sliding && arch == TinyArch::Olmo3 {
+                &plain
+            } else {
+                &rule
+            };
             let add_bias = |x: &mut Vec<f64>, bias: &Option<Matrix>| {
                 if let Some(b) = bias {
                     x.iter_mut().zip(&b.2).for_each(|(v, b)| *v += b);
                 }
             };
-            let head_norm = |x: &mut Vec<f64>, g: &Option<Matrix>| {
-                if let Some(g) = g {
-                    *x = x.chunks(hd).flat_map(|head| norm(head, g)).collect();
-                }
+            // OLMo norms the whole projection, the others each head.
+            let head_norm = |x: &mut Vec<f64>, g: &Option<Matrix>| match g {
+                Some(g) if arch == TinyArch::Olmo3 => *x = norm(x, g),
+                Some(g) => *x = x.chunks(hd).flat_map(|head| norm(head, g)).collect(),
+                None => {}
             };
             let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
             for (pos, x) in xs.iter().enumerate() {
-                let hx = norm(x, &an);
+                let hx = pre_norm(x, &an);
                 let mut q = matvec(&wq, &hx);
                 let mut k = matvec(&wk, &hx);
                 let mut v = matvec(&wv, &hx);
@@ -154,8 +170,8 @@ impl TinyModel {
                 head_norm(&mut q, &nq);
                 head_norm(&mut k, &nk);
                 if !arch.is_nope(l) {
-                    rope(&mut q, pos, theta);
-                    rope(&mut k, pos, theta);
+                    rope(&mut q, pos, theta, layer_rule);
+                    rope(&mut k, pos, theta, layer_rule);
                 }
                 qs.push(q);
                 ks.push(k);
@@ -203,7 +219,7 @@ impl TinyModel {
                 x.iter_mut()
                     .zip(&o)
                     .for_each(|(a, b)| *a += residual_scale * b);
-                let hx = norm(x, &fnm);
+                let hx = pre_norm(x, &fnm);
                 let Some((wg, wu, wd)) = &dense else {
                     let d = self.reference_experts(l, &hx);
                     x.iter_mut()
