@@ -12,7 +12,8 @@
 
 use super::config::MoeConfig;
 use super::error::Result;
-use super::llama::{load_mlp, together, LinearInput, Llama, Mlp, Observer};
+use super::ffn::{load_mlp, together, Mlp};
+use super::llama::{LinearInput, Llama, Observer};
 use lowbit_gpu::{Backend, QTensor, ScatteredRows, Tensor, Weight};
 use std::sync::Arc;
 
