@@ -23,6 +23,7 @@ pub use super::step_io::{BatchSeq, LinearInput, Logits, MixedReadback, MixedRows
 pub use super::tensor_list::{expected_tensors, TensorRole};
 use lowbit_gpu::QTensor;
 use lowbit_gpu::{Backend, KvDtype, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, Weight};
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One transformer block.
@@ -462,14 +463,8 @@ impl Llama {
         for (layer, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", layer).entered();
             let residual = &x;
-            let normed;
-            let h = match &block.attn_norm {
-                Some(norm) => {
-                    normed = be.rms_norm(&x, norm, c.rms_eps)?;
-                    &normed
-                }
-                None => &x,
-            };
+            let h = self.pre_norm(&x, block.attn_norm.as_ref())?;
+            let h = &*h;
             observe(layer, LinearInput::Attention, h);
             // Each sub-block's output projection adds the residual (a backend may fuse it).
             let x_mid = self.attention(
@@ -483,14 +478,8 @@ impl Llama {
             )?;
 
             let residual = &x_mid;
-            let normed;
-            let h = match &block.ffn_norm {
-                Some(norm) => {
-                    normed = be.rms_norm(&x_mid, norm, c.rms_eps)?;
-                    &normed
-                }
-                None => &x_mid,
-            };
+            let h = self.pre_norm(&x_mid, block.ffn_norm.as_ref())?;
+            let h = &*h;
             observe(layer, LinearInput::Mlp, h);
             x = self.mlp((layer, block), h, residual, observe)?;
         }
@@ -536,6 +525,15 @@ impl Llama {
                     logprobs: read.logprobs,
                 })
             }
+        })
+    }
+
+    /// A sub-block's input: `x` RMS-normed, or `x` itself where the block norms only after
+    /// its sub-blocks (OLMo 2/3).
+    fn pre_norm<'a>(&self, x: &'a Tensor, norm: Option<&Tensor>) -> Result<Cow<'a, Tensor>> {
+        Ok(match norm {
+            Some(norm) => Cow::Owned(self.backend.rms_norm(x, norm, self.config.rms_eps)?),
+            None => Cow::Borrowed(x),
         })
     }
 

@@ -500,6 +500,19 @@ impl TinyModel {
         w.to_bytes()
     }
 
+    /// Each layer's kind as newer transformers configs name it (`layer_types`).
+    pub(super) fn hf_layer_types(&self) -> Vec<&'static str> {
+        (0..self.cfg.layers)
+            .map(|l| {
+                if self.cfg.arch.is_sliding(l) {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect()
+    }
+
     /// A Hugging Face folder (`config.json` + `model.safetensors`, F32 or `dtype`), shards >1
     /// split the tensors over that many files with an index.
     pub fn write_hf_folder(&self, dir: &Path, shards: usize) {
@@ -558,17 +571,8 @@ impl TinyModel {
         }
         if c.arch == TinyArch::Gemma3 {
             // Newer transformers name each layer's kind; llama.cpp's pattern of six.
-            let kinds: Vec<&str> = (0..c.layers)
-                .map(|l| {
-                    if c.arch.is_sliding(l) {
-                        "sliding_attention"
-                    } else {
-                        "full_attention"
-                    }
-                })
-                .collect();
             config["sliding_window"] = TINY_WINDOW.into();
-            config["layer_types"] = kinds.into();
+            config["layer_types"] = self.hf_layer_types().into();
             config["rope_local_base_freq"] = GEMMA3_SLIDING_THETA.into();
             config["final_logit_softcapping"] = serde_json::Value::Null;
             config["attn_logit_softcapping"] = serde_json::Value::Null;

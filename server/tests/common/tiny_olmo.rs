@@ -32,17 +32,8 @@ impl TinyModel {
     }
 
     pub(super) fn olmo_hf_config(&self, config: &mut serde_json::Value) {
-        let kinds: Vec<&str> = (0..self.cfg.layers)
-            .map(|l| {
-                if self.cfg.arch.is_sliding(l) {
-                    "sliding_attention"
-                } else {
-                    "full_attention"
-                }
-            })
-            .collect();
         config["sliding_window"] = TINY_WINDOW.into();
-        config["layer_types"] = kinds.into();
+        config["layer_types"] = self.hf_layer_types().into();
         config["rope_scaling"] = serde_json::json!({
             "rope_type": "yarn",
             "factor": YARN_FACTOR,
