@@ -454,6 +454,13 @@ impl LlamaConfig {
             ));
         }
         self.rope_scaling.validate(&p.to_string(), rotated / 2)?;
+        if self.qk_norm_whole && !self.qk_norm {
+            return Err(ModelError::field(
+                &p,
+                "qk_norm_whole",
+                "Q/K norms over whole projections need the Q/K norms",
+            ));
+        }
         if self.no_pre_norms && !self.gemma.post_norms {
             return Err(ModelError::field(
                 &p,
@@ -656,7 +663,7 @@ impl LlamaConfig {
             qk_norm_whole: architecture == Architecture::Olmo2,
             no_pre_norms: architecture == Architecture::Olmo2,
             nope_layers: if architecture == Architecture::SmolLm3 {
-                hf_nope_layers(&p, json, n_layers)?
+                super::rope_params::hf_nope_layers(&p, json, n_layers)?
             } else {
                 Vec::new()
             },
@@ -667,30 +674,8 @@ impl LlamaConfig {
     }
 }
 
-/// SmolLM3's layers without RoPE: `no_rope_layers` (1 rotates, 0 does not) or every
-/// `no_rope_layer_interval`-th layer (4), as Hugging Face reads them.
 fn is_false(v: &bool) -> bool {
     !*v
-}
-
-fn hf_nope_layers(p: &str, json: &serde_json::Value, layers: usize) -> Result<Vec<bool>> {
-    if let Some(flags) = json.get("no_rope_layers").and_then(|v| v.as_array()) {
-        let nope: Option<Vec<bool>> = flags.iter().map(|f| f.as_u64().map(|f| f == 0)).collect();
-        return match nope {
-            Some(n) if n.len() == layers => Ok(n),
-            _ => Err(ModelError::field(
-                p,
-                "no_rope_layers",
-                format!("not {layers} flags of 0 or 1"),
-            )),
-        };
-    }
-    let every = json
-        .get("no_rope_layer_interval")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(4)
-        .max(1) as usize;
-    Ok((0..layers).map(|l| (l + 1).is_multiple_of(every)).collect())
 }
 
 #[cfg(test)]

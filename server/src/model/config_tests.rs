@@ -80,3 +80,46 @@ fn configs_without_gemma_fields_read_as_plain_llama() {
     let back: LlamaConfig = serde_json::from_str(&serde_json::to_string(&gemma).unwrap()).unwrap();
     assert_eq!(back.gemma, gemma.gemma);
 }
+
+/// OLMo's windows: none for OLMo 2; OLMo 3's from `layer_types`, else every fourth layer
+/// global, its window 4,096 where the config leaves it out, its sliding layers' RoPE plain
+/// whatever the window; from GGUF, llama.cpp's default pattern of four.
+#[test]
+fn olmo_windows_from_both_formats() {
+    let olmo2 = hf_config(serde_json::json!({"model_type": "olmo2"})).unwrap();
+    assert!(olmo2.no_pre_norms && olmo2.qk_norm_whole && olmo2.gemma.post_norms);
+    assert_eq!(olmo2.gemma.sliding_window, 0);
+    assert!(olmo2.sliding_rope().is_none());
+    let olmo3 = hf_config(serde_json::json!({"model_type": "olmo3", "num_hidden_layers": 8,
+        "rope_theta": 500000.0}))
+    .unwrap();
+    assert_eq!(olmo3.gemma.sliding_window, 4096);
+    let global: Vec<usize> = (0..8).filter(|&l| !olmo3.is_sliding(l)).collect();
+    assert_eq!(global, [3, 7]);
+    assert_eq!(olmo3.gemma.sliding_rope_theta, Some(500000.0));
+
+    let gguf = |window: Option<u32>| {
+        use super::super::gguf::{GgufFile, GgufWriter, MetaValue};
+        let mut w = GgufWriter::new();
+        w.meta("general.architecture", MetaValue::String("olmo2".into()));
+        for (k, v) in [
+            ("olmo2.embedding_length", 64),
+            ("olmo2.block_count", 8),
+            ("olmo2.attention.head_count", 4),
+            ("olmo2.feed_forward_length", 96),
+            ("olmo2.vocab_size", 100),
+        ] {
+            w.meta(k, MetaValue::U32(v));
+        }
+        if let Some(n) = window {
+            w.meta("olmo2.attention.sliding_window", MetaValue::U32(n));
+        }
+        let file = GgufFile::from_bytes(Path::new("t.gguf"), w.to_bytes()).unwrap();
+        LlamaConfig::from_gguf(&file).unwrap()
+    };
+    assert_eq!(gguf(None).gemma.sliding_window, 0);
+    let windowed = gguf(Some(4096));
+    let global: Vec<usize> = (0..8).filter(|&l| !windowed.is_sliding(l)).collect();
+    assert_eq!(global, [3, 7]);
+    assert_eq!(windowed.gemma.sliding_rope_theta, Some(10_000.0));
+}

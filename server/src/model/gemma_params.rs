@@ -62,9 +62,13 @@ impl GemmaAdditions {
             "mistral" | "mixtral" | "phi3" => {
                 self.set_window_on_every_layer(window, layers, context)
             }
-            // OLMo 3: `layer_types`, else three sliding layers of four; unscaled RoPE there.
-            "olmo3" if window > 0 && window < context => {
-                self.sliding_window = window;
+            // OLMo 3: `layer_types`, else three sliding layers of four (`Olmo3Config`'s
+            // window defaults to 4,096), with unscaled RoPE there whatever the window.
+            "olmo3" => {
+                self.sliding_window = json
+                    .get("sliding_window")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(4096) as usize;
                 self.sliding_layers = match layer_kinds(path, json, layers)? {
                     Some(flags) => flags,
                     None => (0..layers).map(|l| (l + 1) % 4 != 0).collect(),
@@ -208,8 +212,9 @@ impl GemmaAdditions {
             p.sliding_window = uint("attention.sliding_window").unwrap_or(0) as usize;
             if p.sliding_window > 0 {
                 p.sliding_layers = gguf_sliding_layers(gguf, key, layers, 4)?;
-                p.sliding_rope_theta = float("rope.freq_base_swa").or(float("rope.freq_base"));
-                p.sliding_rope_theta.get_or_insert(10_000.0);
+                // llama.cpp's graph rotates them with the global base (`freq_base_swa` only
+                // shifts its cache).
+                p.sliding_rope_theta = Some(float("rope.freq_base").unwrap_or(10_000.0));
             }
             return Ok(p);
         }

@@ -105,7 +105,6 @@ impl Llama {
         calibration: Option<&Calibration>,
     ) -> Result<Self> {
         let c = source.config()?;
-        source.check_expert_stacks(&c)?;
         let path = source.path().display().to_string();
         let separate_output = !c.tied_embeddings || source.has_tensor("output.weight");
         Self::assemble(
@@ -198,11 +197,7 @@ impl Llama {
                 None
             };
             let qk_norm = if c.qk_norm {
-                let (q_len, k_len) = if c.qk_norm_whole {
-                    (q_dim, kv_dim)
-                } else {
-                    (c.head_dim, c.head_dim)
-                };
+                let (q_len, k_len) = super::tensor_list::qk_norm_lens(&c);
                 Some([
                     vector(&n("attn_q_norm"), q_len)?,
                     vector(&n("attn_k_norm"), k_len)?,

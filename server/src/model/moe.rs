@@ -121,20 +121,23 @@ pub(crate) fn route(scores: &[f32], experts: usize, used: usize, normalize: bool
     for (row, s) in scores.chunks_exact(experts).enumerate() {
         let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // A NaN score (a broken model) counts as probability 0, so it neither wins nor turns
-        // the row's weights into NaN; a row with no finite score adds no experts at all.
+        // the row's weights into NaN; a row with no finite score runs no experts at all.
         let e: Vec<f32> = s
             .iter()
             .map(|&v| (v - max).exp())
             .map(|p| if p.is_finite() { p } else { 0.0 })
             .collect();
         let sum: f32 = e.iter().sum();
+        if sum <= 0.0 {
+            continue;
+        }
         order.clear();
         order.extend(0..experts);
         order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
         let chosen = &order[..used.min(experts)];
         let probs: Vec<f32> = chosen
             .iter()
-            .map(|&x| if sum > 0.0 { e[x] / sum } else { 0.0 })
+            .map(|&x| e[x] / sum)
             .collect();
         let norm = if normalize {
             probs.iter().sum::<f32>().max(6.103_515_6e-5)
@@ -250,6 +253,8 @@ mod tests {
         let broken = route(&[f32::NAN, 1.0, 0.0, -1.0], 4, 2, true);
         assert!(broken[0].rows.is_empty());
         assert_eq!((broken[1].rows.len(), broken[2].rows.len()), (1, 1));
+        let lost = route(&[f32::NAN; 4], 4, 2, true);
+        assert!(lost.iter().all(|r| r.rows.is_empty()), "a row of NaN runs no expert");
         assert!(broken
             .iter()
             .flat_map(|r| &r.weights)

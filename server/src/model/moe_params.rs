@@ -160,7 +160,7 @@ impl MoeConfig {
             expert_ffn_size: match arch {
                 // llama.cpp's fallback where the key is missing.
                 Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
-                    match uint("expert_feed_forward_length")? {
+                    match uint("expert_feed_forward_length")?.filter(|&f| f != 0) {
                         Some(f) => f,
                         None => ffn / uint("expert_used_count")?.unwrap_or(1).max(1),
                     }

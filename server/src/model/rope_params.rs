@@ -331,6 +331,28 @@ impl RopeScaling {
     }
 }
 
+/// SmolLM3's layers without RoPE: `no_rope_layers` (1 rotates, 0 does not) or every
+/// `no_rope_layer_interval`-th layer (4), as Hugging Face reads them.
+pub(super) fn hf_nope_layers(p: &str, json: &serde_json::Value, layers: usize) -> Result<Vec<bool>> {
+    if let Some(flags) = json.get("no_rope_layers").and_then(|v| v.as_array()) {
+        let nope: Option<Vec<bool>> = flags.iter().map(|f| f.as_u64().map(|f| f == 0)).collect();
+        return match nope {
+            Some(n) if n.len() == layers => Ok(n),
+            _ => Err(ModelError::field(
+                p,
+                "no_rope_layers",
+                format!("not {layers} flags of 0 or 1"),
+            )),
+        };
+    }
+    let every = json
+        .get("no_rope_layer_interval")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(4)
+        .max(1) as usize;
+    Ok((0..layers).map(|l| (l + 1).is_multiple_of(every)).collect())
+}
+
 /// YaRN's attention scale for a `factor` and an `mscale` (Hugging Face's `get_mscale`).
 fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
     if factor <= 1.0 {

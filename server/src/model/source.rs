@@ -75,13 +75,15 @@ impl ModelSource {
         }
     }
 
-    /// The model's hyper-parameters.
+    /// The model's hyper-parameters; a mixture of experts' stacks checked against them.
     pub fn config(&self) -> Result<LlamaConfig> {
-        match self {
-            Self::Gguf(g) => LlamaConfig::from_gguf(g),
-            Self::HfFolder(h) => LlamaConfig::from_hf_json(&h.dir.join("config.json"), &h.config),
-            Self::Lowbit(l) => Ok(l.config.clone()),
-        }
+        let c = match self {
+            Self::Gguf(g) => LlamaConfig::from_gguf(g)?,
+            Self::HfFolder(h) => LlamaConfig::from_hf_json(&h.dir.join("config.json"), &h.config)?,
+            Self::Lowbit(l) => return Ok(l.config.clone()),
+        };
+        self.check_expert_stacks(&c)?;
+        Ok(c)
     }
 
     /// A tensor by canonical (GGUF) name; a part of a fused projection is its rows of the
@@ -110,7 +112,7 @@ impl ModelSource {
         if let (Self::Gguf(g), Some((layer, proj, expert)), false) =
             (self, expert_part(name), stored)
         {
-            return Self::stacked_expert(g, layer, proj, expert);
+            return Self::stacked_expert(g, layer, proj, expert).map(Some);
         }
         if let (Self::HfFolder(h), false) = (self, stored) {
             if let Some(found) = Self::hf_stacked_part(h, name)? {

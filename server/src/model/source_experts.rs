@@ -12,13 +12,13 @@ use super::source::ModelSource;
 
 impl ModelSource {
     /// Where a GGUF file keeps expert `expert` of `blk.{layer}.{proj}_exps.weight`: its run
-    /// of rows (`None`: the file has no such stack).
+    /// of rows (an error naming the stack where the file has none).
     pub(super) fn stacked_expert(
         g: &GgufFile,
         layer: usize,
         proj: &str,
         expert: usize,
-    ) -> Result<Option<(String, std::ops::Range<usize>)>> {
+    ) -> Result<(String, std::ops::Range<usize>)> {
         let stack = format!("blk.{layer}.{proj}_exps.weight");
         let Some(info) = g.tensor_info(&stack) else {
             // Neither stacked nor stored apart (llama.cpp's older Mixtral files).
@@ -43,7 +43,7 @@ impl ModelSource {
                 format!("holds {experts} experts, the model has more (expert {expert})"),
             ));
         }
-        Ok(Some((stack, expert * rows..(expert + 1) * rows)))
+        Ok((stack, expert * rows..(expert + 1) * rows))
     }
 
     /// Checks that every stack of experts the file has holds the config's number of experts

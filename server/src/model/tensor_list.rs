@@ -16,6 +16,16 @@ pub enum TensorRole {
     Vector { len: usize },
 }
 
+/// The lengths of the query and key norm weights: a head's (Qwen3, Gemma 3), or each row's
+/// whole projection (OLMo 2/3).
+pub(super) fn qk_norm_lens(c: &LlamaConfig) -> (usize, usize) {
+    if c.qk_norm_whole {
+        (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim)
+    } else {
+        (c.head_dim, c.head_dim)
+    }
+}
+
 /// Every tensor a Llama-family model with this config has, by canonical (GGUF) name, in load
 /// order. `tied` leaves out `output.weight`.
 pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)> {
@@ -49,11 +59,7 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
             ]);
         }
         if c.qk_norm {
-            let (q_len, k_len) = if c.qk_norm_whole {
-                (q_dim, kv_dim)
-            } else {
-                (c.head_dim, c.head_dim)
-            };
+            let (q_len, k_len) = qk_norm_lens(c);
             out.extend([(n("attn_q_norm"), v(q_len)), (n("attn_k_norm"), v(k_len))]);
         }
         out.push((n("attn_output"), m(h, q_dim)));

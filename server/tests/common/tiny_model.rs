@@ -79,6 +79,19 @@ impl TinyArch {
         }
     }
 
+    /// The GGUF `general.architecture`: llama.cpp's converter writes Mixtral as `llama`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            TinyArch::Mixtral => "llama",
+            TinyArch::Qwen2Moe => "qwen2moe",
+            TinyArch::Qwen3Moe => "qwen3moe",
+            TinyArch::GraniteMoe => "granitemoe",
+            // llama.cpp's converter writes OLMo 3 as OLMo 2 with a window.
+            TinyArch::Olmo3 => "olmo2",
+            other => other.name(),
+        }
+    }
+
     pub fn is_gemma(self) -> bool {
         matches!(self, TinyArch::Gemma | TinyArch::Gemma2 | TinyArch::Gemma3)
     }

@@ -58,19 +58,6 @@ impl TinyArch {
             TinyArch::Mixtral | TinyArch::Qwen3Moe | TinyArch::GraniteMoe
         )
     }
-
-    /// The GGUF `general.architecture`: llama.cpp's converter writes Mixtral as `llama`.
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            TinyArch::Mixtral => "llama",
-            TinyArch::Qwen2Moe => "qwen2moe",
-            TinyArch::Qwen3Moe => "qwen3moe",
-            TinyArch::GraniteMoe => "granitemoe",
-            // llama.cpp's converter writes OLMo 3 as OLMo 2 with a window.
-            TinyArch::Olmo3 => "olmo2",
-            other => other.name(),
-        }
-    }
 }
 
 /// `{proj}_exps` stacks of the experts' `{proj}.E` matrices (experts in order).
