@@ -90,8 +90,10 @@ fn olmo_windows_from_both_formats() {
     assert!(olmo2.no_pre_norms && olmo2.qk_norm_whole && olmo2.gemma.post_norms);
     assert_eq!(olmo2.gemma.sliding_window, 0);
     assert!(olmo2.sliding_rope().is_none());
-    let olmo3 = hf_config(serde_json::json!({"model_type": "olmo3", "num_hidden_layers": 8,
-        "rope_theta": 500000.0}))
+    let olmo3 = hf_config(
+        serde_json::json!({"model_type": "olmo3", "num_hidden_layers": 8,
+        "rope_theta": 500000.0}),
+    )
     .unwrap();
     assert_eq!(olmo3.gemma.sliding_window, 4096);
     let global: Vec<usize> = (0..8).filter(|&l| !olmo3.is_sliding(l)).collect();

@@ -135,10 +135,7 @@ pub(crate) fn route(scores: &[f32], experts: usize, used: usize, normalize: bool
         order.extend(0..experts);
         order.sort_by(|&a, &b| e[b].total_cmp(&e[a]));
         let chosen = &order[..used.min(experts)];
-        let probs: Vec<f32> = chosen
-            .iter()
-            .map(|&x| e[x] / sum)
-            .collect();
+        let probs: Vec<f32> = chosen.iter().map(|&x| e[x] / sum).collect();
         let norm = if normalize {
             probs.iter().sum::<f32>().max(6.103_515_6e-5)
         } else {
@@ -254,7 +251,10 @@ mod tests {
         assert!(broken[0].rows.is_empty());
         assert_eq!((broken[1].rows.len(), broken[2].rows.len()), (1, 1));
         let lost = route(&[f32::NAN; 4], 4, 2, true);
-        assert!(lost.iter().all(|r| r.rows.is_empty()), "a row of NaN runs no expert");
+        assert!(
+            lost.iter().all(|r| r.rows.is_empty()),
+            "a row of NaN runs no expert"
+        );
         assert!(broken
             .iter()
             .flat_map(|r| &r.weights)

@@ -333,7 +333,11 @@ impl RopeScaling {
 
 /// SmolLM3's layers without RoPE: `no_rope_layers` (1 rotates, 0 does not) or every
 /// `no_rope_layer_interval`-th layer (4), as Hugging Face reads them.
-pub(super) fn hf_nope_layers(p: &str, json: &serde_json::Value, layers: usize) -> Result<Vec<bool>> {
+pub(super) fn hf_nope_layers(
+    p: &str,
+    json: &serde_json::Value,
+    layers: usize,
+) -> Result<Vec<bool>> {
     if let Some(flags) = json.get("no_rope_layers").and_then(|v| v.as_array()) {
         let nope: Option<Vec<bool>> = flags.iter().map(|f| f.as_u64().map(|f| f == 0)).collect();
         return match nope {
