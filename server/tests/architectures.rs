@@ -36,7 +36,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 14] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 15] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -51,6 +51,7 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 14] = [
     (TinyArch::Qwen3Moe, 52),
     (TinyArch::GraniteMoe, 53),
     (TinyArch::Olmo3, 55),
+    (TinyArch::Olmoe, 56),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
@@ -66,6 +67,10 @@ fn tiny(arch: TinyArch, seed: u64, tied: bool, quantized: bool) -> TinyModel {
     if arch == TinyArch::Gemma3 {
         cfg.layers = 6;
         cfg.rope_theta = 1_000_000.0;
+    }
+    if arch == TinyArch::Olmoe {
+        // llama.cpp's OLMoE norms keys over the hidden width.
+        cfg.kv_heads = cfg.heads;
     }
     if matches!(arch, TinyArch::SmolLm3 | TinyArch::Olmo3) {
         // Layer 3 attends without RoPE (SmolLM3), globally with YaRN (OLMo 3).
@@ -276,9 +281,10 @@ fn fnv1a(bytes: &[u8]) -> String {
 }
 
 /// Every tensor F32 (an untied tiny head is Q8_0, which llama.cpp multiplies with 8-bit
-/// activations), so tied; llama.cpp's Qwen2-MoE and OLMo need their own head, stored F32.
+/// activations), so tied; llama.cpp's Qwen2-MoE, OLMo and OLMoE need their own head, stored
+/// F32.
 fn fixture_model(arch: TinyArch, seed: u64) -> TinyModel {
-    if matches!(arch, TinyArch::Qwen2Moe | TinyArch::Olmo3) {
+    if matches!(arch, TinyArch::Qwen2Moe | TinyArch::Olmo3 | TinyArch::Olmoe) {
         let mut model = tiny(arch, seed, false, false);
         for t in model
             .tensors

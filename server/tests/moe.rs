@@ -16,20 +16,24 @@ use lowbit::model::gguf::MetaValue;
 use lowbit::model::{BatchSeq, Llama, ModelSource, QuantPolicy};
 use std::path::{Path, PathBuf};
 
-const MOES: [TinyArch; 4] = [
+const MOES: [TinyArch; 5] = [
     TinyArch::Mixtral,
     TinyArch::Qwen2Moe,
     TinyArch::Qwen3Moe,
     TinyArch::GraniteMoe,
+    TinyArch::Olmoe,
 ];
 const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 fn tiny(arch: TinyArch, seed: u64, quantized: bool) -> TinyModel {
-    let cfg = TinyConfig {
+    let mut cfg = TinyConfig {
         arch,
         ffn: 32,
         ..TinyConfig::default()
     };
+    if arch == TinyArch::Olmoe {
+        cfg.kv_heads = cfg.heads;
+    }
     TinyModel::random(cfg, seed, quantized)
 }
 

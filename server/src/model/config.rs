@@ -171,6 +171,9 @@ pub(super) enum Architecture {
     /// OLMo 2 and OLMo 3: norms after attention and the MLP only, Q/K norms over the whole
     /// projections; OLMo 3 slides three layers of four.
     Olmo2,
+    /// OLMoE: Llama's block with OLMo's Q/K norms over whole projections and a mixture of
+    /// experts (their softmax weights not renormalized).
+    Olmoe,
     /// Mixtral: Llama's block with a mixture of experts (GGUF files name it `llama`).
     Mixtral,
     /// Qwen2-MoE: Qwen2's block with a mixture of experts and a shared expert.
@@ -194,6 +197,7 @@ impl Architecture {
             "granite" => Self::Granite,
             "granitemoe" | "granitemoeshared" => Self::GraniteMoe,
             "olmo2" | "olmo3" => Self::Olmo2,
+            "olmoe" => Self::Olmoe,
             "smollm3" => Self::SmolLm3,
             "mixtral" => Self::Mixtral,
             "qwen2moe" | "qwen2_moe" => Self::Qwen2Moe,
@@ -204,7 +208,7 @@ impl Architecture {
 
     const SUPPORTED: &'static str =
         "llama, mistral, mixtral, qwen2, qwen2moe, qwen3, qwen3moe, gemma, gemma2, gemma3, phi3, \
-         granite, granitemoe, olmo2, olmo3, smollm3";
+         granite, granitemoe, olmo2, olmo3, olmoe, smollm3";
 
     /// Granite's scales (dense and MoE).
     pub(super) fn is_granite(self) -> bool {
@@ -215,7 +219,7 @@ impl Architecture {
     fn has_qk_norm(self) -> bool {
         matches!(
             self,
-            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 | Self::Olmo2
+            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 | Self::Olmo2 | Self::Olmoe
         )
     }
 
@@ -240,6 +244,7 @@ impl Architecture {
             | Self::Gemma2
             | Self::Gemma3
             | Self::Olmo2
+            | Self::Olmoe
             | Self::Phi3 => RopeStyle::HalfSplit,
         }
     }
@@ -565,7 +570,7 @@ impl LlamaConfig {
             attention_bias: gguf.tensor_info("blk.0.attn_q.bias").is_some()
                 || gguf.tensor_info("blk.0.attn_qkv.bias").is_some(),
             qk_norm: architecture.has_qk_norm(),
-            qk_norm_whole: architecture == Architecture::Olmo2,
+            qk_norm_whole: matches!(architecture, Architecture::Olmo2 | Architecture::Olmoe),
             no_pre_norms: architecture == Architecture::Olmo2,
             // llama.cpp: every fourth layer (its step is fixed).
             nope_layers: if architecture == Architecture::SmolLm3 {
@@ -660,7 +665,7 @@ impl LlamaConfig {
             context_length,
             attention_bias,
             qk_norm: architecture.has_qk_norm(),
-            qk_norm_whole: architecture == Architecture::Olmo2,
+            qk_norm_whole: matches!(architecture, Architecture::Olmo2 | Architecture::Olmoe),
             no_pre_norms: architecture == Architecture::Olmo2,
             nope_layers: if architecture == Architecture::SmolLm3 {
                 super::rope_params::hf_nope_layers(&p, json, n_layers)?

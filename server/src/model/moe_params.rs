@@ -1,7 +1,7 @@
 //! A mixture of experts in place of each block's MLP ([`MoeConfig`]), read from a GGUF file's
 //! metadata (as llama.cpp reads it) or a Hugging Face `config.json`: Mixtral (GGUF
-//! architecture `llama` with experts), Qwen2-MoE (with a gated shared expert), Qwen3-MoE and
-//! Granite 3 MoE (with or without an ungated shared expert).
+//! architecture `llama` with experts), Qwen2-MoE (with a gated shared expert), Qwen3-MoE,
+//! Granite 3 MoE (with or without an ungated shared expert) and OLMoE.
 
 use super::config::Architecture;
 use super::error::{ModelError, Result};
@@ -108,7 +108,10 @@ impl MoeConfig {
         let experts = uint("expert_count")?.unwrap_or(0);
         let is_moe_arch = matches!(
             arch,
-            Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::GraniteMoe
+            Architecture::Qwen2Moe
+                | Architecture::Qwen3Moe
+                | Architecture::GraniteMoe
+                | Architecture::Olmoe
         );
         if experts == 0 && !is_moe_arch {
             return Ok(None);
@@ -118,7 +121,7 @@ impl MoeConfig {
                 &path,
                 &key("expert_count"),
                 "experts in this architecture are not supported (llama/Mixtral, qwen2moe, \
-                 qwen3moe and granitemoe are)",
+                 qwen3moe, granitemoe and olmoe are)",
             ));
         }
         if uint("expert_group_count")?.is_some_and(|g| g > 1) {
@@ -167,8 +170,8 @@ impl MoeConfig {
                 }
                 _ => ffn,
             },
-            // As llama.cpp's graphs: Qwen2-MoE keeps the softmax over all experts.
-            normalize: arch != Architecture::Qwen2Moe,
+            // As llama.cpp's graphs: Qwen2-MoE and OLMoE keep the softmax over all experts.
+            normalize: !matches!(arch, Architecture::Qwen2Moe | Architecture::Olmoe),
             shared_expert_ffn_size: shared,
             shared_expert_gated: arch == Architecture::Qwen2Moe,
         }))
@@ -200,6 +203,17 @@ impl MoeConfig {
                     .get("shared_intermediate_size")
                     .and_then(|v| v.as_u64())
                     .unwrap_or(0) as usize,
+                shared_expert_gated: false,
+            })),
+            Architecture::Olmoe => Ok(Some(Self {
+                experts: uint("num_experts")?,
+                experts_used: uint("num_experts_per_tok")?,
+                expert_ffn_size: uint("intermediate_size")?,
+                normalize: json
+                    .get("norm_topk_prob")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
+                shared_expert_ffn_size: 0,
                 shared_expert_gated: false,
             })),
             Architecture::Qwen2Moe | Architecture::Qwen3Moe => {

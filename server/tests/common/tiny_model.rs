@@ -49,6 +49,9 @@ pub enum TinyArch {
     /// projections, three layers of four in a window of [`TINY_WINDOW`] with plain RoPE,
     /// YaRN on the fourth.
     Olmo3,
+    /// OLMoE: Llama with OLMo's whole-projection Q/K norms and a mixture of experts whose
+    /// weights are not renormalized (as many KV heads as heads, as llama.cpp expects).
+    Olmoe,
 }
 
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
@@ -76,6 +79,7 @@ impl TinyArch {
             TinyArch::Qwen3Moe => "qwen3_moe",
             TinyArch::GraniteMoe => "granitemoeshared",
             TinyArch::Olmo3 => "olmo3",
+            TinyArch::Olmoe => "olmoe",
         }
     }
 
@@ -101,6 +105,11 @@ impl TinyArch {
         matches!(self, TinyArch::Gemma2 | TinyArch::Gemma3 | TinyArch::Olmo3)
     }
 
+    /// Q/K norms over each row's whole projection (OLMo 3, OLMoE).
+    pub fn qk_norm_whole(self) -> bool {
+        matches!(self, TinyArch::Olmo3 | TinyArch::Olmoe)
+    }
+
     /// Norms before attention and the MLP (all but OLMo).
     pub fn pre_norms(self) -> bool {
         self != TinyArch::Olmo3
@@ -110,7 +119,11 @@ impl TinyArch {
     pub fn qk_norm(self) -> bool {
         matches!(
             self,
-            TinyArch::Qwen3 | TinyArch::Qwen3Moe | TinyArch::Gemma3 | TinyArch::Olmo3
+            TinyArch::Qwen3
+                | TinyArch::Qwen3Moe
+                | TinyArch::Gemma3
+                | TinyArch::Olmo3
+                | TinyArch::Olmoe
         )
     }
 
@@ -316,7 +329,7 @@ impl TinyModel {
             }
             if cfg.arch.qk_norm() {
                 // OLMo norms each row's whole projection.
-                let whole = cfg.arch == TinyArch::Olmo3;
+                let whole = cfg.arch.qk_norm_whole();
                 for (part, heads) in [("attn_q_norm", cfg.heads), ("attn_k_norm", cfg.kv_heads)] {
                     let len = if whole { heads * hd } else { hd };
                     add(n(part), 1, len, SourceDType::F32, 0.3, 1.0, &mut rng);
@@ -547,6 +560,7 @@ impl TinyModel {
                 TinyArch::Qwen3Moe => "Qwen3MoeForCausalLM",
                 TinyArch::GraniteMoe => "GraniteMoeSharedForCausalLM",
                 TinyArch::Olmo3 => "Olmo3ForCausalLM",
+                TinyArch::Olmoe => "OlmoeForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,

@@ -41,7 +41,11 @@ impl TinyArch {
     pub fn is_moe(self) -> bool {
         matches!(
             self,
-            TinyArch::Mixtral | TinyArch::Qwen2Moe | TinyArch::Qwen3Moe | TinyArch::GraniteMoe
+            TinyArch::Mixtral
+                | TinyArch::Qwen2Moe
+                | TinyArch::Qwen3Moe
+                | TinyArch::GraniteMoe
+                | TinyArch::Olmoe
         )
     }
 
@@ -195,6 +199,10 @@ impl TinyModel {
         if arch == TinyArch::Mixtral {
             config["num_local_experts"] = TINY_EXPERTS.into();
             config["sliding_window"] = serde_json::Value::Null;
+            return;
+        }
+        if arch == TinyArch::Olmoe {
+            config["num_experts"] = TINY_EXPERTS.into();
             return;
         }
         if arch == TinyArch::GraniteMoe {

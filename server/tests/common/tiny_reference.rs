@@ -154,7 +154,7 @@ impl TinyModel {
             };
             // OLMo norms the whole projection, the others each head.
             let head_norm = |x: &mut Vec<f64>, g: &Option<Matrix>| match g {
-                Some(g) if arch == TinyArch::Olmo3 => *x = norm(x, g),
+                Some(g) if arch.qk_norm_whole() => *x = norm(x, g),
                 Some(g) => *x = x.chunks(hd).flat_map(|head| norm(head, g)).collect(),
                 None => {}
             };
