@@ -24,7 +24,7 @@ use std::path::Path;
 /// 1.6e-7 for Llama, Qwen2 and Qwen3, 2.0e-7 for Phi-3 (fused projections, 12 of 16
 /// dimensions rotated, LongRoPE's long factors and attention factor), 1.1e-7 for Granite,
 /// 1.3e-7 to 2.3e-7 for the mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE with YaRN,
-/// Granite MoE Shared).
+/// Granite MoE Shared, OLMoE), 5.5e-7 for OLMo 3.
 const LLAMA_CPP_REL_TOL: f64 = 1e-5;
 /// Gemma against llama.cpp: its CPU GELU rounds each input to f16 and reads an f16 table
 /// (ggml's `GGML_GELU_FP16`), where lowbit and the float64 reference compute GELU's tanh form
