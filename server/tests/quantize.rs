@@ -177,6 +177,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::Qwen3Moe,
         TinyArch::GraniteMoe,
         TinyArch::Olmo3,
+        TinyArch::Olmoe,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
