@@ -207,36 +207,38 @@ fn bad_moe_files_are_named() {
         );
     }
 
-    let model = tiny(TinyArch::Mixtral, 5, false);
-    model.write_hf_folder(&dir.path().join("hf"), 1);
-    let config = dir.path().join("hf/config.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    json["num_experts_per_tok"] = (TINY_EXPERTS + 1).into();
-    std::fs::write(&config, json.to_string()).unwrap();
-    let err = ModelSource::open(&dir.path().join("hf"))
-        .unwrap()
-        .config()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("expert_used_count") && err.contains("config.json"),
-        "{err}"
-    );
-
-    let model = tiny(TinyArch::Qwen3Moe, 5, false);
-    model.write_hf_folder(&dir.path().join("dense"), 1);
-    let config = dir.path().join("dense/config.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    json["mlp_only_layers"] = serde_json::json!([1]);
-    std::fs::write(&config, json.to_string()).unwrap();
-    let err = ModelSource::open(&dir.path().join("dense"))
-        .unwrap()
-        .config()
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("mlp_only_layers"), "{err}");
+    // Hugging Face configs with one key changed: the key is named.
+    for (arch, key, value, named) in [
+        (
+            TinyArch::Mixtral,
+            "num_experts_per_tok",
+            serde_json::json!(TINY_EXPERTS + 1),
+            "expert_used_count",
+        ),
+        (
+            TinyArch::Qwen3Moe,
+            "mlp_only_layers",
+            serde_json::json!([1]),
+            "mlp_only_layers",
+        ),
+    ] {
+        let folder = dir.path().join(arch.name());
+        tiny(arch, 5, false).write_hf_folder(&folder, 1);
+        let config = folder.join("config.json");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        json[key] = value;
+        std::fs::write(&config, json.to_string()).unwrap();
+        let err = ModelSource::open(&folder)
+            .unwrap()
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(named) && err.contains("config.json"),
+            "{key}: {err}"
+        );
+    }
 }
 
 /// `lowbit info` describes the experts and counts the parameters a token runs through.

@@ -22,6 +22,18 @@ fn element_grid(n: usize) -> ((u32, u32), u32) {
     (g, g.0 * ELEMENT_GROUP)
 }
 
+/// [`element_grid`] and the element-wise kernels' parameters for `n` values in rows of `cols`.
+fn element_params(n: usize, cols: usize, value: f32) -> ((u32, u32), ElementwiseParams) {
+    let (groups, grid_x) = element_grid(n);
+    let params = ElementwiseParams {
+        n: n as u32,
+        grid_x,
+        cols: cols as u32,
+        value,
+    };
+    (groups, params)
+}
+
 impl WgpuBackend {
     pub(super) fn embed_rows(&self, table: &Weight, ids: &[u32]) -> Result<Tensor> {
         let (vocab, dim) = (table.rows(), table.cols());
@@ -154,13 +166,7 @@ impl WgpuBackend {
             return Ok(self.tensor(a.rows(), a.cols(), out));
         }
         let pipeline = self.kernel(kernel)?;
-        let (groups, grid_x) = element_grid(n);
-        let params = ElementwiseParams {
-            n: n as u32,
-            grid_x,
-            cols: a.cols() as u32,
-            value,
-        };
+        let (groups, params) = element_params(n, a.cols(), value);
         self.recorder()?.dispatch(
             pipeline,
             &[
@@ -506,13 +512,7 @@ impl WgpuBackend {
         let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
         let idx_buf = self.alloc(idx.len(), 1)?;
         let pipeline = self.kernel(Kernel::GatherRows)?;
-        let (groups, grid_x) = element_grid(n);
-        let params = ElementwiseParams {
-            n: n as u32,
-            grid_x,
-            cols: cols as u32,
-            value: 0.0,
-        };
+        let (groups, params) = element_params(n, cols, 0.0);
         let mut rec = self.recorder()?;
         rec.upload(idx_buf.buffer(), 0, bytemuck::cast_slice(&idx));
         rec.dispatch(
@@ -558,13 +558,7 @@ impl WgpuBackend {
         for (xd, pairs, buf) in &work {
             let n = pairs.len() / 2 * cols;
             rec.upload(buf.buffer(), 0, bytemuck::cast_slice(pairs));
-            let (groups, grid_x) = element_grid(n);
-            let params = ElementwiseParams {
-                n: n as u32,
-                grid_x,
-                cols: cols as u32,
-                value: 0.0,
-            };
+            let (groups, params) = element_params(n, cols, 0.0);
             rec.dispatch(
                 pipeline.clone(),
                 &[

@@ -205,18 +205,7 @@ impl MoeConfig {
                     .unwrap_or(0) as usize,
                 shared_expert_gated: false,
             })),
-            Architecture::Olmoe => Ok(Some(Self {
-                experts: uint("num_experts")?,
-                experts_used: uint("num_experts_per_tok")?,
-                expert_ffn_size: uint("intermediate_size")?,
-                normalize: json
-                    .get("norm_topk_prob")
-                    .and_then(|v| v.as_bool())
-                    .unwrap_or(false),
-                shared_expert_ffn_size: 0,
-                shared_expert_gated: false,
-            })),
-            Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
+            Architecture::Qwen2Moe | Architecture::Qwen3Moe | Architecture::Olmoe => {
                 let step = json
                     .get("decoder_sparse_step")
                     .and_then(|v| v.as_u64())
@@ -239,7 +228,12 @@ impl MoeConfig {
                 Ok(Some(Self {
                     experts: uint("num_experts")?,
                     experts_used: uint("num_experts_per_tok")?,
-                    expert_ffn_size: uint("moe_intermediate_size")?,
+                    // OLMoE's experts are `intermediate_size` wide.
+                    expert_ffn_size: uint(if arch == Architecture::Olmoe {
+                        "intermediate_size"
+                    } else {
+                        "moe_intermediate_size"
+                    })?,
                     // Transformers' default is false; the released models set it.
                     normalize: json
                         .get("norm_topk_prob")
