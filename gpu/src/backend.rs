@@ -28,8 +28,8 @@ pub struct SeqSpan<'a> {
 }
 
 /// Head layout of grouped-query attention, and how a layer scores its keys.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AttentionShape {
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape<'a> {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
@@ -42,9 +42,13 @@ pub struct AttentionShape {
     /// A sliding-window layer's width: a query at position `p` sees positions
     /// `p − window + 1 ..= p` only (llama.cpp's standard SWA); 0 sees the whole sequence.
     pub window: usize,
+    /// Attention sinks (gpt-oss): one learned logit per query head (a `1 × n_heads` tensor)
+    /// that joins each row's softmax as a position with no value, so the weights of the real
+    /// positions sum to less than one; `None`: none.
+    pub sinks: Option<&'a Tensor>,
 }
 
-impl AttentionShape {
+impl AttentionShape<'_> {
     /// Plain causal attention with the usual `1 / sqrt(head_dim)` scale.
     pub fn new(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Self {
         Self {
@@ -54,6 +58,7 @@ impl AttentionShape {
             scale: 1.0 / (head_dim as f32).sqrt(),
             softcap: 0.0,
             window: 0,
+            sinks: None,
         }
     }
 
@@ -86,6 +91,18 @@ impl AttentionShape {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+}
+
+/// The sigmoid's slope in gpt-oss's clamped SwiGLU ([`Backend::swiglu_oai`]), fixed as in
+/// llama.cpp and the reference implementation.
+pub const SWIGLU_OAI_ALPHA: f32 = 1.702;
+
+/// gpt-oss's clamped SwiGLU of one value pair, as every backend computes it in f32.
+#[inline(always)]
+pub fn swiglu_oai(gate: f32, up: f32, limit: f32) -> f32 {
+    let g = gate.min(limit);
+    let u = up.max(-limit).min(limit);
+    g / (1.0 + (-SWIGLU_OAI_ALPHA * g).exp()) * (u + 1.0)
 }
 
 /// Which pairs of a head's dimensions RoPE rotates together.
@@ -431,6 +448,10 @@ pub trait Backend: Send + Sync {
     /// GeGLU's gate (Gemma): `gelu(gate) * up`, element-wise, with GELU's tanh form
     /// (PyTorch's `gelu_pytorch_tanh`): `gelu(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))`.
     fn gelu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor>;
+
+    /// gpt-oss's clamped SwiGLU: with `g = min(gate, limit)` and `u = clamp(up, ±limit)`,
+    /// `g · σ(α·g) · (u + 1)`, α = [`SWIGLU_OAI_ALPHA`] (llama.cpp's `swiglu_oai`).
+    fn swiglu_oai(&self, gate: &Tensor, up: &Tensor, limit: f32) -> Result<Tensor>;
 
     /// `x · factor`, element-wise (Gemma's embedding scale, `√hidden`).
     fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor>;

@@ -138,6 +138,19 @@ pub(crate) fn attention(
             format!("{shape:?}: heads must be a multiple of KV heads"),
         ));
     }
+    if let Some(sinks) = shape.sinks {
+        if sinks.rows() * sinks.cols() != shape.n_heads {
+            return Err(shape_err(
+                "attention",
+                format!(
+                    "{}x{} sinks for {} heads",
+                    sinks.rows(),
+                    sinks.cols(),
+                    shape.n_heads
+                ),
+            ));
+        }
+    }
     if shape.kv_dim() != spec.kv_dim || shape.head_dim != spec.head_dim || layer >= spec.layers {
         return Err(shape_err(
             "attention",

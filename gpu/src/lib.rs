@@ -18,7 +18,7 @@ pub mod wgpu;
 
 pub use backend::{
     argmax, read_logits_apart, top_k, AttentionShape, Backend, LogitsReadback, LogitsRequest, Rope,
-    RopeStyle, ScatteredRows, SeqSpan,
+    RopeStyle, ScatteredRows, SeqSpan, SWIGLU_OAI_ALPHA,
 };
 pub use draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 pub use error::{Error, Result};

@@ -444,6 +444,29 @@ fn elementwise_ops_and_gathers_match_float64(be: &dyn Backend, b: Bounds) {
     let e = rel_err(&geglu, &want);
     assert!(e < b.elementwise * 4.0, "gelu_mul: {e}");
     assert!(be.gelu_mul(&ta, &upload(be, 1, cols, &xb[..cols])).is_err());
+    // gpt-oss's clamped SwiGLU on gates and ups of ±8: both clamps (at 7) are crossed.
+    let wide_up: Vec<f32> = xb.iter().map(|v| v * 8.0).collect();
+    let oai = be
+        .download(
+            &be.swiglu_oai(&tw, &upload(be, rows, cols, &wide_up), 7.0)
+                .expect("swiglu_oai"),
+        )
+        .expect("download");
+    let want: Vec<f64> = wide
+        .iter()
+        .zip(&wide_up)
+        .map(|(&g, &u)| {
+            let g = f64::from(g).min(7.0);
+            let u = f64::from(u).clamp(-7.0, 7.0);
+            g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+        })
+        .collect();
+    let e = rel_err(&oai, &want);
+    assert!(e < b.elementwise * 4.0, "swiglu_oai: {e}");
+    assert!(wide.iter().any(|&g| g > 7.0) && wide_up.iter().any(|&u| u < -7.0));
+    assert!(be
+        .swiglu_oai(&ta, &upload(be, 1, cols, &xb[..cols]), 7.0)
+        .is_err());
     let scaled = be
         .download(&be.scale(&tw, 0.37).expect("scale"))
         .expect("download");

@@ -91,6 +91,7 @@ impl Family {
                 "add_bias",
                 "silu_mul",
                 "gelu_mul",
+                "swiglu_oai",
                 "scale",
                 "softcap",
                 "gather_rows",

@@ -13,7 +13,8 @@
 // own position only, so its result depends on its own sequence only, prefill or decode. A row
 // no sequence claims has position NO_ROW: nothing is written to the pool for it and its
 // output is zero. A sliding-window layer (`p.window` > 0) sees only its row's last `window`
-// positions: the chunks start at the window's first one.
+// positions: the chunks start at the window's first one. Attention sinks join the softmax
+// where a row's output is written (single chunk) or merged.
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k_new: array<f32>;
@@ -33,7 +34,10 @@
 // Each row's (cos, sin) per rotated pair (rope.wgsl's table), where `p.rope` asks for RoPE
 // here: q and the new keys are then rotated as they are read, as the rope kernel would have.
 @group(0) @binding(9) var<storage, read> rope_table: array<vec2<f32>>;
-@group(0) @binding(10) var<uniform> p: AttentionParams;
+// One logit per query head joining each softmax with no value (gpt-oss's attention sinks),
+// where `p.sinks` says so.
+@group(0) @binding(10) var<storage, read> sinks: array<f32>;
+@group(0) @binding(11) var<uniform> p: AttentionParams;
 
 struct AttentionParams {
     rows: u32,
@@ -56,6 +60,16 @@ struct AttentionParams {
     // Pairs rotated per head; the values past 2 · rotated_pairs are not rotated (partial
     // rotary).
     rotated_pairs: u32,
+    // 1: `sinks` holds a logit per head.
+    has_sinks: u32,
+}
+
+// Head `head`'s sink logit, or a score so low that it adds nothing (exp underflows to 0).
+fn sink(head: u32) -> f32 {
+    if p.has_sinks == 0u {
+        return -3.0e38;
+    }
+    return sinks[head];
 }
 
 // One value of a rotated pair (x0, x1) of row `row`: the first (`first`) or the second, with
@@ -304,10 +318,15 @@ fn attend(
         workgroupBarrier();
     }
     if chunks == 1u {
+        // The sink joins the softmax: a common maximum, one more term in the sum.
+        let s_sink = sink(head);
+        let m_all = max(m_run, s_sink);
+        let keep = exp(m_run - m_all);
+        let l_all = l_run * keep + exp(s_sink - m_all);
         for (var i = 0u; i < DIMS_PER_THREAD; i++) {
             let d = lid + WG * i;
             if d < hd {
-                out[q_base + d] = acc[i] / l_run;
+                out[q_base + d] = acc[i] * keep / l_all;
             }
         }
         return;
@@ -349,11 +368,12 @@ fn attend_merge(
     let hd = p.head_dim;
     let stride = hd + 2u;
     let first = row_head * p.splits * stride;
-    var m_all = -3.0e38;
+    let s_sink = sink(row_head % p.n_heads);
+    var m_all = s_sink;
     for (var c = 0u; c < chunks; c++) {
         m_all = max(m_all, partial[first + c * stride]);
     }
-    var l_all = 0.0;
+    var l_all = exp(s_sink - m_all);
     for (var c = 0u; c < chunks; c++) {
         l_all += partial[first + c * stride + 1u] * exp(partial[first + c * stride] - m_all);
     }

@@ -1,5 +1,5 @@
 // Element-wise kernels over `n` values: residual add, a bias added to every row, SwiGLU's
-// silu(gate)·up, GeGLU's gelu(gate)·up, a scale, a soft cap, a row gather, and a scattered
+// silu(gate)·up, GeGLU's gelu(gate)·up, gpt-oss's clamped SwiGLU, a scale, a soft cap, a row gather, and a scattered
 // weighted add (a mixture of experts' sum).
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -55,6 +55,21 @@ fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * p.grid_x;
     if i < p.n {
         out[i] = gelu_tanh(a[i]) * b[i];
+    }
+}
+
+// gpt-oss's clamped SwiGLU: g = min(gate, limit), u = clamp(up, ±limit), g·σ(1.702·g)·(u + 1),
+// the limit in `value`. σ from exp(−|z|), so nothing overflows for a very negative gate.
+@compute @workgroup_size(64)
+fn swiglu_oai(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x + gid.y * p.grid_x;
+    if i < p.n {
+        let g = min(a[i], p.value);
+        let u = clamp(b[i], -p.value, p.value);
+        let z = 1.702 * g;
+        let e = exp(-abs(z));
+        let sigma = select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0);
+        out[i] = g * sigma * (u + 1.0);
     }
 }
 

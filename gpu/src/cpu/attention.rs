@@ -16,6 +16,7 @@ use super::pool::{Pool, SendPtr};
 use crate::backend::{AttentionShape, SeqSpan};
 use crate::error::{shape_err, Result};
 use crate::kv::{check_table, HostKv, HostKvData, KvPoolSpec};
+use crate::tensor::Tensor;
 
 /// Query rows of one head per task: enough to reuse each key block from L1 many times, few
 /// enough that a 512-token prefill still makes hundreds of tasks.
@@ -227,6 +228,7 @@ fn attend_with<E: KvElem>(
         seqs,
         spec,
         shape,
+        sinks: shape.sinks.map(Tensor::host).transpose()?,
     };
     let mut out = vec![0.0f32; rows * q_dim];
     // Tasks write disjoint (row, head) slices: each belongs to one task (the tasks split
@@ -261,7 +263,9 @@ struct Ctx<'a, E> {
     v: &'a [E],
     seqs: &'a [SeqSpan<'a>],
     spec: &'a KvPoolSpec,
-    shape: AttentionShape,
+    shape: AttentionShape<'a>,
+    /// One logit per query head that joins each softmax with no value (gpt-oss).
+    sinks: Option<&'a [f32]>,
 }
 
 /// Rows `rows` (relative to the span) of query heads `heads` (all of one KV head) of span
@@ -531,10 +535,15 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
             *v = c.shape.score(*v);
             max = max.max(*v);
         }
+        // A sink is one more softmax term with no value: it shares the maximum and the sum.
+        let sink = c.sinks.map(|s| s[t.heads.start + r % nh]);
+        if let Some(sink) = sink {
+            max = max.max(sink);
+        }
         for v in sc.iter_mut() {
             *v = exp_nonpositive(*v - max);
         }
-        let inv = 1.0 / sum(sc);
+        let inv = 1.0 / (sum(sc) + sink.map_or(0.0, |s| exp_nonpositive(s - max)));
         for v in sc.iter_mut() {
             *v *= inv;
         }

@@ -273,6 +273,11 @@ impl Backend for CpuBackend {
         zip_values(gate, up, |g, u| fastmath::gelu_tanh(g) * u)
     }
 
+    fn swiglu_oai(&self, gate: &Tensor, up: &Tensor, limit: f32) -> Result<Tensor> {
+        checks::same_shape("swiglu_oai", gate, up)?;
+        zip_values(gate, up, |g, u| crate::backend::swiglu_oai(g, u, limit))
+    }
+
     fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
         zip_values(x, x, |v, _| v * factor)
     }

@@ -223,6 +223,7 @@ impl WgpuBackend {
             Some(_) => 1,
         };
         let (qd, kd, vd) = (device_of(q)?, device_of(k)?, device_of(v)?);
+        let sinks = shape.sinks.map(device_of).transpose()?;
         let kind = element_kind(spec.dtype);
         let write = self.kernel(Kernel::KvWrite { pool: kind })?;
         let attend = self.kernel(Kernel::Attend { pool: kind })?;
@@ -261,6 +262,11 @@ impl WgpuBackend {
             softcap: shape.softcap,
             window: shape.window as u32,
             rotated_pairs: rope.map_or(0, |(_, r)| r.rotated_pairs() as u32),
+            has_sinks: u32::from(sinks.is_some()),
+        };
+        let sinks_binding = match sinks {
+            Some(t) => (t.buffer(), t.bytes()),
+            None => (&self.dummy_read, 256),
         };
         let mut rec = self.recorder()?;
         rec.dispatch(
@@ -276,6 +282,7 @@ impl WgpuBackend {
                 (&self.dummy_write, 256),
                 (&self.dummy_write, 256),
                 table_binding,
+                (&self.dummy_read, 256),
             ],
             &params(write_groups.0 * ELEMENT_GROUP),
             write_groups,
@@ -293,6 +300,7 @@ impl WgpuBackend {
                 (out.buffer(), out.bytes()),
                 partial_binding,
                 table_binding,
+                sinks_binding,
             ],
             &params(attend_groups.0),
             attend_groups,
@@ -312,6 +320,7 @@ impl WgpuBackend {
                     (out.buffer(), out.bytes()),
                     partial_binding,
                     (&self.dummy_read, 256),
+                    sinks_binding,
                 ],
                 &params(merge_groups.0),
                 merge_groups,

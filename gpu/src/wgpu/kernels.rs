@@ -32,6 +32,8 @@ pub enum Kernel {
     SiluMul,
     /// GeGLU's gelu(gate)·up (Gemma).
     GeluMul,
+    /// gpt-oss's clamped SwiGLU (`value`: the clamp).
+    SwigluOai,
     /// `x · value`.
     Scale,
     /// `value · tanh(x / value)`.
@@ -105,7 +107,7 @@ enum Layout {
     /// two inputs · f32 output · int8 output · params.
     Quantize,
     /// q, k, v (read) · key and value pools (read-write) · row info, tables (read) ·
-    /// output · per-chunk partials (read-write) · RoPE table (read) · params.
+    /// output · per-chunk partials (read-write) · RoPE table, sinks (read) · params.
     Attention,
 }
 
@@ -116,7 +118,7 @@ impl Layout {
             Layout::Weights => &[R, R, R, R, W, R, W, W, U],
             Layout::Binary => &[R, R, W, U],
             Layout::Quantize => &[R, R, W, W, U],
-            Layout::Attention => &[R, R, R, W, W, R, R, W, W, R, U],
+            Layout::Attention => &[R, R, R, W, W, R, R, W, W, R, R, U],
         }
     }
 }
@@ -140,6 +142,7 @@ impl Kernel {
             | Kernel::AddBias
             | Kernel::SiluMul
             | Kernel::GeluMul
+            | Kernel::SwigluOai
             | Kernel::Scale
             | Kernel::Softcap
             | Kernel::GatherRows
@@ -164,6 +167,7 @@ impl Kernel {
             Kernel::AddBias => "add_bias",
             Kernel::SiluMul => "silu_mul",
             Kernel::GeluMul => "gelu_mul",
+            Kernel::SwigluOai => "swiglu_oai",
             Kernel::Scale => "scale",
             Kernel::Softcap => "softcap",
             Kernel::GatherRows => "gather_rows",
@@ -508,4 +512,6 @@ pub struct AttentionParams {
     pub window: u32,
     /// Pairs RoPE rotates per head (partial rotary: fewer than `head_dim / 2`).
     pub rotated_pairs: u32,
+    /// 1: the sinks binding holds a logit per head (gpt-oss).
+    pub has_sinks: u32,
 }

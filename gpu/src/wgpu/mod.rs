@@ -484,6 +484,10 @@ impl Backend for WgpuBackend {
         self.binary(Kernel::GeluMul, "gelu_mul", gate, up)
     }
 
+    fn swiglu_oai(&self, gate: &Tensor, up: &Tensor, limit: f32) -> Result<Tensor> {
+        self.swiglu_oai_values(gate, up, limit)
+    }
+
     fn scale(&self, x: &Tensor, factor: f32) -> Result<Tensor> {
         self.unary(Kernel::Scale, x, factor)
     }

@@ -145,6 +145,17 @@ impl WgpuBackend {
         self.elementwise(kernel, a, b, 0.0)
     }
 
+    /// gpt-oss's clamped SwiGLU, `limit` its clamp.
+    pub(super) fn swiglu_oai_values(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        limit: f32,
+    ) -> Result<Tensor> {
+        checks::same_shape("swiglu_oai", gate, up)?;
+        self.elementwise(Kernel::SwigluOai, gate, up, limit)
+    }
+
     /// A one-input element-wise kernel with its parameter (`scale`, `softcap`).
     pub(super) fn unary(&self, kernel: Kernel, x: &Tensor, value: f32) -> Result<Tensor> {
         self.elementwise(kernel, x, x, value)

@@ -5,7 +5,7 @@
 use super::*;
 use lowbit_gpu::KvDtype;
 
-const SHAPE: AttentionShape = AttentionShape {
+const SHAPE: AttentionShape<'static> = AttentionShape {
     n_heads: 6,
     n_kv_heads: 2,
     head_dim: 32,
@@ -13,6 +13,7 @@ const SHAPE: AttentionShape = AttentionShape {
     scale: 0.176_776_7,
     softcap: 0.0,
     window: 0,
+    sinks: None,
 };
 
 /// One sequence's whole history: queries, keys and values for positions `0..ctx`.
@@ -28,8 +29,13 @@ fn reference_attention_row(h: &History, pos: usize) -> Vec<f64> {
 }
 
 /// The float64 reference of one row: scores scaled by `shape.scale`, soft-capped, over the
-/// positions of its window (all of `0..=pos` without one).
+/// positions of its window (all of `0..=pos` without one), each head's sink (`sinks`, where
+/// the shape has them) one more term of its softmax.
 fn reference_attention_row_in(h: &History, pos: usize, shape: AttentionShape) -> Vec<f64> {
+    let sinks = shape
+        .sinks
+        .map(|_| SINKS.map(f64::from).to_vec())
+        .unwrap_or_default();
     let (hd, kv_dim, q_dim) = (shape.head_dim, shape.kv_dim(), shape.q_dim());
     let group = shape.n_heads / shape.n_kv_heads;
     let first = if shape.window == 0 {
@@ -57,8 +63,13 @@ fn reference_attention_row_in(h: &History, pos: usize, shape: AttentionShape) ->
                 }
             })
             .collect();
-        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+        let sink = sinks.get(head).copied();
+        let max = scores
+            .iter()
+            .chain(&sink)
+            .cloned()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let total: f64 = scores.iter().chain(&sink).map(|s| (s - max).exp()).sum();
         for (i, s) in scores.iter().enumerate() {
             let j = first + i;
             let p = (s - max).exp() / total;
@@ -182,22 +193,31 @@ fn attention_step_in(
     be.download(&out).expect("download")
 }
 
+/// One sink logit per head of [`SHAPE`]: below, among and far above the scores (8: the sink
+/// takes most of the weight).
+const SINKS: [f32; 6] = [-2.0, 0.0, 0.5, 1.5, -30.0, 8.0];
+
 /// Gemma's variations: a sliding window (shorter than a sequence, longer than one GPU
-/// attention chunk, one token), a soft cap and another scale, against the float64 reference;
+/// attention chunk, one token), a soft cap and another scale; gpt-oss's attention sinks, over
+/// a whole sequence (several GPU chunks, merged) and a window; against the float64 reference;
 /// and a windowed row gives the same bits decoded alone as inside a prefill batch.
 pub(crate) fn sliding_windows_and_soft_caps_match_float64(be: &dyn Backend, b: Bounds) {
     let variants = [
-        (37, 0.0, SHAPE.scale),
-        (300, 0.0, SHAPE.scale),
-        (1, 0.0, SHAPE.scale),
-        (0, 1.5, 0.5),
-        (70, 2.0, 0.3),
+        (37, 0.0, SHAPE.scale, false),
+        (300, 0.0, SHAPE.scale, false),
+        (1, 0.0, SHAPE.scale, false),
+        (0, 1.5, 0.5, false),
+        (70, 2.0, 0.3, false),
+        (0, 0.0, SHAPE.scale, true),
+        (37, 0.0, SHAPE.scale, true),
     ];
-    for (window, softcap, scale) in variants {
+    let sinks = upload(be, 1, SINKS.len(), &SINKS);
+    for (window, softcap, scale, with_sinks) in variants {
         let shape = AttentionShape {
             window,
             softcap,
             scale,
+            sinks: with_sinks.then_some(&sinks),
             ..SHAPE
         };
         let (hs, spec) = histories_in(&[600, 90, 1], 16, KvDtype::F32);
@@ -211,8 +231,34 @@ pub(crate) fn sliding_windows_and_soft_caps_match_float64(be: &dyn Backend, b: B
                 want.extend(reference_attention_row_in(&hs[*i], pos, shape));
             }
         }
+        if with_sinks {
+            // A sink per head or nothing: five for six heads is refused.
+            let five = upload(be, 1, 5, &SINKS[..5]);
+            let bad = AttentionShape {
+                sinks: Some(&five),
+                ..shape
+            };
+            let r = &hs[2];
+            let (q, k, v) = (
+                upload(be, 1, SHAPE.q_dim(), &r.q[..SHAPE.q_dim()]),
+                upload(be, 1, SHAPE.kv_dim(), &r.k[..SHAPE.kv_dim()]),
+                upload(be, 1, SHAPE.kv_dim(), &r.v[..SHAPE.kv_dim()]),
+            );
+            let span = SeqSpan {
+                row_start: 0,
+                len: 1,
+                pos_start: 0,
+                blocks: &r.blocks,
+            };
+            assert!(be
+                .attention(1, &q, &k, &v, &[span], &mut pool, bad)
+                .is_err());
+        }
         let e = rel_err(&out, &want);
-        assert!(e < b.attention, "window {window}, softcap {softcap}: {e}");
+        assert!(
+            e < b.attention,
+            "window {window}, softcap {softcap}, sinks {with_sinks}: {e}"
+        );
         // Position 599 of sequence 0 alone, after its first 599 positions are in the pool.
         let alone = attention_step_in(be, &hs, &[(0, 599..600)], &mut pool, shape);
         let q_dim = SHAPE.q_dim();

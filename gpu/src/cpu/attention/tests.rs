@@ -3,7 +3,7 @@
 use super::*;
 use crate::kv::KvDtype;
 
-const SHAPE: AttentionShape = AttentionShape {
+const SHAPE: AttentionShape<'static> = AttentionShape {
     n_heads: 6,
     n_kv_heads: 2,
     head_dim: 32,
@@ -11,19 +11,21 @@ const SHAPE: AttentionShape = AttentionShape {
     scale: 0.176_776_7,
     softcap: 0.0,
     window: 0,
+    sinks: None,
 };
 /// 64 + 16 columns: the AVX-512 weighted sum and its narrower tail.
-const WIDE_SHAPE: AttentionShape = AttentionShape {
+const WIDE_SHAPE: AttentionShape<'static> = AttentionShape {
     n_heads: 4,
     n_kv_heads: 2,
     head_dim: 80,
     scale: 0.111_803_4,
     softcap: 0.0,
     window: 0,
+    sinks: None,
 };
 
 /// Gemma's variations: a sliding window that starts inside blocks, a soft cap, another scale.
-const WINDOWED: AttentionShape = AttentionShape {
+const WINDOWED: AttentionShape<'static> = AttentionShape {
     window: 21,
     softcap: 2.0,
     scale: 0.3,
