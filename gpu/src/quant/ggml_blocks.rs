@@ -1,5 +1,5 @@
 //! The GGUF block formats lowbit imports but does not store as they are: Q5_0, Q5_1, the
-//! K-quants (Q2_K … Q6_K) and the non-linear IQ4_NL / IQ4_XS. Each has a scalar decoder here
+//! K-quants (Q2_K … Q6_K), the non-linear IQ4_NL / IQ4_XS and MXFP4. Each has a scalar decoder here
 //! (the definition of its values, in ggml's arithmetic order) and, where one of lowbit's
 //! formats holds the same integers, the codes and per-group scales for a repack.
 //!
@@ -14,7 +14,10 @@
 //! Q5_K    | d f16 | dmin f16 | scales[12] | qh[32] | qs[128] |   176 B / 256,  8 × 32 values
 //! Q6_K    | ql[128] | qh[64] | scales[16] i8 | d f16 |           210 B / 256, 16 × 16 values
 //! IQ4_XS  | d f16 | scales_h u16 | scales_l[4] | qs[128] |       136 B / 256,  8 × 32 values
+//! MXFP4   | e u8 | qs[16] |                                        17 B / 32,  x = 2^(e−128)·T[q]
 //! ```
+//! MXFP4's `e` is an E8M0 exponent and `T` twice the E2M1 values (`kvalues_mxfp4`), so that
+//! `2^(e−128)` (ggml's `E8M0_TO_FP32_HALF`) makes them whole: its codes are Q8's integers.
 //! Q5's fifth bits: bit `j` of `qh` belongs to value `j` (values 0..16 in low nibbles of `qs`,
 //! 16..32 in high nibbles). K-quant sub-block scales are 6 bits (Q3_K: offset by 32; Q4_K and
 //! Q5_K: a scale and a min, both multiplied by the super-block's `d` / `dmin`), Q2_K's are
@@ -30,6 +33,31 @@ pub const QK_K: usize = 256;
 const IQ4_LEVELS: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
+
+/// MXFP4's 16 codes: twice FP4 E2M1's values (`kvalues_mxfp4`).
+const MXFP4_LEVELS: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// `2^(e − 128)`, E8M0's value halved (ggml's `ggml_e8m0_to_fp32_half`, subnormals included).
+fn e8m0_half(e: u8) -> f32 {
+    let bits = if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        u32::from(e - 1) << 23
+    };
+    f32::from_bits(bits)
+}
+
+/// An MXFP4 block as Q8's integers and f16 scale, exactly where the scale fits f16: a scale
+/// above f16's range moves up to three doublings into the codes (12 · 8 < 127).
+fn mxfp4_group(b: &[u8]) -> Group {
+    let levels = nibbles(&b[1..17]).map(|q| MXFP4_LEVELS[q as usize]);
+    let shift = i32::from(b[0]).saturating_sub(128 + 15).clamp(0, 3);
+    Group {
+        codes: levels.map(|v| (v << shift) as u8),
+        scale: f16::from_f32((e8m0_half(b[0]) / (1 << shift) as f32).min(65_504.0)),
+        min: None,
+    }
+}
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
@@ -110,6 +138,12 @@ pub fn decode(dtype: SourceDType, src: &[u8], out: &mut [f32]) {
                 let d = f16_at(b, 0);
                 for (x, q) in o.iter_mut().zip(nibbles(&b[2..18])) {
                     *x = d * f32::from(IQ4_LEVELS[q as usize]);
+                }
+            }
+            SourceDType::MXFP4 => {
+                let d = e8m0_half(b[0]);
+                for (x, q) in o.iter_mut().zip(nibbles(&b[1..17])) {
+                    *x = f32::from(MXFP4_LEVELS[q as usize]) * d;
                 }
             }
             SourceDType::Q2_K => decode_q2_k(b, o),
@@ -223,8 +257,8 @@ pub struct Group {
     pub min: Option<f16>,
 }
 
-/// The groups of whole blocks of a repackable format, in value order: Q5_0 and IQ4_NL to Q8
-/// (same integers, same scale: exact), Q4_K to Q4M g32 and IQ4_XS to Q8 (same integers; the
+/// The groups of whole blocks of a repackable format, in value order: Q5_0, IQ4_NL and
+/// MXFP4 to Q8 (same integers, same scale: exact), Q4_K to Q4M g32 and IQ4_XS to Q8 (same integers; the
 /// two-level scale `d·sc`, and Q4_K's min `−dmin·m`, rounded once to f16).
 pub fn repack_groups(dtype: SourceDType, src: &[u8], mut emit: impl FnMut(Group)) {
     let f16_bits = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
@@ -235,6 +269,7 @@ pub fn repack_groups(dtype: SourceDType, src: &[u8], mut emit: impl FnMut(Group)
                 scale: f16_bits(b, 0),
                 min: None,
             }),
+            SourceDType::MXFP4 => emit(mxfp4_group(b)),
             SourceDType::IQ4_NL => emit(Group {
                 codes: nibbles(&b[2..18]).map(|q| IQ4_LEVELS[q as usize] as u8),
                 scale: f16_bits(b, 0),
@@ -272,6 +307,44 @@ pub fn repack_groups(dtype: SourceDType, src: &[u8], mut emit: impl FnMut(Group)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// MXFP4 as the OCP spec defines it (E2M1 codes: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their
+    /// negatives; scale 2^(e − 127)), and its Q8 repack equal to the decode bit for bit over
+    /// every exponent f16 holds, up to the three doublings moved into the codes.
+    #[test]
+    fn mxfp4_decodes_as_the_spec_and_repacks_exactly() {
+        let e2m1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+        let mut block = [0u8; 17];
+        block[0] = 127;
+        for j in 0..16 {
+            block[1 + j] = (j as u8) | (((15 - j) as u8) << 4);
+        }
+        let mut out = [0.0f32; 32];
+        decode(SourceDType::MXFP4, &block, &mut out);
+        for (j, &x) in out.iter().enumerate() {
+            let code = if j < 16 { j } else { 15 - (j - 16) };
+            let want = if code < 8 {
+                e2m1[code]
+            } else {
+                -e2m1[code - 8]
+            };
+            assert_eq!(x, want, "value {j}");
+        }
+        for e in 104..=146u8 {
+            block[0] = e;
+            decode(SourceDType::MXFP4, &block, &mut out);
+            let mut groups = Vec::new();
+            repack_groups(SourceDType::MXFP4, &block, |g| groups.push(g));
+            let g = &groups[0];
+            for (j, &x) in out.iter().enumerate() {
+                let v = f32::from(g.codes[j] as i8) * g.scale.to_f32();
+                assert_eq!(v.to_bits(), x.to_bits(), "exponent {e}, value {j}");
+            }
+        }
+        // Scales beyond f16's range neither overflow nor turn into infinities.
+        block[0] = 255;
+        repack_groups(SourceDType::MXFP4, &block, |g| assert!(g.scale.is_finite()));
+    }
 
     #[test]
     fn q3_k_scales_unpack_as_ggml_does() {

@@ -289,7 +289,11 @@ impl QTensor {
         match dtype {
             SourceDType::F32 | SourceDType::BF16 => Import::Exact(QuantFormat::F32),
             SourceDType::F16 => Import::Exact(QuantFormat::F16),
-            SourceDType::Q8_0 | SourceDType::Q5_0 | SourceDType::IQ4_NL => Import::Exact(Q8),
+            // MXFP4: exact for every block scale from 2⁻²⁴ to 2¹⁸ (real weights' are near
+            // 2⁻⁸); a smaller one rounds to f16's smallest.
+            SourceDType::Q8_0 | SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::MXFP4 => {
+                Import::Exact(Q8)
+            }
             SourceDType::Q4_0 => Import::Exact(QuantFormat::Q4(GroupSize::G32)),
             SourceDType::Q4_1 => Import::Exact(q4mg32),
             SourceDType::Q4_K => Import::Rescaled(q4mg32),
@@ -313,9 +317,11 @@ impl QTensor {
             }
         };
         match raw.dtype {
-            SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::IQ4_XS | SourceDType::Q4_K => {
-                Self::repack_groups(raw, format)
-            }
+            SourceDType::Q5_0
+            | SourceDType::IQ4_NL
+            | SourceDType::IQ4_XS
+            | SourceDType::Q4_K
+            | SourceDType::MXFP4 => Self::repack_groups(raw, format),
             _ => Self::repack_planar(raw, format),
         }
     }

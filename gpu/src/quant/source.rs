@@ -37,6 +37,8 @@ pub enum SourceDType {
     Q6_K,
     IQ4_NL,
     IQ4_XS,
+    /// OCP microscaling FP4 (gpt-oss's experts): 32 E2M1 values and a power-of-two scale.
+    MXFP4,
 }
 
 impl SourceDType {
@@ -44,9 +46,13 @@ impl SourceDType {
     pub fn block_values(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q8_0 | Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::IQ4_NL => {
-                GGUF_BLOCK
-            }
+            Self::Q8_0
+            | Self::Q4_0
+            | Self::Q4_1
+            | Self::Q5_0
+            | Self::Q5_1
+            | Self::IQ4_NL
+            | Self::MXFP4 => GGUF_BLOCK,
             Self::Q2_K | Self::Q3_K | Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::IQ4_XS => QK_K,
         }
     }
@@ -67,6 +73,7 @@ impl SourceDType {
             Self::Q5_K => 176,
             Self::Q6_K => 210,
             Self::IQ4_XS => 136,
+            Self::MXFP4 => 17,
         }
     }
 
@@ -224,7 +231,8 @@ pub fn decode_row(dtype: SourceDType, src: &[u8], out: &mut [f32]) {
         | SourceDType::Q5_K
         | SourceDType::Q6_K
         | SourceDType::IQ4_NL
-        | SourceDType::IQ4_XS => ggml_blocks::decode(dtype, src, out),
+        | SourceDType::IQ4_XS
+        | SourceDType::MXFP4 => ggml_blocks::decode(dtype, src, out),
     }
 }
 

@@ -36,7 +36,8 @@ use lowbit_gpu::SourceDType;
 
 /// The tensor types lowbit reads, for error messages.
 pub const SUPPORTED_TYPES: &str =
-    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS";
+    "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, \
+     MXFP4";
 
 /// ggml's tensor type code for a dtype lowbit reads.
 pub fn ggml_type_code(dtype: SourceDType) -> u32 {
@@ -56,6 +57,7 @@ pub fn ggml_type_code(dtype: SourceDType) -> u32 {
         SourceDType::IQ4_NL => 20,
         SourceDType::IQ4_XS => 23,
         SourceDType::BF16 => 30,
+        SourceDType::MXFP4 => 39,
     }
 }
 
@@ -77,6 +79,7 @@ pub fn dtype_from_ggml(code: u32) -> Result<SourceDType, String> {
         20 => SourceDType::IQ4_NL,
         23 => SourceDType::IQ4_XS,
         30 => SourceDType::BF16,
+        39 => SourceDType::MXFP4,
         other => {
             let name = match other {
                 9 => "Q8_1",
@@ -95,7 +98,6 @@ pub fn dtype_from_ggml(code: u32) -> Result<SourceDType, String> {
                 28 => "F64",
                 34 => "TQ1_0",
                 35 => "TQ2_0",
-                39 => "MXFP4",
                 _ => "unknown",
             };
             return Err(format!("{name} (type code {other})"));
