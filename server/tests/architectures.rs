@@ -36,7 +36,7 @@ const TOKENS: [u32; 11] = [5, 17, 99, 0, 42, 42, 7, 63, 1, 88, 30];
 
 /// The fixture models: architecture and seed (F32 tensors: llama.cpp computes them in f32,
 /// so its logits are a tight reference).
-const LLAMA_CPP_MODELS: [(TinyArch, u64); 15] = [
+const LLAMA_CPP_MODELS: [(TinyArch, u64); 16] = [
     (TinyArch::Llama, 21),
     (TinyArch::Qwen2, 22),
     (TinyArch::Qwen3, 23),
@@ -52,6 +52,7 @@ const LLAMA_CPP_MODELS: [(TinyArch, u64); 15] = [
     (TinyArch::GraniteMoe, 53),
     (TinyArch::Olmo3, 55),
     (TinyArch::Olmoe, 56),
+    (TinyArch::GptOss, 57),
 ];
 
 const GEMMAS: [TinyArch; 3] = [TinyArch::Gemma, TinyArch::Gemma2, TinyArch::Gemma3];
@@ -71,6 +72,10 @@ fn tiny(arch: TinyArch, seed: u64, tied: bool, quantized: bool) -> TinyModel {
     if arch == TinyArch::Olmoe {
         // llama.cpp's OLMoE norms keys over the hidden width.
         cfg.kv_heads = cfg.heads;
+    }
+    if arch == TinyArch::GptOss {
+        // Sliding, global, sliding.
+        cfg.layers = 3;
     }
     if matches!(arch, TinyArch::SmolLm3 | TinyArch::Olmo3) {
         // Layer 3 attends without RoPE (SmolLM3), globally with YaRN (OLMo 3).
@@ -281,15 +286,20 @@ fn fnv1a(bytes: &[u8]) -> String {
 }
 
 /// Every tensor F32 (an untied tiny head is Q8_0, which llama.cpp multiplies with 8-bit
-/// activations), so tied; llama.cpp's Qwen2-MoE, OLMo and OLMoE need their own head, stored
-/// F32.
+/// activations), so tied; llama.cpp's Qwen2-MoE, OLMo, OLMoE and gpt-oss need their own
+/// head, stored F32. gpt-oss's experts too are F32 here, though MXFP4 values (llama.cpp
+/// multiplies MXFP4 with 8-bit activations: 2.3e-2 off; lowbit's MXFP4 decoding is checked
+/// against gguf-py's in `gguf_quant_types.rs`).
 fn fixture_model(arch: TinyArch, seed: u64) -> TinyModel {
-    if matches!(arch, TinyArch::Qwen2Moe | TinyArch::Olmo3 | TinyArch::Olmoe) {
+    if matches!(
+        arch,
+        TinyArch::Qwen2Moe | TinyArch::Olmo3 | TinyArch::Olmoe | TinyArch::GptOss
+    ) {
         let mut model = tiny(arch, seed, false, false);
         for t in model
             .tensors
             .iter_mut()
-            .filter(|t| t.name == "output.weight")
+            .filter(|t| t.name == "output.weight" || t.dtype == lowbit_gpu::SourceDType::MXFP4)
         {
             t.dtype = lowbit_gpu::SourceDType::F32;
         }

@@ -7,7 +7,9 @@
 //! llama.cpp multiplies these types with 8-bit activations (Q8_K / Q8_0), lowbit with its own
 //! int8 activations after importing them (repacked, rescaled or requantized: `QTensor::import`),
 //! so the two agree closely but not to the last bit; decoded to f32 by lowbit the file gives
-//! llama.cpp's logits within the spread of llama.cpp's own activation rounding.
+//! llama.cpp's logits within the spread of llama.cpp's own activation rounding. MXFP4, which
+//! `llama-quantize` makes only for gpt-oss's experts, is checked block by block against
+//! gguf-py's decoder instead (`data/gguf_py_mxfp4.json`).
 #![allow(clippy::unwrap_used)] // test code: a failed step should stop the test there
 
 mod common;
@@ -192,4 +194,31 @@ fn write_quant_types_source_model() {
         serde_json::to_string(&TOKENS).unwrap(),
     )
     .unwrap();
+}
+
+/// MXFP4 (gpt-oss's experts) decodes as gguf-py, llama.cpp's Python reference, decodes it
+/// (`data/gguf_py_mxfp4.json`, written by `data/gguf_py_mxfp4.py`): random blocks over every
+/// exponent class, bit for bit; and its Q8 import changes no value where the block scale fits
+/// f16 (every exponent from 104 to 146, where real weights' lie).
+#[test]
+fn mxfp4_decodes_as_gguf_py_and_imports_exactly() {
+    #[derive(serde::Deserialize)]
+    struct Block {
+        bytes: Vec<u8>,
+        value_bits: Vec<u32>,
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gguf_py_mxfp4.json");
+    let blocks: Vec<Block> = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(blocks.len(), 64);
+    for (i, b) in blocks.iter().enumerate() {
+        let raw =
+            lowbit_gpu::RawTensor::new(lowbit_gpu::SourceDType::MXFP4, 1, 32, &b.bytes).unwrap();
+        let got: Vec<u32> = raw.to_f32().iter().map(|v| v.to_bits()).collect();
+        assert_eq!(got, b.value_bits, "block {i} (exponent {})", b.bytes[0]);
+        if (104..=146).contains(&b.bytes[0]) {
+            let q = lowbit_gpu::QTensor::repack(&raw).unwrap();
+            let imported: Vec<u32> = q.dequantize().iter().map(|v| v.to_bits()).collect();
+            assert_eq!(imported, b.value_bits, "block {i} imported");
+        }
+    }
 }

@@ -114,7 +114,7 @@ fn batch_logits(model: &Llama, seqs: &[&[u32]]) -> Vec<Vec<f32>> {
 
 /// A sequence's logits are the same bits alone and beside others whose tokens route to other
 /// experts (so each expert multiplies a different set of rows), on the CPU and the GPU; with
-/// Qwen2-MoE's gated shared expert too.
+/// Qwen2-MoE's gated shared expert and gpt-oss's sinks, biases and sliding layers too.
 #[test]
 fn a_sequences_logits_do_not_depend_on_its_batch() {
     let gpu = gpu();
@@ -123,6 +123,8 @@ fn a_sequences_logits_do_not_depend_on_its_batch() {
         (TinyArch::Qwen3Moe, gpu.clone(), "as-stored"),
         (TinyArch::Qwen2Moe, cpu(), "q4"),
         (TinyArch::Qwen2Moe, gpu.clone(), "as-stored"),
+        (TinyArch::GptOss, cpu(), "q4"),
+        (TinyArch::GptOss, gpu.clone(), "as-stored"),
     ] {
         let model = tiny(arch, 9, true);
         let dir = tempfile::tempdir().unwrap();

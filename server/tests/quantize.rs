@@ -161,7 +161,8 @@ fn qwen_files_keep_their_biases_and_head_norms() {
 /// fields and run it as Llama), a Llama file still version 1. A Phi file (its fused
 /// projections written apart) keeps partial rotary and LongRoPE, a Granite file its residual
 /// and logit scales, a SmolLM3 file its layers without RoPE: version 3. A mixture of experts
-/// (its experts written apart, the router as stored), YaRN (the tiny Qwen3-MoE's): version 4.
+/// (its experts written apart, the router as stored), YaRN (the tiny Qwen3-MoE's): version 4;
+/// gpt-oss (its MXFP4 experts and their biases written apart): version 5.
 #[test]
 fn gemma_and_phi_files_keep_their_config_and_format_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +179,7 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
         TinyArch::GraniteMoe,
         TinyArch::Olmo3,
         TinyArch::Olmoe,
+        TinyArch::GptOss,
     ] {
         let gguf = tiny_gguf_of(dir.path(), arch);
         let source = ModelSource::open(&gguf).unwrap();
@@ -211,7 +213,9 @@ fn gemma_and_phi_files_keep_their_config_and_format_version() {
             source.config().unwrap().rope_scaling
         );
         assert_eq!(file.config().unwrap().moe, source.config().unwrap().moe);
+        assert_eq!(file.config().unwrap().gpt_oss, arch == TinyArch::GptOss);
         let version = match arch {
+            TinyArch::GptOss => "5",
             a if a.is_moe() || a == TinyArch::Olmo3 => "4",
             TinyArch::Phi3 | TinyArch::Granite | TinyArch::SmolLm3 => "3",
             a if a.is_gemma() => "2",

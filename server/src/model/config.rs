@@ -11,6 +11,7 @@ use std::path::Path;
 /// corrupt value is refused before it is used to size an allocation.
 const MAX_DIMENSION: usize = 1 << 24;
 
+pub(super) use super::architecture::Architecture;
 pub use super::moe_params::MoeConfig;
 pub use super::rope_params::RopeScaling;
 
@@ -61,6 +62,12 @@ pub struct LlamaConfig {
     /// Granite 3 MoE).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe: Option<MoeConfig>,
+    /// gpt-oss's block: a sink logit per query head (`blk.N.attn_sinks`), a biased attention
+    /// output (`attn_output.bias`), a router and experts with biases, the clamped SwiGLU
+    /// ([`Activation::SwigluOai`]); the MLP's pre-norm is `blk.N.post_attention_norm`
+    /// (llama.cpp's name).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub gpt_oss: bool,
     /// What Gemma adds (nothing for the others).
     #[serde(flatten)]
     pub gemma: GemmaAdditions,
@@ -126,6 +133,7 @@ impl Default for LlamaConfig {
             qk_norm_whole: false,
             no_pre_norms: false,
             moe: None,
+            gpt_oss: false,
             gemma: GemmaAdditions::default(),
         }
     }
@@ -140,115 +148,13 @@ pub enum Activation {
     Silu,
     /// `gelu(gate) · up`, GELU's tanh form (GeGLU: Gemma).
     GeluTanh,
+    /// gpt-oss's SwiGLU, gate and up clamped at [`SWIGLU_OAI_LIMIT`]
+    /// ([`lowbit_gpu::Backend::swiglu_oai`]).
+    SwigluOai,
 }
 
-/// The architectures lowbit runs: Llama's block, with the variations each one adds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Architecture {
-    /// Llama, Mistral (no sliding window): RoPE pairing as stored.
-    Llama,
-    /// Qwen2 / Qwen2.5: biased Q/K/V.
-    Qwen2,
-    /// Qwen3: per-head Q/K norms.
-    Qwen3,
-    /// Gemma: GeGLU, embeddings scaled by `√hidden`, wide heads.
-    Gemma,
-    /// Gemma 2: Gemma with post-norms, soft caps and sliding-window layers (every other).
-    Gemma2,
-    /// Gemma 3: Gemma 2 without soft caps, with per-head Q/K norms, five sliding layers to
-    /// one global, and a RoPE base of their own for the sliding layers.
-    Gemma3,
-    /// Phi-3, Phi-3.5, Phi-4, Phi-4-mini: Q/K/V and gate/up stored fused (split on load),
-    /// LongRoPE, partial rotary (Phi-4-mini), a sliding window on every layer (Phi-3-mini).
-    Phi3,
-    /// IBM Granite 3.x (dense): Llama's block with scaled embeddings, scores, residual
-    /// branches and logits.
-    Granite,
-    /// SmolLM3: Llama's block, every fourth layer without RoPE.
-    SmolLm3,
-    /// Granite 3.x MoE (and its shared-expert variant): Granite with a mixture of experts.
-    GraniteMoe,
-    /// OLMo 2 and OLMo 3: norms after attention and the MLP only, Q/K norms over the whole
-    /// projections; OLMo 3 slides three layers of four.
-    Olmo2,
-    /// OLMoE: Llama's block with OLMo's Q/K norms over whole projections and a mixture of
-    /// experts (their softmax weights not renormalized).
-    Olmoe,
-    /// Mixtral: Llama's block with a mixture of experts (GGUF files name it `llama`).
-    Mixtral,
-    /// Qwen2-MoE: Qwen2's block with a mixture of experts and a shared expert.
-    Qwen2Moe,
-    /// Qwen3-MoE: Qwen3's block with a mixture of experts.
-    Qwen3Moe,
-}
-
-impl Architecture {
-    /// The architecture a GGUF `general.architecture` or an HF `model_type` names.
-    fn named(name: &str) -> Option<Self> {
-        Some(match name {
-            "llama" | "mistral" => Self::Llama,
-            "qwen2" => Self::Qwen2,
-            "qwen3" => Self::Qwen3,
-            "gemma" => Self::Gemma,
-            "gemma2" => Self::Gemma2,
-            // Hugging Face's text-only Gemma 3 (1B, and the text half of the others).
-            "gemma3" | "gemma3_text" => Self::Gemma3,
-            "phi3" => Self::Phi3,
-            "granite" => Self::Granite,
-            "granitemoe" | "granitemoeshared" => Self::GraniteMoe,
-            "olmo2" | "olmo3" => Self::Olmo2,
-            "olmoe" => Self::Olmoe,
-            "smollm3" => Self::SmolLm3,
-            "mixtral" => Self::Mixtral,
-            "qwen2moe" | "qwen2_moe" => Self::Qwen2Moe,
-            "qwen3moe" | "qwen3_moe" => Self::Qwen3Moe,
-            _ => return None,
-        })
-    }
-
-    const SUPPORTED: &'static str =
-        "llama, mistral, mixtral, qwen2, qwen2moe, qwen3, qwen3moe, gemma, gemma2, gemma3, phi3, \
-         granite, granitemoe, olmo2, olmo3, olmoe, smollm3";
-
-    /// Granite's scales (dense and MoE).
-    pub(super) fn is_granite(self) -> bool {
-        matches!(self, Self::Granite | Self::GraniteMoe)
-    }
-
-    /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
-    fn has_qk_norm(self) -> bool {
-        matches!(
-            self,
-            Self::Qwen3 | Self::Qwen3Moe | Self::Gemma3 | Self::Olmo2 | Self::Olmoe
-        )
-    }
-
-    pub(super) fn is_gemma(self) -> bool {
-        matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
-    }
-
-    /// How a GGUF file of this architecture pairs RoPE's dimensions: llama.cpp's converter
-    /// permutes Llama's Q/K rows to rotate adjacent pairs, and leaves Qwen's as Hugging Face
-    /// stores them (llama.cpp's NEOX rope type).
-    fn gguf_rope_style(self) -> RopeStyle {
-        match self {
-            // Granite's converter is Llama's.
-            Self::Llama | Self::Mixtral | Self::Granite | Self::GraniteMoe | Self::SmolLm3 => {
-                RopeStyle::Interleaved
-            }
-            Self::Qwen2
-            | Self::Qwen2Moe
-            | Self::Qwen3
-            | Self::Qwen3Moe
-            | Self::Gemma
-            | Self::Gemma2
-            | Self::Gemma3
-            | Self::Olmo2
-            | Self::Olmoe
-            | Self::Phi3 => RopeStyle::HalfSplit,
-        }
-    }
-}
+/// gpt-oss's SwiGLU clamp (llama.cpp's, and the released configs' `swiglu_limit`).
+pub const SWIGLU_OAI_LIMIT: f32 = 7.0;
 
 fn deserialize_rope_style<'de, D: serde::Deserializer<'de>>(
     d: D,
@@ -274,7 +180,7 @@ fn serialize_rope_style<S: serde::Serializer>(
 
 impl LlamaConfig {
     /// The attention head layout (a sliding-window layer's too: [`Self::layer_attention`]).
-    pub fn attention_shape(&self) -> AttentionShape {
+    pub fn attention_shape(&self) -> AttentionShape<'static> {
         let mut shape = AttentionShape::new(self.n_heads, self.n_kv_heads, self.head_dim);
         if let Some(scale) = self.gemma.attention_scale {
             shape.scale = scale;
@@ -295,7 +201,7 @@ impl LlamaConfig {
     }
 
     /// How layer `layer` attends: [`Self::attention_shape`], windowed where it slides.
-    pub fn layer_attention(&self, layer: usize) -> AttentionShape {
+    pub fn layer_attention(&self, layer: usize) -> AttentionShape<'static> {
         let mut shape = self.attention_shape();
         if self.is_sliding(layer) {
             shape.window = self.gemma.sliding_window;
@@ -334,6 +240,16 @@ impl LlamaConfig {
             || matches!(self.rope_scaling, RopeScaling::Yarn { .. })
             || self.qk_norm_whole
             || self.no_pre_norms
+    }
+
+    /// The name of each block's MLP pre-norm: llama.cpp's gpt-oss files call it
+    /// `post_attention_norm` (it follows attention), the others `ffn_norm`.
+    pub fn ffn_norm_part(&self) -> &'static str {
+        if self.gpt_oss {
+            "post_attention_norm"
+        } else {
+            "ffn_norm"
+        }
     }
 
     /// Whether layer `layer` attends without RoPE.
@@ -473,6 +389,13 @@ impl LlamaConfig {
                 "a block without pre-norms needs post-norms",
             ));
         }
+        if self.gpt_oss && (self.moe.is_none() || self.gemma.activation != Activation::SwigluOai) {
+            return Err(ModelError::field(
+                &p,
+                "expert_count",
+                "gpt-oss's block needs experts with its clamped SwiGLU",
+            ));
+        }
         if let Some(moe) = &self.moe {
             moe.validate(&p.to_string(), MAX_DIMENSION)?;
             if self.gemma.post_norms {
@@ -500,7 +423,9 @@ impl LlamaConfig {
                 format!("'{arch}' is not supported ({})", Architecture::SUPPORTED),
             ));
         };
-        if gguf.tensor_info("blk.0.attn_output.bias").is_some() {
+        if architecture != Architecture::GptOss
+            && gguf.tensor_info("blk.0.attn_output.bias").is_some()
+        {
             return Err(ModelError::tensor(
                 &path,
                 "blk.0.attn_output.bias",
@@ -579,6 +504,7 @@ impl LlamaConfig {
                 Vec::new()
             },
             moe,
+            gpt_oss: architecture == Architecture::GptOss,
             gemma,
         }
         .validate(gguf.path())
@@ -673,6 +599,7 @@ impl LlamaConfig {
                 Vec::new()
             },
             moe: MoeConfig::from_hf_json(architecture, &p, json)?,
+            gpt_oss: false,
             gemma,
         }
         .validate(path)

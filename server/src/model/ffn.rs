@@ -3,15 +3,20 @@
 
 use super::error::Result;
 use super::moe::MoeFfn;
-use lowbit_gpu::{Backend, QTensor, Weight};
+use lowbit_gpu::{Backend, QTensor, Tensor, Weight};
 use std::sync::Arc;
 
-/// Gated feed-forward: `down(act(gate(x)) * up(x))`, SiLU or GELU.
+/// Loads a norm weight or bias by canonical name and length, onto the backend.
+pub(super) type LoadVector<'a> = dyn FnMut(&str, usize) -> Result<Tensor> + 'a;
+
+/// Gated feed-forward: `down(act(gate(x)) * up(x))`, SiLU, GELU or gpt-oss's clamped SiLU.
 #[derive(Debug)]
 pub(super) struct Mlp {
     pub(super) gate: Weight,
     pub(super) up: Weight,
     pub(super) down: Weight,
+    /// Biases of the gate, up and down products (gpt-oss's experts).
+    pub(super) biases: Option<[Tensor; 3]>,
 }
 
 impl Mlp {
@@ -31,16 +36,31 @@ pub(super) enum Ffn {
 }
 
 /// Loads an MLP's matrices `blk.N.ffn_{gate,up,down}{suffix}` (`n` names a part of layer N),
-/// gate and up together.
+/// gate and up together; where `vector` is given, their biases too (`….bias`).
 pub(super) fn load_mlp(
     backend: &Arc<dyn Backend>,
     host_matrix: &mut dyn FnMut(&str, usize, usize) -> Result<QTensor>,
+    vector: Option<&mut LoadVector<'_>>,
     n: &dyn Fn(&str) -> String,
     suffix: &str,
     ffn: usize,
     h: usize,
 ) -> Result<Mlp> {
     let name = |part: &str| n(&format!("{part}{suffix}"));
+    let biases = match vector {
+        Some(vector) => {
+            let bias = |part: &str| {
+                let weight = name(part);
+                format!("{}.bias", weight.strip_suffix(".weight").unwrap_or(&weight))
+            };
+            Some([
+                vector(&bias("ffn_gate"), ffn)?,
+                vector(&bias("ffn_up"), ffn)?,
+                vector(&bias("ffn_down"), h)?,
+            ])
+        }
+        None => None,
+    };
     let [gate, up] = together(
         backend,
         vec![
@@ -49,7 +69,12 @@ pub(super) fn load_mlp(
         ],
     )?;
     let down = backend.load_weight(host_matrix(&name("ffn_down"), h, ffn)?)?;
-    Ok(Mlp { gate, up, down })
+    Ok(Mlp {
+        gate,
+        up,
+        down,
+        biases,
+    })
 }
 
 /// Loads `N` weights through [`Backend::load_weights_together`].

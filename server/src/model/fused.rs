@@ -25,6 +25,22 @@ pub(super) fn expert_part(name: &str) -> Option<(usize, &str, usize)> {
     Some((layer.parse().ok()?, proj, expert.parse().ok()?))
 }
 
+/// Layer, projection and expert of a canonical expert bias `blk.N.ffn_{gate,up,down}.E.bias`
+/// (gpt-oss).
+pub(super) fn expert_bias_part(name: &str) -> Option<(usize, &str, usize)> {
+    expert_part(&format!("{}.weight", name.strip_suffix(".bias")?))
+        .map(|(layer, proj, expert)| (layer, canonical_proj(proj), expert))
+}
+
+/// The `'static` name of an expert projection (for a part parsed from a temporary).
+fn canonical_proj(proj: &str) -> &'static str {
+    match proj {
+        "ffn_gate" => "ffn_gate",
+        "ffn_up" => "ffn_up",
+        _ => "ffn_down",
+    }
+}
+
 /// Which part of a fused tensor a canonical tensor is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum FusedPart {

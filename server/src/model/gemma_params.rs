@@ -218,6 +218,19 @@ impl GemmaAdditions {
             }
             return Ok(p);
         }
+        if arch == Architecture::GptOss {
+            // Every other layer slides, the first included (llama.cpp's pattern 2), with the
+            // global layers' RoPE.
+            p.activation = Activation::SwigluOai;
+            let window_key = key("attention.sliding_window");
+            p.sliding_window = uint("attention.sliding_window").ok_or_else(|| {
+                ModelError::field(gguf.path().display().to_string(), &window_key, "missing")
+            })? as usize;
+            if p.sliding_window > 0 {
+                p.sliding_layers = gguf_sliding_layers(gguf, key, layers, 2)?;
+            }
+            return Ok(p);
+        }
         if !arch.is_gemma() {
             return Ok(p);
         }

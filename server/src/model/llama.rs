@@ -13,9 +13,9 @@
 //! decoding many sequences reads every weight once per step.
 
 use super::calibrate::Calibration;
-use super::config::{Activation, LlamaConfig};
+use super::config::{Activation, LlamaConfig, SWIGLU_OAI_LIMIT};
 use super::error::{ModelError, Result};
-use super::ffn::{load_mlp, together, Ffn, Mlp};
+use super::ffn::{load_mlp, together, Ffn, LoadVector, Mlp};
 use super::moe::MoeFfn;
 use super::quant_policy::{QuantPolicy, TensorPlan};
 use super::source::ModelSource;
@@ -40,6 +40,10 @@ struct Block {
     /// whole projection where the config says `qk_norm_whole` (OLMo 2/3).
     qk_norm: Option<[Tensor; 2]>,
     o: Weight,
+    /// The output projection's bias (gpt-oss).
+    o_bias: Option<Tensor>,
+    /// One sink logit per query head (gpt-oss).
+    sinks: Option<Tensor>,
     ffn_norm: Option<Tensor>,
     ffn: Ffn,
     /// RMSNorm weights of the attention and MLP outputs before their residual adds (Gemma 2/3).
@@ -206,15 +210,24 @@ impl Llama {
                 None
             };
             let o = backend.load_weight(host_matrix(&n("attn_output"), h, q_dim)?)?;
+            let (o_bias, sinks) = if c.gpt_oss {
+                (
+                    Some(vector(&format!("blk.{i}.attn_output.bias"), h)?),
+                    Some(vector(&n("attn_sinks"), c.n_heads)?),
+                )
+            } else {
+                (None, None)
+            };
             let ffn_norm = if c.no_pre_norms {
                 None
             } else {
-                Some(vector(&n("ffn_norm"), h)?)
+                Some(vector(&n(c.ffn_norm_part()), h)?)
             };
             let ffn = match &c.moe {
                 None => Ffn::Dense(Box::new(load_mlp(
                     &backend,
                     &mut host_matrix,
+                    None,
                     &n,
                     "",
                     c.ffn_size,
@@ -223,6 +236,7 @@ impl Llama {
                 Some(moe) => Ffn::Experts(Box::new(MoeFfn::load(
                     &backend,
                     &mut host_matrix,
+                    c.gpt_oss.then_some(&mut vector as &mut LoadVector<'_>),
                     i,
                     moe,
                     h,
@@ -245,6 +259,8 @@ impl Llama {
                 qkv_bias,
                 qk_norm,
                 o,
+                o_bias,
+                sinks,
                 ffn_norm,
                 ffn,
             });
@@ -565,7 +581,8 @@ impl Llama {
                 k = be.rms_norm_heads(k, k_norm, eps)?;
             }
         }
-        let shape = self.config.layer_attention(layer);
+        let mut shape: lowbit_gpu::AttentionShape<'_> = self.config.layer_attention(layer);
+        shape.sinks = block.sinks.as_ref();
         let out = if self.config.is_nope(layer) {
             // A NoPE layer (SmolLM3) attends over unrotated queries and keys.
             be.attention(layer, &q, &k, &v, spans, pool, shape)?
@@ -577,12 +594,17 @@ impl Llama {
             be.rope_attention(layer, (&q, &k, &v), positions, rope, spans, pool, shape)?
         };
         observe(layer, LinearInput::AttentionOutput, &out);
-        self.project_add(
+        let sum = self.project_add(
             &out,
             &block.o,
             block.post_norms.as_ref().map(|[a, _]| a),
             residual,
-        )
+        )?;
+        match &block.o_bias {
+            // Row-wise, so after the residual add as well as before it.
+            Some(bias) => Ok(be.add_bias(&sum, bias)?),
+            None => Ok(sum),
+        }
     }
 
     /// `residual + x · Wᵀ`, the product RMS-normed first where the block has a post-norm
@@ -627,13 +649,18 @@ impl Llama {
     /// `act(gate(x)) * up(x)`: an MLP's input to its down projection.
     pub(super) fn gated(&self, mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
         let be = &*self.backend;
-        let [gate, up]: [Tensor; 2] = be
+        let [mut gate, mut up]: [Tensor; 2] = be
             .matmul_many(x, &[&mlp.gate, &mlp.up])?
             .try_into()
             .map_err(|_| lowbit_gpu::Error::Internal("matmul_many returned the wrong count"))?;
+        if let Some([gate_bias, up_bias, _]) = &mlp.biases {
+            gate = be.add_bias(&gate, gate_bias)?;
+            up = be.add_bias(&up, up_bias)?;
+        }
         Ok(match self.config.gemma.activation {
             Activation::Silu => be.silu_mul(&gate, &up)?,
             Activation::GeluTanh => be.gelu_mul(&gate, &up)?,
+            Activation::SwigluOai => be.swiglu_oai(&gate, &up, SWIGLU_OAI_LIMIT)?,
         })
     }
 }

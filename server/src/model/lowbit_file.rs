@@ -25,15 +25,17 @@ use std::path::Path;
 
 /// The newest version this build reads. Version 2 added Gemma's config fields, version 3
 /// Phi's (partial rotary, LongRoPE) and Granite's (residual and logit scales), version 4 a
-/// mixture of experts; a file that needs none of them is still written as the oldest version
-/// that describes it, which older builds read.
-pub const FORMAT_VERSION: u32 = 4;
+/// mixture of experts, version 5 gpt-oss's block; a file that needs none of them is still
+/// written as the oldest version that describes it, which older builds read.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// The version a file of this model is written as: the first that describes it, so that an
 /// older build (which ignores config fields it does not know) refuses it rather than running
 /// the model wrongly.
 pub fn format_version_for(config: &LlamaConfig) -> u32 {
-    if config.needs_format_4() {
+    if config.gpt_oss {
+        5
+    } else if config.needs_format_4() {
         4
     } else if config.needs_format_3() {
         3

@@ -1,6 +1,7 @@
 //! Models: file formats (GGUF, Hugging Face safetensors folders), configuration, tokenizer,
 //! chat template, and the Llama-family forward pass.
 
+mod architecture;
 pub mod calibrate;
 pub mod chat_template;
 pub mod config;

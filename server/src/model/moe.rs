@@ -1,5 +1,5 @@
 //! A mixture of experts in place of a block's MLP (Mixtral, Qwen2-MoE, Qwen3-MoE, Granite 3
-//! MoE): a router
+//! MoE, OLMoE, gpt-oss): a router
 //! scores every expert for each token, the `experts_used` best run on it, and their outputs,
 //! weighted by the router's probabilities, are added to the residual.
 //!
@@ -12,7 +12,7 @@
 
 use super::config::MoeConfig;
 use super::error::Result;
-use super::ffn::{load_mlp, together, Mlp};
+use super::ffn::{load_mlp, together, LoadVector, Mlp};
 use super::llama::{LinearInput, Llama, Observer};
 use lowbit_gpu::{Backend, QTensor, ScatteredRows, Tensor, Weight};
 use std::sync::Arc;
@@ -20,8 +20,9 @@ use std::sync::Arc;
 /// A layer's experts and router.
 #[derive(Debug)]
 pub(super) struct MoeFfn {
-    /// One row per expert: the scores are `router · x`.
+    /// One row per expert: the scores are `router · x` (plus `router_bias`, gpt-oss).
     router: Weight,
+    router_bias: Option<Tensor>,
     experts: Vec<Mlp>,
     /// The expert every token runs (Qwen2-MoE, Granite MoE Shared).
     shared: Option<Mlp>,
@@ -38,15 +39,24 @@ pub(crate) struct Routes {
 
 impl MoeFfn {
     /// Loads layer `layer`'s router (with the shared expert's gate row, one product on a GPU),
-    /// experts and shared expert.
+    /// experts and shared expert; with `biases` (`Some`: gpt-oss), the router's and the
+    /// experts' biases.
     pub(super) fn load(
         backend: &Arc<dyn Backend>,
         host_matrix: &mut dyn FnMut(&str, usize, usize) -> Result<QTensor>,
+        mut biases: Option<&mut LoadVector<'_>>,
         layer: usize,
         moe: &MoeConfig,
         h: usize,
     ) -> Result<Self> {
         let n = |part: &str| format!("blk.{layer}.{part}.weight");
+        let router_bias = match biases.as_mut() {
+            Some(vector) => Some(vector(
+                &format!("blk.{layer}.ffn_gate_inp.bias"),
+                moe.experts,
+            )?),
+            None => None,
+        };
         let router = host_matrix(&n("ffn_gate_inp"), moe.experts, h)?;
         let (router, shared_gate) = if moe.shared_expert_ffn_size > 0 && moe.shared_expert_gated {
             let gate = host_matrix(&n("ffn_gate_inp_shexp"), 1, h)?;
@@ -60,6 +70,7 @@ impl MoeFfn {
                 load_mlp(
                     backend,
                     host_matrix,
+                    biases.as_mut().map(|v| &mut **v as &mut LoadVector<'_>),
                     &n,
                     &format!(".{e}"),
                     moe.expert_ffn_size,
@@ -71,6 +82,7 @@ impl MoeFfn {
             Some(load_mlp(
                 backend,
                 host_matrix,
+                None,
                 &n,
                 "_shexp",
                 moe.shared_expert_ffn_size,
@@ -81,6 +93,7 @@ impl MoeFfn {
         };
         Ok(Self {
             router,
+            router_bias,
             experts,
             shared,
             shared_gate,
@@ -166,7 +179,10 @@ impl Llama {
         };
         let mut gates = vec![&moe.router];
         gates.extend(&moe.shared_gate);
-        let scores = be.matmul_many(x, &gates)?;
+        let mut scores = be.matmul_many(x, &gates)?;
+        if let (Some(bias), Some(s)) = (&moe.router_bias, scores.first_mut()) {
+            *s = be.add_bias(s, bias)?;
+        }
         let mut routes = route(
             &be.download(&scores[0])?,
             cfg.experts,
@@ -189,7 +205,11 @@ impl Llama {
             observe(layer, LinearInput::Expert(e as u32), &xe);
             let gated = self.gated(expert, &xe)?;
             observe(layer, LinearInput::ExpertDown(e as u32), &gated);
-            outputs.push((be.matmul(&gated, &expert.down)?, route));
+            let mut y = be.matmul(&gated, &expert.down)?;
+            if let Some([_, _, down_bias]) = &expert.biases {
+                y = be.add_bias(&y, down_bias)?;
+            }
+            outputs.push((y, route));
         }
         if let Some(expert) = &moe.shared {
             let weights: Vec<f32> = match scores.get(1) {

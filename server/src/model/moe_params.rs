@@ -112,6 +112,7 @@ impl MoeConfig {
                 | Architecture::Qwen3Moe
                 | Architecture::GraniteMoe
                 | Architecture::Olmoe
+                | Architecture::GptOss
         );
         if experts == 0 && !is_moe_arch {
             return Ok(None);
@@ -121,7 +122,7 @@ impl MoeConfig {
                 &path,
                 &key("expert_count"),
                 "experts in this architecture are not supported (llama/Mixtral, qwen2moe, \
-                 qwen3moe, granitemoe and olmoe are)",
+                 qwen3moe, granitemoe, olmoe and gpt-oss are)",
             ));
         }
         if uint("expert_group_count")?.is_some_and(|g| g > 1) {
@@ -131,8 +132,9 @@ impl MoeConfig {
                 "grouped expert selection is not supported",
             ));
         }
-        // llama.cpp's gating function 1 is the softmax.
-        if uint("expert_gating_func")?.is_some_and(|g| g != 1) {
+        // llama.cpp's gating function 1 is the softmax; gpt-oss's graph fixes its own (the
+        // softmax of the chosen experts' scores: the renormalized softmax).
+        if arch != Architecture::GptOss && uint("expert_gating_func")?.is_some_and(|g| g != 1) {
             return Err(ModelError::field(
                 &path,
                 &key("expert_gating_func"),
@@ -162,6 +164,9 @@ impl MoeConfig {
             // llama.cpp's Mixtral and Granite MoE experts are `feed_forward_length` wide.
             expert_ffn_size: match arch {
                 // llama.cpp's fallback where the key is missing.
+                Architecture::GptOss => uint("expert_feed_forward_length")?.ok_or_else(|| {
+                    ModelError::field(&path, &key("expert_feed_forward_length"), "missing")
+                })?,
                 Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
                     match uint("expert_feed_forward_length")?.filter(|&f| f != 0) {
                         Some(f) => f,

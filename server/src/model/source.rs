@@ -6,7 +6,7 @@
 use super::chat_template::ChatTemplate;
 use super::config::LlamaConfig;
 use super::error::{ModelError, Result};
-use super::fused::{expert_part, FusedPart, GATE_UP};
+use super::fused::{expert_bias_part, expert_part, FusedPart, GATE_UP};
 use super::gguf::{GgufFile, MetaValue};
 use super::hf::{HfFolder, SafetensorsFile};
 use super::lowbit_file::LowbitFile;
@@ -114,6 +114,11 @@ impl ModelSource {
         {
             return Self::stacked_expert(g, layer, proj, expert).map(Some);
         }
+        if let (Self::Gguf(g), Some((layer, proj, expert)), false) =
+            (self, expert_bias_part(name), stored)
+        {
+            return Self::stacked_expert_bias(g, layer, proj, expert).map(Some);
+        }
         if let (Self::HfFolder(h), false) = (self, stored) {
             if let Some(found) = Self::hf_stacked_part(h, name)? {
                 return Ok(Some(found));
@@ -187,7 +192,8 @@ impl ModelSource {
                     detail,
                 )
             };
-            if stored.rows > 1 {
+            // An expert's bias is a row of its stack, even a stack of one expert.
+            if stored.rows > 1 || expert_bias_part(name).is_some() {
                 return Ok(stored
                     .row_range(rows)
                     .map_err(|e| err(e.to_string()))?

@@ -46,6 +46,38 @@ impl ModelSource {
         Ok((stack, expert * rows..(expert + 1) * rows))
     }
 
+    /// Where a GGUF file keeps expert `expert`'s bias of `proj` (gpt-oss): row `expert` of
+    /// `blk.{layer}.{proj}_exps.bias` (ggml dims `[len, experts]`).
+    pub(super) fn stacked_expert_bias(
+        g: &GgufFile,
+        layer: usize,
+        proj: &str,
+        expert: usize,
+    ) -> Result<(String, std::ops::Range<usize>)> {
+        let stack = format!("blk.{layer}.{proj}_exps.bias");
+        let Some(info) = g.tensor_info(&stack) else {
+            return Err(ModelError::tensor(g.path().display(), &stack, "missing"));
+        };
+        let experts = match info.dims[..] {
+            [_, experts] => experts as usize,
+            _ => {
+                return Err(ModelError::tensor(
+                    g.path().display(),
+                    &stack,
+                    format!("dims {:?}, expected [len, experts]", info.dims),
+                ))
+            }
+        };
+        if expert >= experts {
+            return Err(ModelError::tensor(
+                g.path().display(),
+                &stack,
+                format!("holds {experts} experts, the model has more (expert {expert})"),
+            ));
+        }
+        Ok((stack, expert..expert + 1))
+    }
+
     /// Checks that every stack of experts the file has holds the config's number of experts
     /// (a stack of more would otherwise be read in part, silently).
     pub fn check_expert_stacks(&self, c: &LlamaConfig) -> Result<()> {

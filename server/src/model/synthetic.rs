@@ -137,6 +137,7 @@ impl SyntheticModel {
                 qk_norm_whole: false,
                 no_pre_norms: false,
                 moe: None,
+                gpt_oss: false,
                 vocab_size: 262_144,
                 tied_embeddings: true,
                 context_length: 32_768,

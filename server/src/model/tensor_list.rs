@@ -63,8 +63,12 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
             out.extend([(n("attn_q_norm"), v(q_len)), (n("attn_k_norm"), v(k_len))]);
         }
         out.push((n("attn_output"), m(h, q_dim)));
+        if c.gpt_oss {
+            out.push((format!("blk.{i}.attn_output.bias"), v(h)));
+            out.push((n("attn_sinks"), v(c.n_heads)));
+        }
         if !c.no_pre_norms {
-            out.push((n("ffn_norm"), v(h)));
+            out.push((n(c.ffn_norm_part()), v(h)));
         }
         match &c.moe {
             None => out.extend([
@@ -75,8 +79,19 @@ pub fn expected_tensors(c: &LlamaConfig, tied: bool) -> Vec<(String, TensorRole)
             Some(moe) => {
                 let f = moe.expert_ffn_size;
                 out.push((n("ffn_gate_inp"), m(moe.experts, h)));
+                if c.gpt_oss {
+                    out.push((format!("blk.{i}.ffn_gate_inp.bias"), v(moe.experts)));
+                }
                 for e in 0..moe.experts {
                     let x = |part: &str| format!("blk.{i}.{part}.{e}.weight");
+                    let b = |part: &str| format!("blk.{i}.{part}.{e}.bias");
+                    if c.gpt_oss {
+                        out.extend([
+                            (b("ffn_gate"), v(f)),
+                            (b("ffn_up"), v(f)),
+                            (b("ffn_down"), v(h)),
+                        ]);
+                    }
                     out.extend([
                         (x("ffn_gate"), m(f, h)),
                         (x("ffn_up"), m(f, h)),

@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod tiny_arch;
 pub mod tiny_checks;
 pub mod tiny_encoding;
+pub mod tiny_gpt_oss;
 pub mod tiny_granite;
 pub mod tiny_model;
 pub mod tiny_moe;
@@ -56,13 +58,24 @@ pub fn with_tokenizer(gguf: &[u8], vocab: usize) -> Vec<u8> {
 
 /// The GGUF file `gguf` with metadata `key` set to `value` (added or replaced).
 pub fn with_meta(gguf: &[u8], key: &str, value: lowbit::model::gguf::MetaValue) -> Vec<u8> {
+    rewrite_meta(gguf, key, Some(value))
+}
+
+/// The GGUF file `gguf` without metadata key `key`.
+pub fn without_meta(gguf: &[u8], key: &str) -> Vec<u8> {
+    rewrite_meta(gguf, key, None)
+}
+
+fn rewrite_meta(gguf: &[u8], key: &str, value: Option<lowbit::model::gguf::MetaValue>) -> Vec<u8> {
     use lowbit::model::gguf::{GgufFile, GgufWriter};
     let base = GgufFile::from_bytes(std::path::Path::new("t.gguf"), gguf.to_vec()).unwrap();
     let mut w = GgufWriter::new();
     for (k, v) in base.metadata().iter().filter(|(k, _)| k.as_str() != key) {
         w.meta(k, v.clone());
     }
-    w.meta(key, value);
+    if let Some(value) = value {
+        w.meta(key, value);
+    }
     for t in base.tensors() {
         let raw = base.raw_tensor(t).unwrap();
         w.tensor(&t.name, &t.dims, t.dtype, raw.data.to_vec());

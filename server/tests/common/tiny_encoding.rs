@@ -52,6 +52,36 @@ pub fn encode(dtype: SourceDType, values: &[f32]) -> Vec<u8> {
                 out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
             }
         }
+        SourceDType::MXFP4 => {
+            // The smallest power-of-two scale that fits the block in ±12 (twice E2M1's 6),
+            // then the nearest of the 16 codes.
+            const LEVELS: [f32; 16] = [
+                0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0,
+                -12.0,
+            ];
+            for b in values.chunks_exact(32) {
+                let amax = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let e = if amax > 0.0 {
+                    ((amax / 12.0).log2().ceil() as i32 + 128).clamp(2, 254)
+                } else {
+                    128
+                };
+                let d = 2f32.powi(e - 128);
+                let q = |v: f32| {
+                    (0..16u8)
+                        .min_by(|&a, &c| {
+                            let (ea, ec) = (
+                                (LEVELS[a as usize] * d - v).abs(),
+                                (LEVELS[c as usize] * d - v).abs(),
+                            );
+                            ea.total_cmp(&ec)
+                        })
+                        .unwrap_or(0)
+                };
+                out.push(e as u8);
+                out.extend((0..16).map(|j| q(b[j]) | (q(b[j + 16]) << 4)));
+            }
+        }
         other => panic!("tiny models are not written in {other:?} (llama-quantize makes those)"),
     }
     out

@@ -2,6 +2,7 @@
 //! Q/K permutation and some quantized tensors) and as a Hugging Face folder, plus a naive
 //! float64 forward pass to check lowbit against.
 
+pub use super::tiny_arch::TinyArch;
 use super::tiny_encoding::representable;
 pub use super::tiny_encoding::{encode, permute_rows};
 use super::tiny_moe::{stacked_dims, TINY_EXPERTS, TINY_SHARED_FFN};
@@ -12,48 +13,6 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Which member of the Llama family the tiny model is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TinyArch {
-    Llama,
-    /// Q/K/V biases, RoPE on unpermuted weights in GGUF too.
-    Qwen2,
-    /// Per-head Q/K RMSNorms, heads twice as wide as `hidden / heads`.
-    Qwen3,
-    /// GeGLU, embeddings scaled by `√hidden`.
-    Gemma,
-    /// Gemma with post-norms, soft caps ([`GEMMA2_ATTN_SOFTCAP`], [`GEMMA2_FINAL_SOFTCAP`])
-    /// and every other layer (the even ones) in a window of [`TINY_WINDOW`].
-    Gemma2,
-    /// Gemma 2 without soft caps, with Qwen3's head norms and wide heads; five layers of six in
-    /// the window, with RoPE base [`GEMMA3_SLIDING_THETA`] (llama.cpp's defaults: the file
-    /// names neither).
-    Gemma3,
-    /// Phi-3/Phi-4-mini: Q/K/V and gate/up fused in the files, 12 of 16 head dimensions
-    /// rotated, LongRoPE (`tiny_phi.rs`).
-    Phi3,
-    /// Granite: Llama with scaled embeddings, scores, residual branches and logits
-    /// (`tiny_granite.rs`).
-    Granite,
-    /// SmolLM3: Llama with every fourth layer attending without RoPE.
-    SmolLm3,
-    /// Mixtral: Llama with a mixture of experts (`tiny_moe.rs`).
-    Mixtral,
-    /// Qwen2-MoE: Qwen2 with a mixture of experts and a shared expert.
-    Qwen2Moe,
-    /// Qwen3-MoE: Qwen3 with a mixture of experts.
-    Qwen3Moe,
-    /// Granite MoE Shared: Granite with a mixture of experts and an ungated shared expert.
-    GraniteMoe,
-    /// OLMo 3 (`tiny_olmo.rs`): norms after the sub-blocks only, Q/K norms over the whole
-    /// projections, three layers of four in a window of [`TINY_WINDOW`] with plain RoPE,
-    /// YaRN on the fourth.
-    Olmo3,
-    /// OLMoE: Llama with OLMo's whole-projection Q/K norms and a mixture of experts whose
-    /// weights are not renormalized (as many KV heads as heads, as llama.cpp expects).
-    Olmoe,
-}
-
 /// The tiny Gemma 2/3 models' sliding window: shorter than the tests' 11 tokens.
 pub const TINY_WINDOW: usize = 4;
 /// Soft caps small enough to bend the tiny model's scores and logits.
@@ -61,93 +20,6 @@ pub const GEMMA2_ATTN_SOFTCAP: f64 = 1.5;
 pub const GEMMA2_FINAL_SOFTCAP: f64 = 5.0;
 /// llama.cpp's RoPE base of Gemma 3's sliding layers when a file does not name one.
 pub const GEMMA3_SLIDING_THETA: f64 = 10_000.0;
-
-impl TinyArch {
-    pub fn name(self) -> &'static str {
-        match self {
-            TinyArch::Llama => "llama",
-            TinyArch::Qwen2 => "qwen2",
-            TinyArch::Qwen3 => "qwen3",
-            TinyArch::Gemma => "gemma",
-            TinyArch::Gemma2 => "gemma2",
-            TinyArch::Gemma3 => "gemma3",
-            TinyArch::Phi3 => "phi3",
-            TinyArch::Granite => "granite",
-            TinyArch::SmolLm3 => "smollm3",
-            TinyArch::Mixtral => "mixtral",
-            TinyArch::Qwen2Moe => "qwen2_moe",
-            TinyArch::Qwen3Moe => "qwen3_moe",
-            TinyArch::GraniteMoe => "granitemoeshared",
-            TinyArch::Olmo3 => "olmo3",
-            TinyArch::Olmoe => "olmoe",
-        }
-    }
-
-    /// The GGUF `general.architecture`: llama.cpp's converter writes Mixtral as `llama`.
-    pub fn gguf_name(self) -> &'static str {
-        match self {
-            TinyArch::Mixtral => "llama",
-            TinyArch::Qwen2Moe => "qwen2moe",
-            TinyArch::Qwen3Moe => "qwen3moe",
-            TinyArch::GraniteMoe => "granitemoe",
-            // llama.cpp's converter writes OLMo 3 as OLMo 2 with a window.
-            TinyArch::Olmo3 => "olmo2",
-            other => other.name(),
-        }
-    }
-
-    pub fn is_gemma(self) -> bool {
-        matches!(self, TinyArch::Gemma | TinyArch::Gemma2 | TinyArch::Gemma3)
-    }
-
-    /// Norms after each sub-block (Gemma 2/3).
-    pub fn post_norms(self) -> bool {
-        matches!(self, TinyArch::Gemma2 | TinyArch::Gemma3 | TinyArch::Olmo3)
-    }
-
-    /// Q/K norms over each row's whole projection (OLMo 3, OLMoE).
-    pub fn qk_norm_whole(self) -> bool {
-        matches!(self, TinyArch::Olmo3 | TinyArch::Olmoe)
-    }
-
-    /// Norms before attention and the MLP (all but OLMo).
-    pub fn pre_norms(self) -> bool {
-        self != TinyArch::Olmo3
-    }
-
-    /// Per-head Q/K norms (Qwen3, Qwen3-MoE, Gemma 3).
-    pub fn qk_norm(self) -> bool {
-        matches!(
-            self,
-            TinyArch::Qwen3
-                | TinyArch::Qwen3Moe
-                | TinyArch::Gemma3
-                | TinyArch::Olmo3
-                | TinyArch::Olmoe
-        )
-    }
-
-    /// Q/K/V biases (Qwen2, Qwen2-MoE).
-    pub fn qkv_bias(self) -> bool {
-        matches!(self, TinyArch::Qwen2 | TinyArch::Qwen2Moe)
-    }
-
-    /// Whether layer `layer` attends without RoPE (SmolLM3's every fourth).
-    pub fn is_nope(self, layer: usize) -> bool {
-        self == TinyArch::SmolLm3 && (layer + 1).is_multiple_of(4)
-    }
-
-    /// Whether layer `layer` attends within [`TINY_WINDOW`] (llama.cpp's default patterns:
-    /// every even layer of Gemma 2, all but every sixth of Gemma 3).
-    pub fn is_sliding(self, layer: usize) -> bool {
-        match self {
-            TinyArch::Gemma2 => layer.is_multiple_of(2),
-            TinyArch::Gemma3 => layer % 6 < 5,
-            TinyArch::Olmo3 => layer % 4 < 3,
-            _ => false,
-        }
-    }
-}
 
 /// Shape of the tiny model; K dimensions are multiples of 32 so block formats fit.
 #[derive(Debug, Clone, Copy)]
@@ -344,8 +216,12 @@ impl TinyModel {
                 0.0,
                 &mut rng,
             );
+            if cfg.arch == TinyArch::GptOss {
+                super::tiny_gpt_oss::attention_extras(&mut add, l, cfg, &mut rng);
+            }
             if cfg.arch.pre_norms() {
-                add(n("ffn_norm"), 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
+                let norm = n(cfg.arch.ffn_norm_part());
+                add(norm, 1, h, SourceDType::F32, 0.2, 1.0, &mut rng);
             }
             let mlps: Vec<(String, usize)> = if cfg.arch.is_moe() {
                 // A router with scores spread wide (few near-ties between experts).
@@ -358,6 +234,10 @@ impl TinyModel {
                     0.0,
                     &mut rng,
                 );
+                if cfg.arch == TinyArch::GptOss {
+                    let bias = format!("blk.{l}.ffn_gate_inp.bias");
+                    add(bias, 1, TINY_EXPERTS, SourceDType::F32, 1.0, 0.0, &mut rng);
+                }
                 let mut mlps: Vec<(String, usize)> = (0..TINY_EXPERTS)
                     .map(|e| (format!(".{e}"), cfg.ffn))
                     .collect();
@@ -380,6 +260,10 @@ impl TinyModel {
                 vec![(String::new(), cfg.ffn)]
             };
             for (suffix, ffn) in mlps {
+                if cfg.arch == TinyArch::GptOss {
+                    super::tiny_gpt_oss::expert(&mut add, l, &suffix, cfg, &mut rng);
+                    continue;
+                }
                 let n = |p: &str| format!("blk.{l}.{p}{suffix}.weight");
                 add(n("ffn_gate"), ffn, h, proj(l, 1), s, 0.0, &mut rng);
                 let up = if fused { proj(l, 1) } else { proj(l, 0) };
@@ -496,6 +380,12 @@ impl TinyModel {
         if c.arch == TinyArch::Olmo3 {
             self.olmo_gguf_meta(&mut w);
         }
+        if c.arch == TinyArch::GptOss {
+            w.meta(
+                &key("attention.sliding_window"),
+                MetaValue::U32(TINY_WINDOW as u32),
+            );
+        }
         // Only Llama's converter (Granite's is Llama's) permutes Q/K rows (llama.cpp's NORM
         // rope); Qwen's keep HF order.
         let permute = matches!(
@@ -561,6 +451,7 @@ impl TinyModel {
                 TinyArch::GraniteMoe => "GraniteMoeSharedForCausalLM",
                 TinyArch::Olmo3 => "Olmo3ForCausalLM",
                 TinyArch::Olmoe => "OlmoeForCausalLM",
+                TinyArch::GptOss => "GptOssForCausalLM",
             }],
             "model_type": if c.arch == TinyArch::Gemma3 { "gemma3_text" } else { c.arch.name() },
             "hidden_size": c.hidden,

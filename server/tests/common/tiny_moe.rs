@@ -46,6 +46,7 @@ impl TinyArch {
                 | TinyArch::Qwen3Moe
                 | TinyArch::GraniteMoe
                 | TinyArch::Olmoe
+                | TinyArch::GptOss
         )
     }
 
@@ -59,7 +60,7 @@ impl TinyArch {
     pub fn normalizes_experts(self) -> bool {
         matches!(
             self,
-            TinyArch::Mixtral | TinyArch::Qwen3Moe | TinyArch::GraniteMoe
+            TinyArch::Mixtral | TinyArch::Qwen3Moe | TinyArch::GraniteMoe | TinyArch::GptOss
         )
     }
 }
@@ -68,15 +69,24 @@ impl TinyArch {
 pub(super) fn stack_experts(tensors: &[TinyTensor]) -> Vec<TinyTensor> {
     let mut out: Vec<TinyTensor> = Vec::new();
     for t in tensors {
-        match expert_name(&t.name) {
-            Some((layer, proj, _)) => append(
+        let as_weight = t.name.replace(".bias", ".weight");
+        let bias = expert_name(&as_weight).filter(|_| t.name.ends_with(".bias"));
+        match (expert_name(&t.name), bias) {
+            (Some((layer, proj, _)), _) => append(
                 &mut out,
                 TinyTensor {
                     name: format!("blk.{layer}.{proj}_exps.weight"),
                     ..t.clone()
                 },
             ),
-            None => out.push(t.clone()),
+            (None, Some((layer, proj, _))) => append(
+                &mut out,
+                TinyTensor {
+                    name: format!("blk.{layer}.{proj}_exps.bias"),
+                    ..t.clone()
+                },
+            ),
+            (None, None) => out.push(t.clone()),
         }
     }
     out
@@ -148,6 +158,9 @@ fn expert_name(name: &str) -> Option<(usize, &str, usize)> {
 
 /// A stacked tensor's ggml dims, else `None`.
 pub(super) fn stacked_dims(t: &TinyTensor) -> Option<Vec<u64>> {
+    if t.name.ends_with("_exps.bias") {
+        return Some(vec![t.cols as u64, TINY_EXPERTS as u64]);
+    }
     t.name.ends_with("_exps.weight").then(|| {
         vec![
             t.cols as u64,
@@ -167,13 +180,16 @@ impl TinyModel {
                 &key("expert_used_count"),
                 MetaValue::U32(TINY_EXPERTS_USED as u32),
             );
-        if matches!(arch, TinyArch::Qwen2Moe | TinyArch::Qwen3Moe) {
+        if matches!(
+            arch,
+            TinyArch::Qwen2Moe | TinyArch::Qwen3Moe | TinyArch::GptOss
+        ) {
             w.meta(
                 &key("expert_feed_forward_length"),
                 MetaValue::U32(self.cfg.ffn as u32),
             );
         }
-        if arch == TinyArch::Qwen3Moe {
+        if matches!(arch, TinyArch::Qwen3Moe | TinyArch::GptOss) {
             w.meta(&key("rope.scaling.type"), MetaValue::String("yarn".into()))
                 .meta(
                     &key("rope.scaling.factor"),
@@ -233,7 +249,11 @@ impl TinyModel {
     /// expert times `sigmoid(gate · x)`.
     pub fn reference_experts(&self, layer: usize, x: &[f64]) -> Vec<f64> {
         let m = |part: &str| self.matrix(&format!("blk.{layer}.{part}.weight"));
-        let scores = matvec(&m("ffn_gate_inp"), x);
+        let mut scores = matvec(&m("ffn_gate_inp"), x);
+        let gpt_oss = self.cfg.arch == TinyArch::GptOss;
+        if gpt_oss {
+            add_row(&mut scores, &self.bias(layer, "ffn_gate_inp"));
+        }
         let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
         let sum: f64 = e.iter().sum();
@@ -247,12 +267,16 @@ impl TinyModel {
             if self.cfg.arch.normalizes_experts() {
                 w /= total;
             }
-            let y = swiglu(
+            let (gate, up, down) = (
                 &m(&format!("ffn_gate.{c}")),
                 &m(&format!("ffn_up.{c}")),
                 &m(&format!("ffn_down.{c}")),
-                x,
             );
+            let y = if gpt_oss {
+                self.gpt_oss_expert(layer, c, (gate, up, down), x)
+            } else {
+                swiglu(gate, up, down, x)
+            };
             out.iter_mut().zip(y).for_each(|(o, y)| *o += w * y);
         }
         if matches!(self.cfg.arch, TinyArch::Qwen2Moe | TinyArch::GraniteMoe) {
@@ -275,9 +299,14 @@ impl TinyModel {
     }
 }
 
-type Matrix = (usize, usize, Vec<f64>);
+pub(super) type Matrix = (usize, usize, Vec<f64>);
 
-fn matvec(w: &Matrix, x: &[f64]) -> Vec<f64> {
+/// `x += row`.
+pub(super) fn add_row(x: &mut [f64], row: &Matrix) {
+    x.iter_mut().zip(&row.2).for_each(|(v, b)| *v += b);
+}
+
+pub(super) fn matvec(w: &Matrix, x: &[f64]) -> Vec<f64> {
     (0..w.0)
         .map(|r| (0..w.1).map(|k| w.2[r * w.1 + k] * x[k]).sum())
         .collect()

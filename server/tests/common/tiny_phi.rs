@@ -48,7 +48,10 @@ impl RopeRule {
                 divisors: list.iter().map(|&f| f64::from(f)).collect(),
                 attention_factor: phi3_attention_factor(),
             }
-        } else if matches!(arch, TinyArch::Qwen3Moe | TinyArch::Olmo3) {
+        } else if matches!(
+            arch,
+            TinyArch::Qwen3Moe | TinyArch::Olmo3 | TinyArch::GptOss
+        ) {
             let (divisors, attention_factor) = super::tiny_moe::yarn_divisors(head_dim, theta);
             Self {
                 rotated: head_dim,

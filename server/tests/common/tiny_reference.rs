@@ -113,8 +113,10 @@ impl TinyModel {
             // OLMo has no norms before its sub-blocks.
             let (an, fnm) = (
                 self.optional(&n("attn_norm")),
-                self.optional(&n("ffn_norm")),
+                self.optional(&n(arch.ffn_norm_part())),
             );
+            // gpt-oss: one more softmax term per head, with no value.
+            let sinks = self.optional(&n("attn_sinks"));
             let pre_norm = |x: &[f64], g: &Option<Matrix>| match g {
                 Some(g) => norm(x, g),
                 None => x.to_vec(),
@@ -132,10 +134,14 @@ impl TinyModel {
                 self.optional(&n("attn_q_norm")),
                 self.optional(&n("attn_k_norm")),
             );
-            let (post_attn, post_ffn) = (
-                self.optional(&n("post_attention_norm")),
-                self.optional(&n("post_ffw_norm")),
-            );
+            let (post_attn, post_ffn) = if arch.post_norms() {
+                (
+                    self.optional(&n("post_attention_norm")),
+                    self.optional(&n("post_ffw_norm")),
+                )
+            } else {
+                (None, None)
+            };
             let sliding = arch.is_sliding(l);
             let theta = if sliding && arch == TinyArch::Gemma3 {
                 GEMMA3_SLIDING_THETA
@@ -202,9 +208,14 @@ impl TinyModel {
                             }
                         })
                         .collect();
-                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sink = sinks.as_ref().map(|s| s.2[head]);
+                    let max = scores
+                        .iter()
+                        .chain(&sink)
+                        .cloned()
+                        .fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                    let sum: f64 = e.iter().sum();
+                    let sum: f64 = e.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
                     for (i, p) in e.iter().enumerate() {
                         let j = first + i;
                         for d in 0..hd {
@@ -213,6 +224,7 @@ impl TinyModel {
                     }
                 }
                 let mut o = matvec(&wo, &attn);
+                add_bias(&mut o, &b("attn_output"));
                 if let Some(g) = &post_attn {
                     o = norm(&o, g);
                 }
