@@ -1,6 +1,6 @@
 """Renders each template here on a set of conversations exactly as Hugging Face transformers'
 `apply_chat_template` does (Jinja2's sandbox, trim_blocks and lstrip_blocks, its own `tojson`,
-`raise_exception`, `strftime_now`, `tools` = None when absent), writing `expected.json`, the
+`raise_exception`, `strftime_now` (a fixed day), `tools` = None when absent), writing `expected.json`, the
 fixture `server/tests/chat_templates.rs` compares lowbit's renderer with.
 
 The templates are the models' own, as llama.cpp's `models/templates/` ships them.
@@ -8,6 +8,7 @@ The templates are the models' own, as llama.cpp's `models/templates/` ships them
     python render.py   # needs jinja2 (3.1)
 """
 
+import datetime
 import json
 import os
 
@@ -34,6 +35,7 @@ TEMPLATES = {
         "<｜end▁of▁sentence｜>",
     ),
     "mistral-nemo": ("mistralai-Mistral-Nemo-Instruct-2407.jinja", "<s>", "</s>"),
+    "gpt-oss": ("openai-gpt-oss-120b.jinja", "<|startoftext|>", "<|return|>"),
 }
 
 WEATHER = {
@@ -134,6 +136,8 @@ CASES = {
 
 # What the renderer is given besides messages and tools (a fixed date: Llama 3.x prints today's).
 VARIABLES = {"date_string": "07 Dec 2026"}
+# The day `strftime_now` says (gpt-oss prints it; the test puts lowbit's today in its place).
+TODAY = datetime.date(2026, 12, 7)
 
 
 def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
@@ -153,6 +157,7 @@ def environment():
     )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = TODAY.strftime
     return env
 
 
