@@ -27,6 +27,45 @@ fn tiny(seed: u64) -> TinyModel {
     TinyModel::random(cfg, seed, false)
 }
 
+/// The o200k_harmony control tokens a gpt-oss vocabulary ends with, in this order.
+const HARMONY: [&str; 7] = [
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|constrain|>",
+    "<|return|>",
+    "<|call|>",
+];
+
+/// The tiny gpt-oss with a small byte-level vocabulary ending in [`HARMONY`] and gpt-oss's
+/// own chat template.
+fn harmony_gguf(dir: &Path) -> PathBuf {
+    let vocab = 128;
+    let model = TinyModel::random(
+        TinyConfig {
+            vocab,
+            ..tiny(63).cfg
+        },
+        63,
+        false,
+    );
+    let bytes = common::with_tokenizer_and_controls(&model.gguf_bytes(), vocab, &HARMONY);
+    let template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/chat_templates/openai-gpt-oss-120b.jinja"),
+    )
+    .unwrap();
+    let bytes = common::with_meta(
+        &bytes,
+        "tokenizer.chat_template",
+        lowbit::model::gguf::MetaValue::String(template),
+    );
+    let path = dir.join("harmony.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
 fn write_gguf(dir: &Path, model: &TinyModel) -> PathBuf {
     let path = dir.join("tiny.gguf");
     std::fs::write(&path, model.gguf_bytes()).unwrap();
@@ -128,4 +167,66 @@ fn bad_gpt_oss_files_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("gpt-oss.attention.sliding_window"), "{err}");
+}
+
+/// A harmony vocabulary (as llama.cpp treats o200k_harmony): replies end at `<|return|>` or
+/// `<|call|>`, not at the `<|end|>` that closes the thinking; decoded text keeps the markers
+/// a chat reply is split by, and leaves out the other control tokens.
+#[test]
+fn a_harmony_vocabulary_ends_at_return_and_keeps_its_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = ModelSource::open(&harmony_gguf(dir.path())).unwrap();
+    let tokenizer = source.tokenizer().unwrap();
+    let id =
+        |t: &str| 128 - HARMONY.len() as u32 + HARMONY.iter().position(|h| *h == t).unwrap() as u32;
+    for (t, ends) in [("<|return|>", true), ("<|call|>", true), ("<|end|>", false)] {
+        assert_eq!(
+            tokenizer.eos().contains(&id(t)),
+            ends,
+            "{t}: {:?}",
+            tokenizer.eos()
+        );
+    }
+    let hi = tokenizer.encode("hi", false).unwrap();
+    let mut ids = vec![0, id("<|channel|>")];
+    ids.extend(&hi);
+    ids.extend([id("<|message|>"), 1]);
+    ids.extend(&hi);
+    ids.push(id("<|end|>"));
+    assert_eq!(
+        tokenizer.decode(&ids, true).unwrap(),
+        "<|channel|>hi<|message|>hi<|end|>"
+    );
+}
+
+/// gpt-oss served: its harmony template renders the chat (the prompt ends with
+/// `<|start|>assistant`, the reply's first token follows it), and a reply comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpt_oss_serves_a_chat_through_its_harmony_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = harmony_gguf(dir.path());
+    let app = common::app::start_with(&path, &["--served-model-name", "tiny"]).await;
+    let messages = serde_json::json!([{"role": "user", "content": "hi hi"}]);
+    let tokens = common::app::post(
+        &app,
+        "/tokenize",
+        serde_json::json!({"model": "tiny", "messages": messages}).to_string(),
+    )
+    .await;
+    let ids: Vec<u64> = serde_json::from_value(tokens["tokens"].clone()).unwrap();
+    assert_eq!(ids.len() as u64, tokens["count"].as_u64().unwrap());
+    let r = common::app::post(
+        &app,
+        "/v1/chat/completions",
+        serde_json::json!({
+            "model": "tiny",
+            "messages": messages,
+            "max_tokens": 6,
+            "temperature": 0,
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r["usage"]["prompt_tokens"], tokens["count"], "{r}");
+    assert!(r["choices"][0]["message"]["content"].is_string(), "{r}");
 }

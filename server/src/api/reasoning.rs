@@ -7,11 +7,25 @@
 //! ends at `</think>`, and the whitespace after it is dropped. A reply that never thinks is
 //! all content, unchanged; one that is cut off while thinking is all reasoning. Streamed, the
 //! split holds back only what could still be the start of a tag.
+//!
+//! gpt-oss writes OpenAI's harmony format instead: a reply is messages
+//! `<|channel|>NAME<|message|>TEXT<|end|>` joined by `<|start|>assistant` (the tokenizer keeps
+//! these markers in the text: `model/tokenizer.rs`). The `analysis` channel's text is the
+//! reasoning, every other channel's (`final`, a `commentary` preamble) the content; the
+//! markers and headers are dropped.
 
 /// Opens the thinking.
 pub const OPEN: &str = "<think>";
 /// Closes it.
 pub const CLOSE: &str = "</think>";
+/// Opens a harmony message's header (gpt-oss).
+const CHANNEL: &str = "<|channel|>";
+/// Ends the header.
+const MESSAGE: &str = "<|message|>";
+/// Ends a message.
+const END: &str = "<|end|>";
+/// Starts the next message of the reply.
+const NEXT: &str = "<|start|>assistant";
 
 /// Which reasoning parser the server applies (`--reasoning-parser`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,7 +44,7 @@ impl ReasoningParser {
     /// Whether chats with a model of this template are split.
     pub fn splits(self, template_source: Option<&str>) -> bool {
         match self {
-            Self::Auto => template_source.is_some_and(|t| t.contains(CLOSE)),
+            Self::Auto => template_source.is_some_and(|t| t.contains(CLOSE) || t.contains(CHANNEL)),
             Self::None => false,
             Self::Qwen3 | Self::DeepseekR1 => true,
         }
@@ -50,6 +64,14 @@ enum State {
     /// Just after `</think>`: whitespace is dropped.
     Closed,
     Content,
+    /// Harmony: a message's header, up to `<|message|>`.
+    Header,
+    /// Harmony: a message's text, up to `<|end|>` (`analysis`: reasoning).
+    Body {
+        analysis: bool,
+    },
+    /// Harmony: between messages, where `<|start|>assistant` comes.
+    Between,
 }
 
 /// What a piece of the reply adds to each part.
@@ -99,7 +121,11 @@ impl ReasoningSplit {
                         self.pending = after.to_string();
                         self.state = State::Reasoning;
                         self.thought = true;
-                    } else if rest.is_empty() || OPEN.starts_with(rest) {
+                    } else if rest.starts_with(CHANNEL) {
+                        self.pending = rest.to_string();
+                        self.state = State::Header;
+                    } else if rest.is_empty() || OPEN.starts_with(rest) || CHANNEL.starts_with(rest)
+                    {
                         return out;
                     } else {
                         self.state = State::Content;
@@ -132,6 +158,57 @@ impl ReasoningSplit {
                     self.pending.clear();
                     return out;
                 }
+                State::Header => {
+                    let Some(i) = self.pending.find(MESSAGE) else {
+                        return out;
+                    };
+                    let channel = self.pending[..i]
+                        .strip_prefix(CHANNEL)
+                        .unwrap_or("")
+                        .split(|c: char| c.is_whitespace() || c == '<')
+                        .next()
+                        .unwrap_or("");
+                    let analysis = channel == "analysis";
+                    self.thought |= analysis;
+                    self.pending.drain(..i + MESSAGE.len());
+                    self.state = State::Body { analysis };
+                }
+                State::Body { analysis } => {
+                    let part = if analysis {
+                        &mut out.reasoning
+                    } else {
+                        &mut out.content
+                    };
+                    match self.pending.find(END) {
+                        Some(i) => {
+                            part.push_str(&self.pending[..i]);
+                            self.pending.drain(..i + END.len());
+                            self.state = State::Between;
+                        }
+                        None => {
+                            let keep = partial_tag_len(&self.pending, END);
+                            let give = self.pending.len() - keep;
+                            part.extend(self.pending.drain(..give));
+                            return out;
+                        }
+                    }
+                }
+                State::Between => {
+                    let rest = self.pending.trim_start();
+                    if let Some(after) = rest.strip_prefix(NEXT) {
+                        self.pending = after.to_string();
+                        self.state = State::Header;
+                    } else if rest.starts_with(CHANNEL) {
+                        self.pending = rest.to_string();
+                        self.state = State::Header;
+                    } else if rest.is_empty() || NEXT.starts_with(rest) {
+                        return out;
+                    } else {
+                        // Not harmony after all: the rest is the answer.
+                        self.pending = rest.to_string();
+                        self.state = State::Content;
+                    }
+                }
             }
         }
     }
@@ -144,8 +221,13 @@ impl ReasoningSplit {
                 reasoning: rest,
                 content: String::new(),
             },
-            State::Closed => Parts::default(),
-            State::Start | State::Content => Parts {
+            State::Body { analysis: true } => Parts {
+                reasoning: rest,
+                content: String::new(),
+            },
+            // An unfinished header or the markup between messages is not text.
+            State::Closed | State::Header | State::Between => Parts::default(),
+            State::Start | State::Content | State::Body { analysis: false } => Parts {
                 reasoning: String::new(),
                 content: rest,
             },
@@ -196,6 +278,53 @@ mod tests {
         }
         let p = s.finish();
         (reasoning + &p.reasoning, content + &p.content, s.thought())
+    }
+
+    /// gpt-oss's harmony replies: the analysis channel is the reasoning, the others' text the
+    /// content, the markers dropped; whole and in every piece size.
+    #[test]
+    fn a_harmony_reply_splits_by_channel() {
+        let cases: [(&str, Option<&str>, &str); 5] = [
+            (
+                "<|channel|>analysis<|message|>User says hi. <b><|end|><|start|>assistant\
+                 <|channel|>final<|message|>Hello <|en!",
+                Some("User says hi. <b>"),
+                "Hello <|en!",
+            ),
+            (
+                "<|channel|>final<|message|>Just the answer",
+                None,
+                "Just the answer",
+            ),
+            ("<|channel|>analysis<|message|>cut off", Some("cut off"), ""),
+            (
+                "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>commentary\
+                 <|message|>Let me check. <|end|><|start|>assistant<|channel|>final<|message|>Done",
+                Some("a"),
+                "Let me check. Done",
+            ),
+            (
+                "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}",
+                None,
+                "{}",
+            ),
+        ];
+        for (text, reasoning, content) in cases {
+            let (r, c) = ReasoningSplit::split(false, text);
+            assert_eq!((r.as_deref(), c.as_str()), (reasoning, content), "{text:?}");
+            for n in [1, 2, 3, 5, 8, 100] {
+                let (r, c, thought) = streamed(false, text, n);
+                assert_eq!(thought, reasoning.is_some(), "{text:?} by {n}");
+                assert_eq!(
+                    (r.as_str(), c.as_str()),
+                    (reasoning.unwrap_or(""), content),
+                    "{text:?} by {n}"
+                );
+            }
+        }
+        let harmony = "{{- '<|start|>assistant<|channel|>final<|message|>' }}";
+        assert!(ReasoningParser::Auto.splits(Some(harmony)));
+        assert!(!ReasoningParser::Auto.splits(Some("{{ messages }}")));
     }
 
     #[test]

@@ -327,7 +327,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         .reasoning_parser
         .splits(template.as_ref().map(|t| t.source()));
     if reasoning {
-        tracing::info!("chat replies: <think>…</think> goes to reasoning_content (--reasoning-parser none to keep it in content)");
+        tracing::info!("chat replies: the thinking (<think>…</think>, or harmony's analysis channel) goes to reasoning_content (--reasoning-parser none to keep it in content)");
     }
     let tool_syntax = args.tool_call_parser.syntax(
         template.as_ref().map(|t| t.source()),

@@ -14,7 +14,21 @@ pub struct Tokenizer {
     eos: Vec<u32>,
     adds_bos: bool,
     fim: Option<FimTokens>,
+    /// Control tokens decoded as text even where special tokens are left out: gpt-oss's
+    /// harmony markers, which a chat reply's channels are read by (`api/reasoning.rs`).
+    visible_controls: Vec<u32>,
 }
+
+/// gpt-oss's harmony format (the `o200k_harmony` vocabulary): a reply is messages
+/// `<|channel|>NAME<|message|>TEXT<|end|>`, joined by `<|start|>assistant`, the last ended by
+/// `<|return|>` (or `<|call|>` for a tool call).
+pub const HARMONY_MARKERS: [&str; 5] = [
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|constrain|>",
+];
 
 /// A code model's fill-in-the-middle tokens. A completion with a `suffix` is prompted
 /// `[BOS] <prefix> text <suffix> suffix <middle>` and generates the middle (llama.cpp's
@@ -96,7 +110,30 @@ impl Tokenizer {
         let adds_bos = bos.is_some() && probe.get_ids().first().copied() == bos;
         let fim = FimTokens::find(&inner);
         let mut eos = eos;
-        for id in FIM_ENDS.iter().filter_map(|t| inner.token_to_id(t)) {
+        let mut ends: Vec<u32> = FIM_ENDS
+            .iter()
+            .filter_map(|t| inner.token_to_id(t))
+            .collect();
+        let harmony = ["<|channel|>", "<|message|>", "<|return|>"]
+            .iter()
+            .all(|t| inner.token_to_id(t).is_some());
+        let mut visible_controls = Vec::new();
+        if harmony {
+            // As llama.cpp: a reply ends at `<|return|>` or `<|call|>`, not at the `<|end|>`
+            // that closes its thinking before the answer.
+            ends.extend(
+                ["<|return|>", "<|call|>"]
+                    .iter()
+                    .filter_map(|t| inner.token_to_id(t)),
+            );
+            let end = inner.token_to_id("<|end|>");
+            eos.retain(|&id| Some(id) != end);
+            visible_controls = HARMONY_MARKERS
+                .iter()
+                .filter_map(|t| inner.token_to_id(t))
+                .collect();
+        }
+        for id in ends {
             if !eos.contains(&id) {
                 eos.push(id);
             }
@@ -107,6 +144,7 @@ impl Tokenizer {
             eos,
             adds_bos,
             fim,
+            visible_controls,
         })
     }
 
@@ -160,9 +198,24 @@ impl Tokenizer {
             .to_vec())
     }
 
-    /// Text of `ids`, optionally leaving out special tokens.
+    /// Text of `ids`, optionally leaving out special tokens (but the harmony markers of
+    /// [`HARMONY_MARKERS`], which a gpt-oss reply is read by).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        if !skip_special || self.visible_controls.is_empty() {
+            return self.inner.decode(ids, skip_special).map_err(tok_err);
+        }
+        let mut text = String::new();
+        for run in ids.split_inclusive(|id| self.visible_controls.contains(id)) {
+            let (marker, plain) = match run.split_last() {
+                Some((last, rest)) if self.visible_controls.contains(last) => (Some(*last), rest),
+                _ => (None, run),
+            };
+            text += &self.inner.decode(plain, true).map_err(tok_err)?;
+            if let Some(m) = marker {
+                text += &self.inner.id_to_token(m).unwrap_or_default();
+            }
+        }
+        Ok(text)
     }
 
     /// The BOS id, if the model has one.
