@@ -97,11 +97,18 @@ impl AttentionShape<'_> {
 /// llama.cpp and the reference implementation.
 pub const SWIGLU_OAI_ALPHA: f32 = 1.702;
 
-/// gpt-oss's clamped SwiGLU of one value pair, as every backend computes it in f32.
+/// gpt-oss's clamped SwiGLU of one value pair, as every backend computes it in f32; a NaN
+/// passes through, as in ggml (Rust's `min`/`max` would replace it by the limit).
 #[inline(always)]
 pub fn swiglu_oai(gate: f32, up: f32, limit: f32) -> f32 {
-    let g = gate.min(limit);
-    let u = up.max(-limit).min(limit);
+    let g = if gate > limit { limit } else { gate };
+    let u = if up > limit {
+        limit
+    } else if up < -limit {
+        -limit
+    } else {
+        up
+    };
     g / (1.0 + (-SWIGLU_OAI_ALPHA * g).exp()) * (u + 1.0)
 }
 

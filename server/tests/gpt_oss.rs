@@ -159,6 +159,19 @@ fn bad_gpt_oss_files_are_named() {
             "{named}: {err}"
         );
     }
+    // A sink that is not a number.
+    let mut model = tiny(62);
+    let sinks = model
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == "blk.0.attn_sinks.weight")
+        .unwrap();
+    sinks.values[2] = f32::NAN;
+    let source = ModelSource::open(&write_gguf(dir.path(), &model)).unwrap();
+    let err = Llama::load(&source, cpu(), &QuantPolicy::as_stored())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blk.0.attn_sinks.weight") && err.contains("NaN"), "{err}");
     let bytes = common::without_meta(&tiny(62).gguf_bytes(), "gpt-oss.attention.sliding_window");
     let path = dir.path().join("bad.gguf");
     std::fs::write(&path, bytes).unwrap();

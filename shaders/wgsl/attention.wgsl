@@ -35,7 +35,7 @@
 // here: q and the new keys are then rotated as they are read, as the rope kernel would have.
 @group(0) @binding(9) var<storage, read> rope_table: array<vec2<f32>>;
 // One logit per query head joining each softmax with no value (gpt-oss's attention sinks),
-// where `p.sinks` says so.
+// where `p.has_sinks` says so.
 @group(0) @binding(10) var<storage, read> sinks: array<f32>;
 @group(0) @binding(11) var<uniform> p: AttentionParams;
 
@@ -62,6 +62,9 @@ struct AttentionParams {
     rotated_pairs: u32,
     // 1: `sinks` holds a logit per head.
     has_sinks: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // Head `head`'s sink logit, or a score so low that it adds nothing (exp underflows to 0).

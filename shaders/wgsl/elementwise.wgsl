@@ -1,6 +1,6 @@
 // Element-wise kernels over `n` values: residual add, a bias added to every row, SwiGLU's
-// silu(gate)·up, GeGLU's gelu(gate)·up, gpt-oss's clamped SwiGLU, a scale, a soft cap, a row gather, and a scattered
-// weighted add (a mixture of experts' sum).
+// silu(gate)·up, GeGLU's gelu(gate)·up, gpt-oss's clamped SwiGLU, a scale, a soft cap, a row
+// gather, and a scattered weighted add (a mixture of experts' sum).
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
@@ -59,7 +59,7 @@ fn gelu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // gpt-oss's clamped SwiGLU: g = min(gate, limit), u = clamp(up, ±limit), g·σ(1.702·g)·(u + 1),
-// the limit in `value`. σ from exp(−|z|), so nothing overflows for a very negative gate.
+// the limit in `value` (1.702: `SWIGLU_OAI_ALPHA` in gpu/src/backend.rs). σ from exp(−|z|), so nothing overflows for a very negative gate.
 @compute @workgroup_size(64)
 fn swiglu_oai(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x + gid.y * p.grid_x;

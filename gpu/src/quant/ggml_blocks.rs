@@ -47,16 +47,39 @@ fn e8m0_half(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
-/// An MXFP4 block as Q8's integers and f16 scale, exactly where the scale fits f16: a scale
-/// above f16's range moves up to three doublings into the codes (12 · 8 < 127).
+/// The largest MXFP4 block exponent Q8 holds: a scale of 2¹⁸, as f16's 2¹⁵ with three
+/// doublings in the codes (12 · 8 < 127). `QTensor::repack` refuses a tensor with a larger one.
+pub const MXFP4_MAX_EXPONENT: u8 = 146;
+/// Below this exponent a block's scale (2⁻²⁵ and less) is under f16's smallest.
+const MXFP4_MIN_EXACT_EXPONENT: u8 = 104;
+
+/// An MXFP4 block as Q8's integers and f16 scale: exact for exponents 104 to 146 (a scale
+/// above f16's range moves up to three doublings into the codes); below, the values (all
+/// under 12 · 2⁻²⁵) are rounded to multiples of f16's smallest scale, 2⁻²⁴.
 fn mxfp4_group(b: &[u8]) -> Group {
     let levels = nibbles(&b[1..17]).map(|q| MXFP4_LEVELS[q as usize]);
-    let shift = i32::from(b[0]).saturating_sub(128 + 15).clamp(0, 3);
+    if b[0] < MXFP4_MIN_EXACT_EXPONENT {
+        let in_units = e8m0_half(b[0]) * 16_777_216.0; // 2^(e − 104) < 1
+        return Group {
+            codes: levels.map(|v| (f32::from(v) * in_units).round() as i8 as u8),
+            scale: f16::from_bits(1),
+            min: None,
+        };
+    }
+    let shift = i32::from(b[0].min(MXFP4_MAX_EXPONENT)) - 143;
+    let shift = shift.clamp(0, 3);
     Group {
         codes: levels.map(|v| (v << shift) as u8),
-        scale: f16::from_f32((e8m0_half(b[0]) / (1 << shift) as f32).min(65_504.0)),
+        scale: f16::from_f32(e8m0_half(b[0].min(MXFP4_MAX_EXPONENT)) / (1 << shift) as f32),
         min: None,
     }
+}
+
+/// The first MXFP4 block exponent of `src` above [`MXFP4_MAX_EXPONENT`], if any.
+pub fn mxfp4_exponent_too_large(src: &[u8]) -> Option<u8> {
+    src.chunks_exact(17)
+        .map(|b| b[0])
+        .find(|&e| e > MXFP4_MAX_EXPONENT)
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -341,9 +364,20 @@ mod tests {
                 assert_eq!(v.to_bits(), x.to_bits(), "exponent {e}, value {j}");
             }
         }
-        // Scales beyond f16's range neither overflow nor turn into infinities.
-        block[0] = 255;
-        repack_groups(SourceDType::MXFP4, &block, |g| assert!(g.scale.is_finite()));
+        // Scales below f16's: the nearest multiples of 2⁻²⁴ (here 2⁻²⁵ · code, so a code of
+        // 1 rounds away from zero to 2⁻²⁴, 0.5 of it; every error at most 2⁻²⁵).
+        block[0] = 103;
+        decode(SourceDType::MXFP4, &block, &mut out);
+        repack_groups(SourceDType::MXFP4, &block, |g| {
+            for (j, &x) in out.iter().enumerate() {
+                let v = f32::from(g.codes[j] as i8) * g.scale.to_f32();
+                assert!((v - x).abs() <= 2f32.powi(-25), "value {j}: {v} for {x}");
+            }
+        });
+        // Larger scales than Q8 holds are found (the import refuses them).
+        assert_eq!(mxfp4_exponent_too_large(&block), None);
+        block[0] = 147;
+        assert_eq!(mxfp4_exponent_too_large(&block), Some(147));
     }
 
     #[test]

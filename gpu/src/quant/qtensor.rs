@@ -290,7 +290,8 @@ impl QTensor {
             SourceDType::F32 | SourceDType::BF16 => Import::Exact(QuantFormat::F32),
             SourceDType::F16 => Import::Exact(QuantFormat::F16),
             // MXFP4: exact for every block scale from 2⁻²⁴ to 2¹⁸ (real weights' are near
-            // 2⁻⁸); a smaller one rounds to f16's smallest.
+            // 2⁻⁸); a smaller block's values (under 4·10⁻⁷) round to multiples of 2⁻²⁴, a
+            // larger scale is refused (`repack`).
             SourceDType::Q8_0 | SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::MXFP4 => {
                 Import::Exact(Q8)
             }
@@ -316,6 +317,15 @@ impl QTensor {
                 })
             }
         };
+        if raw.dtype == SourceDType::MXFP4 {
+            if let Some(e) = ggml_blocks::mxfp4_exponent_too_large(raw.data) {
+                return Err(Error::Unsupported(format!(
+                    "an MXFP4 block scale of 2^{} (lowbit's q8 holds up to 2^{})",
+                    i32::from(e) - 128,
+                    i32::from(ggml_blocks::MXFP4_MAX_EXPONENT) - 128
+                )));
+            }
+        }
         match raw.dtype {
             SourceDType::Q5_0
             | SourceDType::IQ4_NL

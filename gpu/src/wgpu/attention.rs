@@ -263,6 +263,7 @@ impl WgpuBackend {
             window: shape.window as u32,
             rotated_pairs: rope.map_or(0, |(_, r)| r.rotated_pairs() as u32),
             has_sinks: u32::from(sinks.is_some()),
+            _pad: [0; 3],
         };
         let sinks_binding = match sinks {
             Some(t) => (t.buffer(), t.bytes()),

@@ -514,4 +514,6 @@ pub struct AttentionParams {
     pub rotated_pairs: u32,
     /// 1: the sinks binding holds a logit per head (gpt-oss).
     pub has_sinks: u32,
+    /// To a multiple of 16 bytes, as uniform structs are laid out.
+    pub _pad: [u32; 3],
 }

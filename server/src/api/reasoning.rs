@@ -162,9 +162,12 @@ impl ReasoningSplit {
                     let Some(i) = self.pending.find(MESSAGE) else {
                         return out;
                     };
-                    let channel = self.pending[..i]
-                        .strip_prefix(CHANNEL)
-                        .unwrap_or("")
+                    // `<|channel|>NAME`, anywhere in the header: a recipient (` to=…`) may come
+                    // before or after it.
+                    let header = &self.pending[..i];
+                    let channel = header
+                        .find(CHANNEL)
+                        .map_or("", |at| &header[at + CHANNEL.len()..])
                         .split(|c: char| c.is_whitespace() || c == '<')
                         .next()
                         .unwrap_or("");
@@ -201,7 +204,8 @@ impl ReasoningSplit {
                     } else if rest.starts_with(CHANNEL) {
                         self.pending = rest.to_string();
                         self.state = State::Header;
-                    } else if rest.is_empty() || NEXT.starts_with(rest) {
+                    } else if rest.is_empty() || NEXT.starts_with(rest) || CHANNEL.starts_with(rest)
+                    {
                         return out;
                     } else {
                         // Not harmony after all: the rest is the answer.
@@ -307,6 +311,17 @@ mod tests {
                 "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}",
                 None,
                 "{}",
+            ),
+            (
+                "<|channel|>analysis<|message|>look<|end|><|channel|>final<|message|>up",
+                Some("look"),
+                "up",
+            ),
+            (
+                "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.f\
+                 <|channel|>analysis<|message|>y",
+                Some("xy"),
+                "",
             ),
         ];
         for (text, reasoning, content) in cases {

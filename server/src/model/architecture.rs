@@ -65,7 +65,8 @@ impl Architecture {
             "mixtral" => Self::Mixtral,
             "qwen2moe" | "qwen2_moe" => Self::Qwen2Moe,
             "qwen3moe" | "qwen3_moe" => Self::Qwen3Moe,
-            "gpt-oss" => Self::GptOss,
+            // GGUF's name; Hugging Face's (`gpt_oss`) is refused by `from_hf_json`.
+            "gpt-oss" | "gpt_oss" => Self::GptOss,
             _ => return None,
         })
     }

@@ -73,13 +73,15 @@ pub struct LlamaConfig {
     pub gemma: GemmaAdditions,
 }
 
-/// What Gemma adds to Llama's block, every field off for the other architectures (read by
-/// `gemma_params.rs`). Flattened into [`LlamaConfig`]'s JSON: lowbit files keep their keys,
+/// What Gemma adds to Llama's block, every field off for the architectures that do not use
+/// them (read by `gemma_params.rs`; OLMo, Granite, Phi-3 and gpt-oss take some: their
+/// windows, scales, activation). Flattened into [`LlamaConfig`]'s JSON: lowbit files keep their keys,
 /// and a file written before them reads as all off.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct GemmaAdditions {
-    /// The gated MLP's activation: SiLU (SwiGLU) or GELU (GeGLU, Gemma).
+    /// The gated MLP's activation: SiLU (SwiGLU), GELU (GeGLU, Gemma) or gpt-oss's clamped
+    /// SiLU.
     pub activation: Activation,
     /// The token embeddings are multiplied by this (Gemma: `√hidden`).
     pub embedding_scale: Option<f32>,
@@ -527,6 +529,14 @@ impl LlamaConfig {
                 ),
             ));
         };
+        if architecture == Architecture::GptOss {
+            return Err(ModelError::field(
+                &p,
+                "model_type",
+                "gpt-oss is read from GGUF files (llama.cpp's convert_hf_to_gguf.py, or its \
+                 published GGUFs), not from Hugging Face folders",
+            ));
+        }
         if json.get("text_config").is_some() {
             return Err(ModelError::field(
                 &p,

@@ -125,3 +125,12 @@ fn olmo_windows_from_both_formats() {
     assert_eq!(global, [3, 7]);
     assert_eq!(windowed.gemma.sliding_rope_theta, Some(10_000.0));
 }
+
+/// gpt-oss comes from GGUF files only: its Hugging Face folder is refused by name.
+#[test]
+fn gpt_oss_folders_are_refused_naming_the_gguf_route() {
+    let err = hf_config(serde_json::json!({"model_type": "gpt_oss"}))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model_type") && err.contains("GGUF"), "{err}");
+}

@@ -15,30 +15,23 @@ pub(super) const GATE_UP: &str = "ffn_gate_up.weight";
 /// Expert `expert`'s matrix `proj` (`ffn_gate`, `ffn_up`, `ffn_down`) of layer `layer`,
 /// from its canonical name `blk.N.{proj}.E.weight`: GGUF files stack a layer's experts in
 /// `blk.N.{proj}_exps.weight` (ggml dims `[cols, rows, experts]`), each expert a run of rows.
-pub(super) fn expert_part(name: &str) -> Option<(usize, &str, usize)> {
+pub(super) fn expert_part(name: &str) -> Option<(usize, &'static str, usize)> {
     let rest = name.strip_prefix("blk.")?.strip_suffix(".weight")?;
     let (layer, part) = rest.split_once('.')?;
     let (proj, expert) = part.split_once('.')?;
-    if !matches!(proj, "ffn_gate" | "ffn_up" | "ffn_down") {
-        return None;
-    }
+    let proj = match proj {
+        "ffn_gate" => "ffn_gate",
+        "ffn_up" => "ffn_up",
+        "ffn_down" => "ffn_down",
+        _ => return None,
+    };
     Some((layer.parse().ok()?, proj, expert.parse().ok()?))
 }
 
 /// Layer, projection and expert of a canonical expert bias `blk.N.ffn_{gate,up,down}.E.bias`
 /// (gpt-oss).
-pub(super) fn expert_bias_part(name: &str) -> Option<(usize, &str, usize)> {
+pub(super) fn expert_bias_part(name: &str) -> Option<(usize, &'static str, usize)> {
     expert_part(&format!("{}.weight", name.strip_suffix(".bias")?))
-        .map(|(layer, proj, expert)| (layer, canonical_proj(proj), expert))
-}
-
-/// The `'static` name of an expert projection (for a part parsed from a temporary).
-fn canonical_proj(proj: &str) -> &'static str {
-    match proj {
-        "ffn_gate" => "ffn_gate",
-        "ffn_up" => "ffn_up",
-        _ => "ffn_down",
-    }
 }
 
 /// Which part of a fused tensor a canonical tensor is.

@@ -135,6 +135,15 @@ impl Llama {
                         format!("{} values, expected {len}", values.len()),
                     ));
                 }
+                // A NaN or infinite norm weight, bias or sink would poison every logit (and
+                // the backends would not agree on how).
+                if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(ModelError::tensor(
+                        &path,
+                        &source.file_tensor_name(name),
+                        format!("value {i} is {}", values[i]),
+                    ));
+                }
                 Ok(values)
             },
         )

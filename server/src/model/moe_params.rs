@@ -161,12 +161,13 @@ impl MoeConfig {
         Ok(Some(Self {
             experts,
             experts_used: uint("expert_used_count")?.unwrap_or(0),
-            // llama.cpp's Mixtral and Granite MoE experts are `feed_forward_length` wide.
+            // llama.cpp's Mixtral and Granite MoE experts are `feed_forward_length` wide;
+            // gpt-oss's file must say.
             expert_ffn_size: match arch {
-                // llama.cpp's fallback where the key is missing.
                 Architecture::GptOss => uint("expert_feed_forward_length")?.ok_or_else(|| {
                     ModelError::field(&path, &key("expert_feed_forward_length"), "missing")
                 })?,
+                // Qwen's: llama.cpp's fallback where the key is missing.
                 Architecture::Qwen2Moe | Architecture::Qwen3Moe => {
                     match uint("expert_feed_forward_length")?.filter(|&f| f != 0) {
                         Some(f) => f,

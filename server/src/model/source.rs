@@ -112,12 +112,12 @@ impl ModelSource {
         if let (Self::Gguf(g), Some((layer, proj, expert)), false) =
             (self, expert_part(name), stored)
         {
-            return Self::stacked_expert(g, layer, proj, expert).map(Some);
+            return Self::stacked_expert(g, (layer, proj, expert), false).map(Some);
         }
         if let (Self::Gguf(g), Some((layer, proj, expert)), false) =
             (self, expert_bias_part(name), stored)
         {
-            return Self::stacked_expert_bias(g, layer, proj, expert).map(Some);
+            return Self::stacked_expert(g, (layer, proj, expert), true).map(Some);
         }
         if let (Self::HfFolder(h), false) = (self, stored) {
             if let Some(found) = Self::hf_stacked_part(h, name)? {

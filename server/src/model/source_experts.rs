@@ -11,31 +11,36 @@ use super::hf::HfFolder;
 use super::source::ModelSource;
 
 impl ModelSource {
-    /// Where a GGUF file keeps expert `expert` of `blk.{layer}.{proj}_exps.weight`: its run
-    /// of rows (an error naming the stack where the file has none).
+    /// Where a GGUF file keeps expert `expert` of `blk.{layer}.{proj}_exps.weight` (ggml dims
+    /// `[cols, rows, experts]`): its run of rows; with `bias`, of `…_exps.bias` (gpt-oss;
+    /// `[len, experts]`): its row. An error names the stack where the file has none.
     pub(super) fn stacked_expert(
         g: &GgufFile,
-        layer: usize,
-        proj: &str,
-        expert: usize,
+        (layer, proj, expert): (usize, &str, usize),
+        bias: bool,
     ) -> Result<(String, std::ops::Range<usize>)> {
-        let stack = format!("blk.{layer}.{proj}_exps.weight");
+        let kind = if bias { "bias" } else { "weight" };
+        let stack = format!("blk.{layer}.{proj}_exps.{kind}");
         let Some(info) = g.tensor_info(&stack) else {
             // Neither stacked nor stored apart (llama.cpp's older Mixtral files).
             return Err(ModelError::tensor(
                 g.path().display(),
                 &stack,
-                format!("missing (nor is blk.{layer}.{proj}.{expert}.weight stored apart)"),
+                format!("missing (nor is blk.{layer}.{proj}.{expert}.{kind} stored apart)"),
             ));
         };
-        let [_, rows, experts] = info.dims[..] else {
-            return Err(ModelError::tensor(
-                g.path().display(),
-                &stack,
-                format!("dims {:?}, expected [cols, rows, experts]", info.dims),
-            ));
+        let (rows, experts) = match (bias, &info.dims[..]) {
+            (false, &[_, rows, experts]) => (rows as usize, experts as usize),
+            (true, &[_, experts]) => (1, experts as usize),
+            _ => {
+                let want = if bias { "[len, experts]" } else { "[cols, rows, experts]" };
+                return Err(ModelError::tensor(
+                    g.path().display(),
+                    &stack,
+                    format!("dims {:?}, expected {want}", info.dims),
+                ));
+            }
         };
-        let (rows, experts) = (rows as usize, experts as usize);
         if expert >= experts {
             return Err(ModelError::tensor(
                 g.path().display(),
@@ -46,38 +51,6 @@ impl ModelSource {
         Ok((stack, expert * rows..(expert + 1) * rows))
     }
 
-    /// Where a GGUF file keeps expert `expert`'s bias of `proj` (gpt-oss): row `expert` of
-    /// `blk.{layer}.{proj}_exps.bias` (ggml dims `[len, experts]`).
-    pub(super) fn stacked_expert_bias(
-        g: &GgufFile,
-        layer: usize,
-        proj: &str,
-        expert: usize,
-    ) -> Result<(String, std::ops::Range<usize>)> {
-        let stack = format!("blk.{layer}.{proj}_exps.bias");
-        let Some(info) = g.tensor_info(&stack) else {
-            return Err(ModelError::tensor(g.path().display(), &stack, "missing"));
-        };
-        let experts = match info.dims[..] {
-            [_, experts] => experts as usize,
-            _ => {
-                return Err(ModelError::tensor(
-                    g.path().display(),
-                    &stack,
-                    format!("dims {:?}, expected [len, experts]", info.dims),
-                ))
-            }
-        };
-        if expert >= experts {
-            return Err(ModelError::tensor(
-                g.path().display(),
-                &stack,
-                format!("holds {experts} experts, the model has more (expert {expert})"),
-            ));
-        }
-        Ok((stack, expert..expert + 1))
-    }
-
     /// Checks that every stack of experts the file has holds the config's number of experts
     /// (a stack of more would otherwise be read in part, silently).
     pub fn check_expert_stacks(&self, c: &LlamaConfig) -> Result<()> {
@@ -85,12 +58,15 @@ impl ModelSource {
             return Ok(());
         };
         for layer in 0..c.n_layers {
-            for proj in ["ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"] {
-                let stack = format!("blk.{layer}.{proj}_exps.weight");
+            let stacks = ["ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"]
+                .iter()
+                .flat_map(|p| [format!("blk.{layer}.{p}_exps.weight"), format!("blk.{layer}.{p}_exps.bias")]);
+            for stack in stacks {
+                // A stack's last dimension counts its experts.
                 let held = match self {
                     Self::Gguf(g) => g
                         .tensor_info(&stack)
-                        .map(|t| t.dims.get(2).copied().unwrap_or(1) as usize),
+                        .map(|t| t.dims.last().copied().unwrap_or(1) as usize),
                     Self::HfFolder(h) => h
                         .name_of(&stack)
                         .and_then(|n| h.shape(&n))
