@@ -171,7 +171,10 @@ fn bad_gpt_oss_files_are_named() {
     let err = Llama::load(&source, cpu(), &QuantPolicy::as_stored())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("blk.0.attn_sinks.weight") && err.contains("NaN"), "{err}");
+    assert!(
+        err.contains("blk.0.attn_sinks.weight") && err.contains("NaN"),
+        "{err}"
+    );
     let bytes = common::without_meta(&tiny(62).gguf_bytes(), "gpt-oss.attention.sliding_window");
     let path = dir.path().join("bad.gguf");
     std::fs::write(&path, bytes).unwrap();

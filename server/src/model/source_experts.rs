@@ -33,7 +33,11 @@ impl ModelSource {
             (false, &[_, rows, experts]) => (rows as usize, experts as usize),
             (true, &[_, experts]) => (1, experts as usize),
             _ => {
-                let want = if bias { "[len, experts]" } else { "[cols, rows, experts]" };
+                let want = if bias {
+                    "[len, experts]"
+                } else {
+                    "[cols, rows, experts]"
+                };
                 return Err(ModelError::tensor(
                     g.path().display(),
                     &stack,
@@ -60,7 +64,12 @@ impl ModelSource {
         for layer in 0..c.n_layers {
             let stacks = ["ffn_gate", "ffn_up", "ffn_down", "ffn_gate_up"]
                 .iter()
-                .flat_map(|p| [format!("blk.{layer}.{p}_exps.weight"), format!("blk.{layer}.{p}_exps.bias")]);
+                .flat_map(|p| {
+                    [
+                        format!("blk.{layer}.{p}_exps.weight"),
+                        format!("blk.{layer}.{p}_exps.bias"),
+                    ]
+                });
             for stack in stacks {
                 // A stack's last dimension counts its experts.
                 let held = match self {
