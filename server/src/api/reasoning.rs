@@ -288,7 +288,7 @@ mod tests {
     /// content, the markers dropped; whole and in every piece size.
     #[test]
     fn a_harmony_reply_splits_by_channel() {
-        let cases: [(&str, Option<&str>, &str); 5] = [
+        let cases: [(&str, Option<&str>, &str); 7] = [
             (
                 "<|channel|>analysis<|message|>User says hi. <b><|end|><|start|>assistant\
                  <|channel|>final<|message|>Hello <|en!",
