@@ -8,10 +8,12 @@ those of the named architecture. F16 weights: quantize them with `llama-quantize
     python scripts/bench/random-gguf.py gemma3-1b /tmp/gemma3-1b-f16.gguf
     python scripts/bench/random-gguf.py phi4-mini /tmp/phi4-mini-f16.gguf
     python scripts/bench/random-gguf.py qwen3-30b-a3b /tmp/qwen3-moe-q4_0.gguf --layers 8 --q4_0
+    python scripts/bench/random-gguf.py gpt-oss-20b /tmp/gpt-oss-q4_0.gguf --layers 8 --q4_0
 
 `--layers N` keeps the first N layers (a mixture of experts' full file does not fit a small
 machine); `--q4_0` writes the weight matrices as random Q4_0 blocks directly (no F16 file, no
-llama-quantize). Needs `numpy` and `gguf` (PyPI).
+llama-quantize). gpt-oss's experts are always random MXFP4 blocks, as its files store them.
+Needs `numpy` and `gguf` (PyPI).
 """
 
 import sys
@@ -34,15 +36,18 @@ SHAPES = {
     # Qwen3-30B-A3B: Qwen3's block with 128 experts of FFN 768 per layer, 8 per token, a
     # separate head.
     "qwen3-30b-a3b": ("qwen3moe", 2048, 48, 32, 4, 128, 6144, 151936, 1e6, False, True),
+    # gpt-oss-20b: 32 experts of FFN 2880, 4 per token, biases everywhere, attention sinks,
+    # every other layer in a 128-position window, YaRN ×32 over 4096.
+    "gpt-oss-20b": ("gpt-oss", 2880, 24, 64, 8, 64, 2880, 201088, 150000.0, True, False),
 }
 
 # Mixtures of experts: experts, experts per token, each expert's FFN.
-EXPERTS = {"qwen3moe": (128, 8, 768)}
+EXPERTS = {"qwen3moe": (128, 8, 768), "gpt-oss": (32, 4, 2880)}
 # Architectures whose head is a tensor of its own.
-UNTIED = {"qwen3moe"}
+UNTIED = {"qwen3moe", "gpt-oss"}
 
 # Sliding window of the architectures that have one.
-WINDOWS = {"gemma3": 512}
+WINDOWS = {"gemma3": 512, "gpt-oss": 128}
 
 
 def main() -> None:
@@ -72,6 +77,10 @@ def main() -> None:
         w.add_expert_feed_forward_length(expert_ffn)
     if arch in WINDOWS:
         w.add_sliding_window(WINDOWS[arch])
+    if arch == "gpt-oss":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(32.0)
+        w.add_rope_scaling_orig_ctx_len(4096)
     if arch == "phi3":
         w.add_rope_dimension_count(96)
         w.add_rope_scaling_orig_ctx_len(4096)
@@ -108,6 +117,15 @@ def main() -> None:
         values = rng.standard_normal(shape, dtype=np.float32) * (1.0 / np.sqrt(cols))
         w.add_tensor(name, values.astype(np.float16))
 
+    def mxfp4(name: str, rows: int, cols: int, stack: int) -> None:
+        # Blocks of 32: an E8M0 exponent near a trained weight's scale (2^-8), 16 bytes of codes.
+        blocks = stack * rows * cols // 32
+        exponents = rng.integers(119, 122, (blocks, 1), dtype=np.uint8)
+        codes = rng.integers(0, 256, (blocks, 16), dtype=np.uint8)
+        data = np.concatenate([exponents, codes], axis=1)
+        byte_shape = (stack, rows, cols // 32 * 17)
+        w.add_tensor(name, data.reshape(byte_shape), raw_dtype=gguf.GGMLQuantizationType.MXFP4)
+
     def vector(name: str, n: int, center: float) -> None:
         w.add_tensor(name, (center + 0.1 * rng.standard_normal(n, dtype=np.float32)).astype(np.float32))
 
@@ -137,6 +155,17 @@ def main() -> None:
             vector(b + "attn_q_norm.weight", hd, 1.0)
             vector(b + "attn_k_norm.weight", hd, 1.0)
         matrix(b + "attn_output.weight", h, heads * hd)
+        if arch == "gpt-oss":
+            vector(b + "attn_output.bias", h, 0.0)
+            vector(b + "attn_sinks.weight", heads, 0.0)
+            vector(b + "post_attention_norm.weight", h, 1.0)
+            experts, _, expert_ffn = EXPERTS[arch]
+            w.add_tensor(b + "ffn_gate_inp.weight", rng.standard_normal((experts, h), dtype=np.float32) * 0.05)
+            vector(b + "ffn_gate_inp.bias", experts, 0.0)
+            for proj, rows, cols in [("gate", expert_ffn, h), ("up", expert_ffn, h), ("down", h, expert_ffn)]:
+                mxfp4(b + f"ffn_{proj}_exps.weight", rows, cols, experts)
+                w.add_tensor(b + f"ffn_{proj}_exps.bias", 0.1 * rng.standard_normal((experts, rows), dtype=np.float32))
+            continue
         vector(b + "ffn_norm.weight", h, 1.0)
         if arch in EXPERTS:
             experts, _, expert_ffn = EXPERTS[arch]
