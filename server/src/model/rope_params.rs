@@ -358,7 +358,7 @@ pub(super) fn hf_nope_layers(
 }
 
 /// YaRN's attention scale for a `factor` and an `mscale` (Hugging Face's `get_mscale`).
-fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
+pub(super) fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
     if factor <= 1.0 {
         1.0
     } else {

@@ -45,6 +45,11 @@ pub enum SyntheticModel {
     /// norms, 128 experts of FFN 768 per layer (8 per token), separate 151936-row head.
     #[value(name = "qwen3-30b-a3b")]
     Qwen3MoeA3B,
+    /// gpt-oss-20b's shapes: 24 layers of 2880, GQA 64/8 of 64-wide heads with biases and
+    /// sinks, every other layer in a 128-position window, YaRN ×32, 32 experts of FFN 2880
+    /// per layer (4 per token) with biases and the clamped SwiGLU, separate 201088-row head.
+    #[value(name = "gpt-oss-20b")]
+    GptOss20B,
 }
 
 impl SyntheticModel {
@@ -194,6 +199,42 @@ impl SyntheticModel {
                 }),
                 ..qwen25()
             },
+            SyntheticModel::GptOss20B => LlamaConfig {
+                hidden_size: 2880,
+                n_layers: 24,
+                n_heads: 64,
+                n_kv_heads: 8,
+                head_dim: 64,
+                ffn_size: 2880,
+                rope_theta: 150_000.0,
+                rope_scaling: RopeScaling::Yarn {
+                    factor: 32.0,
+                    original_max_position: 4096,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                    attention_factor: super::rope_params::yarn_mscale(32.0, 1.0),
+                },
+                vocab_size: 201_088,
+                tied_embeddings: false,
+                context_length: 131_072,
+                attention_bias: true,
+                moe: Some(MoeConfig {
+                    experts: 32,
+                    experts_used: 4,
+                    expert_ffn_size: 2880,
+                    normalize: true,
+                    shared_expert_ffn_size: 0,
+                    shared_expert_gated: false,
+                }),
+                gpt_oss: true,
+                gemma: GemmaAdditions {
+                    activation: Activation::SwigluOai,
+                    sliding_window: 128,
+                    sliding_layers: (0..24).map(|l: usize| l.is_multiple_of(2)).collect(),
+                    ..GemmaAdditions::default()
+                },
+                ..LlamaConfig::default()
+            },
         }
     }
 
@@ -208,6 +249,7 @@ impl SyntheticModel {
             SyntheticModel::Gemma3OneB => "gemma3-1b",
             SyntheticModel::Phi4Mini => "phi4-mini",
             SyntheticModel::Qwen3MoeA3B => "qwen3-30b-a3b",
+            SyntheticModel::GptOss20B => "gpt-oss-20b",
         }
     }
 }
@@ -333,6 +375,28 @@ impl Llama {
 mod tests {
     use super::*;
     use lowbit_gpu::cpu::CpuBackend;
+
+    /// gpt-oss-20b's config cut to two layers (sliding, global) and a small vocabulary: it
+    /// builds (sinks, biases, the clamped SwiGLU) and runs a step.
+    #[test]
+    fn gpt_oss_builds_and_steps() {
+        let mut c = SyntheticModel::GptOss20B.config();
+        c.n_layers = 2;
+        c.vocab_size = 64;
+        c.gemma.sliding_layers.truncate(2);
+        let model =
+            Llama::synthetic_of(c, QuantFormat::Q8, Arc::new(CpuBackend::new()), 1).unwrap();
+        let mut kv = crate::engine::solo::SoloKv::new(&model, 1, 4).unwrap();
+        let seq = crate::model::BatchSeq {
+            tokens: &[1, 2, 3],
+            pos_start: 0,
+            blocks: &kv.tables[0],
+            logits: 0..3,
+        };
+        let logits = model.forward(&[seq], &mut kv.pool).unwrap();
+        assert!(logits.data.iter().all(|v| v.is_finite()));
+        assert_eq!(logits.data.len(), 3 * 64);
+    }
 
     /// Qwen3-30B-A3B's config cut to one layer of 4 experts and a small vocabulary: it builds,
     /// with f32 routers and quantized experts, and a decode step reads 2 experts' worth.
