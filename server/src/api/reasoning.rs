@@ -284,6 +284,21 @@ mod tests {
         (reasoning + &p.reasoning, content + &p.content, s.thought())
     }
 
+    /// `text` splits into `reasoning` and `content` whole and streamed in every piece size.
+    fn splits_alike(opens: bool, text: &str, reasoning: Option<&str>, content: &str) {
+        let (r, c) = ReasoningSplit::split(opens, text);
+        assert_eq!((r.as_deref(), c.as_str()), (reasoning, content), "{text:?}");
+        for n in [1, 2, 3, 5, 8, 100] {
+            let (r, c, thought) = streamed(opens, text, n);
+            assert_eq!(thought, reasoning.is_some(), "{text:?} by {n}");
+            assert_eq!(
+                (r.as_str(), c.as_str()),
+                (reasoning.unwrap_or(""), content),
+                "{text:?} by {n}"
+            );
+        }
+    }
+
     /// gpt-oss's harmony replies: the analysis channel is the reasoning, the others' text the
     /// content, the markers dropped; whole and in every piece size.
     #[test]
@@ -325,17 +340,7 @@ mod tests {
             ),
         ];
         for (text, reasoning, content) in cases {
-            let (r, c) = ReasoningSplit::split(false, text);
-            assert_eq!((r.as_deref(), c.as_str()), (reasoning, content), "{text:?}");
-            for n in [1, 2, 3, 5, 8, 100] {
-                let (r, c, thought) = streamed(false, text, n);
-                assert_eq!(thought, reasoning.is_some(), "{text:?} by {n}");
-                assert_eq!(
-                    (r.as_str(), c.as_str()),
-                    (reasoning.unwrap_or(""), content),
-                    "{text:?} by {n}"
-                );
-            }
+            splits_alike(false, text, reasoning, content);
         }
         let harmony = "{{- '<|start|>assistant<|channel|>final<|message|>' }}";
         assert!(ReasoningParser::Auto.splits(Some(harmony)));
@@ -379,17 +384,7 @@ mod tests {
             ),
         ];
         for (opens, text, reasoning, content) in cases {
-            let (r, c) = ReasoningSplit::split(opens, text);
-            assert_eq!((r.as_deref(), c.as_str()), (reasoning, content), "{text:?}");
-            for n in [1, 2, 3, 5, 8, 100] {
-                let (r, c, thought) = streamed(opens, text, n);
-                assert_eq!(thought, reasoning.is_some(), "{text:?} by {n}");
-                assert_eq!(
-                    (r.as_str(), c.as_str()),
-                    (reasoning.unwrap_or(""), content),
-                    "{text:?} by {n}"
-                );
-            }
+            splits_alike(opens, text, reasoning, content);
         }
     }
 
