@@ -61,6 +61,12 @@ fn harmony_gguf(dir: &Path) -> PathBuf {
         "tokenizer.chat_template",
         lowbit::model::gguf::MetaValue::String(template),
     );
+    // Room for the template's system and developer messages (≈ 450 byte-level tokens).
+    let bytes = common::with_meta(
+        &bytes,
+        "gpt-oss.context_length",
+        lowbit::model::gguf::MetaValue::U32(1024),
+    );
     let path = dir.join("harmony.gguf");
     std::fs::write(&path, bytes).unwrap();
     path
@@ -245,4 +251,78 @@ async fn gpt_oss_serves_a_chat_through_its_harmony_template() {
     .await;
     assert_eq!(r["usage"]["prompt_tokens"], tokens["count"], "{r}");
     assert!(r["choices"][0]["message"]["content"].is_string(), "{r}");
+}
+
+/// gpt-oss calls tools in its own harmony syntax (`--tool-call-parser auto` picks it for its
+/// template): constrained, the reply is a `commentary` message addressed to the function with
+/// arguments valid under its schema, answered as OpenAI's `tool_calls`, whole and streamed.
+/// (The random model is steered onto the commentary channel by a bias on its first letter.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpt_oss_calls_tools_in_harmony() {
+    let dir = tempfile::tempdir().unwrap();
+    let app =
+        common::app::start_with(&harmony_gguf(dir.path()), &["--served-model-name", "tiny"]).await;
+    // 'c' of the byte-level vocabulary (`with_tokenizer_and_controls`: ids 2.. are '!'..'~').
+    let c = 2 + u32::from(b'c' - b'!');
+    let request = |stream: bool| {
+        serde_json::json!({
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {
+                "name": "get_unit",
+                "description": "The unit of temperature",
+                "parameters": {"type": "object", "properties": {"unit": {"enum": ["c", "f"]}},
+                               "required": ["unit"]},
+            }}],
+            "tool_choice": "required",
+            "logit_bias": {c.to_string(): 100},
+            "max_tokens": 64,
+            "temperature": 0,
+            "logprobs": true,
+            "stream": stream,
+        })
+        .to_string()
+    };
+    let r = common::app::post(&app, "/v1/chat/completions", request(false)).await;
+    let choice = &r["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{r}");
+    let call = &choice["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_unit", "{r}");
+    let arguments: serde_json::Value =
+        serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments, serde_json::json!({"unit": "c"}), "{r}");
+    assert!(choice["message"]["content"].is_null(), "{r}");
+    // Harmony's own syntax (lowbit's generic format would open with `{`).
+    let tokens: Vec<&str> = choice["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens[..2], ["<|channel|>", "c"], "{r}");
+
+    let chunks = common::app::stream_chunks(&app, request(true)).await;
+    let deltas: Vec<&serde_json::Value> = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]
+                .as_object()
+                .map(|_| &c["choices"][0]["delta"]["tool_calls"][0])
+        })
+        .collect();
+    let name: String = deltas
+        .iter()
+        .filter_map(|d| d["function"]["name"].as_str())
+        .collect();
+    let streamed: String = deltas
+        .iter()
+        .filter_map(|d| d["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(name, "get_unit");
+    assert_eq!(streamed, call["arguments"].as_str().unwrap());
+    let finish = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .next_back();
+    assert_eq!(finish, Some("tool_calls"));
 }

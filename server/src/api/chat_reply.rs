@@ -87,6 +87,13 @@ pub fn reply_message(
     finish: Option<FinishReason>,
 ) -> (ResponseMessage, Option<&'static str>) {
     let mut reason = finish.map(FinishReason::as_str);
+    // A harmony reply's calls are read from it whole (its split content leaves them out).
+    let harmony_calls = match syntax {
+        Some(s @ tool_syntax::ToolSyntax::Harmony { .. }) => {
+            Some(tool_syntax::read_reply(s, &text))
+        }
+        _ => None,
+    };
     let (reasoning_content, answer) = if split {
         ReasoningSplit::split(opens_thinking, &text)
     } else {
@@ -99,7 +106,13 @@ pub fn reply_message(
         tool_calls: None,
     };
     if let (Some(syntax), Some(FinishReason::Stop)) = (syntax, finish) {
-        let read = tool_syntax::read_reply(syntax, message.content.as_deref().unwrap_or(""));
+        let read = match harmony_calls {
+            Some(mut read) => {
+                read.content = message.content.clone().filter(|c| !c.trim().is_empty());
+                read
+            }
+            None => tool_syntax::read_reply(syntax, message.content.as_deref().unwrap_or("")),
+        };
         if !read.calls.is_empty() {
             message.content = read.content;
             message.tool_calls = Some(

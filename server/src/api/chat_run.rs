@@ -292,6 +292,9 @@ impl ChatRun {
                         }
                         continue;
                     }
+                    if let Some(r) = natives.get_mut(choice) {
+                        r.observe_raw(&text);
+                    }
                     let delta = text_delta_of(choice, text, false);
                     let mut deltas = stream_deltas(natives.get_mut(choice), delta, false);
                     let mut lp = logprobs.map(|lp| chat_logprobs(tokenizer, &[lp]));
@@ -335,6 +338,9 @@ impl ChatRun {
                                 sent && sink.chunk(chunk(choice, Delta::default(), Some(lp), None));
                         }
                     } else {
+                        if let Some(r) = natives.get_mut(choice) {
+                            r.observe_raw(&text);
+                        }
                         let delta = text_delta_of(choice, text, true);
                         let reader = natives.get_mut(choice);
                         for delta in stream_deltas(reader, delta, true) {

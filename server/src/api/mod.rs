@@ -26,6 +26,7 @@ pub mod responses_stream;
 pub mod responses_types;
 pub mod structured;
 pub mod tokenize;
+pub mod tool_harmony;
 pub mod tool_stream;
 pub mod tool_syntax;
 pub mod tools;

@@ -56,6 +56,14 @@ pub fn prompt_opens_thinking(prompt: &str) -> bool {
     prompt.trim_end().ends_with(OPEN)
 }
 
+/// Where a harmony message's text goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Reasoning,
+    Content,
+    Call,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Nothing but whitespace yet: it may still open with `<think>`.
@@ -66,9 +74,11 @@ enum State {
     Content,
     /// Harmony: a message's header, up to `<|message|>`.
     Header,
-    /// Harmony: a message's text, up to `<|end|>` (`analysis`: reasoning).
+    /// Harmony: a message's text, up to `<|end|>`: reasoning (`analysis`), content, or a
+    /// call's arguments (a message addressed `to=` a function: read by the tool syntax, not
+    /// content).
     Body {
-        analysis: bool,
+        part: Part,
     },
     /// Harmony: between messages, where `<|start|>assistant` comes.
     Between,
@@ -171,16 +181,23 @@ impl ReasoningSplit {
                         .split(|c: char| c.is_whitespace() || c == '<')
                         .next()
                         .unwrap_or("");
-                    let analysis = channel == "analysis";
-                    self.thought |= analysis;
-                    self.pending.drain(..i + MESSAGE.len());
-                    self.state = State::Body { analysis };
-                }
-                State::Body { analysis } => {
-                    let part = if analysis {
-                        &mut out.reasoning
+                    let part = if header.contains(" to=") || header.starts_with("to=") {
+                        Part::Call
+                    } else if channel == "analysis" {
+                        Part::Reasoning
                     } else {
-                        &mut out.content
+                        Part::Content
+                    };
+                    self.thought |= part == Part::Reasoning;
+                    self.pending.drain(..i + MESSAGE.len());
+                    self.state = State::Body { part };
+                }
+                State::Body { part } => {
+                    let mut call = String::new();
+                    let part = match part {
+                        Part::Reasoning => &mut out.reasoning,
+                        Part::Content => &mut out.content,
+                        Part::Call => &mut call,
                     };
                     match self.pending.find(END) {
                         Some(i) => {
@@ -225,13 +242,21 @@ impl ReasoningSplit {
                 reasoning: rest,
                 content: String::new(),
             },
-            State::Body { analysis: true } => Parts {
+            State::Body {
+                part: Part::Reasoning,
+            } => Parts {
                 reasoning: rest,
                 content: String::new(),
             },
-            // An unfinished header or the markup between messages is not text.
-            State::Closed | State::Header | State::Between => Parts::default(),
-            State::Start | State::Content | State::Body { analysis: false } => Parts {
+            // An unfinished header, the markup between messages and a call are not text.
+            State::Closed | State::Header | State::Between | State::Body { part: Part::Call } => {
+                Parts::default()
+            }
+            State::Start
+            | State::Content
+            | State::Body {
+                part: Part::Content,
+            } => Parts {
                 reasoning: String::new(),
                 content: rest,
             },
@@ -325,7 +350,7 @@ mod tests {
             (
                 "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}",
                 None,
-                "{}",
+                "",
             ),
             (
                 "<|channel|>analysis<|message|>look<|end|><|channel|>final<|message|>up",
@@ -334,8 +359,8 @@ mod tests {
             ),
             (
                 "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.f\
-                 <|channel|>analysis<|message|>y",
-                Some("xy"),
+                 <|channel|>commentary json<|message|>{\"a\": 1}",
+                Some("x"),
                 "",
             ),
         ];

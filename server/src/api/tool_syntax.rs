@@ -9,7 +9,8 @@
 //!   one call per turn (the template refuses two);
 //! - `mistral` (Mistral 7B v0.3, Nemo, Small): the reply is the `[TOOL_CALLS]` control token
 //!   and a JSON list, `[{"name": …, "arguments": {…}}, …]`. Its templates want call ids of
-//!   nine letters and digits: an OpenAI id (`call_…`) is given them as its last nine.
+//!   nine letters and digits: an OpenAI id (`call_…`) is given them as its last nine;
+//! - `openai` (gpt-oss): harmony's `commentary to=functions.NAME` messages (tool_harmony.rs).
 //!
 //! The reply is constrained as in lowbit's generic format (tools.rs), so every call names a
 //! real tool and its arguments parse against the tool's schema: `required` or a named
@@ -19,6 +20,7 @@
 //! grammar with a lazy lexeme for the text before the tag.
 
 use super::openai::Tool;
+use super::tool_harmony::{self, HarmonyIds};
 use super::tools::ToolMode;
 use crate::engine::grammar::{compact_json, OutputFormat};
 use crate::model::pyjson::dumps_json;
@@ -36,6 +38,8 @@ pub enum ToolCallParser {
     #[value(name = "llama3_json")]
     Llama3Json,
     Mistral,
+    /// gpt-oss's harmony format (vLLM's name).
+    Openai,
 }
 
 /// The format a served model's tool calls take.
@@ -49,22 +53,43 @@ pub enum ToolSyntax {
     Mistral {
         marker: Option<u32>,
     },
+    /// gpt-oss's harmony format, its markers' ids (tool_harmony.rs).
+    Harmony {
+        ids: HarmonyIds,
+    },
 }
 
 impl ToolCallParser {
-    /// The syntax for a model with this chat template; `marker` as in [`ToolSyntax::Mistral`].
-    pub fn syntax(self, template_source: Option<&str>, marker: Option<u32>) -> ToolSyntax {
+    /// The syntax for a model with this chat template; `marker` as in [`ToolSyntax::Mistral`],
+    /// `harmony` the vocabulary's harmony markers (without them harmony is not offered).
+    pub fn syntax(
+        self,
+        template_source: Option<&str>,
+        marker: Option<u32>,
+        harmony: Option<HarmonyIds>,
+    ) -> ToolSyntax {
         match self {
             Self::Generic => ToolSyntax::Generic,
             Self::Hermes => ToolSyntax::Hermes,
             Self::Llama3Json => ToolSyntax::Llama3Json,
             Self::Mistral => ToolSyntax::Mistral { marker },
-            Self::Auto => match template_source {
-                Some(t) if t.contains(OPEN) && t.contains("tools") => ToolSyntax::Hermes,
-                Some(t) if t.contains(LLAMA3_INSTRUCTION) => ToolSyntax::Llama3Json,
-                Some(t) if t.contains(MISTRAL_CALLS) => ToolSyntax::Mistral { marker },
-                _ => ToolSyntax::Generic,
+            Self::Openai => harmony.map_or(ToolSyntax::Generic, |ids| ToolSyntax::Harmony { ids }),
+            Self::Auto => match (template_source, harmony) {
+                (Some(t), Some(ids)) if tool_harmony::template_calls_functions(t) => {
+                    ToolSyntax::Harmony { ids }
+                }
+                _ => Self::auto_syntax(template_source, marker),
             },
+        }
+    }
+
+    /// `auto` for the templates of the JSON syntaxes.
+    fn auto_syntax(template_source: Option<&str>, marker: Option<u32>) -> ToolSyntax {
+        match template_source {
+            Some(t) if t.contains(OPEN) && t.contains("tools") => ToolSyntax::Hermes,
+            Some(t) if t.contains(LLAMA3_INSTRUCTION) => ToolSyntax::Llama3Json,
+            Some(t) if t.contains(MISTRAL_CALLS) => ToolSyntax::Mistral { marker },
+            _ => ToolSyntax::Generic,
         }
     }
 }
@@ -96,6 +121,7 @@ impl ToolSyntax {
             Self::Hermes => "hermes",
             Self::Llama3Json => "llama3_json",
             Self::Mistral { .. } => "mistral",
+            Self::Harmony { .. } => "openai",
         }
     }
 
@@ -176,6 +202,9 @@ pub fn output_format(
     thinking: Thinking,
     answer: Option<&Value>,
 ) -> OutputFormat {
+    if let ToolSyntax::Harmony { ids } = syntax {
+        return tool_harmony::output_format(ids, tools, mode, answer);
+    }
     let calls: Vec<Value> = tools
         .iter()
         .map(|t| call_schema(t, syntax.arguments_key()))
@@ -310,6 +339,17 @@ pub fn read_reply(syntax: ToolSyntax, text: &str) -> NativeReply {
                 None => NativeReply::text(text),
             }
         }
+        // The whole reply, markers and all (the caller keeps its split content).
+        ToolSyntax::Harmony { .. } => {
+            let calls = tool_harmony::read_calls(text);
+            if calls.is_empty() {
+                return NativeReply::text(text);
+            }
+            NativeReply {
+                content: None,
+                calls,
+            }
+        }
         ToolSyntax::Mistral { .. } => {
             // The marker's text, unless it was a control token (not decoded).
             let body = text.trim_start();
@@ -371,6 +411,9 @@ pub struct NativeStream {
     in_call: bool,
     /// Only whitespace so far (a Llama reply is decided by its first other character).
     started: bool,
+    /// A harmony reply as generated, markers and all (its calls are read from it at the end;
+    /// what `push` is given is its content, the split of `api/reasoning.rs`).
+    raw: String,
     calls: usize,
     /// Where the streamed call's arguments start in `held`, and how far they were sent.
     arguments: Option<(usize, usize)>,
@@ -383,6 +426,7 @@ impl NativeStream {
             held: String::new(),
             in_call: false,
             started: false,
+            raw: String::new(),
             calls: 0,
             arguments: None,
         }
@@ -446,11 +490,22 @@ impl NativeStream {
         self.calls
     }
 
+    /// Sees generated text as generated (a harmony reply's calls are read from it).
+    pub fn observe_raw(&mut self, text: &str) {
+        if matches!(self.syntax, ToolSyntax::Harmony { .. }) {
+            self.raw.push_str(text);
+        }
+    }
+
     /// Adds generated text; returns what can be sent.
     pub fn push(&mut self, text: &str) -> Vec<NativePiece> {
         self.held.push_str(text);
         let mut out = Vec::new();
         match self.syntax {
+            // The content of a harmony reply (its calls are not in it) goes as it comes.
+            ToolSyntax::Harmony { .. } => {
+                out.push(NativePiece::Content(std::mem::take(&mut self.held)));
+            }
             ToolSyntax::Llama3Json | ToolSyntax::Mistral { .. } | ToolSyntax::Generic => {
                 if !self.started {
                     let body = self.held.trim_start();
@@ -526,6 +581,21 @@ impl NativeStream {
     /// The end of the reply: whatever is held, as a call where it reads as one, else as text
     /// (a call cut short while its arguments streamed: the rest of them, as written).
     pub fn finish(&mut self) -> Vec<NativePiece> {
+        if matches!(self.syntax, ToolSyntax::Harmony { .. }) {
+            // `push` sent every piece of content already.
+            self.held.clear();
+            let calls = tool_harmony::read_calls(&std::mem::take(&mut self.raw));
+            self.calls = calls.len();
+            return calls
+                .into_iter()
+                .enumerate()
+                .map(|(index, (name, arguments))| NativePiece::Call {
+                    index,
+                    name,
+                    arguments,
+                })
+                .collect();
+        }
         if let Some((_, sent)) = self.arguments.take() {
             let text = self.held.split_off(sent);
             self.held.clear();

@@ -18,7 +18,7 @@ fn template(file: &str) -> String {
 
 #[test]
 fn auto_takes_the_templates_own_syntax() {
-    let auto = |file: &str| ToolCallParser::Auto.syntax(Some(&template(file)), None);
+    let auto = |file: &str| ToolCallParser::Auto.syntax(Some(&template(file)), None, None);
     assert_eq!(auto("Qwen-Qwen2.5-7B-Instruct.jinja"), ToolSyntax::Hermes);
     assert_eq!(auto("Qwen-Qwen3-0.6B.jinja"), ToolSyntax::Hermes);
     assert_eq!(
@@ -42,14 +42,38 @@ fn auto_takes_the_templates_own_syntax() {
         auto("mistralai-Mistral-Nemo-Instruct-2407.jinja"),
         ToolSyntax::Mistral { marker: None }
     );
-    assert_eq!(ToolCallParser::Auto.syntax(None, None), ToolSyntax::Generic);
-    // The flag overrides.
     assert_eq!(
-        ToolCallParser::Generic.syntax(Some(&template("Qwen-Qwen3-0.6B.jinja")), None),
+        ToolCallParser::Auto.syntax(None, None, None),
+        ToolSyntax::Generic
+    );
+    // gpt-oss's harmony calls where the vocabulary has the markers, else the generic format.
+    let ids = crate::api::tool_harmony::HarmonyIds {
+        start: 1,
+        end: 2,
+        message: 3,
+        channel: 4,
+        constrain: 5,
+    };
+    let gpt_oss = template("openai-gpt-oss-120b.jinja");
+    assert_eq!(
+        ToolCallParser::Auto.syntax(Some(&gpt_oss), None, Some(ids)),
+        ToolSyntax::Harmony { ids }
+    );
+    assert_eq!(
+        ToolCallParser::Auto.syntax(Some(&gpt_oss), None, None),
         ToolSyntax::Generic
     );
     assert_eq!(
-        ToolCallParser::Hermes.syntax(None, None),
+        ToolCallParser::Auto.syntax(Some(&template("Qwen-Qwen3-0.6B.jinja")), None, Some(ids)),
+        ToolSyntax::Hermes
+    );
+    // The flag overrides.
+    assert_eq!(
+        ToolCallParser::Generic.syntax(Some(&template("Qwen-Qwen3-0.6B.jinja")), None, None),
+        ToolSyntax::Generic
+    );
+    assert_eq!(
+        ToolCallParser::Hermes.syntax(None, None, None),
         ToolSyntax::Hermes
     );
 }

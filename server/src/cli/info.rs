@@ -101,7 +101,11 @@ pub fn run(args: InfoArgs) -> Result<()> {
     // What `lowbit serve` makes of the template by default: its tool syntax, its thinking.
     let template_source = template.as_ref().map(|t| t.source());
     let tool_syntax = ToolCallParser::Auto
-        .syntax(template_source, tool_syntax::mistral_marker(&tokenizer))
+        .syntax(
+            template_source,
+            tool_syntax::mistral_marker(&tokenizer),
+            crate::api::tool_harmony::HarmonyIds::of(&tokenizer),
+        )
         .name();
     let thinks = ReasoningParser::Auto.splits(template_source);
     let tensors = source.list_tensors();

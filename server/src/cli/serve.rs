@@ -332,6 +332,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     let tool_syntax = args.tool_call_parser.syntax(
         template.as_ref().map(|t| t.source()),
         crate::api::tool_syntax::mistral_marker(&tokenizer),
+        crate::api::tool_harmony::HarmonyIds::of(&tokenizer),
     );
     tracing::info!(
         tool_call_parser = tool_syntax.name(),
