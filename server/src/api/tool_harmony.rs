@@ -156,7 +156,8 @@ mod tests {
             channel: 4,
             constrain: 5,
         };
-        let OutputFormat::Lark(auto) = output_format(ids, &[tool.clone()], ToolMode::Auto, None)
+        let OutputFormat::Lark(auto) =
+            output_format(ids, std::slice::from_ref(&tool), ToolMode::Auto, None)
         else {
             panic!("a Lark grammar");
         };
