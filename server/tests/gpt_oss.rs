@@ -283,6 +283,23 @@ async fn gpt_oss_calls_tools_in_harmony() {
         })
         .to_string()
     };
+    // `auto` (a call or a final answer) compiles and, steered the same way, calls too.
+    let mut auto: serde_json::Value = serde_json::from_str(&request(false)).unwrap();
+    auto["tool_choice"] = "auto".into();
+    let r = common::app::post(&app, "/v1/chat/completions", auto.to_string()).await;
+    assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
+    // Cut short inside the call: no call, the text addressed to the function as content.
+    let mut cut: serde_json::Value = serde_json::from_str(&request(false)).unwrap();
+    // 40 tokens of header (one a character, the markers one each), then 5 of arguments.
+    cut["max_tokens"] = 45.into();
+    let r = common::app::post(&app, "/v1/chat/completions", cut.to_string()).await;
+    assert_eq!(r["choices"][0]["finish_reason"], "length", "{r}");
+    assert!(r["choices"][0]["message"]["tool_calls"].is_null(), "{r}");
+    let content = r["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("{\"") && "{\"unit\": \"c\"}".starts_with(content),
+        "{r}"
+    );
     let r = common::app::post(&app, "/v1/chat/completions", request(false)).await;
     let choice = &r["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{r}");

@@ -95,7 +95,7 @@ pub fn reply_message(
         _ => None,
     };
     let (reasoning_content, answer) = if split {
-        ReasoningSplit::split(opens_thinking, &text)
+        ReasoningSplit::split_reading_calls(opens_thinking, harmony_calls.is_some(), &text)
     } else {
         (None, text)
     };
@@ -105,6 +105,11 @@ pub fn reply_message(
         reasoning_content,
         tool_calls: None,
     };
+    if let Some(read) = harmony_calls.as_ref().filter(|r| r.calls.is_empty()) {
+        // No call read (cut short): what the model addressed to a function, as text.
+        let bodies = read.content.clone().unwrap_or_default();
+        message.content.get_or_insert_with(String::new).push_str(&bodies);
+    }
     if let (Some(syntax), Some(FinishReason::Stop)) = (syntax, finish) {
         let read = match harmony_calls {
             Some(mut read) => {

@@ -139,7 +139,9 @@ impl ChatRun {
             .filter(|s| s.native());
         // A constrained reply follows its format from the first token: no thinking to split
         // (a native tool grammar lets the model think first).
-        let split = state.model.reasoning && (grammar.is_none() || native.is_some());
+        // A harmony reply is always split: its calls and its answer are its channels.
+        let harmony = matches!(native, Some(ToolSyntax::Harmony { .. }));
+        let split = harmony || state.model.reasoning && (grammar.is_none() || native.is_some());
         let mut gen = params::request(
             request_id,
             prompt,
@@ -258,7 +260,8 @@ impl ChatRun {
         let mut readers = vec![ToolStream::new(json_answer); n];
         let mut natives: Vec<NativeStream> =
             native.map_or(Vec::new(), |s| vec![NativeStream::new(s); n]);
-        let mut splits = vec![ReasoningSplit::new(opens_thinking); n];
+        let harmony = matches!(native, Some(ToolSyntax::Harmony { .. }));
+        let mut splits = vec![ReasoningSplit::new(opens_thinking).reading_calls(harmony); n];
         // A piece of a choice's text as a delta: split into thinking and answer, or as it is.
         let mut text_delta_of = |choice: usize, text: String, last: bool| {
             if !split {

@@ -12,7 +12,8 @@
 //! `<|channel|>NAME<|message|>TEXT<|end|>` joined by `<|start|>assistant` (the tokenizer keeps
 //! these markers in the text: `model/tokenizer.rs`). The `analysis` channel's text is the
 //! reasoning, every other channel's (`final`, a `commentary` preamble) the content; the
-//! markers and headers are dropped.
+//! markers and headers are dropped. Where the request's tools are read in harmony
+//! (`api/tool_harmony.rs`), a message addressed `to=` a function is a call, not content.
 
 /// Opens the thinking.
 pub const OPEN: &str = "<think>";
@@ -98,6 +99,8 @@ pub struct ReasoningSplit {
     /// Text not yet given out: leading whitespace, or what may be the start of a tag.
     pending: String,
     thought: bool,
+    /// Harmony messages addressed `to=` a function are calls read apart (not content).
+    calls_apart: bool,
 }
 
 impl ReasoningSplit {
@@ -111,7 +114,15 @@ impl ReasoningSplit {
             },
             pending: String::new(),
             thought: prompt_opens,
+            calls_apart: false,
         }
+    }
+
+    /// The same, leaving out of the content the harmony messages addressed to a function
+    /// (where the request's calls are read in harmony: `api/tool_harmony.rs`).
+    pub fn reading_calls(mut self, calls_apart: bool) -> Self {
+        self.calls_apart = calls_apart;
+        self
     }
 
     /// Whether the reply has thought (its `reasoning_content` is not null).
@@ -181,7 +192,8 @@ impl ReasoningSplit {
                         .split(|c: char| c.is_whitespace() || c == '<')
                         .next()
                         .unwrap_or("");
-                    let part = if header.contains(" to=") || header.starts_with("to=") {
+                    let addressed = header.contains(" to=") || header.starts_with("to=");
+                    let part = if addressed && self.calls_apart {
                         Part::Call
                     } else if channel == "analysis" {
                         Part::Reasoning
@@ -274,7 +286,16 @@ impl ReasoningSplit {
 
     /// A whole reply: its reasoning (`None` when it did not think) and its content.
     pub fn split(prompt_opens: bool, text: &str) -> (Option<String>, String) {
-        let mut s = Self::new(prompt_opens);
+        Self::split_reading_calls(prompt_opens, false, text)
+    }
+
+    /// [`ReasoningSplit::split`], harmony calls apart where `calls_apart`.
+    pub fn split_reading_calls(
+        prompt_opens: bool,
+        calls_apart: bool,
+        text: &str,
+    ) -> (Option<String>, String) {
+        let mut s = Self::new(prompt_opens).reading_calls(calls_apart);
         let parts = s.push_last(text);
         (s.thought.then_some(parts.reasoning), parts.content)
     }
@@ -350,7 +371,7 @@ mod tests {
             (
                 "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{}",
                 None,
-                "",
+                "{}",
             ),
             (
                 "<|channel|>analysis<|message|>look<|end|><|channel|>final<|message|>up",
@@ -361,12 +382,22 @@ mod tests {
                 "<|channel|>analysis<|message|>x<|end|><|start|>assistant to=functions.f\
                  <|channel|>commentary json<|message|>{\"a\": 1}",
                 Some("x"),
-                "",
+                "{\"a\": 1}",
             ),
         ];
         for (text, reasoning, content) in cases {
             splits_alike(false, text, reasoning, content);
         }
+        // Where the request's calls are read in harmony, a call is not content.
+        let call = "<|channel|>analysis<|message|>x<|end|><|start|>assistant<|channel|>commentary \
+                    to=functions.f <|constrain|>json<|message|>{\"a\": 1}";
+        assert_eq!(
+            ReasoningSplit::split_reading_calls(false, true, call),
+            (Some("x".to_string()), String::new())
+        );
+        let mut s = ReasoningSplit::new(false).reading_calls(true);
+        let streamed: Vec<Parts> = call.split_inclusive('>').map(|p| s.push(p)).collect();
+        assert!(streamed.iter().all(|p| p.content.is_empty()));
         let harmony = "{{- '<|start|>assistant<|channel|>final<|message|>' }}";
         assert!(ReasoningParser::Auto.splits(Some(harmony)));
         assert!(!ReasoningParser::Auto.splits(Some("{{ messages }}")));

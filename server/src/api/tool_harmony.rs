@@ -68,9 +68,11 @@ pub fn output_format(
                 .parameters
                 .clone()
                 .unwrap_or(json!({"type": "object"}));
-            let head = format!("commentary to=functions.{} ", t.function.name);
+            // A JSON string is a Lark literal (tool names are letters, digits, `_` and `-`).
+            let head = serde_json::to_string(&format!("commentary to=functions.{} ", t.function.name))
+                .unwrap_or_default();
             format!(
-                "{ch} {head:?} {} \"json\" {msg} %json {}",
+                "{ch} {head} {} \"json\" {msg} %json {}",
                 token(ids.constrain),
                 compact_json(parameters)
             )
@@ -87,8 +89,8 @@ pub fn output_format(
     OutputFormat::Lark(format!(
         "start: analysis? reply\n\
          analysis: {ch} \"analysis\" {msg} THOUGHT {} {} \"assistant\"\n\
-         THOUGHT: /(.|\\n)*/\n\
-         ANSWER: /(.|\\n)*/\n\
+         THOUGHT: /(.|\\n)*/ & ~/(.|\\n)*<\\|end\\|>(.|\\n)*/\n\
+         ANSWER: /(.|\\n)*/ & ~/(.|\\n)*<\\|end\\|>(.|\\n)*/\n\
          reply: {reply}\n\
          final: {ch} \"final\" {msg} {answer}\n\
          call: {}\n",
@@ -96,6 +98,17 @@ pub fn output_format(
         token(ids.start),
         calls.join(" | ")
     ))
+}
+
+/// The bodies of a harmony reply's messages addressed to a function (calls cut short), as
+/// text.
+pub fn addressed_text(raw: &str) -> String {
+    raw.split("<|end|>")
+        .filter_map(|message| {
+            let (header, body) = message.split_once("<|message|>")?;
+            header.contains("to=").then_some(body)
+        })
+        .collect()
 }
 
 /// The calls of a whole harmony reply (its text with the markers): every message addressed to

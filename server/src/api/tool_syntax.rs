@@ -30,7 +30,8 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ToolCallParser {
     /// The chat template's own syntax where lowbit knows it (it writes `<tool_call>`: hermes;
-    /// Llama 3.x's JSON instructions: llama3_json; `[TOOL_CALLS]`: mistral), else generic.
+    /// Llama 3.x's JSON instructions: llama3_json; `[TOOL_CALLS]`: mistral; harmony's
+    /// `<|channel|>commentary` calls to `functions.`: openai), else generic.
     Auto,
     /// lowbit's one JSON format, described in the system message (tools.rs): any template.
     Generic,
@@ -340,15 +341,14 @@ pub fn read_reply(syntax: ToolSyntax, text: &str) -> NativeReply {
             }
         }
         // The whole reply, markers and all (the caller keeps its split content).
+        // Without a call read, `content` is the text addressed to functions (cut short).
         ToolSyntax::Harmony { .. } => {
             let calls = tool_harmony::read_calls(text);
-            if calls.is_empty() {
-                return NativeReply::text(text);
-            }
-            NativeReply {
-                content: None,
-                calls,
-            }
+            let content = calls
+                .is_empty()
+                .then(|| tool_harmony::addressed_text(text))
+                .filter(|t| !t.is_empty());
+            NativeReply { content, calls }
         }
         ToolSyntax::Mistral { .. } => {
             // The marker's text, unless it was a control token (not decoded).
@@ -582,10 +582,19 @@ impl NativeStream {
     /// (a call cut short while its arguments streamed: the rest of them, as written).
     pub fn finish(&mut self) -> Vec<NativePiece> {
         if matches!(self.syntax, ToolSyntax::Harmony { .. }) {
-            // `push` sent every piece of content already.
+            // `push` sent every piece of content already; without a call read, what was
+            // addressed to a function goes as text.
             self.held.clear();
-            let calls = tool_harmony::read_calls(&std::mem::take(&mut self.raw));
+            let raw = std::mem::take(&mut self.raw);
+            let calls = tool_harmony::read_calls(&raw);
             self.calls = calls.len();
+            if calls.is_empty() {
+                let text = tool_harmony::addressed_text(&raw);
+                return (!text.is_empty())
+                    .then_some(NativePiece::Content(text))
+                    .into_iter()
+                    .collect();
+            }
             return calls
                 .into_iter()
                 .enumerate()

@@ -334,6 +334,11 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         crate::api::tool_syntax::mistral_marker(&tokenizer),
         crate::api::tool_harmony::HarmonyIds::of(&tokenizer),
     );
+    if args.tool_call_parser == crate::api::tool_syntax::ToolCallParser::Openai
+        && !matches!(tool_syntax, crate::api::tool_syntax::ToolSyntax::Harmony { .. })
+    {
+        tracing::warn!("--tool-call-parser openai: the vocabulary lacks harmony's markers (<|channel|>, <|message|>, …); tools take lowbit's generic format");
+    }
     tracing::info!(
         tool_call_parser = tool_syntax.name(),
         "chats with tools: {}",
