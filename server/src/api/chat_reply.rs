@@ -108,7 +108,10 @@ pub fn reply_message(
     if let Some(read) = harmony_calls.as_ref().filter(|r| r.calls.is_empty()) {
         // No call read (cut short): what the model addressed to a function, as text.
         let bodies = read.content.clone().unwrap_or_default();
-        message.content.get_or_insert_with(String::new).push_str(&bodies);
+        message
+            .content
+            .get_or_insert_with(String::new)
+            .push_str(&bodies);
     }
     if let (Some(syntax), Some(FinishReason::Stop)) = (syntax, finish) {
         let read = match harmony_calls {

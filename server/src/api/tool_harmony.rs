@@ -69,8 +69,9 @@ pub fn output_format(
                 .clone()
                 .unwrap_or(json!({"type": "object"}));
             // A JSON string is a Lark literal (tool names are letters, digits, `_` and `-`).
-            let head = serde_json::to_string(&format!("commentary to=functions.{} ", t.function.name))
-                .unwrap_or_default();
+            let head =
+                serde_json::to_string(&format!("commentary to=functions.{} ", t.function.name))
+                    .unwrap_or_default();
             format!(
                 "{ch} {head} {} \"json\" {msg} %json {}",
                 token(ids.constrain),

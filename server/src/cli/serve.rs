@@ -335,7 +335,10 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         crate::api::tool_harmony::HarmonyIds::of(&tokenizer),
     );
     if args.tool_call_parser == crate::api::tool_syntax::ToolCallParser::Openai
-        && !matches!(tool_syntax, crate::api::tool_syntax::ToolSyntax::Harmony { .. })
+        && !matches!(
+            tool_syntax,
+            crate::api::tool_syntax::ToolSyntax::Harmony { .. }
+        )
     {
         tracing::warn!("--tool-call-parser openai: the vocabulary lacks harmony's markers (<|channel|>, <|message|>, …); tools take lowbit's generic format");
     }
