@@ -112,4 +112,20 @@ fn the_fixture_covers_tools_in_every_template() {
         loop_.contains("<think>\nThe user wants the weather"),
         "{loop_}"
     );
+    // gpt-oss's too, from `reasoning_content` (its template reads `thinking`).
+    let loop_ = renders
+        .iter()
+        .find(|r| {
+            r.template == "gpt-oss" && r.case == "reasoning_tool_loop" && r.add_generation_prompt
+        })
+        .and_then(|r| r.text.as_deref())
+        .unwrap();
+    assert!(
+        loop_.contains("<|channel|>analysis<|message|>The user wants the weather"),
+        "{loop_}"
+    );
+    assert!(renders
+        .iter()
+        .flat_map(|r| &r.messages)
+        .all(|m| m.thinking.is_none()));
 }

@@ -32,6 +32,10 @@ pub struct ChatMessage {
     /// An assistant's earlier thinking (Qwen3's template shows it within a tool loop).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
+    /// The same under gpt-oss's name (its template shows the thinking of a tool call's turn
+    /// from `thinking`): filled from `reasoning_content` for templates that read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
 }
 
 impl ChatMessage {
@@ -44,6 +48,7 @@ impl ChatMessage {
             tool_call_id: None,
             name: None,
             reasoning_content: None,
+            thinking: None,
         }
     }
 }
@@ -134,8 +139,27 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| ModelError::ChatTemplate(e.to_string()))?;
+        // gpt-oss's template reads an earlier turn's thinking as `thinking`.
+        let messages: std::borrow::Cow<'_, [ChatMessage]> = if self.source.contains(".thinking")
+            && messages
+                .iter()
+                .any(|m| m.reasoning_content.is_some() && m.thinking.is_none())
+        {
+            messages
+                .iter()
+                .cloned()
+                .map(|mut m| {
+                    if m.thinking.is_none() {
+                        m.thinking.clone_from(&m.reasoning_content);
+                    }
+                    m
+                })
+                .collect()
+        } else {
+            std::borrow::Cow::Borrowed(messages)
+        };
         let own = minijinja::context! {
-            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            messages => minijinja::Value::from(minijinja::value::Serde(&*messages)),
             tools => minijinja::Value::from(minijinja::value::Serde(tools)),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,

@@ -170,10 +170,18 @@ def main():
         for case, (messages, tools) in CASES.items():
             if name == "hermes3" and tools is None:
                 continue
+            # gpt-oss's template reads an earlier turn's thinking as `thinking`; lowbit fills it
+            # from `reasoning_content` (the fixture keeps the messages as sent).
+            shown = [
+                dict(m, thinking=m["reasoning_content"])
+                if name == "gpt-oss" and "reasoning_content" in m
+                else m
+                for m in messages
+            ]
             for add_generation_prompt in (True, False):
                 try:
                     text = template.render(
-                        messages=messages,
+                        messages=shown,
                         tools=tools,
                         documents=None,
                         add_generation_prompt=add_generation_prompt,
