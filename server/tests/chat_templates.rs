@@ -100,30 +100,22 @@ fn the_fixture_covers_tools_in_every_template() {
         assert!(with_calls.contains("Paris"), "{t}: {with_calls}");
         assert!(with_calls.contains("get_time"), "{t}: the tools are listed");
     }
-    // Qwen3's shows the thinking sent back with a call in a tool loop.
-    let loop_ = renders
-        .iter()
-        .find(|r| {
-            r.template == "qwen3" && r.case == "reasoning_tool_loop" && r.add_generation_prompt
-        })
-        .and_then(|r| r.text.as_deref())
-        .unwrap();
-    assert!(
-        loop_.contains("<think>\nThe user wants the weather"),
-        "{loop_}"
-    );
-    // gpt-oss's too, from `reasoning_content` (its template reads `thinking`).
-    let loop_ = renders
-        .iter()
-        .find(|r| {
-            r.template == "gpt-oss" && r.case == "reasoning_tool_loop" && r.add_generation_prompt
-        })
-        .and_then(|r| r.text.as_deref())
-        .unwrap();
-    assert!(
-        loop_.contains("<|channel|>analysis<|message|>The user wants the weather"),
-        "{loop_}"
-    );
+    // Qwen3's shows the thinking sent back with a call in a tool loop; gpt-oss's too, from
+    // `reasoning_content` (its template reads `thinking`).
+    for (t, thinking) in [
+        ("qwen3", "<think>\nThe user wants the weather"),
+        (
+            "gpt-oss",
+            "<|channel|>analysis<|message|>The user wants the weather",
+        ),
+    ] {
+        let loop_ = renders
+            .iter()
+            .find(|r| r.template == t && r.case == "reasoning_tool_loop" && r.add_generation_prompt)
+            .and_then(|r| r.text.as_deref())
+            .unwrap();
+        assert!(loop_.contains(thinking), "{t}: {loop_}");
+    }
     assert!(renders
         .iter()
         .flat_map(|r| &r.messages)

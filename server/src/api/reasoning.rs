@@ -20,11 +20,11 @@ pub const OPEN: &str = "<think>";
 /// Closes it.
 pub const CLOSE: &str = "</think>";
 /// Opens a harmony message's header (gpt-oss).
-const CHANNEL: &str = "<|channel|>";
+pub(crate) const CHANNEL: &str = "<|channel|>";
 /// Ends the header.
-const MESSAGE: &str = "<|message|>";
+pub(crate) const MESSAGE: &str = "<|message|>";
 /// Ends a message.
-const END: &str = "<|end|>";
+pub(crate) const END: &str = "<|end|>";
 /// Starts the next message of the reply.
 const NEXT: &str = "<|start|>assistant";
 

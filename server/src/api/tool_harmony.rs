@@ -14,9 +14,11 @@
 //! control tokens, named in the grammar by id. One call per reply, as harmony has it.
 
 use super::openai::Tool;
+use super::reasoning::{CHANNEL, END, MESSAGE};
 use super::tools::ToolMode;
 use crate::engine::grammar::{compact_json, OutputFormat};
 use crate::model::pyjson::dumps_json;
+use crate::model::tokenizer::HARMONY_MARKERS;
 use crate::model::Tokenizer;
 use serde_json::{json, Value};
 
@@ -33,13 +35,14 @@ pub struct HarmonyIds {
 impl HarmonyIds {
     /// The markers' ids, where the vocabulary has all of them.
     pub fn of(tokenizer: &Tokenizer) -> Option<Self> {
-        let id = |t: &str| tokenizer.inner().token_to_id(t);
+        let [start, end, message, channel, constrain] =
+            HARMONY_MARKERS.map(|t| tokenizer.inner().token_to_id(t));
         Some(Self {
-            start: id("<|start|>")?,
-            end: id("<|end|>")?,
-            message: id("<|message|>")?,
-            channel: id("<|channel|>")?,
-            constrain: id("<|constrain|>")?,
+            start: start?,
+            end: end?,
+            message: message?,
+            channel: channel?,
+            constrain: constrain?,
         })
     }
 }
@@ -47,7 +50,7 @@ impl HarmonyIds {
 /// Whether a chat template teaches harmony's tool calls (gpt-oss's writes earlier calls as
 /// `<|start|>assistant to=functions.NAME<|channel|>commentary …`).
 pub fn template_calls_functions(template: &str) -> bool {
-    template.contains("<|channel|>commentary") && template.contains("functions.")
+    template.contains(&format!("{CHANNEL}commentary")) && template.contains("functions.")
 }
 
 /// The grammar of a harmony reply calling `tools` (≥ 1) as `mode` allows; `answer`: the JSON
@@ -104,21 +107,22 @@ pub fn output_format(
 /// The bodies of a harmony reply's messages addressed to a function (calls cut short), as
 /// text.
 pub fn addressed_text(raw: &str) -> String {
-    raw.split("<|end|>")
-        .filter_map(|message| {
-            let (header, body) = message.split_once("<|message|>")?;
-            header.contains("to=").then_some(body)
-        })
+    messages(raw)
+        .filter_map(|(header, body)| header.contains("to=").then_some(body))
         .collect()
+}
+
+/// A harmony reply's messages (cut at `<|end|>`) as (header, body), those with a body.
+fn messages(raw: &str) -> impl Iterator<Item = (&str, &str)> {
+    raw.split(END).filter_map(|m| m.split_once(MESSAGE))
 }
 
 /// The calls of a whole harmony reply (its text with the markers): every message addressed to
 /// `functions.NAME`, its body the arguments (JSON text, as `json.dumps` writes it). A body
 /// that is not JSON (cut short) is no call.
 pub fn read_calls(raw: &str) -> Vec<(String, String)> {
-    raw.split("<|end|>")
-        .filter_map(|message| {
-            let (header, body) = message.split_once("<|message|>")?;
+    messages(raw)
+        .filter_map(|(header, body)| {
             let name = header.split("to=functions.").nth(1)?;
             let name = name
                 .split(|c: char| c.is_whitespace() || c == '<')
