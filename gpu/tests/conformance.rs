@@ -8,7 +8,7 @@
 //! write fails the comparison.
 
 use lowbit_gpu::cpu::CpuBackend;
-use lowbit_gpu::quant::{quantize, QuantMethod, QuantizeOptions};
+use lowbit_gpu::quant::{quantize, Codebook, QuantMethod, QuantizeOptions};
 use lowbit_gpu::wgpu::device::AdapterChoice;
 use lowbit_gpu::wgpu::{Activations, WgpuBackend, WgpuOptions};
 use lowbit_gpu::{
@@ -91,7 +91,7 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     }
 }
 
-const FORMATS: [QuantFormat; 9] = [
+const FORMATS: [QuantFormat; 11] = [
     QuantFormat::F32,
     QuantFormat::F16,
     QuantFormat::Q8,
@@ -101,6 +101,8 @@ const FORMATS: [QuantFormat; 9] = [
     QuantFormat::Q4M(GroupSize::G32),
     QuantFormat::Q4M(GroupSize::G64),
     QuantFormat::Q4M(GroupSize::G128),
+    QuantFormat::Lut4(Codebook::Fp4),
+    QuantFormat::Lut4(Codebook::Iq4nl),
 ];
 
 /// A random weight in `format` and its values as the format defines them.

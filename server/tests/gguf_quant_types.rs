@@ -147,9 +147,9 @@ fn info_says_how_each_type_is_loaded() {
     let text = String::from_utf8_lossy(&out.stdout);
     for (tensor, line) in [
         ("blk.0.attn_q.weight", "Q4_K -> q4mg32   rescaled"),
-        ("blk.0.ffn_up.weight", "IQ4_XS -> q8       rescaled"),
+        ("blk.0.ffn_up.weight", "IQ4_XS -> iq4nl    rescaled"),
         ("blk.1.attn_q.weight", "Q5_0 -> q8       exact"),
-        ("blk.0.ffn_down.weight", "IQ4_NL -> q8       exact"),
+        ("blk.0.ffn_down.weight", "IQ4_NL -> iq4nl    exact"),
         ("blk.0.attn_v.weight", "Q6_K -> q8       requantized"),
         ("blk.0.ffn_gate.weight", "Q2_K -> q4mg32   requantized"),
     ] {
@@ -171,10 +171,12 @@ fn info_says_how_each_type_is_loaded() {
             .cloned()
             .unwrap()
     };
-    // Under --quant q8, Q5_0 still repacks exactly; Q4_K's codes do not fit q8's layout.
+    // Under --quant q8, Q5_0 still repacks exactly; Q4_K's and IQ4_NL's codes do not fit q8's
+    // layout.
     assert_eq!(plan("blk.1.attn_q.weight")["conversion"], "exact");
     assert_eq!(plan("blk.0.attn_q.weight")["conversion"], "requantized");
     assert_eq!(plan("blk.0.attn_q.weight")["format"], "q8");
+    assert_eq!(plan("blk.0.ffn_down.weight")["conversion"], "requantized");
 }
 
 /// Writes the f32 source model for `data/llama_cpp_quant_types.py`:
@@ -198,8 +200,8 @@ fn write_quant_types_source_model() {
 
 /// MXFP4 (gpt-oss's experts) decodes as gguf-py, llama.cpp's Python reference, decodes it
 /// (`data/gguf_py_mxfp4.json`, written by `data/gguf_py_mxfp4.py`): random blocks over every
-/// exponent class, bit for bit; and its Q8 import changes no value where the block scale fits
-/// f16 (every exponent from 104 to 146, where real weights' lie) and is refused above.
+/// exponent class, bit for bit; and its fp4 import changes no value where the block scale fits
+/// f16 (every exponent from 104 to 143, where real weights' lie) and is refused above.
 #[test]
 fn mxfp4_decodes_as_gguf_py_and_imports_exactly() {
     #[derive(serde::Deserialize)]
@@ -217,14 +219,21 @@ fn mxfp4_decodes_as_gguf_py_and_imports_exactly() {
         assert_eq!(got, b.value_bits, "block {i} (exponent {})", b.bytes[0]);
         let imported = lowbit_gpu::QTensor::repack(&raw);
         match b.bytes[0] {
-            104..=146 => {
+            104..=143 => {
                 let q = imported.unwrap();
                 let values: Vec<u32> = q.dequantize().iter().map(|v| v.to_bits()).collect();
                 assert_eq!(values, b.value_bits, "block {i} imported");
             }
-            // A scale beyond what q8 holds is refused, not imported wrongly.
-            147.. => assert!(imported.is_err(), "block {i}"),
-            _ => {}
+            // A scale beyond what fp4's f16 holds is refused, not imported wrongly.
+            144.. => assert!(imported.is_err(), "block {i}"),
+            // Smaller scales than f16's: within half of its smallest step, 2⁻²⁵.
+            _ => {
+                let q = imported.unwrap();
+                for (j, (v, want)) in q.dequantize().iter().zip(&b.value_bits).enumerate() {
+                    let want = f32::from_bits(*want);
+                    assert!((v - want).abs() <= 2f32.powi(-25), "block {i} value {j}");
+                }
+            }
         }
     }
 }

@@ -76,7 +76,7 @@ impl Family {
     /// The weight kinds the family is built for (attention: the KV pool's element type).
     pub fn weight_kinds(self) -> &'static [WeightKind] {
         match self {
-            Family::Int8 => &[WeightKind::Q8, WeightKind::Q4, WeightKind::Q4M],
+            Family::Int8 => &WeightKind::INTEGER,
             Family::Attention => &[WeightKind::F32, WeightKind::F16],
             _ if self.reads_weights() => &WeightKind::ALL,
             _ => &[],
@@ -129,17 +129,37 @@ pub enum WeightKind {
     Q8,
     Q4,
     Q4M,
+    /// 4-bit codes into FP4 E2M1's levels (doubled), one scale per 32.
+    Fp4,
+    /// 4-bit codes into IQ4_NL's levels, one scale per 32.
+    Iq4nl,
 }
 
 impl WeightKind {
     /// Every kind.
-    pub const ALL: [WeightKind; 5] = [
+    pub const ALL: [WeightKind; 7] = [
         WeightKind::F32,
         WeightKind::F16,
         WeightKind::Q8,
         WeightKind::Q4,
         WeightKind::Q4M,
+        WeightKind::Fp4,
+        WeightKind::Iq4nl,
     ];
+
+    /// The integer kinds (those the int8-activation kernels multiply).
+    pub const INTEGER: [WeightKind; 5] = [
+        WeightKind::Q8,
+        WeightKind::Q4,
+        WeightKind::Q4M,
+        WeightKind::Fp4,
+        WeightKind::Iq4nl,
+    ];
+
+    /// Whether it is one of [`WeightKind::INTEGER`].
+    pub fn is_integer(self) -> bool {
+        Self::INTEGER.contains(&self)
+    }
 
     fn define(self) -> &'static str {
         match self {
@@ -148,6 +168,8 @@ impl WeightKind {
             WeightKind::Q8 => "Q8",
             WeightKind::Q4 => "Q4",
             WeightKind::Q4M => "Q4M",
+            WeightKind::Fp4 => "FP4",
+            WeightKind::Iq4nl => "IQ4NL",
         }
     }
 }
@@ -178,9 +200,16 @@ pub fn source(family: Family, weight: Option<WeightKind>, features: Features) ->
     if let Some(&first) = kinds.first() {
         let kind = weight.unwrap_or(first);
         defines.insert(kind.define());
-        if matches!(kind, WeightKind::Q4 | WeightKind::Q4M) {
+        if matches!(
+            kind,
+            WeightKind::Q4 | WeightKind::Q4M | WeightKind::Fp4 | WeightKind::Iq4nl
+        ) {
             // The nibble formats' 8-value units are not contiguous (formats.wgsl).
             defines.insert("NIBBLES");
+        }
+        if matches!(kind, WeightKind::Fp4 | WeightKind::Iq4nl) {
+            // Their nibbles index a table of levels (formats.wgsl).
+            defines.insert("LUT4");
         }
     }
     if family.reads_weights() {

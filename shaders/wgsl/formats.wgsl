@@ -1,8 +1,10 @@
 // Weight formats, decoded in registers (the layout is drawn in gpu/src/quant/qtensor.rs).
 //
 // Every format is read in units of 8 values: `unit(row, u, dims)` returns two vec4s and the
-// columns they start at. For Q4/Q4M a unit is one packed word (values 4j..4j+4 of a block in
-// the low nibbles, 4j+16..4j+20 in the high ones); for the others, 8 consecutive values.
+// columns they start at. For Q4/Q4M/Lut4 a unit is one packed word (values 4j..4j+4 of a block
+// in the low nibbles, 4j+16..4j+20 in the high ones); for the others, 8 consecutive values.
+// Lut4's nibbles (FP4, IQ4NL) index a table of 16 i8 levels (gpu/src/quant/format.rs's
+// `Codebook`): code q is byte q % 4 of LEVELS[q / 4].
 // Scales and mins are f16 pairs in u32 words, decoded with unpack2x16float (no shader-f16).
 
 @group(0) @binding(0) var<storage, read> w_words: array<u32>;
@@ -52,6 +54,31 @@ fn min_at(i: u32) -> f32 {
     return f16_at(w_mins[i >> 1u], i & 1u);
 }
 
+//#if FP4
+const LEVELS = vec4<u32>(0x03020100u, 0x0c080604u, 0xfdfeff00u, 0xf4f8fafcu);
+//#endif
+//#if IQ4NL
+const LEVELS = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
+//#endif
+//#if LUT4
+// Code q's level as an i8 bit pattern.
+fn level_byte(q: u32) -> u32 {
+    let words = LEVELS;
+    return (words[q >> 2u] >> ((q & 3u) * 8u)) & 255u;
+}
+
+// Four codes (one per byte, each < 16) as their levels' four i8 bytes.
+fn level_bytes(codes: u32) -> u32 {
+    return level_byte(codes & 15u) | (level_byte((codes >> 8u) & 15u) << 8u)
+        | (level_byte((codes >> 16u) & 15u) << 16u) | (level_byte(codes >> 24u) << 24u);
+}
+
+// The levels of the four nibbles at `shift` (0: low, 4: high) of a packed word.
+fn levels(word: u32, shift: u32) -> vec4<f32> {
+    return vec4<f32>(unpack4xI8(level_bytes((word >> shift) & 0x0f0f0f0fu)));
+}
+//#endif
+
 fn nibbles(word: u32, shift: u32) -> vec4<f32> {
     return vec4<f32>(
         f32((word >> shift) & 15u),
@@ -80,6 +107,15 @@ fn unit(row: u32, u: u32, dims: WeightDims) -> Unit {
     let m = min_at(g);
     r.lo = nibbles(word, 0u) * d + m;
     r.hi = nibbles(word, 4u) * d + m;
+    r.k_lo = block * 32u + (u & 3u) * 4u;
+    r.k_hi = r.k_lo + 16u;
+//#endif
+//#if LUT4
+    let word = w_words[row_word(row, dims) + u];
+    let block = u >> 2u;
+    let d = scale_at(group_index(row, block, dims));
+    r.lo = levels(word, 0u) * d;
+    r.hi = levels(word, 4u) * d;
     r.k_lo = block * 32u + (u & 3u) * 4u;
     r.k_hi = r.k_lo + 16u;
 //#endif

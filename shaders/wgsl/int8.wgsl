@@ -1,13 +1,14 @@
-// Integer products of weights with int8 activations (quantize.wgsl), for Q8, Q4 and Q4M:
+// Integer products of weights with int8 activations (quantize.wgsl), for Q8, Q4, Q4M and Lut4:
 // one dot4I8Packed per 4 values, then per block and group the CPU backend's float steps
 // (gpu/src/cpu/qdot.rs), in its order:
 //
 //   acc += f32(s_b) · (d_w · d_x)          per 32-block b, s_b the block's integer dot
 //   csum += c_x;  corr += k_g · csum       per group g (csum restarting at each group)
-//   out = acc + factor · corr              factor: Q8 −128, Q4 −8, Q4M +1; k_g: d_w or the min
+//   out = acc + factor · corr              factor: Q8 −128, Q4 −8, Q4M +1, Lut4 0; k_g: d_w or the min
 //
 // The CPU keeps Q8 weights offset-binary (u = q + 128); here s_b = Σ q_w·q_x + 128·Σq_x is the
-// same integer, so both backends compute the same numbers. Shared by the decode kernel (`matvec`) and the tiled one
+// same integer, so both backends compute the same numbers. Lut4 weights are looked up to their
+// signed levels, so s_b = Σ T[q_w]·q_x, the CPU's integer after its offset correction. Shared by the decode kernel (`matvec`) and the tiled one
 // (`matmul`); both add in the order above, so neither the kernel nor the batch changes a row.
 
 @group(0) @binding(3) var<storage, read> xq: array<u32>;
@@ -54,6 +55,9 @@ const FACTOR: f32 = -8.0;
 //#if Q4M
 const FACTOR: f32 = 1.0;
 //#endif
+//#if LUT4
+const FACTOR: f32 = 0.0;
+//#endif
 
 // Weight row `row`'s block `b` as 8 words of 4 int8 values, in the activations' order.
 fn weight_words(row: u32, b: u32) -> array<u32, 8> {
@@ -69,6 +73,10 @@ fn weight_words(row: u32, b: u32) -> array<u32, 8> {
         let packed = w_words[base + j];
         w[j] = packed & 0x0f0f0f0fu;
         w[4u + j] = (packed >> 4u) & 0x0f0f0f0fu;
+//#if LUT4
+        w[j] = level_bytes(w[j]);
+        w[4u + j] = level_bytes(w[4u + j]);
+//#endif
     }
 //#endif
     return w;
@@ -265,6 +273,10 @@ fn matmul(
                 let packed = vec4<u32>(w_words[base], w_words[base + 1u], w_words[base + 2u], w_words[base + 3u]);
                 lo = packed & vec4<u32>(0x0f0f0f0fu);
                 hi = (packed >> vec4<u32>(4u)) & vec4<u32>(0x0f0f0f0fu);
+//#if LUT4
+                lo = vec4<u32>(level_bytes(lo.x), level_bytes(lo.y), level_bytes(lo.z), level_bytes(lo.w));
+                hi = vec4<u32>(level_bytes(hi.x), level_bytes(hi.y), level_bytes(hi.z), level_bytes(hi.w));
+//#endif
 //#endif
             }
             ws[staged(lst, lrow, 0u)] = lo;

@@ -149,6 +149,7 @@ mod tests {
             QuantFormat::Q4(GroupSize::G32),
             QuantFormat::Q4(GroupSize::G128),
             QuantFormat::Q4M(GroupSize::G64),
+            QuantFormat::Lut4(crate::quant::Codebook::Iq4nl),
         ] {
             for rows in [1, 7, 8, 13, 24] {
                 let cols = 256;

@@ -8,6 +8,7 @@
 //! Q8 :  Σ_b d_w·d_a·(Σ u_w·q_a − 128·Σ q_a)    u_w = q_w + 128 (stored offset-binary)
 //! Q4 :  Σ_b d_w·d_a·(Σ q_w·q_a −   8·Σ q_a)    q_w ∈ 0..16, value d_w·(q_w − 8)
 //! Q4M:  Σ_b d_w·d_a·Σ q_w·q_a  +  m_w·c_a      value d_w·q_w + m_w
+//! Lut4: Σ_b d_w·d_a·(Σ u_w·q_a − 128·Σ q_a)    u_w = T[q_w] + 128 (looked up from the nibble)
 //! ```
 //! (the integer part is exact, as in llama.cpp's Q4_0/Q8_0 products).
 //! The weights are interleaved by eight rows ([`super::packed`]), so each 256-bit load holds
@@ -20,7 +21,7 @@
 
 use super::packed::{PackedWeight, ROW_GROUP};
 use super::pool::Pool;
-use crate::quant::format::{QuantFormat, QBLOCK};
+use crate::quant::format::{Codebook, QuantFormat, QBLOCK};
 
 /// Rows of activations quantized to int8 per 32-block.
 #[derive(Debug, Clone, Default)]
@@ -368,13 +369,28 @@ pub const MAX_TILE_ROWS: usize = 4;
 pub const MAX_TILE_ROWS_AVX512: usize = 8;
 
 /// The integer correction per block, times the block's `Σ q_a` (module doc): Q8 words are
-/// offset-binary, Q4 codes are offset by 8; Q4M's offset is its float min instead.
+/// offset-binary, Q4 codes are offset by 8, Lut4's looked-up codes by 128; Q4M's offset is
+/// its float min instead.
 fn integer_correction(format: QuantFormat) -> i32 {
     match format {
-        QuantFormat::Q8 => -128,
+        QuantFormat::Q8 | QuantFormat::Lut4(_) => -128,
         QuantFormat::Q4(_) => -8,
         _ => 0,
     }
+}
+
+/// The codebook of a Lut4 format.
+fn lut4_book(format: QuantFormat) -> Option<Codebook> {
+    match format {
+        QuantFormat::Lut4(book) => Some(book),
+        _ => None,
+    }
+}
+
+/// A codebook's levels as the unsigned codes the integer kernels multiply: `T[q] + 128`
+/// (offset-binary, as Q8's words), so that they go on `dpbusd`'s unsigned side.
+fn lut4_codes(book: Codebook) -> [u8; 16] {
+    book.levels().map(|l| (l as u8) ^ 0x80)
 }
 
 /// The scalar twin: plain integer arithmetic, block by block, one row at a time.
@@ -389,6 +405,8 @@ pub fn gemm_scalar(
     let wpb = w.words_per_block();
     let wpr = wpb * (w.cols / QBLOCK);
     let factor = integer_correction(w.format);
+    // The unsigned value of each nibble: itself, or its Lut4 code.
+    let nibble = lut4_book(w.format).map_or(std::array::from_fn(|q| q as u8), lut4_codes);
     let width = groups.len() * ROW_GROUP;
     assert!(out.rows() == acts.len() && out.width() == width);
     for (r, a) in acts.iter().enumerate() {
@@ -410,8 +428,12 @@ pub fn gemm_scalar(
                                 if w.format == QuantFormat::Q8 {
                                     s += i32::from(byte) * i32::from(aq[4 * c + j]);
                                 } else {
-                                    s += i32::from(byte & 0x0f) * i32::from(aq[4 * c + j])
-                                        + i32::from(byte >> 4) * i32::from(aq[16 + 4 * c + j]);
+                                    let (lo, hi) = (
+                                        nibble[usize::from(byte & 0x0f)],
+                                        nibble[usize::from(byte >> 4)],
+                                    );
+                                    s += i32::from(lo) * i32::from(aq[4 * c + j])
+                                        + i32::from(hi) * i32::from(aq[16 + 4 * c + j]);
                                 }
                             }
                         }

@@ -174,6 +174,8 @@ mod tests {
             QuantFormat::Q4(GroupSize::G64),
             QuantFormat::Q4M(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G128),
+            QuantFormat::Lut4(crate::quant::Codebook::Fp4),
+            QuantFormat::Lut4(crate::quant::Codebook::Iq4nl),
         ];
         // Row counts that do and do not fill the last group of eight; m on both paths.
         for &(m, k, n) in &[

@@ -33,6 +33,69 @@ impl GroupSize {
 /// integer dot products. Every group size is a multiple of it.
 pub const QBLOCK: usize = 32;
 
+/// The 16 levels of a non-linear 4-bit format: value `d·T[q]` for code `q`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codebook {
+    /// Twice FP4 E2M1's values (`kvalues_mxfp4`): with a power-of-two scale, MXFP4 exactly.
+    Fp4,
+    /// IQ4_NL / IQ4_XS's levels (`kvalues_iq4nl`).
+    Iq4nl,
+}
+
+impl Codebook {
+    /// The levels, indexed by the 4-bit code.
+    pub const fn levels(self) -> &'static [i8; 16] {
+        match self {
+            Self::Fp4 => &[0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12],
+            Self::Iq4nl => &[
+                -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+            ],
+        }
+    }
+
+    /// The level of largest magnitude (the one a group's extreme maps to).
+    pub fn extreme(self) -> i8 {
+        match self {
+            Self::Fp4 => -12,
+            Self::Iq4nl => -127,
+        }
+    }
+
+    /// The code whose level is nearest `v` (in units of the scale); ties go to the level of
+    /// smaller magnitude, NaN to the code of 0.
+    pub fn nearest(self, v: f32) -> u8 {
+        if v.is_nan() {
+            return self.zero_code();
+        }
+        let v = v.clamp(-1024.0, 1024.0);
+        let mut best = (f32::INFINITY, 0u8);
+        for (q, &l) in self.levels().iter().enumerate() {
+            let e = (v - f32::from(l)).abs();
+            if e < best.0
+                || (e == best.0 && l.unsigned_abs() < self.levels()[best.1 as usize].unsigned_abs())
+            {
+                best = (e, q as u8);
+            }
+        }
+        best.1
+    }
+
+    /// The code of the level nearest 0.
+    fn zero_code(self) -> u8 {
+        match self {
+            Self::Fp4 => 0,
+            Self::Iq4nl => 8,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fp4 => "fp4",
+            Self::Iq4nl => "iq4nl",
+        }
+    }
+}
+
 /// How one weight tensor is stored in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantFormat {
@@ -44,11 +107,13 @@ pub enum QuantFormat {
     Q4(GroupSize),
     /// int4 with f16 scale and f16 min per group: `x = d·q + m`, `q ∈ 0..16`.
     Q4M(GroupSize),
+    /// 4-bit codes into a [`Codebook`], one f16 scale per 32: `x = d·T[q]`, `q ∈ 0..16`.
+    Lut4(Codebook),
 }
 
 /// The names `QuantFormat::parse` accepts, for error messages.
 pub const FORMAT_NAMES: &str =
-    "f32, f16, q8, q4 (= q4g32), q4g64, q4g128, q4m (= q4mg32), q4mg64, q4mg128";
+    "f32, f16, q8, q4 (= q4g32), q4g64, q4g128, q4m (= q4mg32), q4mg64, q4mg128, fp4, iq4nl";
 
 impl QuantFormat {
     /// Parses a format name (`q4g64`, `q8`, …).
@@ -64,6 +129,8 @@ impl QuantFormat {
             "f32" => Some(Self::F32),
             "f16" => Some(Self::F16),
             "q8" => Some(Self::Q8),
+            "fp4" | "mxfp4" => Some(Self::Lut4(Codebook::Fp4)),
+            "iq4nl" => Some(Self::Lut4(Codebook::Iq4nl)),
             _ => {
                 if let Some(rest) = n.strip_prefix("q4m") {
                     group(rest).map(Self::Q4M)
@@ -81,7 +148,7 @@ impl QuantFormat {
     pub fn group(self) -> usize {
         match self {
             Self::F32 | Self::F16 => 1,
-            Self::Q8 => QBLOCK,
+            Self::Q8 | Self::Lut4(_) => QBLOCK,
             Self::Q4(g) | Self::Q4M(g) => g.get(),
         }
     }
@@ -99,6 +166,7 @@ impl QuantFormat {
             Self::Q8 => 8.0 + 16.0 / QBLOCK as f64,
             Self::Q4(g) => 4.0 + 16.0 / g.get() as f64,
             Self::Q4M(g) => 4.0 + 32.0 / g.get() as f64,
+            Self::Lut4(_) => 4.0 + 16.0 / QBLOCK as f64,
         }
     }
 
@@ -143,6 +211,7 @@ impl fmt::Display for QuantFormat {
             Self::Q8 => write!(f, "q8"),
             Self::Q4(g) => write!(f, "q4g{}", g.get()),
             Self::Q4M(g) => write!(f, "q4mg{}", g.get()),
+            Self::Lut4(c) => write!(f, "{}", c.name()),
         }
     }
 }
@@ -159,6 +228,8 @@ mod tests {
             QuantFormat::Q8,
             QuantFormat::Q4(GroupSize::G64),
             QuantFormat::Q4M(GroupSize::G128),
+            QuantFormat::Lut4(Codebook::Fp4),
+            QuantFormat::Lut4(Codebook::Iq4nl),
         ] {
             assert_eq!(QuantFormat::parse(&f.to_string()).unwrap(), f);
         }
@@ -173,6 +244,10 @@ mod tests {
         let e = QuantFormat::parse("q3").unwrap_err();
         assert!(e.contains("q3") && e.contains("q4mg64"), "{e}");
         assert!(QuantFormat::parse("q4g48").is_err());
+        assert_eq!(
+            QuantFormat::parse("MXFP4").unwrap(),
+            QuantFormat::Lut4(Codebook::Fp4)
+        );
     }
 
     #[test]
@@ -186,6 +261,14 @@ mod tests {
             QuantFormat::F16
         );
         assert_eq!(QuantFormat::Q8.fallback_for(40), QuantFormat::F16);
+        assert_eq!(
+            QuantFormat::Lut4(Codebook::Iq4nl).fallback_for(48),
+            QuantFormat::F16
+        );
+        for c in [Codebook::Fp4, Codebook::Iq4nl] {
+            let extreme = c.levels().iter().map(|l| l.unsigned_abs()).max();
+            assert_eq!(extreme, Some(c.extreme().unsigned_abs()), "{c:?}");
+        }
         assert!((QuantFormat::Q4(GroupSize::G32).bits_per_weight() - 4.5).abs() < 1e-12);
     }
 }

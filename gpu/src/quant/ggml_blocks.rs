@@ -17,12 +17,14 @@
 //! MXFP4   | e u8 | qs[16] |                                        17 B / 32,  x = 2^(e−128)·T[q]
 //! ```
 //! MXFP4's `e` is an E8M0 exponent and `T` twice the E2M1 values (`kvalues_mxfp4`), so that
-//! `2^(e−128)` (ggml's `E8M0_TO_FP32_HALF`) makes them whole: its codes are Q8's integers.
+//! `2^(e−128)` (ggml's `E8M0_TO_FP32_HALF`) makes them whole. IQ4_NL, IQ4_XS and MXFP4 keep
+//! their 4-bit codes in lowbit's `Lut4` formats ([`Codebook`]'s tables are `T`).
 //! Q5's fifth bits: bit `j` of `qh` belongs to value `j` (values 0..16 in low nibbles of `qs`,
 //! 16..32 in high nibbles). K-quant sub-block scales are 6 bits (Q3_K: offset by 32; Q4_K and
 //! Q5_K: a scale and a min, both multiplied by the super-block's `d` / `dmin`), Q2_K's are
 //! 4 + 4 bits, Q6_K's are whole i8.
 
+use super::format::Codebook;
 use super::source::SourceDType;
 use half::f16;
 
@@ -30,12 +32,10 @@ use half::f16;
 pub const QK_K: usize = 256;
 
 /// IQ4_NL / IQ4_XS's 16 levels (`kvalues_iq4nl`).
-const IQ4_LEVELS: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
+const IQ4_LEVELS: &[i8; 16] = Codebook::Iq4nl.levels();
 
 /// MXFP4's 16 codes: twice FP4 E2M1's values (`kvalues_mxfp4`).
-const MXFP4_LEVELS: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+const MXFP4_LEVELS: &[i8; 16] = Codebook::Fp4.levels();
 
 /// `2^(e − 128)`, E8M0's value halved (ggml's `ggml_e8m0_to_fp32_half`, subnormals included).
 fn e8m0_half(e: u8) -> f32 {
@@ -47,30 +47,30 @@ fn e8m0_half(e: u8) -> f32 {
     f32::from_bits(bits)
 }
 
-/// The largest MXFP4 block exponent Q8 holds: a scale of 2¹⁸, as f16's 2¹⁵ with three
-/// doublings in the codes (12 · 8 < 127). `QTensor::repack` refuses a tensor with a larger one.
-pub const MXFP4_MAX_EXPONENT: u8 = 146;
+/// The largest MXFP4 block exponent fp4 holds: a scale of 2¹⁵, f16's largest power of two.
+/// `QTensor::repack` refuses a tensor with a larger one.
+pub const MXFP4_MAX_EXPONENT: u8 = 143;
 /// Below this exponent a block's scale (2⁻²⁵ and less) is under f16's smallest.
 const MXFP4_MIN_EXACT_EXPONENT: u8 = 104;
 
-/// An MXFP4 block as Q8's integers and f16 scale: exact for exponents 104 to 146 (a scale
-/// above f16's range moves up to three doublings into the codes); below, the values (all
-/// under 12 · 2⁻²⁵) are rounded to multiples of f16's smallest scale, 2⁻²⁴.
+/// An MXFP4 block as fp4 codes and an f16 scale: the same codes, exact for exponents 104 to
+/// 143 (real weights' are near 120); below, the values (all under 12 · 2⁻²⁵) take the
+/// levels nearest them in units of f16's smallest scale, 2⁻²⁴.
 fn mxfp4_group(b: &[u8]) -> Group {
-    let levels = nibbles(&b[1..17]).map(|q| MXFP4_LEVELS[q as usize]);
-    if b[0] < MXFP4_MIN_EXACT_EXPONENT {
-        let in_units = e8m0_half(b[0]) * 16_777_216.0; // 2^(e − 104) < 1
+    let codes = nibbles(&b[1..17]);
+    let e = b[0].min(MXFP4_MAX_EXPONENT);
+    if e < MXFP4_MIN_EXACT_EXPONENT {
+        let in_units = e8m0_half(e) * 16_777_216.0; // 2^(e − 104) < 1
         return Group {
-            codes: levels.map(|v| (f32::from(v) * in_units).round() as i8 as u8),
+            codes: codes
+                .map(|q| Codebook::Fp4.nearest(f32::from(MXFP4_LEVELS[q as usize]) * in_units)),
             scale: f16::from_bits(1),
             min: None,
         };
     }
-    let shift = i32::from(b[0].min(MXFP4_MAX_EXPONENT)) - 143;
-    let shift = shift.clamp(0, 3);
     Group {
-        codes: levels.map(|v| (v << shift) as u8),
-        scale: f16::from_f32(e8m0_half(b[0].min(MXFP4_MAX_EXPONENT)) / (1 << shift) as f32),
+        codes,
+        scale: f16::from_f32(e8m0_half(e)),
         min: None,
     }
 }
@@ -273,16 +273,17 @@ fn decode_q6_k(b: &[u8], out: &mut [f32]) {
 }
 
 /// One 32-value group of a format that repacks into one of lowbit's: its integer codes (the
-/// i8 bit pattern for Q8, `0..16` for Q4M), scale, and min (Q4M only).
+/// i8 bit pattern for Q8, `0..16` for Q4M and Lut4), scale, and min (Q4M only).
 pub struct Group {
     pub codes: [u8; 32],
     pub scale: f16,
     pub min: Option<f16>,
 }
 
-/// The groups of whole blocks of a repackable format, in value order: Q5_0, IQ4_NL and
-/// MXFP4 to Q8 (same integers, same scale: exact), Q4_K to Q4M g32 and IQ4_XS to Q8 (same integers; the
-/// two-level scale `d·sc`, and Q4_K's min `−dmin·m`, rounded once to f16).
+/// The groups of whole blocks of a repackable format, in value order: Q5_0 to Q8, IQ4_NL to
+/// iq4nl and MXFP4 to fp4 (same codes, same scale: exact), Q4_K to Q4M g32 and IQ4_XS to
+/// iq4nl (same codes; the two-level scale `d·sc`, and Q4_K's min `−dmin·m`, rounded once to
+/// f16).
 pub fn repack_groups(dtype: SourceDType, src: &[u8], mut emit: impl FnMut(Group)) {
     let f16_bits = |b: &[u8], at: usize| f16::from_le_bytes([b[at], b[at + 1]]);
     for b in src.chunks_exact(dtype.block_bytes()) {
@@ -294,7 +295,7 @@ pub fn repack_groups(dtype: SourceDType, src: &[u8], mut emit: impl FnMut(Group)
             }),
             SourceDType::MXFP4 => emit(mxfp4_group(b)),
             SourceDType::IQ4_NL => emit(Group {
-                codes: nibbles(&b[2..18]).map(|q| IQ4_LEVELS[q as usize] as u8),
+                codes: nibbles(&b[2..18]),
                 scale: f16_bits(b, 0),
                 min: None,
             }),
@@ -303,7 +304,7 @@ pub fn repack_groups(dtype: SourceDType, src: &[u8], mut emit: impl FnMut(Group)
                 for j in 0..8 {
                     let qs = &b[8 + 16 * j..8 + 16 * (j + 1)];
                     emit(Group {
-                        codes: nibbles(qs).map(|q| IQ4_LEVELS[q as usize] as u8),
+                        codes: nibbles(qs),
                         scale: f16::from_f32(d * iq4_xs_scale(b, j) as f32),
                         min: None,
                     });
@@ -332,8 +333,8 @@ mod tests {
     use super::*;
 
     /// MXFP4 as the OCP spec defines it (E2M1 codes: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and their
-    /// negatives; scale 2^(e − 127)), and its Q8 repack equal to the decode bit for bit over
-    /// every exponent f16 holds, up to the three doublings moved into the codes.
+    /// negatives; scale 2^(e − 127)), and its fp4 repack equal to the decode bit for bit over
+    /// every exponent f16 holds.
     #[test]
     fn mxfp4_decodes_as_the_spec_and_repacks_exactly() {
         let e2m1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
@@ -353,31 +354,34 @@ mod tests {
             };
             assert_eq!(x, want, "value {j}");
         }
-        for e in 104..=146u8 {
+        let value =
+            |g: &Group, j: usize| f32::from(MXFP4_LEVELS[g.codes[j] as usize]) * g.scale.to_f32();
+        for e in 104..=143u8 {
             block[0] = e;
             decode(SourceDType::MXFP4, &block, &mut out);
             let mut groups = Vec::new();
             repack_groups(SourceDType::MXFP4, &block, |g| groups.push(g));
             let g = &groups[0];
             for (j, &x) in out.iter().enumerate() {
-                let v = f32::from(g.codes[j] as i8) * g.scale.to_f32();
+                let v = value(g, j);
                 assert_eq!(v.to_bits(), x.to_bits(), "exponent {e}, value {j}");
             }
         }
-        // Scales below f16's: the nearest multiples of 2⁻²⁴ (here 2⁻²⁵ · code, so a code of
-        // 1 rounds away from zero to 2⁻²⁴, 0.5 of it; every error at most 2⁻²⁵).
-        block[0] = 103;
-        decode(SourceDType::MXFP4, &block, &mut out);
-        repack_groups(SourceDType::MXFP4, &block, |g| {
-            for (j, &x) in out.iter().enumerate() {
-                let v = f32::from(g.codes[j] as i8) * g.scale.to_f32();
-                assert!((v - x).abs() <= 2f32.powi(-25), "value {j}: {v} for {x}");
-            }
-        });
-        // Larger scales than Q8 holds are found (the import refuses them).
+        // Scales below f16's: the nearest levels in units of 2⁻²⁴ (every error at most 2⁻²⁵).
+        for e in [103, 100, 1, 0] {
+            block[0] = e;
+            decode(SourceDType::MXFP4, &block, &mut out);
+            repack_groups(SourceDType::MXFP4, &block, |g| {
+                for (j, &x) in out.iter().enumerate() {
+                    let v = value(&g, j);
+                    assert!((v - x).abs() <= 2f32.powi(-25), "value {j}: {v} for {x}");
+                }
+            });
+        }
+        // Larger scales than f16 holds are found (the import refuses them).
         assert_eq!(mxfp4_exponent_too_large(&block), None);
-        block[0] = 147;
-        assert_eq!(mxfp4_exponent_too_large(&block), Some(147));
+        block[0] = 144;
+        assert_eq!(mxfp4_exponent_too_large(&block), Some(144));
     }
 
     #[test]

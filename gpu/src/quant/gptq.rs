@@ -16,7 +16,9 @@
 
 use super::format::QuantFormat;
 use super::qtensor::{pack_codes, QTensor, RowParts};
-use super::quantize::{quantize_q4_group, quantize_q4m_group, quantize_q8_group, QuantMethod};
+use super::quantize::{
+    quantize_lut4_group, quantize_q4_group, quantize_q4m_group, quantize_q8_group, QuantMethod,
+};
 use crate::error::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -206,6 +208,10 @@ fn group_params(
             quantize_q4_group(x, Some(importance), method, &mut scratch),
             f16::ZERO,
         ),
+        QuantFormat::Lut4(book) => (
+            quantize_lut4_group(x, Some(importance), method, book, &mut scratch),
+            f16::ZERO,
+        ),
         _ => quantize_q4m_group(x, Some(importance), method, &mut scratch),
     }
 }
@@ -222,6 +228,10 @@ fn encode(format: QuantFormat, v: f64, d: f16, m: f16) -> (u8, f64) {
         QuantFormat::Q4(_) => {
             let q = (v * inv + 8.0).round().clamp(0.0, 15.0);
             (q as u8, d * (q - 8.0))
+        }
+        QuantFormat::Lut4(book) => {
+            let q = book.nearest((v * inv) as f32);
+            (q, d * f64::from(book.levels()[usize::from(q)]))
         }
         _ => {
             let m = f64::from(m.to_f32());
@@ -411,6 +421,7 @@ mod tests {
         for f in [
             QuantFormat::Q4(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G64),
+            QuantFormat::Lut4(crate::quant::format::Codebook::Iq4nl),
         ] {
             let rtn = quantize(&w, rows, cols, f, &QuantizeOptions::default()).unwrap();
             for act_order in [false, true] {

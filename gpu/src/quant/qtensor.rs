@@ -6,7 +6,7 @@
 //! scales | row 0: d d d … | row 1: d d d … |                      f16, one per group
 //! mins   | row 0: m m m … | row 1: m m m … |                      f16, one per group (Q4M only)
 //! ```
-//! A 32-value block takes 4 words in Q4/Q4M and 8 words in Q8. Q4 nibble order inside a
+//! A 32-value block takes 4 words in Q4/Q4M/Lut4 and 8 words in Q8. Nibble order inside a
 //! block (GGUF's, so that SIMD can split low and high nibbles with one mask and one shift):
 //! ```text
 //! byte j (j = 0..16) of the block = value j in bits 0..4 | value j+16 in bits 4..8
@@ -18,7 +18,7 @@
 //! [`QTensor::dequantize_row`] is the definition of every format's values; all kernels, on
 //! every backend, are tested against it.
 
-use super::format::{GroupSize, QuantFormat, QBLOCK};
+use super::format::{Codebook, GroupSize, QuantFormat, QBLOCK};
 use crate::error::{Error, Result};
 use crate::quant::ggml_blocks;
 use crate::quant::source::{RawTensor, SourceDType};
@@ -80,7 +80,7 @@ pub fn words_per_row(format: QuantFormat, cols: usize) -> usize {
         QuantFormat::F32 => cols,
         QuantFormat::F16 => cols.div_ceil(2),
         QuantFormat::Q8 => cols / 4,
-        QuantFormat::Q4(_) | QuantFormat::Q4M(_) => cols / 8,
+        QuantFormat::Q4(_) | QuantFormat::Q4M(_) | QuantFormat::Lut4(_) => cols / 8,
     }
 }
 
@@ -100,7 +100,7 @@ pub fn storage_bytes(format: QuantFormat, rows: usize, cols: usize) -> usize {
 }
 
 /// Packs one row of integer codes (one per value: the i8 bit pattern for Q8, `0..16` for
-/// Q4/Q4M) into the row's words, in the layout drawn above.
+/// Q4/Q4M/Lut4) into the row's words, in the layout drawn above.
 pub fn pack_codes(format: QuantFormat, codes: &[u8]) -> Vec<u32> {
     let mut words = Vec::with_capacity(codes.len() / if format == QuantFormat::Q8 { 4 } else { 8 });
     pack_codes_into(format, codes, &mut words);
@@ -268,6 +268,17 @@ impl QTensor {
                     }
                 }
             }
+            QuantFormat::Lut4(codebook) => {
+                let (scales, levels) = (self.row_scales(r), codebook.levels());
+                for (b, block) in out.chunks_exact_mut(QBLOCK).enumerate() {
+                    let qs = &bytes[b * 16..b * 16 + 16];
+                    let d = scales[b].to_f32();
+                    for j in 0..16 {
+                        block[j] = d * f32::from(levels[usize::from(qs[j] & 0x0f)]);
+                        block[j + 16] = d * f32::from(levels[usize::from(qs[j] >> 4)]);
+                    }
+                }
+            }
         }
     }
 
@@ -284,21 +295,21 @@ impl QTensor {
 
     /// How a file's tensor type becomes one of lowbit's formats when kept as stored.
     pub fn import(dtype: SourceDType) -> Import {
-        use QuantFormat::{Q4M, Q8};
+        use QuantFormat::{Lut4, Q4M, Q8};
         let q4mg32 = Q4M(GroupSize::G32);
         match dtype {
             SourceDType::F32 | SourceDType::BF16 => Import::Exact(QuantFormat::F32),
             SourceDType::F16 => Import::Exact(QuantFormat::F16),
-            // MXFP4: exact for every block scale from 2⁻²⁴ to 2¹⁸ (real weights' are near
-            // 2⁻⁸); a smaller block's values (under 4·10⁻⁷) round to multiples of 2⁻²⁴, a
-            // larger scale is refused (`repack`).
-            SourceDType::Q8_0 | SourceDType::Q5_0 | SourceDType::IQ4_NL | SourceDType::MXFP4 => {
-                Import::Exact(Q8)
-            }
+            SourceDType::Q8_0 | SourceDType::Q5_0 => Import::Exact(Q8),
+            SourceDType::IQ4_NL => Import::Exact(Lut4(Codebook::Iq4nl)),
+            // MXFP4: exact for every block scale from 2⁻²⁴ to 2¹⁵ (real weights' are near
+            // 2⁻⁸); a smaller block's values (under 4·10⁻⁷) round to the levels nearest them
+            // in units of 2⁻²⁴, a larger scale is refused (`repack`).
+            SourceDType::MXFP4 => Import::Exact(Lut4(Codebook::Fp4)),
             SourceDType::Q4_0 => Import::Exact(QuantFormat::Q4(GroupSize::G32)),
             SourceDType::Q4_1 => Import::Exact(q4mg32),
             SourceDType::Q4_K => Import::Rescaled(q4mg32),
-            SourceDType::IQ4_XS => Import::Rescaled(Q8),
+            SourceDType::IQ4_XS => Import::Rescaled(Lut4(Codebook::Iq4nl)),
             SourceDType::Q5_1 | SourceDType::Q5_K | SourceDType::Q6_K => Import::Requantized(Q8),
             SourceDType::Q2_K | SourceDType::Q3_K => Import::Requantized(q4mg32),
         }
@@ -320,7 +331,7 @@ impl QTensor {
         if raw.dtype == SourceDType::MXFP4 {
             if let Some(e) = ggml_blocks::mxfp4_exponent_too_large(raw.data) {
                 return Err(Error::Unsupported(format!(
-                    "an MXFP4 block scale of 2^{} (lowbit's q8 holds up to 2^{})",
+                    "an MXFP4 block scale of 2^{} (lowbit's fp4 holds up to 2^{})",
                     i32::from(e) - 128,
                     i32::from(ggml_blocks::MXFP4_MAX_EXPONENT) - 128
                 )));

@@ -10,7 +10,7 @@
 //! calibration text) turns the error into `Σ imp[k]·(x − x̂)²`: errors on columns that see
 //! large activations cost more. Everything is deterministic: same input, same bytes.
 
-use super::format::QuantFormat;
+use super::format::{Codebook, QuantFormat};
 use super::qtensor::{pack_codes, words_per_row, QTensor, RowParts};
 use super::source::{decode_row, RawTensor};
 use crate::error::Result;
@@ -123,6 +123,9 @@ fn quantize_row(
                         let (d, m) = quantize_q4m_group(x, w, method, qg);
                         scales.push(d);
                         mins.push(m);
+                    }
+                    QuantFormat::Lut4(book) => {
+                        scales.push(quantize_lut4_group(x, w, method, book, qg))
                     }
                     _ => scales.push(quantize_q4_group(x, w, method, qg)),
                 }
@@ -244,6 +247,57 @@ pub(crate) fn quantize_q4_group(
             encode(d, &mut cand);
             let dh = f16::from_f32(d);
             let err = q4_error(dh, &cand);
+            if err < best_err {
+                best_err = err;
+                best_d = dh;
+                q.copy_from_slice(&cand);
+            }
+        }
+    }
+    best_d
+}
+
+/// 4-bit codes into a codebook: returns the scale, writes `q ∈ 0..16` (value = d·T[q]). RTN
+/// maps the value of largest magnitude to the level of largest magnitude (as Q4_0 maps it to
+/// −8, and llama.cpp's IQ4_NL quantizer starts); the search tries scales ±20% around it, each
+/// refit by least squares, as llama.cpp's IQ4_NL search does over a narrower range.
+pub(crate) fn quantize_lut4_group(
+    x: &[f32],
+    w: Option<&[f32]>,
+    method: QuantMethod,
+    book: Codebook,
+    q: &mut [u8],
+) -> f16 {
+    let max = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let levels = book.levels();
+    let encode = |d: f32, q: &mut [u8]| {
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        for (o, v) in q.iter_mut().zip(x) {
+            *o = book.nearest(v * id);
+        }
+    };
+    let extreme = f32::from(book.extreme());
+    let d = max / extreme;
+    encode(d, q);
+    let dh = f16::from_f32(d);
+    if method == QuantMethod::Rtn || max == 0.0 {
+        return dh;
+    }
+    let level = |c: u8| f32::from(levels[usize::from(c)]);
+    let lut_error = |d: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * level(q[i]));
+    let mut best_err = lut_error(dh, q);
+    let mut best_d = dh;
+    let mut cand = vec![0u8; x.len()];
+    for step in -10..=10 {
+        for sign in [1.0f32, -1.0] {
+            let d = max / (sign * extreme * (1.0 + 0.02 * step as f32));
+            encode(d, &mut cand);
+            let d = refit_scale(x, w, cand.iter().map(|&c| level(c))).unwrap_or(d);
+            encode(d, &mut cand);
+            let dh = f16::from_f32(d);
+            let err = lut_error(dh, &cand);
             if err < best_err {
                 best_err = err;
                 best_d = dh;
@@ -413,6 +467,8 @@ mod tests {
             (QuantFormat::Q4(GroupSize::G32), 0.12),
             (QuantFormat::Q4(GroupSize::G128), 0.14),
             (QuantFormat::Q4M(GroupSize::G64), 0.10),
+            (QuantFormat::Lut4(Codebook::Iq4nl), 0.12),
+            (QuantFormat::Lut4(Codebook::Fp4), 0.14),
         ];
         for (f, tol) in cases {
             for method in [QuantMethod::Rtn, QuantMethod::Search] {
@@ -441,6 +497,8 @@ mod tests {
             QuantFormat::Q8,
             QuantFormat::Q4(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G32),
+            QuantFormat::Lut4(Codebook::Fp4),
+            QuantFormat::Lut4(Codebook::Iq4nl),
         ] {
             let rtn = quantize(&x, rows, cols, f, &QuantizeOptions::default()).unwrap();
             let opts = QuantizeOptions {

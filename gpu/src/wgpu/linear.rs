@@ -15,13 +15,11 @@ use super::weights::{whole_stack, DeviceWeight};
 use super::{device_of, weight_of, Activations, WgpuBackend};
 use crate::error::{shape_err, Error, Result};
 use crate::tensor::{Tensor, Weight};
-use lowbit_shaders::WeightKind;
 use std::sync::Arc;
 
 impl WgpuBackend {
     fn uses_int8(&self, w: &DeviceWeight) -> bool {
-        self.options.activations == Activations::Int8
-            && matches!(w.kind, WeightKind::Q8 | WeightKind::Q4 | WeightKind::Q4M)
+        self.options.activations == Activations::Int8 && w.kind.is_integer()
     }
 
     pub(super) fn linear(&self, x: &Tensor, w: &Weight) -> Result<Tensor> {

@@ -142,7 +142,7 @@ pub struct WgpuBackend {
     /// Tests: fill every handed-out activation buffer with NaN first, so that an element a
     /// kernel forgets to write shows.
     poison: std::sync::atomic::AtomicBool,
-    /// Whether an integer weight (Q8, Q4, Q4M) has been loaded (quantize.rs).
+    /// Whether an integer weight (Q8, Q4, Q4M, Lut4) has been loaded (quantize.rs).
     integer_weights: std::sync::atomic::AtomicBool,
 }
 
@@ -162,12 +162,7 @@ impl WgpuBackend {
 
     /// Wraps an uploaded weight, counting its bytes.
     fn resident(&self, d: weights::DeviceWeight, cols: usize) -> Weight {
-        if matches!(
-            d.kind,
-            lowbit_shaders::WeightKind::Q8
-                | lowbit_shaders::WeightKind::Q4
-                | lowbit_shaders::WeightKind::Q4M
-        ) {
+        if d.kind.is_integer() {
             self.integer_weights.store(true, Ordering::Relaxed);
         }
         self.memory

@@ -7,7 +7,7 @@ use super::device::Gpu;
 use super::kernels::WeightDims;
 use crate::error::{Error, Result};
 use crate::quant::qtensor::words_per_row;
-use crate::quant::{QTensor, QuantFormat};
+use crate::quant::{Codebook, QTensor, QuantFormat};
 use ::wgpu::util::DeviceExt;
 use lowbit_shaders::WeightKind;
 use std::sync::Arc;
@@ -73,6 +73,8 @@ pub fn kind_of(format: QuantFormat) -> WeightKind {
         QuantFormat::Q8 => WeightKind::Q8,
         QuantFormat::Q4(_) => WeightKind::Q4,
         QuantFormat::Q4M(_) => WeightKind::Q4M,
+        QuantFormat::Lut4(Codebook::Fp4) => WeightKind::Fp4,
+        QuantFormat::Lut4(Codebook::Iq4nl) => WeightKind::Iq4nl,
     }
 }
 

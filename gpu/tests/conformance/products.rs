@@ -49,6 +49,7 @@ pub(crate) fn a_rows_product_does_not_depend_on_its_batch(be: &dyn Backend, _: B
     for format in [
         QuantFormat::Q4M(GroupSize::G32),
         QuantFormat::Q4M(GroupSize::G128),
+        QuantFormat::Lut4(Codebook::Iq4nl),
         QuantFormat::Q8,
         QuantFormat::F16,
     ] {
@@ -286,6 +287,8 @@ fn int8_products_agree_with_the_cpu_backend() {
         QuantFormat::Q4(GroupSize::G64),
         QuantFormat::Q4M(GroupSize::G32),
         QuantFormat::Q4M(GroupSize::G128),
+        QuantFormat::Lut4(Codebook::Fp4),
+        QuantFormat::Lut4(Codebook::Iq4nl),
     ] {
         for (n, k) in [(70, 768), (100, 1536), (4099, 576), (37, 224)] {
             if !format.fits(k) {

@@ -43,6 +43,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let calibration = args.model.load.calibration(&source)?;
     let mut entries = Vec::new();
     let mut formats = BTreeMap::new();
+    let mut stored_formats = Vec::new();
     let (mut values, mut bytes) = (0usize, 0usize);
     for (name, role) in expected_tensors(&config, tied) {
         match role {
@@ -60,6 +61,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
                 values += rows * cols;
                 bytes += q.resident_bytes();
                 formats.insert(name.clone(), plan.format.clone());
+                stored_formats.push(q.format);
                 entries.extend(lowbit_file::matrix_entries(&name, &q));
             }
             TensorRole::Vector { len } => {
@@ -80,7 +82,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     let mut meta = HashMap::new();
     meta.insert(
         "lowbit.format_version".to_string(),
-        lowbit_file::format_version_for(&config).to_string(),
+        lowbit_file::format_version_for(&config, stored_formats.into_iter()).to_string(),
     );
     meta.insert("lowbit.formats".into(), serde_json::to_string(&formats)?);
     meta.insert("lowbit.config".into(), serde_json::to_string(&config)?);

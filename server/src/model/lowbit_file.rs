@@ -25,15 +25,21 @@ use std::path::Path;
 
 /// The newest version this build reads. Version 2 added Gemma's config fields, version 3
 /// Phi's (partial rotary, LongRoPE) and Granite's (residual and logit scales), version 4 a
-/// mixture of experts, version 5 gpt-oss's block; a file that needs none of them is still
-/// written as the oldest version that describes it, which older builds read.
-pub const FORMAT_VERSION: u32 = 5;
+/// mixture of experts, version 5 gpt-oss's block, version 6 the Lut4 weight formats (fp4,
+/// iq4nl); a file that needs none of them is still written as the oldest version that
+/// describes it, which older builds read.
+pub const FORMAT_VERSION: u32 = 6;
 
-/// The version a file of this model is written as: the first that describes it, so that an
-/// older build (which ignores config fields it does not know) refuses it rather than running
-/// the model wrongly.
-pub fn format_version_for(config: &LlamaConfig) -> u32 {
-    if config.gpt_oss {
+/// The version a file of this model with weights in `formats` is written as: the first that
+/// describes it, so that an older build (which ignores config fields it does not know)
+/// refuses it, naming the version, rather than running the model wrongly.
+pub fn format_version_for(
+    config: &LlamaConfig,
+    mut formats: impl Iterator<Item = QuantFormat>,
+) -> u32 {
+    if formats.any(|f| matches!(f, QuantFormat::Lut4(_))) {
+        6
+    } else if config.gpt_oss {
         5
     } else if config.needs_format_4() {
         4
@@ -122,7 +128,9 @@ impl LowbitFile {
         Ok(match (e.shape.as_slice(), self.format(name)) {
             ([n], _) => (1, *n),
             ([r, w], Some(QuantFormat::Q8)) => (*r, w * 4),
-            ([r, w], Some(QuantFormat::Q4(_) | QuantFormat::Q4M(_))) => (*r, w * 8),
+            ([r, w], Some(QuantFormat::Q4(_) | QuantFormat::Q4M(_) | QuantFormat::Lut4(_))) => {
+                (*r, w * 8)
+            }
             ([r, c], _) => (*r, *c),
             (s, _) => {
                 return Err(ModelError::tensor(

@@ -10,6 +10,8 @@
 //! q4g64,output=q8,blk.0.*=q8 as q4g64, plus the rules
 //! q4                         preset: every matrix Q4M g32, token embedding and head too
 //! q4m                        preset: projections Q4M g32; token embedding and head Q8
+//! iq4nl | fp4                projections 4-bit codes into IQ4_NL's / FP4's levels; embedding
+//!                            and head Q8
 //! f32 | f16                  full-precision copies (every matrix)
 //! ```
 //! With a 4-bit default the token embedding and the output head stay Q8: they are the most
@@ -148,7 +150,10 @@ impl QuantPolicy {
                     format!("unknown format or preset '{item}' (formats: {FORMAT_NAMES}; presets: {PRESETS}; rules: PATTERN=FORMAT)")
                 })?,
             };
-            sensitive_q8 = matches!(f, QuantFormat::Q4(_) | QuantFormat::Q4M(_)) && preset != "q4";
+            sensitive_q8 = matches!(
+                f,
+                QuantFormat::Q4(_) | QuantFormat::Q4M(_) | QuantFormat::Lut4(_)
+            ) && preset != "q4";
             default = Some(f);
         }
         if default.is_none() && rules.is_empty() {
@@ -212,6 +217,7 @@ impl QuantPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lowbit_gpu::quant::Codebook;
 
     #[test]
     fn plain_four_bit_keeps_embedding_and_head_at_q8_and_rules_override() {
@@ -256,12 +262,21 @@ mod tests {
     fn each_plan_says_how_its_values_are_made() {
         let q4mg32 = QuantFormat::Q4M(GroupSize::G32);
         let q4g32 = QuantFormat::Q4(GroupSize::G32);
+        let iq4nl = QuantFormat::Lut4(Codebook::Iq4nl);
         for (dtype, stored, format, want) in [
             (SourceDType::Q4_1, None, q4mg32, "exact"),
             (SourceDType::Q5_0, None, QuantFormat::Q8, "exact"),
             (SourceDType::BF16, None, QuantFormat::F32, "exact"),
             (SourceDType::Q4_K, None, q4mg32, "rescaled"),
-            (SourceDType::IQ4_XS, None, QuantFormat::Q8, "rescaled"),
+            (SourceDType::IQ4_XS, None, iq4nl, "rescaled"),
+            (SourceDType::IQ4_NL, None, iq4nl, "exact"),
+            (
+                SourceDType::MXFP4,
+                None,
+                QuantFormat::Lut4(Codebook::Fp4),
+                "exact",
+            ),
+            (SourceDType::MXFP4, None, QuantFormat::Q8, "requantized"),
             (SourceDType::Q4_K, None, QuantFormat::Q8, "requantized"),
             (SourceDType::Q6_K, None, QuantFormat::Q8, "requantized"),
             (SourceDType::F32, None, q4g32, "quantized"),

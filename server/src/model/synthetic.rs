@@ -299,6 +299,7 @@ fn random_matrix(
     };
     let step = match format {
         QuantFormat::Q8 => 0.05 / 127.0,
+        QuantFormat::Lut4(book) => 0.05 / f32::from(book.extreme().unsigned_abs()),
         _ => 0.05 / 8.0,
     };
     let scales: Vec<f16> = (0..groups)

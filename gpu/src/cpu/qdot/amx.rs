@@ -132,7 +132,9 @@ pub fn gemm_amx(
     acts: &[ActRow<'_>],
     out: GemmOut<'_>,
 ) {
-    if acts.len() < MIN_ROWS {
+    // Lut4 weights too: their codes would need a table lookup in the unpacking (not written;
+    // no AMX machine here to check it on).
+    if acts.len() < MIN_ROWS || matches!(w.format, QuantFormat::Lut4(_)) {
         super::x86::gemm_vnni(w, groups, acts, out);
     } else {
         gemm_tiles(w, groups, acts, out);

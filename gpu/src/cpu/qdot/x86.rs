@@ -25,6 +25,10 @@ trait Width {
     unsafe fn coefs(p: *const half::f16, stride: usize) -> Self::F;
     /// The low and high nibbles of each byte.
     unsafe fn nibbles(v: Self::I) -> (Self::I, Self::I);
+    /// Each byte `b < 16` of `v` replaced by byte `b` of `table` (16 bytes, in every lane).
+    unsafe fn lookup(table: Self::I, v: Self::I) -> Self::I;
+    /// A 16-byte table in every 128-bit lane.
+    unsafe fn table(bytes: &[u8; 16]) -> Self::I;
     unsafe fn dpbusd(acc: Self::I, w: Self::I, a: Self::I) -> Self::I;
     unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
     /// `acc + float(s)·(dw·da)`.
@@ -78,6 +82,14 @@ impl Width for Ymm {
                 _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
             )
         }
+    }
+    #[inline(always)]
+    unsafe fn lookup(table: __m256i, v: __m256i) -> __m256i {
+        unsafe { _mm256_shuffle_epi8(table, v) }
+    }
+    #[inline(always)]
+    unsafe fn table(bytes: &[u8; 16]) -> __m256i {
+        unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(bytes.as_ptr().cast())) }
     }
     #[inline(always)]
     unsafe fn dpbusd(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
@@ -148,6 +160,14 @@ impl Width for Zmm {
                 _mm512_and_si512(_mm512_srli_epi16(v, 4), mask),
             )
         }
+    }
+    #[inline(always)]
+    unsafe fn lookup(table: __m512i, v: __m512i) -> __m512i {
+        unsafe { _mm512_shuffle_epi8(table, v) }
+    }
+    #[inline(always)]
+    unsafe fn table(bytes: &[u8; 16]) -> __m512i {
+        unsafe { _mm512_broadcast_i32x4(_mm_loadu_si128(bytes.as_ptr().cast())) }
     }
     #[inline(always)]
     unsafe fn dpbusd(acc: __m512i, w: __m512i, a: __m512i) -> __m512i {
@@ -343,21 +363,57 @@ unsafe fn q8_sums_avx2<const R: usize>(
     }
 }
 
-/// VNNI Q4 block sums of [`Width::GROUPS`] row groups: low and high nibbles in separate
-/// chains, so that consecutive `dpbusd`s do not wait on each other.
+/// AVX2 Lut4 block sums: each nibble looked up as its signed level (`signed`: the codebook's
+/// levels), then Q8's signed product, `|w| · (a·sign(w))` (a pair is at most 2 · 127 · 127,
+/// within i16), widened per word. The signed dot product equals `init + Σ u·q_a` with the
+/// stored-offset codes `u` (`lut4_codes`), so `init` is not needed.
 #[inline(always)]
-unsafe fn q4_sums_vnni<W: Width, const R: usize>(
+unsafe fn lut4_sums_avx2<const R: usize>(
+    wp: *const __m256i,
+    signed: __m256i,
+    aps: [*const i8; R],
+) -> [__m256i; R] {
+    // SAFETY: pointers come from `gemm_groups` (sizes checked).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_si256(); R];
+        for c in 0..4 {
+            let (lo, hi) = Ymm::nibbles(_mm256_loadu_si256(wp.add(c)));
+            for (ws, at) in [(lo, 4 * c), (hi, 16 + 4 * c)] {
+                let ws = _mm256_shuffle_epi8(signed, ws);
+                let wabs = _mm256_sign_epi8(ws, ws);
+                for i in 0..R {
+                    let av = Ymm::broadcast(aps[i].add(at));
+                    let p = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(av, ws));
+                    acc[i] = _mm256_add_epi32(acc[i], _mm256_madd_epi16(p, ones));
+                }
+            }
+        }
+        acc
+    }
+}
+
+/// VNNI Q4 block sums of [`Width::GROUPS`] row groups: low and high nibbles in separate
+/// chains, so that consecutive `dpbusd`s do not wait on each other. With `LUT`, each nibble
+/// becomes its Lut4 code (`table`: the offset levels of `lut4_codes`) on the way.
+#[inline(always)]
+unsafe fn q4_sums_vnni<W: Width, const R: usize, const LUT: bool>(
     wp: *const __m256i,
     wpr: usize,
     aps: [*const i8; R],
     init: [W::I; R],
+    table: W::I,
 ) -> [W::I; R] {
     // SAFETY: pointers come from `gemm_groups` (sizes checked).
     unsafe {
         let mut lo_sum = init;
         let mut hi_sum = [W::zero_i(); R];
         for c in 0..4 {
-            let (lo, hi) = W::nibbles(W::words(wp, wpr, c));
+            let (mut lo, mut hi) = W::nibbles(W::words(wp, wpr, c));
+            if LUT {
+                lo = W::lookup(table, lo);
+                hi = W::lookup(table, hi);
+            }
             for i in 0..R {
                 lo_sum[i] = W::dpbusd(lo_sum[i], lo, W::broadcast(aps[i].add(4 * c)));
                 hi_sum[i] = W::dpbusd(hi_sum[i], hi, W::broadcast(aps[i].add(16 + 4 * c)));
@@ -399,6 +455,9 @@ fn gemm_avx2_impl(
     out: GemmOut<'_>,
 ) {
     let q8 = w.format == QuantFormat::Q8;
+    let book = lut4_book(w.format);
+    // SAFETY: AVX2 is enabled here.
+    let signed = book.map(|b| unsafe { Ymm::table(&b.levels().map(|l| l as u8)) });
     // Sixteen registers: one row group at a time.
     macro_rules! tile {
         ($r:literal, $a:expr, $o:expr) => {{
@@ -409,6 +468,10 @@ fn gemm_avx2_impl(
                 if q8 {
                     gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
                         q8_sums_avx2::<$r>(p, n, q, i)
+                    })
+                } else if let Some(signed) = signed {
+                    gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, _, q, _| {
+                        lut4_sums_avx2::<$r>(p, signed, q)
                     })
                 } else if $r == 4 && avx2_q4x4::contiguous(a) {
                     avx2_q4x4::gemm_q4_x4(w, g, a, &mut o)
@@ -432,6 +495,13 @@ fn gemm_vnni_impl(
     single_paired: bool,
 ) {
     let q8 = w.format == QuantFormat::Q8;
+    let codes = lut4_book(w.format).map(lut4_codes);
+    // SAFETY (both): AVX-512 is enabled here.
+    let (table_y, table_z) = unsafe {
+        let bytes = codes.unwrap_or([0; 16]);
+        (Ymm::table(&bytes), Zmm::table(&bytes))
+    };
+    let lut = codes.is_some();
     // With several activation rows, pairs of row groups in 512-bit registers, so each
     // activation load serves sixteen weight rows (an odd last group alone). A single row
     // (decode): as `single_paired` says (`decode_pairs`).
@@ -455,12 +525,19 @@ fn gemm_vnni_impl(
                     gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
                         q8_sums_vnni::<Ymm, $r>(p, n, q, i)
                     });
-                } else {
+                } else if lut {
                     gemm_groups::<Zmm, $r, true>(w, pairs, first, a, &mut o, |p, n, q, i| {
-                        q4_sums_vnni::<Zmm, $r>(p, n, q, i)
+                        q4_sums_vnni::<Zmm, $r, true>(p, n, q, i, table_z)
                     });
                     gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
-                        q4_sums_vnni::<Ymm, $r>(p, n, q, i)
+                        q4_sums_vnni::<Ymm, $r, true>(p, n, q, i, table_y)
+                    });
+                } else {
+                    gemm_groups::<Zmm, $r, true>(w, pairs, first, a, &mut o, |p, n, q, i| {
+                        q4_sums_vnni::<Zmm, $r, false>(p, n, q, i, table_z)
+                    });
+                    gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
+                        q4_sums_vnni::<Ymm, $r, false>(p, n, q, i, table_y)
                     });
                 }
             }
