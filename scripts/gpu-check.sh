@@ -148,9 +148,11 @@ else
   bench smollm2-q4m-cpu -- --synthetic smollm2-135m --quant q4m --device cpu --prompt-tokens 512 --gen-tokens 128
   # A mixture of experts (17 GB in Q4): one router readback per layer, 8 small experts a token.
   bench qwen3moe-q4-b1 -- --synthetic qwen3-30b-a3b --quant q4g32 --device gpu --prompt-tokens 128 --gen-tokens 32 --reps 1
-  # gpt-oss-20b's shapes (sinks, biases, the clamped SwiGLU) in 4-bit groups, near its MXFP4
-  # files' bits (lowbit loads those as q8 today).
-  bench gptoss-q4-b1 -- --synthetic gpt-oss-20b --quant q4g32 --device gpu --prompt-tokens 128 --gen-tokens 32 --reps 1
+  # gpt-oss-20b's shapes (sinks, biases, the clamped SwiGLU) in fp4, the format its MXFP4
+  # experts load as.
+  bench gptoss-fp4-b1 -- --synthetic gpt-oss-20b --quant fp4 --device gpu --prompt-tokens 128 --gen-tokens 32 --reps 1
+  # A Lut4 format's table lookups against Q4's plain nibbles (the same bytes read).
+  bench llama8b-iq4nl-b1 -- --synthetic llama-8b --quant iq4nl --device gpu --prompt-tokens 0 --gen-tokens 64
   echo "== per-kernel profile, llama-8b q4 decode" >>"$LOG"
   timeout 120 "$LOWBIT" bench --synthetic llama-8b --quant q4g32 --device gpu --prompt-tokens 0 --gen-tokens 16 --reps 1 --profile >>"$LOG" 2>&1 || true
   echo "== per-kernel profile, llama-8b q4 prefill of 512" >>"$LOG"

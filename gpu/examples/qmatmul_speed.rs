@@ -4,7 +4,7 @@
 use lowbit_gpu::cpu::packed::PackedWeight;
 use lowbit_gpu::cpu::qdot::{available_gemms, GemmOut, QuantizedActs};
 use lowbit_gpu::cpu::qmatmul::packed_matmul_with;
-use lowbit_gpu::quant::{quantize, GroupSize, QuantFormat, QuantizeOptions};
+use lowbit_gpu::quant::{quantize, Codebook, GroupSize, QuantFormat, QuantizeOptions};
 use std::time::Instant;
 
 fn probe(f: QuantFormat, variant: Option<&str>, m: usize, k: usize, n: usize, reps: usize) {
@@ -66,6 +66,7 @@ fn main() {
         QuantFormat::Q8,
         QuantFormat::Q4(GroupSize::G32),
         QuantFormat::Q4M(GroupSize::G32),
+        QuantFormat::Lut4(Codebook::Fp4),
     ];
     for &(m, k, n) in &[
         (1usize, 576usize, 1536usize),

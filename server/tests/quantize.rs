@@ -93,7 +93,16 @@ fn quantized_files_load_back_exactly_as_in_situ_quantization() {
     let gguf = tiny_gguf(dir.path());
     let source = ModelSource::open(&gguf).unwrap();
     let reference = logits(&source, &QuantPolicy::parse("f32", None).unwrap());
-    for spec in ["f32", "f16", "q8", "q4g64", "q4mg128,blk.1.*=q8", "q4"] {
+    for spec in [
+        "f32",
+        "f16",
+        "q8",
+        "q4g64",
+        "q4mg128,blk.1.*=q8",
+        "q4",
+        "iq4nl",
+        "q8,blk.*.ffn_*=fp4",
+    ] {
         let out = dir.path().join(format!(
             "{}.safetensors",
             spec.replace([',', '*', '=', '.'], "_")
@@ -116,6 +125,14 @@ fn quantized_files_load_back_exactly_as_in_situ_quantization() {
             _ => Q4_FORWARD_REL_TOL,
         };
         assert!(e < tol, "{spec}: forward differs from f32 by {e}");
+        // The Lut4 formats came with version 6; files without them keep the older versions.
+        let header = lowbit::model::hf::SafetensorsFile::open(&out).unwrap();
+        let version = if spec.contains("fp4") || spec.contains("iq4nl") {
+            "6"
+        } else {
+            "1"
+        };
+        assert_eq!(header.metadata["lowbit.format_version"], version, "{spec}");
         // The file serves on its own: tokenizer and config come from its metadata.
         let t = file.tokenizer().unwrap();
         assert_eq!(

@@ -502,6 +502,10 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
             } else {
                 v.push(("avx512vnni-512", x86::gemm_vnni_512));
             }
+            // Lut4 lookups with `vpshufb` where the default takes VBMI's `vpermb`.
+            if x86::has_vbmi() {
+                v.push(("avx512vnni-shuffle", x86::gemm_vnni_shuffle));
+            }
         }
         if x86::has_avx2() {
             v.push(("avx2", x86::gemm_avx2));

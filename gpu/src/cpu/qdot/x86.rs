@@ -29,6 +29,10 @@ trait Width {
     unsafe fn lookup(table: Self::I, v: Self::I) -> Self::I;
     /// A 16-byte table in every 128-bit lane.
     unsafe fn table(bytes: &[u8; 16]) -> Self::I;
+    /// [`Width::nibbles`] then [`Width::lookup`] of each, with AVX-512 VBMI's `vpermb`, which
+    /// reads only the low 5 (6) index bits: with the table repeated in every lane, the bits
+    /// above a nibble need no mask.
+    unsafe fn lookup_nibbles_vbmi(table: Self::I, v: Self::I) -> (Self::I, Self::I);
     unsafe fn dpbusd(acc: Self::I, w: Self::I, a: Self::I) -> Self::I;
     unsafe fn add(a: Self::I, b: Self::I) -> Self::I;
     /// `acc + float(s)·(dw·da)`.
@@ -86,6 +90,15 @@ impl Width for Ymm {
     #[inline(always)]
     unsafe fn lookup(table: __m256i, v: __m256i) -> __m256i {
         unsafe { _mm256_shuffle_epi8(table, v) }
+    }
+    #[inline(always)]
+    unsafe fn lookup_nibbles_vbmi(table: __m256i, v: __m256i) -> (__m256i, __m256i) {
+        unsafe {
+            (
+                _mm256_permutexvar_epi8(v, table),
+                _mm256_permutexvar_epi8(_mm256_srli_epi16(v, 4), table),
+            )
+        }
     }
     #[inline(always)]
     unsafe fn table(bytes: &[u8; 16]) -> __m256i {
@@ -164,6 +177,15 @@ impl Width for Zmm {
     #[inline(always)]
     unsafe fn lookup(table: __m512i, v: __m512i) -> __m512i {
         unsafe { _mm512_shuffle_epi8(table, v) }
+    }
+    #[inline(always)]
+    unsafe fn lookup_nibbles_vbmi(table: __m512i, v: __m512i) -> (__m512i, __m512i) {
+        unsafe {
+            (
+                _mm512_permutexvar_epi8(v, table),
+                _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), table),
+            )
+        }
     }
     #[inline(always)]
     unsafe fn table(bytes: &[u8; 16]) -> __m512i {
@@ -393,11 +415,17 @@ unsafe fn lut4_sums_avx2<const R: usize>(
     }
 }
 
+/// How the VNNI kernel reads a nibble: as it is (Q4, Q4M), or looked up in a Lut4 table with
+/// `vpshufb` or with AVX-512 VBMI's `vpermb` (no masks).
+const PLAIN: u8 = 0;
+const SHUFFLE: u8 = 1;
+const VBMI: u8 = 2;
+
 /// VNNI Q4 block sums of [`Width::GROUPS`] row groups: low and high nibbles in separate
-/// chains, so that consecutive `dpbusd`s do not wait on each other. With `LUT`, each nibble
-/// becomes its Lut4 code (`table`: the offset levels of `lut4_codes`) on the way.
+/// chains, so that consecutive `dpbusd`s do not wait on each other. Unless `LOOKUP` is
+/// `PLAIN`, each nibble becomes its Lut4 code (`table`: the offset levels of `lut4_codes`).
 #[inline(always)]
-unsafe fn q4_sums_vnni<W: Width, const R: usize, const LUT: bool>(
+unsafe fn q4_sums_vnni<W: Width, const R: usize, const LOOKUP: u8>(
     wp: *const __m256i,
     wpr: usize,
     aps: [*const i8; R],
@@ -409,11 +437,15 @@ unsafe fn q4_sums_vnni<W: Width, const R: usize, const LUT: bool>(
         let mut lo_sum = init;
         let mut hi_sum = [W::zero_i(); R];
         for c in 0..4 {
-            let (mut lo, mut hi) = W::nibbles(W::words(wp, wpr, c));
-            if LUT {
-                lo = W::lookup(table, lo);
-                hi = W::lookup(table, hi);
-            }
+            let v = W::words(wp, wpr, c);
+            let (lo, hi) = match LOOKUP {
+                VBMI => W::lookup_nibbles_vbmi(table, v),
+                SHUFFLE => {
+                    let (lo, hi) = W::nibbles(v);
+                    (W::lookup(table, lo), W::lookup(table, hi))
+                }
+                _ => W::nibbles(v),
+            };
             for i in 0..R {
                 lo_sum[i] = W::dpbusd(lo_sum[i], lo, W::broadcast(aps[i].add(4 * c)));
                 hi_sum[i] = W::dpbusd(hi_sum[i], hi, W::broadcast(aps[i].add(16 + 4 * c)));
@@ -494,6 +526,33 @@ fn gemm_vnni_impl(
     out: GemmOut<'_>,
     single_paired: bool,
 ) {
+    // SAFETY: the features the body needs are enabled here.
+    unsafe { gemm_vnni_body::<SHUFFLE>(w, groups, acts, out, single_paired) }
+}
+
+/// [`gemm_vnni_impl`] reading Lut4 nibbles with `vpermb`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi")]
+fn gemm_vnni_vbmi_impl(
+    w: &PackedWeight,
+    groups: std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: GemmOut<'_>,
+    single_paired: bool,
+) {
+    // SAFETY: the features the body needs are enabled here.
+    unsafe { gemm_vnni_body::<VBMI>(w, groups, acts, out, single_paired) }
+}
+
+/// The VNNI kernel; `LUT4` says how Lut4 nibbles are looked up (`SHUFFLE` or `VBMI`, whose
+/// caller enables AVX-512 VBMI).
+#[inline(always)]
+unsafe fn gemm_vnni_body<const LUT4: u8>(
+    w: &PackedWeight,
+    groups: std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: GemmOut<'_>,
+    single_paired: bool,
+) {
     let q8 = w.format == QuantFormat::Q8;
     let codes = lut4_book(w.format).map(lut4_codes);
     // SAFETY (both): AVX-512 is enabled here.
@@ -527,17 +586,17 @@ fn gemm_vnni_impl(
                     });
                 } else if lut {
                     gemm_groups::<Zmm, $r, true>(w, pairs, first, a, &mut o, |p, n, q, i| {
-                        q4_sums_vnni::<Zmm, $r, true>(p, n, q, i, table_z)
+                        q4_sums_vnni::<Zmm, $r, LUT4>(p, n, q, i, table_z)
                     });
                     gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
-                        q4_sums_vnni::<Ymm, $r, true>(p, n, q, i, table_y)
+                        q4_sums_vnni::<Ymm, $r, LUT4>(p, n, q, i, table_y)
                     });
                 } else {
                     gemm_groups::<Zmm, $r, true>(w, pairs, first, a, &mut o, |p, n, q, i| {
-                        q4_sums_vnni::<Zmm, $r, false>(p, n, q, i, table_z)
+                        q4_sums_vnni::<Zmm, $r, PLAIN>(p, n, q, i, table_z)
                     });
                     gemm_groups::<Ymm, $r, true>(w, rest, first, a, &mut o, |p, n, q, i| {
-                        q4_sums_vnni::<Ymm, $r, false>(p, n, q, i, table_y)
+                        q4_sums_vnni::<Ymm, $r, PLAIN>(p, n, q, i, table_y)
                     });
                 }
             }
@@ -578,6 +637,11 @@ pub fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
+}
+
+/// Whether AVX-512 VBMI's byte permutes are there (Lut4 lookups without masks).
+pub fn has_vbmi() -> bool {
+    has_vnni() && is_x86_feature_detected!("avx512vbmi")
 }
 
 pub fn has_vnni() -> bool {
@@ -639,5 +703,25 @@ fn gemm_vnni_with(
     assert!(has_vnni());
     check(w, &groups, acts, &out);
     // SAFETY: features and shapes checked.
-    unsafe { gemm_vnni_impl(w, groups, acts, out, single_paired) }
+    unsafe {
+        if has_vbmi() && lut4_book(w.format).is_some() {
+            gemm_vnni_vbmi_impl(w, groups, acts, out, single_paired)
+        } else {
+            gemm_vnni_impl(w, groups, acts, out, single_paired)
+        }
+    }
+}
+
+/// [`gemm_vnni`] reading Lut4 nibbles with `vpshufb` even where VBMI is there (tests compare
+/// the two, benchmarks measure them).
+pub fn gemm_vnni_shuffle(
+    w: &PackedWeight,
+    groups: std::ops::Range<usize>,
+    acts: &[ActRow<'_>],
+    out: GemmOut<'_>,
+) {
+    assert!(has_vnni());
+    check(w, &groups, acts, &out);
+    // SAFETY: features and shapes checked.
+    unsafe { gemm_vnni_impl(w, groups, acts, out, decode_pairs()) }
 }
