@@ -243,6 +243,14 @@ mod tests {
         let q4m = QuantPolicy::parse("q4m", None).unwrap();
         assert_eq!(q4m.requested("blk.1.attn_v.weight"), q4mg32);
         assert_eq!(q4m.requested("token_embd.weight"), Some(QuantFormat::Q8));
+        // The Lut4 formats are 4-bit too: embedding and head stay Q8.
+        for (name, book) in [("iq4nl", Codebook::Iq4nl), ("fp4", Codebook::Fp4)] {
+            let p = QuantPolicy::parse(name, None).unwrap();
+            let lut4 = Some(QuantFormat::Lut4(book));
+            assert_eq!(p.requested("blk.1.ffn_down.weight"), lut4, "{name}");
+            assert_eq!(p.requested("output.weight"), Some(QuantFormat::Q8));
+            assert_eq!(p.requested("token_embd.weight"), Some(QuantFormat::Q8));
+        }
     }
 
     #[test]

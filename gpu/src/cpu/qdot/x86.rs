@@ -385,7 +385,7 @@ unsafe fn q8_sums_avx2<const R: usize>(
     }
 }
 
-/// AVX2 Lut4 block sums: each nibble looked up as its signed level (`signed`: the codebook's
+/// AVX2 Lut4 block sums (`iq4nl`; `fp4` takes [`fp4_sums_avx2`]): each nibble looked up as its signed level (`signed`: the codebook's
 /// levels), then Q8's signed product, `|w| · (a·sign(w))` (a pair is at most 2 · 127 · 127,
 /// within i16), widened per word. The signed dot product equals `init + Σ u·q_a` with the
 /// stored-offset codes `u` (`lut4_codes`), so `init` is not needed.
@@ -414,6 +414,59 @@ unsafe fn lut4_sums_avx2<const R: usize>(
         acc
     }
 }
+
+/// AVX2 `fp4` block sums: FP4's levels are at most 12 in magnitude, so with 12 added
+/// (`unsigned`: 0..=24, on `maddubs`'s unsigned side) a block's four words of low (and of high)
+/// nibbles sum in i16 (4 · 2 · 24 · 127 = 24,384), widened once per half, as Q4's are. The
+/// offset comes off as −12·Σq_a: `init` is −128·Σq_a, so `init / 32 · 3`, exact.
+#[inline(always)]
+unsafe fn fp4_sums_avx2<const R: usize>(
+    wp: *const __m256i,
+    unsigned: __m256i,
+    aps: [*const i8; R],
+    init: [__m256i; R],
+) -> [__m256i; R] {
+    // SAFETY: pointers come from `gemm_groups` (sizes checked).
+    unsafe {
+        let mut lo16 = [_mm256_setzero_si256(); R];
+        let mut hi16 = [_mm256_setzero_si256(); R];
+        for c in 0..4 {
+            let (lo, hi) = Ymm::nibbles(_mm256_loadu_si256(wp.add(c)));
+            let (lo, hi) = (
+                _mm256_shuffle_epi8(unsigned, lo),
+                _mm256_shuffle_epi8(unsigned, hi),
+            );
+            for i in 0..R {
+                let a_lo = Ymm::broadcast(aps[i].add(4 * c));
+                let a_hi = Ymm::broadcast(aps[i].add(16 + 4 * c));
+                lo16[i] = _mm256_add_epi16(lo16[i], _mm256_maddubs_epi16(lo, a_lo));
+                hi16[i] = _mm256_add_epi16(hi16[i], _mm256_maddubs_epi16(hi, a_hi));
+            }
+        }
+        let ones = _mm256_set1_epi16(1);
+        std::array::from_fn(|i| {
+            let q = _mm256_srai_epi32::<5>(init[i]);
+            let offset = _mm256_add_epi32(q, _mm256_slli_epi32::<1>(q));
+            let halves = _mm256_add_epi32(
+                _mm256_madd_epi16(lo16[i], ones),
+                _mm256_madd_epi16(hi16[i], ones),
+            );
+            _mm256_add_epi32(offset, halves)
+        })
+    }
+}
+
+/// FP4's levels plus 12, the unsigned codes of [`fp4_sums_avx2`].
+const FP4_PLUS_12: [u8; 16] = {
+    let levels = Codebook::Fp4.levels();
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        out[i] = (levels[i] + 12) as u8;
+        i += 1;
+    }
+    out
+};
 
 /// How the VNNI kernel reads a nibble: as it is (Q4, Q4M), or looked up in a Lut4 table with
 /// `vpshufb` or with AVX-512 VBMI's `vpermb` (no masks).
@@ -488,8 +541,9 @@ fn gemm_avx2_impl(
 ) {
     let q8 = w.format == QuantFormat::Q8;
     let book = lut4_book(w.format);
-    // SAFETY: AVX2 is enabled here.
+    // SAFETY (both): AVX2 is enabled here.
     let signed = book.map(|b| unsafe { Ymm::table(&b.levels().map(|l| l as u8)) });
+    let fp4 = (book == Some(Codebook::Fp4)).then(|| unsafe { Ymm::table(&FP4_PLUS_12) });
     // Sixteen registers: one row group at a time.
     macro_rules! tile {
         ($r:literal, $a:expr, $o:expr) => {{
@@ -500,6 +554,10 @@ fn gemm_avx2_impl(
                 if q8 {
                     gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, n, q, i| {
                         q8_sums_avx2::<$r>(p, n, q, i)
+                    })
+                } else if let Some(unsigned) = fp4 {
+                    gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, _, q, i| {
+                        fp4_sums_avx2::<$r>(p, unsigned, q, i)
                     })
                 } else if let Some(signed) = signed {
                     gemm_groups::<Ymm, $r, false>(w, g.clone(), g.start, a, &mut o, |p, _, q, _| {
