@@ -171,12 +171,13 @@ fn info_says_how_each_type_is_loaded() {
             .cloned()
             .unwrap()
     };
-    // Under --quant q8, Q5_0 still repacks exactly; Q4_K's and IQ4_NL's codes do not fit q8's
-    // layout.
+    // Under --quant q8, Q5_0 and IQ4_NL still repack exactly (IQ4's levels are int8 values),
+    // IQ4_XS with its rescaled scales; Q4_K's codes do not fit q8's layout.
     assert_eq!(plan("blk.1.attn_q.weight")["conversion"], "exact");
     assert_eq!(plan("blk.0.attn_q.weight")["conversion"], "requantized");
     assert_eq!(plan("blk.0.attn_q.weight")["format"], "q8");
-    assert_eq!(plan("blk.0.ffn_down.weight")["conversion"], "requantized");
+    assert_eq!(plan("blk.0.ffn_down.weight")["conversion"], "exact");
+    assert_eq!(plan("blk.0.ffn_up.weight")["conversion"], "rescaled");
 }
 
 /// Writes the f32 source model for `data/llama_cpp_quant_types.py`:
@@ -223,6 +224,15 @@ fn mxfp4_decodes_as_gguf_py_and_imports_exactly() {
                 let q = imported.unwrap();
                 let values: Vec<u32> = q.dequantize().iter().map(|v| v.to_bits()).collect();
                 assert_eq!(values, b.value_bits, "block {i} imported");
+                // Asked for as q8: the same values.
+                let q8 = lowbit_gpu::QTensor::repack_into(&raw, lowbit_gpu::QuantFormat::Q8);
+                let values: Vec<u32> = q8
+                    .unwrap()
+                    .dequantize()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                assert_eq!(values, b.value_bits, "block {i} imported as q8");
             }
             // A scale beyond what fp4's f16 holds is refused, not imported wrongly.
             144.. => assert!(imported.is_err(), "block {i}"),

@@ -130,7 +130,7 @@ impl PackedWeight {
         self.words.len() * 4 + (self.scales.len() + self.mins.len()) * 2
     }
 
-    /// Words per 32-value block: 8 for Q8, 4 for Q4/Q4M.
+    /// Words per 32-value block: 8 for Q8, 4 for Q4/Q4M/Lut4.
     pub(crate) fn words_per_block(&self) -> usize {
         words_per_row(self.format, QBLOCK)
     }

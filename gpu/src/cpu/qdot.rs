@@ -516,7 +516,8 @@ pub fn available_gemms() -> Vec<(&'static str, GemmFn)> {
 }
 
 /// The best variant for this CPU (decided once). `LOWBIT_CPU_KERNEL=amx|avx512vnni|avx2|scalar`
-/// pins one (benchmarks compare them; `avx512vnni-256` and `-512` pin a decode row's width).
+/// pins one (benchmarks compare them; `avx512vnni-256` and `-512` pin a decode row's width,
+/// `avx512vnni-shuffle` Lut4's `vpshufb` lookups on a CPU with VBMI).
 pub fn best_gemm() -> (&'static str, GemmFn) {
     static BEST: std::sync::OnceLock<(&'static str, GemmFn)> = std::sync::OnceLock::new();
     *BEST.get_or_init(|| {

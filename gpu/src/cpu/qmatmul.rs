@@ -141,7 +141,7 @@ mod tests {
     use super::*;
     use crate::cpu::packed::ROW_GROUP;
     use crate::cpu::qdot::{available_gemms, gemm_scalar};
-    use crate::quant::format::GroupSize;
+    use crate::quant::format::{Codebook, GroupSize};
     use crate::quant::quantize::{quantize, QuantizeOptions};
     use rand_chacha::rand_core::{RngCore, SeedableRng};
 
@@ -174,8 +174,8 @@ mod tests {
             QuantFormat::Q4(GroupSize::G64),
             QuantFormat::Q4M(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G128),
-            QuantFormat::Lut4(crate::quant::Codebook::Fp4),
-            QuantFormat::Lut4(crate::quant::Codebook::Iq4nl),
+            QuantFormat::Lut4(Codebook::Fp4),
+            QuantFormat::Lut4(Codebook::Iq4nl),
         ];
         // Row counts that do and do not fill the last group of eight; m on both paths.
         for &(m, k, n) in &[
@@ -235,6 +235,57 @@ mod tests {
         }
     }
 
+    /// The narrow integer sums at their bounds: every weight at the code whose products are
+    /// largest (Q8 ±127, Q4/Q4M 15, fp4 +12, iq4nl −127) against activations all +127 (row 0)
+    /// or all −127 (row 1), so that each `maddubs` pair and each i16 block sum (AVX2's Q4 and
+    /// fp4 paths) is as large as it gets. The integer sums are exact, so every variant gives
+    /// the scalar kernel's bits.
+    #[test]
+    fn integer_sums_at_their_bounds_are_exact_in_every_variant() {
+        let (m, k, n) = (2, 256, 16);
+        let x: Vec<f32> = (0..m * k).map(|i| if i < k { 1.0 } else { -1.0 }).collect();
+        let acts = QuantizedActs::quantize(&x, k);
+        for (f, code, value) in [
+            (QuantFormat::Q8, 127u8, 127.0f32),
+            (QuantFormat::Q8, (-127i8) as u8, -127.0),
+            (QuantFormat::Q4(GroupSize::G32), 15, 7.0),
+            (QuantFormat::Q4M(GroupSize::G32), 15, 15.0),
+            (QuantFormat::Lut4(Codebook::Fp4), 7, 12.0),
+            (QuantFormat::Lut4(Codebook::Iq4nl), 0, -127.0),
+        ] {
+            let codes = vec![code; k];
+            let words: Vec<u32> = (0..n)
+                .flat_map(|_| crate::quant::qtensor::pack_codes(f, &codes))
+                .collect();
+            let groups = n * k / f.group();
+            let mins = if matches!(f, QuantFormat::Q4M(_)) {
+                vec![half::f16::ZERO; groups]
+            } else {
+                Vec::new()
+            };
+            let scales = vec![half::f16::ONE; groups];
+            let q = QTensor::new(f, n, k, words, scales, mins).unwrap();
+            let p = PackedWeight::pack(&q).unwrap();
+            let want = integer_matmul(&acts, &p, gemm_scalar);
+            // Activations of ±1 quantize to ±127 · (1/127): the sums are ±k · value.
+            for (i, sign) in [(0, 1.0f32), (n, -1.0)] {
+                let exact = sign * k as f32 * value;
+                assert!(
+                    (want[i] - exact).abs() <= 1e-4 * exact.abs(),
+                    "{f} {code}: {}",
+                    want[i]
+                );
+            }
+            for (name, gemm) in available_gemms() {
+                assert_eq!(
+                    integer_matmul(&acts, &p, gemm),
+                    want,
+                    "{f} code {code}: {name}"
+                );
+            }
+        }
+    }
+
     /// The AVX-512 kernel pairs row groups in 512-bit registers: a group's values are the
     /// same paired or alone, whichever groups share its call.
     #[test]
@@ -247,6 +298,7 @@ mod tests {
             QuantFormat::Q8,
             QuantFormat::Q4(GroupSize::G32),
             QuantFormat::Q4M(GroupSize::G64),
+            QuantFormat::Lut4(Codebook::Fp4),
         ] {
             let q = quantize(
                 &random(&mut rng, n * k),

@@ -62,22 +62,72 @@ impl Codebook {
     }
 
     /// The code whose level is nearest `v` (in units of the scale); ties go to the level of
-    /// smaller magnitude, NaN to the code of 0.
+    /// smaller magnitude, NaN to the code of 0. A binary search over the levels in order
+    /// (quantizers call it for every value, dozens of times per group when searching).
     pub fn nearest(self, v: f32) -> u8 {
         if v.is_nan() {
             return self.zero_code();
         }
         let v = v.clamp(-1024.0, 1024.0);
-        let mut best = (f32::INFINITY, 0u8);
-        for (q, &l) in self.levels().iter().enumerate() {
-            let e = (v - f32::from(l)).abs();
-            if e < best.0
-                || (e == best.0 && l.unsigned_abs() < self.levels()[best.1 as usize].unsigned_abs())
-            {
-                best = (e, q as u8);
-            }
+        let sorted = self.sorted();
+        let i = sorted.partition_point(|&(l, _)| f32::from(l) < v);
+        let (Some(&(lo, lo_code)), Some(&(hi, hi_code))) =
+            (sorted.get(i.wrapping_sub(1)), sorted.get(i))
+        else {
+            // Below the lowest level or at or above the highest.
+            return if i == 0 {
+                sorted[0].1
+            } else {
+                sorted[sorted.len() - 1].1
+            };
+        };
+        let (below, above) = (v - f32::from(lo), f32::from(hi) - v);
+        if below < above || (below == above && lo.unsigned_abs() <= hi.unsigned_abs()) {
+            lo_code
+        } else {
+            hi_code
         }
-        best.1
+    }
+
+    /// The distinct levels in ascending order with their codes (FP4's 0 by its code 0).
+    fn sorted(self) -> &'static [(i8, u8)] {
+        match self {
+            Self::Fp4 => &[
+                (-12, 15),
+                (-8, 14),
+                (-6, 13),
+                (-4, 12),
+                (-3, 11),
+                (-2, 10),
+                (-1, 9),
+                (0, 0),
+                (1, 1),
+                (2, 2),
+                (3, 3),
+                (4, 4),
+                (6, 5),
+                (8, 6),
+                (12, 7),
+            ],
+            Self::Iq4nl => &[
+                (-127, 0),
+                (-104, 1),
+                (-83, 2),
+                (-65, 3),
+                (-49, 4),
+                (-35, 5),
+                (-22, 6),
+                (-10, 7),
+                (1, 8),
+                (13, 9),
+                (25, 10),
+                (38, 11),
+                (53, 12),
+                (69, 13),
+                (89, 14),
+                (113, 15),
+            ],
+        }
     }
 
     /// The code of the level nearest 0.
@@ -129,7 +179,7 @@ impl QuantFormat {
             "f32" => Some(Self::F32),
             "f16" => Some(Self::F16),
             "q8" => Some(Self::Q8),
-            "fp4" | "mxfp4" => Some(Self::Lut4(Codebook::Fp4)),
+            "fp4" => Some(Self::Lut4(Codebook::Fp4)),
             "iq4nl" => Some(Self::Lut4(Codebook::Iq4nl)),
             _ => {
                 if let Some(rest) = n.strip_prefix("q4m") {
@@ -245,9 +295,67 @@ mod tests {
         assert!(e.contains("q3") && e.contains("q4mg64"), "{e}");
         assert!(QuantFormat::parse("q4g48").is_err());
         assert_eq!(
-            QuantFormat::parse("MXFP4").unwrap(),
+            QuantFormat::parse("FP4").unwrap(),
             QuantFormat::Lut4(Codebook::Fp4)
         );
+        // Not an alias: OCP MXFP4's scales are powers of two, fp4's any f16.
+        assert!(QuantFormat::parse("mxfp4").is_err());
+    }
+
+    #[test]
+    fn nearest_levels_round_ties_to_the_smaller_magnitude() {
+        let fp4 = Codebook::Fp4;
+        let level = |c: u8| fp4.levels()[usize::from(c)];
+        for (v, want) in [
+            (0.0, 0),
+            (-0.0, 0),
+            (0.5, 0),
+            (-0.5, 0),
+            (0.51, 1),
+            (5.0, 4),
+            (5.01, 6),
+            (-10.0, -8),
+            (-10.5, -12),
+            (100.0, 12),
+            (f32::INFINITY, 12),
+            (f32::NEG_INFINITY, -12),
+        ] {
+            assert_eq!(level(fp4.nearest(v)), want, "{v}");
+        }
+        // 0 has two codes in FP4; the positive one (code 0) is taken, and for NaN too.
+        assert_eq!(fp4.nearest(0.0), 0);
+        assert_eq!(fp4.nearest(f32::NAN), 0);
+        let iq4 = Codebook::Iq4nl;
+        assert_eq!(iq4.levels()[usize::from(iq4.nearest(f32::NAN))], 1);
+        assert_eq!(iq4.levels()[usize::from(iq4.nearest(7.0))], 1); // 6 from 1, 6 from 13: a tie
+        assert_eq!(iq4.levels()[usize::from(iq4.nearest(7.01))], 13);
+        assert_eq!(iq4.levels()[usize::from(iq4.nearest(-4.5))], 1); // 5.5 from 1, 5.5 from −10
+        assert_eq!(iq4.levels()[usize::from(iq4.nearest(-200.0))], -127);
+    }
+
+    /// The binary search gives what a scan of all 16 levels gives, on a fine grid of values.
+    #[test]
+    fn nearest_equals_a_scan_of_every_level() {
+        for book in [Codebook::Fp4, Codebook::Iq4nl] {
+            let levels = book.levels();
+            for i in -2700..=2700 {
+                let v = i as f32 * 0.05;
+                let scan = (0..16u8)
+                    .min_by(|&a, &b| {
+                        let (la, lb) = (levels[usize::from(a)], levels[usize::from(b)]);
+                        let (ea, eb) = ((v - f32::from(la)).abs(), (v - f32::from(lb)).abs());
+                        ea.total_cmp(&eb)
+                            .then(la.unsigned_abs().cmp(&lb.unsigned_abs()))
+                    })
+                    .unwrap();
+                let got = book.nearest(v);
+                assert_eq!(
+                    levels[usize::from(got)],
+                    levels[usize::from(scan)],
+                    "{book:?} {v}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -58,6 +58,7 @@ const MXFP4_MIN_EXACT_EXPONENT: u8 = 104;
 /// levels nearest them in units of f16's smallest scale, 2⁻²⁴.
 fn mxfp4_group(b: &[u8]) -> Group {
     let codes = nibbles(&b[1..17]);
+    debug_assert!(b[0] <= MXFP4_MAX_EXPONENT, "checked by QTensor::repack");
     let e = b[0].min(MXFP4_MAX_EXPONENT);
     if e < MXFP4_MIN_EXACT_EXPONENT {
         let in_units = e8m0_half(e) * 16_777_216.0; // 2^(e − 104) < 1

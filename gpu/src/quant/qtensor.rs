@@ -45,10 +45,14 @@ impl Import {
         }
     }
 
-    /// Whether loading into `format` keeps the file's integer codes ([`QTensor::repack`]).
+    /// Whether loading into `format` keeps the file's integer codes
+    /// ([`QTensor::repack_into`]): its import format, or Q8 for a Lut4 one (the levels are
+    /// int8 values: the same numbers at twice the bits).
     pub fn repacks_to(self, format: QuantFormat) -> bool {
         match self {
-            Self::Exact(f) | Self::Rescaled(f) => f == format,
+            Self::Exact(f) | Self::Rescaled(f) => {
+                f == format || (matches!(f, QuantFormat::Lut4(_)) && format == QuantFormat::Q8)
+            }
             Self::Requantized(_) => false,
         }
     }
@@ -345,6 +349,37 @@ impl QTensor {
             | SourceDType::MXFP4 => Self::repack_groups(raw, format),
             _ => Self::repack_planar(raw, format),
         }
+    }
+
+    /// [`QTensor::repack`] into `format`, which [`Import::repacks_to`] must allow: a Lut4
+    /// import asked for as Q8 takes its levels as Q8's codes, with the same scales.
+    pub fn repack_into(raw: &RawTensor<'_>, format: QuantFormat) -> Result<Self> {
+        if !Self::import(raw.dtype).repacks_to(format) {
+            return Err(Error::Shape {
+                op: "QTensor::repack_into",
+                detail: format!("{:?} does not repack into {format}", raw.dtype),
+            });
+        }
+        let q = Self::repack(raw)?;
+        if q.format == format {
+            return Ok(q);
+        }
+        let QuantFormat::Lut4(book) = q.format else {
+            return Err(Error::Internal("only Lut4 repacks into another format"));
+        };
+        let levels = book.levels();
+        let mut words = Vec::with_capacity(q.rows * words_per_row(QuantFormat::Q8, q.cols));
+        let mut codes = vec![0u8; q.cols];
+        for r in 0..q.rows {
+            for (b, block) in q.row_bytes(r).chunks_exact(16).enumerate() {
+                for (j, &byte) in block.iter().enumerate() {
+                    codes[b * QBLOCK + j] = levels[usize::from(byte & 0x0f)] as u8;
+                    codes[b * QBLOCK + 16 + j] = levels[usize::from(byte >> 4)] as u8;
+                }
+            }
+            pack_codes_into(QuantFormat::Q8, &codes, &mut words);
+        }
+        Self::new(QuantFormat::Q8, q.rows, q.cols, words, q.scales, Vec::new())
     }
 
     /// [`QTensor::repack`] for floats and the 32-value blocks lowbit stores as they are.

@@ -523,6 +523,31 @@ mod tests {
     }
 
     #[test]
+    fn lut4_groups_map_their_extreme_to_the_extreme_level_and_zeros_to_zero() {
+        for book in [Codebook::Fp4, Codebook::Iq4nl] {
+            let f = QuantFormat::Lut4(book);
+            let mut x = vec![0.0f32; 64];
+            // Group 0: its largest magnitude is positive; group 1 is all zeros.
+            x[3] = 2.0;
+            x[7] = -0.5;
+            for method in [QuantMethod::Rtn, QuantMethod::Search] {
+                let opts = QuantizeOptions {
+                    method,
+                    importance: None,
+                };
+                let q = quantize(&x, 1, 64, f, &opts).unwrap();
+                let d = q.dequantize();
+                assert!((d[3] - 2.0).abs() < 1e-3, "{f} {method:?}: {}", d[3]);
+                assert!(d[32..].iter().all(|&v| v == 0.0), "{f} {method:?}");
+                if method == QuantMethod::Rtn {
+                    // d = 2 / extreme: negative, so 2.0 takes the extreme (negative) level.
+                    assert!(q.scales[0].to_f32() < 0.0, "{f}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn q4_rtn_matches_llama_cpp_q4_0_rounding() {
         // A block whose largest magnitude is negative: it maps to q = 0 (−8·d).
         let mut x = vec![0.0f32; 32];

@@ -5,7 +5,7 @@
 //! ```text
 //! N            F32 [cols] or [rows, cols]     norm vectors; f32 weight matrices
 //!              F16 [rows, cols]               f16 weight matrices
-//! N.qweight    U32 [rows, words_per_row]      packed values of Q8 / Q4 / Q4M (QTensor layout)
+//! N.qweight    U32 [rows, words_per_row]      packed values of Q8 / Q4 / Q4M / Lut4 (QTensor layout)
 //! N.scales     F16 [rows, groups]
 //! N.mins       F16 [rows, groups]             Q4M only
 //! ```

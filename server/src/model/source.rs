@@ -307,7 +307,7 @@ impl ModelSource {
             _ => {
                 let raw = self.tensor(name)?;
                 if QTensor::import(raw.dtype).repacks_to(format) {
-                    QTensor::repack(&raw).map_err(wrap)?
+                    QTensor::repack_into(&raw, format).map_err(wrap)?
                 } else if gptq_hessian(hessian, format, raw.cols).is_some() {
                     quantize_with(&raw.to_f32(), raw.rows, raw.cols, format, policy, hessian)
                         .map_err(wrap)?
