@@ -3,7 +3,7 @@
 //!
 //! One `tdpbssd` multiplies 16 activation rows' 32-value block (the A tile, read in place from
 //! the quantized activations) by 16 weight rows' block (the B tile: the weights' signed
-//! values, Q4 codes − 8, Q4M codes, Q8 bytes back from offset-binary), 8,192 multiply-adds
+//! values, Q4 codes − 8, Q4M codes, Lut4 levels, Q8 bytes back from offset-binary), 8,192 multiply-adds
 //! into 16 × 16 exact int32 sums, one activation row per tile row and one weight row per lane.
 //! Those are the integers the VNNI kernel sums with its correction (`Σ (q_w − 8)·q_a =
 //! −8·Σ q_a + Σ q_w·q_a`, likewise for Q8's 128), and the float epilogue runs its operations
@@ -132,9 +132,7 @@ pub fn gemm_amx(
     acts: &[ActRow<'_>],
     out: GemmOut<'_>,
 ) {
-    // Lut4 weights too: their codes would need a table lookup in the unpacking (not written;
-    // no AMX machine here to check it on).
-    if acts.len() < MIN_ROWS || matches!(w.format, QuantFormat::Lut4(_)) {
+    if acts.len() < MIN_ROWS {
         super::x86::gemm_vnni(w, groups, acts, out);
     } else {
         gemm_tiles(w, groups, acts, out);
@@ -383,12 +381,14 @@ fn unpack_weights(w: &PackedWeight, groups: std::ops::Range<usize>, s: &mut Scra
     s.mw.clear();
     s.mw.resize(pairs * ngroups * TILE, 0.0);
     let q8 = w.format == QuantFormat::Q8;
-    // Q4 codes are stored + 8 (its values are d·(q − 8)); Q4M's are the values' own.
+    // Q4 codes are stored + 8 (its values are d·(q − 8)); Q4M's are the values' own; Lut4's
+    // index their levels.
     let q4_offset = if matches!(w.format, QuantFormat::Q4(_)) {
         8
     } else {
         0
     };
+    let levels = lut4_book(w.format).map(|b| b.levels().map(|l| l as u8));
     for (i, rg) in groups.enumerate() {
         let (p, half) = (i / 2, i % 2);
         let words = &w.words[rg * ROW_GROUP * wpr..(rg + 1) * ROW_GROUP * wpr];
@@ -401,6 +401,8 @@ fn unpack_weights(w: &PackedWeight, groups: std::ops::Range<usize>, s: &mut Scra
             unsafe {
                 let (from, to) = (src.as_ptr().cast::<__m256i>(), tile.as_mut_ptr());
                 let offset = _mm256_set1_epi8(q4_offset);
+                let table =
+                    levels.map(|l| _mm256_broadcastsi128_si256(_mm_loadu_si128(l.as_ptr().cast())));
                 let row = |r: usize| to.add(r * 64 + half * 32).cast::<__m256i>();
                 for c in 0..wpb {
                     let v = _mm256_loadu_si256(from.add(c));
@@ -411,8 +413,12 @@ fn unpack_weights(w: &PackedWeight, groups: std::ops::Range<usize>, s: &mut Scra
                         let mask = _mm256_set1_epi8(0x0f);
                         let lo = _mm256_and_si256(v, mask);
                         let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                        _mm256_storeu_si256(row(c), _mm256_sub_epi8(lo, offset));
-                        _mm256_storeu_si256(row(4 + c), _mm256_sub_epi8(hi, offset));
+                        let (lo, hi) = match table {
+                            Some(t) => (_mm256_shuffle_epi8(t, lo), _mm256_shuffle_epi8(t, hi)),
+                            None => (_mm256_sub_epi8(lo, offset), _mm256_sub_epi8(hi, offset)),
+                        };
+                        _mm256_storeu_si256(row(c), lo);
+                        _mm256_storeu_si256(row(4 + c), hi);
                     }
                 }
             }
@@ -445,6 +451,80 @@ mod tests {
     use crate::quant::quantize::{quantize, QuantizeOptions};
     use rand_chacha::rand_core::{RngCore, SeedableRng};
 
+    /// The B tiles hold each format's signed values in tdpbssd's order (block `b` of pair `p`:
+    /// tile row `r` holds values `4r..4r+4`, or `16 + 4(r − 4)..` for `r ≥ 4` (Q8: `4r..`),
+    /// of each of 16 weight rows), a missing half zeros. Only the unpacking (AVX2) runs, so
+    /// this checks it on machines without AMX too.
+    #[test]
+    fn weight_tiles_hold_each_formats_signed_values() {
+        if !super::super::x86::has_avx2() {
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(43);
+        let (n, k) = (24, 64); // three row groups: the second pair's upper half is empty
+        let values: Vec<f32> = (0..n * k)
+            .map(|_| (rng.next_u32() as f64 / u32::MAX as f64 * 2.0 - 1.0) as f32)
+            .collect();
+        for f in [
+            QuantFormat::Q8,
+            QuantFormat::Q4(GroupSize::G32),
+            QuantFormat::Q4M(GroupSize::G32),
+            QuantFormat::Lut4(crate::quant::format::Codebook::Fp4),
+            QuantFormat::Lut4(crate::quant::format::Codebook::Iq4nl),
+        ] {
+            let q = quantize(&values, n, k, f, &QuantizeOptions::default()).unwrap();
+            // Value `c` of row `r` as a signed integer, from the row-major layout.
+            let signed = |r: usize, c: usize| -> i8 {
+                let bytes = q.row_bytes(r);
+                if f == QuantFormat::Q8 {
+                    return bytes[c] as i8;
+                }
+                let byte = bytes[c / QBLOCK * 16 + c % 16];
+                let code = if c % QBLOCK < 16 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                };
+                match f {
+                    QuantFormat::Q4(_) => code as i8 - 8,
+                    QuantFormat::Lut4(book) => book.levels()[usize::from(code)],
+                    _ => code as i8,
+                }
+            };
+            let p = PackedWeight::pack(&q).unwrap();
+            let mut s = Scratch::default();
+            // SAFETY: AVX2 was checked above.
+            unsafe { unpack_weights(&p, 0..p.row_groups(), &mut s) };
+            let blocks = k / QBLOCK;
+            for pair in 0..2 {
+                for b in 0..blocks {
+                    let tile = &s.b[(pair * blocks + b) * TILE_BYTES..][..TILE_BYTES];
+                    for (t, row) in tile.chunks_exact(64).enumerate() {
+                        for (lane, v) in row.chunks_exact(4).enumerate() {
+                            let w = (2 * pair + lane / ROW_GROUP) * ROW_GROUP + lane % ROW_GROUP;
+                            let first = if f == QuantFormat::Q8 || t < 4 {
+                                4 * t
+                            } else {
+                                16 + 4 * (t - 4)
+                            };
+                            for (i, &got) in v.iter().enumerate() {
+                                let want = if w < n {
+                                    signed(w, b * QBLOCK + first + i)
+                                } else {
+                                    0
+                                };
+                                assert_eq!(
+                                    got as i8, want,
+                                    "{f} pair {pair} block {b} row {t} lane {lane}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The AMX kernel gives the VNNI kernel's bits for every format, tile shape and run of
     /// row groups (odd ones leave half a weight tile empty).
     #[test]
@@ -474,6 +554,8 @@ mod tests {
                 QuantFormat::Q4(GroupSize::G128),
                 QuantFormat::Q4M(GroupSize::G32),
                 QuantFormat::Q4M(GroupSize::G64),
+                QuantFormat::Lut4(crate::quant::format::Codebook::Fp4),
+                QuantFormat::Lut4(crate::quant::format::Codebook::Iq4nl),
             ] {
                 let q = quantize(&random(n * k), n, k, f, &QuantizeOptions::default()).unwrap();
                 let p = PackedWeight::pack(&q).unwrap();
