@@ -58,6 +58,9 @@ const FACTOR: f32 = 1.0;
 //#if LUT4
 const FACTOR: f32 = 0.0;
 //#endif
+// Whether the group correction is kept at all: Lut4's products need none, so its kernels
+// skip the coefficients and sums (a constant condition, compiled out).
+const CORRECTED: bool = FACTOR != 0.0;
 
 // Weight row `row`'s block `b` as 8 words of 4 int8 values, in the activations' order.
 fn weight_words(row: u32, b: u32) -> array<u32, 8> {
@@ -159,7 +162,7 @@ fn matvec(
 //#endif
                     partial[r * ROW_STRIDE + bl * M + m] = f32(s) * (dw * x_scale(m, b));
                 }
-                if group_ends(b) {
+                if CORRECTED && group_ends(b) {
                     coefs[item] = group_coef(row, b);
                 }
             }
@@ -170,10 +173,12 @@ fn matvec(
             for (var bl = 0u; bl < end; bl++) {
                 let b = c0 + bl;
                 acc += partial[own_r * ROW_STRIDE + bl * M + own_m];
-                csum += x_c(own_m, b);
-                if group_ends(b) {
-                    corr += coefs[own_r * CHUNK + bl] * csum;
-                    csum = 0.0;
+                if CORRECTED {
+                    csum += x_c(own_m, b);
+                    if group_ends(b) {
+                        corr += coefs[own_r * CHUNK + bl] * csum;
+                        csum = 0.0;
+                    }
                 }
             }
         }
@@ -316,7 +321,7 @@ fn matmul(
                     s += 128i * x_qs[st * T + ty + 16u * i];
 //#endif
                     acc[i][jn] += f32(s) * (wd * xd[i]);
-                    if ends {
+                    if CORRECTED && ends {
                         corr[i][jn] += wk * csum[i];
                     }
                 }

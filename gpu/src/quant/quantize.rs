@@ -232,26 +232,41 @@ pub(crate) fn quantize_q4_group(
     if method == QuantMethod::Rtn || max == 0.0 {
         return dh;
     }
-    let q4_error =
-        |d: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * (f32::from(q[i]) - 8.0));
-    let mut best_err = q4_error(dh, q);
+    // Divisors from 6.5 to 9.5 for both signs: the extreme maps near −8 or near +7.
+    let candidates = (0..=30).flat_map(|step| {
+        let div = 6.5 + 0.1 * step as f32;
+        [-1.0f32, 1.0].map(|sign| max / (sign * div))
+    });
+    search_codes(x, w, q, dh, candidates, encode, |c| f32::from(c) - 8.0)
+}
+
+/// The scale search of the symmetric 4-bit formats: from round to nearest's codes `q` and
+/// scale `dh`, each candidate scale is encoded, refit by least squares over its codes'
+/// levels, encoded again, and kept (its codes written to `q`) where its error with the f16
+/// scale that is stored is lower.
+fn search_codes(
+    x: &[f32],
+    w: Option<&[f32]>,
+    q: &mut [u8],
+    dh: f16,
+    candidates: impl Iterator<Item = f32>,
+    encode: impl Fn(f32, &mut [u8]),
+    level: impl Fn(u8) -> f32,
+) -> f16 {
+    let error = |d: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * level(q[i]));
+    let mut best_err = error(dh, q);
     let mut best_d = dh;
     let mut cand = vec![0u8; x.len()];
-    // Divisors from 6.5 to 9.5 for both signs: the extreme maps near −8 or near +7.
-    for step in 0..=30 {
-        for sign in [-1.0f32, 1.0] {
-            let div = 6.5 + 0.1 * step as f32;
-            let d = max / (sign * div);
-            encode(d, &mut cand);
-            let d = refit_scale(x, w, cand.iter().map(|&v| f32::from(v) - 8.0)).unwrap_or(d);
-            encode(d, &mut cand);
-            let dh = f16::from_f32(d);
-            let err = q4_error(dh, &cand);
-            if err < best_err {
-                best_err = err;
-                best_d = dh;
-                q.copy_from_slice(&cand);
-            }
+    for d in candidates {
+        encode(d, &mut cand);
+        let d = refit_scale(x, w, cand.iter().map(|&c| level(c))).unwrap_or(d);
+        encode(d, &mut cand);
+        let dh = f16::from_f32(d);
+        let err = error(dh, &cand);
+        if err < best_err {
+            best_err = err;
+            best_d = dh;
+            q.copy_from_slice(&cand);
         }
     }
     best_d
@@ -285,27 +300,12 @@ pub(crate) fn quantize_lut4_group(
     if method == QuantMethod::Rtn || max == 0.0 {
         return dh;
     }
-    let level = |c: u8| f32::from(levels[usize::from(c)]);
-    let lut_error = |d: f16, q: &[u8]| weighted_error(x, w, |i| d.to_f32() * level(q[i]));
-    let mut best_err = lut_error(dh, q);
-    let mut best_d = dh;
-    let mut cand = vec![0u8; x.len()];
-    for step in -10..=10 {
-        for sign in [1.0f32, -1.0] {
-            let d = max / (sign * extreme * (1.0 + 0.02 * step as f32));
-            encode(d, &mut cand);
-            let d = refit_scale(x, w, cand.iter().map(|&c| level(c))).unwrap_or(d);
-            encode(d, &mut cand);
-            let dh = f16::from_f32(d);
-            let err = lut_error(dh, &cand);
-            if err < best_err {
-                best_err = err;
-                best_d = dh;
-                q.copy_from_slice(&cand);
-            }
-        }
-    }
-    best_d
+    let candidates = (-10..=10).flat_map(|step| {
+        [1.0f32, -1.0].map(|sign| max / (sign * extreme * (1.0 + 0.02 * step as f32)))
+    });
+    search_codes(x, w, q, dh, candidates, encode, |c| {
+        f32::from(levels[usize::from(c)])
+    })
 }
 
 /// Asymmetric 4-bit: returns (scale, min), writes `q ∈ 0..16` (value = d·q + m).
