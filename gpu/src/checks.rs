@@ -167,7 +167,12 @@ pub(crate) fn attention(
                 ),
             ));
         }
-        check_table(spec, s.blocks, s.pos_start + s.len)?;
+        check_table(
+            spec,
+            s.blocks,
+            s.pos_start + s.len,
+            shape.first_seen(s.pos_start),
+        )?;
     }
     Ok(())
 }

@@ -112,16 +112,48 @@ pub enum KvStorage {
 }
 
 /// A KV pool as a backend holds it.
+///
+/// A model with sliding-window layers may keep those layers in a second pool of its own
+/// ([`KvPool::with_window`]): its blocks have their own ids and block tables, and a
+/// sequence gives back the blocks that have slid out of every window it will attend to, so
+/// a long context takes a window's worth of memory on those layers (llama.cpp's iSWA
+/// cache, vLLM's sliding-window group). This pool then holds the other layers only.
 #[derive(Debug)]
 pub struct KvPool {
     spec: KvPoolSpec,
     storage: KvStorage,
+    window: Option<Box<KvPool>>,
 }
 
 impl KvPool {
     /// Wraps storage; the backend that made it vouches that it matches `spec`.
     pub fn new(spec: KvPoolSpec, storage: KvStorage) -> Self {
-        Self { spec, storage }
+        Self {
+            spec,
+            storage,
+            window: None,
+        }
+    }
+
+    /// This pool with `window` holding the model's sliding-window layers.
+    pub fn with_window(mut self, window: KvPool) -> Self {
+        self.window = Some(Box::new(window));
+        self
+    }
+
+    /// The sliding-window layers' own pool, where they have one.
+    pub fn window(&self) -> Option<&KvPool> {
+        self.window.as_deref()
+    }
+
+    /// The sliding-window layers' own pool, where they have one.
+    pub fn window_mut(&mut self) -> Option<&mut KvPool> {
+        self.window.as_deref_mut()
+    }
+
+    /// Bytes of this pool and its window pool.
+    pub fn bytes(&self) -> usize {
+        self.spec.bytes() + self.window.as_ref().map_or(0, |w| w.spec.bytes())
     }
 
     /// The pool's shape.
@@ -184,8 +216,19 @@ impl HostKv {
     }
 }
 
-/// Checks a block table covers `positions` and names only blocks of the pool.
-pub fn check_table(spec: &KvPoolSpec, blocks: &[u32], positions: usize) -> Result<()> {
+/// A block-table entry whose block was given back: a sliding-window pool's blocks wholly
+/// before every window of the sequence ([`KvPool::window`]). No kernel reads it.
+pub const NO_BLOCK: u32 = u32::MAX;
+
+/// Checks a block table covers `positions` and names only blocks of the pool from the block
+/// holding position `first_seen` on (the first position any of the span's rows attends to;
+/// blocks before it may be [`NO_BLOCK`]).
+pub fn check_table(
+    spec: &KvPoolSpec,
+    blocks: &[u32],
+    positions: usize,
+    first_seen: usize,
+) -> Result<()> {
     if blocks.len() * spec.block_tokens < positions {
         return Err(shape_err(
             "attention",
@@ -196,7 +239,10 @@ pub fn check_table(spec: &KvPoolSpec, blocks: &[u32], positions: usize) -> Resul
             ),
         ));
     }
-    if let Some(&b) = blocks.iter().find(|&&b| b as usize >= spec.blocks) {
+    let seen = blocks
+        .get(first_seen / spec.block_tokens..)
+        .unwrap_or_default();
+    if let Some(&b) = seen.iter().find(|&&b| b as usize >= spec.blocks) {
         return Err(shape_err(
             "attention",
             format!("block {b} outside a pool of {}", spec.blocks),

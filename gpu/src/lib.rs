@@ -22,7 +22,7 @@ pub use backend::{
 };
 pub use draw::{adjusted_rows, draw_row, LogitAdjust, RowDraw};
 pub use error::{Error, Result};
-pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS};
+pub use kv::{KvDtype, KvPool, KvPoolSpec, DEFAULT_BLOCK_TOKENS, NO_BLOCK};
 pub use logprobs::{token_logprobs, LogprobRow, TokenLogprobs};
 pub use quant::source::{RawTensor, SourceDType};
 pub use quant::{GroupSize, QTensor, QuantFormat};

@@ -53,6 +53,10 @@ pub struct Metrics {
     pub kv_blocks_in_use: IntGauge,
     /// KV blocks in the pool.
     pub kv_blocks_total: IntGauge,
+    /// Blocks of the sliding-window layers' own pool referenced by sequences, and in that
+    /// pool (0 without one). lowbit's own.
+    pub kv_window_blocks_in_use: IntGauge,
+    pub kv_window_blocks_total: IntGauge,
     /// Bytes the model holds where it computes, by `kind`: `weights`, `kv_cache` and, on a GPU,
     /// `activations` (its recycled buffers). lowbit's own.
     pub device_memory_bytes: IntGaugeVec,
@@ -163,6 +167,14 @@ impl Metrics {
                 "KV-cache blocks referenced by sequences.",
             ),
             kv_blocks_total: gauge("kv_blocks_total", "KV-cache blocks in the pool."),
+            kv_window_blocks_in_use: gauge(
+                "kv_window_blocks_in_use",
+                "Blocks of the sliding-window layers' KV pool referenced by sequences.",
+            ),
+            kv_window_blocks_total: gauge(
+                "kv_window_blocks_total",
+                "Blocks in the sliding-window layers' KV pool (0: none, one pool for all layers).",
+            ),
             device_memory_bytes: IntGaugeVec::new(
                 Opts::new(
                     name("device_memory_bytes"),
@@ -250,6 +262,8 @@ impl Metrics {
             Box::new(m.e2e_request_latency_seconds.clone()),
             Box::new(m.kv_blocks_in_use.clone()),
             Box::new(m.kv_blocks_total.clone()),
+            Box::new(m.kv_window_blocks_in_use.clone()),
+            Box::new(m.kv_window_blocks_total.clone()),
             Box::new(m.device_memory_bytes.clone()),
             Box::new(m.backend_info.clone()),
             Box::new(m.responses_stored.clone()),

@@ -150,6 +150,7 @@ fn whole_prompt_logprobs(
         tokens: prompt,
         pos_start: 0,
         blocks: &table,
+        window_blocks: &[],
         logits: 0..prompt.len() - 1,
     };
     let logits = model.forward(&[seq], &mut pool).unwrap();

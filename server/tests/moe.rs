@@ -101,6 +101,7 @@ fn batch_logits(model: &Llama, seqs: &[&[u32]]) -> Vec<Vec<f32>> {
             tokens,
             pos_start: 0,
             blocks: table,
+            window_blocks: &[],
             logits: 0..tokens.len(),
         })
         .collect();

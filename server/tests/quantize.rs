@@ -62,6 +62,7 @@ fn logits(source: &ModelSource, policy: &QuantPolicy) -> Vec<f32> {
         tokens: &tokens[..4],
         pos_start: 0,
         blocks: &kv.tables[0],
+        window_blocks: &[],
         logits: 0..4,
     };
     let mut out = model.forward(&[seq], &mut kv.pool).unwrap().data;
@@ -70,6 +71,7 @@ fn logits(source: &ModelSource, policy: &QuantPolicy) -> Vec<f32> {
             tokens: std::slice::from_ref(t),
             pos_start: 4 + i,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: 0..1,
         };
         out.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);
@@ -363,6 +365,7 @@ fn calibrated_gptq_tracks_the_f32_model_better_than_round_to_nearest() {
             tokens: &tokens,
             pos_start: 0,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: 0..tokens.len(),
         };
         model.forward(&[seq], &mut kv.pool).unwrap().data

@@ -258,6 +258,7 @@ fn short_and_long_batches_give_identical_logits_in_every_format() {
                 tokens: toks,
                 pos_start: 0,
                 blocks: &kv.tables[0],
+                window_blocks: &[],
                 logits: 0..short,
             };
             model.forward(&[seq], &mut kv.pool).unwrap().data

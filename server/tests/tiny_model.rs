@@ -92,6 +92,7 @@ fn incremental_decode_and_ragged_batches_equal_one_prefill() {
             tokens: std::slice::from_ref(t),
             pos_start: pos,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: 0..1,
         };
         stepwise.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);
@@ -106,6 +107,7 @@ fn incremental_decode_and_ragged_batches_equal_one_prefill() {
         tokens: &TOKENS[..7],
         pos_start: 0,
         blocks: &b,
+        window_blocks: &[],
         logits: 0..0,
     };
     model.forward(&[seq], &mut kv.pool).unwrap();
@@ -114,12 +116,14 @@ fn incremental_decode_and_ragged_batches_equal_one_prefill() {
             tokens: &TOKENS[..6],
             pos_start: 0,
             blocks: &a,
+            window_blocks: &[],
             logits: 0..6,
         },
         BatchSeq {
             tokens: &TOKENS[7..8],
             pos_start: 7,
             blocks: &b,
+            window_blocks: &[],
             logits: 0..1,
         },
     ];
@@ -132,12 +136,14 @@ fn incremental_decode_and_ragged_batches_equal_one_prefill() {
             tokens: &TOKENS[6..7],
             pos_start: 6,
             blocks: &a,
+            window_blocks: &[],
             logits: 0..1,
         },
         BatchSeq {
             tokens: &TOKENS[8..11],
             pos_start: 8,
             blocks: &b,
+            window_blocks: &[],
             logits: 2..3,
         },
     ];
@@ -158,6 +164,7 @@ fn out_of_vocabulary_token_is_an_error_not_a_panic() {
         tokens: &[3, 100],
         pos_start: 0,
         blocks: &kv.tables[0],
+        window_blocks: &[],
         logits: 0..2,
     };
     let err = model.forward(&[seq], &mut kv.pool).unwrap_err().to_string();

@@ -113,6 +113,7 @@ fn a_mixed_step_reads_back_each_rows_top_k_and_draws_of_its_logits() {
             tokens: p,
             pos_start: 0,
             blocks: t,
+            window_blocks: &[],
             logits: p.len() - 1..p.len(),
         })
         .collect();
@@ -226,6 +227,7 @@ fn kernels_need_no_zeroed_workgroup_memory() {
                 tokens: &p[..p.len() - 1],
                 pos_start: 0,
                 blocks: t,
+                window_blocks: &[],
                 logits: 0..1,
             })
             .collect();
@@ -237,6 +239,7 @@ fn kernels_need_no_zeroed_workgroup_memory() {
                 tokens: &p[p.len() - 1..],
                 pos_start: p.len() - 1,
                 blocks: t,
+                window_blocks: &[],
                 logits: 0..1,
             })
             .collect();

@@ -66,7 +66,12 @@ pub fn attention(
                 ),
             ));
         }
-        check_table(spec, s.blocks, s.pos_start + s.len)?;
+        check_table(
+            spec,
+            s.blocks,
+            s.pos_start + s.len,
+            shape.first_seen(s.pos_start),
+        )?;
     }
     with_host_kv!(kv, data => write_and_attend(layer, q, (k, v), seqs, data, spec, shape))
 }
@@ -449,8 +454,11 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
                 .map(move |h| &c.q[(s.row_start + row) * q_dim + h * hd..][..hd])
         })
         .collect();
+    // Blocks wholly before the first row's window are read by no row: they may have been
+    // given back (`NO_BLOCK`), so they stand in as the first block seen.
+    let first_block = first(0) / BT;
     let at: Vec<usize> = (0..blocks)
-        .map(|b| head_offset(c.spec, c.layer, s.blocks[b], kv_head))
+        .map(|b| head_offset(c.spec, c.layer, s.blocks[b.max(first_block)], kv_head))
         .collect();
     let keys: Vec<&[E]> = at.iter().map(|&a| &c.k[a..a + hd * BT]).collect();
     // The SIMD kernels take 16-token blocks; every row of a pool takes the same path.
@@ -461,7 +469,7 @@ fn task_bt<A: Accumulate, const BT: usize, const V: u8, E: KvElem>(
     let mut scores = vec![0.0f32; m * stride];
     // Blocks wholly before the first row's window are seen by no row (later rows' windows
     // start no earlier): their scores stay zero and are masked below.
-    let mut b = first(0) / BT;
+    let mut b = first_block;
     while b < blocks {
         // Rows that see no position of these blocks compute scores nobody reads.
         let first_row = (0..m).find(|&r| b * BT < seen(r)).unwrap_or(m);

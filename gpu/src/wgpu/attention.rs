@@ -142,12 +142,12 @@ impl WgpuBackend {
             .cache
             .lock()
             .map_err(|_| Error::Internal("the wgpu step cache is poisoned"))?;
-        if let Some((k, info)) = &cache.attention {
-            if *k == key {
-                return Ok(info.clone());
-            }
+        if let Some((_, info)) = cache.attention.iter().find(|(k, _)| *k == key) {
+            return Ok(info.clone());
         }
-        let old = cache.attention.take().map(|(_, info)| info);
+        // The older of two gives its buffers (as the RoPE tables do: uploads are ordered with
+        // the dispatches already recorded).
+        let old = (cache.attention.len() == 2).then(|| cache.attention.remove(0).1);
         let mut info = vec![[NO_ROW, 0u32]; rows];
         let mut tables = Vec::new();
         for s in seqs {
@@ -168,7 +168,7 @@ impl WgpuBackend {
             rows: self.upload_reusing(old_rows, bytemuck::cast_slice(&info))?,
             tables: self.upload_reusing(old_tables, bytemuck::cast_slice(&tables))?,
         };
-        cache.attention = Some((key, info.clone()));
+        cache.attention.push((key, info.clone()));
         Ok(info)
     }
 

@@ -38,7 +38,9 @@ struct StepCache {
     /// The step's RoPE tables (positions, frequency bits, table): two, for Gemma 3's sliding
     /// and global layers, which alternate within a step.
     rope: Vec<(Vec<u32>, Vec<u32>, DeviceTensor)>,
-    attention: Option<(Vec<u32>, attention::RowInfo)>,
+    /// The step's attention row info: two, for the block tables of a sliding-window pool
+    /// and of the other layers' pool, which alternate within a step.
+    attention: Vec<(Vec<u32>, attention::RowInfo)>,
 }
 
 /// What integer weights are multiplied with.

@@ -206,6 +206,7 @@ fn whole_prompts<'a>(tables: &'a [Vec<u32>], tokens: &'a [u32]) -> Vec<BatchSeq<
             tokens,
             pos_start: 0,
             blocks: table,
+            window_blocks: &[],
             logits: tokens.len().saturating_sub(1)..tokens.len(),
         })
         .collect()
@@ -280,6 +281,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     tokens: std::slice::from_ref(tok),
                     pos_start: pos,
                     blocks: table,
+                    window_blocks: &[],
                     logits: 0..1,
                 })
                 .collect();

@@ -11,8 +11,8 @@ use crate::api::reasoning::ReasoningParser;
 use crate::api::responses_store::ResponseStore;
 use crate::api::tool_syntax::ToolCallParser;
 use crate::api::{self, AppState, ServedModel};
-use crate::engine::blocks::BlockManager;
 use crate::engine::grammar::Grammars;
+use crate::engine::kv_sizing::{kv_pools, KvBudget};
 use crate::engine::speculative::SpeculativeConfig;
 use crate::engine::{AdmissionLimits, EngineHandle, LlamaStep, Loaded, Scheduler, SchedulerConfig};
 use crate::metrics::Metrics;
@@ -80,6 +80,11 @@ pub struct ServeArgs {
     /// Turn off prefix caching (reuse of cached prompt blocks).
     #[arg(long, env = "LOWBIT_NO_PREFIX_CACHE")]
     pub no_prefix_cache: bool,
+    /// Keep sliding-window layers' keys and values in the main KV pool, every position of
+    /// them (by default a model whose other layers see everything keeps its sliding layers
+    /// in a pool of their own and gives back the blocks that slide out of the window).
+    #[arg(long, env = "LOWBIT_NO_WINDOW_POOL")]
+    pub no_window_pool: bool,
     /// Speculative decoding by prompt lookup: draft tokens per step at most (0: off). A
     /// request whose last tokens occurred before in its prompt or output proposes
     /// what followed them, checked in the same step; the output is plain decoding's.
@@ -236,13 +241,20 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
     let eos = tokenizer.eos().to_vec();
     let decoder: Arc<dyn crate::engine::detok::TextDecoder> = Arc::new(tokenizer.clone());
     let model_args = args.model.clone();
-    let (kv_memory, kv_tokens) = (args.kv_cache_memory, args.max_total_tokens);
-    let kv_dtype = args.kv_cache_dtype.into();
+    let kv_budget = KvBudget {
+        memory: args.kv_cache_memory,
+        tokens: args.max_total_tokens,
+        dtype: args.kv_cache_dtype.into(),
+        block_tokens: DEFAULT_BLOCK_TOKENS,
+        max_sequences: args.max_concurrent_sequences,
+        max_batch_tokens: args.max_batch_tokens,
+        prefix_caching: !args.no_prefix_cache,
+        window_pool: !args.no_window_pool,
+    };
     let sched_limits = (
         args.max_batch_tokens,
         args.max_concurrent_sequences,
         args.max_model_len,
-        !args.no_prefix_cache,
     );
     let engine_metrics = metrics.clone();
     let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
@@ -252,14 +264,9 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
         move || {
             let source = ModelSource::open(&model_args.model)?;
             let mut model = model_args.load_model(&source)?;
-            let probe = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 1, kv_dtype);
-            let blocks = match kv_tokens {
-                Some(t) => probe.blocks_for(t),
-                None => (kv_memory / probe.bytes_per_block() as u64) as usize,
-            };
-            let spec = model.kv_pool_spec(DEFAULT_BLOCK_TOKENS, blocks.max(1), kv_dtype);
-            let pool = model.new_kv_pool(spec)?;
-            let (max_batch_tokens, max_concurrent_sequences, max_model_len, prefix) = sched_limits;
+            let kv = kv_pools(&model, &kv_budget)?;
+            let spec = kv.main;
+            let (max_batch_tokens, max_concurrent_sequences, max_model_len) = sched_limits;
             let pool_tokens = spec.tokens();
             let mut max_model_len = max_model_len.unwrap_or(config.context_length);
             if max_model_len > pool_tokens {
@@ -292,14 +299,19 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
                 matrices = %crate::model::quant_policy::conversion_summary(model.plans()),
                 kv_blocks = spec.blocks,
                 kv_tokens = pool_tokens,
-                kv_mb = spec.bytes() as f64 / 1e6,
+                kv_mb = kv.pool.bytes() as f64 / 1e6,
+                kv_window_blocks = kv.window.map_or(0, |w| w.blocks),
+                kv_window_layers = kv.window.map_or(0, |w| w.layers),
                 kv_dtype = spec.dtype.name(),
                 max_model_len,
                 "model loaded"
             );
             let vocab = model.config().vocab_size;
             let scheduler = Scheduler::new(
-                LlamaStep { model, pool },
+                LlamaStep {
+                    model,
+                    pool: kv.pool,
+                },
                 SchedulerConfig {
                     max_batch_tokens,
                     max_concurrent_sequences,
@@ -307,7 +319,7 @@ pub fn prepare(args: &ServeArgs) -> Result<Prepared> {
                     eos,
                     speculative,
                 },
-                BlockManager::new(spec.blocks, DEFAULT_BLOCK_TOKENS, prefix),
+                kv.blocks,
                 decoder,
                 engine_metrics,
             );

@@ -19,12 +19,13 @@
 //! computed. llama-server's slots reuse their last prompt token by token; without this a
 //! 16-token block would give up to 15 shared tokens back to prefill on every request.
 
+use lowbit_gpu::NO_BLOCK;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
 /// The identity of a full block: its tokens and the hash of everything before it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct BlockKey {
+pub(super) struct BlockKey {
     parent: u64,
     tokens: Box<[u32]>,
 }
@@ -140,6 +141,11 @@ impl BlockManager {
         self.free.len() + self.lru.len()
     }
 
+    /// Blocks in the free list (no content worth keeping).
+    pub fn free(&self) -> usize {
+        self.free.len()
+    }
+
     /// Blocks referenced by some sequence.
     pub fn in_use(&self) -> usize {
         self.total() - self.available()
@@ -210,6 +216,11 @@ impl BlockManager {
         }
     }
 
+    /// Whether `grow` of a table of `held` blocks to `positions` would succeed.
+    pub fn can_grow(&self, held: usize, positions: usize) -> bool {
+        self.blocks_for(positions).saturating_sub(held) <= self.available()
+    }
+
     /// [`Self::grow`] from the free list alone, evicting no cached block (for speculative
     /// drafts, which may be rejected).
     pub fn grow_from_free(&mut self, table: &mut Vec<u32>, positions: usize) -> bool {
@@ -241,7 +252,11 @@ impl BlockManager {
         }
     }
 
-    fn release_one(&mut self, id: u32) {
+    /// Drops one reference to block `id` ([`NO_BLOCK`]: nothing).
+    pub(super) fn release_one(&mut self, id: u32) {
+        if id == NO_BLOCK {
+            return;
+        }
         let info = &mut self.info[id as usize];
         debug_assert!(info.refs > 0, "releasing block {id} twice");
         info.refs = info.refs.saturating_sub(1);
@@ -257,7 +272,7 @@ impl BlockManager {
     }
 
     /// The chain of keys of the full blocks of `tokens` (first `count` blocks).
-    fn keys(&self, tokens: &[u32], count: usize) -> Vec<BlockKey> {
+    pub(super) fn keys(&self, tokens: &[u32], count: usize) -> Vec<BlockKey> {
         let mut parent = ROOT_HASH;
         tokens
             .chunks_exact(self.block_tokens)
@@ -335,8 +350,18 @@ impl BlockManager {
         (self.block_tokens / 4).max(1)
     }
 
+    /// The block registered under `key`, in use or cached.
+    pub(super) fn registered(&self, key: &BlockKey) -> Option<u32> {
+        self.table.get(key).copied()
+    }
+
+    /// The key block `id` is registered under.
+    pub(super) fn key_of(&self, id: u32) -> Option<&BlockKey> {
+        self.info.get(id as usize)?.key.as_ref()
+    }
+
     /// One more reference to a registered block (taking it out of the eviction order).
-    fn take_ref(&mut self, id: u32) {
+    pub(super) fn take_ref(&mut self, id: u32) {
         let info = &mut self.info[id as usize];
         if info.refs == 0 {
             self.lru.remove(&info.released_at);
@@ -367,7 +392,8 @@ impl BlockManager {
         }
         let full = (computed / self.block_tokens).min(table.len());
         for (key, &id) in self.keys(tokens, full).into_iter().zip(table) {
-            if self.info[id as usize].key.is_some() {
+            // A block given back (slid out of a window) holds nothing to register.
+            if id == NO_BLOCK || self.info[id as usize].key.is_some() {
                 continue;
             }
             if self.table.contains_key(&key) {

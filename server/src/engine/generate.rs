@@ -77,6 +77,7 @@ pub fn generate(
             tokens: &input,
             pos_start: pos,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: input.len() - 1..input.len(),
         };
         let next = if sampler.is_greedy() {

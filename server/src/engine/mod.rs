@@ -5,6 +5,8 @@
 //! - [`scheduler`]: the step loop (batching, chunked prefill, preemption, forks, emission);
 //! - [`step`]: what the scheduler needs of a model (the forward, the greedy head, copies);
 //! - [`blocks`]: block ids, reference counts, the prefix cache;
+//! - [`kv_blocks`]: a sequence's tables in the main pool and a sliding-window pool;
+//! - [`kv_sizing`]: the server's KV budget as pools;
 //! - [`sampler`], [`stop`], [`detok`]: choosing tokens, stop strings, incremental text;
 //! - [`speculative`]: draft tokens by prompt lookup, checked in one step with the token before;
 //! - [`generate`], [`solo`]: the single-sequence loop and trivial pool of the CLI tools.
@@ -14,6 +16,8 @@ pub mod detok;
 pub mod generate;
 pub mod grammar;
 pub mod handle;
+pub mod kv_blocks;
+pub mod kv_sizing;
 pub mod readback;
 pub mod request;
 pub mod sampler;

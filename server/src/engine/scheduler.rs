@@ -13,9 +13,9 @@
 //! logits row at each prompt position: a plan entry's logits rows are those positions of its
 //! chunk, then the row choosing the next token if the chunk ends its tokens ([`EntryRows`]).
 
-use super::blocks::BlockManager;
 use super::detok::{IncrementalDetok, TextDecoder};
 use super::grammar::{Constraint, Grammar};
+use super::kv_blocks::{BlockCopies, KvBlocks, PartialHit, SeqBlocks};
 use super::readback::{plan_readback, RowAt, RowPlan, RowWant, TOP_K_READBACK_MAX};
 use super::request::{EngineFailure, Event, FinishReason, GenerationRequest, Usage};
 use super::sampler::{Sampler, SamplingParams, TokenHistory, TokenLogprobs};
@@ -80,7 +80,7 @@ struct Sequence {
     choice: usize,
     tokens: Vec<u32>,
     computed: usize,
-    blocks: Vec<u32>,
+    blocks: SeqBlocks,
     sampler: Sampler,
     history: TokenHistory,
     detok: IncrementalDetok,
@@ -119,7 +119,7 @@ impl Sequence {
             choice,
             tokens,
             computed: 0,
-            blocks: Vec::new(),
+            blocks: SeqBlocks::default(),
             sampler: Sampler::new(choice_sampling(&req.sampling, choice))
                 .with_min_tokens(req.min_tokens, banned),
             history: TokenHistory::new(&req.prompt, req.sampling.repetition_penalty != 1.0),
@@ -163,7 +163,7 @@ impl Sequence {
 pub struct Scheduler<M: StepModel> {
     model: M,
     cfg: SchedulerConfig,
-    blocks: BlockManager,
+    blocks: KvBlocks,
     waiting: VecDeque<Sequence>,
     /// In admission order: the newest last (the first to be preempted).
     running: Vec<Sequence>,
@@ -172,9 +172,9 @@ pub struct Scheduler<M: StepModel> {
     decoder: std::sync::Arc<dyn TextDecoder>,
     metrics: Metrics,
     /// Block copies `(from, to)` to make before the next forward (forks, partial prefix hits).
-    copies: Vec<(u32, u32)>,
+    copies: BlockCopies,
     /// Blocks referenced only until `copies` are made: the sources of partial prefix hits.
-    copy_sources: Vec<u32>,
+    copy_sources: Vec<PartialHit>,
     /// Logits rows a step reads for prompt log-probabilities at most.
     prompt_rows_per_step: usize,
 }
@@ -209,15 +209,20 @@ fn choice_sampling(base: &SamplingParams, choice: usize) -> SamplingParams {
 }
 
 impl<M: StepModel> Scheduler<M> {
-    /// A scheduler over `model` whose pool has `blocks.total()` blocks.
+    /// A scheduler over `model` whose pool's block ids `blocks` hands out (a
+    /// [`super::blocks::BlockManager`] for a pool without a window pool).
     pub fn new(
         model: M,
         cfg: SchedulerConfig,
-        blocks: BlockManager,
+        blocks: impl Into<KvBlocks>,
         decoder: std::sync::Arc<dyn TextDecoder>,
         metrics: Metrics,
     ) -> Self {
-        metrics.kv_blocks_total.set(blocks.total() as i64);
+        let blocks = blocks.into();
+        metrics.kv_blocks_total.set(blocks.main().total() as i64);
+        if let Some(w) = blocks.window() {
+            metrics.kv_window_blocks_total.set(w.total() as i64);
+        }
         metrics
             .backend_info
             .with_label_values(&[&model.backend_name()])
@@ -235,7 +240,7 @@ impl<M: StepModel> Scheduler<M> {
             next_group: 0,
             decoder,
             metrics,
-            copies: Vec::new(),
+            copies: BlockCopies::default(),
             copy_sources: Vec::new(),
             prompt_rows_per_step,
         };
@@ -253,8 +258,8 @@ impl<M: StepModel> Scheduler<M> {
         self.groups.len()
     }
 
-    /// The block manager (tests, metrics).
-    pub fn blocks(&self) -> &BlockManager {
+    /// The block managers (tests, metrics).
+    pub fn blocks(&self) -> &KvBlocks {
         &self.blocks
     }
 
@@ -356,7 +361,7 @@ impl<M: StepModel> Scheduler<M> {
             self.model.copy_blocks(&copies)
         };
         for source in std::mem::take(&mut self.copy_sources) {
-            self.blocks.release_source(source);
+            self.blocks.release_source(&source);
         }
         let result = result.and_then(|()| {
             let batch: Vec<BatchSeq<'_>> = plan
@@ -367,7 +372,8 @@ impl<M: StepModel> Scheduler<M> {
                     BatchSeq {
                         tokens: &s.tokens[s.computed..s.computed + n],
                         pos_start: s.computed,
-                        blocks: &s.blocks,
+                        blocks: &s.blocks.main,
+                        window_blocks: &s.blocks.window,
                         logits: e.logits(n),
                     }
                 })
@@ -637,13 +643,15 @@ impl<M: StepModel> Scheduler<M> {
         self.metrics
             .num_requests_running
             .set(self.running.len() as i64);
-        self.metrics
-            .kv_blocks_in_use
-            .set(self.blocks.in_use() as i64);
-        let total = self.blocks.total().max(1) as f64;
+        let main = self.blocks.main();
+        self.metrics.kv_blocks_in_use.set(main.in_use() as i64);
+        let total = main.total().max(1) as f64;
         self.metrics
             .kv_cache_usage_perc
-            .set(self.blocks.in_use() as f64 / total);
+            .set(main.in_use() as f64 / total);
+        if let Some(w) = self.blocks.window() {
+            self.metrics.kv_window_blocks_in_use.set(w.in_use() as i64);
+        }
         for (kind, bytes) in self.model.device_memory() {
             self.metrics
                 .device_memory_bytes
@@ -676,3 +684,6 @@ mod speculate_tests;
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]
 mod tests;
+#[cfg(test)]
+#[path = "scheduler_window_tests.rs"]
+mod window_tests;

@@ -53,7 +53,9 @@ impl<M: StepModel> Scheduler<M> {
                 i += 1;
                 continue;
             }
-            let target = s.computed + take;
+            let (computed, target) = (s.computed, s.computed + take);
+            // Window blocks its rows no longer see go back before it grows.
+            self.blocks.slide(&mut self.running[i].blocks, computed);
             let mut scheduled = true;
             while !self.blocks.grow(&mut self.running[i].blocks, target) {
                 // Out of blocks: preempt the newest sequence, possibly this one.
@@ -84,7 +86,7 @@ impl<M: StepModel> Scheduler<M> {
             }
             // Enough blocks for its first chunk even without a prefix hit, or wait.
             let first = (front.tokens.len() - front.computed).min(budget) + front.computed;
-            if self.blocks.blocks_for(first) > self.blocks.available() + front.blocks.len() {
+            if !self.blocks.can_admit(&front.blocks, front.computed, first) {
                 break;
             }
             let Some(mut s) = self.waiting.pop_front() else {
@@ -110,7 +112,7 @@ impl<M: StepModel> Scheduler<M> {
                     // The partial hit's source is a block the pool cannot hand out meanwhile:
                     // a request that needs every block would wait for ever. Compute those
                     // tokens instead.
-                    self.blocks.release_source(p.source);
+                    self.blocks.release_source(&p);
                     self.blocks.uncount_lookup(0, p.tokens);
                     s.computed = shared_blocks * bt;
                     let target = s.computed + take_for(&s).0;
@@ -132,8 +134,15 @@ impl<M: StepModel> Scheduler<M> {
             if let Some(p) = partial {
                 // The block after the shared ones (just allocated: at least one token of it
                 // is computed now) starts as a copy of the cached block's head.
-                self.copies.push((p.source, s.blocks[shared_blocks]));
-                self.copy_sources.push(p.source);
+                self.copies
+                    .main
+                    .push((p.source, s.blocks.main[shared_blocks]));
+                if let Some(ws) = p.window_source {
+                    self.copies
+                        .window
+                        .push((ws, s.blocks.window[shared_blocks]));
+                }
+                self.copy_sources.push(p);
             }
             if let Some(g) = self.groups.get_mut(&s.group) {
                 if !g.started {
@@ -250,13 +259,14 @@ impl<M: StepModel> Scheduler<M> {
             } else {
                 None
             };
-            let mut blocks: Vec<u32> = parent_blocks[..full].to_vec();
-            for &b in &blocks {
-                self.blocks.share(b);
-            }
-            if let Some(copy) = copy {
-                self.copies.push((parent_blocks[full], copy));
-                blocks.push(copy);
+            let mut blocks = self.blocks.share(&parent_blocks, full);
+            if let Some((copy, window_copy)) = copy {
+                self.copies.main.push((parent_blocks.main[full], copy));
+                blocks.main.push(copy);
+                if let Some(w) = window_copy {
+                    self.copies.window.push((parent_blocks.window[full], w));
+                    blocks.window.push(w);
+                }
             }
             seq.computed = computed;
             seq.blocks = blocks;

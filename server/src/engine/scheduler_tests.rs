@@ -1,6 +1,7 @@
 //! Scheduler tests on a fake model that reads its tokens back through the block tables.
 
 use super::*;
+use crate::engine::blocks::BlockManager;
 use crate::engine::detok::tests::Bytes;
 use crate::model::{Logits, MixedReadback, MixedRows};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -11,6 +12,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 pub(super) struct Fake {
     kv: HashMap<(u32, usize), u32>,
     bt: usize,
+    /// With a window pool: the window its rows read there, and that pool's tokens. A row
+    /// whose window holds anything but its sequence's tokens outputs a non-letter.
+    window: usize,
+    window_kv: HashMap<(u32, usize), u32>,
     pub(super) rows_per_step: Vec<usize>,
     /// Steps that read back only argmax ids (every sampling row greedy).
     argmax_steps: usize,
@@ -79,6 +84,10 @@ impl StepModel for Fake {
                 let pos = s.pos_start + t;
                 self.kv
                     .insert((s.blocks[pos / self.bt], pos % self.bt), tok);
+                if self.window > 0 {
+                    self.window_kv
+                        .insert((s.window_blocks[pos / self.bt], pos % self.bt), tok);
+                }
             }
         }
         let mut data = Vec::new();
@@ -89,7 +98,18 @@ impl StepModel for Fake {
                     .map(|p| self.kv[&(s.blocks[p / self.bt], p % self.bt)])
                     .collect();
                 let mut row = vec![0.0f32; VOCAB];
-                row[next_with(&seen, self.period) as usize] = 1.0;
+                let first = (pos + 1).saturating_sub(self.window);
+                let window_ok = self.window == 0
+                    || (first..=pos).all(|p| {
+                        let at = (s.window_blocks[p / self.bt], p % self.bt);
+                        self.window_kv.get(&at) == Some(&seen[p])
+                    });
+                let token = if window_ok {
+                    next_with(&seen, self.period)
+                } else {
+                    1
+                };
+                row[token as usize] = 1.0;
                 data.extend(row);
             }
         }
@@ -129,11 +149,16 @@ impl StepModel for Fake {
             .collect())
     }
 
-    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
-        for &(src, dst) in pairs {
-            for slot in 0..self.bt {
-                if let Some(&t) = self.kv.get(&(src, slot)) {
-                    self.kv.insert((dst, slot), t);
+    fn copy_blocks(&mut self, copies: &BlockCopies) -> crate::model::Result<()> {
+        for (pairs, kv) in [
+            (&copies.main, &mut self.kv),
+            (&copies.window, &mut self.window_kv),
+        ] {
+            for &(src, dst) in pairs {
+                for slot in 0..self.bt {
+                    if let Some(&t) = kv.get(&(src, slot)) {
+                        kv.insert((dst, slot), t);
+                    }
                 }
             }
         }
@@ -142,9 +167,22 @@ impl StepModel for Fake {
 }
 
 pub(super) fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -> Scheduler<Fake> {
+    windowed_scheduler(blocks, None, bt, budget, prefix)
+}
+
+/// [`scheduler`] with, given `(window blocks, window)`, a window pool.
+pub(super) fn windowed_scheduler(
+    blocks: usize,
+    window: Option<(usize, usize)>,
+    bt: usize,
+    budget: usize,
+    prefix: bool,
+) -> Scheduler<Fake> {
     let fake = Fake {
         kv: HashMap::new(),
         bt,
+        window: window.map_or(0, |(_, w)| w),
+        window_kv: HashMap::new(),
         rows_per_step: Vec::new(),
         argmax_steps: 0,
         mixed_steps: 0,
@@ -164,10 +202,15 @@ pub(super) fn scheduler(blocks: usize, bt: usize, budget: usize, prefix: bool) -
         eos: vec![0],
         speculative: SpeculativeConfig::OFF,
     };
+    let main = BlockManager::new(blocks, bt, prefix);
+    let blocks = match window {
+        Some((n, w)) => KvBlocks::with_window(main, BlockManager::new(n, bt, prefix), w),
+        None => main.into(),
+    };
     Scheduler::new(
         fake,
         cfg,
-        BlockManager::new(blocks, bt, prefix),
+        blocks,
         std::sync::Arc::new(Bytes),
         Metrics::new(),
     )
@@ -375,7 +418,7 @@ fn a_request_needing_every_block_gives_up_its_partial_hit_instead_of_waiting() {
     s.add(request(&a, 1, 1), tx);
     run_all(&mut s);
     collect(&mut rx, 1);
-    assert_eq!(s.blocks.cached(), 2);
+    assert_eq!(s.blocks.main().cached(), 2);
     let mut b = prompt(6, 15);
     b[..2].copy_from_slice(&a[..2]);
     let (tx, mut rx) = unbounded_channel();
@@ -400,9 +443,9 @@ fn choices_share_the_prompt_blocks_and_copy_the_partial_one() {
     s.add(request(&p, 6, 3), tx);
     s.step(); // the prompt, then the forks
     assert_eq!(s.running.len(), 3);
-    let full0 = s.running[0].blocks[0];
-    assert_eq!(s.blocks.refs(full0), 3);
-    assert_eq!(s.copies.len(), 2);
+    let full0 = s.running[0].blocks.main[0];
+    assert_eq!(s.blocks.main().refs(full0), 3);
+    assert_eq!(s.copies.main.len(), 2);
     run_all(&mut s);
     let o = collect(&mut rx, 3);
     for t in &o.texts {
@@ -421,7 +464,7 @@ fn a_dropped_receiver_cancels_and_frees_blocks_in_one_step() {
     s.add(request(&prompt(2, 5), 3, 1), tx2);
     s.step();
     s.step();
-    assert!(s.blocks.in_use() > 0);
+    assert!(s.blocks.main().in_use() > 0);
     drop(rx);
     s.step();
     run_all(&mut s);

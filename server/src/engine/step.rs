@@ -2,6 +2,7 @@
 //! logits rows it asked for, or only their argmax when every sampling row is greedy) and
 //! block copies. [`LlamaStep`] is the real model with its pool; the scheduler tests use a fake.
 
+use super::kv_blocks::BlockCopies;
 use crate::model::{BatchSeq, Llama, Logits, MixedReadback, MixedRows};
 use lowbit_gpu::KvPool;
 
@@ -37,8 +38,8 @@ pub trait StepModel: Send {
     fn chooses_on_device(&self) -> bool {
         false
     }
-    /// Copies KV blocks `src → dst` before the next forward.
-    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()>;
+    /// Copies KV blocks `src → dst` of each pool before the next forward.
+    fn copy_blocks(&mut self, copies: &BlockCopies) -> crate::model::Result<()>;
     /// Bytes the model holds where it computes, by kind (`weights`, `kv_cache`,
     /// `activations`), for the metrics.
     fn device_memory(&self) -> Vec<(&'static str, u64)> {
@@ -81,8 +82,18 @@ impl StepModel for LlamaStep {
         self.model.config().vocab_size
     }
 
-    fn copy_blocks(&mut self, pairs: &[(u32, u32)]) -> crate::model::Result<()> {
-        Ok(self.model.backend().copy_blocks(&mut self.pool, pairs)?)
+    fn copy_blocks(&mut self, copies: &BlockCopies) -> crate::model::Result<()> {
+        let backend = self.model.backend();
+        if !copies.main.is_empty() {
+            backend.copy_blocks(&mut self.pool, &copies.main)?;
+        }
+        if !copies.window.is_empty() {
+            let window = self.pool.window_mut().ok_or(lowbit_gpu::Error::Internal(
+                "window block copies without a window pool",
+            ))?;
+            backend.copy_blocks(window, &copies.window)?;
+        }
+        Ok(())
     }
 
     fn backend_name(&self) -> String {
@@ -107,7 +118,7 @@ impl StepModel for LlamaStep {
             // The CPU's activations are ordinary heap memory, in the process's RSS.
             None => vec![
                 ("weights", self.model.weight_bytes() as u64),
-                ("kv_cache", self.pool.spec().bytes() as u64),
+                ("kv_cache", self.pool.bytes() as u64),
             ],
         }
     }

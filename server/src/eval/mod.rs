@@ -81,6 +81,7 @@ pub fn perplexity_with_logits(
             tokens: &window,
             pos_start: 0,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: first..ctx - 1,
         };
         let logits = model.forward(&[seq], &mut kv.pool)?;

@@ -88,6 +88,7 @@ impl Calibration {
                 tokens: &window,
                 pos_start: 0,
                 blocks: &kv.tables[0],
+                window_blocks: &[],
                 logits: 0..0,
             };
             let hessians = &mut calib.hessians;

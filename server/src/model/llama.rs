@@ -26,6 +26,8 @@ use lowbit_gpu::{Backend, KvDtype, KvPool, KvPoolSpec, Rope, SeqSpan, Tensor, We
 use std::borrow::Cow;
 use std::sync::Arc;
 
+mod kv_pools;
+
 /// One transformer block.
 #[derive(Debug)]
 struct Block {
@@ -476,6 +478,19 @@ impl Llama {
             .into());
         }
 
+        let slots = self.kv_slots(pool)?;
+        let window_spans: Vec<SeqSpan<'a>> = match pool.window() {
+            Some(_) => seqs
+                .iter()
+                .zip(&spans)
+                .map(|(s, span)| SeqSpan {
+                    blocks: s.window_blocks,
+                    ..*span
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+
         let mut x = be.embed(&self.embed, &tokens)?;
         if let Some(factor) = c.gemma.embedding_scale {
             x = be.scale(&x, factor)?;
@@ -487,13 +502,14 @@ impl Llama {
             let h = &*h;
             observe(layer, LinearInput::Attention, h);
             // Each sub-block's output projection adds the residual (a backend may fuse it).
+            let slot = slots[layer];
+            let layer_spans = if slot.window { &window_spans } else { &spans };
             let x_mid = self.attention(
                 (layer, block),
                 h,
                 residual,
                 &positions,
-                &spans,
-                pool,
+                (slot.index, layer_spans, kv_pools::slot_pool(pool, slot)?),
                 observe,
             )?;
 
@@ -558,15 +574,13 @@ impl Llama {
     }
 
     /// `residual + attention(x)`.
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         (layer, block): (usize, &Block),
         x: &Tensor,
         residual: &Tensor,
         positions: &[u32],
-        spans: &[SeqSpan<'_>],
-        pool: &mut KvPool,
+        (kv_layer, spans, pool): (usize, &[SeqSpan<'_>], &mut KvPool),
         observe: &mut Observer<'_>,
     ) -> Result<Tensor> {
         let _span = tracing::trace_span!("attn").entered();
@@ -594,13 +608,13 @@ impl Llama {
         shape.sinks = block.sinks.as_ref();
         let out = if self.config.is_nope(layer) {
             // A NoPE layer (SmolLM3) attends over unrotated queries and keys.
-            be.attention(layer, &q, &k, &v, spans, pool, shape)?
+            be.attention(kv_layer, &q, &k, &v, spans, pool, shape)?
         } else {
             let rope = match &self.sliding_rope {
                 Some(r) if self.config.is_sliding(layer) => r,
                 _ => &self.rope,
             };
-            be.rope_attention(layer, (&q, &k, &v), positions, rope, spans, pool, shape)?
+            be.rope_attention(kv_layer, (&q, &k, &v), positions, rope, spans, pool, shape)?
         };
         observe(layer, LinearInput::AttentionOutput, &out);
         let sum = self.project_add(

@@ -14,6 +14,10 @@ pub struct BatchSeq<'a> {
     pub pos_start: usize,
     /// The sequence's block table, covering at least `pos_start + tokens.len()` positions.
     pub blocks: &'a [u32],
+    /// Its block table in the sliding-window layers' own pool, where the pool has one
+    /// ([`lowbit_gpu::KvPool::window`]; ignored otherwise): as long as `blocks`, its entries
+    /// before the first position the new tokens attend to may be [`lowbit_gpu::NO_BLOCK`].
+    pub window_blocks: &'a [u32],
     /// Which of the new tokens need logits (relative to `tokens`), e.g. `len-1..len`.
     pub logits: Range<usize>,
 }

@@ -392,6 +392,7 @@ mod tests {
             tokens: &[1, 2, 3],
             pos_start: 0,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: 0..3,
         };
         let logits = model.forward(&[seq], &mut kv.pool).unwrap();

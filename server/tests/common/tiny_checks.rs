@@ -45,6 +45,7 @@ pub fn chunked_logits(model: &Llama, tokens: &[u32], pieces: &[usize]) -> Vec<f3
             tokens: &tokens[at..at + n],
             pos_start: at,
             blocks: &kv.tables[0],
+            window_blocks: &[],
             logits: 0..n,
         };
         out.extend(model.forward(&[seq], &mut kv.pool).unwrap().data);

@@ -577,6 +577,7 @@ pub fn all_logits(model: &lowbit::model::Llama, tokens: &[u32]) -> Vec<f32> {
         tokens,
         pos_start: 0,
         blocks: &kv.tables[0],
+        window_blocks: &[],
         logits: 0..tokens.len(),
     };
     model.forward(&[seq], &mut kv.pool).unwrap().data

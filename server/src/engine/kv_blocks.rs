@@ -1,0 +1,353 @@
+//! The block tables of both KV pools: the main one (every layer, or the layers that attend to
+//! everything) and, for a model whose other layers slide, the window pool
+//! ([`lowbit_gpu::KvPool::with_window`]).
+//!
+//! A sequence's two tables cover the same positions, block for block, and every operation
+//! (grow, truncate, release, the prefix cache, forks) acts on both, all or nothing. The window
+//! table's entries before the first position the sequence's next row sees are given back as
+//! it advances ([`KvBlocks::slide`]) and read [`NO_BLOCK`]: a long context holds a window's
+//! worth of blocks there. Given-back blocks that were registered stay in the window pool's
+//! prefix cache until evicted, so a later prompt sharing the prefix can still take it: a
+//! prefix hit needs the main pool's whole chain and the window pool's blocks within the window
+//! of its end (vLLM's rule for sliding-window groups).
+
+use super::blocks::{BlockManager, PrefixStats};
+use lowbit_gpu::NO_BLOCK;
+
+/// One sequence's block tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeqBlocks {
+    /// In the main pool: position `p` in `main[p / block_tokens]`.
+    pub main: Vec<u32>,
+    /// In the window pool, as long as `main` (empty without a window pool).
+    pub window: Vec<u32>,
+}
+
+impl SeqBlocks {
+    /// Blocks of the table (of each pool).
+    pub fn len(&self) -> usize {
+        self.main.len()
+    }
+
+    /// Whether it holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.main.is_empty()
+    }
+}
+
+/// Block copies `(from, to)` to make before the next forward, per pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockCopies {
+    pub main: Vec<(u32, u32)>,
+    pub window: Vec<(u32, u32)>,
+}
+
+impl BlockCopies {
+    /// Whether there is nothing to copy.
+    pub fn is_empty(&self) -> bool {
+        self.main.is_empty() && self.window.is_empty()
+    }
+}
+
+/// The head of a cached block that a prompt shares, in each pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialHit {
+    pub source: u32,
+    /// The window pool's copy of the same block (with a window pool).
+    pub window_source: Option<u32>,
+    /// Leading positions of the source that match.
+    pub tokens: usize,
+}
+
+/// What a prompt found in the prefix cache ([`KvBlocks::lookup_prefix`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefixHit {
+    /// Whole blocks reused as they are: positions `0..blocks.len() · block_tokens`.
+    pub blocks: SeqBlocks,
+    /// A cached block whose first tokens continue the match, to be copied into the
+    /// sequence's next block; held until [`KvBlocks::release_source`].
+    pub partial: Option<PartialHit>,
+}
+
+impl PrefixHit {
+    /// Positions whose keys and values the hit provides.
+    pub fn positions(&self, block_tokens: usize) -> usize {
+        self.blocks.len() * block_tokens + self.partial.map_or(0, |p| p.tokens)
+    }
+}
+
+/// The window pool's blocks and the window they serve.
+#[derive(Debug)]
+struct WindowBlocks {
+    blocks: BlockManager,
+    /// Positions a row sees back to itself.
+    window: usize,
+}
+
+/// Block ids of the main pool and, where the model has one, the window pool.
+#[derive(Debug)]
+pub struct KvBlocks {
+    main: BlockManager,
+    window: Option<WindowBlocks>,
+}
+
+impl From<BlockManager> for KvBlocks {
+    fn from(main: BlockManager) -> Self {
+        Self { main, window: None }
+    }
+}
+
+impl KvBlocks {
+    /// Tables over `main` and a window pool's `blocks` serving a window of `window`
+    /// positions (of the same block size).
+    pub fn with_window(main: BlockManager, blocks: BlockManager, window: usize) -> Self {
+        debug_assert_eq!(main.block_tokens(), blocks.block_tokens());
+        Self {
+            main,
+            window: Some(WindowBlocks {
+                blocks,
+                window: window.max(1),
+            }),
+        }
+    }
+
+    /// The main pool's blocks (its counts are the metrics' `kv_blocks`).
+    pub fn main(&self) -> &BlockManager {
+        &self.main
+    }
+
+    /// The window pool's blocks, where there is one.
+    pub fn window(&self) -> Option<&BlockManager> {
+        self.window.as_ref().map(|w| &w.blocks)
+    }
+
+    /// Positions per block.
+    pub fn block_tokens(&self) -> usize {
+        self.main.block_tokens()
+    }
+
+    /// Prefix-cache counters so far.
+    pub fn stats(&self) -> PrefixStats {
+        self.main.stats()
+    }
+
+    /// The first block of a table that a row at position `pos` (or later) reads in the
+    /// window pool: the blocks before it can be given back.
+    fn first_needed(&self, pos: usize) -> usize {
+        self.window.as_ref().map_or(0, |w| {
+            (pos + 1).saturating_sub(w.window) / self.main.block_tokens()
+        })
+    }
+
+    /// Whether a sequence holding `held` whose next position is `next` could grow to
+    /// `positions` with the blocks it holds and those available (admission).
+    pub fn can_admit(&self, held: &SeqBlocks, next: usize, positions: usize) -> bool {
+        let main = &self.main;
+        if main.blocks_for(positions) > main.available() + held.main.len() {
+            return false;
+        }
+        self.window.as_ref().is_none_or(|w| {
+            let live = held.window.iter().filter(|&&b| b != NO_BLOCK).count();
+            let need = w.blocks.blocks_for(positions) - self.first_needed(next).min(positions);
+            need <= w.blocks.available() + live
+        })
+    }
+
+    /// Grows both tables to cover `positions`, all or nothing.
+    pub fn grow(&mut self, t: &mut SeqBlocks, positions: usize) -> bool {
+        let need_main = self.main.blocks_for(positions).saturating_sub(t.main.len());
+        if need_main > self.main.available() {
+            return false;
+        }
+        if let Some(w) = &mut self.window {
+            let need = w
+                .blocks
+                .blocks_for(positions)
+                .saturating_sub(t.window.len());
+            if need > w.blocks.available() {
+                return false;
+            }
+            let grown = w.blocks.grow(&mut t.window, positions);
+            debug_assert!(grown);
+        }
+        self.main.grow(&mut t.main, positions)
+    }
+
+    /// [`Self::grow`] from free blocks alone, evicting no cached block (speculative drafts).
+    pub fn grow_from_free(&mut self, t: &mut SeqBlocks, positions: usize) -> bool {
+        let need_main = self.main.blocks_for(positions).saturating_sub(t.main.len());
+        if need_main > self.main.free() {
+            return false;
+        }
+        if let Some(w) = &mut self.window {
+            if !w.blocks.grow_from_free(&mut t.window, positions) {
+                return false;
+            }
+        }
+        let grown = self.main.grow_from_free(&mut t.main, positions);
+        debug_assert!(grown);
+        grown
+    }
+
+    /// Drops the blocks past the first `blocks_for(positions)` of both tables.
+    pub fn truncate(&mut self, t: &mut SeqBlocks, positions: usize) {
+        self.main.truncate(&mut t.main, positions);
+        if let Some(w) = &mut self.window {
+            w.blocks.truncate(&mut t.window, positions);
+        }
+    }
+
+    /// Drops one reference to every block of both tables and empties them.
+    pub fn release(&mut self, t: &mut SeqBlocks) {
+        self.main.release(&mut t.main);
+        if let Some(w) = &mut self.window {
+            w.blocks.release(&mut t.window);
+        }
+    }
+
+    /// Gives back the window blocks that no row from position `next` on reads.
+    pub fn slide(&mut self, t: &mut SeqBlocks, next: usize) {
+        let first = self.first_needed(next);
+        if let Some(w) = &mut self.window {
+            for id in t.window.iter_mut().take(first) {
+                w.blocks.release_one(std::mem::replace(id, NO_BLOCK));
+            }
+        }
+    }
+
+    /// Adds a reference to the first `count` blocks of both tables (a fork sharing its
+    /// parent's full blocks): the shared tables.
+    pub fn share(&mut self, t: &SeqBlocks, count: usize) -> SeqBlocks {
+        let main = t.main[..count].to_vec();
+        for &b in &main {
+            self.main.share(b);
+        }
+        let mut window = Vec::new();
+        if let Some(w) = &mut self.window {
+            window = t.window[..count].to_vec();
+            for &b in window.iter().filter(|&&b| b != NO_BLOCK) {
+                w.blocks.share(b);
+            }
+        }
+        SeqBlocks { main, window }
+    }
+
+    /// One block for exclusive use in each pool (a fork's copy of a partial block), or
+    /// nothing when either pool has none.
+    pub fn allocate(&mut self) -> Option<(u32, Option<u32>)> {
+        if self.main.available() == 0
+            || self
+                .window
+                .as_ref()
+                .is_some_and(|w| w.blocks.available() == 0)
+        {
+            return None;
+        }
+        let main = self.main.allocate()?;
+        let window = match &mut self.window {
+            Some(w) => w.blocks.allocate(),
+            None => None,
+        };
+        Some((main, window))
+    }
+
+    /// The longest cached prefix of `tokens` both pools can serve: the main pool's chain
+    /// ([`BlockManager::lookup_prefix`]), cut where the window pool lacks a block within the
+    /// window of the hit's end; a partial hit only where the window pool holds the same block.
+    pub fn lookup_prefix(&mut self, tokens: &[u32]) -> PrefixHit {
+        let hit = self.main.lookup_prefix(tokens);
+        let bt = self.main.block_tokens();
+        let first_needed = |n: usize| self.first_needed(n * bt);
+        let Some(w) = &self.window else {
+            return PrefixHit {
+                partial: hit.partial.map(|p| PartialHit {
+                    source: p.source,
+                    window_source: None,
+                    tokens: p.tokens,
+                }),
+                blocks: SeqBlocks {
+                    main: hit.blocks,
+                    window: Vec::new(),
+                },
+            };
+        };
+        let chain = hit.blocks.len();
+        let held: Vec<Option<u32>> = w
+            .blocks
+            .keys(tokens, chain)
+            .iter()
+            .map(|k| w.blocks.registered(k))
+            .collect();
+        let mut n = chain;
+        while n > 0 && held[first_needed(n)..n].iter().any(Option::is_none) {
+            n -= 1;
+        }
+        let window_source = hit.partial.filter(|_| n == chain).and_then(|p| {
+            let key = self.main.key_of(p.source)?;
+            w.blocks.registered(key)
+        });
+        let start = first_needed(n);
+        let (mut main, partial) = (hit.blocks, hit.partial);
+        // What the window pool cannot serve goes back, uncounted.
+        let mut dropped = 0;
+        for id in main.drain(n..) {
+            self.main.release_one(id);
+            dropped += bt;
+        }
+        let partial = match (partial, window_source) {
+            (Some(p), Some(ws)) => Some(PartialHit {
+                source: p.source,
+                window_source: Some(ws),
+                tokens: p.tokens,
+            }),
+            (Some(p), None) => {
+                self.main.release_source(p.source);
+                dropped += p.tokens;
+                None
+            }
+            (None, _) => None,
+        };
+        self.main.uncount_lookup(0, dropped);
+        let Some(w) = &mut self.window else {
+            unreachable!("checked above")
+        };
+        let mut window = vec![NO_BLOCK; start];
+        for id in held[start..n].iter().flatten() {
+            w.blocks.take_ref(*id);
+            window.push(*id);
+        }
+        if let Some(ws) = partial.and_then(|p| p.window_source) {
+            w.blocks.take_ref(ws);
+        }
+        PrefixHit {
+            blocks: SeqBlocks { main, window },
+            partial,
+        }
+    }
+
+    /// Takes back what a lookup counted whose hit was not used.
+    pub fn uncount_lookup(&mut self, queried: usize, hit: usize) {
+        self.main.uncount_lookup(queried, hit);
+    }
+
+    /// Drops the references a [`PartialHit`] held on its sources.
+    pub fn release_source(&mut self, p: &PartialHit) {
+        self.main.release_source(p.source);
+        if let (Some(w), Some(ws)) = (&mut self.window, p.window_source) {
+            w.blocks.release_source(ws);
+        }
+    }
+
+    /// Registers the full blocks of both tables whose positions `0..computed` are written.
+    pub fn register_full_blocks(&mut self, tokens: &[u32], t: &SeqBlocks, computed: usize) {
+        self.main.register_full_blocks(tokens, &t.main, computed);
+        if let Some(w) = &mut self.window {
+            w.blocks.register_full_blocks(tokens, &t.window, computed);
+        }
+    }
+
+    /// Whether every block of both pools is back with no reference left.
+    pub fn all_released(&self) -> bool {
+        self.main.all_released() && self.window().is_none_or(BlockManager::all_released)
+    }
+}
