@@ -224,7 +224,10 @@ fn same_tokens_with_a_window_pool(backend: Arc<dyn Backend>, count: usize, max_t
         ] {
             let (together, preempted) = run(&path, &backend, &asks, max_tokens, setup);
             if setup.window_blocks == Some(5) {
-                assert!(preempted > 0, "{arch:?}: the small window pool should preempt");
+                assert!(
+                    preempted > 0,
+                    "{arch:?}: the small window pool should preempt"
+                );
             }
             for (i, a) in alone.iter().enumerate() {
                 assert_eq!(a, &together[i], "{arch:?}, request {i}, {setup:?}");
@@ -279,7 +282,14 @@ fn the_kv_budget_splits_between_the_pools() {
     assert!(split.pool.bytes() as u64 <= budget.memory);
     assert!(split.blocks.window().is_some());
     for (model, window_pool) in [(&gemma, false), (&llama, true)] {
-        let one = kv_pools(model, &KvBudget { window_pool, ..budget }).unwrap();
+        let one = kv_pools(
+            model,
+            &KvBudget {
+                window_pool,
+                ..budget
+            },
+        )
+        .unwrap();
         assert!(one.window.is_none() && one.blocks.window().is_none());
         assert_eq!(one.main.blocks, single(model));
     }
