@@ -351,3 +351,81 @@ impl KvBlocks {
         self.main.all_released() && self.window().is_none_or(BlockManager::all_released)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slid_blocks_are_cached_and_a_hit_needs_those_within_its_window() {
+        // Blocks of four positions, a window of six.
+        let pool = || BlockManager::new(16, 4, true);
+        let mut k = KvBlocks::with_window(pool(), pool(), 6);
+        let tokens: Vec<u32> = (0..21).collect();
+        let mut t = SeqBlocks::default();
+        assert!(k.grow(&mut t, 21));
+        assert_eq!((t.main.len(), t.window.len()), (6, 6));
+        let window_ids = t.window.clone();
+        k.register_full_blocks(&tokens, &t, 21);
+        // A row at position 21 sees 16..=21: blocks 0..4 go back, cached (registered).
+        k.slide(&mut t, 21);
+        assert_eq!(t.window[..4], [NO_BLOCK; 4]);
+        let window = |k: &KvBlocks| k.window().map(|w| (w.in_use(), w.cached()));
+        assert_eq!(window(&k), Some((2, 4)));
+        assert_eq!(k.main().in_use(), 6);
+
+        // The same 21 tokens and more: the main chain's five blocks; a row at 20 sees
+        // 15..=20, blocks 3 and 4 of the window pool (3 cached, 4 in use).
+        let mut longer = tokens.clone();
+        longer.extend([99, 98]);
+        let mut hit = k.lookup_prefix(&longer);
+        assert_eq!(hit.blocks.main, t.main[..5]);
+        assert_eq!(hit.blocks.window[..3], [NO_BLOCK; 3]);
+        assert_eq!(hit.blocks.window[3..], window_ids[3..5]);
+        assert_eq!(hit.partial, None);
+        assert_eq!(k.stats().hit_tokens, 20);
+        k.release(&mut hit.blocks);
+        k.release(&mut t);
+        assert!(k.all_released());
+        assert_eq!(window(&k), Some((0, 5)));
+
+        // Evict the window pool's four oldest cached blocks (0..=3): no cut of the chain
+        // has its window's blocks any more, so nothing is hit (and nothing counted), though
+        // the main pool still holds the whole chain.
+        let mut other = SeqBlocks::default();
+        let free = 16 - 5;
+        assert!(k.grow(&mut other, 4 * (free + 4)));
+        assert_eq!(window(&k), Some((15, 1)));
+        k.release(&mut other);
+        let hit = k.lookup_prefix(&longer);
+        assert_eq!(hit, PrefixHit::default());
+        assert_eq!(k.stats().hit_tokens, 20);
+        assert!(k.all_released());
+    }
+
+    #[test]
+    fn growth_is_all_or_nothing_across_the_pools() {
+        let mut k = KvBlocks::with_window(
+            BlockManager::new(8, 4, true),
+            BlockManager::new(2, 4, true),
+            4,
+        );
+        let mut t = SeqBlocks::default();
+        // Three blocks: the main pool has them, the window pool two.
+        assert!(!k.can_admit(&t, 0, 12));
+        assert!(!k.grow(&mut t, 12));
+        assert!(t.is_empty() && k.all_released());
+        assert!(k.grow(&mut t, 8));
+        // At position 8 a row sees 5..=8: block 0 goes back, and a third block fits.
+        assert!(k.can_admit(&t, 8, 12));
+        k.slide(&mut t, 8);
+        assert!(k.grow(&mut t, 12));
+        assert_eq!(t.window[0], NO_BLOCK);
+        assert!(!k.grow_from_free(&mut t, 16), "the window pool is full");
+        assert_eq!(t.len(), 3);
+        k.truncate(&mut t, 5);
+        assert_eq!((t.main.len(), t.window.len()), (2, 2));
+        k.release(&mut t);
+        assert!(k.all_released());
+    }
+}
