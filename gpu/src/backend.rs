@@ -514,6 +514,13 @@ pub trait Backend: Send + Sync {
     /// Allocates the paged KV pool, once, at start-up.
     fn new_kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool>;
 
+    /// The most blocks a pool of `spec`'s shape can have here, whatever the memory (a GPU
+    /// binds one layer's keys at once); by default no bound.
+    fn max_kv_blocks(&self, spec: &KvPoolSpec) -> usize {
+        let _ = spec;
+        usize::MAX
+    }
+
     /// Copies blocks `src → dst` (every layer's keys and values), for copy-on-write.
     fn copy_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()>;
 

@@ -249,6 +249,50 @@ fn on_the_gpu_a_window_pool_changes_no_token() {
     same_tokens_with_a_window_pool(Arc::new(gpu), 3, 30);
 }
 
+/// On a GPU the main pool's blocks of one layer stay within the adapter's largest binding
+/// (lavapipe's 128 MiB: 32,768 blocks of the tiny Gemma's 4 KiB), where the memory would
+/// have given it more; one pool of every layer in the same memory fits as before.
+#[test]
+fn on_the_gpu_the_main_pool_stays_within_a_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu: Arc<dyn Backend> = Arc::new(
+        WgpuBackend::new(AdapterChoice::Any, WgpuOptions::default())
+            .expect("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers)"),
+    );
+    let gemma = load(&tiny_file(dir.path(), TinyArch::Gemma3, 6, 65), &gpu);
+    let budget = KvBudget {
+        memory: 1 << 30,
+        tokens: None,
+        dtype: KvDtype::F32,
+        block_tokens: DEFAULT_BLOCK_TOKENS,
+        max_sequences: 8,
+        max_batch_tokens: 512,
+        prefix_caching: true,
+        window_pool: true,
+    };
+    let main = gemma
+        .split_kv_pool_specs(DEFAULT_BLOCK_TOKENS, 1, 1, KvDtype::F32)
+        .unwrap()
+        .0;
+    let bound = gpu.max_kv_blocks(&main);
+    let pools = kv_pools(&gemma, &budget).unwrap();
+    assert!(
+        bound < (1 << 30) / main.bytes_per_block(),
+        "the binding does not bind"
+    );
+    assert_eq!(pools.main.blocks, bound);
+    assert!(pools.window.is_some());
+    let one = kv_pools(
+        &gemma,
+        &KvBudget {
+            window_pool: false,
+            ..budget
+        },
+    )
+    .unwrap();
+    assert!(one.main.blocks <= bound);
+}
+
 /// The server's sizing: the window pool holds what the running sequences can need, the main
 /// pool the rest of the budget (more blocks than one pool of every layer would have), and
 /// `window_pool: false` or a model without sliding layers keeps one pool.
@@ -293,6 +337,21 @@ fn the_kv_budget_splits_between_the_pools() {
         assert!(one.window.is_none() && one.blocks.window().is_none());
         assert_eq!(one.main.blocks, single(model));
     }
+    // A budget of 100 blocks of every layer: the window pool would want 64 · 3 + 32, is
+    // capped at 100, and the main pool keeps 100 too (a sequence it holds always fits
+    // the window pool).
+    let all = gemma.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 100, KvDtype::F32);
+    let small = kv_pools(
+        &gemma,
+        &KvBudget {
+            memory: all.bytes() as u64,
+            max_sequences: 64,
+            ..budget
+        },
+    )
+    .unwrap();
+    assert_eq!(small.window.unwrap().blocks, 100);
+    assert_eq!(small.main.blocks, 100);
     // In tokens: the main pool holds them, the window pool what the sequences need.
     let tokens = kv_pools(
         &gemma,

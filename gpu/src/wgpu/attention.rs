@@ -58,6 +58,13 @@ fn device_kv(pool: &mut KvPool) -> Result<(KvPoolSpec, &mut DeviceKv)> {
 }
 
 impl WgpuBackend {
+    /// Blocks of one layer's keys that fit the adapter's largest binding.
+    pub(super) fn kv_pool_max_blocks(&self, spec: &KvPoolSpec) -> usize {
+        let per_block = block_bytes(spec).max(1);
+        usize::try_from(self.gpu.limits.max_storage_buffer_binding_size / per_block)
+            .unwrap_or(usize::MAX)
+    }
+
     pub(super) fn kv_pool(&self, spec: KvPoolSpec) -> Result<KvPool> {
         spec.validate()?;
         if spec.dtype == KvDtype::F16 && !spec.head_dim.is_multiple_of(2) {

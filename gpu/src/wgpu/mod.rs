@@ -529,6 +529,10 @@ impl Backend for WgpuBackend {
         self.kv_pool(spec)
     }
 
+    fn max_kv_blocks(&self, spec: &KvPoolSpec) -> usize {
+        self.kv_pool_max_blocks(spec)
+    }
+
     fn copy_blocks(&self, pool: &mut KvPool, pairs: &[(u32, u32)]) -> Result<()> {
         self.copy_kv_blocks(pool, pairs)
     }

@@ -376,6 +376,23 @@ impl BlockManager {
         self.stats.hit_tokens = self.stats.hit_tokens.saturating_sub(hit as u64);
     }
 
+    /// Drops a reference a lookup took and did not use, leaving a block that nobody else
+    /// holds where it was in the eviction order (a hit cut short must not make the blocks
+    /// past the cut look recently used).
+    pub(super) fn give_back(&mut self, id: u32) {
+        let info = &mut self.info[id as usize];
+        debug_assert!(info.refs > 0, "giving back block {id} twice");
+        info.refs = info.refs.saturating_sub(1);
+        if info.refs == 0 {
+            if info.key.is_some() {
+                // Its tick left the order when the lookup took it, and ticks are unique.
+                self.lru.insert(info.released_at, id);
+            } else {
+                self.free.push(id);
+            }
+        }
+    }
+
     /// Drops the reference a [`PartialHit`] held on its source, once the copy is made (or
     /// given up).
     pub fn release_source(&mut self, source: u32) {

@@ -148,8 +148,10 @@ impl KvBlocks {
         }
         self.window.as_ref().is_none_or(|w| {
             let live = held.window.iter().filter(|&&b| b != NO_BLOCK).count();
-            let need = w.blocks.blocks_for(positions) - self.first_needed(next).min(positions);
-            need <= w.blocks.available() + live
+            // (Blocks it holds before `next`'s window count as coming back: true of a
+            // waiting sequence's, which nothing shares.)
+            let need = w.blocks.blocks_for(positions);
+            need.saturating_sub(self.first_needed(next)) <= w.blocks.available() + live
         })
     }
 
@@ -291,7 +293,7 @@ impl KvBlocks {
         // What the window pool cannot serve goes back, uncounted.
         let mut dropped = 0;
         for id in main.drain(n..) {
-            self.main.release_one(id);
+            self.main.give_back(id);
             dropped += bt;
         }
         let partial = match (partial, window_source) {
@@ -301,7 +303,7 @@ impl KvBlocks {
                 tokens: p.tokens,
             }),
             (Some(p), None) => {
-                self.main.release_source(p.source);
+                self.main.give_back(p.source);
                 dropped += p.tokens;
                 None
             }
@@ -400,6 +402,44 @@ mod tests {
         let hit = k.lookup_prefix(&longer);
         assert_eq!(hit, PrefixHit::default());
         assert_eq!(k.stats().hit_tokens, 20);
+        assert!(k.all_released());
+    }
+
+    #[test]
+    fn a_hit_cut_short_leaves_the_main_pools_eviction_order_alone() {
+        // Main: 4 blocks of 4; window pool: 2 blocks; window 4.
+        let mut k = KvBlocks::with_window(
+            BlockManager::new(4, 4, true),
+            BlockManager::new(2, 4, true),
+            4,
+        );
+        let (a, b): (Vec<u32>, Vec<u32>) = ((0..5).collect(), (50..55).collect());
+        let a_first = {
+            let mut t = SeqBlocks::default();
+            assert!(k.grow(&mut t, 5));
+            k.register_full_blocks(&a, &t, 5);
+            let first = t.main[0];
+            k.release(&mut t);
+            first
+        };
+        // B's blocks take A's window blocks (evicted): A's chain is cached in the main pool
+        // only, released before B's.
+        let mut t = SeqBlocks::default();
+        assert!(k.grow(&mut t, 5));
+        k.register_full_blocks(&b, &t, 5);
+        k.release(&mut t);
+        // A again: its main block hits, the window pool cannot serve it, the hit is cut to
+        // nothing, and A's block stays the oldest cached one.
+        assert_eq!(k.lookup_prefix(&a), PrefixHit::default());
+        // Two free main blocks, then the oldest cached: A's, not B's.
+        let taken: Vec<u32> = (0..3).filter_map(|_| k.main.allocate()).collect();
+        assert!(taken.contains(&a_first), "{taken:?}");
+        let mut hit = k.lookup_prefix(&b);
+        assert_eq!(hit.blocks.main.len(), 1, "B's block was evicted before A's");
+        k.release(&mut hit.blocks);
+        for id in taken {
+            k.main.release_one(id);
+        }
         assert!(k.all_released());
     }
 

@@ -9,7 +9,11 @@
 //! `sequences · (⌈window / bt⌉ + 2) + ⌈max_batch_tokens / bt⌉` blocks are never short; what
 //! is left over keeps prefixes cached. The window pool never takes more blocks than a single
 //! pool would have had, so the main pool is at least as large as one pool of every layer
-//! (more positions for the same memory).
+//! (more positions for the same memory). Where that cap bites, the main pool keeps one
+//! pool's size too: a sequence never needs more window blocks than main ones, so every
+//! sequence the main pool holds fits the window pool. (No split does better while keeping
+//! that guarantee: `S` sequences can hold `min(main blocks, S · (⌈window/bt⌉ + 2))` window
+//! blocks, so a cap at or above one pool's size leaves nothing to gain.)
 
 use super::blocks::BlockManager;
 use super::kv_blocks::KvBlocks;
@@ -61,16 +65,30 @@ pub fn kv_pools(model: &Llama, b: &KvBudget) -> Result<KvPools> {
         .window_pool_layers()
         .filter(|_| b.window_pool)
         .and_then(|(window, _)| {
-            let window_blocks = window_pool_blocks(window, b).min(single);
+            let needed = window_pool_blocks(window, b);
+            let window_blocks = needed.min(single);
             let (main, win) =
                 model.split_kv_pool_specs(b.block_tokens, 1, window_blocks, b.dtype)?;
             let main_blocks = match b.tokens {
+                // Capped at one pool's size, the window pool may not hold every sequence
+                // the main pool could (a lone long prompt could wait for ever): then the
+                // main pool takes no more blocks than it.
+                _ if needed > single => single,
                 Some(_) => single,
                 None => {
                     let left = b.memory.saturating_sub(win.bytes() as u64);
                     (left / main.bytes_per_block().max(1) as u64) as usize
                 }
             };
+            // A GPU binds a layer's keys at once: where that bounds the main pool below
+            // the memory, the rest stays unused (one pool of `single` fits as before).
+            let bound = model.backend().max_kv_blocks(&main).max(single);
+            if main_blocks > bound {
+                tracing::warn!(
+                    "the main KV pool is capped at {bound} blocks (the adapter's largest binding), not {main_blocks}"
+                );
+            }
+            let main_blocks = main_blocks.min(bound);
             Some((
                 KvPoolSpec {
                     blocks: main_blocks.max(1),
