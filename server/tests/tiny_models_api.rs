@@ -114,5 +114,16 @@ async fn gemma_and_moe_models_serve_batched_cached_and_streamed_alike() {
             .find_map(|l| l.strip_prefix("lowbit:kv_blocks_in_use "))
             .unwrap();
         assert_eq!(in_use, "0", "{arch:?}");
+        // The Gemmas' sliding layers keep their own pool (README), given back too.
+        let gauge = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("lowbit:{name} ")))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(gauge("kv_window_blocks_in_use"), "0", "{arch:?}");
+        let window_pool = gauge("kv_window_blocks_total") != "0";
+        assert_eq!(window_pool, !arch.is_moe(), "{arch:?}");
     }
 }
