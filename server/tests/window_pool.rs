@@ -249,6 +249,20 @@ fn on_the_gpu_a_window_pool_changes_no_token() {
     same_tokens_with_a_window_pool(Arc::new(gpu), 3, 30);
 }
 
+/// `memory` for 8 sequences of the server's default chunks, window pool on.
+fn budget(memory: u64) -> KvBudget {
+    KvBudget {
+        memory,
+        tokens: None,
+        dtype: KvDtype::F32,
+        block_tokens: DEFAULT_BLOCK_TOKENS,
+        max_sequences: 8,
+        max_batch_tokens: 512,
+        prefix_caching: true,
+        window_pool: true,
+    }
+}
+
 /// On a GPU the main pool's blocks of one layer stay within the adapter's largest binding
 /// (lavapipe's 128 MiB: 32,768 blocks of the tiny Gemma's 4 KiB), where the memory would
 /// have given it more; one pool of every layer in the same memory fits as before.
@@ -260,16 +274,7 @@ fn on_the_gpu_the_main_pool_stays_within_a_binding() {
             .expect("needs a Vulkan adapter (apt-get install mesa-vulkan-drivers)"),
     );
     let gemma = load(&tiny_file(dir.path(), TinyArch::Gemma3, 6, 65), &gpu);
-    let budget = KvBudget {
-        memory: 1 << 30,
-        tokens: None,
-        dtype: KvDtype::F32,
-        block_tokens: DEFAULT_BLOCK_TOKENS,
-        max_sequences: 8,
-        max_batch_tokens: 512,
-        prefix_caching: true,
-        window_pool: true,
-    };
+    let budget = budget(1 << 30);
     let main = gemma
         .split_kv_pool_specs(DEFAULT_BLOCK_TOKENS, 1, 1, KvDtype::F32)
         .unwrap()
@@ -302,16 +307,7 @@ fn the_kv_budget_splits_between_the_pools() {
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new());
     let gemma = load(&tiny_file(dir.path(), TinyArch::Gemma3, 6, 63), &backend);
     let llama = load(&tiny_file(dir.path(), TinyArch::Llama, 2, 64), &backend);
-    let budget = KvBudget {
-        memory: 64 << 20,
-        tokens: None,
-        dtype: KvDtype::F32,
-        block_tokens: DEFAULT_BLOCK_TOKENS,
-        max_sequences: 8,
-        max_batch_tokens: 512,
-        prefix_caching: true,
-        window_pool: true,
-    };
+    let budget = budget(64 << 20);
     let single = |m: &Llama| {
         let all = m.kv_pool_spec(DEFAULT_BLOCK_TOKENS, 1, KvDtype::F32);
         (budget.memory / all.bytes_per_block() as u64) as usize

@@ -670,6 +670,9 @@ use plan::EntryRows;
 mod speculate;
 
 #[cfg(test)]
+#[path = "scheduler_fake.rs"]
+mod fake;
+#[cfg(test)]
 #[path = "scheduler_grammar_tests.rs"]
 mod grammar_tests;
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Scheduler tests of structured outputs (a grammar per choice), on the fake model of
 //! scheduler_tests.rs, whose token `t` is the byte `t` and whose end of sequence is 0.
 
-use super::tests::{collect, prompt, reference, request, run_all, scheduler, Outcome, VOCAB};
+use super::fake::{collect, prompt, reference, request, run_all, scheduler, Outcome, VOCAB};
 use super::*;
 use crate::engine::grammar::{Grammars, OutputFormat};
 use tokio::sync::mpsc::unbounded_channel;

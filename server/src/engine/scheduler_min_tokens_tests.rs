@@ -4,7 +4,7 @@
 //! there, alike where the logits live and on the host; a stop string is not matched in the
 //! text of the first `min_tokens - 1` tokens (vLLM's rule).
 
-use super::tests::{collect, prompt, reference, request, run_all, scheduler};
+use super::fake::{collect, prompt, reference, request, run_all, scheduler};
 use super::*;
 use tokio::sync::mpsc::unbounded_channel;
 

@@ -1,7 +1,7 @@
 //! Scheduler tests of prompt log-probabilities (`echo` with `logprobs`), on the fake model of
 //! scheduler_tests.rs.
 
-use super::tests::{collect, next, prompt, reference, request, run_all, scheduler, VOCAB};
+use super::fake::{collect, next, prompt, reference, request, run_all, scheduler, VOCAB};
 use super::*;
 use tokio::sync::mpsc::unbounded_channel;
 

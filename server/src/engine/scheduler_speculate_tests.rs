@@ -2,10 +2,10 @@
 //! period (so prompt lookup predicts most tokens and misses every fifth): the tokens,
 //! finish reasons and usage are plain decoding's, whatever ends the choice.
 
-use super::grammar_tests::{grammars, schema};
-use super::tests::{
+use super::fake::{
     collect, prompt, reference_with, request, run_all, scheduler, token_events, Fake, Outcome,
 };
+use super::grammar_tests::{grammars, schema};
 use super::*;
 use crate::engine::grammar::OutputFormat;
 use tokio::sync::mpsc::unbounded_channel;

@@ -2,7 +2,7 @@
 //! back from the window pool's tables too, so a block given back too early, a missing copy
 //! or a wrong prefix hit there changes the output.
 
-use super::tests::{collect, prompt, reference, request, windowed_scheduler, Fake};
+use super::fake::{collect, prompt, reference, request, windowed_scheduler, Fake};
 use super::*;
 use tokio::sync::mpsc::unbounded_channel;
 
