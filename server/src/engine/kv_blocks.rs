@@ -19,7 +19,8 @@ use lowbit_gpu::NO_BLOCK;
 pub struct SeqBlocks {
     /// In the main pool: position `p` in `main[p / block_tokens]`.
     pub main: Vec<u32>,
-    /// In the window pool, as long as `main` (empty without a window pool).
+    /// In the window pool, as long as `main` (empty without a window pool); its given-back
+    /// entries ([`NO_BLOCK`]) are always a prefix of it.
     pub window: Vec<u32>,
 }
 
@@ -209,9 +210,14 @@ impl KvBlocks {
 
     /// Gives back the window blocks that no row from position `next` on reads.
     pub fn slide(&mut self, t: &mut SeqBlocks, next: usize) {
-        let first = self.first_needed(next);
+        let first = self.first_needed(next).min(t.window.len());
         if let Some(w) = &mut self.window {
-            for id in t.window.iter_mut().take(first) {
+            // Given-back entries are always a prefix of the table: walk back from the
+            // window's start to the last one (a step's work, not the context's).
+            for id in t.window[..first].iter_mut().rev() {
+                if *id == NO_BLOCK {
+                    break;
+                }
                 w.blocks.release_one(std::mem::replace(id, NO_BLOCK));
             }
         }
