@@ -131,3 +131,54 @@ fn forks_and_preemption_keep_both_pools_consistent() {
     }
     assert!(s.blocks.all_released());
 }
+
+/// Random loads on random pools (each large enough for one sequence, so that every request
+/// can finish): every choice gets the reference tokens and every block of both pools comes
+/// back, whatever the window, the chunking, the prefix hits, forks and preemptions.
+#[test]
+fn random_loads_on_random_window_pools_give_the_reference_tokens() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let mut pick = |lo: usize, hi: usize| lo + rng.next_u32() as usize % (hi - lo + 1);
+    let (mut preempted, mut hits) = (0, 0);
+    for round in 0..60 {
+        let window = pick(1, 12);
+        let budget = pick(1, 24);
+        let (longest_prompt, longest_output) = (40, 30);
+        let one_sequence = (longest_prompt + longest_output + budget).div_ceil(BT);
+        let main = pick(one_sequence + 1, 4 * one_sequence);
+        let least_window = window.div_ceil(BT) + 2 + budget.div_ceil(BT) + 1;
+        let window_blocks = pick(least_window, 3 * least_window);
+        let prefix = round % 3 != 0;
+        let mut s = windowed_scheduler(main, Some((window_blocks, window)), BT, budget, prefix);
+        let mut rxs = Vec::new();
+        for r in 0..pick(1, 8) {
+            // Heads shared among requests of the same family.
+            let mut p = prompt(pick(0, 2) as u32, pick(1, 24));
+            p.extend(prompt(100 + r as u32, pick(1, longest_prompt - 24)));
+            let (n, max_tokens) = (pick(1, 3), pick(1, longest_output));
+            let (tx, rx) = unbounded_channel();
+            s.add(request(&p, max_tokens, n), tx);
+            rxs.push((p, n, max_tokens, rx));
+        }
+        for _ in 0..20_000 {
+            if !s.has_work() {
+                break;
+            }
+            s.step();
+        }
+        assert!(!s.has_work(), "round {round}: the scheduler did not finish");
+        for (p, n, max_tokens, mut rx) in rxs {
+            for t in collect(&mut rx, n).texts {
+                assert_eq!(t, reference(&p, max_tokens), "round {round}");
+            }
+        }
+        assert!(s.blocks.all_released(), "round {round}");
+        preempted += s.metrics.num_preemptions_total.get();
+        hits += s.metrics.prefix_cache_hits_total.get();
+    }
+    assert!(
+        preempted > 0 && hits > 0,
+        "{preempted} preemptions, {hits} hit tokens"
+    );
+}
