@@ -90,7 +90,9 @@ impl KvPoolSpec {
                 self.block_tokens
             )));
         }
-        if self.head_dim == 0 || !self.kv_dim.is_multiple_of(self.head_dim) || self.layers == 0 {
+        // (A pool of no layers is a main pool whose model slides on every layer: block ids
+        // only, every layer's keys and values in its window pool.)
+        if self.head_dim == 0 || !self.kv_dim.is_multiple_of(self.head_dim) {
             return Err(shape_err("kv pool", format!("{self:?}")));
         }
         if self.blocks == 0 {

@@ -1,6 +1,6 @@
 //! The sliding-window layers' own KV pool on real models: a tiny random Gemma 3 (five
-//! sliding layers of six, a window of four positions) and gpt-oss (sliding, global,
-//! sliding, with sinks) give the same tokens and log-probabilities, to the bit, whether
+//! sliding layers of six, a window of four positions), gpt-oss (sliding, global, sliding,
+//! with sinks) and a one-layer Gemma 2 (every layer sliding) give the same tokens and log-probabilities, to the bit, whether
 //! their sliding layers share the main pool (every position kept) or keep a pool of their
 //! own that blocks slide back into — alone or batched, chunked, with prefix hits, forks and
 //! preemption; on the CPU and on the GPU (lavapipe in CI).
@@ -189,7 +189,13 @@ fn asks(count: usize) -> Vec<Ask> {
 
 fn same_tokens_with_a_window_pool(backend: Arc<dyn Backend>, count: usize, max_tokens: usize) {
     let dir = tempfile::tempdir().unwrap();
-    for (arch, layers, seed) in [(TinyArch::Gemma3, 6, 61), (TinyArch::GptOss, 3, 62)] {
+    // Gemma 2 of one layer slides on every layer: its main pool holds no layer.
+    let models = [
+        (TinyArch::Gemma3, 6, 61),
+        (TinyArch::GptOss, 3, 62),
+        (TinyArch::Gemma2, 1, 66),
+    ];
+    for (arch, layers, seed) in models {
         let path = tiny_file(dir.path(), arch, layers, seed);
         let asks = asks(count);
         let one_pool = Setup {
@@ -348,6 +354,14 @@ fn the_kv_budget_splits_between_the_pools() {
     .unwrap();
     assert_eq!(small.window.unwrap().blocks, 100);
     assert_eq!(small.main.blocks, 100);
+    // Every layer sliding: a main pool of no layer, block ids for every sequence's context.
+    let all_sliding = load(&tiny_file(dir.path(), TinyArch::Gemma2, 1, 67), &backend);
+    let ids = kv_pools(&all_sliding, &budget).unwrap();
+    let (main, window) = (ids.main, ids.window.unwrap());
+    assert_eq!((main.layers, main.bytes(), window.layers), (0, 0, 1));
+    let context = all_sliding.config().context_length;
+    assert_eq!(main.blocks, 8 * context.div_ceil(16) + 32);
+    assert_eq!(ids.pool.bytes(), window.bytes());
     // In tokens: the main pool holds them, the window pool what the sequences need.
     let tokens = kv_pools(
         &gemma,

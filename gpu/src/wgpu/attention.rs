@@ -78,7 +78,7 @@ impl WgpuBackend {
         self.recorder()?.forget_bind_groups();
         let bytes = layer_bytes(&spec);
         let max = self.gpu.limits.max_storage_buffer_binding_size;
-        if bytes > max {
+        if bytes > max && spec.layers > 0 {
             return Err(Error::Unsupported(format!(
                 "a KV pool of {} blocks needs {bytes} bytes per layer for keys (and as many \
                  for values), more than this adapter binds at once ({max}); lower \

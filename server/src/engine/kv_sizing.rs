@@ -14,6 +14,10 @@
 //! sequence the main pool holds fits the window pool. (No split does better while keeping
 //! that guarantee: `S` sequences can hold `min(main blocks, S · (⌈window/bt⌉ + 2))` window
 //! blocks, so a cap at or above one pool's size leaves nothing to gain.)
+//!
+//! A model whose every layer slides keeps them all in the window pool: its main pool has no
+//! layer, only the block ids that identify positions (the prefix cache's chain), enough for
+//! every sequence's whole context.
 
 use super::blocks::BlockManager;
 use super::kv_blocks::KvBlocks;
@@ -75,6 +79,13 @@ pub fn kv_pools(model: &Llama, b: &KvBudget) -> Result<KvPools> {
                 // main pool takes no more blocks than it.
                 _ if needed > single => single,
                 Some(_) => single,
+                // Every layer slides: the main pool is block ids only, enough for every
+                // sequence's whole context.
+                None if main.layers == 0 => {
+                    let context = model.config().context_length;
+                    b.max_sequences.max(1) * main.blocks_for(context)
+                        + main.blocks_for(b.max_batch_tokens)
+                }
                 None => {
                     let left = b.memory.saturating_sub(win.bytes() as u64);
                     (left / main.bytes_per_block().max(1) as u64) as usize
@@ -82,7 +93,10 @@ pub fn kv_pools(model: &Llama, b: &KvBudget) -> Result<KvPools> {
             };
             // A GPU binds a layer's keys at once: where that bounds the main pool below
             // the memory, the rest stays unused (one pool of `single` fits as before).
-            let bound = model.backend().max_kv_blocks(&main).max(single);
+            let bound = match main.layers {
+                0 => usize::MAX,
+                _ => model.backend().max_kv_blocks(&main).max(single),
+            };
             if main_blocks > bound {
                 tracing::warn!(
                     "the main KV pool is capped at {bound} blocks (the adapter's largest binding), not {main_blocks}"

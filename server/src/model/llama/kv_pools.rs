@@ -1,8 +1,10 @@
 //! The sliding-window layers' own KV pool.
 //!
-//! Where some layers attend within a window and others to everything (Gemma 2/3, gpt-oss,
-//! OLMo 3, Qwen's `max_window_layers`), the server keeps the sliding layers' keys and values
-//! in a second pool with block tables of their own ([`KvPool::with_window`]): a sequence
+//! Where layers attend within a window (Gemma 2/3, gpt-oss, OLMo 3, Qwen's
+//! `max_window_layers`; every layer of Phi-3 from GGUF or Mistral v0.1), the server keeps
+//! the sliding layers' keys and values in a second pool with block tables of their own
+//! ([`KvPool::with_window`]; the main pool keeps the other layers, none if every layer
+//! slides, and the block ids that identify positions): a sequence
 //! gives back the blocks that have slid out of its window, so a long context takes a
 //! window's worth of memory on those layers. The forward routes each layer to its pool and
 //! table; the attention kernels are the same (they never read a block before a row's
@@ -22,13 +24,13 @@ pub(super) struct KvSlot {
 }
 
 impl Llama {
-    /// `(window, sliding layers)` where some layers, not all, attend within a window: the
-    /// shape a window pool takes. `None` where one pool serves (no sliding layer, or every
-    /// layer sliding: a window pool would leave the main one empty).
+    /// `(window, sliding layers)` where some layers attend within a window: the shape a
+    /// window pool takes. Where every layer slides (Phi-3 from GGUF, Mistral v0.1), the main
+    /// pool keeps no layer, only the block ids that identify positions (prefix caching).
     pub fn window_pool_layers(&self) -> Option<(usize, usize)> {
         let c = &self.config;
         let sliding = (0..c.n_layers).filter(|&l| c.is_sliding(l)).count();
-        (sliding > 0 && sliding < c.n_layers).then_some((c.gemma.sliding_window, sliding))
+        (sliding > 0).then_some((c.gemma.sliding_window, sliding))
     }
 
     /// The shapes of a split pool: `blocks` blocks of the layers that see everything,
