@@ -15,7 +15,7 @@ use super::matmul::{Accumulate, Fused, Plain};
 use super::pool::{Pool, SendPtr};
 use crate::backend::{AttentionShape, SeqSpan};
 use crate::error::{shape_err, Result};
-use crate::kv::{check_table, HostKv, HostKvData, KvPoolSpec};
+use crate::kv::{HostKv, HostKvData, KvPoolSpec};
 use crate::tensor::Tensor;
 
 /// Query rows of one head per task: enough to reuse each key block from L1 many times, few
@@ -31,6 +31,7 @@ fn head_offset(spec: &KvPoolSpec, layer: usize, block: u32, kv_head: usize) -> u
 }
 
 /// Writes the new keys/values into the pool, then attends. See [`crate::Backend::attention`].
+/// The backend has checked the shapes, spans and block tables (`checks::attention`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     layer: usize,
@@ -42,37 +43,6 @@ pub fn attention(
     spec: &KvPoolSpec,
     shape: AttentionShape,
 ) -> Result<Vec<f32>> {
-    let (q_dim, kv_dim, hd) = (shape.q_dim(), shape.kv_dim(), shape.head_dim);
-    if shape.n_kv_heads == 0 || !shape.n_heads.is_multiple_of(shape.n_kv_heads) {
-        return Err(shape_err(
-            "attention",
-            format!("{shape:?}: heads must be a multiple of KV heads"),
-        ));
-    }
-    if kv_dim != spec.kv_dim || hd != spec.head_dim || layer >= spec.layers {
-        return Err(shape_err(
-            "attention",
-            format!("layer {layer} of {shape:?} does not fit the pool {spec:?}"),
-        ));
-    }
-    let rows = q.len() / q_dim.max(1);
-    for s in seqs {
-        if s.row_start + s.len > rows {
-            return Err(shape_err(
-                "attention",
-                format!(
-                    "span at row {} of {} rows exceeds the batch of {rows}",
-                    s.row_start, s.len
-                ),
-            ));
-        }
-        check_table(
-            spec,
-            s.blocks,
-            s.pos_start + s.len,
-            shape.first_seen(s.pos_start),
-        )?;
-    }
     with_host_kv!(kv, data => write_and_attend(layer, q, (k, v), seqs, data, spec, shape))
 }
 

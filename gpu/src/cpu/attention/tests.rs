@@ -324,27 +324,49 @@ fn copied_blocks_attend_like_the_originals() {
     assert!(copy_blocks(&mut kv, &spec, &[(0, spec.blocks as u32)]).is_err());
 }
 
+/// (Checked by the backend, `checks::attention`, before the kernel runs.)
 #[test]
 fn tables_too_short_or_outside_the_pool_are_errors() {
-    let (mut hs, mut kv, spec) = setup(&[20], 16, SHAPE);
+    use crate::backend::Backend;
+    let (mut hs, _, spec) = setup(&[20], 16, SHAPE);
     hs[0].blocks.truncate(1);
-    let (q, k) = (
-        vec![0.0; 20 * SHAPE.q_dim()],
-        vec![0.0; 20 * SHAPE.kv_dim()],
-    );
+    let be = crate::cpu::CpuBackend::new();
+    let mut pool = be.new_kv_pool(spec).unwrap();
+    let q = Tensor::from_host(20, SHAPE.q_dim(), vec![0.0; 20 * SHAPE.q_dim()]).unwrap();
+    let k = Tensor::from_host(20, SHAPE.kv_dim(), vec![0.0; 20 * SHAPE.kv_dim()]).unwrap();
     let span = SeqSpan {
         row_start: 0,
         len: 20,
         pos_start: 0,
         blocks: &hs[0].blocks,
     };
-    assert!(attention(0, &q, &k, &k, &[span], &mut kv, &spec, SHAPE).is_err());
+    let attend =
+        |pool: &mut crate::kv::KvPool, span| be.attention(0, &q, &k, &k, &[span], pool, SHAPE);
+    assert!(attend(&mut pool, span).is_err());
     let bad = [0u32, spec.blocks as u32];
     let span = SeqSpan {
         blocks: &bad,
         ..span
     };
-    assert!(attention(0, &q, &k, &k, &[span], &mut kv, &spec, SHAPE).is_err());
+    assert!(attend(&mut pool, span).is_err());
+    // Given back (`NO_BLOCK`) is an error where a row sees the block, not before its window.
+    let given_back = [crate::kv::NO_BLOCK, 1];
+    let span = SeqSpan {
+        blocks: &given_back,
+        ..span
+    };
+    assert!(attend(&mut pool, span).is_err());
+    let windowed = AttentionShape { window: 3, ..SHAPE };
+    let decode = SeqSpan {
+        row_start: 0,
+        len: 1,
+        pos_start: 19,
+        blocks: &given_back,
+    };
+    let q1 = Tensor::from_host(1, SHAPE.q_dim(), vec![0.0; SHAPE.q_dim()]).unwrap();
+    let k1 = Tensor::from_host(1, SHAPE.kv_dim(), vec![0.0; SHAPE.kv_dim()]).unwrap();
+    let out = be.attention(0, &q1, &k1, &k1, &[decode], &mut pool, windowed);
+    assert!(out.is_ok(), "{out:?}");
 }
 
 #[test]
