@@ -316,16 +316,14 @@ impl KvBlocks {
             (None, _) => None,
         };
         self.main.uncount_lookup(0, dropped);
-        let Some(w) = &mut self.window else {
-            unreachable!("checked above")
-        };
         let mut window = vec![NO_BLOCK; start];
-        for id in held[start..n].iter().flatten() {
-            w.blocks.take_ref(*id);
-            window.push(*id);
-        }
-        if let Some(ws) = partial.and_then(|p| p.window_source) {
-            w.blocks.take_ref(ws);
+        window.extend(held[start..n].iter().flatten());
+        // (The window pool is there: `held` came from it.)
+        if let Some(w) = &mut self.window {
+            let sources = partial.and_then(|p| p.window_source);
+            for &id in window[start..].iter().chain(&sources) {
+                w.blocks.take_ref(id);
+            }
         }
         PrefixHit {
             blocks: SeqBlocks { main, window },
